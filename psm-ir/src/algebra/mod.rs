@@ -1,0 +1,3 @@
+//! Algebra verdicts.
+
+pub mod exact;

@@ -1,0 +1,749 @@
+//! [`ast`](super::ast) → [`ir`](crate::ir): name resolution, default lift and readout,
+//! and every error that needs only names (unknown, duplicate, misplaced).
+
+use std::collections::HashMap;
+
+use super::ast;
+use crate::arena::{Arena, Handle};
+use crate::ir::*;
+use crate::{Diagnostic, Span};
+
+pub fn lower(file: &ast::File) -> Result<Module, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut module = Module::default();
+    let mut seen: HashMap<&str, Span> = HashMap::new();
+    for agg in &file.aggregators {
+        if let Some(first) = seen.get(agg.name.name.as_str()) {
+            diags.push(
+                Diagnostic::error(format!("duplicate aggregator `{}`", agg.name.name))
+                    .primary(agg.name.span, "declared again here")
+                    .secondary(*first, "first declared here")
+                    .help("give each aggregator of a file its own name"),
+            );
+            continue;
+        }
+        seen.insert(&agg.name.name, agg.name.span);
+        if let Some(a) = AggregatorLowering::new(agg, &mut diags).run() {
+            module.aggregators.push(a);
+        }
+    }
+    if diags.is_empty() {
+        Ok(module)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The closest of `candidates` to `name`, for "did you mean" hints.
+pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    candidates
+        .into_iter()
+        .map(|c| (distance(name, c), c))
+        .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+struct AggregatorLowering<'a> {
+    ast: &'a ast::Aggregator,
+    diags: &'a mut Vec<Diagnostic>,
+    errors_before: usize,
+    dims: Arena<Dim>,
+    sizes: Arena<Size>,
+    tensors: Arena<Tensor>,
+    index_vars: Arena<IndexVar>,
+    locals: Arena<Local>,
+    exprs: Arena<Expr>,
+}
+
+/// What the names of one body refer to.
+struct Scope {
+    kind: BodyKind,
+    /// Argument name → what `name.field` reads.
+    args: Vec<(String, Arg)>,
+    locals: Vec<(String, Handle<Local>)>,
+    indices: Vec<(String, Handle<IndexVar>)>,
+    /// The exclusive readout's state argument, the one `empty(p)` may name.
+    exclusive_state: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arg {
+    Input,
+    Element(Side),
+}
+
+impl<'a> AggregatorLowering<'a> {
+    fn new(ast: &'a ast::Aggregator, diags: &'a mut Vec<Diagnostic>) -> Self {
+        let errors_before = diags.len();
+        AggregatorLowering {
+            ast,
+            diags,
+            errors_before,
+            dims: Arena::new(),
+            sizes: Arena::new(),
+            tensors: Arena::new(),
+            index_vars: Arena::new(),
+            locals: Arena::new(),
+            exprs: Arena::new(),
+        }
+    }
+
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn run(mut self) -> Option<Aggregator> {
+        let ast = self.ast;
+        for d in &ast.dims {
+            if self.dims.iter().any(|(_, x)| x.name == d.name.name) {
+                self.error(
+                    Diagnostic::error(format!("dim `{}` is declared twice", d.name.name))
+                        .primary(d.name.span, "declared again here"),
+                );
+                continue;
+            }
+            self.dims.push(Dim { name: d.name.name.clone(), default: d.default.map(|(v, _)| v) }, d.name.span);
+        }
+
+        let mut identity = None;
+        let mut lift = None;
+        let mut combine = None;
+        let mut readout = None;
+        let mut assume = None;
+        let mut sections: HashMap<Role, Span> = HashMap::new();
+        // Declarations first: bodies may name any of them regardless of order.
+        for item in &ast.items {
+            if let ast::Item::Decls { role, decls, span } = item {
+                if let Some(first) = sections.insert(*role, *span) {
+                    self.error(
+                        Diagnostic::error(format!("second `{}` section", role.keyword()))
+                            .primary(*span, "declared again here")
+                            .secondary(first, "first declared here")
+                            .help("list all the fields in one section"),
+                    );
+                    continue;
+                }
+                for d in decls {
+                    self.declare(*role, d);
+                }
+            }
+        }
+        for item in &ast.items {
+            let (slot, name, head): (&mut Option<&ast::Item>, &str, Span) = match item {
+                ast::Item::Decls { .. } => continue,
+                ast::Item::Identity { body } => (&mut identity, "identity", body.head),
+                ast::Item::Lift { body, .. } => (&mut lift, "lift", body.head),
+                ast::Item::Combine { body, .. } => (&mut combine, "combine", body.head),
+                ast::Item::Readout { body, .. } => (&mut readout, "readout", body.head),
+                ast::Item::Assume { property, span } => {
+                    if property.name != "associative" {
+                        self.error(
+                            Diagnostic::error(format!("unknown property `{}`", property.name))
+                                .primary(property.span, "not a property psm can assume")
+                                .help("write `assume associative;`"),
+                        );
+                    } else if assume.replace(*span).is_some() {
+                        self.error(Diagnostic::error("`assume associative;` is written twice").primary(*span, "again here"));
+                    }
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                let d = Diagnostic::error(format!("second `{name}` in aggregator `{}`", ast.name.name))
+                    .primary(head, "defined again here")
+                    .help(format!("an aggregator has at most one `{name}`"));
+                self.error(d);
+                continue;
+            }
+            *slot = Some(item);
+        }
+        if !sections.contains_key(&Role::Element) {
+            self.error(
+                Diagnostic::error(format!("aggregator `{}` declares no element", ast.name.name))
+                    .primary(ast.name.span, "missing `element { ... }`")
+                    .help("declare the scanned value, e.g. `element { s[K] }`"),
+            );
+        }
+        let Some(ast::Item::Combine { left, right, body }) = combine else {
+            self.error(
+                Diagnostic::error(format!("aggregator `{}` has no combine", ast.name.name))
+                    .primary(ast.name.span, "missing `combine(l, r) { ... }`")
+                    .help("write how two elements merge, the earlier one on the left"),
+            );
+            return None;
+        };
+
+        // Readout outputs are declared before any body is lowered.
+        let (readout_kind, readout_args) = match readout {
+            Some(ast::Item::Readout { kind, state, input, outputs, .. }) => {
+                for d in outputs {
+                    self.declare(Role::Output, d);
+                }
+                (*kind, Some((state.clone(), input.clone())))
+            }
+            _ => {
+                for h in self.tensors_of(Role::Element) {
+                    let t = self.tensors[h].clone();
+                    let span = self.tensors.span(h);
+                    self.tensors.push(Tensor { role: Role::Output, ..t }, span);
+                }
+                (ReadoutKind::Inclusive, None)
+            }
+        };
+
+        if left.name == right.name {
+            self.error(
+                Diagnostic::error("combine's two arguments have the same name")
+                    .primary(right.span, "already the name of the left argument")
+                    .help("name them apart, e.g. `combine(l, r)`"),
+            );
+        }
+        let combine_scope = self.scope(
+            BodyKind::Combine,
+            vec![(left.name.clone(), Arg::Element(Side::Left)), (right.name.clone(), Arg::Element(Side::Right))],
+        );
+        let combine = self.body(combine_scope, body, vec![left.name.clone(), right.name.clone()]);
+
+        let lift = match lift {
+            Some(ast::Item::Lift { input, body }) => {
+                let scope = self.scope(BodyKind::Lift, vec![(input.name.clone(), Arg::Input)]);
+                self.body(scope, body, vec![input.name.clone()])
+            }
+            _ => self.default_lift(),
+        };
+        let identity = identity.map(|item| {
+            let ast::Item::Identity { body } = item else { unreachable!() };
+            let scope = self.scope(BodyKind::Identity, Vec::new());
+            self.body(scope, body, Vec::new())
+        });
+        let readout = match (readout, readout_args) {
+            (Some(ast::Item::Readout { body, .. }), Some((state, input))) => {
+                if state.name == input.name {
+                    self.error(
+                        Diagnostic::error("readout's two arguments have the same name")
+                            .primary(input.span, "already the name of the state argument")
+                            .help("name them apart, e.g. `readout inclusive(s, x)`"),
+                    );
+                }
+                let mut scope = self.scope(
+                    BodyKind::Readout,
+                    vec![(state.name.clone(), Arg::Element(Side::State)), (input.name.clone(), Arg::Input)],
+                );
+                if readout_kind == ReadoutKind::Exclusive {
+                    scope.exclusive_state = Some(state.name.clone());
+                }
+                self.body(scope, body, vec![state.name.clone(), input.name.clone()])
+            }
+            _ => self.default_readout(),
+        };
+
+        if self.diags.len() > self.errors_before {
+            return None;
+        }
+        Some(Aggregator {
+            name: ast.name.name.clone(),
+            span: ast.span,
+            doc: ast.doc.clone(),
+            dims: self.dims,
+            sizes: self.sizes,
+            tensors: self.tensors,
+            index_vars: self.index_vars,
+            locals: self.locals,
+            exprs: self.exprs,
+            assume_associative: assume,
+            identity,
+            lift,
+            combine,
+            readout,
+            readout_kind,
+        })
+    }
+
+    fn tensors_of(&self, role: Role) -> Vec<Handle<Tensor>> {
+        self.tensors.iter().filter(|(_, t)| t.role == role).map(|(h, _)| h).collect()
+    }
+
+    fn names_of(&self, role: Role) -> Vec<String> {
+        self.tensors_of(role).into_iter().map(|h| self.tensors[h].name.clone()).collect()
+    }
+
+    fn find(&self, role: Role, name: &str) -> Option<Handle<Tensor>> {
+        self.tensors_of(role).into_iter().find(|&h| self.tensors[h].name == name)
+    }
+
+    fn find_dim(&self, name: &str) -> Option<Handle<Dim>> {
+        self.dims.iter().find(|(_, d)| d.name == name).map(|(h, _)| h)
+    }
+
+    fn declare(&mut self, role: Role, d: &ast::Decl) {
+        if let Some(prev) = self.find(role, &d.name.name) {
+            let first = self.tensors.span(prev);
+            self.error(
+                Diagnostic::error(format!("`{}` is declared twice in `{}`", d.name.name, role.keyword()))
+                    .primary(d.name.span, "declared again here")
+                    .secondary(first, "first declared here"),
+            );
+            return;
+        }
+        if role == Role::Param && self.find_dim(&d.name.name).is_some() {
+            self.error(
+                Diagnostic::error(format!("param `{}` has the name of a dim", d.name.name))
+                    .primary(d.name.span, "a bare name would be ambiguous")
+                    .help("rename the param or the dim"),
+            );
+            return;
+        }
+        let dtype = match &d.dtype {
+            None => Dtype::F32,
+            Some(t) => match t.name.as_str() {
+                "f32" => Dtype::F32,
+                "f64" => Dtype::F64,
+                "i32" => Dtype::I32,
+                other => {
+                    self.error(
+                        Diagnostic::error(format!("unknown type `{other}`"))
+                            .primary(t.span, "not a psm type")
+                            .help("the types are `f32` (the default), `f64` and `i32`"),
+                    );
+                    Dtype::F32
+                }
+            },
+        };
+        let shape = d.shape.iter().map(|s| self.size(s)).collect();
+        self.tensors.push(Tensor { name: d.name.name.clone(), role, shape, dtype }, d.span);
+    }
+
+    fn size(&mut self, s: &ast::SizeExpr) -> Handle<Size> {
+        let size = match &s.kind {
+            ast::SizeKind::Int(v) => Size::Lit(*v),
+            ast::SizeKind::Name(n) => match self.find_dim(n) {
+                Some(h) => Size::Dim(h),
+                None => {
+                    let dims: Vec<String> = self.dims.iter().map(|(_, d)| d.name.clone()).collect();
+                    let mut d = Diagnostic::error(format!("unknown dim `{n}`"))
+                        .primary(s.span, "not a dim of this aggregator")
+                        .note(format!("the dims are {}", list(&dims)));
+                    d = match suggest(n, dims.iter().map(String::as_str)) {
+                        Some(c) => d.help(format!("did you mean `{c}`?")),
+                        None => d.help(format!("declare it: `aggregator {}<{n} = ...>`", self.ast.name.name)),
+                    };
+                    self.error(d);
+                    Size::Lit(1)
+                }
+            },
+            ast::SizeKind::Binary(op, a, b) => {
+                let (a, b) = (self.size(a), self.size(b));
+                match op {
+                    '+' => Size::Add(a, b),
+                    '-' => Size::Sub(a, b),
+                    _ => Size::Mul(a, b),
+                }
+            }
+        };
+        self.sizes.push(size, s.span)
+    }
+
+    fn scope(&self, kind: BodyKind, args: Vec<(String, Arg)>) -> Scope {
+        Scope { kind, args, locals: Vec::new(), indices: Vec::new(), exclusive_state: None }
+    }
+
+    fn body(&mut self, mut scope: Scope, block: &ast::Block, params: Vec<String>) -> Body {
+        let mut stmts = Vec::new();
+        for s in &block.stmts {
+            if let Some(stmt) = self.stmt(&mut scope, s) {
+                stmts.push(stmt);
+            }
+        }
+        Body { kind: scope.kind, params, stmts, span: block.head, implicit: false }
+    }
+
+    fn stmt(&mut self, scope: &mut Scope, s: &ast::Stmt) -> Option<Stmt> {
+        let name = &s.target.name;
+        let mut indices = Vec::new();
+        for b in &s.binders {
+            if !s.is_let {
+                if let Some(e) = &b.extent {
+                    self.error(
+                        Diagnostic::error("an extent on an assignment's index")
+                            .primary(e.span, "the target's shape already fixes this extent")
+                            .help(format!("write `{}` alone; extents are written on `let` indices", b.name.name)),
+                    );
+                }
+            }
+            if s.binders.iter().take_while(|o| !std::ptr::eq(*o, b)).any(|o| o.name.name == b.name.name) {
+                self.error(
+                    Diagnostic::error(format!("index `{}` is bound twice", b.name.name))
+                        .primary(b.name.span, "already bound on this left side")
+                        .help("give each dimension its own index variable"),
+                );
+            }
+            let extent = b.extent.as_ref().map(|e| self.size(e));
+            indices.push(self.index_vars.push(IndexVar { name: b.name.name.clone(), extent }, b.name.span));
+        }
+        let bound = indices.len();
+        for (b, &h) in s.binders.iter().zip(&indices) {
+            scope.indices.push((b.name.name.clone(), h));
+        }
+        let value = self.expr(scope, &s.value);
+        scope.indices.truncate(scope.indices.len() - bound);
+
+        let target = if s.is_let {
+            if let Some(what) = self.defined_as(scope, name) {
+                self.error(
+                    Diagnostic::error(format!("`{name}` is already defined"))
+                        .primary(s.target.span, format!("`{name}` is already {what}"))
+                        .help("give the local a name of its own"),
+                );
+                return None;
+            }
+            let local = self.locals.push(Local { name: name.clone(), indices: indices.clone() }, s.target.span);
+            scope.locals.push((name.clone(), local));
+            Target::Local(local)
+        } else {
+            let role = if scope.kind == BodyKind::Readout { Role::Output } else { Role::Element };
+            match self.find(role, name) {
+                Some(t) => Target::Tensor(t),
+                None => {
+                    self.unknown_target(scope, role, &s.target);
+                    return None;
+                }
+            }
+        };
+        Some(Stmt { target, indices, value, span: s.span })
+    }
+
+    /// What `name` already means in this scope, for "already defined" errors.
+    fn defined_as(&self, scope: &Scope, name: &str) -> Option<&'static str> {
+        if scope.locals.iter().any(|(n, _)| n == name) {
+            Some("a local of this body")
+        } else if scope.args.iter().any(|(n, _)| n == name) {
+            Some("an argument of this body")
+        } else if self.find(Role::Param, name).is_some() {
+            Some("a param")
+        } else if self.find_dim(name).is_some() {
+            Some("a dim")
+        } else {
+            None
+        }
+    }
+
+    fn unknown_target(&mut self, scope: &Scope, role: Role, target: &ast::Ident) {
+        let name = &target.name;
+        let kind = if role == Role::Output { "output" } else { "element field" };
+        let names = self.names_of(role);
+        let mut d = Diagnostic::error(format!("`{name}` is not an {kind}")).primary(target.span, format!("unknown {kind}"));
+        d = if scope.locals.iter().any(|(n, _)| n == name) {
+            d.note(format!("`{name}` is a local; a local is assigned once, by its `let`"))
+        } else if self.find(Role::Input, name).is_some() || self.find(Role::Param, name).is_some() {
+            d.note(format!("`{name}` is read-only here"))
+        } else {
+            d.note(format!("the {kind}s are {}", list(&names)))
+        };
+        d = match suggest(name, names.iter().map(String::as_str)) {
+            Some(c) => d.help(format!("did you mean `{c}`?")),
+            None if role == Role::Element => d.help("to name an intermediate value, write `let NAME = ...;`"),
+            None => d.help("declare it after `->` in the readout header"),
+        };
+        self.error(d);
+    }
+
+    fn push(&mut self, e: Expr, span: Span) -> Handle<Expr> {
+        self.exprs.push(e, span)
+    }
+
+    fn expr(&mut self, scope: &mut Scope, e: &ast::Expr) -> Handle<Expr> {
+        let lowered = match &e.kind {
+            ast::ExprKind::Float(v) => Expr::Float(*v),
+            ast::ExprKind::Int(v) => Expr::Int(*v),
+            ast::ExprKind::Unary { op, arg } => Expr::Unary { op: *op, arg: self.expr(scope, arg) },
+            ast::ExprKind::Binary { op, lhs, rhs } => {
+                Expr::Binary { op: *op, lhs: self.expr(scope, lhs), rhs: self.expr(scope, rhs) }
+            }
+            ast::ExprKind::If { cond, then, otherwise } => Expr::Select {
+                cond: self.expr(scope, cond),
+                then: self.expr(scope, then),
+                otherwise: self.expr(scope, otherwise),
+            },
+            ast::ExprKind::Reduce { op, var, body } => {
+                let h = self.index_vars.push(IndexVar { name: var.name.clone(), extent: None }, var.span);
+                scope.indices.push((var.name.clone(), h));
+                let body = self.expr(scope, body);
+                scope.indices.pop();
+                Expr::Reduce { op: *op, var: h, body }
+            }
+            ast::ExprKind::Call { func, args } => self.call(scope, e.span, func, args),
+            ast::ExprKind::Access { base, field, indices } => {
+                let idx: Vec<Handle<Expr>> =
+                    indices.iter().flatten().map(|i| self.expr(scope, i)).collect();
+                self.access(scope, base, field.as_ref(), indices.is_some(), idx)
+            }
+        };
+        self.push(lowered, e.span)
+    }
+
+    fn call(&mut self, scope: &mut Scope, span: Span, func: &ast::Ident, args: &[ast::Expr]) -> Expr {
+        let arity = |this: &mut Self, want: usize| {
+            if args.len() != want {
+                this.error(
+                    Diagnostic::error(format!(
+                        "`{}` takes {want} argument{}, found {}",
+                        func.name,
+                        if want == 1 { "" } else { "s" },
+                        args.len()
+                    ))
+                    .primary(span, "wrong number of arguments"),
+                );
+                false
+            } else {
+                true
+            }
+        };
+        let lowered: Vec<Handle<Expr>> = match func.name.as_str() {
+            // `empty(p)` takes a name, not a value.
+            "empty" => Vec::new(),
+            _ => args.iter().map(|a| self.expr(scope, a)).collect(),
+        };
+        match func.name.as_str() {
+            "select" => {
+                if arity(self, 3) {
+                    return Expr::Select { cond: lowered[0], then: lowered[1], otherwise: lowered[2] };
+                }
+                Expr::Float(0.0)
+            }
+            "empty" => {
+                let named = match args {
+                    [ast::Expr { kind: ast::ExprKind::Access { base, field: None, indices: None }, .. }] => {
+                        Some(base.name.clone())
+                    }
+                    _ => None,
+                };
+                match (&scope.exclusive_state, named) {
+                    (Some(state), Some(n)) if *state == n => {}
+                    (Some(state), _) => self.error(
+                        Diagnostic::error("`empty` takes the readout's state argument")
+                            .primary(span, "not the exclusive state")
+                            .help(format!("write `empty({state})`")),
+                    ),
+                    (None, _) => self.error(
+                        Diagnostic::error("`empty` is only meaningful in an exclusive readout")
+                            .primary(span, "the state here is never empty")
+                            .help("use `readout exclusive(p, x)`, where `empty(p)` is true at step 0"),
+                    ),
+                }
+                Expr::Empty
+            }
+            name => match Func::from_name(name) {
+                Some(f) => {
+                    if arity(self, f.arity()) {
+                        Expr::Call { func: f, args: lowered }
+                    } else {
+                        Expr::Float(0.0)
+                    }
+                }
+                None => {
+                    let mut names: Vec<&str> = Func::ALL.iter().map(|f| f.name()).collect();
+                    names.push("select");
+                    let mut d = Diagnostic::error(format!("unknown function `{name}`"))
+                        .primary(func.span, "not a psm function")
+                        .note(format!("the functions are {}", names.join(", ")));
+                    if ["sum", "prod"].contains(&name) {
+                        d = d.help(format!("a reduction names its index: `{name}(i) x.v[i]`"));
+                    } else if let Some(c) = suggest(name, names.iter().copied()) {
+                        d = d.help(format!("did you mean `{c}`?"));
+                    }
+                    self.error(d);
+                    Expr::Float(0.0)
+                }
+            },
+        }
+    }
+
+    fn access(
+        &mut self,
+        scope: &Scope,
+        base: &ast::Ident,
+        field: Option<&ast::Ident>,
+        indexed: bool,
+        indices: Vec<Handle<Expr>>,
+    ) -> Expr {
+        let name = base.name.as_str();
+        if let Some(field) = field {
+            let Some(&(_, arg)) = scope.args.iter().find(|(n, _)| n == name) else {
+                let args: Vec<String> = scope.args.iter().map(|(n, _)| n.clone()).collect();
+                let mut d = Diagnostic::error(format!("`{name}` has no fields"))
+                    .primary(base.span, "not an argument of this body");
+                d = if args.is_empty() {
+                    d.note(format!("`{}` takes no arguments", scope.kind.name()))
+                } else {
+                    d.note(format!("the arguments of `{}` are {}", scope.kind.name(), list(&args)))
+                };
+                if let Some(c) = suggest(name, args.iter().map(String::as_str)) {
+                    d = d.help(format!("did you mean `{c}.{}`?", field.name));
+                }
+                self.error(d);
+                return Expr::Float(0.0);
+            };
+            let (role, source): (Role, fn(Handle<Tensor>) -> Source) = match arg {
+                Arg::Input => (Role::Input, Source::Input),
+                Arg::Element(Side::Left) => (Role::Element, |t| Source::Element(Side::Left, t)),
+                Arg::Element(Side::Right) => (Role::Element, |t| Source::Element(Side::Right, t)),
+                Arg::Element(Side::State) => (Role::Element, |t| Source::Element(Side::State, t)),
+            };
+            return match self.find(role, &field.name) {
+                Some(t) => Expr::Load { source: source(t), indices },
+                None => {
+                    let names = self.names_of(role);
+                    let what = if role == Role::Input { "input" } else { "element" };
+                    let mut d = Diagnostic::error(format!("no field `{}` in the {what}", field.name))
+                        .primary(field.span, "unknown field")
+                        .note(format!("the {what} fields are {}", list(&names)));
+                    if let Some(c) = suggest(&field.name, names.iter().map(String::as_str)) {
+                        d = d.help(format!("did you mean `{name}.{c}`?"));
+                    }
+                    self.error(d);
+                    Expr::Float(0.0)
+                }
+            };
+        }
+        let scalar_only = |this: &mut Self, what: &str| {
+            if indexed {
+                this.error(
+                    Diagnostic::error(format!("`{name}` cannot be indexed"))
+                        .primary(base.span, format!("{what}, not a tensor")),
+                );
+            }
+        };
+        if let Some(&(_, h)) = scope.indices.iter().rev().find(|(n, _)| n == name) {
+            scalar_only(self, "an index variable");
+            return Expr::Index(h);
+        }
+        if let Some(&(_, h)) = scope.locals.iter().find(|(n, _)| n == name) {
+            return Expr::Load { source: Source::Local(h), indices };
+        }
+        if let Some(t) = self.find(Role::Param, name) {
+            return Expr::Load { source: Source::Param(t), indices };
+        }
+        if let Some(d) = self.find_dim(name) {
+            scalar_only(self, "a dim");
+            return Expr::Dim(d);
+        }
+        if name == "inf" {
+            scalar_only(self, "a number");
+            return Expr::Float(f64::INFINITY);
+        }
+        let mut d = Diagnostic::error(format!("unknown name `{name}`")).primary(base.span, "not defined here");
+        if let Some(&(_, arg)) = scope.args.iter().find(|(n, _)| n == name) {
+            let example = match arg {
+                Arg::Input => self.names_of(Role::Input).first().cloned(),
+                Arg::Element(_) => self.names_of(Role::Element).first().cloned(),
+            }
+            .unwrap_or_else(|| "f".into());
+            d = Diagnostic::error(format!("`{name}` is a whole {}, not a value", if arg == Arg::Input { "input" } else { "element" }))
+                .primary(base.span, "read one of its fields")
+                .help(format!("write `{name}.{example}`"));
+        } else if self.find(Role::Element, name).is_some() || self.find(Role::Input, name).is_some() {
+            let args: Vec<String> = scope.args.iter().map(|(n, _)| format!("`{n}.{name}`")).collect();
+            let role = if self.find(Role::Element, name).is_some() { "an element field" } else { "an input field" };
+            d = d.note(format!("`{name}` is {role}; fields are read through an argument"));
+            if !args.is_empty() {
+                d = d.help(format!("write {}", args.join(" or ")));
+            }
+        } else {
+            let mut candidates: Vec<String> = scope.indices.iter().map(|(n, _)| n.clone()).collect();
+            candidates.extend(scope.locals.iter().map(|(n, _)| n.clone()));
+            candidates.extend(self.names_of(Role::Param));
+            candidates.extend(self.dims.iter().map(|(_, d)| d.name.clone()));
+            if let Some(c) = suggest(name, candidates.iter().map(String::as_str)) {
+                d = d.help(format!("did you mean `{c}`?"));
+            } else if name.len() == 1 && name.chars().all(|c| c.is_ascii_lowercase()) {
+                d = d.help(format!("index variables are bound on the left side (`f[{name}] = ...`) or by a reduction (`sum({name}) ...`)"));
+            }
+        }
+        self.error(d);
+        Expr::Float(0.0)
+    }
+
+    /// `f[i0, ..] = x.f[i0, ..]` for every element field: the lift a user may omit
+    /// when the element has exactly the input's fields.
+    fn default_lift(&mut self) -> Body {
+        let element = self.tensors_of(Role::Element);
+        let inputs = self.tensors_of(Role::Input);
+        let same = element.len() == inputs.len()
+            && element.iter().all(|&e| {
+                self.find(Role::Input, &self.tensors[e].name)
+                    .is_some_and(|i| self.tensors[i].dtype == self.tensors[e].dtype && self.tensors[i].shape.len() == self.tensors[e].shape.len())
+            });
+        if !same {
+            let d = Diagnostic::error(format!("aggregator `{}` has no lift", self.ast.name.name))
+                .primary(self.ast.name.span, "missing `lift(x) { ... }`")
+                .note(format!(
+                    "lift may be omitted only when the element has exactly the input's fields; element: {}; input: {}",
+                    list(&self.names_of(Role::Element)),
+                    list(&self.names_of(Role::Input))
+                ))
+                .help("write `lift(x) { ... }` assigning every element field from `x`");
+            self.error(d);
+            return Body { kind: BodyKind::Lift, params: vec!["x".into()], stmts: Vec::new(), span: self.ast.name.span, implicit: true };
+        }
+        let stmts = element
+            .iter()
+            .map(|&e| {
+                let input = self.find(Role::Input, &self.tensors[e].name).expect("checked above");
+                self.copy_stmt(e, Source::Input(input))
+            })
+            .collect();
+        Body { kind: BodyKind::Lift, params: vec!["x".into()], stmts, span: self.ast.name.span, implicit: true }
+    }
+
+    /// `f[..] = s.f[..]` for every element field: the readout a user may omit.
+    fn default_readout(&mut self) -> Body {
+        let stmts = self
+            .tensors_of(Role::Output)
+            .into_iter()
+            .map(|out| {
+                let field = self.find(Role::Element, &self.tensors[out].name).expect("outputs mirror the element");
+                self.copy_stmt(out, Source::Element(Side::State, field))
+            })
+            .collect();
+        Body {
+            kind: BodyKind::Readout,
+            params: vec!["s".into(), "x".into()],
+            stmts,
+            span: self.ast.name.span,
+            implicit: true,
+        }
+    }
+
+    fn copy_stmt(&mut self, target: Handle<Tensor>, source: Source) -> Stmt {
+        let span = self.tensors.span(target);
+        let rank = self.tensors[target].shape.len();
+        let vars: Vec<Handle<IndexVar>> =
+            (0..rank).map(|k| self.index_vars.push(IndexVar { name: format!("i{k}"), extent: None }, span)).collect();
+        let indices = vars.iter().map(|&v| self.exprs.push(Expr::Index(v), span)).collect();
+        let value = self.exprs.push(Expr::Load { source, indices }, span);
+        Stmt { target: Target::Tensor(target), indices: vars, value, span }
+    }
+}

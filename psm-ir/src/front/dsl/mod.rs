@@ -1,0 +1,21 @@
+//! The `.psm` front end: pest grammar → [`ast`] → lowering to the IR.
+
+pub mod ast;
+mod lower;
+mod parse;
+
+pub(crate) use lower::suggest;
+
+use crate::ir::Module;
+use crate::Diagnostic;
+
+/// Parses and name-resolves a `.psm` source. Never panics; every problem is a diagnostic.
+pub fn parse(source: &str) -> Result<Module, Vec<Diagnostic>> {
+    let file = parse::parse_file(source).map_err(|d| vec![d])?;
+    lower::lower(&file)
+}
+
+/// The syntax tree alone, without name resolution.
+pub fn parse_ast(source: &str) -> Result<ast::File, Diagnostic> {
+    parse::parse_file(source)
+}

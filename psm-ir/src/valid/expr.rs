@@ -1,0 +1,676 @@
+//! The expression walk of validation: index extents, types (with integer literals,
+//! dims and index variables adapting to their context), and bounds of every access,
+//! narrowed by the guards around it.
+
+use std::collections::HashMap;
+
+use super::{eval_size, Info};
+use crate::arena::Handle;
+use crate::ir::*;
+use crate::{Diagnostic, Span};
+
+/// A type before context has fixed it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ty {
+    /// An integer computed from literals, dims and index variables: adapts to any
+    /// numeric type.
+    Int,
+    /// A boolean computed from integers alone (a guard such as `u < C`).
+    Cond,
+    /// A float computed from literals alone: adapts to f32 or f64 (f32 by default).
+    Float,
+    Val(Scalar),
+    /// Already reported; absorbs further errors.
+    Error,
+}
+
+impl Ty {
+    fn describe(self) -> &'static str {
+        match self {
+            Ty::Int => "an integer",
+            Ty::Cond | Ty::Val(Scalar::Bool) => "a bool",
+            Ty::Float => "a float",
+            Ty::Val(Scalar::F32) => "f32",
+            Ty::Val(Scalar::F64) => "f64",
+            Ty::Val(Scalar::I32) => "i32",
+            Ty::Error => "an error",
+        }
+    }
+}
+
+/// An affine integer expression: `constant + Σ coeff·var`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Affine {
+    pub constant: i64,
+    pub terms: Vec<(Handle<IndexVar>, i64)>,
+}
+
+impl Affine {
+    fn add(mut self, other: Affine, sign: i64) -> Affine {
+        self.constant = self.constant.wrapping_add(sign.wrapping_mul(other.constant));
+        for (v, c) in other.terms {
+            match self.terms.iter_mut().find(|(w, _)| *w == v) {
+                Some((_, k)) => *k = k.wrapping_add(sign.wrapping_mul(c)),
+                None => self.terms.push((v, sign.wrapping_mul(c))),
+            }
+        }
+        self.terms.retain(|(_, c)| *c != 0);
+        self
+    }
+    fn scale(mut self, k: i64) -> Affine {
+        self.constant = self.constant.wrapping_mul(k);
+        for (_, c) in &mut self.terms {
+            *c = c.wrapping_mul(k);
+        }
+        self.terms.retain(|(_, c)| *c != 0);
+        self
+    }
+}
+
+/// The affine form of an integer expression, if it is one.
+pub(crate) fn affine(agg: &Aggregator, dims: &[i64], e: Handle<Expr>) -> Option<Affine> {
+    Some(match &agg.exprs[e] {
+        Expr::Int(v) => Affine { constant: *v, terms: Vec::new() },
+        Expr::Dim(d) => Affine { constant: dims[d.index()], terms: Vec::new() },
+        Expr::Index(v) => Affine { constant: 0, terms: vec![(*v, 1)] },
+        Expr::Unary { op: UnaryOp::Neg, arg } => affine(agg, dims, *arg)?.scale(-1),
+        Expr::Binary { op: BinaryOp::Add, lhs, rhs } => affine(agg, dims, *lhs)?.add(affine(agg, dims, *rhs)?, 1),
+        Expr::Binary { op: BinaryOp::Sub, lhs, rhs } => affine(agg, dims, *lhs)?.add(affine(agg, dims, *rhs)?, -1),
+        Expr::Binary { op: BinaryOp::Mul, lhs, rhs } => {
+            let (a, b) = (affine(agg, dims, *lhs)?, affine(agg, dims, *rhs)?);
+            match (a.terms.is_empty(), b.terms.is_empty()) {
+                (true, _) => b.scale(a.constant),
+                (_, true) => a.scale(b.constant),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+type Interval = (i64, i64);
+
+#[derive(Clone, Default)]
+struct Env {
+    /// Interval of each index variable in scope, narrowed by the guards around.
+    ranges: HashMap<Handle<IndexVar>, Interval>,
+    /// Inside a branch that no index values can reach: bounds are not checked there.
+    dead: bool,
+}
+
+struct Checker<'a> {
+    agg: &'a Aggregator,
+    info: &'a mut Info,
+    diags: &'a mut Vec<Diagnostic>,
+    /// Inferred types, for the resolution pass.
+    inferred: Vec<Option<Ty>>,
+}
+
+pub(super) fn check_body(agg: &Aggregator, body: &Body, info: &mut Info, diags: &mut Vec<Diagnostic>) {
+    let mut c = Checker { agg, info, diags, inferred: vec![None; agg.exprs.len()] };
+    for stmt in &body.stmts {
+        c.stmt(stmt);
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+    fn span(&self, e: Handle<Expr>) -> Span {
+        self.agg.exprs.span(e)
+    }
+    fn var_name(&self, v: Handle<IndexVar>) -> &str {
+        &self.agg.index_vars[v].name
+    }
+
+    fn stmt(&mut self, stmt: &Stmt) {
+        let agg = self.agg;
+        let mut env = Env::default();
+        match stmt.target {
+            Target::Tensor(t) => {
+                let shape = self.info.shapes[t.index()].clone();
+                let tensor = &agg.tensors[t];
+                if shape.len() != stmt.indices.len() {
+                    let written = if shape.is_empty() {
+                        tensor.name.clone()
+                    } else {
+                        let names = ["i", "j", "k", "l", "m", "n"];
+                        let idx: Vec<&str> = (0..shape.len()).map(|k| names[k % names.len()]).collect();
+                        format!("{}[{}]", tensor.name, idx.join(", "))
+                    };
+                    self.error(
+                        Diagnostic::error(format!(
+                            "`{}` has {} dimension{} but is assigned with {} ind{}",
+                            tensor.name,
+                            shape.len(),
+                            if shape.len() == 1 { "" } else { "s" },
+                            stmt.indices.len(),
+                            if stmt.indices.len() == 1 { "ex" } else { "ices" }
+                        ))
+                        .primary(stmt.span, format!("shape of `{}` is {:?}", tensor.name, shape))
+                        .help(format!("write `{written} = ...;`")),
+                    );
+                    return;
+                }
+                for (&v, &n) in stmt.indices.iter().zip(&shape) {
+                    self.info.extents[v.index()] = n;
+                    env.ranges.insert(v, (0, n as i64 - 1));
+                }
+                let ty = self.infer(stmt.value, &env);
+                self.resolve(stmt.value, ty, tensor.dtype.scalar());
+            }
+            Target::Local(local) => {
+                let mut shape = Vec::new();
+                for &v in &stmt.indices {
+                    let n = match agg.index_vars[v].extent {
+                        Some(s) => match eval_size(agg, &self.info.dims, s) {
+                            Some(n) if n > 0 && n <= super::MAX_DIM as i128 => n as usize,
+                            _ => {
+                                self.error(
+                                    Diagnostic::error(format!("the extent of `{}` is not positive", self.var_name(v)))
+                                        .primary(agg.sizes.span(s), "sizes must be positive"),
+                                );
+                                return;
+                            }
+                        },
+                        None => match self.infer_extent(v, stmt.value) {
+                            Some(n) => n,
+                            None => return,
+                        },
+                    };
+                    self.info.extents[v.index()] = n;
+                    env.ranges.insert(v, (0, n as i64 - 1));
+                    shape.push(n);
+                }
+                self.info.local_shapes[local.index()] = shape;
+                let ty = self.infer(stmt.value, &env);
+                let scalar = match ty {
+                    Ty::Int => Scalar::I32,
+                    Ty::Cond => Scalar::Bool,
+                    Ty::Float | Ty::Error => Scalar::F32,
+                    Ty::Val(s) => s,
+                };
+                self.resolve(stmt.value, ty, scalar);
+                self.info.local_types[local.index()] = scalar;
+            }
+        }
+    }
+
+    /// The extent of `var` from the accesses that index a dimension with it alone,
+    /// leaving out those under a guard that mentions it.
+    fn infer_extent(&mut self, var: Handle<IndexVar>, root: Handle<Expr>) -> Option<usize> {
+        let mut uses = Vec::new();
+        let mut mentioned = false;
+        self.collect_uses(var, root, &mut uses, &mut mentioned);
+        let name = self.var_name(var).to_string();
+        let var_span = self.agg.index_vars.span(var);
+        let Some(&(first, first_span)) = uses.first() else {
+            let d = if mentioned {
+                Diagnostic::error(format!("cannot infer the extent of `{name}`"))
+                    .primary(var_span, "never used alone as an index outside a guard")
+                    .help(format!("state it: `{name}: N`"))
+            } else {
+                Diagnostic::error(format!("`{name}` is not used"))
+                    .primary(var_span, format!("nothing in the body depends on `{name}`"))
+                    .help("a reduction or `let` index ranges over the dimension it indexes; use it, or remove it")
+            };
+            self.error(d);
+            return None;
+        };
+        if let Some(&(other, other_span)) = uses.iter().find(|(n, _)| *n != first) {
+            self.error(
+                Diagnostic::error(format!("ambiguous extent for `{name}`: {first} or {other}"))
+                    .primary(other_span, format!("here `{name}` indexes a dimension of size {other}"))
+                    .secondary(first_span, format!("here it indexes a dimension of size {first}"))
+                    .help(format!("state the extent on the binder (`{name}: N`) or use separate index variables")),
+            );
+            return None;
+        }
+        Some(first)
+    }
+
+    fn collect_uses(&self, var: Handle<IndexVar>, e: Handle<Expr>, uses: &mut Vec<(usize, Span)>, mentioned: &mut bool) {
+        match &self.agg.exprs[e] {
+            Expr::Index(v) if *v == var => *mentioned = true,
+            Expr::Load { source, indices } => {
+                for (pos, &i) in indices.iter().enumerate() {
+                    if self.agg.exprs[i] == Expr::Index(var) {
+                        if let Some(&n) = self.source_shape(*source).get(pos) {
+                            uses.push((n, self.span(i)));
+                        }
+                    }
+                    self.collect_uses(var, i, uses, mentioned);
+                }
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let mut in_cond = false;
+                self.collect_uses(var, *cond, &mut Vec::new(), &mut in_cond);
+                *mentioned |= in_cond;
+                if in_cond {
+                    // A guarded use says nothing about the full extent; only note it.
+                    self.collect_uses(var, *then, &mut Vec::new(), mentioned);
+                    self.collect_uses(var, *otherwise, &mut Vec::new(), mentioned);
+                } else {
+                    self.collect_uses(var, *then, uses, mentioned);
+                    self.collect_uses(var, *otherwise, uses, mentioned);
+                }
+            }
+            other => for_each_child(other, |c| self.collect_uses(var, c, uses, mentioned)),
+        }
+    }
+
+    fn source_shape(&self, source: Source) -> &[usize] {
+        match source {
+            Source::Input(t) | Source::Param(t) | Source::Element(_, t) => &self.info.shapes[t.index()],
+            Source::Local(l) => &self.info.local_shapes[l.index()],
+        }
+    }
+
+    fn source_name(&self, source: Source, body_params: bool) -> String {
+        let agg = self.agg;
+        match source {
+            Source::Input(t) if body_params => format!("x.{}", agg.tensors[t].name),
+            Source::Element(Side::Left, t) if body_params => format!("l.{}", agg.tensors[t].name),
+            Source::Element(Side::Right, t) if body_params => format!("r.{}", agg.tensors[t].name),
+            Source::Element(_, t) | Source::Input(t) | Source::Param(t) => agg.tensors[t].name.clone(),
+            Source::Local(l) => agg.locals[l].name.clone(),
+        }
+    }
+
+    fn source_type(&self, source: Source) -> Scalar {
+        match source {
+            Source::Input(t) | Source::Param(t) | Source::Element(_, t) => self.agg.tensors[t].dtype.scalar(),
+            Source::Local(l) => self.info.local_types[l.index()],
+        }
+    }
+
+    fn infer(&mut self, e: Handle<Expr>, env: &Env) -> Ty {
+        let ty = self.infer_inner(e, env);
+        self.inferred[e.index()] = Some(ty);
+        self.info.constant[e.index()] = matches!(ty, Ty::Int | Ty::Cond);
+        self.info.types[e.index()] = match ty {
+            Ty::Int => Scalar::I32,
+            Ty::Cond => Scalar::Bool,
+            Ty::Val(s) => s,
+            Ty::Float | Ty::Error => Scalar::F32,
+        };
+        ty
+    }
+
+    fn type_error(&mut self, e: Handle<Expr>, expected: &str, found: Ty, help: &str) -> Ty {
+        if found == Ty::Error {
+            return Ty::Error;
+        }
+        let mut d = Diagnostic::error(format!("expected {expected}, found {}", found.describe()))
+            .primary(self.span(e), format!("this is {}", found.describe()));
+        if !help.is_empty() {
+            d = d.help(help.to_string());
+        }
+        self.error(d);
+        Ty::Error
+    }
+
+    /// The common numeric type of two operands, fixing the operand that adapts.
+    fn unify(&mut self, op_span: Span, a: (Handle<Expr>, Ty), b: (Handle<Expr>, Ty)) -> Ty {
+        use Ty::*;
+        match (a.1, b.1) {
+            (Error, _) | (_, Error) => Error,
+            (Cond, _) | (Val(Scalar::Bool), _) => self.type_error(a.0, "a number", a.1, "use `select(c, a, b)` to turn a condition into a value"),
+            (_, Cond) | (_, Val(Scalar::Bool)) => self.type_error(b.0, "a number", b.1, "use `select(c, a, b)` to turn a condition into a value"),
+            (Int, Int) => Int,
+            (Int, Float) | (Float, Int) | (Float, Float) => Float,
+            (Int | Float, Val(s)) => {
+                self.resolve(a.0, a.1, s);
+                Val(s)
+            }
+            (Val(s), Int | Float) => {
+                self.resolve(b.0, b.1, s);
+                Val(s)
+            }
+            (Val(x), Val(y)) if x == y => Val(x),
+            (Val(x), Val(y)) => {
+                self.error(
+                    Diagnostic::error(format!("mismatched types {} and {}", x.name(), y.name()))
+                        .primary(op_span, format!("{} on the left, {} on the right", x.name(), y.name()))
+                        .help("psm converts no value implicitly; declare both with the same type"),
+                );
+                Error
+            }
+        }
+    }
+
+    fn infer_inner(&mut self, e: Handle<Expr>, env: &Env) -> Ty {
+        let agg = self.agg;
+        let span = self.span(e);
+        match agg.exprs[e].clone() {
+            Expr::Float(_) => Ty::Float,
+            Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) => Ty::Int,
+            Expr::Empty => Ty::Val(Scalar::Bool),
+            Expr::Load { source, indices } => {
+                let shape = self.source_shape(source).to_vec();
+                let name = self.source_name(source, true);
+                if shape.len() != indices.len() {
+                    let help = if shape.is_empty() {
+                        format!("write `{name}` without indices")
+                    } else {
+                        let names = ["i", "j", "k", "l", "m", "n"];
+                        let idx: Vec<&str> = (0..shape.len()).map(|k| names[k % names.len()]).collect();
+                        format!("write `{name}[{}]`", idx.join(", "))
+                    };
+                    self.error(
+                        Diagnostic::error(format!(
+                            "`{name}` has {} dimension{}, indexed with {}",
+                            shape.len(),
+                            if shape.len() == 1 { "" } else { "s" },
+                            indices.len()
+                        ))
+                        .primary(span, format!("shape of `{name}` is {shape:?}"))
+                        .help(help),
+                    );
+                    return Ty::Error;
+                }
+                for (pos, &i) in indices.iter().enumerate() {
+                    let ty = self.infer(i, env);
+                    match ty {
+                        Ty::Int => self.check_bounds(i, env, &name, pos, shape[pos]),
+                        Ty::Error => {}
+                        other => {
+                            let d = Diagnostic::error(format!("index of `{name}` is {}", other.describe()))
+                                .primary(self.span(i), "not an integer expression")
+                                .help("indices are affine in index variables and dims: `i`, `i + C`, `2*i + 1`");
+                            self.error(d);
+                        }
+                    }
+                }
+                Ty::Val(self.source_type(source))
+            }
+            Expr::Unary { op: UnaryOp::Neg, arg } => match self.infer(arg, env) {
+                t @ (Ty::Cond | Ty::Val(Scalar::Bool)) => self.type_error(arg, "a number", t, "negate a condition with `!`"),
+                t => t,
+            },
+            Expr::Unary { op: UnaryOp::Not, arg } => match self.infer(arg, env) {
+                Ty::Cond => Ty::Cond,
+                Ty::Val(Scalar::Bool) | Ty::Error => Ty::Val(Scalar::Bool),
+                t => self.type_error(arg, "a bool", t, "`!` negates a condition; negate a number with `-`"),
+            },
+            Expr::Binary { op, lhs, rhs } if op.is_logic() => {
+                let (a, b) = (self.infer(lhs, env), self.infer(rhs, env));
+                for (h, t) in [(lhs, a), (rhs, b)] {
+                    if !matches!(t, Ty::Cond | Ty::Val(Scalar::Bool) | Ty::Error) {
+                        self.type_error(h, "a bool", t, "compare numbers first, e.g. `a > 0.0`");
+                        return Ty::Error;
+                    }
+                }
+                match (a, b) {
+                    (Ty::Cond, Ty::Cond) => Ty::Cond,
+                    _ => Ty::Val(Scalar::Bool),
+                }
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let (a, b) = (self.infer(lhs, env), self.infer(rhs, env));
+                let t = self.unify(span, (lhs, a), (rhs, b));
+                if op.is_comparison() {
+                    return match t {
+                        Ty::Int => Ty::Cond,
+                        Ty::Error => Ty::Error,
+                        Ty::Float => {
+                            self.resolve(lhs, a, Scalar::F32);
+                            self.resolve(rhs, b, Scalar::F32);
+                            Ty::Val(Scalar::Bool)
+                        }
+                        _ => Ty::Val(Scalar::Bool),
+                    };
+                }
+                match (op, t) {
+                    (BinaryOp::Div, Ty::Val(Scalar::I32)) => {
+                        self.error(
+                            Diagnostic::error("integer division is not supported")
+                                .primary(span, "both operands are i32")
+                                .help("divide floats, or keep integer fields to indices and comparisons"),
+                        );
+                        Ty::Error
+                    }
+                    // An integer quotient is a float (`1 / C`), never a truncation.
+                    (BinaryOp::Div, Ty::Int) => Ty::Float,
+                    _ => t,
+                }
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let c = self.infer(cond, env);
+                let mut cond_ok = true;
+                if !matches!(c, Ty::Cond | Ty::Val(Scalar::Bool) | Ty::Error) {
+                    self.type_error(cond, "a bool", c, "write a comparison, e.g. `x.v > 0.0`");
+                    cond_ok = false;
+                }
+                let (then_env, else_env) = if c == Ty::Cond { self.narrow(cond, env) } else { (env.clone(), env.clone()) };
+                let a = self.infer(then, &then_env);
+                let b = self.infer(otherwise, &else_env);
+                let t = self.unify(span, (then, a), (otherwise, b));
+                match t {
+                    Ty::Int if c != Ty::Cond => Ty::Float,
+                    _ if !cond_ok => Ty::Error,
+                    _ => t,
+                }
+            }
+            Expr::Call { func, args } => {
+                let tys: Vec<Ty> = args.iter().map(|&a| self.infer(a, env)).collect();
+                let mut t = tys[0];
+                for k in 1..args.len() {
+                    t = self.unify(span, (args[0], t), (args[k], tys[k]));
+                }
+                if func.float_only() {
+                    match t {
+                        Ty::Int | Ty::Float => Ty::Float,
+                        Ty::Val(s) if s.is_float() => t,
+                        Ty::Error => Ty::Error,
+                        other => self.type_error(args[0], "a float", other, &format!("`{}` is defined on f32 and f64", func.name())),
+                    }
+                } else {
+                    t
+                }
+            }
+            Expr::Reduce { op, var, body } => {
+                let Some(n) = self.infer_extent(var, body) else {
+                    return Ty::Error;
+                };
+                self.info.extents[var.index()] = n;
+                let mut inner = env.clone();
+                inner.ranges.insert(var, (0, n as i64 - 1));
+                match self.infer(body, &inner) {
+                    t @ (Ty::Cond | Ty::Val(Scalar::Bool)) => {
+                        self.type_error(body, "a number", t, &format!("`{}` reduces numbers", op.name()))
+                    }
+                    t => t,
+                }
+            }
+        }
+    }
+
+    /// Fixes the type of an expression whose type adapts, checking it fits.
+    fn resolve(&mut self, e: Handle<Expr>, ty: Ty, want: Scalar) {
+        match ty {
+            Ty::Error => {}
+            Ty::Val(s) if s == want => {}
+            Ty::Val(s) => {
+                let help = match (s, want) {
+                    (Scalar::Bool, _) => "turn a condition into a value with `select(c, 1.0, 0.0)`".to_string(),
+                    _ => format!("psm converts no value implicitly; declare this field as `{}`", s.name()),
+                };
+                self.error(
+                    Diagnostic::error(format!("expected {}, found {}", want.name(), s.name()))
+                        .primary(self.span(e), format!("this is {}", s.name()))
+                        .help(help),
+                );
+            }
+            Ty::Int if want != Scalar::Bool => self.info.types[e.index()] = want,
+            Ty::Cond if want == Scalar::Bool => {}
+            Ty::Float if want.is_float() => {
+                self.info.types[e.index()] = want;
+                let children: Vec<Handle<Expr>> = match &self.agg.exprs[e] {
+                    Expr::Select { then, otherwise, .. } => vec![*then, *otherwise],
+                    Expr::Binary { op, lhs, rhs } if !op.is_comparison() => vec![*lhs, *rhs],
+                    other => {
+                        let mut v = Vec::new();
+                        for_each_child(other, |c| v.push(c));
+                        v
+                    }
+                };
+                for c in children {
+                    if let Some(t @ (Ty::Int | Ty::Float)) = self.inferred[c.index()] {
+                        self.resolve(c, t, want);
+                    }
+                }
+            }
+            other => {
+                let help = if want == Scalar::I32 && other == Ty::Float {
+                    "i32 values hold integers; write an integer".to_string()
+                } else {
+                    String::new()
+                };
+                self.type_error(e, want.name(), other, &help);
+            }
+        }
+    }
+
+    fn check_bounds(&mut self, index: Handle<Expr>, env: &Env, name: &str, pos: usize, size: usize) {
+        if env.dead {
+            return;
+        }
+        let Some(form) = affine(self.agg, &self.info.dims, index) else {
+            self.error(
+                Diagnostic::error(format!("index of `{name}` is not affine"))
+                    .primary(self.span(index), "indices must be affine in index variables and dims")
+                    .help("write sums of index variables times constants: `i`, `i + C`, `2*i + 1`, `u - C`"),
+            );
+            return;
+        };
+        let mut lo = form.constant as i128;
+        let mut hi = form.constant as i128;
+        for &(v, c) in &form.terms {
+            let (a, b) = env.ranges.get(&v).copied().unwrap_or((0, self.info.extents[v.index()] as i64 - 1));
+            let (x, y) = (a as i128 * c as i128, b as i128 * c as i128);
+            lo += x.min(y);
+            hi += x.max(y);
+        }
+        let size = size as i128;
+        if let (Expr::Index(v), [(_, 1)]) = (&self.agg.exprs[index], form.terms.as_slice()) {
+            let extent = self.info.extents[v.index()] as i128;
+            let narrowed = (lo, hi) != (0, extent - 1);
+            if !narrowed && extent != size {
+                let var = self.var_name(*v).to_string();
+                self.error(
+                    Diagnostic::error(format!("shape mismatch: `{var}` ranges over {extent} values, `{name}` dimension {pos} has {size}"))
+                        .primary(self.span(index), format!("`{var}` takes values 0..{extent} here"))
+                        .help(format!("use an index variable of extent {size}, or guard the access with `if {var} < {size} {{ ... }}`")),
+                );
+                return;
+            }
+        }
+        if lo < 0 || hi >= size {
+            self.error(
+                Diagnostic::error(format!("index out of bounds on `{name}` dimension {pos}"))
+                    .primary(self.span(index), format!("this index takes values in [{lo}, {hi}]"))
+                    .note(format!("dimension {pos} of `{name}` has size {size}: valid indices are [0, {}]", size - 1))
+                    .help("narrow the index with a guard, e.g. `if u < C { ... } else { ... }`"),
+            );
+        }
+    }
+
+    /// The environments of the then- and else-branches of a guard.
+    fn narrow(&self, cond: Handle<Expr>, env: &Env) -> (Env, Env) {
+        let (mut then_env, mut else_env) = (env.clone(), env.clone());
+        self.apply(cond, true, &mut then_env);
+        self.apply(cond, false, &mut else_env);
+        (then_env, else_env)
+    }
+
+    /// Narrows `env` by `cond == truth` where that is a conjunction of comparisons.
+    fn apply(&self, cond: Handle<Expr>, truth: bool, env: &mut Env) {
+        match &self.agg.exprs[cond] {
+            Expr::Unary { op: UnaryOp::Not, arg } => self.apply(*arg, !truth, env),
+            Expr::Binary { op: BinaryOp::And, lhs, rhs } if truth => {
+                self.apply(*lhs, true, env);
+                self.apply(*rhs, true, env);
+            }
+            Expr::Binary { op: BinaryOp::Or, lhs, rhs } if !truth => {
+                self.apply(*lhs, false, env);
+                self.apply(*rhs, false, env);
+            }
+            Expr::Binary { op, lhs, rhs } if op.is_comparison() => {
+                let (Some(a), Some(b)) = (affine(self.agg, &self.info.dims, *lhs), affine(self.agg, &self.info.dims, *rhs)) else {
+                    return;
+                };
+                // d = lhs - rhs; each constraint below is `d' <= 0`.
+                let d = a.add(b, -1);
+                let op = if truth { *op } else { negate(*op) };
+                let constraints: Vec<Affine> = match op {
+                    BinaryOp::Lt => vec![d.add(Affine { constant: 1, terms: vec![] }, 1)],
+                    BinaryOp::Le => vec![d],
+                    BinaryOp::Gt => vec![d.scale(-1).add(Affine { constant: 1, terms: vec![] }, 1)],
+                    BinaryOp::Ge => vec![d.scale(-1)],
+                    BinaryOp::Eq => vec![d.clone(), d.scale(-1)],
+                    _ => vec![],
+                };
+                for c in constraints {
+                    self.bound(&c, env);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Narrows the one variable of `c*v + k <= 0`.
+    fn bound(&self, form: &Affine, env: &mut Env) {
+        match form.terms.as_slice() {
+            [] if form.constant > 0 => env.dead = true,
+            [(v, c)] => {
+                let (c, k) = (*c as i128, form.constant as i128);
+                let range = env.ranges.get(v).copied().unwrap_or((0, self.info.extents[v.index()] as i64 - 1));
+                let (mut lo, mut hi) = (range.0 as i128, range.1 as i128);
+                if c > 0 {
+                    hi = hi.min((-k).div_euclid(c));
+                } else {
+                    lo = lo.max(-((-k).div_euclid(-c)));
+                }
+                if lo > hi {
+                    env.dead = true;
+                }
+                env.ranges.insert(*v, (lo.clamp(i64::MIN as i128, i64::MAX as i128) as i64, hi.clamp(i64::MIN as i128, i64::MAX as i128) as i64));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn negate(op: BinaryOp) -> BinaryOp {
+    match op {
+        BinaryOp::Lt => BinaryOp::Ge,
+        BinaryOp::Le => BinaryOp::Gt,
+        BinaryOp::Gt => BinaryOp::Le,
+        BinaryOp::Ge => BinaryOp::Lt,
+        BinaryOp::Eq => BinaryOp::Ne,
+        BinaryOp::Ne => BinaryOp::Eq,
+        other => other,
+    }
+}
+
+/// Calls `f` on every direct child of an expression.
+pub(crate) fn for_each_child(e: &Expr, mut f: impl FnMut(Handle<Expr>)) {
+    match e {
+        Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => {}
+        Expr::Load { indices, .. } => indices.iter().for_each(|&i| f(i)),
+        Expr::Unary { arg, .. } => f(*arg),
+        Expr::Binary { lhs, rhs, .. } => {
+            f(*lhs);
+            f(*rhs)
+        }
+        Expr::Call { args, .. } => args.iter().for_each(|&a| f(a)),
+        Expr::Select { cond, then, otherwise } => {
+            f(*cond);
+            f(*then);
+            f(*otherwise)
+        }
+        Expr::Reduce { body, .. } => f(*body),
+    }
+}
