@@ -1,1 +1,137 @@
-fn main() {}
+//! psmc, the psm compiler driver: `check` (verdicts), `emit` (compiled forms), `demo`
+//! (the bundled operator library at a glance).
+//!
+//! Exit codes: 0 success; 1 errors in the input (diagnostics, unreadable files);
+//! 2 usage errors (clap's default, also for a malformed `-D`).
+
+mod check;
+mod demo;
+mod emit;
+mod json;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use psm_ir::valid::DimOverride;
+
+#[derive(Parser)]
+#[command(name = "psmc", version, about = "The psm compiler: checks prefix-scannable operators (.psm) and emits their compiled forms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and validate .psm files and report, per aggregator, whether combine is
+    /// associative and commutative, whether the declared identity is one, its
+    /// structure and the forms it may run in
+    Check {
+        /// The .psm files to check
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        dims: Dims,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Print a compiled form of a .psm file
+    Emit {
+        /// The .psm file
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// What to print
+        #[arg(long, value_enum, default_value_t = emit::Target::Ir)]
+        target: emit::Target,
+        #[command(flatten)]
+        dims: Dims,
+    },
+    /// Check every operator of the bundled library (examples/ops) and print one
+    /// verdict table
+    Demo {
+        /// Directory of .psm files [default: ./examples/ops, else the repository's examples/ops]
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Dims {
+    /// Set a dim, overriding its default (repeatable): -D K=128
+    #[arg(short = 'D', value_name = "NAME=VALUE", value_parser = parse_define)]
+    define: Vec<DimOverride>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Readable text; diagnostics on stderr
+    Human,
+    /// One JSON document on stdout: {"aggregators": [...], "diagnostics": [...]}
+    Json,
+}
+
+/// `NAME=VALUE` with an identifier and an integer. A malformed value is a usage error.
+fn parse_define(s: &str) -> Result<DimOverride, String> {
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(format!("expected NAME=VALUE, e.g. `-D K=128`; found `{s}` (no `=`)"));
+    };
+    let name = name.trim();
+    let mut chars = name.chars();
+    let is_ident = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !is_ident {
+        return Err(format!("`{name}` is not a dim name; expected NAME=VALUE, e.g. `-D K=128`"));
+    }
+    let value = value.trim();
+    match value.parse::<i64>() {
+        Ok(value) => Ok(DimOverride { name: name.to_string(), value }),
+        Err(_) => Err(format!("`{value}` is not an integer; dims are integers, e.g. `-D {name}=128`")),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`psmc demo | head`) is not an error.
+pub(crate) fn print_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Writes to stderr, ignoring failures (there is nowhere left to report them).
+pub(crate) fn print_stderr(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes()).and_then(|()| err.flush());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files, dims, format } => check::run(&files, &dims.define, format == Format::Json),
+        Command::Emit { file, target, dims } => emit::run(&file, target, &dims.define),
+        Command::Demo { dir } => demo::run(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defines() {
+        assert_eq!(parse_define("K=128"), Ok(DimOverride { name: "K".into(), value: 128 }));
+        assert_eq!(parse_define(" K = -3 "), Ok(DimOverride { name: "K".into(), value: -3 }));
+        assert!(parse_define("K").unwrap_err().contains("no `=`"));
+        assert!(parse_define("K=abc").unwrap_err().contains("not an integer"));
+        assert!(parse_define("K=").unwrap_err().contains("not an integer"));
+        assert!(parse_define("=3").unwrap_err().contains("not a dim name"));
+        assert!(parse_define("1K=3").unwrap_err().contains("not a dim name"));
+        assert!(parse_define("K=99999999999999999999").unwrap_err().contains("not an integer"));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

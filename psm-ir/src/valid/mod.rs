@@ -5,6 +5,8 @@
 
 mod expr;
 
+pub(crate) use expr::for_each_child;
+
 use crate::arena::Handle;
 use crate::ir::*;
 use crate::{Diagnostic, Span};

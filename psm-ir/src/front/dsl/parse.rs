@@ -312,6 +312,12 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
 }
 
 fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
+    {
+        pest::set_error_detail(true);
+        let r = PsmParser::parse(Rule::file, source);
+        pest::set_error_detail(false);
+        if let Err(e2) = r { if let Some(a) = e2.parse_attempts() { eprintln!("DETAIL pos={} expected={:?} unexpected={:?} stacks={:?}", a.max_position, a.expected_tokens(), a.unexpected_tokens(), a.call_stacks()); } }
+    }
     let pos = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
