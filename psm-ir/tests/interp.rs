@@ -216,7 +216,7 @@ fn infinities_flow_through() {
     }
     // f32 overflow to inf in Declared precision, a finite value in F64.
     assert_same(y(&scalar2("x.a * x.b"), Precision::Declared, 1e30, 1e30), inf);
-    assert_same(y(&scalar2("x.a * x.b"), Precision::F64, 1e30, 1e30), 1e30f32 as f64 * (1e30f32 as f64));
+    assert_same(y(&scalar2("x.a * x.b"), Precision::F64, 1e30, 1e30), 1e30 * 1e30);
     assert_same(y(&scalar2("exp(x.a)"), Precision::Declared, 100.0, 0.0), inf);
     assert!(y(&scalar2("exp(x.a)"), Precision::F64, 100.0, 0.0).is_finite());
 }
@@ -337,26 +337,29 @@ fn reductions_are_sequential_left_folds() {
             product = prod(i) x.v[i];
         }
     }";
-    // f64: 1e16 + 1 rounds back to 1e16.
-    let v = [1.0, 1e16, -1e16, 1.0];
+    // f64: 1e16 + 1 rounds back to 1e16, 1e16 + 3 does not.
+    let v = [1.0, 1.0, 1.0, 1e16];
     let left = ((v[0] + v[1]) + v[2]) + v[3];
     let right = v[0] + (v[1] + (v[2] + v[3]));
     let pairwise = (v[0] + v[1]) + (v[2] + v[3]);
     let reversed = ((v[3] + v[2]) + v[1]) + v[0];
-    assert_eq!(left, 1.0);
     assert!(left != right && left != pairwise && left != reversed, "{left} {right} {pairwise} {reversed}");
     let o = outputs(src, &[], Precision::F64, &[], &[v.to_vec()], 1);
     assert_same(o[0][0], left);
 
     // f32: the same with 1e8.
-    let w = [1.0f32, 1e8, -1e8, 1.0];
+    let w = [1.0f32, 1.0, 3.0, 1e8];
     let left32 = ((w[0] + w[1]) + w[2]) + w[3];
     let pair32 = (w[0] + w[1]) + (w[2] + w[3]);
     let right32 = w[0] + (w[1] + (w[2] + w[3]));
-    assert!(left32 != pair32 && left32 != right32);
+    let reversed32 = ((w[3] + w[2]) + w[1]) + w[0];
+    assert!(left32 != pair32 && left32 != right32 && left32 != reversed32);
     let ws: Vec<f64> = w.iter().map(|&x| x as f64).collect();
     let o = outputs(src, &[], Precision::Declared, &[], &[ws.clone()], 1);
     assert_same(o[0][0], left32 as f64);
+    // The same data in F64 precision: exact.
+    let o = outputs(src, &[], Precision::F64, &[], &[ws], 1);
+    assert_same(o[0][0], 1e8 + 5.0);
 
     // Products: (a*b)*c*d in f32 steps, and overflow then underflow is order dependent.
     let w = [1e30f32, 1e30, 1e-30, 1e-30];

@@ -76,7 +76,7 @@ enum Format {
 /// `NAME=VALUE` with an identifier and an integer. A malformed value is a usage error.
 fn parse_define(s: &str) -> Result<DimOverride, String> {
     let Some((name, value)) = s.split_once('=') else {
-        return Err(format!("expected NAME=VALUE, e.g. `-D K=128`; found `{s}` (no `=`)"));
+        return Err("expected NAME=VALUE (no `=` found), e.g. `-D K=128`".to_string());
     };
     let name = name.trim();
     let mut chars = name.chars();

@@ -14,8 +14,10 @@ use crate::interp::{Evaluator, Fields, FloatDomain, Precision};
 use crate::ir::{Aggregator, Role, Tensor};
 use crate::valid::Info;
 
+/// Most samples drawn, and the total cost allowed (in expression evaluations, about
+/// 0.3 s): a count, not a clock, so that verdicts never depend on the machine's load.
 const SAMPLES: usize = 600;
-const BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
+const BUDGET: u64 = 20_000_000;
 /// A candidate: relative difference in the declared arithmetic.
 const DECLARED_GAP: f64 = 1e-4;
 /// Confirmation: relative difference in f64, about 10^10 times its rounding error.
@@ -53,28 +55,31 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn random_fields(&mut self, role: Role, how: Draw, mut fixed: impl FnMut() -> Option<f64>) -> Fields<f64> {
+    /// Random values for the fields of `role`; entries of `fixed` that are `Some`
+    /// (a witness of the exact procedure) are taken as they are.
+    fn random_fields(&mut self, role: Role, how: Draw, fixed: &[Option<f64>]) -> Fields<f64> {
         let info = self.eval.info;
+        let mut k = 0usize;
         self.eval
             .fields(role)
             .into_iter()
             .map(|t| {
                 let integer = self.eval.agg.tensors[t].dtype == crate::ir::Dtype::I32;
-                (0..info.len(t)).map(|_| fixed().unwrap_or_else(|| draw(&mut self.rng, how, integer))).collect()
+                (0..info.len(t))
+                    .map(|_| {
+                        k += 1;
+                        fixed.get(k - 1).copied().flatten().unwrap_or_else(|| draw(&mut self.rng, how, integer))
+                    })
+                    .collect()
             })
             .collect()
     }
 
-    fn operands(&mut self, how: Draw, lifted: bool, params: &Fields<f64>, witness: &mut dyn FnMut() -> Option<f64>) -> Fields<f64> {
-        if lifted {
-            let x = self.random_fields(Role::Input, how, || None);
-            let never = |r: Result<_, std::convert::Infallible>| match r {
-                Ok(v) => v,
-                Err(e) => match e {},
-            };
-            never(self.eval.lift(&mut FloatDomain::new(Precision::Declared), params, &x))
-        } else {
-            self.random_fields(Role::Element, how, witness)
+    fn lifted(&mut self, how: Draw, params: &Fields<f64>) -> Fields<f64> {
+        let x = self.random_fields(Role::Input, how, &[]);
+        match self.eval.lift(&mut FloatDomain::new(Precision::Declared), params, &x) {
+            Ok(v) => v,
+            Err(e) => match e {},
         }
     }
 
@@ -108,47 +113,60 @@ fn first_gap(agg: &Aggregator, fields: &[Handle<Tensor>], sides: &Sides<f64>, ga
     None
 }
 
+/// Expression evaluations of one run of a body: the cost model of the search budget.
+fn body_cost(agg: &Aggregator, info: &Info, body: &crate::ir::Body) -> u64 {
+    fn expr_cost(agg: &Aggregator, info: &Info, e: Handle<crate::ir::Expr>) -> u64 {
+        let mut children = 0u64;
+        crate::valid::for_each_child(&agg.exprs[e], |c| children = children.saturating_add(expr_cost(agg, info, c)));
+        match &agg.exprs[e] {
+            crate::ir::Expr::Reduce { var, .. } => (info.extent(*var) as u64).saturating_mul(children).saturating_add(1),
+            _ => children.saturating_add(1),
+        }
+    }
+    body.stmts
+        .iter()
+        .map(|s| {
+            let n: u64 = s.indices.iter().map(|&v| info.extent(v) as u64).product();
+            n.saturating_mul(expr_cost(agg, info, s.value))
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
 pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint) -> Verdict {
-    let start = std::time::Instant::now();
+    // Per sample: the law's combines in two precisions, plus lifting the operands.
+    let per_sample = (body_cost(agg, info, &agg.combine) * 4 * 2 + body_cost(agg, info, &agg.lift) * 3).max(1);
+    let samples = ((BUDGET / per_sample) as usize).clamp(16, SAMPLES);
     let eval = Evaluator::new(agg, info);
     let element = eval.fields(Role::Element);
     let has_inputs = eval.fields(Role::Input).iter().count() > 0;
     let mut search = Search { eval, law, rng: SplitMix64::new(0xC0FFEE ^ law as u64) };
     let mut tried = 0usize;
-    // The witness (atom → value) covers operands in order, then params.
-    let witness: Vec<Option<f64>> = {
-        let total: usize = element.iter().map(|&t| info.len(t)).sum::<usize>() * arity(law)
-            + search.eval.fields(Role::Param).iter().map(|&t| info.len(t)).sum::<usize>();
-        let mut w = vec![None; total];
-        for &(atom, v) in hint.witness.iter().flatten() {
-            if let Some(slot) = w.get_mut(atom as usize) {
-                *slot = Some(v);
-            }
+    // The witness (atom → value) lists the operands' entries in order, then the params'.
+    let per_operand: usize = element.iter().map(|&t| info.len(t)).sum();
+    let operand_atoms = per_operand * arity(law);
+    let mut witness = vec![None; operand_atoms + search.eval.fields(Role::Param).iter().map(|&t| info.len(t)).sum::<usize>()];
+    for &(atom, v) in hint.witness.iter().flatten() {
+        if let Some(slot) = witness.get_mut(atom as usize) {
+            *slot = Some(v);
         }
-        w
-    };
-    while tried < SAMPLES && start.elapsed() < BUDGET {
+    }
+    while tried < samples {
         let how = DRAWS[tried % DRAWS.len()];
-        // Witness first, then lifts of inputs, then raw elements.
+        // The witness first, then lifts of inputs, then raw elements.
         let use_witness = tried < 8 && hint.witness.is_some();
-        let lifted = !use_witness && has_inputs && tried < SAMPLES / 2;
+        let lifted = !use_witness && has_inputs && tried < samples / 2;
         tried += 1;
-        let mut cursor = 0usize;
-        let mut next_witness = || {
-            let v = if use_witness { witness.get(cursor).copied().flatten() } else { None };
-            cursor += 1;
-            v
-        };
-        let operands: Vec<Fields<f64>> =
-            (0..arity(law)).map(|_| search.operands(how, lifted, &Fields::new(), &mut next_witness)).collect::<Vec<_>>();
-        // Params are drawn after the operands (the witness lists them last); lifting
-        // needs them, so redraw lifted operands with these params.
-        let params = search.random_fields(Role::Param, how, &mut next_witness);
-        let operands = if lifted {
-            (0..arity(law)).map(|_| search.operands(how, true, &params, &mut || None)).collect()
-        } else {
-            operands
-        };
+        let fixed: &[Option<f64>] = if use_witness { &witness } else { &[] };
+        let params = search.random_fields(Role::Param, how, fixed.get(operand_atoms..).unwrap_or(&[]));
+        let operands: Vec<Fields<f64>> = (0..arity(law))
+            .map(|k| {
+                if lifted {
+                    search.lifted(how, &params)
+                } else {
+                    search.random_fields(Role::Element, how, fixed.get(k * per_operand..).unwrap_or(&[]))
+                }
+            })
+            .collect();
         let declared = search.evaluate(Precision::Declared, &params, &operands);
         if first_gap(agg, &element, &declared, DECLARED_GAP).is_none() {
             continue;

@@ -34,8 +34,9 @@ use crate::valid::Info;
 const TRIALS: u32 = 2;
 /// Most ordering cases explored before giving up.
 const MAX_CASES: usize = 4096;
-/// Wall-clock budget of the exact procedure per law.
-const BUDGET: std::time::Duration = std::time::Duration::from_millis(700);
+/// Most domain operations spent on one law (about half a second): a count, not a
+/// clock, so that verdicts never depend on the machine's load.
+const BUDGET: u64 = 5_000_000;
 
 /// Why the exact procedure reached no verdict, and where to look for a counterexample.
 #[derive(Debug, Clone)]
@@ -129,6 +130,8 @@ struct SymDomain<'p> {
     pivots: Vec<(Atom, LinForm)>,
     /// A non-finite constant was met: outside the fragment.
     poison: Option<String>,
+    /// Operations performed, charged against [`BUDGET`].
+    ops: u64,
 }
 
 fn sat_add(a: u64, b: u64) -> u64 {
@@ -158,6 +161,7 @@ impl<'p> SymDomain<'p> {
             constraints: Vec::new(),
             pivots,
             poison: None,
+            ops: 0,
         })
     }
 
@@ -372,6 +376,7 @@ impl Domain for SymDomain<'_> {
     }
 
     fn unary(&mut self, op: UnaryOp, _ty: Scalar, a: &Sym) -> Result<Sym, Stop> {
+        self.ops += 1;
         Ok(match (op, a) {
             (UnaryOp::Not, Sym::Bool(b)) => Sym::Bool(!b),
             (UnaryOp::Neg, Sym::Num { f, lin, deg }) => {
@@ -382,6 +387,7 @@ impl Domain for SymDomain<'_> {
     }
 
     fn binary(&mut self, op: BinaryOp, _ty: Scalar, a: &Sym, b: &Sym) -> Result<Sym, Stop> {
+        self.ops += 1;
         if op.is_logic() {
             let (Sym::Bool(x), Sym::Bool(y)) = (a, b) else { unreachable!("validated logic operands") };
             return Ok(Sym::Bool(if op == BinaryOp::And { *x && *y } else { *x || *y }));
@@ -401,6 +407,7 @@ impl Domain for SymDomain<'_> {
     }
 
     fn call(&mut self, func: Func, _ty: Scalar, args: &[Sym]) -> Result<Sym, Stop> {
+        self.ops += 1;
         let one = Sym::constant(Fp::one(), Some(LinForm::constant(Rational::int(1))));
         Ok(match func {
             Func::Exp => self.exp(&args[0])?,
@@ -518,8 +525,8 @@ pub(super) fn arity(law: Law) -> usize {
 
 /// The exact check of one law: `Ok` with a verified verdict, or `Err` with why not.
 pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Result<Verdict, Hint> {
-    let start = std::time::Instant::now();
     let eval = Evaluator::new(agg, info);
+    let mut spent = 0u64;
     let element_sizes: Vec<usize> = eval.fields(Role::Element).iter().map(|&t| info.len(t)).collect();
     let param_sizes: Vec<usize> = eval.fields(Role::Param).iter().map(|&t| info.len(t)).collect();
     let per_operand: usize = element_sizes.iter().sum();
@@ -531,8 +538,8 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Result<Verdict, 
     let mut entries = 0usize;
     let mut max_logs = 0usize;
     loop {
-        if start.elapsed() > BUDGET {
-            return Err(Hint::unsupported(format!("the case analysis ran past {} ms", BUDGET.as_millis())));
+        if spent > BUDGET {
+            return Err(Hint::unsupported(format!("the case analysis needs more than {BUDGET} operations")));
         }
         // One case: its first trial may extend the path; restarts redraw inside new ties.
         let mut trial = 0u32;
@@ -540,7 +547,7 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Result<Verdict, 
         while trial < TRIALS {
             let seed = 0x5eed_0000_u64 ^ ((cases as u64) << 20) ^ ((trial as u64) << 8) ^ unlucky as u64;
             let known = path.len();
-            let outcome = run_case(&eval, law, &mut path, inputs, per_operand, &element_sizes, &param_sizes, seed);
+            let outcome = run_case(&eval, law, &mut path, inputs, per_operand, &element_sizes, &param_sizes, seed, &mut spent);
             match outcome {
                 Ok(CaseResult::Equal { degree, compared, logs }) => {
                     max_degree = max_degree.max(degree);
@@ -608,8 +615,22 @@ fn run_case(
     element_sizes: &[usize],
     param_sizes: &[usize],
     seed: u64,
+    spent: &mut u64,
 ) -> Result<CaseResult, Stop> {
     let mut d = SymDomain::new(path, inputs, seed)?;
+    let result = evaluate_case(eval, law, &mut d, per_operand, element_sizes, param_sizes);
+    *spent += d.ops;
+    result
+}
+
+fn evaluate_case(
+    eval: &Evaluator,
+    law: Law,
+    d: &mut SymDomain,
+    per_operand: usize,
+    element_sizes: &[usize],
+    param_sizes: &[usize],
+) -> Result<CaseResult, Stop> {
     let mut next: Atom = 0;
     let mut fresh = |d: &SymDomain, sizes: &[usize]| -> Fields<Sym> {
         sizes
@@ -624,10 +645,10 @@ fn run_case(
             })
             .collect()
     };
-    let operands: Vec<Fields<Sym>> = (0..arity(law)).map(|_| fresh(&d, element_sizes)).collect();
-    let params = fresh(&d, param_sizes);
+    let operands: Vec<Fields<Sym>> = (0..arity(law)).map(|_| fresh(d, element_sizes)).collect();
+    let params = fresh(d, param_sizes);
     debug_assert_eq!(next as usize, per_operand * arity(law) + param_sizes.iter().sum::<usize>());
-    let pairs = sides(eval, &mut d, law, &params, &operands)?;
+    let pairs = sides(eval, d, law, &params, &operands)?;
     if let Some(why) = d.poison.take() {
         return Err(Stop::Unsupported(why));
     }

@@ -2,7 +2,7 @@
 //! every step. This is what every backend's run of a form is compared against.
 
 use super::{chunked, fold, tree, Stream};
-use crate::interp::{Evaluator, Fields, FloatDomain};
+use crate::interp::{Domain, Evaluator, Fields, FloatDomain};
 use crate::ir::{Aggregator, ReadoutKind, Role};
 use crate::valid::Info;
 
@@ -82,6 +82,10 @@ pub fn run(
     check(&eval, Role::Param, params, 1)?;
     check(&eval, Role::Input, inputs, steps)?;
     let mut d = domain;
+    // The data as a backend holds it: each value in its declared type (an f32 input
+    // given as the f64 0.1 is f32(0.1) in Declared precision; i32 values wrap).
+    let params = &convert(&eval, &mut d, Role::Param, params);
+    let inputs = &convert(&eval, &mut d, Role::Input, inputs);
     let input_fields = eval.fields(Role::Input);
     let step_input = |t: usize| -> Fields<f64> {
         input_fields.iter().zip(inputs).map(|(&f, buf)| {
@@ -133,6 +137,17 @@ pub fn run(
         }
     }
     Ok(Outputs { outputs, prefixes, stats: RunStats { combines, peak_elements: peak } })
+}
+
+fn convert(eval: &Evaluator, d: &mut FloatDomain, role: Role, data: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    eval.fields(role)
+        .iter()
+        .zip(data)
+        .map(|(&f, buf)| {
+            let ty = eval.agg.tensors[f].dtype.scalar();
+            buf.iter().map(|&v| d.constant(v, ty)).collect()
+        })
+        .collect()
 }
 
 fn check(eval: &Evaluator, role: Role, data: &[Vec<f64>], steps: usize) -> Result<(), FormError> {

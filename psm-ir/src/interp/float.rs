@@ -74,10 +74,12 @@ impl Domain for FloatDomain {
     type Error = std::convert::Infallible;
 
     fn constant(&mut self, value: f64, ty: Scalar) -> f64 {
-        if self.single(ty) {
-            value as f32 as f64
-        } else {
-            value
+        match ty {
+            _ if self.single(ty) => value as f32 as f64,
+            // An exactly computed integer becomes an i32 value the way i32 arithmetic
+            // would produce it: wrapped (`N * N` with N = 65536 is 0), never saturated.
+            Scalar::I32 => value as i64 as i32 as f64,
+            _ => value,
         }
     }
 

@@ -312,39 +312,285 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
 }
 
 fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
-    {
-        pest::set_error_detail(true);
-        let r = PsmParser::parse(Rule::file, source);
-        pest::set_error_detail(false);
-        if let Err(e2) = r { if let Some(a) = e2.parse_attempts() { eprintln!("DETAIL pos={} expected={:?} unexpected={:?} stacks={:?}", a.max_position, a.expected_tokens(), a.unexpected_tokens(), a.call_stacks()); } }
-    }
     let pos = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
+    }
+    .min(source.len());
+    let rules: Vec<Rule> = match &e.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives.clone(),
+        // pest's own resource limits ("stack limit reached", "call limit reached"): the
+        // only way to reach them is nesting.
+        pest::error::ErrorVariant::CustomError { .. } => return nested_too_deeply(source, Span::new(pos, pos)),
     };
     let found = found_token(source, pos);
-    let expected = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            let mut names: Vec<&str> = positives.iter().filter_map(rule_name).collect();
-            names.dedup();
-            let mut seen = std::collections::HashSet::new();
-            names.retain(|n| seen.insert(*n));
-            names
+    let end = (pos + found.len().max(1)).min(source.len()).max(pos);
+    let found_span = Span::new(pos, end);
+    let found_text = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
+    let unexpected = if found.is_empty() { "unexpected end of file".to_string() } else { format!("unexpected `{found}`") };
+    let tokens = expected_tokens(source, pos);
+    let expects = |t: &str| tokens.iter().any(|x| x == t);
+
+    // A number that does not scan: `0.5.0`, `2.`, `1e`, `1_000`.
+    if let Some((word, span)) = malformed_number(source, pos) {
+        return Diagnostic::error(format!("syntax error: malformed number `{word}`"))
+            .primary(span, "not a number")
+            .help("write numbers as `2`, `2.0`, `0.5` or `1e-6`");
+    }
+
+    let open = unclosed_delimiters(source, pos);
+    // End of file inside a block: name the `{` that was never closed.
+    if found.is_empty() {
+        if let Some(&(c, at)) = open.last() {
+            let close = closing(c);
+            let what = opener_context(source, at);
+            let mut d = Diagnostic::error(format!("syntax error: unexpected end of file: this `{c}` is never closed"))
+                .primary(Span::new(at, at + 1), format!("unclosed `{c}`{what}"));
+            for &(c2, at2) in open.iter().rev().skip(1) {
+                d = d.secondary(Span::new(at2, at2 + 1), format!("unclosed `{c2}`{}", opener_context(source, at2)));
+            }
+            return d.help(format!("close it with `{close}`"));
         }
-        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
-    };
+    }
+
+    // A section keyword where a statement was expected: the body before it lacks its `}`.
+    let (prev_start, prev_end) = previous_token(source, pos);
+    let prev = &source[prev_start..prev_end];
+    const SECTIONS: [&str; 8] = ["input", "param", "element", "identity", "lift", "combine", "readout", "assume"];
+    if SECTIONS.contains(&prev) && open.len() >= 2 {
+        let (c, at) = open[open.len() - 1];
+        if c == '{' && at < prev_start {
+            let what = opener_context(source, at);
+            return Diagnostic::error(format!("syntax error: `{prev}` inside a block: a `}}` is missing before it"))
+                .primary(Span::new(prev_start, prev_end), format!("`{prev}` starts a new section"))
+                .secondary(Span::new(at, at + 1), format!("this `{{`{what} is not closed"))
+                .help(format!("close the block with `}}` before `{prev}`"));
+        }
+    }
+
+    // After a complete statement: the `;` is missing, or a stray token follows.
+    if expects(";") && found != "=" {
+        let mut d = Diagnostic::error(format!("syntax error: expected `;`, found {found_text}"));
+        let same_line = !source[prev_end..pos].contains('\n') && !found.is_empty();
+        if found == ")" || found == "]" {
+            let opener = if found == ")" { '(' } else { '[' };
+            d = d.primary(found_span, format!("this `{found}` has no matching `{opener}`")).help(format!("remove the `{found}`, or add the `{opener}` it closes"));
+        } else if same_line && found != "}" {
+            d = d
+                .primary(found_span, unexpected)
+                .help("end the statement with `;`; between two values write an operator (`+`, `*`, ...)");
+        } else {
+            d = d
+                .primary(Span::new(prev_end, prev_end), "expected `;` here")
+                .secondary(found_span, unexpected)
+                .help("end each statement with `;`");
+        }
+        return d;
+    }
+
+    let mut expected = describe_expected(&rules, &tokens);
+    if expected.is_empty() {
+        expected.push("something else".into());
+    }
     let expected_text = match expected.len() {
-        0 => "something else".to_string(),
-        1 => expected[0].to_string(),
+        1 => expected[0].clone(),
         n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
     };
-    let end = (pos + found.len().max(1)).min(source.len()).max(pos);
-    let label = if found.is_empty() { "unexpected end of file".to_string() } else { format!("unexpected `{found}`") };
-    let mut d = Diagnostic::error(format!("syntax error: expected {expected_text}")).primary(Span::new(pos, end), label);
-    if found == "=" && expected.contains(&"a comparison") {
+    let mut d = Diagnostic::error(format!("syntax error: expected {expected_text}, found {found_text}")).primary(found_span, unexpected);
+    if found == "=" && (expects("==") || rules.contains(&Rule::cmp_op)) {
         d = d.help("compare with `==`; assignment is a statement, not an expression");
+    } else if matches!(found.as_str(), ")" | "]" | "}") && !open.iter().any(|&(c, _)| closing(c).to_string() == found) {
+        d = d.help(format!("this `{found}` closes nothing; remove it"));
+    } else if let Some(&(c, at)) = open.last() {
+        // A closer of the wrong kind: say which opener is still waiting.
+        if matches!(found.as_str(), ")" | "]" | "}") && closing(c).to_string() != found {
+            d = d.secondary(Span::new(at, at + 1), format!("this `{c}` is closed by `{}`", closing(c)));
+        }
     }
     d
+}
+
+/// The diagnostic for an expression (or block) nested beyond [`MAX_NESTING`] levels.
+pub(super) fn nested_too_deeply(source: &str, at: Span) -> Diagnostic {
+    let start = (at.start as usize).min(source.len());
+    let end = (at.end as usize).clamp(start, source.len());
+    let end = if end == start { (start + found_token(source, start).len().max(1)).min(source.len()) } else { end };
+    Diagnostic::error("expression nested too deeply")
+        .primary(Span::new(start, end), format!("more than {MAX_NESTING} levels of nesting here"))
+        .help("split the expression into `let` steps")
+}
+
+/// Literal tokens pest would have accepted at `pos`, from a second parse that records
+/// them (pest records them only on request; the first parse does not pay for it).
+fn expected_tokens(source: &str, pos: usize) -> Vec<String> {
+    pest::set_error_detail(true);
+    let result = PsmParser::parse(Rule::file, source);
+    pest::set_error_detail(false);
+    let Err(e) = result else { return Vec::new() };
+    let Some(attempts) = e.parse_attempts() else { return Vec::new() };
+    if attempts.max_position != pos {
+        return Vec::new();
+    }
+    attempts
+        .expected_tokens()
+        .into_iter()
+        .filter_map(|t| match t {
+            pest::ParsingToken::Sensitive { token } | pest::ParsingToken::Insensitive { token } => Some(token),
+            _ => None,
+        })
+        .filter(|t| !t.trim().is_empty() && t != "//" && t != "_" && t != "e" && t != "E")
+        .collect()
+}
+
+/// What to write at an error position, in the language's words, most useful first.
+fn describe_expected(rules: &[Rule], tokens: &[String]) -> Vec<String> {
+    const OPERATORS: [&str; 12] = ["+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=", "&&", "||"];
+    const OPERATOR_RULES: [Rule; 5] = [Rule::or_op, Rule::and_op, Rule::cmp_op, Rule::add_op, Rule::mul_op];
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |s: String, out: &mut Vec<String>| {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    };
+    for p in [";", "}", ")", "]", "{", "(", "[", ",", "=", "->", ":", ">"] {
+        if tokens.iter().any(|t| t == p) && !(p == ">" && tokens.iter().any(|t| t == "<")) {
+            push(format!("`{p}`"), &mut out);
+        }
+    }
+    for t in tokens {
+        if t.chars().all(|c| c.is_ascii_alphabetic()) {
+            push(format!("`{t}`"), &mut out);
+        }
+    }
+    let operators = tokens.iter().filter(|t| OPERATORS.contains(&t.as_str())).count();
+    for r in rules {
+        if OPERATOR_RULES.contains(r) {
+            continue;
+        }
+        if let Some(name) = rule_name(r) {
+            push(name.to_string(), &mut out);
+        }
+    }
+    if operators > 0 || rules.iter().any(|r| OPERATOR_RULES.contains(r)) {
+        push("an operator".to_string(), &mut out);
+    }
+    out
+}
+
+fn closing(open: char) -> char {
+    match open {
+        '(' => ')',
+        '[' => ']',
+        _ => '}',
+    }
+}
+
+/// The brackets opened before `pos` and not yet closed, outermost first, skipping
+/// comments. A closer that matches nothing is ignored.
+fn unclosed_delimiters(source: &str, pos: usize) -> Vec<(char, usize)> {
+    let mut stack: Vec<(char, usize)> = Vec::new();
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while i < pos.min(bytes.len()) {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            c @ (b'(' | b'[' | b'{') => stack.push((c as char, i)),
+            c @ (b')' | b']' | b'}') => {
+                if let Some(k) = stack.iter().rposition(|&(o, _)| closing(o) as u8 == c) {
+                    stack.truncate(k);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    stack
+}
+
+/// ` of `combine`` for the `{` of a combine body: the first word of what precedes the
+/// opener since the previous statement or block boundary.
+fn opener_context(source: &str, at: usize) -> String {
+    let before = &source[..at.min(source.len())];
+    let from = before.rfind([';', '{', '}']).map_or(0, |k| k + 1);
+    let head = strip_comments(&before[from..]);
+    let word: String = head.trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    match word.as_str() {
+        "" => String::new(),
+        "aggregator" => {
+            let name: String = head.trim_start()["aggregator".len()..].trim_start().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            if name.is_empty() { " of the aggregator".to_string() } else { format!(" of aggregator `{name}`") }
+        }
+        w @ ("input" | "param" | "element" | "identity" | "lift" | "combine" | "readout") => format!(" of `{w}`"),
+        _ => String::new(),
+    }
+}
+
+fn strip_comments(text: &str) -> String {
+    text.lines().map(|l| l.find("//").map_or(l, |k| &l[..k])).collect::<Vec<_>>().join("\n")
+}
+
+/// The byte range of the last token before `pos`, skipping whitespace and comments.
+fn previous_token(source: &str, pos: usize) -> (usize, usize) {
+    let bytes = source.as_bytes();
+    let pos = pos.min(bytes.len());
+    // The end of the last significant byte before `pos`.
+    let mut end = 0;
+    let mut i = 0;
+    while i < pos {
+        if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while i < pos && bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if !bytes[i].is_ascii_whitespace() {
+            end = i + 1;
+        }
+        i += 1;
+    }
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut start = end.saturating_sub(1);
+    if end > 0 && word(bytes[end - 1]) {
+        while start > 0 && word(bytes[start - 1]) {
+            start -= 1;
+        }
+    }
+    // Keep the range on character boundaries (a non-ASCII byte is never a word byte).
+    while start > 0 && !source.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = end;
+    while end < source.len() && !source.is_char_boundary(end) {
+        end += 1;
+    }
+    (start, end)
+}
+
+/// A word around `pos` that starts with a digit but is not a number: `0.5.0`, `2.`,
+/// `1e`, `3x`. Only when the parse stopped inside it.
+fn malformed_number(source: &str, pos: usize) -> Option<(String, Span)> {
+    let bytes = source.as_bytes();
+    let part = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'.';
+    let mut start = pos.min(bytes.len());
+    while start > 0 && part(bytes[start - 1]) {
+        start -= 1;
+    }
+    // A field access (`x.v1`) is a word that starts with a letter.
+    if start == pos || !bytes.get(start).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut end = pos;
+    while end < bytes.len() && (part(bytes[end]) || ((bytes[end] == b'-' || bytes[end] == b'+') && matches!(bytes[end - 1], b'e' | b'E'))) {
+        end += 1;
+    }
+    let word = &source[start..end];
+    // `2.0.x`: the number ends where a field access could begin.
+    Some((word.to_string(), Span::new(start, end)))
 }
 
 /// The token at `pos`, for "unexpected `...`" labels.
@@ -354,7 +600,7 @@ fn found_token(source: &str, pos: usize) -> String {
     match chars.next() {
         None => String::new(),
         Some((_, c)) if c.is_alphanumeric() || c == '_' => {
-            rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect()
+            rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
         }
         Some((_, c)) => {
             let two: String = rest.chars().take(2).collect();
