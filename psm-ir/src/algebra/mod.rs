@@ -2,6 +2,8 @@
 //! declared identity is one (DESIGN.md §5), and classifies the operator's structure.
 //!
 //! A verdict is never a guess presented as a proof:
+//! * `proven` — both sides expand to the same polynomial (exact rational
+//!   coefficients): the law holds identically;
 //! * `verified` — the two sides are equal as functions, by randomized identity testing
 //!   in exact arithmetic over GF(2^61 − 1), with `exp`/`log` mapped through their
 //!   homomorphisms and `max`/`min`/comparisons/`select` split into every feasible
@@ -13,6 +15,7 @@
 
 pub mod exact;
 mod float_search;
+mod normal;
 mod structure;
 mod symbolic;
 
@@ -120,11 +123,10 @@ pub enum Law {
 /// Analyses one validated aggregator.
 pub fn analyze(agg: &Aggregator, info: &Info) -> Report {
     let check = |law| {
-        let exact = symbolic::check(agg, info, law);
-        match exact {
+        normal::check(agg, info, law).unwrap_or_else(|| match symbolic::check(agg, info, law) {
             Ok(v) => v,
-            Err(why) => float_search::check(agg, info, law, &why),
-        }
+            Err(hint) => float_search::check(agg, info, law, &hint),
+        })
     };
     let associative = check(Law::Associative);
     let identity = agg.identity.as_ref().map(|_| check(Law::Identity));
