@@ -162,6 +162,95 @@ mistake!(
 "#
 );
 
+mistake!(
+    syntax_stray_character,
+    r#"aggregator cumsum {
+    input   { v }
+    element { v }
+    combine(l, r) {
+        v = l.v + @r.v;
+    }
+}
+"#
+);
+
+mistake!(
+    syntax_unclosed_dim_list,
+    r#"aggregator gla<K = 4, V = 4 {
+    input   { k[K], v[V] }
+    element { s[K, V] }
+    lift(x) { s[i, j] = x.k[i] * x.v[j]; }
+    combine(l, r) { s[i, j] = l.s[i, j] + r.s[i, j]; }
+}
+"#
+);
+
+mistake!(
+    syntax_readout_without_arrow,
+    r#"aggregator cumsum {
+    input   { v }
+    element { v }
+    combine(l, r) { v = l.v + r.v; }
+    readout inclusive(s, x) y { y = s.v; }
+}
+"#
+);
+
+mistake!(
+    syntax_stray_closing_brace,
+    r#"aggregator cumsum {
+    input   { v }
+    element { v }
+    combine(l, r) { v = l.v + r.v; } }
+    readout inclusive(s, x) -> y { y = s.v; }
+}
+"#
+);
+
+/// 5000 nested parentheses: a diagnostic, not a stack overflow.
+#[test]
+fn expression_nested_too_deeply() {
+    let depth = 5000;
+    let src = format!(
+        "aggregator deep {{\n    input   {{ v }}\n    element {{ v }}\n    combine(l, r) {{ v = {}l.v{}; }}\n}}\n",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
+    let rendered = errors(&src, &[]);
+    assert!(rendered.contains("nested too deeply"), "{rendered}");
+    // The snapshot keeps the first lines only: the source line is 10 000 characters long.
+    let head: String = rendered.lines().take(1).collect::<Vec<_>>().join("\n");
+    insta::assert_snapshot!("expression_nested_too_deeply", head);
+}
+
+/// A long flat chain is as deep for every pass over it: also a diagnostic.
+#[test]
+fn expression_chain_too_long() {
+    let src = format!(
+        "aggregator long {{\n    input   {{ v }}\n    element {{ v }}\n    combine(l, r) {{ v = l.v{}; }}\n}}\n",
+        " + r.v".repeat(100_000)
+    );
+    let rendered = errors(&src, &[]);
+    assert!(rendered.contains("nested too deeply"), "{rendered}");
+}
+
+/// Nesting up to the limit is accepted.
+#[test]
+fn moderate_nesting_is_accepted() {
+    let depth = 100;
+    let src = format!(
+        "aggregator deep {{\n    input   {{ v }}\n    element {{ v }}\n    combine(l, r) {{ v = {}l.v{} + r.v; }}\n}}\n",
+        "(".repeat(depth),
+        ")".repeat(depth)
+    );
+    accepts(&src, &[]);
+    let chain = format!(
+        "aggregator long {{\n    input   {{ v }}\n    element {{ v }}\n    combine(l, r) {{ v = l.v{}; }}\n}}\n",
+        " + r.v".repeat(200)
+    );
+    accepts(&chain, &[]);
+}
+
 // ---------------------------------------------------------------------------------
 // Names
 // ---------------------------------------------------------------------------------
@@ -511,6 +600,82 @@ mistake!(
     combine(l, r) { v = l.v + r.v; }
 }
 "#
+);
+
+/// The rewrite the data-dependent-index help suggests is accepted.
+#[test]
+fn data_dependent_index_rewrite_validates() {
+    accepts(
+        r#"aggregator gather<K = 4> {
+    input   { v[K], pos: i32 }
+    element { v }
+    lift(x) { v = sum(i) x.v[i] * select(i == x.pos, 1.0, 0.0); }
+    combine(l, r) { v = l.v + r.v; }
+}
+"#,
+        &[],
+    );
+}
+
+mistake!(
+    shape_mismatch_smaller_index,
+    r#"aggregator outer<K = 8, V = 4> {
+    input   { k[K], v[V] }
+    element { s[K] }
+    lift(x) { s[i] = x.k[i] * x.v[i]; }
+    combine(l, r) { s[i] = l.s[i] + r.s[i]; }
+}
+"#
+);
+
+mistake!(
+    input_field_read_in_combine,
+    r#"aggregator ema {
+    input   { v, gate }
+    element { b }
+    lift(x) { b = x.v; }
+    combine(l, r) {
+        b = r.gate * l.b + r.b;
+    }
+}
+"#
+);
+
+mistake!(
+    let_extent_not_positive,
+    r#"aggregator window<C = 4> {
+    input   { v[C] }
+    element { v[C] }
+    combine(l, r) {
+        let w[i: C - 4] = l.v[i];
+        v[i] = w[i] + r.v[i];
+    }
+}
+"#
+);
+
+mistake!(
+    local_too_large,
+    r#"aggregator big<C = 65536> {
+    input   { v }
+    element { v }
+    combine(l, r) {
+        let w[i: C, j: C, k: C] = l.v;
+        v = r.v + w[0, 0, 0];
+    }
+}
+"#
+);
+
+mistake!(
+    tensor_too_large_with_many_dims,
+    r#"aggregator big<K = 4> {
+    input   { v[K, K, K, K, K, K] }
+    element { v[K, K, K, K, K, K] }
+    combine(l, r) { v[a, b, c, d, e, f] = l.v[a, b, c, d, e, f]; }
+}
+"#,
+    &[("K", 1 << 31)]
 );
 
 mistake!(

@@ -599,3 +599,71 @@ fn combine_reads_left_as_the_earlier_operand() {
     let o = outputs(src, &[], Precision::F64, &[], &[vec![10.0, 3.0, 2.0]], 3);
     assert_eq!(o[0], vec![10.0, 7.0, 5.0]);
 }
+
+#[test]
+fn max_and_min_order_negative_zero_below_positive_zero() {
+    // IEEE 754-2019 maximum/minimum: the result does not depend on the operand order.
+    for p in [Precision::Declared, Precision::F64] {
+        for (a, b) in [(-0.0, 0.0), (0.0, -0.0)] {
+            assert_same(y(&scalar2("max(x.a, x.b)"), p, a, b), 0.0);
+            assert_same(y(&scalar2("min(x.a, x.b)"), p, a, b), -0.0);
+        }
+        assert_same(y(&scalar2("max(x.a, x.b)"), p, -0.0, -0.0), -0.0);
+        assert_same(y(&scalar2("min(x.a, x.b)"), p, 0.0, 0.0), 0.0);
+    }
+    let src = "aggregator t<N = 3> {
+        input { v[N] }
+        element { v[N] }
+        combine(l, r) { v[i] = r.v[i]; }
+        readout inclusive(s, x) -> (hi, lo) { hi = max(i) x.v[i]; lo = min(i) x.v[i]; }
+    }";
+    for v in [vec![-0.0, 0.0, -0.0], vec![0.0, -0.0, 0.0]] {
+        let o = outputs(src, &[], Precision::Declared, &[], &[v], 1);
+        assert_same(o[0][0], 0.0);
+        assert_same(o[1][0], -0.0);
+    }
+}
+
+#[test]
+fn integer_literals_adapt_to_the_float_context() {
+    for p in [Precision::Declared, Precision::F64] {
+        assert_same(y(&scalar2("max(0, x.a)"), p, -2.5, 0.0), 0.0);
+        assert_same(y(&scalar2("max(x.a, 0)"), p, 2.5, 0.0), 2.5);
+        assert_same(y(&scalar2("pow(2, x.a)"), p, 3.0, 0.0), 8.0);
+        assert_same(y(&scalar2("select(x.a > 0.0, 1, 2) * x.b"), p, 1.0, 0.25), 0.25);
+        assert_same(y(&scalar2("select(x.a > 0.0, 1, 2) * x.b"), p, -1.0, 0.25), 0.5);
+    }
+    // A float literal bound to a scalar local is an f32 value in Declared precision.
+    let src = "aggregator t {
+        input { a }
+        element { a }
+        combine(l, r) { a = r.a; }
+        readout inclusive(s, x) -> y { let c = 0.1; y = c * x.a; }
+    }";
+    assert_same(one(src, Precision::Declared, &[3.0])[0][0], (0.1f32 * 3.0f32) as f64);
+    assert_same(one(src, Precision::F64, &[3.0])[0][0], 0.1 * 3.0);
+}
+
+#[test]
+fn lift_combine_and_readout_each_round_in_declared_precision() {
+    // cumsum of values that are f32-representable: every partial sum is an f32 sum.
+    let src = "aggregator t {
+        input { v }
+        element { s }
+        lift(x) { s = x.v * 3.0; }
+        combine(l, r) { s = l.s + r.s; }
+        readout inclusive(st, x) -> y { y = st.s / 7.0; }
+    }";
+    let v = [0.1f32, 0.2, 0.3, 1e-3, 5.0];
+    let ins = vec![v.iter().map(|&x| x as f64).collect::<Vec<_>>()];
+    let o = outputs(src, &[], Precision::Declared, &[], &ins, v.len());
+    let mut acc: Option<f32> = None;
+    for (t, &x) in v.iter().enumerate() {
+        let e = x * 3.0;
+        acc = Some(match acc {
+            None => e,
+            Some(a) => a + e,
+        });
+        assert_same(o[0][t], (acc.unwrap() / 7.0) as f64);
+    }
+}

@@ -143,8 +143,8 @@ fn table(dir: &Path, names: &[String], checked: &[Checked], failed: usize) -> St
         let _ = writeln!(out, "{failed} file{s} with errors (diagnostics on stderr)");
     }
     out.push_str(
-        "proven: a symbolic proof · verified: exact randomized identity testing (error bound in the method) · \
-         refuted: a concrete counterexample · unknown: only floating-point evidence\n\
+        "verdicts: proven = a symbolic proof; verified = exact randomized identity testing (error bound in the method);\n\
+         \x20         refuted = a concrete counterexample; unknown = only floating-point evidence.\n\
          `psmc check FILE` shows the methods and counterexamples.\n",
     );
     out

@@ -25,9 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and validate .psm files and report, per aggregator, whether combine is
+    /// Check .psm files: validity, then per aggregator its verdicts, structure and forms
+    ///
+    /// Parses and validates each file; for each aggregator reports whether combine is
     /// associative and commutative, whether the declared identity is one, its
-    /// structure and the forms it may run in
+    /// structure, and the forms it may run in. Exit code 0 when every file is valid,
+    /// 1 when any has errors (the others are still checked), 2 on usage errors.
     Check {
         /// The .psm files to check
         #[arg(value_name = "FILE", required = true)]
@@ -49,8 +52,7 @@ enum Command {
         #[command(flatten)]
         dims: Dims,
     },
-    /// Check every operator of the bundled library (examples/ops) and print one
-    /// verdict table
+    /// Check every operator of the bundled library (examples/ops) into one verdict table
     Demo {
         /// Directory of .psm files [default: ./examples/ops, else the repository's examples/ops]
         #[arg(value_name = "DIR")]

@@ -28,9 +28,19 @@ impl FloatDomain {
     }
 }
 
+/// IEEE 754-2019 `maximum`: NaN if either operand is NaN, and -0 < +0, so that the
+/// result never depends on the order of the operands (what Cranelift's `fmax`,
+/// WebAssembly's `f32.max` and LLVM's `llvm.maximum` compute).
 pub(crate) fn nan_max(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
         f64::NAN
+    } else if a == b {
+        // Only ±0 compare equal with different bits: +0 wins.
+        if a.is_sign_negative() {
+            b
+        } else {
+            a
+        }
     } else if b > a {
         b
     } else {
@@ -38,9 +48,17 @@ pub(crate) fn nan_max(a: f64, b: f64) -> f64 {
     }
 }
 
+/// IEEE 754-2019 `minimum`: NaN if either operand is NaN, and -0 < +0.
 pub(crate) fn nan_min(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
         f64::NAN
+    } else if a == b {
+        // Only ±0 compare equal with different bits: -0 wins.
+        if a.is_sign_negative() {
+            a
+        } else {
+            b
+        }
     } else if b < a {
         b
     } else {

@@ -9,8 +9,14 @@
 //! * index loops run row-major over the target's shape; statements run in order;
 //! * a reduction is the sequential left fold `((e0 ∘ e1) ∘ e2) ...` over its index;
 //! * `if`/`select` evaluate only the chosen branch;
-//! * `min`/`max` propagate NaN; `rsqrt(x) = 1 / sqrt(x)`; `sigmoid(x) = 1 / (1 + exp(-x))`;
-//!   `softplus(x) = max(x, 0) + log(1 + exp(-|x|))`; no fused multiply-add.
+//! * `min`/`max` (and the `min`/`max` reductions) are IEEE 754-2019 minimum/maximum:
+//!   they propagate NaN and order -0 below +0;
+//! * `rsqrt(x) = 1 / sqrt(x)`; `sigmoid(x) = 1 / (1 + exp(-x))`;
+//!   `softplus(x) = max(x, 0) + log(1 + exp(-|x|))`; no fused multiply-add;
+//! * i32 arithmetic wraps; an integer constant (dims, literals, index arithmetic) is
+//!   computed exactly and then converted to its type: rounded to f32, or wrapped to i32;
+//! * in `Precision::Declared` every value is held in its declared type, the data too:
+//!   `derive::run` converts inputs and params before the first body reads them.
 
 mod float;
 

@@ -90,6 +90,13 @@ pub(crate) fn affine(agg: &Aggregator, dims: &[i64], e: Handle<Expr>) -> Option<
 
 type Interval = (i64, i64);
 
+/// What binds an index variable whose extent is inferred.
+#[derive(Clone, Copy)]
+enum Binding {
+    Let(Handle<Local>),
+    Reduce(ReduceOp),
+}
+
 #[derive(Clone, Default)]
 struct Env {
     /// Interval of each index variable in scope, narrowed by the guards around.
@@ -100,14 +107,17 @@ struct Env {
 
 struct Checker<'a> {
     agg: &'a Aggregator,
+    body: &'a Body,
     info: &'a mut Info,
     diags: &'a mut Vec<Diagnostic>,
     /// Inferred types, for the resolution pass.
     inferred: Vec<Option<Ty>>,
+    /// Locals whose `let` failed: reading them reports nothing more.
+    failed: Vec<bool>,
 }
 
 pub(super) fn check_body(agg: &Aggregator, body: &Body, info: &mut Info, diags: &mut Vec<Diagnostic>) {
-    let mut c = Checker { agg, info, diags, inferred: vec![None; agg.exprs.len()] };
+    let mut c = Checker { agg, body, info, diags, inferred: vec![None; agg.exprs.len()], failed: vec![false; agg.locals.len()] };
     for stmt in &body.stmts {
         c.stmt(stmt);
     }
@@ -166,22 +176,38 @@ impl Checker<'_> {
                     let n = match agg.index_vars[v].extent {
                         Some(s) => match eval_size(agg, &self.info.dims, s) {
                             Some(n) if n > 0 && n <= super::MAX_DIM as i128 => n as usize,
-                            _ => {
+                            value => {
+                                let shown = value.map_or("too large to represent".to_string(), |v| v.to_string());
                                 self.error(
-                                    Diagnostic::error(format!("the extent of `{}` is not positive", self.var_name(v)))
-                                        .primary(agg.sizes.span(s), "sizes must be positive"),
+                                    Diagnostic::error(format!("the extent of `{}` is {shown}", self.var_name(v)))
+                                        .primary(agg.sizes.span(s), format!("this size is {shown} with {}", super::dims_text(agg, &self.info.dims)))
+                                        .help(format!("extents must be between 1 and {}", super::MAX_DIM)),
                                 );
+                                self.failed[local.index()] = true;
                                 return;
                             }
                         },
-                        None => match self.infer_extent(v, stmt.value) {
+                        None => match self.infer_extent(v, stmt.value, Binding::Let(local)) {
                             Some(n) => n,
-                            None => return,
+                            None => {
+                                self.failed[local.index()] = true;
+                                return;
+                            }
                         },
                     };
                     self.info.extents[v.index()] = n;
                     env.ranges.insert(v, (0, n as i64 - 1));
                     shape.push(n);
+                }
+                let entries = shape.iter().try_fold(1u128, |acc, &n| acc.checked_mul(n as u128));
+                if entries.is_none_or(|e| e > super::MAX_ELEMENTS) {
+                    self.error(
+                        Diagnostic::error(format!("`{}` has more than 2^32 entries", agg.locals[local].name))
+                            .primary(agg.locals.span(local), format!("shape {shape:?}"))
+                            .help("use smaller dims or extents"),
+                    );
+                    self.failed[local.index()] = true;
+                    return;
                 }
                 self.info.local_shapes[local.index()] = shape;
                 let ty = self.infer(stmt.value, &env);
@@ -199,31 +225,53 @@ impl Checker<'_> {
 
     /// The extent of `var` from the accesses that index a dimension with it alone,
     /// leaving out those under a guard that mentions it.
-    fn infer_extent(&mut self, var: Handle<IndexVar>, root: Handle<Expr>) -> Option<usize> {
+    fn infer_extent(&mut self, var: Handle<IndexVar>, root: Handle<Expr>, binding: Binding) -> Option<usize> {
         let mut uses = Vec::new();
         let mut mentioned = false;
         self.collect_uses(var, root, &mut uses, &mut mentioned);
         let name = self.var_name(var).to_string();
         let var_span = self.agg.index_vars.span(var);
         let Some(&(first, first_span)) = uses.first() else {
-            let d = if mentioned {
-                Diagnostic::error(format!("cannot infer the extent of `{name}`"))
+            let d = match (mentioned, binding) {
+                (true, Binding::Let(local)) => {
+                    let l = &self.agg.locals[local];
+                    let binders: Vec<String> = l
+                        .indices
+                        .iter()
+                        .map(|&v| if v == var { format!("{name}: N") } else { self.var_name(v).to_string() })
+                        .collect();
+                    Diagnostic::error(format!("cannot infer the extent of `{name}`"))
+                        .primary(var_span, "never used alone as an index outside a guard")
+                        .note(format!("a `let` index takes its extent from an unguarded access such as `x.f[{name}]`"))
+                        .help(format!("state it: `let {}[{}] = ...`", l.name, binders.join(", ")))
+                }
+                (true, Binding::Reduce(op)) => Diagnostic::error(format!("cannot infer the extent of `{name}`"))
                     .primary(var_span, "never used alone as an index outside a guard")
-                    .help(format!("state it: `{name}: N`"))
-            } else {
-                Diagnostic::error(format!("`{name}` is not used"))
+                    .note(format!("`{}({name})` ranges over the dimension that `{name}` indexes alone, e.g. `x.f[{name}]`", op.name()))
+                    .help(format!("index a tensor with `{name}` outside the guard, or reduce over a `let` with a stated extent")),
+                (false, Binding::Reduce(op)) => Diagnostic::error(format!("`{}({name})` reduces over `{name}`, but its body does not use `{name}`", op.name()))
                     .primary(var_span, format!("nothing in the body depends on `{name}`"))
-                    .help("a reduction or `let` index ranges over the dimension it indexes; use it, or remove it")
+                    .help(format!("index the body with it (`{}({name}) x.v[{name}]`), or drop the reduction", op.name())),
+                (false, Binding::Let(local)) => Diagnostic::error(format!("index `{name}` of `{}` is not used", self.agg.locals[local].name))
+                    .primary(var_span, format!("nothing on the right side depends on `{name}`"))
+                    .help(format!("use `{name}` on the right side, or state its extent to repeat the value: `{name}: N`")),
             };
             self.error(d);
             return None;
         };
         if let Some(&(other, other_span)) = uses.iter().find(|(n, _)| *n != first) {
+            let help = match binding {
+                Binding::Let(local) => format!(
+                    "state the extent on the binder (`let {}[{name}: N]`) and guard the access that is larger, or use separate index variables",
+                    self.agg.locals[local].name
+                ),
+                Binding::Reduce(_) => "use separate index variables, one per dimension size".to_string(),
+            };
             self.error(
                 Diagnostic::error(format!("ambiguous extent for `{name}`: {first} or {other}"))
                     .primary(other_span, format!("here `{name}` indexes a dimension of size {other}"))
                     .secondary(first_span, format!("here it indexes a dimension of size {first}"))
-                    .help(format!("state the extent on the binder (`{name}: N`) or use separate index variables")),
+                    .help(help),
             );
             return None;
         }
@@ -267,13 +315,36 @@ impl Checker<'_> {
         }
     }
 
-    fn source_name(&self, source: Source, body_params: bool) -> String {
+    /// A short text for a simple expression, for help lines (`x.pos`); `k` otherwise.
+    fn expr_text(&self, e: Handle<Expr>) -> String {
+        match &self.agg.exprs[e] {
+            Expr::Load { source, indices } if indices.is_empty() => self.source_name(*source),
+            Expr::Index(v) => self.var_name(*v).to_string(),
+            Expr::Dim(d) => self.agg.dims[*d].name.clone(),
+            Expr::Int(v) => v.to_string(),
+            _ => "k".to_string(),
+        }
+    }
+
+    /// How the body names what it reads: `l.h` (with the body's own argument names), a
+    /// param, or a local.
+    fn source_name(&self, source: Source) -> String {
         let agg = self.agg;
+        let params = &self.body.params;
+        let arg = |k: usize| params.get(k).cloned();
+        let prefix = match (source, self.body.kind) {
+            (Source::Input(_), BodyKind::Lift) => arg(0),
+            (Source::Input(_), BodyKind::Readout) => arg(1),
+            (Source::Element(Side::Left, _), _) => arg(0),
+            (Source::Element(Side::Right, _), _) => arg(1),
+            (Source::Element(Side::State, _), _) => arg(0),
+            _ => None,
+        };
         match source {
-            Source::Input(t) if body_params => format!("x.{}", agg.tensors[t].name),
-            Source::Element(Side::Left, t) if body_params => format!("l.{}", agg.tensors[t].name),
-            Source::Element(Side::Right, t) if body_params => format!("r.{}", agg.tensors[t].name),
-            Source::Element(_, t) | Source::Input(t) | Source::Param(t) => agg.tensors[t].name.clone(),
+            Source::Element(_, t) | Source::Input(t) | Source::Param(t) => match prefix {
+                Some(p) => format!("{p}.{}", agg.tensors[t].name),
+                None => agg.tensors[t].name.clone(),
+            },
             Source::Local(l) => agg.locals[l].name.clone(),
         }
     }
@@ -348,8 +419,17 @@ impl Checker<'_> {
             Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) => Ty::Int,
             Expr::Empty => Ty::Val(Scalar::Bool),
             Expr::Load { source, indices } => {
+                if let Source::Local(l) = source {
+                    if self.failed[l.index()] {
+                        // Its `let` was reported; its shape and type are unknown.
+                        for &i in &indices {
+                            self.infer(i, env);
+                        }
+                        return Ty::Error;
+                    }
+                }
                 let shape = self.source_shape(source).to_vec();
-                let name = self.source_name(source, true);
+                let name = self.source_name(source);
                 if shape.len() != indices.len() {
                     let help = if shape.is_empty() {
                         format!("write `{name}` without indices")
@@ -375,6 +455,17 @@ impl Checker<'_> {
                     match ty {
                         Ty::Int => self.check_bounds(i, env, &name, pos, shape[pos]),
                         Ty::Error => {}
+                        Ty::Val(Scalar::I32) => {
+                            // An integer read from data: its value is unknown until run time.
+                            let d = Diagnostic::error(format!("index of `{name}` depends on data"))
+                                .primary(self.span(i), "this index is read at run time")
+                                .note("indices are affine in index variables and dims (`i`, `i + C`, `2*i + 1`), so that every access is checked here")
+                                .help(format!(
+                                    "to pick the entry a data value names, compare it with an index: `sum(i) {name}[i] * select(i == {}, 1.0, 0.0)`",
+                                    self.expr_text(i)
+                                ));
+                            self.error(d);
+                        }
                         other => {
                             let d = Diagnostic::error(format!("index of `{name}` is {}", other.describe()))
                                 .primary(self.span(i), "not an integer expression")
@@ -471,7 +562,7 @@ impl Checker<'_> {
                 }
             }
             Expr::Reduce { op, var, body } => {
-                let Some(n) = self.infer_extent(var, body) else {
+                let Some(n) = self.infer_extent(var, body, Binding::Reduce(op)) else {
                     return Ty::Error;
                 };
                 self.info.extents[var.index()] = n;
@@ -559,11 +650,18 @@ impl Checker<'_> {
             let narrowed = (lo, hi) != (0, extent - 1);
             if !narrowed && extent != size {
                 let var = self.var_name(*v).to_string();
-                self.error(
-                    Diagnostic::error(format!("shape mismatch: `{var}` ranges over {extent} values, `{name}` dimension {pos} has {size}"))
-                        .primary(self.span(index), format!("`{var}` takes values 0..{extent} here"))
-                        .help(format!("use an index variable of extent {size}, or guard the access with `if {var} < {size} {{ ... }}`")),
-                );
+                let binder = self.agg.index_vars.span(*v);
+                let mut d = Diagnostic::error(format!("shape mismatch: `{var}` ranges over {extent} values, `{name}` dimension {pos} has {size}"))
+                    .primary(self.span(index), format!("`{var}` takes values in [0, {}] here", extent - 1));
+                if binder != Span::NONE && binder != self.span(index) {
+                    d = d.secondary(binder, format!("`{var}` is bound here, with extent {extent}"));
+                }
+                let help = if extent > size {
+                    format!("guard the access with `if {var} < {size} {{ ... }} else {{ ... }}`, or use an index variable of extent {size}")
+                } else {
+                    format!("use an index variable of extent {size}: each index variable ranges over one size")
+                };
+                self.error(d.help(help));
                 return;
             }
         }

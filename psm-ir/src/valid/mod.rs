@@ -103,12 +103,15 @@ pub fn validate_aggregator(agg: &Aggregator, overrides: &[DimOverride]) -> Resul
     for (h, d) in agg.dims.iter() {
         let span = agg.dims.span(h);
         let value = match (overrides.iter().rev().find(|o| o.name == d.name), d.default) {
-            (Some(o), _) => {
+            (Some(o), default) => {
                 if o.value <= 0 || o.value > MAX_DIM {
-                    diags.push(
-                        Diagnostic::error(format!("`-D {}={}`: dims must be between 1 and {MAX_DIM}", d.name, o.value))
-                            .secondary(span, format!("`{}` is declared here", d.name)),
-                    );
+                    let mut e = Diagnostic::error(format!("`-D {}={}`: dims must be between 1 and {MAX_DIM}", d.name, o.value))
+                        .secondary(span, format!("`{}` is declared here", d.name));
+                    e = match default {
+                        Some(v) if v > 0 && v <= MAX_DIM => e.help(format!("pass a size from 1 to {MAX_DIM}, or leave `{}` at its default {v}", d.name)),
+                        _ => e.help(format!("pass a size from 1 to {MAX_DIM}")),
+                    };
+                    diags.push(e);
                 }
                 o.value
             }
@@ -116,7 +119,8 @@ pub fn validate_aggregator(agg: &Aggregator, overrides: &[DimOverride]) -> Resul
                 if v <= 0 || v > MAX_DIM {
                     diags.push(
                         Diagnostic::error(format!("dim `{}` has the value {v}", d.name))
-                            .primary(span, format!("dims must be between 1 and {MAX_DIM}")),
+                            .primary(span, format!("dims must be between 1 and {MAX_DIM}"))
+                            .help(format!("give `{}` a default from 1 to {MAX_DIM} (`{} = 1`)", d.name, d.name)),
                     );
                 }
                 v
@@ -137,26 +141,40 @@ pub fn validate_aggregator(agg: &Aggregator, overrides: &[DimOverride]) -> Resul
     }
 
     let mut shapes = Vec::new();
+    // The default readout's outputs repeat the element's declarations: report a span once.
+    let mut reported: Vec<Span> = Vec::new();
     for (h, t) in agg.tensors.iter() {
         let mut shape = Vec::new();
         for &s in &t.shape {
             match eval_size(agg, &dims, s) {
                 Some(v) if v > 0 && v <= MAX_DIM as i128 => shape.push(v as usize),
                 value => {
-                    let shown = value.map_or("too large to represent".to_string(), |v| v.to_string());
-                    diags.push(
-                        Diagnostic::error(format!("`{}` has a dimension of size {shown}", t.name))
-                            .primary(agg.sizes.span(s), format!("this size is {shown} with {}", dims_text(agg, &dims)))
-                            .help("sizes must be positive"),
-                    );
+                    let span = agg.sizes.span(s);
+                    if !reported.contains(&span) {
+                        reported.push(span);
+                        let shown = value.map_or("too large to represent".to_string(), |v| v.to_string());
+                        let help = if value.is_some_and(|v| v > 0) {
+                            format!("sizes must be at most {MAX_DIM}")
+                        } else {
+                            "sizes must be positive".to_string()
+                        };
+                        diags.push(
+                            Diagnostic::error(format!("`{}` has a dimension of size {shown}", t.name))
+                                .primary(span, format!("this size is {shown} with {}", dims_text(agg, &dims)))
+                                .help(help),
+                        );
+                    }
                     shape.push(1);
                 }
             }
         }
-        if shape.iter().map(|&v| v as u128).product::<u128>() > MAX_ELEMENTS {
+        let entries = shape.iter().try_fold(1u128, |acc, &v| acc.checked_mul(v as u128));
+        let span = agg.tensors.span(h);
+        if entries.is_none_or(|n| n > MAX_ELEMENTS) && !reported.contains(&span) {
+            reported.push(span);
             diags.push(
                 Diagnostic::error(format!("`{}` has more than 2^32 entries", t.name))
-                    .primary(agg.tensors.span(h), "too large")
+                    .primary(span, format!("too large with {}", dims_text(agg, &dims)))
                     .help("use smaller dims"),
             );
         }
@@ -221,18 +239,29 @@ fn check_definedness(agg: &Aggregator, body: &Body, diags: &mut Vec<Diagnostic>)
             }
         }
     }
-    let missing: Vec<String> = agg
-        .tensors_of(role)
-        .filter(|t| first[t.index()].is_none())
-        .map(|t| format!("`{}`", agg.tensors[t].name))
-        .collect();
+    let missing: Vec<Handle<Tensor>> = agg.tensors_of(role).filter(|t| first[t.index()].is_none()).collect();
     if !missing.is_empty() {
         let what = if role == Role::Output { "output" } else { "element field" };
         let s = if missing.len() == 1 { "" } else { "s" };
+        let names: Vec<String> = missing.iter().map(|&t| format!("`{}`", agg.tensors[t].name)).collect();
+        let statements: Vec<String> = missing.iter().map(|&t| format!("`{} = ...;`", written(agg, t))).collect();
         diags.push(
-            Diagnostic::error(format!("`{}` never assigns the {what}{s} {}", body.kind.name(), missing.join(", ")))
+            Diagnostic::error(format!("`{}` never assigns the {what}{s} {}", body.kind.name(), names.join(", ")))
                 .primary(body.span, format!("{} must assign every {what}", body.kind.name()))
-                .help(format!("add `{} = ...;`", missing[0].trim_matches('`'))),
+                .help(format!("add {}", statements.join(" and "))),
         );
     }
+}
+
+/// `s[i, j]`: a tensor as the left side of an assignment.
+pub(crate) fn written(agg: &Aggregator, t: Handle<Tensor>) -> String {
+    let tensor = &agg.tensors[t];
+    if tensor.shape.is_empty() {
+        return tensor.name.clone();
+    }
+    const NAMES: [&str; 6] = ["i", "j", "k", "l", "m", "n"];
+    let idx: Vec<String> = (0..tensor.shape.len())
+        .map(|k| if k < NAMES.len() { NAMES[k].to_string() } else { format!("i{k}") })
+        .collect();
+    format!("{}[{}]", tensor.name, idx.join(", "))
 }

@@ -34,28 +34,56 @@ pub fn lower(file: &ast::File) -> Result<Module, Vec<Diagnostic>> {
     }
 }
 
-/// The closest of `candidates` to `name`, for "did you mean" hints.
+/// The closest of `candidates` to `name`, for "did you mean" hints: a different
+/// case (`k` for `K`), or at most one edit in three characters (a transposition counts
+/// as one edit), and never a name that shares nothing with it (`N` for `K`).
 pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     fn distance(a: &str, b: &str) -> usize {
+        // Optimal string alignment distance.
+        let a: Vec<char> = a.chars().collect();
         let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut prev = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let cur = row[j + 1];
-                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-                prev = cur;
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for j in 0..=b.len() {
+            d[0][j] = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+                }
             }
         }
-        row[b.len()]
+        d[a.len()][b.len()]
+    }
+    // Names are short; a pathological one is not worth a quadratic table.
+    if name.len() > 64 {
+        return None;
     }
     candidates
         .into_iter()
-        .map(|c| (distance(name, c), c))
-        .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1))
+        .filter(|c| *c != name && c.len() <= 64)
+        .map(|c| if c.eq_ignore_ascii_case(name) { (0, c) } else { (distance(name, c), c) })
+        .filter(|&(d, c)| {
+            let (n, m) = (name.chars().count(), c.chars().count());
+            d <= (n.max(m) / 3).max(1) && d < n.min(m)
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// The keyword and header of a body item, for labels.
+fn item_head(item: &ast::Item) -> Option<Span> {
+    match item {
+        ast::Item::Identity { body } | ast::Item::Lift { body, .. } | ast::Item::Combine { body, .. } | ast::Item::Readout { body, .. } => {
+            Some(body.head)
+        }
+        _ => None,
+    }
 }
 
 fn list(names: &[String]) -> String {
@@ -171,20 +199,28 @@ impl<'a> AggregatorLowering<'a> {
                     continue;
                 }
             };
-            if slot.is_some() {
-                let d = Diagnostic::error(format!("second `{name}` in aggregator `{}`", ast.name.name))
-                    .primary(head, "defined again here")
-                    .help(format!("an aggregator has at most one `{name}`"));
+            if let Some(first) = *slot {
+                let mut d = Diagnostic::error(format!("second `{name}` in aggregator `{}`", ast.name.name))
+                    .primary(head, "defined again here");
+                if let Some(first) = item_head(first) {
+                    d = d.secondary(first, "first defined here");
+                }
+                let d = d.help(format!("an aggregator has at most one `{name}`; merge the two or remove one"));
                 self.error(d);
                 continue;
             }
             *slot = Some(item);
         }
-        if !sections.contains_key(&Role::Element) {
+        let no_element = !sections.contains_key(&Role::Element);
+        if no_element {
+            let example = match self.names_of(Role::Input).first() {
+                Some(f) => format!("`element {{ {f} }}`"),
+                None => "`element { s[K] }`".to_string(),
+            };
             self.error(
                 Diagnostic::error(format!("aggregator `{}` declares no element", ast.name.name))
                     .primary(ast.name.span, "missing `element { ... }`")
-                    .help("declare the scanned value, e.g. `element { s[K] }`"),
+                    .help(format!("declare the scanned value, e.g. {example}")),
             );
         }
         let Some(ast::Item::Combine { left, right, body }) = combine else {
@@ -195,6 +231,10 @@ impl<'a> AggregatorLowering<'a> {
             );
             return None;
         };
+        if no_element {
+            // Every body would report every field it names as unknown: stop here.
+            return None;
+        }
 
         // Readout outputs are declared before any body is lowered.
         let (readout_kind, readout_args) = match readout {
@@ -411,12 +451,13 @@ impl<'a> AggregatorLowering<'a> {
         scope.indices.truncate(scope.indices.len() - bound);
 
         let target = if s.is_let {
-            if let Some(what) = self.defined_as(scope, name) {
-                self.error(
-                    Diagnostic::error(format!("`{name}` is already defined"))
-                        .primary(s.target.span, format!("`{name}` is already {what}"))
-                        .help("give the local a name of its own"),
-                );
+            if let Some((what, first)) = self.defined_as(scope, name) {
+                let mut d = Diagnostic::error(format!("`{name}` is already defined"))
+                    .primary(s.target.span, format!("`{name}` is already {what}"));
+                if let Some(first) = first {
+                    d = d.secondary(first, format!("`{name}` is defined here"));
+                }
+                self.error(d.help(format!("give the local a name of its own, e.g. `{name}2`")));
                 return None;
             }
             let local = self.locals.push(Local { name: name.clone(), indices: indices.clone() }, s.target.span);
@@ -435,16 +476,16 @@ impl<'a> AggregatorLowering<'a> {
         Some(Stmt { target, indices, value, span: s.span })
     }
 
-    /// What `name` already means in this scope, for "already defined" errors.
-    fn defined_as(&self, scope: &Scope, name: &str) -> Option<&'static str> {
-        if scope.locals.iter().any(|(n, _)| n == name) {
-            Some("a local of this body")
+    /// What `name` already means in this scope, and where, for "already defined" errors.
+    fn defined_as(&self, scope: &Scope, name: &str) -> Option<(&'static str, Option<Span>)> {
+        if let Some(&(_, l)) = scope.locals.iter().find(|(n, _)| n == name) {
+            Some(("a local of this body", Some(self.locals.span(l))))
         } else if scope.args.iter().any(|(n, _)| n == name) {
-            Some("an argument of this body")
-        } else if self.find(Role::Param, name).is_some() {
-            Some("a param")
-        } else if self.find_dim(name).is_some() {
-            Some("a dim")
+            Some(("an argument of this body", None))
+        } else if let Some(t) = self.find(Role::Param, name) {
+            Some(("a param", Some(self.tensors.span(t))))
+        } else if let Some(d) = self.find_dim(name) {
+            Some(("a dim", Some(self.dims.span(d))))
         } else {
             None
         }
@@ -454,18 +495,46 @@ impl<'a> AggregatorLowering<'a> {
         let name = &target.name;
         let kind = if role == Role::Output { "output" } else { "element field" };
         let names = self.names_of(role);
-        let mut d = Diagnostic::error(format!("`{name}` is not an {kind}")).primary(target.span, format!("unknown {kind}"));
-        d = if scope.locals.iter().any(|(n, _)| n == name) {
-            d.note(format!("`{name}` is a local; a local is assigned once, by its `let`"))
-        } else if self.find(Role::Input, name).is_some() || self.find(Role::Param, name).is_some() {
-            d.note(format!("`{name}` is read-only here"))
+        let body = scope.kind.name();
+        let what_is_assigned = if role == Role::Output {
+            format!("`{body}` assigns the outputs ({})", list(&names))
         } else {
-            d.note(format!("the {kind}s are {}", list(&names)))
+            format!("`{body}` assigns the element fields ({})", list(&names))
+        };
+        let read_only = [(Role::Input, "an input field"), (Role::Param, "a param")]
+            .into_iter()
+            .find(|&(r, _)| self.find(r, name).is_some());
+        if let Some((r, what)) = read_only {
+            let decl = self.find(r, name).map(|h| self.tensors.span(h));
+            let reader = match r {
+                Role::Input => scope
+                    .args
+                    .iter()
+                    .find(|(_, a)| *a == Arg::Input)
+                    .map(|(n, _)| format!("; read it as `{n}.{name}`"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            let mut d = Diagnostic::error(format!("cannot assign to `{name}`: it is {what}"))
+                .primary(target.span, format!("{what} is read-only"))
+                .help(format!("{what_is_assigned}{reader}"));
+            if let Some(decl) = decl {
+                d = d.secondary(decl, format!("`{name}` is declared in `{}`", r.keyword()));
+            }
+            self.error(d);
+            return;
+        }
+        let mut d = Diagnostic::error(format!("`{name}` is not an {kind}")).primary(target.span, format!("unknown {kind}"));
+        d = if let Some(&(_, local)) = scope.locals.iter().find(|(n, _)| n == name) {
+            d.secondary(self.locals.span(local), "the local is defined here")
+                .note(format!("`{name}` is a local; a local is assigned once, by its `let`"))
+        } else {
+            d.note(what_is_assigned)
         };
         d = match suggest(name, names.iter().map(String::as_str)) {
             Some(c) => d.help(format!("did you mean `{c}`?")),
-            None if role == Role::Element => d.help("to name an intermediate value, write `let NAME = ...;`"),
-            None => d.help("declare it after `->` in the readout header"),
+            None if role == Role::Element => d.help(format!("to name an intermediate value, write `let {name} = ...;`")),
+            None => d.help(format!("declare it after `->` in the readout header: `-> ({}{name})`", names.iter().map(|n| format!("{n}, ")).collect::<String>())),
         };
         self.error(d);
     }
@@ -514,7 +583,16 @@ impl<'a> AggregatorLowering<'a> {
                         if want == 1 { "" } else { "s" },
                         args.len()
                     ))
-                    .primary(span, "wrong number of arguments"),
+                    .primary(span, "wrong number of arguments")
+                    .help(match func.name.as_str() {
+                        "select" => "write `select(condition, then, otherwise)`".to_string(),
+                        "max" | "min" if want == 2 => format!(
+                            "write `{0}(a, b)`; to reduce over an index, write `{0}(i) e`",
+                            func.name
+                        ),
+                        name if want == 2 => format!("write `{name}(a, b)`"),
+                        name => format!("write `{name}(a)`"),
+                    }),
                 );
                 false
             } else {
@@ -618,10 +696,24 @@ impl<'a> AggregatorLowering<'a> {
                     let names = self.names_of(role);
                     let what = if role == Role::Input { "input" } else { "element" };
                     let mut d = Diagnostic::error(format!("no field `{}` in the {what}", field.name))
-                        .primary(field.span, "unknown field")
+                        .primary(field.span, format!("`{name}` is {} {what}, which has no field `{}`", if role == Role::Input { "the" } else { "an" }, field.name))
                         .note(format!("the {what} fields are {}", list(&names)));
+                    let other = if role == Role::Input { Role::Element } else { Role::Input };
+                    let other_arg = scope.args.iter().find(|(_, a)| (*a == Arg::Input) == (other == Role::Input)).map(|(n, _)| n.clone());
                     if let Some(c) = suggest(&field.name, names.iter().map(String::as_str)) {
                         d = d.help(format!("did you mean `{name}.{c}`?"));
+                    } else if self.find(other, &field.name).is_some() {
+                        let other_what = if other == Role::Input { "an input field" } else { "an element field" };
+                        d = d.note(format!("`{}` is {other_what}", field.name));
+                        d = match other_arg {
+                            Some(a) => d.help(format!("write `{a}.{}`", field.name)),
+                            None if other == Role::Input => d.help(format!(
+                                "`{}` sees only elements: carry `{}` in the element (declare it in `element` and set it in `lift`)",
+                                scope.kind.name(),
+                                field.name
+                            )),
+                            None => d.help("the element is read through the state argument"),
+                        };
                     }
                     self.error(d);
                     Expr::Float(0.0)
@@ -680,6 +772,10 @@ impl<'a> AggregatorLowering<'a> {
                 d = d.help(format!("did you mean `{c}`?"));
             } else if name.len() == 1 && name.chars().all(|c| c.is_ascii_lowercase()) {
                 d = d.help(format!("index variables are bound on the left side (`f[{name}] = ...`) or by a reduction (`sum({name}) ...`)"));
+            } else if name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+                d = d.help(format!("a size is declared as a dim: `aggregator {}<{name} = ...>`", self.ast.name.name));
+            } else {
+                d = d.help(format!("a value shared by every step is a param: `param {{ {name} }}`; a value of this body is a `let {name} = ...;`"));
             }
         }
         self.error(d);

@@ -13,16 +13,64 @@ use crate::{Diagnostic, Span};
 #[grammar = "front/dsl/psm.pest"]
 struct PsmParser;
 
+/// Deepest expression nesting accepted. Every pass over expressions (lowering,
+/// validation, the interpreter, the backends) recurses on it; beyond this a diagnostic
+/// says so instead of the stack overflowing.
+pub const MAX_NESTING: usize = 256;
+
 pub fn parse_file(source: &str) -> Result<File, Diagnostic> {
     let mut pairs = PsmParser::parse(Rule::file, source).map_err(|e| syntax_error(source, e))?;
     let file = pairs.next().expect("the file rule always produces one pair");
+    check_nesting(source, file.clone())?;
     let aggregators = file.into_inner().filter(|p| p.as_rule() == Rule::aggregator).map(aggregator).collect();
     Ok(File { aggregators })
 }
 
+/// Rejects expressions (and sizes) nested more than [`MAX_NESTING`] levels deep,
+/// counting one level per operator of a chain (`a + b + c` nests `a + b` in the sum),
+/// per prefix operator, and per parenthesis, call, index list, `if` and reduction.
+/// Iterative, so that the check itself cannot overflow.
+fn check_nesting(source: &str, file: Pair<Rule>) -> Result<(), Diagnostic> {
+    let mut stack = vec![(file, 0usize)];
+    while let Some((pair, depth)) = stack.pop() {
+        if depth > MAX_NESTING {
+            return Err(nested_too_deeply(source, span(&pair)));
+        }
+        let rule = pair.as_rule();
+        let inner: Vec<Pair<Rule>> = pair.into_inner().collect();
+        let child_depth = match rule {
+            Rule::expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr | Rule::size | Rule::size_term => {
+                // k operands joined by k - 1 operators, or by `*` in a size term.
+                let operands = inner.iter().filter(|p| !matches!(p.as_rule(), Rule::or_op | Rule::and_op | Rule::cmp_op | Rule::add_op | Rule::mul_op)).count();
+                depth + operands.saturating_sub(1) + usize::from(rule == Rule::size)
+            }
+            Rule::unary => depth + inner.iter().filter(|p| p.as_rule() == Rule::prefix_op).count(),
+            Rule::paren | Rule::call | Rule::indices | Rule::if_expr | Rule::reduction => depth + 1,
+            _ => depth,
+        };
+        stack.extend(inner.into_iter().map(|p| (p, child_depth)));
+    }
+    Ok(())
+}
+
+/// The span of a pair without the whitespace and comments pest consumed at its end
+/// while trying an optional part that was not there (`v ` in `{ v }`).
 fn span(pair: &Pair<Rule>) -> Span {
     let s = pair.as_span();
-    Span::new(s.start(), s.end())
+    let mut text = s.as_str();
+    loop {
+        let trimmed = text.trim_end();
+        let last_line = trimmed.rfind('\n').map_or(0, |k| k + 1);
+        match trimmed[last_line..].find("//") {
+            // A trailing comment; a doc comment at the very start is part of the item.
+            Some(k) if last_line + k > 0 => text = &trimmed[..last_line + k],
+            _ => {
+                text = trimmed;
+                break;
+            }
+        }
+    }
+    Span::new(s.start(), s.start() + text.len())
 }
 
 fn ident(pair: Pair<Rule>) -> Ident {
@@ -185,6 +233,21 @@ fn binary_op(s: &str) -> BinaryOp {
 }
 
 fn expr(pair: Pair<Rule>) -> Expr {
+    // Descend through one-operand levels and parentheses without recursing, so that
+    // the recursion depth is the expression's nesting, not 7 frames per parenthesis.
+    let mut pair = pair;
+    loop {
+        match pair.as_rule() {
+            Rule::expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr | Rule::paren => {
+                let mut inner = pair.clone().into_inner();
+                match (inner.next(), inner.next()) {
+                    (Some(only), None) => pair = only,
+                    _ => break,
+                }
+            }
+            _ => break,
+        }
+    }
     let sp = span(&pair);
     match pair.as_rule() {
         Rule::expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr => {
@@ -317,18 +380,26 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
         pest::error::InputLocation::Span((s, _)) => s,
     }
     .min(source.len());
-    let rules: Vec<Rule> = match &e.variant {
+    let mut rules: Vec<Rule> = match &e.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives.clone(),
         // pest's own resource limits ("stack limit reached", "call limit reached"): the
         // only way to reach them is nesting.
         pest::error::ErrorVariant::CustomError { .. } => return nested_too_deeply(source, Span::new(pos, pos)),
     };
+    // pest places its error at the furthest *rule* it tried; a literal (`->`, `,`, `>`)
+    // that failed further on is only in the detailed attempts. Prefer the furthest.
+    let (tokens, furthest) = expected_tokens(source);
+    let mut pos = pos;
+    if let Some(f) = furthest.filter(|&f| f > pos && f <= source.len() && source.is_char_boundary(f)) {
+        pos = f;
+        rules.clear();
+    }
+    let tokens = if furthest == Some(pos) { tokens } else { Vec::new() };
     let found = found_token(source, pos);
     let end = (pos + found.len().max(1)).min(source.len()).max(pos);
     let found_span = Span::new(pos, end);
     let found_text = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
     let unexpected = if found.is_empty() { "unexpected end of file".to_string() } else { format!("unexpected `{found}`") };
-    let tokens = expected_tokens(source, pos);
     let expects = |t: &str| tokens.iter().any(|x| x == t);
 
     // A number that does not scan: `0.5.0`, `2.`, `1e`, `1_000`.
@@ -368,6 +439,16 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
         }
     }
 
+    // A section keyword outside every aggregator: a `}` closed the aggregator early.
+    if SECTIONS.contains(&found.as_str()) && open.is_empty() {
+        if let Some(close) = last_outer_close(source, pos) {
+            return Diagnostic::error(format!("syntax error: `{found}` outside an aggregator"))
+                .primary(found_span, format!("`{found}` belongs inside `aggregator NAME {{ ... }}`"))
+                .secondary(Span::new(close, close + 1), "this `}` closes the aggregator")
+                .help("remove the extra `}`, or move the section into the aggregator");
+        }
+    }
+
     // After a complete statement: the `;` is missing, or a stray token follows.
     if expects(";") && found != "=" {
         let mut d = Diagnostic::error(format!("syntax error: expected `;`, found {found_text}"));
@@ -397,7 +478,9 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
         n => format!("{} or {}", expected[..n - 1].join(", "), expected[n - 1]),
     };
     let mut d = Diagnostic::error(format!("syntax error: expected {expected_text}, found {found_text}")).primary(found_span, unexpected);
-    if found == "=" && (expects("==") || rules.contains(&Rule::cmp_op)) {
+    if expects(">") && !expects("<=") && found == "{" {
+        d = d.help("close the dim list with `>`: `aggregator NAME<K = 64, V = 64> {`");
+    } else if found == "=" && (expects("==") || rules.contains(&Rule::cmp_op)) {
         d = d.help("compare with `==`; assignment is a statement, not an expression");
     } else if matches!(found.as_str(), ")" | "]" | "}") && !open.iter().any(|&(c, _)| closing(c).to_string() == found) {
         d = d.help(format!("this `{found}` closes nothing; remove it"));
@@ -412,66 +495,80 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
 
 /// The diagnostic for an expression (or block) nested beyond [`MAX_NESTING`] levels.
 pub(super) fn nested_too_deeply(source: &str, at: Span) -> Diagnostic {
+    // The first token of the too-deep part: its whole span could be most of the file.
     let start = (at.start as usize).min(source.len());
-    let end = (at.end as usize).clamp(start, source.len());
-    let end = if end == start { (start + found_token(source, start).len().max(1)).min(source.len()) } else { end };
+    let end = (start + found_token(source, start).len().max(1)).min(source.len());
     Diagnostic::error("expression nested too deeply")
         .primary(Span::new(start, end), format!("more than {MAX_NESTING} levels of nesting here"))
         .help("split the expression into `let` steps")
 }
 
-/// Literal tokens pest would have accepted at `pos`, from a second parse that records
-/// them (pest records them only on request; the first parse does not pay for it).
-fn expected_tokens(source: &str, pos: usize) -> Vec<String> {
+/// Literal tokens pest would have accepted at the furthest position it reached, and
+/// that position, from a second parse that records them (pest records them only on
+/// request; the first parse does not pay for it).
+fn expected_tokens(source: &str) -> (Vec<String>, Option<usize>) {
     pest::set_error_detail(true);
     let result = PsmParser::parse(Rule::file, source);
     pest::set_error_detail(false);
-    let Err(e) = result else { return Vec::new() };
-    let Some(attempts) = e.parse_attempts() else { return Vec::new() };
-    if attempts.max_position != pos {
-        return Vec::new();
-    }
-    attempts
+    let Err(e) = result else { return (Vec::new(), None) };
+    let Some(attempts) = e.parse_attempts() else { return (Vec::new(), None) };
+    let tokens = attempts
         .expected_tokens()
         .into_iter()
-        .filter_map(|t| match t {
-            pest::ParsingToken::Sensitive { token } | pest::ParsingToken::Insensitive { token } => Some(token),
-            _ => None,
-        })
+        // `ParsingToken` is not exported; its text is the token, `a..z` for a range.
+        .map(|t| t.to_string())
+        .filter(|t| !(t.chars().count() == 4 && t.get(1..3) == Some("..")) && t != "BUILTIN_RULE")
         .filter(|t| !t.trim().is_empty() && t != "//" && t != "_" && t != "e" && t != "E")
-        .collect()
+        .collect();
+    (tokens, Some(attempts.max_position))
 }
 
 /// What to write at an error position, in the language's words, most useful first.
 fn describe_expected(rules: &[Rule], tokens: &[String]) -> Vec<String> {
-    const OPERATORS: [&str; 12] = ["+", "-", "*", "/", "<", "<=", ">", ">=", "==", "!=", "&&", "||"];
+    // `<` and `>` alone also close and open a dim list: they do not tell an operator.
+    const BINARY: [&str; 9] = ["+", "*", "/", "<=", ">=", "==", "!=", "&&", "||"];
     const OPERATOR_RULES: [Rule; 5] = [Rule::or_op, Rule::and_op, Rule::cmp_op, Rule::add_op, Rule::mul_op];
+    const EXPRESSION_RULES: [Rule; 12] = [
+        Rule::expr, Rule::and_expr, Rule::cmp_expr, Rule::add_expr, Rule::mul_expr, Rule::unary, Rule::reduction,
+        Rule::paren, Rule::call, Rule::access, Rule::if_expr, Rule::prefix_op,
+    ];
+    let has = |t: &str| tokens.iter().any(|x| x == t);
+    // The start of an expression: a parenthesis and `if` (or a reduction) are expected.
+    let expression = rules.iter().any(|r| EXPRESSION_RULES.contains(r)) || (has("(") && (has("if") || has("sum")));
+    let binary = tokens.iter().any(|t| BINARY.contains(&t.as_str())) || rules.iter().any(|r| OPERATOR_RULES.contains(r));
     let mut out: Vec<String> = Vec::new();
-    let mut push = |s: String, out: &mut Vec<String>| {
+    let push = |s: String, out: &mut Vec<String>| {
         if !out.contains(&s) {
             out.push(s);
         }
     };
     for p in [";", "}", ")", "]", "{", "(", "[", ",", "=", "->", ":", ">"] {
-        if tokens.iter().any(|t| t == p) && !(p == ">" && tokens.iter().any(|t| t == "<")) {
+        if p == "(" && expression {
+            continue;
+        }
+        if has(p) && !(p == ">" && binary) {
             push(format!("`{p}`"), &mut out);
         }
     }
     for t in tokens {
-        if t.chars().all(|c| c.is_ascii_alphabetic()) {
+        let word = t.chars().all(|c| c.is_ascii_alphabetic());
+        let starts_expression = ["if", "sum", "prod", "max", "min", "inf"].contains(&t.as_str());
+        if word && !(expression && starts_expression) {
             push(format!("`{t}`"), &mut out);
         }
     }
-    let operators = tokens.iter().filter(|t| OPERATORS.contains(&t.as_str())).count();
+    if expression {
+        push("an expression".to_string(), &mut out);
+    }
     for r in rules {
-        if OPERATOR_RULES.contains(r) {
+        if OPERATOR_RULES.contains(r) || EXPRESSION_RULES.contains(r) {
             continue;
         }
         if let Some(name) = rule_name(r) {
             push(name.to_string(), &mut out);
         }
     }
-    if operators > 0 || rules.iter().any(|r| OPERATOR_RULES.contains(r)) {
+    if binary {
         push("an operator".to_string(), &mut out);
     }
     out
@@ -510,6 +607,32 @@ fn unclosed_delimiters(source: &str, pos: usize) -> Vec<(char, usize)> {
         i += 1;
     }
     stack
+}
+
+/// The position of the last `}` before `pos` that closed an outermost `{`.
+fn last_outer_close(source: &str, pos: usize) -> Option<usize> {
+    let bytes = source.as_bytes();
+    let (mut depth, mut last, mut i) = (0usize, None, 0);
+    while i < pos.min(bytes.len()) {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'{' => depth += 1,
+            b'}' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    last = Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    last
 }
 
 /// ` of `combine`` for the `{` of a combine body: the first word of what precedes the
