@@ -355,7 +355,7 @@ fn reductions_are_sequential_left_folds() {
     let reversed32 = ((w[3] + w[2]) + w[1]) + w[0];
     assert!(left32 != pair32 && left32 != right32 && left32 != reversed32);
     let ws: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-    let o = outputs(src, &[], Precision::Declared, &[], &[ws.clone()], 1);
+    let o = outputs(src, &[], Precision::Declared, &[], std::slice::from_ref(&ws), 1);
     assert_same(o[0][0], left32 as f64);
     // The same data in F64 precision: exact.
     let o = outputs(src, &[], Precision::F64, &[], &[ws], 1);

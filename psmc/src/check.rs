@@ -2,6 +2,7 @@
 //!
 //! [`check_file`] is the one analysis loop; `check` and `demo` both call it.
 
+use std::collections::HashSet;
 use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
@@ -28,16 +29,40 @@ pub struct Loaded {
     pub result: Result<(Module, Vec<Info>), Failure>,
 }
 
-pub fn load(path: &Path, overrides: &[DimOverride]) -> Loaded {
+/// Reads, parses and validates one file. An override that names no dim of this file
+/// is an error unless another file of the same command declares it (`elsewhere`):
+/// `psmc check gla.psm cumsum.psm -D K=64` sets K where it exists.
+pub fn load(path: &Path, overrides: &[DimOverride], elsewhere: &HashSet<String>) -> Loaded {
     let file = path.display().to_string();
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => return Loaded { file, source: String::new(), result: Err(Failure::Unreadable(e.to_string())) },
     };
     let result = psm_ir::front::dsl::parse(&source)
-        .and_then(|module| valid::validate(&module, overrides).map(|infos| (module, infos)))
+        .and_then(|module| {
+            let own: Vec<DimOverride> = overrides
+                .iter()
+                .filter(|o| declares(&module, &o.name) || !elsewhere.contains(&o.name))
+                .cloned()
+                .collect();
+            valid::validate(&module, &own).map(|infos| (module, infos))
+        })
         .map_err(Failure::Invalid);
     Loaded { file, source, result }
+}
+
+fn declares(module: &Module, dim: &str) -> bool {
+    module.aggregators.iter().any(|a| a.find_dim(dim).is_some())
+}
+
+/// The dims declared by any of `files` that parse.
+fn declared_dims(files: &[std::path::PathBuf]) -> HashSet<String> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|src| psm_ir::front::dsl::parse(&src).ok())
+        .flat_map(|m| m.aggregators.into_iter().flat_map(|a| a.dims.iter().map(|(_, d)| d.name.clone()).collect::<Vec<_>>()))
+        .collect()
 }
 
 impl Loaded {
@@ -74,8 +99,8 @@ pub struct Checked {
 }
 
 /// The analysis loop shared by `check` and `demo`.
-pub fn check_file(path: &Path, overrides: &[DimOverride]) -> Checked {
-    let loaded = load(path, overrides);
+pub fn check_file(path: &Path, overrides: &[DimOverride], elsewhere: &HashSet<String>) -> Checked {
+    let loaded = load(path, overrides, elsewhere);
     let mut analyses = Vec::new();
     if let Ok((module, infos)) = &loaded.result {
         for (agg, info) in module.aggregators.iter().zip(infos) {
@@ -93,7 +118,8 @@ pub fn check_file(path: &Path, overrides: &[DimOverride]) -> Checked {
 }
 
 pub fn run(files: &[std::path::PathBuf], overrides: &[DimOverride], json: bool) -> ExitCode {
-    let checked: Vec<Checked> = files.iter().map(|f| check_file(f, overrides)).collect();
+    let elsewhere = if overrides.is_empty() { HashSet::new() } else { declared_dims(files) };
+    let checked: Vec<Checked> = files.iter().map(|f| check_file(f, overrides, &elsewhere)).collect();
     let failed = checked.iter().any(|c| c.loaded.result.is_err());
     if json {
         match crate::json::document(&checked) {

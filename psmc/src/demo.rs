@@ -47,7 +47,7 @@ pub fn run(dir: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let checked: Vec<Checked> = files.iter().map(|f| check_file(f, &[])).collect();
+    let checked: Vec<Checked> = files.iter().map(|f| check_file(f, &[], &Default::default())).collect();
     let mut failed = 0;
     for c in &checked {
         if let Some(text) = c.loaded.render_failure("check") {

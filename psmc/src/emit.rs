@@ -15,7 +15,7 @@ pub enum Target {
 }
 
 pub fn run(path: &Path, target: Target, overrides: &[DimOverride]) -> ExitCode {
-    let loaded = crate::check::load(path, overrides);
+    let loaded = crate::check::load(path, overrides, &Default::default());
     if let Some(text) = loaded.render_failure("emit") {
         crate::print_stderr(&text);
         return ExitCode::FAILURE;

@@ -63,7 +63,7 @@ pub struct Counterexample {
     pub rhs_name: String,
     pub lhs: Value,
     pub rhs: Value,
-    /// The first differing entry: field, flat index within the field, multi-index.
+    /// The first differing entry: its field and multi-index.
     pub field: String,
     pub index: Vec<usize>,
     pub lhs_value: f64,

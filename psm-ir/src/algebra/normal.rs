@@ -256,7 +256,10 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Option<Verdict> 
     let largest = terms.max().unwrap_or(0);
     Some(Verdict {
         kind: VerdictKind::Proven,
-        method: format!("normal form: both sides expand to the same polynomial (largest: {largest} terms)"),
+        method: format!(
+            "normal form: both sides expand to the same polynomial (at most {largest} monomial{} per entry)",
+            if largest == 1 { "" } else { "s" }
+        ),
         counterexample: None,
     })
 }

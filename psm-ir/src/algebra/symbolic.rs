@@ -557,8 +557,10 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Result<Verdict, 
                 }
                 Ok(CaseResult::Differ) => {
                     let constraints: Vec<Constraint> = path.iter().map(Branch::constraint).collect();
+                    // Only a case split makes a witness worth more than a random point.
                     let witness = feasible::witness(&constraints)
-                        .map(|w| w.into_iter().filter(|(a, _)| (*a as usize) < inputs).map(|(a, r)| (a, r.to_f64())).collect());
+                        .map(|w| w.into_iter().filter(|(a, _)| (*a as usize) < inputs).map(|(a, r)| (a, r.to_f64())).collect::<Vec<_>>())
+                        .filter(|w| !w.is_empty());
                     let why = if path.is_empty() {
                         "the two sides differ as rational functions".to_string()
                     } else {

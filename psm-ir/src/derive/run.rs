@@ -68,7 +68,9 @@ pub struct Outputs {
 }
 
 /// Runs `steps` steps of an aggregator with one form. `inputs` holds one buffer per
-/// input field, `[steps, field dims...]` row-major; `params` one per param.
+/// input field, `[steps, field dims...]` row-major; `params` one per param. The data are
+/// first converted to their declared types in `domain` (in Declared precision an f32
+/// input given as 0.1 reads f32(0.1), as it would from a backend's f32 buffer).
 pub fn run(
     agg: &Aggregator,
     info: &Info,
@@ -106,7 +108,8 @@ pub fn run(
     let (prefixes, peak) = match form {
         Form::Fold => (fold(&elements, &mut combine), 1),
         Form::Chunked(c) => (chunked(&elements, c, &mut combine), 1),
-        Form::Tree => (tree(&elements, &mut combine), steps.max(1).next_power_of_two() * 2),
+        // The reference tree keeps every level of the up-sweep: 2·size − 1 slots.
+        Form::Tree => (tree(&elements, &mut combine), 2 * steps.max(1).next_power_of_two() - 1),
         Form::Stream => {
             let r = Stream::prefixes(&elements, &mut combine);
             let peak = r.as_ref().map_or(0, |(_, s)| s.peak_elements);
