@@ -362,6 +362,27 @@ fn deep_nesting_is_a_diagnostic() {
     }
 }
 
+/// Just under the nesting limit the source is accepted, and parsing, validation and
+/// printing fit in the 2 MiB stack of a test thread.
+#[test]
+fn nesting_at_the_limit_fits_a_small_stack() {
+    let n = psm_ir::front::dsl::MAX_NESTING - 6;
+    let cases = [
+        wrap(&format!("v = {}l.v{};", "(".repeat(n), ")".repeat(n))),
+        wrap(&format!("v = {}l.v;", "-".repeat(n))),
+        wrap(&format!("v = l.v{};", " + r.v".repeat(n))),
+        wrap(&format!("v = {}l.v{};", "exp(".repeat(n), ")".repeat(n))),
+        wrap(&format!("v = {}l.v{};", "if l.v > 0.0 { ".repeat(n / 2), " } else { 0.0 }".repeat(n / 2))),
+        wrap(&format!("v = l.v * r.t[{}0{}, 0];", "(".repeat(n), ")".repeat(n))),
+        wrap(&format!("v = l.v * r.t[0{}, 0];", " + 0".repeat(n))),
+    ];
+    for src in cases {
+        let m = parse(&src).unwrap_or_else(|d| panic!("{}", render(&d, "t.psm", &src)));
+        validate(&m, &[]).unwrap_or_else(|d| panic!("{}", render(&d, "t.psm", &src)));
+        run_guarded(&src, &[]).unwrap();
+    }
+}
+
 #[test]
 fn many_declarations_and_statements_are_fast() {
     let n = 3000;
@@ -377,6 +398,42 @@ fn many_declarations_and_statements_are_fast() {
     let start = std::time::Instant::now();
     run_guarded(&src, &[]).unwrap();
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+}
+
+/// A guard whose comparison overflows 64 bits at run time must not narrow: here
+/// `u + MAX > MAX - 1` holds only for u = 0 (u + MAX wraps for u >= 1), so the else
+/// branch runs for u in [1, 3] and reads `r.t[u + 100]` out of bounds. Validation once
+/// narrowed with wrapped constants, judged the else branch dead and accepted this.
+#[test]
+fn overflowing_guard_does_not_narrow() {
+    let src = "aggregator a<C = 4> {
+    input   { t[C] }
+    element { t[C] }
+    combine(l, r) {
+        t[u] = if u + 9223372036854775807 > 9223372036854775806 { l.t[u] } else { r.t[u + 100] };
+    }
+}
+";
+    let m = parse(src).unwrap();
+    let d = validate(&m, &[]).expect_err("the else branch is reachable and out of bounds");
+    assert!(render(&d, "t.psm", src).contains("index out of bounds"), "{}", render(&d, "t.psm", src));
+    // Index constants beyond 64 bits: the exact form says so.
+    let src = "aggregator a<C = 4> {
+    input   { t[C] }
+    element { t[C] }
+    combine(l, r) { t[u] = l.t[u + 4611686018427387904 * 4 - 4611686018427387904 * 4]; }
+}
+";
+    let m = parse(src).unwrap();
+    validate(&m, &[]).unwrap_or_else(|d| panic!("{}", render(&d, "t.psm", src)));
+    let src = "aggregator a<C = 4> {
+    input   { t[C] }
+    element { t[C] }
+    combine(l, r) { t[u] = l.t[u * 4611686018427387904 * 4]; }
+}
+";
+    let m = parse(src).unwrap();
+    assert!(validate(&m, &[]).is_err(), "u * 2^64 is not u * 0");
 }
 
 /// Inputs found by fuzzing and soaking that once panicked or hung.

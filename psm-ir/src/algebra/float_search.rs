@@ -186,7 +186,7 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint) -> Ver
     let samples = ((BUDGET / per_sample) as usize).clamp(16, SAMPLES);
     let eval = Evaluator::new(agg, info);
     let element = eval.fields(Role::Element);
-    let has_inputs = eval.fields(Role::Input).iter().count() > 0;
+    let has_inputs = !eval.fields(Role::Input).is_empty();
     let mut search = Search { eval, law, rng: SplitMix64::new(0xC0FFEE ^ law as u64) };
     let mut tried = 0usize;
     // The witness (atom → value) lists the operands' entries in order, then the params'.

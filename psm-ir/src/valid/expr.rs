@@ -38,41 +38,56 @@ impl Ty {
     }
 }
 
-/// An affine integer expression: `constant + Σ coeff·var`.
+/// An affine integer expression: `constant + Σ coeff·var`, exact: the coefficients are
+/// those of the expression over the integers (no wrapping), or there is no form.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Affine {
-    pub constant: i64,
-    pub terms: Vec<(Handle<IndexVar>, i64)>,
+    pub constant: i128,
+    pub terms: Vec<(Handle<IndexVar>, i128)>,
 }
 
 impl Affine {
-    fn add(mut self, other: Affine, sign: i64) -> Affine {
-        self.constant = self.constant.wrapping_add(sign.wrapping_mul(other.constant));
+    fn constant(k: i128) -> Affine {
+        Affine { constant: k, terms: Vec::new() }
+    }
+    fn add(mut self, other: Affine, sign: i128) -> Option<Affine> {
+        self.constant = self.constant.checked_add(sign.checked_mul(other.constant)?)?;
         for (v, c) in other.terms {
+            let c = sign.checked_mul(c)?;
             match self.terms.iter_mut().find(|(w, _)| *w == v) {
-                Some((_, k)) => *k = k.wrapping_add(sign.wrapping_mul(c)),
-                None => self.terms.push((v, sign.wrapping_mul(c))),
+                Some((_, k)) => *k = k.checked_add(c)?,
+                None => self.terms.push((v, c)),
             }
         }
         self.terms.retain(|(_, c)| *c != 0);
-        self
+        Some(self)
     }
-    fn scale(mut self, k: i64) -> Affine {
-        self.constant = self.constant.wrapping_mul(k);
+    fn scale(mut self, k: i128) -> Option<Affine> {
+        self.constant = self.constant.checked_mul(k)?;
         for (_, c) in &mut self.terms {
-            *c = c.wrapping_mul(k);
+            *c = c.checked_mul(k)?;
         }
         self.terms.retain(|(_, c)| *c != 0);
-        self
+        Some(self)
     }
 }
 
+/// Why an integer expression has no [`Affine`] form.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum NotAffine {
+    /// A product of two index variables, a division, a value read from data, ...
+    Shape,
+    /// Affine, but a coefficient exceeds 128 bits.
+    Overflow,
+}
+
 /// The affine form of an integer expression, if it is one.
-pub(crate) fn affine(agg: &Aggregator, dims: &[i64], e: Handle<Expr>) -> Option<Affine> {
-    Some(match &agg.exprs[e] {
-        Expr::Int(v) => Affine { constant: *v, terms: Vec::new() },
-        Expr::Dim(d) => Affine { constant: dims[d.index()], terms: Vec::new() },
-        Expr::Index(v) => Affine { constant: 0, terms: vec![(*v, 1)] },
+pub(crate) fn affine(agg: &Aggregator, dims: &[i64], e: Handle<Expr>) -> Result<Affine, NotAffine> {
+    use NotAffine::*;
+    let form = match &agg.exprs[e] {
+        Expr::Int(v) => Some(Affine::constant(*v as i128)),
+        Expr::Dim(d) => Some(Affine::constant(dims[d.index()] as i128)),
+        Expr::Index(v) => Some(Affine { constant: 0, terms: vec![(*v, 1)] }),
         Expr::Unary { op: UnaryOp::Neg, arg } => affine(agg, dims, *arg)?.scale(-1),
         Expr::Binary { op: BinaryOp::Add, lhs, rhs } => affine(agg, dims, *lhs)?.add(affine(agg, dims, *rhs)?, 1),
         Expr::Binary { op: BinaryOp::Sub, lhs, rhs } => affine(agg, dims, *lhs)?.add(affine(agg, dims, *rhs)?, -1),
@@ -81,11 +96,12 @@ pub(crate) fn affine(agg: &Aggregator, dims: &[i64], e: Handle<Expr>) -> Option<
             match (a.terms.is_empty(), b.terms.is_empty()) {
                 (true, _) => b.scale(a.constant),
                 (_, true) => a.scale(b.constant),
-                _ => return None,
+                _ => return Err(Shape),
             }
         }
-        _ => return None,
-    })
+        _ => return Err(Shape),
+    };
+    form.ok_or(Overflow)
 }
 
 type Interval = (i64, i64);
@@ -628,22 +644,33 @@ impl Checker<'_> {
         if env.dead {
             return;
         }
-        let Some(form) = affine(self.agg, &self.info.dims, index) else {
+        let form = match affine(self.agg, &self.info.dims, index) {
+            Ok(form) => form,
+            Err(NotAffine::Shape) => {
+                self.error(
+                    Diagnostic::error(format!("index of `{name}` is not affine"))
+                        .primary(self.span(index), "indices must be affine in index variables and dims")
+                        .help("write sums of index variables times constants: `i`, `i + C`, `2*i + 1`, `u - C`"),
+                );
+                return;
+            }
+            Err(NotAffine::Overflow) => {
+                self.error(
+                    Diagnostic::error(format!("index of `{name}` overflows"))
+                        .primary(self.span(index), "the constants of this index are too large to represent")
+                        .help("indices stay within the tensor's shape; use small constants"),
+                );
+                return;
+            }
+        };
+        let Some((lo, hi)) = self.interval(&form, env) else {
             self.error(
-                Diagnostic::error(format!("index of `{name}` is not affine"))
-                    .primary(self.span(index), "indices must be affine in index variables and dims")
-                    .help("write sums of index variables times constants: `i`, `i + C`, `2*i + 1`, `u - C`"),
+                Diagnostic::error(format!("index out of bounds on `{name}` dimension {pos}"))
+                    .primary(self.span(index), "this index takes values too large to represent")
+                    .note(format!("dimension {pos} of `{name}` has size {size}: valid indices are [0, {}]", size.saturating_sub(1))),
             );
             return;
         };
-        let mut lo = form.constant as i128;
-        let mut hi = form.constant as i128;
-        for &(v, c) in &form.terms {
-            let (a, b) = env.ranges.get(&v).copied().unwrap_or((0, self.info.extents[v.index()] as i64 - 1));
-            let (x, y) = (a as i128 * c as i128, b as i128 * c as i128);
-            lo += x.min(y);
-            hi += x.max(y);
-        }
         let size = size as i128;
         if let (Expr::Index(v), [(_, 1)]) = (&self.agg.exprs[index], form.terms.as_slice()) {
             let extent = self.info.extents[v.index()] as i128;
@@ -675,6 +702,19 @@ impl Checker<'_> {
         }
     }
 
+    /// The exact range of an affine form over the index ranges of `env`; `None` beyond
+    /// 128 bits.
+    fn interval(&self, form: &Affine, env: &Env) -> Option<(i128, i128)> {
+        let (mut lo, mut hi) = (form.constant, form.constant);
+        for &(v, c) in &form.terms {
+            let (a, b) = env.ranges.get(&v).copied().unwrap_or((0, self.info.extents[v.index()] as i64 - 1));
+            let (x, y) = ((a as i128).checked_mul(c)?, (b as i128).checked_mul(c)?);
+            lo = lo.checked_add(x.min(y))?;
+            hi = hi.checked_add(x.max(y))?;
+        }
+        Some((lo, hi))
+    }
+
     /// The environments of the then- and else-branches of a guard.
     fn narrow(&self, cond: Handle<Expr>, env: &Env) -> (Env, Env) {
         let (mut then_env, mut else_env) = (env.clone(), env.clone());
@@ -696,21 +736,30 @@ impl Checker<'_> {
                 self.apply(*rhs, false, env);
             }
             Expr::Binary { op, lhs, rhs } if op.is_comparison() => {
-                let (Some(a), Some(b)) = (affine(self.agg, &self.info.dims, *lhs), affine(self.agg, &self.info.dims, *rhs)) else {
+                let (Ok(a), Ok(b)) = (affine(self.agg, &self.info.dims, *lhs), affine(self.agg, &self.info.dims, *rhs)) else {
                     return;
                 };
+                // The comparison is evaluated on 64-bit integers (wrapping): it means what
+                // the exact forms say only where both sides stay within 64 bits.
+                let fits = |form: &Affine| {
+                    self.interval(form, env).is_some_and(|(lo, hi)| lo >= i64::MIN as i128 && hi <= i64::MAX as i128)
+                };
+                if !fits(&a) || !fits(&b) {
+                    return;
+                }
                 // d = lhs - rhs; each constraint below is `d' <= 0`.
-                let d = a.add(b, -1);
+                let Some(d) = a.add(b, -1) else { return };
                 let op = if truth { *op } else { negate(*op) };
-                let constraints: Vec<Affine> = match op {
-                    BinaryOp::Lt => vec![d.add(Affine { constant: 1, terms: vec![] }, 1)],
-                    BinaryOp::Le => vec![d],
-                    BinaryOp::Gt => vec![d.scale(-1).add(Affine { constant: 1, terms: vec![] }, 1)],
+                let one = Affine::constant(1);
+                let constraints: Vec<Option<Affine>> = match op {
+                    BinaryOp::Lt => vec![d.add(one, 1)],
+                    BinaryOp::Le => vec![Some(d)],
+                    BinaryOp::Gt => vec![d.scale(-1).and_then(|n| n.add(one, 1))],
                     BinaryOp::Ge => vec![d.scale(-1)],
-                    BinaryOp::Eq => vec![d.clone(), d.scale(-1)],
+                    BinaryOp::Eq => vec![Some(d.clone()), d.scale(-1)],
                     _ => vec![],
                 };
-                for c in constraints {
+                for c in constraints.into_iter().flatten() {
                     self.bound(&c, env);
                 }
             }
@@ -723,13 +772,15 @@ impl Checker<'_> {
         match form.terms.as_slice() {
             [] if form.constant > 0 => env.dead = true,
             [(v, c)] => {
-                let (c, k) = (*c as i128, form.constant as i128);
+                let (c, k) = (*c, form.constant);
                 let range = env.ranges.get(v).copied().unwrap_or((0, self.info.extents[v.index()] as i64 - 1));
                 let (mut lo, mut hi) = (range.0 as i128, range.1 as i128);
+                // `c*v <= -k`; both sides fit in i128 with room (|k| < 2^64 here).
+                let (Some(neg_k), Some(neg_c)) = (k.checked_neg(), c.checked_neg()) else { return };
                 if c > 0 {
-                    hi = hi.min((-k).div_euclid(c));
+                    hi = hi.min(neg_k.div_euclid(c));
                 } else {
-                    lo = lo.max(-((-k).div_euclid(-c)));
+                    lo = lo.max(-(neg_k.div_euclid(neg_c)));
                 }
                 if lo > hi {
                     env.dead = true;

@@ -5,6 +5,7 @@ mod lower;
 mod parse;
 
 pub(crate) use lower::suggest;
+pub use parse::MAX_NESTING;
 
 use crate::ir::Module;
 use crate::Diagnostic;

@@ -507,9 +507,16 @@ pub(super) fn nested_too_deeply(source: &str, at: Span) -> Diagnostic {
 /// that position, from a second parse that records them (pest records them only on
 /// request; the first parse does not pay for it).
 fn expected_tokens(source: &str) -> (Vec<String>, Option<usize>) {
+    // pest's switch is process-wide and read when a parse starts: hold it for the
+    // whole parse, so that a concurrent error on another thread cannot turn it off
+    // under this one (the message would then depend on timing). Other parses that
+    // start meanwhile only record more than they need.
+    static DETAIL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = DETAIL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     pest::set_error_detail(true);
     let result = PsmParser::parse(Rule::file, source);
     pest::set_error_detail(false);
+    drop(guard);
     let Err(e) = result else { return (Vec::new(), None) };
     let Some(attempts) = e.parse_attempts() else { return (Vec::new(), None) };
     let tokens = attempts
