@@ -20,11 +20,3 @@ fn every_library_file_validates() {
     }
     assert!(failures.is_empty(), "{failures}");
 }
-
-#[test]
-fn print_gla_for_inspection() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ops/attn_agg.psm")).unwrap();
-    let m = psm_ir::front::dsl::parse(&src).unwrap();
-    let infos = psm_ir::valid::validate(&m, &[]).unwrap();
-    println!("{}", psm_ir::print::module(&m, Some(&infos)));
-}
