@@ -77,9 +77,16 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
     for d in diagnostics {
         let mut labels = Vec::new();
         for l in &d.labels {
-            // Clamp so that a stale span can never make the renderer fail.
-            let end = (l.span.end as usize).min(source.len());
-            let start = (l.span.start as usize).min(end);
+            // Clamp so that a stale span can never make the renderer fail: inside the
+            // source, on character boundaries.
+            let mut end = (l.span.end as usize).min(source.len());
+            while !source.is_char_boundary(end) {
+                end += 1;
+            }
+            let mut start = (l.span.start as usize).min(end);
+            while !source.is_char_boundary(start) {
+                start -= 1;
+            }
             let label = if l.primary { CsLabel::primary((), start..end) } else { CsLabel::secondary((), start..end) };
             labels.push(label.with_message(l.message.clone()));
         }

@@ -438,6 +438,74 @@ mistake!(
 );
 
 mistake!(
+    tensor_field_never_assigned,
+    r#"aggregator gla<K = 4, V = 4> {
+    input   { k[K], v[V], alpha[K] }
+    element { a[K], s[K, V] }
+    lift(x) {
+        a[i] = x.alpha[i];
+    }
+    combine(l, r) {
+        a[i]    = l.a[i] * r.a[i];
+        s[i, j] = r.a[i] * l.s[i, j] + r.s[i, j];
+    }
+}
+"#
+);
+
+mistake!(
+    unknown_output,
+    r#"aggregator gla<K = 4, V = 4> {
+    input   { q[K], k[K], v[V] }
+    element { s[K, V] }
+    lift(x) { s[i, j] = x.k[i] * x.v[j]; }
+    combine(l, r) { s[i, j] = l.s[i, j] + r.s[i, j]; }
+    readout inclusive(st, x) -> o[V] {
+        y[j] = sum(i) st.s[i, j] * x.q[i];
+    }
+}
+"#
+);
+
+mistake!(
+    extent_on_an_assignment,
+    r#"aggregator gla<K = 4, V = 4> {
+    input   { k[K], v[V] }
+    element { s[K, V] }
+    lift(x) { s[i: K, j] = x.k[i] * x.v[j]; }
+    combine(l, r) { s[i, j] = l.s[i, j] + r.s[i, j]; }
+}
+"#
+);
+
+mistake!(
+    empty_of_the_wrong_argument,
+    r#"aggregator causal_mean {
+    input   { v }
+    element { s, n }
+    lift(x) { s = x.v; n = 1.0; }
+    combine(l, r) { s = l.s + r.s; n = l.n + r.n; }
+    readout exclusive(p, x) -> y {
+        y = if empty(x) { x.v } else { p.s / p.n };
+    }
+}
+"#
+);
+
+/// A file with hundreds of mistakes reports the first hundred, and says it stopped.
+#[test]
+fn too_many_errors_are_capped() {
+    let uses: Vec<String> = (0..300).map(|i| format!("let t{i} = nope{i};")).collect();
+    let src = format!(
+        "aggregator a {{\n    input   {{ v }}\n    element {{ v }}\n    combine(l, r) {{\n        {}\n        v = l.v;\n    }}\n}}\n",
+        uses.join("\n        ")
+    );
+    let d = parse(&src).expect_err("300 unknown names");
+    assert_eq!(d.len(), 101, "{}", render(&d, "example.psm", &src));
+    insta::assert_snapshot!("too_many_errors_are_capped", render(&d[100..], "example.psm", &src));
+}
+
+mistake!(
     output_never_assigned_in_readout,
     r#"aggregator runmax {
     input   { v, pos: i32 }
@@ -957,6 +1025,16 @@ mistake!(
         m = mx;
         l = a.l * exp(a.m - mx) + b.l * exp(b.m - mx);
     }
+}
+"#
+);
+
+mistake!(
+    lift_omitted_with_different_sizes,
+    r#"aggregator copy<K = 4, V = 8> {
+    input   { v[V] }
+    element { v[K] }
+    combine(l, r) { v[i] = l.v[i] + r.v[i]; }
 }
 "#
 );

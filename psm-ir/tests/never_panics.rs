@@ -335,11 +335,14 @@ fn library_at_small_and_huge_dims() {
 // ---------------------------------------------------------------------------------
 
 fn wrap(body: &str) -> String {
-    format!("aggregator a<C = 4, D = 2> {{\n    input {{ v, t[C, D] }}\n    element {{ v }}\n    combine(l, r) {{ {body} }}\n}}\n")
+    format!("aggregator a<C = 4, D = 2> {{\n    param {{ t[C, D] }}\n    input {{ v }}\n    element {{ v }}\n    combine(l, r) {{ {body} }}\n}}\n")
 }
 
 #[test]
 fn deep_nesting_is_a_diagnostic() {
+    run_guarded(&"{".repeat(250_000), &[]).unwrap();
+    run_guarded(&"(".repeat(250_000), &[]).unwrap();
+    run_guarded(&("aggregator a { ".to_string() + &"combine(l, r) { ".repeat(5000)), &[]).unwrap();
     let n = 5000;
     let cases = [
         wrap(&format!("v = {}l.v{};", "(".repeat(n), ")".repeat(n))),
@@ -349,16 +352,20 @@ fn deep_nesting_is_a_diagnostic() {
         wrap(&format!("v = {}l.v{};", "exp(".repeat(n), ")".repeat(n))),
         wrap(&format!("v = {}l.v{};", "if l.v > 0.0 { ".repeat(n), " } else { 0.0 }".repeat(n))),
         wrap(&format!("v = {} l.v;", "sum(i) ".repeat(n))),
-        wrap(&format!("v = l.v * r.t[{}0{}, 0];", "(".repeat(n), ")".repeat(n))),
+        wrap(&format!("v = l.v * t[{}0{}, 0];", "(".repeat(n), ")".repeat(n))),
         format!("aggregator a<C = 4> {{ input {{ v[{}C{}] }} element {{ v }} combine(l, r) {{ v = l.v; }} }}", "(".repeat(n), ")".repeat(n)),
         format!("aggregator a<C = 4> {{ input {{ v[C{}] }} element {{ v }} combine(l, r) {{ v = l.v; }} }}", " + C".repeat(50 * n)),
-        "{".repeat(50 * n),
-        "aggregator a { ".to_string() + &"combine(l, r) { ".repeat(n),
     ];
     for src in cases {
         let r = run_guarded(&src, &[]);
         assert!(r.is_ok(), "{:?} on {}...", r, &src[..src.len().min(200)]);
-        assert!(parse(&src).is_err(), "accepted {}...", &src[..200]);
+        let d = parse(&src).expect_err("accepted");
+        let rendered: String = render(&d, "t.psm", &src).chars().take(300).collect();
+        assert!(
+            d.iter().any(|d| d.message.contains("nested too deeply")),
+            "{}...: {rendered}",
+            &src[..200]
+        );
     }
 }
 
@@ -373,8 +380,8 @@ fn nesting_at_the_limit_fits_a_small_stack() {
         wrap(&format!("v = l.v{};", " + r.v".repeat(n))),
         wrap(&format!("v = {}l.v{};", "exp(".repeat(n), ")".repeat(n))),
         wrap(&format!("v = {}l.v{};", "if l.v > 0.0 { ".repeat(n / 2), " } else { 0.0 }".repeat(n / 2))),
-        wrap(&format!("v = l.v * r.t[{}0{}, 0];", "(".repeat(n), ")".repeat(n))),
-        wrap(&format!("v = l.v * r.t[0{}, 0];", " + 0".repeat(n))),
+        wrap(&format!("v = l.v * t[{}0{}, 0];", "(".repeat(n), ")".repeat(n))),
+        wrap(&format!("v = l.v * t[0{}, 0];", " + 0".repeat(n))),
     ];
     for src in cases {
         let m = parse(&src).unwrap_or_else(|d| panic!("{}", render(&d, "t.psm", &src)));
@@ -400,9 +407,27 @@ fn many_declarations_and_statements_are_fast() {
     assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
 }
 
+/// Thousands of errors, each looking for a "did you mean" among thousands of names.
+#[test]
+fn many_errors_are_fast() {
+    let n = 2000;
+    let long = "abcdefghijklmnopqrstuvwxyz_abcdefghijkl";
+    let lets: Vec<String> = (0..n).map(|i| format!("let {long}{i} = l.v;")).collect();
+    let uses: Vec<String> = (0..n).map(|i| format!("let u{i} = {long}x{i};")).collect();
+    let src = format!(
+        "aggregator a {{\n input {{ v }}\n element {{ v }}\n combine(l, r) {{ {} {} v = l.v; }}\n}}\n",
+        lets.join(" "),
+        uses.join(" ")
+    );
+    let start = std::time::Instant::now();
+    run_guarded(&src, &[]).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    println!("{:?}", start.elapsed());
+}
+
 /// A guard whose comparison overflows 64 bits at run time must not narrow: here
 /// `u + MAX > MAX - 1` holds only for u = 0 (u + MAX wraps for u >= 1), so the else
-/// branch runs for u in [1, 3] and reads `r.t[u + 100]` out of bounds. Validation once
+/// branch runs for u in [1, 3] and reads `t[u + 100]` out of bounds. Validation once
 /// narrowed with wrapped constants, judged the else branch dead and accepted this.
 #[test]
 fn overflowing_guard_does_not_narrow() {
@@ -439,7 +464,21 @@ fn overflowing_guard_does_not_narrow() {
 /// Inputs found by fuzzing and soaking that once panicked or hung.
 #[test]
 fn regressions() {
-    let cases: &[(&str, &[(&str, i64)])] = &[];
+    let cases: &[(&str, &[(&str, i64)])] = &[
+        // The entry count of a tensor of rank 5 or more at dims near 2^31 overflowed
+        // u128 in `product()`: a panic under overflow checks (debug, fuzzing).
+        (
+            "aggregator a<K = 4> { input { v[K, K, K, K, K] } element { v[K, K, K, K, K] } combine(l, r) { v[a, b, c, d, e] = l.v[a, b, c, d, e]; } }",
+            &[("K", 1 << 31)],
+        ),
+        ("aggregator a<K = 2147483648> { input { v[K, K, K, K, K, K, K, K] } element { v } lift(x) { v = 0.0; } combine(l, r) { v = l.v; } }", &[]),
+        // A local of more than 2^32 entries was accepted (and the interpreter would
+        // have tried to allocate it).
+        ("aggregator a<C = 65536> { input { v } element { v } combine(l, r) { let w[i: C, j: C, k: C] = l.v; v = w[0, 0, 0]; } }", &[]),
+        // Index constants whose product exceeds 64 bits (wrapped before; exact now).
+        ("aggregator a<C = 4> { input { t[C] } element { t[C] } combine(l, r) { t[u] = l.t[u * 9223372036854775807 * 9223372036854775807 * 9223372036854775807]; } }", &[]),
+        ("aggregator a<C = 4> { input { t[C] } element { t[C] } combine(l, r) { t[u] = if u * 9223372036854775807 * 9223372036854775807 < 1 { l.t[u] } else { r.t[u] }; } }", &[]),
+    ];
     for (src, dims) in cases {
         let dims: Vec<DimOverride> = dims.iter().map(|&(n, v)| DimOverride { name: n.into(), value: v }).collect();
         run_guarded(src, &dims).unwrap_or_else(|e| panic!("{e}\n{src}"));
@@ -515,4 +554,19 @@ fn soak() {
         }
     }
     println!("soak: {n} sources from seed {seed} in {:?}: {accepted} accepted, {rejected} rejected", start.elapsed());
+}
+
+/// The renderer tolerates spans it was not made for: past the end, inside a character,
+/// reversed, on an empty source.
+#[test]
+fn render_tolerates_any_span() {
+    use psm_ir::Span;
+    for src in ["", "é", "aé€😀b\n", "x\n\n"] {
+        for start in 0..8u32 {
+            for end in 0..8u32 {
+                let d = Diagnostic::error("e").primary(Span { start, end }, "p").secondary(Span { start: end, end: start }, "s");
+                let _ = render(&[d], "t.psm", src);
+            }
+        }
+    }
 }

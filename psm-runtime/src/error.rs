@@ -31,6 +31,13 @@ impl Slot {
             Slot::State => "state field",
         }
     }
+    fn with_article(self) -> &'static str {
+        match self {
+            Slot::Input => "an input",
+            Slot::Param => "a param",
+            Slot::State => "a state field",
+        }
+    }
 }
 
 /// Why a run (or a stream push, or a compilation for a backend) was rejected.
@@ -95,7 +102,7 @@ impl fmt::Display for RunError {
             RunError::Unknown { slot, name, declared, belongs_to } => {
                 write!(f, "unknown {} `{name}`", slot.name())?;
                 match belongs_to {
-                    Some(other) => write!(f, ": `{name}` is declared as a {}, pass it as one", other.name()),
+                    Some(other) => write!(f, ": `{name}` is declared as {}, pass it as one", other.with_article()),
                     None => write!(f, "; the declared {}s are {}", slot.name(), list(declared)),
                 }
             }

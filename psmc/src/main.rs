@@ -8,6 +8,7 @@ mod check;
 mod demo;
 mod emit;
 mod json;
+mod run;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,6 +53,14 @@ enum Command {
         #[command(flatten)]
         dims: Dims,
     },
+    /// Run an aggregator on random or .npy data, optionally checked against the interpreter
+    ///
+    /// Compiles one aggregator for the CPU (Cranelift JIT) or the reference interpreter,
+    /// runs it in a form (auto, recurrent, chunked, tree, stream) on seeded random inputs
+    /// or .npy files shaped [batch..., T, field dims...], and reports timings, optionally
+    /// errors against the interpreter (--compare) and counts (--stats). Exit code 0 on
+    /// success, 1 on errors in the input or a failed comparison, 2 on usage errors.
+    Run(run::RunArgs),
     /// Check every operator of the bundled library (examples/ops) into one verdict table
     Demo {
         /// Directory of .psm files [default: ./examples/ops, else the repository's examples/ops]
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
         Command::Check { files, dims, format } => check::run(&files, &dims.define, format == Format::Json),
         Command::Emit { file, target, dims } => emit::run(&file, target, &dims.define),
         Command::Demo { dir } => demo::run(dir),
+        Command::Run(args) => run::run(args),
     }
 }
 

@@ -154,6 +154,14 @@ fn emit_ir_attn_agg() {
 }
 
 #[test]
+fn emit_clif_cumsum() {
+    let r = psmc(&["emit", "examples/ops/cumsum.psm", "--target", "clif"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.is_empty());
+    insta::assert_snapshot!("emit_clif_cumsum", r.stdout);
+}
+
+#[test]
 fn emit_applies_defines_and_defaults_to_ir() {
     let r = psmc(&["emit", "examples/ops/attn_agg.psm", "-D", "C=2", "-D", "D=3"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

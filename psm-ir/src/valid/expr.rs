@@ -135,6 +135,9 @@ struct Checker<'a> {
 pub(super) fn check_body(agg: &Aggregator, body: &Body, info: &mut Info, diags: &mut Vec<Diagnostic>) {
     let mut c = Checker { agg, body, info, diags, inferred: vec![None; agg.exprs.len()], failed: vec![false; agg.locals.len()] };
     for stmt in &body.stmts {
+        if c.diags.len() > crate::front::dsl::MAX_ERRORS {
+            break;
+        }
         c.stmt(stmt);
     }
 }
@@ -178,6 +181,25 @@ impl Checker<'_> {
                         .help(format!("write `{written} = ...;`")),
                     );
                     return;
+                }
+                if self.body.implicit {
+                    // The omitted lift copies each input field into the element field of
+                    // the same name: their sizes must agree at these dims.
+                    if let Expr::Load { source: Source::Input(input), .. } = agg.exprs[stmt.value] {
+                        let from = &self.info.shapes[input.index()];
+                        if *from != shape {
+                            self.error(
+                                Diagnostic::error(format!(
+                                    "the omitted lift copies input `{0}` into element field `{0}`, but their shapes differ",
+                                    tensor.name
+                                ))
+                                .primary(agg.tensors.span(t), format!("the element field has shape {shape:?}"))
+                                .secondary(agg.tensors.span(input), format!("the input has shape {from:?}"))
+                                .help(format!("declare both with the same shape, or write `lift(x) {{ ... }}` assigning `{}`", super::written(agg, t))),
+                            );
+                            return;
+                        }
+                    }
                 }
                 for (&v, &n) in stmt.indices.iter().zip(&shape) {
                     self.info.extents[v.index()] = n;

@@ -8,6 +8,7 @@ mod expr;
 pub(crate) use expr::for_each_child;
 
 use crate::arena::Handle;
+use crate::front::dsl::MAX_ERRORS;
 use crate::ir::*;
 use crate::{Diagnostic, Span};
 
@@ -85,6 +86,9 @@ pub fn validate(module: &Module, overrides: &[DimOverride]) -> Result<Vec<Info>,
     }
     let mut infos = Vec::new();
     for agg in &module.aggregators {
+        if diags.len() > MAX_ERRORS {
+            break;
+        }
         match validate_aggregator(agg, overrides) {
             Ok(info) => infos.push(info),
             Err(mut d) => diags.append(&mut d),
@@ -93,7 +97,7 @@ pub fn validate(module: &Module, overrides: &[DimOverride]) -> Result<Vec<Info>,
     if diags.is_empty() {
         Ok(infos)
     } else {
-        Err(diags)
+        Err(crate::front::dsl::cap(diags))
     }
 }
 
@@ -194,13 +198,16 @@ pub fn validate_aggregator(agg: &Aggregator, overrides: &[DimOverride]) -> Resul
         constant: vec![false; agg.exprs.len()],
     };
     for body in agg.bodies() {
+        if diags.len() > MAX_ERRORS {
+            break;
+        }
         check_definedness(agg, body, &mut diags);
         expr::check_body(agg, body, &mut info, &mut diags);
     }
     if diags.is_empty() {
         Ok(info)
     } else {
-        Err(diags)
+        Err(crate::front::dsl::cap(diags))
     }
 }
 

@@ -13,6 +13,9 @@ pub fn lower(file: &ast::File) -> Result<Module, Vec<Diagnostic>> {
     let mut module = Module::default();
     let mut seen: HashMap<&str, Span> = HashMap::new();
     for agg in &file.aggregators {
+        if diags.len() > MAX_ERRORS {
+            break;
+        }
         if let Some(first) = seen.get(agg.name.name.as_str()) {
             diags.push(
                 Diagnostic::error(format!("duplicate aggregator `{}`", agg.name.name))
@@ -30,8 +33,23 @@ pub fn lower(file: &ast::File) -> Result<Module, Vec<Diagnostic>> {
     if diags.is_empty() {
         Ok(module)
     } else {
-        Err(diags)
+        Err(cap(diags))
     }
+}
+
+/// Most errors reported for one file; past them lowering and validation stop early.
+pub(crate) const MAX_ERRORS: usize = 100;
+
+/// Keeps the first [`MAX_ERRORS`] diagnostics and says that more were left out.
+pub(crate) fn cap(mut diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    if diags.len() > MAX_ERRORS {
+        diags.truncate(MAX_ERRORS);
+        diags.push(
+            Diagnostic::error(format!("too many errors: stopped after {MAX_ERRORS}"))
+                .note("fix the errors above first; the rest were not checked"),
+        );
+    }
+    diags
 }
 
 /// The closest of `candidates` to `name`, for "did you mean" hints: a different
@@ -60,20 +78,39 @@ pub(crate) fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a s
         }
         d[a.len()][b.len()]
     }
-    // Names are short; a pathological one is not worth a quadratic table.
+    // Names are short; a pathological one is not worth a quadratic table, nor are
+    // thousands of candidates: the work per hint is bounded.
+    const BUDGET: usize = 1 << 18;
     if name.len() > 64 {
         return None;
     }
-    candidates
-        .into_iter()
-        .filter(|c| *c != name && c.len() <= 64)
-        .map(|c| if c.eq_ignore_ascii_case(name) { (0, c) } else { (distance(name, c), c) })
-        .filter(|&(d, c)| {
-            let (n, m) = (name.chars().count(), c.chars().count());
-            d <= (n.max(m) / 3).max(1) && d < n.min(m)
-        })
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    let n = name.chars().count();
+    let mut spent = 0usize;
+    let mut best: Option<(usize, &'a str)> = None;
+    for c in candidates {
+        if c == name || c.len() > 64 {
+            continue;
+        }
+        let m = c.chars().count();
+        let limit = (n.max(m) / 3).max(1).min(n.min(m).saturating_sub(1));
+        let d = if c.eq_ignore_ascii_case(name) {
+            0
+        } else {
+            // The distance is at least the difference in length.
+            if n.abs_diff(m) > limit {
+                continue;
+            }
+            spent += n * m;
+            if spent > BUDGET {
+                break;
+            }
+            distance(name, c)
+        };
+        if d <= limit && (d == 0 || d < n.min(m)) && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
 }
 
 /// The keyword and header of a body item, for labels.
@@ -104,6 +141,9 @@ struct AggregatorLowering<'a> {
     index_vars: Arena<IndexVar>,
     locals: Arena<Local>,
     exprs: Arena<Expr>,
+    /// Name lookups in constant time: a file may declare thousands of names.
+    tensor_index: HashMap<(Role, String), Handle<Tensor>>,
+    dim_index: HashMap<String, Handle<Dim>>,
 }
 
 /// What the names of one body refer to.
@@ -112,6 +152,7 @@ struct Scope {
     /// Argument name → what `name.field` reads.
     args: Vec<(String, Arg)>,
     locals: Vec<(String, Handle<Local>)>,
+    local_index: HashMap<String, Handle<Local>>,
     indices: Vec<(String, Handle<IndexVar>)>,
     /// The exclusive readout's state argument, the one `empty(p)` may name.
     exclusive_state: Option<String>,
@@ -136,6 +177,8 @@ impl<'a> AggregatorLowering<'a> {
             index_vars: Arena::new(),
             locals: Arena::new(),
             exprs: Arena::new(),
+            tensor_index: HashMap::new(),
+            dim_index: HashMap::new(),
         }
     }
 
@@ -146,14 +189,18 @@ impl<'a> AggregatorLowering<'a> {
     fn run(mut self) -> Option<Aggregator> {
         let ast = self.ast;
         for d in &ast.dims {
-            if self.dims.iter().any(|(_, x)| x.name == d.name.name) {
+            if self.diags.len() > MAX_ERRORS {
+                break;
+            }
+            if self.dim_index.contains_key(&d.name.name) {
                 self.error(
                     Diagnostic::error(format!("dim `{}` is declared twice", d.name.name))
                         .primary(d.name.span, "declared again here"),
                 );
                 continue;
             }
-            self.dims.push(Dim { name: d.name.name.clone(), default: d.default.map(|(v, _)| v) }, d.name.span);
+            let h = self.dims.push(Dim { name: d.name.name.clone(), default: d.default.map(|(v, _)| v) }, d.name.span);
+            self.dim_index.insert(d.name.name.clone(), h);
         }
 
         let mut identity = None;
@@ -175,6 +222,9 @@ impl<'a> AggregatorLowering<'a> {
                     continue;
                 }
                 for d in decls {
+                    if self.diags.len() > MAX_ERRORS {
+                        break;
+                    }
                     self.declare(*role, d);
                 }
             }
@@ -248,7 +298,9 @@ impl<'a> AggregatorLowering<'a> {
                 for h in self.tensors_of(Role::Element) {
                     let t = self.tensors[h].clone();
                     let span = self.tensors.span(h);
-                    self.tensors.push(Tensor { role: Role::Output, ..t }, span);
+                    let name = t.name.clone();
+                    let out = self.tensors.push(Tensor { role: Role::Output, ..t }, span);
+                    self.tensor_index.insert((Role::Output, name), out);
                 }
                 (ReadoutKind::Inclusive, None)
             }
@@ -331,11 +383,11 @@ impl<'a> AggregatorLowering<'a> {
     }
 
     fn find(&self, role: Role, name: &str) -> Option<Handle<Tensor>> {
-        self.tensors_of(role).into_iter().find(|&h| self.tensors[h].name == name)
+        self.tensor_index.get(&(role, name.to_string())).copied()
     }
 
     fn find_dim(&self, name: &str) -> Option<Handle<Dim>> {
-        self.dims.iter().find(|(_, d)| d.name == name).map(|(h, _)| h)
+        self.dim_index.get(name).copied()
     }
 
     fn declare(&mut self, role: Role, d: &ast::Decl) {
@@ -373,7 +425,8 @@ impl<'a> AggregatorLowering<'a> {
             },
         };
         let shape = d.shape.iter().map(|s| self.size(s)).collect();
-        self.tensors.push(Tensor { name: d.name.name.clone(), role, shape, dtype }, d.span);
+        let h = self.tensors.push(Tensor { name: d.name.name.clone(), role, shape, dtype }, d.span);
+        self.tensor_index.insert((role, d.name.name.clone()), h);
     }
 
     fn size(&mut self, s: &ast::SizeExpr) -> Handle<Size> {
@@ -407,12 +460,15 @@ impl<'a> AggregatorLowering<'a> {
     }
 
     fn scope(&self, kind: BodyKind, args: Vec<(String, Arg)>) -> Scope {
-        Scope { kind, args, locals: Vec::new(), indices: Vec::new(), exclusive_state: None }
+        Scope { kind, args, locals: Vec::new(), local_index: HashMap::new(), indices: Vec::new(), exclusive_state: None }
     }
 
     fn body(&mut self, mut scope: Scope, block: &ast::Block, params: Vec<String>) -> Body {
         let mut stmts = Vec::new();
         for s in &block.stmts {
+            if self.diags.len() > MAX_ERRORS {
+                break;
+            }
             if let Some(stmt) = self.stmt(&mut scope, s) {
                 stmts.push(stmt);
             }
@@ -462,6 +518,7 @@ impl<'a> AggregatorLowering<'a> {
             }
             let local = self.locals.push(Local { name: name.clone(), indices: indices.clone() }, s.target.span);
             scope.locals.push((name.clone(), local));
+            scope.local_index.insert(name.clone(), local);
             Target::Local(local)
         } else {
             let role = if scope.kind == BodyKind::Readout { Role::Output } else { Role::Element };
@@ -478,7 +535,7 @@ impl<'a> AggregatorLowering<'a> {
 
     /// What `name` already means in this scope, and where, for "already defined" errors.
     fn defined_as(&self, scope: &Scope, name: &str) -> Option<(&'static str, Option<Span>)> {
-        if let Some(&(_, l)) = scope.locals.iter().find(|(n, _)| n == name) {
+        if let Some(&l) = scope.local_index.get(name) {
             Some(("a local of this body", Some(self.locals.span(l))))
         } else if scope.args.iter().any(|(n, _)| n == name) {
             Some(("an argument of this body", None))
@@ -525,7 +582,7 @@ impl<'a> AggregatorLowering<'a> {
             return;
         }
         let mut d = Diagnostic::error(format!("`{name}` is not an {kind}")).primary(target.span, format!("unknown {kind}"));
-        d = if let Some(&(_, local)) = scope.locals.iter().find(|(n, _)| n == name) {
+        d = if let Some(&local) = scope.local_index.get(name.as_str()) {
             d.secondary(self.locals.span(local), "the local is defined here")
                 .note(format!("`{name}` is a local; a local is assigned once, by its `let`"))
         } else {
@@ -732,7 +789,7 @@ impl<'a> AggregatorLowering<'a> {
             scalar_only(self, "an index variable");
             return Expr::Index(h);
         }
-        if let Some(&(_, h)) = scope.locals.iter().find(|(n, _)| n == name) {
+        if let Some(&h) = scope.local_index.get(name) {
             return Expr::Load { source: Source::Local(h), indices };
         }
         if let Some(t) = self.find(Role::Param, name) {

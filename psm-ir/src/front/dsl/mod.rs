@@ -4,7 +4,7 @@ pub mod ast;
 mod lower;
 mod parse;
 
-pub(crate) use lower::suggest;
+pub(crate) use lower::{cap, suggest, MAX_ERRORS};
 pub use parse::MAX_NESTING;
 
 use crate::ir::Module;

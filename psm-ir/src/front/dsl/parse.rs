@@ -428,7 +428,11 @@ fn syntax_error(source: &str, e: pest::error::Error<Rule>) -> Diagnostic {
     let (prev_start, prev_end) = previous_token(source, pos);
     let prev = &source[prev_start..prev_end];
     const SECTIONS: [&str; 8] = ["input", "param", "element", "identity", "lift", "combine", "readout", "assume"];
-    if SECTIONS.contains(&prev) && open.len() >= 2 {
+    let statement_start = {
+        let (s, e) = previous_token(source, prev_start);
+        matches!(&source[s..e], ";" | "{" | "}")
+    };
+    if SECTIONS.contains(&prev) && statement_start && open.len() >= 2 {
         let (c, at) = open[open.len() - 1];
         if c == '{' && at < prev_start {
             let what = opener_context(source, at);

@@ -1,0 +1,330 @@
+//! Host data: element layouts, typed buffers, named inputs and outputs, states.
+//!
+//! Every tensor is a flat row-major buffer of its declared dtype (DESIGN.md §4):
+//! inputs `[batch..., T, field dims...]`, outputs likewise, params as declared, states
+//! `[batch..., field dims...]`. An element (one state of one sequence) is a byte buffer
+//! laid out by a [`Layout`]: struct of arrays, field k at `offsets[k]`.
+
+use psm_ir::ir::Dtype;
+
+/// Byte size of one entry of a dtype.
+pub fn dtype_size(d: Dtype) -> usize {
+    match d {
+        Dtype::F32 | Dtype::I32 => 4,
+        Dtype::F64 => 8,
+    }
+}
+
+/// Where each element field lives in an element buffer (the CPU ABI of psm-codegen):
+/// `size` bytes, a multiple of 8; field k at byte `offsets[k]`, `field_lens[k]` entries
+/// of `dtypes[k]`, fields in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub size: usize,
+    pub offsets: Vec<usize>,
+    pub field_lens: Vec<usize>,
+    pub dtypes: Vec<Dtype>,
+}
+
+impl Layout {
+    /// The packed layout: fields in order, each aligned to its entry size, the total
+    /// rounded up to 8 bytes (at least 8).
+    pub fn packed(fields: &[(usize, Dtype)]) -> Layout {
+        let mut offset = 0usize;
+        let mut offsets = Vec::with_capacity(fields.len());
+        for &(len, d) in fields {
+            let a = dtype_size(d);
+            offset = offset.div_ceil(a) * a;
+            offsets.push(offset);
+            offset += len * a;
+        }
+        Layout {
+            size: offset.div_ceil(8).max(1) * 8,
+            offsets,
+            field_lens: fields.iter().map(|f| f.0).collect(),
+            dtypes: fields.iter().map(|f| f.1).collect(),
+        }
+    }
+    /// 8-byte words of one element.
+    pub fn words(&self) -> usize {
+        self.size / 8
+    }
+}
+
+/// Borrowed data of one named tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Data<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I32(&'a [i32]),
+}
+
+impl Data<'_> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Data::F32(_) => Dtype::F32,
+            Data::F64(_) => Dtype::F64,
+            Data::I32(_) => Dtype::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(s) => s.len(),
+            Data::F64(s) => s.len(),
+            Data::I32(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn addr(&self) -> usize {
+        match self {
+            Data::F32(s) => s.as_ptr() as usize,
+            Data::F64(s) => s.as_ptr() as usize,
+            Data::I32(s) => s.as_ptr() as usize,
+        }
+    }
+    /// Value `i` as an f64 (exact for every dtype).
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            Data::F32(s) => s[i] as f64,
+            Data::F64(s) => s[i],
+            Data::I32(s) => s[i] as f64,
+        }
+    }
+    pub fn to_buffer(&self) -> Buffer {
+        match self {
+            Data::F32(s) => Buffer::F32(s.to_vec()),
+            Data::F64(s) => Buffer::F64(s.to_vec()),
+            Data::I32(s) => Buffer::I32(s.to_vec()),
+        }
+    }
+}
+
+macro_rules! data_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<&'a [$t]> for Data<'a> {
+            fn from(s: &'a [$t]) -> Self {
+                Data::$v(s)
+            }
+        }
+        impl<'a> From<&'a Vec<$t>> for Data<'a> {
+            fn from(s: &'a Vec<$t>) -> Self {
+                Data::$v(s)
+            }
+        }
+        impl<'a, const N: usize> From<&'a [$t; N]> for Data<'a> {
+            fn from(s: &'a [$t; N]) -> Self {
+                Data::$v(s)
+            }
+        }
+        impl From<Vec<$t>> for Buffer {
+            fn from(v: Vec<$t>) -> Self {
+                Buffer::$v(v)
+            }
+        }
+    };
+}
+data_from!(f32, F32);
+data_from!(f64, F64);
+data_from!(i32, I32);
+
+impl<'a> From<&'a Buffer> for Data<'a> {
+    fn from(b: &'a Buffer) -> Self {
+        b.as_data()
+    }
+}
+
+/// Owned data of one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Buffer {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+}
+
+impl Buffer {
+    pub fn zeros(dtype: Dtype, len: usize) -> Buffer {
+        match dtype {
+            Dtype::F32 => Buffer::F32(vec![0.0; len]),
+            Dtype::F64 => Buffer::F64(vec![0.0; len]),
+            Dtype::I32 => Buffer::I32(vec![0; len]),
+        }
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.as_data().dtype()
+    }
+    pub fn len(&self) -> usize {
+        self.as_data().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn as_data(&self) -> Data<'_> {
+        match self {
+            Buffer::F32(v) => Data::F32(v),
+            Buffer::F64(v) => Data::F64(v),
+            Buffer::I32(v) => Data::I32(v),
+        }
+    }
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Buffer::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<&[f64]> {
+        match self {
+            Buffer::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_i32(&self) -> Option<&[i32]> {
+        match self {
+            Buffer::I32(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// Every value as an f64 (exact for every dtype).
+    pub fn to_f64(&self) -> Vec<f64> {
+        let d = self.as_data();
+        (0..d.len()).map(|i| d.get_f64(i)).collect()
+    }
+    pub(crate) fn addr_mut(&mut self) -> usize {
+        match self {
+            Buffer::F32(v) => v.as_mut_ptr() as usize,
+            Buffer::F64(v) => v.as_mut_ptr() as usize,
+            Buffer::I32(v) => v.as_mut_ptr() as usize,
+        }
+    }
+}
+
+/// A named, shaped, owned tensor: an output or a state field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    /// Outputs: `[batch..., T, field dims...]`; state fields: `[batch..., field dims...]`.
+    pub shape: Vec<usize>,
+    pub data: Buffer,
+}
+
+/// The data of one run: per-step inputs by name, shaped `[batch..., T, field dims...]`
+/// row-major, and params by name, shaped as declared. Borrowed: nothing is copied.
+///
+/// ```
+/// # use psm_runtime::Inputs;
+/// let q = vec![0.5f32; 2 * 10 * 4];
+/// let inputs = Inputs::new(&[2], 10).input("q", &q).param("gamma", &[0.9f32]);
+/// assert_eq!(inputs.steps(), 10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub(crate) batch: Vec<usize>,
+    pub(crate) steps: usize,
+    pub(crate) inputs: Vec<(String, Data<'a>)>,
+    pub(crate) params: Vec<(String, Data<'a>)>,
+}
+
+impl<'a> Inputs<'a> {
+    /// `batch` is the shape of the leading batch dims (`&[]` for one unbatched
+    /// sequence); `steps` is T.
+    pub fn new(batch: &[usize], steps: usize) -> Self {
+        Inputs { batch: batch.to_vec(), steps, inputs: Vec::new(), params: Vec::new() }
+    }
+    /// Adds a per-step input field.
+    pub fn input(mut self, name: &str, data: impl Into<Data<'a>>) -> Self {
+        self.inputs.push((name.to_string(), data.into()));
+        self
+    }
+    /// Adds a param.
+    pub fn param(mut self, name: &str, data: impl Into<Data<'a>>) -> Self {
+        self.params.push((name.to_string(), data.into()));
+        self
+    }
+    pub fn batch(&self) -> &[usize] {
+        &self.batch
+    }
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+}
+
+/// One element per sequence, by element field: each field `[batch..., field dims...]`.
+/// Returned as a run's final state; accepted as an initial state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct State {
+    pub batch: Vec<usize>,
+    pub fields: Vec<Tensor>,
+}
+
+impl State {
+    /// An empty state for the given batch shape; add fields with [`State::field`].
+    pub fn new(batch: &[usize]) -> State {
+        State { batch: batch.to_vec(), fields: Vec::new() }
+    }
+    /// Adds a field `[batch..., field dims...]` (the shape is checked against the
+    /// aggregator when the state is used).
+    pub fn field(mut self, name: &str, data: impl Into<Buffer>) -> State {
+        let data = data.into();
+        let shape = vec![data.len()];
+        self.fields.push(Tensor { name: name.to_string(), shape, data });
+        self
+    }
+    pub fn get(&self, name: &str) -> Option<&Buffer> {
+        self.fields.iter().find(|t| t.name == name).map(|t| &t.data)
+    }
+}
+
+// ---------------------------------------------------------------- element bytes
+
+pub(crate) fn bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u64 storage viewed as bytes: same memory, alignment 8 ≥ 1.
+    unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) }
+}
+
+pub(crate) fn bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as above, exclusive borrow.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8) }
+}
+
+/// Writes entries `src[from..from + n]` into field `k` of an element.
+pub(crate) fn write_field(layout: &Layout, k: usize, elem: &mut [u64], src: Data<'_>, from: usize) {
+    let n = layout.field_lens[k];
+    let off = layout.offsets[k];
+    let b = bytes_mut(elem);
+    match src {
+        Data::F32(s) => {
+            for (i, v) in s[from..from + n].iter().enumerate() {
+                b[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+            }
+        }
+        Data::I32(s) => {
+            for (i, v) in s[from..from + n].iter().enumerate() {
+                b[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_ne_bytes());
+            }
+        }
+        Data::F64(s) => {
+            for (i, v) in s[from..from + n].iter().enumerate() {
+                b[off + 8 * i..off + 8 * i + 8].copy_from_slice(&v.to_ne_bytes());
+            }
+        }
+    }
+}
+
+/// Appends field `k` of an element to a buffer of the field's dtype.
+pub(crate) fn read_field(layout: &Layout, k: usize, elem: &[u64], dst: &mut Buffer) {
+    let n = layout.field_lens[k];
+    let off = layout.offsets[k];
+    let b = bytes(elem);
+    match dst {
+        Buffer::F32(v) => {
+            v.extend((0..n).map(|i| f32::from_ne_bytes(b[off + 4 * i..off + 4 * i + 4].try_into().expect("4 bytes"))))
+        }
+        Buffer::I32(v) => {
+            v.extend((0..n).map(|i| i32::from_ne_bytes(b[off + 4 * i..off + 4 * i + 4].try_into().expect("4 bytes"))))
+        }
+        Buffer::F64(v) => {
+            v.extend((0..n).map(|i| f64::from_ne_bytes(b[off + 8 * i..off + 8 * i + 8].try_into().expect("8 bytes"))))
+        }
+    }
+}

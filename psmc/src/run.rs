@@ -1,0 +1,565 @@
+//! `psmc run`: compile one aggregator of a .psm file for the CPU (or the interpreter)
+//! and run it on seeded random data or on .npy files; optionally compare with the
+//! reference interpreter, print counts, and write the outputs as .npy.
+//!
+//! Data: inputs are `[batch..., T, field dims...]`, params as declared. Given .npy
+//! inputs fix the batch shape and T; missing ones are drawn from a seeded generator
+//! (splitmix64): f32/f64 uniform in (-1, 1), i32 fields hold the step index. Dtypes
+//! must match the declarations (no implicit conversion).
+//!
+//! `--compare` runs psm-ir's reference driver per sequence: the F64 fold for
+//! associative operators, checked against psm's tolerance
+//! |out − ref| ≤ 1e-5·max(1, log2 T)·(|ref| + running max |ref|); the fixed tree in
+//! declared precision for non-associative ones, which must match bit for bit.
+//! `max_rel_err` is |out − ref| / (|ref| + running max |ref| of that output), the
+//! normalization of the tolerance, so entries near zero do not blow it up.
+//!
+//! `--format json` prints one object: `file`, `aggregator`, `dims` (name → value),
+//! `backend` (`cpu`/`interp`), `associative`, `form` (the form that ran), `chunk`
+//! (chunked only, else null), `batch`, `len`, `seed`, `compile_seconds`, `seconds` (the
+//! run alone), `elements_per_second` (steps of all sequences per second),
+//! `combines_per_step`, `peak_elements` (most elements one sequence held),
+//! `max_abs_err` and `max_rel_err` (null without `--compare`; "inf"/"NaN" as strings),
+//! `compare` (null, or `reference`, `tolerance` (null for bit-identity), `bit_identical`,
+//! `ok`), and `outputs` (`name`, `shape`, `dtype`, `path` of the written .npy or null).
+//!
+//! Exit codes: 0 success; 1 errors in the input (diagnostics, unreadable or mismatched
+//! .npy files, run errors) or a failed comparison; 2 usage errors.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use psm_ir::derive::{self, Form as RefForm};
+use psm_ir::interp::{FloatDomain, Precision};
+use psm_ir::ir::Dtype;
+use psm_runtime::{Backend, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The .psm file
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// The aggregator to run [default: the file's only aggregator]
+    #[arg(long, value_name = "NAME")]
+    aggregator: Option<String>,
+    #[command(flatten)]
+    dims: crate::Dims,
+    /// Steps per sequence, T [default: 64, or the steps of the --input files]
+    #[arg(long, value_name = "N")]
+    len: Option<usize>,
+    /// Batch shape, `B` or `B1,B2,...` [default: one sequence, or that of the --input files]
+    #[arg(long, value_name = "B", value_parser = parse_shape)]
+    batch: Option<Shape>,
+    /// Seed of the random inputs and params
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Read an input field from a .npy file shaped [batch..., T, field dims...] (repeatable)
+    #[arg(long = "input", value_name = "FIELD=PATH.npy", value_parser = parse_assign)]
+    inputs: Vec<(String, PathBuf)>,
+    /// Read a param from a .npy file shaped as declared (repeatable)
+    #[arg(long = "param", value_name = "NAME=PATH.npy", value_parser = parse_assign)]
+    params: Vec<(String, PathBuf)>,
+    /// Write each output as DIR/NAME.npy
+    #[arg(long, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// The form to run
+    #[arg(long, value_enum, default_value_t = FormArg::Auto)]
+    form: FormArg,
+    /// Steps per chunk of the chunked form [default: chosen from T, batch and threads]
+    #[arg(long, value_name = "STEPS")]
+    chunk: Option<usize>,
+    /// Threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// The implementation that runs
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
+    /// Compare the outputs with the reference interpreter (max_abs_err, max_rel_err)
+    #[arg(long)]
+    compare: bool,
+    /// Print combines per step and the peak number of stored elements
+    #[arg(long)]
+    stats: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = crate::Format::Human)]
+    format: crate::Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormArg {
+    /// Recurrent for associative operators at batch ≥ threads or short T, chunked for long ones, tree otherwise
+    Auto,
+    /// One fused scan per sequence (associative operators)
+    Recurrent,
+    /// 3-phase chunked scan (associative operators)
+    Chunked,
+    /// The fixed Blelloch tree
+    Tree,
+    /// The binary counter (non-associative) or one running element (associative)
+    Stream,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// Native code from the Cranelift JIT
+    Cpu,
+    /// The reference interpreter in declared precision (slow)
+    Interp,
+}
+
+/// A batch shape (a newtype, so that clap takes it as one value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shape(Vec<usize>);
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    s.split(',')
+        .map(|d| d.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a batch shape; expected `B` or `B1,B2,...`, e.g. `--batch 4`")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Shape)
+}
+
+fn parse_assign(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.is_empty() => Ok((name.trim().to_string(), PathBuf::from(path))),
+        _ => Err(format!("expected NAME=PATH.npy, e.g. `--input q=q.npy`, got `{s}`")),
+    }
+}
+
+/// An error for stderr; exit code 1.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    match execute(&args) {
+        Ok((text, ok)) => {
+            crate::print_stdout(&text);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Fail(message)) => {
+            crate::print_stderr(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in (-1, 1).
+    fn signed(&mut self) -> f64 {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// Random data of one tensor: `lead` leading dims (batch..., T for inputs), then the
+/// field's; i32 fields hold the step index.
+fn random(spec: &FieldSpec, count: usize, steps: usize, rng: &mut Rng) -> Buffer {
+    let n = count * spec.len;
+    match spec.dtype {
+        Dtype::F32 => Buffer::F32((0..n).map(|_| rng.signed() as f32).collect()),
+        Dtype::F64 => Buffer::F64((0..n).map(|_| rng.signed()).collect()),
+        Dtype::I32 => Buffer::I32((0..n).map(|k| ((k / spec.len.max(1)) % steps.max(1)) as i32).collect()),
+    }
+}
+
+fn npy_dtype(descr: &str) -> Option<Dtype> {
+    match descr {
+        "<f4" | "|f4" => Some(Dtype::F32),
+        "<f8" | "|f8" => Some(Dtype::F64),
+        "<i4" | "|i4" => Some(Dtype::I32),
+        _ => None,
+    }
+}
+
+/// Reads a C-order little-endian .npy of f32, f64 or i32: (shape, data).
+fn read_npy(what: &str, path: &Path, expected: Dtype) -> Result<(Vec<usize>, Buffer), Fail> {
+    let fail = |m: String| Fail(format!("error: cannot read {what} from {}: {m}\n", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| fail(e.to_string()))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() != npyz::Order::C {
+        return Err(fail("the array is in Fortran order; save it C-contiguous (np.ascontiguousarray)".into()));
+    }
+    let descr = npy.dtype().descr();
+    let descr = descr.trim_matches('\'').to_string();
+    let Some(dtype) = npy_dtype(&descr) else {
+        return Err(fail(format!("unsupported dtype `{descr}`; psm reads little-endian float32, float64 and int32")));
+    };
+    if dtype != expected {
+        return Err(fail(format!(
+            "the file holds {} but {what} is declared {}; convert it first (e.g. a.astype(np.{}))",
+            dtype.name(),
+            expected.name(),
+            match expected {
+                Dtype::F32 => "float32",
+                Dtype::F64 => "float64",
+                Dtype::I32 => "int32",
+            }
+        )));
+    }
+    let data = match dtype {
+        Dtype::F32 => Buffer::F32(npy.into_vec::<f32>().map_err(|e| fail(e.to_string()))?),
+        Dtype::F64 => Buffer::F64(npy.into_vec::<f64>().map_err(|e| fail(e.to_string()))?),
+        Dtype::I32 => Buffer::I32(npy.into_vec::<i32>().map_err(|e| fail(e.to_string()))?),
+    };
+    Ok((shape, data))
+}
+
+fn write_npy(path: &Path, shape: &[usize], data: &Buffer) -> Result<(), Fail> {
+    use npyz::WriterBuilder;
+    let fail = |e: std::io::Error| Fail(format!("error: cannot write {}: {e}\n", path.display()));
+    let file = std::fs::File::create(path).map_err(fail)?;
+    let mut out = std::io::BufWriter::new(file);
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    macro_rules! write {
+        ($v:expr, $t:ty) => {{
+            let mut w = npyz::WriteOptions::<$t>::new().default_dtype().shape(&shape).writer(&mut out).begin_nd().map_err(fail)?;
+            w.extend($v.iter().copied()).map_err(fail)?;
+            w.finish().map_err(fail)?;
+        }};
+    }
+    match data {
+        Buffer::F32(v) => write!(v, f32),
+        Buffer::F64(v) => write!(v, f64),
+        Buffer::I32(v) => write!(v, i32),
+    }
+    std::io::Write::flush(&mut out).map_err(fail)?;
+    Ok(())
+}
+
+fn shape_text(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// The data of a run: buffers in declaration order, the batch shape and T.
+struct Data {
+    batch: Vec<usize>,
+    steps: usize,
+    inputs: Vec<Buffer>,
+    params: Vec<Buffer>,
+}
+
+fn gather(args: &RunArgs, sig: &Signature) -> Result<Data, Fail> {
+    let agg = &sig.aggregator;
+    let mut given_inputs: Vec<(usize, Vec<usize>, Buffer)> = Vec::new();
+    for (name, path) in &args.inputs {
+        let Some(k) = sig.inputs.iter().position(|s| &s.name == name) else {
+            let names: Vec<String> = sig.inputs.iter().map(|s| format!("`{}`", s.name)).collect();
+            return Err(Fail(format!("error: `{agg}` has no input `{name}`; its inputs are {}\n", names.join(", "))));
+        };
+        if given_inputs.iter().any(|g| g.0 == k) {
+            return Err(Fail(format!("error: input `{name}` is given twice\n")));
+        }
+        let spec = &sig.inputs[k];
+        let (shape, data) = read_npy(&format!("input `{name}`"), path, spec.dtype)?;
+        let nd = spec.shape.len();
+        if shape.len() < nd + 1 || shape[shape.len() - nd..] != spec.shape[..] {
+            return Err(Fail(format!(
+                "error: input `{name}` from {} has shape {}; expected [batch..., T, {}]\n",
+                path.display(),
+                shape_text(&shape),
+                spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        given_inputs.push((k, shape[..shape.len() - nd].to_vec(), data));
+    }
+    // Batch shape and T: from the files, checked against --batch and --len.
+    let mut lead: Option<Vec<usize>> = None;
+    for (k, l, _) in &given_inputs {
+        match &lead {
+            None => lead = Some(l.clone()),
+            Some(prev) if prev != l => {
+                return Err(Fail(format!(
+                    "error: the --input files disagree on [batch..., T]: {} for `{}` but {} before\n",
+                    shape_text(l),
+                    sig.inputs[*k].name,
+                    shape_text(prev)
+                )))
+            }
+            _ => {}
+        }
+    }
+    let (batch, steps) = match lead {
+        Some(l) => {
+            let (steps, batch) = (l[l.len() - 1], l[..l.len() - 1].to_vec());
+            if args.len.is_some_and(|n| n != steps) {
+                return Err(Fail(format!("error: --len {} but the --input files hold {steps} steps\n", args.len.unwrap_or(0))));
+            }
+            if args.batch.as_ref().is_some_and(|b| b.0 != batch) {
+                return Err(Fail(format!(
+                    "error: --batch {} but the --input files have batch shape {}\n",
+                    shape_text(args.batch.as_ref().map_or(&[][..], |b| &b.0)),
+                    shape_text(&batch)
+                )));
+            }
+            (batch, steps)
+        }
+        None => (args.batch.clone().map(|b| b.0).unwrap_or_default(), args.len.unwrap_or(64)),
+    };
+    let count = batch.iter().try_fold(steps, |a, &d| a.checked_mul(d)).ok_or_else(|| Fail("error: the batch is too large\n".into()))?;
+    let mut rng = Rng(args.seed);
+    let mut params = Vec::new();
+    for spec in &sig.params {
+        params.push(random(spec, 1, 1, &mut rng));
+    }
+    let mut inputs = Vec::new();
+    for spec in &sig.inputs {
+        inputs.push(random(spec, count, steps, &mut rng));
+    }
+    for (k, _, data) in given_inputs {
+        inputs[k] = data;
+    }
+    let mut seen = Vec::new();
+    for (name, path) in &args.params {
+        let Some(k) = sig.params.iter().position(|s| &s.name == name) else {
+            let names: Vec<String> = sig.params.iter().map(|s| format!("`{}`", s.name)).collect();
+            let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            return Err(Fail(format!("error: `{agg}` has no param `{name}`; its params are {list}\n")));
+        };
+        if seen.contains(&k) {
+            return Err(Fail(format!("error: param `{name}` is given twice\n")));
+        }
+        seen.push(k);
+        let spec = &sig.params[k];
+        let (shape, data) = read_npy(&format!("param `{name}`"), path, spec.dtype)?;
+        if shape != spec.shape && !(shape.len() <= 1 && data.len() == spec.len) {
+            return Err(Fail(format!(
+                "error: param `{name}` from {} has shape {}; expected {}\n",
+                path.display(),
+                shape_text(&shape),
+                shape_text(&spec.shape)
+            )));
+        }
+        params[k] = data;
+    }
+    Ok(Data { batch, steps, inputs, params })
+}
+
+/// Comparison with the reference interpreter.
+struct Compared {
+    reference: &'static str,
+    max_abs_err: f64,
+    max_rel_err: f64,
+    tolerance: Option<f64>,
+    bit_identical: bool,
+    ok: bool,
+}
+
+fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs: &psm_runtime::Outputs) -> Compared {
+    let nseq: usize = data.batch.iter().product();
+    let n = data.steps;
+    let params: Vec<Vec<f64>> = data.params.iter().map(Buffer::to_f64).collect();
+    let inputs: Vec<Vec<f64>> = data.inputs.iter().map(Buffer::to_f64).collect();
+    let (precision, form, reference) = if sig.associative {
+        (Precision::F64, RefForm::Fold, "the f64 fold")
+    } else {
+        (Precision::Declared, RefForm::Tree, "the fixed tree in declared precision")
+    };
+    let mut abs = 0.0f64;
+    let mut rel = 0.0f64;
+    let mut identical = true;
+    for b in 0..nseq {
+        let x: Vec<Vec<f64>> = inputs.iter().zip(&sig.inputs).map(|(v, s)| v[b * n * s.len..(b + 1) * n * s.len].to_vec()).collect();
+        let Ok(r) = derive::run(agg.ir(), agg.info(), FloatDomain::new(precision), form, &params, &x, n) else {
+            identical = false;
+            continue;
+        };
+        for (k, s) in sig.outputs.iter().enumerate() {
+            let got = outputs.tensors()[k].data.to_f64();
+            let got = &got[b * n * s.len..(b + 1) * n * s.len];
+            let mut scale = 0.0f64;
+            for (g, w) in got.chunks(s.len.max(1)).zip(r.outputs[k].chunks(s.len.max(1))) {
+                scale = w.iter().fold(scale, |m, v| m.max(v.abs()));
+                for (&a, &e) in g.iter().zip(w) {
+                    let same = a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan());
+                    identical &= same;
+                    if same {
+                        continue;
+                    }
+                    let d = (a - e).abs();
+                    let d = if d.is_nan() { f64::INFINITY } else { d };
+                    abs = abs.max(d);
+                    let unit = e.abs() + scale;
+                    rel = rel.max(if unit > 0.0 { d / unit } else { f64::INFINITY });
+                }
+            }
+        }
+    }
+    if sig.associative {
+        let tol = 1e-5 * (n as f64).log2().max(1.0);
+        Compared { reference, max_abs_err: abs, max_rel_err: rel, tolerance: Some(tol), bit_identical: identical, ok: rel <= tol }
+    } else {
+        Compared { reference, max_abs_err: abs, max_rel_err: rel, tolerance: None, bit_identical: identical, ok: identical }
+    }
+}
+
+fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
+    let file = args.file.display().to_string();
+    let program = Program::from_file(&args.file, &args.dims.define).map_err(|e| {
+        let n = e.diagnostics.len().max(1);
+        let s = if n == 1 { "" } else { "s" };
+        Fail(format!("{}error: could not run `{file}` due to {n} previous error{s}\n", e.rendered))
+    })?;
+    let names = program.names();
+    let name = match (&args.aggregator, names.as_slice()) {
+        (Some(n), _) => n.clone(),
+        (None, [only]) => only.to_string(),
+        (None, []) => return Err(Fail(format!("error: `{file}` declares no aggregator\n"))),
+        (None, many) => {
+            let list: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
+            return Err(Fail(format!("error: `{file}` declares {}; pick one with --aggregator NAME\n", list.join(", "))));
+        }
+    };
+    let Some(agg) = program.aggregator(&name) else {
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        return Err(Fail(format!("error: `{file}` has no aggregator `{name}`; it declares {}\n", list.join(", "))));
+    };
+    let backend = match args.backend {
+        BackendArg::Cpu => Backend::Cpu,
+        BackendArg::Interp => Backend::Interp,
+    };
+    let agg = agg.with_backend(backend);
+    let sig = agg.signature();
+    let data = gather(args, &sig)?;
+    let start = Instant::now();
+    agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
+    let compile_seconds = start.elapsed().as_secs_f64();
+    let mut inputs = Inputs::new(&data.batch, data.steps);
+    for (s, b) in sig.inputs.iter().zip(&data.inputs) {
+        inputs = inputs.input(&s.name, b);
+    }
+    for (s, b) in sig.params.iter().zip(&data.params) {
+        inputs = inputs.param(&s.name, b);
+    }
+    let form = match args.form {
+        FormArg::Auto => Form::Auto,
+        FormArg::Recurrent => Form::Recurrent,
+        FormArg::Chunked => Form::Chunked,
+        FormArg::Tree => Form::Tree,
+        FormArg::Stream => Form::Stream,
+    };
+    let opts = RunOptions { form, chunk: args.chunk, threads: args.threads, ..Default::default() };
+    let start = Instant::now();
+    let outputs = agg.run(&inputs, &opts).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let nseq: usize = data.batch.iter().product();
+    let steps_total = (nseq * data.steps) as f64;
+    let eps = if seconds > 0.0 { steps_total / seconds } else { 0.0 };
+    let stats = outputs.stats();
+    let compared = args.compare.then(|| compare(&agg, &sig, &data, &outputs));
+    let mut written: Vec<Option<String>> = vec![None; sig.outputs.len()];
+    if let Some(dir) = &args.output {
+        std::fs::create_dir_all(dir).map_err(|e| Fail(format!("error: cannot create {}: {e}\n", dir.display())))?;
+        for (k, t) in outputs.tensors().iter().enumerate() {
+            let path = dir.join(format!("{}.npy", t.name));
+            write_npy(&path, &t.shape, &t.data)?;
+            written[k] = Some(path.display().to_string());
+        }
+    }
+    let ok = compared.as_ref().is_none_or(|c| c.ok);
+    let dims: serde_json::Map<String, serde_json::Value> =
+        agg.info().dim_values(agg.ir()).into_iter().map(|(n, v)| (n, json!(v))).collect();
+    if args.format == crate::Format::Json {
+        let outs: Vec<serde_json::Value> = outputs
+            .tensors()
+            .iter()
+            .zip(&written)
+            .map(|(t, p)| json!({"name": t.name, "shape": t.shape, "dtype": t.data.dtype().name(), "path": p}))
+            .collect();
+        let finite = |x: f64| if x.is_finite() { json!(x) } else { json!(x.to_string()) };
+        let doc = json!({
+            "file": file,
+            "aggregator": name,
+            "dims": dims,
+            "backend": backend.name(),
+            "associative": sig.associative,
+            "form": outputs.form().name(),
+            "chunk": outputs.chunk(),
+            "batch": data.batch,
+            "len": data.steps,
+            "seed": args.seed,
+            "compile_seconds": compile_seconds,
+            "seconds": seconds,
+            "elements_per_second": eps,
+            "combines_per_step": stats.combines_per_step(),
+            "peak_elements": stats.peak_elements,
+            "max_abs_err": compared.as_ref().map(|c| finite(c.max_abs_err)),
+            "max_rel_err": compared.as_ref().map(|c| finite(c.max_rel_err)),
+            "compare": compared.as_ref().map(|c| json!({
+                "reference": c.reference,
+                "tolerance": c.tolerance,
+                "bit_identical": c.bit_identical,
+                "ok": c.ok,
+            })),
+            "outputs": outs,
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Fail(format!("error: cannot serialize: {e}\n")))?;
+        return Ok((text + "\n", ok));
+    }
+    let mut text = String::new();
+    let dims_text: Vec<String> = dims.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    let dims_text = if dims_text.is_empty() { String::new() } else { format!("<{}> ", dims_text.join(", ")) };
+    let chunk = outputs.chunk().map(|c| format!(", chunk {c}")).unwrap_or_default();
+    let _ = writeln!(
+        text,
+        "{name} {dims_text}on {}: {} form{chunk}, batch {}, T = {}",
+        backend.name(),
+        outputs.form().name(),
+        shape_text(&data.batch),
+        data.steps
+    );
+    let _ = writeln!(text, "  ran in {seconds:.6} s ({eps:.0} steps/s); compiled in {compile_seconds:.3} s");
+    for (t, p) in outputs.tensors().iter().zip(&written) {
+        let v = t.data.to_f64();
+        let int = t.data.dtype() == Dtype::I32;
+        let head: Vec<String> = v.iter().take(4).map(|x| if int { format!("{x}") } else { format!("{x:.6}") }).collect();
+        let more = if v.len() > 4 { " ..." } else { "" };
+        let _ = write!(text, "  {} {} {}: {}{more}", t.name, shape_text(&t.shape), t.data.dtype().name(), head.join(" "));
+        if let Some(p) = p {
+            let _ = write!(text, " (wrote {p})");
+        }
+        text.push('\n');
+    }
+    if let Some(c) = &compared {
+        let verdict = match (c.tolerance, c.ok) {
+            (Some(tol), true) => format!("within the tolerance {tol:.1e}"),
+            (Some(tol), false) => format!("EXCEEDS the tolerance {tol:.1e}"),
+            (None, true) => "bit-identical".to_string(),
+            (None, false) => "NOT bit-identical".to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "  compare with {}: max_abs_err {:.3e}, max_rel_err {:.3e}: {verdict}",
+            c.reference, c.max_abs_err, c.max_rel_err
+        );
+    }
+    if args.stats {
+        let _ = writeln!(
+            text,
+            "  stats: {:.3} combines per step, peak {} stored elements per sequence",
+            stats.combines_per_step(),
+            stats.peak_elements
+        );
+    }
+    Ok((text, ok))
+}
