@@ -36,6 +36,10 @@
 //! prefix held, the declared identity or zeros with `empty`), and is written only with
 //! `WRITE_OUTPUTS`. `state` holds the running prefix: read on entry when `HAS_STATE`
 //! is set, written on exit; the return value says whether it holds a prefix (0 only
-//! when no prefix was given and t0 = t1).
+//! when no prefix was given and t0 = t1). With t0 = t1 it touches no pointer.
+//!
+//! Every param pointer must be valid on any call that runs a step, even without
+//! `WRITE_OUTPUTS`: loads of params may be hoisted out of loops. `scratch_size` covers
+//! the `let` tensors and the two element buffers `scan` rotates through.
 
 pub mod clif;
