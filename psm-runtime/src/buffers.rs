@@ -151,6 +151,20 @@ impl Buffer {
             Dtype::I32 => Buffer::I32(vec![0; len]),
         }
     }
+    /// Zeros, or `None` when the allocation fails (instead of aborting).
+    pub(crate) fn try_zeros(dtype: Dtype, len: usize) -> Option<Buffer> {
+        fn zeros<T: Clone + Default>(len: usize) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).ok()?;
+            v.resize(len, T::default());
+            Some(v)
+        }
+        Some(match dtype {
+            Dtype::F32 => Buffer::F32(zeros(len)?),
+            Dtype::F64 => Buffer::F64(zeros(len)?),
+            Dtype::I32 => Buffer::I32(zeros(len)?),
+        })
+    }
     pub fn dtype(&self) -> Dtype {
         self.as_data().dtype()
     }
@@ -276,6 +290,16 @@ impl State {
 }
 
 // ---------------------------------------------------------------- element bytes
+
+/// `count` elements of `words` words each, zeroed; `None` when the size overflows or
+/// the allocation fails.
+pub(crate) fn try_words(count: usize, words: usize) -> Option<Vec<u64>> {
+    let n = count.checked_mul(words)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, 0u64);
+    Some(v)
+}
 
 pub(crate) fn bytes(words: &[u64]) -> &[u8] {
     // SAFETY: u64 storage viewed as bytes: same memory, alignment 8 ≥ 1.

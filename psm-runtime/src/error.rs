@@ -65,7 +65,7 @@ pub enum RunError {
         name: String,
         expected: usize,
         found: usize,
-        /// The expected shape, e.g. `[2, 100, 16]` (batch [2], T = 100, field [16]).
+        /// The expected shape, e.g. `[2, 100, 16]` (batch `[2]`, T = 100, field `[16]`).
         shape: Vec<usize>,
     },
     /// Two things that must have the same batch shape do not (an initial state and the

@@ -9,7 +9,8 @@
 //!   the F64 fold, |out − ref| ≤ 1e-5·max(1, log2 n)·(|ref| + running max |ref|);
 //! * the JIT and the interpreter bit-identical in every form (when the JIT is built).
 //!
-//! Large states run at small dims (-D overrides) to keep the file fast in debug builds.
+//! Large states run at small dims (-D overrides) to keep the file fast in debug builds;
+//! every operator also runs at its declared dims at lengths up to 33.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -44,11 +45,16 @@ fn forms(associative: bool) -> Vec<(Form, Option<usize>)> {
 }
 
 fn check_operator(name: &str) {
+    check_at(name, &dims_of(name), &ALL_LENGTHS);
+    // The declared dims too (the sizes users run), at short lengths.
+    check_at(name, &[], &[0, 1, 2, 7, 33]);
+}
+
+fn check_at(name: &str, dims: &[(&str, i64)], lengths: &[usize]) {
     let start = std::time::Instant::now();
-    let dims = dims_of(name);
-    let agg = load(name, &dims);
+    let agg = load(name, dims);
     let associative = agg.associative();
-    let lengths: Vec<usize> = ALL_LENGTHS.to_vec();
+    let lengths: Vec<usize> = lengths.to_vec();
     let max = *lengths.iter().max().unwrap();
     let data = Batch::new(&agg, 3, max, 0x5eed ^ name.len() as u64);
     let out_lens = lens(&agg, Role::Output);
@@ -138,7 +144,7 @@ fn check_operator(name: &str) {
         }
     }
     println!(
-        "{name:22} {} lengths ≤ {max}, worst err / bound {worst:.4} ({:.1}s, backends {:?})",
+        "{name:22} {dims:?} {} lengths ≤ {max}, worst err / bound {worst:.4} ({:.1}s, backends {:?})",
         lengths.len(),
         start.elapsed().as_secs_f64(),
         backends.iter().map(|b| b.backend()).collect::<Vec<Backend>>()

@@ -171,15 +171,33 @@ impl Rng {
     }
 }
 
-/// Random data of one tensor: `lead` leading dims (batch..., T for inputs), then the
-/// field's; i32 fields hold the step index.
-fn random(spec: &FieldSpec, count: usize, steps: usize, rng: &mut Rng) -> Buffer {
-    let n = count * spec.len;
-    match spec.dtype {
-        Dtype::F32 => Buffer::F32((0..n).map(|_| rng.signed() as f32).collect()),
-        Dtype::F64 => Buffer::F64((0..n).map(|_| rng.signed()).collect()),
-        Dtype::I32 => Buffer::I32((0..n).map(|k| ((k / spec.len.max(1)) % steps.max(1)) as i32).collect()),
+/// Random data of one tensor (`count` leading entries: batch × T for inputs, 1 for
+/// params); i32 fields hold the step index. An error when it cannot be allocated.
+fn random(what: &str, spec: &FieldSpec, count: usize, steps: usize, rng: &mut Rng) -> Result<Buffer, Fail> {
+    let fail = || Fail(format!("error: {what} `{}` is too large to allocate ({count} × {} entries)\n", spec.name, spec.len));
+    let n = count.checked_mul(spec.len).ok_or_else(fail)?;
+    fn alloc<T>(n: usize) -> Option<Vec<T>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).ok()?;
+        Some(v)
     }
+    Ok(match spec.dtype {
+        Dtype::F32 => {
+            let mut v = alloc(n).ok_or_else(fail)?;
+            v.extend((0..n).map(|_| rng.signed() as f32));
+            Buffer::F32(v)
+        }
+        Dtype::F64 => {
+            let mut v = alloc(n).ok_or_else(fail)?;
+            v.extend((0..n).map(|_| rng.signed()));
+            Buffer::F64(v)
+        }
+        Dtype::I32 => {
+            let mut v = alloc(n).ok_or_else(fail)?;
+            v.extend((0..n).map(|k| ((k / spec.len.max(1)) % steps.max(1)) as i32));
+            Buffer::I32(v)
+        }
+    })
 }
 
 fn npy_dtype(descr: &str) -> Option<Dtype> {
@@ -320,11 +338,13 @@ fn gather(args: &RunArgs, sig: &Signature) -> Result<Data, Fail> {
     let mut rng = Rng(args.seed);
     let mut params = Vec::new();
     for spec in &sig.params {
-        params.push(random(spec, 1, 1, &mut rng));
+        params.push(random("param", spec, 1, 1, &mut rng)?);
     }
     let mut inputs = Vec::new();
-    for spec in &sig.inputs {
-        inputs.push(random(spec, count, steps, &mut rng));
+    for (k, spec) in sig.inputs.iter().enumerate() {
+        // Given inputs are not drawn (the others still are, from the same stream).
+        let given = given_inputs.iter().any(|g| g.0 == k);
+        inputs.push(if given { Buffer::F32(Vec::new()) } else { random("input", spec, count, steps, &mut rng)? });
     }
     for (k, _, data) in given_inputs {
         inputs[k] = data;

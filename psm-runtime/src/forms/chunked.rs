@@ -12,6 +12,8 @@
 use rayon::prelude::*;
 
 use super::{Ctx, SeqEnd};
+use crate::buffers::try_words;
+use crate::error::RunError;
 
 /// Chunk size for `auto`: about four chunks per thread over the whole batch, at least
 /// 256 steps each (a chunk re-scans its steps, so tiny chunks only add work).
@@ -20,7 +22,7 @@ pub fn auto_chunk(steps: usize, nseq: usize, threads: usize) -> usize {
     steps.div_ceil(chunks_per_seq).max(256)
 }
 
-pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Vec<SeqEnd> {
+pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<Vec<SeqEnd>, RunError> {
     let n = ctx.steps;
     let chunk = chunk.max(1);
     let q_count = n.div_ceil(chunk);
@@ -28,17 +30,19 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Vec<SeqE
     let range = |q: usize| (q * chunk, ((q + 1) * chunk).min(n));
     // Phase 1: the aggregates of chunks 0..Q-1 of every sequence.
     let aggs_per_seq = q_count.saturating_sub(1);
-    let mut aggs = vec![0u64; ctx.nseq * aggs_per_seq * words];
-    if words > 0 {
-        aggs.par_chunks_mut(words).enumerate().for_each_init(
-            || ctx.scratch(),
-            |scratch, (i, out)| {
-                let (b, q) = (i / aggs_per_seq, i % aggs_per_seq);
-                let (j0, j1) = range(q);
-                ctx.scan(b, j0, j1, out, false, false, scratch);
-            },
-        );
-    }
+    let mut aggs = ctx
+        .nseq
+        .checked_mul(aggs_per_seq)
+        .and_then(|n| try_words(n, words))
+        .ok_or_else(|| RunError::TooLarge { what: "the chunk aggregates".into() })?;
+    aggs.par_chunks_mut(words).enumerate().for_each_init(
+        || ctx.scratch(),
+        |scratch, (i, out)| {
+            let (b, q) = (i / aggs_per_seq, i % aggs_per_seq);
+            let (j0, j1) = range(q);
+            ctx.scan(b, j0, j1, out, false, false, scratch);
+        },
+    );
     // Phase 2: carries, per sequence (parallel over the batch, sequential inside).
     let carries: Vec<Vec<Option<Vec<u64>>>> = (0..ctx.nseq)
         .into_par_iter()
@@ -95,5 +99,5 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Vec<SeqE
             ends[b].state = s;
         }
     }
-    ends
+    Ok(ends)
 }

@@ -37,7 +37,7 @@ use psm_ir::ir::{Aggregator, Dtype, ReadoutKind, Role};
 use psm_ir::valid::Info;
 use rayon::ThreadPool;
 
-use crate::buffers::{dtype_size, read_field, write_field, Buffer, Data, Inputs, State, Tensor};
+use crate::buffers::{dtype_size, read_field, try_words, write_field, Buffer, Data, Inputs, State, Tensor};
 use crate::error::{RunError, Slot};
 use crate::kernels::{InputPtrs, Kernels, OutputPtrs, ParamPtrs, HAS_STATE, REVERSE, WRITE_OUTPUTS};
 
@@ -46,8 +46,9 @@ pub use stream::{Prefill, Stream, StreamStats};
 /// Which schedule a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Form {
-    /// Recurrent for associative operators at batch ≥ threads or short T, chunked for
-    /// long associative sequences, tree for non-associative ones.
+    /// Tree for non-associative operators. For associative ones: recurrent with one
+    /// thread, at batch ≥ threads, or for T ≤ 2048; otherwise chunked, with chunks of
+    /// max(256, ⌈T / ⌈4·threads / batch⌉⌉) steps (about four chunks per thread).
     #[default]
     Auto,
     Recurrent,
@@ -401,8 +402,7 @@ impl Executor {
         let layout = self.inner.kernels.layout();
         let words = layout.words();
         let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
-        let total = nseq.checked_mul(words).ok_or_else(|| RunError::TooLarge { what: "the initial state".into() })?;
-        let mut out = vec![0u64; total];
+        let mut out = try_words(nseq, words).ok_or_else(|| RunError::TooLarge { what: "the initial state".into() })?;
         for b in 0..nseq {
             let elem = &mut out[b * words..(b + 1) * words];
             for (k, d) in data.iter().enumerate() {
@@ -491,8 +491,9 @@ impl Executor {
                 .checked_mul(steps)
                 .and_then(|n| n.checked_mul(s.len))
                 .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
+                .and_then(|n| Buffer::try_zeros(s.dtype, n))
                 .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })?;
-            outputs.push(Buffer::zeros(s.dtype, n));
+            outputs.push(n);
         }
         let mut out_addrs = Vec::with_capacity(nseq * outputs.len());
         let bases: Vec<usize> = outputs.iter_mut().map(Buffer::addr_mut).collect();
@@ -509,16 +510,19 @@ impl Executor {
         };
         let ends: Vec<SeqEnd> = match form {
             Form::Recurrent => recurrent::run(&ctx, init),
-            Form::Chunked => chunked::run(&ctx, init, chunk.unwrap_or(1)),
-            Form::Tree => tree::run(&ctx, init, want_counter),
+            Form::Chunked => chunked::run(&ctx, init, chunk.unwrap_or(1))?,
+            Form::Tree => tree::run(&ctx, init, want_counter)?,
             Form::Stream => stream::run(&ctx, init),
-            Form::Auto => unreachable!("resolved above"),
+            // `resolve` never returns Auto.
+            Form::Auto => recurrent::run(&ctx, init),
         };
         let peak = ends.iter().map(|e| e.peak).max().unwrap_or(0);
         let stats = RunStats { sequences: nseq, steps, combines: ctx.combines.load(Ordering::Relaxed), peak_elements: peak };
         let has_final = ends.first().is_some_and(|e| e.state.is_some()) || (nseq == 0 && (steps > 0 || init.is_some()));
         let words = k.layout().words();
-        let final_flat: Option<Vec<u64>> = if has_final {
+        let final_flat: Option<Vec<u64>> = if !opts.final_state {
+            None
+        } else if has_final {
             Some(ends.iter().flat_map(|e| e.state.clone().unwrap_or_else(|| vec![0; words])).collect())
         } else {
             // T = 0 without s0: the declared identity, if any.
@@ -528,10 +532,7 @@ impl Executor {
             let declared = unsafe { k.identity(ctx.params_ptr(), id.as_mut_ptr() as *mut u8, scratch.as_mut_ptr() as *mut u8) };
             declared.then(|| id.repeat(nseq))
         };
-        let final_state = match (&final_flat, opts.final_state) {
-            (Some(f), true) => Some(self.state_of(&inputs.batch, f)),
-            _ => None,
-        };
+        let final_state = final_flat.map(|f| self.state_of(&inputs.batch, &f));
         let prefill = if opts.prefill {
             let seqs = ends
                 .into_iter()
@@ -582,7 +583,7 @@ pub(crate) struct Ctx<'a> {
     pub nseq: usize,
     pub steps: usize,
     pub reverse: bool,
-    pub readout: ReadoutKind,
+    pub readout_kind: ReadoutKind,
     pub associative: bool,
     pub combines: AtomicU64,
     /// What an exclusive readout reads before any prefix: the identity (empty = false)
@@ -612,7 +613,7 @@ impl<'a> Ctx<'a> {
             nseq: bound.nseq,
             steps: bound.steps,
             reverse,
-            readout: sig.readout,
+            readout_kind: sig.readout,
             associative: sig.associative,
             combines: AtomicU64::new(0),
             step0: (vec![0u64; words], true),

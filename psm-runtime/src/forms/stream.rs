@@ -130,11 +130,11 @@ impl SeqState {
                 for j in j0..j1 {
                     let mut e = ctx.element();
                     ctx.lift(b, j, &mut e, scratch);
-                    if ctx.readout == ReadoutKind::Exclusive {
+                    if ctx.readout_kind == ReadoutKind::Exclusive {
                         ctx.readout(b, j, c.prefix(), scratch);
                     }
                     c.push(e, ctx, scratch);
-                    if ctx.readout == ReadoutKind::Inclusive {
+                    if ctx.readout_kind == ReadoutKind::Inclusive {
                         ctx.readout(b, j, c.prefix(), scratch);
                     }
                 }
@@ -345,8 +345,9 @@ impl Stream {
                 .checked_mul(steps)
                 .and_then(|n| n.checked_mul(s.len))
                 .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
+                .and_then(|n| Buffer::try_zeros(s.dtype, n))
                 .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })?;
-            outputs.push(Buffer::zeros(s.dtype, n));
+            outputs.push(n);
         }
         let bases: Vec<usize> = outputs.iter_mut().map(Buffer::addr_mut).collect();
         let mut out_addrs = Vec::with_capacity(nseq * outputs.len());

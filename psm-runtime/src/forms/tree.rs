@@ -22,23 +22,29 @@ use rayon::prelude::*;
 
 use super::stream::Counter;
 use super::{Ctx, SeqEnd, SyncPtr};
+use crate::buffers::try_words;
+use crate::error::RunError;
 
-pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, want_counter: bool) -> Vec<SeqEnd> {
-    (0..ctx.nseq).into_par_iter().map(|b| sequence(ctx, b, ctx.init_of(init, b), want_counter)).collect()
+pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, want_counter: bool) -> Result<Vec<SeqEnd>, RunError> {
+    // Each sequence holds about 3n elements (leaves, complete blocks, prefixes).
+    let too_large = || RunError::TooLarge { what: format!("the tree of {} steps", ctx.steps) };
+    ctx.steps.checked_mul(3).and_then(|n| n.checked_add(1)).and_then(|n| n.checked_mul(ctx.words * 8)).ok_or_else(too_large)?;
+    (0..ctx.nseq).into_par_iter().map(|b| sequence(ctx, b, ctx.init_of(init, b), want_counter).ok_or_else(too_large)).collect()
 }
 
-fn sequence(ctx: &Ctx<'_>, b: usize, s0: Option<&[u64]>, want_counter: bool) -> SeqEnd {
+/// `None` when an allocation fails.
+fn sequence(ctx: &Ctx<'_>, b: usize, s0: Option<&[u64]>, want_counter: bool) -> Option<SeqEnd> {
     let n = ctx.steps;
     let w = ctx.words;
     // 1. Leaves.
-    let mut leaves = vec![0u64; n * w];
+    let mut leaves = try_words(n, w)?;
     leaves.par_chunks_mut(w).enumerate().for_each_init(|| ctx.scratch(), |scratch, (j, out)| ctx.lift(b, j, out, scratch));
     // 2. Up-sweep: levels[i] has n >> i nodes.
     let mut levels: Vec<Vec<u64>> = vec![leaves];
     while levels.last().map_or(0, |l| l.len() / w) >= 2 {
         let below = levels.last().expect("non-empty");
         let count = below.len() / w / 2;
-        let mut above = vec![0u64; count * w];
+        let mut above = try_words(count, w)?;
         above.par_chunks_mut(w).enumerate().for_each_init(
             || ctx.scratch(),
             |scratch, (m, out)| ctx.combine(&below[2 * m * w..(2 * m + 1) * w], &below[(2 * m + 1) * w..(2 * m + 2) * w], out, scratch),
@@ -46,7 +52,7 @@ fn sequence(ctx: &Ctx<'_>, b: usize, s0: Option<&[u64]>, want_counter: bool) -> 
         levels.push(above);
     }
     // 3. Down-sweep into p_0..p_n.
-    let mut pre = vec![0u64; (n + 1) * w];
+    let mut pre = try_words(n + 1, w)?;
     if let Some(s) = s0 {
         pre[..w].copy_from_slice(s);
     }
@@ -86,7 +92,7 @@ fn sequence(ctx: &Ctx<'_>, b: usize, s0: Option<&[u64]>, want_counter: bool) -> 
     (0..n).into_par_iter().for_each_init(
         || ctx.scratch(),
         |scratch, j| {
-            let t = match ctx.readout {
+            let t = match ctx.readout_kind {
                 psm_ir::ir::ReadoutKind::Exclusive => j,
                 psm_ir::ir::ReadoutKind::Inclusive => j + 1,
             };
@@ -109,5 +115,5 @@ fn sequence(ctx: &Ctx<'_>, b: usize, s0: Option<&[u64]>, want_counter: bool) -> 
         }
         c
     });
-    SeqEnd { state, counter, peak: held }
+    Some(SeqEnd { state, counter, peak: held })
 }

@@ -236,15 +236,10 @@ fn expr(pair: Pair<Rule>) -> Expr {
     // Descend through one-operand levels and parentheses without recursing, so that
     // the recursion depth is the expression's nesting, not 7 frames per parenthesis.
     let mut pair = pair;
-    loop {
-        match pair.as_rule() {
-            Rule::expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr | Rule::paren => {
-                let mut inner = pair.clone().into_inner();
-                match (inner.next(), inner.next()) {
-                    (Some(only), None) => pair = only,
-                    _ => break,
-                }
-            }
+    while let Rule::expr | Rule::and_expr | Rule::cmp_expr | Rule::add_expr | Rule::mul_expr | Rule::paren = pair.as_rule() {
+        let mut inner = pair.clone().into_inner();
+        match (inner.next(), inner.next()) {
+            (Some(only), None) => pair = only,
             _ => break,
         }
     }
@@ -698,7 +693,6 @@ fn previous_token(source: &str, pos: usize) -> (usize, usize) {
     while start > 0 && !source.is_char_boundary(start) {
         start -= 1;
     }
-    let mut end = end;
     while end < source.len() && !source.is_char_boundary(end) {
         end += 1;
     }
