@@ -128,9 +128,9 @@ pub(crate) struct Lowerer<'a, 'f> {
     imports: &'a mut dyn Imports,
     math: BTreeMap<MathFn, FuncRef>,
     /// Current value (i64) of each index variable in scope.
-    env: Vec<Option<Value>>,
+    pub(super) env: Vec<Option<Value>>,
     /// Location of each local of the body being lowered.
-    locals: Vec<Option<Loc>>,
+    pub(super) locals: Vec<Option<Loc>>,
     /// Memo of [`Self::folded`], indexed by expression handle.
     folds: Vec<Option<Option<f64>>>,
 }
@@ -155,7 +155,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     }
 
     /// A constant of a value type, from the interpreter's f64 representation.
-    fn imm(&mut self, ty: Scalar, x: f64) -> Value {
+    pub(super) fn imm(&mut self, ty: Scalar, x: f64) -> Value {
         match ty {
             Scalar::F32 => self.b.ins().f32const(x as f32),
             Scalar::F64 => self.b.ins().f64const(x),
@@ -164,7 +164,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         }
     }
 
-    fn math_call(&mut self, m: MathFn, args: &[Value]) -> Value {
+    pub(super) fn math_call(&mut self, m: MathFn, args: &[Value]) -> Value {
         let fr = match self.math.get(&m) {
             Some(&fr) => fr,
             None => {
@@ -203,7 +203,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     }
 
     /// Loops over `vars` (outermost first), binding each, then runs `f`.
-    fn nest(&mut self, vars: &[Handle<IndexVar>], f: &mut dyn FnMut(&mut Self)) {
+    pub(super) fn nest(&mut self, vars: &[Handle<IndexVar>], f: &mut dyn FnMut(&mut Self)) {
         match vars.split_first() {
             None => f(self),
             Some((&v, rest)) => {
@@ -217,7 +217,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     }
 
     /// `base + Σ coeff·value + offset` as an address and a load/store immediate.
-    fn address(&mut self, base: Value, offset: i64, terms: &[(Value, i64)]) -> (Value, i32) {
+    pub(super) fn address(&mut self, base: Value, offset: i64, terms: &[(Value, i64)]) -> (Value, i32) {
         let mut sum: Option<Value> = None;
         for &(v, c) in terms {
             if c == 0 {
@@ -244,7 +244,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Byte-offset terms of an access `[indices]` into a tensor of `shape` with
     /// entries of `size` bytes: (constant bytes, (i64 value, byte coefficient)...).
-    fn access_terms(&mut self, shape: &[usize], indices: &[Handle<Expr>], size: usize) -> (i64, Vec<(Value, i64)>) {
+    pub(super) fn access_terms(&mut self, shape: &[usize], indices: &[Handle<Expr>], size: usize) -> (i64, Vec<(Value, i64)>) {
         let (agg, info) = (self.cx.agg, self.cx.info);
         let st = strides(shape);
         let mut form = Affine::default();
@@ -264,7 +264,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         (form.constant, terms)
     }
 
-    fn index_var(&mut self, v: Handle<IndexVar>) -> Value {
+    pub(super) fn index_var(&mut self, v: Handle<IndexVar>) -> Value {
         match self.env[v.index()] {
             Some(x) => x,
             // Not bound here: only in code that validation proved unreachable.
@@ -274,7 +274,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Whether every index of an access lies in bounds for every value of its index
     /// variables (not only under the guards around it).
-    fn in_bounds(&self, shape: &[usize], indices: &[Handle<Expr>]) -> bool {
+    pub(super) fn in_bounds(&self, shape: &[usize], indices: &[Handle<Expr>]) -> bool {
         let (agg, info) = (self.cx.agg, self.cx.info);
         indices.len() == shape.len()
             && indices.iter().zip(shape).all(|(&i, &n)| {
@@ -305,7 +305,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     fn stmt(&mut self, stmt: &Stmt, kind: BodyKind, io: &BodyIo) {
         let (agg, info) = (self.cx.agg, self.cx.info);
-        let (loc, shape, size): (Loc, &[usize], usize) = match stmt.target {
+        let (loc, shape, size, ty): (Loc, &[usize], usize, Scalar) = match stmt.target {
             Target::Tensor(t) => {
                 let pos = self.cx.positions[t.index()];
                 let loc = if kind == BodyKind::Readout {
@@ -319,31 +319,48 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                         None => return,
                     }
                 };
-                (loc, info.shape(t), dtype_size(agg.tensors[t].dtype))
+                let dtype = agg.tensors[t].dtype;
+                (loc, info.shape(t), dtype_size(dtype), dtype.scalar())
             }
             Target::Local(l) => match self.locals[l.index()] {
-                Some(loc) => (loc, &info.local_shapes[l.index()], scalar_size(info.local_types[l.index()])),
+                Some(loc) => {
+                    let ty = info.local_types[l.index()];
+                    (loc, &info.local_shapes[l.index()], scalar_size(ty), ty)
+                }
                 None => return,
             },
         };
         let st = strides(shape);
-        self.nest(&stmt.indices, &mut |s| {
-            let v = s.value(stmt.value, io);
-            match loc {
-                Loc::Var(var) => s.b.def_var(var, v),
-                Loc::Mem { base, offset } => {
-                    let terms: Vec<(Value, i64)> = stmt
-                        .indices
-                        .iter()
-                        .zip(&st)
-                        .map(|(&iv, &stride)| (s.index_var(iv), stride.wrapping_mul(size as i64)))
-                        .collect();
-                    let (addr, off) = s.address(base, offset, &terms);
-                    s.b.ins().store(flags_rw(), v, addr, off);
-                }
-                Loc::Zero => {}
+        if let (Loc::Mem { .. }, Some((_, outer))) = (loc, stmt.indices.split_last()) {
+            if let Some(plan) = self.vector_plan(stmt, ty) {
+                self.nest(outer, &mut |s| s.vector_stmt(stmt, &plan, loc, &st, size, io));
+                return;
             }
-        });
+        }
+        self.nest(&stmt.indices, &mut |s| s.entry(stmt, loc, &st, size, io));
+    }
+
+    /// One entry of a statement, at the current values of its index variables.
+    pub(super) fn entry(&mut self, stmt: &Stmt, loc: Loc, st: &[i64], size: usize, io: &BodyIo) {
+        let v = self.value(stmt.value, io);
+        match loc {
+            Loc::Var(var) => self.b.def_var(var, v),
+            Loc::Mem { base, offset } => {
+                let terms = self.target_terms(stmt, st, size);
+                let (addr, off) = self.address(base, offset, &terms);
+                self.b.ins().store(flags_rw(), v, addr, off);
+            }
+            Loc::Zero => {}
+        }
+    }
+
+    /// Byte-offset terms of a statement's target entry.
+    pub(super) fn target_terms(&mut self, stmt: &Stmt, st: &[i64], size: usize) -> Vec<(Value, i64)> {
+        stmt.indices
+            .iter()
+            .zip(st)
+            .map(|(&iv, &stride)| (self.index_var(iv), stride.wrapping_mul(size as i64)))
+            .collect()
     }
 
     // ------------------------------------------------------------ integers
@@ -556,7 +573,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     }
 
     /// The value of an expression, of CLIF type `clif_type(info.types[e])`.
-    fn value(&mut self, e: Handle<Expr>, io: &BodyIo) -> Value {
+    pub(super) fn value(&mut self, e: Handle<Expr>, io: &BodyIo) -> Value {
         let (agg, info) = (self.cx.agg, self.cx.info);
         let ty = info.ty(e);
         if let Some(x) = self.folded(e) {
@@ -673,7 +690,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         result
     }
 
-    fn init_value(&mut self, ty: Type, init: Init) -> Value {
+    pub(super) fn init_value(&mut self, ty: Type, init: Init) -> Value {
         match init {
             Init::Int(v) => self.b.ins().iconst(ty, v),
             Init::Float(x) if ty == types::F32 => self.b.ins().f32const(x as f32),
@@ -807,7 +824,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     }
 
     /// Whether evaluating `e` when its branch is not taken is cheap and unobservable.
-    fn speculatable(&self, e: Handle<Expr>) -> bool {
+    pub(super) fn speculatable(&self, e: Handle<Expr>) -> bool {
         let mut budget = SPECULATE_NODES;
         self.speculatable_in(e, &mut budget)
     }
@@ -835,7 +852,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         }
     }
 
-    fn source_shape(&self, source: Source) -> &'a [usize] {
+    pub(super) fn source_shape(&self, source: Source) -> &'a [usize] {
         let info = self.cx.info;
         match source {
             Source::Input(t) | Source::Param(t) | Source::Element(_, t) => info.shape(t),
@@ -894,7 +911,7 @@ fn never<T>(r: Result<T, std::convert::Infallible>) -> T {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Init {
+pub(super) enum Init {
     Int(i64),
     Float(f64),
 }
@@ -905,7 +922,7 @@ enum BinOrFn {
     Fn(Func),
 }
 
-fn int_cc(op: BinaryOp) -> IntCC {
+pub(super) fn int_cc(op: BinaryOp) -> IntCC {
     match op {
         BinaryOp::Lt => IntCC::SignedLessThan,
         BinaryOp::Le => IntCC::SignedLessThanOrEqual,

@@ -20,6 +20,7 @@ mod layout;
 mod lower;
 mod math;
 mod text;
+mod vector;
 
 pub use jit::{compile, CombineFn, Compiled, IdentityFn, LiftFn, ReadoutFn, ScanFn};
 pub use layout::Layout;
