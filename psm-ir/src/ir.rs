@@ -299,6 +299,28 @@ pub enum Expr {
     Empty,
 }
 
+impl Expr {
+    /// Calls `f` on every direct child, in evaluation order.
+    pub fn for_each_child(&self, mut f: impl FnMut(Handle<Expr>)) {
+        match self {
+            Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => {}
+            Expr::Load { indices, .. } => indices.iter().for_each(|&i| f(i)),
+            Expr::Unary { arg, .. } => f(*arg),
+            Expr::Binary { lhs, rhs, .. } => {
+                f(*lhs);
+                f(*rhs)
+            }
+            Expr::Call { args, .. } => args.iter().for_each(|&a| f(a)),
+            Expr::Select { cond, then, otherwise } => {
+                f(*cond);
+                f(*then);
+                f(*otherwise)
+            }
+            Expr::Reduce { body, .. } => f(*body),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// An element field (lift, combine, identity) or an output (readout).

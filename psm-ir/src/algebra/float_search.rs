@@ -165,7 +165,7 @@ fn first_gap(fields: &[Handle<Tensor>], sides: &Sides<f64>, gap: f64, floor: f64
 fn body_cost(agg: &Aggregator, info: &Info, body: &crate::ir::Body) -> u64 {
     fn expr_cost(agg: &Aggregator, info: &Info, e: Handle<crate::ir::Expr>) -> u64 {
         let mut children = 0u64;
-        crate::valid::for_each_child(&agg.exprs[e], |c| children = children.saturating_add(expr_cost(agg, info, c)));
+        agg.exprs[e].for_each_child(|c| children = children.saturating_add(expr_cost(agg, info, c)));
         match &agg.exprs[e] {
             crate::ir::Expr::Reduce { var, .. } => (info.extent(*var) as u64).saturating_mul(children).saturating_add(1),
             _ => children.saturating_add(1),

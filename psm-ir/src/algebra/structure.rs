@@ -85,7 +85,7 @@ fn elementwise(agg: &Aggregator, info: &Info) -> bool {
 fn visit(agg: &Aggregator, e: Handle<Expr>, f: &mut impl FnMut(&Expr)) {
     let expr = &agg.exprs[e];
     f(expr);
-    crate::valid::for_each_child(expr, |c| visit(agg, c, f));
+    expr.for_each_child(|c| visit(agg, c, f));
 }
 
 /// How an expression depends on the state fields S, given the split.

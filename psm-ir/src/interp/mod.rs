@@ -167,6 +167,26 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// The exact integer meaning of a binary operation on index values, dims and integer
+/// literals (booleans as 0/1): wrapping i64 arithmetic, and a quotient of 0 where i64
+/// division is undefined. Backends folding or emitting integer expressions use this.
+pub fn int_binary(op: BinaryOp, a: i64, b: i64) -> i64 {
+    match op {
+        BinaryOp::Add => a.wrapping_add(b),
+        BinaryOp::Sub => a.wrapping_sub(b),
+        BinaryOp::Mul => a.wrapping_mul(b),
+        BinaryOp::Div => a.checked_div(b).unwrap_or(0),
+        BinaryOp::Lt => (a < b) as i64,
+        BinaryOp::Le => (a <= b) as i64,
+        BinaryOp::Gt => (a > b) as i64,
+        BinaryOp::Ge => (a >= b) as i64,
+        BinaryOp::Eq => (a == b) as i64,
+        BinaryOp::Ne => (a != b) as i64,
+        BinaryOp::And => (a != 0 && b != 0) as i64,
+        BinaryOp::Or => (a != 0 || b != 0) as i64,
+    }
+}
+
 struct Ctx<'e, 'a, V> {
     eval: &'e Evaluator<'a>,
     frame: Frame<'e, V>,
@@ -259,20 +279,7 @@ impl<V: Clone> Ctx<'_, '_, V> {
             Expr::Unary { op: UnaryOp::Not, arg } => (self.eval_int(*arg, env) == 0) as i64,
             Expr::Binary { op, lhs, rhs } => {
                 let (a, b) = (self.eval_int(*lhs, env), self.eval_int(*rhs, env));
-                match op {
-                    BinaryOp::Add => a.wrapping_add(b),
-                    BinaryOp::Sub => a.wrapping_sub(b),
-                    BinaryOp::Mul => a.wrapping_mul(b),
-                    BinaryOp::Div => a.checked_div(b).unwrap_or(0),
-                    BinaryOp::Lt => (a < b) as i64,
-                    BinaryOp::Le => (a <= b) as i64,
-                    BinaryOp::Gt => (a > b) as i64,
-                    BinaryOp::Ge => (a >= b) as i64,
-                    BinaryOp::Eq => (a == b) as i64,
-                    BinaryOp::Ne => (a != b) as i64,
-                    BinaryOp::And => (a != 0 && b != 0) as i64,
-                    BinaryOp::Or => (a != 0 || b != 0) as i64,
-                }
+                int_binary(*op, a, b)
             }
             Expr::Select { cond, then, otherwise } => {
                 if self.eval_int(*cond, env) != 0 {

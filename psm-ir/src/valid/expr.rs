@@ -342,7 +342,7 @@ impl Checker<'_> {
                     self.collect_uses(var, *otherwise, uses, mentioned);
                 }
             }
-            other => for_each_child(other, |c| self.collect_uses(var, c, uses, mentioned)),
+            other => other.for_each_child(|c| self.collect_uses(var, c, uses, mentioned)),
         }
     }
 
@@ -641,7 +641,7 @@ impl Checker<'_> {
                     Expr::Binary { op, lhs, rhs } if !op.is_comparison() => vec![*lhs, *rhs],
                     other => {
                         let mut v = Vec::new();
-                        for_each_child(other, |c| v.push(c));
+                        other.for_each_child(|c| v.push(c));
                         v
                     }
                 };
@@ -826,22 +826,3 @@ fn negate(op: BinaryOp) -> BinaryOp {
     }
 }
 
-/// Calls `f` on every direct child of an expression.
-pub(crate) fn for_each_child(e: &Expr, mut f: impl FnMut(Handle<Expr>)) {
-    match e {
-        Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => {}
-        Expr::Load { indices, .. } => indices.iter().for_each(|&i| f(i)),
-        Expr::Unary { arg, .. } => f(*arg),
-        Expr::Binary { lhs, rhs, .. } => {
-            f(*lhs);
-            f(*rhs)
-        }
-        Expr::Call { args, .. } => args.iter().for_each(|&a| f(a)),
-        Expr::Select { cond, then, otherwise } => {
-            f(*cond);
-            f(*then);
-            f(*otherwise)
-        }
-        Expr::Reduce { body, .. } => f(*body),
-    }
-}

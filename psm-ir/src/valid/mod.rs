@@ -5,7 +5,6 @@
 
 mod expr;
 
-pub(crate) use expr::for_each_child;
 
 use crate::arena::Handle;
 use crate::front::dsl::MAX_ERRORS;
