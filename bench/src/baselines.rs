@@ -184,3 +184,60 @@ pub fn attn_tree(w: &AttnWeights, elements: &[f32]) -> Vec<Option<Vec<f32>>> {
     prefix.truncate(n);
     prefix
 }
+
+/// `attn_agg.psm`'s exclusive readout of one step: y[t, d] = tok[t, d] + (Σ_u prev[u, d]) / C,
+/// the sum a left fold from u = 0. Before any prefix (no identity is declared) the
+/// readout reads zeros, as psm does.
+pub fn attn_readout(prefix: Option<&[f32]>, tok: &[f32], y: &mut [f32], c: usize, d: usize) {
+    let zeros;
+    let prev = match prefix {
+        Some(p) => p,
+        None => {
+            zeros = vec![0.0f32; c * d];
+            &zeros
+        }
+    };
+    for e in 0..d {
+        let mut acc = prev[e];
+        for u in 1..c {
+            acc += prev[u * d + e];
+        }
+        let mean = acc / c as f32;
+        for t in 0..c {
+            y[t * d + e] = tok[t * d + e] + mean;
+        }
+    }
+}
+
+/// The streaming exclusive prefixes of `attn_agg` over `steps` elements of C·D floats:
+/// the binary counter of subtree roots (equal sizes merged, older on the left) with the
+/// fold of everything before each root cached, which reproduces [`attn_tree`]'s
+/// bracketing exactly with about 2 combines per step and O(log n) stored elements.
+/// What a user writes by hand to serve a Transformer-PSM token by token.
+pub fn attn_stream(w: &AttnWeights, elements: &[f32]) -> Vec<Option<Vec<f32>>> {
+    let size = w.c * w.d;
+    let n = elements.len() / size;
+    // (subtree size, root, fold of all roots up to and including this one; None for
+    // the bottom root, whose fold is itself).
+    let mut roots: Vec<(usize, Vec<f32>, Option<Vec<f32>>)> = Vec::new();
+    let mut prefixes = Vec::with_capacity(n);
+    let combined = |l: &[f32], r: &[f32]| {
+        let mut out = vec![0.0f32; size];
+        attn_combine(w, l, r, &mut out);
+        out
+    };
+    for step in elements.chunks_exact(size) {
+        let prefix = |roots: &[(usize, Vec<f32>, Option<Vec<f32>>)]| roots.last().map(|(_, r, f)| f.clone().unwrap_or_else(|| r.clone()));
+        prefixes.push(prefix(&roots));
+        let mut span = 1usize;
+        let mut root = step.to_vec();
+        while roots.last().is_some_and(|r| r.0 == span) {
+            let (_, older, _) = roots.pop().expect("checked");
+            root = combined(&older, &root);
+            span *= 2;
+        }
+        let fold = roots.last().map(|(_, r, f)| combined(f.as_deref().unwrap_or(r), &root));
+        roots.push((span, root, fold));
+    }
+    prefixes
+}

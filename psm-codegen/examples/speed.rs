@@ -228,6 +228,36 @@ fn main() {
         });
     }
 
+    // exp lane by lane or scalar: one lift of `a[i] = exp(x.v[i]) * x.w[i] + x.w[i]`.
+    if want("exp_lift") {
+        let d = 1024usize;
+        let src = "aggregator exp_lift<D = 1024> { input { v[D], w[D] } element { a[D] }
+            lift(x) { a[i] = exp(x.v[i]) * x.w[i] + x.w[i]; } combine(l, r) { a[i] = l.a[i] + r.a[i]; } }";
+        let module = psm_ir::front::dsl::parse(src).expect("parses");
+        let info = psm_ir::valid::validate(&module, &[]).expect("validates").remove(0);
+        let c = clif::compile(&module.aggregators[0], &info).unwrap();
+        let (v, w) = (rng.vec(d, -1.0, 1.0), rng.vec(d, -1.0, 1.0));
+        let inputs = [aligned(&v), aligned(&w)];
+        let x: Vec<*const u8> = inputs.iter().map(|b| b.as_ptr() as *const u8).collect();
+        let mut out = vec![0u64; c.layout.size.div_ceil(8)];
+        let mut scratch = vec![0u64; c.scratch_size.div_ceil(8).max(1)];
+        let ours = best_time(budget, || unsafe {
+            (c.lift)(std::ptr::null(), x.as_ptr(), 0, out.as_mut_ptr() as *mut u8, scratch.as_mut_ptr() as *mut u8)
+        });
+        let mut a = vec![0.0f32; d];
+        let hand = best_time(budget, || {
+            for ((o, &v), &w) in a.iter_mut().zip(std::hint::black_box(&v)).zip(&w) {
+                *o = v.exp() * w + w;
+            }
+        });
+        cases.push(Case {
+            name: format!("exp lift D={d} (ns/call)"),
+            ours_ns: ours.as_secs_f64() * 1e9,
+            hand_ns: hand.as_secs_f64() * 1e9,
+            identical: same(as_f32(&out, d), &a),
+        });
+    }
+
     println!("{:<40} {:>12} {:>12} {:>10} {:>10}", "case", "ours ns/step", "hand ns/step", "hand/ours", "identical");
     for c in &cases {
         println!(

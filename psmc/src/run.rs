@@ -334,18 +334,8 @@ fn gather(args: &RunArgs, sig: &Signature) -> Result<Data, Fail> {
         }
         None => (args.batch.clone().map(|b| b.0).unwrap_or_default(), args.len.unwrap_or(64)),
     };
-    let count = batch.iter().try_fold(steps, |a, &d| a.checked_mul(d)).ok_or_else(|| Fail("error: the batch is too large\n".into()))?;
-    let mut rng = Rng(args.seed);
-    let mut params = Vec::new();
-    for spec in &sig.params {
-        params.push(random("param", spec, 1, 1, &mut rng)?);
-    }
-    let mut inputs = Vec::new();
-    for (k, spec) in sig.inputs.iter().enumerate() {
-        // Given inputs are not drawn (the others still are, from the same stream).
-        let given = given_inputs.iter().any(|g| g.0 == k);
-        inputs.push(if given { Buffer::F32(Vec::new()) } else { random("input", spec, count, steps, &mut rng)? });
-    }
+    let given: Vec<usize> = given_inputs.iter().map(|g| g.0).collect();
+    let Data { mut inputs, mut params, .. } = random_data(sig, &batch, steps, args.seed, &given)?;
     for (k, _, data) in given_inputs {
         inputs[k] = data;
     }
@@ -373,6 +363,68 @@ fn gather(args: &RunArgs, sig: &Signature) -> Result<Data, Fail> {
         params[k] = data;
     }
     Ok(Data { batch, steps, inputs, params })
+}
+
+/// Seeded random params and inputs (params first, then inputs, from one stream); the
+/// inputs listed in `skip` are left empty for the caller to fill.
+fn random_data(sig: &Signature, batch: &[usize], steps: usize, seed: u64, skip: &[usize]) -> Result<Data, Fail> {
+    let count = batch.iter().try_fold(steps, |a, &d| a.checked_mul(d)).ok_or_else(|| Fail("error: the batch is too large\n".into()))?;
+    let mut rng = Rng(seed);
+    let mut params = Vec::new();
+    for spec in &sig.params {
+        params.push(random("param", spec, 1, 1, &mut rng)?);
+    }
+    let mut inputs = Vec::new();
+    for (k, spec) in sig.inputs.iter().enumerate() {
+        inputs.push(if skip.contains(&k) { Buffer::F32(Vec::new()) } else { random("input", spec, count, steps, &mut rng)? });
+    }
+    Ok(Data { batch: batch.to_vec(), steps, inputs, params })
+}
+
+/// Runs once on `data`, timing the run alone.
+fn run_once(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, opts: &RunOptions) -> Result<(psm_runtime::Outputs, f64), Fail> {
+    let mut inputs = Inputs::new(&data.batch, data.steps);
+    for (s, b) in sig.inputs.iter().zip(&data.inputs) {
+        inputs = inputs.input(&s.name, b);
+    }
+    for (s, b) in sig.params.iter().zip(&data.params) {
+        inputs = inputs.param(&s.name, b);
+    }
+    let start = Instant::now();
+    let outputs = agg.run(&inputs, opts).map_err(|e| Fail(format!("error: {e}\n")))?;
+    Ok((outputs, start.elapsed().as_secs_f64()))
+}
+
+/// What `psmc demo` shows of one aggregator on the CPU, in the automatic form.
+pub(crate) struct Trial {
+    pub form: &'static str,
+    /// Agrees with the interpreter: bit for bit (non-associative) or within the
+    /// tolerance of the f64 fold (associative).
+    pub agrees: bool,
+    pub bit_identical: bool,
+    pub max_rel_err: f64,
+    pub steps_per_second: f64,
+}
+
+/// A seeded run of `compare_steps` steps checked against the interpreter, then runs of
+/// growing length until one takes 50 ms, for the throughput.
+pub(crate) fn trial(agg: &psm_runtime::Aggregator, batch: usize, compare_steps: usize, seed: u64) -> Result<Trial, String> {
+    let sig = agg.signature();
+    let fail = |Fail(m): Fail| m;
+    agg.compile().map_err(|e| e.to_string())?;
+    let data = random_data(&sig, &[batch], compare_steps, seed, &[]).map_err(fail)?;
+    let (outputs, _) = run_once(agg, &sig, &data, &RunOptions::default()).map_err(fail)?;
+    let c = compare(agg, &sig, &data, &outputs);
+    let mut steps = 1024;
+    let steps_per_second = loop {
+        let data = random_data(&sig, &[batch], steps, seed, &[]).map_err(fail)?;
+        let (_, seconds) = run_once(agg, &sig, &data, &RunOptions::default()).map_err(fail)?;
+        if seconds >= 0.05 || steps >= 1 << 20 {
+            break (batch * steps) as f64 / seconds.max(1e-9);
+        }
+        steps *= 8;
+    };
+    Ok(Trial { form: outputs.form().name(), agrees: c.ok, bit_identical: c.bit_identical, max_rel_err: c.max_rel_err, steps_per_second })
 }
 
 /// Comparison with the reference interpreter.
@@ -464,13 +516,6 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
     let start = Instant::now();
     agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
     let compile_seconds = start.elapsed().as_secs_f64();
-    let mut inputs = Inputs::new(&data.batch, data.steps);
-    for (s, b) in sig.inputs.iter().zip(&data.inputs) {
-        inputs = inputs.input(&s.name, b);
-    }
-    for (s, b) in sig.params.iter().zip(&data.params) {
-        inputs = inputs.param(&s.name, b);
-    }
     let form = match args.form {
         FormArg::Auto => Form::Auto,
         FormArg::Recurrent => Form::Recurrent,
@@ -479,9 +524,7 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
         FormArg::Stream => Form::Stream,
     };
     let opts = RunOptions { form, chunk: args.chunk, threads: args.threads, ..Default::default() };
-    let start = Instant::now();
-    let outputs = agg.run(&inputs, &opts).map_err(|e| Fail(format!("error: {e}\n")))?;
-    let seconds = start.elapsed().as_secs_f64();
+    let (outputs, seconds) = run_once(&agg, &sig, &data, &opts)?;
     let nseq: usize = data.batch.iter().product();
     let steps_total = (nseq * data.steps) as f64;
     let eps = if seconds > 0.0 { steps_total / seconds } else { 0.0 };

@@ -860,9 +860,15 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         }
     }
 
-    fn load(&mut self, source: Source, indices: &[Handle<Expr>], io: &BodyIo, ty: Scalar) -> Value {
+    /// Where a load's source lives, its shape, entry size and the flags of its loads.
+    pub(super) fn source_loc(
+        &self,
+        source: Source,
+        indices: &[Handle<Expr>],
+        io: &BodyIo,
+    ) -> (Option<Loc>, &'a [usize], usize, MemFlagsData) {
         let (agg, info) = (self.cx.agg, self.cx.info);
-        let (loc, shape, size, flags): (Option<Loc>, &[usize], usize, MemFlagsData) = match source {
+        match source {
             Source::Input(t) | Source::Param(t) => {
                 let pos = self.cx.positions[t.index()];
                 let bases = if matches!(source, Source::Input(_)) { &io.inputs } else { &io.params };
@@ -889,7 +895,11 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                 scalar_size(info.local_types[l.index()]),
                 flags_rw(),
             ),
-        };
+        }
+    }
+
+    fn load(&mut self, source: Source, indices: &[Handle<Expr>], io: &BodyIo, ty: Scalar) -> Value {
+        let (loc, shape, size, flags) = self.source_loc(source, indices, io);
         match loc {
             Some(Loc::Var(v)) => self.b.use_var(v),
             Some(Loc::Mem { base, offset }) => {

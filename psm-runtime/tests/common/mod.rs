@@ -76,7 +76,7 @@ impl Rng {
 pub fn value_range(op: &str, field: &str) -> (f64, f64) {
     match (op, field) {
         ("gla", "alpha") | ("scalar_affine", "a") | ("retnet", "gamma") | ("ema", "alpha") => (0.5, 1.0),
-        ("gated_deltanet", "g") | ("mamba2", "A") | ("mamba_s6", "A") => (-1.0, 0.0),
+        ("gated_deltanet", "g") | ("mamba2", "A") => (-1.0, 0.0),
         _ => (-1.0, 1.0),
     }
 }
