@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 
-const D: usize = 3;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Ty {
@@ -32,6 +31,8 @@ struct Gen<'r> {
     locals: Vec<(String, Ty, bool)>,
     fresh: usize,
     exclusive: bool,
+    /// The extent of every vector dimension.
+    d: usize,
 }
 
 impl Gen<'_> {
@@ -44,7 +45,7 @@ impl Gen<'_> {
 
     /// An in-range index for a dimension of size D.
     fn index(&mut self) -> String {
-        let mut options = vec![format!("{}", self.rng.below(D as u64))];
+        let mut options = vec![format!("{}", self.rng.below(self.d as u64))];
         for v in &self.vars {
             options.push(v.clone());
             options.push(format!("D - 1 - {v}"));
@@ -150,7 +151,7 @@ impl Gen<'_> {
             }
             1 if !self.vars.is_empty() => {
                 let v = self.pick(&self.vars.clone()).clone();
-                format!("{v} < {}", self.rng.below(D as u64 + 1))
+                format!("{v} < {}", self.rng.below(self.d as u64 + 1))
             }
             1 if self.body == Body::Readout && self.exclusive => "empty(s)".into(),
             2 => format!("!({})", self.cond(depth - 1)),
@@ -242,10 +243,10 @@ impl Gen<'_> {
     }
 }
 
-fn program(rng: &mut Rng, n: usize) -> String {
+fn program(rng: &mut Rng, n: usize, d: usize) -> String {
     let exclusive = rng.below(2) == 0;
     let identity = rng.below(2) == 0;
-    let mut g = Gen { rng, body: Body::Lift, vars: vec![], locals: vec![], fresh: 0, exclusive };
+    let mut g = Gen { rng, body: Body::Lift, vars: vec![], locals: vec![], fresh: 0, exclusive, d };
     let element = [("a", Ty::F32, false), ("v", Ty::F32, true), ("w", Ty::F64, true), ("k", Ty::I32, false)];
     let lift = g.body(&element);
     g.body = Body::Combine;
@@ -255,7 +256,7 @@ fn program(rng: &mut Rng, n: usize) -> String {
     let identity = if identity { "    identity { a = 1.0; v[i] = 0.0; w[i] = -0.0; k = 0; }\n" } else { "" };
     let kind = if exclusive { "exclusive" } else { "inclusive" };
     format!(
-        "aggregator rnd{n}<D = {D}> {{
+        "aggregator rnd{n}<D = {d}> {{
     param   {{ p[D], q }}
     input   {{ x[D], y, z[D]: f64, n: i32 }}
     element {{ a, v[D], w[D]: f64, k: i32 }}
@@ -270,13 +271,14 @@ fn program(rng: &mut Rng, n: usize) -> String {
     )
 }
 
-#[test]
-fn random_programs_agree_with_the_interpreter() {
-    let mut rng = Rng::new(2024);
+/// `count` valid random programs with vectors of `d` entries, each checked against the
+/// interpreter on ordinary data and on special values.
+fn random_programs(seed: u64, d: usize, count: usize) {
+    let mut rng = Rng::new(seed);
     let (mut valid, mut tried) = (0, 0);
-    while valid < 150 && tried < 2000 {
+    while valid < count && tried < 2000 {
         tried += 1;
-        let source = program(&mut rng, tried);
+        let source = program(&mut rng, tried, d);
         let Ok(module) = psm_ir::front::dsl::parse(&source) else {
             panic!("generated source does not parse:\n{source}");
         };
@@ -298,7 +300,18 @@ fn random_programs_agree_with_the_interpreter() {
         }
     }
     println!("{valid} valid programs of {tried}");
-    assert!(valid >= 100, "only {valid} of {tried} generated programs validate");
+    assert!(valid * 3 >= count * 2, "only {valid} of {tried} generated programs validate");
+}
+
+#[test]
+fn random_programs_agree_with_the_interpreter() {
+    random_programs(2024, 3, 150);
+}
+
+/// D = 9: two f32 vectors and a scalar entry, four f64 vectors and a scalar entry.
+#[test]
+fn random_vector_programs_agree_with_the_interpreter() {
+    random_programs(4242, 9, 100);
 }
 
 /// Expressions as deep as the parser admits compile on an ordinary thread (lowering
