@@ -237,14 +237,9 @@ impl<'a> StreamBuilder<'a> {
     }
 }
 
-#[cfg(feature = "jit")]
 fn jit(agg: &psm_ir::ir::Aggregator, info: &Info) -> Result<Arc<dyn Kernels>, RunError> {
     crate::kernels::JitKernels::new(agg, info)
         .map(|k| Arc::new(k) as Arc<dyn Kernels>)
         .map_err(|message| RunError::Codegen { aggregator: agg.name.clone(), message })
 }
 
-#[cfg(not(feature = "jit"))]
-fn jit(agg: &psm_ir::ir::Aggregator, _info: &Info) -> Result<Arc<dyn Kernels>, RunError> {
-    Err(RunError::Codegen { aggregator: agg.name.clone(), message: "this build has no Cranelift backend; use Backend::Interp".into() })
-}

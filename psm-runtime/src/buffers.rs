@@ -15,40 +15,12 @@ pub fn dtype_size(d: Dtype) -> usize {
     }
 }
 
-/// Where each element field lives in an element buffer (the CPU ABI of psm-codegen):
-/// `size` bytes, a multiple of 8; field k at byte `offsets[k]`, `field_lens[k]` entries
-/// of `dtypes[k]`, fields in declaration order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    pub size: usize,
-    pub offsets: Vec<usize>,
-    pub field_lens: Vec<usize>,
-    pub dtypes: Vec<Dtype>,
-}
+/// The byte layout of one element: psm-codegen's, the one every backend uses.
+pub use psm_codegen::clif::Layout;
 
-impl Layout {
-    /// The packed layout: fields in order, each aligned to its entry size, the total
-    /// rounded up to 8 bytes (at least 8).
-    pub fn packed(fields: &[(usize, Dtype)]) -> Layout {
-        let mut offset = 0usize;
-        let mut offsets = Vec::with_capacity(fields.len());
-        for &(len, d) in fields {
-            let a = dtype_size(d);
-            offset = offset.div_ceil(a) * a;
-            offsets.push(offset);
-            offset += len * a;
-        }
-        Layout {
-            size: offset.div_ceil(8).max(1) * 8,
-            offsets,
-            field_lens: fields.iter().map(|f| f.0).collect(),
-            dtypes: fields.iter().map(|f| f.1).collect(),
-        }
-    }
-    /// 8-byte words of one element.
-    pub fn words(&self) -> usize {
-        self.size / 8
-    }
+/// 8-byte words of one element (`Layout::size` is a multiple of 8).
+pub(crate) fn words(layout: &Layout) -> usize {
+    layout.size / 8
 }
 
 /// Borrowed data of one named tensor.

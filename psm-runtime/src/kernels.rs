@@ -157,9 +157,8 @@ fn never<T>(r: Result<T, std::convert::Infallible>) -> T {
 
 impl InterpKernels {
     pub fn new(agg: &Aggregator, info: &Info) -> InterpKernels {
-        let element = specs(agg, info, Role::Element);
         InterpKernels {
-            layout: Layout::packed(&element),
+            layout: Layout::new(agg, info),
             params: specs(agg, info, Role::Param),
             inputs: specs(agg, info, Role::Input),
             outputs: specs(agg, info, Role::Output),
@@ -313,10 +312,8 @@ impl Kernels for InterpKernels {
 
 // ================================================================= JIT
 
-#[cfg(feature = "jit")]
 pub use jit::JitKernels;
 
-#[cfg(feature = "jit")]
 mod jit {
     use super::*;
     use psm_codegen::clif::{self, Compiled};
@@ -324,27 +321,19 @@ mod jit {
     /// The Cranelift-compiled functions of one aggregator (psm-codegen).
     pub struct JitKernels {
         compiled: Compiled,
-        layout: Layout,
     }
 
     impl JitKernels {
         /// Compiles one validated aggregator.
         pub fn new(agg: &Aggregator, info: &Info) -> Result<JitKernels, String> {
             let compiled = clif::compile(agg, info).map_err(|e| e.to_string())?;
-            let l = &compiled.layout;
-            let layout = Layout {
-                size: l.size,
-                offsets: l.offsets.clone(),
-                field_lens: l.field_lens.clone(),
-                dtypes: l.dtypes.clone(),
-            };
-            Ok(JitKernels { compiled, layout })
+            Ok(JitKernels { compiled })
         }
     }
 
     impl Kernels for JitKernels {
         fn layout(&self) -> &Layout {
-            &self.layout
+            &self.compiled.layout
         }
         fn scratch_size(&self) -> usize {
             self.compiled.scratch_size

@@ -45,8 +45,6 @@ pub use api::{Aggregator, Backend, Program, StreamBuilder};
 pub use buffers::{Buffer, Data, Inputs, Layout, State, Tensor};
 pub use error::{CompileError, RunError, Slot};
 pub use forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, Signature, Stream, StreamStats};
-pub use kernels::{InterpKernels, Kernels};
-#[cfg(feature = "jit")]
-pub use kernels::JitKernels;
+pub use kernels::{InterpKernels, JitKernels, Kernels};
 pub use psm_ir::ir::Dtype;
 pub use psm_ir::valid::DimOverride;

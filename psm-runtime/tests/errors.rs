@@ -210,17 +210,8 @@ fn sizes_that_cannot_be_addressed() {
 }
 
 #[test]
-fn codegen_failures_are_errors() {
-    let agg = gla().with_backend(Backend::Cpu);
-    if cfg!(feature = "jit") {
-        agg.compile().unwrap();
-    } else {
-        let e = agg.compile().unwrap_err();
-        assert!(matches!(&e, RunError::Codegen { aggregator, .. } if aggregator == "gla"), "{e:?}");
-        let d = g();
-        assert!(matches!(agg.run(&ok_inputs(&d), &RunOptions::default()), Err(RunError::Codegen { .. })));
-        assert!(e.to_string().starts_with("cannot compile `gla`"));
-    }
+fn the_cpu_backend_compiles() {
+    gla().with_backend(Backend::Cpu).compile().unwrap();
 }
 
 #[test]

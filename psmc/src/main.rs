@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 errors in the input (diagnostics, unreadable files);
 //! 2 usage errors (clap's default, also for a malformed `-D`).
 
+mod bench;
 mod check;
 mod demo;
 mod emit;
@@ -61,6 +62,15 @@ enum Command {
     /// errors against the interpreter (--compare) and counts (--stats). Exit code 0 on
     /// success, 1 on errors in the input or a failed comparison, 2 on usage errors.
     Run(run::RunArgs),
+    /// Time the generated code against the hand-written Rust loop, at 1 and K threads
+    ///
+    /// Runs one aggregator (or the standard suite, --suite cpu) through psm-runtime and,
+    /// for the library operators (cumsum, scalar_affine, diag_affine, logcumsumexp, gla,
+    /// attn_agg), the hand-written loop of psm-bench on the same data; checks that the
+    /// outputs agree and prints per form and thread count the time, the ratio hand/psm,
+    /// the bytes per second as a fraction of the copy bandwidth measured in the same run,
+    /// and the speedup over 1 thread. Exit code 1 when outputs disagree.
+    Bench(bench::BenchArgs),
     /// Check every operator of the bundled library (examples/ops) into one verdict table
     Demo {
         /// Directory of .psm files [default: ./examples/ops, else the repository's examples/ops]
@@ -122,6 +132,7 @@ fn main() -> ExitCode {
         Command::Emit { file, target, dims } => emit::run(&file, target, &dims.define),
         Command::Demo { dir } => demo::run(dir),
         Command::Run(args) => run::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

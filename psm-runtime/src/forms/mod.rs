@@ -400,7 +400,7 @@ impl Executor {
         let given: Vec<(String, Data<'_>)> = state.fields.iter().map(|t| (t.name.clone(), t.data.as_data())).collect();
         let data = match_named(&self.inner.sig, Slot::State, &given, batch)?;
         let layout = self.inner.kernels.layout();
-        let words = layout.words();
+        let words = crate::buffers::words(layout);
         let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
         let mut out = try_words(nseq, words).ok_or_else(|| RunError::TooLarge { what: "the initial state".into() })?;
         for b in 0..nseq {
@@ -415,7 +415,7 @@ impl Executor {
     /// Element buffers (`nseq × words`, flat) as a named state.
     pub(crate) fn state_of(&self, batch: &[usize], elems: &[u64]) -> State {
         let layout = self.inner.kernels.layout();
-        let words = layout.words();
+        let words = crate::buffers::words(layout);
         let nseq = elems.len() / words.max(1);
         let fields = self
             .inner
@@ -519,7 +519,7 @@ impl Executor {
         let peak = ends.iter().map(|e| e.peak).max().unwrap_or(0);
         let stats = RunStats { sequences: nseq, steps, combines: ctx.combines.load(Ordering::Relaxed), peak_elements: peak };
         let has_final = ends.first().is_some_and(|e| e.state.is_some()) || (nseq == 0 && (steps > 0 || init.is_some()));
-        let words = k.layout().words();
+        let words = crate::buffers::words(k.layout());
         let final_flat: Option<Vec<u64>> = if !opts.final_state {
             None
         } else if has_final {
@@ -600,7 +600,7 @@ impl<'a> Ctx<'a> {
         reverse: bool,
         step0: Option<&(Vec<u64>, bool)>,
     ) -> Ctx<'a> {
-        let words = k.layout().words();
+        let words = crate::buffers::words(k.layout());
         let mut ctx = Ctx {
             k,
             words,

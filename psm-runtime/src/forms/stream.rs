@@ -245,7 +245,7 @@ impl Executor {
             what: format!("the batch shape {batch:?}"),
         })?;
         let init = initial_state.map(|s| self.bind_state(s, batch)).transpose()?;
-        let words = self.inner.kernels.layout().words();
+        let words = crate::buffers::words(self.inner.kernels.layout());
         let seqs = (0..nseq)
             .map(|b| SeqState::new(self.inner.sig.associative, init.as_ref().map(|s| &s[b * words..(b + 1) * words])))
             .collect();
@@ -303,7 +303,7 @@ impl Stream {
     /// The exclusive prefix p_t of every sequence (the state before the next push);
     /// `None` before the first step when no initial state was given.
     pub fn prefix(&self) -> Option<State> {
-        let words = self.exec.inner.kernels.layout().words();
+        let words = crate::buffers::words(self.exec.inner.kernels.layout());
         let mut flat = Vec::with_capacity(self.seqs.len() * words);
         for s in &self.seqs {
             flat.extend_from_slice(s.prefix()?);

@@ -36,15 +36,11 @@ pub fn inline(src: &str, name: &str) -> Aggregator {
     Program::from_source(src, &[]).unwrap_or_else(|e| panic!("{e}")).aggregator(name).unwrap().with_backend(Backend::Interp)
 }
 
-/// The backends every runtime test runs: the interpreter, and the JIT when built.
+/// The backends every runtime test runs: the interpreter and the JIT.
 pub fn backends(agg: &Aggregator) -> Vec<Aggregator> {
-    let mut out = vec![agg.with_backend(Backend::Interp)];
-    if cfg!(feature = "jit") {
-        let cpu = agg.with_backend(Backend::Cpu);
-        cpu.compile().unwrap_or_else(|e| panic!("{}: {e}", agg.name()));
-        out.push(cpu);
-    }
-    out
+    let cpu = agg.with_backend(Backend::Cpu);
+    cpu.compile().unwrap_or_else(|e| panic!("{}: {e}", agg.name()));
+    vec![agg.with_backend(Backend::Interp), cpu]
 }
 
 /// splitmix64.

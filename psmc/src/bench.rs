@@ -1,0 +1,876 @@
+//! `psmc bench`: the generated code (Cranelift JIT through psm-runtime) against the
+//! hand-written Rust loop for the same operator (`psm_bench::baselines`), at 1 thread
+//! and at K threads, with the machine's copy bandwidth measured in the same run.
+//!
+//! One *case* is one aggregator at one choice of dims, batch shape and T, run in a few
+//! *modes* (a form at a thread count, or `push`: one [`psm_runtime::Stream::push`] per
+//! step). Each mode gives one row. Per case the bench
+//!
+//! * draws seeded inputs (`psm_bench::Rng`; gates of the affine operators in [0.5, 1),
+//!   GLA's `alpha` in [0.9, 1), attention weights in [-0.2, 0.2), everything else in
+//!   [-1, 1));
+//! * runs the hand-written loop once for the reference outputs, then times it at 1
+//!   thread and, for a batch, at K threads (rayon over the sequences: what a user
+//!   writes by hand; a single sequence has no hand-written parallel form, so its
+//!   baseline stays at 1 thread and `baseline_threads` says so);
+//! * per mode runs psm once, checks its outputs against the reference (bit-identical,
+//!   or within psm's tolerance |psm − hand| ≤ 1e-5·max(1, log2 T)·(|hand| + running
+//!   max |hand|), the rebracketed forms' allowance), then times it;
+//! * measures the copy bandwidth (`psm_bench::copy_bandwidth`) on a buffer of the
+//!   case's bytes (inputs + outputs), so that a row's fraction of copy compares like
+//!   with like: an L1-sized case against an L1-sized copy.
+//!
+//! Timing: `psm_bench::best_time` (the best of repeated runs, at least 3, for
+//! `--budget-ms` each). Both sides allocate their outputs inside the timed region
+//! (psm's `run` returns owned outputs; the hand-written side does `vec![0.0; n]`). Each
+//! timing loop runs on a worker of a rayon pool of the row's thread count, and psm runs
+//! on that pool (`RunOptions::pool`), so no row pays a hand-off between threads per
+//! call.
+//!
+//! Baselines are matched by aggregator name (`cumsum`, `scalar_affine`, `diag_affine`,
+//! `logcumsumexp`, `gla`, `attn_agg`) when the signature is the library's (field names,
+//! f32); other operators are timed without one.
+//!
+//! `--format json` prints one object: `suite` (`"cpu"` or null), `threads` (K),
+//! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
+//! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, or `push`), `chunk` (chunked
+//! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
+//! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
+//! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
+//! `elements_per_second` (steps of all sequences per second), `bytes` (inputs +
+//! outputs), `bytes_per_second`, `copy_bytes_per_second`, `fraction_of_copy`,
+//! `speedup_vs_1_thread` (the same form's 1-thread time over this row's; null at 1
+//! thread), `speedup_vs_best_1_thread` (the case's fastest 1-thread psm row over this
+//! row's), `identical` (bit-identical to the hand-written outputs; null without a
+//! baseline), `within_tolerance`, `max_rel_err`, `tolerance`.
+//!
+//! Exit codes: 0 success; 1 errors in the input, a failed run, or outputs that differ
+//! from the hand-written loop's beyond the tolerance; 2 usage errors.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use psm_bench::baselines;
+use psm_bench::{best_time, copy_bandwidth, Rng};
+use psm_ir::ir::Dtype;
+use psm_ir::valid::DimOverride;
+use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
+use rayon::prelude::*;
+use rayon::ThreadPool;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The .psm file (or --suite)
+    #[arg(value_name = "FILE", required_unless_present = "suite")]
+    file: Option<PathBuf>,
+    /// Run a standard suite instead of one file
+    #[arg(long, value_enum, conflicts_with_all = ["file", "aggregator", "len", "batch", "form", "define"])]
+    suite: Option<Suite>,
+    /// The aggregator to bench [default: the file's only aggregator]
+    #[arg(long, value_name = "NAME")]
+    aggregator: Option<String>,
+    #[command(flatten)]
+    dims: crate::Dims,
+    /// Steps per sequence, T
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    len: usize,
+    /// Batch shape, `B` or `B1,B2,...` [default: one sequence]
+    #[arg(long, value_name = "B", value_parser = parse_shape)]
+    batch: Option<Shape>,
+    /// The thread count compared with 1 thread
+    #[arg(long, value_name = "K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// The form to time at 1 and K threads [default: recurrent at 1 thread, then over a
+    /// batch recurrent at K threads, for one sequence chunked at 1 and K threads;
+    /// tree and stream for non-associative operators]
+    #[arg(long, value_enum)]
+    form: Option<BenchForm>,
+    /// Time budget of each measurement, in milliseconds (at least 3 runs are timed)
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    budget_ms: u64,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = crate::Format::Human)]
+    format: crate::Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Suite {
+    /// cumsum, scalar_affine, diag_affine, logcumsumexp, GLA (K = V = 64) and the
+    /// attention aggregator (C = 8, D = 32), from L1-sized to DRAM-sized, 1 and K threads
+    Cpu,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchForm {
+    /// psm-runtime's automatic choice
+    Auto,
+    /// One fused scan per sequence (associative operators)
+    Recurrent,
+    /// 3-phase chunked scan (associative operators)
+    Chunked,
+    /// The fixed Blelloch tree
+    Tree,
+    /// The binary counter (non-associative) or one running element (associative)
+    Stream,
+    /// One Stream::push per step: a decode loop
+    Push,
+}
+
+/// A batch shape (a newtype, so that clap takes it as one value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shape(Vec<usize>);
+
+fn parse_shape(s: &str) -> Result<Shape, String> {
+    s.split(',')
+        .map(|d| d.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a batch shape; expected `B` or `B1,B2,...`, e.g. `--batch 4`")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Shape)
+}
+
+/// An error for stderr; exit code 1.
+struct Fail(String);
+
+/// How one row runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Form(Form),
+    Push,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Form(f) => f.name(),
+            Mode::Push => "push",
+        }
+    }
+}
+
+/// One aggregator at one choice of dims, batch and T, run in several modes.
+struct Case {
+    file: PathBuf,
+    aggregator: Option<String>,
+    dims: Vec<DimOverride>,
+    batch: Vec<usize>,
+    len: usize,
+    modes: Vec<(Mode, usize)>,
+}
+
+/// What the bench found for one mode of one case.
+struct Row {
+    operator: String,
+    dims: Vec<(String, i64)>,
+    shape: Vec<usize>,
+    form: String,
+    chunk: Option<usize>,
+    threads: usize,
+    seconds: f64,
+    steps: usize,
+    baseline: Option<(f64, usize)>,
+    bytes: usize,
+    copy_bps: f64,
+    speedup: Option<f64>,
+    speedup_best: Option<f64>,
+    check: Option<Check>,
+}
+
+/// psm's outputs against the hand-written loop's.
+#[derive(Clone, Copy)]
+struct Check {
+    identical: bool,
+    max_rel_err: f64,
+    tolerance: f64,
+}
+
+impl Check {
+    fn ok(&self) -> bool {
+        self.identical || self.max_rel_err <= self.tolerance
+    }
+    fn text(&self) -> String {
+        if self.identical {
+            "bit-identical".into()
+        } else if self.ok() {
+            format!("rel {:.0e} ≤ {:.0e}", self.max_rel_err, self.tolerance)
+        } else {
+            format!("MISMATCH rel {:.1e}", self.max_rel_err)
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> ExitCode {
+    match execute(&args) {
+        Ok((text, ok)) => {
+            crate::print_stdout(&text);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Fail(message)) => {
+            crate::print_stderr(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `./examples/ops` when it exists, else the repository's.
+fn ops_dir() -> PathBuf {
+    let local = PathBuf::from("examples/ops");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("examples").join("ops")
+}
+
+/// The standard CPU suite (BENCHMARKS.md): L1-sized to DRAM-sized, 1 and K threads. A
+/// single long sequence runs recurrent at 1 thread and chunked at 1 and K threads; a
+/// batch runs recurrent with rayon over the sequences.
+fn cpu_suite(k: usize) -> Vec<Case> {
+    let ops = ops_dir();
+    let d = |n: &str, v: i64| DimOverride { name: n.into(), value: v };
+    let single = |name: &str, dims: Vec<DimOverride>, len: usize| Case {
+        file: ops.join(format!("{name}.psm")),
+        aggregator: None,
+        dims,
+        batch: vec![],
+        len,
+        modes: vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunked), 1), (Mode::Form(Form::Chunked), k)],
+    };
+    let batched = |name: &str, dims: Vec<DimOverride>, batch: usize, len: usize| Case {
+        file: ops.join(format!("{name}.psm")),
+        aggregator: None,
+        dims,
+        batch: vec![batch],
+        len,
+        modes: vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Recurrent), k)],
+    };
+    let with = |mut c: Case, modes: Vec<(Mode, usize)>| {
+        c.modes = modes;
+        c
+    };
+    let gla = || vec![d("K", 64), d("V", 64)];
+    let attn = || vec![d("C", 8), d("D", 32)];
+    let mut cases = Vec::new();
+    for len in [4096, 1 << 16, 1 << 20, 1 << 26] {
+        cases.push(single("cumsum", vec![], len));
+    }
+    cases.push(batched("cumsum", vec![], 4, 1 << 14));
+    cases.push(batched("cumsum", vec![], 4, 1 << 24));
+    for len in [4096, 1 << 20, 1 << 26] {
+        cases.push(single("scalar_affine", vec![], len));
+    }
+    cases.push(batched("scalar_affine", vec![], 4, 1 << 14));
+    cases.push(batched("scalar_affine", vec![], 4, 1 << 24));
+    cases.push(batched("diag_affine", vec![d("D", 64)], 4, 16));
+    cases.push(batched("diag_affine", vec![d("D", 64)], 4, 4096));
+    cases.push(batched("diag_affine", vec![d("D", 64)], 4, 1 << 18));
+    for len in [4096, 1 << 20, 1 << 24] {
+        cases.push(single("logcumsumexp", vec![], len));
+    }
+    cases.push(batched("logcumsumexp", vec![], 4, 1 << 16));
+    cases.push(single("gla", gla(), 4096));
+    cases.push(with(single("gla", gla(), 2048), vec![(Mode::Push, 1)]));
+    cases.push(batched("gla", gla(), 4, 1024));
+    cases.push(with(single("attn_agg", attn(), 1024), vec![(Mode::Form(Form::Tree), 1), (Mode::Form(Form::Tree), k)]));
+    cases.push(with(single("attn_agg", attn(), 1024), vec![(Mode::Form(Form::Stream), 1), (Mode::Push, 1)]));
+    cases.push(with(batched("attn_agg", attn(), 2, 1024), vec![(Mode::Form(Form::Stream), 1), (Mode::Form(Form::Stream), k)]));
+    for c in &mut cases {
+        dedup(&mut c.modes);
+    }
+    cases
+}
+
+fn dedup(modes: &mut Vec<(Mode, usize)>) {
+    let mut seen = Vec::new();
+    modes.retain(|m| {
+        let new = !seen.contains(m);
+        seen.push(*m);
+        new
+    });
+}
+
+fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
+    let k = args.threads as usize;
+    let budget = Duration::from_millis(args.budget_ms);
+    let started = Instant::now();
+    let cases = match (args.suite, &args.file) {
+        (Some(Suite::Cpu), _) => cpu_suite(k),
+        (None, Some(file)) => {
+            let batch = args.batch.clone().map(|b| b.0).unwrap_or_default();
+            vec![Case { file: file.clone(), aggregator: args.aggregator.clone(), dims: args.dims.define.clone(), batch, len: args.len, modes: Vec::new() }]
+        }
+        (None, None) => return Err(Fail("error: give a .psm FILE or --suite cpu\n".into())),
+    };
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| Fail(format!("error: cannot start {n} threads: {e}\n")))
+    };
+    let pools = (pool(1)?, pool(k)?);
+    let human = args.format == crate::Format::Human;
+    let mut rows = Vec::new();
+    for case in cases {
+        let mut case = case;
+        let found = bench_case(&mut case, args.form, k, &pools, budget, human)?;
+        rows.extend(found);
+    }
+    let ok = rows.iter().all(|r| r.check.is_none_or(|c| c.ok()));
+    let total = started.elapsed().as_secs_f64();
+    let suite = args.suite.map(|_| "cpu");
+    if args.format == crate::Format::Json {
+        let doc = json!({
+            "suite": suite,
+            "threads": k,
+            "budget_seconds": budget.as_secs_f64(),
+            "total_seconds": total,
+            "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&doc).map_err(|e| Fail(format!("error: cannot serialize: {e}\n")))?;
+        return Ok((text + "\n", ok));
+    }
+    Ok((table(&rows, k, total), ok))
+}
+
+/// Resolves a case's file and aggregator, draws its data and runs every mode.
+fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(ThreadPool, ThreadPool), budget: Duration, progress: bool) -> Result<Vec<Row>, Fail> {
+    let file = case.file.display().to_string();
+    let program = Program::from_file(&case.file, &case.dims).map_err(|e| {
+        let n = e.diagnostics.len().max(1);
+        let s = if n == 1 { "" } else { "s" };
+        Fail(format!("{}error: could not bench `{file}` due to {n} previous error{s}\n", e.rendered))
+    })?;
+    let names = program.names();
+    let name = match (&case.aggregator, names.as_slice()) {
+        (Some(n), _) => n.clone(),
+        (None, [only]) => only.to_string(),
+        (None, []) => return Err(Fail(format!("error: `{file}` declares no aggregator\n"))),
+        (None, many) => {
+            let list: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
+            return Err(Fail(format!("error: `{file}` declares {}; pick one with --aggregator NAME\n", list.join(", "))));
+        }
+    };
+    let Some(agg) = program.aggregator(&name) else {
+        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        return Err(Fail(format!("error: `{file}` has no aggregator `{name}`; it declares {}\n", list.join(", "))));
+    };
+    agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
+    let sig = agg.signature();
+    if case.modes.is_empty() {
+        case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k);
+    }
+    for (m, _) in &case.modes {
+        if matches!(m, Mode::Form(Form::Recurrent | Form::Chunked)) && !sig.associative {
+            return Err(Fail(format!(
+                "error: `{name}` is not associative: it runs only in {}; pick one with --form\n",
+                sig.forms().join(" and ")
+            )));
+        }
+    }
+    let nseq: usize = case.batch.iter().product();
+    let steps = case.len;
+    let count = nseq.checked_mul(steps).ok_or_else(|| Fail("error: the batch is too large\n".into()))?;
+    let data = draw(&sig, count, steps)?;
+    let dims = agg.info().dim_values(agg.ir());
+    if progress {
+        let dims_text = dims_label(&dims);
+        crate::print_stderr(&format!("bench {name}{dims_text} batch {:?} T = {steps}\n", case.batch));
+    }
+    let mut shape = case.batch.clone();
+    shape.push(steps);
+    if let Some(first) = sig.inputs.first() {
+        shape.extend(&first.shape);
+    }
+    let bytes: usize = data.inputs.iter().chain(&data.params).map(byte_len).sum::<usize>()
+        + sig.outputs.iter().map(|s| count * s.len * psm_runtime::buffers::dtype_size(s.dtype)).sum::<usize>();
+    let base = Baseline::detect(&sig);
+    // The hand-written loop: reference outputs, then times at 1 and K threads.
+    let hand = |stream: bool, threads: usize| -> Option<(Vec<f32>, f64, usize)> {
+        let b = base.as_ref()?;
+        let out_len = sig.outputs[0].len * steps;
+        let pool = if threads > 1 && nseq > 1 { &pools.1 } else { &pools.0 };
+        let threads = pool.current_num_threads();
+        let reference = pool.install(|| b.run_all(&data, nseq, steps, out_len, stream, threads > 1));
+        let t = pool.install(|| {
+            best_time(budget, || {
+                black_box(b.run_all(&data, nseq, steps, out_len, stream, threads > 1));
+            })
+        });
+        Some((reference, t.as_secs_f64(), threads))
+    };
+    // Baselines by (stream?, threads).
+    let mut hand_times: Vec<((bool, usize), Option<(Vec<f32>, f64, usize)>)> = Vec::new();
+    let mut rows = Vec::new();
+    for &(mode, threads) in &case.modes {
+        let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push);
+        let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
+        if !hand_times.iter().any(|(k, _)| *k == key) {
+            let got = hand(key.0, key.1);
+            hand_times.push((key, got));
+        }
+        let pool = if threads > 1 { &pools.1 } else { &pools.0 };
+        let (outputs, seconds, form_name, chunk) = match mode {
+            Mode::Form(f) => run_form(&agg, &sig, &data, &case.batch, steps, f, pool, budget)?,
+            Mode::Push => run_push(&agg, &sig, &data, &case.batch, steps, pool, budget)?,
+        };
+        let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
+        let check = reference.and_then(|(want, _, _)| {
+            let got = outputs.first()?.as_f32()?;
+            Some(compare(got, want, nseq, steps, sig.outputs[0].len))
+        });
+        rows.push(Row {
+            operator: name.clone(),
+            dims: dims.clone(),
+            shape: shape.clone(),
+            form: form_name,
+            chunk,
+            threads: pool.current_num_threads(),
+            seconds,
+            steps: count,
+            baseline: reference.map(|(_, t, n)| (*t, *n)),
+            bytes,
+            copy_bps: 0.0,
+            speedup: None,
+            speedup_best: None,
+            check,
+        });
+    }
+    drop(hand_times);
+    let copy_bps = copy_bandwidth(bytes.max(64), budget);
+    let best1 = rows.iter().filter(|r| r.threads == 1).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
+    let ones: Vec<(String, f64)> = rows.iter().filter(|r| r.threads == 1).map(|r| (r.form.clone(), r.seconds)).collect();
+    for r in &mut rows {
+        r.copy_bps = copy_bps;
+        if r.threads > 1 {
+            r.speedup = ones.iter().find(|(f, _)| *f == r.form).map(|(_, s)| s / r.seconds);
+            r.speedup_best = best1.is_finite().then(|| best1 / r.seconds);
+        }
+    }
+    Ok(rows)
+}
+
+fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize) -> Vec<(Mode, usize)> {
+    let mut modes = match form {
+        Some(BenchForm::Push) => vec![(Mode::Push, 1)],
+        Some(f) => {
+            let f = match f {
+                BenchForm::Auto => Form::Auto,
+                BenchForm::Recurrent => Form::Recurrent,
+                BenchForm::Chunked => Form::Chunked,
+                BenchForm::Tree => Form::Tree,
+                BenchForm::Stream => Form::Stream,
+                BenchForm::Push => unreachable!("handled above"),
+            };
+            vec![(Mode::Form(f), 1), (Mode::Form(f), k)]
+        }
+        None if !associative => {
+            let mut m = vec![(Mode::Form(Form::Tree), 1), (Mode::Form(Form::Tree), k), (Mode::Form(Form::Stream), 1)];
+            if nseq > 1 {
+                m.push((Mode::Form(Form::Stream), k));
+            }
+            m
+        }
+        None if nseq >= k => vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Recurrent), k)],
+        None => vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunked), 1), (Mode::Form(Form::Chunked), k)],
+    };
+    dedup(&mut modes);
+    modes
+}
+
+fn byte_len(b: &Buffer) -> usize {
+    b.len() * psm_runtime::buffers::dtype_size(b.dtype())
+}
+
+/// The data of a case, in declaration order.
+struct Data {
+    inputs: Vec<Buffer>,
+    params: Vec<Buffer>,
+    sig: Signature,
+}
+
+impl Data {
+    fn input(&self, name: &str) -> &[f32] {
+        let k = self.sig.inputs.iter().position(|s| s.name == name).expect("checked by Baseline::detect");
+        self.inputs[k].as_f32().expect("checked by Baseline::detect")
+    }
+    fn param(&self, name: &str) -> &[f32] {
+        let k = self.sig.params.iter().position(|s| s.name == name).expect("checked by Baseline::detect");
+        self.params[k].as_f32().expect("checked by Baseline::detect")
+    }
+}
+
+/// Seeded inputs (`count` = sequences × T leading entries) and params.
+fn draw(sig: &Signature, count: usize, steps: usize) -> Result<Data, Fail> {
+    let mut rng = Rng::new(7);
+    let agg = sig.aggregator.as_str();
+    let mut make = |what: &str, spec: &FieldSpec, lead: usize| -> Result<Buffer, Fail> {
+        let n = lead
+            .checked_mul(spec.len)
+            .ok_or_else(|| Fail(format!("error: {what} `{}` is too large ({lead} × {} entries)\n", spec.name, spec.len)))?;
+        let (lo, hi) = match (agg, what, spec.name.as_str()) {
+            ("scalar_affine" | "diag_affine", "input", "a") => (0.5, 1.0),
+            ("gla", "input", "alpha") => (0.9, 1.0),
+            (_, "param", _) => (-0.2, 0.2),
+            _ => (-1.0, 1.0),
+        };
+        Ok(match spec.dtype {
+            Dtype::F32 => Buffer::F32(rng.vec(n, lo, hi)),
+            Dtype::F64 => Buffer::F64((0..n).map(|_| rng.uniform(lo, hi) as f64).collect()),
+            Dtype::I32 => Buffer::I32((0..n).map(|i| ((i / spec.len.max(1)) % steps.max(1)) as i32).collect()),
+        })
+    };
+    let params = sig.params.iter().map(|s| make("param", s, 1)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = sig.inputs.iter().map(|s| make("input", s, count)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Data { inputs, params, sig: sig.clone() })
+}
+
+fn inputs_of<'a>(sig: &Signature, data: &'a Data, batch: &[usize], steps: usize) -> Inputs<'a> {
+    let mut inputs = Inputs::new(batch, steps);
+    for (s, b) in sig.inputs.iter().zip(&data.inputs) {
+        inputs = inputs.input(&s.name, b);
+    }
+    for (s, b) in sig.params.iter().zip(&data.params) {
+        inputs = inputs.param(&s.name, b);
+    }
+    inputs
+}
+
+type Timed = (Vec<Buffer>, f64, String, Option<usize>);
+
+/// One form at one pool: a checked run, then the timed runs.
+#[allow(clippy::too_many_arguments)]
+fn run_form(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+    let inputs = inputs_of(sig, data, batch, steps);
+    let opts = RunOptions { form, pool: Some(pool), ..Default::default() };
+    let out = pool.install(|| agg.run(&inputs, &opts)).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let (form_name, chunk) = (out.form().name().to_string(), out.chunk());
+    let t = pool.install(|| {
+        best_time(budget, || {
+            let _ = black_box(agg.run(&inputs, &opts));
+        })
+    });
+    let outputs = out.into_tensors().into_iter().map(|t| t.data).collect();
+    Ok((outputs, t.as_secs_f64(), form_name, chunk))
+}
+
+/// A decode loop: a stream opened and pushed one step at a time (every sequence of the
+/// batch per push).
+fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+    let nseq: usize = batch.iter().product();
+    // Step-major copies: the inputs of step t of every sequence, contiguous.
+    let per_step: Vec<Vec<Buffer>> = (0..steps)
+        .map(|t| {
+            sig.inputs
+                .iter()
+                .zip(&data.inputs)
+                .map(|(s, buf)| {
+                    let mut v = Buffer::zeros(s.dtype, 0);
+                    for b in 0..nseq {
+                        let from = (b * steps + t) * s.len;
+                        match (&mut v, buf) {
+                            (Buffer::F32(v), Buffer::F32(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            (Buffer::F64(v), Buffer::F64(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            (Buffer::I32(v), Buffer::I32(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            _ => unreachable!("drawn in the declared dtype"),
+                        }
+                    }
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    let decode = |keep: bool| -> Result<Vec<Vec<Buffer>>, psm_runtime::RunError> {
+        let mut builder = agg.stream(batch);
+        for (s, b) in sig.params.iter().zip(&data.params) {
+            builder = builder.param(&s.name, b);
+        }
+        let mut stream = builder.open()?;
+        let mut kept = Vec::new();
+        for step in &per_step {
+            let mut inputs = Inputs::new(batch, 1);
+            for (s, b) in sig.inputs.iter().zip(step) {
+                inputs = inputs.input(&s.name, b);
+            }
+            let out = stream.push(&inputs)?;
+            if keep {
+                kept.push(out.into_tensors().into_iter().map(|t| t.data).collect());
+            } else {
+                black_box(out);
+            }
+        }
+        Ok(kept)
+    };
+    let kept = pool.install(|| decode(true)).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let t = pool.install(|| {
+        best_time(budget, || {
+            let _ = black_box(decode(false));
+        })
+    });
+    // Back to [batch..., T, dims...].
+    let outputs = sig
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let mut full = Buffer::zeros(s.dtype, nseq * steps * s.len);
+            for (t, outs) in kept.iter().enumerate() {
+                for b in 0..nseq {
+                    let (src, dst) = (b * s.len, (b * steps + t) * s.len);
+                    match (&mut full, &outs[k]) {
+                        (Buffer::F32(f), Buffer::F32(o)) => f[dst..dst + s.len].copy_from_slice(&o[src..src + s.len]),
+                        (Buffer::F64(f), Buffer::F64(o)) => f[dst..dst + s.len].copy_from_slice(&o[src..src + s.len]),
+                        (Buffer::I32(f), Buffer::I32(o)) => f[dst..dst + s.len].copy_from_slice(&o[src..src + s.len]),
+                        _ => unreachable!("outputs in the declared dtype"),
+                    }
+                }
+            }
+            full
+        })
+        .collect();
+    Ok((outputs, t.as_secs_f64(), "push".into(), None))
+}
+
+/// psm's outputs against the hand-written ones, with psm's tolerance for rebracketed
+/// forms: |got − want| ≤ 1e-5·max(1, log2 T)·(|want| + running max |want|).
+fn compare(got: &[f32], want: &[f32], nseq: usize, steps: usize, width: usize) -> Check {
+    let tolerance = 1e-5 * (steps.max(1) as f64).log2().max(1.0);
+    let mut identical = got.len() == want.len();
+    let mut rel = if identical { 0.0f64 } else { f64::INFINITY };
+    if identical {
+        for b in 0..nseq {
+            let range = b * steps * width..(b + 1) * steps * width;
+            let mut scale = 0.0f64;
+            for (g, w) in got[range.clone()].chunks(width.max(1)).zip(want[range].chunks(width.max(1))) {
+                scale = w.iter().fold(scale, |m, v| m.max((*v as f64).abs()));
+                for (&a, &e) in g.iter().zip(w) {
+                    if a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()) {
+                        continue;
+                    }
+                    identical = false;
+                    let d = (a as f64 - e as f64).abs();
+                    let unit = (e as f64).abs() + scale;
+                    let r = if d.is_nan() { f64::INFINITY } else if unit > 0.0 { d / unit } else { f64::INFINITY };
+                    rel = rel.max(r);
+                }
+            }
+        }
+    }
+    Check { identical, max_rel_err: rel, tolerance }
+}
+
+/// A hand-written loop for a library operator.
+enum Baseline {
+    Cumsum,
+    ScalarAffine,
+    DiagAffine { d: usize },
+    Logcumsumexp,
+    Gla { k: usize, v: usize },
+    Attn { c: usize, d: usize },
+}
+
+impl Baseline {
+    /// The baseline for an aggregator of the library's name and signature.
+    fn detect(sig: &Signature) -> Option<Baseline> {
+        let f32s = |specs: &[FieldSpec]| specs.iter().all(|s| s.dtype == Dtype::F32);
+        if !f32s(&sig.inputs) || !f32s(&sig.params) || sig.outputs.len() != 1 || !f32s(&sig.outputs) {
+            return None;
+        }
+        fn names(specs: &[FieldSpec]) -> Vec<&str> {
+            specs.iter().map(|s| s.name.as_str()).collect()
+        }
+        let shapes = |specs: &[FieldSpec]| specs.iter().map(|s| s.shape.clone()).collect::<Vec<_>>();
+        let (ins, params, out) = (names(&sig.inputs), names(&sig.params), &sig.outputs[0]);
+        let scalar = |n: &[&str]| ins == n && sig.inputs.iter().all(|s| s.len == 1) && out.len == 1 && params.is_empty();
+        match sig.aggregator.as_str() {
+            "cumsum" if scalar(&["v"]) => Some(Baseline::Cumsum),
+            "scalar_affine" if scalar(&["a", "b"]) => Some(Baseline::ScalarAffine),
+            "logcumsumexp" if scalar(&["v"]) => Some(Baseline::Logcumsumexp),
+            "diag_affine" if ins == ["a", "b"] && params.is_empty() => {
+                let d = sig.inputs[0].len;
+                (shapes(&sig.inputs) == [vec![d], vec![d]] && out.shape == [d]).then_some(Baseline::DiagAffine { d })
+            }
+            "gla" if ins == ["q", "k", "v", "alpha"] && params.is_empty() => {
+                let (k, v) = (sig.inputs[0].len, sig.inputs[2].len);
+                (shapes(&sig.inputs) == [vec![k], vec![k], vec![v], vec![k]] && out.shape == [v]).then_some(Baseline::Gla { k, v })
+            }
+            "attn_agg" if ins == ["tok"] && params == ["wq", "wk", "wv"] => {
+                let s = &sig.inputs[0].shape;
+                let (c, d) = (*s.first()?, *s.get(1)?);
+                let square = sig.params.iter().all(|p| p.shape == [d, d]);
+                (s.len() == 2 && square && out.shape == [c, d]).then_some(Baseline::Attn { c, d })
+            }
+            _ => None,
+        }
+    }
+
+    /// Every sequence's outputs (`[nseq, T, out dims]`), allocated here as a user would;
+    /// in parallel over the sequences (on the current pool) when `par`.
+    fn run_all(&self, data: &Data, nseq: usize, steps: usize, out_len: usize, stream: bool, par: bool) -> Vec<f32> {
+        let mut y = vec![0.0f32; nseq * out_len];
+        if out_len == 0 {
+            return y;
+        }
+        if par {
+            y.par_chunks_mut(out_len).enumerate().for_each(|(b, out)| self.run_seq(data, b, steps, stream, out));
+        } else {
+            for (b, out) in y.chunks_mut(out_len).enumerate() {
+                self.run_seq(data, b, steps, stream, out);
+            }
+        }
+        y
+    }
+
+    /// Sequence b's outputs.
+    fn run_seq(&self, data: &Data, b: usize, t: usize, stream: bool, out: &mut [f32]) {
+        let seq = |name: &str, width: usize| &data.input(name)[b * t * width..(b + 1) * t * width];
+        match *self {
+            Baseline::Cumsum => baselines::cumsum(seq("v", 1), out, t),
+            Baseline::ScalarAffine => baselines::scalar_affine(seq("a", 1), seq("b", 1), out, t),
+            Baseline::DiagAffine { d } => baselines::diag_affine(seq("a", d), seq("b", d), out, t, d),
+            Baseline::Logcumsumexp => baselines::logcumsumexp(seq("v", 1), out, t),
+            Baseline::Gla { k, v } => baselines::gla(seq("q", k), seq("k", k), seq("v", v), seq("alpha", k), out, t, k, v),
+            Baseline::Attn { c, d } => {
+                let w = baselines::AttnWeights { wq: data.param("wq"), wk: data.param("wk"), wv: data.param("wv"), c, d };
+                let tok = seq("tok", c * d);
+                let prefixes = if stream { baselines::attn_stream(&w, tok) } else { baselines::attn_tree(&w, tok) };
+                let size = c * d;
+                for (j, p) in prefixes.iter().enumerate() {
+                    baselines::attn_readout(p.as_deref(), &tok[j * size..(j + 1) * size], &mut out[j * size..(j + 1) * size], c, d);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- output
+
+fn dims_label(dims: &[(String, i64)]) -> String {
+    if dims.is_empty() {
+        String::new()
+    } else {
+        format!("<{}>", dims.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(","))
+    }
+}
+
+fn shape_text(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+fn time_text(s: f64) -> String {
+    if s < 1e-6 {
+        format!("{:.0} ns", s * 1e9)
+    } else if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn finite(x: f64) -> serde_json::Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        json!(x.to_string())
+    }
+}
+
+fn row_json(r: &Row) -> serde_json::Value {
+    let dims: serde_json::Map<String, serde_json::Value> = r.dims.iter().map(|(n, v)| (n.clone(), json!(v))).collect();
+    let bps = r.bytes as f64 / r.seconds;
+    json!({
+        "operator": r.operator,
+        "dims": dims,
+        "shape": r.shape,
+        "form": r.form,
+        "chunk": r.chunk,
+        "threads": r.threads,
+        "seconds": r.seconds,
+        "seconds_per_step": r.seconds / r.steps.max(1) as f64,
+        "baseline_seconds": r.baseline.map(|b| b.0),
+        "baseline_threads": r.baseline.map(|b| b.1),
+        "ratio": r.baseline.map(|b| b.0 / r.seconds),
+        "elements_per_second": r.steps as f64 / r.seconds,
+        "bytes": r.bytes,
+        "bytes_per_second": bps,
+        "copy_bytes_per_second": r.copy_bps,
+        "fraction_of_copy": bps / r.copy_bps,
+        "speedup_vs_1_thread": r.speedup,
+        "speedup_vs_best_1_thread": r.speedup_best,
+        "identical": r.check.map(|c| c.identical),
+        "within_tolerance": r.check.map(|c| c.ok()),
+        "max_rel_err": r.check.map(|c| finite(c.max_rel_err)),
+        "tolerance": r.check.map(|c| c.tolerance),
+    })
+}
+
+fn table(rows: &[Row], k: usize, total: f64) -> String {
+    const HEAD: [&str; 14] = [
+        "operator", "shape", "form", "thr", "psm", "ns/step", "hand", "hand/psm", "psm GB/s", "copy GB/s", "of copy", "×1 thr", "×best 1", "check",
+    ];
+    let cells: Vec<[String; 14]> = rows
+        .iter()
+        .map(|r| {
+            let bps = r.bytes as f64 / r.seconds;
+            let form = match r.chunk {
+                Some(c) => format!("{}/{c}", r.form),
+                None => r.form.clone(),
+            };
+            let x = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            [
+                format!("{}{}", r.operator, dims_label(&r.dims)),
+                shape_text(&r.shape),
+                form,
+                r.threads.to_string(),
+                time_text(r.seconds),
+                format!("{:.2}", r.seconds / r.steps.max(1) as f64 * 1e9),
+                r.baseline.map_or("-".into(), |(t, n)| if n > 1 { format!("{} ({n}t)", time_text(t)) } else { time_text(t) }),
+                x(r.baseline.map(|b| b.0 / r.seconds)),
+                format!("{:.2}", bps / 1e9),
+                format!("{:.2}", r.copy_bps / 1e9),
+                format!("{:.2}", bps / r.copy_bps),
+                x(r.speedup),
+                x(r.speedup_best),
+                r.check.map_or("-".into(), |c| c.text()),
+            ]
+        })
+        .collect();
+    let mut widths = HEAD.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, row: &[String]| {
+        for (i, (c, w)) in row.iter().zip(widths).enumerate() {
+            let pad = " ".repeat(w - c.chars().count());
+            let text = if i >= 3 && i <= 12 { format!("{pad}{c}") } else { format!("{c}{pad}") };
+            out.push_str(if i == 0 { "" } else { "  " });
+            out.push_str(&text);
+        }
+        while out.ends_with(' ') {
+            out.pop();
+        }
+        out.push('\n');
+    };
+    line(&mut out, &HEAD.map(String::from));
+    for row in &cells {
+        line(&mut out, row);
+    }
+    let _ = writeln!(
+        out,
+        "\npsm: psm-runtime with the Cranelift JIT; hand: psm_bench::baselines (rayon over the batch at {k} threads, \
+         marked (Nt)); hand/psm > 1: psm faster.\n\
+         GB/s: (inputs + outputs) bytes per second; copy: memcpy of a buffer of the same bytes, measured in this run; \
+         ×1 thr: over the same form at 1 thread; ×best 1: over the case's fastest 1-thread psm row.\n\
+         check: psm's outputs against the hand-written loop's (bit-identical, or within 1e-5·log2 T relative).\n\
+         total {total:.1} s"
+    );
+    out
+}
