@@ -283,7 +283,7 @@ impl<'p> SymDomain<'p> {
         })
     }
 
-    fn constant_value(&mut self, c: f64) -> Sym {
+    fn num(&mut self, c: f64) -> Sym {
         match Rational::from_f64(c).and_then(|r| Some((Fp::from_rational(&r)?, r))) {
             Some((f, r)) => Sym::constant(f, Some(LinForm::constant(r))),
             None => {
@@ -291,10 +291,6 @@ impl<'p> SymDomain<'p> {
                 Sym::constant(Fp::zero(), Some(LinForm::zero()))
             }
         }
-    }
-
-    fn num(&mut self, v: f64) -> Sym {
-        self.constant_value(v)
     }
 }
 
