@@ -2,3 +2,4 @@
 //! `#[psm_aggregator]` macro builds the same IR from Rust syntax.
 
 pub mod dsl;
+pub mod builder;

@@ -1,7 +1,7 @@
 //! The `.psm` front end: pest grammar → [`ast`] → lowering to the IR.
 
 pub mod ast;
-mod lower;
+pub(crate) mod lower;
 mod parse;
 
 pub(crate) use lower::{cap, suggest, MAX_ERRORS};

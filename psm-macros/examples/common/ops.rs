@@ -1,0 +1,99 @@
+#![allow(dead_code)]
+//! examples/ops/diag_affine.psm and examples/ops/online_softmax.psm, written in Rust
+//! with `#[psm_aggregator]`: the same operators, statement for statement.
+
+/// Diagonal affine recurrence over D channels: h_t[d] = a_t[d] * h_{t-1}[d] + b_t[d]
+/// (the scan of S4D/Mamba-style selective state spaces once a and b are discretized).
+#[psm::psm_aggregator(associative, dims(D = 16))]
+pub mod diag_affine {
+    pub struct Input {
+        pub a: [f32; D],
+        pub b: [f32; D],
+    }
+    pub struct State {
+        pub a: [f32; D],
+        pub b: [f32; D],
+    }
+    pub struct Output {
+        pub y: [f32; D],
+    }
+
+    pub fn identity() -> State {
+        let mut e = State::default();
+        for d in 0..D {
+            e.a[d] = 1.0;
+            e.b[d] = 0.0;
+        }
+        e
+    }
+
+    // lift omitted: the state has exactly the input's fields.
+
+    /// `l` earlier, `r` later.
+    pub fn combine(l: &State, r: &State) -> State {
+        let mut out = State::default();
+        for d in 0..D {
+            out.a[d] = l.a[d] * r.a[d];
+            out.b[d] = r.a[d] * l.b[d] + r.b[d];
+        }
+        out
+    }
+
+    pub fn readout(s: &State, _x: &Input) -> Output {
+        let mut out = Output::default();
+        for d in 0..D {
+            out.y[d] = s.b[d];
+        }
+        out
+    }
+}
+
+/// Online softmax with a value accumulator: y_t = sum_{s<=t} exp(s_s) v_s / sum_{s<=t} exp(s_s),
+/// kept stably as (m, l, o) rescaled to the running max.
+#[psm::psm_aggregator(associative, dims(D = 16))]
+pub mod online_softmax {
+    pub struct Input {
+        pub s: f32,
+        pub v: [f32; D],
+    }
+    pub struct State {
+        pub m: f32,
+        pub l: f32,
+        pub o: [f32; D],
+    }
+    pub struct Output {
+        pub y: [f32; D],
+    }
+
+    pub fn lift(x: &Input) -> State {
+        let mut out = State::default();
+        out.m = x.s;
+        out.l = 1.0;
+        for d in 0..D {
+            out.o[d] = x.v[d];
+        }
+        out
+    }
+
+    /// `a` earlier, `b` later.
+    pub fn combine(a: &State, b: &State) -> State {
+        let mx = a.m.max(b.m);
+        let ca = (a.m - mx).exp();
+        let cb = (b.m - mx).exp();
+        let mut out = State::default();
+        out.m = mx;
+        out.l = a.l * ca + b.l * cb;
+        for d in 0..D {
+            out.o[d] = a.o[d] * ca + b.o[d] * cb;
+        }
+        out
+    }
+
+    pub fn readout(st: &State, _x: &Input) -> Output {
+        let mut out = Output::default();
+        for d in 0..D {
+            out.y[d] = st.o[d] / st.l;
+        }
+        out
+    }
+}

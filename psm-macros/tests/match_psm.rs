@@ -1,0 +1,45 @@
+//! The macro's diag_affine and online_softmax are the `.psm` operators: every output
+//! bit-identical, in every form, on both backends.
+
+#[path = "../examples/common/ops.rs"]
+mod ops;
+#[path = "../examples/common/compare.rs"]
+mod compare;
+
+use psm::Backend;
+
+#[test]
+fn diag_affine_matches_psm_file() {
+    assert!(compare::diag_affine(Backend::Cpu, 100) > 0);
+    assert!(compare::diag_affine(Backend::Interp, 37) > 0);
+}
+
+#[test]
+fn online_softmax_matches_psm_file() {
+    assert!(compare::online_softmax(Backend::Cpu, 100) > 0);
+    assert!(compare::online_softmax(Backend::Interp, 37) > 0);
+}
+
+#[test]
+fn the_ir_is_the_psm_files() {
+    use psm::Aggregator;
+    for (module, name) in [(ops::diag_affine::Aggregator::module(), "diag_affine"), (ops::online_softmax::Aggregator::module(), "online_softmax")] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/ops/{name}.psm"));
+        let file = psm::ir::front::dsl::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (a, b) = (&module.aggregators[0], &file.aggregators[0]);
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.tensors.len(), b.tensors.len());
+        assert_eq!(a.exprs.len(), b.exprs.len(), "{name}: expression count");
+        for ((_, x), (_, y)) in a.exprs.iter().zip(b.exprs.iter()) {
+            assert_eq!(x, y, "{name}");
+        }
+    }
+}
+
+#[test]
+fn plain_rust_still_works() {
+    let x = ops::diag_affine::State { a: [0.5; 16], b: [1.0; 16] };
+    let e = ops::diag_affine::identity();
+    assert_eq!(ops::diag_affine::combine(&e, &x), x);
+    assert_eq!(ops::diag_affine::combine(&x, &x).b, [1.5; 16]);
+}

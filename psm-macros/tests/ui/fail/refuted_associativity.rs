@@ -1,0 +1,11 @@
+#[psm::psm_aggregator(associative)]
+mod subtract {
+    pub struct Input { pub v: f32 }
+    pub struct State { pub v: f32 }
+    pub fn combine(l: &State, r: &State) -> State {
+        let mut out = State::default();
+        out.v = l.v - r.v;
+        out
+    }
+}
+fn main() {}
