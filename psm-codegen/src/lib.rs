@@ -16,7 +16,8 @@
 //!   each a row-major tensor of its dtype.
 //! * **inputs** — `*const *const u8`: one base pointer per input field for one
 //!   sequence; step t's entries start at `base + t · len_k · size_of(dtype_k)`.
-//! * **outputs** — `*const *mut u8`: likewise, one base pointer per output.
+//! * **outputs** — `*const *mut u8`: likewise, one base pointer per output (`scan`
+//!   reads the array only with `WRITE_OUTPUTS`).
 //! * **scratch** — `*mut u8`, `scratch_size` bytes, 8-byte aligned, owned by the calling
 //!   thread: storage for `let` tensors and the fused loop's temporaries.
 //!
@@ -37,6 +38,20 @@
 //! `WRITE_OUTPUTS`. `state` holds the running prefix: read on entry when `HAS_STATE`
 //! is set, written on exit; the return value says whether it holds a prefix (0 only
 //! when no prefix was given and t0 = t1). With t0 = t1 it touches no pointer.
+//!
+//! `NO_STATE_OUT` (flag 8) says the caller does not need the prefix on exit: `state` is
+//! still read on entry when `HAS_STATE` is set, but its contents on exit are unspecified
+//! (it may serve as a work buffer), and with `WRITE_OUTPUTS` the prefix fields that
+//! nothing reads — neither the readout nor the combine of a field that is read, e.g.
+//! the running product `a` of scalar_affine, diag_affine and gla — are not computed.
+//! The outputs and the return value are the same with or without it. A run that wants
+//! only the outputs (a plain recurrent run) passes `WRITE_OUTPUTS | NO_STATE_OUT`; a
+//! run whose final prefix is used (a chunk's aggregate, a prefill hand-off) must not.
+//!
+//! With `WRITE_OUTPUTS`, `scan` may read back output rows it wrote earlier in the same
+//! call (an inclusive readout that copies a field keeps that field in the output's
+//! rows instead of a separate buffer), so the output buffers must not be written by
+//! anyone else during the call.
 //!
 //! Every param pointer must be valid on any call that runs a step, even without
 //! `WRITE_OUTPUTS`: loads of params may be hoisted out of loops. `scratch_size` covers

@@ -418,3 +418,123 @@ fn compile_times_of_the_library() {
     }
     println!("compile {:>20}: {:>8.2} ms", "total", total.as_secs_f64() * 1e3);
 }
+
+// ---------------------------------------------------------------- scan loops
+
+const COPY_OUT: &str = "
+aggregator copy_out<D = 7> {
+    input   { a[D], b[D] }
+    element { a[D], b[D] }
+    combine(l, r) {
+        a[d] = l.a[d] * r.a[d];
+        b[d] = r.a[d] * l.b[d] + r.b[d];
+    }
+    readout inclusive(s, x) -> (y[D], z[D]) { y[d] = s.b[d]; z[d] = s.a[d] - s.b[d]; }
+}
+";
+
+/// A field whose readout copies it lives in its output's rows during the loop; on exit
+/// it is copied back into `state` reading exactly the row's bytes (28 here, not the 32
+/// of the padded element field): the last row ends at an inaccessible page.
+#[test]
+fn fields_kept_in_output_rows_are_copied_back_exactly() {
+    let op = from_source(COPY_OUT, &[]);
+    let steps = 9usize;
+    let mut rng = Rng::new(21);
+    let data = Data::random(&op, &mut rng, steps);
+    let mut c = Calls::new(&op);
+    let row = 7 * 4;
+    let (y_page, z_page) = (Guarded::new(), Guarded::new());
+    let (y, z) = (y_page.at_end(row * steps), z_page.at_end(row * steps));
+    unsafe {
+        std::ptr::write_bytes(y, 0xFF, row * steps);
+        std::ptr::write_bytes(z, 0xFF, row * steps);
+    }
+    let layout = op.compiled.layout.clone();
+    let mut state = Buf::garbage(layout.size);
+    let (p, x) = (data.param_ptrs(), data.input_ptrs());
+    let outputs = [y, z];
+    let r = unsafe {
+        (op.compiled.scan)(
+            p.as_ptr(),
+            x.as_ptr(),
+            outputs.as_ptr(),
+            0,
+            steps as u64,
+            state.mut_ptr(),
+            WRITE_OUTPUTS,
+            c.scratch.mut_ptr(),
+        )
+    };
+    assert_eq!(r, 1);
+    let (_, want) = c.interp_scan(&data, 0, steps, None, false);
+    let (en, ed) = element_names(&op);
+    assert_same("final state", &en, &ed, &decode_element(&layout, state.bytes()), want.as_ref().unwrap());
+    let last = unsafe { std::slice::from_raw_parts(y.add(row * (steps - 1)) as *const f32, 7) };
+    let b: Vec<f32> = want.as_ref().unwrap()[1].iter().map(|&v| v as f32).collect();
+    assert_eq!(last, &b[..], "the last row of y holds the final b");
+}
+
+/// With NO_STATE_OUT the prefix fields nothing reads are not computed: GLA's running
+/// decay `a` (only `s` is read) never reaches the buffers, while the outputs agree.
+#[test]
+fn no_state_out_skips_prefix_fields_nothing_reads() {
+    let op = load_op("gla");
+    let mut rng = Rng::new(17);
+    let steps = 6;
+    let data = Data::random(&op, &mut rng, steps);
+    let mut c = Calls::new(&op);
+    c.scratch = Buf::garbage(op.compiled.scratch_size);
+    let (r, outs, _) = c.jit_scan(&data, 0, steps, None, WRITE_OUTPUTS | clif::NO_STATE_OUT);
+    assert_eq!(r, 1);
+    let (ys, _) = c.interp_scan(&data, 0, steps, None, false);
+    let (on, od) = output_names(&op);
+    for (t, y) in &ys {
+        assert_same(&format!("output {t}"), &on, &od, &outs.row(&op, *t), y);
+    }
+    // Scratch region B (`a` at its start) holds the element of step 1 (its `a` read
+    // straight from the input row) and the prefix of steps 2 and 5: `s`, never `a`.
+    let layout = &op.compiled.layout;
+    let b = op.compiled.scratch_size - layout.size;
+    let a_bytes = layout.field_lens[0] * 4;
+    assert!(c.scratch.bytes()[b..b + a_bytes].iter().all(|&x| x == 0xFF), "`a` was computed");
+    assert!(c.scratch.bytes()[b + layout.offsets[1]..b + layout.size].iter().any(|&x| x != 0xFF));
+    // Without the flag the state holds the full prefix.
+    let (_, _, s) = c.jit_scan(&data, 0, steps, None, WRITE_OUTPUTS);
+    let (_, p) = c.interp_scan(&data, 0, steps, None, false);
+    let (en, ed) = element_names(&op);
+    assert_same("state", &en, &ed, &s, p.as_ref().unwrap());
+}
+
+/// Without WRITE_OUTPUTS `scan` never reads the outputs array (it may be null).
+#[test]
+fn scan_without_outputs_never_reads_the_outputs_array() {
+    for name in ["diag_affine", "gla", "online_softmax", "cumsum"] {
+        let op = load_op(name);
+        let mut rng = Rng::new(23);
+        let steps = 5;
+        let data = Data::random(&op, &mut rng, steps);
+        let mut c = Calls::new(&op);
+        let layout = op.compiled.layout.clone();
+        for flags in [0, clif::REVERSE] {
+            let mut state = Buf::garbage(layout.size);
+            let (p, x) = (data.param_ptrs(), data.input_ptrs());
+            let r = unsafe {
+                (op.compiled.scan)(
+                    p.as_ptr(),
+                    x.as_ptr(),
+                    std::ptr::null(),
+                    0,
+                    steps as u64,
+                    state.mut_ptr(),
+                    flags,
+                    c.scratch.mut_ptr(),
+                )
+            };
+            assert_eq!(r, 1);
+            let (_, want) = c.interp_scan(&data, 0, steps, None, flags != 0);
+            let (en, ed) = element_names(&op);
+            assert_same(name, &en, &ed, &decode_element(&layout, state.bytes()), want.as_ref().unwrap());
+        }
+    }
+}

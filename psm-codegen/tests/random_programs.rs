@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 
-
 #[derive(Clone, Copy, PartialEq)]
 enum Ty {
     F32,

@@ -234,8 +234,13 @@ fn vector_accesses_stay_within_their_buffers() {
         assert!(function_text(&op, "combine").contains("f32x4"));
         let bytes = 4 * n;
         let pages: Vec<Guarded> = (0..5).map(|_| Guarded::new()).collect();
-        let (l, r, w, v, out) =
-            (pages[0].at_end(bytes), pages[1].at_start(), pages[2].at_end(bytes), pages[3].at_end(bytes), pages[4].at_end(bytes));
+        let (l, r, w, v, out) = (
+            pages[0].at_end(bytes),
+            pages[1].at_start(),
+            pages[2].at_end(bytes),
+            pages[3].at_end(bytes),
+            pages[4].at_end(bytes),
+        );
         let vals = |k: usize| (0..n).map(|i| (i * 7 + k) as f32 * 0.25 - 3.0).collect::<Vec<f32>>();
         let (lv, rv, wv, vv) = (vals(1), vals(2), vals(3), vals(4));
         unsafe {
@@ -257,4 +262,3 @@ fn vector_accesses_stay_within_their_buffers() {
         assert_eq!(got, &want[..], "N = {n}: lift");
     }
 }
-

@@ -197,8 +197,6 @@ fn define_all(
             module.declare_function(kind.name(), Linkage::Local, &kind.signature(call_conv)).map_err(module_err)?;
         let name = UserFuncName::user(0, id.as_u32());
         ctx.func = build(&cx, kind, name, call_conv, &mut Linked { module, declared: &declared }, &mut fctx);
-        let disasm = std::env::var("PSM_DISASM").is_ok_and(|v| v == kind.name()); // TEMP
-        ctx.set_disasm(disasm); // TEMP
         if let Err(e) = module.define_function(id, &mut ctx) {
             let message = match e {
                 ModuleError::Compilation(err) => cranelift_codegen::print_errors::pretty_error(&ctx.func, err),
@@ -206,9 +204,6 @@ fn define_all(
             };
             return Err(CodegenError::Function { function: kind.name().to_string(), message });
         }
-        if disasm { // TEMP
-            eprintln!("{}", ctx.compiled_code().and_then(|c| c.vcode.clone()).unwrap_or_default()); // TEMP
-        } // TEMP
         module.clear_context(&mut ctx);
         match kind {
             FnKind::Lift => ids.lift = id,

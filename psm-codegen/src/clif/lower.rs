@@ -244,7 +244,12 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Byte-offset terms of an access `[indices]` into a tensor of `shape` with
     /// entries of `size` bytes: (constant bytes, (i64 value, byte coefficient)...).
-    pub(super) fn access_terms(&mut self, shape: &[usize], indices: &[Handle<Expr>], size: usize) -> (i64, Vec<(Value, i64)>) {
+    pub(super) fn access_terms(
+        &mut self,
+        shape: &[usize],
+        indices: &[Handle<Expr>],
+        size: usize,
+    ) -> (i64, Vec<(Value, i64)>) {
         let (agg, info) = (self.cx.agg, self.cx.info);
         let st = strides(shape);
         let mut form = Affine::default();
@@ -286,6 +291,11 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Lowers one body at the current position.
     pub fn body(&mut self, body: &Body, io: &BodyIo) {
+        self.body_masked(body, io, None);
+    }
+
+    /// Lowers the statements of a body that `mask` selects (all with `None`).
+    pub fn body_masked(&mut self, body: &Body, io: &BodyIo, mask: Option<&[bool]>) {
         let info = self.cx.info;
         for stmt in &body.stmts {
             if let Target::Local(l) = stmt.target {
@@ -298,8 +308,10 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                 });
             }
         }
-        for stmt in &body.stmts {
-            self.stmt(stmt, body.kind, io);
+        for (k, stmt) in body.stmts.iter().enumerate() {
+            if mask.is_none_or(|m| m[k]) {
+                self.stmt(stmt, body.kind, io);
+            }
         }
     }
 

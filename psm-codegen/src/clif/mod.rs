@@ -32,6 +32,9 @@ pub const HAS_STATE: u32 = 1;
 pub const WRITE_OUTPUTS: u32 = 2;
 /// `scan` flag: run the steps from t1 − 1 down to t0.
 pub const REVERSE: u32 = 4;
+/// `scan` flag: the caller does not need `state` on exit (see the crate
+/// documentation): prefix fields that nothing reads need not be computed.
+pub const NO_STATE_OUT: u32 = 8;
 
 /// Why code could not be generated. Never the user's fault for a validated aggregator:
 /// the host is unsupported, or Cranelift rejected or failed to compile a function.

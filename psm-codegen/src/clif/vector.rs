@@ -45,7 +45,8 @@ const GROUP: usize = 4;
 /// so that the folds do not serialize on the latency of one add.
 const GROUP_REDUCE: usize = 4;
 /// Whether a statement calling a host function is vectorized, the calls lane by lane,
-/// rather than kept scalar (measured: 7% faster on a lift of `exp(v) * w + w`).
+/// rather than kept scalar (measured on a lift of `exp(v) * w + w`, D = 1024: 2.00 µs
+/// against 2.22 µs; the arithmetic around the calls is vector code).
 const LANEWISE_CALLS: bool = true;
 
 /// How one statement is vectorized.
@@ -590,7 +591,14 @@ impl Lowerer<'_, '_> {
 
     /// A reduction over another index variable: one accumulator per lane, each the
     /// sequential left fold of its entry from the exact identity.
-    fn vreduce(&mut self, cx: &VCx<'_>, op: ReduceOp, var: Handle<IndexVar>, body: Handle<Expr>, ty: Scalar) -> Vec<Value> {
+    fn vreduce(
+        &mut self,
+        cx: &VCx<'_>,
+        op: ReduceOp,
+        var: Handle<IndexVar>,
+        body: Handle<Expr>,
+        ty: Scalar,
+    ) -> Vec<Value> {
         let n = self.cx.info.extent(var) as u64;
         let vt = Self::vty(cx.plan.lanes, ty);
         let init = match (op, ty) {

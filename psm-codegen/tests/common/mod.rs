@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use psm_codegen::clif::{self, Compiled, Layout, HAS_STATE, REVERSE, WRITE_OUTPUTS};
+use psm_codegen::clif::{self, Compiled, Layout, HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 use psm_ir::arena::Handle;
 use psm_ir::derive::{self, Form};
 use psm_ir::interp::{Evaluator, Fields, FloatDomain, Precision};
@@ -596,17 +596,21 @@ pub fn check_op(op: &Op, seed: u64) {
     for len in [0usize, 1, 2, 3, 7, 64] {
         for t0 in [0usize, 5] {
             let t1 = t0 + len;
-            for flags in 0..8u32 {
+            for flags in 0..16u32 {
                 let has = flags & HAS_STATE != 0;
                 let write = flags & WRITE_OUTPUTS != 0;
                 let reverse = flags & REVERSE != 0;
-                let what = format!("{name}: scan {t0}..{t1} flags {flags:#05b}");
+                let state_out = flags & NO_STATE_OUT == 0;
+                let what = format!("{name}: scan {t0}..{t1} flags {flags:#06b}");
                 let state = has.then_some(&init);
                 let (r, outs, s) = c.jit_scan(&data, t0, t1, state, flags);
                 let (ys, p) = c.interp_scan(&data, t0, t1, state, reverse);
                 assert_eq!(r, p.is_some() as u32, "{what}: return value");
-                if let Some(p) = &p {
-                    assert_same(&format!("{what}: final state"), &en, &ed, &s, p);
+                match &p {
+                    Some(p) if state_out => assert_same(&format!("{what}: final state"), &en, &ed, &s, p),
+                    // Without steps `state` is untouched, whatever the flags.
+                    Some(p) if t0 == t1 => assert_same(&format!("{what}: state kept"), &en, &ed, &s, p),
+                    _ => {}
                 }
                 for t in 0..STEPS {
                     if !(write && (t0..t1).contains(&t)) {
@@ -760,5 +764,11 @@ pub fn check_against_interpreter(op: &Op, data: &Data) {
     assert_same(&format!("{name}: scan state"), &en, &ed, &s, p.as_ref().unwrap());
     for (t, y) in &ys {
         assert_same(&format!("{name}: scan output {t}"), &on, &od, &outs.row(op, *t), y);
+    }
+    // Without the state on exit: the same outputs (dead prefix fields skipped).
+    let (r, outs, _) = c.jit_scan(data, 0, data.steps, None, WRITE_OUTPUTS | NO_STATE_OUT);
+    assert_eq!(r, 1);
+    for (t, y) in &ys {
+        assert_same(&format!("{name}: scan output {t} without state"), &on, &od, &outs.row(op, *t), y);
     }
 }
