@@ -7,11 +7,13 @@
 //! order and type (no fused multiply-add, no reassociation), reductions as sequential
 //! left folds, `min`/`max` as IEEE 754-2019 minimum/maximum (Cranelift's `fmin`/`fmax`),
 //! only the taken branch of `if`/`select` evaluated, and `exp`, `log`, `tanh`, `pow`
-//! computed by host functions that call the very Rust methods the interpreter calls.
+//! computed by the very functions the interpreter's Rust methods call. Vector code
+//! (`vector`) computes each entry in its own lane with that same operation sequence.
 //!
 //! Modules: [`layout`](Layout) (element and scratch layouts), `index` (integer
-//! expressions), `lower` (bodies → CLIF), `math` (host functions), `funcs` (the five
-//! functions and the fused loop), `text` (CLIF text), `jit` (native code).
+//! expressions), `lower` (bodies → CLIF), `vector` (a statement's innermost loop in
+//! SIMD lanes), `math` (host functions), `funcs` (the five functions and the fused
+//! loop), `text` (CLIF text), `jit` (native code).
 
 mod funcs;
 mod index;
