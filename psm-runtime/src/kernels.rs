@@ -15,12 +15,8 @@ use psm_ir::valid::Info;
 
 use crate::buffers::{dtype_size, Layout};
 
-/// `scan` flag: `state` holds a prefix on entry.
-pub const HAS_STATE: u32 = 1;
-/// `scan` flag: write each step's readout.
-pub const WRITE_OUTPUTS: u32 = 2;
-/// `scan` flag: run the steps from t1 − 1 down to t0.
-pub const REVERSE: u32 = 4;
+/// The `scan` flags of the CPU ABI (psm-codegen's `lib.rs` documents them).
+pub use psm_codegen::clif::{HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 
 /// One base pointer per param, declaration order.
 pub type ParamPtrs = *const *const u8;

@@ -40,7 +40,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<V
         |scratch, (i, out)| {
             let (b, q) = (i / aggs_per_seq, i % aggs_per_seq);
             let (j0, j1) = range(q);
-            ctx.scan(b, j0, j1, out, false, false, scratch);
+            ctx.scan(b, j0, j1, out, false, false, true, scratch);
         },
     );
     // Phase 2: carries, per sequence (parallel over the batch, sequential inside).
@@ -85,7 +85,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<V
                 let has = carry.is_some();
                 let mut state = carry.unwrap_or_else(|| ctx.element());
                 let (j0, j1) = range(q);
-                let held = ctx.scan(b, j0, j1, &mut state, has, true, scratch);
+                // Only the last chunk's exit state is the sequence's final state.
+                let keep = ctx.keep_state && q + 1 == q_count;
+                let held = ctx.scan(b, j0, j1, &mut state, has, true, keep, scratch);
                 (b, q, held.then_some(state))
             },
         )

@@ -39,7 +39,7 @@ use rayon::ThreadPool;
 
 use crate::buffers::{dtype_size, read_field, try_words, write_field, Buffer, Data, Inputs, State, Tensor};
 use crate::error::{RunError, Slot};
-use crate::kernels::{InputPtrs, Kernels, OutputPtrs, ParamPtrs, HAS_STATE, REVERSE, WRITE_OUTPUTS};
+use crate::kernels::{InputPtrs, Kernels, OutputPtrs, ParamPtrs, HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 
 pub use stream::{Prefill, Stream, StreamStats};
 
@@ -502,7 +502,8 @@ impl Executor {
                 out_addrs.push(base + b * steps * s.len * dtype_size(s.dtype));
             }
         }
-        let ctx = Ctx::new(k, sig, bound, &out_addrs, opts.reverse, None);
+        let mut ctx = Ctx::new(k, sig, bound, &out_addrs, opts.reverse, None);
+        ctx.keep_state = opts.final_state || opts.prefill;
         let want_counter = opts.prefill && !sig.associative;
         let chunk = match form {
             Form::Chunked => Some(opts.chunk.unwrap_or_else(|| chunked::auto_chunk(steps, nseq, threads))),
@@ -589,6 +590,8 @@ pub(crate) struct Ctx<'a> {
     /// What an exclusive readout reads before any prefix: the identity (empty = false)
     /// or zeros (empty = true).
     pub step0: (Vec<u64>, bool),
+    /// The caller reads the final state (or hands the run to a stream).
+    pub keep_state: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -617,6 +620,7 @@ impl<'a> Ctx<'a> {
             associative: sig.associative,
             combines: AtomicU64::new(0),
             step0: (vec![0u64; words], true),
+            keep_state: true,
         };
         ctx.step0 = match step0 {
             Some(s) => s.clone(),
@@ -706,9 +710,20 @@ impl<'a> Ctx<'a> {
     }
 
     /// The fused scan of logical steps j0..j1 of sequence b from `state` (`Some` when it
-    /// holds a prefix); returns whether it holds one on exit.
+    /// holds a prefix); returns whether it holds one on exit. `state_out`: the caller
+    /// reads `state` afterwards (otherwise its contents are unspecified).
     #[allow(clippy::too_many_arguments)]
-    pub fn scan(&self, b: usize, j0: usize, j1: usize, state: &mut [u64], has_state: bool, write: bool, scratch: &mut [u64]) -> bool {
+    pub fn scan(
+        &self,
+        b: usize,
+        j0: usize,
+        j1: usize,
+        state: &mut [u64],
+        has_state: bool,
+        write: bool,
+        state_out: bool,
+        scratch: &mut [u64],
+    ) -> bool {
         if j1 <= j0 {
             return has_state;
         }
@@ -722,6 +737,9 @@ impl<'a> Ctx<'a> {
         }
         if self.reverse {
             flags |= REVERSE;
+        }
+        if !state_out {
+            flags |= NO_STATE_OUT;
         }
         let n = (j1 - j0) as u64;
         self.combines.fetch_add(if has_state { n } else { n - 1 }, Ordering::Relaxed);

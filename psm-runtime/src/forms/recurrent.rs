@@ -13,7 +13,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>) -> Vec<SeqEnd> {
             |scratch, b| {
                 let s0 = ctx.init_of(init, b);
                 let mut state = s0.map_or_else(|| ctx.element(), <[u64]>::to_vec);
-                let held = ctx.scan(b, 0, ctx.steps, &mut state, s0.is_some(), true, scratch);
+                let held = ctx.scan(b, 0, ctx.steps, &mut state, s0.is_some(), true, ctx.keep_state, scratch);
                 SeqEnd { state: held.then_some(state), counter: None, peak: 1 }
             },
         )

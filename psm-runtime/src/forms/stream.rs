@@ -123,7 +123,7 @@ impl SeqState {
             SeqState::Running(state) => {
                 let has = state.is_some();
                 let mut s = state.take().unwrap_or_else(|| ctx.element());
-                let held = ctx.scan(b, j0, j1, &mut s, has, true, scratch);
+                let held = ctx.scan(b, j0, j1, &mut s, has, true, true, scratch);
                 *state = held.then_some(s);
             }
             SeqState::Counter(c) => {
