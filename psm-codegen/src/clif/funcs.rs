@@ -108,7 +108,7 @@ pub(crate) fn build(
 fn uses_empty(cx: &Ctx<'_>, body: &Body) -> bool {
     fn walk(agg: &psm_ir::ir::Aggregator, e: psm_ir::arena::Handle<psm_ir::ir::Expr>) -> bool {
         let mut found = matches!(agg.exprs[e], psm_ir::ir::Expr::Empty);
-        index::children(&agg.exprs[e], |c| found = found || walk(agg, c));
+        agg.exprs[e].for_each_child(|c| found = found || walk(agg, c));
         found
     }
     body.stmts.iter().any(|s| walk(cx.agg, s.value))

@@ -6,32 +6,12 @@ use psm_ir::arena::Handle;
 use psm_ir::ir::{Aggregator, BinaryOp, Expr, Func, IndexVar, ReduceOp, Source, UnaryOp};
 use psm_ir::valid::Info;
 
-/// Calls `f` on every direct child of an expression.
-pub(crate) fn children(e: &Expr, mut f: impl FnMut(Handle<Expr>)) {
-    match e {
-        Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => {}
-        Expr::Load { indices, .. } => indices.iter().for_each(|&i| f(i)),
-        Expr::Unary { arg, .. } => f(*arg),
-        Expr::Binary { lhs, rhs, .. } => {
-            f(*lhs);
-            f(*rhs)
-        }
-        Expr::Call { args, .. } => args.iter().for_each(|&a| f(a)),
-        Expr::Select { cond, then, otherwise } => {
-            f(*cond);
-            f(*then);
-            f(*otherwise)
-        }
-        Expr::Reduce { body, .. } => f(*body),
-    }
-}
-
 /// Calls `f` on every load source under `e`.
 pub(crate) fn sources(agg: &Aggregator, e: Handle<Expr>, f: &mut impl FnMut(Source)) {
     if let Expr::Load { source, .. } = &agg.exprs[e] {
         f(*source);
     }
-    children(&agg.exprs[e], |c| sources(agg, c, f));
+    agg.exprs[e].for_each_child(|c| sources(agg, c, f));
 }
 
 /// The exact value of an integer (or boolean, as 0/1) expression that involves no
@@ -45,7 +25,7 @@ pub(crate) fn fold(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<i64
         Expr::Unary { op: UnaryOp::Not, arg } => (fold(agg, info, *arg)? == 0) as i64,
         Expr::Binary { op, lhs, rhs } => {
             let (a, b) = (fold(agg, info, *lhs)?, fold(agg, info, *rhs)?);
-            int_binary(*op, a, b)
+            psm_ir::interp::int_binary(*op, a, b)
         }
         Expr::Select { cond, then, otherwise } => {
             if fold(agg, info, *cond)? != 0 {
@@ -67,23 +47,6 @@ pub(crate) fn fold(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<i64
     })
 }
 
-/// The interpreter's exact integer binary operation.
-pub(crate) fn int_binary(op: BinaryOp, a: i64, b: i64) -> i64 {
-    match op {
-        BinaryOp::Add => a.wrapping_add(b),
-        BinaryOp::Sub => a.wrapping_sub(b),
-        BinaryOp::Mul => a.wrapping_mul(b),
-        BinaryOp::Div => a.checked_div(b).unwrap_or(0),
-        BinaryOp::Lt => (a < b) as i64,
-        BinaryOp::Le => (a <= b) as i64,
-        BinaryOp::Gt => (a > b) as i64,
-        BinaryOp::Ge => (a >= b) as i64,
-        BinaryOp::Eq => (a == b) as i64,
-        BinaryOp::Ne => (a != b) as i64,
-        BinaryOp::And => (a != 0 && b != 0) as i64,
-        BinaryOp::Or => (a != 0 || b != 0) as i64,
-    }
-}
 
 /// `constant + Σ coeff·var` over the integers mod 2^64: equal to the wrapping
 /// evaluation of the expression it came from.

@@ -858,7 +858,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             Expr::Reduce { .. } => false,
             other => {
                 let mut all = true;
-                index::children(other, |c| all = all && self.speculatable_in(c, budget));
+                other.for_each_child(|c| all = all && self.speculatable_in(c, budget));
                 all
             }
         }

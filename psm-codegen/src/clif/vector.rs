@@ -102,7 +102,7 @@ impl Analysis<'_, '_, '_> {
         let agg = self.lw.cx.agg;
         let mut m = matches!(agg.exprs[e], Expr::Index(w) if w == self.var);
         let mut kids = Vec::new();
-        index::children(&agg.exprs[e], |c| kids.push(c));
+        agg.exprs[e].for_each_child(|c| kids.push(c));
         for c in kids {
             // Visit every child, so that the memo covers the whole tree.
             m |= self.mentions(c);
