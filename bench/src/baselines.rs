@@ -219,7 +219,8 @@ pub fn attn_stream(w: &AttnWeights, elements: &[f32]) -> Vec<Option<Vec<f32>>> {
     let n = elements.len() / size;
     // (subtree size, root, fold of all roots up to and including this one; None for
     // the bottom root, whose fold is itself).
-    let mut roots: Vec<(usize, Vec<f32>, Option<Vec<f32>>)> = Vec::new();
+    type Root = (usize, Vec<f32>, Option<Vec<f32>>);
+    let mut roots: Vec<Root> = Vec::new();
     let mut prefixes = Vec::with_capacity(n);
     let combined = |l: &[f32], r: &[f32]| {
         let mut out = vec![0.0f32; size];
@@ -227,7 +228,7 @@ pub fn attn_stream(w: &AttnWeights, elements: &[f32]) -> Vec<Option<Vec<f32>>> {
         out
     };
     for step in elements.chunks_exact(size) {
-        let prefix = |roots: &[(usize, Vec<f32>, Option<Vec<f32>>)]| roots.last().map(|(_, r, f)| f.clone().unwrap_or_else(|| r.clone()));
+        let prefix = |roots: &[Root]| roots.last().map(|(_, r, f)| f.clone().unwrap_or_else(|| r.clone()));
         prefixes.push(prefix(&roots));
         let mut span = 1usize;
         let mut root = step.to_vec();

@@ -1,0 +1,284 @@
+//! The experiments behind BENCHMARKS.md's explanations of the targets psm misses:
+//! where the time goes, measured on the machine that runs them.
+//!
+//! ```sh
+//! cargo run --release -p psm-bench --example breakdown -- overhead   # fixed cost per call, per push
+//! cargo run --release -p psm-bench --example breakdown -- push       # GLA K=V=64: run of T steps, push of N steps
+//! cargo run --release -p psm-bench --example breakdown -- alloc      # output allocation at DRAM sizes (cumsum, 2^26)
+//! cargo run --release -p psm-bench --example breakdown -- diag       # diag_affine [4, 4096, 64] at 1 and 2 threads
+//! cargo run --release -p psm-bench --example breakdown -- chain      # ns per step of the loop-carried chains
+//! # instructions per step: run under valgrind at two sizes and subtract
+//! valgrind --tool=cachegrind --cache-sim=no --smc-check=all \
+//!     target/release/examples/breakdown count psm|hand|none cumsum|scalar_affine N
+//! ```
+//!
+//! psm runs inside a pool of the stated thread count, as in `psmc bench`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use psm_bench::{baselines, best_time, Rng};
+use psm_runtime::{Aggregator, DimOverride, Form, Inputs, Program, RunOptions};
+use rayon::prelude::*;
+use rayon::ThreadPool;
+
+fn op(name: &str, dims: &[(&str, i64)]) -> Aggregator {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops").join(format!("{name}.psm"));
+    let dims: Vec<DimOverride> = dims.iter().map(|(n, v)| DimOverride { name: n.to_string(), value: *v }).collect();
+    let program = Program::from_file(&path, &dims).unwrap_or_else(|e| panic!("{}", e.rendered));
+    let agg = program.aggregator(name).expect("the file's aggregator");
+    agg.compile().expect("compiles");
+    agg
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.3} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ns_per(d: Duration, n: usize) -> String {
+    format!("{:.2} ns", d.as_secs_f64() / n as f64 * 1e9)
+}
+
+/// The recurrent form on `pool`.
+fn on(pool: &ThreadPool) -> RunOptions<'_> {
+    RunOptions { form: Form::Recurrent, pool: Some(pool), ..Default::default() }
+}
+
+/// An output zero-filled the way psm-runtime's `Buffer::try_zeros` does it.
+fn zero_filled(n: usize) -> Vec<f32> {
+    let mut y = Vec::new();
+    y.try_reserve_exact(n).expect("memory");
+    y.resize(n, 0.0);
+    y
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("", String::as_str);
+    let budget = Duration::from_millis(300);
+    let pool = |n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a pool");
+    let (one, two): (ThreadPool, ThreadPool) = (pool(1), pool(2));
+    match what {
+        "overhead" => {
+            let cumsum = op("cumsum", &[]);
+            let v = [1.0f32];
+            let inputs = Inputs::new(&[], 1).input("v", &v);
+            let o1 = on(&one);
+            let t = one.install(|| best_time(budget, || drop(black_box(cumsum.run(&inputs, &o1).expect("runs")))));
+            println!("cumsum, run of 1 step inside a 1-thread pool: {}", us(t));
+            let outside = RunOptions { form: Form::Recurrent, threads: Some(1), ..Default::default() };
+            let t = best_time(budget, || drop(black_box(cumsum.run(&inputs, &outside).expect("runs"))));
+            println!("cumsum, run of 1 step with threads: Some(1) from outside the pool: {}", us(t));
+            let t = best_time(budget, || {
+                let mut y = vec![0.0f32; 1];
+                baselines::cumsum(black_box(&v), &mut y, 1);
+                black_box(y);
+            });
+            println!("hand cumsum of 1 step: {}", us(t));
+            let n = 4096;
+            let xs = vec![0.5f32; n];
+            let t = best_time(budget, || {
+                let mut s = cumsum.stream(&[]).open().expect("opens");
+                for j in 0..n {
+                    black_box(s.push(&Inputs::new(&[], 1).input("v", &xs[j..j + 1])).expect("pushes"));
+                }
+            });
+            println!("cumsum, one push per step: {} per step", ns_per(t, n));
+        }
+        "push" => {
+            let (k, v, n) = (64usize, 64usize, 4096usize);
+            let gla = op("gla", &[("K", k as i64), ("V", v as i64)]);
+            let ex = gla.executor().expect("compiles");
+            println!("gla K=V=64: element {} bytes, scratch {} bytes", ex.kernels().layout().size, ex.kernels().scratch_size());
+            let mut rng = Rng::new(3);
+            let (q, kk, vv, al) = (rng.vec(n * k, -1., 1.), rng.vec(n * k, -1., 1.), rng.vec(n * v, -1., 1.), rng.vec(n * k, 0.9, 1.));
+            let steps = |j0: usize, j1: usize| {
+                Inputs::new(&[], j1 - j0)
+                    .input("q", &q[j0 * k..j1 * k])
+                    .input("k", &kk[j0 * k..j1 * k])
+                    .input("v", &vv[j0 * v..j1 * v])
+                    .input("alpha", &al[j0 * k..j1 * k])
+            };
+            let o1 = on(&one);
+            for t in [1usize, 2, 4, 16, 256, 4096] {
+                let inputs = steps(0, t);
+                let d = one.install(|| best_time(budget, || drop(black_box(gla.run(&inputs, &o1).expect("runs")))));
+                println!("gla, run of T = {t}: {} ({} per step)", us(d), ns_per(d, t));
+            }
+            for chunk in [1usize, 4, 16] {
+                let d = best_time(budget, || {
+                    let mut s = gla.stream(&[]).open().expect("opens");
+                    for j in (0..n).step_by(chunk) {
+                        black_box(s.push(&steps(j, j + chunk)).expect("pushes"));
+                    }
+                });
+                println!("gla, pushes of {chunk} steps: {} per step", ns_per(d, n));
+            }
+            let d = best_time(budget, || {
+                let mut s = vec![0.0f32; k * v];
+                let mut o = vec![0.0f32; n * v];
+                for j in 0..n {
+                    let (a, b) = (j * k..(j + 1) * k, j * v..(j + 1) * v);
+                    baselines::gla_step(&mut s, &q[a.clone()], &kk[a.clone()], &vv[b.clone()], &al[a], &mut o[b], k, v);
+                }
+                black_box(o);
+            });
+            println!("hand gla_step: {} per step", ns_per(d, n));
+            let words = ex.kernels().layout().size / 8;
+            let mut e = vec![0u64; words];
+            let d = best_time(budget, || {
+                black_box(vec![0u64; words]);
+                black_box(black_box(&e).clone());
+                e[0] += 1;
+            });
+            println!("allocating a zeroed element and cloning one: {}", us(d));
+        }
+        "alloc" => {
+            let n: usize = args.get(2).map_or(1 << 26, |s| s.parse().expect("a length"));
+            let v = Rng::new(1).vec(n, -1.0, 1.0);
+            let run = |y: &mut [f32]| baselines::cumsum(black_box(&v), y, n);
+            let calloc = best_time(budget, || {
+                let mut y = vec![0.0f32; n];
+                run(&mut y);
+                black_box(y);
+            });
+            let filled = best_time(budget, || {
+                let mut y = zero_filled(n);
+                run(&mut y);
+                black_box(y);
+            });
+            let fill_only = best_time(budget, || drop(black_box(zero_filled(n))));
+            let mut y = vec![0.0f32; n];
+            let reused = best_time(budget, || {
+                run(&mut y);
+                black_box(&mut y);
+            });
+            let cumsum = op("cumsum", &[]);
+            let inputs = Inputs::new(&[], n).input("v", &v);
+            let o1 = on(&one);
+            let psm = one.install(|| best_time(budget, || drop(black_box(cumsum.run(&inputs, &o1).expect("runs")))));
+            println!("cumsum over {n} steps, 1 thread:");
+            println!("  hand, output vec![0.0; n] (calloc):         {}", ms(calloc));
+            println!("  hand, output reserved + zero-filled (psm's): {}", ms(filled));
+            println!("  hand, output reused:                         {}", ms(reused));
+            println!("  the reserve + zero-fill alone:               {}", ms(fill_only));
+            println!("  psm, recurrent:                              {}", ms(psm));
+            let (b, t) = (4usize, n / 4);
+            let inputs = Inputs::new(&[b], t).input("v", &v[..b * t]);
+            let o2 = on(&two);
+            let psm1 = one.install(|| best_time(budget, || drop(black_box(cumsum.run(&inputs, &o1).expect("runs")))));
+            let psm2 = two.install(|| best_time(budget, || drop(black_box(cumsum.run(&inputs, &o2).expect("runs")))));
+            let hand2 = |fill: bool| {
+                two.install(|| {
+                    best_time(budget, || {
+                        let mut y = if fill { zero_filled(b * t) } else { vec![0.0f32; b * t] };
+                        y.par_chunks_mut(t).zip(v.par_chunks(t)).for_each(|(y, v)| baselines::cumsum(v, y, t));
+                        black_box(y);
+                    })
+                })
+            };
+            println!("cumsum [{b}, {t}]: psm 1 thread {} / 2 threads {}", ms(psm1), ms(psm2));
+            println!("  hand at 2 threads, output vec![0.0; n]: {} / reserved + zero-filled: {}", ms(hand2(false)), ms(hand2(true)));
+        }
+        "diag" => {
+            let (b, t, d) = (4usize, 4096usize, 64usize);
+            let (n, seq) = (b * t * d, t * d);
+            let mut rng = Rng::new(9);
+            let (a, x) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
+            let diag = op("diag_affine", &[("D", d as i64)]);
+            let inputs = Inputs::new(&[b], t).input("a", &a).input("b", &x);
+            let (o1, o2) = (on(&one), on(&two));
+            let p1 = one.install(|| best_time(budget, || drop(black_box(diag.run(&inputs, &o1).expect("runs")))));
+            let p2 = two.install(|| best_time(budget, || drop(black_box(diag.run(&inputs, &o2).expect("runs")))));
+            println!("diag_affine [{b}, {t}, {d}], psm: 1 thread {} / 2 threads {}", us(p1), us(p2));
+            let run = |y: &mut [f32], par: bool| {
+                let one_seq = |i: usize, y: &mut [f32]| baselines::diag_affine(&a[i * seq..(i + 1) * seq], &x[i * seq..(i + 1) * seq], y, t, d);
+                if par {
+                    y.par_chunks_mut(seq).enumerate().for_each(|(i, y)| one_seq(i, y));
+                } else {
+                    y.chunks_mut(seq).enumerate().for_each(|(i, y)| one_seq(i, y));
+                }
+            };
+            for (label, par, p) in [("1 thread", false, &one), ("2 threads", true, &two)] {
+                let mut y = vec![0.0f32; n];
+                let reused = p.install(|| best_time(budget, || run(black_box(&mut y), par)));
+                let calloc = p.install(|| {
+                    best_time(budget, || {
+                        let mut y = vec![0.0f32; n];
+                        run(&mut y, par);
+                        black_box(y);
+                    })
+                });
+                let filled = p.install(|| {
+                    best_time(budget, || {
+                        let mut y = zero_filled(n);
+                        run(&mut y, par);
+                        black_box(y);
+                    })
+                });
+                println!("  hand, {label}: output reused {} / vec![0.0; n] {} / reserved + zero-filled {}", us(reused), us(calloc), us(filled));
+            }
+            println!("  the reserve + zero-fill of the output alone: {}", us(best_time(budget, || drop(black_box(zero_filled(n))))));
+        }
+        "chain" => {
+            let (n, reps) = (4096usize, 64usize);
+            let mut rng = Rng::new(5);
+            let (a, b) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
+            let o1 = on(&one);
+            let mut y = vec![0.0f32; n];
+            for (name, inputs) in [
+                ("scalar_affine", Inputs::new(&[], n).input("a", &a).input("b", &b)),
+                ("cumsum", Inputs::new(&[], n).input("v", &b)),
+            ] {
+                let agg = op(name, &[]);
+                let psm = one.install(|| {
+                    best_time(budget, || {
+                        for _ in 0..reps {
+                            drop(black_box(agg.run(&inputs, &o1).expect("runs")));
+                        }
+                    })
+                });
+                let hand = best_time(budget, || {
+                    for _ in 0..reps {
+                        match name {
+                            "cumsum" => baselines::cumsum(black_box(&b), &mut y, n),
+                            _ => baselines::scalar_affine(black_box(&a), black_box(&b), &mut y, n),
+                        }
+                        black_box(&mut y);
+                    }
+                });
+                println!("{name}, {n} steps: psm {} per step, hand (reused output) {} per step", ns_per(psm, reps * n), ns_per(hand, reps * n));
+            }
+        }
+        "count" => {
+            // One run of one side, for instruction counts under valgrind.
+            let (side, name) = (args[2].as_str(), args[3].as_str());
+            let n: usize = args[4].parse().expect("a length");
+            let mut rng = Rng::new(5);
+            let (a, b) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
+            let mut y = vec![0.0f32; n];
+            match (side, name) {
+                ("psm", _) => {
+                    let agg = op(name, &[]);
+                    let inputs = if name == "scalar_affine" {
+                        Inputs::new(&[], n).input("a", &a).input("b", &b)
+                    } else {
+                        Inputs::new(&[], n).input("v", &b)
+                    };
+                    let o1 = on(&one);
+                    one.install(|| drop(black_box(agg.run(&inputs, &o1).expect("runs"))));
+                }
+                ("hand", "scalar_affine") => baselines::scalar_affine(&a, &b, &mut y, n),
+                ("hand", _) => baselines::cumsum(&b, &mut y, n),
+                _ => {}
+            }
+            black_box(y);
+        }
+        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | chain | count psm|hand|none cumsum|scalar_affine N"),
+    }
+}
