@@ -124,12 +124,28 @@ impl Buffer {
         }
     }
     /// Zeros, or `None` when the allocation fails (instead of aborting).
+    /// A zeroed buffer, `None` when it cannot be allocated. The memory comes zeroed
+    /// from the allocator (fresh pages from the OS for large buffers), so nothing
+    /// writes it before the kernels do: the first touch happens on the threads that
+    /// compute, in parallel, instead of a serial fill on the caller's thread.
     pub(crate) fn try_zeros(dtype: Dtype, len: usize) -> Option<Buffer> {
-        fn zeros<T: Clone + Default>(len: usize) -> Option<Vec<T>> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(len).ok()?;
-            v.resize(len, T::default());
-            Some(v)
+        /// Types whose all-zero bit pattern is the value 0.
+        trait ZeroBits: Copy {}
+        impl ZeroBits for f32 {}
+        impl ZeroBits for f64 {}
+        impl ZeroBits for i32 {}
+        fn zeros<T: ZeroBits>(len: usize) -> Option<Vec<T>> {
+            let layout = std::alloc::Layout::array::<T>(len).ok()?;
+            if layout.size() == 0 {
+                return Some(Vec::new());
+            }
+            // SAFETY: a non-zero-sized layout; zero bytes are a valid T (ZeroBits); the
+            // allocation is the global allocator's with exactly the layout Vec expects
+            // for capacity `len`.
+            unsafe {
+                let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+                (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, len, len))
+            }
         }
         Some(match dtype {
             Dtype::F32 => Buffer::F32(zeros(len)?),
