@@ -233,6 +233,9 @@ pub struct Stream {
     position: u64,
     stats: StreamStats,
     step0: (Vec<u64>, bool),
+    /// The kernels' scratch, kept across pushes of a single sequence: a decode loop
+    /// pushes one token per call and should not allocate it every time.
+    scratch: Vec<u64>,
 }
 
 impl Executor {
@@ -260,7 +263,8 @@ impl Stream {
         let bound = Bound { nseq: 0, steps: 0, params: param_addrs.clone(), inputs: Vec::new() };
         let ctx = Ctx::new(&*exec.inner.kernels, &exec.inner.sig, &bound, &[], false, None);
         let step0 = ctx.start_state();
-        let mut s = Stream { exec, params, param_addrs, batch, seqs, position, stats: StreamStats::default(), step0 };
+        let mut s =
+            Stream { exec, params, param_addrs, batch, seqs, position, stats: StreamStats::default(), step0, scratch: Vec::new() };
         s.refresh_stats(0, false);
         s
     }
@@ -363,8 +367,11 @@ impl Stream {
             let ctx = Ctx::new(kernels, sig, &bound, &out_addrs, false, Some(&self.step0));
             let ctx = &ctx;
             if nseq == 1 {
-                let mut scratch = ctx.scratch();
-                self.seqs[0].advance(ctx, 0, 0, steps, &mut scratch);
+                // The scratch holds no state between calls: kernels write before reading.
+                if self.scratch.is_empty() {
+                    self.scratch = ctx.scratch();
+                }
+                self.seqs[0].advance(ctx, 0, 0, steps, &mut self.scratch);
             } else {
                 self.seqs
                     .par_iter_mut()
