@@ -68,7 +68,7 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
-use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
+use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
@@ -349,26 +349,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
 
 /// Resolves a case's file and aggregator, draws its data and runs every mode.
 fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(ThreadPool, ThreadPool), budget: Duration, progress: bool) -> Result<Vec<Row>, Fail> {
-    let file = case.file.display().to_string();
-    let program = Program::from_file(&case.file, &case.dims).map_err(|e| {
-        let n = e.diagnostics.len().max(1);
-        let s = if n == 1 { "" } else { "s" };
-        Fail(format!("{}error: could not bench `{file}` due to {n} previous error{s}\n", e.rendered))
-    })?;
-    let names = program.names();
-    let name = match (&case.aggregator, names.as_slice()) {
-        (Some(n), _) => n.clone(),
-        (None, [only]) => only.to_string(),
-        (None, []) => return Err(Fail(format!("error: `{file}` declares no aggregator\n"))),
-        (None, many) => {
-            let list: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
-            return Err(Fail(format!("error: `{file}` declares {}; pick one with --aggregator NAME\n", list.join(", "))));
-        }
-    };
-    let Some(agg) = program.aggregator(&name) else {
-        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-        return Err(Fail(format!("error: `{file}` has no aggregator `{name}`; it declares {}\n", list.join(", "))));
-    };
+    let (agg, name) = crate::run::load_aggregator(&case.file, &case.dims, case.aggregator.as_deref(), "bench").map_err(Fail)?;
     agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
     let sig = agg.signature();
     if case.modes.is_empty() {

@@ -485,27 +485,42 @@ fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs:
     }
 }
 
-fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
-    let file = args.file.display().to_string();
-    let program = Program::from_file(&args.file, &args.dims.define).map_err(|e| {
+/// Loads `path` and picks its aggregator: the one named, or the file's only one. The
+/// error is the text for stderr; `verb` names the command (`run`, `bench`).
+pub(crate) fn load_aggregator(
+    path: &Path,
+    dims: &[psm_ir::valid::DimOverride],
+    chosen: Option<&str>,
+    verb: &str,
+) -> Result<(psm_runtime::Aggregator, String), String> {
+    let file = path.display().to_string();
+    let program = Program::from_file(path, dims).map_err(|e| {
         let n = e.diagnostics.len().max(1);
         let s = if n == 1 { "" } else { "s" };
-        Fail(format!("{}error: could not run `{file}` due to {n} previous error{s}\n", e.rendered))
+        format!("{}error: could not {verb} `{file}` due to {n} previous error{s}\n", e.rendered)
     })?;
     let names = program.names();
-    let name = match (&args.aggregator, names.as_slice()) {
-        (Some(n), _) => n.clone(),
+    let name = match (chosen, names.as_slice()) {
+        (Some(n), _) => n.to_string(),
         (None, [only]) => only.to_string(),
-        (None, []) => return Err(Fail(format!("error: `{file}` declares no aggregator\n"))),
+        (None, []) => return Err(format!("error: `{file}` declares no aggregator\n")),
         (None, many) => {
             let list: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
-            return Err(Fail(format!("error: `{file}` declares {}; pick one with --aggregator NAME\n", list.join(", "))));
+            return Err(format!("error: `{file}` declares {}; pick one with --aggregator NAME\n", list.join(", ")));
         }
     };
-    let Some(agg) = program.aggregator(&name) else {
-        let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-        return Err(Fail(format!("error: `{file}` has no aggregator `{name}`; it declares {}\n", list.join(", "))));
-    };
+    match program.aggregator(&name) {
+        Some(agg) => Ok((agg, name)),
+        None => {
+            let list: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            Err(format!("error: `{file}` has no aggregator `{name}`; it declares {}\n", list.join(", ")))
+        }
+    }
+}
+
+fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
+    let file = args.file.display().to_string();
+    let (agg, name) = load_aggregator(&args.file, &args.dims.define, args.aggregator.as_deref(), "run").map_err(Fail)?;
     let backend = match args.backend {
         BackendArg::Cpu => Backend::Cpu,
         BackendArg::Interp => Backend::Interp,
