@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""The GPU libraries psm is measured against (issue 5's benchmark), timed on the shapes
+that bench/gpu/run.sh also gives psm's own kernels.
+
+Prints one JSON object per line: {"suite", "name", "shape", "seconds", "bytes"}, where
+`seconds` is the median of timed repetitions (CUDA events for torch/CuPy, a host clock
+after `block_until_ready` for JAX) and `bytes` the fewest bytes the operation must move
+(each input read once, each output written once), so bytes/seconds is its bandwidth.
+A library that fails on a shape prints {"name", "error"} instead of stopping the run.
+
+Usage: baselines.py torch|jax   (JAX in its own process: it reserves device memory).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+N = 1 << 28               # f32 scans: 2^28 elements
+ROWS = (4096, 65536)      # the same elements as [4096, 65536] rows
+AFFINE = (8, 1024, 8192)  # diagonal affine recurrence, accelerated-scan's (B, C, T)
+TREE_CHUNKS, C, D = 4096, 8, 32  # the attention aggregator's tree (examples/ops/attn_agg.psm)
+DECODE = (64, 128, 128)   # GLA decode step: batch, K, V
+
+
+def emit(suite, name, shape, seconds, nbytes):
+    print(json.dumps({"suite": suite, "name": name, "shape": shape, "seconds": seconds, "bytes": nbytes}), flush=True)
+
+
+def fail(suite, name, shape, err):
+    msg = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    print(json.dumps({"suite": suite, "name": name, "shape": shape, "error": msg}), flush=True)
+
+
+def torch_suite():
+    import torch
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+
+    def timed(fn, reps=20, warmup=3):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        times.sort()
+        return times[len(times) // 2]
+
+    def run(suite, name, shape, fn, nbytes, **kw):
+        try:
+            emit(suite, name, shape, timed(fn, **kw), nbytes)
+        except Exception as err:  # one library's failure must not end the run
+            fail(suite, name, shape, err)
+        torch.cuda.empty_cache()
+
+    f32 = 4
+    x = torch.randn(N, device=dev)
+    xr = x.view(*ROWS)
+    out = torch.empty_like(x)
+    run("copy", "torch copy_", [N], lambda: out.copy_(x), 2 * N * f32)
+
+    # Scalar scans.
+    run("cumsum", "torch.cumsum", [N], lambda: torch.cumsum(x, 0, out=out), 2 * N * f32)
+    run("cumsum", "torch.cumsum", list(ROWS), lambda: torch.cumsum(xr, 1, out=out.view(*ROWS)), 2 * N * f32)
+    try:
+        import cupy
+
+        os.environ.setdefault("CUPY_ACCELERATORS", "cub")
+        cx = cupy.asarray(x)
+        cout = cupy.empty_like(cx)
+
+        def cub_cumsum():
+            cupy.cumsum(cx, axis=None, out=cout)
+
+        run("cumsum", "CuPy cumsum (CUB)", [N], cub_cumsum, 2 * N * f32)
+        del cx, cout
+    except Exception as err:
+        fail("cumsum", "CuPy cumsum (CUB)", [N], err)
+
+    # Running max with index (values f32 + indices i64 out) and log-cumsum-exp.
+    run("cummax", "torch.cummax", [N], lambda: torch.cummax(x, 0), N * (f32 + f32 + 8), reps=5, warmup=1)
+    run("cummax", "torch.cummax", list(ROWS), lambda: torch.cummax(xr, 1), N * (f32 + f32 + 8), reps=5, warmup=1)
+    run("logcumsumexp", "torch.logcumsumexp", [N], lambda: torch.logcumsumexp(x, 0, out=out), 2 * N * f32)
+    run("logcumsumexp", "torch.logcumsumexp", list(ROWS), lambda: torch.logcumsumexp(xr, 1, out=out.view(*ROWS)), 2 * N * f32)
+
+    try:
+        from torch._higher_order_ops.associative_scan import associative_scan
+
+        add_scan = torch.compile(lambda v: associative_scan(lambda a, b: a + b, v, dim=0, combine_mode="pointwise"))
+        run("cumsum", "torch associative_scan", [N], lambda: add_scan(x), 2 * N * f32)
+    except Exception as err:
+        fail("cumsum", "torch associative_scan", [N], err)
+    del x, xr, out
+    torch.cuda.empty_cache()
+
+    # Diagonal affine recurrence h_t = a_t h_{t-1} + b_t over (B, C, T), T contiguous.
+    B, Ch, T = AFFINE
+    gates = torch.rand(B, Ch, T, device=dev) * 0.5 + 0.5
+    tokens = torch.randn(B, Ch, T, device=dev)
+    affine_bytes = 3 * B * Ch * T * f32
+    for mod in ("warp", "scalar"):
+        try:
+            scan = __import__(f"accelerated_scan.{mod}", fromlist=["scan"]).scan
+            run("affine", f"accelerated-scan {mod}", list(AFFINE), lambda: scan(gates, tokens), affine_bytes)
+        except Exception as err:
+            fail("affine", f"accelerated-scan {mod}", list(AFFINE), err)
+    try:
+        from torch._higher_order_ops.associative_scan import associative_scan
+
+        def affine_op(l, r):
+            return (l[0] * r[0], r[0] * l[1] + r[1])
+
+        affine_scan = torch.compile(lambda a, b: associative_scan(affine_op, (a, b), dim=2, combine_mode="pointwise"))
+        run("affine", "torch associative_scan", list(AFFINE), lambda: affine_scan(gates, tokens), affine_bytes)
+    except Exception as err:
+        fail("affine", "torch associative_scan", list(AFFINE), err)
+    del gates, tokens
+    torch.cuda.empty_cache()
+
+    # The attention aggregator's fixed tree over TREE_CHUNKS chunks, in batched torch:
+    # the same Blelloch bracketing as psm's tree form (up-sweep, down-sweep, readout).
+    try:
+        w = [torch.randn(D, D, device=dev) / math.sqrt(D) for _ in range(3)]
+        tok = torch.randn(TREE_CHUNKS, C, D, device=dev)
+
+        def combine(left, right):
+            z = torch.cat([left, right], dim=1)
+            q, k, v = (z @ wi for wi in w)
+            p = torch.softmax(q @ k.transpose(1, 2) * (1.0 / math.sqrt(D)), dim=-1)
+            return ((p @ v) + z)[:, C:]
+
+        def tree():
+            n = TREE_CHUNKS
+            levels = [tok]
+            while levels[-1].shape[0] >= 2:
+                below = levels[-1]
+                levels.append(combine(below[0::2][: below.shape[0] // 2], below[1::2]))
+            pre = torch.zeros(n + 1, C, D, device=dev)
+            for i in reversed(range(len(levels))):
+                block = 1 << i
+                count = (n // block + 1) // 2
+                if count == 0:
+                    continue
+                nodes = levels[i][0 : 2 * count : 2]
+                left = pre[0 : 2 * count * block : 2 * block]
+                new = nodes.clone()
+                if count > 1:
+                    new[1:] = combine(left[1:], nodes[1:])
+                pre[block : (2 * count - 1) * block + 1 : 2 * block] = new
+            return tok + pre[:n].mean(dim=1, keepdim=True)
+
+        run("attn_tree", "torch (batched levels)", [TREE_CHUNKS, C, D], tree, 2 * TREE_CHUNKS * C * D * f32)
+    except Exception as err:
+        fail("attn_tree", "torch (batched levels)", [TREE_CHUNKS, C, D], err)
+
+    # One GLA decode step for a batch: S = diag(alpha) S + k v^T ; o = S^T q.
+    Bd, K, V = DECODE
+    S = torch.randn(Bd, K, V, device=dev)
+    q, k, alpha = (torch.randn(Bd, K, device=dev) for _ in range(3))
+    v = torch.randn(Bd, V, device=dev)
+
+    def decode():
+        S.mul_(alpha[:, :, None]).add_(k[:, :, None] * v[:, None, :])
+        return torch.einsum("bkv,bk->bv", S, q)
+
+    decode_bytes = (2 * Bd * K * V + 3 * Bd * K + 2 * Bd * V) * f32
+    run("gla_decode", "torch eager", list(DECODE), decode, decode_bytes, reps=200, warmup=20)
+    try:
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            decode()
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(g):
+            decode()
+        run("gla_decode", "torch CUDA graph", list(DECODE), g.replay, decode_bytes, reps=200, warmup=20)
+    except Exception as err:
+        fail("gla_decode", "torch CUDA graph", list(DECODE), err)
+
+
+def jax_suite():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    import jax.numpy as jnp
+
+    def timed(fn, *args, reps=10):
+        jitted = jax.jit(fn)
+        jax.block_until_ready(jitted(*args))  # compile and warm up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(jitted(*args))
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return times[len(times) // 2]
+
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (N,), dtype=jnp.float32)
+    for name, shape, fn, arg in [
+        ("cumsum", [N], lambda v: jax.lax.associative_scan(jnp.add, v), x),
+        ("cumsum", list(ROWS), lambda v: jax.lax.associative_scan(jnp.add, v, axis=1), x.reshape(ROWS)),
+    ]:
+        try:
+            emit(name, "jax.lax.associative_scan", shape, timed(fn, arg), 2 * N * 4)
+        except Exception as err:
+            fail(name, "jax.lax.associative_scan", shape, err)
+    del x
+    B, Ch, T = AFFINE
+    a = jax.random.uniform(key, AFFINE, dtype=jnp.float32) * 0.5 + 0.5
+    b = jax.random.normal(key, AFFINE, dtype=jnp.float32)
+
+    def affine(a, b):
+        return jax.lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a, b), axis=2)[1]
+
+    try:
+        emit("affine", "jax.lax.associative_scan", list(AFFINE), timed(affine, a, b), 3 * B * Ch * T * 4)
+    except Exception as err:
+        fail("affine", "jax.lax.associative_scan", list(AFFINE), err)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "torch"
+    {"torch": torch_suite, "jax": jax_suite}[which]()
