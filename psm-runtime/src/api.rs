@@ -84,8 +84,36 @@ impl Program {
         };
         let module = psm_ir::front::dsl::parse(source).map_err(fail)?;
         let infos = psm_ir::valid::validate(&module, dims).map_err(fail)?;
+        Ok(Self::validated(module, infos))
+    }
+
+    /// Validates a module that was built rather than parsed (`psm_ir::front::builder`,
+    /// or the IR `#[psm_aggregator]` embeds at compile time). Its spans point into no
+    /// text, so the rendered diagnostics have no source lines.
+    ///
+    /// ```
+    /// use psm_runtime::{DimOverride, Inputs, Program, RunOptions};
+    /// let src = "aggregator sum<D = 2> { input { v[D] } element { v[D] } combine(l, r) { v[i] = l.v[i] + r.v[i]; } }";
+    /// let module = psm_ir::front::dsl::parse(src).unwrap();
+    /// let d3 = [DimOverride { name: "D".into(), value: 3 }];
+    /// let sum = Program::from_module(module.clone(), &d3).unwrap().aggregator("sum").unwrap();
+    /// let v = [1.0f32, 2.0, 3.0, 10.0, 20.0, 30.0];
+    /// let out = sum.run(&Inputs::new(&[], 2).input("v", &v), &RunOptions::default()).unwrap();
+    /// assert_eq!(out.f32("v").unwrap(), &[1.0, 2.0, 3.0, 11.0, 22.0, 33.0]);
+    /// let bad = [DimOverride { name: "Q".into(), value: 3 }];
+    /// let e = Program::from_module(module, &bad).unwrap_err();
+    /// assert!(e.rendered.contains("names no dim"), "{e}");
+    /// ```
+    pub fn from_module(module: Module, dims: &[DimOverride]) -> Result<Program, CompileError> {
+        match psm_ir::valid::validate(&module, dims) {
+            Ok(infos) => Ok(Self::validated(module, infos)),
+            Err(diagnostics) => Err(CompileError { rendered: psm_ir::diag::render(&diagnostics, "<module>", ""), diagnostics }),
+        }
+    }
+
+    fn validated(module: Module, infos: Vec<Info>) -> Program {
         let reports = infos.iter().map(|_| OnceLock::new()).collect();
-        Ok(Program { inner: Arc::new(ProgramInner { module, infos, reports }) })
+        Program { inner: Arc::new(ProgramInner { module, infos, reports }) }
     }
 
     /// The aggregators' names, in declaration order.
