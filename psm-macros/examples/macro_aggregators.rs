@@ -1,6 +1,8 @@
-//! Mamba-style diagonal recurrence and online softmax declared in Rust with
-//! `#[psm_aggregator]`, run through psm-runtime, and checked bit for bit against the
-//! `.psm` versions (examples/ops/diag_affine.psm, examples/ops/online_softmax.psm).
+//! A Mamba-style diagonal recurrence (diag_affine, and Mamba's S6 layer with its
+//! weights as typed params) and online softmax declared in Rust with
+//! `#[psm_aggregator]`, run through psm-runtime with the user's own structs (runs in
+//! every form, step-by-step streams, runs resumed from a final state), and checked bit
+//! for bit against the `.psm` versions in examples/ops/.
 //!
 //!     cargo run -p psm-macros --example macro_aggregators
 
@@ -13,6 +15,8 @@ fn main() {
     for backend in [psm::Backend::Cpu, psm::Backend::Interp] {
         let n = compare::diag_affine(backend, 257);
         println!("diag_affine     {:<6}: {n} outputs, bit-identical to examples/ops/diag_affine.psm", backend.name());
+        let n = compare::mamba_s6(backend, 257);
+        println!("mamba_s6        {:<6}: {n} outputs, bit-identical to examples/ops/mamba_s6.psm", backend.name());
         let n = compare::online_softmax(backend, 257);
         println!("online_softmax  {:<6}: {n} outputs, bit-identical to examples/ops/online_softmax.psm", backend.name());
     }

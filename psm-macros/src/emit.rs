@@ -1,19 +1,23 @@
-//! The syntax tree as Rust code that rebuilds it: the IR is embedded in the user's
-//! crate as constructors, and rebuilt through `psm_ir::front::builder` at run time.
+//! The validated IR as Rust code that rebuilds it: the module is built and checked at
+//! compile time and embedded in the user's crate as arena pushes, in the arenas' own
+//! order, so the runtime receives exactly the IR that was checked (same handles, same
+//! spans) without lowering or parsing anything.
 
 use proc_macro2::TokenStream;
-use psm_ir::front::dsl::ast;
-use psm_ir::ir::{BinaryOp, ReadoutKind, ReduceOp, Role, UnaryOp};
-use quote::quote;
+use psm_ir::arena::{Arena, Handle};
+use psm_ir::ir::{self, Expr, Size, Source, Target};
+use quote::{format_ident, quote};
 
-pub fn file(f: &ast::File) -> TokenStream {
-    let aggs = f.aggregators.iter().map(aggregator);
-    quote! {{
-        use ::psm::__private::psm_ir::front::dsl::ast as A;
+/// An expression of type `psm_ir::ir::Module`, or an error when an arena refers forward
+/// (the lowering pushes children before parents; the rebuild relies on it).
+pub fn module(m: &ir::Module) -> Result<TokenStream, String> {
+    let aggs = m.aggregators.iter().map(aggregator).collect::<Result<Vec<_>, _>>()?;
+    Ok(quote! {{
+        use ::psm::__private::psm_ir::arena::{Arena, Handle};
         use ::psm::__private::psm_ir::ir as I;
         use ::psm::__private::psm_ir::Span as S;
-        A::File { aggregators: ::std::vec![#(#aggs),*] }
-    }}
+        I::Module { aggregators: ::std::vec![#(#aggs),*] }
+    }})
 }
 
 fn span(s: psm_ir::Span) -> TokenStream {
@@ -25,12 +29,117 @@ fn string(s: &str) -> TokenStream {
     quote!(::std::string::String::from(#s))
 }
 
-fn ident(i: &ast::Ident) -> TokenStream {
-    let (n, s) = (string(&i.name), span(i.span));
-    quote!(A::Ident { name: #n, span: #s })
+/// A handle of arena `name`, rebuilt as the `k`-th handle pushed into it.
+fn handle<T>(name: &str, h: Handle<T>) -> TokenStream {
+    let (v, k) = (format_ident!("{}", name), h.index());
+    quote!(#v[#k])
 }
 
-fn opt<T>(o: &Option<T>, f: impl Fn(&T) -> TokenStream) -> TokenStream {
+fn handles<T>(name: &str, hs: &[Handle<T>]) -> TokenStream {
+    let items = hs.iter().map(|&h| handle(name, h));
+    quote!(::std::vec![#(#items),*])
+}
+
+/// `let mut arena = Arena::new(); let mut name = Vec::new(); name.push(arena.push(v, span)); ...`
+fn arena<T>(a: &Arena<T>, arena: &str, name: &str, ty: &str, value: impl Fn(Handle<T>, &T) -> Result<TokenStream, String>) -> Result<TokenStream, String> {
+    let (arena, name, ty) = (format_ident!("{}", arena), format_ident!("{}", name), format_ident!("{}", ty));
+    let mut pushes = Vec::new();
+    for (h, x) in a.iter() {
+        let (v, s) = (value(h, x)?, span(a.span(h)));
+        pushes.push(quote!(#name.push(#arena.push(#v, #s));));
+    }
+    Ok(quote! {
+        let mut #arena = Arena::new();
+        let mut #name: ::std::vec::Vec<Handle<I::#ty>> = ::std::vec::Vec::new();
+        #(#pushes)*
+    })
+}
+
+/// Fails when `child` was pushed after `parent`.
+fn backward<T>(parent: Handle<T>, child: Handle<T>) -> Result<(), String> {
+    if child.index() < parent.index() {
+        Ok(())
+    } else {
+        Err(format!("the lowered IR refers forward (#{} -> #{}); psm-macros expects children before parents", parent.index(), child.index()))
+    }
+}
+
+fn aggregator(a: &ir::Aggregator) -> Result<TokenStream, String> {
+    let dims = arena(&a.dims, "dims", "dim", "Dim", |_, d| {
+        let (n, def) = (string(&d.name), option(&d.default, |v| quote!(#v)));
+        Ok(quote!(I::Dim { name: #n, default: #def }))
+    })?;
+    let sizes = arena(&a.sizes, "sizes", "size", "Size", |h, s| {
+        let pair = |x: Handle<Size>, y: Handle<Size>| -> Result<(TokenStream, TokenStream), String> {
+            backward(h, x)?;
+            backward(h, y)?;
+            Ok((handle("size", x), handle("size", y)))
+        };
+        Ok(match s {
+            Size::Lit(v) => quote!(I::Size::Lit(#v)),
+            Size::Dim(d) => {
+                let d = handle("dim", *d);
+                quote!(I::Size::Dim(#d))
+            }
+            Size::Add(x, y) => {
+                let (x, y) = pair(*x, *y)?;
+                quote!(I::Size::Add(#x, #y))
+            }
+            Size::Sub(x, y) => {
+                let (x, y) = pair(*x, *y)?;
+                quote!(I::Size::Sub(#x, #y))
+            }
+            Size::Mul(x, y) => {
+                let (x, y) = pair(*x, *y)?;
+                quote!(I::Size::Mul(#x, #y))
+            }
+        })
+    })?;
+    let tensors = arena(&a.tensors, "tensors", "tensor", "Tensor", |_, t| {
+        let (n, r, sh, dt) = (string(&t.name), variant("Role", &t.role), handles("size", &t.shape), variant("Dtype", &t.dtype));
+        Ok(quote!(I::Tensor { name: #n, role: #r, shape: #sh, dtype: #dt }))
+    })?;
+    let index_vars = arena(&a.index_vars, "index_vars", "index_var", "IndexVar", |_, v| {
+        let (n, e) = (string(&v.name), option(&v.extent, |&s| handle("size", s)));
+        Ok(quote!(I::IndexVar { name: #n, extent: #e }))
+    })?;
+    let locals = arena(&a.locals, "locals", "local", "Local", |_, l| {
+        let (n, i) = (string(&l.name), handles("index_var", &l.indices));
+        Ok(quote!(I::Local { name: #n, indices: #i }))
+    })?;
+    let exprs = arena(&a.exprs, "exprs", "expr", "Expr", |h, e| {
+        let mut forward = Ok(());
+        e.for_each_child(|c| {
+            if forward.is_ok() {
+                forward = backward(h, c);
+            }
+        });
+        forward?;
+        Ok(expr(e))
+    })?;
+    let (name, doc, s) = (string(&a.name), string(&a.doc), span(a.span));
+    let assume = option(&a.assume_associative, |&s| span(s));
+    let identity = option(&a.identity, body);
+    let (lift, combine, readout) = (body(&a.lift), body(&a.combine), body(&a.readout));
+    let readout_kind = variant("ReadoutKind", &a.readout_kind);
+    Ok(quote! {{
+        #dims
+        #sizes
+        #tensors
+        #index_vars
+        #locals
+        #exprs
+        I::Aggregator {
+            name: #name, span: #s, doc: #doc,
+            dims, sizes, tensors, index_vars, locals, exprs,
+            assume_associative: #assume,
+            identity: #identity, lift: #lift, combine: #combine, readout: #readout,
+            readout_kind: #readout_kind,
+        }
+    }})
+}
+
+fn option<T>(o: &Option<T>, f: impl Fn(&T) -> TokenStream) -> TokenStream {
     match o {
         Some(x) => {
             let x = f(x);
@@ -40,169 +149,93 @@ fn opt<T>(o: &Option<T>, f: impl Fn(&T) -> TokenStream) -> TokenStream {
     }
 }
 
-fn list<T>(v: &[T], f: impl Fn(&T) -> TokenStream) -> TokenStream {
-    let items = v.iter().map(f);
-    quote!(::std::vec![#(#items),*])
+/// `I::Enum::Variant` for a unit variant of an IR enum (its `Debug` is the variant's name).
+fn variant(enum_name: &str, v: &impl std::fmt::Debug) -> TokenStream {
+    let (e, v) = (format_ident!("{}", enum_name), format_ident!("{}", format!("{v:?}")));
+    quote!(I::#e::#v)
 }
 
-fn aggregator(a: &ast::Aggregator) -> TokenStream {
-    let doc = string(&a.doc);
-    let name = ident(&a.name);
-    let dims = list(&a.dims, |d| {
-        let n = ident(&d.name);
-        let def = opt(&d.default, |(v, s)| {
-            let s = span(*s);
-            quote!((#v, #s))
-        });
-        quote!(A::DimDecl { name: #n, default: #def })
+fn body(b: &ir::Body) -> TokenStream {
+    let kind = variant("BodyKind", &b.kind);
+    let params = b.params.iter().map(|p| string(p));
+    let stmts = b.stmts.iter().map(|st| {
+        let target = match st.target {
+            Target::Tensor(t) => {
+                let t = handle("tensor", t);
+                quote!(I::Target::Tensor(#t))
+            }
+            Target::Local(l) => {
+                let l = handle("local", l);
+                quote!(I::Target::Local(#l))
+            }
+        };
+        let (i, v, s) = (handles("index_var", &st.indices), handle("expr", st.value), span(st.span));
+        quote!(I::Stmt { target: #target, indices: #i, value: #v, span: #s })
     });
-    let items = list(&a.items, item);
-    let s = span(a.span);
-    quote!(A::Aggregator { doc: #doc, name: #name, dims: #dims, items: #items, span: #s })
+    let (s, implicit) = (span(b.span), b.implicit);
+    quote!(I::Body { kind: #kind, params: ::std::vec![#(#params),*], stmts: ::std::vec![#(#stmts),*], span: #s, implicit: #implicit })
 }
 
-fn role(r: Role) -> TokenStream {
-    match r {
-        Role::Param => quote!(I::Role::Param),
-        Role::Input => quote!(I::Role::Input),
-        Role::Element => quote!(I::Role::Element),
-        Role::Output => quote!(I::Role::Output),
-    }
-}
-
-fn item(i: &ast::Item) -> TokenStream {
-    match i {
-        ast::Item::Decls { role: r, decls, span: s } => {
-            let (r, d, s) = (role(*r), list(decls, decl), span(*s));
-            quote!(A::Item::Decls { role: #r, decls: #d, span: #s })
-        }
-        ast::Item::Identity { body } => {
-            let b = block(body);
-            quote!(A::Item::Identity { body: #b })
-        }
-        ast::Item::Lift { input, body } => {
-            let (i, b) = (ident(input), block(body));
-            quote!(A::Item::Lift { input: #i, body: #b })
-        }
-        ast::Item::Combine { left, right, body } => {
-            let (l, r, b) = (ident(left), ident(right), block(body));
-            quote!(A::Item::Combine { left: #l, right: #r, body: #b })
-        }
-        ast::Item::Readout { kind, state, input, outputs, body } => {
-            let k = match kind {
-                ReadoutKind::Inclusive => quote!(I::ReadoutKind::Inclusive),
-                ReadoutKind::Exclusive => quote!(I::ReadoutKind::Exclusive),
-            };
-            let (s, i, o, b) = (ident(state), ident(input), list(outputs, decl), block(body));
-            quote!(A::Item::Readout { kind: #k, state: #s, input: #i, outputs: #o, body: #b })
-        }
-        ast::Item::Assume { property, span: s } => {
-            let (p, s) = (ident(property), span(*s));
-            quote!(A::Item::Assume { property: #p, span: #s })
-        }
-    }
-}
-
-fn decl(d: &ast::Decl) -> TokenStream {
-    let (n, sh, dt, s) = (ident(&d.name), list(&d.shape, size), opt(&d.dtype, ident), span(d.span));
-    quote!(A::Decl { name: #n, shape: #sh, dtype: #dt, span: #s })
-}
-
-fn size(s: &ast::SizeExpr) -> TokenStream {
-    let kind = match &s.kind {
-        ast::SizeKind::Int(v) => quote!(A::SizeKind::Int(#v)),
-        ast::SizeKind::Name(n) => {
-            let n = string(n);
-            quote!(A::SizeKind::Name(#n))
-        }
-        ast::SizeKind::Binary(op, a, b) => {
-            let (a, b) = (size(a), size(b));
-            quote!(A::SizeKind::Binary(#op, ::std::boxed::Box::new(#a), ::std::boxed::Box::new(#b)))
-        }
-    };
-    let sp = span(s.span);
-    quote!(A::SizeExpr { kind: #kind, span: #sp })
-}
-
-fn block(b: &ast::Block) -> TokenStream {
-    let (st, h, s) = (list(&b.stmts, stmt), span(b.head), span(b.span));
-    quote!(A::Block { stmts: #st, head: #h, span: #s })
-}
-
-fn stmt(s: &ast::Stmt) -> TokenStream {
-    let is_let = s.is_let;
-    let target = ident(&s.target);
-    let binders = list(&s.binders, |b| {
-        let (n, e) = (ident(&b.name), opt(&b.extent, size));
-        quote!(A::Binder { name: #n, extent: #e })
-    });
-    let (v, sp) = (expr(&s.value), span(s.span));
-    quote!(A::Stmt { is_let: #is_let, target: #target, binders: #binders, value: #v, span: #sp })
-}
-
-fn boxed(e: &ast::Expr) -> TokenStream {
-    let e = expr(e);
-    quote!(::std::boxed::Box::new(#e))
-}
-
-fn expr(e: &ast::Expr) -> TokenStream {
-    let kind = match &e.kind {
-        ast::ExprKind::Float(v) => {
-            // Bit-exact, infinities included.
+fn expr(e: &Expr) -> TokenStream {
+    let x = |h: Handle<Expr>| handle("expr", h);
+    match e {
+        Expr::Float(v) => {
+            // Bit-exact, infinities and NaN included.
             let bits = v.to_bits();
-            quote!(A::ExprKind::Float(f64::from_bits(#bits)))
+            quote!(I::Expr::Float(f64::from_bits(#bits)))
         }
-        ast::ExprKind::Int(v) => quote!(A::ExprKind::Int(#v)),
-        ast::ExprKind::Access { base, field, indices } => {
-            let (b, f) = (ident(base), opt(field, ident));
-            let i = opt(indices, |v| list(v, expr));
-            quote!(A::ExprKind::Access { base: #b, field: #f, indices: #i })
+        Expr::Int(v) => quote!(I::Expr::Int(#v)),
+        Expr::Dim(d) => {
+            let d = handle("dim", *d);
+            quote!(I::Expr::Dim(#d))
         }
-        ast::ExprKind::Call { func, args } => {
-            let (f, a) = (ident(func), list(args, expr));
-            quote!(A::ExprKind::Call { func: #f, args: #a })
+        Expr::Index(v) => {
+            let v = handle("index_var", *v);
+            quote!(I::Expr::Index(#v))
         }
-        ast::ExprKind::Unary { op, arg } => {
-            let op = match op {
-                UnaryOp::Neg => quote!(I::UnaryOp::Neg),
-                UnaryOp::Not => quote!(I::UnaryOp::Not),
+        Expr::Load { source, indices } => {
+            let source = match *source {
+                Source::Input(t) => {
+                    let t = handle("tensor", t);
+                    quote!(I::Source::Input(#t))
+                }
+                Source::Param(t) => {
+                    let t = handle("tensor", t);
+                    quote!(I::Source::Param(#t))
+                }
+                Source::Element(side, t) => {
+                    let side = variant("Side", &side);
+                    let t = handle("tensor", t);
+                    quote!(I::Source::Element(#side, #t))
+                }
+                Source::Local(l) => {
+                    let l = handle("local", l);
+                    quote!(I::Source::Local(#l))
+                }
             };
-            let a = boxed(arg);
-            quote!(A::ExprKind::Unary { op: #op, arg: #a })
+            let indices = handles("expr", indices);
+            quote!(I::Expr::Load { source: #source, indices: #indices })
         }
-        ast::ExprKind::Binary { op, lhs, rhs } => {
-            let op = match op {
-                BinaryOp::Add => quote!(Add),
-                BinaryOp::Sub => quote!(Sub),
-                BinaryOp::Mul => quote!(Mul),
-                BinaryOp::Div => quote!(Div),
-                BinaryOp::Lt => quote!(Lt),
-                BinaryOp::Le => quote!(Le),
-                BinaryOp::Gt => quote!(Gt),
-                BinaryOp::Ge => quote!(Ge),
-                BinaryOp::Eq => quote!(Eq),
-                BinaryOp::Ne => quote!(Ne),
-                BinaryOp::And => quote!(And),
-                BinaryOp::Or => quote!(Or),
-            };
-            let (l, r) = (boxed(lhs), boxed(rhs));
-            quote!(A::ExprKind::Binary { op: I::BinaryOp::#op, lhs: #l, rhs: #r })
+        Expr::Unary { op, arg } => {
+            let (op, a) = (variant("UnaryOp", op), x(*arg));
+            quote!(I::Expr::Unary { op: #op, arg: #a })
         }
-        ast::ExprKind::If { cond, then, otherwise } => {
-            let (c, t, o) = (boxed(cond), boxed(then), boxed(otherwise));
-            quote!(A::ExprKind::If { cond: #c, then: #t, otherwise: #o })
+        Expr::Binary { op, lhs, rhs } => {
+            let (op, l, r) = (variant("BinaryOp", op), x(*lhs), x(*rhs));
+            quote!(I::Expr::Binary { op: #op, lhs: #l, rhs: #r })
         }
-        ast::ExprKind::Reduce { op, var, body } => {
-            let op = match op {
-                ReduceOp::Sum => quote!(Sum),
-                ReduceOp::Prod => quote!(Prod),
-                ReduceOp::Max => quote!(Max),
-                ReduceOp::Min => quote!(Min),
-            };
-            let (v, b) = (ident(var), boxed(body));
-            quote!(A::ExprKind::Reduce { op: I::ReduceOp::#op, var: #v, body: #b })
+        Expr::Call { func, args } => {
+            let (f, args) = (variant("Func", func), handles("expr", args));
+            quote!(I::Expr::Call { func: #f, args: #args })
         }
-    };
-    let sp = span(e.span);
-    quote!(A::Expr { kind: #kind, span: #sp })
+        Expr::Select { cond, then, otherwise } => {
+            let (c, t, o) = (x(*cond), x(*then), x(*otherwise));
+            quote!(I::Expr::Select { cond: #c, then: #t, otherwise: #o })
+        }
+        Expr::Reduce { op, var, body } => {
+            let (op, v, b) = (variant("ReduceOp", op), handle("index_var", *var), x(*body));
+            quote!(I::Expr::Reduce { op: #op, var: #v, body: #b })
+        }
+        Expr::Empty => quote!(I::Expr::Empty),
+    }
 }

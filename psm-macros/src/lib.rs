@@ -122,7 +122,7 @@ fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let checked = check(&module, &args, &dims, &mut spans, &mut placeholders);
     let (errors, generated) = match checked {
         Ok(c) => (None, Some(c)),
-        Err((errors, structs)) => (spans::combine(errors), structs.map(|s| Generated { structs: s, file: None, associative: false })),
+        Err((errors, structs)) => (spans::combine(errors), structs.map(|s| Generated { structs: s, module: None })),
     };
     augment(&mut module, &args, generated.as_ref(), &placeholders);
     let errors = errors.map(|e| e.to_compile_error());
@@ -135,13 +135,13 @@ struct Structs {
     state: StructInfo,
     /// `None`: no readout, the outputs are the state's fields.
     output: Option<StructInfo>,
+    params: Option<StructInfo>,
 }
 
 struct Generated {
     structs: Structs,
-    /// The syntax tree as constructors; `None` when the item did not check.
-    file: Option<TokenStream>,
-    associative: bool,
+    /// The IR as arena pushes; `None` when the item did not check.
+    module: Option<TokenStream>,
 }
 
 type Failure = (Vec<syn::Error>, Option<Structs>);
@@ -149,12 +149,17 @@ type Failure = (Vec<syn::Error>, Option<Structs>);
 fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut Spans, placeholders: &mut Vec<syn::Ident>) -> Result<Generated, Failure> {
     let items = &module.content.as_ref().expect("checked").1;
     let name = module.ident.to_string();
-    let mut t = Translator { spans, dims, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
+    let params_struct = items.iter().find_map(|i| match i {
+        syn::Item::Struct(s) if s.ident == "Params" => Some(s),
+        _ => None,
+    });
+    let params = params_struct.map(|s| s.fields.iter().filter_map(|f| f.ident.as_ref().map(|i| i.to_string())).collect());
+    let mut t = Translator { spans, dims, params, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
     let mut input = None;
     let mut state = None;
     let mut output = None;
     let mut fns: Vec<(&str, &syn::ItemFn)> = Vec::new();
-    const SHAPE: &str = "a psm aggregator module holds `struct Input`, `struct State`, an optional `struct Output`, `fn combine` and the optional `fn identity`, `fn lift`, `fn readout` (or `fn readout_exclusive`)";
+    const SHAPE: &str = "a psm aggregator module holds `struct Input`, `struct State`, the optional `struct Output` and `struct Params`, `fn combine` and the optional `fn identity`, `fn lift`, `fn readout` (or `fn readout_exclusive`)";
     for item in items {
         match item {
             syn::Item::Struct(s) => {
@@ -162,6 +167,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
                     "Input" => &mut input,
                     "State" => &mut state,
                     "Output" => &mut output,
+                    "Params" => continue,
                     other => {
                         t.errors.push(syn::Error::new(s.ident.span(), message(&format!("unexpected struct `{other}`"), &[], &[SHAPE.into()])));
                         continue;
@@ -221,9 +227,10 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
     let input = input.and_then(|s| t.structure(s));
     let state = state.and_then(|s| t.structure(s));
     let output = output.and_then(|s| t.structure(s));
-    let structs = match (input, state) {
-        (Some(input), Some(state)) if readout.is_none() || output.is_some() => {
-            Some(Structs { input, state, output: if readout.is_some() { output } else { None } })
+    let params = params_struct.map(|s| t.structure(s));
+    let structs = match (input, state, params) {
+        (Some(input), Some(state), params) if (readout.is_none() || output.is_some()) && !matches!(params, Some(None)) => {
+            Some(Structs { input, state, output: if readout.is_some() { output } else { None }, params: params.flatten() })
         }
         _ => None,
     };
@@ -234,10 +241,13 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
 
     // The syntax tree.
     let agg_span = t.spans.id(&module.ident);
-    let mut ast_items = vec![
-        ast::Item::Decls { role: Role::Input, decls: structs.input.decls.clone(), span: t.spans.id(&structs.input.ident) },
-        ast::Item::Decls { role: Role::Element, decls: structs.state.decls.clone(), span: t.spans.id(&structs.state.ident) },
-    ];
+    // In a `.psm` file's order: param, input, element.
+    let mut ast_items = Vec::new();
+    if let Some(p) = &structs.params {
+        ast_items.push(ast::Item::Decls { role: Role::Param, decls: p.decls.clone(), span: t.spans.id(&p.ident) });
+    }
+    ast_items.push(ast::Item::Decls { role: Role::Input, decls: structs.input.decls.clone(), span: t.spans.id(&structs.input.ident) });
+    ast_items.push(ast::Item::Decls { role: Role::Element, decls: structs.state.decls.clone(), span: t.spans.id(&structs.state.ident) });
     let mut heads = std::collections::HashMap::new();
     for (kind, f) in &fns {
         let head = t.spans.id(&f.sig.ident);
@@ -245,32 +255,32 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         let errors = t.errors.len();
         match *kind {
             "identity" => {
-                if t.signature(f, &[], "State").is_some() {
-                    if let Some(body) = t.body(f, "State", head) {
+                if let Some(a) = t.signature(f, &[], "State") {
+                    if let Some(body) = t.body(f, "State", head, a.params) {
                         ast_items.push(ast::Item::Identity { body });
                     }
                 }
             }
             "lift" => {
                 if let Some(a) = t.signature(f, &["Input"], "State") {
-                    if let Some(body) = t.body(f, "State", head) {
-                        ast_items.push(ast::Item::Lift { input: a[0].clone(), body });
+                    if let Some(body) = t.body(f, "State", head, a.params) {
+                        ast_items.push(ast::Item::Lift { input: a.names[0].clone(), body });
                     }
                 }
             }
             "combine" => {
                 if let Some(a) = t.signature(f, &["State", "State"], "State") {
-                    if let Some(body) = t.body(f, "State", head) {
-                        ast_items.push(ast::Item::Combine { left: a[0].clone(), right: a[1].clone(), body });
+                    if let Some(body) = t.body(f, "State", head, a.params) {
+                        ast_items.push(ast::Item::Combine { left: a.names[0].clone(), right: a.names[1].clone(), body });
                     }
                 }
             }
             _ => {
                 let kind = translate::readout_kind(&f.sig.ident.to_string()).expect("a readout");
                 if let Some(a) = t.signature(f, &["State", "Input"], "Output") {
-                    if let Some(body) = t.body(f, "Output", head) {
+                    if let Some(body) = t.body(f, "Output", head, a.params) {
                         let outputs = structs.output.as_ref().map(|o| o.decls.clone()).unwrap_or_default();
-                        ast_items.push(ast::Item::Readout { kind, state: a[0].clone(), input: a[1].clone(), outputs, body });
+                        ast_items.push(ast::Item::Readout { kind, state: a.names[0].clone(), input: a.names[1].clone(), outputs, body });
                     }
                 }
             }
@@ -403,7 +413,10 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
     if !errors.is_empty() {
         return Err((errors, Some(structs)));
     }
-    Ok(Generated { structs, file: Some(emit::file(&file)), associative: report.associative() })
+    match emit::module(&ir) {
+        Ok(module) => Ok(Generated { structs, module: Some(module) }),
+        Err(e) => Err((vec![spans.error(agg_span, format!("internal error of psm-macros: {e}"))], Some(structs))),
+    }
 }
 
 fn fns_kind(n: &str) -> &'static str {
@@ -436,7 +449,7 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
     let mut extra: Vec<syn::Item> = Vec::new();
     for item in items.iter_mut() {
         let syn::Item::Struct(s) = item else { continue };
-        if !["Input", "State", "Output"].contains(&s.ident.to_string().as_str()) {
+        if !["Input", "State", "Output", "Params"].contains(&s.ident.to_string().as_str()) {
             continue;
         }
         let derived = derived(&s.attrs);
@@ -464,6 +477,8 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
             }
         }
     }
+    // `x.rsqrt()`, `x.sigmoid()`, `x.softplus()` in the plain Rust.
+    extra.push(syn::parse_quote!(#[allow(unused_imports)] use ::psm::Float as _;));
     for (n, v) in &args.dims {
         let v = *v as usize;
         extra.push(syn::parse_quote!(#[allow(dead_code)] pub const #n: usize = #v;));
@@ -473,7 +488,7 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
         extra.push(syn::parse_quote!(#[doc(hidden)] #[allow(dead_code)] pub const #n: usize = 1;));
     }
     if let Some(g) = generated {
-        extra.extend(aggregator_impl(&module.ident, g));
+        extra.extend(aggregator_impl(&module.ident, g, &args.dims));
     }
     items.extend(extra);
 }
@@ -504,39 +519,52 @@ fn zero(ty: &syn::Type) -> TokenStream {
     }
 }
 
-fn aggregator_impl(ident: &syn::Ident, g: &Generated) -> Vec<syn::Item> {
+fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)]) -> Vec<syn::Item> {
     let name = ident.to_string();
     let s = &g.structs;
-    let fields = |info: &StructInfo, ty: &syn::Ident| {
+    let fields = |info: &StructInfo, xs: TokenStream| {
+        let ty = &info.ident;
         let entries = info.fields.iter().map(|(f, _)| {
             let n = f.to_string();
-            quote!((#n, ::psm::__private::gather(xs, |x: &#ty| &x.#f)))
+            quote!((#n, ::psm::__private::gather(#xs, |x: &#ty| &x.#f)))
         });
         quote!(::std::vec![#(#entries),*])
     };
-    let input_ty = &s.input.ident;
-    let state_ty = &s.state.ident;
+    // Values of a struct from named tensors, `n` of them.
+    let read = |info: &StructInfo| {
+        let ty = &info.ident;
+        let cols = info.fields.iter().map(|(f, fty)| {
+            let (n, var) = (f.to_string(), format_ident!("__psm_{}", f));
+            quote!(let #var: ::std::vec::Vec<#fty> = ::psm::__private::column(tensors, #n, n);)
+        });
+        let inits = info.fields.iter().map(|(f, _)| {
+            let var = format_ident!("__psm_{}", f);
+            quote!(#f: #var[t])
+        });
+        quote! {
+            #(#cols)*
+            (0..n).map(|t| #ty { #(#inits),* }).collect()
+        }
+    };
+    let (input_ty, state_ty) = (&s.input.ident, &s.state.ident);
     let out = s.output.as_ref().unwrap_or(&s.state);
     let out_ty = &out.ident;
-    let input_fields = fields(&s.input, input_ty);
-    let state_fields = fields(&s.state, state_ty);
-    let cols = out.fields.iter().map(|(f, ty)| {
-        let (n, var) = (f.to_string(), format_ident!("__psm_{}", f));
-        quote!(let #var: ::std::vec::Vec<#ty> = ::psm::__private::column(out, #n, n);)
+    let input_fields = fields(&s.input, quote!(xs));
+    let state_fields = fields(&s.state, quote!(xs));
+    let (params_ty, param_fields) = match &s.params {
+        Some(p) => {
+            let ty = &p.ident;
+            (quote!(#ty), fields(p, quote!(::std::slice::from_ref(p))))
+        }
+        None => (quote!(()), quote!({ let _ = p; ::std::vec::Vec::new() })),
+    };
+    let (read_outputs, read_states) = (read(out), read(&s.state));
+    let dims = dims.iter().map(|(n, _)| {
+        let text = n.to_string();
+        quote!(::psm::DimOverride { name: ::std::string::String::from(#text), value: #n as i64 })
     });
-    let inits = out.fields.iter().map(|(f, _)| {
-        let var = format_ident!("__psm_{}", f);
-        quote!(#f: #var[t])
-    });
-    let assoc = g.associative;
-    let module_body = match &g.file {
-        Some(file) => quote! {
-            let file = #file;
-            match ::psm::__private::psm_ir::front::builder::lower(&file) {
-                ::std::result::Result::Ok(m) => m,
-                ::std::result::Result::Err(d) => ::std::panic!("psm: `{}` was checked at compile time but does not lower: {:?}", #name, d),
-            }
-        },
+    let module_body = match &g.module {
+        Some(m) => m.clone(),
         None => quote!(::std::panic!("psm: `{}` did not compile", #name)),
     };
     let doc = format!("The psm aggregator `{name}`: run it with `psm::Op::<{name}::Aggregator>`.");
@@ -544,18 +572,20 @@ fn aggregator_impl(ident: &syn::Ident, g: &Generated) -> Vec<syn::Item> {
         syn::parse_quote!(#[doc = #doc] #[derive(Clone, Copy, Debug, Default)] pub struct Aggregator;),
         syn::parse_quote! {
             impl ::psm::Aggregator for Aggregator {
+                type Params = #params_ty;
                 type Input = #input_ty;
                 type State = #state_ty;
                 type Output = #out_ty;
                 const NAME: &'static str = #name;
-                const ASSOCIATIVE: bool = #assoc;
+                // Arenas a module leaves empty are never pushed to, nor their handles read.
+                #[allow(unused_mut, unused_variables)]
                 fn module() -> ::psm::__private::psm_ir::ir::Module { #module_body }
+                fn dims() -> ::std::vec::Vec<::psm::DimOverride> { ::std::vec![#(#dims),*] }
+                fn param_fields(p: &#params_ty) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #param_fields }
                 fn input_fields(xs: &[#input_ty]) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #input_fields }
                 fn state_fields(xs: &[#state_ty]) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #state_fields }
-                fn outputs(out: &::psm::Outputs, n: usize) -> ::std::vec::Vec<#out_ty> {
-                    #(#cols)*
-                    (0..n).map(|t| #out_ty { #(#inits),* }).collect()
-                }
+                fn outputs(tensors: &[::psm::Tensor], n: usize) -> ::std::vec::Vec<#out_ty> { #read_outputs }
+                fn states(tensors: &[::psm::Tensor], n: usize) -> ::std::vec::Vec<#state_ty> { #read_states }
             }
         },
     ]

@@ -34,6 +34,8 @@ pub struct StructInfo {
 pub struct Translator<'a> {
     pub spans: &'a mut Spans,
     pub dims: &'a [(String, i64)],
+    /// The fields of `struct Params`, when the module declares one.
+    pub params: Option<Vec<String>>,
     pub errors: Vec<syn::Error>,
     pub checks: Vec<RangeCheck>,
     /// Sizes naming no declared dim (reported once each).
@@ -46,9 +48,18 @@ struct Loop {
     bound: ast::SizeExpr,
 }
 
+/// A function's arguments: the psm names of the fixed ones, and the name of its
+/// optional trailing `&Params`.
+pub struct Args {
+    pub names: Vec<ast::Ident>,
+    pub params: Option<String>,
+}
+
 /// What the names of one function body mean.
 struct Cx {
     out: String,
+    /// The `&Params` argument: `p.w[i]` reads the param `w`.
+    params: Option<String>,
     loops: Vec<Loop>,
     /// Index variables of enclosing sums (`|i| ...`).
     reduce_vars: Vec<String>,
@@ -57,10 +68,23 @@ struct Cx {
     used: HashMap<String, usize>,
 }
 
-const SUPPORTED_EXPR: &str = "the supported expressions are literals, arguments' fields (`l.a[i]`), locals, loop variables, dims, `+ - * /`, comparisons, `&& || !`, `if c { a } else { b }`, the `f32` methods `exp ln sqrt abs tanh max min powf`, `e as f32` on a dim or loop variable, and sums `(0..N).map(|i| e).sum::<f32>()`";
+const SUPPORTED_EXPR: &str = "the supported expressions are literals, arguments' fields (`l.a[i]`, `p.w[i][j]`), locals, loop variables, dims, `+ - * /`, comparisons, `&& || !`, `if c { a } else { b }`, the `f32` methods `exp ln sqrt rsqrt tanh sigmoid softplus abs max min powf`, `e as f32` on a dim or loop variable, and sums `(0..N).map(|i| e).sum::<f32>()`";
 const SUPPORTED_STMT: &str = "a body is `let mut out = State::default();`, then `let x = e;`, `out.f[i][j] = e;` and `for i in 0..N { ... }`, then `out`";
-const METHODS: [(&str, &str); 8] =
-    [("exp", "exp"), ("ln", "log"), ("sqrt", "sqrt"), ("abs", "abs"), ("tanh", "tanh"), ("max", "max"), ("min", "min"), ("powf", "pow")];
+/// Rust method → psm function. `rsqrt`, `sigmoid` and `softplus` are not std's: they
+/// come from `psm::Float`, which the macro imports into the module.
+const METHODS: [(&str, &str); 11] = [
+    ("exp", "exp"),
+    ("ln", "log"),
+    ("sqrt", "sqrt"),
+    ("rsqrt", "rsqrt"),
+    ("abs", "abs"),
+    ("tanh", "tanh"),
+    ("sigmoid", "sigmoid"),
+    ("softplus", "softplus"),
+    ("max", "max"),
+    ("min", "min"),
+    ("powf", "pow"),
+];
 
 impl<'a> Translator<'a> {
     fn id(&mut self, node: &dyn ToTokens) -> Span {
@@ -78,6 +102,11 @@ impl<'a> Translator<'a> {
 
     fn fail<T>(&mut self, node: &dyn ToTokens, head: &str, help: &str) -> Result<T, ()> {
         self.err(node, head, help);
+        Err(())
+    }
+
+    fn fail_with<T>(&mut self, node: &dyn ToTokens, head: &str, notes: &[String], help: &str) -> Result<T, ()> {
+        self.errors.push(syn::Error::new_spanned(node.to_token_stream(), message(head, notes, &[help.to_string()])));
         Err(())
     }
 
@@ -184,9 +213,16 @@ impl<'a> Translator<'a> {
 
     // ---- functions ----------------------------------------------------------------
 
-    /// Checks `fn name(args: &Types) -> Ret` and returns the argument names.
-    pub fn signature(&mut self, f: &syn::ItemFn, args: &[&str], ret: &str) -> Option<Vec<ast::Ident>> {
+    /// Checks `fn name(args: &Types[, p: &Params]) -> Ret` and returns the argument names.
+    pub fn signature(&mut self, f: &syn::ItemFn, args: &[&str], ret: &str) -> Option<Args> {
         let name = f.sig.ident.to_string();
+        let sig = &f.sig;
+        let takes_params = sig.inputs.len() == args.len() + 1
+            && sig.inputs.last().is_some_and(|a| matches!(a, syn::FnArg::Typed(pt) if type_name(strip_ref(&pt.ty)).as_deref() == Some("Params")));
+        let mut expected = args.to_vec();
+        if takes_params {
+            expected.push("Params");
+        }
         let want = match name.as_str() {
             "identity" => format!("fn identity() -> {ret}"),
             "lift" => format!("fn lift(x: &{}) -> {ret}", args[0]),
@@ -199,12 +235,24 @@ impl<'a> Translator<'a> {
             "combine" => format!("takes two `&{}`, the earlier first", args[0]),
             _ => "takes the state first, then the step's input".to_string(),
         };
-        let sig = &f.sig;
+        let what = if self.params.is_some() { format!("{what}, then optionally the params `p: &Params`") } else { what };
         if !sig.generics.params.is_empty() || sig.asyncness.is_some() || sig.unsafety.is_some() || sig.variadic.is_some() {
             self.err(sig, &format!("`{name}` must be a plain function"), &format!("write `{want}`"));
             return None;
         }
-        if sig.inputs.len() != args.len() {
+        let misplaced = sig.inputs.iter().take(sig.inputs.len().saturating_sub(1)).find_map(|a| match a {
+            syn::FnArg::Typed(pt) if type_name(strip_ref(&pt.ty)).as_deref() == Some("Params") => Some(pt),
+            _ => None,
+        });
+        if let Some(pt) = misplaced {
+            let mut want_params = want.replacen(") ->", ", p: &Params) ->", 1);
+            if args.is_empty() {
+                want_params = want_params.replacen("(, ", "(", 1);
+            }
+            self.err(pt, &format!("`&Params` comes last in `{name}`"), &format!("write `{want_params}`"));
+            return None;
+        }
+        if sig.inputs.len() != expected.len() {
             let found = sig.inputs.len();
             self.err(
                 &sig.inputs,
@@ -219,8 +267,9 @@ impl<'a> Translator<'a> {
             return None;
         }
         let mut names = Vec::new();
+        let mut params = None;
         let mut ok = true;
-        for (arg, want_ty) in sig.inputs.iter().zip(args) {
+        for (k, (arg, want_ty)) in sig.inputs.iter().zip(&expected).enumerate() {
             let syn::FnArg::Typed(pt) = arg else {
                 self.err(arg, &format!("`{name}` is a free function, not a method"), &format!("write `{want}`"));
                 ok = false;
@@ -228,18 +277,21 @@ impl<'a> Translator<'a> {
             };
             match &*pt.pat {
                 syn::Pat::Ident(pi) if pi.by_ref.is_none() && pi.mutability.is_none() && pi.subpat.is_none() => {
-                    names.push(self.ident(&pi.ident));
+                    if k < args.len() {
+                        names.push(self.ident(&pi.ident));
+                    } else if self.params.is_none() {
+                        self.err(&pt.ty, "this module declares no `struct Params`", "declare the weights every step shares: `pub struct Params { pub w: [[f32; D]; D] }`");
+                        ok = false;
+                    } else {
+                        params = Some(pi.ident.to_string());
+                    }
                 }
                 p => {
                     self.err(p, "argument patterns are not supported", "name the argument: `l: &State`");
                     ok = false;
                 }
             }
-            let ty = match &*pt.ty {
-                syn::Type::Reference(r) if r.mutability.is_none() => &*r.elem,
-                t => t,
-            };
-            if type_name(ty).as_deref() != Some(want_ty) {
+            if type_name(strip_ref(&pt.ty)).as_deref() != Some(*want_ty) {
                 self.err(
                     &pt.ty,
                     &format!("expected `&{want_ty}`, found `{}`", pt.ty.to_token_stream().to_string().replace("& ", "&")),
@@ -260,11 +312,11 @@ impl<'a> Translator<'a> {
             self.err(node, &format!("`{name}` must return `{ret}`"), &format!("write `{want}`"));
             ok = false;
         }
-        ok.then_some(names)
+        ok.then_some(Args { names, params })
     }
 
     /// The body convention: `let mut out = Ret::default();`, statements, `out`.
-    pub fn body(&mut self, f: &syn::ItemFn, ret: &str, head: Span) -> Option<ast::Block> {
+    pub fn body(&mut self, f: &syn::ItemFn, ret: &str, head: Span, params: Option<String>) -> Option<ast::Block> {
         let stmts = &f.block.stmts;
         let convention = format!("make the value with `let mut out = {ret}::default();`, assign its fields, and end with `out`");
         let init = stmts.iter().position(|s| matches!(s, syn::Stmt::Local(l) if is_default_init(l, ret)));
@@ -299,7 +351,9 @@ impl<'a> Translator<'a> {
             }
             None => unreachable!(),
         }
-        let mut cx = Cx { out: out_name, loops: Vec::new(), reduce_vars: Vec::new(), locals: Vec::new(), used: HashMap::new() };
+        // A local named like a param would hide it in psm: such locals get a suffix.
+        let used = self.params.iter().flatten().map(|p| (p.clone(), 1)).collect();
+        let mut cx = Cx { out: out_name, params, loops: Vec::new(), reduce_vars: Vec::new(), locals: Vec::new(), used };
         let mut out = Vec::new();
         let errors = self.errors.len();
         for (k, s) in stmts[..stmts.len() - 1].iter().enumerate() {
@@ -604,6 +658,9 @@ impl<'a> Translator<'a> {
             if n == cx.out {
                 return self.fail(p, &format!("`{n}` is being built and cannot be read"), "read the arguments' fields, or name a value with `let` and use it twice");
             }
+            if cx.params.as_ref() == Some(&n) {
+                return self.fail(p, "the params are read field by field", &format!("read a field: `{n}.w[i]`"));
+            }
             if cx.reduce_vars.contains(&n) || cx.loops.iter().any(|l| l.var == n) {
                 return Ok(self.name_expr(n, i));
             }
@@ -656,9 +713,19 @@ impl<'a> Translator<'a> {
             idx.push(self.expr(i, cx));
         }
         let idx: Result<Vec<_>, ()> = idx.into_iter().collect();
+        let indices = if idx.as_ref().is_ok_and(|v| v.is_empty()) { None } else { Some(idx?) };
+        if cx.params.as_ref().is_some_and(|p| base == p) {
+            let declared = self.params.clone().unwrap_or_default();
+            if !declared.iter().any(|f| field == f) {
+                let fields: Vec<String> = declared.iter().map(|f| format!("`{f}`")).collect();
+                return self.fail_with(&field, &format!("no field `{field}` in `Params`"), &[format!("the fields of `Params` are {}", fields.join(", "))], "add it to `Params`, or read one of its fields");
+            }
+            // psm reads a param by its bare name.
+            let base = self.ident(&field);
+            return Ok(self.node(ast::ExprKind::Access { base, field: None, indices }, e));
+        }
         let base = self.ident(&base);
         let field = self.ident(&field);
-        let indices = if idx.as_ref().is_ok_and(|v| v.is_empty()) { None } else { Some(idx?) };
         Ok(self.node(ast::ExprKind::Access { base, field: Some(field), indices }, e))
     }
 
@@ -705,6 +772,12 @@ impl<'a> Translator<'a> {
             let names: Vec<&str> = METHODS.iter().map(|(r, _)| *r).collect();
             return self.fail(&m.method, &format!("method `{name}` is not supported"), &format!("the supported `f32` methods are {}", names.join(", ")));
         };
+        let arity = psm_ir::ir::Func::from_name(func).map_or(1, |f| f.arity());
+        if m.args.len() + 1 != arity {
+            let call = if arity == 1 { format!("x.{name}()") } else { format!("x.{name}(y)") };
+            let takes = if arity == 1 { "no argument" } else { "one argument" };
+            return self.fail(m, &format!("`{name}` takes {takes} besides its receiver"), &format!("write `{call}`"));
+        }
         let mut args = vec![self.expr(&m.receiver, cx)];
         for a in &m.args {
             args.push(self.expr(a, cx));
@@ -732,6 +805,12 @@ impl<'a> Translator<'a> {
         let Some(func) = func else {
             return self.fail(&c.func, &format!("function `{}` is not supported", p.to_token_stream()), &help);
         };
+        let arity = psm_ir::ir::Func::from_name(func).map_or(1, |f| f.arity());
+        if c.args.len() != arity {
+            let f = p.to_token_stream().to_string().replace(' ', "");
+            let call = if arity == 1 { format!("{f}(x)") } else { format!("{f}(x, y)") };
+            return self.fail(c, &format!("`{f}` takes {arity} argument{}, found {}", if arity == 1 { "" } else { "s" }, c.args.len()), &format!("write `{call}`"));
+        }
         let mut args = Vec::new();
         for a in &c.args {
             args.push(self.expr(a, cx));
@@ -764,6 +843,14 @@ fn is_compound(op: &syn::BinOp) -> bool {
         op,
         B::AddAssign(_) | B::SubAssign(_) | B::MulAssign(_) | B::DivAssign(_) | B::RemAssign(_) | B::BitXorAssign(_) | B::BitAndAssign(_) | B::BitOrAssign(_) | B::ShlAssign(_) | B::ShrAssign(_)
     )
+}
+
+/// `&T` → `T`.
+fn strip_ref(t: &syn::Type) -> &syn::Type {
+    match t {
+        syn::Type::Reference(r) if r.mutability.is_none() => &r.elem,
+        t => t,
+    }
 }
 
 /// The single identifier a type names (`State`, `f32`), if it is one.

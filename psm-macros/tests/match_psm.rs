@@ -1,5 +1,6 @@
-//! The macro's diag_affine and online_softmax are the `.psm` operators: every output
-//! bit-identical, in every form, on both backends.
+//! The macro's diag_affine, mamba_s6 and online_softmax are the `.psm` operators: every
+//! output bit-identical, in every form, through the typed run, stream and state APIs, on
+//! both backends; and the embedded IR is the `.psm` file's.
 
 #[path = "../examples/common/ops.rs"]
 mod ops;
@@ -15,6 +16,12 @@ fn diag_affine_matches_psm_file() {
 }
 
 #[test]
+fn mamba_s6_matches_psm_file() {
+    assert!(compare::mamba_s6(Backend::Cpu, 100) > 0);
+    assert!(compare::mamba_s6(Backend::Interp, 37) > 0);
+}
+
+#[test]
 fn online_softmax_matches_psm_file() {
     assert!(compare::online_softmax(Backend::Cpu, 100) > 0);
     assert!(compare::online_softmax(Backend::Interp, 37) > 0);
@@ -23,7 +30,11 @@ fn online_softmax_matches_psm_file() {
 #[test]
 fn the_ir_is_the_psm_files() {
     use psm::Aggregator;
-    for (module, name) in [(ops::diag_affine::Aggregator::module(), "diag_affine"), (ops::online_softmax::Aggregator::module(), "online_softmax")] {
+    for (module, name) in [
+        (ops::diag_affine::Aggregator::module(), "diag_affine"),
+        (ops::mamba_s6::Aggregator::module(), "mamba_s6"),
+        (ops::online_softmax::Aggregator::module(), "online_softmax"),
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/ops/{name}.psm"));
         let file = psm::ir::front::dsl::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
         let (a, b) = (&module.aggregators[0], &file.aggregators[0]);

@@ -26,114 +26,246 @@
 //! The accepted Rust is documented on [`psm_aggregator`] (and in docs/macros.md).
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 pub use psm_macros::psm_aggregator;
-pub use psm_runtime::{Backend, Buffer, Form, Inputs, Outputs, RunError, RunOptions, Signature};
+pub use psm_runtime::{Backend, Buffer, CompileError, DimOverride, Form, Inputs, Outputs, RunError, RunOptions, RunStats, Signature, StreamStats, Tensor};
 pub use psm_runtime as runtime;
 pub use psm_ir as ir;
 
 use psm_ir::ir::Module;
 use psm_ir::valid::Info;
-use psm_runtime::{Executor, InterpKernels, Kernels};
 
 /// An aggregator declared with `#[psm_aggregator]`: `module::Aggregator` implements it.
-/// Everything here is generated; users call [`Op`] or [`run`].
+/// Everything here is generated; users call [`Op`], [`Stream`] or [`run`].
 pub trait Aggregator: 'static {
+    /// The module's `Params` struct, or `()` when it declares none.
+    type Params;
     /// The module's `Input`, `State` and `Output` structs (`Output` is `State` when the
     /// module has no readout).
-    type Input: Copy;
-    type State: Copy;
-    type Output: Copy;
+    type Input: Copy + std::fmt::Debug;
+    type State: Copy + std::fmt::Debug;
+    type Output: Copy + std::fmt::Debug;
     /// The aggregator's name: the module's.
     const NAME: &'static str;
-    /// The algebra's verdict at compile time: every form may run (`Report::associative`).
-    const ASSOCIATIVE: bool;
-    /// The IR, rebuilt from the syntax tree embedded at compile time (no text parsed).
+    /// The validated IR, built and checked at compile time and embedded as arena pushes.
     fn module() -> Module;
+    /// The dims the structs are sized at, for validation at run time.
+    fn dims() -> Vec<DimOverride>;
+    /// Every param field, in declaration order: `(name, [dims...])`.
+    fn param_fields(p: &Self::Params) -> Vec<(&'static str, Buffer)>;
     /// Every input field of the steps `xs`, in declaration order: `(name, [T, dims...])`.
     fn input_fields(xs: &[Self::Input]) -> Vec<(&'static str, Buffer)>;
     /// Every element field of the states `xs`, in declaration order.
     fn state_fields(xs: &[Self::State]) -> Vec<(&'static str, Buffer)>;
-    /// The first `n` outputs of a run's outputs.
-    fn outputs(out: &Outputs, n: usize) -> Vec<Self::Output>;
+    /// `n` outputs from a run's named outputs.
+    fn outputs(out: &[Tensor], n: usize) -> Vec<Self::Output>;
+    /// `n` states from named element fields (a final state, a stream's prefix).
+    fn states(fields: &[Tensor], n: usize) -> Vec<Self::State>;
 }
+
+/// Why an [`Op`] could not be made.
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// The IR does not validate at the dims the structs were sized at.
+    Compile(CompileError),
+    /// The backend could not compile it.
+    Run(RunError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Compile(e) => e.fmt(f),
+            Error::Run(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
 
 /// One aggregator compiled for one backend; reuse it across runs.
 pub struct Op<A: Aggregator> {
-    module: Module,
-    info: Info,
-    exec: Executor,
+    agg: psm_runtime::Aggregator,
     _a: PhantomData<fn() -> A>,
+}
+
+/// A run's outputs with the state after its last step.
+#[derive(Debug, Clone)]
+pub struct Run<A: Aggregator> {
+    pub outputs: Vec<A::Output>,
+    /// p_T: `None` for an empty run without an initial state.
+    pub final_state: Option<A::State>,
+    pub stats: RunStats,
 }
 
 impl<A: Aggregator> Op<A> {
     /// Compiles for the default backend (Cranelift, [`Backend::Cpu`]).
-    pub fn new() -> Result<Self, RunError> {
+    pub fn new() -> Result<Self, Error> {
         Self::with_backend(Backend::Cpu)
     }
 
-    pub fn with_backend(backend: Backend) -> Result<Self, RunError> {
-        let module = A::module();
-        // Validated during expansion; a failure here is a bug of psm, not of the user.
-        let info = psm_ir::valid::validate(&module, &[])
-            .unwrap_or_else(|d| panic!("psm: `{}` was checked at compile time but does not validate: {d:?}", A::NAME))
-            .remove(0);
-        let agg = &module.aggregators[0];
-        let kernels: Arc<dyn Kernels> = match backend {
-            Backend::Interp => Arc::new(InterpKernels::new(agg, &info)),
-            Backend::Cpu => jit(agg, &info)?,
-        };
-        let exec = Executor::new(Signature::new(agg, &info, A::ASSOCIATIVE), kernels);
-        Ok(Op { module, info, exec, _a: PhantomData })
+    pub fn with_backend(backend: Backend) -> Result<Self, Error> {
+        let program = psm_runtime::Program::from_module(A::module(), &A::dims()).map_err(Error::Compile)?;
+        let agg = program.aggregator(A::NAME).expect("the module declares the aggregator it is named after").with_backend(backend);
+        agg.compile().map_err(Error::Run)?;
+        Ok(Op { agg, _a: PhantomData })
+    }
+
+    /// The runtime's aggregator (named buffers, batches, every option).
+    pub fn runtime(&self) -> &psm_runtime::Aggregator {
+        &self.agg
     }
 
     /// The IR of the aggregator.
     pub fn ir(&self) -> &psm_ir::ir::Aggregator {
-        &self.module.aggregators[0]
+        self.agg.ir()
     }
 
     pub fn info(&self) -> &Info {
-        &self.info
+        self.agg.info()
     }
 
-    pub fn signature(&self) -> &Signature {
-        self.exec.signature()
+    pub fn signature(&self) -> Signature {
+        self.agg.signature()
     }
 
-    /// Runs one sequence: one output per step.
-    pub fn run(&self, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Vec<A::Output>, RunError> {
-        let out = self.run_outputs(xs, opts)?;
-        Ok(A::outputs(&out, xs.len()))
+    /// Whether every form may run: the algebra's verdict at these dims.
+    pub fn associative(&self) -> bool {
+        self.agg.associative()
     }
 
-    /// Runs one sequence and returns the runtime's named outputs (stats, final state).
-    pub fn run_outputs(&self, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
-        let fields = A::input_fields(xs);
-        let mut inputs = Inputs::new(&[], xs.len());
-        for (name, buffer) in &fields {
-            inputs = inputs.input(name, buffer);
+    /// Runs one sequence with its params: one output per step.
+    pub fn run_with(&self, params: &A::Params, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Vec<A::Output>, RunError> {
+        let out = self.run_outputs(params, xs, opts)?;
+        Ok(A::outputs(out.tensors(), xs.len()))
+    }
+
+    /// Runs one sequence after `initial` (an element that precedes step 0) and returns
+    /// the state after its last step too. `opts.initial_state` and `opts.final_state`
+    /// are replaced by these.
+    pub fn run_from(&self, params: &A::Params, initial: Option<&A::State>, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Run<A>, RunError> {
+        let initial = initial.map(state::<A>);
+        let opts = RunOptions { initial_state: initial.as_ref(), final_state: true, ..opts.clone() };
+        let out = self.run_outputs(params, xs, &opts)?;
+        let final_state = out.final_state().map(|s| A::states(&s.fields, 1)[0]);
+        Ok(Run { outputs: A::outputs(out.tensors(), xs.len()), final_state, stats: out.stats() })
+    }
+
+    /// Runs one sequence and returns the runtime's named outputs.
+    pub fn run_outputs(&self, params: &A::Params, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        let (params, inputs) = (A::param_fields(params), A::input_fields(xs));
+        let mut named = Inputs::new(&[], xs.len());
+        for (name, buffer) in &params {
+            named = named.param(name, buffer);
         }
-        self.exec.run(&inputs, opts)
+        for (name, buffer) in &inputs {
+            named = named.input(name, buffer);
+        }
+        self.agg.run(&named, opts)
+    }
+
+    /// Opens a stream: push one step at a time, `O(log n)` memory (one state for an
+    /// associative operator), the same outputs as a run of the same steps.
+    pub fn stream(&self, params: &A::Params, initial: Option<&A::State>) -> Result<Stream<A>, RunError> {
+        let fields = A::param_fields(params);
+        let initial = initial.map(state::<A>);
+        let mut builder = self.agg.stream(&[]);
+        for (name, buffer) in &fields {
+            builder = builder.param(name, buffer);
+        }
+        if let Some(s) = &initial {
+            builder = builder.initial_state(s);
+        }
+        Ok(Stream { inner: builder.open()?, _a: PhantomData })
     }
 }
 
-/// Runs one sequence on the default backend.
-pub fn run<A: Aggregator>(xs: &[A::Input]) -> Result<Vec<A::Output>, RunError> {
-    Op::<A>::new()?.run(xs, &RunOptions::default())
+impl<A: Aggregator<Params = ()>> Op<A> {
+    /// Runs one sequence of an aggregator without params: one output per step.
+    pub fn run(&self, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Vec<A::Output>, RunError> {
+        self.run_with(&(), xs, opts)
+    }
 }
 
-fn jit(agg: &psm_ir::ir::Aggregator, info: &Info) -> Result<Arc<dyn Kernels>, RunError> {
-    psm_runtime::JitKernels::new(agg, info)
-        .map(|k| Arc::new(k) as Arc<dyn Kernels>)
-        .map_err(|message| RunError::Codegen { aggregator: agg.name.clone(), message })
+/// One sequence fed a step at a time ([`Op::stream`]).
+pub struct Stream<A: Aggregator> {
+    inner: psm_runtime::Stream,
+    _a: PhantomData<fn() -> A>,
 }
+
+impl<A: Aggregator> Stream<A> {
+    /// Consumes the next step and returns its output.
+    pub fn push(&mut self, x: &A::Input) -> Result<A::Output, RunError> {
+        let fields = A::input_fields(std::slice::from_ref(x));
+        let mut named = Inputs::new(&[], 1);
+        for (name, buffer) in &fields {
+            named = named.input(name, buffer);
+        }
+        let out = self.inner.push(&named)?;
+        Ok(A::outputs(out.tensors(), 1)[0])
+    }
+
+    /// The state before the next step (p_t); `None` before the first step of a stream
+    /// opened without an initial state.
+    pub fn state(&self) -> Option<A::State> {
+        self.inner.prefix().map(|s| A::states(&s.fields, 1)[0])
+    }
+
+    /// Steps consumed so far.
+    pub fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        self.inner.stats()
+    }
+}
+
+/// A typed state as the runtime's named one.
+fn state<A: Aggregator>(s: &A::State) -> psm_runtime::State {
+    A::state_fields(std::slice::from_ref(s)).into_iter().fold(psm_runtime::State::new(&[]), |st, (name, b)| st.field(name, b))
+}
+
+/// Runs one sequence of an aggregator without params on the default backend.
+pub fn run<A: Aggregator<Params = ()>>(xs: &[A::Input]) -> Result<Vec<A::Output>, Error> {
+    Op::<A>::new()?.run(xs, &RunOptions::default()).map_err(Error::Run)
+}
+
+/// The `f32`/`f64` functions psm has and std does not, with psm's definitions
+/// (docs/language.md, Numerics). `#[psm_aggregator]` imports it into the module, so the
+/// plain Rust calls `x.rsqrt()`, `x.sigmoid()`, `x.softplus()` too.
+pub trait Float: Copy {
+    /// `1 / sqrt(x)`.
+    fn rsqrt(self) -> Self;
+    /// `1 / (1 + exp(-x))`.
+    fn sigmoid(self) -> Self;
+    /// `max(x, 0) + ln(1 + exp(-|x|))`.
+    fn softplus(self) -> Self;
+}
+
+macro_rules! float {
+    ($t:ty) => {
+        impl Float for $t {
+            fn rsqrt(self) -> Self {
+                1.0 / self.sqrt()
+            }
+            fn sigmoid(self) -> Self {
+                1.0 / (1.0 + (-self).exp())
+            }
+            fn softplus(self) -> Self {
+                self.max(0.0) + (1.0 + (-self.abs()).exp()).ln()
+            }
+        }
+    };
+}
+float!(f32);
+float!(f64);
 
 /// What generated code uses. Not a stable API.
 #[doc(hidden)]
 pub mod __private {
     pub use psm_ir;
-    use psm_runtime::{Buffer, Outputs};
+    use psm_runtime::{Buffer, Tensor};
 
     /// A scalar dtype of a field.
     pub trait Scalar: Copy {
@@ -211,10 +343,10 @@ pub mod __private {
         F::Scalar::into_buffer(v)
     }
 
-    /// The output `name` of a run, one value per step.
-    pub fn column<F: Field>(out: &Outputs, name: &str, n: usize) -> Vec<F> {
-        let buffer = out.get(name).unwrap_or_else(|| panic!("psm: the run has no output `{name}`"));
-        let s = F::Scalar::slice(buffer).unwrap_or_else(|| panic!("psm: output `{name}` has another dtype"));
+    /// The named tensor `name` of `tensors`, `n` values of one field.
+    pub fn column<F: Field>(tensors: &[Tensor], name: &str, n: usize) -> Vec<F> {
+        let tensor = tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("psm: the runtime returned no `{name}`"));
+        let s = F::Scalar::slice(&tensor.data).unwrap_or_else(|| panic!("psm: `{name}` came back with another dtype"));
         (0..n).map(|t| F::read(&s[t * F::LEN..(t + 1) * F::LEN])).collect()
     }
 }

@@ -1,5 +1,5 @@
 #![allow(dead_code)]
-//! examples/ops/diag_affine.psm and examples/ops/online_softmax.psm, written in Rust
+//! examples/ops/diag_affine.psm, mamba_s6.psm and online_softmax.psm, written in Rust
 //! with `#[psm_aggregator]`: the same operators, statement for statement.
 
 /// Diagonal affine recurrence over D channels: h_t[d] = a_t[d] * h_{t-1}[d] + b_t[d]
@@ -93,6 +93,75 @@ pub mod online_softmax {
         let mut out = Output::default();
         for d in 0..D {
             out.y[d] = st.o[d] / st.l;
+        }
+        out
+    }
+}
+
+/// Mamba selective state space layer (S6), diagonal A, per channel d and state n:
+///   delta_t = softplus(dt_t),  A = -exp(A_log),
+///   h_t[d, n] = exp(delta_t[d] A[d, n]) h_{t-1}[d, n] + delta_t[d] B_t[n] x_t[d],
+///   y_t[d] = sum_n C_t[n] h_t[d, n] + skip[d] x_t[d].
+#[psm::psm_aggregator(associative, dims(D = 8, N = 4))]
+pub mod mamba_s6 {
+    /// The layer's weights, shared by every step.
+    pub struct Params {
+        pub a_log: [[f32; N]; D],
+        pub skip: [f32; D],
+    }
+    pub struct Input {
+        pub dt: [f32; D],
+        pub x: [f32; D],
+        pub b: [f32; N],
+        pub c: [f32; N],
+    }
+    pub struct State {
+        pub a: [[f32; N]; D],
+        pub h: [[f32; N]; D],
+    }
+    pub struct Output {
+        pub y: [f32; D],
+    }
+
+    pub fn identity() -> State {
+        let mut e = State::default();
+        for d in 0..D {
+            for n in 0..N {
+                e.a[d][n] = 1.0;
+                e.h[d][n] = 0.0;
+            }
+        }
+        e
+    }
+
+    pub fn lift(x: &Input, p: &Params) -> State {
+        let mut out = State::default();
+        for d in 0..D {
+            let delta = x.dt[d].softplus();
+            for n in 0..N {
+                out.a[d][n] = (-delta * p.a_log[d][n].exp()).exp();
+                out.h[d][n] = delta * x.b[n] * x.x[d];
+            }
+        }
+        out
+    }
+
+    /// `l` earlier, `r` later: no params needed, so none taken.
+    pub fn combine(l: &State, r: &State) -> State {
+        let mut out = State::default();
+        for d in 0..D {
+            for n in 0..N {
+                out.a[d][n] = l.a[d][n] * r.a[d][n];
+                out.h[d][n] = r.a[d][n] * l.h[d][n] + r.h[d][n];
+            }
+        }
+        out
+    }
+
+    pub fn readout(s: &State, x: &Input, p: &Params) -> Output {
+        let mut out = Output::default();
+        for d in 0..D {
+            out.y[d] = (0..N).map(|n| s.h[d][n] * x.c[n]).sum::<f32>() + p.skip[d] * x.x[d];
         }
         out
     }

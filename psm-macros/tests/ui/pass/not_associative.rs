@@ -23,11 +23,10 @@ mod hypot {
 }
 
 fn main() {
-    use psm::Aggregator;
-    assert!(!subtract::Aggregator::ASSOCIATIVE);
-    assert!(hypot::Aggregator::ASSOCIATIVE);
+    assert!(psm::Op::<hypot::Aggregator>::with_backend(psm::Backend::Interp).unwrap().associative());
     let xs: Vec<subtract::Input> = (0..6).map(|t| subtract::Input { v: t as f32 }).collect();
     let op = psm::Op::<subtract::Aggregator>::with_backend(psm::Backend::Interp).unwrap();
+    assert!(!op.associative());
     let ys = op.run(&xs, &psm::RunOptions::default()).unwrap();
     // y_5 reads the fixed tree's p_6 = ((0-1)-(2-3))-(4-5).
     assert_eq!(ys[5].v, 1.0);

@@ -39,7 +39,7 @@ fn main() {
         .map(|t| ssm::Input { a: [0.1 * t as f32, 0.2], b: [1.0, 0.5, 0.25], x: [1.0, -1.0], c: [1.0, 1.0, 1.0] })
         .collect();
     let op = psm::Op::<ssm::Aggregator>::with_backend(psm::Backend::Interp).unwrap();
-    assert!(<ssm::Aggregator as psm::Aggregator>::ASSOCIATIVE);
+    assert!(op.associative());
     let ys = op.run(&xs, &psm::RunOptions::default()).unwrap();
     // The same scan in plain Rust, through the user's own functions.
     let mut s = ssm::lift(&xs[0]);
