@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use psm_bench::{baselines, best_time, Rng};
-use psm_runtime::{Aggregator, DimOverride, Form, Inputs, Program, RunOptions};
+use psm_runtime::{Aggregator, DimOverride, Form, Inputs, OutputsMut, Program, RunOptions};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 
@@ -89,6 +89,22 @@ fn main() {
                 }
             });
             println!("cumsum, one push per step: {} per step", ns_per(t, n));
+            let mut ys = vec![0.0f32; n];
+            let t = best_time(budget, || {
+                let mut s = cumsum.stream(&[]).open().expect("opens");
+                for j in 0..n {
+                    let outputs = &mut OutputsMut::new().output("v", &mut ys[j..j + 1]);
+                    black_box(s.push_into(&Inputs::new(&[], 1).input("v", &xs[j..j + 1]), outputs).expect("pushes"));
+                }
+            });
+            println!("cumsum, one push_into per step: {} per step", ns_per(t, n));
+            let mut y = [0.0f32];
+            let t = one.install(|| {
+                best_time(budget, || {
+                    black_box(cumsum.run_into(&inputs, &mut OutputsMut::new().output("v", &mut y), &o1).expect("runs"));
+                })
+            });
+            println!("cumsum, run_into of 1 step inside a 1-thread pool: {}", us(t));
         }
         "push" => {
             let (k, v, n) = (64usize, 64usize, 4096usize);
@@ -119,6 +135,15 @@ fn main() {
                 });
                 println!("gla, pushes of {chunk} steps: {} per step", ns_per(d, n));
             }
+            let mut o = vec![0.0f32; n * v];
+            let d = best_time(budget, || {
+                let mut s = gla.stream(&[]).open().expect("opens");
+                for j in 0..n {
+                    let outputs = &mut OutputsMut::new().output("o", &mut o[j * v..(j + 1) * v]);
+                    black_box(s.push_into(&steps(j, j + 1), outputs).expect("pushes"));
+                }
+            });
+            println!("gla, push_into of 1 step, outputs in the caller's buffer: {} per step", ns_per(d, n));
             let d = best_time(budget, || {
                 let mut s = vec![0.0f32; k * v];
                 let mut o = vec![0.0f32; n * v];
@@ -130,6 +155,39 @@ fn main() {
             });
             println!("hand gla_step: {} per step", ns_per(d, n));
             let words = ex.kernels().layout().size / 8;
+            // The kernels alone, every buffer allocated once: the floor a push can reach.
+            let kern = ex.kernels();
+            let mut scratch = vec![0u64; kern.scratch_size().div_ceil(8)];
+            let (mut state, mut next, mut elem) = (vec![0u64; words], vec![0u64; words], vec![0u64; words]);
+            let mut o = vec![0.0f32; n * v];
+            let params: [*const u8; 0] = [];
+            let ptrs = |j: usize| [q[j * k..].as_ptr() as *const u8, kk[j * k..].as_ptr() as *const u8, vv[j * v..].as_ptr() as *const u8, al[j * k..].as_ptr() as *const u8];
+            let d = best_time(budget, || {
+                for j in 0..n {
+                    let ins = ptrs(j);
+                    let outs = [o[j * v..].as_mut_ptr() as *mut u8];
+                    // SAFETY: buffers of the layout's and scratch's sizes; one step of each input and output.
+                    unsafe { kern.scan(params.as_ptr(), ins.as_ptr(), outs.as_ptr(), 0, 1, state.as_mut_ptr() as *mut u8, psm_runtime::kernels::HAS_STATE | psm_runtime::kernels::WRITE_OUTPUTS, scratch.as_mut_ptr() as *mut u8) };
+                }
+                black_box(&mut o);
+            });
+            println!("gla, the scan kernel over 1 step per call, buffers reused: {} per step", ns_per(d, n));
+            let d = best_time(budget, || {
+                for j in 0..n {
+                    let ins = ptrs(j);
+                    let outs = [o[j * v..].as_mut_ptr() as *mut u8];
+                    // SAFETY: as above; three distinct element buffers.
+                    unsafe {
+                        let (sp, pp) = (scratch.as_mut_ptr() as *mut u8, params.as_ptr());
+                        kern.lift(pp, ins.as_ptr(), 0, elem.as_mut_ptr() as *mut u8, sp);
+                        kern.combine(pp, state.as_ptr() as *const u8, elem.as_ptr() as *const u8, next.as_mut_ptr() as *mut u8, sp);
+                        kern.readout(pp, next.as_ptr() as *const u8, ins.as_ptr(), 0, outs.as_ptr(), false, sp);
+                    }
+                    std::mem::swap(&mut state, &mut next);
+                }
+                black_box(&mut o);
+            });
+            println!("gla, lift + combine + readout per step, states swapped: {} per step", ns_per(d, n));
             let mut e = vec![0u64; words];
             let d = best_time(budget, || {
                 black_box(vec![0u64; words]);

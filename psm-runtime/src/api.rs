@@ -8,9 +8,9 @@ use psm_ir::algebra::{self, Report};
 use psm_ir::ir::Module;
 use psm_ir::valid::{DimOverride, Info};
 
-use crate::buffers::{Data, Inputs, State};
+use crate::buffers::{Data, Inputs, OutputsMut, State};
 use crate::error::{CompileError, RunError};
-use crate::forms::{Executor, Outputs, RunOptions, Signature, Stream};
+use crate::forms::{Executor, Outputs, RunOptions, RunSummary, Signature, Stream};
 use crate::kernels::{InterpKernels, Kernels};
 
 /// Which implementation of the kernels runs.
@@ -223,6 +223,12 @@ impl Aggregator {
     /// ```
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
         self.executor()?.run(inputs, opts)
+    }
+
+    /// Runs every sequence of `inputs`, writing the outputs into caller-supplied
+    /// buffers; see [`Executor::run_into`].
+    pub fn run_into(&self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
+        self.executor()?.run_into(inputs, outputs, opts)
     }
 
     /// Opens a stream over sequences of the given batch shape.

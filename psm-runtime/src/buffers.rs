@@ -107,6 +107,74 @@ impl<'a> From<&'a Buffer> for Data<'a> {
     }
 }
 
+/// Mutably borrowed data of one named tensor: a caller-supplied output.
+#[derive(Debug, PartialEq)]
+pub enum DataMut<'a> {
+    F32(&'a mut [f32]),
+    F64(&'a mut [f64]),
+    I32(&'a mut [i32]),
+}
+
+impl DataMut<'_> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            DataMut::F32(_) => Dtype::F32,
+            DataMut::F64(_) => Dtype::F64,
+            DataMut::I32(_) => Dtype::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            DataMut::F32(s) => s.len(),
+            DataMut::F64(s) => s.len(),
+            DataMut::I32(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub(crate) fn addr_mut(&mut self) -> usize {
+        match self {
+            DataMut::F32(s) => s.as_mut_ptr() as usize,
+            DataMut::F64(s) => s.as_mut_ptr() as usize,
+            DataMut::I32(s) => s.as_mut_ptr() as usize,
+        }
+    }
+}
+
+macro_rules! data_mut_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<&'a mut [$t]> for DataMut<'a> {
+            fn from(s: &'a mut [$t]) -> Self {
+                DataMut::$v(s)
+            }
+        }
+        impl<'a> From<&'a mut Vec<$t>> for DataMut<'a> {
+            fn from(s: &'a mut Vec<$t>) -> Self {
+                DataMut::$v(s)
+            }
+        }
+        impl<'a, const N: usize> From<&'a mut [$t; N]> for DataMut<'a> {
+            fn from(s: &'a mut [$t; N]) -> Self {
+                DataMut::$v(s)
+            }
+        }
+    };
+}
+data_mut_from!(f32, F32);
+data_mut_from!(f64, F64);
+data_mut_from!(i32, I32);
+
+impl<'a> From<&'a mut Buffer> for DataMut<'a> {
+    fn from(b: &'a mut Buffer) -> Self {
+        match b {
+            Buffer::F32(v) => DataMut::F32(v),
+            Buffer::F64(v) => DataMut::F64(v),
+            Buffer::I32(v) => DataMut::I32(v),
+        }
+    }
+}
+
 /// Owned data of one tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Buffer {
@@ -248,6 +316,45 @@ impl<'a> Inputs<'a> {
     }
     pub fn steps(&self) -> usize {
         self.steps
+    }
+}
+
+/// Caller-supplied outputs of a run or a push ([`Executor::run_into`],
+/// [`Stream::push_into`]): every declared output by name, shaped `[batch..., T, field
+/// dims...]` row-major like the outputs [`Executor::run`] returns. Nothing is
+/// allocated for them and every entry is overwritten; the buffers can be reused from
+/// call to call (a decode loop, a run over L1-sized data).
+///
+/// [`Executor::run_into`]: crate::Executor::run_into
+/// [`Executor::run`]: crate::Executor::run
+/// [`Stream::push_into`]: crate::Stream::push_into
+///
+/// ```
+/// # use psm_runtime::OutputsMut;
+/// let mut y = vec![0.0f32; 2 * 10];
+/// let outputs = OutputsMut::new().output("y", &mut y);
+/// assert_eq!(outputs.len(), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct OutputsMut<'a> {
+    pub(crate) outputs: Vec<(String, DataMut<'a>)>,
+}
+
+impl<'a> OutputsMut<'a> {
+    pub fn new() -> Self {
+        OutputsMut { outputs: Vec::new() }
+    }
+    /// Adds an output buffer.
+    pub fn output(mut self, name: &str, data: impl Into<DataMut<'a>>) -> Self {
+        self.outputs.push((name.to_string(), data.into()));
+        self
+    }
+    /// How many buffers were given.
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Slot {
     Param,
     /// A field of an initial state (an element per sequence), `[batch..., field dims...]`.
     State,
+    /// A caller-supplied output buffer, shaped `[batch..., T, field dims...]`.
+    Output,
 }
 
 impl Slot {
@@ -29,6 +31,7 @@ impl Slot {
             Slot::Input => "input",
             Slot::Param => "param",
             Slot::State => "state field",
+            Slot::Output => "output",
         }
     }
     fn with_article(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Slot {
             Slot::Input => "an input",
             Slot::Param => "a param",
             Slot::State => "a state field",
+            Slot::Output => "an output",
         }
     }
 }

@@ -42,9 +42,9 @@ pub mod forms;
 pub mod kernels;
 
 pub use api::{Aggregator, Backend, Program, StreamBuilder};
-pub use buffers::{Buffer, Data, Inputs, Layout, State, Tensor};
+pub use buffers::{Buffer, Data, DataMut, Inputs, Layout, OutputsMut, State, Tensor};
 pub use error::{CompileError, RunError, Slot};
-pub use forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, Signature, Stream, StreamStats};
+pub use forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature, Stream, StreamStats};
 pub use kernels::{InterpKernels, JitKernels, Kernels};
 pub use psm_ir::ir::Dtype;
 pub use psm_ir::valid::DimOverride;

@@ -253,3 +253,53 @@ fn outputs_accessors() {
     assert_eq!(out.tensor("o").unwrap().shape, vec![2, 3, 2]);
     assert!(matches!(out.get("o"), Some(Buffer::F32(v)) if v.len() == 12));
 }
+
+/// Caller-supplied outputs are checked like inputs, before anything is written.
+#[test]
+fn caller_supplied_output_errors() {
+    let d = g();
+    let agg = gla();
+    let opts = RunOptions::default();
+    let mut o = vec![3.0f32; 2 * 3 * 2];
+    let mut o64 = vec![3.0f64; 2 * 3 * 2];
+    let mut short = vec![3.0f32; 2 * 3 * 2 - 1];
+    let cases: Vec<(psm_runtime::OutputsMut<'_>, Box<dyn Fn(&RunError) -> bool>)> = vec![
+        (psm_runtime::OutputsMut::new(), Box::new(|e| matches!(e, RunError::Missing { slot: Slot::Output, .. }))),
+        (
+            psm_runtime::OutputsMut::new().output("y", &mut o),
+            Box::new(|e| matches!(e, RunError::Unknown { slot: Slot::Output, name, .. } if name == "y")),
+        ),
+        (
+            psm_runtime::OutputsMut::new().output("o", &mut o64),
+            Box::new(|e| matches!(e, RunError::WrongDtype { slot: Slot::Output, expected: Dtype::F32, found: Dtype::F64, .. })),
+        ),
+        (
+            psm_runtime::OutputsMut::new().output("o", &mut short),
+            Box::new(|e| matches!(e, RunError::WrongLength { slot: Slot::Output, expected: 12, found: 11, shape, .. } if shape == &[2, 3, 2])),
+        ),
+    ];
+    for (mut outputs, is) in cases {
+        let e = agg.run_into(&ok_inputs(&d), &mut outputs, &opts).unwrap_err();
+        assert!(is(&e), "{e:?}");
+        assert!(e.to_string().contains("output"), "{e}");
+    }
+    let (mut a, mut b) = (vec![3.0f32; 12], vec![3.0f32; 12]);
+    let mut twice = psm_runtime::OutputsMut::new().output("o", &mut a).output("o", &mut b);
+    let e = agg.run_into(&ok_inputs(&d), &mut twice, &opts).unwrap_err();
+    assert_eq!(e, RunError::Duplicate { slot: Slot::Output, name: "o".into() });
+    // Bad inputs: an error, and the outputs untouched.
+    let mut fine = vec![3.0f32; 12];
+    let bad = Inputs::new(&[2], 3).input("q", &d.q);
+    assert!(agg.run_into(&bad, &mut psm_runtime::OutputsMut::new().output("o", &mut fine), &opts).is_err());
+    assert!(fine.iter().all(|&x| x == 3.0));
+    // A push checks its outputs against one push's steps.
+    let mut s = agg.stream(&[2]).open().unwrap();
+    let step = Inputs::new(&[2], 1).input("q", &d.q[..4]).input("k", &d.q[..4]).input("v", &d.q[..4]).input("alpha", &d.a[..4]);
+    let mut long = vec![0.0f32; 12];
+    let e = s.push_into(&step, &mut psm_runtime::OutputsMut::new().output("o", &mut long)).unwrap_err();
+    assert!(matches!(e, RunError::WrongLength { slot: Slot::Output, expected: 4, found: 12, .. }), "{e:?}");
+    assert_eq!(s.position(), 0, "a rejected push consumes nothing");
+    let mut one = vec![0.0f32; 4];
+    s.push_into(&step, &mut psm_runtime::OutputsMut::new().output("o", &mut one)).unwrap();
+    assert_eq!(s.position(), 1);
+}

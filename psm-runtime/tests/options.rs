@@ -255,3 +255,35 @@ fn stats_count_combines() {
         assert!(tree.stats().combines_per_step() < 2.0);
     }
 }
+
+/// `run_into` writes exactly what `run` returns, in every form, and its summary is the
+/// run's (stats, form, chunk, final state); the caller's buffers are overwritten.
+#[test]
+fn run_into_equals_run() {
+    for (name, dims) in [("gla", &[("K", 3), ("V", 2)][..]), ("causal_mean", &[("D", 2)]), ("attn_agg", &[("C", 2), ("D", 2)])] {
+        let base = load(name, dims);
+        for agg in backends(&base) {
+            let (nseq, n) = (3, 37);
+            let data = Batch::new(&agg, nseq, n, 12);
+            let bufs = data.input_bufs(&agg, nseq, n);
+            let x = inputs(&agg, &[nseq], n, &bufs, &data.param_bufs);
+            for form in all_forms(&agg) {
+                for threads in [1, 2] {
+                    let opts = RunOptions { form, chunk: Some(5), final_state: true, threads: Some(threads), ..Default::default() };
+                    let want = agg.run(&x, &opts).unwrap();
+                    let mut outs: Vec<Buffer> = want.tensors().iter().map(|t| to_buffer(t.data.dtype(), &vec![9.0; t.data.len()])).collect();
+                    let mut given = psm_runtime::OutputsMut::new();
+                    for (t, b) in want.tensors().iter().zip(outs.iter_mut()) {
+                        given = given.output(&t.name, b);
+                    }
+                    let summary = agg.run_into(&x, &mut given, &opts).unwrap();
+                    let got: Vec<Vec<u64>> = outs.iter().map(|b| bits(&b.to_f64())).collect();
+                    assert_eq!(got, out_bits(&want), "{name} {form:?} {threads} threads");
+                    assert_eq!(summary.stats(), want.stats());
+                    assert_eq!((summary.form(), summary.chunk()), (want.form(), want.chunk()));
+                    assert_eq!(summary.final_state(), want.final_state());
+                }
+            }
+        }
+    }
+}

@@ -306,3 +306,49 @@ fn stream_prefix_and_exclusive_readouts_at_the_first_step() {
         assert_eq!(p.get("n"), Some(&Buffer::F32(vec![1.0])));
     }
 }
+
+/// Every associative library operator: pushes of one step (the three kernels, states
+/// swapped) and `push_into` the caller's buffers equal the recurrent form bit for bit,
+/// exclusive readouts included.
+#[test]
+fn single_step_pushes_equal_the_recurrent_form() {
+    let mut checked = 0;
+    for name in library_names() {
+        let base = load(&name, &[]);
+        if !base.associative() {
+            continue;
+        }
+        checked += 1;
+        for agg in backends(&base) {
+            let n = 9;
+            let data = Batch::new(&agg, 2, n, 41);
+            let bufs = data.input_bufs(&agg, 2, n);
+            let rec = agg
+                .run(&inputs(&agg, &[2], n, &bufs, &data.param_bufs), &RunOptions { form: Form::Recurrent, ..Default::default() })
+                .unwrap();
+            let mut s = open(&agg, &[2], &data);
+            let pieces = push_each(&agg, &mut s, &data, &[2], 2, 0, n);
+            assert_eq!(concat_steps(&agg, 2, &pieces), out_bits(&rec), "{name} {:?}: push", agg.backend());
+            // push_into: the same values in the caller's buffers, reused from push to push.
+            let mut into = open(&agg, &[2], &data);
+            let dtypes = dtypes(&agg, Role::Output);
+            let out_lens = lens(&agg, Role::Output);
+            let out_names = names(&agg, Role::Output);
+            for (j, piece) in pieces.iter().enumerate() {
+                let mut bufs_out: Vec<Buffer> = dtypes.iter().zip(&out_lens).map(|(&d, &len)| to_buffer(d, &vec![7.0; 2 * len])).collect();
+                let window = data.window_bufs(&agg, 2, j, j + 1);
+                let mut outs = psm_runtime::OutputsMut::new();
+                for (name, b) in out_names.iter().zip(bufs_out.iter_mut()) {
+                    outs = outs.output(name, b);
+                }
+                let stats = into.push_into(&inputs(&agg, &[2], 1, &window, &[]), &mut outs).unwrap();
+                assert_eq!(stats, piece.stats(), "{name}: stats of push {j}");
+                let got: Vec<Vec<u64>> = bufs_out.iter().map(|b| bits(&b.to_f64())).collect();
+                assert_eq!(got, out_bits(piece), "{name} {:?}: push_into at step {j}", agg.backend());
+            }
+            assert_eq!(into.prefix(), s.prefix(), "{name}");
+        }
+    }
+    // EXPECTED.tsv: most of the library is associative.
+    assert!(checked >= 15, "{checked} associative operators");
+}

@@ -44,31 +44,25 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<V
         },
     );
     // Phase 2: carries, per sequence (parallel over the batch, sequential inside).
-    let carries: Vec<Vec<Option<Vec<u64>>>> = (0..ctx.nseq)
-        .into_par_iter()
-        .map_init(
-            || ctx.scratch(),
-            |scratch, b| {
-                let mut carries = Vec::with_capacity(q_count);
-                let mut carry: Option<Vec<u64>> = ctx.init_of(init, b).map(<[u64]>::to_vec);
-                for q in 0..q_count {
-                    let next = if q + 1 < q_count {
-                        let i = b * aggs_per_seq + q;
-                        let agg = &aggs[i * words..(i + 1) * words];
-                        Some(match &carry {
-                            Some(c) => ctx.combined(c, agg, scratch),
-                            None => agg.to_vec(),
-                        })
-                    } else {
-                        None
-                    };
-                    carries.push(carry);
-                    carry = next;
-                }
-                carries
-            },
-        )
-        .collect();
+    let carries: Vec<Vec<Option<Vec<u64>>>> = ctx.map_sequences(|scratch, b| {
+        let mut carries = Vec::with_capacity(q_count);
+        let mut carry: Option<Vec<u64>> = ctx.init_of(init, b).map(<[u64]>::to_vec);
+        for q in 0..q_count {
+            let next = if q + 1 < q_count {
+                let i = b * aggs_per_seq + q;
+                let agg = &aggs[i * words..(i + 1) * words];
+                Some(match &carry {
+                    Some(c) => ctx.combined(c, agg, scratch),
+                    None => agg.to_vec(),
+                })
+            } else {
+                None
+            };
+            carries.push(carry);
+            carry = next;
+        }
+        carries
+    });
     drop(aggs);
     // Phase 3: every chunk from its carry, writing outputs.
     let mut tasks: Vec<(usize, usize, Option<Vec<u64>>)> = Vec::with_capacity(ctx.nseq * q_count);

@@ -31,13 +31,14 @@ pub mod stream;
 pub mod tree;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use psm_ir::ir::{Aggregator, Dtype, ReadoutKind, Role};
 use psm_ir::valid::Info;
+use rayon::prelude::*;
 use rayon::ThreadPool;
 
-use crate::buffers::{dtype_size, read_field, try_words, write_field, Buffer, Data, Inputs, State, Tensor};
+use crate::buffers::{dtype_size, read_field, try_words, write_field, Buffer, Data, DataMut, Inputs, OutputsMut, State, Tensor};
 use crate::error::{RunError, Slot};
 use crate::kernels::{InputPtrs, Kernels, OutputPtrs, ParamPtrs, HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 
@@ -168,6 +169,7 @@ impl Signature {
             Slot::Input => &self.inputs,
             Slot::Param => &self.params,
             Slot::State => &self.element,
+            Slot::Output => &self.outputs,
         }
     }
 }
@@ -194,17 +196,48 @@ impl RunStats {
     }
 }
 
-/// The results of a run: outputs by name, `[batch..., T, field dims...]`.
+/// What a run leaves besides its outputs: the final state, a prefill, counts, and the
+/// form that ran. [`Executor::run_into`] returns it; [`Outputs`] carries one.
 #[derive(Debug)]
-pub struct Outputs {
-    pub(crate) batch: Vec<usize>,
-    pub(crate) steps: usize,
-    pub(crate) outputs: Vec<Tensor>,
+pub struct RunSummary {
     pub(crate) final_state: Option<State>,
     pub(crate) prefill: Option<Prefill>,
     pub(crate) stats: RunStats,
     pub(crate) form: Form,
     pub(crate) chunk: Option<usize>,
+}
+
+impl RunSummary {
+    /// p_T of every sequence, when [`RunOptions::final_state`] was set (absent for T = 0
+    /// without an initial state or a declared identity).
+    pub fn final_state(&self) -> Option<&State> {
+        self.final_state.as_ref()
+    }
+    /// What a stream needs to continue this run, when [`RunOptions::prefill`] was set.
+    pub fn take_prefill(&mut self) -> Option<Prefill> {
+        self.prefill.take()
+    }
+    pub fn stats(&self) -> RunStats {
+        self.stats
+    }
+    /// The form that ran (`auto` resolved).
+    pub fn form(&self) -> Form {
+        self.form
+    }
+    /// The chunk size of a chunked run.
+    pub fn chunk(&self) -> Option<usize> {
+        self.chunk
+    }
+}
+
+/// The results of a run: outputs by name, `[batch..., T, field dims...]`, and the
+/// run's [`RunSummary`].
+#[derive(Debug)]
+pub struct Outputs {
+    pub(crate) batch: Vec<usize>,
+    pub(crate) steps: usize,
+    pub(crate) outputs: Vec<Tensor>,
+    pub(crate) summary: RunSummary,
 }
 
 impl Outputs {
@@ -237,25 +270,93 @@ impl Outputs {
     pub fn steps(&self) -> usize {
         self.steps
     }
-    /// p_T of every sequence, when [`RunOptions::final_state`] was set (absent for T = 0
-    /// without an initial state or a declared identity).
-    pub fn final_state(&self) -> Option<&State> {
-        self.final_state.as_ref()
+    pub fn summary(&self) -> &RunSummary {
+        &self.summary
     }
-    /// What a stream needs to continue this run, when [`RunOptions::prefill`] was set.
+    /// See [`RunSummary::final_state`].
+    pub fn final_state(&self) -> Option<&State> {
+        self.summary.final_state()
+    }
+    /// See [`RunSummary::take_prefill`].
     pub fn take_prefill(&mut self) -> Option<Prefill> {
-        self.prefill.take()
+        self.summary.take_prefill()
     }
     pub fn stats(&self) -> RunStats {
-        self.stats
+        self.summary.stats
     }
     /// The form that ran (`auto` resolved).
     pub fn form(&self) -> Form {
-        self.form
+        self.summary.form
     }
     /// The chunk size of a chunked run.
     pub fn chunk(&self) -> Option<usize> {
-        self.chunk
+        self.summary.chunk
+    }
+}
+
+/// Output buffers a call allocates itself (`run`, `push`): zeroed by the allocator, so
+/// the first touch of their pages happens in the kernels, on the threads that compute.
+pub(crate) struct OwnedOutputs {
+    buffers: Vec<Buffer>,
+}
+
+impl OwnedOutputs {
+    pub(crate) fn allocate(sig: &Signature, nseq: usize, steps: usize) -> Result<OwnedOutputs, RunError> {
+        let buffers = sig
+            .outputs
+            .iter()
+            .map(|s| {
+                nseq.checked_mul(steps)
+                    .and_then(|n| n.checked_mul(s.len))
+                    .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
+                    .and_then(|n| Buffer::try_zeros(s.dtype, n))
+                    .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(OwnedOutputs { buffers })
+    }
+
+    /// Per-sequence base addresses (see [`sequence_bases`]).
+    pub(crate) fn addrs(&mut self, sig: &Signature, nseq: usize, steps: usize, into: &mut Vec<usize>) {
+        sequence_bases(&sig.outputs, self.buffers.iter_mut().map(Buffer::addr_mut), nseq, steps, into);
+    }
+
+    /// The buffers as named tensors `[batch..., T, field dims...]`.
+    pub(crate) fn into_outputs(self, sig: &Signature, batch: &[usize], steps: usize, summary: RunSummary) -> Outputs {
+        let outputs = self
+            .buffers
+            .into_iter()
+            .zip(&sig.outputs)
+            .map(|(data, s)| {
+                let mut shape = Vec::with_capacity(batch.len() + 1 + s.shape.len());
+                shape.extend(batch);
+                shape.push(steps);
+                shape.extend(&s.shape);
+                Tensor { name: s.name.clone(), shape, data }
+            })
+            .collect();
+        Outputs { batch: batch.to_vec(), steps, outputs, summary }
+    }
+}
+
+/// Appends to `into` the base address of every sequence's data of every field, `[b · n
+/// + k]` for sequence b and field k of `n`: field k's buffer holds `nseq × steps` rows of
+/// `specs[k].len` entries. The caller has checked each buffer's length.
+pub(crate) fn sequence_bases(
+    specs: &[FieldSpec],
+    buffers: impl Iterator<Item = usize>,
+    nseq: usize,
+    steps: usize,
+    into: &mut Vec<usize>,
+) {
+    into.clear();
+    into.extend(buffers); // sequence 0
+    let n = into.len();
+    into.reserve(nseq.saturating_sub(1) * n);
+    for b in 1..nseq {
+        for (k, s) in specs.iter().enumerate() {
+            into.push(into[k] + b * steps * s.len * dtype_size(s.dtype));
+        }
     }
 }
 
@@ -284,18 +385,45 @@ fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError>
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| RunError::TooLarge { what: what() })
 }
 
+/// Data whose dtype and length can be checked against a declaration.
+pub(crate) trait Checked {
+    fn dtype(&self) -> Dtype;
+    fn len(&self) -> usize;
+}
+
+impl Checked for Data<'_> {
+    fn dtype(&self) -> Dtype {
+        Data::dtype(self)
+    }
+    fn len(&self) -> usize {
+        Data::len(self)
+    }
+}
+
+impl Checked for DataMut<'_> {
+    fn dtype(&self) -> Dtype {
+        DataMut::dtype(self)
+    }
+    fn len(&self) -> usize {
+        DataMut::len(self)
+    }
+}
+
 /// Matches named data against declarations: unknown, duplicate, missing, dtype and
-/// length errors, in that order. Returns the data in declaration order.
-pub(crate) fn match_named<'d>(
+/// length errors, in that order. Each tensor has `batch` leading dims, then `steps`
+/// when given (per-step data), then the declared dims. Returns, in declaration order,
+/// the index in `given` of each declared tensor.
+pub(crate) fn match_named<D: Checked>(
     sig: &Signature,
     slot: Slot,
-    given: &[(String, Data<'d>)],
-    lead: &[usize],
-) -> Result<Vec<Data<'d>>, RunError> {
+    given: &[(String, D)],
+    batch: &[usize],
+    steps: Option<usize>,
+) -> Result<Vec<usize>, RunError> {
     let specs = sig.slot(slot);
     for (name, _) in given {
         if !specs.iter().any(|s| &s.name == name) {
-            let belongs_to = [Slot::Input, Slot::Param, Slot::State]
+            let belongs_to = [Slot::Input, Slot::Param, Slot::State, Slot::Output]
                 .into_iter()
                 .find(|&o| o != slot && sig.slot(o).iter().any(|s| &s.name == name));
             return Err(RunError::Unknown {
@@ -311,12 +439,15 @@ pub(crate) fn match_named<'d>(
             return Err(RunError::Duplicate { slot, name: name.clone() });
         }
     }
-    let lead_len = product(lead, || format!("the batch shape {lead:?}"))?;
-    let mut out = Vec::with_capacity(specs.len());
+    let lead_len = product(batch, || format!("the batch shape {batch:?}"))?
+        .checked_mul(steps.unwrap_or(1))
+        .ok_or_else(|| RunError::TooLarge { what: format!("{} steps of the batch shape {batch:?}", steps.unwrap_or(1)) })?;
+    let mut order = Vec::with_capacity(specs.len());
     for s in specs {
-        let Some((_, data)) = given.iter().find(|(n, _)| n == &s.name) else {
+        let Some(i) = given.iter().position(|(n, _)| n == &s.name) else {
             return Err(RunError::Missing { slot, name: s.name.clone() });
         };
+        let data = &given[i].1;
         if data.dtype() != s.dtype {
             return Err(RunError::WrongDtype { slot, name: s.name.clone(), expected: s.dtype, found: data.dtype() });
         }
@@ -325,13 +456,14 @@ pub(crate) fn match_named<'d>(
             .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
             .ok_or_else(|| RunError::TooLarge { what: format!("{} `{}`", slot.name(), s.name) })?;
         if data.len() != expected {
-            let mut shape = lead.to_vec();
+            let mut shape = batch.to_vec();
+            shape.extend(steps);
             shape.extend(&s.shape);
             return Err(RunError::WrongLength { slot, name: s.name.clone(), expected, found: data.len(), shape });
         }
-        out.push(*data);
+        order.push(i);
     }
-    Ok(out)
+    Ok(order)
 }
 
 impl Executor {
@@ -365,26 +497,37 @@ impl Executor {
     }
 
     pub(crate) fn bind_params(&self, given: &[(String, Data<'_>)]) -> Result<Vec<usize>, RunError> {
-        Ok(match_named(&self.inner.sig, Slot::Param, given, &[])?.iter().map(Data::addr).collect())
+        let order = match_named(&self.inner.sig, Slot::Param, given, &[], None)?;
+        Ok(order.iter().map(|&i| given[i].1.addr()).collect())
+    }
+
+    /// Checks per-step inputs `[batch..., T, field dims...]`; writes the per-sequence
+    /// base addresses into `into` (see [`sequence_bases`]).
+    pub(crate) fn bind_inputs(&self, inputs: &Inputs<'_>, into: &mut Vec<usize>) -> Result<usize, RunError> {
+        let sig = &self.inner.sig;
+        let order = match_named(sig, Slot::Input, &inputs.inputs, &inputs.batch, Some(inputs.steps))?;
+        let nseq = product(&inputs.batch, || format!("the batch shape {:?}", inputs.batch))?;
+        sequence_bases(&sig.inputs, order.iter().map(|&i| inputs.inputs[i].1.addr()), nseq, inputs.steps, into);
+        Ok(nseq)
+    }
+
+    /// Checks caller-supplied outputs for `batch` × `steps`; writes the per-sequence
+    /// base addresses into `into`.
+    pub(crate) fn bind_outputs(&self, outputs: &mut OutputsMut<'_>, batch: &[usize], steps: usize, into: &mut Vec<usize>) -> Result<(), RunError> {
+        let sig = &self.inner.sig;
+        let order = match_named(sig, Slot::Output, &outputs.outputs, batch, Some(steps))?;
+        let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
+        let given = &mut outputs.outputs;
+        sequence_bases(&sig.outputs, order.iter().map(|&i| given[i].1.addr_mut()), nseq, steps, into);
+        Ok(())
     }
 
     /// Checks a run's data and returns the addresses the kernels read.
     pub(crate) fn bind(&self, inputs: &Inputs<'_>) -> Result<Bound, RunError> {
-        let sig = &self.inner.sig;
         let params = self.bind_params(&inputs.params)?;
-        let mut lead = inputs.batch.clone();
-        lead.push(inputs.steps);
-        let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
-        let nseq = product(&inputs.batch, || format!("the batch shape {:?}", inputs.batch))?;
-        let steps = inputs.steps;
-        let mut addrs = Vec::with_capacity(nseq * data.len());
-        for b in 0..nseq {
-            for (d, s) in data.iter().zip(&sig.inputs) {
-                // In bounds: the length check above covers nseq · T · len entries.
-                addrs.push(d.addr() + b * steps * s.len * dtype_size(s.dtype));
-            }
-        }
-        Ok(Bound { nseq, steps, params, inputs: addrs })
+        let mut addrs = Vec::new();
+        let nseq = self.bind_inputs(inputs, &mut addrs)?;
+        Ok(Bound { nseq, steps: inputs.steps, params, inputs: addrs })
     }
 
     /// Checks an initial state against the element and the batch shape; returns one
@@ -398,15 +541,15 @@ impl Executor {
             });
         }
         let given: Vec<(String, Data<'_>)> = state.fields.iter().map(|t| (t.name.clone(), t.data.as_data())).collect();
-        let data = match_named(&self.inner.sig, Slot::State, &given, batch)?;
+        let order = match_named(&self.inner.sig, Slot::State, &given, batch, None)?;
         let layout = self.inner.kernels.layout();
         let words = crate::buffers::words(layout);
         let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
         let mut out = try_words(nseq, words).ok_or_else(|| RunError::TooLarge { what: "the initial state".into() })?;
         for b in 0..nseq {
             let elem = &mut out[b * words..(b + 1) * words];
-            for (k, d) in data.iter().enumerate() {
-                write_field(layout, k, elem, *d, b * layout.field_lens[k]);
+            for (k, &i) in order.iter().enumerate() {
+                write_field(layout, k, elem, given[i].1, b * layout.field_lens[k]);
             }
         }
         Ok(out)
@@ -436,13 +579,51 @@ impl Executor {
         State { batch: batch.to_vec(), fields }
     }
 
-    /// Runs every sequence of `inputs` in one form.
+    /// Runs every sequence of `inputs` in one form and returns its outputs, allocated
+    /// for this run.
     ///
     /// Errors: unknown, duplicate or missing inputs and params, wrong dtypes or lengths,
     /// an initial state of another batch shape, a rebracketing form for a
     /// non-associative operator, out-of-range options. Never panics on user data;
     /// NaN and infinities flow through.
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        let sig = &self.inner.sig;
+        self.check_options(opts)?;
+        let bound = self.bind(inputs)?;
+        let mut owned = OwnedOutputs::allocate(sig, bound.nseq, bound.steps)?;
+        let mut out_addrs = Vec::new();
+        owned.addrs(sig, bound.nseq, bound.steps, &mut out_addrs);
+        let summary = self.run_on_pool(inputs, &bound, &out_addrs, opts)?;
+        Ok(owned.into_outputs(sig, &inputs.batch, bound.steps, summary))
+    }
+
+    /// [`run`](Self::run), writing every output into a caller-supplied buffer (each
+    /// entry is overwritten): no allocation for the outputs, and buffers that can be
+    /// reused from run to run. The same errors as `run`, and for `outputs` the same
+    /// checks as for inputs (unknown, duplicate, missing, dtype, length
+    /// `[batch..., T, field dims...]`), all before anything is written.
+    ///
+    /// ```
+    /// use psm_runtime::{Program, Inputs, OutputsMut, RunOptions};
+    /// let src = "aggregator cumsum { input { v } element { v } identity { v = 0.0; } combine(l, r) { v = l.v + r.v; } }";
+    /// let cumsum = Program::from_source(src, &[]).unwrap().aggregator("cumsum").unwrap();
+    /// let v = [1.0f32, 2.0, 3.0, 4.0];
+    /// let mut y = [0.0f32; 4];
+    /// let summary = cumsum
+    ///     .run_into(&Inputs::new(&[], 4).input("v", &v), &mut OutputsMut::new().output("v", &mut y), &RunOptions::default())
+    ///     .unwrap();
+    /// assert_eq!(y, [1.0, 3.0, 6.0, 10.0]);
+    /// assert_eq!(summary.stats().combines, 3);
+    /// ```
+    pub fn run_into(&self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
+        self.check_options(opts)?;
+        let bound = self.bind(inputs)?;
+        let mut out_addrs = Vec::new();
+        self.bind_outputs(outputs, &inputs.batch, inputs.steps, &mut out_addrs)?;
+        self.run_on_pool(inputs, &bound, &out_addrs, opts)
+    }
+
+    fn check_options(&self, opts: &RunOptions<'_>) -> Result<(), RunError> {
         let sig = &self.inner.sig;
         if opts.chunk == Some(0) {
             return Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() });
@@ -459,9 +640,13 @@ impl Executor {
         if matches!(opts.form, Form::Recurrent | Form::Chunked) && !sig.associative {
             return Err(RunError::FormNotValid { form: opts.form, aggregator: sig.aggregator.clone(), valid: sig.forms() });
         }
-        let bound = self.bind(inputs)?;
+        Ok(())
+    }
+
+    /// Checks the initial state, then runs on the pool the options ask for.
+    fn run_on_pool(&self, inputs: &Inputs<'_>, bound: &Bound, out_addrs: &[usize], opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
         let init = opts.initial_state.map(|s| self.bind_state(s, &inputs.batch)).transpose()?;
-        let go = || self.run_bound(inputs, &bound, init.as_deref(), opts);
+        let go = || self.run_bound(&inputs.batch, bound, out_addrs, init.as_deref(), opts);
         match (opts.pool, opts.threads) {
             (Some(pool), _) => pool.install(go),
             (None, Some(n)) => self.pool(n)?.install(go),
@@ -478,31 +663,20 @@ impl Executor {
         }
     }
 
-    fn run_bound(&self, inputs: &Inputs<'_>, bound: &Bound, init: Option<&[u64]>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+    fn run_bound(
+        &self,
+        batch: &[usize],
+        bound: &Bound,
+        out_addrs: &[usize],
+        init: Option<&[u64]>,
+        opts: &RunOptions<'_>,
+    ) -> Result<RunSummary, RunError> {
         let sig = &self.inner.sig;
         let k = &*self.inner.kernels;
         let threads = rayon::current_num_threads();
         let form = self.resolve(opts.form, bound.nseq, bound.steps, threads);
         let (nseq, steps) = (bound.nseq, bound.steps);
-        // Outputs, zeroed; every entry is written by the form.
-        let mut outputs: Vec<Buffer> = Vec::with_capacity(sig.outputs.len());
-        for s in &sig.outputs {
-            let n = nseq
-                .checked_mul(steps)
-                .and_then(|n| n.checked_mul(s.len))
-                .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
-                .and_then(|n| Buffer::try_zeros(s.dtype, n))
-                .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })?;
-            outputs.push(n);
-        }
-        let mut out_addrs = Vec::with_capacity(nseq * outputs.len());
-        let bases: Vec<usize> = outputs.iter_mut().map(Buffer::addr_mut).collect();
-        for b in 0..nseq {
-            for (base, s) in bases.iter().zip(&sig.outputs) {
-                out_addrs.push(base + b * steps * s.len * dtype_size(s.dtype));
-            }
-        }
-        let mut ctx = Ctx::new(k, sig, bound, &out_addrs, opts.reverse, None);
+        let mut ctx = Ctx::new(k, sig, bound.io(out_addrs), opts.reverse, None);
         ctx.keep_state = opts.final_state || opts.prefill;
         let want_counter = opts.prefill && !sig.associative;
         let chunk = match form {
@@ -520,44 +694,30 @@ impl Executor {
         let peak = ends.iter().map(|e| e.peak).max().unwrap_or(0);
         let stats = RunStats { sequences: nseq, steps, combines: ctx.combines.load(Ordering::Relaxed), peak_elements: peak };
         let has_final = ends.first().is_some_and(|e| e.state.is_some()) || (nseq == 0 && (steps > 0 || init.is_some()));
-        let words = crate::buffers::words(k.layout());
         let final_flat: Option<Vec<u64>> = if !opts.final_state {
             None
         } else if has_final {
-            Some(ends.iter().flat_map(|e| e.state.clone().unwrap_or_else(|| vec![0; words])).collect())
+            Some(ends.iter().flat_map(|e| e.state.clone().unwrap_or_else(|| vec![0; ctx.words])).collect())
         } else {
             // T = 0 without s0: the declared identity, if any.
-            let mut scratch = ctx.scratch();
-            let mut id = vec![0u64; words];
-            // SAFETY: element and scratch buffers of the layout's sizes; params bound.
-            let declared = unsafe { k.identity(ctx.params_ptr(), id.as_mut_ptr() as *mut u8, scratch.as_mut_ptr() as *mut u8) };
-            declared.then(|| id.repeat(nseq))
+            let step0 = ctx.step0();
+            (!step0.empty).then(|| step0.element.repeat(nseq))
         };
-        let final_state = final_flat.map(|f| self.state_of(&inputs.batch, &f));
+        let final_state = final_flat.map(|f| self.state_of(batch, &f));
         let prefill = if opts.prefill {
             let seqs = ends
                 .into_iter()
                 .map(|e| match e.counter {
                     // Non-associative: the tree's or the stream's counter.
                     Some(c) => stream::SeqState::Counter(c),
-                    None => stream::SeqState::Running(e.state),
+                    None => stream::SeqState::running(e.state),
                 })
                 .collect();
-            Some(Prefill::new(self.clone(), bound, &inputs.batch, steps as u64, seqs))
+            Some(Prefill::new(self.clone(), bound, batch, steps as u64, seqs))
         } else {
             None
         };
-        let outputs = outputs
-            .into_iter()
-            .zip(&sig.outputs)
-            .map(|(data, s)| {
-                let mut shape = inputs.batch.clone();
-                shape.push(steps);
-                shape.extend(&s.shape);
-                Tensor { name: s.name.clone(), shape, data }
-            })
-            .collect();
-        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill, stats, form, chunk })
+        Ok(RunSummary { final_state, prefill, stats, form, chunk })
     }
 }
 
@@ -571,7 +731,50 @@ pub(crate) struct SeqEnd {
     pub peak: usize,
 }
 
-/// Everything a form needs to call the kernels for one run.
+/// The addresses one call of the kernels reads and writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Io<'a> {
+    pub nseq: usize,
+    pub steps: usize,
+    pub params: &'a [usize],
+    /// `nseq × inputs` per-sequence bases (see [`sequence_bases`]).
+    pub inputs: &'a [usize],
+    /// `nseq × outputs` per-sequence bases.
+    pub outputs: &'a [usize],
+}
+
+impl Bound {
+    pub(crate) fn io<'a>(&'a self, outputs: &'a [usize]) -> Io<'a> {
+        Io { nseq: self.nseq, steps: self.steps, params: &self.params, inputs: &self.inputs, outputs }
+    }
+}
+
+/// What an exclusive readout reads before any prefix: the declared identity (`empty`
+/// false) or, without one, zeros with `empty(p)` true. It depends on the params only.
+#[derive(Debug, Clone)]
+pub(crate) struct Step0 {
+    pub element: Vec<u64>,
+    pub empty: bool,
+}
+
+impl Step0 {
+    pub(crate) fn new(k: &dyn Kernels, params: &[usize]) -> Step0 {
+        let words = crate::buffers::words(k.layout());
+        let mut element = vec![0u64; words];
+        let mut scratch = vec![0u64; scratch_words(k)];
+        // SAFETY: buffers of the layout's and scratch's sizes; params bound.
+        let declared =
+            unsafe { k.identity(params.as_ptr() as ParamPtrs, element.as_mut_ptr() as *mut u8, scratch.as_mut_ptr() as *mut u8) };
+        Step0 { element, empty: !declared }
+    }
+}
+
+fn scratch_words(k: &dyn Kernels) -> usize {
+    k.scratch_size().div_ceil(8).max(1)
+}
+
+/// Everything a form needs to call the kernels for one run. Borrows every buffer: a
+/// context costs no allocation.
 pub(crate) struct Ctx<'a> {
     pub k: &'a dyn Kernels,
     pub words: usize,
@@ -587,57 +790,48 @@ pub(crate) struct Ctx<'a> {
     pub readout_kind: ReadoutKind,
     pub associative: bool,
     pub combines: AtomicU64,
-    /// What an exclusive readout reads before any prefix: the identity (empty = false)
-    /// or zeros (empty = true).
-    pub step0: (Vec<u64>, bool),
+    /// The step-0 state: a stream's (computed when it was opened), or computed on first
+    /// use (only exclusive readouts outside the fused scan and empty final states read
+    /// it).
+    step0: Step0Source<'a>,
     /// The caller reads the final state (or hands the run to a stream).
     pub keep_state: bool,
 }
 
+enum Step0Source<'a> {
+    Given(&'a Step0),
+    Lazy(OnceLock<Step0>),
+}
+
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        k: &'a dyn Kernels,
-        sig: &Signature,
-        bound: &'a Bound,
-        outputs: &'a [usize],
-        reverse: bool,
-        step0: Option<&(Vec<u64>, bool)>,
-    ) -> Ctx<'a> {
-        let words = crate::buffers::words(k.layout());
-        let mut ctx = Ctx {
+    pub(crate) fn new(k: &'a dyn Kernels, sig: &Signature, io: Io<'a>, reverse: bool, step0: Option<&'a Step0>) -> Ctx<'a> {
+        Ctx {
             k,
-            words,
-            scratch_words: k.scratch_size().div_ceil(8).max(1),
-            params: &bound.params,
-            inputs: &bound.inputs,
-            outputs,
+            words: crate::buffers::words(k.layout()),
+            scratch_words: scratch_words(k),
+            params: io.params,
+            inputs: io.inputs,
+            outputs: io.outputs,
             n_in: sig.inputs.len(),
             n_out: sig.outputs.len(),
-            nseq: bound.nseq,
-            steps: bound.steps,
+            nseq: io.nseq,
+            steps: io.steps,
             reverse,
             readout_kind: sig.readout,
             associative: sig.associative,
             combines: AtomicU64::new(0),
-            step0: (vec![0u64; words], true),
+            step0: match step0 {
+                Some(s) => Step0Source::Given(s),
+                None => Step0Source::Lazy(OnceLock::new()),
+            },
             keep_state: true,
-        };
-        ctx.step0 = match step0 {
-            Some(s) => s.clone(),
-            None => ctx.start_state(),
-        };
-        ctx
+        }
     }
 
-    pub(crate) fn start_state(&self) -> (Vec<u64>, bool) {
-        let mut e = vec![0u64; self.words];
-        let mut s = self.scratch();
-        // SAFETY: buffers of the layout's and scratch's sizes; params bound.
-        let declared = unsafe { self.k.identity(self.params_ptr(), e.as_mut_ptr() as *mut u8, s.as_mut_ptr() as *mut u8) };
-        if declared {
-            (e, false)
-        } else {
-            (vec![0u64; self.words], true)
+    pub(crate) fn step0(&self) -> &Step0 {
+        match &self.step0 {
+            Step0Source::Given(s) => s,
+            Step0Source::Lazy(cell) => cell.get_or_init(|| Step0::new(self.k, self.params)),
         }
     }
 
@@ -688,12 +882,43 @@ impl<'a> Ctx<'a> {
         out
     }
 
+    /// One step j of sequence b from a held prefix, by the three kernels: `lifted =
+    /// lift(x_j)`, `next = combine(state, lifted)`, the readout, then `state` and `next`
+    /// swap. Bit for bit the fused scan over one step, without its exit copy of the
+    /// element into the caller's state (16.6 KB for GLA at K = V = 64).
+    pub fn step(&self, b: usize, j: usize, state: &mut Vec<u64>, lifted: &mut [u64], next: &mut Vec<u64>, scratch: &mut [u64]) {
+        self.lift(b, j, lifted, scratch);
+        if self.readout_kind == ReadoutKind::Exclusive {
+            self.readout(b, j, Some(state), scratch);
+        }
+        self.combine(state, lifted, next, scratch);
+        std::mem::swap(state, next);
+        if self.readout_kind == ReadoutKind::Inclusive {
+            self.readout(b, j, Some(state), scratch);
+        }
+    }
+
+    /// `f(scratch, b)` for every sequence b, in parallel over the batch with one scratch
+    /// per rayon task; a single sequence, or a pool of one thread, runs on the calling
+    /// thread with one scratch (no fork-join).
+    pub fn map_sequences<T: Send>(&self, f: impl Fn(&mut [u64], usize) -> T + Sync + Send) -> Vec<T> {
+        if self.nseq <= 1 || rayon::current_num_threads() == 1 {
+            let mut scratch = self.scratch();
+            (0..self.nseq).map(|b| f(&mut scratch, b)).collect()
+        } else {
+            (0..self.nseq).into_par_iter().map_init(|| self.scratch(), |scratch, b| f(scratch, b)).collect()
+        }
+    }
+
     /// The readout of logical step j of sequence b from `state` (`None`: no prefix yet).
     /// Writes only step j's outputs, so disjoint steps may run in parallel.
     pub fn readout(&self, b: usize, j: usize, state: Option<&[u64]>, scratch: &mut [u64]) {
         let (s, empty) = match state {
             Some(s) => (s, false),
-            None => (&self.step0.0[..], self.step0.1),
+            None => {
+                let step0 = self.step0();
+                (&step0.element[..], step0.empty)
+            }
         };
         // SAFETY: j < steps, b < nseq; outputs of distinct steps do not overlap.
         unsafe {

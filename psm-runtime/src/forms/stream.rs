@@ -11,10 +11,9 @@ use rayon::prelude::*;
 
 use psm_ir::ir::ReadoutKind;
 
-use super::{match_named, Bound, Ctx, Executor, Outputs, RunStats, SeqEnd};
-use crate::buffers::{dtype_size, Buffer, Data, Inputs, State, Tensor};
-use crate::error::{RunError, Slot};
-use crate::kernels::Kernels;
+use super::{Bound, Ctx, Executor, Form, Io, Outputs, OwnedOutputs, RunStats, RunSummary, SeqEnd, Step0};
+use crate::buffers::{Buffer, Data, Inputs, OutputsMut, State};
+use crate::error::RunError;
 
 /// Running counts of a stream, per sequence (every sequence of a batch runs the same
 /// schedule).
@@ -46,18 +45,26 @@ pub(crate) struct Counter {
     /// (size, root, fold of base and roots[..=k]); without a base the first fold is
     /// the first root itself (`None`).
     roots: Vec<(u64, Vec<u64>, Option<Vec<u64>>)>,
+    /// Element buffers released by merges, reused by later pushes so that a push
+    /// allocates nothing once the counter has grown; not counted as held.
+    free: Vec<Vec<u64>>,
     pub stats: StreamStats,
 }
 
 impl Counter {
     pub fn new(base: Option<Vec<u64>>) -> Counter {
-        let mut c = Counter { base, roots: Vec::new(), stats: StreamStats::default() };
+        let mut c = Counter { base, roots: Vec::new(), free: Vec::new(), stats: StreamStats::default() };
         c.stats.peak_elements = c.held();
         c
     }
 
     fn held(&self) -> usize {
         usize::from(self.base.is_some()) + self.roots.len() + self.roots.iter().filter(|r| r.2.is_some()).count()
+    }
+
+    /// An element buffer: a released one, or a new one (its contents are unspecified).
+    fn buffer(&mut self, words: usize) -> Vec<u64> {
+        self.free.pop().unwrap_or_else(|| vec![0u64; words])
     }
 
     /// Appends a root as a prefill found it (largest first).
@@ -79,40 +86,70 @@ impl Counter {
         let mut size = 1u64;
         let mut root = element;
         while self.roots.last().is_some_and(|r| r.0 == size) {
-            let (_, older, _) = self.roots.pop().expect("checked");
-            root = ctx.combined(&older, &root, scratch);
+            let (_, older, fold) = self.roots.pop().expect("checked");
+            let mut merged = self.buffer(ctx.words);
+            ctx.combine(&older, &root, &mut merged, scratch);
+            self.free.extend([older, root]);
+            self.free.extend(fold);
+            root = merged;
             self.stats.combines += 1;
             size *= 2;
         }
-        let fold = self.prefix().map(|p| ctx.combined(p, &root, scratch));
-        self.stats.combines += u64::from(fold.is_some());
+        let mut fold = self.buffer(ctx.words);
+        let fold = match self.prefix() {
+            Some(p) => {
+                ctx.combine(p, &root, &mut fold, scratch);
+                self.stats.combines += 1;
+                Some(fold)
+            }
+            None => {
+                self.free.push(fold);
+                None
+            }
+        };
         self.roots.push((size, root, fold));
         self.stats.steps += 1;
         self.stats.peak_elements = self.stats.peak_elements.max(self.held());
     }
 }
 
+/// The running prefix of one sequence of an associative operator.
+#[derive(Debug, Clone)]
+pub(crate) struct Running {
+    /// `None` before any step.
+    state: Option<Vec<u64>>,
+    /// Workspace of single-step pushes ([`Ctx::step`]): the lifted element and the next
+    /// state. Empty until the first such push; not counted as held.
+    lifted: Vec<u64>,
+    next: Vec<u64>,
+}
+
 /// The state of one sequence of a stream.
 #[derive(Debug, Clone)]
 pub(crate) enum SeqState {
-    /// Associative operators: the running prefix (`None` before any step).
-    Running(Option<Vec<u64>>),
+    /// Associative operators: the running prefix.
+    Running(Running),
     /// Non-associative operators: the counter.
     Counter(Counter),
 }
 
 impl SeqState {
+    pub(crate) fn running(state: Option<Vec<u64>>) -> SeqState {
+        SeqState::Running(Running { state, lifted: Vec::new(), next: Vec::new() })
+    }
+
     fn new(associative: bool, s0: Option<&[u64]>) -> SeqState {
+        let s0 = s0.map(<[u64]>::to_vec);
         if associative {
-            SeqState::Running(s0.map(<[u64]>::to_vec))
+            SeqState::running(s0)
         } else {
-            SeqState::Counter(Counter::new(s0.map(<[u64]>::to_vec)))
+            SeqState::Counter(Counter::new(s0))
         }
     }
 
     fn prefix(&self) -> Option<&[u64]> {
         match self {
-            SeqState::Running(s) => s.as_deref(),
+            SeqState::Running(r) => r.state.as_deref(),
             SeqState::Counter(c) => c.prefix(),
         }
     }
@@ -120,7 +157,14 @@ impl SeqState {
     /// Logical steps j0..j1 of sequence b.
     fn advance(&mut self, ctx: &Ctx<'_>, b: usize, j0: usize, j1: usize, scratch: &mut [u64]) {
         match self {
-            SeqState::Running(state) => {
+            SeqState::Running(Running { state: Some(state), lifted, next }) if j1 == j0 + 1 => {
+                if lifted.is_empty() {
+                    *lifted = ctx.element();
+                    *next = ctx.element();
+                }
+                ctx.step(b, j0, state, lifted, next, scratch);
+            }
+            SeqState::Running(Running { state, .. }) => {
                 let has = state.is_some();
                 let mut s = state.take().unwrap_or_else(|| ctx.element());
                 let held = ctx.scan(b, j0, j1, &mut s, has, true, true, scratch);
@@ -128,7 +172,7 @@ impl SeqState {
             }
             SeqState::Counter(c) => {
                 for j in j0..j1 {
-                    let mut e = ctx.element();
+                    let mut e = c.buffer(ctx.words);
                     ctx.lift(b, j, &mut e, scratch);
                     if ctx.readout_kind == ReadoutKind::Exclusive {
                         ctx.readout(b, j, c.prefix(), scratch);
@@ -146,21 +190,15 @@ impl SeqState {
 /// The stream form of a run: every sequence pushed step by step.
 pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>) -> Vec<SeqEnd> {
     let associative = ctx.associative;
-    (0..ctx.nseq)
-        .into_par_iter()
-        .map_init(
-            || ctx.scratch(),
-            |scratch, b| {
-                let mut seq = SeqState::new(associative, ctx.init_of(init, b));
-                seq.advance(ctx, b, 0, ctx.steps, scratch);
-                let state = seq.prefix().map(<[u64]>::to_vec);
-                match seq {
-                    SeqState::Counter(c) => SeqEnd { state, peak: c.stats.peak_elements, counter: Some(c) },
-                    SeqState::Running(_) => SeqEnd { state, peak: 1, counter: None },
-                }
-            },
-        )
-        .collect()
+    ctx.map_sequences(|scratch, b| {
+        let mut seq = SeqState::new(associative, ctx.init_of(init, b));
+        seq.advance(ctx, b, 0, ctx.steps, scratch);
+        let state = seq.prefix().map(<[u64]>::to_vec);
+        match seq {
+            SeqState::Counter(c) => SeqEnd { state, peak: c.stats.peak_elements, counter: Some(c) },
+            SeqState::Running(_) => SeqEnd { state, peak: 1, counter: None },
+        }
+    })
 }
 
 /// What a run leaves for a stream to continue it without replaying the prompt: per
@@ -218,9 +256,15 @@ impl Prefill {
 }
 
 /// A push-based run: each [`Stream::push`] takes the next steps of every sequence of
-/// the batch and returns their outputs. Non-associative operators keep the binary
-/// counter (O(log n) elements, about 2 combines per step, bit-identical to the tree
-/// form); associative ones keep one running element.
+/// the batch and returns their outputs ([`Stream::push_into`] writes them into the
+/// caller's buffers). Non-associative operators keep the binary counter (O(log n)
+/// elements, about 2 combines per step, bit-identical to the tree form); associative
+/// ones keep one running element.
+///
+/// A push allocates nothing beyond its outputs once the stream is warm: the kernels'
+/// scratch, the address tables and the element buffers are kept across pushes, and a
+/// push of one step of an associative operator swaps two state buffers instead of
+/// copying the state.
 #[derive(Debug)]
 pub struct Stream {
     exec: Executor,
@@ -232,10 +276,13 @@ pub struct Stream {
     seqs: Vec<SeqState>,
     position: u64,
     stats: StreamStats,
-    step0: (Vec<u64>, bool),
-    /// The kernels' scratch, kept across pushes of a single sequence: a decode loop
-    /// pushes one token per call and should not allocate it every time.
+    step0: Step0,
+    /// The kernels' scratch, kept across pushes of a single sequence (the kernels write
+    /// it before reading it).
     scratch: Vec<u64>,
+    /// The current push's input and output addresses (kept for their capacity).
+    in_addrs: Vec<usize>,
+    out_addrs: Vec<usize>,
 }
 
 impl Executor {
@@ -260,11 +307,20 @@ impl Stream {
     fn assemble(exec: Executor, params: Vec<Buffer>, batch: Vec<usize>, seqs: Vec<SeqState>, position: u64) -> Stream {
         let mut params = params;
         let param_addrs = params.iter_mut().map(Buffer::addr_mut).collect::<Vec<_>>();
-        let bound = Bound { nseq: 0, steps: 0, params: param_addrs.clone(), inputs: Vec::new() };
-        let ctx = Ctx::new(&*exec.inner.kernels, &exec.inner.sig, &bound, &[], false, None);
-        let step0 = ctx.start_state();
-        let mut s =
-            Stream { exec, params, param_addrs, batch, seqs, position, stats: StreamStats::default(), step0, scratch: Vec::new() };
+        let step0 = Step0::new(&*exec.inner.kernels, &param_addrs);
+        let mut s = Stream {
+            exec,
+            params,
+            param_addrs,
+            batch,
+            seqs,
+            position,
+            stats: StreamStats::default(),
+            step0,
+            scratch: Vec::new(),
+            in_addrs: Vec::new(),
+            out_addrs: Vec::new(),
+        };
         s.refresh_stats(0, false);
         s
     }
@@ -293,12 +349,12 @@ impl Stream {
     fn refresh_stats(&mut self, pushed: usize, had_prefix: bool) {
         match self.seqs.first() {
             Some(SeqState::Counter(c)) => self.stats = c.stats,
-            Some(SeqState::Running(s)) => {
+            Some(SeqState::Running(r)) => {
                 self.stats.steps += pushed as u64;
                 if pushed > 0 {
                     self.stats.combines += pushed as u64 - u64::from(!had_prefix);
                 }
-                self.stats.peak_elements = self.stats.peak_elements.max(usize::from(s.is_some()));
+                self.stats.peak_elements = self.stats.peak_elements.max(usize::from(r.state.is_some()));
             }
             None => self.stats.steps += pushed as u64,
         }
@@ -320,6 +376,39 @@ impl Stream {
     /// stream's; params were fixed when the stream was opened), and returns their
     /// outputs.
     pub fn push(&mut self, inputs: &Inputs<'_>) -> Result<Outputs, RunError> {
+        self.bind_push(inputs)?;
+        let sig = &self.exec.inner.sig;
+        let (nseq, steps) = (self.seqs.len(), inputs.steps);
+        let mut owned = OwnedOutputs::allocate(sig, nseq, steps)?;
+        owned.addrs(sig, nseq, steps, &mut self.out_addrs);
+        let stats = self.push_bound(steps);
+        let summary = RunSummary { final_state: None, prefill: None, stats, form: Form::Stream, chunk: None };
+        Ok(owned.into_outputs(&self.exec.inner.sig, &self.batch, steps, summary))
+    }
+
+    /// [`push`](Self::push), writing the outputs into caller-supplied buffers shaped
+    /// `[batch..., T, field dims...]` (checked like inputs before anything runs): a
+    /// decode loop that reuses its output buffers allocates nothing per push.
+    ///
+    /// ```
+    /// use psm_runtime::{Program, Inputs, OutputsMut};
+    /// let src = "aggregator cumsum { input { v } element { v } identity { v = 0.0; } combine(l, r) { v = l.v + r.v; } }";
+    /// let cumsum = Program::from_source(src, &[]).unwrap().aggregator("cumsum").unwrap();
+    /// let mut s = cumsum.stream(&[]).open().unwrap();
+    /// let mut y = [0.0f32];
+    /// for x in [1.0f32, 2.0, 3.0] {
+    ///     s.push_into(&Inputs::new(&[], 1).input("v", &[x]), &mut OutputsMut::new().output("v", &mut y)).unwrap();
+    /// }
+    /// assert_eq!(y, [6.0]);
+    /// ```
+    pub fn push_into(&mut self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>) -> Result<RunStats, RunError> {
+        self.bind_push(inputs)?;
+        self.exec.bind_outputs(outputs, &self.batch, inputs.steps, &mut self.out_addrs)?;
+        Ok(self.push_bound(inputs.steps))
+    }
+
+    /// Checks pushed inputs and binds their addresses.
+    fn bind_push(&mut self, inputs: &Inputs<'_>) -> Result<(), RunError> {
         if inputs.batch != self.batch {
             return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: self.batch.clone(), found: inputs.batch.clone() });
         }
@@ -329,45 +418,21 @@ impl Stream {
                 message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
             });
         }
-        let exec = self.exec.clone();
-        let sig = &exec.inner.sig;
-        let mut lead = inputs.batch.clone();
-        lead.push(inputs.steps);
-        let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
+        self.exec.bind_inputs(inputs, &mut self.in_addrs)?;
+        Ok(())
+    }
+
+    /// Runs `steps` steps of every sequence on the bound addresses.
+    fn push_bound(&mut self, steps: usize) -> RunStats {
         let nseq = self.seqs.len();
-        let steps = inputs.steps;
-        let mut in_addrs = Vec::with_capacity(nseq * data.len());
-        for b in 0..nseq {
-            for (d, s) in data.iter().zip(&sig.inputs) {
-                in_addrs.push(d.addr() + b * steps * s.len * dtype_size(s.dtype));
-            }
-        }
-        let bound = Bound { nseq, steps, params: self.param_addrs.clone(), inputs: in_addrs };
-        let mut outputs: Vec<Buffer> = Vec::with_capacity(sig.outputs.len());
-        for s in &sig.outputs {
-            let n = nseq
-                .checked_mul(steps)
-                .and_then(|n| n.checked_mul(s.len))
-                .filter(|n| n.checked_mul(dtype_size(s.dtype)).is_some())
-                .and_then(|n| Buffer::try_zeros(s.dtype, n))
-                .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })?;
-            outputs.push(n);
-        }
-        let bases: Vec<usize> = outputs.iter_mut().map(Buffer::addr_mut).collect();
-        let mut out_addrs = Vec::with_capacity(nseq * outputs.len());
-        for b in 0..nseq {
-            for (base, s) in bases.iter().zip(&sig.outputs) {
-                out_addrs.push(base + b * steps * s.len * dtype_size(s.dtype));
-            }
-        }
         let had_prefix = self.seqs.first().is_some_and(|s| s.prefix().is_some());
         let before = self.stats.combines;
         {
-            let kernels: &dyn Kernels = &*exec.inner.kernels;
-            let ctx = Ctx::new(kernels, sig, &bound, &out_addrs, false, Some(&self.step0));
+            let inner = &*self.exec.inner;
+            let io = Io { nseq, steps, params: &self.param_addrs, inputs: &self.in_addrs, outputs: &self.out_addrs };
+            let ctx = Ctx::new(&*inner.kernels, &inner.sig, io, false, Some(&self.step0));
             let ctx = &ctx;
             if nseq == 1 {
-                // The scratch holds no state between calls: kernels write before reading.
                 if self.scratch.is_empty() {
                     self.scratch = ctx.scratch();
                 }
@@ -381,31 +446,6 @@ impl Stream {
         }
         self.position += steps as u64;
         self.refresh_stats(steps, had_prefix);
-        let stats = RunStats {
-            sequences: nseq,
-            steps,
-            combines: (self.stats.combines - before) * nseq as u64,
-            peak_elements: self.stats.peak_elements,
-        };
-        let outputs = outputs
-            .into_iter()
-            .zip(&sig.outputs)
-            .map(|(data, s)| {
-                let mut shape = self.batch.clone();
-                shape.push(steps);
-                shape.extend(&s.shape);
-                Tensor { name: s.name.clone(), shape, data }
-            })
-            .collect();
-        Ok(Outputs {
-            batch: self.batch.clone(),
-            steps,
-            outputs,
-            final_state: None,
-            prefill: None,
-            stats,
-            form: super::Form::Stream,
-            chunk: None,
-        })
+        RunStats { sequences: nseq, steps, combines: (self.stats.combines - before) * nseq as u64, peak_elements: self.stats.peak_elements }
     }
 }
