@@ -15,8 +15,12 @@ fn main() {
     for backend in [psm::Backend::Cpu, psm::Backend::Interp] {
         let n = compare::diag_affine(backend, 257);
         println!("diag_affine     {:<6}: {n} outputs, bit-identical to examples/ops/diag_affine.psm", backend.name());
-        let n = compare::mamba_s6(backend, 257);
+        let n = compare::mamba_s6::<8, 4>(backend, 257);
         println!("mamba_s6        {:<6}: {n} outputs, bit-identical to examples/ops/mamba_s6.psm", backend.name());
+        let n = compare::mamba_s6::<64, 16>(backend, 257);
+        println!("mamba_s6<64,16> {:<6}: {n} outputs, bit-identical to examples/ops/mamba_s6.psm -D D=64 -D N=16", backend.name());
+        let n = compare::causal_mean(backend, 257);
+        println!("causal_mean     {:<6}: {n} outputs, bit-identical to examples/ops/causal_mean.psm", backend.name());
         let n = compare::online_softmax(backend, 257);
         println!("online_softmax  {:<6}: {n} outputs, bit-identical to examples/ops/online_softmax.psm", backend.name());
     }

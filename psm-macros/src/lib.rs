@@ -27,6 +27,8 @@
 //! proves or verifies it), `assume_associative` (trust it when the checker can only say
 //! `unknown`), `dims(D = 16, N = 4)` (sizes; each becomes `pub const D: usize`).
 
+use std::collections::HashMap;
+
 use proc_macro2::TokenStream;
 use psm_ir::front::dsl::ast;
 use psm_ir::ir::Role;
@@ -256,21 +258,21 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         match *kind {
             "identity" => {
                 if let Some(a) = t.signature(f, &[], "State") {
-                    if let Some(body) = t.body(f, "State", head, a.params) {
+                    if let Some(body) = t.body(f, "State", head, &a) {
                         ast_items.push(ast::Item::Identity { body });
                     }
                 }
             }
             "lift" => {
                 if let Some(a) = t.signature(f, &["Input"], "State") {
-                    if let Some(body) = t.body(f, "State", head, a.params) {
+                    if let Some(body) = t.body(f, "State", head, &a) {
                         ast_items.push(ast::Item::Lift { input: a.names[0].clone(), body });
                     }
                 }
             }
             "combine" => {
                 if let Some(a) = t.signature(f, &["State", "State"], "State") {
-                    if let Some(body) = t.body(f, "State", head, a.params) {
+                    if let Some(body) = t.body(f, "State", head, &a) {
                         ast_items.push(ast::Item::Combine { left: a.names[0].clone(), right: a.names[1].clone(), body });
                     }
                 }
@@ -278,7 +280,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
             _ => {
                 let kind = translate::readout_kind(&f.sig.ident.to_string()).expect("a readout");
                 if let Some(a) = t.signature(f, &["State", "Input"], "Output") {
-                    if let Some(body) = t.body(f, "Output", head, a.params) {
+                    if let Some(body) = t.body(f, "Output", head, &a) {
                         let outputs = structs.output.as_ref().map(|o| o.decls.clone()).unwrap_or_default();
                         ast_items.push(ast::Item::Readout { kind, state: a.names[0].clone(), input: a.names[1].clone(), outputs, body });
                     }
@@ -447,10 +449,26 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
         })
         .collect();
     let mut extra: Vec<syn::Item> = Vec::new();
+    // Each struct is generic over the dims its fields use, defaulting to the attribute's
+    // values: `State` is `State<16>`, and `Aggregator<64>` runs `State<64>`.
+    let mut generic: HashMap<String, Vec<syn::Ident>> = HashMap::new();
     for item in items.iter_mut() {
         let syn::Item::Struct(s) = item else { continue };
         if !["Input", "State", "Output", "Params"].contains(&s.ident.to_string().as_str()) {
             continue;
+        }
+        if s.generics.params.is_empty() {
+            let used = dims_used(s, &args.dims);
+            for (n, v) in &used {
+                let v = *v as usize;
+                s.generics.params.push(syn::parse_quote!(const #n: usize = #v));
+            }
+            if !used.is_empty() {
+                // std derives `Default` for arrays of at most 32 entries only; the zero
+                // `Default` below is what it would have made.
+                strip_derive(&mut s.attrs, "Default");
+            }
+            generic.insert(s.ident.to_string(), used.into_iter().map(|(n, _)| n).collect());
         }
         let derived = derived(&s.attrs);
         let want: Vec<syn::Ident> = ["Clone", "Copy", "Debug", "PartialEq"]
@@ -465,12 +483,13 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
         if !has_default {
             if let syn::Fields::Named(named) = &s.fields {
                 let ident = &s.ident;
+                let (impl_generics, ty_generics, _) = s.generics.split_for_impl();
                 let fields = named.named.iter().map(|f| {
                     let (n, z) = (f.ident.as_ref().expect("named"), zero(&f.ty));
                     quote!(#n: #z)
                 });
                 extra.push(syn::parse_quote! {
-                    impl ::core::default::Default for #ident {
+                    impl #impl_generics ::core::default::Default for #ident #ty_generics {
                         fn default() -> Self { #ident { #(#fields),* } }
                     }
                 });
@@ -488,9 +507,36 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
         extra.push(syn::parse_quote!(#[doc(hidden)] #[allow(dead_code)] pub const #n: usize = 1;));
     }
     if let Some(g) = generated {
-        extra.extend(aggregator_impl(&module.ident, g, &args.dims));
+        extra.extend(aggregator_impl(&module.ident, g, &args.dims, &generic));
     }
     items.extend(extra);
+}
+
+/// The dims a struct's field types name, in the attribute's order.
+fn dims_used(s: &syn::ItemStruct, dims: &[(syn::Ident, i64)]) -> Vec<(syn::Ident, i64)> {
+    fn idents(ts: TokenStream, out: &mut Vec<String>) {
+        for t in ts {
+            match t {
+                proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
+                proc_macro2::TokenTree::Group(g) => idents(g.stream(), out),
+                _ => {}
+            }
+        }
+    }
+    let mut names = Vec::new();
+    for f in &s.fields {
+        idents(f.ty.to_token_stream(), &mut names);
+    }
+    dims.iter().filter(|(n, _)| names.iter().any(|x| n == x)).cloned().collect()
+}
+
+/// Removes `name` from the struct's `#[derive(...)]` lists.
+fn strip_derive(attrs: &mut Vec<syn::Attribute>, name: &str) {
+    for a in attrs.iter_mut().filter(|a| a.path().is_ident("derive")) {
+        let Ok(paths) = a.parse_args_with(syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated) else { continue };
+        let kept: Vec<&syn::Path> = paths.iter().filter(|p| p.segments.last().is_none_or(|s| s.ident != name)).collect();
+        *a = syn::parse_quote!(#[derive(#(#kept),*)]);
+    }
 }
 
 fn derived(attrs: &[syn::Attribute]) -> Vec<String> {
@@ -519,11 +565,19 @@ fn zero(ty: &syn::Type) -> TokenStream {
     }
 }
 
-fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)]) -> Vec<syn::Item> {
+fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)], generic: &HashMap<String, Vec<syn::Ident>>) -> Vec<syn::Item> {
     let name = ident.to_string();
     let s = &g.structs;
-    let fields = |info: &StructInfo, xs: TokenStream| {
+    // A struct's type at the aggregator's dims: `State<D, N>`.
+    let full = |info: &StructInfo| {
         let ty = &info.ident;
+        match generic.get(&ty.to_string()) {
+            Some(d) if !d.is_empty() => quote!(#ty<#(#d),*>),
+            _ => quote!(#ty),
+        }
+    };
+    let fields = |info: &StructInfo, xs: TokenStream| {
+        let ty = full(info);
         let entries = info.fields.iter().map(|(f, _)| {
             let n = f.to_string();
             quote!((#n, ::psm::__private::gather(#xs, |x: &#ty| &x.#f)))
@@ -546,20 +600,17 @@ fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)]
             (0..n).map(|t| #ty { #(#inits),* }).collect()
         }
     };
-    let (input_ty, state_ty) = (&s.input.ident, &s.state.ident);
+    let (input_ty, state_ty) = (full(&s.input), full(&s.state));
     let out = s.output.as_ref().unwrap_or(&s.state);
-    let out_ty = &out.ident;
+    let out_ty = full(out);
     let input_fields = fields(&s.input, quote!(xs));
     let state_fields = fields(&s.state, quote!(xs));
     let (params_ty, param_fields) = match &s.params {
-        Some(p) => {
-            let ty = &p.ident;
-            (quote!(#ty), fields(p, quote!(::std::slice::from_ref(p))))
-        }
+        Some(p) => (full(p), fields(p, quote!(::std::slice::from_ref(p)))),
         None => (quote!(()), quote!({ let _ = p; ::std::vec::Vec::new() })),
     };
     let (read_outputs, read_states) = (read(out), read(&s.state));
-    let dims = dims.iter().map(|(n, _)| {
+    let dim_values = dims.iter().map(|(n, _)| {
         let text = n.to_string();
         quote!(::psm::DimOverride { name: ::std::string::String::from(#text), value: #n as i64 })
     });
@@ -567,11 +618,23 @@ fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)]
         Some(m) => m.clone(),
         None => quote!(::std::panic!("psm: `{}` did not compile", #name)),
     };
-    let doc = format!("The psm aggregator `{name}`: run it with `psm::Op::<{name}::Aggregator>`.");
+    let doc = format!(
+        "The psm aggregator `{name}`: run it with `psm::Op::<{name}::Aggregator>`; `Aggregator<{}>` runs it at other dims.",
+        dims.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let dim_params: Vec<TokenStream> = dims
+        .iter()
+        .map(|(n, v)| {
+            let v = *v as usize;
+            quote!(const #n: usize = #v)
+        })
+        .collect();
+    let impl_params = dims.iter().map(|(n, _)| quote!(const #n: usize));
+    let dim_names = dims.iter().map(|(n, _)| n);
     vec![
-        syn::parse_quote!(#[doc = #doc] #[derive(Clone, Copy, Debug, Default)] pub struct Aggregator;),
+        syn::parse_quote!(#[doc = #doc] #[derive(Clone, Copy, Debug, Default)] pub struct Aggregator<#(#dim_params),*>;),
         syn::parse_quote! {
-            impl ::psm::Aggregator for Aggregator {
+            impl<#(#impl_params),*> ::psm::Aggregator for Aggregator<#(#dim_names),*> {
                 type Params = #params_ty;
                 type Input = #input_ty;
                 type State = #state_ty;
@@ -580,7 +643,7 @@ fn aggregator_impl(ident: &syn::Ident, g: &Generated, dims: &[(syn::Ident, i64)]
                 // Arenas a module leaves empty are never pushed to, nor their handles read.
                 #[allow(unused_mut, unused_variables)]
                 fn module() -> ::psm::__private::psm_ir::ir::Module { #module_body }
-                fn dims() -> ::std::vec::Vec<::psm::DimOverride> { ::std::vec![#(#dims),*] }
+                fn dims() -> ::std::vec::Vec<::psm::DimOverride> { ::std::vec![#(#dim_values),*] }
                 fn param_fields(p: &#params_ty) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #param_fields }
                 fn input_fields(xs: &[#input_ty]) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #input_fields }
                 fn state_fields(xs: &[#state_ty]) -> ::std::vec::Vec<(&'static str, ::psm::Buffer)> { #state_fields }

@@ -53,6 +53,8 @@ struct Loop {
 pub struct Args {
     pub names: Vec<ast::Ident>,
     pub params: Option<String>,
+    /// `readout_exclusive(p: Option<&State>, ..)`: `p` is `None` where psm's `empty(p)`.
+    pub optional: Option<String>,
 }
 
 /// What the names of one function body mean.
@@ -60,6 +62,9 @@ struct Cx {
     out: String,
     /// The `&Params` argument: `p.w[i]` reads the param `w`.
     params: Option<String>,
+    /// An `Option<&State>` argument, and the names `if let Some(q) = p` binds to it.
+    optional: Option<String>,
+    aliases: Vec<(String, String)>,
     loops: Vec<Loop>,
     /// Index variables of enclosing sums (`|i| ...`).
     reduce_vars: Vec<String>,
@@ -233,6 +238,7 @@ impl<'a> Translator<'a> {
             "identity" => "takes no arguments".to_string(),
             "lift" => format!("takes one `&{}`", args[0]),
             "combine" => format!("takes two `&{}`, the earlier first", args[0]),
+            "readout_exclusive" => "takes the state before the step first (`p: &State`, or `p: Option<&State>`, `None` at step 0 without an identity), then the step's input".to_string(),
             _ => "takes the state first, then the step's input".to_string(),
         };
         let what = if self.params.is_some() { format!("{what}, then optionally the params `p: &Params`") } else { what };
@@ -268,6 +274,7 @@ impl<'a> Translator<'a> {
         }
         let mut names = Vec::new();
         let mut params = None;
+        let mut optional = None;
         let mut ok = true;
         for (k, (arg, want_ty)) in sig.inputs.iter().zip(&expected).enumerate() {
             let syn::FnArg::Typed(pt) = arg else {
@@ -291,7 +298,9 @@ impl<'a> Translator<'a> {
                     ok = false;
                 }
             }
-            if type_name(strip_ref(&pt.ty)).as_deref() != Some(*want_ty) {
+            if name == "readout_exclusive" && k == 0 && option_of_ref(&pt.ty).and_then(type_name).as_deref() == Some(*want_ty) {
+                optional = names.last().map(|n| n.name.clone());
+            } else if type_name(strip_ref(&pt.ty)).as_deref() != Some(*want_ty) {
                 self.err(
                     &pt.ty,
                     &format!("expected `&{want_ty}`, found `{}`", pt.ty.to_token_stream().to_string().replace("& ", "&")),
@@ -312,11 +321,11 @@ impl<'a> Translator<'a> {
             self.err(node, &format!("`{name}` must return `{ret}`"), &format!("write `{want}`"));
             ok = false;
         }
-        ok.then_some(Args { names, params })
+        ok.then_some(Args { names, params, optional })
     }
 
     /// The body convention: `let mut out = Ret::default();`, statements, `out`.
-    pub fn body(&mut self, f: &syn::ItemFn, ret: &str, head: Span, params: Option<String>) -> Option<ast::Block> {
+    pub fn body(&mut self, f: &syn::ItemFn, ret: &str, head: Span, args: &Args) -> Option<ast::Block> {
         let stmts = &f.block.stmts;
         let convention = format!("make the value with `let mut out = {ret}::default();`, assign its fields, and end with `out`");
         let init = stmts.iter().position(|s| matches!(s, syn::Stmt::Local(l) if is_default_init(l, ret)));
@@ -353,7 +362,8 @@ impl<'a> Translator<'a> {
         }
         // A local named like a param would hide it in psm: such locals get a suffix.
         let used = self.params.iter().flatten().map(|p| (p.clone(), 1)).collect();
-        let mut cx = Cx { out: out_name, params, loops: Vec::new(), reduce_vars: Vec::new(), locals: Vec::new(), used };
+        let (params, optional) = (args.params.clone(), args.optional.clone());
+        let mut cx = Cx { out: out_name, params, optional, aliases: Vec::new(), loops: Vec::new(), reduce_vars: Vec::new(), locals: Vec::new(), used };
         let mut out = Vec::new();
         let errors = self.errors.len();
         for (k, s) in stmts[..stmts.len() - 1].iter().enumerate() {
@@ -609,6 +619,7 @@ impl<'a> Translator<'a> {
                 let rhs = self.expr(&b.right, cx);
                 self.node(ast::ExprKind::Binary { op, lhs: Box::new(lhs?), rhs: Box::new(rhs?) }, e)
             }
+            E::If(i) if matches!(strip(&i.cond), E::Let(_)) => self.if_let(i, cx)?,
             E::If(i) => {
                 let cond = self.expr(&i.cond, cx);
                 let then = self.block_value(&i.then_branch, cx);
@@ -645,6 +656,75 @@ impl<'a> Translator<'a> {
         })
     }
 
+    /// `empty(p)` (or `!empty(p)`) on the readout's `Option<&State>` argument.
+    fn empty(&mut self, p: &str, node: &dyn ToTokens, negate: bool) -> ast::Expr {
+        let base = ast::Ident { name: p.to_string(), span: self.id(node) };
+        let arg = self.node(ast::ExprKind::Access { base, field: None, indices: None }, node);
+        let func = ast::Ident { name: "empty".into(), span: self.id(node) };
+        let call = self.node(ast::ExprKind::Call { func, args: vec![arg] }, node);
+        if negate {
+            self.node(ast::ExprKind::Unary { op: UnaryOp::Not, arg: Box::new(call) }, node)
+        } else {
+            call
+        }
+    }
+
+    /// `if let Some(q) = p { a } else { b }`: `a` where the prefix is not empty, reading it as `q`.
+    fn if_let(&mut self, i: &syn::ExprIf, cx: &mut Cx) -> Result<ast::Expr, ()> {
+        let syn::Expr::Let(l) = strip(&i.cond) else { unreachable!("checked by the caller") };
+        let Some(opt) = cx.optional.clone() else {
+            return self.fail(&l.let_token, "`if let` is not supported here", "write `if c { a } else { b }`; `if let Some(p) = p` tests the `Option<&State>` of `readout_exclusive`");
+        };
+        let help = format!("write `if let Some({opt}) = {opt} {{ ... }} else {{ ... }}`");
+        let on_opt = matches!(strip(&l.expr), syn::Expr::Path(p) if p.path.is_ident(&opt));
+        let bound = match &*l.pat {
+            syn::Pat::TupleStruct(ts) if ts.path.is_ident("Some") && ts.elems.len() == 1 => match &ts.elems[0] {
+                syn::Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => Some(pi.ident.to_string()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (true, Some(bound)) = (on_opt, bound) else {
+            return self.fail(l, "unsupported `if let`", &help);
+        };
+        let Some((_, els)) = &i.else_branch else {
+            return self.fail(i, "an `if let` without `else` has no value", &help);
+        };
+        let cond = self.empty(&opt, &l.expr, true);
+        cx.aliases.push((bound, opt));
+        let then = self.block_value(&i.then_branch, cx);
+        cx.aliases.pop();
+        let otherwise = self.expr(els, cx);
+        Ok(self.node(ast::ExprKind::If { cond: Box::new(cond), then: Box::new(then?), otherwise: Box::new(otherwise?) }, i))
+    }
+
+    /// `p.is_none()`, `p.is_some()`, `p.map_or(b, |q| a)` on the `Option<&State>`.
+    fn option_method(&mut self, m: &syn::ExprMethodCall, opt: String, cx: &mut Cx) -> Result<ast::Expr, ()> {
+        match (m.method.to_string().as_str(), m.args.len()) {
+            ("is_none", 0) => Ok(self.empty(&opt, &m.receiver, false)),
+            ("is_some", 0) => Ok(self.empty(&opt, &m.receiver, true)),
+            ("map_or", 2) => {
+                let bound = match &m.args[1] {
+                    syn::Expr::Closure(c) if c.inputs.len() == 1 => match &c.inputs[0] {
+                        syn::Pat::Ident(pi) if pi.by_ref.is_none() && pi.subpat.is_none() => Some((pi.ident.to_string(), &c.body)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let Some((bound, body)) = bound else {
+                    return self.fail(&m.args[1], "expected a closure `|q| e`", &format!("write `{opt}.map_or(default, |{opt}| ...)`"));
+                };
+                let cond = self.empty(&opt, &m.receiver, true);
+                cx.aliases.push((bound, opt));
+                let then = self.expr(body, cx);
+                cx.aliases.pop();
+                let otherwise = self.expr(&m.args[0], cx);
+                Ok(self.node(ast::ExprKind::If { cond: Box::new(cond), then: Box::new(then?), otherwise: Box::new(otherwise?) }, m))
+            }
+            _ => self.fail(&m.method, &format!("unsupported use of `{opt}: Option<&State>`"), &format!("the previous state is read with `if let Some({opt}) = {opt} {{ ... }} else {{ ... }}` or `{opt}.map_or(default, |{opt}| ...)`; `{opt}.is_none()` tests for its absence")),
+        }
+    }
+
     fn block_value(&mut self, b: &syn::Block, cx: &mut Cx) -> Result<ast::Expr, ()> {
         match b.stmts.as_slice() {
             [syn::Stmt::Expr(e, None)] => self.expr(e, cx),
@@ -657,6 +737,9 @@ impl<'a> Translator<'a> {
             let n = i.to_string();
             if n == cx.out {
                 return self.fail(p, &format!("`{n}` is being built and cannot be read"), "read the arguments' fields, or name a value with `let` and use it twice");
+            }
+            if cx.optional.as_ref() == Some(&n) {
+                return self.fail(p, &format!("`{n}` is an `Option<&State>`"), &format!("test it with `{n}.is_none()`, or read it with `if let Some({n}) = {n} {{ ... }} else {{ ... }}`"));
             }
             if cx.params.as_ref() == Some(&n) {
                 return self.fail(p, "the params are read field by field", &format!("read a field: `{n}.w[i]`"));
@@ -701,7 +784,14 @@ impl<'a> Translator<'a> {
                     if *b == cx.out {
                         return self.fail(cur, &format!("`{}` is being built and cannot be read", cx.out), "read the arguments' fields; name a value with `let` to use it twice");
                     }
-                    (b.clone(), m.clone())
+                    match cx.aliases.iter().rev().find(|a| b == &a.0) {
+                        // `if let Some(q) = p`: `q.f` reads `p.f`, at `q`'s tokens.
+                        Some((_, psm)) => (syn::Ident::new(psm, b.span()), m.clone()),
+                        None if cx.optional.as_ref().is_some_and(|o| b == o) => {
+                            return self.fail(cur, &format!("`{b}` is an `Option<&State>`"), &format!("read it where it is present: `if let Some({b}) = {b} {{ {b}.{m} ... }} else {{ ... }}`"));
+                        }
+                        None => (b.clone(), m.clone()),
+                    }
                 }
                 _ => return self.fail(cur, "unsupported field access", "read a field of an argument: `l.a[i]`"),
             },
@@ -732,6 +822,11 @@ impl<'a> Translator<'a> {
     fn method(&mut self, m: &syn::ExprMethodCall, cx: &mut Cx) -> Result<ast::Expr, ()> {
         let name = m.method.to_string();
         let e: &dyn ToTokens = m;
+        if let (Some(opt), syn::Expr::Path(p)) = (&cx.optional, strip(&m.receiver)) {
+            if p.path.is_ident(opt) && !cx.aliases.iter().any(|a| a.0 == *opt) {
+                return self.option_method(m, opt.clone(), cx);
+            }
+        }
         // Reductions: `(0..N).map(|i| e).sum::<f32>()`, `.product()`, `.fold(f32::NEG_INFINITY, f32::max)`.
         let reduce = match name.as_str() {
             "sum" if m.args.is_empty() => Some(ReduceOp::Sum),
@@ -843,6 +938,17 @@ fn is_compound(op: &syn::BinOp) -> bool {
         op,
         B::AddAssign(_) | B::SubAssign(_) | B::MulAssign(_) | B::DivAssign(_) | B::RemAssign(_) | B::BitXorAssign(_) | B::BitAndAssign(_) | B::BitOrAssign(_) | B::ShlAssign(_) | B::ShrAssign(_)
     )
+}
+
+/// `Option<&T>` → `T`.
+fn option_of_ref(t: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = t else { return None };
+    let seg = p.path.segments.last().filter(|s| s.ident == "Option" && p.qself.is_none())?;
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else { return None };
+    match a.args.iter().collect::<Vec<_>>().as_slice() {
+        [syn::GenericArgument::Type(syn::Type::Reference(r))] if r.mutability.is_none() => Some(&r.elem),
+        _ => None,
+    }
 }
 
 /// `&T` → `T`.

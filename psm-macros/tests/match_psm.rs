@@ -17,8 +17,22 @@ fn diag_affine_matches_psm_file() {
 
 #[test]
 fn mamba_s6_matches_psm_file() {
-    assert!(compare::mamba_s6(Backend::Cpu, 100) > 0);
-    assert!(compare::mamba_s6(Backend::Interp, 37) > 0);
+    assert!(compare::mamba_s6::<8, 4>(Backend::Cpu, 100) > 0);
+    assert!(compare::mamba_s6::<8, 4>(Backend::Interp, 37) > 0);
+}
+
+#[test]
+fn mamba_s6_at_other_dims_matches_psm_file() {
+    // The structs and the IR at D = 16, N = 3; the `.psm` file with `-D D=16 -D N=3`.
+    assert!(compare::mamba_s6::<16, 3>(Backend::Cpu, 50) > 0);
+    assert!(compare::mamba_s6::<16, 3>(Backend::Interp, 20) > 0);
+}
+
+#[test]
+fn causal_mean_matches_psm_file() {
+    // `if let Some(p) = p` in Rust, `empty(p)` in psm.
+    assert!(compare::causal_mean(Backend::Cpu, 100) > 0);
+    assert!(compare::causal_mean(Backend::Interp, 37) > 0);
 }
 
 #[test]
@@ -31,9 +45,9 @@ fn online_softmax_matches_psm_file() {
 fn the_ir_is_the_psm_files() {
     use psm::Aggregator;
     for (module, name) in [
-        (ops::diag_affine::Aggregator::module(), "diag_affine"),
-        (ops::mamba_s6::Aggregator::module(), "mamba_s6"),
-        (ops::online_softmax::Aggregator::module(), "online_softmax"),
+        (<ops::diag_affine::Aggregator>::module(), "diag_affine"),
+        (<ops::mamba_s6::Aggregator>::module(), "mamba_s6"),
+        (<ops::online_softmax::Aggregator>::module(), "online_softmax"),
     ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/ops/{name}.psm"));
         let file = psm::ir::front::dsl::parse(&std::fs::read_to_string(path).unwrap()).unwrap();

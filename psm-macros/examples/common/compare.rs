@@ -3,12 +3,13 @@
 //! every form, pushed step by step through a stream, and split in two runs that hand
 //! the state over.
 
-use super::ops::{diag_affine, mamba_s6, online_softmax};
+use super::ops::{causal_mean, diag_affine, mamba_s6, online_softmax};
 use psm::{Aggregator, Backend, Form, Inputs, Op, RunOptions};
 
-fn psm_file(name: &str, backend: Backend) -> psm::runtime::Aggregator {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/ops/{name}.psm"));
-    psm::runtime::Program::from_file(&path, &[]).unwrap().aggregator(name).unwrap().with_backend(backend)
+/// The `.psm` twin of `A`, at `A`'s dims.
+fn psm_file<A: Aggregator>(backend: Backend) -> psm::runtime::Aggregator {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/ops/{}.psm", A::NAME));
+    psm::runtime::Program::from_file(&path, &A::dims()).unwrap().aggregator(A::NAME).unwrap().with_backend(backend)
 }
 
 /// A deterministic pseudo-random stream in [-1, 1).
@@ -32,7 +33,7 @@ fn same_bits(what: &str, a: &[f32], b: &[f32]) {
 fn compare<A: Aggregator>(backend: Backend, params: &A::Params, xs: &[A::Input], named: &Inputs<'_>, y: impl Fn(&A::Output) -> Vec<f32>) -> usize {
     let op = Op::<A>::with_backend(backend).unwrap();
     assert!(op.associative(), "{}", A::NAME);
-    let twin = psm_file(A::NAME, backend);
+    let twin = psm_file::<A>(backend);
     let flat = |ys: &[A::Output]| ys.iter().flat_map(&y).collect::<Vec<f32>>();
     let mut n = 0;
     let forms = [
@@ -83,10 +84,11 @@ pub fn diag_affine(backend: Backend, steps: usize) -> usize {
     compare::<diag_affine::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
 }
 
-pub fn mamba_s6(backend: Backend, steps: usize) -> usize {
+/// At the attribute's dims (8, 4) or any other: `mamba_s6::Aggregator<D, N>`.
+pub fn mamba_s6<const D: usize, const N: usize>(backend: Backend, steps: usize) -> usize {
     let mut r = noise(3);
-    let params = mamba_s6::Params { a_log: std::array::from_fn(|_| std::array::from_fn(|_| r())), skip: std::array::from_fn(|_| r()) };
-    let xs: Vec<mamba_s6::Input> = (0..steps)
+    let params = mamba_s6::Params::<D, N> { a_log: std::array::from_fn(|_| std::array::from_fn(|_| r())), skip: std::array::from_fn(|_| r()) };
+    let xs: Vec<mamba_s6::Input<D, N>> = (0..steps)
         .map(|_| mamba_s6::Input {
             dt: std::array::from_fn(|_| r()),
             x: std::array::from_fn(|_| r()),
@@ -108,7 +110,7 @@ pub fn mamba_s6(backend: Backend, steps: usize) -> usize {
         .input("x", &x)
         .input("B", &b)
         .input("C", &c);
-    compare::<mamba_s6::Aggregator>(backend, &params, &xs, &named, |o| o.y.to_vec())
+    compare::<mamba_s6::Aggregator<D, N>>(backend, &params, &xs, &named, |o| o.y.to_vec())
 }
 
 pub fn online_softmax(backend: Backend, steps: usize) -> usize {
@@ -119,4 +121,12 @@ pub fn online_softmax(backend: Backend, steps: usize) -> usize {
     let v: Vec<f32> = xs.iter().flat_map(|x| x.v).collect();
     let named = Inputs::new(&[], steps).input("s", &s).input("v", &v);
     compare::<online_softmax::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
+}
+
+pub fn causal_mean(backend: Backend, steps: usize) -> usize {
+    let mut r = noise(4);
+    let xs: Vec<causal_mean::Input> = (0..steps).map(|_| causal_mean::Input { v: std::array::from_fn(|_| r()) }).collect();
+    let v: Vec<f32> = xs.iter().flat_map(|x| x.v).collect();
+    let named = Inputs::new(&[], steps).input("v", &v);
+    compare::<causal_mean::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
 }

@@ -1,5 +1,5 @@
 #![allow(dead_code)]
-//! examples/ops/diag_affine.psm, mamba_s6.psm and online_softmax.psm, written in Rust
+//! examples/ops/diag_affine.psm, mamba_s6.psm, online_softmax.psm and causal_mean.psm, written in Rust
 //! with `#[psm_aggregator]`: the same operators, statement for statement.
 
 /// Diagonal affine recurrence over D channels: h_t[d] = a_t[d] * h_{t-1}[d] + b_t[d]
@@ -162,6 +162,48 @@ pub mod mamba_s6 {
         let mut out = Output::default();
         for d in 0..D {
             out.y[d] = (0..N).map(|n| s.h[d][n] * x.c[n]).sum::<f32>() + p.skip[d] * x.x[d];
+        }
+        out
+    }
+}
+
+/// Causal mean of the previous tokens: y_0 = v_0, y_t = (1/t) sum_{s<t} v_s. An exclusive
+/// readout without an identity: the state before step 0 is `None`.
+#[psm::psm_aggregator(associative, dims(D = 16))]
+pub mod causal_mean {
+    pub struct Input {
+        pub v: [f32; D],
+    }
+    pub struct State {
+        pub s: [f32; D],
+        pub n: f32,
+    }
+    pub struct Output {
+        pub y: [f32; D],
+    }
+
+    pub fn lift(x: &Input) -> State {
+        let mut out = State::default();
+        for d in 0..D {
+            out.s[d] = x.v[d];
+        }
+        out.n = 1.0;
+        out
+    }
+
+    pub fn combine(l: &State, r: &State) -> State {
+        let mut out = State::default();
+        for d in 0..D {
+            out.s[d] = l.s[d] + r.s[d];
+        }
+        out.n = l.n + r.n;
+        out
+    }
+
+    pub fn readout_exclusive(p: Option<&State>, x: &Input) -> Output {
+        let mut out = Output::default();
+        for d in 0..D {
+            out.y[d] = if let Some(p) = p { p.s[d] / p.n } else { x.v[d] };
         }
         out
     }

@@ -73,6 +73,6 @@ fn main() {
     // The embedded IR validates at other dims (named buffers: the structs are sized at D = 3).
     use psm::Aggregator;
     let d5 = [psm::DimOverride { name: "D".into(), value: 5 }];
-    let wide = psm::runtime::Program::from_module(gated::Aggregator::module(), &d5).unwrap().aggregator("gated").unwrap();
+    let wide = psm::runtime::Program::from_module(<gated::Aggregator>::module(), &d5).unwrap().aggregator("gated").unwrap();
     assert_eq!(wide.signature().inputs[0].shape, vec![5]);
 }
