@@ -6,6 +6,7 @@
 //! cargo run --release -p psm-bench --example breakdown -- push       # GLA K=V=64: run of T steps, push of N steps
 //! cargo run --release -p psm-bench --example breakdown -- alloc      # output allocation at DRAM sizes (cumsum, 2^26)
 //! cargo run --release -p psm-bench --example breakdown -- diag       # diag_affine [4, 4096, 64] at 1 and 2 threads
+//! cargo run --release -p psm-bench --example breakdown -- small      # L1-sized runs: run / run_into vs the hand loop
 //! cargo run --release -p psm-bench --example breakdown -- chain      # ns per step of the loop-carried chains
 //! # instructions per step: run under valgrind at two sizes and subtract
 //! valgrind --tool=cachegrind --cache-sim=no --smc-check=all \
@@ -283,6 +284,71 @@ fn main() {
             }
             println!("  the reserve + zero-fill of the output alone: {}", us(best_time(budget, || drop(black_box(zero_filled(n))))));
         }
+        "small" => {
+            // L1-sized runs: psm's run (allocating its outputs) and run_into (a reused
+            // output buffer) against the hand loop allocating or reusing its output.
+            let mut rng = Rng::new(11);
+            let (a, x) = (rng.vec(4 * 16 * 64, 0.5, 1.0), rng.vec(4 * 16 * 64, -1.0, 1.0));
+            let o1 = on(&one);
+            type Hand<'a> = Box<dyn Fn(&mut [f32]) + 'a>;
+            let cases: Vec<(&str, Aggregator, Inputs<'_>, &str, usize, Hand<'_>)> = vec![
+                ("cumsum [4096]", op("cumsum", &[]), Inputs::new(&[], 4096).input("v", &x), "v", 4096, Box::new(|y| baselines::cumsum(black_box(&x), y, 4096))),
+                (
+                    "scalar_affine [4096]",
+                    op("scalar_affine", &[]),
+                    Inputs::new(&[], 4096).input("a", &a).input("b", &x),
+                    "y",
+                    4096,
+                    Box::new(|y| baselines::scalar_affine(black_box(&a), black_box(&x), y, 4096)),
+                ),
+                (
+                    "diag_affine [4, 16, 64]",
+                    op("diag_affine", &[("D", 64)]),
+                    Inputs::new(&[4], 16).input("a", &a).input("b", &x),
+                    "y",
+                    4096,
+                    Box::new(|y| baselines::diag_affine(black_box(&a), black_box(&x), y, 16, 64)),
+                ),
+            ];
+            for (label, agg, inputs, out, n, hand) in &cases {
+                let mut y = vec![0.0f32; *n];
+                let run = one.install(|| best_time(budget, || drop(black_box(agg.run(inputs, &o1).expect("runs")))));
+                let into = one.install(|| {
+                    best_time(budget, || {
+                        black_box(agg.run_into(inputs, &mut OutputsMut::new().output(out, &mut y), &o1).expect("runs"));
+                    })
+                });
+                let hand_alloc = best_time(budget, || {
+                    let mut y = vec![0.0f32; *n];
+                    hand(&mut y);
+                    black_box(y);
+                });
+                let hand_reused = best_time(budget, || {
+                    hand(&mut y);
+                    black_box(&mut y);
+                });
+                println!(
+                    "{label}: psm run {} / run_into {}; hand allocating {} / reusing {}; hand/psm {:.2} (allocating) {:.2} (reusing)",
+                    us(run),
+                    us(into),
+                    us(hand_alloc),
+                    us(hand_reused),
+                    hand_alloc.as_secs_f64() / run.as_secs_f64(),
+                    hand_reused.as_secs_f64() / into.as_secs_f64()
+                );
+            }
+        }
+        "calls" => {
+            // For a profiler: run_into of one cumsum step, over and over.
+            let cumsum = op("cumsum", &[]);
+            let (v, mut y) = ([1.0f32], [0.0f32]);
+            let o1 = on(&one);
+            one.install(|| {
+                for _ in 0..2_000_000 {
+                    black_box(cumsum.run_into(&Inputs::new(&[], 1).input("v", &v), &mut OutputsMut::new().output("v", &mut y), &o1).expect("runs"));
+                }
+            });
+        }
         "chain" => {
             let (n, reps) = (4096usize, 64usize);
             let mut rng = Rng::new(5);
@@ -337,6 +403,6 @@ fn main() {
             }
             black_box(y);
         }
-        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | chain | count psm|hand|none cumsum|scalar_affine N"),
+        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | chain | count psm|hand|none cumsum|scalar_affine N"),
     }
 }

@@ -37,6 +37,7 @@ use psm_ir::ir::{Aggregator, Dtype, ReadoutKind, Role};
 use psm_ir::valid::Info;
 use rayon::prelude::*;
 use rayon::ThreadPool;
+use smallvec::SmallVec;
 
 use crate::buffers::{dtype_size, read_field, try_words, write_field, Buffer, Data, DataMut, Inputs, OutputsMut, State, Tensor};
 use crate::error::{RunError, Slot};
@@ -317,7 +318,7 @@ impl OwnedOutputs {
     }
 
     /// Per-sequence base addresses (see [`sequence_bases`]).
-    pub(crate) fn addrs(&mut self, sig: &Signature, nseq: usize, steps: usize, into: &mut Vec<usize>) {
+    pub(crate) fn addrs(&mut self, sig: &Signature, nseq: usize, steps: usize, into: &mut Addrs) {
         sequence_bases(&sig.outputs, self.buffers.iter_mut().map(Buffer::addr_mut), nseq, steps, into);
     }
 
@@ -347,7 +348,7 @@ pub(crate) fn sequence_bases(
     buffers: impl Iterator<Item = usize>,
     nseq: usize,
     steps: usize,
-    into: &mut Vec<usize>,
+    into: &mut Addrs,
 ) {
     into.clear();
     into.extend(buffers); // sequence 0
@@ -372,13 +373,19 @@ pub(crate) struct ExecInner {
     pools: Mutex<Vec<(usize, Arc<ThreadPool>)>>,
 }
 
+/// A table of buffer addresses handed to the kernels: inline up to 8 entries.
+pub(crate) type Addrs = SmallVec<[usize; 8]>;
+
+/// The kernels' per-thread scratch: inline up to 256 bytes.
+pub(crate) type Scratch = SmallVec<[u64; 32]>;
+
 /// Validated data of one run: addresses of the user's buffers.
 pub(crate) struct Bound {
     pub nseq: usize,
     pub steps: usize,
-    pub params: Vec<usize>,
+    pub params: Addrs,
     /// `nseq × inputs`: the base of sequence b's data of input k at `[b · n + k]`.
-    pub inputs: Vec<usize>,
+    pub inputs: Addrs,
 }
 
 fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError> {
@@ -412,14 +419,15 @@ impl Checked for DataMut<'_> {
 /// Matches named data against declarations: unknown, duplicate, missing, dtype and
 /// length errors, in that order. Each tensor has `batch` leading dims, then `steps`
 /// when given (per-step data), then the declared dims. Returns, in declaration order,
-/// the index in `given` of each declared tensor.
-pub(crate) fn match_named<D: Checked>(
-    sig: &Signature,
+/// the index in `given` of each declared tensor (no allocation: runs over L1-sized
+/// data and stream pushes pay this per call).
+pub(crate) fn match_named<'g, D: Checked>(
+    sig: &'g Signature,
     slot: Slot,
-    given: &[(String, D)],
+    given: &'g [(String, D)],
     batch: &[usize],
     steps: Option<usize>,
-) -> Result<Vec<usize>, RunError> {
+) -> Result<impl Iterator<Item = usize> + 'g, RunError> {
     let specs = sig.slot(slot);
     for (name, _) in given {
         if !specs.iter().any(|s| &s.name == name) {
@@ -442,9 +450,13 @@ pub(crate) fn match_named<D: Checked>(
     let lead_len = product(batch, || format!("the batch shape {batch:?}"))?
         .checked_mul(steps.unwrap_or(1))
         .ok_or_else(|| RunError::TooLarge { what: format!("{} steps of the batch shape {batch:?}", steps.unwrap_or(1)) })?;
-    let mut order = Vec::with_capacity(specs.len());
-    for s in specs {
-        let Some(i) = given.iter().position(|(n, _)| n == &s.name) else {
+    // Usually given in declaration order: then one comparison per name.
+    let index = |k: usize, s: &FieldSpec| match given.get(k) {
+        Some((n, _)) if n == &s.name => Some(k),
+        _ => given.iter().position(|(n, _)| n == &s.name),
+    };
+    for (k, s) in specs.iter().enumerate() {
+        let Some(i) = index(k, s) else {
             return Err(RunError::Missing { slot, name: s.name.clone() });
         };
         let data = &given[i].1;
@@ -461,9 +473,9 @@ pub(crate) fn match_named<D: Checked>(
             shape.extend(&s.shape);
             return Err(RunError::WrongLength { slot, name: s.name.clone(), expected, found: data.len(), shape });
         }
-        order.push(i);
     }
-    Ok(order)
+    // Every lookup succeeds: each name was found above.
+    Ok(specs.iter().enumerate().map(move |(k, s)| index(k, s).unwrap_or(k)))
 }
 
 impl Executor {
@@ -496,36 +508,38 @@ impl Executor {
         Ok(pool)
     }
 
-    pub(crate) fn bind_params(&self, given: &[(String, Data<'_>)]) -> Result<Vec<usize>, RunError> {
-        let order = match_named(&self.inner.sig, Slot::Param, given, &[], None)?;
-        Ok(order.iter().map(|&i| given[i].1.addr()).collect())
+    pub(crate) fn bind_params(&self, given: &[(String, Data<'_>)]) -> Result<Addrs, RunError> {
+        Ok(match_named(&self.inner.sig, Slot::Param, given, &[], None)?.map(|i| given[i].1.addr()).collect())
     }
 
     /// Checks per-step inputs `[batch..., T, field dims...]`; writes the per-sequence
     /// base addresses into `into` (see [`sequence_bases`]).
-    pub(crate) fn bind_inputs(&self, inputs: &Inputs<'_>, into: &mut Vec<usize>) -> Result<usize, RunError> {
+    pub(crate) fn bind_inputs(&self, inputs: &Inputs<'_>, into: &mut Addrs) -> Result<usize, RunError> {
         let sig = &self.inner.sig;
         let order = match_named(sig, Slot::Input, &inputs.inputs, &inputs.batch, Some(inputs.steps))?;
         let nseq = product(&inputs.batch, || format!("the batch shape {:?}", inputs.batch))?;
-        sequence_bases(&sig.inputs, order.iter().map(|&i| inputs.inputs[i].1.addr()), nseq, inputs.steps, into);
+        sequence_bases(&sig.inputs, order.map(|i| inputs.inputs[i].1.addr()), nseq, inputs.steps, into);
         Ok(nseq)
     }
 
     /// Checks caller-supplied outputs for `batch` × `steps`; writes the per-sequence
     /// base addresses into `into`.
-    pub(crate) fn bind_outputs(&self, outputs: &mut OutputsMut<'_>, batch: &[usize], steps: usize, into: &mut Vec<usize>) -> Result<(), RunError> {
+    pub(crate) fn bind_outputs(&self, outputs: &mut OutputsMut<'_>, batch: &[usize], steps: usize, into: &mut Addrs) -> Result<(), RunError> {
         let sig = &self.inner.sig;
-        let order = match_named(sig, Slot::Output, &outputs.outputs, batch, Some(steps))?;
+        match_named(sig, Slot::Output, &outputs.outputs, batch, Some(steps))?.for_each(drop);
         let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
         let given = &mut outputs.outputs;
-        sequence_bases(&sig.outputs, order.iter().map(|&i| given[i].1.addr_mut()), nseq, steps, into);
+        // Every declared name is present (checked above); the lookup needs the buffers
+        // mutably, which the checked order's borrow of the names does not allow.
+        let addrs = sig.outputs.iter().map(|s| given.iter_mut().find(|(n, _)| n == &s.name).map_or(0, |(_, d)| d.addr_mut()));
+        sequence_bases(&sig.outputs, addrs, nseq, steps, into);
         Ok(())
     }
 
     /// Checks a run's data and returns the addresses the kernels read.
     pub(crate) fn bind(&self, inputs: &Inputs<'_>) -> Result<Bound, RunError> {
         let params = self.bind_params(&inputs.params)?;
-        let mut addrs = Vec::new();
+        let mut addrs = Addrs::new();
         let nseq = self.bind_inputs(inputs, &mut addrs)?;
         Ok(Bound { nseq, steps: inputs.steps, params, inputs: addrs })
     }
@@ -541,7 +555,7 @@ impl Executor {
             });
         }
         let given: Vec<(String, Data<'_>)> = state.fields.iter().map(|t| (t.name.clone(), t.data.as_data())).collect();
-        let order = match_named(&self.inner.sig, Slot::State, &given, batch, None)?;
+        let order: Vec<usize> = match_named(&self.inner.sig, Slot::State, &given, batch, None)?.collect();
         let layout = self.inner.kernels.layout();
         let words = crate::buffers::words(layout);
         let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
@@ -591,7 +605,7 @@ impl Executor {
         self.check_options(opts)?;
         let bound = self.bind(inputs)?;
         let mut owned = OwnedOutputs::allocate(sig, bound.nseq, bound.steps)?;
-        let mut out_addrs = Vec::new();
+        let mut out_addrs = Addrs::new();
         owned.addrs(sig, bound.nseq, bound.steps, &mut out_addrs);
         let summary = self.run_on_pool(inputs, &bound, &out_addrs, opts)?;
         Ok(owned.into_outputs(sig, &inputs.batch, bound.steps, summary))
@@ -618,7 +632,7 @@ impl Executor {
     pub fn run_into(&self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
         self.check_options(opts)?;
         let bound = self.bind(inputs)?;
-        let mut out_addrs = Vec::new();
+        let mut out_addrs = Addrs::new();
         self.bind_outputs(outputs, &inputs.batch, inputs.steps, &mut out_addrs)?;
         self.run_on_pool(inputs, &bound, &out_addrs, opts)
     }
@@ -835,8 +849,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub fn scratch(&self) -> Vec<u64> {
-        vec![0u64; self.scratch_words]
+    pub fn scratch(&self) -> Scratch {
+        smallvec::smallvec![0u64; self.scratch_words]
     }
     pub fn element(&self) -> Vec<u64> {
         vec![0u64; self.words]

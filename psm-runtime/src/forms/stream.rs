@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use psm_ir::ir::ReadoutKind;
 
-use super::{Bound, Ctx, Executor, Form, Io, Outputs, OwnedOutputs, RunStats, RunSummary, SeqEnd, Step0};
+use super::{Addrs, Bound, Ctx, Executor, Form, Io, Scratch, Outputs, OwnedOutputs, RunStats, RunSummary, SeqEnd, Step0};
 use crate::buffers::{Buffer, Data, Inputs, OutputsMut, State};
 use crate::error::RunError;
 
@@ -271,7 +271,7 @@ pub struct Stream {
     /// Owns the param data that `param_addrs` point into.
     #[allow(dead_code)]
     params: Vec<Buffer>,
-    param_addrs: Vec<usize>,
+    param_addrs: Addrs,
     batch: Vec<usize>,
     seqs: Vec<SeqState>,
     position: u64,
@@ -279,10 +279,10 @@ pub struct Stream {
     step0: Step0,
     /// The kernels' scratch, kept across pushes of a single sequence (the kernels write
     /// it before reading it).
-    scratch: Vec<u64>,
+    scratch: Scratch,
     /// The current push's input and output addresses (kept for their capacity).
-    in_addrs: Vec<usize>,
-    out_addrs: Vec<usize>,
+    in_addrs: Addrs,
+    out_addrs: Addrs,
 }
 
 impl Executor {
@@ -306,7 +306,7 @@ impl Executor {
 impl Stream {
     fn assemble(exec: Executor, params: Vec<Buffer>, batch: Vec<usize>, seqs: Vec<SeqState>, position: u64) -> Stream {
         let mut params = params;
-        let param_addrs = params.iter_mut().map(Buffer::addr_mut).collect::<Vec<_>>();
+        let param_addrs: Addrs = params.iter_mut().map(Buffer::addr_mut).collect();
         let step0 = Step0::new(&*exec.inner.kernels, &param_addrs);
         let mut s = Stream {
             exec,
@@ -317,9 +317,9 @@ impl Stream {
             position,
             stats: StreamStats::default(),
             step0,
-            scratch: Vec::new(),
-            in_addrs: Vec::new(),
-            out_addrs: Vec::new(),
+            scratch: Scratch::new(),
+            in_addrs: Addrs::new(),
+            out_addrs: Addrs::new(),
         };
         s.refresh_stats(0, false);
         s
