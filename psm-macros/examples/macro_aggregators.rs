@@ -14,15 +14,15 @@ mod compare;
 fn main() {
     for backend in [psm::Backend::Cpu, psm::Backend::Interp] {
         let n = compare::diag_affine(backend, 257);
-        println!("diag_affine     {:<6}: {n} outputs, bit-identical to examples/ops/diag_affine.psm", backend.name());
+        println!("diag_affine     {:<6}: {n} values, bit-identical to examples/ops/diag_affine.psm", backend.name());
         let n = compare::mamba_s6::<8, 4>(backend, 257);
-        println!("mamba_s6        {:<6}: {n} outputs, bit-identical to examples/ops/mamba_s6.psm", backend.name());
+        println!("mamba_s6        {:<6}: {n} values, bit-identical to examples/ops/mamba_s6.psm", backend.name());
         let n = compare::mamba_s6::<64, 16>(backend, 257);
-        println!("mamba_s6<64,16> {:<6}: {n} outputs, bit-identical to examples/ops/mamba_s6.psm -D D=64 -D N=16", backend.name());
+        println!("mamba_s6<64,16> {:<6}: {n} values, bit-identical to examples/ops/mamba_s6.psm -D D=64 -D N=16", backend.name());
         let n = compare::causal_mean(backend, 257);
-        println!("causal_mean     {:<6}: {n} outputs, bit-identical to examples/ops/causal_mean.psm", backend.name());
+        println!("causal_mean     {:<6}: {n} values, bit-identical to examples/ops/causal_mean.psm", backend.name());
         let n = compare::online_softmax(backend, 257);
-        println!("online_softmax  {:<6}: {n} outputs, bit-identical to examples/ops/online_softmax.psm", backend.name());
+        println!("online_softmax  {:<6}: {n} values, bit-identical to examples/ops/online_softmax.psm", backend.name());
     }
     // The Rust stays plain Rust.
     let x = ops::diag_affine::State { a: [0.5; 16], b: [1.0; 16] };

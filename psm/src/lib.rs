@@ -23,7 +23,8 @@
 //! assert_eq!(diag_affine::combine(&ys[0], &ys[1]).a, [0.125; 4]);
 //! ```
 //!
-//! The accepted Rust is documented on [`psm_aggregator`] (and in docs/macros.md).
+//! The accepted Rust, how verdicts become compile errors and the generated API are
+//! documented in docs/macros.md, whose examples run as this crate's doctests.
 
 use std::marker::PhantomData;
 
@@ -260,6 +261,11 @@ macro_rules! float {
 }
 float!(f32);
 float!(f64);
+
+/// docs/macros.md: its Rust examples are compiled and run as doctests.
+#[doc = include_str!("../../docs/macros.md")]
+#[cfg(doctest)]
+pub struct MacrosGuide;
 
 /// What generated code uses. Not a stable API.
 #[doc(hidden)]
