@@ -183,9 +183,10 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
                     "identity" | "lift" | "combine" | "readout" | "readout_exclusive" => {
                         let kind = if n.starts_with("readout") { "readout" } else { fns_kind(&n) };
                         if let Some(prev) = fns.iter().find(|(k, _)| *k == kind) {
-                            let mut e = syn::Error::new(f.sig.ident.span(), format!("second `{kind}` in aggregator `{name}`"));
-                            e.combine(syn::Error::new(prev.1.sig.ident.span(), "note: first defined here"));
-                            t.errors.push(e);
+                            let first = t.spans.id(&prev.1.sig.ident);
+                            let note = t.spans.label(first, &format!("the first `{kind}` is defined here"));
+                            let help = format!("an aggregator has one `{kind}`: remove one of them");
+                            t.errors.push(syn::Error::new(f.sig.ident.span(), message(&format!("second `{kind}` in aggregator `{name}`"), &[note], &[help])));
                             continue;
                         }
                         fns.push((kind, f));
@@ -363,8 +364,17 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
     use psm_ir::algebra::VerdictKind;
     let assoc = &report.associative;
     let combine_head = heads["combine"];
-    let cx = |v: &psm_ir::algebra::Verdict| {
-        let mut notes: Vec<String> = v.counterexample.as_ref().map(|c| vec![report::counterexample(c)]).unwrap_or_default();
+    // The counterexample, the statement of `body` that sets the field where the two
+    // sides first differ (as a secondary label), and how the checker got there.
+    let cx = |v: &psm_ir::algebra::Verdict, body: Option<&psm_ir::ir::Body>, what: &str| {
+        let mut notes = Vec::new();
+        if let Some(c) = &v.counterexample {
+            notes.push(report::counterexample(c));
+            let stmt = body.and_then(|b| b.stmts.iter().find(|s| matches!(s.target, psm_ir::ir::Target::Tensor(h) if agg.tensors[h].name == c.field)));
+            if let Some(s) = stmt {
+                notes.push(spans.label(s.span, &format!("`{}` and `{}` first differ in `{}`, which {what} sets here", c.lhs_name, c.rhs_name, c.field)));
+            }
+        }
         notes.push(format!("checker: {}", v.method));
         notes
     };
@@ -375,7 +385,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
                 combine_head,
                 message(
                     &format!("`combine` is not associative, but `#[psm_aggregator({claim})]` says it is"),
-                    &cx(assoc),
+                    &cx(assoc, Some(&agg.combine), "`combine`"),
                     &["fix `combine`, or remove `associative`: a non-associative operator still compiles and runs in the tree and stream forms".into()],
                 ),
             )),
@@ -383,7 +393,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
                 combine_head,
                 message(
                     "the checker could not decide whether `combine` is associative",
-                    &cx(assoc),
+                    &cx(assoc, None, ""),
                     &["if you know it is, write `#[psm_aggregator(assume_associative)]`; otherwise remove `associative` (the tree and stream forms need no claim)".into()],
                 ),
             )),
@@ -395,7 +405,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
             combine_head,
             message(
                 "`assume_associative` on a `combine` that is not associative",
-                &cx(assoc),
+                &cx(assoc, Some(&agg.combine), "`combine`"),
                 &["an assumption never overrides a counterexample: fix `combine` or remove `assume_associative`".into()],
             ),
         ));
@@ -406,7 +416,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
                 head,
                 message(
                     "`identity` is not an identity of `combine`",
-                    &cx(v),
+                    &cx(v, agg.identity.as_ref(), "the identity"),
                     &["fix it, or remove `fn identity`: psm then uses a flagged identity that is never evaluated".into()],
                 ),
             ));

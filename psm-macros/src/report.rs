@@ -15,11 +15,11 @@ pub fn diagnostic(spans: &Spans, d: &Diagnostic, agg: &str) -> syn::Error {
             notes.push(l.message.clone());
         }
     }
-    for l in d.labels.iter().filter(|l| !l.primary) {
-        notes.push(format!("{}: `{}`", l.message, spans.text(l.span)));
-    }
     notes.extend(d.notes.iter().cloned());
-    let notes: Vec<String> = notes.iter().map(|n| rustify(n, agg)).collect();
+    let mut notes: Vec<String> = notes.iter().map(|n| rustify(n, agg)).collect();
+    for l in d.labels.iter().filter(|l| !l.primary) {
+        notes.push(spans.label(l.span, &rustify(&l.message, agg)));
+    }
     let helps: Vec<String> = d.help.iter().map(|h| rustify(h, agg)).collect();
     spans.error(span, message(&rustify(&d.message, agg), &notes, &helps))
 }

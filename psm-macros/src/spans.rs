@@ -58,8 +58,21 @@ impl Spans {
         [TokenTree::Punct(p), TokenTree::Punct(q)].into_iter().collect()
     }
 
-    pub fn text(&self, span: psm_ir::Span) -> &str {
-        &self.entry(span.start as usize).text
+    /// A second place an error involves, drawn below the note the way rustc draws a
+    /// secondary label: the source line, `-` under the tokens, the label beside them.
+    /// (A proc macro on stable Rust cannot attach a second span to an error; rustc's
+    /// `Diagnostic` API is unstable.) Without the source file, the tokens are quoted.
+    pub fn label(&self, span: psm_ir::Span, label: &str) -> String {
+        let e = self.entry(span.start as usize);
+        let (start, end) = (e.first.start(), e.last.end());
+        let line = e.first.local_file().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|src| src.lines().nth(start.line.checked_sub(1)?).map(|l| l.replace('\t', " ")));
+        let Some(line) = line.filter(|l| start.line > 0 && start.column < l.chars().count()) else {
+            return format!("{label}: `{}`", e.text);
+        };
+        let width = if end.line == start.line && end.column > start.column { end.column - start.column } else { 1 };
+        let number = start.line.to_string();
+        let pad = " ".repeat(number.len());
+        format!("{label}\n  {pad} |\n  {number} | {line}\n  {pad} | {}{}", " ".repeat(start.column), "-".repeat(width))
     }
 
     pub fn error(&self, span: psm_ir::Span, message: impl std::fmt::Display) -> syn::Error {
