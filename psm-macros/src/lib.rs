@@ -541,7 +541,7 @@ fn dims_used(s: &syn::ItemStruct, dims: &[(syn::Ident, i64)]) -> Vec<(syn::Ident
 }
 
 /// Removes `name` from the struct's `#[derive(...)]` lists.
-fn strip_derive(attrs: &mut Vec<syn::Attribute>, name: &str) {
+fn strip_derive(attrs: &mut [syn::Attribute], name: &str) {
     for a in attrs.iter_mut().filter(|a| a.path().is_ident("derive")) {
         let Ok(paths) = a.parse_args_with(syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated) else { continue };
         let kept: Vec<&syn::Path> = paths.iter().filter(|p| p.segments.last().is_none_or(|s| s.ident != name)).collect();

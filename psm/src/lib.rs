@@ -90,6 +90,13 @@ pub struct Op<A: Aggregator> {
     _a: PhantomData<fn() -> A>,
 }
 
+impl<A: Aggregator> Clone for Op<A> {
+    /// Shares the compiled code.
+    fn clone(&self) -> Self {
+        Op { agg: self.agg.clone(), _a: PhantomData }
+    }
+}
+
 /// A run's outputs with the state after its last step.
 #[derive(Debug, Clone)]
 pub struct Run<A: Aggregator> {
