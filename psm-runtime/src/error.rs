@@ -80,6 +80,9 @@ pub enum RunError {
     /// The form rebrackets the scan, and the operator is not associative: it would
     /// compute a different model. `valid` lists the forms that may run.
     FormNotValid { form: Form, aggregator: String, valid: Vec<&'static str> },
+    /// An array view that is not row-major and contiguous: psm reads and writes
+    /// buffers in place and never copies behind the caller's back.
+    NotContiguous { what: String },
     /// An option out of range (chunk 0, 0 threads, prefill of a reversed scan, ...).
     InvalidOption { option: &'static str, message: String },
     /// The backend could not compile the aggregator.
@@ -134,6 +137,10 @@ impl fmt::Display for RunError {
                 "the {} form is not valid for `{aggregator}`: its combine is not associative, so rebracketing would compute a different model; valid forms: {}",
                 form.name(),
                 valid.join(", ")
+            ),
+            RunError::NotContiguous { what } => write!(
+                f,
+                "{what} is not in standard layout (row-major, contiguous); pass `.as_standard_layout()` of it, a contiguous copy"
             ),
             RunError::InvalidOption { option, message } => write!(f, "invalid option `{option}`: {message}"),
             RunError::Codegen { aggregator, message } => write!(f, "cannot compile `{aggregator}`: {message}"),

@@ -25,7 +25,10 @@
 //!
 //! * [`Program`] / [`Aggregator`] — compile a `.psm` file, pick an aggregator and a
 //!   [`Backend`] (Cranelift JIT, or the interpreter as the reference), run it over named
-//!   buffers ([`Inputs`] → [`Outputs`]) or open a [`Stream`].
+//!   buffers ([`Inputs`] → [`Outputs`], or into the caller's buffers with
+//!   [`Aggregator::run_into`] and [`OutputsMut`]) or open a [`Stream`] (`push`,
+//!   `push_into`). Buffers are slices, or ndarray views ([`arrays`], feature `ndarray`,
+//!   on by default); nothing is copied.
 //! * [`Kernels`] — the five ABI operations (lift, combine, readout, identity, scan) over
 //!   raw element buffers; [`JitKernels`](kernels) and [`InterpKernels`] implement it.
 //! * [`Executor`] — the forms (recurrent, chunked, tree, stream; `auto`) over any
@@ -36,12 +39,16 @@
 //!   data, and NaN/inf flow through.
 
 pub mod api;
+#[cfg(feature = "ndarray")]
+pub mod arrays;
 pub mod buffers;
 pub mod error;
 pub mod forms;
 pub mod kernels;
 
 pub use api::{Aggregator, Backend, Program, StreamBuilder};
+#[cfg(feature = "ndarray")]
+pub use arrays::Element;
 pub use buffers::{Buffer, Data, DataMut, Inputs, Layout, OutputsMut, State, Tensor};
 pub use error::{CompileError, RunError, Slot};
 pub use forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature, Stream, StreamStats};

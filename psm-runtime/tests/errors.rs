@@ -303,3 +303,18 @@ fn caller_supplied_output_errors() {
     s.push_into(&step, &mut psm_runtime::OutputsMut::new().output("o", &mut one)).unwrap();
     assert_eq!(s.position(), 1);
 }
+
+/// Array views that are not row-major and contiguous are refused, never copied.
+#[cfg(feature = "ndarray")]
+#[test]
+fn non_contiguous_array_views() {
+    let a = ndarray::Array2::<f32>::zeros((2, 3));
+    let e = psm_runtime::Data::try_from(a.t()).unwrap_err();
+    assert_eq!(e, RunError::NotContiguous { what: "an array view of shape [3, 2]".into() });
+    assert!(e.to_string().contains("as_standard_layout"), "{e}");
+    let mut m = ndarray::Array2::<f64>::zeros((4, 4));
+    let e = psm_runtime::DataMut::try_from(m.slice_mut(ndarray::s![.., 1..3])).unwrap_err();
+    assert!(matches!(e, RunError::NotContiguous { .. }), "{e:?}");
+    // A contiguous slice of rows is fine.
+    assert_eq!(psm_runtime::DataMut::try_from(m.slice_mut(ndarray::s![1..3, ..])).unwrap().len(), 8);
+}
