@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use psm_runtime::{Backend, DimOverride, Form, Inputs, Program, RunOptions, Stream};
+use psm_runtime::{Backend, DimOverride, Form, Inputs, OutputsMut, Program, RunOptions, Stream};
 
 /// splitmix64 in (-1, 1): seeded random data without a dependency.
 struct Rng(u64);
@@ -83,6 +83,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let next = Inputs::new(&[batch], 3).input("q", &more).input("k", &more).input("v", &more_v).input("alpha", &more_a);
     let cont = gla.run(&next, &RunOptions { initial_state: Some(state), ..Default::default() })?;
     println!("  3 more steps from the final state: o[0, 2, :4] = {:?}", &cont.f32("o").unwrap()[2 * v..2 * v + 4]);
+
+    // A decode loop: one token of every sequence per push, its outputs written into one
+    // reused buffer (`push_into`: nothing is allocated per token).
+    let mut decode = gla.stream(&[batch]).open()?;
+    let mut o_token = vec![0.0f32; batch * v];
+    for token in 0..3 {
+        let (x, xv) = (rng.vec(batch * k), rng.vec(batch * v));
+        let step = Inputs::new(&[batch], 1).input("q", &x).input("k", &x).input("v", &xv).input("alpha", &more_a[..batch * k]);
+        decode.push_into(&step, &mut OutputsMut::new().output("o", &mut o_token))?;
+        println!("  decode token {token}: o[1, :3] = {:?}", &o_token[v..v + 3]);
+    }
 
     // ---------------------------------------------------------------- attn_agg
     let (c, d) = (4usize, 8usize);

@@ -223,8 +223,9 @@ fn stats_count_combines() {
     assert_eq!(rec.stats().combines, 3 * 99);
     assert_eq!(rec.stats().peak_elements, 1);
     let ch = agg.run(&x, &RunOptions { form: Form::Chunked, chunk: Some(10), ..Default::default() }).unwrap();
-    // Phase 1: 9 chunks × 9; phase 2: 8 carries combined; phase 3: 9 + 9 × 10.
-    assert_eq!(ch.stats().combines, 3 * (81 + 8 + 99));
+    // Phase 1: the head (chunk 0) with its outputs, 9, and the aggregates of chunks
+    // 1..8, 8 × 9; phase 2: 8 carries combined; phase 3: chunks 1..9, 9 × 10.
+    assert_eq!(ch.stats().combines, 3 * (9 + 72 + 8 + 90));
     assert_eq!(ch.stats().peak_elements, 19);
     // The tree builds only the complete blocks: as many combines as psm-ir's reference
     // tree at powers of two, fewer elsewhere (the reference also combines partial

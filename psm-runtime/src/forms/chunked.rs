@@ -1,13 +1,20 @@
-//! The chunked form (associative operators only), with no per-step element storage:
+//! The chunked form (associative operators only), with no per-step element storage.
+//! A sequence is cut into a head (steps 0..h) and chunks of c steps after it:
 //!
-//! 1. each chunk's aggregate: `scan` without `WRITE_OUTPUTS` (parallel over every
-//!    chunk of every sequence; the last chunk of a sequence is not needed);
-//! 2. the exclusive scan of the aggregates: carry_0 = s0 (or none),
-//!    carry_{q+1} = combine(carry_q, aggregate_q) (sequential per sequence);
+//! 1. in one parallel pass over the batch: each head scanned from s0 (or nothing)
+//!    with `WRITE_OUTPUTS`, its exit state the carry of chunk 1 — and, at the same
+//!    time, the aggregate of every other chunk but the last: `scan` without outputs;
+//! 2. the carries: carry_{q+1} = combine(carry_q, aggregate_q) (sequential per
+//!    sequence);
 //! 3. each chunk re-scanned from its carry with `WRITE_OUTPUTS` (parallel); the last
 //!    chunk's state is the final state.
 //!
-//! Each sequence holds 2·Q − 1 elements for Q chunks.
+//! The head needs no aggregate, so its outputs are written while the other threads
+//! compute aggregates, and the last chunk's aggregate is not needed either: with
+//! `auto` ([`auto_split`]) a sequence has a head and ⌈threads / batch⌉ chunks after
+//! it, sized so that the head's scan and one aggregate take about as long. With a
+//! given chunk size the head is one chunk. Each sequence holds 2·Q − 1 elements for Q
+//! chunks, the head included.
 
 use rayon::prelude::*;
 
@@ -15,62 +22,117 @@ use super::{Ctx, SeqEnd};
 use crate::buffers::try_words;
 use crate::error::RunError;
 
-/// Chunk size for `auto`: about four chunks per thread over the whole batch, at least
-/// 256 steps each (a chunk re-scans its steps, so tiny chunks only add work).
-pub fn auto_chunk(steps: usize, nseq: usize, threads: usize) -> usize {
-    let chunks_per_seq = (4 * threads.max(1)).div_ceil(nseq.max(1)).max(1);
-    steps.div_ceil(chunks_per_seq).max(256)
+/// Head and chunk sizes for `auto`: m = ⌈threads / batch⌉ chunks after the head, so
+/// that the last pass keeps every thread busy, and a head that takes as long to scan
+/// with outputs as one aggregate takes without: an aggregate scan skips the readouts
+/// and stores and costs about 0.6 of a scan with outputs (0.4–0.7 measured on cumsum,
+/// logcumsumexp and GLA), so head = 0.6·chunk, T = head + m·chunk.
+///
+/// On 2 threads a single sequence then costs head + chunk scans with outputs in
+/// time, against T = head + 2·chunk for the recurrent form: at most (0.6 + 2) / 1.6 =
+/// 1.63× (the last chunk needs no aggregate; the middle one is scanned twice).
+pub fn auto_split(steps: usize, nseq: usize, threads: usize) -> (usize, usize) {
+    let m = threads.max(1).div_ceil(nseq.max(1));
+    let head = steps.saturating_mul(3) / (3 + 5 * m);
+    let chunk = (steps - head).div_ceil(m).max(1);
+    (head.max(1), chunk)
 }
 
-pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<Vec<SeqEnd>, RunError> {
+/// One task of the first pass.
+enum First {
+    /// Sequence b's head, with outputs.
+    Head(usize),
+    /// The aggregate of chunk q (≥ 1) of sequence b, into slot i.
+    Aggregate { b: usize, q: usize, i: usize },
+}
+
+pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, head: usize, chunk: usize) -> Result<Vec<SeqEnd>, RunError> {
     let n = ctx.steps;
     let chunk = chunk.max(1);
-    let q_count = n.div_ceil(chunk);
+    let head = head.clamp(1, n.max(1));
+    // Chunk 0 is the head; chunks 1.. follow it.
+    let q_count = 1 + n.saturating_sub(head).div_ceil(chunk);
     let words = ctx.words;
-    let range = |q: usize| (q * chunk, ((q + 1) * chunk).min(n));
-    // Phase 1: the aggregates of chunks 0..Q-1 of every sequence.
-    let aggs_per_seq = q_count.saturating_sub(1);
+    let range = |q: usize| if q == 0 { (0, head.min(n)) } else { (head + (q - 1) * chunk, (head + q * chunk).min(n)) };
+    // Aggregates of chunks 1..Q-1 (not the last) of every sequence.
+    let aggs_per_seq = q_count.saturating_sub(2);
     let mut aggs = ctx
         .nseq
         .checked_mul(aggs_per_seq)
         .and_then(|n| try_words(n, words))
         .ok_or_else(|| RunError::TooLarge { what: "the chunk aggregates".into() })?;
-    aggs.par_chunks_mut(words).enumerate().for_each_init(
-        || ctx.scratch(),
-        |scratch, (i, out)| {
-            let (b, q) = (i / aggs_per_seq, i % aggs_per_seq);
-            let (j0, j1) = range(q);
-            ctx.scan(b, j0, j1, out, false, false, true, scratch);
-        },
-    );
-    // Phase 2: carries, per sequence (parallel over the batch, sequential inside).
-    let carries: Vec<Vec<Option<Vec<u64>>>> = ctx.map_sequences(|scratch, b| {
-        let mut carries = Vec::with_capacity(q_count);
-        let mut carry: Option<Vec<u64>> = ctx.init_of(init, b).map(<[u64]>::to_vec);
-        for q in 0..q_count {
-            let next = if q + 1 < q_count {
-                let i = b * aggs_per_seq + q;
-                let agg = &aggs[i * words..(i + 1) * words];
-                Some(match &carry {
-                    Some(c) => ctx.combined(c, agg, scratch),
-                    None => agg.to_vec(),
-                })
-            } else {
-                None
-            };
-            carries.push(carry);
-            carry = next;
-        }
-        carries
-    });
-    drop(aggs);
-    // Phase 3: every chunk from its carry, writing outputs.
-    let mut tasks: Vec<(usize, usize, Option<Vec<u64>>)> = Vec::with_capacity(ctx.nseq * q_count);
-    for (b, cs) in carries.into_iter().enumerate() {
-        for (q, c) in cs.into_iter().enumerate() {
-            tasks.push((b, q, c));
+    // Phase 1: heads first, so that they start before the aggregates.
+    let mut tasks: Vec<First> = (0..ctx.nseq).map(First::Head).collect();
+    tasks.extend((0..ctx.nseq).flat_map(|b| (1..q_count - 1).map(move |q| First::Aggregate { b, q, i: b * aggs_per_seq + q - 1 })));
+    let aggs_ptr = super::SyncPtr(aggs.as_mut_ptr());
+    let heads: Vec<(usize, Option<Vec<u64>>)> = tasks
+        .into_par_iter()
+        .map_init(
+            || ctx.scratch(),
+            |scratch, task| match task {
+                First::Head(b) => {
+                    let s0 = ctx.init_of(init, b);
+                    let mut state = s0.map_or_else(|| ctx.element(), <[u64]>::to_vec);
+                    let (j0, j1) = range(0);
+                    // The head's exit state is the next chunk's carry, or the final state.
+                    let keep = q_count > 1 || ctx.keep_state;
+                    let held = ctx.scan(b, j0, j1, &mut state, s0.is_some(), true, keep, scratch);
+                    Some((b, held.then_some(state)))
+                }
+                First::Aggregate { b, q, i } => {
+                    let p = aggs_ptr;
+                    // SAFETY: slot i belongs to this task alone; `aggs` outlives the pass.
+                    let out = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * words), words) };
+                    let (j0, j1) = range(q);
+                    ctx.scan(b, j0, j1, out, false, false, true, scratch);
+                    None
+                }
+            },
+        )
+        .flatten()
+        .collect();
+    // Phase 2: the carries of chunks 1..Q-1, per sequence.
+    let mut carries: Vec<Vec<Option<Vec<u64>>>> = vec![Vec::new(); ctx.nseq];
+    let peak = if n == 0 { usize::from(init.is_some()) } else { 2 * q_count - 1 };
+    let mut ends: Vec<SeqEnd> = (0..ctx.nseq).map(|_| SeqEnd { state: None, counter: None, peak }).collect();
+    for (b, state) in heads {
+        if q_count == 1 {
+            ends[b].state = state;
+        } else {
+            carries[b].push(state);
         }
     }
+    let carries: Vec<Vec<Option<Vec<u64>>>> = if q_count > 1 {
+        let aggs = &aggs;
+        carries
+            .into_par_iter()
+            .enumerate()
+            .map_init(
+                || ctx.scratch(),
+                |scratch, (b, mut carries)| {
+                    for q in 1..q_count - 1 {
+                        let i = b * aggs_per_seq + q - 1;
+                        let agg = &aggs[i * words..(i + 1) * words];
+                        let next = match &carries[q - 1] {
+                            Some(c) => ctx.combined(c, agg, scratch),
+                            None => agg.to_vec(),
+                        };
+                        carries.push(Some(next));
+                    }
+                    carries
+                },
+            )
+            .collect()
+    } else {
+        carries
+    };
+    drop(aggs);
+    // Phase 3: chunks 1..Q-1 from their carries, writing outputs.
+    let tasks: Vec<(usize, usize, Option<Vec<u64>>)> = carries
+        .into_iter()
+        .enumerate()
+        .flat_map(|(b, cs)| cs.into_iter().enumerate().map(move |(k, c)| (b, k + 1, c)))
+        .collect();
     let states: Vec<(usize, usize, Option<Vec<u64>>)> = tasks
         .into_par_iter()
         .map_init(
@@ -85,10 +147,6 @@ pub(crate) fn run(ctx: &Ctx<'_>, init: Option<&[u64]>, chunk: usize) -> Result<V
                 (b, q, held.then_some(state))
             },
         )
-        .collect();
-    let peak = if q_count == 0 { usize::from(init.is_some()) } else { 2 * q_count - 1 };
-    let mut ends: Vec<SeqEnd> = (0..ctx.nseq)
-        .map(|b| SeqEnd { state: ctx.init_of(init, b).map(<[u64]>::to_vec), counter: None, peak })
         .collect();
     for (b, q, s) in states {
         if q + 1 == q_count {
