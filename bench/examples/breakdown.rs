@@ -7,6 +7,7 @@
 //! cargo run --release -p psm-bench --example breakdown -- alloc      # output allocation at DRAM sizes (cumsum, 2^26)
 //! cargo run --release -p psm-bench --example breakdown -- diag       # diag_affine [4, 4096, 64] at 1 and 2 threads
 //! cargo run --release -p psm-bench --example breakdown -- small      # L1-sized runs: run / run_into vs the hand loop
+//! cargo run --release -p psm-bench --example breakdown -- passes     # aggregate scan vs scan with outputs (the chunked form's cost)
 //! cargo run --release -p psm-bench --example breakdown -- chain      # ns per step of the loop-carried chains
 //! # instructions per step: run under valgrind at two sizes and subtract
 //! valgrind --tool=cachegrind --cache-sim=no --smc-check=all \
@@ -349,6 +350,44 @@ fn main() {
                 }
             });
         }
+        "passes" => {
+            // The cost of an aggregate scan (no readouts, no stores) against a scan with
+            // outputs, per step, at 1 thread: chunked with 2 chunks of T/2 runs no
+            // aggregate (the head and the last chunk need none), with 4 chunks of T/4
+            // it also runs the aggregates of the 2 middle chunks (T/2 steps).
+            let n = 1usize << 20;
+            let mut rng = Rng::new(13);
+            let (a, x) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
+            let (gk, gn) = (64usize, 4096usize);
+            let (q, al) = (rng.vec(gn * gk, -1.0, 1.0), rng.vec(gn * gk, 0.9, 1.0));
+            let cases: Vec<(&str, Aggregator, Inputs<'_>, usize)> = vec![
+                ("cumsum [2^20]", op("cumsum", &[]), Inputs::new(&[], n).input("v", &x), n),
+                ("scalar_affine [2^20]", op("scalar_affine", &[]), Inputs::new(&[], n).input("a", &a).input("b", &x), n),
+                ("logcumsumexp [2^20]", op("logcumsumexp", &[]), Inputs::new(&[], n).input("v", &x), n),
+                (
+                    "gla K=V=64 [4096]",
+                    op("gla", &[("K", 64), ("V", 64)]),
+                    Inputs::new(&[], gn).input("q", &q).input("k", &q).input("v", &q).input("alpha", &al),
+                    gn,
+                ),
+            ];
+            for (label, agg, inputs, steps) in &cases {
+                let time = |chunk: usize| {
+                    let opts = RunOptions { form: Form::Chunked, chunk: Some(chunk), pool: Some(&one), ..Default::default() };
+                    one.install(|| best_time(budget, || drop(black_box(agg.run(inputs, &opts).expect("runs")))))
+                };
+                let (halves, quarters) = (time(steps / 2), time(steps / 4));
+                let with_outputs = halves.as_secs_f64() / *steps as f64;
+                let aggregate = (quarters.as_secs_f64() - halves.as_secs_f64()) / (*steps as f64 / 2.0);
+                println!(
+                    "{label}: scan with outputs {:.2} ns/step, aggregate scan {:.2} ns/step: ratio {:.2}; 2-thread bound (r + 2) / (r + 1) = {:.2}",
+                    with_outputs * 1e9,
+                    aggregate * 1e9,
+                    aggregate / with_outputs,
+                    (aggregate / with_outputs + 2.0) / (aggregate / with_outputs + 1.0)
+                );
+            }
+        }
         "chain" => {
             let (n, reps) = (4096usize, 64usize);
             let mut rng = Rng::new(5);
@@ -403,6 +442,6 @@ fn main() {
             }
             black_box(y);
         }
-        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | chain | count psm|hand|none cumsum|scalar_affine N"),
+        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | passes | chain | count psm|hand|none cumsum|scalar_affine N"),
     }
 }
