@@ -23,17 +23,19 @@ use crate::buffers::try_words;
 use crate::error::RunError;
 
 /// Head and chunk sizes for `auto`: m = ⌈threads / batch⌉ chunks after the head, so
-/// that the last pass keeps every thread busy, and a head that takes as long to scan
-/// with outputs as one aggregate takes without: an aggregate scan skips the readouts
-/// and stores and costs about 0.6 of a scan with outputs (0.4–0.7 measured on cumsum,
-/// logcumsumexp and GLA), so head = 0.6·chunk, T = head + m·chunk.
+/// that the last pass keeps every thread busy, and a head about as long to scan with
+/// outputs as one aggregate scan (no readouts, no stores) takes. That cost ratio r is
+/// 0.96 for cumsum, 0.93 for scalar_affine, 0.71 for GLA and 0.49 for logcumsumexp
+/// (measured: `breakdown passes`); the split assumes 0.8, so head = 0.8·chunk and
+/// T = head + m·chunk.
 ///
-/// On 2 threads a single sequence then costs head + chunk scans with outputs in
-/// time, against T = head + 2·chunk for the recurrent form: at most (0.6 + 2) / 1.6 =
-/// 1.63× (the last chunk needs no aggregate; the middle one is scanned twice).
+/// On 2 threads a single sequence then takes max(head, r·chunk) + chunk scans with
+/// outputs against head + 2·chunk for the recurrent form: 1.43× (r = 0.96) to 1.56×
+/// (r ≤ 0.8); no split does better than (r + 2) / (r + 1) (1.51 to 1.67), since every
+/// step after the head is scanned twice.
 pub fn auto_split(steps: usize, nseq: usize, threads: usize) -> (usize, usize) {
     let m = threads.max(1).div_ceil(nseq.max(1));
-    let head = steps.saturating_mul(3) / (3 + 5 * m);
+    let head = steps.saturating_mul(4) / (4 + 5 * m);
     let chunk = (steps - head).div_ceil(m).max(1);
     (head.max(1), chunk)
 }
