@@ -9,7 +9,8 @@
 //!
 //! psm runs on a rayon pool of the benchmark's thread count, with the timing loop
 //! itself on a worker of that pool (as `psmc bench` does), so no iteration pays a
-//! hand-off between threads. Both sides allocate their outputs in each iteration.
+//! hand-off between threads. Both sides allocate their outputs in each iteration, except
+//! the `run_into` / `push_into` / `hand into` rows, which reuse one output buffer.
 //! `psmc bench` (BENCHMARKS.md) is the report of record: it also checks the outputs and
 //! measures the copy bandwidth; this file is for quick, statistically careful A/B
 //! comparisons while working on the code generator or the runtime.
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use psm_bench::baselines::{self, AttnWeights};
 use psm_bench::Rng;
-use psm_runtime::{Aggregator, DimOverride, Form, Inputs, Program, RunOptions};
+use psm_runtime::{Aggregator, DimOverride, Form, Inputs, OutputsMut, Program, RunOptions};
 use rayon::ThreadPool;
 
 fn op(name: &str, dims: &[(&str, i64)]) -> Aggregator {
@@ -57,6 +58,21 @@ fn scalar_scans(c: &mut Criterion) {
             }
             g.throughput(Throughput::Elements(t as u64));
             bench_psm(&mut g, BenchmarkId::new("psm recurrent", t), &agg, &inputs, Form::Recurrent, &one);
+            // Into a reused output, beside the hand loop reusing its own.
+            let opts = RunOptions { form: Form::Recurrent, pool: Some(&one), ..Default::default() };
+            let out_name = agg.signature().outputs[0].name.clone();
+            let mut y = vec![0.0f32; t];
+            g.bench_function(BenchmarkId::new("psm run_into", t), |b| {
+                one.install(|| b.iter(|| black_box(agg.run_into(&inputs, &mut OutputsMut::new().output(&out_name, &mut y), &opts).expect("runs"))))
+            });
+            let mut y_hand = vec![0.0f32; t];
+            g.bench_function(BenchmarkId::new("hand into", t), |b| {
+                b.iter(|| match name {
+                    "cumsum" => baselines::cumsum(black_box(&data[0]), &mut y_hand, t),
+                    "scalar_affine" => baselines::scalar_affine(black_box(&data[0]), black_box(&data[1]), &mut y_hand, t),
+                    _ => baselines::logcumsumexp(black_box(&data[0]), &mut y_hand, t),
+                })
+            });
             g.bench_function(BenchmarkId::new("hand", t), |b| {
                 b.iter(|| {
                     let mut y = vec![0.0f32; t];
@@ -113,6 +129,20 @@ fn gla(c: &mut Criterion) {
                     .input("v", &vv[j * v..(j + 1) * v])
                     .input("alpha", &alpha[j * k..(j + 1) * k]);
                 black_box(s.push(&step).expect("pushes"));
+            }
+        })
+    });
+    let mut o = vec![0.0f32; t * v];
+    g.bench_function(BenchmarkId::new("psm push_into per step", t), |b| {
+        b.iter(|| {
+            let mut s = agg.stream(&[]).open().expect("opens");
+            for j in 0..t {
+                let step = Inputs::new(&[], 1)
+                    .input("q", &q[j * k..(j + 1) * k])
+                    .input("k", &kk[j * k..(j + 1) * k])
+                    .input("v", &vv[j * v..(j + 1) * v])
+                    .input("alpha", &alpha[j * k..(j + 1) * k]);
+                black_box(s.push_into(&step, &mut OutputsMut::new().output("o", &mut o[j * v..(j + 1) * v])).expect("pushes"));
             }
         })
     });
