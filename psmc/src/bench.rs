@@ -69,7 +69,7 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
-use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
+use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
@@ -128,7 +128,7 @@ enum BenchForm {
     Tree,
     /// The binary counter (non-associative) or one running element (associative)
     Stream,
-    /// One Stream::push per step: a decode loop
+    /// One Stream::push per step, and one Stream::push_into a reused buffer: decode loops
     Push,
 }
 
@@ -150,7 +150,9 @@ struct Fail(String);
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Form(Form),
-    Push,
+    /// A decode loop of `Stream::push`, or (`into`) of `Stream::push_into` one reused
+    /// output buffer.
+    Push { into: bool },
 }
 
 /// One aggregator at one choice of dims, batch and T, run in several modes.
@@ -289,10 +291,10 @@ fn cpu_suite(k: usize) -> Vec<Case> {
     }
     cases.push(batched("logcumsumexp", vec![], 4, 1 << 16));
     cases.push(single("gla", gla(), 4096));
-    cases.push(with(single("gla", gla(), 2048), vec![(Mode::Push, 1)]));
+    cases.push(with(single("gla", gla(), 2048), vec![(Mode::Push { into: false }, 1), (Mode::Push { into: true }, 1)]));
     cases.push(batched("gla", gla(), 4, 1024));
     cases.push(with(single("attn_agg", attn(), 1024), vec![(Mode::Form(Form::Tree), 1), (Mode::Form(Form::Tree), k)]));
-    cases.push(with(single("attn_agg", attn(), 1024), vec![(Mode::Form(Form::Stream), 1), (Mode::Push, 1)]));
+    cases.push(with(single("attn_agg", attn(), 1024), vec![(Mode::Form(Form::Stream), 1), (Mode::Push { into: false }, 1)]));
     cases.push(with(batched("attn_agg", attn(), 2, 1024), vec![(Mode::Form(Form::Stream), 1), (Mode::Form(Form::Stream), k)]));
     for c in &mut cases {
         dedup(&mut c.modes);
@@ -403,7 +405,7 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
     let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
     let mut rows = Vec::new();
     for &(mode, threads) in &case.modes {
-        let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push);
+        let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
         let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
         if !hand_times.iter().any(|(k, _)| *k == key) {
             let got = hand(key.0, key.1);
@@ -412,7 +414,7 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
             Mode::Form(f) => run_form(&agg, &sig, &data, &case.batch, steps, f, pool, budget)?,
-            Mode::Push => run_push(&agg, &sig, &data, &case.batch, steps, pool, budget)?,
+            Mode::Push { into } => run_push(&agg, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
         let width = sig.outputs.first().map_or(0, |s| s.len);
@@ -472,7 +474,7 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
 
 fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize) -> Vec<(Mode, usize)> {
     let mut modes = match form {
-        Some(BenchForm::Push) => vec![(Mode::Push, 1)],
+        Some(BenchForm::Push) => vec![(Mode::Push { into: false }, 1), (Mode::Push { into: true }, 1)],
         Some(f) => {
             let f = match f {
                 BenchForm::Auto => Form::Auto,
@@ -591,8 +593,19 @@ fn run_form(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
 }
 
 /// A decode loop: a stream opened and pushed one step at a time (every sequence of the
-/// batch per push).
-fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+/// batch per push), its outputs returned per push or (`into`) written into one reused
+/// buffer per output.
+#[allow(clippy::too_many_arguments)]
+fn run_push(
+    agg: &Aggregator,
+    sig: &Signature,
+    data: &Data,
+    batch: &[usize],
+    steps: usize,
+    into: bool,
+    pool: &ThreadPool,
+    budget: Duration,
+) -> Result<Timed, Fail> {
     let nseq: usize = batch.iter().product();
     // Step-major copies: the inputs of step t of every sequence, contiguous.
     let per_step: Vec<Vec<Buffer>> = (0..steps)
@@ -623,16 +636,28 @@ fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
         }
         let mut stream = builder.open()?;
         let mut kept = Vec::new();
+        let mut reused: Vec<Buffer> = sig.outputs.iter().map(|s| Buffer::zeros(s.dtype, nseq * s.len)).collect();
         for step in &per_step {
             let mut inputs = Inputs::new(batch, 1);
             for (s, b) in sig.inputs.iter().zip(step) {
                 inputs = inputs.input(&s.name, b);
             }
-            let out = stream.push(&inputs)?;
-            if keep {
-                kept.push(out.into_tensors().into_iter().map(|t| t.data).collect());
+            if into {
+                let mut outputs = OutputsMut::new();
+                for (s, b) in sig.outputs.iter().zip(reused.iter_mut()) {
+                    outputs = outputs.output(&s.name, b);
+                }
+                black_box(stream.push_into(&inputs, &mut outputs)?);
+                if keep {
+                    kept.push(reused.clone());
+                }
             } else {
-                black_box(out);
+                let out = stream.push(&inputs)?;
+                if keep {
+                    kept.push(out.into_tensors().into_iter().map(|t| t.data).collect());
+                } else {
+                    black_box(out);
+                }
             }
         }
         Ok(kept)
@@ -664,7 +689,7 @@ fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
             full
         })
         .collect();
-    Ok((outputs, t.as_secs_f64(), "push".into(), None))
+    Ok((outputs, t.as_secs_f64(), if into { "push_into" } else { "push" }.into(), None))
 }
 
 /// Whether psm's outputs are bit for bit the hand-written loop's (NaN equal to NaN).
