@@ -25,8 +25,8 @@ use psm_ir::ir::{
 };
 use psm_ir::valid::Info;
 
-use super::index::{self, Affine};
-use super::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
+use crate::index::{self, Affine};
+use crate::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
 use super::math::MathFn;
 
 /// Supplies the callee of a math function in the function being built.
@@ -48,7 +48,7 @@ impl<'a> Ctx<'a> {
     pub fn new(agg: &'a Aggregator, info: &'a Info) -> Ctx<'a> {
         let layout = Layout::new(agg, info);
         let plan = ScratchPlan::new(agg, info, &layout);
-        Ctx { agg, info, layout, plan, positions: super::layout::positions(agg) }
+        Ctx { agg, info, layout, plan, positions: crate::layout::positions(agg) }
     }
 }
 
