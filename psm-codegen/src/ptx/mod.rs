@@ -110,6 +110,14 @@
 //! associative operators agree with the interpreter within the tolerance, while tree
 //! and stream on the GPU — the same device code — are bit-identical to each other.
 
+mod emit;
+mod kernels;
+mod lower;
+mod math;
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
 use psm_ir::ir::Aggregator;
 use psm_ir::valid::Info;
 
@@ -209,8 +217,6 @@ pub enum PtxError {
     UnsupportedArch(u32),
     /// A kernel needs more per-thread local memory than the device allows.
     LocalMemory { kernel: &'static str, bytes: usize, limit: usize },
-    /// Temporary: the lowering lands in the commit after the ABI.
-    Unimplemented,
 }
 
 impl std::fmt::Display for PtxError {
@@ -221,15 +227,72 @@ impl std::fmt::Display for PtxError {
                 f,
                 "kernel `{kernel}` needs {bytes} bytes of per-thread local memory; the device allows {limit}"
             ),
-            PtxError::Unimplemented => write!(f, "the PTX lowering is not implemented yet"),
         }
     }
 }
 
 impl std::error::Error for PtxError {}
 
+/// Per-thread local memory a kernel may use (512 KiB on every architecture since
+/// compute capability 2.0).
+const LOCAL_LIMIT: usize = 512 * 1024;
+
+/// The lowest PTX ISA version that supports a target.
+fn isa_version(arch: u32) -> Option<&'static str> {
+    Some(match arch {
+        70 => "6.0",
+        72 => "6.1",
+        75 => "6.3",
+        80 => "7.0",
+        86 => "7.1",
+        87 => "7.4",
+        89 | 90 => "7.8",
+        _ => return None,
+    })
+}
+
 /// The PTX module of a validated aggregator.
 pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<PtxModule, PtxError> {
-    let _ = (agg, info, options);
-    Err(PtxError::Unimplemented)
+    let version = isa_version(options.arch).ok_or(PtxError::UnsupportedArch(options.arch))?;
+    let cx = lower::Ctx::new(agg, info);
+    let mut math = BTreeSet::new();
+    let mut generated = vec![
+        kernels::scan(&cx, &mut math),
+        kernels::lift(&cx, &mut math),
+        kernels::combine(&cx, &mut math),
+        kernels::readout(&cx, &mut math),
+    ];
+    generated.extend(kernels::identity(&cx, &mut math));
+    if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
+        return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
+    }
+    let mut text = String::new();
+    let dims: Vec<String> = info.dim_values(agg).iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    let dims = if dims.is_empty() { String::new() } else { format!("<{}>", dims.join(", ")) };
+    let _ = writeln!(text, "// psm aggregator {}{dims}: kernels of the CUDA ABI of psm-codegen's ptx module", agg.name);
+    let layout = cx.layout.clone();
+    let fields: Vec<String> = agg
+        .tensors_of(psm_ir::ir::Role::Element)
+        .enumerate()
+        .map(|(k, t)| format!("{} at {} ({} x {})", agg.tensors[t].name, layout.offsets[k], layout.field_lens[k], layout.dtypes[k].name()))
+        .collect();
+    let _ = writeln!(text, "// element: {} bytes; {}", layout.size, fields.join(", "));
+    let _ = writeln!(text, ".version {version}\n.target sm_{}\n.address_size 64\n", options.arch);
+    if !math.is_empty() {
+        text.push_str(&math::definitions(&math));
+        text.push('\n');
+    }
+    let n = generated.len();
+    for (k, g) in generated.iter().enumerate() {
+        text.push_str(&g.text);
+        if k + 1 < n {
+            text.push('\n');
+        }
+    }
+    Ok(PtxModule {
+        text,
+        layout,
+        local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
+        kernels: generated.into_iter().map(|g| g.sig).collect(),
+    })
 }
