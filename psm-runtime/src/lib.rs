@@ -37,6 +37,7 @@
 
 pub mod api;
 pub mod buffers;
+pub mod cuda;
 pub mod error;
 pub mod forms;
 pub mod kernels;

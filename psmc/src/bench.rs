@@ -38,7 +38,12 @@
 //! `logcumsumexp`, `gla`, `attn_agg`) when the signature is the library's (field names,
 //! f32); other operators are timed without one.
 //!
-//! `--format json` prints one object: `suite` (`"cpu"` or null), `threads` (K),
+//! `--backend cuda` runs psm on CUDA device 0 instead, each form once (host threads do
+//! not apply), timed with the copies of inputs to the device and outputs back; the
+//! hand-written loops and the copy bandwidth stay on the CPU.
+//!
+//! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
+//! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
 //! `form` (`recurrent`, `chunked`, `tree`, `stream`, or `push`), `chunk` (chunked
@@ -69,6 +74,8 @@ use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
 use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
+
+use crate::run::{BackendArg, Runner};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
@@ -100,6 +107,10 @@ pub struct BenchArgs {
     /// tree and stream for non-associative operators]
     #[arg(long, value_enum)]
     form: Option<BenchForm>,
+    /// The implementation psm runs on (`cuda`: device 0; each run copies its inputs to
+    /// the device and its outputs back, and is timed with them)
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
     /// Time budget of each measurement, in milliseconds (at least 3 runs are timed)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     budget_ms: u64,
@@ -311,6 +322,9 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let k = args.threads as usize;
     let budget = Duration::from_millis(args.budget_ms);
     let started = Instant::now();
+    if args.suite.is_some() && args.backend != BackendArg::Cpu {
+        return Err(Fail("error: the cpu suite runs on the cpu backend; bench one file with --backend\n".into()));
+    }
     let cases = match (args.suite, &args.file) {
         (Some(Suite::Cpu), _) => cpu_suite(k),
         (None, Some(file)) => {
@@ -327,7 +341,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let mut rows = Vec::new();
     for case in cases {
         let mut case = case;
-        let found = bench_case(&mut case, args.form, k, &pools, budget, human)?;
+        let found = bench_case(&mut case, args.form, args.backend, k, &pools, budget, human)?;
         rows.extend(found);
     }
     let ok = rows.iter().all(|r| r.check.is_none_or(|c| c.ok()));
@@ -336,6 +350,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     if args.format == crate::Format::Json {
         let doc = json!({
             "suite": suite,
+            "backend": args.backend.name(),
             "threads": k,
             "budget_seconds": budget.as_secs_f64(),
             "total_seconds": total,
@@ -348,12 +363,29 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
 }
 
 /// Resolves a case's file and aggregator, draws its data and runs every mode.
-fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(ThreadPool, ThreadPool), budget: Duration, progress: bool) -> Result<Vec<Row>, Fail> {
+#[allow(clippy::too_many_arguments)]
+fn bench_case(
+    case: &mut Case,
+    form: Option<BenchForm>,
+    backend: BackendArg,
+    k: usize,
+    pools: &(ThreadPool, ThreadPool),
+    budget: Duration,
+    progress: bool,
+) -> Result<Vec<Row>, Fail> {
     let (agg, name) = crate::run::load_aggregator(&case.file, &case.dims, case.aggregator.as_deref(), "bench").map_err(Fail)?;
-    agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
+    let runner = Runner::new(&agg, backend).map_err(|e| Fail(format!("error: {e}\n")))?;
     let sig = agg.signature();
     if case.modes.is_empty() {
         case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k);
+    }
+    if let Runner::Cuda(_) = runner {
+        // Host threads do not apply to the device: each form once.
+        case.modes.iter_mut().for_each(|m| m.1 = 1);
+        dedup(&mut case.modes);
+        if case.modes.contains(&(Mode::Push, 1)) {
+            return Err(Fail("error: `--form push` (a decode loop through Stream::push) runs on the cpu backend only\n".into()));
+        }
     }
     for (m, _) in &case.modes {
         if matches!(m, Mode::Form(Form::Recurrent | Form::Chunked)) && !sig.associative {
@@ -409,7 +441,7 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
         }
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
-            Mode::Form(f) => run_form(&agg, &sig, &data, &case.batch, steps, f, pool, budget)?,
+            Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget)?,
             Mode::Push => run_push(&agg, &sig, &data, &case.batch, steps, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
@@ -574,14 +606,14 @@ type Timed = (Vec<Buffer>, f64, String, Option<usize>);
 
 /// One form at one pool: a checked run, then the timed runs.
 #[allow(clippy::too_many_arguments)]
-fn run_form(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+fn run_form(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
     let inputs = inputs_of(sig, data, batch, steps);
     let opts = RunOptions { form, pool: Some(pool), ..Default::default() };
-    let out = pool.install(|| agg.run(&inputs, &opts)).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let out = pool.install(|| runner.run(&inputs, &opts)).map_err(|e| Fail(format!("error: {e}\n")))?;
     let (form_name, chunk) = (out.form().name().to_string(), out.chunk());
     let t = pool.install(|| {
         best_time(budget, || {
-            let _ = black_box(agg.run(&inputs, &opts));
+            let _ = black_box(runner.run(&inputs, &opts));
         })
     });
     let outputs = out.into_tensors().into_iter().map(|t| t.data).collect();

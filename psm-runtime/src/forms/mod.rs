@@ -443,6 +443,19 @@ impl Executor {
     /// non-associative operator, out-of-range options. Never panics on user data;
     /// NaN and infinities flow through.
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        self.check_options(opts)?;
+        let bound = self.bind(inputs)?;
+        let init = opts.initial_state.map(|s| self.bind_state(s, &inputs.batch)).transpose()?;
+        let go = || self.run_bound(inputs, &bound, init.as_deref(), opts);
+        match (opts.pool, opts.threads) {
+            (Some(pool), _) => pool.install(go),
+            (None, Some(n)) => self.pool(n)?.install(go),
+            (None, None) => go(),
+        }
+    }
+
+    /// The checks of a run's options that need no data (every backend makes them).
+    pub(crate) fn check_options(&self, opts: &RunOptions<'_>) -> Result<(), RunError> {
         let sig = &self.inner.sig;
         if opts.chunk == Some(0) {
             return Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() });
@@ -459,14 +472,7 @@ impl Executor {
         if matches!(opts.form, Form::Recurrent | Form::Chunked) && !sig.associative {
             return Err(RunError::FormNotValid { form: opts.form, aggregator: sig.aggregator.clone(), valid: sig.forms() });
         }
-        let bound = self.bind(inputs)?;
-        let init = opts.initial_state.map(|s| self.bind_state(s, &inputs.batch)).transpose()?;
-        let go = || self.run_bound(inputs, &bound, init.as_deref(), opts);
-        match (opts.pool, opts.threads) {
-            (Some(pool), _) => pool.install(go),
-            (None, Some(n)) => self.pool(n)?.install(go),
-            (None, None) => go(),
-        }
+        Ok(())
     }
 
     fn resolve(&self, form: Form, nseq: usize, steps: usize, threads: usize) -> Form {

@@ -1,0 +1,244 @@
+//! [`CudaExecutor`]: one aggregator compiled to PTX and loaded on one [`Device`], run
+//! over batches of sequences with the CPU executor's API and semantics.
+//!
+//! The host side is the CPU runtime's own code: the option checks, name/dtype/length
+//! checks and binding of inputs, params and initial states, and the conversion of
+//! elements to named states all go through the [`Executor`] built for the same
+//! aggregator (with the interpreter's kernels, which nothing here runs). A run
+//! uploads each input field and param once (they are already `[nseq, T, len]`
+//! row-major on the host), runs its form on the device, and copies the outputs and
+//! the final state back.
+
+use std::sync::Arc;
+
+use psm_codegen::ptx::{PtxModule, PtxOptions, REVERSE};
+
+use super::device::{Device, DeviceBuffer};
+use super::forms::{self, Counter, FormEnd, StepSizes};
+use super::launch::{Kernels, Launcher};
+use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
+use crate::error::{RunError, Slot};
+use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, Signature};
+use crate::kernels::InterpKernels;
+
+/// One aggregator on one CUDA device. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct CudaExecutor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: Executor,
+    device: Device,
+    ptx: PtxModule,
+    kernels: Kernels,
+}
+
+impl std::fmt::Debug for CudaExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaExecutor").field("aggregator", &self.signature().aggregator).field("device", &self.inner.device).finish()
+    }
+}
+
+/// The bytes of borrowed data.
+fn data_bytes(d: Data<'_>) -> &[u8] {
+    // SAFETY: a slice of f32/f64/i32 viewed as its bytes: same memory, alignment 1.
+    unsafe { std::slice::from_raw_parts(d.addr() as *const u8, d.len() * dtype_size(d.dtype())) }
+}
+
+fn buffer_bytes_mut(b: &mut Buffer) -> &mut [u8] {
+    let len = b.len() * dtype_size(b.dtype());
+    // SAFETY: as above, for the exclusively borrowed vector's elements.
+    unsafe { std::slice::from_raw_parts_mut(b.addr_mut() as *mut u8, len) }
+}
+
+fn words_bytes(w: &[u64]) -> &[u8] {
+    crate::buffers::bytes(w)
+}
+
+/// The PTX target for a device: its own architecture up to sm_90 (newer devices JIT
+/// sm_90 PTX forward).
+fn ptx_options(device: &Device) -> PtxOptions {
+    let (major, minor) = device.compute_capability();
+    PtxOptions { arch: ((major * 10 + minor).max(0) as u32).min(PtxOptions::default().arch) }
+}
+
+impl CudaExecutor {
+    /// Compiles an aggregator to PTX and loads it on `device` (once per device and PTX
+    /// text: the device caches modules).
+    pub fn new(agg: &psm_ir::ir::Aggregator, info: &psm_ir::valid::Info, sig: Signature, device: &Device) -> Result<CudaExecutor, RunError> {
+        let ptx = psm_codegen::ptx::compile(agg, info, &ptx_options(device))
+            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?;
+        device.bind()?;
+        let kernels = Kernels::load(device, &agg.name, &ptx, [sig.params.len(), sig.inputs.len(), sig.outputs.len()])?;
+        let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels }) })
+    }
+
+    pub fn signature(&self) -> &Signature {
+        self.inner.host.signature()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    /// The PTX module that runs.
+    pub fn ptx(&self) -> &PtxModule {
+        &self.inner.ptx
+    }
+
+    fn elem(&self) -> usize {
+        self.inner.ptx.layout.size
+    }
+
+    /// The form `auto` picks: the tree for non-associative operators; for associative
+    /// ones recurrent (a thread per sequence) when the batch alone fills the device,
+    /// else chunked.
+    fn resolve(&self, form: Form, nseq: usize) -> Form {
+        match form {
+            Form::Auto if !self.signature().associative => Form::Tree,
+            Form::Auto if nseq >= ENOUGH_THREADS => Form::Recurrent,
+            Form::Auto => Form::Chunked,
+            f => f,
+        }
+    }
+
+    /// Runs every sequence of `inputs` on the device; the same options, checks, errors
+    /// and results as [`Executor::run`], except that `threads` and `pool` (host
+    /// threads) do not apply and `prefill` is not supported yet.
+    pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        let host = &self.inner.host;
+        host.check_options(opts)?;
+        if opts.prefill {
+            return Err(RunError::InvalidOption {
+                option: "prefill",
+                message: "the CUDA backend cannot hand a run to a stream yet; run the prompt on the CPU backend".into(),
+            });
+        }
+        let sig = self.signature();
+        let params = match_named(sig, Slot::Param, &inputs.params, &[])?;
+        let mut lead = inputs.batch.clone();
+        lead.push(inputs.steps);
+        let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
+        let init = opts.initial_state.map(|s| host.bind_state(s, &inputs.batch)).transpose()?;
+        let nseq = inputs.batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
+            what: format!("the batch shape {:?}", inputs.batch),
+        })?;
+        let steps = inputs.steps;
+        let form = self.resolve(opts.form, nseq);
+        let chunk = (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq)));
+
+        let device = &self.inner.device;
+        device.bind()?;
+        let upload = |what: &str, d: &Data<'_>| device.upload(what, data_bytes(*d));
+        let param_bufs = params.iter().zip(&sig.params).map(|(d, s)| upload(&format!("param `{}`", s.name), d)).collect::<Result<Vec<_>, _>>()?;
+        let input_bufs = data.iter().zip(&sig.inputs).map(|(d, s)| upload(&format!("input `{}`", s.name), d)).collect::<Result<Vec<_>, _>>()?;
+        let init_buf = init.as_deref().map(|w| device.upload("the initial state", words_bytes(w))).transpose()?;
+        let mut outputs: Vec<Buffer> = Vec::with_capacity(sig.outputs.len());
+        let mut output_bufs = Vec::with_capacity(sig.outputs.len());
+        for s in &sig.outputs {
+            let too_large = || RunError::TooLarge { what: format!("output `{}`", s.name) };
+            let n = nseq.checked_mul(steps).and_then(|n| n.checked_mul(s.len)).ok_or_else(too_large)?;
+            let bytes = n.checked_mul(dtype_size(s.dtype)).ok_or_else(too_large)?;
+            outputs.push(Buffer::try_zeros(s.dtype, n).ok_or_else(too_large)?);
+            output_bufs.push(device.alloc(&format!("output `{}`", s.name), bytes, false)?);
+        }
+        let launcher = Launcher {
+            device,
+            kernels: &self.inner.kernels,
+            params: &param_bufs,
+            inputs: &input_bufs,
+            outputs: &output_bufs,
+            nseq,
+            steps,
+            elem: self.elem(),
+            combines: std::cell::Cell::new(0),
+        };
+        let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
+
+        for (host_buf, dev_buf) in outputs.iter_mut().zip(&output_bufs) {
+            device.copy_to_host(dev_buf, 0, buffer_bytes_mut(host_buf))?;
+        }
+        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), init.as_deref(), &inputs.batch)? } else { None };
+        device.synchronize()?;
+        let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
+        let outputs = outputs
+            .into_iter()
+            .zip(&sig.outputs)
+            .map(|(data, s)| {
+                let mut shape = inputs.batch.clone();
+                shape.push(steps);
+                shape.extend(&s.shape);
+                Tensor { name: s.name.clone(), shape, data }
+            })
+            .collect();
+        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill: None, stats, form, chunk })
+    }
+
+    fn run_form(&self, l: &Launcher<'_>, form: Form, chunk: Option<usize>, init: Option<&DeviceBuffer>, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
+        if l.steps == 0 || l.nseq == 0 {
+            return Ok(FormEnd { final_state: None, held: usize::from(init.is_some()) });
+        }
+        let keep = opts.final_state;
+        let reverse = if opts.reverse { REVERSE } else { 0 };
+        let associative = self.signature().associative;
+        match form {
+            Form::Chunked => forms::chunked(l, init, chunk.unwrap_or(1).max(1), keep, reverse),
+            Form::Tree => forms::tree(l, init, keep, reverse),
+            // Associative operators stream one running element: the recurrent kernel.
+            Form::Stream if !associative => {
+                let copy = init.map(|s| forms::column(l, s, 1, 0)).transpose()?;
+                let mut counter = Counter::new(copy);
+                counter.run_steps(l, &self.step_sizes(), self.signature().readout, opts.reverse)?;
+                let final_state = if keep { counter.prefix().map(|p| forms::column(l, p, 1, 0)).transpose()? } else { None };
+                Ok(FormEnd { final_state, held: counter.peak })
+            }
+            Form::Recurrent | Form::Stream | Form::Auto => forms::recurrent(l, init, keep, reverse),
+        }
+    }
+
+    fn step_sizes(&self) -> StepSizes {
+        let sig = self.signature();
+        let bytes = |specs: &[crate::forms::FieldSpec]| specs.iter().map(|s| s.len * dtype_size(s.dtype)).collect();
+        StepSizes { inputs: bytes(&sig.inputs), outputs: bytes(&sig.outputs) }
+    }
+
+    /// p_T as a named state: the form's, else (T = 0) the initial state, else the
+    /// declared identity, else none.
+    fn final_state(
+        &self,
+        l: &Launcher<'_>,
+        from_form: Option<&DeviceBuffer>,
+        init: Option<&[u64]>,
+        batch: &[usize],
+    ) -> Result<Option<crate::buffers::State>, RunError> {
+        let words = self.elem() / 8;
+        let mut flat = vec![0u64; l.nseq * words];
+        if let Some(buf) = from_form {
+            l.device.copy_to_host(buf, 0, crate::buffers::bytes_mut(&mut flat))?;
+        } else if let Some(s0) = init {
+            flat.copy_from_slice(s0);
+        } else if l.steps > 0 && l.nseq == 0 {
+            // An empty batch has a (field-less) final state whenever it ran steps.
+        } else {
+            let ids = l.device.alloc("the identity", flat.len() * 8, false)?;
+            if !l.identity(l.nseq, &ids)? {
+                return Ok(None);
+            }
+            l.device.copy_to_host(&ids, 0, crate::buffers::bytes_mut(&mut flat))?;
+        }
+        Ok(Some(self.inner.host.state_of(batch, &flat)))
+    }
+}
+
+/// Threads that keep the device busy (an H200 holds 132 SMs × 2048 resident threads);
+/// `auto` chunks a batch into about this many (sequence, chunk) pairs.
+const ENOUGH_THREADS: usize = 1 << 16;
+
+/// The chunk size of `auto`: about [`ENOUGH_THREADS`] chunks over the whole batch, at
+/// least 16 steps each (a chunk's steps are scanned twice).
+pub fn auto_chunk(steps: usize, nseq: usize) -> usize {
+    let chunks_per_seq = ENOUGH_THREADS.div_ceil(nseq.max(1)).max(1);
+    steps.div_ceil(chunks_per_seq).max(16)
+}
