@@ -11,7 +11,9 @@
 //! * non-associative operators: the tree and the stream on the GPU bit-identical to
 //!   each other, outputs and final states;
 //! * outputs bit-identical with and without a final state asked for;
-//! * reverse scans and initial states against the CPU backend.
+//! * reverse scans and initial states against the CPU backend;
+//! * a decode loop (one push per step into a device stream) bit-identical to the stream
+//!   form's run on the GPU.
 //!
 //! Without a CUDA device every GPU test prints why and passes; `cuda_unavailable`
 //! checks the typed error there. On the GPU machine: see docs (`cargo test -p
@@ -202,9 +204,9 @@ fn check_operator(name: &str) {
             }
         }
     }
-    let more = check_options(name, &agg, &cpu, &gpu, &data);
+    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data);
     println!(
-        "{name:22} {} runs (+{more} with reverse and initial states), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
+        "{name:22} {} runs (+{more} with reverse, initial states and pushes), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
         runs,
         start.elapsed().as_secs_f64()
     );
@@ -264,6 +266,49 @@ fn check_options(name: &str, agg: &Aggregator, cpu: &Aggregator, gpu: &CudaExecu
         }
     }
     runs
+}
+
+/// A decode loop: 100 steps pushed one at a time into a device stream (from an initial
+/// state, and from nothing) give bit for bit the stream form's run on the GPU, and the
+/// stream's prefix is that run's final state. Returns the number of pushes.
+fn check_push(name: &str, agg: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
+    let n = 100;
+    let params: Vec<(String, psm_runtime::Data<'_>)> =
+        names(agg, Role::Param).into_iter().zip(&data.param_bufs).map(|(n, b)| (n, b.as_data())).collect();
+    let first = data.window_bufs(agg, 3, 0, 20);
+    let s0 = gpu
+        .run(&inputs(agg, &[3], 20, &first, &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
+        .unwrap()
+        .final_state()
+        .cloned();
+    let bufs = data.window_bufs(agg, 3, 20, 20 + n);
+    let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
+    let mut pushes = 0;
+    for init in [None, s0.as_ref()] {
+        let what = format!("{name} push, initial state {}", init.is_some());
+        let opts = RunOptions { form: Form::Stream, initial_state: init, final_state: true, ..Default::default() };
+        let whole = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut stream = gpu.stream(&[3], &params, init).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out_lens = lens(agg, Role::Output);
+        for j in 0..n {
+            let step = data.window_bufs(agg, 3, 20 + j, 21 + j);
+            let out = stream.push(&inputs(agg, &[3], 1, &step, &[])).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            pushes += 1;
+            for (k, (t, w)) in out.tensors().iter().zip(whole.tensors()).enumerate() {
+                let (got, all) = (t.data.to_f64(), w.data.to_f64());
+                for b in 0..3 {
+                    let want = &all[(b * n + j) * out_lens[k]..(b * n + j + 1) * out_lens[k]];
+                    let got = &got[b * out_lens[k]..(b + 1) * out_lens[k]];
+                    assert_eq!(bits(got), bits(want), "{what}: step {j}, output {k}, sequence {b}");
+                }
+            }
+        }
+        assert_eq!(stream.position(), n as u64);
+        let flat = |s: Option<&State>| state_values(s).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+        let prefix = stream.prefix().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(flat(prefix.as_ref()), flat(whole.final_state()), "{what}: the prefix after the pushes");
+    }
+    pushes
 }
 
 macro_rules! operators {

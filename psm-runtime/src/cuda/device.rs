@@ -217,17 +217,25 @@ impl Device {
                 sys::cuMemcpyDtoDAsync_v2(dst.ptr() + dst_offset as u64, src.ptr() + src_offset as u64, width * rows, self.cu_stream())
             });
         }
-        // SAFETY: an all-zero CUDA_MEMCPY2D is valid (null pointers, memory type 0);
-        // every field the driver reads for a device-to-device copy is set below.
-        let mut copy: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-        copy.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-        copy.srcDevice = src.ptr() + src_offset as u64;
-        copy.srcPitch = src_pitch;
-        copy.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-        copy.dstDevice = dst.ptr() + dst_offset as u64;
-        copy.dstPitch = dst_pitch;
-        copy.WidthInBytes = width;
-        copy.Height = rows;
+        let device_memory = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        let copy = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: device_memory,
+            srcHost: std::ptr::null(),
+            srcDevice: src.ptr() + src_offset as u64,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: src_pitch,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: device_memory,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst.ptr() + dst_offset as u64,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: dst_pitch,
+            WidthInBytes: width,
+            Height: rows,
+        };
         // SAFETY: the rows are inside both buffers (checked above).
         check("cuMemcpy2DAsync", unsafe { sys::cuMemcpy2DAsync_v2(&copy, self.cu_stream()) })
     }

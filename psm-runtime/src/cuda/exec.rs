@@ -56,6 +56,16 @@ fn words_bytes(w: &[u64]) -> &[u8] {
     crate::buffers::bytes(w)
 }
 
+/// One device buffer per checked field (params, or a run's inputs).
+pub(crate) fn upload_fields(device: &Device, slot: Slot, specs: &[crate::forms::FieldSpec], data: &[Data<'_>]) -> Result<Vec<DeviceBuffer>, RunError> {
+    specs.iter().zip(data).map(|(s, d)| device.upload(&format!("{} `{}`", slot.name(), s.name), data_bytes(*d))).collect()
+}
+
+/// An initial state (flat elements) on the device.
+pub(crate) fn upload_state(device: &Device, words: &[u64]) -> Result<DeviceBuffer, RunError> {
+    device.upload("the initial state", words_bytes(words))
+}
+
 /// The PTX target for a device: its own architecture up to sm_90 (newer devices JIT
 /// sm_90 PTX forward).
 fn ptx_options(device: &Device) -> PtxOptions {
@@ -88,7 +98,7 @@ impl CudaExecutor {
         &self.inner.ptx
     }
 
-    fn elem(&self) -> usize {
+    pub(crate) fn elem(&self) -> usize {
         self.inner.ptx.layout.size
     }
 
@@ -131,49 +141,76 @@ impl CudaExecutor {
 
         let device = &self.inner.device;
         device.bind()?;
-        let upload = |what: &str, d: &Data<'_>| device.upload(what, data_bytes(*d));
-        let param_bufs = params.iter().zip(&sig.params).map(|(d, s)| upload(&format!("param `{}`", s.name), d)).collect::<Result<Vec<_>, _>>()?;
-        let input_bufs = data.iter().zip(&sig.inputs).map(|(d, s)| upload(&format!("input `{}`", s.name), d)).collect::<Result<Vec<_>, _>>()?;
-        let init_buf = init.as_deref().map(|w| device.upload("the initial state", words_bytes(w))).transpose()?;
-        let mut outputs: Vec<Buffer> = Vec::with_capacity(sig.outputs.len());
-        let mut output_bufs = Vec::with_capacity(sig.outputs.len());
-        for s in &sig.outputs {
-            let too_large = || RunError::TooLarge { what: format!("output `{}`", s.name) };
-            let n = nseq.checked_mul(steps).and_then(|n| n.checked_mul(s.len)).ok_or_else(too_large)?;
-            let bytes = n.checked_mul(dtype_size(s.dtype)).ok_or_else(too_large)?;
-            outputs.push(Buffer::try_zeros(s.dtype, n).ok_or_else(too_large)?);
-            output_bufs.push(device.alloc(&format!("output `{}`", s.name), bytes, false)?);
-        }
-        let launcher = Launcher {
-            device,
+        let param_bufs = upload_fields(device, Slot::Param, &sig.params, &params)?;
+        let input_bufs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
+        let init_buf = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
+        let output_bufs = self.alloc_outputs(nseq, steps)?;
+        let launcher = self.launcher(&param_bufs, &input_bufs, &output_bufs, nseq, steps);
+        let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
+        let outputs = self.download_outputs(&output_bufs, &inputs.batch, steps)?;
+        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), init.as_deref(), &inputs.batch)? } else { None };
+        let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
+        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill: None, stats, form, chunk })
+    }
+
+    pub(crate) fn launcher<'a>(
+        &'a self,
+        params: &'a [DeviceBuffer],
+        inputs: &'a [DeviceBuffer],
+        outputs: &'a [DeviceBuffer],
+        nseq: usize,
+        steps: usize,
+    ) -> Launcher<'a> {
+        Launcher {
+            device: &self.inner.device,
             kernels: &self.inner.kernels,
-            params: &param_bufs,
-            inputs: &input_bufs,
-            outputs: &output_bufs,
+            params,
+            inputs,
+            outputs,
             nseq,
             steps,
             elem: self.elem(),
             combines: std::cell::Cell::new(0),
-        };
-        let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
-
-        for (host_buf, dev_buf) in outputs.iter_mut().zip(&output_bufs) {
-            device.copy_to_host(dev_buf, 0, buffer_bytes_mut(host_buf))?;
         }
-        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), init.as_deref(), &inputs.batch)? } else { None };
-        device.synchronize()?;
-        let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
-        let outputs = outputs
-            .into_iter()
-            .zip(&sig.outputs)
-            .map(|(data, s)| {
-                let mut shape = inputs.batch.clone();
+    }
+
+    /// Device buffers for every output, `[nseq, steps, len]`.
+    pub(crate) fn alloc_outputs(&self, nseq: usize, steps: usize) -> Result<Vec<DeviceBuffer>, RunError> {
+        self.signature()
+            .outputs
+            .iter()
+            .map(|s| {
+                let bytes = nseq
+                    .checked_mul(steps)
+                    .and_then(|n| n.checked_mul(s.len))
+                    .and_then(|n| n.checked_mul(dtype_size(s.dtype)))
+                    .ok_or_else(|| RunError::TooLarge { what: format!("output `{}`", s.name) })?;
+                self.inner.device.alloc(&format!("output `{}`", s.name), bytes, false)
+            })
+            .collect()
+    }
+
+    /// The outputs copied back as named tensors `[batch..., steps, dims...]`.
+    pub(crate) fn download_outputs(&self, bufs: &[DeviceBuffer], batch: &[usize], steps: usize) -> Result<Vec<Tensor>, RunError> {
+        self.signature()
+            .outputs
+            .iter()
+            .zip(bufs)
+            .map(|(s, buf)| {
+                let too_large = || RunError::TooLarge { what: format!("output `{}`", s.name) };
+                let n = buf.bytes / dtype_size(s.dtype);
+                let mut data = Buffer::try_zeros(s.dtype, n).ok_or_else(too_large)?;
+                self.inner.device.copy_to_host(buf, 0, buffer_bytes_mut(&mut data))?;
+                let mut shape = batch.to_vec();
                 shape.push(steps);
                 shape.extend(&s.shape);
-                Tensor { name: s.name.clone(), shape, data }
+                Ok(Tensor { name: s.name.clone(), shape, data })
             })
-            .collect();
-        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill: None, stats, form, chunk })
+            .collect()
+    }
+
+    pub(crate) fn host(&self) -> &Executor {
+        &self.inner.host
     }
 
     fn run_form(&self, l: &Launcher<'_>, form: Form, chunk: Option<usize>, init: Option<&DeviceBuffer>, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
@@ -198,7 +235,7 @@ impl CudaExecutor {
         }
     }
 
-    fn step_sizes(&self) -> StepSizes {
+    pub(crate) fn step_sizes(&self) -> StepSizes {
         let sig = self.signature();
         let bytes = |specs: &[crate::forms::FieldSpec]| specs.iter().map(|s| s.len * dtype_size(s.dtype)).collect();
         StepSizes { inputs: bytes(&sig.inputs), outputs: bytes(&sig.outputs) }

@@ -7,7 +7,9 @@
 //!   panic;
 //! * `launch` — typed launches of the ABI's kernels;
 //! * `forms` — recurrent, chunked, tree and the stream's counter on the device;
-//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device.
+//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
+//! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
+//!   device (the decode step: `psm_scan` in place, or the counter).
 //!
 //! ```no_run
 //! use psm_runtime::{cuda::Device, Inputs, Program, RunOptions};
@@ -24,6 +26,8 @@ pub mod device;
 pub mod exec;
 mod forms;
 mod launch;
+pub mod stream;
 
 pub use device::{driver_present, Device};
 pub use exec::CudaExecutor;
+pub use stream::DeviceStream;
