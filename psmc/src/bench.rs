@@ -39,8 +39,9 @@
 //! f32); other operators are timed without one.
 //!
 //! `--backend cuda` runs psm on CUDA device 0 instead, each form once (host threads do
-//! not apply), timed with the copies of inputs to the device and outputs back; the
-//! hand-written loops and the copy bandwidth stay on the CPU.
+//! not apply), timed with the copies of inputs to the device and outputs back (`push`:
+//! a `cuda::DeviceStream`, the state on the device, each push copying its step's inputs
+//! in and outputs out); the hand-written loops and the copy bandwidth stay on the CPU.
 //!
 //! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
 //! `interp` or `cuda`), `threads` (K),
@@ -73,7 +74,7 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
-use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
+use psm_runtime::{Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
 
 use crate::run::{BackendArg, Runner};
 use rayon::prelude::*;
@@ -383,9 +384,6 @@ fn bench_case(
         // Host threads do not apply to the device: each form once.
         case.modes.iter_mut().for_each(|m| m.1 = 1);
         dedup(&mut case.modes);
-        if case.modes.contains(&(Mode::Push, 1)) {
-            return Err(Fail("error: `--form push` (a decode loop through Stream::push) runs on the cpu backend only\n".into()));
-        }
     }
     for (m, _) in &case.modes {
         if matches!(m, Mode::Form(Form::Recurrent | Form::Chunked)) && !sig.associative {
@@ -442,7 +440,7 @@ fn bench_case(
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
             Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget)?,
-            Mode::Push => run_push(&agg, &sig, &data, &case.batch, steps, pool, budget)?,
+            Mode::Push => run_push(&runner, &sig, &data, &case.batch, steps, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
         let width = sig.outputs.first().map_or(0, |s| s.len);
@@ -622,7 +620,7 @@ fn run_form(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], step
 
 /// A decode loop: a stream opened and pushed one step at a time (every sequence of the
 /// batch per push).
-fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+fn run_push(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], steps: usize, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
     let nseq: usize = batch.iter().product();
     // Step-major copies: the inputs of step t of every sequence, contiguous.
     let per_step: Vec<Vec<Buffer>> = (0..steps)
@@ -647,11 +645,7 @@ fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
         })
         .collect();
     let decode = |keep: bool| -> Result<Vec<Vec<Buffer>>, psm_runtime::RunError> {
-        let mut builder = agg.stream(batch);
-        for (s, b) in sig.params.iter().zip(&data.params) {
-            builder = builder.param(&s.name, b);
-        }
-        let mut stream = builder.open()?;
+        let mut stream = Decoder::open(runner, sig, data, batch)?;
         let mut kept = Vec::new();
         for step in &per_step {
             let mut inputs = Inputs::new(batch, 1);
@@ -695,6 +689,37 @@ fn run_push(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
         })
         .collect();
     Ok((outputs, t.as_secs_f64(), "push".into(), None))
+}
+
+/// A stream on the runner's backend.
+enum Decoder {
+    Host(psm_runtime::Stream),
+    Cuda(psm_runtime::cuda::DeviceStream),
+}
+
+impl Decoder {
+    fn open(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize]) -> Result<Decoder, psm_runtime::RunError> {
+        match runner {
+            Runner::Host(agg) => {
+                let mut builder = agg.stream(batch);
+                for (s, b) in sig.params.iter().zip(&data.params) {
+                    builder = builder.param(&s.name, b);
+                }
+                builder.open().map(Decoder::Host)
+            }
+            Runner::Cuda(gpu) => {
+                let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
+                gpu.stream(batch, &params, None).map(Decoder::Cuda)
+            }
+        }
+    }
+
+    fn push(&mut self, inputs: &Inputs<'_>) -> Result<psm_runtime::Outputs, psm_runtime::RunError> {
+        match self {
+            Decoder::Host(s) => s.push(inputs),
+            Decoder::Cuda(s) => s.push(inputs),
+        }
+    }
 }
 
 /// Whether psm's outputs are bit for bit the hand-written loop's (NaN equal to NaN).

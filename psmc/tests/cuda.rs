@@ -57,14 +57,20 @@ fn run_on_cuda_matches_the_interpreter_or_fails_cleanly() {
 
 #[test]
 fn bench_on_cuda_reports_rows_or_fails_cleanly() {
-    let args = ["bench", "examples/ops/cumsum.psm", "--backend", "cuda", "--len", "100000", "--budget-ms", "20", "--format", "json"];
-    let Some(doc) = json_or_unavailable(&args) else { return };
-    assert_eq!(doc["backend"], "cuda");
-    let rows = doc["rows"].as_array().expect("rows");
-    assert!(!rows.is_empty());
-    for r in rows {
-        assert_eq!(r["threads"], 1, "{r}");
-        assert_eq!(r["within_tolerance"], true, "{r}");
-        assert!(r["seconds"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    let cumsum = ["bench", "examples/ops/cumsum.psm", "--backend", "cuda", "--len", "100000", "--budget-ms", "20", "--format", "json"];
+    let push = [
+        "bench", "examples/ops/gla.psm", "--backend", "cuda", "--form", "push", "-D", "K=8", "-D", "V=8", "--batch", "4", "--len", "64",
+        "--budget-ms", "20", "--format", "json",
+    ];
+    for args in [&cumsum[..], &push[..]] {
+        let Some(doc) = json_or_unavailable(args) else { return };
+        assert_eq!(doc["backend"], "cuda");
+        let rows = doc["rows"].as_array().expect("rows");
+        assert!(!rows.is_empty());
+        for r in rows {
+            assert_eq!(r["threads"], 1, "{r}");
+            assert_eq!(r["within_tolerance"], true, "{r}");
+            assert!(r["seconds"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+        }
     }
 }

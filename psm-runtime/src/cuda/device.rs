@@ -211,7 +211,7 @@ impl Device {
         }
         let end = |offset: usize, pitch: usize| offset + (rows - 1) * pitch + width;
         assert!(end(src_offset, src_pitch) <= src.bytes && end(dst_offset, dst_pitch) <= dst.bytes, "strided copy out of bounds");
-        if src_pitch == width && dst_pitch == width {
+        if rows == 1 || (src_pitch == width && dst_pitch == width) {
             // SAFETY: both ranges are inside their buffers (checked above).
             return check("cuMemcpyDtoDAsync", unsafe {
                 sys::cuMemcpyDtoDAsync_v2(dst.ptr() + dst_offset as u64, src.ptr() + src_offset as u64, width * rows, self.cu_stream())
