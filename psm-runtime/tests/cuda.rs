@@ -23,6 +23,8 @@
 //! The library is found at `PSM_OPS_DIR`, else the source tree's examples/ops, else
 //! ./examples/ops (a binary built elsewhere, run from a copy of the repository).
 
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use std::path::PathBuf;
@@ -34,6 +36,9 @@ use psm_ir::interp::Precision;
 use psm_ir::ir::{Dtype, Role};
 use psm_runtime::cuda::{driver_present, CudaExecutor, Device};
 use psm_runtime::{Aggregator, Backend, DimOverride, Form, Outputs, Program, RunError, RunOptions, State};
+
+/// A form with its outputs and final state (per output or field, every sequence).
+type FormResult = (Form, Vec<Vec<f64>>, Option<Vec<Vec<f64>>>);
 
 const ALL_LENGTHS: [usize; 8] = [0, 1, 2, 3, 7, 64, 1000, 4097];
 /// Every dim is run at most at this size.
@@ -145,7 +150,7 @@ fn check_operator(name: &str) {
             let bufs = data.input_bufs(&agg, nseq, n);
             let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
             // The non-associative forms' results, to be bit-identical to each other.
-            let mut first: Option<(Form, Vec<Vec<f64>>, Option<Vec<Vec<f64>>>)> = None;
+            let mut first: Option<FormResult> = None;
             for (form, chunk) in forms(associative) {
                 let what = format!("{name} {form:?} chunk {chunk:?} n = {n} batch {batch:?}");
                 let opts = RunOptions { form, chunk, final_state: true, ..Default::default() };
@@ -235,7 +240,7 @@ fn check_options(name: &str, agg: &Aggregator, cpu: &Aggregator, gpu: &CudaExecu
         let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
         for reverse in [false, true] {
             for init in [None, Some(&s0)] {
-                let mut results: Vec<(Form, Vec<Vec<f64>>, Option<Vec<Vec<f64>>>)> = Vec::new();
+                let mut results: Vec<FormResult> = Vec::new();
                 for (form, chunk) in forms(associative) {
                     let what = format!("{name} {form:?} chunk {chunk:?} n = {n} reverse {reverse} initial state {}", init.is_some());
                     let opts = RunOptions { form, chunk, reverse, initial_state: init, final_state: true, ..Default::default() };

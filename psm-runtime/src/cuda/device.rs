@@ -293,7 +293,7 @@ impl DeviceBuffer {
 /// what the driver reads for a parameter of that size.
 #[derive(Default)]
 pub(crate) struct Args {
-    values: Vec<Box<[u8; 8]>>,
+    values: Vec<[u8; 8]>,
 }
 
 impl Args {
@@ -301,13 +301,13 @@ impl Args {
         Args::default()
     }
     pub fn u64(&mut self, v: u64) -> &mut Args {
-        self.values.push(Box::new(v.to_ne_bytes()));
+        self.values.push(v.to_ne_bytes());
         self
     }
     pub fn u32(&mut self, v: u32) -> &mut Args {
         let mut slot = [0u8; 8];
         slot[..4].copy_from_slice(&v.to_ne_bytes());
-        self.values.push(Box::new(slot));
+        self.values.push(slot);
         self
     }
     pub fn ptr(&mut self, b: &DeviceBuffer) -> &mut Args {

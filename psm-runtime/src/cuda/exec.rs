@@ -103,12 +103,13 @@ impl CudaExecutor {
     }
 
     /// The form `auto` picks: the tree for non-associative operators; for associative
-    /// ones recurrent (a thread per sequence) when the batch alone fills the device,
-    /// else chunked.
-    fn resolve(&self, form: Form, nseq: usize) -> Form {
+    /// ones chunked with [`auto_chunk`], or recurrent (a thread per sequence) when that
+    /// chunk holds the whole sequence (a batch that fills the device alone, or short
+    /// sequences).
+    fn resolve(&self, form: Form, nseq: usize, steps: usize) -> Form {
         match form {
             Form::Auto if !self.signature().associative => Form::Tree,
-            Form::Auto if nseq >= ENOUGH_THREADS => Form::Recurrent,
+            Form::Auto if auto_chunk(steps, nseq) >= steps => Form::Recurrent,
             Form::Auto => Form::Chunked,
             f => f,
         }
@@ -136,7 +137,7 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let form = self.resolve(opts.form, nseq);
+        let form = self.resolve(opts.form, nseq, steps);
         let chunk = (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq)));
 
         let device = &self.inner.device;
