@@ -15,7 +15,8 @@
 //!   (final states: differences below the smallest normal f32 pass, a field decayed
 //!   into the subnormal range underflows differently under another bracketing);
 //! * a decode loop (one push per step into a device stream) bit-identical to the stream
-//!   form's run on the GPU.
+//!   form's run on the GPU;
+//! * inputs uploaded once and run from the device in every form: the same bits as `run`.
 //!
 //! Without a CUDA device every GPU test prints why and passes; `cuda_unavailable`
 //! checks the typed error there. On the GPU machine: see docs (`cargo test -p
@@ -211,9 +212,9 @@ fn check_operator(name: &str) {
             }
         }
     }
-    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data);
+    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data) + check_resident(&agg, &gpu, &data);
     println!(
-        "{name:22} {} runs (+{more} with reverse, initial states and pushes), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
+        "{name:22} {} runs (+{more} with reverse, initial states, pushes and resident inputs), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
         runs,
         start.elapsed().as_secs_f64()
     );
@@ -332,6 +333,30 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
         return v.to_vec();
     }
     (0..nseq).flat_map(|b| (0..steps).rev().flat_map(move |t| v[(b * steps + t) * width..(b * steps + t + 1) * width].iter().copied())).collect()
+}
+
+/// Inputs uploaded once and run in every valid form from the device
+/// (`upload`, `run_device`, `to_host`) give bit for bit what `run` gives. Returns the
+/// number of device runs.
+fn check_resident(agg: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
+    let n = 300;
+    let bufs = data.input_bufs(agg, 3, n);
+    let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
+    let resident = gpu.upload(&x).unwrap_or_else(|e| panic!("{}: upload: {e}", agg.name()));
+    let forms = forms(agg.associative());
+    for (form, chunk) in &forms {
+        let what = format!("{} {form:?} resident", agg.name());
+        let opts = RunOptions { form: *form, chunk: *chunk, final_state: true, ..Default::default() };
+        let on_device = gpu.run_device(&resident, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(on_device.form(), *form, "{what}");
+        let got = on_device.to_host().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let flat = |o: &Outputs| values(o).iter().map(|v| bits(v)).collect::<Vec<_>>();
+        assert_eq!(flat(&got), flat(&want), "{what}: outputs");
+        let state = |o: &Outputs| state_values(o.final_state()).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+        assert_eq!(state(&got), state(&want), "{what}: final state");
+    }
+    forms.len()
 }
 
 macro_rules! operators {

@@ -117,8 +117,39 @@ impl CudaExecutor {
 
     /// Runs every sequence of `inputs` on the device; the same options, checks, errors
     /// and results as [`Executor::run`], except that `threads` and `pool` (host
-    /// threads) do not apply and `prefill` is not supported yet.
+    /// threads) do not apply and `prefill` is not supported yet. The same as
+    /// [`CudaExecutor::upload`], [`CudaExecutor::run_device`] and
+    /// [`DeviceOutputs::to_host`] in turn.
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        self.inner.host.check_options(opts)?;
+        self.run_device(&self.upload(inputs)?, opts)?.to_host()
+    }
+
+    /// Checks a run's inputs and params (as [`Executor::run`] does) and copies them to
+    /// the device, to run them there once or many times.
+    pub fn upload(&self, inputs: &Inputs<'_>) -> Result<DeviceInputs, RunError> {
+        let sig = self.signature();
+        let params = match_named(sig, Slot::Param, &inputs.params, &[])?;
+        let mut lead = inputs.batch.clone();
+        lead.push(inputs.steps);
+        let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
+        let nseq = inputs.batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
+            what: format!("the batch shape {:?}", inputs.batch),
+        })?;
+        let device = &self.inner.device;
+        device.bind()?;
+        Ok(DeviceInputs {
+            batch: inputs.batch.clone(),
+            nseq,
+            steps: inputs.steps,
+            params: upload_fields(device, Slot::Param, &sig.params, &params)?,
+            inputs: upload_fields(device, Slot::Input, &sig.inputs, &data)?,
+        })
+    }
+
+    /// Runs uploaded inputs in one form and waits for the device; the outputs and the
+    /// final state stay on the device until [`DeviceOutputs::to_host`].
+    pub fn run_device(&self, x: &DeviceInputs, opts: &RunOptions<'_>) -> Result<DeviceOutputs, RunError> {
         let host = &self.inner.host;
         host.check_options(opts)?;
         if opts.prefill {
@@ -127,31 +158,20 @@ impl CudaExecutor {
                 message: "the CUDA backend cannot hand a run to a stream yet; run the prompt on the CPU backend".into(),
             });
         }
-        let sig = self.signature();
-        let params = match_named(sig, Slot::Param, &inputs.params, &[])?;
-        let mut lead = inputs.batch.clone();
-        lead.push(inputs.steps);
-        let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
-        let init = opts.initial_state.map(|s| host.bind_state(s, &inputs.batch)).transpose()?;
-        let nseq = inputs.batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
-            what: format!("the batch shape {:?}", inputs.batch),
-        })?;
-        let steps = inputs.steps;
+        let init = opts.initial_state.map(|s| host.bind_state(s, &x.batch)).transpose()?;
+        let (nseq, steps) = (x.nseq, x.steps);
         let form = self.resolve(opts.form, nseq, steps);
         let chunk = (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq)));
-
         let device = &self.inner.device;
         device.bind()?;
-        let param_bufs = upload_fields(device, Slot::Param, &sig.params, &params)?;
-        let input_bufs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
         let init_buf = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
         let output_bufs = self.alloc_outputs(nseq, steps)?;
-        let launcher = self.launcher(&param_bufs, &input_bufs, &output_bufs, nseq, steps);
+        let launcher = self.launcher(&x.params, &x.inputs, &output_bufs, nseq, steps);
         let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
-        let outputs = self.download_outputs(&output_bufs, &inputs.batch, steps)?;
-        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), init.as_deref(), &inputs.batch)? } else { None };
+        let final_state = if opts.final_state { Some(self.final_state(&launcher, end.final_state, init.as_deref())?) } else { None };
+        device.synchronize()?;
         let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
-        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill: None, stats, form, chunk })
+        Ok(DeviceOutputs { exec: self.clone(), batch: x.batch.clone(), steps, outputs: output_bufs, final_state, stats, form, chunk })
     }
 
     pub(crate) fn launcher<'a>(
@@ -242,31 +262,104 @@ impl CudaExecutor {
         StepSizes { inputs: bytes(&sig.inputs), outputs: bytes(&sig.outputs) }
     }
 
-    /// p_T as a named state: the form's, else (T = 0) the initial state, else the
-    /// declared identity, else none.
-    fn final_state(
-        &self,
-        l: &Launcher<'_>,
-        from_form: Option<&DeviceBuffer>,
-        init: Option<&[u64]>,
-        batch: &[usize],
-    ) -> Result<Option<crate::buffers::State>, RunError> {
-        let words = self.elem() / 8;
-        let mut flat = vec![0u64; l.nseq * words];
-        if let Some(buf) = from_form {
-            l.device.copy_to_host(buf, 0, crate::buffers::bytes_mut(&mut flat))?;
+    /// p_T: the form's (on the device), else (T = 0) the initial state, else the
+    /// declared identity (on the device), else none.
+    fn final_state(&self, l: &Launcher<'_>, from_form: Option<DeviceBuffer>, init: Option<&[u64]>) -> Result<FinalState, RunError> {
+        Ok(if let Some(buf) = from_form {
+            FinalState::Device(buf)
         } else if let Some(s0) = init {
-            flat.copy_from_slice(s0);
+            FinalState::Host(s0.to_vec())
         } else if l.steps > 0 && l.nseq == 0 {
             // An empty batch has a (field-less) final state whenever it ran steps.
+            FinalState::Host(Vec::new())
         } else {
-            let ids = l.device.alloc("the identity", flat.len() * 8, false)?;
-            if !l.identity(l.nseq, &ids)? {
-                return Ok(None);
+            let ids = l.device.alloc("the identity", l.nseq * self.elem(), false)?;
+            if l.identity(l.nseq, &ids)? {
+                FinalState::Device(ids)
+            } else {
+                FinalState::None
             }
-            l.device.copy_to_host(&ids, 0, crate::buffers::bytes_mut(&mut flat))?;
-        }
-        Ok(Some(self.inner.host.state_of(batch, &flat)))
+        })
+    }
+}
+
+/// A run's inputs and params on the device ([`CudaExecutor::upload`]).
+pub struct DeviceInputs {
+    batch: Vec<usize>,
+    nseq: usize,
+    steps: usize,
+    params: Vec<DeviceBuffer>,
+    inputs: Vec<DeviceBuffer>,
+}
+
+impl DeviceInputs {
+    pub fn batch(&self) -> &[usize] {
+        &self.batch
+    }
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+}
+
+/// p_T of every sequence after a device run.
+enum FinalState {
+    Device(DeviceBuffer),
+    /// Flat elements (the initial state of a run without steps).
+    Host(Vec<u64>),
+    /// No steps, no initial state and no declared identity.
+    None,
+}
+
+/// The results of [`CudaExecutor::run_device`], still on the device.
+pub struct DeviceOutputs {
+    exec: CudaExecutor,
+    batch: Vec<usize>,
+    steps: usize,
+    outputs: Vec<DeviceBuffer>,
+    /// Present when the run was asked for it.
+    final_state: Option<FinalState>,
+    stats: RunStats,
+    form: Form,
+    chunk: Option<usize>,
+}
+
+impl DeviceOutputs {
+    pub fn stats(&self) -> RunStats {
+        self.stats
+    }
+    /// The form that ran (`auto` resolved).
+    pub fn form(&self) -> Form {
+        self.form
+    }
+    pub fn chunk(&self) -> Option<usize> {
+        self.chunk
+    }
+
+    /// Copies the outputs (and the final state, when asked for) to the host.
+    pub fn to_host(&self) -> Result<Outputs, RunError> {
+        let exec = &self.exec;
+        exec.device().bind()?;
+        let outputs = exec.download_outputs(&self.outputs, &self.batch, self.steps)?;
+        let flat = match &self.final_state {
+            Some(FinalState::Device(buf)) => {
+                let mut flat = vec![0u64; buf.bytes / 8];
+                exec.device().copy_to_host(buf, 0, crate::buffers::bytes_mut(&mut flat))?;
+                Some(flat)
+            }
+            Some(FinalState::Host(words)) => Some(words.clone()),
+            Some(FinalState::None) | None => None,
+        };
+        let final_state = flat.map(|f| exec.host().state_of(&self.batch, &f));
+        Ok(Outputs {
+            batch: self.batch.clone(),
+            steps: self.steps,
+            outputs,
+            final_state,
+            prefill: None,
+            stats: self.stats,
+            form: self.form,
+            chunk: self.chunk,
+        })
     }
 }
 

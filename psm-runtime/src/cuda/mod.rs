@@ -7,7 +7,9 @@
 //!   panic;
 //! * `launch` — typed launches of the ABI's kernels;
 //! * `forms` — recurrent, chunked, tree and the stream's counter on the device;
-//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
+//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device, also in
+//!   steps: `upload` (inputs and params checked and copied once), `run_device` (outputs
+//!   kept on the device), `DeviceOutputs::to_host`;
 //! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
 //!   device (the decode step: `psm_scan` in place, or the counter).
 //!
@@ -29,5 +31,5 @@ mod launch;
 pub mod stream;
 
 pub use device::{driver_present, Device};
-pub use exec::CudaExecutor;
+pub use exec::{CudaExecutor, DeviceInputs, DeviceOutputs};
 pub use stream::DeviceStream;
