@@ -363,11 +363,12 @@ impl DeviceOutputs {
     }
 }
 
-/// Threads that keep the device busy (an H200 holds 132 SMs × 2048 resident threads);
-/// `auto` chunks a batch into about this many (sequence, chunk) pairs.
+/// (Sequence, chunk) pairs `auto` aims for: a quarter of the threads an H200 holds
+/// resident (132 SMs × 2048), so that the chunk passes fill the device while chunks
+/// stay long (every step is scanned twice). Chosen, not tuned.
 const ENOUGH_THREADS: usize = 1 << 16;
 
-/// The chunk size of `auto`: about [`ENOUGH_THREADS`] chunks over the whole batch, at
+/// The chunk size of `auto`: about 2^16 (sequence, chunk) pairs over the whole batch, at
 /// least 16 steps each (a chunk's steps are scanned twice).
 pub fn auto_chunk(steps: usize, nseq: usize) -> usize {
     let chunks_per_seq = ENOUGH_THREADS.div_ceil(nseq.max(1)).max(1);
