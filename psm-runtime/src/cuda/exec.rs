@@ -18,7 +18,7 @@ use super::forms::{self, Counter, FormEnd, StepSizes};
 use super::launch::{Kernels, Launcher};
 use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
 use crate::error::{RunError, Slot};
-use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, Signature};
+use crate::forms::{match_named, product, Executor, Form, Outputs, RunOptions, RunStats, Signature};
 use crate::kernels::InterpKernels;
 
 /// One aggregator on one CUDA device. Cheap to clone (shared).
@@ -133,9 +133,7 @@ impl CudaExecutor {
         let mut lead = inputs.batch.clone();
         lead.push(inputs.steps);
         let data = match_named(sig, Slot::Input, &inputs.inputs, &lead)?;
-        let nseq = inputs.batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
-            what: format!("the batch shape {:?}", inputs.batch),
-        })?;
+        let nseq = product(&inputs.batch, || format!("the batch shape {:?}", inputs.batch))?;
         let device = &self.inner.device;
         device.bind()?;
         Ok(DeviceInputs {

@@ -11,7 +11,8 @@ use super::exec::{upload_fields, upload_state, CudaExecutor};
 use super::forms::Counter;
 use crate::buffers::{Data, Inputs, State};
 use crate::error::{RunError, Slot};
-use crate::forms::{match_named, Form, Outputs, RunStats, StreamStats};
+use crate::forms::stream::check_push;
+use crate::forms::{match_named, product, Form, Outputs, RunStats, StreamStats};
 
 enum Held {
     /// The running prefix of every sequence (`None` before the first step without an
@@ -44,9 +45,7 @@ impl CudaExecutor {
     pub fn stream(&self, batch: &[usize], params: &[(String, Data<'_>)], initial_state: Option<&State>) -> Result<DeviceStream, RunError> {
         let sig = self.signature();
         let param_data = match_named(sig, Slot::Param, params, &[])?;
-        let nseq = batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
-            what: format!("the batch shape {batch:?}"),
-        })?;
+        let nseq = product(batch, || format!("the batch shape {batch:?}"))?;
         let init = initial_state.map(|s| self.host().bind_state(s, batch)).transpose()?;
         let device = self.device();
         device.bind()?;
@@ -101,15 +100,7 @@ impl DeviceStream {
     /// Pushes the next `inputs.steps()` steps (usually 1) of every sequence, shaped
     /// `[batch..., T, field dims...]`, and returns their outputs.
     pub fn push(&mut self, inputs: &Inputs<'_>) -> Result<Outputs, RunError> {
-        if inputs.batch != self.batch {
-            return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: self.batch.clone(), found: inputs.batch.clone() });
-        }
-        if let Some((name, _)) = inputs.params.first() {
-            return Err(RunError::InvalidOption {
-                option: "param",
-                message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
-            });
-        }
+        check_push(&self.batch, inputs)?;
         let exec = self.exec.clone();
         let sig = exec.signature();
         let mut lead = inputs.batch.clone();

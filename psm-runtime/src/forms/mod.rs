@@ -280,7 +280,7 @@ pub(crate) struct Bound {
     pub inputs: Vec<usize>,
 }
 
-fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError> {
+pub(crate) fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| RunError::TooLarge { what: what() })
 }
 

@@ -217,6 +217,21 @@ impl Prefill {
     }
 }
 
+/// The checks of a push that need no declarations (every backend's streams make them):
+/// the stream's batch shape, and no params.
+pub(crate) fn check_push(batch: &[usize], inputs: &Inputs<'_>) -> Result<(), RunError> {
+    if inputs.batch != batch {
+        return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: batch.to_vec(), found: inputs.batch.clone() });
+    }
+    if let Some((name, _)) = inputs.params.first() {
+        return Err(RunError::InvalidOption {
+            option: "param",
+            message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
+        });
+    }
+    Ok(())
+}
+
 /// A push-based run: each [`Stream::push`] takes the next steps of every sequence of
 /// the batch and returns their outputs. Non-associative operators keep the binary
 /// counter (O(log n) elements, about 2 combines per step, bit-identical to the tree
@@ -320,15 +335,7 @@ impl Stream {
     /// stream's; params were fixed when the stream was opened), and returns their
     /// outputs.
     pub fn push(&mut self, inputs: &Inputs<'_>) -> Result<Outputs, RunError> {
-        if inputs.batch != self.batch {
-            return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: self.batch.clone(), found: inputs.batch.clone() });
-        }
-        if let Some((name, _)) = inputs.params.first() {
-            return Err(RunError::InvalidOption {
-                option: "param",
-                message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
-            });
-        }
+        check_push(&self.batch, inputs)?;
         let exec = self.exec.clone();
         let sig = &exec.inner.sig;
         let mut lead = inputs.batch.clone();
