@@ -89,6 +89,28 @@ fn cuda_unavailable() {
     }
 }
 
+#[test]
+fn cuda_errors_say_what_failed() {
+    let cases = [
+        (RunError::CudaUnavailable { reason: "no driver".into() }, "CUDA not available: no driver"),
+        (
+            RunError::DeviceOutOfMemory { what: "output `y`".into(), bytes: 1 << 40 },
+            "out of device memory: cannot allocate 1099511627776 bytes for output `y`",
+        ),
+        (
+            RunError::PtxLoad { aggregator: "gla".into(), message: "CUDA_ERROR_INVALID_PTX".into(), log: "line 5: error\n".into() },
+            "the CUDA driver rejected the PTX of `gla`: CUDA_ERROR_INVALID_PTX\nJIT log:\nline 5: error",
+        ),
+        (
+            RunError::Cuda { operation: "cuStreamSynchronize".into(), message: "CUDA_ERROR_ILLEGAL_ADDRESS".into() },
+            "CUDA error in cuStreamSynchronize: CUDA_ERROR_ILLEGAL_ADDRESS",
+        ),
+    ];
+    for (e, text) in cases {
+        assert_eq!(e.to_string(), text);
+    }
+}
+
 /// The operator at small dims, for the interpreter (reference), the CPU backend and
 /// the GPU.
 fn load_small(name: &str) -> (Aggregator, Aggregator) {

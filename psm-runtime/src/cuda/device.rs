@@ -440,6 +440,15 @@ mod tests {
     }
 
     #[test]
+    fn launch_arguments_hold_each_value_in_its_leading_bytes() {
+        let mut a = Args::new();
+        a.u64(0x0102_0304_0506_0708).u32(0xa0b0_c0d0);
+        assert_eq!(a.values[0], 0x0102_0304_0506_0708u64.to_ne_bytes());
+        assert_eq!(a.values[1][..4], 0xa0b0_c0d0u32.to_ne_bytes());
+        assert_eq!(a.values[1][4..], [0; 4]);
+    }
+
+    #[test]
     fn copies_round_trip_and_strided_copies_move_rows() {
         let Some(d) = device() else { return };
         let data: Vec<u8> = (0..=255).collect();
