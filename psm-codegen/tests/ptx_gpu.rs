@@ -9,8 +9,8 @@
 //! GPU recurrent scan bit for bit (the same device code), transcendentals included.
 //!
 //! Needs the CUDA driver (`libcuda.so.1`, loaded at run time through dlopen: no build
-//! dependency); without one the test prints that it skipped. `PSM_ROOT` names the
-//! repository root when the binary runs away from its checkout.
+//! dependency); without one the test prints that it skipped. `PSM_OPS_DIR` names the
+//! library's directory when the binary runs away from its checkout.
 
 mod common;
 
@@ -177,14 +177,18 @@ impl Arg {
 
 // ------------------------------------------------------------------ data
 
+/// The library: `PSM_OPS_DIR` (for a test binary run away from its checkout), else
+/// examples/ops of the source tree.
+fn ops_dir() -> std::path::PathBuf {
+    std::env::var_os("PSM_OPS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root().join("examples/ops"))
+}
+
 fn source(name: &str) -> String {
-    let root = std::env::var_os("PSM_ROOT").map(std::path::PathBuf::from).unwrap_or_else(root);
-    std::fs::read_to_string(root.join(format!("examples/ops/{name}.psm"))).expect("library operator")
+    std::fs::read_to_string(ops_dir().join(format!("{name}.psm"))).expect("library operator")
 }
 
 fn names() -> Vec<String> {
-    let root = std::env::var_os("PSM_ROOT").map(std::path::PathBuf::from).unwrap_or_else(root);
-    let mut names: Vec<String> = std::fs::read_dir(root.join("examples/ops"))
+    let mut names: Vec<String> = std::fs::read_dir(ops_dir())
         .expect("examples/ops")
         .filter_map(|e| e.ok()?.file_name().to_string_lossy().strip_suffix(".psm").map(str::to_string))
         .collect();
@@ -532,3 +536,263 @@ fn every_library_operator_on_the_gpu() {
         check_operator(&cuda, &name);
     }
 }
+
+// ------------------------------------------------------------------ random programs
+
+/// Random programs (every construct, i32/f64/bool values, guards, lets, both readout
+/// kinds, `empty(p)`): the recurrent scan with its final state bit for bit against the
+/// interpreter, on random data and on special values (NaN, infinities, ±0, subnormals,
+/// extreme integers). Transcendental calls are replaced by exact built-ins of the same
+/// arity (`exp`/`tanh`/`softplus` → `abs`, `log`/`sigmoid` → `sqrt`, `pow` → `max`):
+/// the device math is measured on its own (`device_math_accuracy`), and a random
+/// recurrence amplifies a last-bit difference beyond any fixed tolerance.
+#[test]
+fn random_programs_on_the_gpu() {
+    let Some(cuda) = Cuda::open() else {
+        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
+        return;
+    };
+    let mut checked = 0;
+    for (seed, d, count) in [(2024u64, 3usize, 150usize), (4242, 9, 100)] {
+        let mut rng = Rng::new(seed);
+        let (mut valid, mut tried) = (0, 0);
+        while valid < count && tried < 2000 {
+            tried += 1;
+            let source = exact_builtins(&common::programs::program(&mut rng, tried, d));
+            let module = psm_ir::front::dsl::parse(&source).expect("generated source parses");
+            let Ok(infos) = psm_ir::valid::validate(&module, &[]) else { continue };
+            valid += 1;
+            let (agg, info) = (module.aggregators[0].clone(), infos[0].clone());
+            assert!(!transcendental(&agg), "{source}");
+            let op = from_parts(agg.clone(), info.clone());
+            let mut data_rng = Rng::new(tried as u64 + 1);
+            let sets = [Data::random(&op, &mut data_rng, 20), special_data(&op, &mut data_rng, 40)];
+            for data in sets {
+                let case = Case {
+                    agg: &agg,
+                    info: &info,
+                    nseq: 1,
+                    steps: data.steps,
+                    params: data.params.clone(),
+                    inputs: vec![data.inputs.clone()],
+                };
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let (outputs, state) = recurrent(&cuda, &case);
+                    {
+                        compare("recurrent", &case, true, &outputs, &case.reference(Form::Fold, false));
+                        let r = derive::run(&agg, &info, domain(), Form::Fold, &case.params, &case.inputs[0], case.steps)
+                            .expect("run");
+                        let layout = psm_codegen::clif::Layout::new(&agg, &info);
+                        let found = decode_element(&layout, &state);
+                        let expected = r.prefixes[case.steps].clone().expect("a prefix");
+                        check_fields(&agg.name, "final state", true, &layout.dtypes, &found, &expected);
+                    }
+                }));
+                if let Err(e) = outcome {
+                    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                    panic!("program {tried} disagrees: {msg}\n{source}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(valid * 3 >= count * 2, "only {valid} of {tried} generated programs validate");
+    }
+    println!("{checked} data sets of random programs bit-identical to the interpreter");
+}
+
+/// The program with every transcendental call replaced by an exact built-in.
+fn exact_builtins(source: &str) -> String {
+    [("exp(", "abs("), ("tanh(", "abs("), ("softplus(", "abs("), ("log(", "sqrt("), ("sigmoid(", "sqrt("), ("pow(", "max(")]
+        .iter()
+        .fold(source.to_string(), |s, (from, to)| s.replace(from, to))
+}
+
+/// The recurrent scan of every sequence of `case` with its final state: the outputs
+/// (bytes per output field) and the final state of sequence 0.
+fn recurrent(cuda: &Cuda, case: &Case<'_>) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let (agg, info) = (case.agg, case.info);
+    let m = ptx::compile(agg, info, &Default::default()).expect("compile");
+    let params: Vec<Dev> = agg
+        .tensors_of(Role::Param)
+        .zip(&case.params)
+        .map(|(t, v)| {
+            let mut b = vec![0u8; v.len() * dsize(agg.tensors[t].dtype)];
+            write_values(&mut b, agg.tensors[t].dtype, v);
+            cuda.upload(&b)
+        })
+        .collect();
+    let inputs: Vec<Dev> = agg
+        .tensors_of(Role::Input)
+        .enumerate()
+        .map(|(k, t)| {
+            let per_seq: Vec<&Vec<f64>> = case.inputs.iter().map(|seq| &seq[k]).collect();
+            cuda.upload(&field_bytes(agg.tensors[t].dtype, &per_seq))
+        })
+        .collect();
+    let module = cuda.load(&m);
+    let gpu = Gpu { cuda, m, module, params, inputs };
+    let outs = gpu.outputs(case);
+    let state = cuda.zeros(case.nseq * gpu.m.layout.size);
+    gpu.scan(case, &outs, case.steps, case.steps, 0, state.ptr, WRITE_OUTPUTS);
+    let result = (gpu.get(&outs), cuda.download(&state));
+    for d in gpu.params.into_iter().chain(gpu.inputs).chain(outs).chain([state]) {
+        cuda.free(d);
+    }
+    result
+}
+
+// ------------------------------------------------------------------ device math
+
+/// The device math functions measured against the host's: f32 results in f32 ulps
+/// from the f64 function (so a correctly rounded result is within 0.5), f64 results in
+/// ulps of Rust's f64 methods (the C library, itself within about 1 ulp), over 2^20
+/// arguments spread over each function's range plus special values. Prints the
+/// largest errors.
+#[test]
+fn device_math_accuracy() {
+    let Some(cuda) = Cuda::open() else {
+        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
+        return;
+    };
+    let source = "aggregator math {
+        input   { ex, lx, tx, sx, px, wx, wy, exd: f64, lxd: f64, txd: f64, wxd: f64, wyd: f64 }
+        element { e, l, t, s, p, w, ed: f64, ld: f64, td: f64, wd: f64 }
+        lift(x) {
+            e = exp(x.ex); l = log(x.lx); t = tanh(x.tx); s = sigmoid(x.sx); p = softplus(x.px);
+            w = pow(x.wx, x.wy);
+            ed = exp(x.exd); ld = log(x.lxd); td = tanh(x.txd); wd = pow(x.wxd, x.wyd);
+        }
+        combine(a, b) {
+            e = b.e; l = b.l; t = b.t; s = b.s; p = b.p; w = b.w; ed = b.ed; ld = b.ld; td = b.td; wd = b.wd;
+        }
+    }";
+    let (agg, info) = parse_one(source, &[]);
+    let n = 1usize << 20;
+    let mut rng = Rng::new(7);
+    let special = [0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1.0, -1.0, 2.0, 0.5, -0.5, 3.0, -3.0];
+    // Arguments: the special values first, then spreads over each function's range.
+    let spread = |rng: &mut Rng, k: usize, lo: f64, hi: f64, log_scale: bool| -> f64 {
+        if k < special.len() {
+            special[k]
+        } else if log_scale {
+            2f64.powf(rng.uniform(lo, hi))
+        } else {
+            rng.uniform(lo, hi)
+        }
+    };
+    let mut cols: Vec<Vec<f64>> = vec![Vec::with_capacity(n); 12];
+    for k in 0..n {
+        let vals = [
+            spread(&mut rng, k, -104.0, 89.0, false),
+            spread(&mut rng, k, -149.0, 128.0, true),
+            spread(&mut rng, k, -12.0, 12.0, false),
+            spread(&mut rng, k, -30.0, 30.0, false),
+            spread(&mut rng, k, -30.0, 30.0, false),
+            spread(&mut rng, k, -8.0, 8.0, true),
+            spread(&mut rng, k, -12.0, 12.0, false),
+            spread(&mut rng, k, -746.0, 710.0, false),
+            spread(&mut rng, k, -1074.0, 1024.0, true),
+            spread(&mut rng, k, -25.0, 25.0, false),
+            spread(&mut rng, k, -30.0, 30.0, true),
+            spread(&mut rng, k, -30.0, 30.0, false),
+        ];
+        for (c, v) in cols.iter_mut().zip(vals) {
+            c.push(v);
+        }
+    }
+    // Negative bases with integer and non-integer exponents, small arguments of tanh.
+    for k in special.len()..special.len() + 2000 {
+        cols[5][k] = -cols[5][k];
+        cols[6][k] = (cols[6][k]).round();
+        cols[10][k] = -cols[10][k];
+        cols[11][k] = if k % 2 == 0 { cols[11][k].round() } else { cols[11][k] };
+        cols[2][k] *= 1e-6;
+        cols[9][k] *= 1e-9;
+    }
+    let m = ptx::compile(&agg, &info, &Default::default()).expect("compile");
+    let inputs: Vec<Dev> = agg
+        .tensors_of(Role::Input)
+        .enumerate()
+        .map(|(k, t)| cuda.upload(&field_bytes(agg.tensors[t].dtype, &[&cols[k]])))
+        .collect();
+    let module = cuda.load(&m);
+    let gpu = Gpu { cuda: &cuda, m, module, params: vec![], inputs };
+    let leaves = cuda.zeros(n * gpu.m.layout.size);
+    let mut args = gpu.head(true, &[]);
+    args.extend([Arg::U64(1), Arg::U64(n as u64), Arg::U64(leaves.ptr), Arg::U32(0)]);
+    cuda.run(module, &gpu.m, Kernel::Lift, n as u64, &args);
+    let bytes = cuda.download(&leaves);
+    let layout = &gpu.m.layout;
+    let f32_of = |x: f64| x as f32 as f64;
+    type Reference = fn(f64, f64) -> f64;
+    let fields: [(&str, usize, usize, Reference); 10] = [
+        ("exp f32", 0, 0, |x, _| x.exp()),
+        ("log f32", 1, 1, |x, _| x.ln()),
+        ("tanh f32", 2, 2, |x, _| x.tanh()),
+        // sigmoid and softplus: the interpreter's f32 formula around correctly rounded
+        // exp and log (what the device computes, up to the rounding of exp and log).
+        ("sigmoid f32", 3, 3, |x, _| {
+            let e = (-x).exp() as f32;
+            (1.0 / (1.0 + e)) as f64
+        }),
+        ("softplus f32", 4, 4, |x, _| {
+            let head = if x > 0.0 { x as f32 } else { 0.0 };
+            let s = 1.0 + (-x.abs()).exp() as f32;
+            (head + (s as f64).ln() as f32) as f64
+        }),
+        ("pow f32", 5, 5, |x, y| x.powf(y)),
+        ("exp f64", 6, 7, |x, _| x.exp()),
+        ("log f64", 7, 8, |x, _| x.ln()),
+        ("tanh f64", 8, 9, |x, _| x.tanh()),
+        ("pow f64", 9, 10, |x, y| x.powf(y)),
+    ];
+    let mut report = Vec::new();
+    for (name, field, col, reference) in fields {
+        let single = layout.dtypes[field] == Dtype::F32;
+        let mut worst = (0.0f64, 0usize);
+        for k in 0..n {
+            let at = k * layout.size + layout.offsets[field];
+            let found = read_values(&bytes[at..], layout.dtypes[field], 1)[0];
+            let (x, y) = (cols[col][k], cols.get(col + 1).map_or(0.0, |c| c[k]));
+            let (x, y) = if single { (f32_of(x), f32_of(y)) } else { (x, y) };
+            let exact = reference(x, y);
+            let expected = if single { f32_of(exact) } else { exact };
+            if expected.is_nan() || found.is_nan() {
+                assert!(expected.is_nan() && found.is_nan(), "{name}({x:e}, {y:e}): gpu {found:e}, expected {expected:e}");
+                continue;
+            }
+            if expected.is_infinite() || found.is_infinite() || expected == 0.0 {
+                assert!(found == expected, "{name}({x:e}, {y:e}): gpu {found:e}, expected {expected:e}");
+                continue;
+            }
+            let ulp = if single { ulp32(expected as f32) } else { ulp64(expected) };
+            let err = (found - exact).abs() / ulp;
+            if err > worst.0 {
+                worst = (err, k);
+            }
+        }
+        // f64 pow rounds y·log|x| (|y·log|x|| ≤ 745 for a finite non-zero result): up
+        // to about 3·|y·log|x|| ulp (the module documentation of ptx::math).
+        let bound = match name {
+            "pow f64" => 3.0 * 745.0 + 4.0,
+            "tanh f64" => 8.0,
+            n if n.ends_with("f64") => 4.0,
+            _ => 1.0,
+        };
+        report.push((format!("{name}: max {:.3} ulp (argument {:e}), bound {bound}", worst.0, cols[col][worst.1]), worst.0 <= bound));
+    }
+    println!("{}", report.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join("\n"));
+    assert!(report.iter().all(|(_, ok)| *ok), "a device math function exceeds its bound");
+}
+
+fn ulp32(x: f32) -> f64 {
+    let a = x.abs();
+    let next = f32::from_bits(a.to_bits() + 1);
+    (next as f64 - a as f64).max(f32::from_bits(1) as f64)
+}
+
+fn ulp64(x: f64) -> f64 {
+    let a = x.abs();
+    (f64::from_bits(a.to_bits() + 1) - a).max(f64::from_bits(1))
+}
+

@@ -381,18 +381,13 @@ impl<'a> Lowerer<'a> {
                 match (func, args.get(1)) {
                     (Func::Min, Some(&y)) => {
                         let b = self.int_value(y);
-                        self.e.ins(format!("min.s64 {r}, {a}, {b}"));
+                        self.int_min_max(false, "64", a, b, r);
                     }
                     (Func::Max, Some(&y)) => {
                         let b = self.int_value(y);
-                        self.e.ins(format!("max.s64 {r}, {a}, {b}"));
+                        self.int_min_max(true, "64", a, b, r);
                     }
-                    // wrapping_abs: max(a, -a), and MIN stays MIN.
-                    _ => {
-                        let n = self.e.reg(Class::B64);
-                        self.e.ins(format!("neg.s64 {n}, {a}"));
-                        self.e.ins(format!("max.s64 {r}, {a}, {n}"));
-                    }
+                    _ => self.wrapping_abs("64", a, r),
                 }
             }
             Expr::Reduce { op, var, body } => {
@@ -409,13 +404,15 @@ impl<'a> Lowerer<'a> {
                 self.counted_loop(n, &name, &mut |s, k| {
                     s.env[var.index()] = Some(k);
                     let v = s.int_value(body);
-                    let ins = match op {
-                        ReduceOp::Sum => "add.s64",
-                        ReduceOp::Prod => "mul.lo.s64",
-                        ReduceOp::Max => "max.s64",
-                        ReduceOp::Min => "min.s64",
-                    };
-                    s.e.ins(format!("{ins} {acc}, {acc}, {v}"));
+                    match op {
+                        ReduceOp::Sum => s.e.ins(format!("add.s64 {acc}, {acc}, {v}")),
+                        ReduceOp::Prod => s.e.ins(format!("mul.lo.s64 {acc}, {acc}, {v}")),
+                        ReduceOp::Max | ReduceOp::Min => {
+                            let next = s.e.reg(Class::B64);
+                            s.int_min_max(op == ReduceOp::Max, "64", acc, v, next);
+                            s.mov(acc, next);
+                        }
+                    }
                 });
                 return acc;
             }
@@ -641,14 +638,9 @@ impl<'a> Lowerer<'a> {
         let r = self.e.reg(Class::of(ty));
         if !ty.is_float() {
             match func {
-                Func::Min if args.len() > 1 => self.e.ins(format!("min.s32 {r}, {a}, {}", args[1])),
-                Func::Max if args.len() > 1 => self.e.ins(format!("max.s32 {r}, {a}, {}", args[1])),
-                // wrapping_abs: max(a, -a), and MIN stays MIN.
-                _ => {
-                    let n = self.e.reg(Class::B32);
-                    self.e.ins(format!("neg.s32 {n}, {a}"));
-                    self.e.ins(format!("max.s32 {r}, {a}, {n}"));
-                }
+                Func::Min if args.len() > 1 => self.int_min_max(false, "32", a, args[1], r),
+                Func::Max if args.len() > 1 => self.int_min_max(true, "32", a, args[1], r),
+                _ => self.wrapping_abs("32", a, r),
             }
             return r;
         }
@@ -696,6 +688,28 @@ impl<'a> Lowerer<'a> {
             Func::Min | Func::Max => self.min_max(func == Func::Max, ty, a, args[1], r),
         }
         r
+    }
+
+    /// `r = max(a, b)` (or min) of signed integers of `bits` = "32" or "64", as a compare
+    /// and a select: ptxas 13.0 (sm_90) fuses nested `max.s32`/`min.s32` into one
+    /// three-operand VIMNMX3 and drops the negation of a negated operand
+    /// (`max(max(a, -b), c)` computed as `max(a, b, c)`).
+    fn int_min_max(&mut self, max: bool, bits: &str, a: Reg, b: Reg, r: Reg) {
+        let p = self.e.reg(Class::Pred);
+        self.e.ins(format!("setp.{}.s{bits} {p}, {a}, {b}", if max { "gt" } else { "lt" }));
+        self.e.ins(format!("selp.b{bits} {r}, {a}, {b}, {p}"));
+    }
+
+    /// `r = wrapping_abs(a)` for `bits` = "32" or "64": `(a ^ s) - s` with `s = a >> (bits - 1)`
+    /// (arithmetic), so MIN stays MIN. Not `max(a, -a)`: ptxas 13.0 fuses that with a
+    /// following `max` into one three-operand VIMNMX3 for sm_90 and drops the negation.
+    fn wrapping_abs(&mut self, bits: &str, a: Reg, r: Reg) {
+        let class = if bits == "64" { Class::B64 } else { Class::B32 };
+        let (sign, flipped) = (self.e.reg(class), self.e.reg(class));
+        let shift = if bits == "64" { 63 } else { 31 };
+        self.e.ins(format!("shr.s{bits} {sign}, {a}, {shift}"));
+        self.e.ins(format!("xor.b{bits} {flipped}, {a}, {sign}"));
+        self.e.ins_c(format!("sub.s{bits} {r}, {flipped}, {sign}"), "wrapping abs");
     }
 
     /// IEEE 754-2019 maximum/minimum into `r`: NaN if either operand is NaN, else the

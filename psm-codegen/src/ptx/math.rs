@@ -2,8 +2,8 @@
 //! register parameters). The f32 builtins call them on the exactly widened argument
 //! and round the result once to f32 (`cvt.rn.f32.f64`), so an f32 result is the
 //! correctly rounded value of the f64 one: within 0.5 ulp of f32 plus the f64 error
-//! (relative, below 2^-50 for `exp`, `log` and `tanh`), i.e. correctly rounded except
-//! when the exact value lies within about 2^-26 ulp of a rounding boundary.
+//! (a few f64 ulps for `exp`, `log` and `tanh`), i.e. correctly rounded except when the
+//! exact value lies within about 2^-26 f32 ulp of a rounding boundary.
 //!
 //! No PTX approximation instruction is used (`ex2.approx.f32` has a relative error of
 //! 2^-22.5 on its own argument, and `exp(x) = ex2(x·log2 e)` adds |x|·2^-24 from
@@ -19,17 +19,21 @@
 //!   |s| ≤ 0.1716, by the odd series to s^23 (truncation below 2^-60); result
 //!   e·ln2_hi + (e·ln2_lo + log m). Subnormals scaled by 2^54 first. x < 0 or NaN →
 //!   NaN, ±0 → −inf, +inf → +inf.
-//! * `psm_tanh`: |x| > 22 → ±1, |x| < 2^-28 → x; else with y = 2|x|,
-//!   expm1(y) = (e^y − 1)·(y / log e^y) (Kahan's correction of the cancellation in
-//!   e^y − 1), tanh |x| = expm1(y) / (expm1(y) + 2), sign of x.
+//! * `psm_tanh`: |x| > 22 → ±1, |x| < 2^-28 → x, |x| < 2^-10 → x − x³/3 + 2x⁵/15; else
+//!   with y = 2|x|, expm1(y) = (e^y − 1)·(y / log e^y) (Kahan's correction of the
+//!   cancellation in e^y − 1), tanh |x| = expm1(y) / (expm1(y) + 2), sign of x.
 //! * `psm_pow`: C99 `pow` special cases (y = 0 → 1 and x = 1 → 1 even with NaN,
 //!   (−1)^±inf = 1, a negative finite x with a finite non-integer y → NaN, odd integer
 //!   y keeping the sign of x and of ±0), otherwise exp(y·log|x|). In f64 the rounding of
 //!   y·log|x| adds a relative error up to |y·log|x||·2^-53 (large only for results
 //!   near the overflow or underflow thresholds); in f32 it is negligible.
 //!
-//! These bounds are analytic (rounding errors of the steps above), not exhaustive
-//! measurements.
+//! Measured on an H200 (psm-codegen/tests/ptx_gpu.rs, `device_math_accuracy`: 2^20
+//! arguments over each function's range plus special values): every f32 function
+//! within 0.500 ulp of the f64 value (correctly rounded on every argument tried), f32
+//! `sigmoid`/`softplus` equal to the interpreter's formula around correctly rounded
+//! `exp`/`log`; f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp of
+//! the C library's, f64 `pow` within 940 ulp (the rounding of y·log|x| above).
 
 use std::fmt::Write;
 
@@ -201,7 +205,7 @@ fn tanh() -> String {
     let mut o = String::new();
     o.push_str("// tanh x in f64 (see the module documentation of psm-codegen's ptx::math)\n");
     o.push_str(".func (.reg .f64 %ret) psm_tanh (.reg .f64 %x)\n{\n");
-    o.push_str("\t.reg .pred %p<4>;\n\t.reg .f64 %fd<12>;\n");
+    o.push_str("\t.reg .pred %p<5>;\n\t.reg .f64 %fd<12>;\n");
     let _ = writeln!(o, "\tsetp.nan.f64 %p1, %x, %x;");
     let _ = writeln!(o, "\t@%p1 bra $tanh_small;\t// NaN: x");
     let _ = writeln!(o, "\tabs.f64 %fd1, %x;");
@@ -209,6 +213,8 @@ fn tanh() -> String {
     let _ = writeln!(o, "\t@%p2 bra $tanh_one;");
     let _ = writeln!(o, "\tsetp.lt.f64 %p3, %fd1, {};", d(2f64.powi(-28)));
     let _ = writeln!(o, "\t@%p3 bra $tanh_small;");
+    let _ = writeln!(o, "\tsetp.lt.f64 %p4, %fd1, {};", d(2f64.powi(-10)));
+    let _ = writeln!(o, "\t@%p4 bra $tanh_series;");
     let _ = writeln!(o, "\tadd.rn.f64 %fd2, %fd1, %fd1;\t// y = 2|x|");
     let _ = writeln!(o, "\tcall.uni (%fd3), psm_exp, (%fd2);\t// u = e^y");
     let _ = writeln!(o, "\tsub.rn.f64 %fd4, %fd3, 0d3FF0000000000000;\t// u - 1");
@@ -221,6 +227,12 @@ fn tanh() -> String {
     let _ = writeln!(o, "\tret.uni;");
     let _ = writeln!(o, "$tanh_one:\n\tcopysign.f64 %ret, %x, 0d3FF0000000000000;\n\tret.uni;");
     let _ = writeln!(o, "$tanh_small:\n\tmov.f64 %ret, %x;\n\tret.uni;");
+    o.push_str("$tanh_series:\t// x - x^3/3 + 2x^5/15 (the next term is below 2^-60 relative)\n");
+    let _ = writeln!(o, "\tmul.rn.f64 %fd10, %x, %x;");
+    let _ = writeln!(o, "\tfma.rn.f64 %fd11, %fd10, {}, {};", d(2.0 / 15.0), d(-1.0 / 3.0));
+    let _ = writeln!(o, "\tmul.rn.f64 %fd10, %fd10, %x;");
+    let _ = writeln!(o, "\tfma.rn.f64 %ret, %fd10, %fd11, %x;");
+    let _ = writeln!(o, "\tret.uni;");
     o.push_str("}\n");
     o
 }
