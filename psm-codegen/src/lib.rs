@@ -3,6 +3,12 @@
 //!
 //! * [`clif`] — Cranelift: CLIF text (`psmc emit --target clif`) and JIT-compiled
 //!   native functions for the CPU.
+//! * [`ptx`] — PTX text for NVIDIA GPUs (`psmc emit --target ptx`), one module of
+//!   kernels per aggregator; its module documentation fixes the CUDA kernel ABI.
+//!
+//! Both share the backend-neutral pieces: the element layout ([`clif::Layout`], the
+//! same bytes on the CPU and on the GPU) and the exact evaluation of integer index
+//! expressions (`index`).
 //!
 //! # The CPU ABI
 //!
@@ -58,3 +64,6 @@
 //! the `let` tensors and the two element buffers `scan` rotates through.
 
 pub mod clif;
+mod index;
+mod layout;
+pub mod ptx;

@@ -57,6 +57,12 @@ pub fn aggregator(agg: &Aggregator, info: Option<&Info>) -> String {
     out
 }
 
+/// One statement of a body as the text form prints it, without the `;` (backends
+/// quote it in comments of the code they emit).
+pub fn stmt(agg: &Aggregator, info: Option<&Info>, stmt: &Stmt) -> String {
+    Printer { agg, info }.stmt(stmt)
+}
+
 struct Printer<'a> {
     agg: &'a Aggregator,
     info: Option<&'a Info>,
@@ -104,20 +110,22 @@ impl Printer<'_> {
         let note = if body.implicit { "  // implicit" } else { "" };
         let _ = writeln!(out, "    {head} {{{note}");
         for stmt in &body.stmts {
-            let vars: Vec<String> = stmt.indices.iter().map(|&v| self.var(v)).collect();
-            let vars = if vars.is_empty() { String::new() } else { format!("[{}]", vars.join(", ")) };
-            let value = self.expr(stmt.value, 0);
-            match stmt.target {
-                Target::Tensor(t) => {
-                    let _ = writeln!(out, "        {}{vars} = {value};", self.agg.tensors[t].name);
-                }
-                Target::Local(l) => {
-                    let ty = self.info.map(|i| format!(": {}", i.local_types[l.index()].name())).unwrap_or_default();
-                    let _ = writeln!(out, "        let {}{vars}{ty} = {value};", self.agg.locals[l].name);
-                }
-            }
+            let _ = writeln!(out, "        {};", self.stmt(stmt));
         }
         out.push_str("    }\n");
+    }
+
+    fn stmt(&self, stmt: &Stmt) -> String {
+        let vars: Vec<String> = stmt.indices.iter().map(|&v| self.var(v)).collect();
+        let vars = if vars.is_empty() { String::new() } else { format!("[{}]", vars.join(", ")) };
+        let value = self.expr(stmt.value, 0);
+        match stmt.target {
+            Target::Tensor(t) => format!("{}{vars} = {value}", self.agg.tensors[t].name),
+            Target::Local(l) => {
+                let ty = self.info.map(|i| format!(": {}", i.local_types[l.index()].name())).unwrap_or_default();
+                format!("let {}{vars}{ty} = {value}", self.agg.locals[l].name)
+            }
+        }
     }
 
     fn source(&self, s: Source) -> String {

@@ -201,6 +201,12 @@ impl Aggregator {
             .map_err(Clone::clone)
     }
 
+    /// This aggregator compiled to PTX and loaded on a CUDA device: runs with the same
+    /// inputs, options and outputs as [`Aggregator::run`].
+    pub fn cuda(&self, device: &crate::cuda::Device) -> Result<crate::cuda::CudaExecutor, RunError> {
+        crate::cuda::CudaExecutor::new(self.ir(), self.info(), self.signature(), device)
+    }
+
     /// Compiles now rather than on the first run.
     pub fn compile(&self) -> Result<(), RunError> {
         self.executor().map(|_| ())

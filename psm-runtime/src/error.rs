@@ -1,5 +1,5 @@
-//! Errors: [`RunError`] for everything a run, a stream or a compilation for the CPU can
-//! reject, and [`CompileError`] for source text that does not parse or validate.
+//! Errors: [`RunError`] for everything a run, a stream or a compilation (for the CPU or
+//! a CUDA device) can reject, and [`CompileError`] for source text that does not parse or validate.
 //!
 //! Every check on user data happens before any kernel runs: a run either returns an
 //! error and touches nothing, or runs to completion. NaN and infinities are data, never
@@ -89,6 +89,15 @@ pub enum RunError {
     Codegen { aggregator: String, message: String },
     /// The thread pool for `threads` could not be built.
     ThreadPool { message: String },
+    /// The CUDA backend cannot run here: no CUDA driver library, no device, or a driver
+    /// older than the CUDA version psm is built for.
+    CudaUnavailable { reason: String },
+    /// A device allocation failed: the device has too little free memory.
+    DeviceOutOfMemory { what: String, bytes: usize },
+    /// The driver rejected a PTX module; `log` is the JIT compiler's error log.
+    PtxLoad { aggregator: String, message: String, log: String },
+    /// Any other CUDA driver call that failed (`operation` names it).
+    Cuda { operation: String, message: String },
 }
 
 fn list(names: &[String]) -> String {
@@ -145,6 +154,18 @@ impl fmt::Display for RunError {
             RunError::InvalidOption { option, message } => write!(f, "invalid option `{option}`: {message}"),
             RunError::Codegen { aggregator, message } => write!(f, "cannot compile `{aggregator}`: {message}"),
             RunError::ThreadPool { message } => write!(f, "cannot build the thread pool: {message}"),
+            RunError::CudaUnavailable { reason } => write!(f, "CUDA not available: {reason}"),
+            RunError::DeviceOutOfMemory { what, bytes } => {
+                write!(f, "out of device memory: cannot allocate {bytes} bytes for {what}")
+            }
+            RunError::PtxLoad { aggregator, message, log } => {
+                write!(f, "the CUDA driver rejected the PTX of `{aggregator}`: {message}")?;
+                if !log.trim().is_empty() {
+                    write!(f, "\nJIT log:\n{}", log.trim_end())?;
+                }
+                Ok(())
+            }
+            RunError::Cuda { operation, message } => write!(f, "CUDA error in {operation}: {message}"),
         }
     }
 }

@@ -39,7 +39,15 @@
 //! `logcumsumexp`, `gla`, `attn_agg`) when the signature is the library's (field names,
 //! f32); other operators are timed without one.
 //!
-//! `--format json` prints one object: `suite` (`"cpu"` or null), `threads` (K),
+//! `--backend cuda` runs psm on CUDA device 0 instead, each form once (host threads do
+//! not apply): a form is timed on inputs uploaded once, its outputs left on the device
+//! (`CudaExecutor::run_device`, synchronised; `psmc run` times the copies too); `push`
+//! is a `cuda::DeviceStream` with the state on the device, each push copying its step's
+//! inputs in and outputs out. The hand-written loops and the copy bandwidth stay on
+//! the CPU.
+//!
+//! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
+//! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
 //! `form` (`recurrent`, `chunked`, `tree`, `stream`, or `push`), `chunk` (chunked
@@ -69,7 +77,9 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
-use psm_runtime::{Aggregator, Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
+use psm_runtime::{Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
+
+use crate::run::{BackendArg, Runner};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
@@ -101,6 +111,10 @@ pub struct BenchArgs {
     /// tree and stream for non-associative operators]
     #[arg(long, value_enum)]
     form: Option<BenchForm>,
+    /// The implementation psm runs on (`cuda`: device 0; each run copies its inputs to
+    /// the device and its outputs back, and is timed with them)
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    backend: BackendArg,
     /// Time budget of each measurement, in milliseconds (at least 3 runs are timed)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     budget_ms: u64,
@@ -315,6 +329,9 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let k = args.threads as usize;
     let budget = Duration::from_millis(args.budget_ms);
     let started = Instant::now();
+    if args.suite.is_some() && args.backend != BackendArg::Cpu {
+        return Err(Fail("error: the cpu suite runs on the cpu backend; bench one file with --backend\n".into()));
+    }
     let cases = match (args.suite, &args.file) {
         (Some(Suite::Cpu), _) => cpu_suite(k),
         (None, Some(file)) => {
@@ -331,7 +348,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let mut rows = Vec::new();
     for case in cases {
         let mut case = case;
-        let found = bench_case(&mut case, args.form, k, &pools, budget, human)?;
+        let found = bench_case(&mut case, args.form, args.backend, k, &pools, budget, human)?;
         rows.extend(found);
     }
     let ok = rows.iter().all(|r| r.check.is_none_or(|c| c.ok()));
@@ -340,6 +357,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     if args.format == crate::Format::Json {
         let doc = json!({
             "suite": suite,
+            "backend": args.backend.name(),
             "threads": k,
             "budget_seconds": budget.as_secs_f64(),
             "total_seconds": total,
@@ -352,12 +370,26 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
 }
 
 /// Resolves a case's file and aggregator, draws its data and runs every mode.
-fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(ThreadPool, ThreadPool), budget: Duration, progress: bool) -> Result<Vec<Row>, Fail> {
+#[allow(clippy::too_many_arguments)]
+fn bench_case(
+    case: &mut Case,
+    form: Option<BenchForm>,
+    backend: BackendArg,
+    k: usize,
+    pools: &(ThreadPool, ThreadPool),
+    budget: Duration,
+    progress: bool,
+) -> Result<Vec<Row>, Fail> {
     let (agg, name) = crate::run::load_aggregator(&case.file, &case.dims, case.aggregator.as_deref(), "bench").map_err(Fail)?;
-    agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
+    let runner = Runner::new(&agg, backend).map_err(|e| Fail(format!("error: {e}\n")))?;
     let sig = agg.signature();
     if case.modes.is_empty() {
         case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k);
+    }
+    if let Runner::Cuda(_) = runner {
+        // Host threads do not apply to the device: each form once.
+        case.modes.iter_mut().for_each(|m| m.1 = 1);
+        dedup(&mut case.modes);
     }
     for (m, _) in &case.modes {
         if matches!(m, Mode::Form(Form::Recurrent | Form::Chunked)) && !sig.associative {
@@ -405,6 +437,9 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
     let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
     let mut rows = Vec::new();
     for &(mode, threads) in &case.modes {
+        if matches!((mode, &runner), (Mode::Push { into: true }, Runner::Cuda(_))) {
+            continue; // the CUDA stream returns its outputs: it has no push_into
+        }
         let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
         let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
         if !hand_times.iter().any(|(k, _)| *k == key) {
@@ -413,8 +448,8 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
         }
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
-            Mode::Form(f) => run_form(&agg, &sig, &data, &case.batch, steps, f, pool, budget)?,
-            Mode::Push { into } => run_push(&agg, &sig, &data, &case.batch, steps, into, pool, budget)?,
+            Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget)?,
+            Mode::Push { into } => run_push(&runner, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
         let width = sig.outputs.first().map_or(0, |s| s.len);
@@ -578,16 +613,31 @@ type Timed = (Vec<Buffer>, f64, String, Option<usize>);
 
 /// One form at one pool: a checked run, then the timed runs.
 #[allow(clippy::too_many_arguments)]
-fn run_form(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+fn run_form(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
     let inputs = inputs_of(sig, data, batch, steps);
     let opts = RunOptions { form, pool: Some(pool), ..Default::default() };
-    let out = pool.install(|| agg.run(&inputs, &opts)).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let fail = |e: psm_runtime::RunError| Fail(format!("error: {e}\n"));
+    let (out, t) = match runner {
+        Runner::Host(_) => {
+            let out = pool.install(|| runner.run(&inputs, &opts)).map_err(fail)?;
+            let t = pool.install(|| {
+                best_time(budget, || {
+                    let _ = black_box(runner.run(&inputs, &opts));
+                })
+            });
+            (out, t)
+        }
+        // Inputs uploaded once; each timed run leaves its outputs on the device.
+        Runner::Cuda(gpu) => {
+            let x = gpu.upload(&inputs).map_err(fail)?;
+            let out = gpu.run_device(&x, &opts).and_then(|o| o.to_host()).map_err(fail)?;
+            let t = best_time(budget, || {
+                let _ = black_box(gpu.run_device(&x, &opts));
+            });
+            (out, t)
+        }
+    };
     let (form_name, chunk) = (out.form().name().to_string(), out.chunk());
-    let t = pool.install(|| {
-        best_time(budget, || {
-            let _ = black_box(agg.run(&inputs, &opts));
-        })
-    });
     let outputs = out.into_tensors().into_iter().map(|t| t.data).collect();
     Ok((outputs, t.as_secs_f64(), form_name, chunk))
 }
@@ -597,7 +647,7 @@ fn run_form(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], ste
 /// buffer per output.
 #[allow(clippy::too_many_arguments)]
 fn run_push(
-    agg: &Aggregator,
+    runner: &Runner,
     sig: &Signature,
     data: &Data,
     batch: &[usize],
@@ -630,11 +680,7 @@ fn run_push(
         })
         .collect();
     let decode = |keep: bool| -> Result<Vec<Vec<Buffer>>, psm_runtime::RunError> {
-        let mut builder = agg.stream(batch);
-        for (s, b) in sig.params.iter().zip(&data.params) {
-            builder = builder.param(&s.name, b);
-        }
-        let mut stream = builder.open()?;
+        let mut stream = Decoder::open(runner, sig, data, batch)?;
         let mut kept = Vec::new();
         let mut reused: Vec<Buffer> = sig.outputs.iter().map(|s| Buffer::zeros(s.dtype, nseq * s.len)).collect();
         for step in &per_step {
@@ -690,6 +736,45 @@ fn run_push(
         })
         .collect();
     Ok((outputs, t.as_secs_f64(), if into { "push_into" } else { "push" }.into(), None))
+}
+
+/// A stream on the runner's backend.
+enum Decoder {
+    Host(psm_runtime::Stream),
+    Cuda(psm_runtime::cuda::DeviceStream),
+}
+
+impl Decoder {
+    fn open(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize]) -> Result<Decoder, psm_runtime::RunError> {
+        match runner {
+            Runner::Host(agg) => {
+                let mut builder = agg.stream(batch);
+                for (s, b) in sig.params.iter().zip(&data.params) {
+                    builder = builder.param(&s.name, b);
+                }
+                builder.open().map(Decoder::Host)
+            }
+            Runner::Cuda(gpu) => {
+                let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
+                gpu.stream(batch, &params, None).map(Decoder::Cuda)
+            }
+        }
+    }
+
+    fn push(&mut self, inputs: &Inputs<'_>) -> Result<psm_runtime::Outputs, psm_runtime::RunError> {
+        match self {
+            Decoder::Host(s) => s.push(inputs),
+            Decoder::Cuda(s) => s.push(inputs),
+        }
+    }
+
+    /// Only host streams write into caller buffers (the CUDA modes skip `push_into`).
+    fn push_into(&mut self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>) -> Result<(), psm_runtime::RunError> {
+        match self {
+            Decoder::Host(s) => s.push_into(inputs, outputs).map(drop),
+            Decoder::Cuda(_) => unreachable!("push_into modes are skipped on the CUDA backend"),
+        }
+    }
 }
 
 /// Whether psm's outputs are bit for bit the hand-written loop's (NaN equal to NaN).

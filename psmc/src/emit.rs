@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
-use psm_ir::valid::DimOverride;
+use psm_ir::ir::{Aggregator, Module};
+use psm_ir::valid::{DimOverride, Info};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 pub enum Target {
@@ -15,6 +16,10 @@ pub enum Target {
     /// Cranelift IR (CLIF) of every function of every aggregator: lift, combine, readout,
     /// identity (when declared) and the fused recurrent loop scan
     Clif,
+    /// PTX for NVIDIA GPUs (sm_90): one module per aggregator with the kernels of the CUDA
+    /// ABI (psm_scan, psm_lift, psm_combine, psm_readout, psm_identity); a file with several
+    /// aggregators prints one module after another
+    Ptx,
 }
 
 pub fn run(path: &Path, target: Target, overrides: &[DimOverride]) -> ExitCode {
@@ -27,29 +32,56 @@ pub fn run(path: &Path, target: Target, overrides: &[DimOverride]) -> ExitCode {
     let text = match target {
         Target::Ir => psm_ir::print::module(module, Some(infos)),
         Target::Clif => {
-            let mut text = String::new();
-            for (k, (agg, info)) in module.aggregators.iter().zip(infos).enumerate() {
-                match psm_codegen::clif::clif_text(agg, info) {
-                    Ok(clif) => {
-                        if k > 0 {
-                            text.push('\n');
-                        }
-                        text.push_str(&format!("; aggregator {}\n", agg.name));
-                        text.push_str(&clif);
-                    }
-                    Err(e) => {
-                        crate::print_stderr(&format!(
-                            "error: could not emit `{}`: aggregator `{}`: {e}\n",
-                            path.display(),
-                            agg.name
-                        ));
-                        return ExitCode::FAILURE;
-                    }
-                }
+            let clif = |agg: &Aggregator, info: &Info| {
+                psm_codegen::clif::clif_text(agg, info)
+                    .map(|text| format!("; aggregator {}\n{text}", agg.name))
+                    .map_err(|e| e.to_string())
+            };
+            match per_aggregator(path, module, infos, clif) {
+                Some(text) => text,
+                None => return ExitCode::FAILURE,
             }
-            text
+        }
+        Target::Ptx => {
+            let ptx = |agg: &Aggregator, info: &Info| {
+                psm_codegen::ptx::compile(agg, info, &Default::default()).map(|m| m.text).map_err(|e| e.to_string())
+            };
+            match per_aggregator(path, module, infos, ptx) {
+                Some(text) => text,
+                None => return ExitCode::FAILURE,
+            }
         }
     };
     crate::print_stdout(&text);
     ExitCode::SUCCESS
+}
+
+/// The text of every aggregator, separated by blank lines, or `None` after reporting the
+/// first failure.
+fn per_aggregator(
+    path: &Path,
+    module: &Module,
+    infos: &[Info],
+    emit: impl Fn(&Aggregator, &Info) -> Result<String, String>,
+) -> Option<String> {
+    let mut text = String::new();
+    for (k, (agg, info)) in module.aggregators.iter().zip(infos).enumerate() {
+        match emit(agg, info) {
+            Ok(part) => {
+                if k > 0 {
+                    text.push('\n');
+                }
+                text.push_str(&part);
+            }
+            Err(e) => {
+                crate::print_stderr(&format!(
+                    "error: could not emit `{}`: aggregator `{}`: {e}\n",
+                    path.display(),
+                    agg.name
+                ));
+                return None;
+            }
+        }
+    }
+    Some(text)
 }

@@ -1,5 +1,5 @@
-//! `psmc run`: compile one aggregator of a .psm file for the CPU (or the interpreter)
-//! and run it on seeded random data or on .npy files; optionally compare with the
+//! `psmc run`: compile one aggregator of a .psm file for the CPU (or the interpreter, or
+//! CUDA device 0 with `--backend cuda`) and run it on seeded random data or on .npy files; optionally compare with the
 //! reference interpreter, print counts, and write the outputs as .npy.
 //!
 //! Data: inputs are `[batch..., T, field dims...]`, params as declared. Given .npy
@@ -10,14 +10,16 @@
 //! `--compare` runs psm-ir's reference driver per sequence: the F64 fold for
 //! associative operators, checked against psm's tolerance
 //! |out − ref| ≤ 1e-5·max(1, log2 T)·(|ref| + running max |ref|); the fixed tree in
-//! declared precision for non-associative ones, which must match bit for bit.
+//! declared precision for non-associative ones, which must match bit for bit on the CPU
+//! backends (on the GPU, whose transcendental functions are not the CPU's libm, within
+//! the same tolerance).
 //! `max_rel_err` is |out − ref| / (|ref| + running max |ref| of that output), the
 //! normalization of the tolerance, so entries near zero do not blow it up.
 //!
 //! `--format json` prints one object: `file`, `aggregator`, `dims` (name → value),
-//! `backend` (`cpu`/`interp`), `associative`, `form` (the form that ran), `chunk`
+//! `backend` (`cpu`/`interp`/`cuda`), `associative`, `form` (the form that ran), `chunk`
 //! (chunked only, else null), `batch`, `len`, `seed`, `compile_seconds`, `seconds` (the
-//! run alone), `elements_per_second` (steps of all sequences per second),
+//! run alone; with `cuda` the copies to and from the device included), `elements_per_second` (steps of all sequences per second),
 //! `combines_per_step`, `peak_elements` (most elements one sequence held),
 //! `max_abs_err` and `max_rel_err` (null without `--compare`; "inf"/"NaN" as strings),
 //! `compare` (null, or `reference`, `tolerance` (null for bit-identity), `bit_identical`,
@@ -104,11 +106,64 @@ enum FormArg {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
+pub(crate) enum BackendArg {
     /// Native code from the Cranelift JIT
     Cpu,
     /// The reference interpreter in declared precision (slow)
     Interp,
+    /// PTX on CUDA device 0 (inputs copied to the device and outputs back in every run)
+    Cuda,
+}
+
+impl BackendArg {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BackendArg::Cpu => "cpu",
+            BackendArg::Interp => "interp",
+            BackendArg::Cuda => "cuda",
+        }
+    }
+}
+
+/// What runs an aggregator: a host backend, or a CUDA device.
+pub(crate) enum Runner {
+    Host(psm_runtime::Aggregator),
+    Cuda(psm_runtime::cuda::CudaExecutor),
+}
+
+impl Runner {
+    /// Compiles `agg` for the backend (a CUDA device is opened here).
+    pub(crate) fn new(agg: &psm_runtime::Aggregator, backend: BackendArg) -> Result<Runner, psm_runtime::RunError> {
+        match backend {
+            BackendArg::Cpu | BackendArg::Interp => {
+                let host = agg.with_backend(if backend == BackendArg::Cpu { Backend::Cpu } else { Backend::Interp });
+                host.compile()?;
+                Ok(Runner::Host(host))
+            }
+            BackendArg::Cuda => Ok(Runner::Cuda(agg.cuda(&psm_runtime::cuda::Device::open(0)?)?)),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Runner::Host(agg) => agg.backend().name(),
+            Runner::Cuda(_) => BackendArg::Cuda.name(),
+        }
+    }
+
+    pub(crate) fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<psm_runtime::Outputs, psm_runtime::RunError> {
+        match self {
+            Runner::Host(agg) => agg.run(inputs, opts),
+            Runner::Cuda(gpu) => gpu.run(inputs, opts),
+        }
+    }
+
+    /// Whether a non-associative operator's outputs equal the interpreter's bit for
+    /// bit: the host backends compute exactly what it does; the GPU's transcendental
+    /// functions differ from the CPU's libm in the last bits.
+    fn bit_exact(&self) -> bool {
+        matches!(self, Runner::Host(_))
+    }
 }
 
 /// A batch shape (a newtype, so that clap takes it as one value).
@@ -382,7 +437,7 @@ fn random_data(sig: &Signature, batch: &[usize], steps: usize, seed: u64, skip: 
 }
 
 /// Runs once on `data`, timing the run alone.
-fn run_once(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, opts: &RunOptions) -> Result<(psm_runtime::Outputs, f64), Fail> {
+fn run_once(runner: &Runner, sig: &Signature, data: &Data, opts: &RunOptions) -> Result<(psm_runtime::Outputs, f64), Fail> {
     let mut inputs = Inputs::new(&data.batch, data.steps);
     for (s, b) in sig.inputs.iter().zip(&data.inputs) {
         inputs = inputs.input(&s.name, b);
@@ -391,7 +446,7 @@ fn run_once(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, opts: &
         inputs = inputs.param(&s.name, b);
     }
     let start = Instant::now();
-    let outputs = agg.run(&inputs, opts).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let outputs = runner.run(&inputs, opts).map_err(|e| Fail(format!("error: {e}\n")))?;
     Ok((outputs, start.elapsed().as_secs_f64()))
 }
 
@@ -412,13 +467,14 @@ pub(crate) fn trial(agg: &psm_runtime::Aggregator, batch: usize, compare_steps: 
     let sig = agg.signature();
     let fail = |Fail(m): Fail| m;
     agg.compile().map_err(|e| e.to_string())?;
+    let runner = Runner::Host(agg.clone());
     let data = random_data(&sig, &[batch], compare_steps, seed, &[]).map_err(fail)?;
-    let (outputs, _) = run_once(agg, &sig, &data, &RunOptions::default()).map_err(fail)?;
-    let c = compare(agg, &sig, &data, &outputs);
+    let (outputs, _) = run_once(&runner, &sig, &data, &RunOptions::default()).map_err(fail)?;
+    let c = compare(agg, &sig, &data, &outputs, true);
     let mut steps = 1024;
     let steps_per_second = loop {
         let data = random_data(&sig, &[batch], steps, seed, &[]).map_err(fail)?;
-        let (_, seconds) = run_once(agg, &sig, &data, &RunOptions::default()).map_err(fail)?;
+        let (_, seconds) = run_once(&runner, &sig, &data, &RunOptions::default()).map_err(fail)?;
         if seconds >= 0.05 || steps >= 1 << 20 {
             break (batch * steps) as f64 / seconds.max(1e-9);
         }
@@ -437,7 +493,10 @@ struct Compared {
     ok: bool,
 }
 
-fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs: &psm_runtime::Outputs) -> Compared {
+/// `bit_exact`: the backend computes exactly what the interpreter does, so a
+/// non-associative operator must match the reference tree bit for bit; otherwise (the
+/// GPU) it is held to the tolerance too.
+fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs: &psm_runtime::Outputs, bit_exact: bool) -> Compared {
     let nseq: usize = data.batch.iter().product();
     let n = data.steps;
     let params: Vec<Vec<f64>> = data.params.iter().map(Buffer::to_f64).collect();
@@ -477,7 +536,7 @@ fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs:
             }
         }
     }
-    if sig.associative {
+    if sig.associative || !bit_exact {
         let tol = 1e-5 * (n as f64).log2().max(1.0);
         Compared { reference, max_abs_err: abs, max_rel_err: rel, tolerance: Some(tol), bit_identical: identical, ok: rel <= tol }
     } else {
@@ -521,15 +580,10 @@ pub(crate) fn load_aggregator(
 fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
     let file = args.file.display().to_string();
     let (agg, name) = load_aggregator(&args.file, &args.dims.define, args.aggregator.as_deref(), "run").map_err(Fail)?;
-    let backend = match args.backend {
-        BackendArg::Cpu => Backend::Cpu,
-        BackendArg::Interp => Backend::Interp,
-    };
-    let agg = agg.with_backend(backend);
     let sig = agg.signature();
     let data = gather(args, &sig)?;
     let start = Instant::now();
-    agg.compile().map_err(|e| Fail(format!("error: {e}\n")))?;
+    let runner = Runner::new(&agg, args.backend).map_err(|e| Fail(format!("error: {e}\n")))?;
     let compile_seconds = start.elapsed().as_secs_f64();
     let form = match args.form {
         FormArg::Auto => Form::Auto,
@@ -539,12 +593,12 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
         FormArg::Stream => Form::Stream,
     };
     let opts = RunOptions { form, chunk: args.chunk, threads: args.threads, ..Default::default() };
-    let (outputs, seconds) = run_once(&agg, &sig, &data, &opts)?;
+    let (outputs, seconds) = run_once(&runner, &sig, &data, &opts)?;
     let nseq: usize = data.batch.iter().product();
     let steps_total = (nseq * data.steps) as f64;
     let eps = if seconds > 0.0 { steps_total / seconds } else { 0.0 };
     let stats = outputs.stats();
-    let compared = args.compare.then(|| compare(&agg, &sig, &data, &outputs));
+    let compared = args.compare.then(|| compare(&agg, &sig, &data, &outputs, runner.bit_exact()));
     let mut written: Vec<Option<String>> = vec![None; sig.outputs.len()];
     if let Some(dir) = &args.output {
         std::fs::create_dir_all(dir).map_err(|e| Fail(format!("error: cannot create {}: {e}\n", dir.display())))?;
@@ -569,7 +623,7 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
             "file": file,
             "aggregator": name,
             "dims": dims,
-            "backend": backend.name(),
+            "backend": runner.name(),
             "associative": sig.associative,
             "form": outputs.form().name(),
             "chunk": outputs.chunk(),
@@ -601,7 +655,7 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
     let _ = writeln!(
         text,
         "{name} {dims_text}on {}: {} form{chunk}, batch {}, T = {}",
-        backend.name(),
+        runner.name(),
         outputs.form().name(),
         shape_text(&data.batch),
         data.steps

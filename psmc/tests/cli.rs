@@ -162,6 +162,22 @@ fn emit_clif_cumsum() {
 }
 
 #[test]
+fn emit_ptx_cumsum() {
+    let r = psmc(&["emit", "examples/ops/cumsum.psm", "--target", "ptx"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.is_empty());
+    insta::assert_snapshot!("emit_ptx_cumsum", r.stdout);
+}
+
+#[test]
+fn emit_ptx_applies_defines() {
+    let r = psmc(&["emit", "examples/ops/gla.psm", "--target", "ptx", "-D", "K=3", "-D", "V=5"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("// psm aggregator gla<K = 3, V = 5>:"), "{}", r.stdout);
+    assert!(r.stdout.contains("// element: 80 bytes; a at 0 (3 x f32), s at 16 (15 x f32)"), "{}", r.stdout);
+}
+
+#[test]
 fn emit_applies_defines_and_defaults_to_ir() {
     let r = psmc(&["emit", "examples/ops/attn_agg.psm", "-D", "C=2", "-D", "D=3"]);
     assert_eq!(r.code, 0, "{}", r.stderr);

@@ -12,8 +12,8 @@ use psm_ir::arena::Handle;
 use psm_ir::ir::{Body, Expr, ReadoutKind, Role, Side, Source, Target, Tensor};
 use target_lexicon::PointerWidth;
 
-use super::index;
-use super::layout::{align8, dtype_size};
+use crate::index;
+use crate::layout::{align8, dtype_size};
 use super::lower::{flags_ro, flags_rw, BodyIo, Ctx, ElemView, EmptyFlag, Imports, Loc, Lowerer};
 use super::{HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 

@@ -12,7 +12,7 @@ use psm_ir::ir::Aggregator;
 use psm_ir::valid::Info;
 
 use super::funcs::{build, FnKind};
-use super::layout::Layout;
+use crate::layout::Layout;
 use super::lower::{Ctx, Imports};
 use super::math::MathFn;
 use super::CodegenError;

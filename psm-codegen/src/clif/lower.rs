@@ -19,14 +19,13 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, BlockArg, FuncRef, Function, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use psm_ir::arena::Handle;
-use psm_ir::interp::{Domain, FloatDomain, Precision};
 use psm_ir::ir::{
     Aggregator, BinaryOp, Body, BodyKind, Expr, Func, IndexVar, ReduceOp, Scalar, Side, Source, Stmt, Target, UnaryOp,
 };
 use psm_ir::valid::Info;
 
-use super::index::{self, Affine};
-use super::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
+use crate::index::{self, Affine};
+use crate::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
 use super::math::MathFn;
 
 /// Supplies the callee of a math function in the function being built.
@@ -48,7 +47,7 @@ impl<'a> Ctx<'a> {
     pub fn new(agg: &'a Aggregator, info: &'a Info) -> Ctx<'a> {
         let layout = Layout::new(agg, info);
         let plan = ScratchPlan::new(agg, info, &layout);
-        Ctx { agg, info, layout, plan, positions: super::layout::positions(agg) }
+        Ctx { agg, info, layout, plan, positions: crate::layout::positions(agg) }
     }
 }
 
@@ -119,9 +118,6 @@ pub(crate) fn flags_ro(movable: bool) -> MemFlagsData {
     }
 }
 
-/// Largest number of expression nodes in a branch evaluated speculatively.
-const SPECULATE_NODES: usize = 12;
-
 pub(crate) struct Lowerer<'a, 'f> {
     pub cx: &'a Ctx<'a>,
     pub b: FunctionBuilder<'f>,
@@ -131,8 +127,8 @@ pub(crate) struct Lowerer<'a, 'f> {
     pub(super) env: Vec<Option<Value>>,
     /// Location of each local of the body being lowered.
     pub(super) locals: Vec<Option<Loc>>,
-    /// Memo of [`Self::folded`], indexed by expression handle.
-    folds: Vec<Option<Option<f64>>>,
+    /// Values of expressions of literals and dims, folded at compile time.
+    folds: index::Folds,
 }
 
 impl<'a, 'f> Lowerer<'a, 'f> {
@@ -144,7 +140,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             math: BTreeMap::new(),
             env: vec![None; cx.agg.index_vars.len()],
             locals: vec![None; cx.agg.locals.len()],
-            folds: vec![None; cx.agg.exprs.len()],
+            folds: index::Folds::new(cx.agg),
         }
     }
 
@@ -280,11 +276,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     /// Whether every index of an access lies in bounds for every value of its index
     /// variables (not only under the guards around it).
     pub(super) fn in_bounds(&self, shape: &[usize], indices: &[Handle<Expr>]) -> bool {
-        let (agg, info) = (self.cx.agg, self.cx.info);
-        indices.len() == shape.len()
-            && indices.iter().zip(shape).all(|(&i, &n)| {
-                info.constant[i.index()] && index::range(agg, info, i).is_some_and(|(lo, hi)| lo >= 0 && hi < n as i128)
-            })
+        index::in_bounds(self.cx.agg, self.cx.info, shape, indices)
     }
 
     // ------------------------------------------------------------ bodies
@@ -537,51 +529,10 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     // ------------------------------------------------------------ values
 
-    /// The value of an expression that depends on nothing but literals and dims,
-    /// computed at compile time by the interpreter's own arithmetic (the public
-    /// `FloatDomain` in Declared precision, walked as the interpreter walks it), so
-    /// `rsqrt(K)` or `1 / 3` cost nothing at run time and equal the interpreter's.
+    /// The value of an expression of literals and dims alone, computed at compile time
+    /// by the interpreter's own arithmetic ([`index::Folds`]).
     fn folded(&mut self, e: Handle<Expr>) -> Option<f64> {
-        if let Some(v) = self.folds[e.index()] {
-            return v;
-        }
-        let v = self.fold_now(e);
-        self.folds[e.index()] = Some(v);
-        v
-    }
-
-    fn fold_now(&mut self, e: Handle<Expr>) -> Option<f64> {
-        let (agg, info) = (self.cx.agg, self.cx.info);
-        let mut d = FloatDomain::new(Precision::Declared);
-        let ty = info.ty(e);
-        if info.constant[e.index()] {
-            return index::fold(agg, info, e).map(|k| d.constant(k as f64, ty));
-        }
-        Some(match &agg.exprs[e] {
-            Expr::Float(x) => d.constant(*x, ty),
-            Expr::Unary { op, arg } => {
-                let a = self.folded(*arg)?;
-                never(d.unary(*op, info.ty(*arg), &a))
-            }
-            Expr::Binary { op, lhs, rhs } => {
-                let a = self.folded(*lhs)?;
-                let b = self.folded(*rhs)?;
-                never(d.binary(*op, info.ty(*lhs), &a, &b))
-            }
-            Expr::Call { func, args } => {
-                let values = args.iter().map(|&a| self.folded(a)).collect::<Option<Vec<f64>>>()?;
-                never(d.call(*func, info.ty(args[0]), &values))
-            }
-            Expr::Select { cond, then, otherwise } => {
-                let c = self.folded(*cond)?;
-                if never(d.truth(&c)) {
-                    self.folded(*then)?
-                } else {
-                    self.folded(*otherwise)?
-                }
-            }
-            _ => return None,
-        })
+        self.folds.get(self.cx.agg, self.cx.info, e)
     }
 
     /// The value of an expression, of CLIF type `clif_type(info.types[e])`.
@@ -837,39 +788,11 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Whether evaluating `e` when its branch is not taken is cheap and unobservable.
     pub(super) fn speculatable(&self, e: Handle<Expr>) -> bool {
-        let mut budget = SPECULATE_NODES;
-        self.speculatable_in(e, &mut budget)
-    }
-
-    fn speculatable_in(&self, e: Handle<Expr>, budget: &mut usize) -> bool {
-        let (agg, info) = (self.cx.agg, self.cx.info);
-        if *budget == 0 {
-            return false;
-        }
-        *budget -= 1;
-        if info.constant[e.index()] {
-            return index::fold(agg, info, e).is_some() || index::range(agg, info, e).is_some();
-        }
-        match &agg.exprs[e] {
-            Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => true,
-            // The indices are constant expressions: safe if in bounds everywhere.
-            Expr::Load { source, indices } => self.in_bounds(self.source_shape(*source), indices),
-            Expr::Call { func, .. } if !matches!(func, Func::Abs | Func::Min | Func::Max | Func::Sqrt) => false,
-            Expr::Reduce { .. } => false,
-            other => {
-                let mut all = true;
-                other.for_each_child(|c| all = all && self.speculatable_in(c, budget));
-                all
-            }
-        }
+        index::speculatable(self.cx.agg, self.cx.info, e)
     }
 
     pub(super) fn source_shape(&self, source: Source) -> &'a [usize] {
-        let info = self.cx.info;
-        match source {
-            Source::Input(t) | Source::Param(t) | Source::Element(_, t) => info.shape(t),
-            Source::Local(l) => &info.local_shapes[l.index()],
-        }
+        index::source_shape(self.cx.info, source)
     }
 
     /// Where a load's source lives, its shape, entry size and the flags of its loads.
@@ -922,13 +845,6 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             // Zeros, or (never for a validated body) an operand the body does not have.
             Some(Loc::Zero) | None => self.imm(ty, 0.0),
         }
-    }
-}
-
-fn never<T>(r: Result<T, std::convert::Infallible>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(x) => match x {},
     }
 }
 

@@ -10,22 +10,21 @@
 //! computed by the very functions the interpreter's Rust methods call. Vector code
 //! (`vector`) computes each entry in its own lane with that same operation sequence.
 //!
-//! Modules: [`layout`](Layout) (element and scratch layouts), `index` (integer
-//! expressions), `lower` (bodies → CLIF), `vector` (a statement's innermost loop in
-//! SIMD lanes), `math` (host functions), `funcs` (the five functions and the fused
-//! loop), `text` (CLIF text), `jit` (native code).
+//! The element and scratch layouts ([`Layout`]) and integer expressions come from the
+//! crate's backend-neutral `layout` and `index` modules. Modules: `lower` (bodies →
+//! CLIF), `vector` (a statement's innermost loop in SIMD lanes), `math` (host
+//! functions), `funcs` (the five functions and the fused loop), `text` (CLIF text),
+//! `jit` (native code).
 
 mod funcs;
-mod index;
 mod jit;
-mod layout;
 mod lower;
 mod math;
 mod text;
 mod vector;
 
 pub use jit::{compile, CombineFn, Compiled, IdentityFn, LiftFn, ReadoutFn, ScanFn};
-pub use layout::Layout;
+pub use crate::layout::Layout;
 pub use text::clif_text;
 
 /// `scan` flag: `state` holds a prefix on entry.

@@ -33,8 +33,8 @@ use cranelift_codegen::ir::{types, BlockArg, Endianness, InstBuilder, MemFlagsDa
 use psm_ir::arena::Handle;
 use psm_ir::ir::{BinaryOp, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp};
 
-use super::index;
-use super::layout::{scalar_size, strides};
+use crate::index;
+use crate::layout::{scalar_size, strides};
 use super::lower::{clif_type, int_cc, BodyIo, Init, Loc, Lowerer};
 use super::math::MathFn;
 

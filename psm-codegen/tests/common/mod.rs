@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod programs;
+
 use psm_codegen::clif::{self, Compiled, Layout, HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 use psm_ir::arena::Handle;
 use psm_ir::derive::{self, Form};

@@ -401,7 +401,7 @@ pub(crate) struct Bound {
     pub inputs: Addrs,
 }
 
-fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError> {
+pub(crate) fn product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, RunError> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| RunError::TooLarge { what: what() })
 }
 
@@ -650,7 +650,8 @@ impl Executor {
         self.run_on_pool(inputs, &bound, &out_addrs, opts)
     }
 
-    fn check_options(&self, opts: &RunOptions<'_>) -> Result<(), RunError> {
+    /// The checks of a run's options that need no data (every backend makes them).
+    pub(crate) fn check_options(&self, opts: &RunOptions<'_>) -> Result<(), RunError> {
         let sig = &self.inner.sig;
         if opts.chunk == Some(0) {
             return Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() });

@@ -255,6 +255,21 @@ impl Prefill {
     }
 }
 
+/// The checks of a push that need no declarations (every backend's streams make them):
+/// the stream's batch shape, and no params.
+pub(crate) fn check_push(batch: &[usize], inputs: &Inputs<'_>) -> Result<(), RunError> {
+    if inputs.batch != batch {
+        return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: batch.to_vec(), found: inputs.batch.clone() });
+    }
+    if let Some((name, _)) = inputs.params.first() {
+        return Err(RunError::InvalidOption {
+            option: "param",
+            message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
+        });
+    }
+    Ok(())
+}
+
 /// A push-based run: each [`Stream::push`] takes the next steps of every sequence of
 /// the batch and returns their outputs ([`Stream::push_into`] writes them into the
 /// caller's buffers). Non-associative operators keep the binary counter (O(log n)
@@ -409,15 +424,7 @@ impl Stream {
 
     /// Checks pushed inputs and binds their addresses.
     fn bind_push(&mut self, inputs: &Inputs<'_>) -> Result<(), RunError> {
-        if inputs.batch != self.batch {
-            return Err(RunError::BatchMismatch { what: "the pushed inputs".into(), expected: self.batch.clone(), found: inputs.batch.clone() });
-        }
-        if let Some((name, _)) = inputs.params.first() {
-            return Err(RunError::InvalidOption {
-                option: "param",
-                message: format!("params are fixed when a stream is opened; `{name}` cannot be pushed"),
-            });
-        }
+        check_push(&self.batch, inputs)?;
         self.exec.bind_inputs(inputs, &mut self.in_addrs)?;
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Byte layouts: the element buffer of the CPU ABI and the plan of the scratch buffer
-//! (`let` tensors, then the fused loop's two element regions).
+//! Byte layouts shared by every backend: the element buffer (the same bytes on the CPU
+//! and in GPU memory), the placement of `let` tensors, and the CPU scratch plan (`let`
+//! tensors, then the fused loop's two element regions).
 
 use psm_ir::ir::{Aggregator, Body, Dtype, Role, Scalar, Target};
 use psm_ir::valid::Info;

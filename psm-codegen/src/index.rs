@@ -1,8 +1,12 @@
-//! Integer expressions (index variables, dims, integer literals): compile-time folding,
-//! affine forms for addresses, and value ranges. Everything here reproduces the
-//! interpreter's exact i64 evaluation (`wrapping` arithmetic, `checked_div` or 0).
+//! Backend-neutral analysis of expressions: integer expressions (index variables, dims,
+//! integer literals) folded at compile time, as affine forms for addresses and as value
+//! ranges, reproducing the interpreter's exact i64 evaluation (`wrapping` arithmetic,
+//! `checked_div` or 0); float expressions of literals and dims folded by the
+//! interpreter's own arithmetic ([`Folds`]); and which branches may be evaluated
+//! speculatively ([`speculatable`]).
 
 use psm_ir::arena::Handle;
+use psm_ir::interp::{Domain, FloatDomain, Precision};
 use psm_ir::ir::{Aggregator, BinaryOp, Expr, Func, IndexVar, ReduceOp, Source, UnaryOp};
 use psm_ir::valid::Info;
 
@@ -162,4 +166,117 @@ pub(crate) fn range(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<(i
     };
     let within = |v: i128| v >= i64::MIN as i128 && v <= i64::MAX as i128;
     (within(r.0) && within(r.1)).then_some(r)
+}
+
+/// Values of expressions that depend on nothing but literals and dims, computed at
+/// compile time by the interpreter's own arithmetic (the public `FloatDomain` in
+/// Declared precision, walked as the interpreter walks it), so `rsqrt(K)` or `1 / 3`
+/// cost nothing at run time and equal the interpreter's on every backend. Memoized
+/// per expression.
+pub(crate) struct Folds(Vec<Option<Option<f64>>>);
+
+impl Folds {
+    pub fn new(agg: &Aggregator) -> Folds {
+        Folds(vec![None; agg.exprs.len()])
+    }
+
+    /// The interpreter's value of `e` (its f64 representation), if `e` folds.
+    pub fn get(&mut self, agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<f64> {
+        if let Some(v) = self.0[e.index()] {
+            return v;
+        }
+        let v = self.compute(agg, info, e);
+        self.0[e.index()] = Some(v);
+        v
+    }
+
+    fn compute(&mut self, agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<f64> {
+        let mut d = FloatDomain::new(Precision::Declared);
+        let ty = info.ty(e);
+        if info.constant[e.index()] {
+            return fold(agg, info, e).map(|k| d.constant(k as f64, ty));
+        }
+        Some(match &agg.exprs[e] {
+            Expr::Float(x) => d.constant(*x, ty),
+            Expr::Unary { op, arg } => {
+                let a = self.get(agg, info, *arg)?;
+                never(d.unary(*op, info.ty(*arg), &a))
+            }
+            Expr::Binary { op, lhs, rhs } => {
+                let a = self.get(agg, info, *lhs)?;
+                let b = self.get(agg, info, *rhs)?;
+                never(d.binary(*op, info.ty(*lhs), &a, &b))
+            }
+            Expr::Call { func, args } => {
+                let values = args.iter().map(|&a| self.get(agg, info, a)).collect::<Option<Vec<f64>>>()?;
+                never(d.call(*func, info.ty(args[0]), &values))
+            }
+            Expr::Select { cond, then, otherwise } => {
+                let c = self.get(agg, info, *cond)?;
+                if never(d.truth(&c)) {
+                    self.get(agg, info, *then)?
+                } else {
+                    self.get(agg, info, *otherwise)?
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn never<T>(r: Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(x) => match x {},
+    }
+}
+
+/// The shape of what a load reads.
+pub(crate) fn source_shape(info: &Info, source: Source) -> &[usize] {
+    match source {
+        Source::Input(t) | Source::Param(t) | Source::Element(_, t) => info.shape(t),
+        Source::Local(l) => &info.local_shapes[l.index()],
+    }
+}
+
+/// Whether every index of an access lies in bounds for every value of its index
+/// variables (not only under the guards around it).
+pub(crate) fn in_bounds(agg: &Aggregator, info: &Info, shape: &[usize], indices: &[Handle<Expr>]) -> bool {
+    indices.len() == shape.len()
+        && indices.iter().zip(shape).all(|(&i, &n)| {
+            info.constant[i.index()] && range(agg, info, i).is_some_and(|(lo, hi)| lo >= 0 && hi < n as i128)
+        })
+}
+
+/// Largest number of expression nodes in a branch evaluated speculatively.
+const SPECULATE_NODES: usize = 12;
+
+/// Whether evaluating `e` when its branch is not taken is cheap and unobservable: a
+/// few nodes, no call but `abs`/`min`/`max`/`sqrt`, no reduction, every load in
+/// bounds for every index value.
+pub(crate) fn speculatable(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> bool {
+    let mut budget = SPECULATE_NODES;
+    speculatable_in(agg, info, e, &mut budget)
+}
+
+fn speculatable_in(agg: &Aggregator, info: &Info, e: Handle<Expr>, budget: &mut usize) -> bool {
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    if info.constant[e.index()] {
+        return fold(agg, info, e).is_some() || range(agg, info, e).is_some();
+    }
+    match &agg.exprs[e] {
+        Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => true,
+        // The indices are constant expressions: safe if in bounds everywhere.
+        Expr::Load { source, indices } => in_bounds(agg, info, source_shape(info, *source), indices),
+        Expr::Call { func, .. } if !matches!(func, Func::Abs | Func::Min | Func::Max | Func::Sqrt) => false,
+        Expr::Reduce { .. } => false,
+        other => {
+            let mut all = true;
+            other.for_each_child(|c| all = all && speculatable_in(agg, info, c, budget));
+            all
+        }
+    }
 }

@@ -1,0 +1,650 @@
+//! The kernels of the ABI (see the module documentation of `ptx`): parameter lists,
+//! the thread's index, row pointers, and the code around the lowered bodies.
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use psm_ir::ir::{Body, ReadoutKind, Role, Source};
+
+use super::emit::{Class, Reg};
+use super::lower::{BodyIo, Ctx, ElemView, Loc, Lowerer, Space};
+use super::math::MathFn;
+use super::{
+    Kernel, KernelParam, KernelSig, ParamType, CARRY_IN, EMPTY_FIRST, HAS_STATE, LEFT_IDENTITY, NO_STATE_OUT,
+    REVERSE, RIGHT_IDENTITY, WRITE_OUTPUTS,
+};
+use crate::index;
+use crate::layout::{align8, dtype_size};
+
+/// One generated kernel.
+pub(crate) struct Generated {
+    pub sig: KernelSig,
+    pub text: String,
+    pub local_bytes: usize,
+}
+
+/// The parameters of a kernel: params, inputs, outputs as the kernel takes them, then
+/// its own arguments.
+fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
+    let agg = cx.agg;
+    let mut params = Vec::new();
+    let mut push = |name: String, ty| params.push(KernelParam { name, ty });
+    for t in agg.tensors_of(Role::Param) {
+        push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
+    }
+    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout) {
+        for t in agg.tensors_of(Role::Input) {
+            push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
+        }
+    }
+    if matches!(kernel, Kernel::Scan | Kernel::Readout) {
+        for t in agg.tensors_of(Role::Output) {
+            push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
+        }
+    }
+    let own: &[&str] = match kernel {
+        Kernel::Scan => &["nseq", "steps", "chunk", "state_in", "state_out"],
+        Kernel::Lift => &["nseq", "steps", "leaves"],
+        Kernel::Combine => {
+            &["rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right", "right_row", "right_col"]
+        }
+        Kernel::Readout => &["nseq", "steps", "prefixes"],
+        Kernel::Identity => &["count", "out", "stride"],
+    };
+    for name in own {
+        push(name.to_string(), ParamType::U64);
+    }
+    if kernel != Kernel::Identity {
+        push("flags".to_string(), ParamType::U32);
+    }
+    KernelSig { kernel, params }
+}
+
+/// Which tensors of `role` (by position) the bodies read.
+fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
+    let agg = cx.agg;
+    let mut used = vec![false; agg.tensors_of(role).count()];
+    for body in bodies {
+        for stmt in &body.stmts {
+            index::sources(agg, stmt.value, &mut |s| {
+                if let Source::Param(t) | Source::Input(t) = s {
+                    if agg.tensors[t].role == role {
+                        used[cx.positions[t.index()]] = true;
+                    }
+                }
+            });
+        }
+    }
+    used
+}
+
+/// The kernel being written: its lowerer and parameters.
+struct Frame<'a> {
+    l: Lowerer<'a>,
+    sig: KernelSig,
+    /// Bytes of the `.local` array (`let` tensors, then element regions).
+    local_bytes: usize,
+    /// Generic base of the `.local` array.
+    scratch: Option<Reg>,
+    exit: String,
+}
+
+impl<'a> Frame<'a> {
+    /// The frame with `regions` element regions after the `let` tensors.
+    fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, regions: usize) -> Frame<'a> {
+        let sig = signature(cx, kernel);
+        let local_bytes = align8(cx.plan.elements).saturating_add(cx.layout.size.saturating_mul(regions));
+        let mut l = Lowerer::new(cx, math);
+        let exit = "$L_exit".to_string();
+        let scratch = (local_bytes > 0).then(|| {
+            l.e.raw(&format!("\t.local .align 8 .b8 scratch[{local_bytes}];\n"));
+            let (a, g) = (l.e.reg(Class::B64), l.e.reg(Class::B64));
+            l.e.ins(format!("mov.u64 {a}, scratch"));
+            l.e.ins(format!("cvta.local.u64 {g}, {a}"));
+            g
+        });
+        Frame { l, sig, local_bytes, scratch, exit }
+    }
+
+    /// A `.u64` (or `.u32`) kernel parameter.
+    fn param(&mut self, name: &str) -> Reg {
+        let ty = self.sig.params.iter().find(|p| p.name == name).map(|p| p.ty);
+        let r = self.l.e.reg(if ty == Some(ParamType::U32) { Class::B32 } else { Class::B64 });
+        let t = if ty == Some(ParamType::U32) { "u32" } else { "u64" };
+        self.l.e.ins(format!("ld.param.{t} {r}, [{name}]"));
+        r
+    }
+
+    /// A global pointer parameter.
+    fn global(&mut self, name: &str) -> Reg {
+        let p = self.param(name);
+        let g = self.l.e.reg(Class::B64);
+        self.l.e.ins(format!("cvta.to.global.u64 {g}, {p}"));
+        g
+    }
+
+    /// The bases of the tensors of `role` that `mask` selects.
+    fn bases(&mut self, role: Role, prefix: &str, mask: &[bool]) -> Vec<Option<Reg>> {
+        let agg = self.l.cx.agg;
+        let names: Vec<String> = agg.tensors_of(role).map(|t| format!("{prefix}{}", agg.tensors[t].name)).collect();
+        names.iter().zip(mask).map(|(n, &u)| u.then(|| self.global(n))).collect()
+    }
+
+    /// The thread's global index; threads at or past `count` leave.
+    fn index_below(&mut self, count: Reg) -> Reg {
+        let e = &mut self.l.e;
+        let (b, n, t) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::B32));
+        let (wide, tid, gid) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
+        e.comment("the thread's global index, 64-bit");
+        e.ins(format!("mov.u32 {b}, %ctaid.x"));
+        e.ins(format!("mov.u32 {n}, %ntid.x"));
+        e.ins(format!("mov.u32 {t}, %tid.x"));
+        e.ins(format!("mul.wide.u32 {wide}, {b}, {n}"));
+        e.ins(format!("cvt.u64.u32 {tid}, {t}"));
+        e.ins(format!("add.s64 {gid}, {wide}, {tid}"));
+        let p = e.reg(Class::Pred);
+        e.ins(format!("setp.ge.u64 {p}, {gid}, {count}"));
+        e.ins(format!("@{p} bra {}", self.exit));
+        gid
+    }
+
+    /// A predicate: `flags & bit != 0`.
+    fn flag(&mut self, flags: Reg, bit: u32, name: &str) -> Reg {
+        let e = &mut self.l.e;
+        let (x, p) = (e.reg(Class::B32), e.reg(Class::Pred));
+        e.ins(format!("and.b32 {x}, {flags}, {bit}"));
+        e.ins_c(format!("setp.ne.u32 {p}, {x}, 0"), name);
+        p
+    }
+
+    /// `q = a / b, r = a - q·b` (u64).
+    fn divmod(&mut self, a: Reg, b: Reg) -> (Reg, Reg) {
+        let e = &mut self.l.e;
+        let (q, r) = (e.reg(Class::B64), e.reg(Class::B64));
+        e.ins(format!("div.u64 {q}, {a}, {b}"));
+        e.ins(format!("mul.lo.s64 {r}, {q}, {b}"));
+        e.ins(format!("sub.s64 {r}, {a}, {r}"));
+        (q, r)
+    }
+
+    /// The memory step of scan position `pos`: `rev ? steps - 1 - pos : pos`.
+    fn memory_step(&mut self, pos: Reg, steps: Reg, rev: Reg) -> Reg {
+        let e = &mut self.l.e;
+        let (back, t) = (e.reg(Class::B64), e.reg(Class::B64));
+        e.ins(format!("sub.s64 {back}, {steps}, {pos}"));
+        e.ins(format!("sub.s64 {back}, {back}, 1"));
+        e.ins_c(format!("selp.b64 {t}, {back}, {pos}, {rev}"), "memory step");
+        t
+    }
+
+    /// Row pointers `base + row · len · size` of the tensors of `role` with a base.
+    fn rows(&mut self, bases: &[Option<Reg>], role: Role, row: Reg) -> Vec<Option<Reg>> {
+        let (agg, info) = (self.l.cx.agg, self.l.cx.info);
+        let tensors: Vec<_> = agg.tensors_of(role).collect();
+        let mut out = Vec::with_capacity(bases.len());
+        for (k, base) in bases.iter().enumerate() {
+            out.push(base.map(|base| {
+                let t = tensors[k];
+                let bytes = (info.len(t) as u64).wrapping_mul(dtype_size(agg.tensors[t].dtype) as u64);
+                let r = self.l.e.reg(Class::B64);
+                self.l.e.ins_c(format!("mad.lo.s64 {r}, {row}, {bytes}, {base}"), format!("row of {}", agg.tensors[t].name));
+                r
+            }));
+        }
+        out
+    }
+
+    /// The element at `base` (generic), every field in memory.
+    fn mem_view(&self, base: Reg) -> ElemView {
+        ElemView(
+            self.l.cx.layout.offsets.iter().map(|&off| Loc::Mem { base, offset: off as i64, space: Space::Generic }).collect(),
+        )
+    }
+
+    /// `base + k · size` of element region k of the `.local` array.
+    fn region(&mut self, k: usize) -> Reg {
+        let off = align8(self.l.cx.plan.elements) + k * self.l.cx.layout.size;
+        let r = self.l.e.reg(Class::B64);
+        let scratch = self.scratch.expect("element regions are in the local array");
+        self.l.e.ins(format!("add.s64 {r}, {scratch}, {off}"));
+        r
+    }
+
+    fn io(&self) -> BodyIo {
+        BodyIo {
+            params: Vec::new(),
+            inputs: Vec::new(),
+            left: None,
+            right: None,
+            state: None,
+            out: None,
+            outputs: Vec::new(),
+            empty: false,
+            scratch: self.scratch,
+        }
+    }
+
+    /// Copies an element (`layout.size` bytes, 8-byte words) from `src` to `dst`.
+    fn copy_element(&mut self, dst: Reg, src: Reg) {
+        let words = self.l.cx.layout.size / 8;
+        self.l.e.comment(format!("copy one element ({words} words)"));
+        let w = self.l.e.reg(Class::B64);
+        if words <= 8 {
+            for k in 0..words {
+                self.l.e.ins(format!("ld.u64 {w}, [{src}+{}]", 8 * k));
+                self.l.e.ins(format!("st.u64 [{dst}+{}], {w}", 8 * k));
+            }
+            return;
+        }
+        self.l.counted_loop(words as u64, "word", &mut |l, k| {
+            let (a, b) = (l.e.reg(Class::B64), l.e.reg(Class::B64));
+            l.e.ins(format!("mad.lo.s64 {a}, {k}, 8, {src}"));
+            l.e.ins(format!("mad.lo.s64 {b}, {k}, 8, {dst}"));
+            l.e.ins(format!("ld.u64 {w}, [{a}]"));
+            l.e.ins(format!("st.u64 [{b}], {w}"));
+        });
+    }
+
+    fn finish(mut self) -> Generated {
+        let exit = self.exit.clone();
+        self.l.e.place(&exit);
+        self.l.e.ins("ret");
+        let mut text = String::new();
+        let _ = writeln!(text, ".visible .entry {}(", self.sig.kernel.name());
+        let n = self.sig.params.len();
+        for (k, p) in self.sig.params.iter().enumerate() {
+            let t = if p.ty == ParamType::U32 { "u32" } else { "u64" };
+            let _ = writeln!(text, "\t.param .{t} {}{}", p.name, if k + 1 < n { "," } else { "" });
+        }
+        text.push_str(")\n{\n");
+        text.push_str(&self.l.e.finish());
+        text.push_str("}\n");
+        Generated { sig: self.sig, text, local_bytes: self.local_bytes }
+    }
+}
+
+/// Element views of the fused loop: rank-0 fields in registers, the others in a
+/// region whose base register rotates.
+struct Rotating {
+    base: Reg,
+    regs: Vec<Option<Reg>>,
+}
+
+impl Rotating {
+    fn new(f: &mut Frame<'_>, region: usize) -> Rotating {
+        let base = f.region(region);
+        let (agg, info) = (f.l.cx.agg, f.l.cx.info);
+        let regs = agg
+            .tensors_of(Role::Element)
+            .map(|t| info.shape(t).is_empty().then(|| f.l.e.reg(Class::of(agg.tensors[t].dtype.scalar()))))
+            .collect();
+        Rotating { base, regs }
+    }
+
+    fn view(&self, offsets: &[usize]) -> ElemView {
+        ElemView(
+            self.regs
+                .iter()
+                .zip(offsets)
+                .map(|(r, &off)| match r {
+                    Some(r) => Loc::Reg(*r),
+                    None => Loc::Mem { base: self.base, offset: off as i64, space: Space::Generic },
+                })
+                .collect(),
+        )
+    }
+}
+
+/// `a ← b`: the registers copied, the region bases swapped.
+fn take(f: &mut Frame<'_>, a: &Rotating, b: &Rotating) {
+    for (x, y) in a.regs.iter().zip(&b.regs) {
+        if let (Some(x), Some(y)) = (x, y) {
+            f.l.mov(*x, *y);
+        }
+    }
+    let t = f.l.e.reg(Class::B64);
+    f.l.mov(t, a.base);
+    f.l.mov(a.base, b.base);
+    f.l.mov(b.base, t);
+}
+
+/// Loads the rank-0 fields of `a` from the element at `src` (generic).
+fn load_regs(f: &mut Frame<'_>, a: &Rotating, src: Reg) {
+    let layout = f.l.cx.layout.clone();
+    for (k, r) in a.regs.iter().enumerate() {
+        if let Some(r) = r {
+            let v = f.l.load_at(layout.dtypes[k].scalar(), Space::Generic, src, layout.offsets[k] as i64);
+            f.l.mov(*r, v);
+        }
+    }
+}
+
+/// Stores the rank-0 fields of `a` into the element at `dst` (generic).
+fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg) {
+    let layout = f.l.cx.layout.clone();
+    for (k, r) in a.regs.iter().enumerate() {
+        if let Some(r) = r {
+            f.l.store_at(layout.dtypes[k].scalar(), Space::Generic, dst, layout.offsets[k] as i64, *r);
+        }
+    }
+}
+
+/// The readout of the position whose input/output row index is `row`, reading
+/// `state` (or, with `None`, the exclusive readout's p_0: the declared identity,
+/// computed into `spare`, else zeros with `empty`).
+fn readout_at(
+    f: &mut Frame<'_>,
+    params: &[Option<Reg>],
+    inputs: &[Option<Reg>],
+    outputs: &[Option<Reg>],
+    row: Reg,
+    state: Option<ElemView>,
+    spare: Option<ElemView>,
+) {
+    let agg = f.l.cx.agg;
+    let mut io = f.io();
+    io.params = params.to_vec();
+    let state = match state {
+        Some(s) => s,
+        None => match (&agg.identity, spare) {
+            (Some(identity), Some(spare)) => {
+                f.l.e.comment("p_0 is the declared identity");
+                let mut id_io = f.io();
+                id_io.params = params.to_vec();
+                id_io.out = Some(spare.clone());
+                f.l.body(identity, &id_io);
+                spare
+            }
+            _ => {
+                f.l.e.comment("p_0 reads as zeros, empty(p) is true");
+                io.empty = true;
+                ElemView(vec![Loc::Zero; f.l.cx.layout.offsets.len()])
+            }
+        },
+    };
+    io.inputs = f.rows(inputs, Role::Input, row);
+    io.outputs = f.rows(outputs, Role::Output, row);
+    io.state = Some(state);
+    f.l.body(&agg.readout, &io);
+}
+
+fn lift_at(f: &mut Frame<'_>, params: &[Option<Reg>], inputs: &[Option<Reg>], row: Reg, out: ElemView) {
+    let mut io = f.io();
+    io.params = params.to_vec();
+    io.inputs = f.rows(inputs, Role::Input, row);
+    io.out = Some(out);
+    f.l.body(&f.l.cx.agg.lift, &io);
+}
+
+fn combine_into(f: &mut Frame<'_>, params: &[Option<Reg>], left: ElemView, right: ElemView, out: ElemView) {
+    let mut io = f.io();
+    io.params = params.to_vec();
+    io.left = Some(left);
+    io.right = Some(right);
+    io.out = Some(out);
+    f.l.body(&f.l.cx.agg.combine, &io);
+}
+
+/// The param bases every body of `bodies` reads.
+fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg>> {
+    let mask = used(f.l.cx, bodies, Role::Param);
+    f.bases(Role::Param, "param_", &mask)
+}
+
+pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    let agg = cx.agg;
+    let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
+    let mut f = Frame::new(cx, math, Kernel::Scan, 3);
+    let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
+    let e = &mut f.l.e;
+    let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
+    e.comment("nchunks = ceil(steps / chunk); a chunk of 0 steps runs nothing");
+    e.ins(format!("setp.eq.u64 {zero_chunk}, {chunk}, 0"));
+    e.ins(format!("@{zero_chunk} bra {}", f.exit));
+    e.ins(format!("add.s64 {nchunks}, {steps}, {chunk}"));
+    e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
+    e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
+    e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
+    let gid = f.index_below(count);
+    let (s, c) = f.divmod(gid, nchunks);
+    let flags = f.param("flags");
+    let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
+    let carry = f.flag(flags, CARRY_IN, "CARRY_IN");
+    let write = f.flag(flags, WRITE_OUTPUTS, "WRITE_OUTPUTS");
+    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
+    let e = &mut f.l.e;
+    let (first_chunk, later, has) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
+    e.ins(format!("setp.eq.u64 {first_chunk}, {c}, 0"));
+    e.ins(format!("and.pred {has}, {first_chunk}, {has0}"));
+    e.ins(format!("not.pred {later}, {first_chunk}"));
+    e.ins(format!("and.pred {later}, {later}, {carry}"));
+    e.ins_c(format!("or.pred {has}, {has}, {later}"), "the chunk starts from a prefix");
+    let (pos, end, seq_row) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
+    e.ins_c(format!("mul.lo.s64 {pos}, {c}, {chunk}"), "first position");
+    e.ins(format!("add.s64 {end}, {pos}, {chunk}"));
+    e.ins_c(format!("min.u64 {end}, {end}, {steps}"), "end position");
+    e.ins_c(format!("mul.lo.s64 {seq_row}, {s}, {steps}"), "row of the sequence's step 0");
+    let slot = e.reg(Class::B64);
+    e.ins_c(format!("mul.lo.s64 {slot}, {gid}, {}", cx.layout.size), "byte offset of the chunk's state slot");
+
+    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let params = param_bases(&mut f, &bodies);
+    let lift_inputs_mask = used(cx, &[&agg.lift], Role::Input);
+    let readout_inputs_mask = used(cx, &[&agg.readout], Role::Input);
+    let any: Vec<bool> = lift_inputs_mask.iter().zip(&readout_inputs_mask).map(|(a, b)| *a || *b).collect();
+    let input_bases = f.bases(Role::Input, "in_", &any);
+    let only = |mask: &[bool]| -> Vec<Option<Reg>> {
+        input_bases.iter().zip(mask).map(|(b, &u)| if u { *b } else { None }).collect()
+    };
+    let (lift_inputs, readout_inputs) = (only(&lift_inputs_mask), only(&readout_inputs_mask));
+    let all_outputs = vec![true; agg.tensors_of(Role::Output).count()];
+    let outputs = f.bases(Role::Output, "out_", &all_outputs);
+    let (state_in, state_out) = (f.param("state_in"), f.param("state_out"));
+
+    let p = Rotating::new(&mut f, 0);
+    let el = Rotating::new(&mut f, 1);
+    let n = Rotating::new(&mut f, 2);
+    let offsets = cx.layout.offsets.clone();
+
+    let (load_state, loop_test, loop_step, done) =
+        (f.l.e.label("load_state"), f.l.e.label("loop_test"), f.l.e.label("loop_step"), f.l.e.label("done"));
+    f.l.e.ins(format!("@{has} bra {load_state}"));
+
+    // The first position, with no prefix held: p' = e.
+    f.l.e.comment("first position without a prefix: p' = lift(x)");
+    let t = f.memory_step(pos, steps, rev);
+    let row = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+    lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
+    let skip_first = f.l.e.label("skip_first_readout");
+    f.l.e.ins(format!("@!{write} bra {skip_first}"));
+    if exclusive {
+        readout_at(&mut f, &params, &readout_inputs, &outputs, row, None, Some(n.view(&offsets)));
+    } else {
+        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(el.view(&offsets)), None);
+    }
+    f.l.e.place(&skip_first);
+    take(&mut f, &p, &el);
+    f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
+    f.l.e.ins(format!("bra.uni {loop_test}"));
+
+    // A prefix given: p = state_in[slot].
+    f.l.e.place(&load_state);
+    f.l.e.comment("p = state_in[slot]");
+    let src = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("add.s64 {src}, {state_in}, {slot}"));
+    f.copy_element(p.base, src);
+    load_regs(&mut f, &p, src);
+
+    f.l.e.place(&loop_test);
+    let stop = f.l.e.reg(Class::Pred);
+    f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
+    f.l.e.ins(format!("@{stop} bra {done}"));
+    f.l.e.place(&loop_step);
+    f.l.e.comment("one position: e = lift(x), p' = combine(p, e), readout");
+    let t = f.memory_step(pos, steps, rev);
+    let row = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+    lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
+    if exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(p.view(&offsets)), None);
+        f.l.e.place(&skip);
+    }
+    combine_into(&mut f, &params, p.view(&offsets), el.view(&offsets), n.view(&offsets));
+    if !exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(n.view(&offsets)), None);
+        f.l.e.place(&skip);
+    }
+    take(&mut f, &p, &n);
+    f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
+    let more = f.l.e.reg(Class::Pred);
+    f.l.e.ins(format!("setp.lt.u64 {more}, {pos}, {end}"));
+    f.l.e.ins(format!("@{more} bra {loop_step}"));
+
+    f.l.e.place(&done);
+    f.l.e.comment("state_out[slot] = p unless NO_STATE_OUT");
+    f.l.e.ins(format!("@{no_state} bra {}", f.exit));
+    let dst = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("add.s64 {dst}, {state_out}, {slot}"));
+    f.copy_element(dst, p.base);
+    store_regs(&mut f, &p, dst);
+    f.finish()
+}
+
+pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    let agg = cx.agg;
+    let mut f = Frame::new(cx, math, Kernel::Lift, 0);
+    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
+    let count = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
+    let gid = f.index_below(count);
+    let (s, i) = f.divmod(gid, steps);
+    let flags = f.param("flags");
+    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let params = param_bases(&mut f, &[&agg.lift]);
+    let mask = used(cx, &[&agg.lift], Role::Input);
+    let inputs = f.bases(Role::Input, "in_", &mask);
+    let leaves = f.param("leaves");
+    let t = f.memory_step(i, steps, rev);
+    let row = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mad.lo.s64 {row}, {s}, {steps}, {t}"));
+    let out = f.l.e.reg(Class::B64);
+    f.l.e.ins_c(format!("mad.lo.s64 {out}, {gid}, {}, {leaves}", cx.layout.size), "leaves[s * steps + i]");
+    let view = f.mem_view(out);
+    lift_at(&mut f, &params, &inputs, row, view);
+    f.finish()
+}
+
+pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    let agg = cx.agg;
+    let mut f = Frame::new(cx, math, Kernel::Combine, 0);
+    let (rows, cols) = (f.param("rows"), f.param("cols"));
+    let count = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
+    let gid = f.index_below(count);
+    let (row, col) = f.divmod(gid, cols);
+    let addr = |f: &mut Frame<'_>, name: &str| {
+        let base = f.param(name);
+        let (rs, cs) = (f.param(&format!("{name}_row")), f.param(&format!("{name}_col")));
+        let a = f.l.e.reg(Class::B64);
+        f.l.e.ins(format!("mad.lo.s64 {a}, {row}, {rs}, {base}"));
+        f.l.e.ins_c(format!("mad.lo.s64 {a}, {col}, {cs}, {a}"), name);
+        a
+    };
+    let out = addr(&mut f, "out");
+    let left = addr(&mut f, "left");
+    let right = addr(&mut f, "right");
+    let flags = f.param("flags");
+    let left_id = f.flag(flags, LEFT_IDENTITY, "LEFT_IDENTITY");
+    let right_id = f.flag(flags, RIGHT_IDENTITY, "RIGHT_IDENTITY");
+    let (copy_right, copy_left) = (f.l.e.label("copy_right"), f.l.e.label("copy_left"));
+    f.l.e.ins(format!("@{left_id} bra {copy_right}"));
+    f.l.e.ins(format!("@{right_id} bra {copy_left}"));
+    let params = param_bases(&mut f, &[&agg.combine]);
+    let (lv, rv, ov) = (f.mem_view(left), f.mem_view(right), f.mem_view(out));
+    combine_into(&mut f, &params, lv, rv, ov);
+    f.l.e.ins(format!("bra.uni {}", f.exit));
+    f.l.e.place(&copy_right);
+    f.l.e.comment("identity * right = right");
+    f.copy_element(out, right);
+    f.l.e.ins(format!("bra.uni {}", f.exit));
+    f.l.e.place(&copy_left);
+    f.l.e.comment("left * identity = left");
+    f.copy_element(out, left);
+    f.finish()
+}
+
+pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    let agg = cx.agg;
+    let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
+    let regions = usize::from(exclusive && agg.identity.is_some());
+    let mut f = Frame::new(cx, math, Kernel::Readout, regions);
+    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
+    let count = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
+    let gid = f.index_below(count);
+    let (s, i) = f.divmod(gid, steps);
+    let flags = f.param("flags");
+    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let empty_first = f.flag(flags, EMPTY_FIRST, "EMPTY_FIRST");
+    let mut bodies = vec![&agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let params = param_bases(&mut f, &bodies);
+    let mask = used(cx, &[&agg.readout], Role::Input);
+    let inputs = f.bases(Role::Input, "in_", &mask);
+    let all_outputs = vec![true; agg.tensors_of(Role::Output).count()];
+    let outputs = f.bases(Role::Output, "out_", &all_outputs);
+    let prefixes = f.param("prefixes");
+    let t = f.memory_step(i, steps, rev);
+    let row = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mad.lo.s64 {row}, {s}, {steps}, {t}"));
+    let e = &mut f.l.e;
+    let slot = e.reg(Class::B64);
+    e.comment(if exclusive { "p_i: slot s * (steps + 1) + i" } else { "s_i = p_(i+1): slot s * (steps + 1) + i + 1" });
+    e.ins(format!("mad.lo.s64 {slot}, {s}, {steps}, {s}"));
+    e.ins(format!("add.s64 {slot}, {slot}, {i}"));
+    if !exclusive {
+        e.ins(format!("add.s64 {slot}, {slot}, 1"));
+    }
+    let state = e.reg(Class::B64);
+    e.ins(format!("mad.lo.s64 {state}, {slot}, {}, {prefixes}", cx.layout.size));
+    if exclusive {
+        let (first, absent) = (e.reg(Class::Pred), e.reg(Class::Pred));
+        e.ins(format!("setp.eq.u64 {first}, {i}, 0"));
+        e.ins(format!("and.pred {absent}, {first}, {empty_first}"));
+        let present = e.label("present");
+        e.ins(format!("@!{absent} bra {present}"));
+        let spare = (regions > 0).then(|| {
+            let base = f.region(0);
+            f.mem_view(base)
+        });
+        readout_at(&mut f, &params, &inputs, &outputs, row, None, spare);
+        f.l.e.ins(format!("bra.uni {}", f.exit));
+        f.l.e.place(&present);
+    }
+    let view = f.mem_view(state);
+    readout_at(&mut f, &params, &inputs, &outputs, row, Some(view), None);
+    f.finish()
+}
+
+pub(crate) fn identity(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
+    let body = cx.agg.identity.as_ref()?;
+    let mut f = Frame::new(cx, math, Kernel::Identity, 0);
+    let count = f.param("count");
+    let gid = f.index_below(count);
+    let params = param_bases(&mut f, &[body]);
+    let (out, stride) = (f.param("out"), f.param("stride"));
+    let at = f.l.e.reg(Class::B64);
+    f.l.e.ins(format!("mad.lo.s64 {at}, {gid}, {stride}, {out}"));
+    let mut io = f.io();
+    io.params = params;
+    io.out = Some(f.mem_view(at));
+    f.l.body(body, &io);
+    Some(f.finish())
+}

@@ -1,0 +1,109 @@
+//! The PTX backend: the module of every library operator (at its default dims) is
+//! snapshot-tested, and assembled by NVIDIA's `ptxas` when one is found (`PSM_PTXAS`,
+//! else `ptxas` on PATH; CI has none and the test says so). Running the kernels is
+//! psm-runtime's GPU test suite.
+
+mod common;
+
+use common::*;
+use psm_codegen::ptx::{self, Kernel, ParamType, PtxOptions};
+
+fn module(name: &str) -> ptx::PtxModule {
+    let (agg, info) = parse_one(&library_source(name), &[]);
+    ptx::compile(&agg, &info, &PtxOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn ptx_of_every_library_operator() {
+    for name in library() {
+        insta::assert_snapshot!(format!("ptx_{name}"), module(&name).text);
+    }
+}
+
+/// The ptxas to use: `PSM_PTXAS`, else `ptxas` on PATH.
+fn find_ptxas() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("PSM_PTXAS") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
+}
+
+#[test]
+fn ptxas_assembles_every_library_operator() {
+    let Some(ptxas) = find_ptxas() else {
+        println!("skipped: no ptxas (set PSM_PTXAS or put ptxas on PATH)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("psm-ptx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut failures = Vec::new();
+    for name in library() {
+        let path = dir.join(format!("{name}.ptx"));
+        std::fs::write(&path, module(&name).text).expect("write ptx");
+        let out = std::process::Command::new(&ptxas)
+            .args(["-arch=sm_90", "-o"])
+            .arg(dir.join(format!("{name}.cubin")))
+            .arg(&path)
+            .output()
+            .expect("run ptxas");
+        if !out.status.success() {
+            failures.push(format!("{name}:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "ptxas rejected:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn kernels_and_parameters_follow_the_abi() {
+    let m = module("ema");
+    let names: Vec<&str> = m.kernels.iter().map(|k| k.kernel.name()).collect();
+    assert_eq!(names, ["psm_scan", "psm_lift", "psm_combine", "psm_readout", "psm_identity"]);
+    let params = |k: Kernel| -> Vec<String> {
+        m.kernel(k).unwrap().params.iter().map(|p| p.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        params(Kernel::Scan),
+        ["param_alpha", "in_v", "out_y", "nseq", "steps", "chunk", "state_in", "state_out", "flags"]
+    );
+    assert_eq!(params(Kernel::Lift), ["param_alpha", "in_v", "nseq", "steps", "leaves", "flags"]);
+    assert_eq!(
+        params(Kernel::Combine),
+        [
+            "param_alpha", "rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right",
+            "right_row", "right_col", "flags"
+        ]
+    );
+    assert_eq!(params(Kernel::Readout), ["param_alpha", "in_v", "out_y", "nseq", "steps", "prefixes", "flags"]);
+    assert_eq!(params(Kernel::Identity), ["param_alpha", "count", "out", "stride"]);
+    for k in &m.kernels {
+        let last = k.params.last().unwrap();
+        assert_eq!(last.ty == ParamType::U32, last.name == "flags", "{:?}", k.kernel);
+        assert!(m.text.contains(&format!(".visible .entry {}(", k.kernel.name())));
+    }
+    // No identity declared: no identity kernel.
+    assert!(module("running_max_index").kernel(Kernel::Identity).is_none());
+    assert_eq!(m.layout.size, 16);
+}
+
+#[test]
+fn target_and_version() {
+    let (agg, info) = parse_one(&library_source("cumsum"), &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    assert!(m.text.contains(".version 7.8\n.target sm_90\n.address_size 64\n"));
+    let old = ptx::compile(&agg, &info, &PtxOptions { arch: 80 }).unwrap();
+    assert!(old.text.contains(".version 7.0\n.target sm_80\n"));
+    assert_eq!(
+        ptx::compile(&agg, &info, &PtxOptions { arch: 61 }).unwrap_err(),
+        ptx::PtxError::UnsupportedArch(61)
+    );
+}
+
+#[test]
+fn modules_are_ascii() {
+    // ptxas rejects any other byte.
+    for name in library() {
+        assert!(module(&name).text.is_ascii(), "{name}");
+    }
+}

@@ -1,0 +1,164 @@
+//! Typed launches of the five kernels of psm-codegen's CUDA ABI
+//! (`psm_codegen::ptx`'s module doc): each method passes the params, the inputs and
+//! outputs it reads or writes, then its own arguments, in the ABI's order.
+
+use std::cell::Cell;
+
+use psm_codegen::ptx::{Kernel, PtxModule};
+
+use super::device::{Args, Device, DeviceBuffer, Function};
+use crate::error::RunError;
+
+/// The kernels of one aggregator, loaded on one device.
+pub(crate) struct Kernels {
+    pub scan: Function,
+    pub lift: Function,
+    pub combine: Function,
+    pub readout: Function,
+    /// Present when the aggregator declares an identity.
+    pub identity: Option<Function>,
+}
+
+impl Kernels {
+    /// Loads the module's kernels after checking that each takes the parameters the
+    /// launches below pass (a mismatch would corrupt memory, not fail).
+    pub fn load(device: &Device, aggregator: &str, ptx: &PtxModule, counts: [usize; 3]) -> Result<Kernels, RunError> {
+        let [params, inputs, outputs] = counts;
+        for (kernel, own, reads, writes) in [
+            (Kernel::Scan, 6, true, true),
+            (Kernel::Lift, 4, true, false),
+            (Kernel::Combine, 12, false, false),
+            (Kernel::Readout, 4, true, true),
+            (Kernel::Identity, 3, false, false),
+        ] {
+            let expected = params + if reads { inputs } else { 0 } + if writes { outputs } else { 0 } + own;
+            let found = ptx.kernel(kernel).map(|k| k.params.len());
+            if found.is_some_and(|n| n != expected) || (found.is_none() && kernel != Kernel::Identity) {
+                return Err(RunError::Codegen {
+                    aggregator: aggregator.to_string(),
+                    message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
+                });
+            }
+        }
+        let module = device.module(aggregator, &ptx.text)?;
+        let get = |k: Kernel| module.function(k.name());
+        Ok(Kernels {
+            scan: get(Kernel::Scan)?,
+            lift: get(Kernel::Lift)?,
+            combine: get(Kernel::Combine)?,
+            readout: get(Kernel::Readout)?,
+            identity: ptx.kernel(Kernel::Identity).map(|_| get(Kernel::Identity)).transpose()?,
+        })
+    }
+}
+
+/// One operand of `psm_combine`: a base address and byte strides per row and column.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Operand {
+    pub base: u64,
+    pub row: i64,
+    pub col: i64,
+}
+
+impl Operand {
+    /// Element `first` of an element array laid out `[rows, per_row]`, stepping `step`
+    /// elements per column.
+    pub fn of(buf: &DeviceBuffer, elem: usize, per_row: usize, first: usize, step: usize) -> Operand {
+        Operand { base: buf.ptr() + (first * elem) as u64, row: (per_row * elem) as i64, col: (step * elem) as i64 }
+    }
+}
+
+/// Launches over one batch of `nseq` sequences of `steps` steps: the device buffers of
+/// the params, inputs (`[nseq, steps, len]` per field) and outputs (likewise), and the
+/// count of combines launched (as [`RunStats::combines`](crate::RunStats) counts them).
+pub(crate) struct Launcher<'a> {
+    pub device: &'a Device,
+    pub kernels: &'a Kernels,
+    pub params: &'a [DeviceBuffer],
+    pub inputs: &'a [DeviceBuffer],
+    pub outputs: &'a [DeviceBuffer],
+    pub nseq: usize,
+    pub steps: usize,
+    /// Bytes of one element.
+    pub elem: usize,
+    pub combines: Cell<u64>,
+}
+
+impl Launcher<'_> {
+    fn args(&self, inputs: bool, outputs: bool) -> Args {
+        let mut a = Args::new();
+        a.ptrs(self.params);
+        if inputs {
+            a.ptrs(self.inputs);
+        }
+        if outputs {
+            a.ptrs(self.outputs);
+        }
+        a
+    }
+
+    fn count(&self, n: u64) {
+        self.combines.set(self.combines.get() + n);
+    }
+
+    /// `psm_scan` over chunks of `chunk` steps (one thread per sequence and chunk).
+    pub fn scan(&self, chunk: usize, state_in: Option<&DeviceBuffer>, state_out: Option<&DeviceBuffer>, flags: u32) -> Result<(), RunError> {
+        use psm_codegen::ptx::{CARRY_IN, HAS_STATE};
+        let chunk = chunk.max(1);
+        let nchunks = self.steps.div_ceil(chunk);
+        // Combines: a chunk of n steps folds n − 1 times, plus once more when it starts
+        // from a prefix.
+        let mut per_seq = (self.steps - nchunks) as u64;
+        if flags & CARRY_IN != 0 {
+            per_seq += nchunks.saturating_sub(1) as u64;
+        }
+        if flags & HAS_STATE != 0 && nchunks > 0 {
+            per_seq += 1;
+        }
+        self.count(per_seq * self.nseq as u64);
+        let mut a = self.args(true, true);
+        a.u64(self.nseq as u64).u64(self.steps as u64).u64(chunk as u64);
+        a.u64(state_in.map_or(0, DeviceBuffer::ptr)).u64(state_out.map_or(0, DeviceBuffer::ptr)).u32(flags);
+        self.device.launch(&self.kernels.scan, (self.nseq * nchunks) as u64, &a)
+    }
+
+    /// `psm_lift` of every step into `leaves` (`[nseq, steps]` elements).
+    pub fn lift(&self, leaves: &DeviceBuffer, flags: u32) -> Result<(), RunError> {
+        let mut a = self.args(true, false);
+        a.u64(self.nseq as u64).u64(self.steps as u64).ptr(leaves).u32(flags);
+        self.device.launch(&self.kernels.lift, (self.nseq * self.steps) as u64, &a)
+    }
+
+    /// `psm_combine` over `rows × cols` operand pairs. With `LEFT_IDENTITY` or
+    /// `RIGHT_IDENTITY` it copies (and counts no combine).
+    pub fn combine(&self, rows: usize, cols: usize, out: Operand, left: Operand, right: Operand, flags: u32) -> Result<(), RunError> {
+        use psm_codegen::ptx::{LEFT_IDENTITY, RIGHT_IDENTITY};
+        if flags & (LEFT_IDENTITY | RIGHT_IDENTITY) == 0 {
+            self.count((rows * cols) as u64);
+        }
+        let mut a = self.args(false, false);
+        a.u64(rows as u64).u64(cols as u64);
+        for op in [out, left, right] {
+            a.u64(op.base).u64(op.row as u64).u64(op.col as u64);
+        }
+        a.u32(flags);
+        self.device.launch(&self.kernels.combine, (rows * cols) as u64, &a)
+    }
+
+    /// `psm_readout` of every step from `prefixes` (`[nseq, steps + 1]` elements).
+    pub fn readout(&self, prefixes: &DeviceBuffer, flags: u32) -> Result<(), RunError> {
+        let mut a = self.args(true, true);
+        a.u64(self.nseq as u64).u64(self.steps as u64).ptr(prefixes).u32(flags);
+        self.device.launch(&self.kernels.readout, (self.nseq * self.steps) as u64, &a)
+    }
+
+    /// The declared identity into `count` consecutive elements of `out`; false (and
+    /// nothing written) when none is declared.
+    pub fn identity(&self, count: usize, out: &DeviceBuffer) -> Result<bool, RunError> {
+        let Some(f) = &self.kernels.identity else { return Ok(false) };
+        let mut a = self.args(false, false);
+        a.u64(count as u64).ptr(out).u64(self.elem as u64);
+        self.device.launch(f, count as u64, &a)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,435 @@
+//! The CUDA backend against psm-ir's reference driver and the CPU backend.
+//!
+//! Every operator of examples/ops × every valid form × lengths {0, 1, 2, 3, 7, 64,
+//! 1000, 4097} × batch {1, 3}, every dim at most 4 (the interpreter computes the
+//! references):
+//!
+//! * outputs and final states within psm-ir's tolerance of the reference (the F64 fold
+//!   for associative operators, the declared-precision tree for the others: the GPU's
+//!   transcendental functions are not the CPU's libm, so the GPU is not bit-identical
+//!   to the interpreter) and of the CPU backend's;
+//! * non-associative operators: the tree and the stream on the GPU bit-identical to
+//!   each other, outputs and final states;
+//! * outputs bit-identical with and without a final state asked for;
+//! * reverse scans (compared in scan order) and initial states against the CPU backend
+//!   (final states: differences below the smallest normal f32 pass, a field decayed
+//!   into the subnormal range underflows differently under another bracketing);
+//! * a decode loop (one push per step into a device stream) bit-identical to the stream
+//!   form's run on the GPU;
+//! * inputs uploaded once and run from the device in every form: the same bits as `run`.
+//!
+//! Without a CUDA device every GPU test prints why and passes; `cuda_unavailable`
+//! checks the typed error there. On the GPU machine: see docs (`cargo test -p
+//! psm-runtime --test cuda`, or the built test binary run from the repository root).
+//! The library is found at `PSM_OPS_DIR`, else the source tree's examples/ops, else
+//! ./examples/ops (a binary built elsewhere, run from a copy of the repository).
+
+#![allow(clippy::needless_range_loop)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::*;
+use psm_ir::derive::Form as RefForm;
+use psm_ir::interp::Precision;
+use psm_ir::ir::{Dtype, Role};
+use psm_runtime::cuda::{driver_present, CudaExecutor, Device};
+use psm_runtime::{Aggregator, Backend, DimOverride, Form, Outputs, Program, RunError, RunOptions, State};
+
+/// A form with its outputs and final state (per output or field, every sequence).
+type FormResult = (Form, Vec<Vec<f64>>, Option<Vec<Vec<f64>>>);
+
+const ALL_LENGTHS: [usize; 8] = [0, 1, 2, 3, 7, 64, 1000, 4097];
+/// Every dim is run at most at this size.
+const MAX_DIM: i64 = 4;
+
+fn ops_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PSM_OPS_DIR") {
+        return dir.into();
+    }
+    let built = library_dir();
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("examples/ops")
+    }
+}
+
+/// The device every test shares, or `None` (printed) where CUDA is not available.
+fn device() -> Option<&'static Device> {
+    static DEVICE: OnceLock<Result<Device, RunError>> = OnceLock::new();
+    match DEVICE.get_or_init(|| Device::open(0)) {
+        Ok(d) => Some(d),
+        Err(RunError::CudaUnavailable { reason }) => {
+            println!("skipped: CUDA not available: {reason}");
+            None
+        }
+        Err(e) => panic!("opening the CUDA device: {e}"),
+    }
+}
+
+#[test]
+fn cuda_unavailable() {
+    match Device::open(0) {
+        Ok(d) => println!("CUDA device 0: {} (compute capability {:?})", d.name(), d.compute_capability()),
+        Err(RunError::CudaUnavailable { reason }) => {
+            println!("CUDA not available: {reason}");
+            if !driver_present() {
+                assert!(reason.contains("libcuda"), "{reason}");
+            }
+        }
+        Err(e) => panic!("not a CudaUnavailable error: {e}"),
+    }
+    // A device that does not exist is the same typed error, never a panic.
+    match Device::open(1 << 20) {
+        Err(RunError::CudaUnavailable { reason }) => println!("device 2^20: {reason}"),
+        other => panic!("device 2^20: {other:?}"),
+    }
+}
+
+#[test]
+fn cuda_errors_say_what_failed() {
+    let cases = [
+        (RunError::CudaUnavailable { reason: "no driver".into() }, "CUDA not available: no driver"),
+        (
+            RunError::DeviceOutOfMemory { what: "output `y`".into(), bytes: 1 << 40 },
+            "out of device memory: cannot allocate 1099511627776 bytes for output `y`",
+        ),
+        (
+            RunError::PtxLoad { aggregator: "gla".into(), message: "CUDA_ERROR_INVALID_PTX".into(), log: "line 5: error\n".into() },
+            "the CUDA driver rejected the PTX of `gla`: CUDA_ERROR_INVALID_PTX\nJIT log:\nline 5: error",
+        ),
+        (
+            RunError::Cuda { operation: "cuStreamSynchronize".into(), message: "CUDA_ERROR_ILLEGAL_ADDRESS".into() },
+            "CUDA error in cuStreamSynchronize: CUDA_ERROR_ILLEGAL_ADDRESS",
+        ),
+    ];
+    for (e, text) in cases {
+        assert_eq!(e.to_string(), text);
+    }
+}
+
+/// The operator at small dims, for the interpreter (reference), the CPU backend and
+/// the GPU.
+fn load_small(name: &str) -> (Aggregator, Aggregator) {
+    let path = ops_dir().join(format!("{name}.psm"));
+    let declared = Program::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let agg = declared.aggregator(name).unwrap();
+    let dims: Vec<DimOverride> = agg
+        .ir()
+        .dims
+        .iter()
+        .filter_map(|(_, d)| d.default.filter(|&v| v > MAX_DIM).map(|_| DimOverride { name: d.name.clone(), value: MAX_DIM }))
+        .collect();
+    let program = Program::from_file(&path, &dims).unwrap_or_else(|e| panic!("{e}"));
+    let agg = program.aggregator(name).unwrap();
+    let cpu = agg.with_backend(Backend::Cpu);
+    (agg.with_backend(Backend::Interp), cpu)
+}
+
+fn forms(associative: bool) -> Vec<(Form, Option<usize>)> {
+    if associative {
+        vec![(Form::Recurrent, None), (Form::Chunked, None), (Form::Chunked, Some(5)), (Form::Tree, None), (Form::Stream, None)]
+    } else {
+        vec![(Form::Tree, None), (Form::Stream, None)]
+    }
+}
+
+/// Every output of a run as f64 values, per output.
+fn values(out: &Outputs) -> Vec<Vec<f64>> {
+    out.tensors().iter().map(|t| t.data.to_f64()).collect()
+}
+
+fn state_values(s: Option<&State>) -> Option<Vec<Vec<f64>>> {
+    s.map(|s| s.fields.iter().map(|t| t.data.to_f64()).collect())
+}
+
+fn check_operator(name: &str) {
+    let Some(device) = device() else { return };
+    let start = std::time::Instant::now();
+    let (agg, cpu) = load_small(name);
+    let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let associative = agg.associative();
+    let data = Batch::new(&agg, 3, 4097, 0xc0da ^ name.len() as u64);
+    let out_lens = lens(&agg, Role::Output);
+    let out_dtypes = dtypes(&agg, Role::Output);
+    let el_lens = lens(&agg, Role::Element);
+    let el_dtypes = dtypes(&agg, Role::Element);
+    let el_names = names(&agg, Role::Element);
+    let mut worst = 0.0f64;
+    let mut runs = 0;
+    for n in ALL_LENGTHS {
+        let refs: Vec<_> = (0..3)
+            .map(|b| {
+                let x = data.first(&agg, b, n);
+                let (p, f) = if associative { (Precision::F64, RefForm::Fold) } else { (Precision::Declared, RefForm::Tree) };
+                reference(&agg, p, f, &data.params, &x, n)
+            })
+            .collect();
+        let tol = tolerance(n);
+        for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
+            let bufs = data.input_bufs(&agg, nseq, n);
+            let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
+            // The non-associative forms' results, to be bit-identical to each other.
+            let mut first: Option<FormResult> = None;
+            for (form, chunk) in forms(associative) {
+                let what = format!("{name} {form:?} chunk {chunk:?} n = {n} batch {batch:?}");
+                let opts = RunOptions { form, chunk, final_state: true, ..Default::default() };
+                let out = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let on_cpu = cpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+                runs += 1;
+                assert_eq!(out.form(), form, "{what}");
+                for (k, (t, c)) in out.tensors().iter().zip(on_cpu.tensors()).enumerate() {
+                    assert_eq!((&t.shape, t.data.dtype()), (&c.shape, c.data.dtype()), "{what}: shape and dtype of {}", t.name);
+                    let exact = out_dtypes[k] == Dtype::I32;
+                    for b in 0..nseq {
+                        let got = seq_slice(&t.data, b, n * out_lens[k]);
+                        let what = format!("{what}, output {} of sequence {b}", t.name);
+                        worst = worst.max(close(&what, &got, &refs[b].outputs[k], out_lens[k], exact, tol));
+                        let cpu_values = seq_slice(&c.data, b, n * out_lens[k]);
+                        close(&format!("{what} against the CPU"), &got, &cpu_values, out_lens[k], exact, 2.0 * tol);
+                    }
+                }
+                let lean = gpu.run(&x, &RunOptions { form, chunk, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
+                for (t, u) in out.tensors().iter().zip(lean.tensors()) {
+                    assert_eq!(bits(&t.data.to_f64()), bits(&u.data.to_f64()), "{what}: output {} without the final state", t.name);
+                }
+                let fin = out.final_state();
+                for b in 0..nseq {
+                    match (&refs[b].prefixes[n], fin) {
+                        (Some(_), Some(s)) => {
+                            for (k, field) in el_names.iter().enumerate() {
+                                let got = seq_slice(s.get(field).unwrap(), b, el_lens[k]);
+                                let what = format!("{what}: final state {field} of sequence {b}");
+                                close_state(&what, &got, &refs[b].prefixes, k, el_dtypes[k] == Dtype::I32, tol);
+                            }
+                        }
+                        (None, s) => {
+                            assert_eq!(n, 0, "{what}");
+                            assert_eq!(s.is_some(), agg.ir().identity.is_some(), "{what}: final state at n = 0 is the identity");
+                        }
+                        (Some(_), None) => panic!("{what}: no final state"),
+                    }
+                }
+                assert_eq!(
+                    state_values(fin).is_some(),
+                    on_cpu.final_state().is_some(),
+                    "{what}: a final state on the GPU iff on the CPU"
+                );
+                if !associative {
+                    let mine = (form, values(&out), state_values(fin));
+                    match &first {
+                        None => first = Some(mine),
+                        Some((f0, outs, state)) => {
+                            for (k, (a, b)) in mine.1.iter().zip(outs).enumerate() {
+                                assert_eq!(bits(a), bits(b), "{what}: output {k} differs from {f0:?} on the GPU");
+                            }
+                            let flat = |s: &Option<Vec<Vec<f64>>>| s.as_ref().map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+                            assert_eq!(flat(&mine.2), flat(state), "{what}: final state differs from {f0:?} on the GPU");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data) + check_resident(&agg, &gpu, &data);
+    println!(
+        "{name:22} {} runs (+{more} with reverse, initial states, pushes and resident inputs), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
+        runs,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Reverse scans and initial states (the CPU's final state after a first segment),
+/// every valid form, against the CPU backend; tree = stream bit for bit on the GPU
+/// for non-associative operators. Returns the number of GPU runs.
+fn check_options(name: &str, agg: &Aggregator, cpu: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
+    let associative = agg.associative();
+    let out_lens = lens(agg, Role::Output);
+    let out_dtypes = dtypes(agg, Role::Output);
+    let mut runs = 0;
+    for n in [1usize, 7, 1000] {
+        let tol = tolerance(2 * n);
+        let first = data.window_bufs(agg, 3, 0, 50);
+        let s0 = cpu
+            .run(&inputs(agg, &[3], 50, &first, &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
+            .unwrap()
+            .final_state()
+            .cloned()
+            .expect("a state after 50 steps");
+        let bufs = data.window_bufs(agg, 3, 50, 50 + n);
+        let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
+        for reverse in [false, true] {
+            for init in [None, Some(&s0)] {
+                let mut results: Vec<FormResult> = Vec::new();
+                for (form, chunk) in forms(associative) {
+                    let what = format!("{name} {form:?} chunk {chunk:?} n = {n} reverse {reverse} initial state {}", init.is_some());
+                    let opts = RunOptions { form, chunk, reverse, initial_state: init, final_state: true, ..Default::default() };
+                    let out = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let want = cpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+                    runs += 1;
+                    for (k, (a, b)) in values(&out).iter().zip(values(&want)).enumerate() {
+                        // In scan order, so that the running scale of `close` is the scan's.
+                        let order = |v: &[f64]| scan_order(v, 3, n, out_lens[k], reverse);
+                        close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], out_dtypes[k] == Dtype::I32, tol);
+                    }
+                    let (got_state, want_state) = (state_values(out.final_state()), state_values(want.final_state()));
+                    let (got_state, want_state) = (got_state.expect("a final state"), want_state.expect("a final state"));
+                    for (k, (a, b)) in got_state.iter().zip(&want_state).enumerate() {
+                        // Per field, scaled by the field's largest entry; a field that has
+                        // decayed into the subnormal range differs by the bracketing's
+                        // underflow, so differences below the smallest normal f32 pass.
+                        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                            let err = (x - y).abs();
+                            assert!(
+                                err <= tol * (y.abs() + scale) || err < f32::MIN_POSITIVE as f64,
+                                "{what}: final state field {k} entry {i}: {x:e} vs {y:e}"
+                            );
+                        }
+                    }
+                    results.push((form, values(&out), state_values(out.final_state())));
+                }
+                if !associative {
+                    let (f0, outs0, s0v) = &results[0];
+                    for (f, outs, sv) in &results[1..] {
+                        let flat = |v: &Vec<Vec<f64>>| v.iter().map(|x| bits(x)).collect::<Vec<_>>();
+                        assert_eq!(flat(outs), flat(outs0), "{name} n = {n} reverse {reverse}: {f:?} and {f0:?} outputs differ on the GPU");
+                        assert_eq!(sv.as_ref().map(flat), s0v.as_ref().map(flat), "{name} n = {n}: {f:?} and {f0:?} final states differ");
+                    }
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// A decode loop: 100 steps pushed one at a time into a device stream (from an initial
+/// state, and from nothing) give bit for bit the stream form's run on the GPU, and the
+/// stream's prefix is that run's final state. Returns the number of pushes.
+fn check_push(name: &str, agg: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
+    let n = 100;
+    let params: Vec<(String, psm_runtime::Data<'_>)> =
+        names(agg, Role::Param).into_iter().zip(&data.param_bufs).map(|(n, b)| (n, b.as_data())).collect();
+    let first = data.window_bufs(agg, 3, 0, 20);
+    let s0 = gpu
+        .run(&inputs(agg, &[3], 20, &first, &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
+        .unwrap()
+        .final_state()
+        .cloned();
+    let bufs = data.window_bufs(agg, 3, 20, 20 + n);
+    let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
+    let mut pushes = 0;
+    for init in [None, s0.as_ref()] {
+        let what = format!("{name} push, initial state {}", init.is_some());
+        let opts = RunOptions { form: Form::Stream, initial_state: init, final_state: true, ..Default::default() };
+        let whole = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut stream = gpu.stream(&[3], &params, init).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let out_lens = lens(agg, Role::Output);
+        for j in 0..n {
+            let step = data.window_bufs(agg, 3, 20 + j, 21 + j);
+            let out = stream.push(&inputs(agg, &[3], 1, &step, &[])).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            pushes += 1;
+            for (k, (t, w)) in out.tensors().iter().zip(whole.tensors()).enumerate() {
+                let (got, all) = (t.data.to_f64(), w.data.to_f64());
+                for b in 0..3 {
+                    let want = &all[(b * n + j) * out_lens[k]..(b * n + j + 1) * out_lens[k]];
+                    let got = &got[b * out_lens[k]..(b + 1) * out_lens[k]];
+                    assert_eq!(bits(got), bits(want), "{what}: step {j}, output {k}, sequence {b}");
+                }
+            }
+        }
+        assert_eq!(stream.position(), n as u64);
+        let flat = |s: Option<&State>| state_values(s).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+        let prefix = stream.prefix().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(flat(prefix.as_ref()), flat(whole.final_state()), "{what}: the prefix after the pushes");
+    }
+    pushes
+}
+
+/// A batch's outputs `[nseq, steps, width]` with each sequence's steps in scan order.
+fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool) -> Vec<f64> {
+    if !reverse {
+        return v.to_vec();
+    }
+    (0..nseq).flat_map(|b| (0..steps).rev().flat_map(move |t| v[(b * steps + t) * width..(b * steps + t + 1) * width].iter().copied())).collect()
+}
+
+/// Inputs uploaded once and run in every valid form from the device
+/// (`upload`, `run_device`, `to_host`) give bit for bit what `run` gives. Returns the
+/// number of device runs.
+fn check_resident(agg: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
+    let n = 300;
+    let bufs = data.input_bufs(agg, 3, n);
+    let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
+    let resident = gpu.upload(&x).unwrap_or_else(|e| panic!("{}: upload: {e}", agg.name()));
+    let forms = forms(agg.associative());
+    for (form, chunk) in &forms {
+        let what = format!("{} {form:?} resident", agg.name());
+        let opts = RunOptions { form: *form, chunk: *chunk, final_state: true, ..Default::default() };
+        let on_device = gpu.run_device(&resident, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(on_device.form(), *form, "{what}");
+        let got = on_device.to_host().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let flat = |o: &Outputs| values(o).iter().map(|v| bits(v)).collect::<Vec<_>>();
+        assert_eq!(flat(&got), flat(&want), "{what}: outputs");
+        let state = |o: &Outputs| state_values(o.final_state()).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+        assert_eq!(state(&got), state(&want), "{what}: final state");
+    }
+    forms.len()
+}
+
+macro_rules! operators {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            #[allow(non_snake_case)]
+            fn $name() {
+                check_operator(stringify!($name));
+            }
+        )*
+
+        #[test]
+        fn every_library_operator_is_covered() {
+            let mut listed = vec![$(stringify!($name).to_string()),*];
+            listed.sort();
+            let mut found: Vec<String> = std::fs::read_dir(ops_dir())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "psm"))
+                .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+                .collect();
+            found.sort();
+            assert_eq!(listed, found);
+        }
+    };
+}
+
+operators!(
+    attn_agg,
+    average,
+    causal_mean,
+    cumsum,
+    deltanet,
+    diag_affine,
+    ema,
+    gated_deltanet,
+    gla,
+    last_value,
+    linear_attention,
+    logcumsumexp,
+    lse_missing_rescale,
+    mamba2,
+    mamba_s6,
+    matmul2x2,
+    mlstm,
+    online_softmax,
+    retnet,
+    running_max_index,
+    rwkv6,
+    scalar_affine,
+    subtract,
+    tanh_rnn,
+);
