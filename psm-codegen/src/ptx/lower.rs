@@ -44,6 +44,8 @@ pub(crate) enum Space {
     Global,
     /// Element buffers (global or `.local`) and `let` tensors.
     Generic,
+    /// Addresses in the shared window (the look-back kernel's staged rows).
+    Shared,
 }
 
 impl Space {
@@ -51,6 +53,7 @@ impl Space {
         match self {
             Space::Global => ".global",
             Space::Generic => "",
+            Space::Shared => ".shared",
         }
     }
 }
@@ -83,6 +86,9 @@ pub(crate) struct BodyIo {
     pub out: Option<ElemView>,
     /// Global row pointer of each output at the readout's step.
     pub outputs: Vec<Option<Reg>>,
+    /// The state space of the input and output row pointers (`Global`, or `Shared` for
+    /// rows staged in shared memory).
+    pub rows_space: Space,
     /// `empty(p)`.
     pub empty: bool,
     /// Generic base of the kernel's `.local` array, where `let` tensors live (present
@@ -297,7 +303,7 @@ impl<'a> Lowerer<'a> {
                 let pos = self.cx.positions[t.index()];
                 let loc = if kind == BodyKind::Readout {
                     match io.outputs.get(pos).copied().flatten() {
-                        Some(base) => Loc::Mem { base, offset: 0, space: Space::Global },
+                        Some(base) => Loc::Mem { base, offset: 0, space: io.rows_space },
                         None => return,
                     }
                 } else {
@@ -796,7 +802,8 @@ impl<'a> Lowerer<'a> {
             Source::Input(t) | Source::Param(t) => {
                 let pos = self.cx.positions[t.index()];
                 let bases = if matches!(source, Source::Input(_)) { &io.inputs } else { &io.params };
-                let loc = bases.get(pos).copied().flatten().map(|base| Loc::Mem { base, offset: 0, space: Space::Global });
+                let space = if matches!(source, Source::Input(_)) { io.rows_space } else { Space::Global };
+                let loc = bases.get(pos).copied().flatten().map(|base| Loc::Mem { base, offset: 0, space });
                 (loc, info.shape(t), dtype_size(agg.tensors[t].dtype))
             }
             Source::Element(side, t) => {

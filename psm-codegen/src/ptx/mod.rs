@@ -112,8 +112,11 @@
 
 mod emit;
 mod kernels;
+mod lookback;
 mod lower;
 mod math;
+
+pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -154,6 +157,8 @@ pub enum Kernel {
     Combine,
     Readout,
     Identity,
+    /// The single-pass decoupled look-back scan ([`compile_lookback`]).
+    Lookback,
 }
 
 impl Kernel {
@@ -165,6 +170,7 @@ impl Kernel {
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
             Kernel::Identity => "psm_identity",
+            Kernel::Lookback => "psm_lookback",
         }
     }
 }
@@ -266,11 +272,25 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
+    let text = module_text(&cx, options, version, &math, &generated);
+    let layout = cx.layout.clone();
+    Ok(PtxModule {
+        text,
+        layout,
+        local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
+        kernels: generated.into_iter().map(|g| g.sig).collect(),
+    })
+}
+
+/// The text of a module of `generated` kernels: a header naming the aggregator and its
+/// element layout, the target, the math device functions the kernels call, the kernels.
+fn module_text(cx: &lower::Ctx<'_>, options: &PtxOptions, version: &str, math: &BTreeSet<math::MathFn>, generated: &[kernels::Generated]) -> String {
+    let (agg, info) = (cx.agg, cx.info);
     let mut text = String::new();
     let dims: Vec<String> = info.dim_values(agg).iter().map(|(n, v)| format!("{n} = {v}")).collect();
     let dims = if dims.is_empty() { String::new() } else { format!("<{}>", dims.join(", ")) };
     let _ = writeln!(text, "// psm aggregator {}{dims}: kernels of the CUDA ABI of psm-codegen's ptx module", agg.name);
-    let layout = cx.layout.clone();
+    let layout = &cx.layout;
     let fields: Vec<String> = agg
         .tensors_of(psm_ir::ir::Role::Element)
         .enumerate()
@@ -279,7 +299,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     let _ = writeln!(text, "// element: {} bytes; {}", layout.size, fields.join(", "));
     let _ = writeln!(text, ".version {version}\n.target sm_{}\n.address_size 64\n", options.arch);
     if !math.is_empty() {
-        text.push_str(&math::definitions(&math));
+        text.push_str(&math::definitions(math));
         text.push('\n');
     }
     let n = generated.len();
@@ -289,10 +309,5 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
             text.push('\n');
         }
     }
-    Ok(PtxModule {
-        text,
-        layout,
-        local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
-        kernels: generated.into_iter().map(|g| g.sig).collect(),
-    })
+    text
 }
