@@ -34,7 +34,7 @@ use common::*;
 use psm_ir::derive::Form as RefForm;
 use psm_ir::interp::Precision;
 use psm_ir::ir::{Dtype, Role};
-use psm_runtime::cuda::{driver_present, CudaExecutor, Device};
+use psm_runtime::cuda::{driver_present, CudaExecutor, CudaKernel, Device};
 use psm_runtime::{Aggregator, Backend, DimOverride, Form, Outputs, Program, RunError, RunOptions, State};
 
 /// A form with its outputs and final state (per output or field, every sequence).
@@ -334,6 +334,107 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
     (0..nseq).flat_map(|b| (0..steps).rev().flat_map(move |t| v[(b * steps + t) * width..(b * steps + t + 1) * width].iter().copied())).collect()
 }
 
+/// The look-back scan (`CudaKernel::Lookback`) of an operator that has one, at awkward
+/// lengths (0–3, 7, a tile ± 1, 2^k ± 1, several tiles, and 33 tiles: a look-back of
+/// more than one 32-tile window) × batch {1, 3}: outputs and final states against the
+/// interpreter's F64 fold; reverse scans and initial states against the CPU backend;
+/// `auto` picks it for these small batches. Operators without it, or not associative,
+/// get a typed error when it is forced.
+fn check_lookback(name: &str) {
+    let Some(device) = device() else { return };
+    let start = std::time::Instant::now();
+    let (agg, cpu) = load_small(name);
+    let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, CudaKernel::Lookback);
+    let tile = match gpu.lookback_tile() {
+        Some(tile) if agg.associative() => tile,
+        _ => {
+            let data = Batch::new(&agg, 1, 8, 7);
+            let bufs = data.input_bufs(&agg, 1, 8);
+            let x = inputs(&agg, &[], 8, &bufs, &data.param_bufs);
+            match forced(&x, &RunOptions::default()) {
+                Err(RunError::InvalidOption { option: "kernel", .. }) => return,
+                other => panic!("{name}: forcing the look-back scan: {:?}", other.map(|o| o.form())),
+            }
+        }
+    };
+    let lengths = [0, 1, 2, 3, 7, tile - 1, tile, tile + 1, 4095, 4097, 16383, 16385, 5 * tile + 3, 33 * tile + 1];
+    let longest = *lengths.iter().max().unwrap();
+    let data = Batch::new(&agg, 3, longest + 50, 0x100c ^ name.len() as u64);
+    let out_lens = lens(&agg, Role::Output);
+    let exact: Vec<bool> = dtypes(&agg, Role::Output).iter().map(|&d| d == Dtype::I32).collect();
+    let el_exact: Vec<bool> = dtypes(&agg, Role::Element).iter().map(|&d| d == Dtype::I32).collect();
+    let el_names = names(&agg, Role::Element);
+    let s0 = cpu
+        .run(&inputs(&agg, &[3], 50, &data.window_bufs(&agg, 3, longest, longest + 50), &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
+        .unwrap()
+        .final_state()
+        .cloned()
+        .expect("a state after 50 steps");
+    let mut worst = 0.0f64;
+    let mut runs = 0;
+    for n in lengths {
+        let tol = tolerance(n);
+        for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
+            let bufs = data.input_bufs(&agg, nseq, n);
+            let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
+            let what = format!("{name} look-back n = {n} batch {batch:?}");
+            let out = forced(&x, &RunOptions { final_state: true, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
+            runs += 1;
+            assert_eq!((out.form(), out.chunk()), (Form::Chunked, Some(tile)), "{what}");
+            for b in 0..nseq {
+                let r = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, b, n), n);
+                for (k, t) in out.tensors().iter().enumerate() {
+                    let got = seq_slice(&t.data, b, n * out_lens[k]);
+                    worst = worst.max(close(&format!("{what}: output {} of sequence {b}", t.name), &got, &r.outputs[k], out_lens[k], exact[k], tol));
+                }
+                match (&r.prefixes[n], out.final_state()) {
+                    (Some(_), Some(s)) => {
+                        for (k, field) in el_names.iter().enumerate() {
+                            let got = seq_slice(s.get(field).unwrap(), b, 1);
+                            close_state(&format!("{what}: final state {field} of sequence {b}"), &got, &r.prefixes, k, el_exact[k], tol);
+                        }
+                    }
+                    (None, s) => assert_eq!(s.is_some(), agg.ir().identity.is_some(), "{what}: final state at n = 0"),
+                    (Some(_), None) => panic!("{what}: no final state"),
+                }
+            }
+            if n > 0 {
+                let auto = gpu.run(&x, &RunOptions::default()).unwrap_or_else(|e| panic!("{what}: auto: {e}"));
+                assert_eq!(auto.chunk(), Some(tile), "{what}: auto picks the look-back scan");
+            }
+            let tol = tolerance(n + 50);
+            for (reverse, init) in [(true, None), (false, Some(&s0)), (true, Some(&s0))] {
+                if init.is_some() && nseq != 3 {
+                    continue;
+                }
+                let what = format!("{what} reverse {reverse} initial state {}", init.is_some());
+                let opts = RunOptions { reverse, initial_state: init, final_state: true, ..Default::default() };
+                let got = forced(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let want = cpu.run(&x, &RunOptions { form: Form::Recurrent, ..opts }).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+                runs += 1;
+                for (k, (a, b)) in values(&got).iter().zip(values(&want)).enumerate() {
+                    let order = |v: &[f64]| scan_order(v, nseq, n, out_lens[k], reverse);
+                    close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], exact[k], 2.0 * tol);
+                }
+                match (state_values(got.final_state()), state_values(want.final_state())) {
+                    (Some(g), Some(w)) => {
+                        for (k, (a, b)) in g.iter().zip(&w).enumerate() {
+                            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                                let err = (x - y).abs();
+                                assert!(err <= 2.0 * tol * (y.abs() + scale) || err < f32::MIN_POSITIVE as f64, "{what}: final state field {k} entry {i}: {x:e} vs {y:e}");
+                            }
+                        }
+                    }
+                    (g, w) => assert_eq!(g.is_some(), w.is_some(), "{what}: a final state on the GPU iff on the CPU"),
+                }
+            }
+        }
+    }
+    println!("{name:22} look-back: {runs} runs, lengths ≤ {longest}, worst err / bound {worst:.4} ({:.1}s)", start.elapsed().as_secs_f64());
+}
+
 macro_rules! operators {
     ($($name:ident),* $(,)?) => {
         $(
@@ -341,6 +442,7 @@ macro_rules! operators {
             #[allow(non_snake_case)]
             fn $name() {
                 check_operator(stringify!($name));
+                check_lookback(stringify!($name));
             }
         )*
 

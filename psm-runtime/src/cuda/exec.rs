@@ -16,6 +16,7 @@ use psm_codegen::ptx::{PtxModule, PtxOptions, REVERSE};
 use super::device::{Device, DeviceBuffer};
 use super::forms::{self, Counter, FormEnd, StepSizes};
 use super::launch::{Kernels, Launcher};
+use super::select::{CudaKernel, Lookback};
 use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
 use crate::error::{RunError, Slot};
 use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, Signature};
@@ -32,6 +33,8 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
+    /// The look-back scan, when the aggregator's element and rows are scalars.
+    lookback: Option<Lookback>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -80,9 +83,14 @@ impl CudaExecutor {
         let ptx = psm_codegen::ptx::compile(agg, info, &ptx_options(device))
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?;
         device.bind()?;
-        let kernels = Kernels::load(device, &agg.name, &ptx, [sig.params.len(), sig.inputs.len(), sig.outputs.len()])?;
+        let counts = [sig.params.len(), sig.inputs.len(), sig.outputs.len()];
+        let kernels = Kernels::load(device, &agg.name, &ptx, counts)?;
+        let lookback = psm_codegen::ptx::compile_lookback(agg, info, &ptx_options(device))
+            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
+            .map(|m| Lookback::load(device, &agg.name, m, counts))
+            .transpose()?;
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
-        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels }) })
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback }) })
     }
 
     pub fn signature(&self) -> &Signature {
@@ -96,6 +104,11 @@ impl CudaExecutor {
     /// The PTX module that runs.
     pub fn ptx(&self) -> &PtxModule {
         &self.inner.ptx
+    }
+
+    /// Positions per tile of the look-back scan, when the aggregator has one.
+    pub fn lookback_tile(&self) -> Option<usize> {
+        self.inner.lookback.as_ref().map(|l| l.module.tile)
     }
 
     pub(crate) fn elem(&self) -> usize {
@@ -117,8 +130,48 @@ impl CudaExecutor {
 
     /// Runs every sequence of `inputs` on the device; the same options, checks, errors
     /// and results as [`Executor::run`], except that `threads` and `pool` (host
-    /// threads) do not apply and `prefill` is not supported yet.
+    /// threads) do not apply and `prefill` is not supported yet. Kernels by the rule of
+    /// [`select`](super::select).
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        self.run_with(inputs, opts, CudaKernel::Auto)
+    }
+
+    /// [`run`](Self::run) with the kernels chosen by `kernel`.
+    pub fn run_with(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Outputs, RunError> {
+        let p = self.prepare(inputs, opts, kernel)?;
+        let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
+        let launcher = self.launcher(&p.params, &p.inputs, &output_bufs, p.nseq, p.steps);
+        let end = self.run_planned(&launcher, &p, opts)?;
+        let outputs = self.download_outputs(&output_bufs, &inputs.batch, p.steps)?;
+        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), p.init.as_deref(), &inputs.batch)? } else { None };
+        let stats = RunStats { sequences: p.nseq, steps: p.steps, combines: launcher.combines.get(), peak_elements: end.held };
+        let (form, chunk) = (p.form, p.chunk);
+        Ok(Outputs { batch: inputs.batch.clone(), steps: p.steps, outputs, final_state, prefill: None, stats, form, chunk })
+    }
+
+    /// Device time of runs with the inputs and outputs resident on the device: the
+    /// inputs are uploaded and the outputs allocated once, then `warmup` untimed runs
+    /// and `repeats` runs each timed by CUDA events around everything the run submits
+    /// (its scratch allocations and launches). Nothing is copied back.
+    pub fn time_resident(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel, warmup: usize, repeats: usize) -> Result<ResidentTimes, RunError> {
+        let p = self.prepare(inputs, opts, kernel)?;
+        let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
+        let launcher = self.launcher(&p.params, &p.inputs, &output_bufs, p.nseq, p.steps);
+        for _ in 0..warmup {
+            self.run_planned(&launcher, &p, opts)?;
+        }
+        let mut seconds = Vec::with_capacity(repeats);
+        for _ in 0..repeats.max(1) {
+            let (_, s) = self.inner.device.timed(|| self.run_planned(&launcher, &p, opts))?;
+            seconds.push(s);
+        }
+        seconds.sort_by(f64::total_cmp);
+        Ok(ResidentTimes { seconds, form: p.form, chunk: p.chunk, lookback: p.lookback })
+    }
+
+    /// Checks and binds a run's options and data, chooses its form and kernels, and
+    /// uploads its params, inputs and initial state.
+    fn prepare(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Prepared, RunError> {
         let host = &self.inner.host;
         host.check_options(opts)?;
         if opts.prefill {
@@ -137,21 +190,47 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let form = self.resolve(opts.form, nseq, steps);
-        let chunk = (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq)));
-
+        let lookback = self.use_lookback(opts, kernel, nseq)?;
+        let (form, chunk) = match (lookback, &self.inner.lookback) {
+            (true, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
+            _ => {
+                let form = self.resolve(opts.form, nseq, steps);
+                (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq))))
+            }
+        };
         let device = &self.inner.device;
         device.bind()?;
-        let param_bufs = upload_fields(device, Slot::Param, &sig.params, &params)?;
-        let input_bufs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
+        let params = upload_fields(device, Slot::Param, &sig.params, &params)?;
+        let inputs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
         let init_buf = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
-        let output_bufs = self.alloc_outputs(nseq, steps)?;
-        let launcher = self.launcher(&param_bufs, &input_bufs, &output_bufs, nseq, steps);
-        let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
-        let outputs = self.download_outputs(&output_bufs, &inputs.batch, steps)?;
-        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), init.as_deref(), &inputs.batch)? } else { None };
-        let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
-        Ok(Outputs { batch: inputs.batch.clone(), steps, outputs, final_state, prefill: None, stats, form, chunk })
+        Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, lookback })
+    }
+
+    /// Whether a run takes the look-back scan: the rule of [`select`](super::select).
+    fn use_lookback(&self, opts: &RunOptions<'_>, kernel: CudaKernel, nseq: usize) -> Result<bool, RunError> {
+        let associative = self.signature().associative;
+        let available = self.inner.lookback.is_some();
+        match kernel {
+            CudaKernel::Generic => Ok(false),
+            CudaKernel::Auto => Ok(associative && available && opts.form == Form::Auto && nseq < ENOUGH_THREADS),
+            CudaKernel::Lookback => {
+                let why = if !associative {
+                    Some("the look-back scan rebrackets, so it needs an associative operator")
+                } else if !available {
+                    Some("the look-back scan needs scalar element fields and scalar input and output rows")
+                } else if !matches!(opts.form, Form::Auto | Form::Chunked) {
+                    Some("the look-back scan runs the forms auto and chunked")
+                } else if opts.chunk.is_some() {
+                    Some("the look-back scan's tile is fixed; leave the chunk size unset")
+                } else {
+                    None
+                };
+                match why {
+                    Some(message) => Err(RunError::InvalidOption { option: "kernel", message: message.into() }),
+                    None => Ok(true),
+                }
+            }
+        }
     }
 
     pub(crate) fn launcher<'a>(
@@ -214,13 +293,17 @@ impl CudaExecutor {
         &self.inner.host
     }
 
-    fn run_form(&self, l: &Launcher<'_>, form: Form, chunk: Option<usize>, init: Option<&DeviceBuffer>, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
+    fn run_planned(&self, l: &Launcher<'_>, p: &Prepared, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
+        let (form, chunk, init) = (p.form, p.chunk, p.init_buf.as_ref());
         if l.steps == 0 || l.nseq == 0 {
             return Ok(FormEnd { final_state: None, held: usize::from(init.is_some()) });
         }
         let keep = opts.final_state;
         let reverse = if opts.reverse { REVERSE } else { 0 };
         let associative = self.signature().associative;
+        if let (true, Some(lb)) = (p.lookback, &self.inner.lookback) {
+            return lb.run(l, init, keep, reverse);
+        }
         match form {
             Form::Chunked => forms::chunked(l, init, chunk.unwrap_or(1).max(1), keep, reverse),
             Form::Tree => forms::tree(l, init, keep, reverse),
@@ -267,6 +350,44 @@ impl CudaExecutor {
             l.device.copy_to_host(&ids, 0, crate::buffers::bytes_mut(&mut flat))?;
         }
         Ok(Some(self.inner.host.state_of(batch, &flat)))
+    }
+}
+
+/// A run's data on the device and its plan.
+struct Prepared {
+    params: Vec<DeviceBuffer>,
+    inputs: Vec<DeviceBuffer>,
+    /// The initial state as bound on the host (flat elements) and on the device.
+    init: Option<Vec<u64>>,
+    init_buf: Option<DeviceBuffer>,
+    nseq: usize,
+    steps: usize,
+    form: Form,
+    chunk: Option<usize>,
+    lookback: bool,
+}
+
+/// What [`CudaExecutor::time_resident`] measured.
+#[derive(Debug, Clone)]
+pub struct ResidentTimes {
+    /// Device seconds of each timed run, ascending.
+    pub seconds: Vec<f64>,
+    /// The form that ran (`chunked` for the look-back scan, with its tile as `chunk`).
+    pub form: Form,
+    pub chunk: Option<usize>,
+    /// Whether the look-back scan ran.
+    pub lookback: bool,
+}
+
+impl ResidentTimes {
+    /// The median of the timed runs.
+    pub fn median(&self) -> f64 {
+        let n = self.seconds.len();
+        if n % 2 == 1 {
+            self.seconds[n / 2]
+        } else {
+            0.5 * (self.seconds[n / 2 - 1] + self.seconds[n / 2])
+        }
     }
 }
 

@@ -85,7 +85,7 @@ pub(crate) struct Launcher<'a> {
 }
 
 impl Launcher<'_> {
-    fn args(&self, inputs: bool, outputs: bool) -> Args {
+    pub(super) fn args(&self, inputs: bool, outputs: bool) -> Args {
         let mut a = Args::new();
         a.ptrs(self.params);
         if inputs {
@@ -97,7 +97,7 @@ impl Launcher<'_> {
         a
     }
 
-    fn count(&self, n: u64) {
+    pub(super) fn count(&self, n: u64) {
         self.combines.set(self.combines.get() + n);
     }
 

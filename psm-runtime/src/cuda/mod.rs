@@ -7,6 +7,8 @@
 //!   panic;
 //! * `launch` — typed launches of the ABI's kernels;
 //! * `forms` — recurrent, chunked, tree and the stream's counter on the device;
+//! * [`select`] — which kernels run a batch ([`CudaKernel`]: the rule, and the user's
+//!   override) and the single-pass look-back scan's launch;
 //! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
 //! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
 //!   device (the decode step: `psm_scan` in place, or the counter).
@@ -26,8 +28,10 @@ pub mod device;
 pub mod exec;
 mod forms;
 mod launch;
+pub mod select;
 pub mod stream;
 
 pub use device::{driver_present, Device};
-pub use exec::CudaExecutor;
+pub use exec::{CudaExecutor, ResidentTimes};
+pub use select::CudaKernel;
 pub use stream::DeviceStream;

@@ -1,0 +1,96 @@
+//! Which kernels run a batch on the device, and the look-back scan's launch.
+//!
+//! # The rule ([`CudaKernel::Auto`])
+//!
+//! * The **look-back scan** (`psm_lookback`, psm-codegen's `ptx::compile_lookback`:
+//!   one pass over the data, tiles of 2048 positions, decoupled look-back between
+//!   tiles) when all of these hold: the operator is associative (verdict proven or
+//!   verified, or `assume associative`); its element fields and its input and output
+//!   rows are scalars (so the module has the kernel); the form asked for is `auto`; and
+//!   the batch has fewer than [`ENOUGH_THREADS`](super::exec) sequences. The run reports
+//!   the form `chunked` with the tile as its chunk.
+//! * Otherwise the **generic kernels** of the form (`auto` resolves as
+//!   [`CudaExecutor`](super::CudaExecutor) documents: the tree for non-associative
+//!   operators; for associative ones recurrent when one thread per sequence fills the
+//!   device, else chunked).
+//!
+//! [`CudaKernel::Lookback`] forces the look-back scan (an error when the operator is
+//! not associative, has no such kernel, or the form is not `auto` or `chunked`, or a
+//! chunk size is given); [`CudaKernel::Generic`] forces the generic kernels.
+
+use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+
+use super::device::{Device, DeviceBuffer, Function};
+use super::forms::FormEnd;
+use super::launch::Launcher;
+use crate::error::RunError;
+
+/// The kernels a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CudaKernel {
+    /// The rule of this module.
+    #[default]
+    Auto,
+    /// The generic kernels of the form (`psm_scan`, `psm_lift`, `psm_combine`,
+    /// `psm_readout`).
+    Generic,
+    /// The single-pass look-back scan.
+    Lookback,
+}
+
+impl CudaKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaKernel::Auto => "auto",
+            CudaKernel::Generic => "generic",
+            CudaKernel::Lookback => "lookback",
+        }
+    }
+}
+
+/// The look-back kernel of one aggregator, loaded.
+pub(crate) struct Lookback {
+    pub module: LookbackModule,
+    function: Function,
+}
+
+impl Lookback {
+    /// Loads the kernel after checking that it takes the parameters [`Lookback::run`]
+    /// passes.
+    pub fn load(device: &Device, aggregator: &str, module: LookbackModule, counts: [usize; 3]) -> Result<Lookback, RunError> {
+        let expected = counts.iter().sum::<usize>() + 6;
+        let found = module.module.kernel(Kernel::Lookback).map(|k| k.params.len());
+        if found != Some(expected) {
+            return Err(RunError::Codegen {
+                aggregator: aggregator.to_string(),
+                message: format!("kernel `psm_lookback` takes {found:?} parameters; the runtime passes {expected}"),
+            });
+        }
+        let function = device.module(aggregator, &module.module.text)?.function(Kernel::Lookback.name())?;
+        Ok(Lookback { module, function })
+    }
+
+    /// One launch over every sequence of `l` (at least one step): outputs, and p_T of
+    /// every sequence when `keep_state`. Counts two combines per step (the fold and the
+    /// re-scan of each position), not the O(log) warp, block and look-back combines per
+    /// tile.
+    pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
+        let too_large = || RunError::TooLarge { what: format!("a look-back scan of {} sequences of {} steps", l.nseq, l.steps) };
+        let tiles = l.steps.div_ceil(self.module.tile).checked_mul(l.nseq).ok_or_else(too_large)?;
+        let status = l.device.alloc("the look-back status", self.module.status_bytes(tiles).ok_or_else(too_large)?, true)?;
+        let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
+        let mut flags = reverse;
+        if init.is_some() {
+            flags |= HAS_STATE;
+        }
+        if state.is_none() {
+            flags |= NO_STATE_OUT;
+        }
+        l.count(2 * (l.nseq * l.steps) as u64);
+        let mut a = l.args(true, true);
+        a.u64(l.nseq as u64).u64(l.steps as u64);
+        a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
+        l.device.launch_blocks(&self.function, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        Ok(FormEnd { final_state: state, held: 1 })
+    }
+}
