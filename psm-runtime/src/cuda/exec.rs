@@ -190,7 +190,7 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let lookback = self.use_lookback(opts, kernel, nseq)?;
+        let lookback = self.use_lookback(opts, kernel)?;
         let (form, chunk) = match (lookback, &self.inner.lookback) {
             (true, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
             _ => {
@@ -206,13 +206,15 @@ impl CudaExecutor {
         Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, lookback })
     }
 
-    /// Whether a run takes the look-back scan: the rule of [`select`](super::select).
-    fn use_lookback(&self, opts: &RunOptions<'_>, kernel: CudaKernel, nseq: usize) -> Result<bool, RunError> {
+    /// Whether a run with these options takes the look-back scan:
+    /// the rule of [`select`](super::select); an error when `kernel` forces it where it
+    /// does not apply.
+    pub fn use_lookback(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<bool, RunError> {
         let associative = self.signature().associative;
         let available = self.inner.lookback.is_some();
         match kernel {
-            CudaKernel::Generic => Ok(false),
-            CudaKernel::Auto => Ok(associative && available && opts.form == Form::Auto && nseq < ENOUGH_THREADS),
+            // Forced-only until the look-back scan has run on a GPU (see `select`).
+            CudaKernel::Auto | CudaKernel::Generic => Ok(false),
             CudaKernel::Lookback => {
                 let why = if !associative {
                     Some("the look-back scan rebrackets, so it needs an associative operator")

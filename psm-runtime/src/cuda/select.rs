@@ -2,21 +2,23 @@
 //!
 //! # The rule ([`CudaKernel::Auto`])
 //!
-//! * The **look-back scan** (`psm_lookback`, psm-codegen's `ptx::compile_lookback`:
-//!   one pass over the data, tiles of 2048 positions, decoupled look-back between
-//!   tiles) when all of these hold: the operator is associative (verdict proven or
-//!   verified, or `assume associative`); its element fields and its input and output
-//!   rows are scalars (so the module has the kernel); the form asked for is `auto`; and
-//!   the batch has fewer than [`ENOUGH_THREADS`](super::exec) sequences. The run reports
-//!   the form `chunked` with the tile as its chunk.
-//! * Otherwise the **generic kernels** of the form (`auto` resolves as
-//!   [`CudaExecutor`](super::CudaExecutor) documents: the tree for non-associative
-//!   operators; for associative ones recurrent when one thread per sequence fills the
-//!   device, else chunked).
+//! Today `auto` takes the **generic kernels** of the form (`auto` resolves as
+//! [`CudaExecutor`](super::CudaExecutor) documents: the tree for non-associative
+//! operators; for associative ones recurrent when one thread per sequence fills the
+//! device, else chunked). The **look-back scan** (`psm_lookback`, psm-codegen's
+//! `ptx::compile_lookback`: one pass over the data, tiles of 2048 positions, decoupled
+//! look-back between tiles) is assembled by ptxas 13.0 for every eligible library
+//! operator but has not yet run on a GPU, so it is only taken when forced. Once the GPU
+//! tests (tests/cuda.rs, `check_lookback`) pass, the intended rule is: the look-back
+//! scan when the operator is associative (proven, verified, or `assume associative`),
+//! its element fields and input/output rows are scalars (the module has the kernel),
+//! the form asked for is `auto`, and the batch has fewer sequences than one thread per
+//! sequence needs to fill the device (65536).
 //!
-//! [`CudaKernel::Lookback`] forces the look-back scan (an error when the operator is
-//! not associative, has no such kernel, or the form is not `auto` or `chunked`, or a
-//! chunk size is given); [`CudaKernel::Generic`] forces the generic kernels.
+//! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
+//! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
+//! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
+//! [`CudaKernel::Generic`] forces the generic kernels.
 
 use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
 
