@@ -91,6 +91,11 @@
 //! ```
 //! One thread per k < count: the declared identity into `out + k · stride`.
 //!
+//! **The look-back module.** [`compile_lookback`] gives a second module, for
+//! associative operators whose element fields and input/output rows are scalars, with
+//! one kernel, `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is
+//! in [`lookback`]).
+//!
 //! **Per-thread memory.** `let` tensors and element temporaries live in `.local`
 //! memory declared by each kernel ([`PtxModule::local_bytes`] is the largest); the
 //! runtime passes no scratch. Rank-0 element fields of the fused loop stay in
@@ -112,7 +117,7 @@
 
 mod emit;
 mod kernels;
-mod lookback;
+pub mod lookback;
 mod lower;
 mod math;
 
