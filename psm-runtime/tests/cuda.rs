@@ -334,19 +334,28 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
     (0..nseq).flat_map(|b| (0..steps).rev().flat_map(move |t| v[(b * steps + t) * width..(b * steps + t + 1) * width].iter().copied())).collect()
 }
 
-/// The look-back scan (`CudaKernel::Lookback`) of an operator that has one, at awkward
-/// lengths (0–3, 7, a tile ± 1, 2^k ± 1, several tiles, and 33 tiles: a look-back of
-/// more than one 32-tile window) × batch {1, 3}: outputs and final states against the
-/// interpreter's F64 fold; reverse scans and initial states against the CPU backend.
-/// Operators without it, or not associative, get a typed error when it is forced.
-fn check_lookback(name: &str) {
+/// A forced kernel (`CudaKernel::Lookback` or `Lanes`) of an operator that has it, at
+/// awkward lengths × batch {1, 3}: outputs and final states against the interpreter's
+/// F64 fold; reverse scans and initial states against the CPU backend. The look-back
+/// scan at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a look-back past
+/// one 32-tile window); the lanes kernel at 0–9 (around its 4-step unrolling), 64, 1000
+/// and 4097. Operators without the kernel, or not associative, get a typed error when it
+/// is forced.
+fn check_kernel(name: &str, kernel: CudaKernel) {
     let Some(device) = device() else { return };
     let start = std::time::Instant::now();
     let (agg, cpu) = load_small(name);
     let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, CudaKernel::Lookback);
-    let tile = match gpu.lookback_tile() {
-        Some(tile) if agg.associative() => tile,
+    let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, kernel);
+    let available = match kernel {
+        CudaKernel::Lookback => gpu.lookback_tile().map(|tile| {
+            let lengths = vec![0, 1, 2, 3, 7, tile - 1, tile, tile + 1, 4095, 4097, 16383, 16385, 5 * tile + 3, 33 * tile + 1];
+            (lengths, (Form::Chunked, Some(tile)))
+        }),
+        _ => gpu.lanes().map(|_| (vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64, 1000, 4097], (Form::Recurrent, None))),
+    };
+    let (lengths, ran) = match available {
+        Some(a) if agg.associative() => a,
         _ => {
             let data = Batch::new(&agg, 1, 8, 7);
             let bufs = data.input_bufs(&agg, 1, 8);
@@ -357,7 +366,6 @@ fn check_lookback(name: &str) {
             }
         }
     };
-    let lengths = [0, 1, 2, 3, 7, tile - 1, tile, tile + 1, 4095, 4097, 16383, 16385, 5 * tile + 3, 33 * tile + 1];
     let longest = *lengths.iter().max().unwrap();
     let data = Batch::new(&agg, 3, longest + 50, 0x100c ^ name.len() as u64);
     let out_lens = lens(&agg, Role::Output);
@@ -377,10 +385,10 @@ fn check_lookback(name: &str) {
         for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
             let bufs = data.input_bufs(&agg, nseq, n);
             let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
-            let what = format!("{name} look-back n = {n} batch {batch:?}");
+            let what = format!("{name} {kernel:?} n = {n} batch {batch:?}");
             let out = forced(&x, &RunOptions { final_state: true, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
             runs += 1;
-            assert_eq!((out.form(), out.chunk()), (Form::Chunked, Some(tile)), "{what}");
+            assert_eq!((out.form(), out.chunk()), ran, "{what}");
             for b in 0..nseq {
                 let r = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, b, n), n);
                 for (k, t) in out.tensors().iter().enumerate() {
@@ -427,7 +435,7 @@ fn check_lookback(name: &str) {
             }
         }
     }
-    println!("{name:22} look-back: {runs} runs, lengths ≤ {longest}, worst err / bound {worst:.4} ({:.1}s)", start.elapsed().as_secs_f64());
+    println!("{name:22} {kernel:?}: {runs} runs, lengths ≤ {longest}, worst err / bound {worst:.4} ({:.1}s)", start.elapsed().as_secs_f64());
 }
 
 macro_rules! operators {
@@ -437,7 +445,8 @@ macro_rules! operators {
             #[allow(non_snake_case)]
             fn $name() {
                 check_operator(stringify!($name));
-                check_lookback(stringify!($name));
+                check_kernel(stringify!($name), CudaKernel::Lookback);
+                check_kernel(stringify!($name), CudaKernel::Lanes);
             }
         )*
 

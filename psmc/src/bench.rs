@@ -46,14 +46,14 @@
 //! inputs uploaded and the outputs allocated once, then each run timed on the device by
 //! CUDA events around everything it submits (its scratch allocations and launches; the
 //! median of 20 after 3 warm-up runs); nothing is copied per run. `--kernel` picks the
-//! CUDA kernels (`auto`, `generic`, `lookback`: psm_runtime::cuda::select); a row that
-//! ran the look-back scan says `form` `lookback`.
+//! CUDA kernels (`auto`, `generic`, `lookback`, `lanes`: psm_runtime::cuda::select); a
+//! row that ran the look-back scan or the lanes kernel says `form` `lookback` or `lanes`.
 //!
 //! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
 //! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
-//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `push`, or `lookback`), `chunk` (chunked
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `push`, `lookback` or `lanes`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
 //! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
@@ -80,6 +80,7 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
+use psm_runtime::cuda::Chosen;
 use psm_runtime::{Buffer, FieldSpec, Form, Inputs, RunOptions, Signature};
 
 use crate::run::{BackendArg, KernelArg, Runner};
@@ -638,8 +639,10 @@ fn run_form(
     let (mut form_name, chunk) = (out.form().name().to_string(), out.chunk());
     let seconds = match runner {
         Runner::Cuda(gpu, kernel) => {
-            if gpu.use_lookback(&opts, *kernel).map_err(fail)? {
-                form_name = "lookback".into();
+            match gpu.choose(&opts, *kernel).map_err(fail)? {
+                Chosen::Lookback => form_name = "lookback".into(),
+                Chosen::Lanes => form_name = "lanes".into(),
+                Chosen::Generic => {}
             }
             if resident {
                 gpu.time_resident(&inputs, &opts, *kernel, 3, 20).map_err(fail)?.median()

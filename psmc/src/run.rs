@@ -132,13 +132,15 @@ impl BackendArg {
 /// Which CUDA kernels run (psm_runtime::cuda::select).
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum KernelArg {
-    /// psm-runtime's choice (today the generic kernels: the look-back scan is taken only
-    /// when forced until it has run on a GPU)
+    /// psm-runtime's choice (today the generic kernels: the look-back and lanes kernels
+    /// are taken only when forced until they have run on a GPU)
     Auto,
     /// The generic kernels of the form
     Generic,
     /// The single-pass look-back scan (forms auto and chunked, no --chunk)
     Lookback,
+    /// A thread per (sequence, vector entry), sequential over T (forms auto and recurrent)
+    Lanes,
 }
 
 impl KernelArg {
@@ -147,6 +149,7 @@ impl KernelArg {
             KernelArg::Auto => CudaKernel::Auto,
             KernelArg::Generic => CudaKernel::Generic,
             KernelArg::Lookback => CudaKernel::Lookback,
+            KernelArg::Lanes => CudaKernel::Lanes,
         }
     }
 }

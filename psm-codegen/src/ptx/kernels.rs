@@ -32,12 +32,12 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     for t in agg.tensors_of(Role::Param) {
         push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout | Kernel::Lookback) {
+    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
         for t in agg.tensors_of(Role::Input) {
             push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Readout | Kernel::Lookback) {
+    if matches!(kernel, Kernel::Scan | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
         for t in agg.tensors_of(Role::Output) {
             push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
         }
@@ -51,6 +51,7 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
         Kernel::Readout => &["nseq", "steps", "prefixes"],
         Kernel::Identity => &["count", "out", "stride"],
         Kernel::Lookback => &["nseq", "steps", "state_in", "state_out", "status"],
+        Kernel::Lanes => &["nseq", "steps", "state_in", "state_out"],
     };
     for name in own {
         push(name.to_string(), ParamType::U64);
@@ -134,7 +135,7 @@ impl<'a> Frame<'a> {
     }
 
     /// The thread's global index; threads at or past `count` leave.
-    fn index_below(&mut self, count: Reg) -> Reg {
+    pub fn index_below(&mut self, count: Reg) -> Reg {
         let e = &mut self.l.e;
         let (b, n, t) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::B32));
         let (wide, tid, gid) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
@@ -171,7 +172,7 @@ impl<'a> Frame<'a> {
     }
 
     /// The memory step of scan position `pos`: `rev ? steps - 1 - pos : pos`.
-    fn memory_step(&mut self, pos: Reg, steps: Reg, rev: Reg) -> Reg {
+    pub fn memory_step(&mut self, pos: Reg, steps: Reg, rev: Reg) -> Reg {
         let e = &mut self.l.e;
         let (back, t) = (e.reg(Class::B64), e.reg(Class::B64));
         e.ins(format!("sub.s64 {back}, {steps}, {pos}"));

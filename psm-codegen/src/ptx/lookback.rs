@@ -135,14 +135,14 @@ pub fn compile_lookback(
 }
 
 /// An element in registers (every field is rank 0).
-type Regs = Vec<Reg>;
+pub(super) type Regs = Vec<Reg>;
 
-fn fresh(f: &mut Frame<'_>) -> Regs {
+pub(super) fn fresh(f: &mut Frame<'_>) -> Regs {
     let dtypes = f.l.cx.layout.dtypes.clone();
     dtypes.iter().map(|d| f.l.e.reg(Class::of(d.scalar()))).collect()
 }
 
-fn view(r: &[Reg]) -> ElemView {
+pub(super) fn view(r: &[Reg]) -> ElemView {
     ElemView(r.iter().map(|&x| Loc::Reg(x)).collect())
 }
 

@@ -105,6 +105,9 @@ pub(crate) struct Lowerer<'a> {
     folds: Folds,
     /// The math device functions called.
     pub math: &'a mut BTreeSet<MathFn>,
+    /// A statement's index variable bound to this register instead of looped over (the
+    /// lanes kernel: one thread per entry).
+    pub pinned: Option<Reg>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +125,7 @@ impl<'a> Lowerer<'a> {
             locals: vec![None; cx.agg.locals.len()],
             folds: Folds::new(cx.agg),
             math,
+            pinned: None,
         }
     }
 
@@ -182,6 +186,10 @@ impl<'a> Lowerer<'a> {
     fn nest(&mut self, vars: &[Handle<IndexVar>], f: &mut dyn FnMut(&mut Self)) {
         match vars.split_first() {
             None => f(self),
+            Some((&v, rest)) if self.pinned.is_some() => {
+                self.env[v.index()] = self.pinned;
+                self.nest(rest, f);
+            }
             Some((&v, rest)) => {
                 let n = self.cx.info.extent(v) as u64;
                 let name = self.cx.agg.index_vars[v].name.clone();

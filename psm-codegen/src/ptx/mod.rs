@@ -96,6 +96,11 @@
 //! one kernel, `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is
 //! in [`lookback`]).
 //!
+//! **The lanes module.** [`compile_lanes`] gives a third module, for operators whose
+//! element fields and outputs are vectors of one length D whose entries are independent
+//! scans (diagonal affine, Mamba-style): one kernel, `psm_lanes`, a thread per (sequence,
+//! entry), see [`lanes`].
+//!
 //! **Per-thread memory.** `let` tensors and element temporaries live in `.local`
 //! memory declared by each kernel ([`PtxModule::local_bytes`] is the largest); the
 //! runtime passes no scratch. Rank-0 element fields of the fused loop stay in
@@ -117,10 +122,12 @@
 
 mod emit;
 mod kernels;
+pub mod lanes;
 pub mod lookback;
 mod lower;
 mod math;
 
+pub use lanes::{compile_lanes, LanesModule};
 pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
@@ -164,6 +171,8 @@ pub enum Kernel {
     Identity,
     /// The single-pass decoupled look-back scan ([`compile_lookback`]).
     Lookback,
+    /// The channel-parallel recurrent scan ([`compile_lanes`]).
+    Lanes,
 }
 
 impl Kernel {
@@ -176,6 +185,7 @@ impl Kernel {
             Kernel::Readout => "psm_readout",
             Kernel::Identity => "psm_identity",
             Kernel::Lookback => "psm_lookback",
+            Kernel::Lanes => "psm_lanes",
         }
     }
 }

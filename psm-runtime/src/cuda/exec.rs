@@ -16,7 +16,7 @@ use psm_codegen::ptx::{PtxModule, PtxOptions, REVERSE};
 use super::device::{Device, DeviceBuffer};
 use super::forms::{self, Counter, FormEnd, StepSizes};
 use super::launch::{Kernels, Launcher};
-use super::select::{CudaKernel, Lookback};
+use super::select::{Chosen, CudaKernel, Lanes, Lookback};
 use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
 use crate::error::{RunError, Slot};
 use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, Signature};
@@ -35,6 +35,8 @@ struct Inner {
     kernels: Kernels,
     /// The look-back scan, when the aggregator's element and rows are scalars.
     lookback: Option<Lookback>,
+    /// The lanes kernel, when the aggregator's entries are independent vectors.
+    lanes: Option<Lanes>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -89,8 +91,12 @@ impl CudaExecutor {
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
             .map(|m| Lookback::load(device, &agg.name, m, counts))
             .transpose()?;
+        let lanes = psm_codegen::ptx::compile_lanes(agg, info, &ptx_options(device))
+            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
+            .map(|m| Lanes::load(device, &agg.name, m, counts))
+            .transpose()?;
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
-        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback }) })
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback, lanes }) })
     }
 
     pub fn signature(&self) -> &Signature {
@@ -109,6 +115,12 @@ impl CudaExecutor {
     /// Positions per tile of the look-back scan, when the aggregator has one.
     pub fn lookback_tile(&self) -> Option<usize> {
         self.inner.lookback.as_ref().map(|l| l.module.tile)
+    }
+
+    /// Threads per sequence of the lanes kernel (the vectors' length), when the
+    /// aggregator has one.
+    pub fn lanes(&self) -> Option<usize> {
+        self.inner.lanes.as_ref().map(|l| l.module.lanes)
     }
 
     pub(crate) fn elem(&self) -> usize {
@@ -166,7 +178,7 @@ impl CudaExecutor {
             seconds.push(s);
         }
         seconds.sort_by(f64::total_cmp);
-        Ok(ResidentTimes { seconds, form: p.form, chunk: p.chunk, lookback: p.lookback })
+        Ok(ResidentTimes { seconds, form: p.form, chunk: p.chunk, kernel: p.chosen })
     }
 
     /// Checks and binds a run's options and data, chooses its form and kernels, and
@@ -190,9 +202,10 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let lookback = self.use_lookback(opts, kernel)?;
-        let (form, chunk) = match (lookback, &self.inner.lookback) {
-            (true, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
+        let chosen = self.choose(opts, kernel)?;
+        let (form, chunk) = match (chosen, &self.inner.lookback) {
+            (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
+            (Chosen::Lanes, _) => (Form::Recurrent, None),
             _ => {
                 let form = self.resolve(opts.form, nseq, steps);
                 (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq))))
@@ -203,36 +216,35 @@ impl CudaExecutor {
         let params = upload_fields(device, Slot::Param, &sig.params, &params)?;
         let inputs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
         let init_buf = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
-        Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, lookback })
+        Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, chosen })
     }
 
-    /// Whether a run with these options takes the look-back scan:
-    /// the rule of [`select`](super::select); an error when `kernel` forces it where it
-    /// does not apply.
-    pub fn use_lookback(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<bool, RunError> {
+    /// The kernels a run with these options takes: the rule of
+    /// [`select`](super::select); an error when `kernel` forces kernels that do not
+    /// apply.
+    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Chosen, RunError> {
         let associative = self.signature().associative;
-        let available = self.inner.lookback.is_some();
-        match kernel {
-            // Forced-only until the look-back scan has run on a GPU (see `select`).
-            CudaKernel::Auto | CudaKernel::Generic => Ok(false),
-            CudaKernel::Lookback => {
-                let why = if !associative {
-                    Some("the look-back scan rebrackets, so it needs an associative operator")
-                } else if !available {
-                    Some("the look-back scan needs scalar element fields and scalar input and output rows")
-                } else if !matches!(opts.form, Form::Auto | Form::Chunked) {
-                    Some("the look-back scan runs the forms auto and chunked")
-                } else if opts.chunk.is_some() {
-                    Some("the look-back scan's tile is fixed; leave the chunk size unset")
-                } else {
-                    None
-                };
-                match why {
-                    Some(message) => Err(RunError::InvalidOption { option: "kernel", message: message.into() }),
-                    None => Ok(true),
-                }
+        let (chosen, available, forms, name) = match kernel {
+            // Forced-only until the look-back and lanes kernels have run on a GPU.
+            CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
+            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), [Form::Auto, Form::Chunked], "look-back scan"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.lanes.is_some(), [Form::Auto, Form::Recurrent], "lanes kernel"),
+        };
+        let why = if !associative {
+            format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
+        } else if !available {
+            match chosen {
+                Chosen::Lookback => "the look-back scan needs scalar element fields and scalar input and output rows".to_string(),
+                _ => "the lanes kernel needs element fields and outputs of one vector length whose entries are independent".to_string(),
             }
-        }
+        } else if !forms.contains(&opts.form) {
+            format!("the {name} runs the forms {} and {}", forms[0].name(), forms[1].name())
+        } else if chosen == Chosen::Lookback && opts.chunk.is_some() {
+            "the look-back scan's tile is fixed; leave the chunk size unset".to_string()
+        } else {
+            return Ok(chosen);
+        };
+        Err(RunError::InvalidOption { option: "kernel", message: why })
     }
 
     pub(crate) fn launcher<'a>(
@@ -303,8 +315,10 @@ impl CudaExecutor {
         let keep = opts.final_state;
         let reverse = if opts.reverse { REVERSE } else { 0 };
         let associative = self.signature().associative;
-        if let (true, Some(lb)) = (p.lookback, &self.inner.lookback) {
-            return lb.run(l, init, keep, reverse);
+        match (p.chosen, &self.inner.lookback, &self.inner.lanes) {
+            (Chosen::Lookback, Some(lb), _) => return lb.run(l, init, keep, reverse),
+            (Chosen::Lanes, _, Some(lanes)) => return lanes.run(l, init, keep, reverse),
+            _ => {}
         }
         match form {
             Form::Chunked => forms::chunked(l, init, chunk.unwrap_or(1).max(1), keep, reverse),
@@ -366,7 +380,7 @@ struct Prepared {
     steps: usize,
     form: Form,
     chunk: Option<usize>,
-    lookback: bool,
+    chosen: Chosen,
 }
 
 /// What [`CudaExecutor::time_resident`] measured.
@@ -377,8 +391,8 @@ pub struct ResidentTimes {
     /// The form that ran (`chunked` for the look-back scan, with its tile as `chunk`).
     pub form: Form,
     pub chunk: Option<usize>,
-    /// Whether the look-back scan ran.
-    pub lookback: bool,
+    /// The kernels that ran.
+    pub kernel: Chosen,
 }
 
 impl ResidentTimes {

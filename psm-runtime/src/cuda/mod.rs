@@ -33,5 +33,5 @@ pub mod stream;
 
 pub use device::{driver_present, Device};
 pub use exec::{CudaExecutor, ResidentTimes};
-pub use select::CudaKernel;
+pub use select::{Chosen, CudaKernel};
 pub use stream::DeviceStream;

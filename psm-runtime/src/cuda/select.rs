@@ -18,9 +18,17 @@
 //! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
 //! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
 //! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
+//! [`CudaKernel::Lanes`] forces the lanes kernel (`psm_lanes`, psm-codegen's
+//! `ptx::compile_lanes`: the recurrent form with one thread per (sequence, entry), for
+//! associative operators whose element fields and outputs are vectors of one length
+//! with independent entries, such as diagonal affine recurrences over `[B, T, D]`): an
+//! error when the operator is not associative or has no such kernel, or when the form is
+//! not `auto` or `recurrent`; the run reports the form `recurrent`. It too is
+//! forced-only until it has run on a GPU; the intended rule then is to take it in `auto`
+//! for such operators whenever the batch's entries (sequences × D) fill the device.
 //! [`CudaKernel::Generic`] forces the generic kernels.
 
-use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+use psm_codegen::ptx::{Kernel, LanesModule, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
 
 use super::device::{Device, DeviceBuffer, Function};
 use super::forms::FormEnd;
@@ -38,6 +46,16 @@ pub enum CudaKernel {
     Generic,
     /// The single-pass look-back scan.
     Lookback,
+    /// The channel-parallel recurrent scan.
+    Lanes,
+}
+
+/// The kernels a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Generic,
+    Lookback,
+    Lanes,
 }
 
 impl CudaKernel {
@@ -46,6 +64,7 @@ impl CudaKernel {
             CudaKernel::Auto => "auto",
             CudaKernel::Generic => "generic",
             CudaKernel::Lookback => "lookback",
+            CudaKernel::Lanes => "lanes",
         }
     }
 }
@@ -56,19 +75,36 @@ pub(crate) struct Lookback {
     function: Function,
 }
 
+/// Loads the only kernel of `module` after checking that it takes the params, inputs
+/// and outputs (`counts`) and `own` arguments of its launch.
+fn load(device: &Device, aggregator: &str, module: &psm_codegen::ptx::PtxModule, kernel: Kernel, counts: [usize; 3], own: usize) -> Result<Function, RunError> {
+    let expected = counts.iter().sum::<usize>() + own;
+    let found = module.kernel(kernel).map(|k| k.params.len());
+    if found != Some(expected) {
+        return Err(RunError::Codegen {
+            aggregator: aggregator.to_string(),
+            message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
+        });
+    }
+    device.module(aggregator, &module.text)?.function(kernel.name())
+}
+
+/// State flags of a launch from the run's options.
+fn state_flags(init: Option<&DeviceBuffer>, state: Option<&DeviceBuffer>, reverse: u32) -> u32 {
+    let mut flags = reverse;
+    if init.is_some() {
+        flags |= HAS_STATE;
+    }
+    if state.is_none() {
+        flags |= NO_STATE_OUT;
+    }
+    flags
+}
+
 impl Lookback {
-    /// Loads the kernel after checking that it takes the parameters [`Lookback::run`]
-    /// passes.
+    /// Loads the kernel (checking the parameters [`Lookback::run`] passes).
     pub fn load(device: &Device, aggregator: &str, module: LookbackModule, counts: [usize; 3]) -> Result<Lookback, RunError> {
-        let expected = counts.iter().sum::<usize>() + 6;
-        let found = module.module.kernel(Kernel::Lookback).map(|k| k.params.len());
-        if found != Some(expected) {
-            return Err(RunError::Codegen {
-                aggregator: aggregator.to_string(),
-                message: format!("kernel `psm_lookback` takes {found:?} parameters; the runtime passes {expected}"),
-            });
-        }
-        let function = device.module(aggregator, &module.module.text)?.function(Kernel::Lookback.name())?;
+        let function = load(device, aggregator, &module.module, Kernel::Lookback, counts, 6)?;
         Ok(Lookback { module, function })
     }
 
@@ -81,18 +117,44 @@ impl Lookback {
         let tiles = l.steps.div_ceil(self.module.tile).checked_mul(l.nseq).ok_or_else(too_large)?;
         let status = l.device.alloc("the look-back status", self.module.status_bytes(tiles).ok_or_else(too_large)?, true)?;
         let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
-        let mut flags = reverse;
-        if init.is_some() {
-            flags |= HAS_STATE;
-        }
-        if state.is_none() {
-            flags |= NO_STATE_OUT;
-        }
+        let flags = state_flags(init, state.as_ref(), reverse);
         l.count(2 * (l.nseq * l.steps) as u64);
         let mut a = l.args(true, true);
         a.u64(l.nseq as u64).u64(l.steps as u64);
         a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
         l.device.launch_blocks(&self.function, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        Ok(FormEnd { final_state: state, held: 1 })
+    }
+}
+
+/// The lanes kernel of one aggregator, loaded.
+pub(crate) struct Lanes {
+    pub module: LanesModule,
+    function: Function,
+}
+
+impl Lanes {
+    /// Loads the kernel (checking the parameters [`Lanes::run`] passes).
+    pub fn load(device: &Device, aggregator: &str, module: LanesModule, counts: [usize; 3]) -> Result<Lanes, RunError> {
+        let function = load(device, aggregator, &module.module, Kernel::Lanes, counts, 5)?;
+        Ok(Lanes { module, function })
+    }
+
+    /// One launch over every entry of every sequence of `l` (at least one step):
+    /// outputs, and p_T of every sequence when `keep_state`; T − 1 combines per entry and
+    /// sequence, one more from an initial state (counted per element, as the recurrent
+    /// form counts them).
+    pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
+        let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
+        let flags = state_flags(init, state.as_ref(), reverse);
+        l.count((l.nseq * (l.steps - 1 + usize::from(init.is_some()))) as u64);
+        let mut a = l.args(true, true);
+        a.u64(l.nseq as u64).u64(l.steps as u64);
+        a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).u32(flags);
+        let threads = (l.nseq as u64).checked_mul(self.module.lanes as u64).ok_or_else(|| RunError::TooLarge {
+            what: format!("a lanes scan of {} sequences of {} entries", l.nseq, self.module.lanes),
+        })?;
+        l.device.launch(&self.function, threads, &a)?;
         Ok(FormEnd { final_state: state, held: 1 })
     }
 }
