@@ -41,12 +41,12 @@ run)
     nvidia-smi --query-gpu=name,driver_version,clocks.max.memory --format=csv,noheader > "$logs/device.txt" 2>&1
 
     # 1. The GPU tests (every library operator through every form, and through the
-    #    look-back scan where it applies).
+    #    look-back and lanes kernels where they apply).
     timeout 300 "$dir/runtime_cuda" --test-threads 16 --nocapture > "$logs/tests.log" 2>&1 || status=1
     grep -E "test result|panicked" "$logs/tests.log" | head -5
 
-    # 2. psm's rows. --kernel lookback forces the look-back scan; the other row is what
-    #    `auto` takes.
+    # 2. psm's rows. --kernel lookback / lanes force the look-back scan and the lanes
+    #    kernel; the row after each is what `auto` takes.
     ops=examples/ops
     n=268435456
     bench() { timeout 120 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
@@ -57,6 +57,7 @@ run)
     done
     bench "$ops/cumsum.psm" --batch 4096 --len 65536 --kernel lookback
     bench "$ops/cumsum.psm" --batch 4096 --len 65536
+    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --kernel lanes
     bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192
     bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
     bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push

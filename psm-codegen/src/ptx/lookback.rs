@@ -261,7 +261,7 @@ fn copy(f: &mut Frame<'_>, g: Reg, stage: Reg, nbytes: Reg, full: usize, size: u
     e.ins(format!("setp.eq.u64 {whole}, {nbytes}, {full}"));
     e.ins(format!("and.pred {fast}, {fast}, {whole}"));
     let vectors = full / 16 / BLOCK;
-    if full % (16 * BLOCK) == 0 {
+    if full.is_multiple_of(16 * BLOCK) {
         e.ins(format!("@!{fast} bra {slow}"));
         e.comment(format!("full aligned tile: {vectors} 16-byte accesses per thread"));
         let (gb, sb, t16, blk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
