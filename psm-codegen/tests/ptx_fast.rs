@@ -29,7 +29,7 @@ fn exactly_the_operators_with_independent_entries_get_the_lanes_kernel() {
     let m = lanes("diag_affine").unwrap();
     let names: Vec<&str> = m.module.kernels[0].params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(m.module.kernels[0].kernel, Kernel::Lanes);
-    assert_eq!(names, ["in_a", "in_b", "out_y", "nseq", "steps", "state_in", "state_out", "flags"]);
+    assert_eq!(names, ["in_a", "in_b", "out_y", "nseq", "steps", "chunk", "state_in", "state_out", "flags"]);
 }
 
 /// Operators whose element fields and input/output rows are all scalars.

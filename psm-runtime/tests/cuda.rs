@@ -337,24 +337,35 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
 /// A forced kernel (`CudaKernel::Lookback` or `Lanes`) of an operator that has it, at
 /// awkward lengths × batch {1, 3}: outputs and final states against the interpreter's
 /// F64 fold; reverse scans and initial states against the CPU backend. The look-back
-/// scan at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a look-back past
-/// one 32-tile window); the lanes kernel at 0–9 (around its 4-step unrolling), 64, 1000
-/// and 4097. Operators without the kernel, or not associative, get a typed error when it
-/// is forced.
+/// scan (form auto) at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a
+/// look-back past one 32-tile window); the lanes kernel in the recurrent form and the
+/// chunked form (chunks of 5 and automatic) at 0–9 (around its 4-step unrolling), 64,
+/// 1000 and 4097. Operators without the kernel, or not associative, get a typed error
+/// when it is forced.
 fn check_kernel(name: &str, kernel: CudaKernel) {
     let Some(device) = device() else { return };
     let start = std::time::Instant::now();
     let (agg, cpu) = load_small(name);
     let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, kernel);
-    let available = match kernel {
+    // Lengths, and per run the form and chunk asked for, the form that runs and its
+    // chunk (None: not checked).
+    type Runs = Vec<(Form, Option<usize>, Form, Option<usize>)>;
+    let available: Option<(Vec<usize>, Runs)> = match kernel {
         CudaKernel::Lookback => gpu.lookback_tile().map(|tile| {
             let lengths = vec![0, 1, 2, 3, 7, tile - 1, tile, tile + 1, 4095, 4097, 16383, 16385, 5 * tile + 3, 33 * tile + 1];
-            (lengths, (Form::Chunked, Some(tile)))
+            (lengths, vec![(Form::Auto, None, Form::Chunked, Some(tile))])
         }),
-        _ => gpu.lanes().map(|_| (vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64, 1000, 4097], (Form::Recurrent, None))),
+        _ => gpu.lanes().map(|_| {
+            let runs = vec![
+                (Form::Recurrent, None, Form::Recurrent, None),
+                (Form::Chunked, Some(5), Form::Chunked, Some(5)),
+                (Form::Chunked, None, Form::Chunked, None),
+            ];
+            (vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64, 1000, 4097], runs)
+        }),
     };
-    let (lengths, ran) = match available {
+    let (lengths, kernel_runs) = match available {
         Some(a) if agg.associative() => a,
         _ => {
             let data = Batch::new(&agg, 1, 8, 7);
@@ -362,7 +373,7 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
             let x = inputs(&agg, &[], 8, &bufs, &data.param_bufs);
             match forced(&x, &RunOptions::default()) {
                 Err(RunError::InvalidOption { option: "kernel", .. }) => return,
-                other => panic!("{name}: forcing the look-back scan: {:?}", other.map(|o| o.form())),
+                other => panic!("{name}: forcing {kernel:?}: {:?}", other.map(|o| o.form())),
             }
         }
     };
@@ -372,6 +383,7 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
     let exact: Vec<bool> = dtypes(&agg, Role::Output).iter().map(|&d| d == Dtype::I32).collect();
     let el_exact: Vec<bool> = dtypes(&agg, Role::Element).iter().map(|&d| d == Dtype::I32).collect();
     let el_names = names(&agg, Role::Element);
+    let el_lens = lens(&agg, Role::Element);
     let s0 = cpu
         .run(&inputs(&agg, &[3], 50, &data.window_bufs(&agg, 3, longest, longest + 50), &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
         .unwrap()
@@ -380,15 +392,18 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
         .expect("a state after 50 steps");
     let mut worst = 0.0f64;
     let mut runs = 0;
-    for n in lengths {
+    for (n, &(form, chunk, ran, ran_chunk)) in lengths.iter().flat_map(|&n| kernel_runs.iter().map(move |r| (n, r))) {
         let tol = tolerance(n);
         for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
             let bufs = data.input_bufs(&agg, nseq, n);
             let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
-            let what = format!("{name} {kernel:?} n = {n} batch {batch:?}");
-            let out = forced(&x, &RunOptions { final_state: true, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let what = format!("{name} {kernel:?} {form:?} chunk {chunk:?} n = {n} batch {batch:?}");
+            let out = forced(&x, &RunOptions { form, chunk, final_state: true, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
             runs += 1;
-            assert_eq!((out.form(), out.chunk()), ran, "{what}");
+            assert_eq!(out.form(), ran, "{what}");
+            if ran_chunk.is_some() {
+                assert_eq!(out.chunk(), ran_chunk, "{what}");
+            }
             for b in 0..nseq {
                 let r = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, b, n), n);
                 for (k, t) in out.tensors().iter().enumerate() {
@@ -398,7 +413,7 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
                 match (&r.prefixes[n], out.final_state()) {
                     (Some(_), Some(s)) => {
                         for (k, field) in el_names.iter().enumerate() {
-                            let got = seq_slice(s.get(field).unwrap(), b, 1);
+                            let got = seq_slice(s.get(field).unwrap(), b, el_lens[k]);
                             close_state(&format!("{what}: final state {field} of sequence {b}"), &got, &r.prefixes, k, el_exact[k], tol);
                         }
                     }
@@ -412,9 +427,9 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
                     continue;
                 }
                 let what = format!("{what} reverse {reverse} initial state {}", init.is_some());
-                let opts = RunOptions { reverse, initial_state: init, final_state: true, ..Default::default() };
+                let opts = RunOptions { form, chunk, reverse, initial_state: init, final_state: true, ..Default::default() };
                 let got = forced(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
-                let want = cpu.run(&x, &RunOptions { form: Form::Recurrent, ..opts }).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+                let want = cpu.run(&x, &RunOptions { form: Form::Recurrent, chunk: None, ..opts }).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
                 runs += 1;
                 for (k, (a, b)) in values(&got).iter().zip(values(&want)).enumerate() {
                     let order = |v: &[f64]| scan_order(v, nseq, n, out_lens[k], reverse);

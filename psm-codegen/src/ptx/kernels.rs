@@ -51,7 +51,7 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
         Kernel::Readout => &["nseq", "steps", "prefixes"],
         Kernel::Identity => &["count", "out", "stride"],
         Kernel::Lookback => &["nseq", "steps", "state_in", "state_out", "status"],
-        Kernel::Lanes => &["nseq", "steps", "state_in", "state_out"],
+        Kernel::Lanes => &["nseq", "steps", "chunk", "state_in", "state_out"],
     };
     for name in own {
         push(name.to_string(), ParamType::U64);

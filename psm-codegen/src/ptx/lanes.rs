@@ -7,15 +7,17 @@
 //! four steps of loads are in flight. Its own module ([`compile_lanes`]).
 //!
 //! ```text
-//! psm_lanes(params…, inputs…, outputs…, nseq, steps, state_in, state_out, flags: u32)
+//! psm_lanes(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
 //! ```
 //!
-//! `nseq · D` threads (any 1-D launch), thread `s · D + i` runs entry i of sequence s:
-//! the same fused loop and bracketing as `psm_scan` with one chunk (the recurrent form),
-//! on registers (the bodies are lowered with their index variable bound to i, rather
-//! than looped over). Flags: [`HAS_STATE`] (entry i of element s of `state_in` starts
-//! the scan), [`REVERSE`], [`NO_STATE_OUT`] (else the final prefix goes to entry i of
-//! element s of `state_out`). Outputs are always written.
+//! `psm_scan`'s parameters, flags and meaning (the fused loop over chunk c of sequence
+//! s, starting from slot `s · nchunks + c` of `state_in` under `HAS_STATE`/`CARRY_IN`,
+//! outputs under `WRITE_OUTPUTS`, the final prefix into the same slot of `state_out`
+//! unless `NO_STATE_OUT`), with D threads per (sequence, chunk): `nseq · ⌈steps /
+//! chunk⌉ · D` threads, thread `(s · nchunks + c) · D + i` running entry i, on registers
+//! (the bodies are lowered with their index variable bound to i, rather than looped
+//! over). A runtime runs the recurrent and chunked forms with it in place of
+//! `psm_scan`, with the same bracketing.
 
 use std::collections::BTreeSet;
 
@@ -26,7 +28,7 @@ use super::kernels::{combine_into, lift_at, param_bases, readout_at, used, Frame
 use super::lookback::{fresh, view, Regs};
 use super::lower::Ctx;
 use super::math::MathFn;
-use super::{Kernel, PtxError, PtxModule, PtxOptions, HAS_STATE, NO_STATE_OUT, REVERSE};
+use super::{Kernel, PtxError, PtxModule, PtxOptions, CARRY_IN, HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
 use crate::layout::dtype_size;
 
 /// Steps lifted before they are combined.
@@ -93,12 +95,12 @@ pub fn compile_lanes(agg: &psm_ir::ir::Aggregator, info: &psm_ir::valid::Info, o
     Ok(Some(LanesModule { module, lanes }))
 }
 
-/// The address of entry `lane` of every field of element `s` of the array at `base`.
-fn entry_addresses(f: &mut Frame<'_>, base: Reg, s: Reg, lane: Reg) -> Vec<Reg> {
+/// The address of entry `lane` of every field of element `k` of the array at `base`.
+fn entry_addresses(f: &mut Frame<'_>, base: Reg, k: Reg, lane: Reg) -> Vec<Reg> {
     let layout = f.l.cx.layout.clone();
     let e = &mut f.l.e;
     let elem = e.reg(Class::B64);
-    e.ins(format!("mad.lo.s64 {elem}, {s}, {}, {base}", layout.size));
+    e.ins(format!("mad.lo.s64 {elem}, {k}, {}, {base}", layout.size));
     layout
         .offsets
         .iter()
@@ -116,19 +118,39 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let mut f = Frame::new(cx, math, Kernel::Lanes, 0);
-    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
-    let (count, d) = (f.l.e.reg(Class::B64), f.l.u64_const(lanes as i64));
-    f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {d}"));
-    let no_steps = f.l.e.reg(Class::Pred);
-    f.l.e.ins(format!("setp.eq.u64 {no_steps}, {steps}, 0"));
-    f.l.e.ins(format!("@{no_steps} bra {}", f.exit));
+    let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
+    let d = f.l.u64_const(lanes as i64);
+    let e = &mut f.l.e;
+    let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
+    e.comment("nchunks = ceil(steps / chunk); a chunk of 0 steps runs nothing");
+    e.ins(format!("setp.eq.u64 {zero_chunk}, {chunk}, 0"));
+    e.ins(format!("@{zero_chunk} bra {}", f.exit));
+    e.ins(format!("add.s64 {nchunks}, {steps}, {chunk}"));
+    e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
+    e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
+    e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
+    e.ins(format!("mul.lo.s64 {count}, {count}, {d}"));
     let gid = f.index_below(count);
-    let (s, lane) = f.divmod(gid, d);
+    let (slot, lane) = f.divmod(gid, d);
+    let (s, c) = f.divmod(slot, nchunks);
     f.l.pinned = Some(lane);
     let flags = f.param("flags");
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
+    let carry = f.flag(flags, CARRY_IN, "CARRY_IN");
+    let write = f.flag(flags, WRITE_OUTPUTS, "WRITE_OUTPUTS");
     let rev = f.flag(flags, REVERSE, "REVERSE");
     let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
+    let e = &mut f.l.e;
+    let (first_chunk, later, has) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
+    e.ins(format!("setp.eq.u64 {first_chunk}, {c}, 0"));
+    e.ins(format!("and.pred {has}, {first_chunk}, {has0}"));
+    e.ins(format!("not.pred {later}, {first_chunk}"));
+    e.ins(format!("and.pred {later}, {later}, {carry}"));
+    e.ins_c(format!("or.pred {has}, {has}, {later}"), "the chunk starts from a prefix");
+    let (pos, end) = (e.reg(Class::B64), e.reg(Class::B64));
+    e.ins_c(format!("mul.lo.s64 {pos}, {c}, {chunk}"), "first position");
+    e.ins(format!("add.s64 {end}, {pos}, {chunk}"));
+    e.ins_c(format!("min.u64 {end}, {end}, {steps}"), "end position");
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
@@ -140,14 +162,19 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     let (lift_inputs, readout_inputs) = (only(&lift_mask), only(&readout_mask));
     let outputs = f.bases(Role::Output, "out_", &vec![true; agg.tensors_of(Role::Output).count()]);
     let (state_in, state_out) = (f.global("state_in"), f.global("state_out"));
-    let e = &mut f.l.e;
-    let (seq_row, pos) = (e.reg(Class::B64), e.reg(Class::B64));
-    e.ins_c(format!("mul.lo.s64 {seq_row}, {s}, {steps}"), "row of the sequence's step 0");
-    e.ins(format!("mov.u64 {pos}, 0"));
+    let seq_row = f.l.e.reg(Class::B64);
+    f.l.e.ins_c(format!("mul.lo.s64 {seq_row}, {s}, {steps}"), "row of the sequence's step 0");
     let dtypes = cx.layout.dtypes.clone();
     let p = fresh(&mut f);
     let (from_state, blocks) = (f.l.e.label("from_state"), f.l.e.label("blocks"));
-    f.l.e.ins(format!("@{has0} bra {from_state}"));
+    f.l.e.ins(format!("@{has} bra {from_state}"));
+    // A readout only with WRITE_OUTPUTS.
+    let gated = |f: &mut Frame<'_>, read: &mut dyn FnMut(&mut Frame<'_>)| {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        read(f);
+        f.l.e.place(&skip);
+    };
 
     // One position: lift, readout, combine into p (or p = e for the first).
     let row_at = |f: &mut Frame<'_>, at: Reg| {
@@ -158,12 +185,12 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     };
     let step = |f: &mut Frame<'_>, row: Reg, x: &Regs| {
         if exclusive {
-            readout_at(f, &params, &readout_inputs, &outputs, row, Some(view(&p)), None);
+            gated(f, &mut |f| readout_at(f, &params, &readout_inputs, &outputs, row, Some(view(&p)), None));
         }
         let next = fresh(f);
         combine_into(f, &params, view(&p), view(x), view(&next));
         if !exclusive {
-            readout_at(f, &params, &readout_inputs, &outputs, row, Some(view(&next)), None);
+            gated(f, &mut |f| readout_at(f, &params, &readout_inputs, &outputs, row, Some(view(&next)), None));
         }
         for (a, b) in p.iter().zip(&next) {
             f.l.mov(*a, *b);
@@ -175,15 +202,15 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     lift_at(&mut f, &params, &lift_inputs, row, view(&p));
     if exclusive {
         let spare = fresh(&mut f);
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, None, Some(view(&spare)));
+        gated(&mut f, &mut |f| readout_at(f, &params, &readout_inputs, &outputs, row, None, Some(view(&spare))));
     } else {
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(view(&p)), None);
+        gated(&mut f, &mut |f| readout_at(f, &params, &readout_inputs, &outputs, row, Some(view(&p)), None));
     }
-    f.l.e.ins(format!("mov.u64 {pos}, 1"));
+    f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
     f.l.e.ins(format!("bra.uni {blocks}"));
     f.l.e.place(&from_state);
-    f.l.e.comment("p = entry i of state_in[s]");
-    let src = entry_addresses(&mut f, state_in, s, lane);
+    f.l.e.comment("p = entry i of state_in[slot]");
+    let src = entry_addresses(&mut f, state_in, slot, lane);
     for ((r, a), d) in p.iter().zip(&src).zip(&dtypes) {
         f.l.e.ins(format!("ld.global.{} {r}, [{a}]", suffix(d.scalar())));
     }
@@ -193,7 +220,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     let e = &mut f.l.e;
     let (last, stop, singles, done) = (e.reg(Class::B64), e.reg(Class::Pred), e.label("singles"), e.label("done"));
     e.ins(format!("add.s64 {last}, {pos}, {UNROLL}"));
-    e.ins(format!("setp.gt.u64 {stop}, {last}, {steps}"));
+    e.ins(format!("setp.gt.u64 {stop}, {last}, {end}"));
     e.ins(format!("@{stop} bra {singles}"));
     let mut lifted = Vec::new();
     for u in 0..UNROLL {
@@ -212,9 +239,9 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
 
     f.l.e.place(&singles);
     let e = &mut f.l.e;
-    let end = e.reg(Class::Pred);
-    e.ins(format!("setp.ge.u64 {end}, {pos}, {steps}"));
-    e.ins(format!("@{end} bra {done}"));
+    let finished = e.reg(Class::Pred);
+    e.ins(format!("setp.ge.u64 {finished}, {pos}, {end}"));
+    e.ins(format!("@{finished} bra {done}"));
     let row = row_at(&mut f, pos);
     let x = fresh(&mut f);
     lift_at(&mut f, &params, &lift_inputs, row, view(&x));
@@ -223,9 +250,9 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, lanes: usize) -> super::ker
     f.l.e.ins(format!("bra.uni {singles}"));
 
     f.l.e.place(&done);
-    f.l.e.comment("entry i of state_out[s] = p unless NO_STATE_OUT");
+    f.l.e.comment("entry i of state_out[slot] = p unless NO_STATE_OUT");
     f.l.e.ins(format!("@{no_state} bra {}", f.exit));
-    let dst = entry_addresses(&mut f, state_out, s, lane);
+    let dst = entry_addresses(&mut f, state_out, slot, lane);
     for ((r, a), d) in p.iter().zip(&dst).zip(&dtypes) {
         f.l.e.ins(format!("st.global.{} [{a}], {r}", suffix(d.scalar())));
     }

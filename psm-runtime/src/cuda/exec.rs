@@ -152,7 +152,7 @@ impl CudaExecutor {
     pub fn run_with(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Outputs, RunError> {
         let p = self.prepare(inputs, opts, kernel)?;
         let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
-        let launcher = self.launcher(&p.params, &p.inputs, &output_bufs, p.nseq, p.steps);
+        let launcher = self.planned_launcher(&p, &output_bufs);
         let end = self.run_planned(&launcher, &p, opts)?;
         let outputs = self.download_outputs(&output_bufs, &inputs.batch, p.steps)?;
         let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), p.init.as_deref(), &inputs.batch)? } else { None };
@@ -168,7 +168,7 @@ impl CudaExecutor {
     pub fn time_resident(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel, warmup: usize, repeats: usize) -> Result<ResidentTimes, RunError> {
         let p = self.prepare(inputs, opts, kernel)?;
         let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
-        let launcher = self.launcher(&p.params, &p.inputs, &output_bufs, p.nseq, p.steps);
+        let launcher = self.planned_launcher(&p, &output_bufs);
         for _ in 0..warmup {
             self.run_planned(&launcher, &p, opts)?;
         }
@@ -205,10 +205,11 @@ impl CudaExecutor {
         let chosen = self.choose(opts, kernel)?;
         let (form, chunk) = match (chosen, &self.inner.lookback) {
             (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
-            (Chosen::Lanes, _) => (Form::Recurrent, None),
             _ => {
-                let form = self.resolve(opts.form, nseq, steps);
-                (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq))))
+                // The lanes kernel runs D threads per chunk.
+                let threads = nseq.saturating_mul(if chosen == Chosen::Lanes { self.lanes().unwrap_or(1) } else { 1 });
+                let form = self.resolve(opts.form, threads, steps);
+                (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, threads))))
             }
         };
         let device = &self.inner.device;
@@ -227,8 +228,8 @@ impl CudaExecutor {
         let (chosen, available, forms, name) = match kernel {
             // Forced-only until the look-back and lanes kernels have run on a GPU.
             CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
-            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), [Form::Auto, Form::Chunked], "look-back scan"),
-            CudaKernel::Lanes => (Chosen::Lanes, self.inner.lanes.is_some(), [Form::Auto, Form::Recurrent], "lanes kernel"),
+            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.lanes.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
         };
         let why = if !associative {
             format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
@@ -238,13 +239,23 @@ impl CudaExecutor {
                 _ => "the lanes kernel needs element fields and outputs of one vector length whose entries are independent".to_string(),
             }
         } else if !forms.contains(&opts.form) {
-            format!("the {name} runs the forms {} and {}", forms[0].name(), forms[1].name())
+            format!("the {name} runs the forms {}", forms.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "))
         } else if chosen == Chosen::Lookback && opts.chunk.is_some() {
             "the look-back scan's tile is fixed; leave the chunk size unset".to_string()
         } else {
             return Ok(chosen);
         };
         Err(RunError::InvalidOption { option: "kernel", message: why })
+    }
+
+    /// The launcher of a prepared run: with the lanes kernel in place of `psm_scan` when
+    /// it was chosen.
+    fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
+        let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
+        if p.chosen == Chosen::Lanes {
+            l.lanes = self.inner.lanes.as_ref().map(Lanes::launch);
+        }
+        l
     }
 
     pub(crate) fn launcher<'a>(
@@ -265,6 +276,7 @@ impl CudaExecutor {
             steps,
             elem: self.elem(),
             combines: std::cell::Cell::new(0),
+            lanes: None,
         }
     }
 
@@ -315,10 +327,8 @@ impl CudaExecutor {
         let keep = opts.final_state;
         let reverse = if opts.reverse { REVERSE } else { 0 };
         let associative = self.signature().associative;
-        match (p.chosen, &self.inner.lookback, &self.inner.lanes) {
-            (Chosen::Lookback, Some(lb), _) => return lb.run(l, init, keep, reverse),
-            (Chosen::Lanes, _, Some(lanes)) => return lanes.run(l, init, keep, reverse),
-            _ => {}
+        if let (Chosen::Lookback, Some(lb)) = (p.chosen, &self.inner.lookback) {
+            return lb.run(l, init, keep, reverse);
         }
         match form {
             Form::Chunked => forms::chunked(l, init, chunk.unwrap_or(1).max(1), keep, reverse),

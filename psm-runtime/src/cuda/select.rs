@@ -19,13 +19,14 @@
 //! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
 //! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
 //! [`CudaKernel::Lanes`] forces the lanes kernel (`psm_lanes`, psm-codegen's
-//! `ptx::compile_lanes`: the recurrent form with one thread per (sequence, entry), for
+//! `ptx::compile_lanes`: `psm_scan` with one thread per (sequence, chunk, entry), for
 //! associative operators whose element fields and outputs are vectors of one length
-//! with independent entries, such as diagonal affine recurrences over `[B, T, D]`): an
-//! error when the operator is not associative or has no such kernel, or when the form is
-//! not `auto` or `recurrent`; the run reports the form `recurrent`. It too is
-//! forced-only until it has run on a GPU; the intended rule then is to take it in `auto`
-//! for such operators whenever the batch's entries (sequences × D) fill the device.
+//! with independent entries, such as diagonal affine recurrences over `[B, T, D]`) in
+//! the recurrent and chunked forms (`auto` picks between them as for `psm_scan`,
+//! counting D threads per chunk): an error when the operator is not associative or has
+//! no such kernel, or when the form is the tree or the stream. It too is forced-only
+//! until it has run on a GPU; the intended rule then is to take it in `auto` for such
+//! operators.
 //! [`CudaKernel::Generic`] forces the generic kernels.
 
 use psm_codegen::ptx::{Kernel, LanesModule, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
@@ -134,27 +135,14 @@ pub(crate) struct Lanes {
 }
 
 impl Lanes {
-    /// Loads the kernel (checking the parameters [`Lanes::run`] passes).
+    /// Loads the kernel (checking that it takes `psm_scan`'s parameters).
     pub fn load(device: &Device, aggregator: &str, module: LanesModule, counts: [usize; 3]) -> Result<Lanes, RunError> {
-        let function = load(device, aggregator, &module.module, Kernel::Lanes, counts, 5)?;
+        let function = load(device, aggregator, &module.module, Kernel::Lanes, counts, 6)?;
         Ok(Lanes { module, function })
     }
 
-    /// One launch over every entry of every sequence of `l` (at least one step):
-    /// outputs, and p_T of every sequence when `keep_state`; T − 1 combines per entry and
-    /// sequence, one more from an initial state (counted per element, as the recurrent
-    /// form counts them).
-    pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
-        let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
-        let flags = state_flags(init, state.as_ref(), reverse);
-        l.count((l.nseq * (l.steps - 1 + usize::from(init.is_some()))) as u64);
-        let mut a = l.args(true, true);
-        a.u64(l.nseq as u64).u64(l.steps as u64);
-        a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).u32(flags);
-        let threads = (l.nseq as u64).checked_mul(self.module.lanes as u64).ok_or_else(|| RunError::TooLarge {
-            what: format!("a lanes scan of {} sequences of {} entries", l.nseq, self.module.lanes),
-        })?;
-        l.device.launch(&self.function, threads, &a)?;
-        Ok(FormEnd { final_state: state, held: 1 })
+    /// The kernel and D, for [`Launcher::lanes`].
+    pub fn launch(&self) -> (&Function, usize) {
+        (&self.function, self.module.lanes)
     }
 }
