@@ -8,7 +8,7 @@
 //! * `launch` — typed launches of the ABI's kernels;
 //! * `forms` — recurrent, chunked, tree and the stream's counter on the device;
 //! * [`select`] — which kernels run a batch ([`CudaKernel`]: the rule, and the user's
-//!   override) and the single-pass look-back scan's launch;
+//!   override): the single-pass look-back scan and the channel-parallel lanes kernel;
 //! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
 //! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
 //!   device (the decode step: `psm_scan` in place, or the counter).
