@@ -35,7 +35,7 @@ use common::*;
 use psm_ir::derive::Form as RefForm;
 use psm_ir::interp::Precision;
 use psm_ir::ir::{Dtype, Role};
-use psm_runtime::cuda::{driver_present, CudaExecutor, Device};
+use psm_runtime::cuda::{driver_present, CudaExecutor, CudaKernel, Device};
 use psm_runtime::{Aggregator, Backend, DimOverride, Form, Outputs, Program, RunError, RunOptions, State};
 
 /// A form with its outputs and final state (per output or field, every sequence).
@@ -234,7 +234,7 @@ fn check_operator(name: &str) {
             }
         }
     }
-    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data) + check_resident(&agg, &gpu, &data);
+    let more = check_options(name, &agg, &cpu, &gpu, &data) + check_push(name, &agg, &gpu, &data);
     println!(
         "{name:22} {} runs (+{more} with reverse, initial states, pushes and resident inputs), lengths ≤ 4097, worst err / bound {worst:.4} ({:.1}s)",
         runs,
@@ -357,28 +357,123 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
     (0..nseq).flat_map(|b| (0..steps).rev().flat_map(move |t| v[(b * steps + t) * width..(b * steps + t + 1) * width].iter().copied())).collect()
 }
 
-/// Inputs uploaded once and run in every valid form from the device
-/// (`upload`, `run_device`, `to_host`) give bit for bit what `run` gives. Returns the
-/// number of device runs.
-fn check_resident(agg: &Aggregator, gpu: &CudaExecutor, data: &Batch) -> usize {
-    let n = 300;
-    let bufs = data.input_bufs(agg, 3, n);
-    let x = inputs(agg, &[3], n, &bufs, &data.param_bufs);
-    let resident = gpu.upload(&x).unwrap_or_else(|e| panic!("{}: upload: {e}", agg.name()));
-    let forms = forms(agg.associative());
-    for (form, chunk) in &forms {
-        let what = format!("{} {form:?} resident", agg.name());
-        let opts = RunOptions { form: *form, chunk: *chunk, final_state: true, ..Default::default() };
-        let on_device = gpu.run_device(&resident, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(on_device.form(), *form, "{what}");
-        let got = on_device.to_host().unwrap_or_else(|e| panic!("{what}: {e}"));
-        let want = gpu.run(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let flat = |o: &Outputs| values(o).iter().map(|v| bits(v)).collect::<Vec<_>>();
-        assert_eq!(flat(&got), flat(&want), "{what}: outputs");
-        let state = |o: &Outputs| state_values(o.final_state()).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
-        assert_eq!(state(&got), state(&want), "{what}: final state");
+/// A forced kernel (`CudaKernel::Lookback` or `Lanes`) of an operator that has it, at
+/// awkward lengths × batch {1, 3}: outputs and final states against the interpreter's
+/// F64 fold; reverse scans and initial states against the CPU backend. The look-back
+/// scan (form auto) at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a
+/// look-back past one 32-tile window); the lanes kernel in the recurrent form and the
+/// chunked form (chunks of 5 and automatic) at 0–9 (around its 4-step unrolling), 64,
+/// 1000 and 4097. Operators without the kernel, or not associative, get a typed error
+/// when it is forced.
+fn check_kernel(name: &str, kernel: CudaKernel) {
+    let Some(device) = device() else { return };
+    let start = std::time::Instant::now();
+    let (agg, cpu) = load_small(name);
+    let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, kernel);
+    // Lengths, and per run the form and chunk asked for, the form that runs and its
+    // chunk (None: not checked).
+    type Runs = Vec<(Form, Option<usize>, Form, Option<usize>)>;
+    let available: Option<(Vec<usize>, Runs)> = match kernel {
+        CudaKernel::Lookback => gpu.lookback_tile().map(|tile| {
+            let lengths = vec![0, 1, 2, 3, 7, tile - 1, tile, tile + 1, 4095, 4097, 16383, 16385, 5 * tile + 3, 33 * tile + 1];
+            (lengths, vec![(Form::Auto, None, Form::Chunked, Some(tile))])
+        }),
+        _ => gpu.lanes().map(|_| {
+            let runs = vec![
+                (Form::Recurrent, None, Form::Recurrent, None),
+                (Form::Chunked, Some(5), Form::Chunked, Some(5)),
+                (Form::Chunked, None, Form::Chunked, None),
+            ];
+            (vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 64, 1000, 4097], runs)
+        }),
+    };
+    let (lengths, kernel_runs) = match available {
+        Some(a) if agg.associative() => a,
+        _ => {
+            let data = Batch::new(&agg, 1, 8, 7);
+            let bufs = data.input_bufs(&agg, 1, 8);
+            let x = inputs(&agg, &[], 8, &bufs, &data.param_bufs);
+            match forced(&x, &RunOptions::default()) {
+                Err(RunError::InvalidOption { option: "kernel", .. }) => return,
+                other => panic!("{name}: forcing {kernel:?}: {:?}", other.map(|o| o.form())),
+            }
+        }
+    };
+    let longest = *lengths.iter().max().unwrap();
+    let data = Batch::new(&agg, 3, longest + 50, 0x100c ^ name.len() as u64);
+    let out_lens = lens(&agg, Role::Output);
+    let exact: Vec<bool> = dtypes(&agg, Role::Output).iter().map(|&d| d == Dtype::I32).collect();
+    let el_exact: Vec<bool> = dtypes(&agg, Role::Element).iter().map(|&d| d == Dtype::I32).collect();
+    let el_names = names(&agg, Role::Element);
+    let el_lens = lens(&agg, Role::Element);
+    let s0 = cpu
+        .run(&inputs(&agg, &[3], 50, &data.window_bufs(&agg, 3, longest, longest + 50), &data.param_bufs), &RunOptions { final_state: true, ..Default::default() })
+        .unwrap()
+        .final_state()
+        .cloned()
+        .expect("a state after 50 steps");
+    let mut worst = 0.0f64;
+    let mut runs = 0;
+    for (n, &(form, chunk, ran, ran_chunk)) in lengths.iter().flat_map(|&n| kernel_runs.iter().map(move |r| (n, r))) {
+        let tol = tolerance(n);
+        for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
+            let bufs = data.input_bufs(&agg, nseq, n);
+            let x = inputs(&agg, batch, n, &bufs, &data.param_bufs);
+            let what = format!("{name} {kernel:?} {form:?} chunk {chunk:?} n = {n} batch {batch:?}");
+            let out = forced(&x, &RunOptions { form, chunk, final_state: true, ..Default::default() }).unwrap_or_else(|e| panic!("{what}: {e}"));
+            runs += 1;
+            assert_eq!(out.form(), ran, "{what}");
+            if ran_chunk.is_some() {
+                assert_eq!(out.chunk(), ran_chunk, "{what}");
+            }
+            for b in 0..nseq {
+                let r = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, b, n), n);
+                for (k, t) in out.tensors().iter().enumerate() {
+                    let got = seq_slice(&t.data, b, n * out_lens[k]);
+                    worst = worst.max(close(&format!("{what}: output {} of sequence {b}", t.name), &got, &r.outputs[k], out_lens[k], exact[k], tol));
+                }
+                match (&r.prefixes[n], out.final_state()) {
+                    (Some(_), Some(s)) => {
+                        for (k, field) in el_names.iter().enumerate() {
+                            let got = seq_slice(s.get(field).unwrap(), b, el_lens[k]);
+                            close_state(&format!("{what}: final state {field} of sequence {b}"), &got, &r.prefixes, k, el_exact[k], tol);
+                        }
+                    }
+                    (None, s) => assert_eq!(s.is_some(), agg.ir().identity.is_some(), "{what}: final state at n = 0"),
+                    (Some(_), None) => panic!("{what}: no final state"),
+                }
+            }
+            let tol = tolerance(n + 50);
+            for (reverse, init) in [(true, None), (false, Some(&s0)), (true, Some(&s0))] {
+                if init.is_some() && nseq != 3 {
+                    continue;
+                }
+                let what = format!("{what} reverse {reverse} initial state {}", init.is_some());
+                let opts = RunOptions { form, chunk, reverse, initial_state: init, final_state: true, ..Default::default() };
+                let got = forced(&x, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+                let want = cpu.run(&x, &RunOptions { form: Form::Recurrent, chunk: None, ..opts }).unwrap_or_else(|e| panic!("{what} on the CPU: {e}"));
+                runs += 1;
+                for (k, (a, b)) in values(&got).iter().zip(values(&want)).enumerate() {
+                    let order = |v: &[f64]| scan_order(v, nseq, n, out_lens[k], reverse);
+                    close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], exact[k], 2.0 * tol);
+                }
+                match (state_values(got.final_state()), state_values(want.final_state())) {
+                    (Some(g), Some(w)) => {
+                        for (k, (a, b)) in g.iter().zip(&w).enumerate() {
+                            let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                                let err = (x - y).abs();
+                                assert!(err <= 2.0 * tol * (y.abs() + scale) || err < f32::MIN_POSITIVE as f64, "{what}: final state field {k} entry {i}: {x:e} vs {y:e}");
+                            }
+                        }
+                    }
+                    (g, w) => assert_eq!(g.is_some(), w.is_some(), "{what}: a final state on the GPU iff on the CPU"),
+                }
+            }
+        }
     }
-    forms.len()
+    println!("{name:22} {kernel:?}: {runs} runs, lengths ≤ {longest}, worst err / bound {worst:.4} ({:.1}s)", start.elapsed().as_secs_f64());
 }
 
 macro_rules! operators {
@@ -388,6 +483,8 @@ macro_rules! operators {
             #[allow(non_snake_case)]
             fn $name() {
                 check_operator(stringify!($name));
+                check_kernel(stringify!($name), CudaKernel::Lookback);
+                check_kernel(stringify!($name), CudaKernel::Lanes);
             }
         )*
 

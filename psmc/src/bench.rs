@@ -40,17 +40,21 @@
 //! f32); other operators are timed without one.
 //!
 //! `--backend cuda` runs psm on CUDA device 0 instead, each form once (host threads do
-//! not apply): a form is timed on inputs uploaded once, its outputs left on the device
-//! (`CudaExecutor::run_device`, synchronised; `psmc run` times the copies too); `push`
-//! is a `cuda::DeviceStream` with the state on the device, each push copying its step's
-//! inputs in and outputs out. The hand-written loops and the copy bandwidth stay on
-//! the CPU.
+//! not apply), timed with the copies of inputs to the device and outputs back (`push`:
+//! a `cuda::DeviceStream`, the state on the device, each push copying its step's inputs
+//! in and outputs out); the hand-written loops and the copy bandwidth stay on the CPU.
+//! `--resident` (with `--backend cuda`) times what GPU libraries are compared by: the
+//! inputs uploaded and the outputs allocated once, then each run timed on the device by
+//! CUDA events around everything it submits (its scratch allocations and launches; the
+//! median of 20 after 3 warm-up runs); nothing is copied per run. `--kernel` picks the
+//! CUDA kernels (`auto`, `generic`, `lookback`, `lanes`: psm_runtime::cuda::select); a
+//! row that ran the look-back scan or the lanes kernel says `form` `lookback` or `lanes`.
 //!
 //! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
 //! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
-//! `form` (`recurrent`, `chunked`, `tree`, `stream`, or `push`), `chunk` (chunked
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `push`, `lookback` or `lanes`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
 //! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
@@ -77,9 +81,10 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
+use psm_runtime::cuda::Chosen;
 use psm_runtime::{Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
 
-use crate::run::{BackendArg, Runner};
+use crate::run::{BackendArg, KernelArg, Runner};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
@@ -115,6 +120,13 @@ pub struct BenchArgs {
     /// the device and its outputs back, and is timed with them)
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// The CUDA kernels (with --backend cuda)
+    #[arg(long, value_enum, default_value_t = KernelArg::Auto)]
+    kernel: KernelArg,
+    /// With --backend cuda: keep inputs and outputs on the device and time each run on
+    /// the device with CUDA events (median of 20 after 3 warm-up runs)
+    #[arg(long)]
+    resident: bool,
     /// Time budget of each measurement, in milliseconds (at least 3 runs are timed)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     budget_ms: u64,
@@ -348,7 +360,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let mut rows = Vec::new();
     for case in cases {
         let mut case = case;
-        let found = bench_case(&mut case, args.form, args.backend, k, &pools, budget, human)?;
+        let found = bench_case(&mut case, args.form, (args.backend, args.kernel, args.resident), k, &pools, budget, human)?;
         rows.extend(found);
     }
     let ok = rows.iter().all(|r| r.check.is_none_or(|c| c.ok()));
@@ -374,19 +386,22 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
 fn bench_case(
     case: &mut Case,
     form: Option<BenchForm>,
-    backend: BackendArg,
+    (backend, kernel, resident): (BackendArg, KernelArg, bool),
     k: usize,
     pools: &(ThreadPool, ThreadPool),
     budget: Duration,
     progress: bool,
 ) -> Result<Vec<Row>, Fail> {
     let (agg, name) = crate::run::load_aggregator(&case.file, &case.dims, case.aggregator.as_deref(), "bench").map_err(Fail)?;
-    let runner = Runner::new(&agg, backend).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let runner = Runner::new(&agg, backend, kernel).map_err(|e| Fail(format!("error: {e}\n")))?;
+    if resident && backend != BackendArg::Cuda {
+        return Err(Fail("error: --resident times runs on a CUDA device; use it with --backend cuda\n".into()));
+    }
     let sig = agg.signature();
     if case.modes.is_empty() {
         case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k);
     }
-    if let Runner::Cuda(_) = runner {
+    if let Runner::Cuda(..) = runner {
         // Host threads do not apply to the device: each form once.
         case.modes.iter_mut().for_each(|m| m.1 = 1);
         dedup(&mut case.modes);
@@ -437,7 +452,7 @@ fn bench_case(
     let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
     let mut rows = Vec::new();
     for &(mode, threads) in &case.modes {
-        if matches!((mode, &runner), (Mode::Push { into: true }, Runner::Cuda(_))) {
+        if matches!((mode, &runner), (Mode::Push { into: true }, Runner::Cuda(..))) {
             continue; // the CUDA stream returns its outputs: it has no push_into
         }
         let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
@@ -448,7 +463,7 @@ fn bench_case(
         }
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
-            Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget)?,
+            Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget, resident)?,
             Mode::Push { into } => run_push(&runner, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
@@ -613,33 +628,48 @@ type Timed = (Vec<Buffer>, f64, String, Option<usize>);
 
 /// One form at one pool: a checked run, then the timed runs.
 #[allow(clippy::too_many_arguments)]
-fn run_form(runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], steps: usize, form: Form, pool: &ThreadPool, budget: Duration) -> Result<Timed, Fail> {
+fn run_form(
+    runner: &Runner,
+    sig: &Signature,
+    data: &Data,
+    batch: &[usize],
+    steps: usize,
+    form: Form,
+    pool: &ThreadPool,
+    budget: Duration,
+    resident: bool,
+) -> Result<Timed, Fail> {
     let inputs = inputs_of(sig, data, batch, steps);
     let opts = RunOptions { form, pool: Some(pool), ..Default::default() };
     let fail = |e: psm_runtime::RunError| Fail(format!("error: {e}\n"));
-    let (out, t) = match runner {
-        Runner::Host(_) => {
-            let out = pool.install(|| runner.run(&inputs, &opts)).map_err(fail)?;
-            let t = pool.install(|| {
+    let out = pool.install(|| runner.run(&inputs, &opts)).map_err(fail)?;
+    let (mut form_name, chunk) = (out.form().name().to_string(), out.chunk());
+    let seconds = match runner {
+        Runner::Cuda(gpu, kernel) => {
+            match gpu.choose(&opts, *kernel).map_err(fail)? {
+                Chosen::Lookback => form_name = "lookback".into(),
+                Chosen::Lanes => form_name = "lanes".into(),
+                Chosen::Generic => {}
+            }
+            if resident {
+                gpu.time_resident(&inputs, &opts, *kernel, 3, 20).map_err(fail)?.median()
+            } else {
                 best_time(budget, || {
                     let _ = black_box(runner.run(&inputs, &opts));
                 })
-            });
-            (out, t)
+                .as_secs_f64()
+            }
         }
-        // Inputs uploaded once; each timed run leaves its outputs on the device.
-        Runner::Cuda(gpu) => {
-            let x = gpu.upload(&inputs).map_err(fail)?;
-            let out = gpu.run_device(&x, &opts).and_then(|o| o.to_host()).map_err(fail)?;
-            let t = best_time(budget, || {
-                let _ = black_box(gpu.run_device(&x, &opts));
-            });
-            (out, t)
-        }
+        Runner::Host(_) => pool
+            .install(|| {
+                best_time(budget, || {
+                    let _ = black_box(runner.run(&inputs, &opts));
+                })
+            })
+            .as_secs_f64(),
     };
-    let (form_name, chunk) = (out.form().name().to_string(), out.chunk());
     let outputs = out.into_tensors().into_iter().map(|t| t.data).collect();
-    Ok((outputs, t.as_secs_f64(), form_name, chunk))
+    Ok((outputs, seconds, form_name, chunk))
 }
 
 /// A decode loop: a stream opened and pushed one step at a time (every sequence of the
@@ -754,7 +784,7 @@ impl Decoder {
                 }
                 builder.open().map(Decoder::Host)
             }
-            Runner::Cuda(gpu) => {
+            Runner::Cuda(gpu, _) => {
                 let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
                 gpu.stream(batch, &params, None).map(Decoder::Cuda)
             }

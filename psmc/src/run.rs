@@ -37,6 +37,7 @@ use clap::{Args, ValueEnum};
 use psm_ir::derive::{self, Form as RefForm};
 use psm_ir::interp::{FloatDomain, Precision};
 use psm_ir::ir::Dtype;
+use psm_runtime::cuda::CudaKernel;
 use psm_runtime::{Backend, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
 use serde_json::json;
 
@@ -80,6 +81,9 @@ pub struct RunArgs {
     /// The implementation that runs
     #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
     backend: BackendArg,
+    /// The CUDA kernels (with --backend cuda)
+    #[arg(long, value_enum, default_value_t = KernelArg::Auto)]
+    kernel: KernelArg,
     /// Compare the outputs with the reference interpreter (max_abs_err, max_rel_err)
     #[arg(long)]
     compare: bool,
@@ -125,36 +129,64 @@ impl BackendArg {
     }
 }
 
-/// What runs an aggregator: a host backend, or a CUDA device.
+/// Which CUDA kernels run (psm_runtime::cuda::select).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KernelArg {
+    /// psm-runtime's choice (today the generic kernels: the look-back and lanes kernels
+    /// are taken only when forced until they have run on a GPU)
+    Auto,
+    /// The generic kernels of the form
+    Generic,
+    /// The single-pass look-back scan (forms auto and chunked, no --chunk)
+    Lookback,
+    /// A thread per (sequence, vector entry), sequential over T (forms auto and recurrent)
+    Lanes,
+}
+
+impl KernelArg {
+    pub(crate) fn cuda(self) -> CudaKernel {
+        match self {
+            KernelArg::Auto => CudaKernel::Auto,
+            KernelArg::Generic => CudaKernel::Generic,
+            KernelArg::Lookback => CudaKernel::Lookback,
+            KernelArg::Lanes => CudaKernel::Lanes,
+        }
+    }
+}
+
+/// What runs an aggregator: a host backend, or a CUDA device with a kernel choice.
 pub(crate) enum Runner {
     Host(psm_runtime::Aggregator),
-    Cuda(psm_runtime::cuda::CudaExecutor),
+    Cuda(psm_runtime::cuda::CudaExecutor, CudaKernel),
 }
 
 impl Runner {
     /// Compiles `agg` for the backend (a CUDA device is opened here).
-    pub(crate) fn new(agg: &psm_runtime::Aggregator, backend: BackendArg) -> Result<Runner, psm_runtime::RunError> {
+    pub(crate) fn new(agg: &psm_runtime::Aggregator, backend: BackendArg, kernel: KernelArg) -> Result<Runner, psm_runtime::RunError> {
+        if kernel != KernelArg::Auto && backend != BackendArg::Cuda {
+            return Err(psm_runtime::RunError::InvalidOption { option: "kernel", message: "--kernel chooses CUDA kernels; use it with --backend cuda".into() });
+        }
         match backend {
             BackendArg::Cpu | BackendArg::Interp => {
                 let host = agg.with_backend(if backend == BackendArg::Cpu { Backend::Cpu } else { Backend::Interp });
                 host.compile()?;
                 Ok(Runner::Host(host))
             }
-            BackendArg::Cuda => Ok(Runner::Cuda(agg.cuda(&psm_runtime::cuda::Device::open(0)?)?)),
+            BackendArg::Cuda => Ok(Runner::Cuda(agg.cuda(&psm_runtime::cuda::Device::open(0)?)?, kernel.cuda())),
         }
     }
 
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Runner::Host(agg) => agg.backend().name(),
-            Runner::Cuda(_) => BackendArg::Cuda.name(),
+            Runner::Cuda(..) => BackendArg::Cuda.name(),
         }
     }
 
     pub(crate) fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<psm_runtime::Outputs, psm_runtime::RunError> {
         match self {
             Runner::Host(agg) => agg.run(inputs, opts),
-            Runner::Cuda(gpu) => gpu.run(inputs, opts),
+            Runner::Cuda(gpu, kernel) => gpu.run_with(inputs, opts, *kernel),
         }
     }
 
@@ -583,7 +615,7 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
     let sig = agg.signature();
     let data = gather(args, &sig)?;
     let start = Instant::now();
-    let runner = Runner::new(&agg, args.backend).map_err(|e| Fail(format!("error: {e}\n")))?;
+    let runner = Runner::new(&agg, args.backend, args.kernel).map_err(|e| Fail(format!("error: {e}\n")))?;
     let compile_seconds = start.elapsed().as_secs_f64();
     let form = match args.form {
         FormArg::Auto => Form::Auto,

@@ -25,19 +25,19 @@ pub(crate) struct Generated {
 
 /// The parameters of a kernel: params, inputs, outputs as the kernel takes them, then
 /// its own arguments.
-fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
+pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     let agg = cx.agg;
     let mut params = Vec::new();
     let mut push = |name: String, ty| params.push(KernelParam { name, ty });
     for t in agg.tensors_of(Role::Param) {
         push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout) {
+    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
         for t in agg.tensors_of(Role::Input) {
             push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Readout) {
+    if matches!(kernel, Kernel::Scan | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
         for t in agg.tensors_of(Role::Output) {
             push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
         }
@@ -50,6 +50,8 @@ fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
         }
         Kernel::Readout => &["nseq", "steps", "prefixes"],
         Kernel::Identity => &["count", "out", "stride"],
+        Kernel::Lookback => &["nseq", "steps", "state_in", "state_out", "status"],
+        Kernel::Lanes => &["nseq", "steps", "chunk", "state_in", "state_out"],
     };
     for name in own {
         push(name.to_string(), ParamType::U64);
@@ -61,7 +63,7 @@ fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
 }
 
 /// Which tensors of `role` (by position) the bodies read.
-fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
+pub(super) fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
     let agg = cx.agg;
     let mut used = vec![false; agg.tensors_of(role).count()];
     for body in bodies {
@@ -79,19 +81,21 @@ fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
 }
 
 /// The kernel being written: its lowerer and parameters.
-struct Frame<'a> {
-    l: Lowerer<'a>,
+pub(super) struct Frame<'a> {
+    pub l: Lowerer<'a>,
     sig: KernelSig,
     /// Bytes of the `.local` array (`let` tensors, then element regions).
     local_bytes: usize,
     /// Generic base of the `.local` array.
     scratch: Option<Reg>,
-    exit: String,
+    pub exit: String,
+    /// Where the bodies' input and output rows are (`Global` but in the look-back kernel).
+    pub rows_space: Space,
 }
 
 impl<'a> Frame<'a> {
     /// The frame with `regions` element regions after the `let` tensors.
-    fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, regions: usize) -> Frame<'a> {
+    pub fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, regions: usize) -> Frame<'a> {
         let sig = signature(cx, kernel);
         let local_bytes = align8(cx.plan.elements).saturating_add(cx.layout.size.saturating_mul(regions));
         let mut l = Lowerer::new(cx, math);
@@ -103,11 +107,11 @@ impl<'a> Frame<'a> {
             l.e.ins(format!("cvta.local.u64 {g}, {a}"));
             g
         });
-        Frame { l, sig, local_bytes, scratch, exit }
+        Frame { l, sig, local_bytes, scratch, exit, rows_space: Space::Global }
     }
 
     /// A `.u64` (or `.u32`) kernel parameter.
-    fn param(&mut self, name: &str) -> Reg {
+    pub fn param(&mut self, name: &str) -> Reg {
         let ty = self.sig.params.iter().find(|p| p.name == name).map(|p| p.ty);
         let r = self.l.e.reg(if ty == Some(ParamType::U32) { Class::B32 } else { Class::B64 });
         let t = if ty == Some(ParamType::U32) { "u32" } else { "u64" };
@@ -116,7 +120,7 @@ impl<'a> Frame<'a> {
     }
 
     /// A global pointer parameter.
-    fn global(&mut self, name: &str) -> Reg {
+    pub fn global(&mut self, name: &str) -> Reg {
         let p = self.param(name);
         let g = self.l.e.reg(Class::B64);
         self.l.e.ins(format!("cvta.to.global.u64 {g}, {p}"));
@@ -124,14 +128,14 @@ impl<'a> Frame<'a> {
     }
 
     /// The bases of the tensors of `role` that `mask` selects.
-    fn bases(&mut self, role: Role, prefix: &str, mask: &[bool]) -> Vec<Option<Reg>> {
+    pub fn bases(&mut self, role: Role, prefix: &str, mask: &[bool]) -> Vec<Option<Reg>> {
         let agg = self.l.cx.agg;
         let names: Vec<String> = agg.tensors_of(role).map(|t| format!("{prefix}{}", agg.tensors[t].name)).collect();
         names.iter().zip(mask).map(|(n, &u)| u.then(|| self.global(n))).collect()
     }
 
     /// The thread's global index; threads at or past `count` leave.
-    fn index_below(&mut self, count: Reg) -> Reg {
+    pub fn index_below(&mut self, count: Reg) -> Reg {
         let e = &mut self.l.e;
         let (b, n, t) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::B32));
         let (wide, tid, gid) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
@@ -149,7 +153,7 @@ impl<'a> Frame<'a> {
     }
 
     /// A predicate: `flags & bit != 0`.
-    fn flag(&mut self, flags: Reg, bit: u32, name: &str) -> Reg {
+    pub fn flag(&mut self, flags: Reg, bit: u32, name: &str) -> Reg {
         let e = &mut self.l.e;
         let (x, p) = (e.reg(Class::B32), e.reg(Class::Pred));
         e.ins(format!("and.b32 {x}, {flags}, {bit}"));
@@ -158,7 +162,7 @@ impl<'a> Frame<'a> {
     }
 
     /// `q = a / b, r = a - q·b` (u64).
-    fn divmod(&mut self, a: Reg, b: Reg) -> (Reg, Reg) {
+    pub fn divmod(&mut self, a: Reg, b: Reg) -> (Reg, Reg) {
         let e = &mut self.l.e;
         let (q, r) = (e.reg(Class::B64), e.reg(Class::B64));
         e.ins(format!("div.u64 {q}, {a}, {b}"));
@@ -168,7 +172,7 @@ impl<'a> Frame<'a> {
     }
 
     /// The memory step of scan position `pos`: `rev ? steps - 1 - pos : pos`.
-    fn memory_step(&mut self, pos: Reg, steps: Reg, rev: Reg) -> Reg {
+    pub fn memory_step(&mut self, pos: Reg, steps: Reg, rev: Reg) -> Reg {
         let e = &mut self.l.e;
         let (back, t) = (e.reg(Class::B64), e.reg(Class::B64));
         e.ins(format!("sub.s64 {back}, {steps}, {pos}"));
@@ -210,7 +214,7 @@ impl<'a> Frame<'a> {
         r
     }
 
-    fn io(&self) -> BodyIo {
+    pub fn io(&self) -> BodyIo {
         BodyIo {
             params: Vec::new(),
             inputs: Vec::new(),
@@ -220,6 +224,7 @@ impl<'a> Frame<'a> {
             out: None,
             outputs: Vec::new(),
             empty: false,
+            rows_space: self.rows_space,
             scratch: self.scratch,
         }
     }
@@ -245,7 +250,7 @@ impl<'a> Frame<'a> {
         });
     }
 
-    fn finish(mut self) -> Generated {
+    pub fn finish(mut self) -> Generated {
         let exit = self.exit.clone();
         self.l.e.place(&exit);
         self.l.e.ins("ret");
@@ -332,7 +337,7 @@ fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg) {
 /// The readout of the position whose input/output row index is `row`, reading
 /// `state` (or, with `None`, the exclusive readout's p_0: the declared identity,
 /// computed into `spare`, else zeros with `empty`).
-fn readout_at(
+pub(super) fn readout_at(
     f: &mut Frame<'_>,
     params: &[Option<Reg>],
     inputs: &[Option<Reg>],
@@ -368,7 +373,7 @@ fn readout_at(
     f.l.body(&agg.readout, &io);
 }
 
-fn lift_at(f: &mut Frame<'_>, params: &[Option<Reg>], inputs: &[Option<Reg>], row: Reg, out: ElemView) {
+pub(super) fn lift_at(f: &mut Frame<'_>, params: &[Option<Reg>], inputs: &[Option<Reg>], row: Reg, out: ElemView) {
     let mut io = f.io();
     io.params = params.to_vec();
     io.inputs = f.rows(inputs, Role::Input, row);
@@ -376,7 +381,7 @@ fn lift_at(f: &mut Frame<'_>, params: &[Option<Reg>], inputs: &[Option<Reg>], ro
     f.l.body(&f.l.cx.agg.lift, &io);
 }
 
-fn combine_into(f: &mut Frame<'_>, params: &[Option<Reg>], left: ElemView, right: ElemView, out: ElemView) {
+pub(super) fn combine_into(f: &mut Frame<'_>, params: &[Option<Reg>], left: ElemView, right: ElemView, out: ElemView) {
     let mut io = f.io();
     io.params = params.to_vec();
     io.left = Some(left);
@@ -386,7 +391,7 @@ fn combine_into(f: &mut Frame<'_>, params: &[Option<Reg>], left: ElemView, right
 }
 
 /// The param bases every body of `bodies` reads.
-fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg>> {
+pub(super) fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg>> {
     let mask = used(f.l.cx, bodies, Role::Param);
     f.bases(Role::Param, "param_", &mask)
 }

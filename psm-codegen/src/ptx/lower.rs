@@ -44,6 +44,8 @@ pub(crate) enum Space {
     Global,
     /// Element buffers (global or `.local`) and `let` tensors.
     Generic,
+    /// Addresses in the shared window (the look-back kernel's staged rows).
+    Shared,
 }
 
 impl Space {
@@ -51,6 +53,7 @@ impl Space {
         match self {
             Space::Global => ".global",
             Space::Generic => "",
+            Space::Shared => ".shared",
         }
     }
 }
@@ -83,6 +86,9 @@ pub(crate) struct BodyIo {
     pub out: Option<ElemView>,
     /// Global row pointer of each output at the readout's step.
     pub outputs: Vec<Option<Reg>>,
+    /// The state space of the input and output row pointers (`Global`, or `Shared` for
+    /// rows staged in shared memory).
+    pub rows_space: Space,
     /// `empty(p)`.
     pub empty: bool,
     /// Generic base of the kernel's `.local` array, where `let` tensors live (present
@@ -99,6 +105,9 @@ pub(crate) struct Lowerer<'a> {
     folds: Folds,
     /// The math device functions called.
     pub math: &'a mut BTreeSet<MathFn>,
+    /// A statement's index variable bound to this register instead of looped over (the
+    /// lanes kernel: one thread per entry).
+    pub pinned: Option<Reg>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +125,7 @@ impl<'a> Lowerer<'a> {
             locals: vec![None; cx.agg.locals.len()],
             folds: Folds::new(cx.agg),
             math,
+            pinned: None,
         }
     }
 
@@ -176,6 +186,10 @@ impl<'a> Lowerer<'a> {
     fn nest(&mut self, vars: &[Handle<IndexVar>], f: &mut dyn FnMut(&mut Self)) {
         match vars.split_first() {
             None => f(self),
+            Some((&v, rest)) if self.pinned.is_some() => {
+                self.env[v.index()] = self.pinned;
+                self.nest(rest, f);
+            }
             Some((&v, rest)) => {
                 let n = self.cx.info.extent(v) as u64;
                 let name = self.cx.agg.index_vars[v].name.clone();
@@ -297,7 +311,7 @@ impl<'a> Lowerer<'a> {
                 let pos = self.cx.positions[t.index()];
                 let loc = if kind == BodyKind::Readout {
                     match io.outputs.get(pos).copied().flatten() {
-                        Some(base) => Loc::Mem { base, offset: 0, space: Space::Global },
+                        Some(base) => Loc::Mem { base, offset: 0, space: io.rows_space },
                         None => return,
                     }
                 } else {
@@ -810,7 +824,8 @@ impl<'a> Lowerer<'a> {
             Source::Input(t) | Source::Param(t) => {
                 let pos = self.cx.positions[t.index()];
                 let bases = if matches!(source, Source::Input(_)) { &io.inputs } else { &io.params };
-                let loc = bases.get(pos).copied().flatten().map(|base| Loc::Mem { base, offset: 0, space: Space::Global });
+                let space = if matches!(source, Source::Input(_)) { io.rows_space } else { Space::Global };
+                let loc = bases.get(pos).copied().flatten().map(|base| Loc::Mem { base, offset: 0, space });
                 (loc, info.shape(t), dtype_size(agg.tensors[t].dtype))
             }
             Source::Element(side, t) => {

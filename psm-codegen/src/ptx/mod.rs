@@ -91,6 +91,16 @@
 //! ```
 //! One thread per k < count: the declared identity into `out + k · stride`.
 //!
+//! **The look-back module.** [`compile_lookback`] gives a second module, for
+//! associative operators whose element fields and input/output rows are scalars, with
+//! one kernel, `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is
+//! in [`lookback`]).
+//!
+//! **The lanes module.** [`compile_lanes`] gives a third module, for operators whose
+//! element fields and outputs are vectors of one length D whose entries are independent
+//! scans (diagonal affine, Mamba-style): one kernel, `psm_lanes`, a thread per (sequence,
+//! entry), see [`lanes`].
+//!
 //! **Per-thread memory.** `let` tensors and element temporaries live in `.local`
 //! memory declared by each kernel ([`PtxModule::local_bytes`] is the largest); the
 //! runtime passes no scratch. Rank-0 element fields of the fused loop stay in
@@ -112,8 +122,13 @@
 
 mod emit;
 mod kernels;
+pub mod lanes;
+pub mod lookback;
 mod lower;
 mod math;
+
+pub use lanes::{compile_lanes, LanesModule};
+pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -154,6 +169,10 @@ pub enum Kernel {
     Combine,
     Readout,
     Identity,
+    /// The single-pass decoupled look-back scan ([`compile_lookback`]).
+    Lookback,
+    /// The channel-parallel recurrent scan ([`compile_lanes`]).
+    Lanes,
 }
 
 impl Kernel {
@@ -165,6 +184,8 @@ impl Kernel {
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
             Kernel::Identity => "psm_identity",
+            Kernel::Lookback => "psm_lookback",
+            Kernel::Lanes => "psm_lanes",
         }
     }
 }
@@ -266,11 +287,25 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
+    let text = module_text(&cx, options, version, &math, &generated);
+    let layout = cx.layout.clone();
+    Ok(PtxModule {
+        text,
+        layout,
+        local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
+        kernels: generated.into_iter().map(|g| g.sig).collect(),
+    })
+}
+
+/// The text of a module of `generated` kernels: a header naming the aggregator and its
+/// element layout, the target, the math device functions the kernels call, the kernels.
+fn module_text(cx: &lower::Ctx<'_>, options: &PtxOptions, version: &str, math: &BTreeSet<math::MathFn>, generated: &[kernels::Generated]) -> String {
+    let (agg, info) = (cx.agg, cx.info);
     let mut text = String::new();
     let dims: Vec<String> = info.dim_values(agg).iter().map(|(n, v)| format!("{n} = {v}")).collect();
     let dims = if dims.is_empty() { String::new() } else { format!("<{}>", dims.join(", ")) };
     let _ = writeln!(text, "// psm aggregator {}{dims}: kernels of the CUDA ABI of psm-codegen's ptx module", agg.name);
-    let layout = cx.layout.clone();
+    let layout = &cx.layout;
     let fields: Vec<String> = agg
         .tensors_of(psm_ir::ir::Role::Element)
         .enumerate()
@@ -279,7 +314,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     let _ = writeln!(text, "// element: {} bytes; {}", layout.size, fields.join(", "));
     let _ = writeln!(text, ".version {version}\n.target sm_{}\n.address_size 64\n", options.arch);
     if !math.is_empty() {
-        text.push_str(&math::definitions(&math));
+        text.push_str(&math::definitions(math));
         text.push('\n');
     }
     let n = generated.len();
@@ -289,10 +324,5 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
             text.push('\n');
         }
     }
-    Ok(PtxModule {
-        text,
-        layout,
-        local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
-        kernels: generated.into_iter().map(|g| g.sig).collect(),
-    })
+    text
 }

@@ -254,22 +254,38 @@ impl Device {
     /// Launches `f` over `count` threads (1-D grid, [`BLOCK`] per block) with `args`.
     /// Nothing is launched for `count` = 0.
     pub(crate) fn launch(&self, f: &Function, count: u64, args: &Args) -> Result<(), RunError> {
-        if count == 0 {
+        self.launch_blocks(f, count.div_ceil(BLOCK as u64), BLOCK, args)
+    }
+
+    /// Launches `f` on `blocks` blocks of `block` threads (1-D) with `args`. Nothing is
+    /// launched for `blocks` = 0.
+    pub(crate) fn launch_blocks(&self, f: &Function, blocks: u64, block: u32, args: &Args) -> Result<(), RunError> {
+        if blocks == 0 {
             return Ok(());
         }
-        let blocks = count.div_ceil(BLOCK as u64);
         // The grid's x dimension holds at most 2^31 − 1 blocks.
-        let blocks = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| RunError::TooLarge {
-            what: format!("a launch of {count} threads of `{}`", f.name),
+        let grid = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| RunError::TooLarge {
+            what: format!("a launch of {blocks} blocks of `{}`", f.name),
         })?;
         let mut params: Vec<*mut c_void> = args.values.iter().map(|v| v.as_ptr() as *mut c_void).collect();
         // SAFETY: `params` holds one pointer per kernel parameter, each to 8 bytes that
         // hold the value in its leading bytes (Args); the kernel only dereferences
-        // device pointers its caller made valid for `count` threads.
+        // device pointers its caller made valid for the threads launched.
         unsafe {
-            cudarc::driver::result::launch_kernel(f.raw, (blocks, 1, 1), (BLOCK, 1, 1), 0, self.cu_stream(), &mut params)
+            cudarc::driver::result::launch_kernel(f.raw, (grid, 1, 1), (block, 1, 1), 0, self.cu_stream(), &mut params)
                 .map_err(|e| driver_error(&format!("the launch of `{}`", f.name), e))
         }
+    }
+
+    /// Device time of the work `work` submits, between two CUDA events on the stream
+    /// (seconds), waiting for it to finish.
+    pub(crate) fn timed<R>(&self, work: impl FnOnce() -> Result<R, RunError>) -> Result<(R, f64), RunError> {
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.inner.stream.record_event(timing).map_err(|e| driver_error("cuEventRecord", e))?;
+        let r = work()?;
+        let end = self.inner.stream.record_event(timing).map_err(|e| driver_error("cuEventRecord", e))?;
+        let ms = start.elapsed_ms(&end).map_err(|e| driver_error("cuEventElapsedTime", e))?;
+        Ok((r, f64::from(ms) * 1e-3))
     }
 }
 

@@ -16,9 +16,10 @@ use psm_codegen::ptx::{PtxModule, PtxOptions, REVERSE};
 use super::device::{Device, DeviceBuffer};
 use super::forms::{self, Counter, FormEnd, StepSizes};
 use super::launch::{Kernels, Launcher};
+use super::select::{Chosen, CudaKernel, Lanes, Lookback};
 use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
 use crate::error::{RunError, Slot};
-use crate::forms::{match_named, product, Executor, Form, Outputs, RunOptions, RunStats, RunSummary, Signature};
+use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, RunSummary, Signature};
 use crate::kernels::InterpKernels;
 
 /// One aggregator on one CUDA device. Cheap to clone (shared).
@@ -32,6 +33,10 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
+    /// The look-back scan, when the aggregator's element and rows are scalars.
+    lookback: Option<Lookback>,
+    /// The lanes kernel, when the aggregator's entries are independent vectors.
+    lanes: Option<Lanes>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -92,9 +97,18 @@ impl CudaExecutor {
         let ptx = psm_codegen::ptx::compile(agg, info, &ptx_options(device))
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?;
         device.bind()?;
-        let kernels = Kernels::load(device, &agg.name, &ptx, [sig.params.len(), sig.inputs.len(), sig.outputs.len()])?;
+        let counts = [sig.params.len(), sig.inputs.len(), sig.outputs.len()];
+        let kernels = Kernels::load(device, &agg.name, &ptx, counts)?;
+        let lookback = psm_codegen::ptx::compile_lookback(agg, info, &ptx_options(device))
+            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
+            .map(|m| Lookback::load(device, &agg.name, m, counts))
+            .transpose()?;
+        let lanes = psm_codegen::ptx::compile_lanes(agg, info, &ptx_options(device))
+            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
+            .map(|m| Lanes::load(device, &agg.name, m, counts))
+            .transpose()?;
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
-        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels }) })
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback, lanes }) })
     }
 
     pub fn signature(&self) -> &Signature {
@@ -108,6 +122,17 @@ impl CudaExecutor {
     /// The PTX module that runs.
     pub fn ptx(&self) -> &PtxModule {
         &self.inner.ptx
+    }
+
+    /// Positions per tile of the look-back scan, when the aggregator has one.
+    pub fn lookback_tile(&self) -> Option<usize> {
+        self.inner.lookback.as_ref().map(|l| l.module.tile)
+    }
+
+    /// Threads per sequence of the lanes kernel (the vectors' length), when the
+    /// aggregator has one.
+    pub fn lanes(&self) -> Option<usize> {
+        self.inner.lanes.as_ref().map(|l| l.module.lanes)
     }
 
     pub(crate) fn elem(&self) -> usize {
@@ -129,35 +154,49 @@ impl CudaExecutor {
 
     /// Runs every sequence of `inputs` on the device; the same options, checks, errors
     /// and results as [`Executor::run`], except that `threads` and `pool` (host
-    /// threads) do not apply and `prefill` is not supported yet. The same as
-    /// [`CudaExecutor::upload`], [`CudaExecutor::run_device`] and
-    /// [`DeviceOutputs::to_host`] in turn.
+    /// threads) do not apply and `prefill` is not supported yet. Kernels by the rule of
+    /// [`select`](super::select).
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
-        self.inner.host.check_options(opts)?;
-        self.run_device(&self.upload(inputs)?, opts)?.to_host()
+        self.run_with(inputs, opts, CudaKernel::Auto)
     }
 
-    /// Checks a run's inputs and params (as [`Executor::run`] does) and copies them to
-    /// the device, to run them there once or many times.
-    pub fn upload(&self, inputs: &Inputs<'_>) -> Result<DeviceInputs, RunError> {
-        let sig = self.signature();
-        let params = matched(sig, Slot::Param, &inputs.params, &[], None)?;
-        let data = matched(sig, Slot::Input, &inputs.inputs, &inputs.batch, Some(inputs.steps))?;
-        let nseq = product(&inputs.batch, || format!("the batch shape {:?}", inputs.batch))?;
-        let device = &self.inner.device;
-        device.bind()?;
-        Ok(DeviceInputs {
-            batch: inputs.batch.clone(),
-            nseq,
-            steps: inputs.steps,
-            params: upload_fields(device, Slot::Param, &sig.params, &params)?,
-            inputs: upload_fields(device, Slot::Input, &sig.inputs, &data)?,
-        })
+    /// [`run`](Self::run) with the kernels chosen by `kernel`.
+    pub fn run_with(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Outputs, RunError> {
+        let p = self.prepare(inputs, opts, kernel)?;
+        let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
+        let launcher = self.planned_launcher(&p, &output_bufs);
+        let end = self.run_planned(&launcher, &p, opts)?;
+        let outputs = self.download_outputs(&output_bufs, &inputs.batch, p.steps)?;
+        let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), p.init.as_deref(), &inputs.batch)? } else { None };
+        let stats = RunStats { sequences: p.nseq, steps: p.steps, combines: launcher.combines.get(), peak_elements: end.held };
+        let (form, chunk) = (p.form, p.chunk);
+        let summary = RunSummary { final_state, prefill: None, stats, form, chunk };
+        Ok(Outputs { batch: inputs.batch.clone(), steps: p.steps, outputs, summary })
     }
 
-    /// Runs uploaded inputs in one form and waits for the device; the outputs and the
-    /// final state stay on the device until [`DeviceOutputs::to_host`].
-    pub fn run_device(&self, x: &DeviceInputs, opts: &RunOptions<'_>) -> Result<DeviceOutputs, RunError> {
+    /// Device time of runs with the inputs and outputs resident on the device: the
+    /// inputs are uploaded and the outputs allocated once, then `warmup` untimed runs
+    /// and `repeats` runs each timed by CUDA events around everything the run submits
+    /// (its scratch allocations and launches). Nothing is copied back.
+    pub fn time_resident(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel, warmup: usize, repeats: usize) -> Result<ResidentTimes, RunError> {
+        let p = self.prepare(inputs, opts, kernel)?;
+        let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
+        let launcher = self.planned_launcher(&p, &output_bufs);
+        for _ in 0..warmup {
+            self.run_planned(&launcher, &p, opts)?;
+        }
+        let mut seconds = Vec::with_capacity(repeats);
+        for _ in 0..repeats.max(1) {
+            let (_, s) = self.inner.device.timed(|| self.run_planned(&launcher, &p, opts))?;
+            seconds.push(s);
+        }
+        seconds.sort_by(f64::total_cmp);
+        Ok(ResidentTimes { seconds, form: p.form, chunk: p.chunk, kernel: p.chosen })
+    }
+
+    /// Checks and binds a run's options and data, chooses its form and kernels, and
+    /// uploads its params, inputs and initial state.
+    fn prepare(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Prepared, RunError> {
         let host = &self.inner.host;
         host.check_options(opts)?;
         if opts.prefill {
@@ -166,20 +205,68 @@ impl CudaExecutor {
                 message: "the CUDA backend cannot hand a run to a stream yet; run the prompt on the CPU backend".into(),
             });
         }
-        let init = opts.initial_state.map(|s| host.bind_state(s, &x.batch)).transpose()?;
-        let (nseq, steps) = (x.nseq, x.steps);
-        let form = self.resolve(opts.form, nseq, steps);
-        let chunk = (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, nseq)));
+        let sig = self.signature();
+        let params = matched(sig, Slot::Param, &inputs.params, &[], None)?;
+        let data = matched(sig, Slot::Input, &inputs.inputs, &inputs.batch, Some(inputs.steps))?;
+        let init = opts.initial_state.map(|s| host.bind_state(s, &inputs.batch)).transpose()?;
+        let nseq = inputs.batch.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| RunError::TooLarge {
+            what: format!("the batch shape {:?}", inputs.batch),
+        })?;
+        let steps = inputs.steps;
+        let chosen = self.choose(opts, kernel)?;
+        let (form, chunk) = match (chosen, &self.inner.lookback) {
+            (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
+            _ => {
+                // The lanes kernel runs D threads per chunk.
+                let threads = nseq.saturating_mul(if chosen == Chosen::Lanes { self.lanes().unwrap_or(1) } else { 1 });
+                let form = self.resolve(opts.form, threads, steps);
+                (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, threads))))
+            }
+        };
         let device = &self.inner.device;
         device.bind()?;
+        let params = upload_fields(device, Slot::Param, &sig.params, &params)?;
+        let inputs = upload_fields(device, Slot::Input, &sig.inputs, &data)?;
         let init_buf = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
-        let output_bufs = self.alloc_outputs(nseq, steps)?;
-        let launcher = self.launcher(&x.params, &x.inputs, &output_bufs, nseq, steps);
-        let end = self.run_form(&launcher, form, chunk, init_buf.as_ref(), opts)?;
-        let final_state = if opts.final_state { Some(self.final_state(&launcher, end.final_state, init.as_deref())?) } else { None };
-        device.synchronize()?;
-        let stats = RunStats { sequences: nseq, steps, combines: launcher.combines.get(), peak_elements: end.held };
-        Ok(DeviceOutputs { exec: self.clone(), batch: x.batch.clone(), steps, outputs: output_bufs, final_state, stats, form, chunk })
+        Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, chosen })
+    }
+
+    /// The kernels a run with these options takes: the rule of
+    /// [`select`](super::select); an error when `kernel` forces kernels that do not
+    /// apply.
+    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Chosen, RunError> {
+        let associative = self.signature().associative;
+        let (chosen, available, forms, name) = match kernel {
+            // Forced-only until the look-back and lanes kernels have run on a GPU.
+            CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
+            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.lanes.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
+        };
+        let why = if !associative {
+            format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
+        } else if !available {
+            match chosen {
+                Chosen::Lookback => "the look-back scan needs scalar element fields and scalar input and output rows".to_string(),
+                _ => "the lanes kernel needs element fields and outputs of one vector length whose entries are independent".to_string(),
+            }
+        } else if !forms.contains(&opts.form) {
+            format!("the {name} runs the forms {}", forms.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "))
+        } else if chosen == Chosen::Lookback && opts.chunk.is_some() {
+            "the look-back scan's tile is fixed; leave the chunk size unset".to_string()
+        } else {
+            return Ok(chosen);
+        };
+        Err(RunError::InvalidOption { option: "kernel", message: why })
+    }
+
+    /// The launcher of a prepared run: with the lanes kernel in place of `psm_scan` when
+    /// it was chosen.
+    fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
+        let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
+        if p.chosen == Chosen::Lanes {
+            l.lanes = self.inner.lanes.as_ref().map(Lanes::launch);
+        }
+        l
     }
 
     pub(crate) fn launcher<'a>(
@@ -200,6 +287,7 @@ impl CudaExecutor {
             steps,
             elem: self.elem(),
             combines: std::cell::Cell::new(0),
+            lanes: None,
         }
     }
 
@@ -242,13 +330,17 @@ impl CudaExecutor {
         &self.inner.host
     }
 
-    fn run_form(&self, l: &Launcher<'_>, form: Form, chunk: Option<usize>, init: Option<&DeviceBuffer>, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
+    fn run_planned(&self, l: &Launcher<'_>, p: &Prepared, opts: &RunOptions<'_>) -> Result<FormEnd, RunError> {
+        let (form, chunk, init) = (p.form, p.chunk, p.init_buf.as_ref());
         if l.steps == 0 || l.nseq == 0 {
             return Ok(FormEnd { final_state: None, held: usize::from(init.is_some()) });
         }
         let keep = opts.final_state;
         let reverse = if opts.reverse { REVERSE } else { 0 };
         let associative = self.signature().associative;
+        if let (Chosen::Lookback, Some(lb)) = (p.chosen, &self.inner.lookback) {
+            return lb.run(l, init, keep, reverse);
+        }
         match form {
             Form::Chunked => forms::chunked(l, init, chunk.unwrap_or(1).max(1), keep, reverse),
             Form::Tree => forms::tree(l, init, keep, reverse),
@@ -270,109 +362,77 @@ impl CudaExecutor {
         StepSizes { inputs: bytes(&sig.inputs), outputs: bytes(&sig.outputs) }
     }
 
-    /// p_T: the form's (on the device), else (T = 0) the initial state, else the
-    /// declared identity (on the device), else none.
-    fn final_state(&self, l: &Launcher<'_>, from_form: Option<DeviceBuffer>, init: Option<&[u64]>) -> Result<FinalState, RunError> {
-        Ok(if let Some(buf) = from_form {
-            FinalState::Device(buf)
+    /// p_T as a named state: the form's, else (T = 0) the initial state, else the
+    /// declared identity, else none.
+    fn final_state(
+        &self,
+        l: &Launcher<'_>,
+        from_form: Option<&DeviceBuffer>,
+        init: Option<&[u64]>,
+        batch: &[usize],
+    ) -> Result<Option<crate::buffers::State>, RunError> {
+        let words = self.elem() / 8;
+        let mut flat = vec![0u64; l.nseq * words];
+        if let Some(buf) = from_form {
+            l.device.copy_to_host(buf, 0, crate::buffers::bytes_mut(&mut flat))?;
         } else if let Some(s0) = init {
-            FinalState::Host(s0.to_vec())
+            flat.copy_from_slice(s0);
         } else if l.steps > 0 && l.nseq == 0 {
             // An empty batch has a (field-less) final state whenever it ran steps.
-            FinalState::Host(Vec::new())
         } else {
-            let ids = l.device.alloc("the identity", l.nseq * self.elem(), false)?;
-            if l.identity(l.nseq, &ids)? {
-                FinalState::Device(ids)
-            } else {
-                FinalState::None
+            let ids = l.device.alloc("the identity", flat.len() * 8, false)?;
+            if !l.identity(l.nseq, &ids)? {
+                return Ok(None);
             }
-        })
+            l.device.copy_to_host(&ids, 0, crate::buffers::bytes_mut(&mut flat))?;
+        }
+        Ok(Some(self.inner.host.state_of(batch, &flat)))
     }
 }
 
-/// A run's inputs and params on the device ([`CudaExecutor::upload`]).
-pub struct DeviceInputs {
-    batch: Vec<usize>,
-    nseq: usize,
-    steps: usize,
+/// A run's data on the device and its plan.
+struct Prepared {
     params: Vec<DeviceBuffer>,
     inputs: Vec<DeviceBuffer>,
-}
-
-impl DeviceInputs {
-    pub fn batch(&self) -> &[usize] {
-        &self.batch
-    }
-    pub fn steps(&self) -> usize {
-        self.steps
-    }
-}
-
-/// p_T of every sequence after a device run.
-enum FinalState {
-    Device(DeviceBuffer),
-    /// Flat elements (the initial state of a run without steps).
-    Host(Vec<u64>),
-    /// No steps, no initial state and no declared identity.
-    None,
-}
-
-/// The results of [`CudaExecutor::run_device`], still on the device.
-pub struct DeviceOutputs {
-    exec: CudaExecutor,
-    batch: Vec<usize>,
+    /// The initial state as bound on the host (flat elements) and on the device.
+    init: Option<Vec<u64>>,
+    init_buf: Option<DeviceBuffer>,
+    nseq: usize,
     steps: usize,
-    outputs: Vec<DeviceBuffer>,
-    /// Present when the run was asked for it.
-    final_state: Option<FinalState>,
-    stats: RunStats,
     form: Form,
     chunk: Option<usize>,
+    chosen: Chosen,
 }
 
-impl DeviceOutputs {
-    pub fn stats(&self) -> RunStats {
-        self.stats
-    }
-    /// The form that ran (`auto` resolved).
-    pub fn form(&self) -> Form {
-        self.form
-    }
-    pub fn chunk(&self) -> Option<usize> {
-        self.chunk
-    }
+/// What [`CudaExecutor::time_resident`] measured.
+#[derive(Debug, Clone)]
+pub struct ResidentTimes {
+    /// Device seconds of each timed run, ascending.
+    pub seconds: Vec<f64>,
+    /// The form that ran (`chunked` for the look-back scan, with its tile as `chunk`).
+    pub form: Form,
+    pub chunk: Option<usize>,
+    /// The kernels that ran.
+    pub kernel: Chosen,
+}
 
-    /// Copies the outputs (and the final state, when asked for) to the host.
-    pub fn to_host(&self) -> Result<Outputs, RunError> {
-        let exec = &self.exec;
-        exec.device().bind()?;
-        let outputs = exec.download_outputs(&self.outputs, &self.batch, self.steps)?;
-        let flat = match &self.final_state {
-            Some(FinalState::Device(buf)) => {
-                let mut flat = vec![0u64; buf.bytes / 8];
-                exec.device().copy_to_host(buf, 0, crate::buffers::bytes_mut(&mut flat))?;
-                Some(flat)
-            }
-            Some(FinalState::Host(words)) => Some(words.clone()),
-            Some(FinalState::None) | None => None,
-        };
-        let final_state = flat.map(|f| exec.host().state_of(&self.batch, &f));
-        Ok(Outputs {
-            batch: self.batch.clone(),
-            steps: self.steps,
-            outputs,
-            summary: RunSummary { final_state, prefill: None, stats: self.stats, form: self.form, chunk: self.chunk },
-        })
+impl ResidentTimes {
+    /// The median of the timed runs.
+    pub fn median(&self) -> f64 {
+        let n = self.seconds.len();
+        if n % 2 == 1 {
+            self.seconds[n / 2]
+        } else {
+            0.5 * (self.seconds[n / 2 - 1] + self.seconds[n / 2])
+        }
     }
 }
 
-/// (Sequence, chunk) pairs `auto` aims for: a quarter of the threads an H200 holds
-/// resident (132 SMs × 2048), so that the chunk passes fill the device while chunks
-/// stay long (every step is scanned twice). Chosen, not tuned.
+/// Threads that keep the device busy (an H200 holds 132 SMs × 2048 resident threads);
+/// `auto` chunks a batch into about this many (sequence, chunk) pairs.
 const ENOUGH_THREADS: usize = 1 << 16;
 
-/// The chunk size of `auto`: about 2^16 (sequence, chunk) pairs over the whole batch, at
+/// The chunk size of `auto`: about [`ENOUGH_THREADS`] chunks over the whole batch, at
 /// least 16 steps each (a chunk's steps are scanned twice).
 pub fn auto_chunk(steps: usize, nseq: usize) -> usize {
     let chunks_per_seq = ENOUGH_THREADS.div_ceil(nseq.max(1)).max(1);

@@ -220,6 +220,7 @@ impl Counter {
             steps: 1,
             elem: e,
             combines: std::cell::Cell::new(0),
+            lanes: None,
         };
         for j in 0..steps {
             let t = if reverse { steps - 1 - j } else { j };

@@ -82,10 +82,13 @@ pub(crate) struct Launcher<'a> {
     /// Bytes of one element.
     pub elem: usize,
     pub combines: Cell<u64>,
+    /// The lanes kernel (`psm_scan`'s ABI, D threads per chunk) and D: `scan` launches
+    /// it instead of `psm_scan` when present.
+    pub lanes: Option<(&'a Function, usize)>,
 }
 
 impl Launcher<'_> {
-    fn args(&self, inputs: bool, outputs: bool) -> Args {
+    pub(super) fn args(&self, inputs: bool, outputs: bool) -> Args {
         let mut a = Args::new();
         a.ptrs(self.params);
         if inputs {
@@ -97,7 +100,7 @@ impl Launcher<'_> {
         a
     }
 
-    fn count(&self, n: u64) {
+    pub(super) fn count(&self, n: u64) {
         self.combines.set(self.combines.get() + n);
     }
 
@@ -119,7 +122,10 @@ impl Launcher<'_> {
         let mut a = self.args(true, true);
         a.u64(self.nseq as u64).u64(self.steps as u64).u64(chunk as u64);
         a.u64(state_in.map_or(0, DeviceBuffer::ptr)).u64(state_out.map_or(0, DeviceBuffer::ptr)).u32(flags);
-        self.device.launch(&self.kernels.scan, (self.nseq * nchunks) as u64, &a)
+        match self.lanes {
+            Some((f, d)) => self.device.launch(f, (self.nseq * nchunks) as u64 * d as u64, &a),
+            None => self.device.launch(&self.kernels.scan, (self.nseq * nchunks) as u64, &a),
+        }
     }
 
     /// `psm_lift` of every step into `leaves` (`[nseq, steps]` elements).

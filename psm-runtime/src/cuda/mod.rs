@@ -7,9 +7,9 @@
 //!   panic;
 //! * `launch` — typed launches of the ABI's kernels;
 //! * `forms` — recurrent, chunked, tree and the stream's counter on the device;
-//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device, also in
-//!   steps: `upload` (inputs and params checked and copied once), `run_device` (outputs
-//!   kept on the device), `DeviceOutputs::to_host`;
+//! * [`select`] — which kernels run a batch ([`CudaKernel`]: the rule, and the user's
+//!   override): the single-pass look-back scan and the channel-parallel lanes kernel;
+//! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
 //! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
 //!   device (the decode step: `psm_scan` in place, or the counter).
 //!
@@ -28,8 +28,10 @@ pub mod device;
 pub mod exec;
 mod forms;
 mod launch;
+pub mod select;
 pub mod stream;
 
 pub use device::{driver_present, Device};
-pub use exec::{CudaExecutor, DeviceInputs, DeviceOutputs};
+pub use exec::{CudaExecutor, ResidentTimes};
+pub use select::{Chosen, CudaKernel};
 pub use stream::DeviceStream;

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 5's GPU benchmark in one run on the GPU machine (which has no Rust): psm's
+# kernels timed with inputs and outputs resident on the device (`psmc bench --backend
+# cuda --resident`: CUDA events, median of 20 after 3 warm-up runs), the libraries of
+# bench/gpu/baselines.py (torch, CuPy/CUB, accelerated-scan, torch associative_scan,
+# then JAX in its own process) on the same shapes, and one table (bench/gpu/table.py):
+# each psm row's GB/s, its fraction of the copy bandwidth measured in the same run, and
+# its ratio against the fastest library on the same shape.
+#
+#   bench/gpu/run.sh build DIR   # here, where cargo is: psmc, the GPU test binaries
+#                                # (bench/gpu/cuda_tests.sh build) and these scripts into DIR
+#   bench/gpu/run.sh run DIR     # there, from the repository root: the GPU tests, psm's
+#                                # rows, the baselines, the table; logs and JSON in $OUT (or DIR)
+#
+# accelerated-scan comes as a wheel: with .whl/*.whl present, `run` installs them into
+# /tmp/site first (the GPU machine has no network). Exit status: 1 when a GPU test or a
+# psm row failed, else 0.
+set -u
+mode="${1:-}"
+dir="${2:-}"
+if [ -z "$mode" ] || [ -z "$dir" ]; then
+    echo "usage: $0 build|run DIR" >&2
+    exit 2
+fi
+here="$(cd "$(dirname "$0")" && pwd)"
+
+case "$mode" in
+build)
+    set -e
+    "$here/cuda_tests.sh" build "$dir"
+    cp "$here/run.sh" "$here/table.py" "$dir/"
+    ;;
+run)
+    logs="${OUT:-$dir}"
+    status=0
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            && export PYTHONPATH=/tmp/site
+    fi
+    export PSM_OPS_DIR="$PWD/examples/ops" PSMC="$dir/psmc"
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.memory --format=csv,noheader > "$logs/device.txt" 2>&1
+
+    # 1. The GPU tests (every library operator through every form, and through the
+    #    look-back and lanes kernels where they apply).
+    timeout 300 "$dir/runtime_cuda" --test-threads 16 --nocapture > "$logs/tests.log" 2>&1 || status=1
+    grep -E "test result|panicked" "$logs/tests.log" | head -5
+
+    # 2. psm's rows. --kernel lookback / lanes force the look-back scan and the lanes
+    #    kernel; the row after each is what `auto` takes.
+    ops=examples/ops
+    n=268435456
+    bench() { timeout 120 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
+    : > "$logs/psm.json"
+    for op in cumsum logcumsumexp running_max_index; do
+        bench "$ops/$op.psm" --len $n --kernel lookback
+        bench "$ops/$op.psm" --len $n
+    done
+    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --kernel lookback
+    bench "$ops/cumsum.psm" --batch 4096 --len 65536
+    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --kernel lanes
+    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192
+    bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
+    bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push
+
+    # 3. The libraries (JAX last and alone: it reserves device memory).
+    timeout 300 python3 bench/gpu/baselines.py torch > "$logs/torch.jsonl" 2> "$logs/torch.err"
+    timeout 200 python3 bench/gpu/baselines.py jax > "$logs/jax.jsonl" 2> "$logs/jax.err"
+
+    python3 "$dir/table.py" "$logs/psm.json" "$logs/torch.jsonl" "$logs/jax.jsonl" | tee "$logs/table.txt"
+    exit $status
+    ;;
+*)
+    echo "usage: $0 build|run DIR" >&2
+    exit 2
+    ;;
+esac

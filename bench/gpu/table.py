@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""One table of issue 5's GPU benchmark (bench/gpu/run.sh): psm's rows from
+`psmc bench --backend cuda --resident --format json` (one JSON document per run, one
+row per form) beside the libraries' JSON lines of bench/gpu/baselines.py.
+
+Per psm row: device time, GB/s (psm's bytes: inputs, params and outputs, each once),
+the fraction of the copy bandwidth measured in the same run (torch copy_), the fastest
+library on the same problem and psm's speed against it (library time / psm time: > 1
+means psm is faster). A decode row (`push`) is per call: the run's time over its steps.
+
+Usage: table.py PSM_JSON BASELINE_JSONL...
+"""
+
+import json
+import sys
+
+N = 1 << 28
+
+
+def documents(text):
+    """The JSON documents of a file of concatenated (pretty-printed) documents."""
+    decoder, i, out = json.JSONDecoder(), 0, []
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return out
+        doc, i = decoder.raw_decode(text, i)
+        out.append(doc)
+
+
+def problem(row):
+    """The baselines' (suite, shape) of a psm row, or None."""
+    op, shape = row["operator"], row["shape"]
+    if op == "cumsum":
+        return ("cumsum", shape)
+    if op == "logcumsumexp":
+        return ("logcumsumexp", shape)
+    if op == "running_max_index":
+        return ("cummax", shape)
+    if op == "diag_affine" and len(shape) == 3:
+        b, t, d = shape  # psm's [B, T, D] is accelerated-scan's (B, C = D, T)
+        return ("affine", [b, d, t])
+    if op == "attn_agg":
+        return ("attn_tree", shape)
+    if op == "gla" and row["form"] == "push":
+        b, _, k = shape
+        return ("gla_decode", [b, k, row["dims"].get("V", k)])
+    return None
+
+
+def main():
+    psm = [r for doc in documents(open(sys.argv[1]).read()) for r in doc.get("rows", [])]
+    libs = []
+    for path in sys.argv[2:]:
+        try:
+            libs += [json.loads(line) for line in open(path) if line.strip()]
+        except OSError:
+            pass
+    copy = [l for l in libs if l.get("suite") == "copy" and "seconds" in l]
+    copy_bps = copy[0]["bytes"] / copy[0]["seconds"] if copy else None
+    print(f"copy bandwidth (torch copy_, same run): {copy_bps / 1e12:.2f} TB/s" if copy_bps else "copy bandwidth: not measured")
+    for l in libs:
+        if "error" in l:
+            print(f"library failed: {l['name']} {l.get('shape')}: {l['error']}")
+    head = f"{'psm row':34} {'form':9} {'shape':22} {'time':>11} {'GB/s':>7} {'x copy':>7}  {'best library (time)':44} {'vs best':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in psm:
+        per_call = r["form"] == "push"
+        seconds = r["seconds"] / r["shape"][1] if per_call else r["seconds"]
+        gbs = r["bytes"] / r["seconds"] / 1e9
+        frac = f"{r['bytes'] / r['seconds'] / copy_bps:.2f}" if copy_bps and not per_call else "-"
+        key = problem(r)
+        rivals = [l for l in libs if "seconds" in l and key and (l["suite"], l["shape"]) == key]
+        best = min(rivals, key=lambda l: l["seconds"]) if rivals else None
+        best_text = f"{best['name']} ({best['seconds'] * 1e3:.3f} ms)" if best else "-"
+        ratio = f"{best['seconds'] / seconds:.2f}" if best else "-"
+        unit = f"{seconds * 1e6:.1f} us/call" if per_call else f"{seconds * 1e3:.3f} ms"
+        name = f"{r['operator']}" + (" (push, host copies)" if per_call else "")
+        print(f"{name:34} {r['form']:9} {str(r['shape']):22} {unit:>11} {gbs:7.0f} {frac:>7}  {best_text:44} {ratio:>7}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+//! Which kernels run a batch on the device, and the look-back scan's launch.
+//!
+//! # The rule ([`CudaKernel::Auto`])
+//!
+//! Today `auto` takes the **generic kernels** of the form (`auto` resolves as
+//! [`CudaExecutor`](super::CudaExecutor) documents: the tree for non-associative
+//! operators; for associative ones recurrent when one thread per sequence fills the
+//! device, else chunked). The **look-back scan** (`psm_lookback`, psm-codegen's
+//! `ptx::compile_lookback`: one pass over the data, tiles of 2048 positions, decoupled
+//! look-back between tiles) is assembled by ptxas 13.0 for every eligible library
+//! operator but has not yet run on a GPU, so it is only taken when forced. Once the GPU
+//! tests (tests/cuda.rs, `check_lookback`) pass, the intended rule is: the look-back
+//! scan when the operator is associative (proven, verified, or `assume associative`),
+//! its element fields and input/output rows are scalars (the module has the kernel),
+//! the form asked for is `auto`, and the batch has fewer sequences than one thread per
+//! sequence needs to fill the device (65536).
+//!
+//! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
+//! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
+//! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
+//! [`CudaKernel::Lanes`] forces the lanes kernel (`psm_lanes`, psm-codegen's
+//! `ptx::compile_lanes`: `psm_scan` with one thread per (sequence, chunk, entry), for
+//! associative operators whose element fields and outputs are vectors of one length
+//! with independent entries, such as diagonal affine recurrences over `[B, T, D]`) in
+//! the recurrent and chunked forms (`auto` picks between them as for `psm_scan`,
+//! counting D threads per chunk): an error when the operator is not associative or has
+//! no such kernel, or when the form is the tree or the stream. It too is forced-only
+//! until it has run on a GPU; the intended rule then is to take it in `auto` for such
+//! operators.
+//! [`CudaKernel::Generic`] forces the generic kernels.
+
+use psm_codegen::ptx::{Kernel, LanesModule, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+
+use super::device::{Device, DeviceBuffer, Function};
+use super::forms::FormEnd;
+use super::launch::Launcher;
+use crate::error::RunError;
+
+/// The kernels a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CudaKernel {
+    /// The rule of this module.
+    #[default]
+    Auto,
+    /// The generic kernels of the form (`psm_scan`, `psm_lift`, `psm_combine`,
+    /// `psm_readout`).
+    Generic,
+    /// The single-pass look-back scan.
+    Lookback,
+    /// The channel-parallel recurrent scan.
+    Lanes,
+}
+
+/// The kernels a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Generic,
+    Lookback,
+    Lanes,
+}
+
+impl CudaKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            CudaKernel::Auto => "auto",
+            CudaKernel::Generic => "generic",
+            CudaKernel::Lookback => "lookback",
+            CudaKernel::Lanes => "lanes",
+        }
+    }
+}
+
+/// The look-back kernel of one aggregator, loaded.
+pub(crate) struct Lookback {
+    pub module: LookbackModule,
+    function: Function,
+}
+
+/// Loads the only kernel of `module` after checking that it takes the params, inputs
+/// and outputs (`counts`) and `own` arguments of its launch.
+fn load(device: &Device, aggregator: &str, module: &psm_codegen::ptx::PtxModule, kernel: Kernel, counts: [usize; 3], own: usize) -> Result<Function, RunError> {
+    let expected = counts.iter().sum::<usize>() + own;
+    let found = module.kernel(kernel).map(|k| k.params.len());
+    if found != Some(expected) {
+        return Err(RunError::Codegen {
+            aggregator: aggregator.to_string(),
+            message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
+        });
+    }
+    device.module(aggregator, &module.text)?.function(kernel.name())
+}
+
+/// State flags of a launch from the run's options.
+fn state_flags(init: Option<&DeviceBuffer>, state: Option<&DeviceBuffer>, reverse: u32) -> u32 {
+    let mut flags = reverse;
+    if init.is_some() {
+        flags |= HAS_STATE;
+    }
+    if state.is_none() {
+        flags |= NO_STATE_OUT;
+    }
+    flags
+}
+
+impl Lookback {
+    /// Loads the kernel (checking the parameters [`Lookback::run`] passes).
+    pub fn load(device: &Device, aggregator: &str, module: LookbackModule, counts: [usize; 3]) -> Result<Lookback, RunError> {
+        let function = load(device, aggregator, &module.module, Kernel::Lookback, counts, 6)?;
+        Ok(Lookback { module, function })
+    }
+
+    /// One launch over every sequence of `l` (at least one step): outputs, and p_T of
+    /// every sequence when `keep_state`. Counts two combines per step (the fold and the
+    /// re-scan of each position), not the O(log) warp, block and look-back combines per
+    /// tile.
+    pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
+        let too_large = || RunError::TooLarge { what: format!("a look-back scan of {} sequences of {} steps", l.nseq, l.steps) };
+        let tiles = l.steps.div_ceil(self.module.tile).checked_mul(l.nseq).ok_or_else(too_large)?;
+        let status = l.device.alloc("the look-back status", self.module.status_bytes(tiles).ok_or_else(too_large)?, true)?;
+        let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
+        let flags = state_flags(init, state.as_ref(), reverse);
+        l.count(2 * (l.nseq * l.steps) as u64);
+        let mut a = l.args(true, true);
+        a.u64(l.nseq as u64).u64(l.steps as u64);
+        a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
+        l.device.launch_blocks(&self.function, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        Ok(FormEnd { final_state: state, held: 1 })
+    }
+}
+
+/// The lanes kernel of one aggregator, loaded.
+pub(crate) struct Lanes {
+    pub module: LanesModule,
+    function: Function,
+}
+
+impl Lanes {
+    /// Loads the kernel (checking that it takes `psm_scan`'s parameters).
+    pub fn load(device: &Device, aggregator: &str, module: LanesModule, counts: [usize; 3]) -> Result<Lanes, RunError> {
+        let function = load(device, aggregator, &module.module, Kernel::Lanes, counts, 6)?;
+        Ok(Lanes { module, function })
+    }
+
+    /// The kernel and D, for [`Launcher::lanes`].
+    pub fn launch(&self) -> (&Function, usize) {
+        (&self.function, self.module.lanes)
+    }
+}
