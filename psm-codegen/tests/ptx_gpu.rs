@@ -318,6 +318,23 @@ impl Gpu<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn scan(&self, case: &Case<'_>, outputs: &[Dev], steps: usize, chunk: usize, state_in: u64, state_out: u64, flags: u32) {
+        self.scan_with(Kernel::Scan, 1, case, outputs, steps, chunk, state_in, state_out, flags)
+    }
+
+    /// `psm_scan`, or `psm_scan_entries` with `entries` threads per (sequence, chunk).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_with(
+        &self,
+        kernel: Kernel,
+        entries: usize,
+        case: &Case<'_>,
+        outputs: &[Dev],
+        steps: usize,
+        chunk: usize,
+        state_in: u64,
+        state_out: u64,
+        flags: u32,
+    ) {
         let mut args = self.head(true, outputs);
         args.extend([
             Arg::U64(case.nseq as u64),
@@ -327,8 +344,8 @@ impl Gpu<'_> {
             Arg::U64(state_out),
             Arg::U32(flags),
         ]);
-        let threads = (case.nseq * steps.div_ceil(chunk)) as u64;
-        self.cuda.run(self.module, &self.m, Kernel::Scan, threads, &args);
+        let threads = (case.nseq * steps.div_ceil(chunk) * entries) as u64;
+        self.cuda.run(self.module, &self.m, kernel, threads, &args);
     }
 
     /// out[r] = combine(left[r], right[r]) for r < rows, byte strides per row.
@@ -497,6 +514,28 @@ fn check_operator(cuda: &Cuda, name: &str) {
     }
     let recurrent_trimmed: Vec<Vec<u8>> = recurrent.iter().zip(&decoded).map(|(r, d)| r[..d.len()].to_vec()).collect();
     assert_bytes_equal("decode steps", name, &decoded, &recurrent_trimmed);
+
+    // One thread per entry, where the operator has that kernel: the same values bit for
+    // bit as psm_scan, recurrent (with the final state), reverse and from carries.
+    if gpu.m.kernel(Kernel::ScanEntries).is_some() {
+        let entries = gpu.m.layout.field_lens[0];
+        let outs6 = gpu.outputs(&case);
+        let state6 = cuda.zeros(nseq * size);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs6, steps, steps, 0, state6.ptr, WRITE_OUTPUTS);
+        assert_bytes_equal("psm_scan_entries", name, &gpu.get(&outs6), &recurrent);
+        assert!(cuda.download(&state6) == final_state, "{name}: psm_scan_entries: final state");
+        let outs7 = gpu.outputs(&case);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs7, steps, steps, 0, 0, WRITE_OUTPUTS | NO_STATE_OUT | REVERSE);
+        assert_bytes_equal("psm_scan_entries reverse", name, &gpu.get(&outs7), &gpu.get(&outs3));
+        let aggs8 = cuda.zeros(nseq * nchunks * size);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &gpu.outputs(&case), steps, chunk, 0, aggs8.ptr, 0);
+        assert!(cuda.download(&aggs8) == cuda.download(&aggs), "{name}: psm_scan_entries: chunk aggregates");
+        let outs8 = gpu.outputs(&case);
+        let flags = WRITE_OUTPUTS | CARRY_IN | NO_STATE_OUT;
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs8, steps, chunk, carries.ptr, 0, flags);
+        assert_bytes_equal("psm_scan_entries from carries", name, &gpu.get(&outs8), &gpu.get(&outs4));
+        println!("{name}: psm_scan_entries ({entries} entries) = psm_scan bit for bit");
+    }
 
     // The declared identity.
     if agg.identity.is_some() {
@@ -796,3 +835,68 @@ fn ulp64(x: f64) -> f64 {
     (f64::from_bits(a.to_bits() + 1) - a).max(f64::from_bits(1))
 }
 
+
+/// The diagonal affine recurrence of the benchmark, [8, 1024, 8192] f32, run by
+/// `psm_scan_entries` (one thread per channel, and per chunk of 64 steps in the
+/// 3-phase form) and by `psm_scan` (one thread per sequence and chunk): prints the time
+/// per run and the effective bandwidth (inputs read once, outputs written once).
+#[test]
+#[ignore = "a benchmark: run on a GPU machine with --ignored"]
+fn diag_affine_timings() {
+    let Some(cuda) = Cuda::open() else {
+        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
+        return;
+    };
+    let (agg, info) = parse_one(&source("diag_affine"), &[("D", 8192)]);
+    let (nseq, steps, d) = (8usize, 1024usize, 8192usize);
+    let mut rng = Rng::new(3);
+    let inputs: Vec<Vec<Vec<f64>>> = (0..nseq)
+        .map(|_| agg.tensors_of(Role::Input).map(|t| random_values(&mut rng, &agg, t, steps * d)).collect())
+        .collect();
+    let case = Case { agg: &agg, info: &info, nseq, steps, params: vec![], inputs };
+    let m = ptx::compile(&agg, &info, &Default::default()).expect("compile");
+    let input_devs: Vec<Dev> = (0..2)
+        .map(|k| {
+            let per_seq: Vec<&Vec<f64>> = case.inputs.iter().map(|seq| &seq[k]).collect();
+            cuda.upload(&field_bytes(Dtype::F32, &per_seq))
+        })
+        .collect();
+    let module = cuda.load(&m);
+    let gpu = Gpu { cuda: &cuda, m, module, params: vec![], inputs: input_devs };
+    let size = gpu.m.layout.size;
+    let bytes = (nseq * steps * d * 4 * 3) as f64;
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        f();
+        let reps = 10;
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        let secs = start.elapsed().as_secs_f64() / reps as f64;
+        println!("{label}: {:.3} ms, {:.0} GB/s effective", secs * 1e3, bytes / secs / 1e9);
+    };
+    let outs = gpu.outputs(&case);
+    time("psm_scan_entries recurrent (65536 threads)", &mut || {
+        gpu.scan_with(Kernel::ScanEntries, d, &case, &outs, steps, steps, 0, 0, WRITE_OUTPUTS | NO_STATE_OUT)
+    });
+    let chunk = 64;
+    let nchunks = steps.div_ceil(chunk);
+    let aggs = cuda.zeros(nseq * nchunks * size);
+    let carries = cuda.zeros(nseq * nchunks * size);
+    let row = (nchunks * size) as u64;
+    time("psm_scan_entries 3-phase, chunks of 64 (aggregates, carries, apply)", &mut || {
+        gpu.scan_with(Kernel::ScanEntries, d, &case, &outs, steps, chunk, 0, aggs.ptr, 0);
+        for c in 1..nchunks {
+            let out = (carries.ptr + (c * size) as u64, row);
+            let right = (aggs.ptr + ((c - 1) * size) as u64, row);
+            let left = (carries.ptr + ((c - 1) * size) as u64, row);
+            gpu.combine(nseq, out, left, right, if c == 1 { LEFT_IDENTITY } else { 0 });
+        }
+        let flags = WRITE_OUTPUTS | CARRY_IN | NO_STATE_OUT;
+        gpu.scan_with(Kernel::ScanEntries, d, &case, &outs, steps, chunk, carries.ptr, 0, flags);
+    });
+    let outs2 = gpu.outputs(&case);
+    time("psm_scan recurrent (8 threads)", &mut || {
+        gpu.scan(&case, &outs2, steps, steps, 0, 0, WRITE_OUTPUTS | NO_STATE_OUT)
+    });
+}

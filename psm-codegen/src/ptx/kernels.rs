@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use psm_ir::ir::{Body, ReadoutKind, Role, Source};
+use psm_ir::ir::{Body, Expr, ReadoutKind, Role, Side, Source, Target};
 
 use super::emit::{Class, Reg};
 use super::lower::{BodyIo, Ctx, ElemView, Loc, Lowerer, Space};
@@ -32,18 +32,18 @@ fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     for t in agg.tensors_of(Role::Param) {
         push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Lift | Kernel::Readout) {
         for t in agg.tensors_of(Role::Input) {
             push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Readout) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Readout) {
         for t in agg.tensors_of(Role::Output) {
             push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
     let own: &[&str] = match kernel {
-        Kernel::Scan => &["nseq", "steps", "chunk", "state_in", "state_out"],
+        Kernel::Scan | Kernel::ScanEntries => &["nseq", "steps", "chunk", "state_in", "state_out"],
         Kernel::Lift => &["nseq", "steps", "leaves"],
         Kernel::Combine => {
             &["rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right", "right_row", "right_col"]
@@ -264,19 +264,23 @@ impl<'a> Frame<'a> {
 }
 
 /// Element views of the fused loop: rank-0 fields in registers, the others in a
-/// region whose base register rotates.
+/// region whose base register rotates; in a per-entry kernel every field's entry in a
+/// register and no region.
 struct Rotating {
-    base: Reg,
+    base: Option<Reg>,
     regs: Vec<Option<Reg>>,
 }
 
 impl Rotating {
-    fn new(f: &mut Frame<'_>, region: usize) -> Rotating {
-        let base = f.region(region);
+    /// Over element region `region`, or all in registers with `None`.
+    fn new(f: &mut Frame<'_>, region: Option<usize>) -> Rotating {
+        let base = region.map(|k| f.region(k));
         let (agg, info) = (f.l.cx.agg, f.l.cx.info);
         let regs = agg
             .tensors_of(Role::Element)
-            .map(|t| info.shape(t).is_empty().then(|| f.l.e.reg(Class::of(agg.tensors[t].dtype.scalar()))))
+            .map(|t| {
+                (base.is_none() || info.shape(t).is_empty()).then(|| f.l.e.reg(Class::of(agg.tensors[t].dtype.scalar())))
+            })
             .collect();
         Rotating { base, regs }
     }
@@ -286,46 +290,67 @@ impl Rotating {
             self.regs
                 .iter()
                 .zip(offsets)
-                .map(|(r, &off)| match r {
-                    Some(r) => Loc::Reg(*r),
-                    None => Loc::Mem { base: self.base, offset: off as i64, space: Space::Generic },
+                .map(|(r, &off)| match (r, self.base) {
+                    (Some(r), _) => Loc::Reg(*r),
+                    (None, Some(base)) => Loc::Mem { base, offset: off as i64, space: Space::Generic },
+                    (None, None) => Loc::Zero,
                 })
                 .collect(),
         )
     }
 }
 
-/// `a ← b`: the registers copied, the region bases swapped.
+/// `a <- b`: the registers copied, the region bases swapped.
 fn take(f: &mut Frame<'_>, a: &Rotating, b: &Rotating) {
     for (x, y) in a.regs.iter().zip(&b.regs) {
         if let (Some(x), Some(y)) = (x, y) {
             f.l.mov(*x, *y);
         }
     }
-    let t = f.l.e.reg(Class::B64);
-    f.l.mov(t, a.base);
-    f.l.mov(a.base, b.base);
-    f.l.mov(b.base, t);
+    if let (Some(ab), Some(bb)) = (a.base, b.base) {
+        let t = f.l.e.reg(Class::B64);
+        f.l.mov(t, ab);
+        f.l.mov(ab, bb);
+        f.l.mov(bb, t);
+    }
 }
 
-/// Loads the rank-0 fields of `a` from the element at `src` (generic).
-fn load_regs(f: &mut Frame<'_>, a: &Rotating, src: Reg) {
+/// The register fields of `a` at `src` (generic): rank-0 fields at their offsets, or in
+/// a per-entry kernel each field's entry `entry_bytes` (by entry size) past its offset.
+fn load_regs(f: &mut Frame<'_>, a: &Rotating, src: Reg, entry: Option<&EntryBytes>) {
     let layout = f.l.cx.layout.clone();
     for (k, r) in a.regs.iter().enumerate() {
         if let Some(r) = r {
-            let v = f.l.load_at(layout.dtypes[k].scalar(), Space::Generic, src, layout.offsets[k] as i64);
+            let addr = entry.map_or(src, |e| e.at(f, src, layout.dtypes[k]));
+            let v = f.l.load_at(layout.dtypes[k].scalar(), Space::Generic, addr, layout.offsets[k] as i64);
             f.l.mov(*r, v);
         }
     }
 }
 
-/// Stores the rank-0 fields of `a` into the element at `dst` (generic).
-fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg) {
+/// Stores the register fields of `a` into the element at `dst`, as [`load_regs`] reads.
+fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryBytes>) {
     let layout = f.l.cx.layout.clone();
     for (k, r) in a.regs.iter().enumerate() {
         if let Some(r) = r {
-            f.l.store_at(layout.dtypes[k].scalar(), Space::Generic, dst, layout.offsets[k] as i64, *r);
+            let addr = entry.map_or(dst, |e| e.at(f, dst, layout.dtypes[k]));
+            f.l.store_at(layout.dtypes[k].scalar(), Space::Generic, addr, layout.offsets[k] as i64, *r);
         }
+    }
+}
+
+/// The byte offset of the thread's entry within a field, for 4- and 8-byte entries.
+struct EntryBytes {
+    four: Reg,
+    eight: Reg,
+}
+
+impl EntryBytes {
+    fn at(&self, f: &mut Frame<'_>, base: Reg, dtype: psm_ir::ir::Dtype) -> Reg {
+        let off = if dtype_size(dtype) == 8 { self.eight } else { self.four };
+        let r = f.l.e.reg(Class::B64);
+        f.l.e.ins(format!("add.s64 {r}, {base}, {off}"));
+        r
     }
 }
 
@@ -392,9 +417,62 @@ fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg>> {
 }
 
 pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    scan_kernel(cx, math, None)
+}
+
+/// `psm_scan_entries`, for an operator whose entries scan independently
+/// ([`entry_shape`]).
+pub(crate) fn scan_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
+    let shape = entry_shape(cx)?;
+    Some(scan_kernel(cx, math, Some(&shape)))
+}
+
+/// The shape of the element's fields when one thread per entry can run the fused loop:
+/// the structure is elementwise (every field of one shape, combine reading `l` and `r`
+/// only at the entry it writes) over at least two entries, combine has no `let`, and
+/// the readout writes outputs of that shape reading the state only at the entry it
+/// writes (its `let`s not at all).
+pub(crate) fn entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
+    let (agg, info) = (cx.agg, cx.info);
+    if psm_ir::algebra::structure(agg, info) != psm_ir::algebra::Structure::Elementwise {
+        return None;
+    }
+    let shape = info.shape(*agg.element().first()?).to_vec();
+    if shape.iter().product::<usize>() < 2 || agg.combine.stmts.iter().any(|s| matches!(s.target, Target::Local(_))) {
+        return None;
+    }
+    let per_entry = agg.readout.stmts.iter().all(|stmt| {
+        let own = match stmt.target {
+            Target::Tensor(t) if info.shape(t) == shape.as_slice() => Some(&stmt.indices),
+            Target::Tensor(_) => return false,
+            Target::Local(_) => None,
+        };
+        let mut ok = true;
+        state_loads(agg, stmt.value, &mut |indices| {
+            ok &= own.is_some_and(|vars| {
+                indices.len() == vars.len() && indices.iter().zip(vars.iter()).all(|(&i, &v)| agg.exprs[i] == Expr::Index(v))
+            });
+        });
+        ok
+    });
+    per_entry.then_some(shape)
+}
+
+/// Calls `f` with the indices of every load of the readout's state under `e`.
+fn state_loads(agg: &psm_ir::ir::Aggregator, e: psm_ir::arena::Handle<Expr>, f: &mut impl FnMut(&[psm_ir::arena::Handle<Expr>])) {
+    if let Expr::Load { source: Source::Element(Side::State, _), indices } = &agg.exprs[e] {
+        f(indices);
+    }
+    agg.exprs[e].for_each_child(|c| state_loads(agg, c, f));
+}
+
+/// `psm_scan`, or with `entries` (the fields' shape) `psm_scan_entries`: the same loop
+/// with one thread per entry of the element and every field's entry in a register.
+fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
-    let mut f = Frame::new(cx, math, Kernel::Scan, 3);
+    let kernel = if entries.is_some() { Kernel::ScanEntries } else { Kernel::Scan };
+    let mut f = Frame::new(cx, math, kernel, if entries.is_some() { 0 } else { 3 });
     let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
     let e = &mut f.l.e;
     let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
@@ -405,7 +483,24 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
     e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
     e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
-    let gid = f.index_below(count);
+    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
+    if entries.is_some() {
+        e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
+    }
+    let thread = f.index_below(count);
+    let (gid, entry) = match entries {
+        Some(shape) => {
+            let width = f.l.u64_const(n_entries as i64);
+            let (chunk_index, e) = f.divmod(thread, width);
+            let coords = coordinates(&mut f, e, shape);
+            f.l.entry = Some(coords);
+            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
+            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
+            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
+            (chunk_index, Some(EntryBytes { four, eight }))
+        }
+        None => (thread, None),
+    };
     let (s, c) = f.divmod(gid, nchunks);
     let flags = f.param("flags");
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
@@ -443,9 +538,10 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let outputs = f.bases(Role::Output, "out_", &all_outputs);
     let (state_in, state_out) = (f.param("state_in"), f.param("state_out"));
 
-    let p = Rotating::new(&mut f, 0);
-    let el = Rotating::new(&mut f, 1);
-    let n = Rotating::new(&mut f, 2);
+    let region = |k: usize| entries.is_none().then_some(k);
+    let p = Rotating::new(&mut f, region(0));
+    let el = Rotating::new(&mut f, region(1));
+    let n = Rotating::new(&mut f, region(2));
     let offsets = cx.layout.offsets.clone();
 
     let (load_state, loop_test, loop_step, done) =
@@ -475,8 +571,10 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     f.l.e.comment("p = state_in[slot]");
     let src = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {src}, {state_in}, {slot}"));
-    f.copy_element(p.base, src);
-    load_regs(&mut f, &p, src);
+    if let Some(base) = p.base {
+        f.copy_element(base, src);
+    }
+    load_regs(&mut f, &p, src, entry.as_ref());
 
     f.l.e.place(&loop_test);
     let stop = f.l.e.reg(Class::Pred);
@@ -512,9 +610,29 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     f.l.e.ins(format!("@{no_state} bra {}", f.exit));
     let dst = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {dst}, {state_out}, {slot}"));
-    f.copy_element(dst, p.base);
-    store_regs(&mut f, &p, dst);
+    if let Some(base) = p.base {
+        f.copy_element(dst, base);
+    }
+    store_regs(&mut f, &p, dst, entry.as_ref());
     f.finish()
+}
+
+/// The coordinates (b64) of flat entry `e` in a row-major `shape`.
+fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg> {
+    let st = crate::layout::strides(shape);
+    let mut rest = e;
+    let mut coords = Vec::with_capacity(shape.len());
+    for (k, &stride) in st.iter().enumerate() {
+        if k + 1 == shape.len() {
+            coords.push(rest);
+            break;
+        }
+        let width = f.l.u64_const(stride);
+        let (q, r) = f.divmod(rest, width);
+        coords.push(q);
+        rest = r;
+    }
+    coords
 }
 
 pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {

@@ -99,6 +99,10 @@ pub(crate) struct Lowerer<'a> {
     folds: Folds,
     /// The math device functions called.
     pub math: &'a mut BTreeSet<MathFn>,
+    /// In a per-entry kernel: the coordinates (b64) of the thread's entry, which the
+    /// index variables of every statement writing an element field or an output take
+    /// instead of looping.
+    pub entry: Option<Vec<Reg>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +120,7 @@ impl<'a> Lowerer<'a> {
             locals: vec![None; cx.agg.locals.len()],
             folds: Folds::new(cx.agg),
             math,
+            entry: None,
         }
     }
 
@@ -318,7 +323,7 @@ impl<'a> Lowerer<'a> {
             },
         };
         let st = strides(shape);
-        self.nest(&stmt.indices, &mut |s| {
+        let mut run = |s: &mut Self| {
             let v = s.value(stmt.value, io);
             match loc {
                 Loc::Reg(r) => s.mov(r, v),
@@ -334,7 +339,16 @@ impl<'a> Lowerer<'a> {
                 }
                 Loc::Zero => {}
             }
-        });
+        };
+        match (&self.entry, stmt.target) {
+            (Some(coords), Target::Tensor(_)) => {
+                for (&v, &c) in stmt.indices.iter().zip(coords) {
+                    self.env[v.index()] = Some(c);
+                }
+                run(self);
+            }
+            _ => self.nest(&stmt.indices, &mut run),
+        }
     }
 
     // ------------------------------------------------------------ integers

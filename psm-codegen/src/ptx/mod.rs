@@ -7,7 +7,8 @@
 //! **Module.** `.version` is the lowest PTX ISA that the target needs (7.8 for
 //! `sm_90`, accepted by every CUDA 12 and 13 driver), `.address_size 64`. Kernel names
 //! are fixed ([`Kernel::name`]): `psm_scan`, `psm_lift`, `psm_combine`, `psm_readout`,
-//! and `psm_identity` when the aggregator declares an identity. Every kernel is 1-D:
+//! `psm_identity` when the aggregator declares an identity, and `psm_scan_entries`
+//! where its entries scan independently. Every kernel is 1-D:
 //! any grid and block size; a thread computes its 64-bit global index
 //! `ctaid.x · ntid.x + tid.x` and returns when it is not below the kernel's count.
 //! Every offset into a buffer is computed in 64 bits.
@@ -17,6 +18,7 @@
 //!   bytes (a multiple of 8), field k at byte `layout.offsets[k]`, entries row-major in
 //!   its dtype. An element array is `layout.size` bytes per element, 8-byte aligned.
 //! * *param* `p` — row-major in its dtype, shared by all sequences.
+//! * Every buffer is aligned to its entries' size (element arrays to 8 bytes).
 //! * *input* field `x` — `[nseq, steps, len_x]` row-major: sequence s, step t starts at
 //!   entry `(s · steps + t) · len_x`. *Output* fields likewise.
 //!
@@ -42,8 +44,9 @@
 //! psm_scan(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
 //! ```
 //! One thread per (sequence s, chunk c), `nseq · ⌈steps / chunk⌉` threads, index
-//! `s · nchunks + c`; chunk c covers positions `[c · chunk, min((c+1) · chunk, steps))`.
-//! The fused recurrent loop of the CPU's `scan` over those positions: e = lift(x_t);
+//! `s · nchunks + c`; chunk c covers positions `[c · chunk, min((c+1) · chunk, steps))`
+//! (`chunk = 0` runs nothing). The fused recurrent loop of the CPU's `scan` over those
+//! positions, a left fold (so for several steps valid for associative operators only): e = lift(x_t);
 //! p' = combine(p, e), or e when no prefix is held; the readout reads p' (inclusive) or
 //! p (exclusive; with no prefix held, the declared identity, else zeros with `empty(p)`
 //! true), written only with `WRITE_OUTPUTS`. The starting prefix of chunk c is the
@@ -55,6 +58,17 @@
 //! pass from carries (`WRITE_OUTPUTS | CARRY_IN | NO_STATE_OUT`); one decode step
 //! (`steps = chunk = 1`, state in place). Reads `HAS_STATE`, `WRITE_OUTPUTS`,
 //! `REVERSE`, `NO_STATE_OUT`, `CARRY_IN`.
+//!
+//! ```text
+//! psm_scan_entries(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
+//! ```
+//! Only for operators whose element entries scan independently (structure
+//! `elementwise` over E ≥ 2 entries, no `let` in combine, a readout writing outputs of
+//! the fields' shape and reading the state only at the entry it writes; today
+//! diag_affine and average of the library): `psm_scan` with one thread per entry,
+//! `nseq · nchunks · E` threads, index `(s · nchunks + c) · E + e`, each field's entry
+//! in a register, adjacent threads reading adjacent entries (coalesced over the
+//! channel axis). Same arguments, flags, slots and results as `psm_scan`, bit for bit.
 //!
 //! ```text
 //! psm_lift(params…, inputs…, nseq, steps, leaves, flags: u32)
@@ -150,6 +164,7 @@ impl Default for PtxOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Scan,
+    ScanEntries,
     Lift,
     Combine,
     Readout,
@@ -161,6 +176,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scan => "psm_scan",
+            Kernel::ScanEntries => "psm_scan_entries",
             Kernel::Lift => "psm_lift",
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
@@ -198,7 +214,7 @@ pub struct PtxModule {
     /// The element layout, the same as the CPU's.
     pub layout: Layout,
     /// Every kernel of the module with its parameters: scan, lift, combine, readout,
-    /// and identity when declared.
+    /// identity when declared, and scan_entries where the entries scan independently.
     pub kernels: Vec<KernelSig>,
     /// The largest per-thread `.local` array any kernel declares, in bytes.
     pub local_bytes: usize,
@@ -263,6 +279,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
         kernels::readout(&cx, &mut math),
     ];
     generated.extend(kernels::identity(&cx, &mut math));
+    generated.extend(kernels::scan_entries(&cx, &mut math));
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
