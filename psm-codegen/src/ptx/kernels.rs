@@ -580,26 +580,44 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let stop = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
     f.l.e.ins(format!("@{stop} bra {done}"));
+    if entries.is_some() {
+        // UNROLL positions at a time while that many remain: their lifts first, so that
+        // their loads are in flight together, then the combines and readouts in order.
+        let (unrolled, single) = (f.l.e.label("unrolled_step"), f.l.e.label("single_steps"));
+        let (last, short) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::Pred));
+        f.l.e.place(&unrolled);
+        f.l.e.ins(format!("add.s64 {last}, {pos}, {UNROLL}"));
+        f.l.e.ins_c(format!("setp.gt.u64 {short}, {last}, {end}"), format!("fewer than {UNROLL} positions left"));
+        f.l.e.ins(format!("@{short} bra {single}"));
+        f.l.e.comment(format!("{UNROLL} positions: their lifts, then combines and readouts in order"));
+        let lifted: Vec<Rotating> = (0..UNROLL).map(|_| Rotating::new(&mut f, None)).collect();
+        let mut rows = Vec::with_capacity(UNROLL);
+        for (u, e_u) in lifted.iter().enumerate() {
+            let at = f.l.e.reg(Class::B64);
+            f.l.e.ins(format!("add.s64 {at}, {pos}, {u}"));
+            let t = f.memory_step(at, steps, rev);
+            let row = f.l.e.reg(Class::B64);
+            f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+            lift_at(&mut f, &params, &lift_inputs, row, e_u.view(&offsets));
+            rows.push(row);
+        }
+        for (e_u, &row) in lifted.iter().zip(&rows) {
+            step_after_lift(&mut f, &params, &readout_inputs, &outputs, row, write, (&p, e_u, &n), &offsets);
+        }
+        f.l.e.ins(format!("add.s64 {pos}, {pos}, {UNROLL}"));
+        f.l.e.ins(format!("bra.uni {unrolled}"));
+        f.l.e.place(&single);
+        let stop = f.l.e.reg(Class::Pred);
+        f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
+        f.l.e.ins(format!("@{stop} bra {done}"));
+    }
     f.l.e.place(&loop_step);
     f.l.e.comment("one position: e = lift(x), p' = combine(p, e), readout");
     let t = f.memory_step(pos, steps, rev);
     let row = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
     lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
-    if exclusive {
-        let skip = f.l.e.label("skip_readout");
-        f.l.e.ins(format!("@!{write} bra {skip}"));
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(p.view(&offsets)), None);
-        f.l.e.place(&skip);
-    }
-    combine_into(&mut f, &params, p.view(&offsets), el.view(&offsets), n.view(&offsets));
-    if !exclusive {
-        let skip = f.l.e.label("skip_readout");
-        f.l.e.ins(format!("@!{write} bra {skip}"));
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(n.view(&offsets)), None);
-        f.l.e.place(&skip);
-    }
-    take(&mut f, &p, &n);
+    step_after_lift(&mut f, &params, &readout_inputs, &outputs, row, write, (&p, &el, &n), &offsets);
     f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
     let more = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.lt.u64 {more}, {pos}, {end}"));
@@ -615,6 +633,39 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     }
     store_regs(&mut f, &p, dst, entry.as_ref());
     f.finish()
+}
+
+/// Positions `psm_scan_entries` lifts together (their loads in flight at once).
+const UNROLL: usize = 8;
+
+/// One position after its lift into `e`: the exclusive readout of `p`, `n = combine(p,
+/// e)`, the inclusive readout of `n` (readouts only with `write`), then `p <- n`.
+#[allow(clippy::too_many_arguments)]
+fn step_after_lift(
+    f: &mut Frame<'_>,
+    params: &[Option<Reg>],
+    readout_inputs: &[Option<Reg>],
+    outputs: &[Option<Reg>],
+    row: Reg,
+    write: Reg,
+    (p, e, n): (&Rotating, &Rotating, &Rotating),
+    offsets: &[usize],
+) {
+    let exclusive = f.l.cx.agg.readout_kind == ReadoutKind::Exclusive;
+    if exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(f, params, readout_inputs, outputs, row, Some(p.view(offsets)), None);
+        f.l.e.place(&skip);
+    }
+    combine_into(f, params, p.view(offsets), e.view(offsets), n.view(offsets));
+    if !exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(f, params, readout_inputs, outputs, row, Some(n.view(offsets)), None);
+        f.l.e.place(&skip);
+    }
+    take(f, p, n);
 }
 
 /// The coordinates (b64) of flat entry `e` in a row-major `shape`.
