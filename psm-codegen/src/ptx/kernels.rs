@@ -472,7 +472,9 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let kernel = if entries.is_some() { Kernel::ScanEntries } else { Kernel::Scan };
-    let mut f = Frame::new(cx, math, kernel, if entries.is_some() { 0 } else { 3 });
+    // Every field in a register: one thread per entry, or an element of scalars.
+    let in_registers = entries.is_some() || agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty());
+    let mut f = Frame::new(cx, math, kernel, if in_registers { 0 } else { 3 });
     let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
     let e = &mut f.l.e;
     let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
@@ -538,7 +540,7 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let outputs = f.bases(Role::Output, "out_", &all_outputs);
     let (state_in, state_out) = (f.param("state_in"), f.param("state_out"));
 
-    let region = |k: usize| entries.is_none().then_some(k);
+    let region = |k: usize| (!in_registers).then_some(k);
     let p = Rotating::new(&mut f, region(0));
     let el = Rotating::new(&mut f, region(1));
     let n = Rotating::new(&mut f, region(2));
@@ -580,7 +582,7 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let stop = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
     f.l.e.ins(format!("@{stop} bra {done}"));
-    if entries.is_some() {
+    if in_registers {
         // UNROLL positions at a time while that many remain: their lifts first, so that
         // their loads are in flight together, then the combines and readouts in order.
         let (unrolled, single) = (f.l.e.label("unrolled_step"), f.l.e.label("single_steps"));
@@ -635,7 +637,8 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     f.finish()
 }
 
-/// Positions `psm_scan_entries` lifts together (their loads in flight at once).
+/// Positions the fused loop lifts together (their loads in flight at once) when every
+/// field is in a register.
 const UNROLL: usize = 8;
 
 /// One position after its lift into `e`: the exclusive readout of `p`, `n = combine(p,
