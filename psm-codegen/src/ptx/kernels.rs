@@ -14,7 +14,7 @@ use super::{
     REVERSE, RIGHT_IDENTITY, WRITE_OUTPUTS,
 };
 use crate::index;
-use crate::layout::{align8, dtype_size};
+use crate::layout::{align8, dtype_size, scalar_size};
 
 /// One generated kernel.
 pub(crate) struct Generated {
@@ -60,6 +60,25 @@ fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     KernelSig { kernel, params }
 }
 
+/// Bytes the `let` tensors of rank >= 1 of `bodies` take at their places in the plan
+/// (each body's start at 0: the bodies of a kernel run one after another).
+fn lets_bytes(cx: &Ctx<'_>, bodies: &[&Body]) -> usize {
+    let info = cx.info;
+    bodies
+        .iter()
+        .flat_map(|b| &b.stmts)
+        .filter_map(|stmt| match stmt.target {
+            Target::Local(l) => {
+                let off = cx.plan.local_offsets[l.index()]?;
+                let len: usize = info.local_shapes[l.index()].iter().product();
+                Some(off.saturating_add(len.saturating_mul(scalar_size(info.local_types[l.index()]))))
+            }
+            Target::Tensor(_) => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Which tensors of `role` (by position) the bodies read.
 fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
     let agg = cx.agg;
@@ -84,16 +103,20 @@ struct Frame<'a> {
     sig: KernelSig,
     /// Bytes of the `.local` array (`let` tensors, then element regions).
     local_bytes: usize,
+    /// Bytes of its `let` region.
+    lets: usize,
     /// Generic base of the `.local` array.
     scratch: Option<Reg>,
     exit: String,
 }
 
 impl<'a> Frame<'a> {
-    /// The frame with `regions` element regions after the `let` tensors.
-    fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, regions: usize) -> Frame<'a> {
+    /// The frame of a kernel that lowers `bodies`, with `regions` element regions after
+    /// their `let` tensors.
+    fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, bodies: &[&Body], regions: usize) -> Frame<'a> {
         let sig = signature(cx, kernel);
-        let local_bytes = align8(cx.plan.elements).saturating_add(cx.layout.size.saturating_mul(regions));
+        let lets = align8(lets_bytes(cx, bodies));
+        let local_bytes = lets.saturating_add(cx.layout.size.saturating_mul(regions));
         let mut l = Lowerer::new(cx, math);
         let exit = "$L_exit".to_string();
         let scratch = (local_bytes > 0).then(|| {
@@ -103,7 +126,7 @@ impl<'a> Frame<'a> {
             l.e.ins(format!("cvta.local.u64 {g}, {a}"));
             g
         });
-        Frame { l, sig, local_bytes, scratch, exit }
+        Frame { l, sig, local_bytes, lets, scratch, exit }
     }
 
     /// A `.u64` (or `.u32`) kernel parameter.
@@ -203,7 +226,7 @@ impl<'a> Frame<'a> {
 
     /// `base + k · size` of element region k of the `.local` array.
     fn region(&mut self, k: usize) -> Reg {
-        let off = align8(self.l.cx.plan.elements) + k * self.l.cx.layout.size;
+        let off = self.lets + k * self.l.cx.layout.size;
         let r = self.l.e.reg(Class::B64);
         let scratch = self.scratch.expect("element regions are in the local array");
         self.l.e.ins(format!("add.s64 {r}, {scratch}, {off}"));
@@ -474,7 +497,9 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let kernel = if entries.is_some() { Kernel::ScanEntries } else { Kernel::Scan };
     // Every field in a register: one thread per entry, or an element of scalars.
     let in_registers = entries.is_some() || agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty());
-    let mut f = Frame::new(cx, math, kernel, if in_registers { 0 } else { 3 });
+    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let mut f = Frame::new(cx, math, kernel, &bodies, if in_registers { 0 } else { 3 });
     let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
     let e = &mut f.l.e;
     let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
@@ -525,8 +550,6 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     let slot = e.reg(Class::B64);
     e.ins_c(format!("mul.lo.s64 {slot}, {gid}, {}", cx.layout.size), "byte offset of the chunk's state slot");
 
-    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
-    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
     let lift_inputs_mask = used(cx, &[&agg.lift], Role::Input);
     let readout_inputs_mask = used(cx, &[&agg.readout], Role::Input);
@@ -691,7 +714,7 @@ fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg> {
 
 pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
-    let mut f = Frame::new(cx, math, Kernel::Lift, 0);
+    let mut f = Frame::new(cx, math, Kernel::Lift, &[&agg.lift], 0);
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
@@ -715,7 +738,7 @@ pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 
 pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
-    let mut f = Frame::new(cx, math, Kernel::Combine, 0);
+    let mut f = Frame::new(cx, math, Kernel::Combine, &[&agg.combine], 0);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
@@ -756,7 +779,9 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let regions = usize::from(exclusive && agg.identity.is_some());
-    let mut f = Frame::new(cx, math, Kernel::Readout, regions);
+    let mut bodies = vec![&agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let mut f = Frame::new(cx, math, Kernel::Readout, &bodies, regions);
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
@@ -765,8 +790,6 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let flags = f.param("flags");
     let rev = f.flag(flags, REVERSE, "REVERSE");
     let empty_first = f.flag(flags, EMPTY_FIRST, "EMPTY_FIRST");
-    let mut bodies = vec![&agg.readout];
-    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
     let mask = used(cx, &[&agg.readout], Role::Input);
     let inputs = f.bases(Role::Input, "in_", &mask);
@@ -807,7 +830,7 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 
 pub(crate) fn identity(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let body = cx.agg.identity.as_ref()?;
-    let mut f = Frame::new(cx, math, Kernel::Identity, 0);
+    let mut f = Frame::new(cx, math, Kernel::Identity, &[body], 0);
     let count = f.param("count");
     let gid = f.index_below(count);
     let params = param_bases(&mut f, &[body]);
