@@ -9,8 +9,11 @@
 //! GPU recurrent scan bit for bit (the same device code), transcendentals included.
 //!
 //! Needs the CUDA driver (`libcuda.so.1`, loaded at run time through dlopen: no build
-//! dependency); without one the test prints that it skipped. `PSM_OPS_DIR` names the
-//! library's directory when the binary runs away from its checkout.
+//! dependency); without one the test prints that it skipped. On a machine with cargo
+//! and a GPU: `cargo test -p psm-codegen --test ptx_gpu -- --nocapture` (add
+//! `--ignored diag_affine_timings` for the timing). A binary built elsewhere
+//! (`cargo test -p psm-codegen --test ptx_gpu --no-run` prints its path) runs on a GPU
+//! machine without Rust with `PSM_OPS_DIR` naming the library's directory.
 
 mod common;
 
