@@ -24,7 +24,7 @@ pub(crate) struct Ctx<'a> {
     pub agg: &'a Aggregator,
     pub info: &'a Info,
     pub layout: Layout,
-    /// Where each body's `let` tensors of rank ≥ 1 live in the kernel's `.local` array
+    /// Where each body's `let` tensors of rank ≥ 1 live in the kernel's `.local` array.
     pub plan: ScratchPlan,
     pub positions: Vec<usize>,
 }
