@@ -131,7 +131,8 @@ fn signatures_match_the_text() {
 }
 
 /// `psm_scan_entries` exists exactly for the operators whose entries scan
-/// independently with a per-entry readout.
+/// independently with a per-entry readout, `psm_combine_entries` where combine runs per
+/// entry.
 #[test]
 fn per_entry_kernel_where_entries_scan_independently() {
     let with: Vec<String> =
@@ -139,4 +140,8 @@ fn per_entry_kernel_where_entries_scan_independently() {
     // mamba_s6 is elementwise too, but its readout sums over the state's second axis;
     // cumsum and the other scalar elementwise operators have one entry.
     assert_eq!(with, ["average", "diag_affine"]);
+    let combine: Vec<String> =
+        library().into_iter().filter(|n| module(n).kernel(Kernel::CombineEntries).is_some()).collect();
+    // Every elementwise operator of at least two entries without combine lets.
+    assert_eq!(combine, ["average", "diag_affine", "mamba_s6"]);
 }

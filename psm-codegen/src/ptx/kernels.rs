@@ -45,7 +45,7 @@ fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     let own: &[&str] = match kernel {
         Kernel::Scan | Kernel::ScanEntries => &["nseq", "steps", "chunk", "state_in", "state_out"],
         Kernel::Lift => &["nseq", "steps", "leaves"],
-        Kernel::Combine => {
+        Kernel::Combine | Kernel::CombineEntries => {
             &["rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right", "right_row", "right_col"]
         }
         Kernel::Readout => &["nseq", "steps", "prefixes"],
@@ -451,19 +451,12 @@ pub(crate) fn scan_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<
 }
 
 /// The shape of the element's fields when one thread per entry can run the fused loop:
-/// the structure is elementwise (every field of one shape, combine reading `l` and `r`
-/// only at the entry it writes) over at least two entries, combine has no `let`, and
-/// the readout writes outputs of that shape reading the state only at the entry it
-/// writes (its `let`s not at all).
+/// combine can ([`combine_entry_shape`]: every field of one shape, combine reading `l`
+/// and `r` only at the entry it writes), and the readout writes outputs of that shape
+/// reading the state only at the entry it writes (its `let`s not at all).
 pub(crate) fn entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
     let (agg, info) = (cx.agg, cx.info);
-    if psm_ir::algebra::structure(agg, info) != psm_ir::algebra::Structure::Elementwise {
-        return None;
-    }
-    let shape = info.shape(*agg.element().first()?).to_vec();
-    if shape.iter().product::<usize>() < 2 || agg.combine.stmts.iter().any(|s| matches!(s.target, Target::Local(_))) {
-        return None;
-    }
+    let shape = combine_entry_shape(cx)?;
     let per_entry = agg.readout.stmts.iter().all(|stmt| {
         let own = match stmt.target {
             Target::Tensor(t) if info.shape(t) == shape.as_slice() => Some(&stmt.indices),
@@ -479,6 +472,18 @@ pub(crate) fn entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
         ok
     });
     per_entry.then_some(shape)
+}
+
+/// The shape of the element's fields when one thread per entry can run combine: the
+/// structure is elementwise over at least two entries and combine has no `let`.
+pub(crate) fn combine_entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
+    let (agg, info) = (cx.agg, cx.info);
+    if psm_ir::algebra::structure(agg, info) != psm_ir::algebra::Structure::Elementwise {
+        return None;
+    }
+    let shape = info.shape(*agg.element().first()?).to_vec();
+    let lets = agg.combine.stmts.iter().any(|s| matches!(s.target, Target::Local(_)));
+    (shape.iter().product::<usize>() >= 2 && !lets).then_some(shape)
 }
 
 /// Calls `f` with the indices of every load of the readout's state under `e`.
@@ -737,12 +742,43 @@ pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 }
 
 pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    combine_kernel(cx, math, None)
+}
+
+/// `psm_combine_entries`, for an operator whose combine runs per entry
+/// ([`combine_entry_shape`]).
+pub(crate) fn combine_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
+    let shape = combine_entry_shape(cx)?;
+    Some(combine_kernel(cx, math, Some(&shape)))
+}
+
+/// `psm_combine`, or with `entries` (the fields' shape) `psm_combine_entries`: one
+/// thread per entry of each combine.
+fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
     let agg = cx.agg;
-    let mut f = Frame::new(cx, math, Kernel::Combine, &[&agg.combine], 0);
+    let kernel = if entries.is_some() { Kernel::CombineEntries } else { Kernel::Combine };
+    let mut f = Frame::new(cx, math, kernel, &[&agg.combine], 0);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
-    let gid = f.index_below(count);
+    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
+    if entries.is_some() {
+        f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
+    }
+    let thread = f.index_below(count);
+    let (gid, entry) = match entries {
+        Some(shape) => {
+            let width = f.l.u64_const(n_entries as i64);
+            let (pair, e) = f.divmod(thread, width);
+            let coords = coordinates(&mut f, e, shape);
+            f.l.entry = Some(coords);
+            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
+            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
+            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
+            (pair, Some(EntryBytes { four, eight }))
+        }
+        None => (thread, None),
+    };
     let (row, col) = f.divmod(gid, cols);
     let addr = |f: &mut Frame<'_>, name: &str| {
         let base = f.param(name);
@@ -765,14 +801,30 @@ pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let (lv, rv, ov) = (f.mem_view(left), f.mem_view(right), f.mem_view(out));
     combine_into(&mut f, &params, lv, rv, ov);
     f.l.e.ins(format!("bra.uni {}", f.exit));
-    f.l.e.place(&copy_right);
-    f.l.e.comment("identity * right = right");
-    f.copy_element(out, right);
-    f.l.e.ins(format!("bra.uni {}", f.exit));
-    f.l.e.place(&copy_left);
-    f.l.e.comment("left * identity = left");
-    f.copy_element(out, left);
+    let copies = [(copy_right, "identity * right = right", right), (copy_left, "left * identity = left", left)];
+    for (k, (label, what, src)) in copies.into_iter().enumerate() {
+        f.l.e.place(&label);
+        f.l.e.comment(what);
+        match &entry {
+            Some(e) => copy_entry(&mut f, out, src, e),
+            None => f.copy_element(out, src),
+        }
+        if k == 0 {
+            f.l.e.ins(format!("bra.uni {}", f.exit));
+        }
+    }
     f.finish()
+}
+
+/// Copies the thread's entry of every field from the element at `src` to `dst`.
+fn copy_entry(f: &mut Frame<'_>, dst: Reg, src: Reg, entry: &EntryBytes) {
+    let layout = f.l.cx.layout.clone();
+    for (k, &dtype) in layout.dtypes.iter().enumerate() {
+        let (from, to) = (entry.at(f, src, dtype), entry.at(f, dst, dtype));
+        let off = layout.offsets[k] as i64;
+        let v = f.l.load_at(dtype.scalar(), Space::Generic, from, off);
+        f.l.store_at(dtype.scalar(), Space::Generic, to, off, v);
+    }
 }
 
 pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {

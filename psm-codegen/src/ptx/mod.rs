@@ -7,8 +7,8 @@
 //! **Module.** `.version` is the lowest PTX ISA that the target needs (7.8 for
 //! `sm_90`, accepted by every CUDA 12 and 13 driver), `.address_size 64`. Kernel names
 //! are fixed ([`Kernel::name`]): `psm_scan`, `psm_lift`, `psm_combine`, `psm_readout`,
-//! `psm_identity` when the aggregator declares an identity, and `psm_scan_entries`
-//! where its entries scan independently. Every kernel is 1-D:
+//! `psm_identity` when the aggregator declares an identity, and `psm_scan_entries` /
+//! `psm_combine_entries` where its entries scan / combine independently. Every kernel is 1-D:
 //! any grid and block size; a thread computes its 64-bit global index
 //! `ctaid.x · ntid.x + tid.x` and returns when it is not below the kernel's count.
 //! Every offset into a buffer is computed in 64 bits.
@@ -91,6 +91,16 @@
 //! for bit.
 //!
 //! ```text
+//! psm_combine_entries(params…, rows, cols, out, out_row, out_col, left, left_row,
+//!                     left_col, right, right_row, right_col, flags: u32)
+//! ```
+//! Only where combine runs per entry (structure `elementwise` over E ≥ 2 entries, no
+//! `let` in combine; today average, diag_affine and mamba_s6 of the library):
+//! `psm_combine` with one thread per entry, `rows · cols · E` threads, index
+//! `(row · cols + col) · E + e`; same arguments, flags and results (field values bit for
+//! bit; padding bytes of `out` are not written).
+//!
+//! ```text
 //! psm_readout(params…, inputs…, outputs…, nseq, steps, prefixes, flags: u32)
 //! ```
 //! One thread per (s, position i), `nseq · steps` threads: the readout of position i
@@ -165,6 +175,7 @@ impl Default for PtxOptions {
 pub enum Kernel {
     Scan,
     ScanEntries,
+    CombineEntries,
     Lift,
     Combine,
     Readout,
@@ -177,6 +188,7 @@ impl Kernel {
         match self {
             Kernel::Scan => "psm_scan",
             Kernel::ScanEntries => "psm_scan_entries",
+            Kernel::CombineEntries => "psm_combine_entries",
             Kernel::Lift => "psm_lift",
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
@@ -214,7 +226,8 @@ pub struct PtxModule {
     /// The element layout, the same as the CPU's.
     pub layout: Layout,
     /// Every kernel of the module with its parameters: scan, lift, combine, readout,
-    /// identity when declared, and scan_entries where the entries scan independently.
+    /// identity when declared, scan_entries and combine_entries where the entries scan
+    /// or combine independently.
     pub kernels: Vec<KernelSig>,
     /// The largest per-thread `.local` array any kernel declares, in bytes.
     pub local_bytes: usize,
@@ -280,6 +293,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     ];
     generated.extend(kernels::identity(&cx, &mut math));
     generated.extend(kernels::scan_entries(&cx, &mut math));
+    generated.extend(kernels::combine_entries(&cx, &mut math));
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
