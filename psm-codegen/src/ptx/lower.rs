@@ -362,8 +362,23 @@ impl<'a> Lowerer<'a> {
         }
         if let Some(form) = index::affine(agg, info, e) {
             let terms: Vec<(Reg, i64)> = form.terms.iter().map(|&(v, c)| (self.index_var(v), c)).collect();
-            let base = self.u64_const(form.constant);
-            return self.address(base, 0, &terms).0;
+            // The first term itself (an index variable reads as its register), the rest
+            // multiplied and added onto it, the constant last.
+            let Some((&(v, c), rest)) = terms.split_first() else { return self.u64_const(form.constant) };
+            let first = if c == 1 {
+                v
+            } else {
+                let t = self.e.reg(Class::B64);
+                self.e.ins(format!("mul.lo.s64 {t}, {v}, {c}"));
+                t
+            };
+            let (sum, _) = self.address(first, 0, rest);
+            if form.constant == 0 {
+                return sum;
+            }
+            let r = self.e.reg(Class::B64);
+            self.e.ins(format!("add.s64 {r}, {sum}, {}", form.constant));
+            return r;
         }
         let r = self.e.reg(Class::B64);
         match &agg.exprs[e] {
