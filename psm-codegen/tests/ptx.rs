@@ -107,3 +107,41 @@ fn modules_are_ascii() {
         assert!(module(&name).text.is_ascii(), "{name}");
     }
 }
+
+/// The parameter list of every `.entry` in the text is the one `PtxModule::kernels`
+/// reports, for every library operator.
+#[test]
+fn signatures_match_the_text() {
+    for name in library() {
+        let m = module(&name);
+        for k in &m.kernels {
+            let head = format!(".visible .entry {}(\n", k.kernel.name());
+            let at = m.text.find(&head).unwrap_or_else(|| panic!("{name}: no {}", k.kernel.name())) + head.len();
+            let params: Vec<String> =
+                m.text[at..].lines().take_while(|l| *l != ")").map(|l| l.trim().trim_end_matches(',').to_string()).collect();
+            let expected: Vec<String> = k
+                .params
+                .iter()
+                .map(|p| format!(".param .{} {}", if p.ty == ParamType::U32 { "u32" } else { "u64" }, p.name))
+                .collect();
+            assert_eq!(params, expected, "{name}: {}", k.kernel.name());
+        }
+        assert_eq!(m.text.matches(".visible .entry").count(), m.kernels.len(), "{name}");
+    }
+}
+
+/// `psm_scan_entries` exists exactly for the operators whose entries scan
+/// independently with a per-entry readout, `psm_combine_entries` where combine runs per
+/// entry.
+#[test]
+fn per_entry_kernel_where_entries_scan_independently() {
+    let with: Vec<String> =
+        library().into_iter().filter(|n| module(n).kernel(Kernel::ScanEntries).is_some()).collect();
+    // mamba_s6 is elementwise too, but its readout sums over the state's second axis;
+    // cumsum and the other scalar elementwise operators have one entry.
+    assert_eq!(with, ["average", "diag_affine"]);
+    let combine: Vec<String> =
+        library().into_iter().filter(|n| module(n).kernel(Kernel::CombineEntries).is_some()).collect();
+    // Every elementwise operator of at least two entries without combine lets.
+    assert_eq!(combine, ["average", "diag_affine", "mamba_s6"]);
+}

@@ -1,6 +1,5 @@
-//! The look-back and lanes kernels (`psm_codegen::ptx::compile_lookback`,
-//! `compile_lanes`): which library operators get them, their parameters, snapshots of
-//! their modules, and assembly by NVIDIA's `ptxas` when one is found (`PSM_PTXAS`, else
+//! The look-back kernel (`psm_codegen::ptx::compile_lookback`): which library
+//! operators get it, its parameters, snapshots of its modules, and assembly by NVIDIA's `ptxas` when one is found (`PSM_PTXAS`, else
 //! `ptxas` on PATH). Running them is psm-runtime's GPU test suite (tests/cuda.rs).
 
 mod common;
@@ -11,25 +10,6 @@ use psm_codegen::ptx::{self, Kernel, PtxOptions};
 fn lookback(name: &str) -> Option<ptx::LookbackModule> {
     let (agg, info) = parse_one(&library_source(name), &[]);
     ptx::compile_lookback(&agg, &info, &PtxOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn lanes(name: &str) -> Option<ptx::LanesModule> {
-    let (agg, info) = parse_one(&library_source(name), &[]);
-    ptx::compile_lanes(&agg, &info, &PtxOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Operators whose element fields and outputs are vectors of one length, each entry an
-/// independent scan.
-const ENTRYWISE: [&str; 2] = ["average", "diag_affine"];
-
-#[test]
-fn exactly_the_operators_with_independent_entries_get_the_lanes_kernel() {
-    let with: Vec<String> = library().into_iter().filter(|n| lanes(n).is_some()).collect();
-    assert_eq!(with, ENTRYWISE);
-    let m = lanes("diag_affine").unwrap();
-    let names: Vec<&str> = m.module.kernels[0].params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(m.module.kernels[0].kernel, Kernel::Lanes);
-    assert_eq!(names, ["in_a", "in_b", "out_y", "nseq", "steps", "chunk", "state_in", "state_out", "flags"]);
 }
 
 /// Operators whose element fields and input/output rows are all scalars.
@@ -57,11 +37,10 @@ fn snapshots() {
     for name in ["cumsum", "running_max_index"] {
         insta::assert_snapshot!(format!("lookback_{name}"), lookback(name).unwrap().module.text);
     }
-    insta::assert_snapshot!("lanes_diag_affine", lanes("diag_affine").unwrap().module.text);
 }
 
 #[test]
-fn ptxas_assembles_every_lookback_and_lanes_module() {
+fn ptxas_assembles_every_lookback_module() {
     let ptxas = std::env::var_os("PSM_PTXAS").map(std::path::PathBuf::from).or_else(|| {
         let path = std::env::var_os("PATH")?;
         std::env::split_paths(&path).map(|d| d.join("ptxas")).find(|p| p.is_file())
@@ -74,7 +53,6 @@ fn ptxas_assembles_every_lookback_and_lanes_module() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut failures = Vec::new();
     let modules = SCALAR.iter().map(|n| (format!("{n}_lookback"), lookback(n).unwrap().module.text));
-    let modules = modules.chain(ENTRYWISE.iter().map(|n| (format!("{n}_lanes"), lanes(n).unwrap().module.text)));
     for (name, text) in modules {
         let path = dir.join(format!("{name}.ptx"));
         std::fs::write(&path, text).expect("write ptx");

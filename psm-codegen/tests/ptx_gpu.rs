@@ -9,8 +9,11 @@
 //! GPU recurrent scan bit for bit (the same device code), transcendentals included.
 //!
 //! Needs the CUDA driver (`libcuda.so.1`, loaded at run time through dlopen: no build
-//! dependency); without one the test prints that it skipped. `PSM_OPS_DIR` names the
-//! library's directory when the binary runs away from its checkout.
+//! dependency); without one the test prints that it skipped. On a machine with cargo
+//! and a GPU: `cargo test -p psm-codegen --test ptx_gpu -- --nocapture` (add
+//! `--ignored diag_affine_timings` for the timing). A binary built elsewhere
+//! (`cargo test -p psm-codegen --test ptx_gpu --no-run` prints its path) runs on a GPU
+//! machine without Rust with `PSM_OPS_DIR` naming the library's directory.
 
 mod common;
 
@@ -52,6 +55,17 @@ struct Cuda {
     sync: unsafe extern "C" fn() -> CuResult,
 }
 
+/// The function `name` of the driver as a function pointer of type `F`.
+///
+/// # Safety
+/// `F` must be the C signature of `name`.
+unsafe fn sym<F: Copy>(lib: *mut c_void, name: &str) -> F {
+    let c = CString::new(name).unwrap();
+    let p = libc::dlsym(lib, c.as_ptr());
+    assert!(!p.is_null(), "libcuda has no {name}");
+    std::mem::transmute_copy::<*mut c_void, F>(&p)
+}
+
 fn check(what: &str, r: CuResult) {
     assert_eq!(r, 0, "{what} failed with CUresult {r}");
 }
@@ -64,20 +78,13 @@ impl Cuda {
             if lib.is_null() {
                 return None;
             }
-            let sym = |name: &str| -> *mut c_void {
-                let c = CString::new(name).unwrap();
-                let p = libc::dlsym(lib, c.as_ptr());
-                assert!(!p.is_null(), "libcuda has no {name}");
-                p
-            };
-            let init: unsafe extern "C" fn(u32) -> CuResult = std::mem::transmute(sym("cuInit"));
+            let init: unsafe extern "C" fn(u32) -> CuResult = sym(lib, "cuInit");
             if init(0) != 0 {
                 return None;
             }
-            let device_get: unsafe extern "C" fn(*mut i32, i32) -> CuResult = std::mem::transmute(sym("cuDeviceGet"));
-            let retain: unsafe extern "C" fn(*mut *mut c_void, i32) -> CuResult =
-                std::mem::transmute(sym("cuDevicePrimaryCtxRetain"));
-            let set_current: unsafe extern "C" fn(*mut c_void) -> CuResult = std::mem::transmute(sym("cuCtxSetCurrent"));
+            let device_get: unsafe extern "C" fn(*mut i32, i32) -> CuResult = sym(lib, "cuDeviceGet");
+            let retain: unsafe extern "C" fn(*mut *mut c_void, i32) -> CuResult = sym(lib, "cuDevicePrimaryCtxRetain");
+            let set_current: unsafe extern "C" fn(*mut c_void) -> CuResult = sym(lib, "cuCtxSetCurrent");
             let mut dev = 0;
             if device_get(&mut dev, 0) != 0 {
                 return None;
@@ -87,14 +94,14 @@ impl Cuda {
             check("cuCtxSetCurrent", set_current(ctx));
             Some(Cuda {
                 _lib: lib,
-                mem_alloc: std::mem::transmute(sym("cuMemAlloc_v2")),
-                mem_free: std::mem::transmute(sym("cuMemFree_v2")),
-                htod: std::mem::transmute(sym("cuMemcpyHtoD_v2")),
-                dtoh: std::mem::transmute(sym("cuMemcpyDtoH_v2")),
-                module_load: std::mem::transmute(sym("cuModuleLoadData")),
-                get_function: std::mem::transmute(sym("cuModuleGetFunction")),
-                launch: std::mem::transmute(sym("cuLaunchKernel")),
-                sync: std::mem::transmute(sym("cuCtxSynchronize")),
+                mem_alloc: sym(lib, "cuMemAlloc_v2"),
+                mem_free: sym(lib, "cuMemFree_v2"),
+                htod: sym(lib, "cuMemcpyHtoD_v2"),
+                dtoh: sym(lib, "cuMemcpyDtoH_v2"),
+                module_load: sym(lib, "cuModuleLoadData"),
+                get_function: sym(lib, "cuModuleGetFunction"),
+                launch: sym(lib, "cuLaunchKernel"),
+                sync: sym(lib, "cuCtxSynchronize"),
             })
         }
     }
@@ -318,6 +325,23 @@ impl Gpu<'_> {
 
     #[allow(clippy::too_many_arguments)]
     fn scan(&self, case: &Case<'_>, outputs: &[Dev], steps: usize, chunk: usize, state_in: u64, state_out: u64, flags: u32) {
+        self.scan_with(Kernel::Scan, 1, case, outputs, steps, chunk, state_in, state_out, flags)
+    }
+
+    /// `psm_scan`, or `psm_scan_entries` with `entries` threads per (sequence, chunk).
+    #[allow(clippy::too_many_arguments)]
+    fn scan_with(
+        &self,
+        kernel: Kernel,
+        entries: usize,
+        case: &Case<'_>,
+        outputs: &[Dev],
+        steps: usize,
+        chunk: usize,
+        state_in: u64,
+        state_out: u64,
+        flags: u32,
+    ) {
         let mut args = self.head(true, outputs);
         args.extend([
             Arg::U64(case.nseq as u64),
@@ -327,8 +351,8 @@ impl Gpu<'_> {
             Arg::U64(state_out),
             Arg::U32(flags),
         ]);
-        let threads = (case.nseq * steps.div_ceil(chunk)) as u64;
-        self.cuda.run(self.module, &self.m, Kernel::Scan, threads, &args);
+        let threads = (case.nseq * steps.div_ceil(chunk) * entries) as u64;
+        self.cuda.run(self.module, &self.m, kernel, threads, &args);
     }
 
     /// out[r] = combine(left[r], right[r]) for r < rows, byte strides per row.
@@ -498,6 +522,61 @@ fn check_operator(cuda: &Cuda, name: &str) {
     let recurrent_trimmed: Vec<Vec<u8>> = recurrent.iter().zip(&decoded).map(|(r, d)| r[..d.len()].to_vec()).collect();
     assert_bytes_equal("decode steps", name, &decoded, &recurrent_trimmed);
 
+    // One thread per entry, where the operator has that kernel: the same values bit for
+    // bit as psm_scan, recurrent (with the final state), reverse and from carries.
+    if gpu.m.kernel(Kernel::ScanEntries).is_some() {
+        let entries = gpu.m.layout.field_lens[0];
+        let outs6 = gpu.outputs(&case);
+        let state6 = cuda.zeros(nseq * size);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs6, steps, steps, 0, state6.ptr, WRITE_OUTPUTS);
+        assert_bytes_equal("psm_scan_entries", name, &gpu.get(&outs6), &recurrent);
+        assert!(cuda.download(&state6) == final_state, "{name}: psm_scan_entries: final state");
+        let outs7 = gpu.outputs(&case);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs7, steps, steps, 0, 0, WRITE_OUTPUTS | NO_STATE_OUT | REVERSE);
+        assert_bytes_equal("psm_scan_entries reverse", name, &gpu.get(&outs7), &gpu.get(&outs3));
+        let aggs8 = cuda.zeros(nseq * nchunks * size);
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &gpu.outputs(&case), steps, chunk, 0, aggs8.ptr, 0);
+        assert!(
+            same_elements(&gpu.m.layout, &cuda.download(&aggs8), &cuda.download(&aggs), nseq * nchunks),
+            "{name}: psm_scan_entries: chunk aggregates"
+        );
+        let outs8 = gpu.outputs(&case);
+        let flags = WRITE_OUTPUTS | CARRY_IN | NO_STATE_OUT;
+        gpu.scan_with(Kernel::ScanEntries, entries, &case, &outs8, steps, chunk, carries.ptr, 0, flags);
+        assert_bytes_equal("psm_scan_entries from carries", name, &gpu.get(&outs8), &gpu.get(&outs4));
+        println!("{name}: psm_scan_entries ({entries} entries) = psm_scan bit for bit");
+    }
+
+    // Combines one thread per entry: the carries again, equal to psm_combine's.
+    if let Some(sig) = gpu.m.kernel(Kernel::CombineEntries) {
+        let entries = gpu.m.layout.field_lens[0];
+        let carries2 = cuda.zeros(nseq * nchunks * size);
+        for c in 1..nchunks {
+            let mut args: Vec<Arg> = gpu.params.iter().map(|d| Arg::U64(d.ptr)).collect();
+            args.extend([
+                Arg::U64(nseq as u64),
+                Arg::U64(1),
+                Arg::U64(carries2.ptr + (c * size) as u64),
+                Arg::U64(row),
+                Arg::U64(0),
+                Arg::U64(carries2.ptr + ((c - 1) * size) as u64),
+                Arg::U64(row),
+                Arg::U64(0),
+                Arg::U64(aggs.ptr + ((c - 1) * size) as u64),
+                Arg::U64(row),
+                Arg::U64(0),
+                Arg::U32(if c == 1 { LEFT_IDENTITY } else { 0 }),
+            ]);
+            assert_eq!(sig.params.len(), args.len());
+            cuda.run(module, &gpu.m, Kernel::CombineEntries, (nseq * entries) as u64, &args);
+        }
+        assert!(
+            same_elements(&gpu.m.layout, &cuda.download(&carries2), &cuda.download(&carries), nseq * nchunks),
+            "{name}: psm_combine_entries: carries"
+        );
+        println!("{name}: psm_combine_entries ({entries} entries) = psm_combine bit for bit");
+    }
+
     // The declared identity.
     if agg.identity.is_some() {
         let ids = cuda.zeros(3 * size);
@@ -514,6 +593,15 @@ fn check_operator(cuda: &Cuda, name: &str) {
         }
     }
     println!("{name}: ok ({})", if exact { "recurrent bit-identical to the interpreter" } else { "within the tolerance" });
+}
+
+/// Whether two element arrays of `count` elements hold the same field values bit for
+/// bit (padding bytes aside).
+fn same_elements(layout: &psm_codegen::clif::Layout, a: &[u8], b: &[u8], count: usize) -> bool {
+    (0..count).all(|k| {
+        let (x, y) = (decode_element(layout, &a[k * layout.size..]), decode_element(layout, &b[k * layout.size..]));
+        x.iter().zip(&y).zip(&layout.dtypes).all(|((u, v), &d)| u.iter().zip(v).all(|(p, q)| same(d, *p, *q)))
+    })
 }
 
 fn check_fields(name: &str, what: &str, exact: bool, dtypes: &[Dtype], found: &Fields<f64>, expected: &Fields<f64>) {
@@ -680,7 +768,7 @@ fn device_math_accuracy() {
             rng.uniform(lo, hi)
         }
     };
-    let mut cols: Vec<Vec<f64>> = vec![Vec::with_capacity(n); 12];
+    let mut cols: Vec<Vec<f64>> = (0..12).map(|_| Vec::with_capacity(n)).collect();
     for k in 0..n {
         let vals = [
             spread(&mut rng, k, -104.0, 89.0, false),
@@ -701,14 +789,13 @@ fn device_math_accuracy() {
         }
     }
     // Negative bases with integer and non-integer exponents, small arguments of tanh.
-    for k in special.len()..special.len() + 2000 {
-        cols[5][k] = -cols[5][k];
-        cols[6][k] = (cols[6][k]).round();
-        cols[10][k] = -cols[10][k];
-        cols[11][k] = if k % 2 == 0 { cols[11][k].round() } else { cols[11][k] };
-        cols[2][k] *= 1e-6;
-        cols[9][k] *= 1e-9;
-    }
+    let some = special.len()..special.len() + 2000;
+    cols[5][some.clone()].iter_mut().for_each(|x| *x = -*x);
+    cols[6][some.clone()].iter_mut().for_each(|x| *x = x.round());
+    cols[10][some.clone()].iter_mut().for_each(|x| *x = -*x);
+    cols[11][some.clone()].iter_mut().step_by(2).for_each(|x| *x = x.round());
+    cols[2][some.clone()].iter_mut().for_each(|x| *x *= 1e-6);
+    cols[9][some].iter_mut().for_each(|x| *x *= 1e-9);
     let m = ptx::compile(&agg, &info, &Default::default()).expect("compile");
     let inputs: Vec<Dev> = agg
         .tensors_of(Role::Input)
@@ -796,3 +883,47 @@ fn ulp64(x: f64) -> f64 {
     (f64::from_bits(a.to_bits() + 1) - a).max(f64::from_bits(1))
 }
 
+
+/// The diagonal affine recurrence of the benchmark, [8, 1024, 8192] f32, run by
+/// `psm_scan_entries` (one thread per channel): prints the time per run (launch and
+/// synchronisation included, mean of 10 after a warm-up) and the effective bandwidth
+/// (inputs read once, outputs written once).
+#[test]
+#[ignore = "a benchmark: run on a GPU machine with --ignored"]
+fn diag_affine_timings() {
+    let Some(cuda) = Cuda::open() else {
+        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
+        return;
+    };
+    let (agg, info) = parse_one(&source("diag_affine"), &[("D", 8192)]);
+    let (nseq, steps, d) = (8usize, 1024usize, 8192usize);
+    let mut rng = Rng::new(3);
+    let inputs: Vec<Vec<Vec<f64>>> = (0..nseq)
+        .map(|_| agg.tensors_of(Role::Input).map(|t| random_values(&mut rng, &agg, t, steps * d)).collect())
+        .collect();
+    let case = Case { agg: &agg, info: &info, nseq, steps, params: vec![], inputs };
+    let m = ptx::compile(&agg, &info, &Default::default()).expect("compile");
+    let input_devs: Vec<Dev> = (0..2)
+        .map(|k| {
+            let per_seq: Vec<&Vec<f64>> = case.inputs.iter().map(|seq| &seq[k]).collect();
+            cuda.upload(&field_bytes(Dtype::F32, &per_seq))
+        })
+        .collect();
+    let module = cuda.load(&m);
+    let gpu = Gpu { cuda: &cuda, m, module, params: vec![], inputs: input_devs };
+    let bytes = (nseq * steps * d * 4 * 3) as f64;
+    let time = |label: &str, f: &mut dyn FnMut()| {
+        f();
+        let reps = 10;
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        let secs = start.elapsed().as_secs_f64() / reps as f64;
+        println!("{label}: {:.3} ms, {:.0} GB/s effective", secs * 1e3, bytes / secs / 1e9);
+    };
+    let outs = gpu.outputs(&case);
+    time("psm_scan_entries recurrent (65536 threads)", &mut || {
+        gpu.scan_with(Kernel::ScanEntries, d, &case, &outs, steps, steps, 0, 0, WRITE_OUTPUTS | NO_STATE_OUT)
+    });
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use psm_ir::ir::{Body, ReadoutKind, Role, Source};
+use psm_ir::ir::{Body, Expr, ReadoutKind, Role, Side, Source, Target};
 
 use super::emit::{Class, Reg};
 use super::lower::{BodyIo, Ctx, ElemView, Loc, Lowerer, Space};
@@ -14,7 +14,7 @@ use super::{
     REVERSE, RIGHT_IDENTITY, WRITE_OUTPUTS,
 };
 use crate::index;
-use crate::layout::{align8, dtype_size};
+use crate::layout::{align8, dtype_size, scalar_size};
 
 /// One generated kernel.
 pub(crate) struct Generated {
@@ -32,26 +32,25 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     for t in agg.tensors_of(Role::Param) {
         push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Lift | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Lift | Kernel::Readout | Kernel::Lookback) {
         for t in agg.tensors_of(Role::Input) {
             push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
-    if matches!(kernel, Kernel::Scan | Kernel::Readout | Kernel::Lookback | Kernel::Lanes) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Readout | Kernel::Lookback) {
         for t in agg.tensors_of(Role::Output) {
             push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
     let own: &[&str] = match kernel {
-        Kernel::Scan => &["nseq", "steps", "chunk", "state_in", "state_out"],
+        Kernel::Scan | Kernel::ScanEntries => &["nseq", "steps", "chunk", "state_in", "state_out"],
         Kernel::Lift => &["nseq", "steps", "leaves"],
-        Kernel::Combine => {
+        Kernel::Combine | Kernel::CombineEntries => {
             &["rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right", "right_row", "right_col"]
         }
         Kernel::Readout => &["nseq", "steps", "prefixes"],
         Kernel::Identity => &["count", "out", "stride"],
         Kernel::Lookback => &["nseq", "steps", "state_in", "state_out", "status"],
-        Kernel::Lanes => &["nseq", "steps", "chunk", "state_in", "state_out"],
     };
     for name in own {
         push(name.to_string(), ParamType::U64);
@@ -60,6 +59,25 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
         push("flags".to_string(), ParamType::U32);
     }
     KernelSig { kernel, params }
+}
+
+/// Bytes the `let` tensors of rank >= 1 of `bodies` take at their places in the plan
+/// (each body's start at 0: the bodies of a kernel run one after another).
+fn lets_bytes(cx: &Ctx<'_>, bodies: &[&Body]) -> usize {
+    let info = cx.info;
+    bodies
+        .iter()
+        .flat_map(|b| &b.stmts)
+        .filter_map(|stmt| match stmt.target {
+            Target::Local(l) => {
+                let off = cx.plan.local_offsets[l.index()]?;
+                let len: usize = info.local_shapes[l.index()].iter().product();
+                Some(off.saturating_add(len.saturating_mul(scalar_size(info.local_types[l.index()]))))
+            }
+            Target::Tensor(_) => None,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Which tensors of `role` (by position) the bodies read.
@@ -86,6 +104,8 @@ pub(super) struct Frame<'a> {
     sig: KernelSig,
     /// Bytes of the `.local` array (`let` tensors, then element regions).
     local_bytes: usize,
+    /// Bytes of its `let` region.
+    lets: usize,
     /// Generic base of the `.local` array.
     scratch: Option<Reg>,
     pub exit: String,
@@ -94,10 +114,12 @@ pub(super) struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
-    /// The frame with `regions` element regions after the `let` tensors.
-    pub fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, regions: usize) -> Frame<'a> {
+    /// The frame of a kernel that lowers `bodies`, with `regions` element regions after
+    /// their `let` tensors.
+    pub fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, bodies: &[&Body], regions: usize) -> Frame<'a> {
         let sig = signature(cx, kernel);
-        let local_bytes = align8(cx.plan.elements).saturating_add(cx.layout.size.saturating_mul(regions));
+        let lets = align8(lets_bytes(cx, bodies));
+        let local_bytes = lets.saturating_add(cx.layout.size.saturating_mul(regions));
         let mut l = Lowerer::new(cx, math);
         let exit = "$L_exit".to_string();
         let scratch = (local_bytes > 0).then(|| {
@@ -107,7 +129,7 @@ impl<'a> Frame<'a> {
             l.e.ins(format!("cvta.local.u64 {g}, {a}"));
             g
         });
-        Frame { l, sig, local_bytes, scratch, exit, rows_space: Space::Global }
+        Frame { l, sig, local_bytes, lets, scratch, exit, rows_space: Space::Global }
     }
 
     /// A `.u64` (or `.u32`) kernel parameter.
@@ -207,7 +229,7 @@ impl<'a> Frame<'a> {
 
     /// `base + k · size` of element region k of the `.local` array.
     fn region(&mut self, k: usize) -> Reg {
-        let off = align8(self.l.cx.plan.elements) + k * self.l.cx.layout.size;
+        let off = self.lets + k * self.l.cx.layout.size;
         let r = self.l.e.reg(Class::B64);
         let scratch = self.scratch.expect("element regions are in the local array");
         self.l.e.ins(format!("add.s64 {r}, {scratch}, {off}"));
@@ -269,19 +291,23 @@ impl<'a> Frame<'a> {
 }
 
 /// Element views of the fused loop: rank-0 fields in registers, the others in a
-/// region whose base register rotates.
+/// region whose base register rotates; in a per-entry kernel every field's entry in a
+/// register and no region.
 struct Rotating {
-    base: Reg,
+    base: Option<Reg>,
     regs: Vec<Option<Reg>>,
 }
 
 impl Rotating {
-    fn new(f: &mut Frame<'_>, region: usize) -> Rotating {
-        let base = f.region(region);
+    /// Over element region `region`, or all in registers with `None`.
+    fn new(f: &mut Frame<'_>, region: Option<usize>) -> Rotating {
+        let base = region.map(|k| f.region(k));
         let (agg, info) = (f.l.cx.agg, f.l.cx.info);
         let regs = agg
             .tensors_of(Role::Element)
-            .map(|t| info.shape(t).is_empty().then(|| f.l.e.reg(Class::of(agg.tensors[t].dtype.scalar()))))
+            .map(|t| {
+                (base.is_none() || info.shape(t).is_empty()).then(|| f.l.e.reg(Class::of(agg.tensors[t].dtype.scalar())))
+            })
             .collect();
         Rotating { base, regs }
     }
@@ -291,46 +317,67 @@ impl Rotating {
             self.regs
                 .iter()
                 .zip(offsets)
-                .map(|(r, &off)| match r {
-                    Some(r) => Loc::Reg(*r),
-                    None => Loc::Mem { base: self.base, offset: off as i64, space: Space::Generic },
+                .map(|(r, &off)| match (r, self.base) {
+                    (Some(r), _) => Loc::Reg(*r),
+                    (None, Some(base)) => Loc::Mem { base, offset: off as i64, space: Space::Generic },
+                    (None, None) => Loc::Zero,
                 })
                 .collect(),
         )
     }
 }
 
-/// `a ← b`: the registers copied, the region bases swapped.
+/// `a <- b`: the registers copied, the region bases swapped.
 fn take(f: &mut Frame<'_>, a: &Rotating, b: &Rotating) {
     for (x, y) in a.regs.iter().zip(&b.regs) {
         if let (Some(x), Some(y)) = (x, y) {
             f.l.mov(*x, *y);
         }
     }
-    let t = f.l.e.reg(Class::B64);
-    f.l.mov(t, a.base);
-    f.l.mov(a.base, b.base);
-    f.l.mov(b.base, t);
+    if let (Some(ab), Some(bb)) = (a.base, b.base) {
+        let t = f.l.e.reg(Class::B64);
+        f.l.mov(t, ab);
+        f.l.mov(ab, bb);
+        f.l.mov(bb, t);
+    }
 }
 
-/// Loads the rank-0 fields of `a` from the element at `src` (generic).
-fn load_regs(f: &mut Frame<'_>, a: &Rotating, src: Reg) {
+/// The register fields of `a` at `src` (generic): rank-0 fields at their offsets, or in
+/// a per-entry kernel each field's entry `entry_bytes` (by entry size) past its offset.
+fn load_regs(f: &mut Frame<'_>, a: &Rotating, src: Reg, entry: Option<&EntryBytes>) {
     let layout = f.l.cx.layout.clone();
     for (k, r) in a.regs.iter().enumerate() {
         if let Some(r) = r {
-            let v = f.l.load_at(layout.dtypes[k].scalar(), Space::Generic, src, layout.offsets[k] as i64);
+            let addr = entry.map_or(src, |e| e.at(f, src, layout.dtypes[k]));
+            let v = f.l.load_at(layout.dtypes[k].scalar(), Space::Generic, addr, layout.offsets[k] as i64);
             f.l.mov(*r, v);
         }
     }
 }
 
-/// Stores the rank-0 fields of `a` into the element at `dst` (generic).
-fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg) {
+/// Stores the register fields of `a` into the element at `dst`, as [`load_regs`] reads.
+fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryBytes>) {
     let layout = f.l.cx.layout.clone();
     for (k, r) in a.regs.iter().enumerate() {
         if let Some(r) = r {
-            f.l.store_at(layout.dtypes[k].scalar(), Space::Generic, dst, layout.offsets[k] as i64, *r);
+            let addr = entry.map_or(dst, |e| e.at(f, dst, layout.dtypes[k]));
+            f.l.store_at(layout.dtypes[k].scalar(), Space::Generic, addr, layout.offsets[k] as i64, *r);
         }
+    }
+}
+
+/// The byte offset of the thread's entry within a field, for 4- and 8-byte entries.
+struct EntryBytes {
+    four: Reg,
+    eight: Reg,
+}
+
+impl EntryBytes {
+    fn at(&self, f: &mut Frame<'_>, base: Reg, dtype: psm_ir::ir::Dtype) -> Reg {
+        let off = if dtype_size(dtype) == 8 { self.eight } else { self.four };
+        let r = f.l.e.reg(Class::B64);
+        f.l.e.ins(format!("add.s64 {r}, {base}, {off}"));
+        r
     }
 }
 
@@ -397,9 +444,71 @@ pub(super) fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg
 }
 
 pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    scan_kernel(cx, math, None)
+}
+
+/// `psm_scan_entries`, for an operator whose entries scan independently
+/// ([`entry_shape`]).
+pub(crate) fn scan_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
+    let shape = entry_shape(cx)?;
+    Some(scan_kernel(cx, math, Some(&shape)))
+}
+
+/// The shape of the element's fields when one thread per entry can run the fused loop:
+/// combine can ([`combine_entry_shape`]: every field of one shape, combine reading `l`
+/// and `r` only at the entry it writes), and the readout writes outputs of that shape
+/// reading the state only at the entry it writes (its `let`s not at all).
+pub(crate) fn entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
+    let (agg, info) = (cx.agg, cx.info);
+    let shape = combine_entry_shape(cx)?;
+    let per_entry = agg.readout.stmts.iter().all(|stmt| {
+        let own = match stmt.target {
+            Target::Tensor(t) if info.shape(t) == shape.as_slice() => Some(&stmt.indices),
+            Target::Tensor(_) => return false,
+            Target::Local(_) => None,
+        };
+        let mut ok = true;
+        state_loads(agg, stmt.value, &mut |indices| {
+            ok &= own.is_some_and(|vars| {
+                indices.len() == vars.len() && indices.iter().zip(vars.iter()).all(|(&i, &v)| agg.exprs[i] == Expr::Index(v))
+            });
+        });
+        ok
+    });
+    per_entry.then_some(shape)
+}
+
+/// The shape of the element's fields when one thread per entry can run combine: the
+/// structure is elementwise over at least two entries and combine has no `let`.
+pub(crate) fn combine_entry_shape(cx: &Ctx<'_>) -> Option<Vec<usize>> {
+    let (agg, info) = (cx.agg, cx.info);
+    if psm_ir::algebra::structure(agg, info) != psm_ir::algebra::Structure::Elementwise {
+        return None;
+    }
+    let shape = info.shape(*agg.element().first()?).to_vec();
+    let lets = agg.combine.stmts.iter().any(|s| matches!(s.target, Target::Local(_)));
+    (shape.iter().product::<usize>() >= 2 && !lets).then_some(shape)
+}
+
+/// Calls `f` with the indices of every load of the readout's state under `e`.
+fn state_loads(agg: &psm_ir::ir::Aggregator, e: psm_ir::arena::Handle<Expr>, f: &mut impl FnMut(&[psm_ir::arena::Handle<Expr>])) {
+    if let Expr::Load { source: Source::Element(Side::State, _), indices } = &agg.exprs[e] {
+        f(indices);
+    }
+    agg.exprs[e].for_each_child(|c| state_loads(agg, c, f));
+}
+
+/// `psm_scan`, or with `entries` (the fields' shape) `psm_scan_entries`: the same loop
+/// with one thread per entry of the element and every field's entry in a register.
+fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
-    let mut f = Frame::new(cx, math, Kernel::Scan, 3);
+    let kernel = if entries.is_some() { Kernel::ScanEntries } else { Kernel::Scan };
+    // Every field in a register: one thread per entry, or an element of scalars.
+    let in_registers = entries.is_some() || agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty());
+    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let mut f = Frame::new(cx, math, kernel, &bodies, if in_registers { 0 } else { 3 });
     let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
     let e = &mut f.l.e;
     let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
@@ -410,7 +519,24 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
     e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
     e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
-    let gid = f.index_below(count);
+    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
+    if entries.is_some() {
+        e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
+    }
+    let thread = f.index_below(count);
+    let (gid, entry) = match entries {
+        Some(shape) => {
+            let width = f.l.u64_const(n_entries as i64);
+            let (chunk_index, e) = f.divmod(thread, width);
+            let coords = coordinates(&mut f, e, shape);
+            f.l.entry = Some(coords);
+            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
+            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
+            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
+            (chunk_index, Some(EntryBytes { four, eight }))
+        }
+        None => (thread, None),
+    };
     let (s, c) = f.divmod(gid, nchunks);
     let flags = f.param("flags");
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
@@ -433,8 +559,6 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let slot = e.reg(Class::B64);
     e.ins_c(format!("mul.lo.s64 {slot}, {gid}, {}", cx.layout.size), "byte offset of the chunk's state slot");
 
-    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
-    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
     let lift_inputs_mask = used(cx, &[&agg.lift], Role::Input);
     let readout_inputs_mask = used(cx, &[&agg.readout], Role::Input);
@@ -448,9 +572,10 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let outputs = f.bases(Role::Output, "out_", &all_outputs);
     let (state_in, state_out) = (f.param("state_in"), f.param("state_out"));
 
-    let p = Rotating::new(&mut f, 0);
-    let el = Rotating::new(&mut f, 1);
-    let n = Rotating::new(&mut f, 2);
+    let region = |k: usize| (!in_registers).then_some(k);
+    let p = Rotating::new(&mut f, region(0));
+    let el = Rotating::new(&mut f, region(1));
+    let n = Rotating::new(&mut f, region(2));
     let offsets = cx.layout.offsets.clone();
 
     let (load_state, loop_test, loop_step, done) =
@@ -480,33 +605,53 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     f.l.e.comment("p = state_in[slot]");
     let src = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {src}, {state_in}, {slot}"));
-    f.copy_element(p.base, src);
-    load_regs(&mut f, &p, src);
+    if let Some(base) = p.base {
+        f.copy_element(base, src);
+    }
+    load_regs(&mut f, &p, src, entry.as_ref());
 
     f.l.e.place(&loop_test);
     let stop = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
     f.l.e.ins(format!("@{stop} bra {done}"));
+    if in_registers {
+        // UNROLL positions at a time while that many remain: their lifts first, so that
+        // their loads are in flight together, then the combines and readouts in order.
+        let (unrolled, single) = (f.l.e.label("unrolled_step"), f.l.e.label("single_steps"));
+        let (last, short) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::Pred));
+        f.l.e.place(&unrolled);
+        f.l.e.ins(format!("add.s64 {last}, {pos}, {UNROLL}"));
+        f.l.e.ins_c(format!("setp.gt.u64 {short}, {last}, {end}"), format!("fewer than {UNROLL} positions left"));
+        f.l.e.ins(format!("@{short} bra {single}"));
+        f.l.e.comment(format!("{UNROLL} positions: their lifts, then combines and readouts in order"));
+        let lifted: Vec<Rotating> = (0..UNROLL).map(|_| Rotating::new(&mut f, None)).collect();
+        let mut rows = Vec::with_capacity(UNROLL);
+        for (u, e_u) in lifted.iter().enumerate() {
+            let at = f.l.e.reg(Class::B64);
+            f.l.e.ins(format!("add.s64 {at}, {pos}, {u}"));
+            let t = f.memory_step(at, steps, rev);
+            let row = f.l.e.reg(Class::B64);
+            f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+            lift_at(&mut f, &params, &lift_inputs, row, e_u.view(&offsets));
+            rows.push(row);
+        }
+        for (e_u, &row) in lifted.iter().zip(&rows) {
+            step_after_lift(&mut f, &params, &readout_inputs, &outputs, row, write, (&p, e_u, &n), &offsets);
+        }
+        f.l.e.ins(format!("add.s64 {pos}, {pos}, {UNROLL}"));
+        f.l.e.ins(format!("bra.uni {unrolled}"));
+        f.l.e.place(&single);
+        let stop = f.l.e.reg(Class::Pred);
+        f.l.e.ins(format!("setp.ge.u64 {stop}, {pos}, {end}"));
+        f.l.e.ins(format!("@{stop} bra {done}"));
+    }
     f.l.e.place(&loop_step);
     f.l.e.comment("one position: e = lift(x), p' = combine(p, e), readout");
     let t = f.memory_step(pos, steps, rev);
     let row = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
     lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
-    if exclusive {
-        let skip = f.l.e.label("skip_readout");
-        f.l.e.ins(format!("@!{write} bra {skip}"));
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(p.view(&offsets)), None);
-        f.l.e.place(&skip);
-    }
-    combine_into(&mut f, &params, p.view(&offsets), el.view(&offsets), n.view(&offsets));
-    if !exclusive {
-        let skip = f.l.e.label("skip_readout");
-        f.l.e.ins(format!("@!{write} bra {skip}"));
-        readout_at(&mut f, &params, &readout_inputs, &outputs, row, Some(n.view(&offsets)), None);
-        f.l.e.place(&skip);
-    }
-    take(&mut f, &p, &n);
+    step_after_lift(&mut f, &params, &readout_inputs, &outputs, row, write, (&p, &el, &n), &offsets);
     f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
     let more = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.lt.u64 {more}, {pos}, {end}"));
@@ -517,14 +662,68 @@ pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     f.l.e.ins(format!("@{no_state} bra {}", f.exit));
     let dst = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("add.s64 {dst}, {state_out}, {slot}"));
-    f.copy_element(dst, p.base);
-    store_regs(&mut f, &p, dst);
+    if let Some(base) = p.base {
+        f.copy_element(dst, base);
+    }
+    store_regs(&mut f, &p, dst, entry.as_ref());
     f.finish()
+}
+
+/// Positions the fused loop lifts together (their loads in flight at once) when every
+/// field is in a register.
+const UNROLL: usize = 8;
+
+/// One position after its lift into `e`: the exclusive readout of `p`, `n = combine(p,
+/// e)`, the inclusive readout of `n` (readouts only with `write`), then `p <- n`.
+#[allow(clippy::too_many_arguments)]
+fn step_after_lift(
+    f: &mut Frame<'_>,
+    params: &[Option<Reg>],
+    readout_inputs: &[Option<Reg>],
+    outputs: &[Option<Reg>],
+    row: Reg,
+    write: Reg,
+    (p, e, n): (&Rotating, &Rotating, &Rotating),
+    offsets: &[usize],
+) {
+    let exclusive = f.l.cx.agg.readout_kind == ReadoutKind::Exclusive;
+    if exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(f, params, readout_inputs, outputs, row, Some(p.view(offsets)), None);
+        f.l.e.place(&skip);
+    }
+    combine_into(f, params, p.view(offsets), e.view(offsets), n.view(offsets));
+    if !exclusive {
+        let skip = f.l.e.label("skip_readout");
+        f.l.e.ins(format!("@!{write} bra {skip}"));
+        readout_at(f, params, readout_inputs, outputs, row, Some(n.view(offsets)), None);
+        f.l.e.place(&skip);
+    }
+    take(f, p, n);
+}
+
+/// The coordinates (b64) of flat entry `e` in a row-major `shape`.
+fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg> {
+    let st = crate::layout::strides(shape);
+    let mut rest = e;
+    let mut coords = Vec::with_capacity(shape.len());
+    for (k, &stride) in st.iter().enumerate() {
+        if k + 1 == shape.len() {
+            coords.push(rest);
+            break;
+        }
+        let width = f.l.u64_const(stride);
+        let (q, r) = f.divmod(rest, width);
+        coords.push(q);
+        rest = r;
+    }
+    coords
 }
 
 pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
-    let mut f = Frame::new(cx, math, Kernel::Lift, 0);
+    let mut f = Frame::new(cx, math, Kernel::Lift, &[&agg.lift], 0);
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
@@ -547,12 +746,43 @@ pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 }
 
 pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
+    combine_kernel(cx, math, None)
+}
+
+/// `psm_combine_entries`, for an operator whose combine runs per entry
+/// ([`combine_entry_shape`]).
+pub(crate) fn combine_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
+    let shape = combine_entry_shape(cx)?;
+    Some(combine_kernel(cx, math, Some(&shape)))
+}
+
+/// `psm_combine`, or with `entries` (the fields' shape) `psm_combine_entries`: one
+/// thread per entry of each combine.
+fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
     let agg = cx.agg;
-    let mut f = Frame::new(cx, math, Kernel::Combine, 0);
+    let kernel = if entries.is_some() { Kernel::CombineEntries } else { Kernel::Combine };
+    let mut f = Frame::new(cx, math, kernel, &[&agg.combine], 0);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
-    let gid = f.index_below(count);
+    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
+    if entries.is_some() {
+        f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
+    }
+    let thread = f.index_below(count);
+    let (gid, entry) = match entries {
+        Some(shape) => {
+            let width = f.l.u64_const(n_entries as i64);
+            let (pair, e) = f.divmod(thread, width);
+            let coords = coordinates(&mut f, e, shape);
+            f.l.entry = Some(coords);
+            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
+            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
+            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
+            (pair, Some(EntryBytes { four, eight }))
+        }
+        None => (thread, None),
+    };
     let (row, col) = f.divmod(gid, cols);
     let addr = |f: &mut Frame<'_>, name: &str| {
         let base = f.param(name);
@@ -575,21 +805,39 @@ pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let (lv, rv, ov) = (f.mem_view(left), f.mem_view(right), f.mem_view(out));
     combine_into(&mut f, &params, lv, rv, ov);
     f.l.e.ins(format!("bra.uni {}", f.exit));
-    f.l.e.place(&copy_right);
-    f.l.e.comment("identity * right = right");
-    f.copy_element(out, right);
-    f.l.e.ins(format!("bra.uni {}", f.exit));
-    f.l.e.place(&copy_left);
-    f.l.e.comment("left * identity = left");
-    f.copy_element(out, left);
+    let copies = [(copy_right, "identity * right = right", right), (copy_left, "left * identity = left", left)];
+    for (k, (label, what, src)) in copies.into_iter().enumerate() {
+        f.l.e.place(&label);
+        f.l.e.comment(what);
+        match &entry {
+            Some(e) => copy_entry(&mut f, out, src, e),
+            None => f.copy_element(out, src),
+        }
+        if k == 0 {
+            f.l.e.ins(format!("bra.uni {}", f.exit));
+        }
+    }
     f.finish()
+}
+
+/// Copies the thread's entry of every field from the element at `src` to `dst`.
+fn copy_entry(f: &mut Frame<'_>, dst: Reg, src: Reg, entry: &EntryBytes) {
+    let layout = f.l.cx.layout.clone();
+    for (k, &dtype) in layout.dtypes.iter().enumerate() {
+        let (from, to) = (entry.at(f, src, dtype), entry.at(f, dst, dtype));
+        let off = layout.offsets[k] as i64;
+        let v = f.l.load_at(dtype.scalar(), Space::Generic, from, off);
+        f.l.store_at(dtype.scalar(), Space::Generic, to, off, v);
+    }
 }
 
 pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let regions = usize::from(exclusive && agg.identity.is_some());
-    let mut f = Frame::new(cx, math, Kernel::Readout, regions);
+    let mut bodies = vec![&agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let mut f = Frame::new(cx, math, Kernel::Readout, &bodies, regions);
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
@@ -598,8 +846,6 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let flags = f.param("flags");
     let rev = f.flag(flags, REVERSE, "REVERSE");
     let empty_first = f.flag(flags, EMPTY_FIRST, "EMPTY_FIRST");
-    let mut bodies = vec![&agg.readout];
-    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
     let mask = used(cx, &[&agg.readout], Role::Input);
     let inputs = f.bases(Role::Input, "in_", &mask);
@@ -640,7 +886,7 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 
 pub(crate) fn identity(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let body = cx.agg.identity.as_ref()?;
-    let mut f = Frame::new(cx, math, Kernel::Identity, 0);
+    let mut f = Frame::new(cx, math, Kernel::Identity, &[body], 0);
     let count = f.param("count");
     let gid = f.index_below(count);
     let params = param_bases(&mut f, &[body]);

@@ -130,7 +130,7 @@ pub fn compile_lookback(
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
     let record = 8 + 2 * cx.layout.size;
-    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig] };
+    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
     Ok(Some(LookbackModule { module, items: plan.items, tile: BLOCK * plan.items, record }))
 }
 
@@ -337,7 +337,9 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     let (elem, items) = (cx.layout.size, plan.items);
     let tile = BLOCK * items;
     let record = 8 + 2 * elem;
-    let mut f = Frame::new(cx, math, Kernel::Lookback, 0);
+    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
+    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
+    let mut f = Frame::new(cx, math, Kernel::Lookback, &bodies, 0);
     f.rows_space = Space::Shared;
 
     // Shared memory: the stages, the warps' inclusive aggregates, the tile's prefix.
@@ -363,8 +365,6 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
     let rev = f.flag(flags, REVERSE, "REVERSE");
     let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
-    let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
-    bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let params = param_bases(&mut f, &bodies);
     let read = plan.inputs.iter().map(Option::is_some).collect::<Vec<_>>();
     let in_bases = f.bases(Role::Input, "in_", &read);

@@ -24,7 +24,7 @@ pub(crate) struct Ctx<'a> {
     pub agg: &'a Aggregator,
     pub info: &'a Info,
     pub layout: Layout,
-    /// Offsets of the `let` tensors of rank ≥ 1 (`plan.elements` bytes in all).
+    /// Where each body's `let` tensors of rank ≥ 1 live in the kernel's `.local` array.
     pub plan: ScratchPlan,
     pub positions: Vec<usize>,
 }
@@ -105,9 +105,10 @@ pub(crate) struct Lowerer<'a> {
     folds: Folds,
     /// The math device functions called.
     pub math: &'a mut BTreeSet<MathFn>,
-    /// A statement's index variable bound to this register instead of looped over (the
-    /// lanes kernel: one thread per entry).
-    pub pinned: Option<Reg>,
+    /// In a per-entry kernel: the coordinates (b64) of the thread's entry, which the
+    /// index variables of every statement writing an element field or an output take
+    /// instead of looping.
+    pub entry: Option<Vec<Reg>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +126,7 @@ impl<'a> Lowerer<'a> {
             locals: vec![None; cx.agg.locals.len()],
             folds: Folds::new(cx.agg),
             math,
-            pinned: None,
+            entry: None,
         }
     }
 
@@ -186,10 +187,6 @@ impl<'a> Lowerer<'a> {
     fn nest(&mut self, vars: &[Handle<IndexVar>], f: &mut dyn FnMut(&mut Self)) {
         match vars.split_first() {
             None => f(self),
-            Some((&v, rest)) if self.pinned.is_some() => {
-                self.env[v.index()] = self.pinned;
-                self.nest(rest, f);
-            }
             Some((&v, rest)) => {
                 let n = self.cx.info.extent(v) as u64;
                 let name = self.cx.agg.index_vars[v].name.clone();
@@ -332,7 +329,7 @@ impl<'a> Lowerer<'a> {
             },
         };
         let st = strides(shape);
-        self.nest(&stmt.indices, &mut |s| {
+        let mut run = |s: &mut Self| {
             let v = s.value(stmt.value, io);
             match loc {
                 Loc::Reg(r) => s.mov(r, v),
@@ -348,7 +345,16 @@ impl<'a> Lowerer<'a> {
                 }
                 Loc::Zero => {}
             }
-        });
+        };
+        match (&self.entry, stmt.target) {
+            (Some(coords), Target::Tensor(_)) => {
+                for (&v, &c) in stmt.indices.iter().zip(coords) {
+                    self.env[v.index()] = Some(c);
+                }
+                run(self);
+            }
+            _ => self.nest(&stmt.indices, &mut run),
+        }
     }
 
     // ------------------------------------------------------------ integers
@@ -362,8 +368,23 @@ impl<'a> Lowerer<'a> {
         }
         if let Some(form) = index::affine(agg, info, e) {
             let terms: Vec<(Reg, i64)> = form.terms.iter().map(|&(v, c)| (self.index_var(v), c)).collect();
-            let base = self.u64_const(form.constant);
-            return self.address(base, 0, &terms).0;
+            // The first term itself (an index variable reads as its register), the rest
+            // multiplied and added onto it, the constant last.
+            let Some((&(v, c), rest)) = terms.split_first() else { return self.u64_const(form.constant) };
+            let first = if c == 1 {
+                v
+            } else {
+                let t = self.e.reg(Class::B64);
+                self.e.ins(format!("mul.lo.s64 {t}, {v}, {c}"));
+                t
+            };
+            let (sum, _) = self.address(first, 0, rest);
+            if form.constant == 0 {
+                return sum;
+            }
+            let r = self.e.reg(Class::B64);
+            self.e.ins(format!("add.s64 {r}, {sum}, {}", form.constant));
+            return r;
         }
         let r = self.e.reg(Class::B64);
         match &agg.exprs[e] {

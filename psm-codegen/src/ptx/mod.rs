@@ -7,7 +7,8 @@
 //! **Module.** `.version` is the lowest PTX ISA that the target needs (7.8 for
 //! `sm_90`, accepted by every CUDA 12 and 13 driver), `.address_size 64`. Kernel names
 //! are fixed ([`Kernel::name`]): `psm_scan`, `psm_lift`, `psm_combine`, `psm_readout`,
-//! and `psm_identity` when the aggregator declares an identity. Every kernel is 1-D:
+//! `psm_identity` when the aggregator declares an identity, and `psm_scan_entries` /
+//! `psm_combine_entries` where its entries scan / combine independently. Every kernel is 1-D:
 //! any grid and block size; a thread computes its 64-bit global index
 //! `ctaid.x · ntid.x + tid.x` and returns when it is not below the kernel's count.
 //! Every offset into a buffer is computed in 64 bits.
@@ -17,6 +18,7 @@
 //!   bytes (a multiple of 8), field k at byte `layout.offsets[k]`, entries row-major in
 //!   its dtype. An element array is `layout.size` bytes per element, 8-byte aligned.
 //! * *param* `p` — row-major in its dtype, shared by all sequences.
+//! * Every buffer is aligned to its entries' size (element arrays to 8 bytes).
 //! * *input* field `x` — `[nseq, steps, len_x]` row-major: sequence s, step t starts at
 //!   entry `(s · steps + t) · len_x`. *Output* fields likewise.
 //!
@@ -42,8 +44,9 @@
 //! psm_scan(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
 //! ```
 //! One thread per (sequence s, chunk c), `nseq · ⌈steps / chunk⌉` threads, index
-//! `s · nchunks + c`; chunk c covers positions `[c · chunk, min((c+1) · chunk, steps))`.
-//! The fused recurrent loop of the CPU's `scan` over those positions: e = lift(x_t);
+//! `s · nchunks + c`; chunk c covers positions `[c · chunk, min((c+1) · chunk, steps))`
+//! (`chunk = 0` runs nothing). The fused recurrent loop of the CPU's `scan` over those
+//! positions, a left fold (so for several steps valid for associative operators only): e = lift(x_t);
 //! p' = combine(p, e), or e when no prefix is held; the readout reads p' (inclusive) or
 //! p (exclusive; with no prefix held, the declared identity, else zeros with `empty(p)`
 //! true), written only with `WRITE_OUTPUTS`. The starting prefix of chunk c is the
@@ -55,6 +58,17 @@
 //! pass from carries (`WRITE_OUTPUTS | CARRY_IN | NO_STATE_OUT`); one decode step
 //! (`steps = chunk = 1`, state in place). Reads `HAS_STATE`, `WRITE_OUTPUTS`,
 //! `REVERSE`, `NO_STATE_OUT`, `CARRY_IN`.
+//!
+//! ```text
+//! psm_scan_entries(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
+//! ```
+//! Only for operators whose element entries scan independently (structure
+//! `elementwise` over E ≥ 2 entries, no `let` in combine, a readout writing outputs of
+//! the fields' shape and reading the state only at the entry it writes; today
+//! diag_affine and average of the library): `psm_scan` with one thread per entry,
+//! `nseq · nchunks · E` threads, index `(s · nchunks + c) · E + e`, each field's entry
+//! in a register, adjacent threads reading adjacent entries (coalesced over the
+//! channel axis). Same arguments, flags, slots and results as `psm_scan`, bit for bit.
 //!
 //! ```text
 //! psm_lift(params…, inputs…, nseq, steps, leaves, flags: u32)
@@ -77,6 +91,16 @@
 //! for bit.
 //!
 //! ```text
+//! psm_combine_entries(params…, rows, cols, out, out_row, out_col, left, left_row,
+//!                     left_col, right, right_row, right_col, flags: u32)
+//! ```
+//! Only where combine runs per entry (structure `elementwise` over E ≥ 2 entries, no
+//! `let` in combine; today average, diag_affine and mamba_s6 of the library):
+//! `psm_combine` with one thread per entry, `rows · cols · E` threads, index
+//! `(row · cols + col) · E + e`; same arguments, flags and results (field values bit for
+//! bit; padding bytes of `out` are not written).
+//!
+//! ```text
 //! psm_readout(params…, inputs…, outputs…, nseq, steps, prefixes, flags: u32)
 //! ```
 //! One thread per (s, position i), `nseq · steps` threads: the readout of position i
@@ -95,11 +119,6 @@
 //! associative operators whose element fields and input/output rows are scalars, with
 //! one kernel, `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is
 //! in [`lookback`]).
-//!
-//! **The lanes module.** [`compile_lanes`] gives a third module, for operators whose
-//! element fields and outputs are vectors of one length D whose entries are independent
-//! scans (diagonal affine, Mamba-style): one kernel, `psm_lanes`, a thread per (sequence,
-//! entry), see [`lanes`].
 //!
 //! **Per-thread memory.** `let` tensors and element temporaries live in `.local`
 //! memory declared by each kernel ([`PtxModule::local_bytes`] is the largest); the
@@ -122,12 +141,10 @@
 
 mod emit;
 mod kernels;
-pub mod lanes;
 pub mod lookback;
 mod lower;
 mod math;
 
-pub use lanes::{compile_lanes, LanesModule};
 pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
@@ -165,14 +182,14 @@ impl Default for PtxOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Scan,
+    ScanEntries,
+    CombineEntries,
     Lift,
     Combine,
     Readout,
     Identity,
     /// The single-pass decoupled look-back scan ([`compile_lookback`]).
     Lookback,
-    /// The channel-parallel recurrent scan ([`compile_lanes`]).
-    Lanes,
 }
 
 impl Kernel {
@@ -180,12 +197,13 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scan => "psm_scan",
+            Kernel::ScanEntries => "psm_scan_entries",
+            Kernel::CombineEntries => "psm_combine_entries",
             Kernel::Lift => "psm_lift",
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
             Kernel::Identity => "psm_identity",
             Kernel::Lookback => "psm_lookback",
-            Kernel::Lanes => "psm_lanes",
         }
     }
 }
@@ -219,10 +237,14 @@ pub struct PtxModule {
     /// The element layout, the same as the CPU's.
     pub layout: Layout,
     /// Every kernel of the module with its parameters: scan, lift, combine, readout,
-    /// and identity when declared.
+    /// identity when declared, scan_entries and combine_entries where the entries scan
+    /// or combine independently.
     pub kernels: Vec<KernelSig>,
     /// The largest per-thread `.local` array any kernel declares, in bytes.
     pub local_bytes: usize,
+    /// Threads per (sequence, chunk) of `psm_scan_entries` (the entries of one field),
+    /// when the module has it.
+    pub entries: Option<usize>,
 }
 
 impl PtxModule {
@@ -284,6 +306,9 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
         kernels::readout(&cx, &mut math),
     ];
     generated.extend(kernels::identity(&cx, &mut math));
+    let entries = kernels::entry_shape(&cx).map(|shape| shape.iter().product());
+    generated.extend(kernels::scan_entries(&cx, &mut math));
+    generated.extend(kernels::combine_entries(&cx, &mut math));
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
@@ -294,6 +319,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
         layout,
         local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
         kernels: generated.into_iter().map(|g| g.sig).collect(),
+        entries,
     })
 }
 

@@ -16,7 +16,7 @@ use psm_codegen::ptx::{PtxModule, PtxOptions, REVERSE};
 use super::device::{Device, DeviceBuffer};
 use super::forms::{self, Counter, FormEnd, StepSizes};
 use super::launch::{Kernels, Launcher};
-use super::select::{Chosen, CudaKernel, Lanes, Lookback};
+use super::select::{Chosen, CudaKernel, Lookback};
 use crate::buffers::{dtype_size, Buffer, Data, Inputs, Tensor};
 use crate::error::{RunError, Slot};
 use crate::forms::{match_named, Executor, Form, Outputs, RunOptions, RunStats, RunSummary, Signature};
@@ -35,8 +35,6 @@ struct Inner {
     kernels: Kernels,
     /// The look-back scan, when the aggregator's element and rows are scalars.
     lookback: Option<Lookback>,
-    /// The lanes kernel, when the aggregator's entries are independent vectors.
-    lanes: Option<Lanes>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -103,12 +101,8 @@ impl CudaExecutor {
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
             .map(|m| Lookback::load(device, &agg.name, m, counts))
             .transpose()?;
-        let lanes = psm_codegen::ptx::compile_lanes(agg, info, &ptx_options(device))
-            .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
-            .map(|m| Lanes::load(device, &agg.name, m, counts))
-            .transpose()?;
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
-        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback, lanes }) })
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback }) })
     }
 
     pub fn signature(&self) -> &Signature {
@@ -132,7 +126,7 @@ impl CudaExecutor {
     /// Threads per sequence of the lanes kernel (the vectors' length), when the
     /// aggregator has one.
     pub fn lanes(&self) -> Option<usize> {
-        self.inner.lanes.as_ref().map(|l| l.module.lanes)
+        self.inner.kernels.scan_entries.as_ref().map(|(_, entries)| *entries)
     }
 
     pub(crate) fn elem(&self) -> usize {
@@ -240,7 +234,7 @@ impl CudaExecutor {
             // Forced-only until the look-back and lanes kernels have run on a GPU.
             CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
             CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
-            CudaKernel::Lanes => (Chosen::Lanes, self.inner.lanes.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
         };
         let why = if !associative {
             format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
@@ -264,7 +258,7 @@ impl CudaExecutor {
     fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
         let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
         if p.chosen == Chosen::Lanes {
-            l.lanes = self.inner.lanes.as_ref().map(Lanes::launch);
+            l.lanes = self.inner.kernels.scan_entries.as_ref().map(|(f, entries)| (f, *entries));
         }
         l
     }

@@ -17,6 +17,8 @@ pub(crate) struct Kernels {
     pub readout: Function,
     /// Present when the aggregator declares an identity.
     pub identity: Option<Function>,
+    /// `psm_scan_entries` and its threads per (sequence, chunk), when the module has it.
+    pub scan_entries: Option<(Function, usize)>,
 }
 
 impl Kernels {
@@ -30,10 +32,12 @@ impl Kernels {
             (Kernel::Combine, 12, false, false),
             (Kernel::Readout, 4, true, true),
             (Kernel::Identity, 3, false, false),
+            (Kernel::ScanEntries, 6, true, true),
         ] {
             let expected = params + if reads { inputs } else { 0 } + if writes { outputs } else { 0 } + own;
             let found = ptx.kernel(kernel).map(|k| k.params.len());
-            if found.is_some_and(|n| n != expected) || (found.is_none() && kernel != Kernel::Identity) {
+            let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries);
+            if found.is_some_and(|n| n != expected) || (found.is_none() && !optional) {
                 return Err(RunError::Codegen {
                     aggregator: aggregator.to_string(),
                     message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
@@ -48,6 +52,10 @@ impl Kernels {
             combine: get(Kernel::Combine)?,
             readout: get(Kernel::Readout)?,
             identity: ptx.kernel(Kernel::Identity).map(|_| get(Kernel::Identity)).transpose()?,
+            scan_entries: match (ptx.kernel(Kernel::ScanEntries), ptx.entries) {
+                (Some(_), Some(entries)) => Some((get(Kernel::ScanEntries)?, entries)),
+                _ => None,
+            },
         })
     }
 }
@@ -82,8 +90,8 @@ pub(crate) struct Launcher<'a> {
     /// Bytes of one element.
     pub elem: usize,
     pub combines: Cell<u64>,
-    /// The lanes kernel (`psm_scan`'s ABI, D threads per chunk) and D: `scan` launches
-    /// it instead of `psm_scan` when present.
+    /// `psm_scan_entries` (`psm_scan`'s ABI, E threads per chunk) and E: `scan`
+    /// launches it instead of `psm_scan` when present.
     pub lanes: Option<(&'a Function, usize)>,
 }
 

@@ -18,18 +18,19 @@
 //! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
 //! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
 //! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
-//! [`CudaKernel::Lanes`] forces the lanes kernel (`psm_lanes`, psm-codegen's
-//! `ptx::compile_lanes`: `psm_scan` with one thread per (sequence, chunk, entry), for
-//! associative operators whose element fields and outputs are vectors of one length
-//! with independent entries, such as diagonal affine recurrences over `[B, T, D]`) in
+//! [`CudaKernel::Lanes`] forces the channel-parallel kernel (`psm_scan_entries` of
+//! psm-codegen's module: `psm_scan` with one thread per (sequence, chunk, entry), for
+//! associative operators whose element fields and outputs share one shape with
+//! independent entries, such as diagonal affine recurrences over `[B, T, D]`) in
 //! the recurrent and chunked forms (`auto` picks between them as for `psm_scan`,
 //! counting D threads per chunk): an error when the operator is not associative or has
-//! no such kernel, or when the form is the tree or the stream. It too is forced-only
-//! until it has run on a GPU; the intended rule then is to take it in `auto` for such
-//! operators.
+//! no such kernel, or when the form is the tree or the stream. The kernel itself has
+//! run on the GPU (psm-codegen's tests/ptx_gpu.rs: bit for bit `psm_scan`), but not yet
+//! through this runtime path, so it too is forced-only; the intended rule then is to
+//! take it in `auto` for such operators.
 //! [`CudaKernel::Generic`] forces the generic kernels.
 
-use psm_codegen::ptx::{Kernel, LanesModule, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
 
 use super::device::{Device, DeviceBuffer, Function};
 use super::forms::FormEnd;
@@ -47,7 +48,7 @@ pub enum CudaKernel {
     Generic,
     /// The single-pass look-back scan.
     Lookback,
-    /// The channel-parallel recurrent scan.
+    /// The channel-parallel scan (`psm_scan_entries`).
     Lanes,
 }
 
@@ -125,24 +126,5 @@ impl Lookback {
         a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
         l.device.launch_blocks(&self.function, tiles as u64, LOOKBACK_BLOCK, &a)?;
         Ok(FormEnd { final_state: state, held: 1 })
-    }
-}
-
-/// The lanes kernel of one aggregator, loaded.
-pub(crate) struct Lanes {
-    pub module: LanesModule,
-    function: Function,
-}
-
-impl Lanes {
-    /// Loads the kernel (checking that it takes `psm_scan`'s parameters).
-    pub fn load(device: &Device, aggregator: &str, module: LanesModule, counts: [usize; 3]) -> Result<Lanes, RunError> {
-        let function = load(device, aggregator, &module.module, Kernel::Lanes, counts, 6)?;
-        Ok(Lanes { module, function })
-    }
-
-    /// The kernel and D, for [`Launcher::lanes`].
-    pub fn launch(&self) -> (&Function, usize) {
-        (&self.function, self.module.lanes)
     }
 }
