@@ -463,6 +463,13 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
     // values: `State` is `State<16>`, and `Aggregator<64>` runs `State<64>`.
     let mut generic: HashMap<String, Vec<syn::Ident>> = HashMap::new();
     for item in items.iter_mut() {
+        if let syn::Item::Fn(f) = item {
+            // psm runs them: never calling the plain Rust is no reason for a warning.
+            if translate::readout_kind(&f.sig.ident.to_string()).is_some() || ["identity", "lift", "combine"].iter().any(|n| f.sig.ident == n) {
+                f.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
+            }
+            continue;
+        }
         let syn::Item::Struct(s) = item else { continue };
         if !["Input", "State", "Output", "Params"].contains(&s.ident.to_string().as_str()) {
             continue;
