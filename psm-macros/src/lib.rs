@@ -25,7 +25,9 @@
 //!
 //! Attribute arguments: `associative` (a claim: a compile error unless the checker
 //! proves or verifies it), `assume_associative` (trust it when the checker can only say
-//! `unknown`), `dims(D = 16, N = 4)` (sizes; each becomes `pub const D: usize`).
+//! `unknown`), `dims(D = 16, N = 4)` (sizes; each becomes `pub const D: usize` and a
+//! const generic, with that default, of the structs that use it and of `Aggregator`).
+//! A `struct Params` holds weights; any function may take `p: &Params` last.
 
 use std::collections::HashMap;
 
