@@ -324,7 +324,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         aggregators: vec![ast::Aggregator { doc, name: ast::Ident { name: name.clone(), span: agg_span }, dims: dim_decls, items: ast_items, span: agg_span }],
     };
     let checks = std::mem::take(&mut t.checks);
-    let fail = |spans: &Spans, diags: Vec<psm_ir::Diagnostic>| diags.iter().map(|d| report::diagnostic(spans, d, &name)).collect::<Vec<_>>();
+    let fail = |spans: &Spans, diags: Vec<psm_ir::Diagnostic>| diags.iter().map(|d| report::diagnostic(spans, d, &name, dims)).collect::<Vec<_>>();
 
     // Lowering, validation, the algebra: exactly a `.psm` file's.
     let ir = match psm_ir::front::builder::lower(&file) {
