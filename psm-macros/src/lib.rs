@@ -157,8 +157,8 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         syn::Item::Struct(s) if s.ident == "Params" => Some(s),
         _ => None,
     });
-    let params = params_struct.map(|s| s.fields.iter().filter_map(|f| f.ident.as_ref().map(|i| i.to_string())).collect());
-    let mut t = Translator { spans, dims, params, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
+    let param_names = params_struct.map(|s| s.fields.iter().filter_map(|f| f.ident.as_ref().map(|i| i.to_string())).collect());
+    let mut t = Translator { spans, dims, params: param_names, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
     let mut input = None;
     let mut state = None;
     let mut output = None;
