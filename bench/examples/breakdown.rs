@@ -8,6 +8,7 @@
 //! cargo run --release -p psm-bench --example breakdown -- diag       # diag_affine [4, 4096, 64] at 1 and 2 threads
 //! cargo run --release -p psm-bench --example breakdown -- small      # L1-sized runs: run / run_into vs the hand loop
 //! cargo run --release -p psm-bench --example breakdown -- passes     # aggregate scan vs scan with outputs (the chunked form's cost)
+//! cargo run --release -p psm-bench --example breakdown -- split      # one sequence on 2 threads: chunked splits vs recurrent
 //! cargo run --release -p psm-bench --example breakdown -- chain      # ns per step of the loop-carried chains
 //! # instructions per step: run under valgrind at two sizes and subtract
 //! valgrind --tool=cachegrind --cache-sim=no --smc-check=all \
@@ -388,6 +389,49 @@ fn main() {
                 );
             }
         }
+        "split" => {
+            // One sequence on 2 threads: the chunked form with the auto split (a head and
+            // two chunks) against uniform chunks (the head one chunk), each against the
+            // recurrent form at 1 thread; the rounds interleave so that load on the
+            // machine hits every variant alike.
+            let n = 1usize << 20;
+            let mut rng = Rng::new(17);
+            let (a, x) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
+            let (gk, gn) = (64usize, 4096usize);
+            let (q, al) = (rng.vec(gn * gk, -1.0, 1.0), rng.vec(gn * gk, 0.9, 1.0));
+            let cases: Vec<(&str, Aggregator, Inputs<'_>, usize)> = vec![
+                ("cumsum [2^20]", op("cumsum", &[]), Inputs::new(&[], n).input("v", &x), n),
+                ("scalar_affine [2^20]", op("scalar_affine", &[]), Inputs::new(&[], n).input("a", &a).input("b", &x), n),
+                ("logcumsumexp [2^20]", op("logcumsumexp", &[]), Inputs::new(&[], n).input("v", &x), n),
+                (
+                    "gla K=V=64 [4096]",
+                    op("gla", &[("K", 64), ("V", 64)]),
+                    Inputs::new(&[], gn).input("q", &q).input("k", &q).input("v", &q).input("alpha", &al),
+                    gn,
+                ),
+            ];
+            let short = Duration::from_millis(100);
+            for (label, agg, inputs, steps) in &cases {
+                let variants: [(&str, Form, Option<usize>, &ThreadPool); 4] = [
+                    ("recurrent, 1 thread", Form::Recurrent, None, &one),
+                    ("chunked auto, 2 threads", Form::Chunked, None, &two),
+                    ("chunked T/8, 2 threads", Form::Chunked, Some(steps / 8), &two),
+                    ("chunked T/3, 2 threads", Form::Chunked, Some(steps.div_ceil(3)), &two),
+                ];
+                let mut best = [Duration::MAX; 4];
+                for _ in 0..4 {
+                    for (k, (_, form, chunk, pool)) in variants.iter().enumerate() {
+                        let opts = RunOptions { form: *form, chunk: *chunk, pool: Some(pool), ..Default::default() };
+                        let t = pool.install(|| best_time(short, || drop(black_box(agg.run(inputs, &opts).expect("runs")))));
+                        best[k] = best[k].min(t);
+                    }
+                }
+                let base = best[0].as_secs_f64();
+                let text: Vec<String> =
+                    variants.iter().zip(&best).map(|((name, ..), t)| format!("{name} {} ({:.2}x)", ms(*t), base / t.as_secs_f64())).collect();
+                println!("{label}: {}", text.join("; "));
+            }
+        }
         "chain" => {
             let (n, reps) = (4096usize, 64usize);
             let mut rng = Rng::new(5);
@@ -442,6 +486,6 @@ fn main() {
             }
             black_box(y);
         }
-        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | passes | chain | count psm|hand|none cumsum|scalar_affine N"),
+        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | passes | split | chain | count psm|hand|none cumsum|scalar_affine N"),
     }
 }

@@ -21,6 +21,8 @@ fn main() {
         println!("mamba_s6<64,16> {:<6}: {n} values, bit-identical to examples/ops/mamba_s6.psm -D D=64 -D N=16", backend.name());
         let n = compare::causal_mean(backend, 257);
         println!("causal_mean     {:<6}: {n} values, bit-identical to examples/ops/causal_mean.psm", backend.name());
+        let n = compare::ema(backend, 257);
+        println!("ema (f64)       {:<6}: {n} values, bit-identical to examples/ops/ema.psm", backend.name());
         let n = compare::online_softmax(backend, 257);
         println!("online_softmax  {:<6}: {n} values, bit-identical to examples/ops/online_softmax.psm", backend.name());
     }

@@ -239,3 +239,38 @@ fn expr(e: &Expr) -> TokenStream {
         Expr::Empty => quote!(I::Expr::Empty),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(src: &str) -> ir::Module {
+        psm_ir::front::dsl::parse(src).expect("valid psm")
+    }
+
+    const SUM: &str = "aggregator sum<D = 2> { input { v[D] } element { v[D] } combine(l, r) { v[i] = l.v[i] + r.v[i]; } }";
+
+    #[test]
+    fn lowered_modules_refer_backward_only() {
+        assert!(module(&parsed(SUM)).is_ok());
+        for f in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ops")).unwrap() {
+            let path = f.unwrap().path();
+            if path.extension().is_some_and(|e| e == "psm") {
+                let m = parsed(&std::fs::read_to_string(&path).unwrap());
+                assert!(module(&m).is_ok(), "{}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_forward_reference_is_an_error_not_a_wrong_module() {
+        let mut m = parsed(SUM);
+        let agg = &mut m.aggregators[0];
+        // Handle #k of a fresh arena, pushed at a position before k: a forward reference.
+        let mut scratch = Arena::new();
+        let ahead = (0..=agg.exprs.len()).map(|_| scratch.push(Expr::Int(0), psm_ir::Span::NONE)).last().unwrap();
+        agg.exprs.push(Expr::Unary { op: ir::UnaryOp::Neg, arg: ahead }, psm_ir::Span::NONE);
+        let e = module(&m).unwrap_err();
+        assert!(e.contains("refers forward"), "{e}");
+    }
+}

@@ -25,7 +25,9 @@
 //!
 //! Attribute arguments: `associative` (a claim: a compile error unless the checker
 //! proves or verifies it), `assume_associative` (trust it when the checker can only say
-//! `unknown`), `dims(D = 16, N = 4)` (sizes; each becomes `pub const D: usize`).
+//! `unknown`), `dims(D = 16, N = 4)` (sizes; each becomes `pub const D: usize` and a
+//! const generic, with that default, of the structs that use it and of `Aggregator`).
+//! A `struct Params` holds weights; any function may take `p: &Params` last.
 
 use std::collections::HashMap;
 
@@ -155,8 +157,8 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         syn::Item::Struct(s) if s.ident == "Params" => Some(s),
         _ => None,
     });
-    let params = params_struct.map(|s| s.fields.iter().filter_map(|f| f.ident.as_ref().map(|i| i.to_string())).collect());
-    let mut t = Translator { spans, dims, params, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
+    let param_names = params_struct.map(|s| s.fields.iter().filter_map(|f| f.ident.as_ref().map(|i| i.to_string())).collect());
+    let mut t = Translator { spans, dims, params: param_names, errors: Vec::new(), checks: Vec::new(), unknown_dims: Vec::new() };
     let mut input = None;
     let mut state = None;
     let mut output = None;
@@ -322,7 +324,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         aggregators: vec![ast::Aggregator { doc, name: ast::Ident { name: name.clone(), span: agg_span }, dims: dim_decls, items: ast_items, span: agg_span }],
     };
     let checks = std::mem::take(&mut t.checks);
-    let fail = |spans: &Spans, diags: Vec<psm_ir::Diagnostic>| diags.iter().map(|d| report::diagnostic(spans, d, &name)).collect::<Vec<_>>();
+    let fail = |spans: &Spans, diags: Vec<psm_ir::Diagnostic>| diags.iter().map(|d| report::diagnostic(spans, d, &name, dims)).collect::<Vec<_>>();
 
     // Lowering, validation, the algebra: exactly a `.psm` file's.
     let ir = match psm_ir::front::builder::lower(&file) {
@@ -463,6 +465,13 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
     // values: `State` is `State<16>`, and `Aggregator<64>` runs `State<64>`.
     let mut generic: HashMap<String, Vec<syn::Ident>> = HashMap::new();
     for item in items.iter_mut() {
+        if let syn::Item::Fn(f) = item {
+            // psm runs them: never calling the plain Rust is no reason for a warning.
+            if translate::readout_kind(&f.sig.ident.to_string()).is_some() || ["identity", "lift", "combine"].iter().any(|n| f.sig.ident == n) {
+                f.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
+            }
+            continue;
+        }
         let syn::Item::Struct(s) = item else { continue };
         if !["Input", "State", "Output", "Params"].contains(&s.ident.to_string().as_str()) {
             continue;

@@ -6,7 +6,8 @@ use psm_ir::Diagnostic;
 use crate::spans::{message, Spans};
 
 /// A psm-ir diagnostic at the Rust tokens its spans came from, in Rust's words.
-pub fn diagnostic(spans: &Spans, d: &Diagnostic, agg: &str) -> syn::Error {
+pub fn diagnostic(spans: &Spans, d: &Diagnostic, agg: &str, dims: &[(String, i64)]) -> syn::Error {
+    let rustify = |s: &str| rustify(s, agg, dims);
     let primary = d.labels.iter().find(|l| l.primary);
     let span = primary.map_or(psm_ir::Span::NONE, |l| l.span);
     let mut notes = Vec::new();
@@ -16,17 +17,28 @@ pub fn diagnostic(spans: &Spans, d: &Diagnostic, agg: &str) -> syn::Error {
         }
     }
     notes.extend(d.notes.iter().cloned());
-    let mut notes: Vec<String> = notes.iter().map(|n| rustify(n, agg)).collect();
+    let mut notes: Vec<String> = notes.iter().map(|n| rustify(n)).collect();
     for l in d.labels.iter().filter(|l| !l.primary) {
-        notes.push(spans.label(l.span, &rustify(&l.message, agg)));
+        notes.push(spans.label(l.span, &rustify(&l.message)));
     }
-    let helps: Vec<String> = d.help.iter().map(|h| rustify(h, agg)).collect();
-    spans.error(span, message(&rustify(&d.message, agg), &notes, &helps))
+    let helps: Vec<String> = d.help.iter().map(|h| rustify(h)).collect();
+    spans.error(span, message(&rustify(&d.message), &notes, &helps))
 }
 
 /// Rewrites the `.psm` spellings psm-ir uses in its hints into the macro's Rust ones.
-fn rustify(s: &str, agg: &str) -> String {
+fn rustify(s: &str, agg: &str, dims: &[(String, i64)]) -> String {
     let mut s = s.to_string();
+    // `an index variable of extent 2`: in Rust, the variable of a loop over `0..K`.
+    const EXTENT: &str = "use an index variable of extent ";
+    if let Some(i) = s.find(EXTENT) {
+        let rest = &s[i + EXTENT.len()..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<i64>() {
+            let named: Vec<&String> = dims.iter().filter(|(_, v)| *v == n).map(|(d, _)| d).collect();
+            let bound = if named.len() == 1 { named[0].clone() } else { n.to_string() };
+            s = format!("{}index it with the variable of a loop over `0..{bound}`{}", &s[..i], &rest[digits..]);
+        }
+    }
     let header = format!("`aggregator {agg}<");
     while let Some(i) = s.find(&header) {
         let rest = &s[i + header.len()..];
@@ -63,6 +75,7 @@ fn rustify(s: &str, agg: &str) -> String {
         ("an element field", "a field of `State`"),
         ("an input field", "a field of `Input`"),
         ("`-D ", "`dims("),
+        ("each index variable ranges over one size", "a loop variable indexes axes of one size"),
     ] {
         s = s.replace(from, to);
     }

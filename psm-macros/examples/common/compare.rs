@@ -3,7 +3,7 @@
 //! every form, pushed step by step through a stream, and split in two runs that hand
 //! the state over.
 
-use super::ops::{causal_mean, diag_affine, mamba_s6, online_softmax};
+use super::ops::{causal_mean, diag_affine, ema, mamba_s6, online_softmax};
 use psm::{Aggregator, Backend, Form, Inputs, Op, RunOptions};
 
 /// The `.psm` twin of `A`, at `A`'s dims.
@@ -21,7 +21,8 @@ fn noise(seed: u64) -> impl FnMut() -> f32 {
     }
 }
 
-fn same_bits(what: &str, a: &[f32], b: &[f32]) {
+/// Values widened to f64 (exactly) so that one comparison serves f32 and f64 outputs.
+fn same_bits(what: &str, a: &[f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
     for (k, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.to_bits(), y.to_bits(), "{what}: entry {k} differs: {x} vs {y}");
@@ -29,12 +30,13 @@ fn same_bits(what: &str, a: &[f32], b: &[f32]) {
 }
 
 /// The typed aggregator `A` against its twin; `named` holds the same params and steps
-/// as named buffers, `y` flattens an output. Returns the number of values compared.
-fn compare<A: Aggregator>(backend: Backend, params: &A::Params, xs: &[A::Input], named: &Inputs<'_>, y: impl Fn(&A::Output) -> Vec<f32>) -> usize {
+/// as named buffers, `y` flattens an output (widened to f64). Returns the number of
+/// values compared.
+fn compare<A: Aggregator>(backend: Backend, params: &A::Params, xs: &[A::Input], named: &Inputs<'_>, y: impl Fn(&A::Output) -> Vec<f64>) -> usize {
     let op = Op::<A>::with_backend(backend).unwrap();
     assert!(op.associative(), "{}", A::NAME);
     let twin = psm_file::<A>(backend);
-    let flat = |ys: &[A::Output]| ys.iter().flat_map(&y).collect::<Vec<f32>>();
+    let flat = |ys: &[A::Output]| ys.iter().flat_map(&y).collect::<Vec<f64>>();
     let mut n = 0;
     let forms = [
         RunOptions { form: Form::Tree, ..Default::default() },
@@ -43,7 +45,7 @@ fn compare<A: Aggregator>(backend: Backend, params: &A::Params, xs: &[A::Input],
     ];
     for opts in &forms {
         let got = flat(&op.run_with(params, xs, opts).unwrap());
-        same_bits(&format!("{} {:?}", A::NAME, opts.form), &got, twin.run(named, opts).unwrap().f32("y").unwrap());
+        same_bits(&format!("{} {:?}", A::NAME, opts.form), &got, &twin.run(named, opts).unwrap().get("y").unwrap().to_f64());
         n += got.len();
     }
     // Recurrent: the reference for the step-by-step forms below.
@@ -81,7 +83,7 @@ pub fn diag_affine(backend: Backend, steps: usize) -> usize {
     let a: Vec<f32> = xs.iter().flat_map(|x| x.a).collect();
     let b: Vec<f32> = xs.iter().flat_map(|x| x.b).collect();
     let named = Inputs::new(&[], steps).input("a", &a).input("b", &b);
-    compare::<diag_affine::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
+    compare::<diag_affine::Aggregator>(backend, &(), &xs, &named, |o| o.y.map(f64::from).to_vec())
 }
 
 /// At the attribute's dims (8, 4) or any other: `mamba_s6::Aggregator<D, N>`.
@@ -110,7 +112,7 @@ pub fn mamba_s6<const D: usize, const N: usize>(backend: Backend, steps: usize) 
         .input("x", &x)
         .input("B", &b)
         .input("C", &c);
-    compare::<mamba_s6::Aggregator<D, N>>(backend, &params, &xs, &named, |o| o.y.to_vec())
+    compare::<mamba_s6::Aggregator<D, N>>(backend, &params, &xs, &named, |o| o.y.map(f64::from).to_vec())
 }
 
 pub fn online_softmax(backend: Backend, steps: usize) -> usize {
@@ -120,7 +122,7 @@ pub fn online_softmax(backend: Backend, steps: usize) -> usize {
     let s: Vec<f32> = xs.iter().map(|x| x.s).collect();
     let v: Vec<f32> = xs.iter().flat_map(|x| x.v).collect();
     let named = Inputs::new(&[], steps).input("s", &s).input("v", &v);
-    compare::<online_softmax::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
+    compare::<online_softmax::Aggregator>(backend, &(), &xs, &named, |o| o.y.map(f64::from).to_vec())
 }
 
 pub fn causal_mean(backend: Backend, steps: usize) -> usize {
@@ -128,5 +130,15 @@ pub fn causal_mean(backend: Backend, steps: usize) -> usize {
     let xs: Vec<causal_mean::Input> = (0..steps).map(|_| causal_mean::Input { v: std::array::from_fn(|_| r()) }).collect();
     let v: Vec<f32> = xs.iter().flat_map(|x| x.v).collect();
     let named = Inputs::new(&[], steps).input("v", &v);
-    compare::<causal_mean::Aggregator>(backend, &(), &xs, &named, |o| o.y.to_vec())
+    compare::<causal_mean::Aggregator>(backend, &(), &xs, &named, |o| o.y.map(f64::from).to_vec())
+}
+
+pub fn ema(backend: Backend, steps: usize) -> usize {
+    let mut r = noise(5);
+    let params = ema::Params { alpha: 0.125 };
+    let xs: Vec<ema::Input> = (0..steps).map(|_| ema::Input { v: f64::from(r()) }).collect();
+    let v: Vec<f64> = xs.iter().map(|x| x.v).collect();
+    let alpha = [params.alpha];
+    let named = Inputs::new(&[], steps).param("alpha", &alpha).input("v", &v);
+    compare::<ema::Aggregator>(backend, &params, &xs, &named, |o| vec![o.y])
 }

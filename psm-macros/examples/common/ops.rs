@@ -1,6 +1,7 @@
 #![allow(dead_code)]
-//! examples/ops/diag_affine.psm, mamba_s6.psm, online_softmax.psm and causal_mean.psm, written in Rust
-//! with `#[psm_aggregator]`: the same operators, statement for statement.
+//! examples/ops/diag_affine.psm, mamba_s6.psm, online_softmax.psm, causal_mean.psm and
+//! ema.psm, written in Rust with `#[psm_aggregator]`: the same operators, statement for
+//! statement.
 
 /// Diagonal affine recurrence over D channels: h_t[d] = a_t[d] * h_{t-1}[d] + b_t[d]
 /// (the scan of S4D/Mamba-style selective state spaces once a and b are discretized).
@@ -205,6 +206,51 @@ pub mod causal_mean {
         for d in 0..D {
             out.y[d] = if let Some(p) = p { p.s[d] / p.n } else { x.v[d] };
         }
+        out
+    }
+}
+
+/// Exponential moving average in double precision: y_t = (1 - alpha) y_{t-1} + alpha v_t.
+#[psm::psm_aggregator(associative)]
+pub mod ema {
+    pub struct Params {
+        pub alpha: f64,
+    }
+    pub struct Input {
+        pub v: f64,
+    }
+    pub struct State {
+        pub a: f64,
+        pub b: f64,
+    }
+    pub struct Output {
+        pub y: f64,
+    }
+
+    pub fn identity() -> State {
+        let mut e = State::default();
+        e.a = 1.0;
+        e.b = 0.0;
+        e
+    }
+
+    pub fn lift(x: &Input, p: &Params) -> State {
+        let mut out = State::default();
+        out.a = 1.0 - p.alpha;
+        out.b = p.alpha * x.v;
+        out
+    }
+
+    pub fn combine(l: &State, r: &State) -> State {
+        let mut out = State::default();
+        out.a = l.a * r.a;
+        out.b = r.a * l.b + r.b;
+        out
+    }
+
+    pub fn readout(s: &State, _x: &Input) -> Output {
+        let mut out = Output::default();
+        out.y = s.b;
         out
     }
 }
