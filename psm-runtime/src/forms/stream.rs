@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use psm_ir::ir::ReadoutKind;
 
-use super::{Addrs, Bound, Ctx, Executor, Form, Io, Scratch, Outputs, OwnedOutputs, RunStats, RunSummary, SeqEnd, Step0};
+use super::{Addrs, Bound, Ctx, Executor, Form, Io, Outputs, OwnedOutputs, RunStats, RunSummary, Scratch, SeqEnd, Step0};
 use crate::buffers::{Buffer, Data, Inputs, OutputsMut, State};
 use crate::error::RunError;
 
