@@ -89,6 +89,9 @@ pub enum RunError {
     Codegen { aggregator: String, message: String },
     /// The thread pool for `threads` could not be built.
     ThreadPool { message: String },
+    /// The chunkwise form was asked for and the operator does not have its shape;
+    /// `reason` is psm-ir's (`psm_ir::derive::chunkwise`).
+    ChunkwiseNotApplicable { aggregator: String, reason: String },
 }
 
 fn list(names: &[String]) -> String {
@@ -145,6 +148,9 @@ impl fmt::Display for RunError {
             RunError::InvalidOption { option, message } => write!(f, "invalid option `{option}`: {message}"),
             RunError::Codegen { aggregator, message } => write!(f, "cannot compile `{aggregator}`: {message}"),
             RunError::ThreadPool { message } => write!(f, "cannot build the thread pool: {message}"),
+            RunError::ChunkwiseNotApplicable { aggregator, reason } => {
+                write!(f, "the chunkwise form does not apply to `{aggregator}`: {reason}")
+            }
         }
     }
 }
