@@ -42,7 +42,7 @@
 //! `--format json` prints one object: `suite` (`"cpu"` or null), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
-//! `form` (`recurrent`, `chunked`, `tree`, `stream`, or `push`), `chunk` (chunked
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `chunkwise`, or `push`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
 //! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
@@ -130,6 +130,8 @@ enum BenchForm {
     Stream,
     /// One Stream::push per step, and one Stream::push_into a reused buffer: decode loops
     Push,
+    /// The chunkwise form (linear-attention family), beside the recurrent form at 1 thread
+    Chunkwise,
 }
 
 /// A batch shape (a newtype, so that clap takes it as one value).
@@ -475,6 +477,9 @@ fn bench_case(case: &mut Case, form: Option<BenchForm>, k: usize, pools: &(Threa
 fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize) -> Vec<(Mode, usize)> {
     let mut modes = match form {
         Some(BenchForm::Push) => vec![(Mode::Push { into: false }, 1), (Mode::Push { into: true }, 1)],
+        Some(BenchForm::Chunkwise) => {
+            vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunkwise), 1), (Mode::Form(Form::Chunkwise), k)]
+        }
         Some(f) => {
             let f = match f {
                 BenchForm::Auto => Form::Auto,
@@ -482,7 +487,7 @@ fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usi
                 BenchForm::Chunked => Form::Chunked,
                 BenchForm::Tree => Form::Tree,
                 BenchForm::Stream => Form::Stream,
-                BenchForm::Push => unreachable!("handled above"),
+                BenchForm::Push | BenchForm::Chunkwise => unreachable!("handled above"),
             };
             vec![(Mode::Form(f), 1), (Mode::Form(f), k)]
         }
