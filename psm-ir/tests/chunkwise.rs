@@ -62,7 +62,9 @@ fn matches_structure_not_names() {
     let info = psm_ir::valid::validate(&module, &[]).unwrap();
     let plan = chunkwise(&module.aggregators[0], &info[0]).unwrap();
     assert_eq!(plan.summary(), "mem[4, 3] diagonal decay; 1 inclusive contraction(s)");
-    assert!(plan.features.contains("cw_v_mem[b] = 2.0 * x.val[b];"), "{}", plan.features);
+    let features = plan.features.unwrap();
+    assert!(features.contains("cw_v_mem[b] = 2.0 * x.val[b];"), "{features}");
+    assert_eq!(plan.inputs, [("cw_k_mem".to_string(), "key".to_string()), ("cw_q0".to_string(), "query".to_string())]);
 }
 
 /// A dense transition that is not a projector is refused with its reason.

@@ -37,7 +37,9 @@ pub const FACTOR_LIMIT: f32 = 60.0;
 /// The derived form of one aggregator with its two derived aggregators compiled.
 pub(crate) struct ChunkwiseProgram {
     plan: Chunkwise,
-    features: Aggregator,
+    /// The operator itself: its signature checks the user's data.
+    operator: Aggregator,
+    features: Option<Aggregator>,
     readout: Aggregator,
 }
 
@@ -52,7 +54,8 @@ impl ChunkwiseProgram {
             let derived = program.aggregator(&name).expect("a derived source holds one aggregator");
             Ok(derived.with_backend(agg.backend()))
         };
-        Ok(ChunkwiseProgram { features: compile(&plan.features)?, readout: compile(&plan.readout)?, plan })
+        let features = plan.features.as_deref().map(compile).transpose()?;
+        Ok(ChunkwiseProgram { operator: agg.clone(), features, readout: compile(&plan.readout)?, plan })
     }
 
     pub(crate) fn plan(&self) -> &Chunkwise {
@@ -86,12 +89,21 @@ fn check_options(opts: &RunOptions<'_>) -> Result<(), RunError> {
 /// contractions' summary for the readout map's run.
 fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Vec<Vec<f32>>, RunError> {
     check_options(opts)?;
+    let operator = cw.operator.executor()?;
+    operator.bind(inputs)?;
     let map_opts = RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() };
-    let features = cw.features.run(inputs, &map_opts)?;
-    let feature = |name: &str| features.f32(name).expect("the feature map declares every name the plan uses");
+    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_opts)).transpose()?;
     let plan = &cw.plan;
+    let feature = |name: &str| -> &[f32] {
+        let given = plan.inputs.iter().find(|(f, _)| f == name).and_then(|(_, input)| inputs.inputs.iter().find(|(n, _)| n == input));
+        match given {
+            // Bound above: an f32 input of the feature's shape.
+            Some((_, Data::F32(data))) => data,
+            _ => features.as_ref().and_then(|f| f.f32(name)).expect("the feature map declares every name the plan does not read from an input"),
+        }
+    };
     let steps = inputs.steps;
-    let nseq = features.batch().iter().product::<usize>();
+    let nseq = inputs.batch.iter().product::<usize>();
     let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK);
     let fields: Vec<FieldData<'_>> = plan
         .fields
@@ -134,7 +146,7 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
     };
     let per_seq = match (opts.pool, opts.threads) {
         (Some(pool), _) => pool.install(run),
-        (None, Some(n)) => cw.features.executor()?.pool(n)?.install(run),
+        (None, Some(n)) => operator.pool(n)?.install(run),
         (None, None) => run(),
     };
     // [contraction][sequence × steps × values]
@@ -274,7 +286,7 @@ impl Sequence<'_> {
         // Per-chunk scratch.
         let mut lam = vec![0.0f32; chunk * nc]; // Λ_t, inclusive
         let mut grow = vec![0.0f32; chunk * nc]; // e^Λ_t
-        let mut ks = vec![0.0f32; chunk * kd]; // k_τ e^−Λ_τ
+        let mut ks = vec![0.0f32; kd * chunk]; // k_τ e^−Λ_τ, transposed: [key][step] (row-major operands pack fastest)
         let mut qt = vec![0.0f32; chunk * kd];
         let mut att = vec![0.0f32; chunk * chunk];
         let mut u = vec![0.0f32; chunk * vd];
@@ -304,10 +316,10 @@ impl Sequence<'_> {
                 }
                 _ => &self.v[t0 * vd..(t0 + len) * vd],
             };
-            // K̃ = k ⊙ e^−Λ.
+            // K̃ᵀ = (k ⊙ e^−Λ)ᵀ.
             for t in 0..len {
                 for i in 0..kd {
-                    ks[t * kd + i] = if nc == 0 { k[t * kd + i] } else { k[t * kd + i] / grow[at(t, i)] };
+                    ks[i * len + t] = if nc == 0 { k[t * kd + i] } else { k[t * kd + i] / grow[at(t, i)] };
                 }
             }
             for (q, out) in qs.iter().zip(outs.iter_mut()) {
@@ -333,7 +345,7 @@ impl Sequence<'_> {
                     }
                 }
                 if factored {
-                    gemm(len, kd, len, &qt, (kd, 1), &ks, (1, kd), 0.0, &mut att, len);
+                    gemm(len, kd, len, &qt, (kd, 1), &ks, (len, 1), 0.0, &mut att, len);
                 } else {
                     for t in 0..len {
                         for tau in 0..=t {
@@ -358,8 +370,8 @@ impl Sequence<'_> {
                 let last = len - 1;
                 for t in 0..len {
                     for i in 0..kd {
-                        let d = if factored { ks[t * kd + i] * grow[at(last, i)] } else { k[t * kd + i] * (lam[at(last, i)] - lam[at(t, i)]).exp() };
-                        ks[t * kd + i] = d;
+                        let d = if factored { ks[i * len + t] * grow[at(last, i)] } else { k[t * kd + i] * (lam[at(last, i)] - lam[at(t, i)]).exp() };
+                        ks[i * len + t] = d;
                     }
                 }
                 for i in 0..kd {
@@ -367,7 +379,7 @@ impl Sequence<'_> {
                     state[i * vd..(i + 1) * vd].iter_mut().for_each(|s| *s *= g);
                 }
             }
-            gemm(kd, len, vd, &ks, (1, kd), v, (vd, 1), 1.0, &mut state, vd);
+            gemm(kd, len, vd, &ks, (len, 1), v, (vd, 1), 1.0, &mut state, vd);
             t0 += len;
         }
     }

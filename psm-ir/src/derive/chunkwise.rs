@@ -40,9 +40,11 @@ pub struct Chunkwise {
     /// The state fields the readout contracts.
     pub fields: Vec<StateField>,
     pub contractions: Vec<Contraction>,
-    /// Source of the feature map aggregator: its outputs are the per-step vectors the
-    /// names in `fields` and `contractions` refer to.
-    pub features: String,
+    /// Features that are one of the operator's inputs as given: (feature, input).
+    pub inputs: Vec<(String, String)>,
+    /// Source of the feature map aggregator: its outputs are the other per-step vectors
+    /// the names in `fields` and `contractions` refer to (none when every one is an input).
+    pub features: Option<String>,
     /// Source of the readout map aggregator: the operator's inputs plus one input per
     /// contraction (`Contraction::output`); its outputs are the operator's.
     pub readout: String,
@@ -142,8 +144,13 @@ impl fmt::Display for Chunkwise {
         for c in &self.contractions {
             writeln!(f, "  {}_t = {}^T {}_t  (state {})", c.output, state, c.query, self.fields[c.field].name)?;
         }
-        writeln!(f, "features:")?;
-        f.write_str(&self.features)?;
+        for (feature, input) in &self.inputs {
+            writeln!(f, "  {feature} = x.{input}")?;
+        }
+        if let Some(src) = &self.features {
+            writeln!(f, "features:")?;
+            f.write_str(src)?;
+        }
         writeln!(f, "readout:")?;
         f.write_str(&self.readout)
     }
@@ -242,12 +249,29 @@ impl<'a> Deriver<'a> {
             let field = read.iter().position(|&f| f == c.field).expect("read holds every contracted field");
             contractions.push(Contraction { field, query, output: format!("cw_c{m}") });
         }
-        let features = self.features_source(&outputs);
+        // Features that are an input as given are read from it: no map computes them.
+        let (inputs, computed): (Vec<_>, Vec<_>) = outputs.into_iter().partition(|o| self.passthrough(o).is_some());
+        let inputs = inputs.iter().map(|o| (o.0.clone(), self.passthrough(o).expect("partitioned on it"))).collect();
+        let features = (!computed.is_empty()).then(|| self.features_source(&computed));
         let readout = self.readout_source(&raw, &subst);
-        for (what, src) in [("feature map", &features), ("readout map", &readout)] {
-            check_source(what, src)?;
+        if let Some(src) = &features {
+            check_source("feature map", src)?;
         }
-        Ok(Chunkwise { aggregator: agg.name.clone(), exclusive: agg.readout_kind == ReadoutKind::Exclusive, fields, contractions, features, readout })
+        check_source("readout map", &readout)?;
+        let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
+        Ok(Chunkwise { aggregator: agg.name.clone(), exclusive, fields, contractions, inputs, features, readout })
+    }
+
+    /// The input a feature output copies unchanged (`cw_k_s[i] = x.k[i];` of an f32
+    /// input of the same shape), if it is one.
+    fn passthrough(&self, (name, shape, stmt, roots): &(String, Vec<usize>, String, Vec<Handle<Expr>>)) -> Option<String> {
+        let [root] = roots[..] else { return None };
+        let Some((Source::Input(t), idx)) = self.load(root) else { return None };
+        let binders: Vec<String> = idx.iter().map(|&i| self.print(i)).collect();
+        let lhs = if binders.is_empty() { name.clone() } else { format!("{name}[{}]", binders.join(", ")) };
+        let whole = idx.iter().all(|&i| matches!(self.agg.exprs[i], Expr::Index(_)));
+        let same = self.info.shape(t) == &shape[..] && self.agg.tensors[t].dtype == Dtype::F32;
+        (whole && same && *stmt == format!("{lhs} = {};", self.print(root))).then(|| self.name(t).to_string())
     }
 
     // ---- combine and lift -------------------------------------------------------------
@@ -781,15 +805,21 @@ impl<'a> Deriver<'a> {
         }
     }
 
-    /// The log of a product of factors: `exp(a)` contributes `a` itself (log space).
+    /// The log of a product of factors: `exp(a)` (or a scalar `let` of one) contributes
+    /// `a` itself (log space).
     fn log_of(&self, factors: &[Handle<Expr>]) -> String {
-        let terms: Vec<String> = factors
-            .iter()
-            .map(|&x| match &self.agg.exprs[x] {
-                Expr::Call { func: Func::Exp, args } => self.print(args[0]),
-                _ => format!("log({})", self.print(x)),
-            })
-            .collect();
+        let exp_arg = |x: Handle<Expr>| {
+            let x = match &self.agg.exprs[x] {
+                Expr::Load { source: Source::Local(l), indices } if indices.is_empty() => self.defs[l.index()].map_or(x, |d| d.value),
+                _ => x,
+            };
+            match &self.agg.exprs[x] {
+                Expr::Call { func: Func::Exp, args } => Some(args[0]),
+                _ => None,
+            }
+        };
+        let terms: Vec<String> =
+            factors.iter().map(|&x| exp_arg(x).map_or_else(|| format!("log({})", self.print(x)), |a| self.print(a))).collect();
         terms.join(" + ")
     }
 
