@@ -124,33 +124,40 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
         })
         .collect();
     let queries: Vec<&[f32]> = plan.contractions.iter().map(|c| feature(&c.query)).collect();
-    let run = || -> Vec<Vec<Vec<f32>>> {
-        (0..nseq)
-            .into_par_iter()
-            .map(|b| {
-                let mut outs: Vec<Vec<f32>> =
-                    plan.contractions.iter().map(|c| vec![0.0; steps * fields[c.field].values]).collect();
-                for (fi, field) in fields.iter().enumerate() {
-                    let seq = field.sequence(b, steps);
-                    let mine: Vec<usize> = (0..plan.contractions.len()).filter(|&m| plan.contractions[m].field == fi).collect();
-                    let qs: Vec<&[f32]> = mine.iter().map(|&m| &queries[m][b * steps * field.keys..(b + 1) * steps * field.keys]).collect();
-                    let mut mine_outs: Vec<Vec<f32>> = mine.iter().map(|&m| std::mem::take(&mut outs[m])).collect();
-                    seq.run(steps, chunk, plan.exclusive, &qs, &mut mine_outs);
-                    for (&m, o) in mine.iter().zip(mine_outs) {
-                        outs[m] = o;
+    // [contraction][sequence × steps × values], every entry written by the products.
+    let mut buffers: Vec<Vec<f32>> =
+        plan.contractions.iter().map(|c| vec![0.0; nseq * steps * fields[c.field].values]).collect();
+    if steps == 0 {
+        return Ok(buffers);
+    }
+    // Each sequence's slice of every contraction: [sequence][contraction].
+    let mut per_seq: Vec<Vec<&mut [f32]>> = (0..nseq).map(|_| Vec::new()).collect();
+    for (c, buffer) in plan.contractions.iter().zip(&mut buffers) {
+        for (b, slice) in buffer.chunks_mut(steps * fields[c.field].values).enumerate() {
+            per_seq[b].push(slice);
+        }
+    }
+    let run = || {
+        per_seq.into_par_iter().enumerate().for_each(|(b, mut outs)| {
+            for (fi, field) in fields.iter().enumerate() {
+                let mine: Vec<usize> = (0..plan.contractions.len()).filter(|&m| plan.contractions[m].field == fi).collect();
+                let qs: Vec<&[f32]> = mine.iter().map(|&m| &queries[m][b * steps * field.keys..(b + 1) * steps * field.keys]).collect();
+                let mut mine_outs: Vec<&mut [f32]> = Vec::with_capacity(mine.len());
+                for (m, out) in outs.iter_mut().enumerate() {
+                    if mine.contains(&m) {
+                        mine_outs.push(out);
                     }
                 }
-                outs
-            })
-            .collect()
+                field.sequence(b, steps).run(steps, chunk, plan.exclusive, &qs, &mut mine_outs);
+            }
+        })
     };
-    let per_seq = match (opts.pool, opts.threads) {
+    match (opts.pool, opts.threads) {
         (Some(pool), _) => pool.install(run),
         (None, Some(n)) => operator.pool(n)?.install(run),
         (None, None) => run(),
-    };
-    // [contraction][sequence × steps × values]
-    Ok((0..plan.contractions.len()).map(|m| per_seq.iter().flat_map(|s| s[m].iter().copied()).collect()).collect())
+    }
+    Ok(buffers)
 }
 
 fn readout_inputs<'a>(cw: &ChunkwiseProgram, inputs: &Inputs<'a>, contractions: &'a [Vec<f32>]) -> Inputs<'a> {
@@ -280,7 +287,7 @@ impl Sequence<'_> {
 
     /// Computes every contraction `outs[m]` (`[steps × values]`) of this field with
     /// queries `qs[m]` (`[steps × keys]`).
-    fn run(&self, steps: usize, chunk: usize, exclusive: bool, qs: &[&[f32]], outs: &mut [Vec<f32>]) {
+    fn run(&self, steps: usize, chunk: usize, exclusive: bool, qs: &[&[f32]], outs: &mut [&mut [f32]]) {
         let (kd, vd, nc) = (self.keys, self.values, self.channels());
         let mut state = vec![0.0f32; kd * vd];
         // Per-chunk scratch.
