@@ -411,7 +411,8 @@ impl<'a> Deriver<'a> {
                 if !outputs.iter().any(|o| o.0 == log_decay) {
                     let lhs = if rank == 0 { log_decay.clone() } else { format!("{log_decay}[{}]", self.var(gl.indices[0])) };
                     let shape = self.info.shape(g).to_vec();
-                    outputs.push((log_decay.clone(), shape, format!("{lhs} = {};", self.log_of(&[gl.value])), vec![gl.value]));
+                    let (text, roots) = self.log_of(&[gl.value]);
+                    outputs.push((log_decay.clone(), shape, format!("{lhs} = {text};"), roots));
                 }
                 if rank == 0 {
                     Decay::Scalar { log_decay }
@@ -481,7 +482,8 @@ impl<'a> Deriver<'a> {
             None
         } else {
             let name = format!("cw_logdecay_{aname}");
-            outputs.push((name.clone(), vec![], format!("{name} = {};", self.log_of(&alphas)), alphas.clone()));
+            let (text, roots) = self.log_of(&alphas);
+            outputs.push((name.clone(), vec![], format!("{name} = {text};"), roots));
             Some(name)
         };
         Ok(Decay::DeltaRule { log_decay, beta, b })
@@ -614,7 +616,7 @@ impl<'a> Deriver<'a> {
                 }
             }
             Expr::Reduce { op: ReduceOp::Sum, var, body } if self.reads_state(*body) => {
-                let c = self.contraction(*var, *body, found.len())?;
+                let c = self.contraction(e, *var, *body, found.len())?;
                 subst.insert(e, c.replacement.clone());
                 found.push(c);
                 Ok(())
@@ -631,7 +633,7 @@ impl<'a> Deriver<'a> {
         }
     }
 
-    fn contraction(&self, var: Handle<IndexVar>, body: Handle<Expr>, m: usize) -> Result<RawContraction, NotApplicable> {
+    fn contraction(&self, node: Handle<Expr>, var: Handle<IndexVar>, body: Handle<Expr>, m: usize) -> Result<RawContraction, NotApplicable> {
         let mut loads = Vec::new();
         self.state_loads(body, &mut loads)?;
         let nonlinear = || NotApplicable(format!("the readout's sum over `{}` is not linear in one state field", self.agg.index_vars[var].name));
@@ -664,7 +666,7 @@ impl<'a> Deriver<'a> {
             let rest = self.print_with(body, Some(load));
             format!("(x.cw_c{m}{at} + (sum({}) {rest}))", self.agg.index_vars[var].name)
         };
-        Ok(RawContraction { field: f, var, query, query_roots: roots, replacement })
+        Ok(RawContraction { node, pure, field: f, var, query, query_roots: roots, replacement })
     }
 
     fn state_loads(&self, e: Handle<Expr>, out: &mut Vec<Handle<Expr>>) -> Result<(), NotApplicable> {
@@ -807,7 +809,8 @@ impl<'a> Deriver<'a> {
 
     /// The log of a product of factors: `exp(a)` (or a scalar `let` of one) contributes
     /// `a` itself (log space).
-    fn log_of(&self, factors: &[Handle<Expr>]) -> String {
+    /// Returns the text and the expressions it reads.
+    fn log_of(&self, factors: &[Handle<Expr>]) -> (String, Vec<Handle<Expr>>) {
         let exp_arg = |x: Handle<Expr>| {
             let x = match &self.agg.exprs[x] {
                 Expr::Load { source: Source::Local(l), indices } if indices.is_empty() => self.defs[l.index()].map_or(x, |d| d.value),
@@ -818,9 +821,14 @@ impl<'a> Deriver<'a> {
                 _ => None,
             }
         };
-        let terms: Vec<String> =
-            factors.iter().map(|&x| exp_arg(x).map_or_else(|| format!("log({})", self.print(x)), |a| self.print(a))).collect();
-        terms.join(" + ")
+        let (terms, roots): (Vec<String>, Vec<Handle<Expr>>) = factors
+            .iter()
+            .map(|&x| match exp_arg(x) {
+                Some(a) => (self.print(a), a),
+                None => (format!("log({})", self.print(x)), x),
+            })
+            .unzip();
+        (terms.join(" + "), roots)
     }
 
     fn dims_text(&self) -> String {
@@ -869,11 +877,15 @@ impl<'a> Deriver<'a> {
         format!("let {}{binders} = {};", self.local_names[&l], self.text(s.value, None, subst))
     }
 
-    /// The lets the roots read, transitively, in definition order.
-    fn lets_for(&self, roots: &[Handle<Expr>]) -> Vec<&'a Stmt> {
+    /// The lets the roots read, transitively, in definition order; `skip` are
+    /// expressions replaced by text that reads no let.
+    fn lets_for(&self, roots: &[Handle<Expr>], skip: &HashSet<Handle<Expr>>) -> Vec<&'a Stmt> {
         let mut needed = HashSet::new();
         let mut stack: Vec<Handle<Expr>> = roots.to_vec();
         while let Some(e) = stack.pop() {
+            if skip.contains(&e) {
+                continue;
+            }
             if let Expr::Load { source: Source::Local(l), .. } = self.agg.exprs[e] {
                 if needed.insert(l) {
                     if let Some(d) = self.defs[l.index()] {
@@ -896,7 +908,7 @@ impl<'a> Deriver<'a> {
         let decls: Vec<String> = outputs.iter().map(|(n, shape, _, _)| self.decl(n, shape, Dtype::F32)).collect();
         let _ = writeln!(out, "    readout inclusive(st, x) -> ({}) {{", decls.join(", "));
         let roots: Vec<Handle<Expr>> = outputs.iter().flat_map(|o| o.3.iter().copied()).collect();
-        for s in self.lets_for(&roots) {
+        for s in self.lets_for(&roots, &HashSet::new()) {
             let _ = writeln!(out, "        {}", self.let_text(s, &HashMap::new()));
         }
         for (_, _, stmt, _) in outputs {
@@ -918,11 +930,17 @@ impl<'a> Deriver<'a> {
         let mut out = String::new();
         self.head(&mut out, "readout", &extra);
         let _ = writeln!(out, "    readout inclusive(st, x) -> ({}) {{", self.decls(Role::Output).join(", "));
+        // The lets the outputs still read once each contraction is an input.
+        let pure: HashSet<Handle<Expr>> = raw.iter().filter(|c| c.pure).map(|c| c.node).collect();
+        let roots: Vec<Handle<Expr>> =
+            self.agg.readout.stmts.iter().filter(|s| matches!(s.target, Target::Tensor(_))).map(|s| s.value).collect();
+        let lets = self.lets_for(&roots, &pure);
         for s in &self.agg.readout.stmts {
             match s.target {
-                Target::Local(_) => {
+                Target::Local(_) if lets.iter().any(|l| std::ptr::eq(*l, s)) => {
                     let _ = writeln!(out, "        {}", self.let_text(s, subst));
                 }
+                Target::Local(_) => {}
                 Target::Tensor(t) => {
                     let vars: Vec<&str> = s.indices.iter().map(|&v| self.var(v)).collect();
                     let vars = if vars.is_empty() { String::new() } else { format!("[{}]", vars.join(", ")) };
@@ -936,6 +954,9 @@ impl<'a> Deriver<'a> {
 }
 
 struct RawContraction {
+    /// The `sum` it replaces, and whether nothing of it remains (no state-free term).
+    node: Handle<Expr>,
+    pure: bool,
     field: Handle<Tensor>,
     var: Handle<IndexVar>,
     query: String,
