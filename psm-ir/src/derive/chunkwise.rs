@@ -233,7 +233,7 @@ impl<'a> Deriver<'a> {
         }
         // Fields in element order, only those the readout reads.
         let read: Vec<Handle<Tensor>> = self.state.iter().copied().filter(|f| raw.iter().any(|c| c.field == *f)).collect();
-        let mut outputs: Vec<(String, Vec<usize>, String, Vec<Handle<Expr>>)> = Vec::new(); // name, shape, stmt, roots
+        let mut outputs: Vec<FeatureOut> = Vec::new();
         let mut fields = Vec::new();
         for &f in &read {
             let shape = self.info.shape(f);
@@ -264,7 +264,7 @@ impl<'a> Deriver<'a> {
 
     /// The input a feature output copies unchanged (`cw_k_s[i] = x.k[i];` of an f32
     /// input of the same shape), if it is one.
-    fn passthrough(&self, (name, shape, stmt, roots): &(String, Vec<usize>, String, Vec<Handle<Expr>>)) -> Option<String> {
+    fn passthrough(&self, (name, shape, stmt, roots): &FeatureOut) -> Option<String> {
         let [root] = roots[..] else { return None };
         let Some((Source::Input(t), idx)) = self.load(root) else { return None };
         let binders: Vec<String> = idx.iter().map(|&i| self.print(i)).collect();
@@ -319,7 +319,7 @@ impl<'a> Deriver<'a> {
     fn field(
         &self,
         f: Handle<Tensor>,
-        outputs: &mut Vec<(String, Vec<usize>, String, Vec<Handle<Expr>>)>,
+        outputs: &mut Vec<FeatureOut>,
     ) -> Result<(String, String, Decay), NotApplicable> {
         let agg = self.agg;
         let fname = self.name(f).to_string();
@@ -431,7 +431,7 @@ impl<'a> Deriver<'a> {
         a: Handle<Tensor>,
         f: Handle<Tensor>,
         field_keys: &[Handle<Expr>],
-        outputs: &mut Vec<(String, Vec<usize>, String, Vec<Handle<Expr>>)>,
+        outputs: &mut Vec<FeatureOut>,
     ) -> Result<Decay, NotApplicable> {
         let agg = self.agg;
         let aname = self.name(a).to_string();
@@ -576,7 +576,7 @@ impl<'a> Deriver<'a> {
 
     /// Every `sum(i) ... st.S[i, j] ...` of the readout, linear in the state, and the
     /// text each is replaced by in the readout map.
-    fn contractions(&self) -> Result<(Vec<RawContraction>, HashMap<Handle<Expr>, String>), NotApplicable> {
+    fn contractions(&self) -> Result<(Vec<RawContraction>, Substitutions), NotApplicable> {
         let mut found = Vec::new();
         let mut subst = HashMap::new();
         for s in &self.agg.readout.stmts {
@@ -698,7 +698,6 @@ impl<'a> Deriver<'a> {
 
     /// The coefficient of `load` in `e` when `e` is linear in it (`None` text: 1), and
     /// the expressions it is built from.
-    #[allow(clippy::type_complexity)]
     fn derivative(&self, e: Handle<Expr>, load: Handle<Expr>) -> Option<(Option<String>, Vec<Handle<Expr>>)> {
         if e == load {
             return Some((None, Vec::new()));
@@ -902,7 +901,7 @@ impl<'a> Deriver<'a> {
             .collect()
     }
 
-    fn features_source(&self, outputs: &[(String, Vec<usize>, String, Vec<Handle<Expr>>)]) -> String {
+    fn features_source(&self, outputs: &[FeatureOut]) -> String {
         let mut out = String::new();
         self.head(&mut out, "features", &[]);
         let decls: Vec<String> = outputs.iter().map(|(n, shape, _, _)| self.decl(n, shape, Dtype::F32)).collect();
@@ -952,6 +951,12 @@ impl<'a> Deriver<'a> {
         out
     }
 }
+
+/// A feature map output: name, shape, its statement, and the expressions it reads.
+type FeatureOut = (String, Vec<usize>, String, Vec<Handle<Expr>>);
+
+/// The text each contraction of the readout is replaced by, keyed by its `sum`.
+type Substitutions = HashMap<Handle<Expr>, String>;
 
 struct RawContraction {
     /// The `sum` it replaces, and whether nothing of it remains (no state-free term).
