@@ -31,6 +31,9 @@ fn op(name: &str) -> Aggregator {
     Program::from_file(path, &dims).unwrap_or_else(|e| panic!("{e}")).aggregator(name).unwrap()
 }
 
+/// Data by tensor name.
+type Named = Vec<(String, Vec<f32>)>;
+
 fn range(field: &str) -> (f32, f32) {
     match field {
         "alpha" => (0.9, 1.0),
@@ -55,7 +58,7 @@ fn main() {
     println!("{:<17} {:>5} {:>14} {:>14} {:>8} {:>14} {:>12}", "operator", "round", "recurrent ms", "chunkwise ms", "ratio", "feature map ms", "rel. diff");
     let only = args.get(5).filter(|o| *o != "all");
     let chunk = args.get(6).map(|_| arg(&args, 6, 0));
-    let ops: Vec<(Aggregator, Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>)> = OPERATORS
+    let ops: Vec<(Aggregator, Named, Named)> = OPERATORS
         .iter()
         .enumerate()
         .filter(|(_, name)| only.is_none_or(|o| o == *name))
@@ -63,7 +66,7 @@ fn main() {
             let agg = op(name);
             let sig = agg.signature();
             let mut rng = Rng::new(s as u64 + 1);
-            let data = |specs: &[psm_runtime::FieldSpec], per: usize, rng: &mut Rng| -> Vec<(String, Vec<f32>)> {
+            let data = |specs: &[psm_runtime::FieldSpec], per: usize, rng: &mut Rng| -> Named {
                 specs.iter().map(|f| (f.name.clone(), { let (lo, hi) = range(&f.name); rng.vec(per * f.len, lo, hi) })).collect()
             };
             let params = data(&sig.params, 1, &mut rng);
