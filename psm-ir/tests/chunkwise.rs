@@ -64,7 +64,8 @@ fn matches_structure_not_names() {
     assert_eq!(plan.summary(), "mem[4, 3] diagonal decay; 1 inclusive contraction(s)");
     let features = plan.features.unwrap();
     assert!(features.contains("cw_v_mem[b] = 2.0 * x.val[b];"), "{features}");
-    assert_eq!(plan.inputs, [("cw_k_mem".to_string(), "key".to_string()), ("cw_q0".to_string(), "query".to_string())]);
+    let inputs: Vec<(&str, &str)> = plan.inputs.iter().map(|(f, i)| (f.as_str(), i.as_str())).collect();
+    assert_eq!(inputs, [("cw_k_mem", "key"), ("cw_decay_decay", "gate"), ("cw_q0", "query")]);
 }
 
 /// A dense transition that is not a projector is refused with its reason.

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use psm_ir::derive::chunkwise::{Chunkwise, Decay};
+use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
 use rayon::prelude::*;
 
 use crate::api::Aggregator;
@@ -105,6 +105,10 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
     let steps = inputs.steps;
     let nseq = inputs.batch.iter().product::<usize>();
     let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK);
+    let gated = |channels, gate: &Gate| match gate {
+        Gate::Log(name) => DecayData::Gated { channels, data: feature(name), log: true },
+        Gate::Value(name) => DecayData::Gated { channels, data: feature(name), log: false },
+    };
     let fields: Vec<FieldData<'_>> = plan
         .fields
         .iter()
@@ -115,8 +119,8 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
             v: feature(&f.value),
             decay: match &f.decay {
                 Decay::None => DecayData::None,
-                Decay::Scalar { log_decay } => DecayData::Gated { channels: 1, log: feature(log_decay) },
-                Decay::Diagonal { log_decay } => DecayData::Gated { channels: f.keys, log: feature(log_decay) },
+                Decay::Scalar { gate } => gated(1, gate),
+                Decay::Diagonal { gate } => gated(f.keys, gate),
                 Decay::DeltaRule { log_decay, beta, b } => {
                     DecayData::Delta { log: log_decay.as_deref().map(feature), beta: feature(beta), b: feature(b) }
                 }
@@ -207,8 +211,9 @@ struct FieldData<'a> {
 #[derive(Clone, Copy)]
 enum DecayData<'a> {
     None,
-    /// `channels` log-decays per step: 1 (scalar) or `keys` (diagonal).
-    Gated { channels: usize, log: &'a [f32] },
+    /// `channels` decays per step, 1 (scalar) or `keys` (diagonal): their logs (`log`)
+    /// or the decays themselves.
+    Gated { channels: usize, data: &'a [f32], log: bool },
     Delta { log: Option<&'a [f32]>, beta: &'a [f32], b: &'a [f32] },
 }
 
@@ -217,7 +222,7 @@ impl<'a> FieldData<'a> {
         let rows = |data: &'a [f32], width: usize| &data[b * steps * width..(b + 1) * steps * width];
         let decay = match self.decay {
             DecayData::None => DecayData::None,
-            DecayData::Gated { channels, log } => DecayData::Gated { channels, log: rows(log, channels) },
+            DecayData::Gated { channels, data, log } => DecayData::Gated { channels, data: rows(data, channels), log },
             DecayData::Delta { log, beta, b: bv } => {
                 DecayData::Delta { log: log.map(|l| rows(l, 1)), beta: rows(beta, 1), b: rows(bv, self.keys) }
             }
@@ -278,10 +283,12 @@ impl Sequence<'_> {
         }
     }
 
-    fn log(&self) -> &[f32] {
+    /// The per-step decay data and whether it holds logs.
+    fn decays(&self) -> (&[f32], bool) {
         match self.decay {
-            DecayData::Gated { log, .. } | DecayData::Delta { log: Some(log), .. } => log,
-            _ => &[],
+            DecayData::Gated { data, log, .. } => (data, log),
+            DecayData::Delta { log: Some(log), .. } => (log, true),
+            _ => (&[], true),
         }
     }
 
@@ -301,18 +308,39 @@ impl Sequence<'_> {
         while t0 < steps {
             let len = chunk.min(steps - t0);
             let k = &self.k[t0 * kd..(t0 + len) * kd];
-            let log = if nc > 0 { &self.log()[t0 * nc..(t0 + len) * nc] } else { &[][..] };
+            let (data, is_log) = self.decays();
+            let data = if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[][..] };
+            // Decays given as values are multiplied cumulatively; only a chunk whose
+            // products leave e^±FACTOR_LIMIT goes to log space.
+            let mut in_log = is_log;
+            if !is_log {
+                let (lo, hi) = ((-FACTOR_LIMIT).exp(), FACTOR_LIMIT.exp());
+                let mut inside = true;
+                for t in 0..len {
+                    for c in 0..nc {
+                        let prev = if t == 0 { 1.0 } else { grow[(t - 1) * nc + c] };
+                        let g = prev * data[t * nc + c];
+                        grow[t * nc + c] = g;
+                        inside &= g >= lo && g <= hi;
+                    }
+                }
+                in_log = !inside;
+            }
             let mut range = 0.0f32;
-            for t in 0..len {
-                for c in 0..nc {
-                    let prev = if t == 0 { 0.0 } else { lam[(t - 1) * nc + c] };
-                    let l = prev + log[t * nc + c];
-                    lam[t * nc + c] = l;
-                    grow[t * nc + c] = l.exp();
-                    range = range.max(l.abs());
+            if in_log {
+                for t in 0..len {
+                    for c in 0..nc {
+                        let prev = if t == 0 { 0.0 } else { lam[(t - 1) * nc + c] };
+                        let step = if is_log { data[t * nc + c] } else { data[t * nc + c].ln() };
+                        let l = prev + step;
+                        lam[t * nc + c] = l;
+                        grow[t * nc + c] = l.exp();
+                        range = range.max(l.abs());
+                    }
                 }
             }
             // NaN in a decay makes `range` ignore it; the factored path propagates it.
+            // Without logs (`in_log` false) Λ is not computed and only the factored path runs.
             let factored = range <= FACTOR_LIMIT;
             let at = |t: usize, c: usize| if nc == 1 { t * nc } else { t * nc + c };
             // Values: the inputs', or the delta rule's pseudo-values.

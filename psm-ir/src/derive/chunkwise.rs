@@ -68,12 +68,30 @@ pub struct StateField {
 pub enum Decay {
     /// E = I.
     None,
-    /// E = exp(log_decay_t), a scalar feature.
-    Scalar { log_decay: String },
-    /// E = Diag(exp(log_decay_t)), a `[keys]` feature.
-    Diagonal { log_decay: String },
+    /// E = the gate's decay, a scalar feature.
+    Scalar { gate: Gate },
+    /// E = Diag(the gate's decays), a `[keys]` feature.
+    Diagonal { gate: Gate },
     /// E = exp(log_decay_t) (I − β_t k_t b_tᵀ), with k the field's key.
     DeltaRule { log_decay: Option<String>, beta: String, b: String },
+}
+
+/// A per-step decay feature: its natural log (the gate's lift is `exp(a)`: the feature
+/// is `a`), or the decay itself, multiplied cumulatively by a backend and taken into
+/// log space only where a chunk's products would leave the float range.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    Log(String),
+    Value(String),
+}
+
+impl fmt::Display for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gate::Log(name) => write!(f, "exp({name})"),
+            Gate::Value(name) => f.write_str(name),
+        }
+    }
 }
 
 /// `output_t[j] = Σ_i query_t[i] S[i, j]` for the readout's state (S_t, or S_{t−1} when
@@ -105,8 +123,8 @@ impl Decay {
     fn describe(&self) -> String {
         match self {
             Decay::None => "S_{t-1}".into(),
-            Decay::Scalar { log_decay } => format!("exp({log_decay}) S_{{t-1}}"),
-            Decay::Diagonal { log_decay } => format!("Diag(exp({log_decay})) S_{{t-1}}"),
+            Decay::Scalar { gate } => format!("{gate} S_{{t-1}}"),
+            Decay::Diagonal { gate } => format!("Diag({gate}) S_{{t-1}}"),
             Decay::DeltaRule { log_decay, beta, b } => {
                 let gate = log_decay.as_ref().map(|l| format!("exp({l}) ")).unwrap_or_default();
                 format!("{gate}(I - {beta} k {b}^T) S_{{t-1}}")
@@ -337,21 +355,21 @@ impl<'a> Deriver<'a> {
         };
         let is_earlier = |e| matches!(self.load(e), Some((Source::Element(Side::Left, t), idx)) if t == f && self.at(idx, vars));
         // The transition: None, a gate field and its index, or a dense field.
-        enum Gate {
+        enum Found {
             None,
             Gated(Handle<Tensor>, usize),
             Dense(Handle<Tensor>),
         }
         let gate = if is_earlier(transition) {
-            Gate::None
+            Found::None
         } else if let Expr::Binary { op: BinaryOp::Mul, lhs: a, rhs: b } = agg.exprs[transition] {
             let g = if is_earlier(b) { a } else if is_earlier(a) { b } else { return Err(not_affine()) };
             match self.load(g) {
                 Some((Source::Element(Side::Right, t), idx)) if !self.state.contains(&t) => {
                     if idx.is_empty() {
-                        Gate::Gated(t, 0)
+                        Found::Gated(t, 0)
                     } else if idx.len() == 1 && self.is_var(idx[0], vars[0]) {
-                        Gate::Gated(t, 1)
+                        Found::Gated(t, 1)
                     } else {
                         return no(format!(
                             "the decay r.{}[..] of state field `{fname}` varies along its value index; the chunkwise form needs one decay per step or per key (row)",
@@ -362,7 +380,7 @@ impl<'a> Deriver<'a> {
                 _ => return Err(not_affine()),
             }
         } else if let Some(a) = agg.element().into_iter().find(|&a| !self.state.contains(&a) && self.dense_product(transition, a, f, vars)) {
-            Gate::Dense(a)
+            Found::Dense(a)
         } else {
             return Err(not_affine());
         };
@@ -401,26 +419,29 @@ impl<'a> Deriver<'a> {
             None => outputs.push((value.clone(), vec![], format!("{value} = {};", self.product_text(product.negative, &v_factors)), v_factors)),
         }
         let decay = match gate {
-            Gate::None => Decay::None,
-            Gate::Gated(g, rank) => {
+            Found::None => Decay::None,
+            Found::Gated(g, rank) => {
                 if !self.composes_by_product(g) {
                     return no(format!("the transition field `{}` does not compose by multiplication (l.{0} * r.{0})", self.name(g)));
                 }
                 let gl = self.stmt_of(&agg.lift, g);
-                let log_decay = format!("cw_logdecay_{}", self.name(g));
-                if !outputs.iter().any(|o| o.0 == log_decay) {
-                    let lhs = if rank == 0 { log_decay.clone() } else { format!("{log_decay}[{}]", self.var(gl.indices[0])) };
+                let (gate, root) = match self.exp_arg(gl.value) {
+                    Some(a) => (Gate::Log(format!("cw_logdecay_{}", self.name(g))), a),
+                    None => (Gate::Value(format!("cw_decay_{}", self.name(g))), gl.value),
+                };
+                let (Gate::Log(name) | Gate::Value(name)) = &gate;
+                if !outputs.iter().any(|o| &o.0 == name) {
+                    let lhs = if rank == 0 { name.clone() } else { format!("{name}[{}]", self.var(gl.indices[0])) };
                     let shape = self.info.shape(g).to_vec();
-                    let (text, roots) = self.log_of(&[gl.value]);
-                    outputs.push((log_decay.clone(), shape, format!("{lhs} = {text};"), roots));
+                    outputs.push((name.clone(), shape, format!("{lhs} = {};", self.print(root)), vec![root]));
                 }
                 if rank == 0 {
-                    Decay::Scalar { log_decay }
+                    Decay::Scalar { gate }
                 } else {
-                    Decay::Diagonal { log_decay }
+                    Decay::Diagonal { gate }
                 }
             }
-            Gate::Dense(a) => self.delta_rule(a, f, &keys, outputs)?,
+            Found::Dense(a) => self.delta_rule(a, f, &keys, outputs)?,
         };
         Ok((key, value, decay))
     }
@@ -810,24 +831,26 @@ impl<'a> Deriver<'a> {
     /// `a` itself (log space).
     /// Returns the text and the expressions it reads.
     fn log_of(&self, factors: &[Handle<Expr>]) -> (String, Vec<Handle<Expr>>) {
-        let exp_arg = |x: Handle<Expr>| {
-            let x = match &self.agg.exprs[x] {
-                Expr::Load { source: Source::Local(l), indices } if indices.is_empty() => self.defs[l.index()].map_or(x, |d| d.value),
-                _ => x,
-            };
-            match &self.agg.exprs[x] {
-                Expr::Call { func: Func::Exp, args } => Some(args[0]),
-                _ => None,
-            }
-        };
         let (terms, roots): (Vec<String>, Vec<Handle<Expr>>) = factors
             .iter()
-            .map(|&x| match exp_arg(x) {
+            .map(|&x| match self.exp_arg(x) {
                 Some(a) => (self.print(a), a),
                 None => (format!("log({})", self.print(x)), x),
             })
             .unzip();
         (terms.join(" + "), roots)
+    }
+
+    /// `a` when `x` is `exp(a)` or a scalar `let` of one.
+    fn exp_arg(&self, x: Handle<Expr>) -> Option<Handle<Expr>> {
+        let x = match &self.agg.exprs[x] {
+            Expr::Load { source: Source::Local(l), indices } if indices.is_empty() => self.defs[l.index()].map_or(x, |d| d.value),
+            _ => x,
+        };
+        match &self.agg.exprs[x] {
+            Expr::Call { func: Func::Exp, args } => Some(args[0]),
+            _ => None,
+        }
     }
 
     fn dims_text(&self) -> String {
