@@ -299,7 +299,10 @@ impl Sequence<'_> {
         let mut state = vec![0.0f32; kd * vd];
         // Per-chunk scratch.
         let mut lam = vec![0.0f32; chunk * nc]; // Λ_t, inclusive
-        let mut grow = vec![0.0f32; chunk * nc]; // e^Λ_t
+        let mut grow = vec![0.0f32; chunk * nc]; // e^Λ_t (times `sign`)
+        // The sign of the cumulative product of decays given as values (Λ is the log of
+        // its magnitude); 1 for decays given as logs.
+        let mut sign = vec![1.0f32; chunk * nc];
         let mut ks = vec![0.0f32; kd * chunk]; // k_τ e^−Λ_τ, transposed: [key][step] (row-major operands pack fastest)
         let mut qt = vec![0.0f32; chunk * kd];
         let mut att = vec![0.0f32; chunk * chunk];
@@ -321,7 +324,7 @@ impl Sequence<'_> {
                         let prev = if t == 0 { 1.0 } else { grow[(t - 1) * nc + c] };
                         let g = prev * data[t * nc + c];
                         grow[t * nc + c] = g;
-                        inside &= g >= lo && g <= hi;
+                        inside &= g.abs() >= lo && g.abs() <= hi;
                     }
                 }
                 in_log = !inside;
@@ -330,11 +333,13 @@ impl Sequence<'_> {
             if in_log {
                 for t in 0..len {
                     for c in 0..nc {
-                        let prev = if t == 0 { 0.0 } else { lam[(t - 1) * nc + c] };
-                        let step = if is_log { data[t * nc + c] } else { data[t * nc + c].ln() };
+                        let (prev, prev_sign) = if t == 0 { (0.0, 1.0) } else { (lam[(t - 1) * nc + c], sign[(t - 1) * nc + c]) };
+                        let d = data[t * nc + c];
+                        let (step, s) = if is_log { (d, 1.0) } else { (d.abs().ln(), prev_sign * d.signum()) };
                         let l = prev + step;
                         lam[t * nc + c] = l;
-                        grow[t * nc + c] = l.exp();
+                        sign[t * nc + c] = s;
+                        grow[t * nc + c] = s * l.exp();
                         range = range.max(l.abs());
                     }
                 }
@@ -386,8 +391,13 @@ impl Sequence<'_> {
                         for tau in 0..=t {
                             att[t * len + tau] = (0..kd)
                                 .map(|i| {
-                                    let e = if exclusive { if t == 0 { 0.0 } else { lam[at(t - 1, i)] } } else { lam[at(t, i)] };
-                                    q[t * kd + i] * k[tau * kd + i] * (e - lam[at(tau, i)]).exp()
+                                    let (e, s) = match (exclusive, t) {
+                                        (true, 0) => (0.0, 1.0),
+                                        (true, _) => (lam[at(t - 1, i)], sign[at(t - 1, i)]),
+                                        (false, _) => (lam[at(t, i)], sign[at(t, i)]),
+                                    };
+                                    let decay = s * sign[at(tau, i)] * (e - lam[at(tau, i)]).exp();
+                                    q[t * kd + i] * k[tau * kd + i] * decay
                                 })
                                 .sum();
                         }
@@ -405,7 +415,12 @@ impl Sequence<'_> {
                 let last = len - 1;
                 for t in 0..len {
                     for i in 0..kd {
-                        let d = if factored { ks[i * len + t] * grow[at(last, i)] } else { k[t * kd + i] * (lam[at(last, i)] - lam[at(t, i)]).exp() };
+                        let d = if factored {
+                            ks[i * len + t] * grow[at(last, i)]
+                        } else {
+                            let s = sign[at(last, i)] * sign[at(t, i)];
+                            k[t * kd + i] * s * (lam[at(last, i)] - lam[at(t, i)]).exp()
+                        };
                         ks[i * len + t] = d;
                     }
                 }

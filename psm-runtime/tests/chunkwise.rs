@@ -114,12 +114,16 @@ fn strong_decays_take_the_log_space_path() {
     let batch = Batch::new(&agg, 2, 100, 3);
     // w in (-1, 1): log decays down to −8 a step, 16 steps reach far past −60.
     check(&agg, &batch, 100, 16);
-    // A gate given as a value (multiplied cumulatively) in (0.001, 0.002): after 10 steps
-    // the product is below e^−60, so every chunk of 16 goes to log space.
-    let by_value = src.replace("exp(-8.0 * x.w[i] * x.w[i])", "0.001 * (1.0 + x.w[i] * x.w[i])");
-    let agg = inline(&by_value, "g").with_backend(Backend::Cpu);
-    assert!(agg.chunkwise().unwrap().to_string().contains("Diag(cw_decay_a)"));
-    check(&agg, &Batch::new(&agg, 2, 100, 4), 100, 16);
+    // Gates given as values (multiplied cumulatively): in (0.001, 0.002), the product
+    // falls below e^−60 after 10 steps, so every chunk of 16 goes to log space; the
+    // same with either sign (the sign of the product kept apart from its log); and in
+    // (−1, 1), mostly factored with products of either sign.
+    for gate in ["0.001 * (1.0 + x.w[i] * x.w[i])", "0.002 * x.w[i]", "x.w[i]"] {
+        let by_value = src.replace("exp(-8.0 * x.w[i] * x.w[i])", gate);
+        let agg = inline(&by_value, "g").with_backend(Backend::Cpu);
+        assert!(agg.chunkwise().unwrap().to_string().contains("Diag(cw_decay_a)"));
+        check(&agg, &Batch::new(&agg, 2, 100, 4), 100, 16);
+    }
 }
 
 #[test]
