@@ -85,14 +85,18 @@ fn check_options(opts: &RunOptions<'_>) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Runs the features, the chunk computation and the readout map; returns the
-/// contractions' summary for the readout map's run.
+/// Options of the derived per-step maps: the recurrent form on the caller's threads.
+fn map_options<'a>(opts: &RunOptions<'a>) -> RunOptions<'a> {
+    RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() }
+}
+
+/// Checks the options and the user's data, runs the feature map and the chunk
+/// computation; returns the contractions, `[contraction][sequence × steps × values]`.
 fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Vec<Vec<f32>>, RunError> {
     check_options(opts)?;
     let operator = cw.operator.executor()?;
     operator.bind(inputs)?;
-    let map_opts = RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() };
-    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_opts)).transpose()?;
+    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_options(opts))).transpose()?;
     let plan = &cw.plan;
     let feature = |name: &str| -> &[f32] {
         let given = plan.inputs.iter().find(|(f, _)| f == name).and_then(|(_, input)| inputs.inputs.iter().find(|(n, _)| n == input));
@@ -105,9 +109,9 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
     let steps = inputs.steps;
     let nseq = inputs.batch.iter().product::<usize>();
     let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK);
-    let gated = |channels, gate: &Gate| match gate {
-        Gate::Log(name) => DecayData::Gated { channels, data: feature(name), log: true },
-        Gate::Value(name) => DecayData::Gated { channels, data: feature(name), log: false },
+    let gated = |channels, gate: &Gate| {
+        let (Gate::Log(name) | Gate::Value(name)) = gate;
+        DecayData::Gated { channels, data: feature(name), log: matches!(gate, Gate::Log(_)) }
     };
     let fields: Vec<FieldData<'_>> = plan
         .fields
@@ -172,6 +176,7 @@ fn readout_inputs<'a>(cw: &ChunkwiseProgram, inputs: &Inputs<'a>, contractions: 
     all
 }
 
+/// The readout map's summary made the chunkwise run's: no combines (the form runs none).
 fn summary(summary: &mut RunSummary, inputs: &Inputs<'_>, chunk: usize) {
     summary.form = Form::Chunkwise;
     summary.chunk = Some(chunk);
@@ -180,8 +185,7 @@ fn summary(summary: &mut RunSummary, inputs: &Inputs<'_>, chunk: usize) {
 
 pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
     let c = contractions(cw, inputs, opts)?;
-    let map_opts = RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() };
-    let mut out = cw.readout.run(&readout_inputs(cw, inputs, &c), &map_opts)?;
+    let mut out = cw.readout.run(&readout_inputs(cw, inputs, &c), &map_options(opts))?;
     summary(&mut out.summary, inputs, opts.chunk.unwrap_or(DEFAULT_CHUNK));
     Ok(out)
 }
@@ -193,8 +197,7 @@ pub(crate) fn run_into(
     opts: &RunOptions<'_>,
 ) -> Result<RunSummary, RunError> {
     let c = contractions(cw, inputs, opts)?;
-    let map_opts = RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() };
-    let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &c), outputs, &map_opts)?;
+    let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &c), outputs, &map_options(opts))?;
     summary(&mut s, inputs, opts.chunk.unwrap_or(DEFAULT_CHUNK));
     Ok(s)
 }
