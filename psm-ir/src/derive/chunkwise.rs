@@ -120,14 +120,15 @@ fn no<T>(reason: String) -> Result<T, NotApplicable> {
 }
 
 impl Decay {
-    fn describe(&self) -> String {
+    /// The transition applied to S_{t−1}; `key` is the field's key feature.
+    fn describe(&self, key: &str) -> String {
         match self {
             Decay::None => "S_{t-1}".into(),
             Decay::Scalar { gate } => format!("{gate} S_{{t-1}}"),
             Decay::Diagonal { gate } => format!("Diag({gate}) S_{{t-1}}"),
             Decay::DeltaRule { log_decay, beta, b } => {
                 let gate = log_decay.as_ref().map(|l| format!("exp({l}) ")).unwrap_or_default();
-                format!("{gate}(I - {beta} k {b}^T) S_{{t-1}}")
+                format!("{gate}(I - {beta} {key} {b}^T) S_{{t-1}}")
             }
         }
     }
@@ -156,7 +157,7 @@ impl fmt::Display for Chunkwise {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "chunkwise form of {}", self.aggregator)?;
         for s in &self.fields {
-            writeln!(f, "  state {}[{}, {}]: S_t = {} + {} {}^T", s.name, s.keys, s.values, s.decay.describe(), s.key, s.value)?;
+            writeln!(f, "  state {}[{}, {}]: S_t = {} + {} {}^T", s.name, s.keys, s.values, s.decay.describe(&s.key), s.key, s.value)?;
         }
         let state = if self.exclusive { "S_{t-1}" } else { "S_t" };
         for c in &self.contractions {
