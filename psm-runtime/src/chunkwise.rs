@@ -30,6 +30,9 @@ use crate::forms::{Form, Outputs, RunOptions, RunStats, RunSummary};
 /// Steps per chunk when [`RunOptions::chunk`] is not given.
 pub const DEFAULT_CHUNK: usize = 64;
 
+/// Most steps per chunk: the intra-chunk products hold chunk² entries per sequence.
+pub const MAX_CHUNK: usize = 4096;
+
 /// Largest |Λ| (cumulative log decay within a chunk) for which the decay mask is
 /// factored into row and column scalings: e^±60 ≈ 1.1e±26 is far from f32's limits.
 pub const FACTOR_LIMIT: f32 = 60.0;
@@ -79,10 +82,14 @@ fn check_options(opts: &RunOptions<'_>) -> Result<(), RunError> {
     if opts.prefill {
         return refuse("prefill", "hand off to a stream");
     }
-    if opts.chunk == Some(0) {
-        return Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() });
+    match opts.chunk {
+        Some(0) => Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() }),
+        Some(c) if c > MAX_CHUNK => Err(RunError::InvalidOption {
+            option: "chunk",
+            message: format!("the chunkwise form takes at most {MAX_CHUNK} steps per chunk (its intra-chunk products hold chunk² entries)"),
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Options of the derived per-step maps: the recurrent form on the caller's threads.
@@ -108,7 +115,8 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
     };
     let steps = inputs.steps;
     let nseq = inputs.batch.iter().product::<usize>();
-    let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK);
+    // A chunk longer than the sequence needs no more scratch than the sequence.
+    let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK).min(steps.max(1));
     let gated = |channels, gate: &Gate| {
         let (Gate::Log(name) | Gate::Value(name)) = gate;
         DecayData::Gated { channels, data: feature(name), log: matches!(gate, Gate::Log(_)) }
@@ -133,8 +141,21 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
         .collect();
     let queries: Vec<&[f32]> = plan.contractions.iter().map(|c| feature(&c.query)).collect();
     // [contraction][sequence × steps × values], every entry written by the products.
-    let mut buffers: Vec<Vec<f32>> =
-        plan.contractions.iter().map(|c| vec![0.0; nseq * steps * fields[c.field].values]).collect();
+    let mut buffers: Vec<Vec<f32>> = plan
+        .contractions
+        .iter()
+        .map(|c| {
+            let len = nseq.checked_mul(steps).and_then(|n| n.checked_mul(fields[c.field].values));
+            let mut buffer = Vec::new();
+            match len {
+                Some(len) if buffer.try_reserve_exact(len).is_ok() => {
+                    buffer.resize(len, 0.0);
+                    Ok(buffer)
+                }
+                _ => Err(RunError::TooLarge { what: format!("the contraction `{}`", c.output) }),
+            }
+        })
+        .collect::<Result<_, _>>()?;
     if steps == 0 {
         return Ok(buffers);
     }

@@ -151,6 +151,7 @@ fn options_it_does_not_support_are_refused() {
         RunOptions { form: Form::Chunkwise, reverse: true, ..Default::default() },
         RunOptions { form: Form::Chunkwise, final_state: true, ..Default::default() },
         RunOptions { form: Form::Chunkwise, chunk: Some(0), ..Default::default() },
+        RunOptions { form: Form::Chunkwise, chunk: Some(usize::MAX), ..Default::default() },
     ] {
         assert!(matches!(agg.run(&x, &opts), Err(RunError::InvalidOption { .. })), "{opts:?}");
     }
