@@ -10,7 +10,7 @@ use psm_ir::valid::{DimOverride, Info};
 
 use crate::buffers::{Data, Inputs, OutputsMut, State};
 use crate::error::{CompileError, RunError};
-use crate::forms::{Executor, Outputs, RunOptions, RunSummary, Signature, Stream};
+use crate::forms::{Executor, Form, Outputs, RunOptions, RunSummary, Signature, Stream};
 use crate::kernels::{InterpKernels, Kernels};
 
 /// Which implementation of the kernels runs.
@@ -128,7 +128,7 @@ impl Program {
     /// One aggregator, for the default backend ([`Backend::Cpu`]); compiled on first use.
     pub fn aggregator(&self, name: &str) -> Option<Aggregator> {
         let index = self.inner.module.aggregators.iter().position(|a| a.name == name)?;
-        Some(Aggregator { program: self.inner.clone(), index, backend: Backend::default(), exec: Arc::new(OnceLock::new()) })
+        Some(Aggregator { program: self.inner.clone(), index, backend: Backend::default(), exec: Arc::new(OnceLock::new()), chunkwise: Default::default() })
     }
 }
 
@@ -140,6 +140,7 @@ pub struct Aggregator {
     index: usize,
     backend: Backend,
     exec: Arc<OnceLock<Result<Executor, RunError>>>,
+    chunkwise: crate::chunkwise::Cached,
 }
 
 impl std::fmt::Debug for Aggregator {
@@ -168,7 +169,7 @@ impl Aggregator {
 
     /// The same aggregator for another backend (compiled separately).
     pub fn with_backend(&self, backend: Backend) -> Aggregator {
-        Aggregator { program: self.program.clone(), index: self.index, backend, exec: Arc::new(OnceLock::new()) }
+        Aggregator { program: self.program.clone(), index: self.index, backend, exec: Arc::new(OnceLock::new()), chunkwise: Default::default() }
     }
 
     /// The algebra's verdicts (computed once).
@@ -207,6 +208,21 @@ impl Aggregator {
         crate::cuda::CudaExecutor::new(self.ir(), self.info(), self.signature(), device)
     }
 
+    /// The chunkwise form psm-ir derives for this operator at these dims, or
+    /// [`RunError::ChunkwiseNotApplicable`] with the reason it has none.
+    pub fn chunkwise(&self) -> Result<&psm_ir::derive::chunkwise::Chunkwise, RunError> {
+        self.chunkwise_program().map(|p| p.plan())
+    }
+
+    /// The derived form with its feature and readout maps compiled (once).
+    fn chunkwise_program(&self) -> Result<&crate::chunkwise::ChunkwiseProgram, RunError> {
+        self.chunkwise
+            .get_or_init(|| crate::chunkwise::ChunkwiseProgram::new(self).map(Arc::new))
+            .as_ref()
+            .map(|p| &**p)
+            .map_err(Clone::clone)
+    }
+
     /// Compiles now rather than on the first run.
     pub fn compile(&self) -> Result<(), RunError> {
         self.executor().map(|_| ())
@@ -228,12 +244,18 @@ impl Aggregator {
     /// assert!(sub.run(&Inputs::new(&[], 6).input("v", &v), &opts).is_err());
     /// ```
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        if opts.form == Form::Chunkwise {
+            return crate::chunkwise::run(self.chunkwise_program()?, inputs, opts);
+        }
         self.executor()?.run(inputs, opts)
     }
 
     /// Runs every sequence of `inputs`, writing the outputs into caller-supplied
     /// buffers; see [`Executor::run_into`].
     pub fn run_into(&self, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
+        if opts.form == Form::Chunkwise {
+            return crate::chunkwise::run_into(self.chunkwise_program()?, inputs, outputs, opts);
+        }
         self.executor()?.run_into(inputs, outputs, opts)
     }
 

@@ -98,6 +98,9 @@ pub enum RunError {
     PtxLoad { aggregator: String, message: String, log: String },
     /// Any other CUDA driver call that failed (`operation` names it).
     Cuda { operation: String, message: String },
+    /// The chunkwise form was asked for and the operator does not have its shape;
+    /// `reason` is psm-ir's (`psm_ir::derive::chunkwise`).
+    ChunkwiseNotApplicable { aggregator: String, reason: String },
 }
 
 fn list(names: &[String]) -> String {
@@ -166,6 +169,9 @@ impl fmt::Display for RunError {
                 Ok(())
             }
             RunError::Cuda { operation, message } => write!(f, "CUDA error in {operation}: {message}"),
+            RunError::ChunkwiseNotApplicable { aggregator, reason } => {
+                write!(f, "the chunkwise form does not apply to `{aggregator}`: {reason}")
+            }
         }
     }
 }

@@ -42,6 +42,7 @@ pub mod api;
 #[cfg(feature = "ndarray")]
 pub mod arrays;
 pub mod buffers;
+pub mod chunkwise;
 pub mod cuda;
 pub mod error;
 pub mod forms;

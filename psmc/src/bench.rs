@@ -54,7 +54,7 @@
 //! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
-//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `push`, `lookback` or `lanes`), `chunk` (chunked
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `chunkwise`, `push`, `lookback` or `lanes`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
 //! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
@@ -156,6 +156,8 @@ enum BenchForm {
     Stream,
     /// One Stream::push per step, and one Stream::push_into a reused buffer: decode loops
     Push,
+    /// The chunkwise form (linear-attention family), beside the recurrent form at 1 thread
+    Chunkwise,
 }
 
 /// A batch shape (a newtype, so that clap takes it as one value).
@@ -525,6 +527,9 @@ fn bench_case(
 fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize) -> Vec<(Mode, usize)> {
     let mut modes = match form {
         Some(BenchForm::Push) => vec![(Mode::Push { into: false }, 1), (Mode::Push { into: true }, 1)],
+        Some(BenchForm::Chunkwise) => {
+            vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunkwise), 1), (Mode::Form(Form::Chunkwise), k)]
+        }
         Some(f) => {
             let f = match f {
                 BenchForm::Auto => Form::Auto,
@@ -532,7 +537,7 @@ fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usi
                 BenchForm::Chunked => Form::Chunked,
                 BenchForm::Tree => Form::Tree,
                 BenchForm::Stream => Form::Stream,
-                BenchForm::Push => unreachable!("handled above"),
+                BenchForm::Push | BenchForm::Chunkwise => unreachable!("handled above"),
             };
             vec![(Mode::Form(f), 1), (Mode::Form(f), k)]
         }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use psm_ir::algebra::{self, Counterexample, Report, Structure, Value, Verdict, VerdictKind};
+use psm_ir::derive::chunkwise::chunkwise;
 use psm_ir::ir::Module;
 use psm_ir::valid::{self, DimOverride, Info};
 use psm_ir::Diagnostic;
@@ -87,6 +88,9 @@ pub struct Analysis {
     pub name: String,
     pub dims: Vec<(String, i64)>,
     pub report: Report,
+    /// Whether the chunkwise form applies (`psm_ir::derive::chunkwise`): its summary,
+    /// or the reason it does not.
+    pub chunkwise: Result<String, String>,
     /// Time spent in the algebra (validation excluded).
     pub elapsed: Duration,
 }
@@ -110,6 +114,7 @@ pub fn check_file(path: &Path, overrides: &[DimOverride], elsewhere: &HashSet<St
                 name: agg.name.clone(),
                 dims: info.dim_values(agg),
                 report,
+                chunkwise: chunkwise(agg, info).map(|plan| plan.summary()).map_err(|why| why.0),
                 elapsed: start.elapsed(),
             });
         }
@@ -163,6 +168,11 @@ pub fn human(file: &str, analyses: &[Analysis]) -> String {
         verdict(&mut out, "commutative", Some(&r.commutative), false);
         let _ = writeln!(out, "    {:<12} {}", "structure", structure(&r.structure));
         let _ = writeln!(out, "    {:<12} {}", "forms", r.forms().join(", "));
+        let chunkwise = match &a.chunkwise {
+            Ok(summary) => format!("applies: {summary}"),
+            Err(reason) => format!("does not apply: {reason}"),
+        };
+        let _ = writeln!(out, "    {:<12} {chunkwise}", "chunkwise");
     }
     out
 }
@@ -316,6 +326,7 @@ pub(crate) mod tests {
                 structure: Structure::Affine { transition: Transition::Diagonal, gates: vec!["a".into()], state: vec!["s".into(), "n".into()] },
                 assumed: true,
             },
+            chunkwise: Ok("s[2, 4] diagonal decay; 1 inclusive contraction(s)".into()),
             elapsed: Duration::from_millis(3),
         }
     }
@@ -329,6 +340,7 @@ pub(crate) mod tests {
         b.report.identity = None;
         b.report.assumed = false;
         b.report.structure = Structure::General;
+        b.chunkwise = Err("combine is not affine".into());
         a.report.associative.method.clear();
         insta::assert_snapshot!(human("dir/sample.psm", &[a, b]));
     }

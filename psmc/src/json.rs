@@ -3,7 +3,8 @@
 //! ```text
 //! {"aggregators": [{"file": str, "name": str, "dims": {NAME: int},
 //!                   "associative": VERDICT, "identity": VERDICT | null, "commutative": VERDICT,
-//!                   "structure": str, "forms": [str], "assumed": bool}],
+//!                   "structure": str, "forms": [str], "assumed": bool,
+//!                   "chunkwise": {"applies": bool, "detail": str}}],
 //!  "diagnostics": [{"file": str, "message": str, "line": int | null, "column": int | null,
 //!                   "rendered": str}]}
 //! VERDICT = {"verdict": "proven" | "verified" | "refuted" | "unknown", "method": str,
@@ -42,6 +43,14 @@ struct Aggregator<'a> {
     structure: &'static str,
     forms: Vec<&'static str>,
     assumed: bool,
+    chunkwise: ChunkwiseJson<'a>,
+}
+
+/// Whether the chunkwise form applies; `detail` is its summary or the reason it does not.
+#[derive(DeriveSerialize)]
+struct ChunkwiseJson<'a> {
+    applies: bool,
+    detail: &'a str,
 }
 
 #[derive(DeriveSerialize)]
@@ -175,6 +184,10 @@ fn aggregator<'a>(file: &'a str, a: &'a Analysis) -> Aggregator<'a> {
         structure: r.structure.name(),
         forms: r.forms(),
         assumed: r.assumed,
+        chunkwise: match &a.chunkwise {
+            Ok(summary) => ChunkwiseJson { applies: true, detail: summary },
+            Err(reason) => ChunkwiseJson { applies: false, detail: reason },
+        },
     }
 }
 

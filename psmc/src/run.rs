@@ -107,6 +107,8 @@ enum FormArg {
     Tree,
     /// The binary counter (non-associative) or one running element (associative)
     Stream,
+    /// Matrix products over chunks, derived for the linear-attention family (`psmc check` says whether it applies)
+    Chunkwise,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -623,6 +625,7 @@ fn execute(args: &RunArgs) -> Result<(String, bool), Fail> {
         FormArg::Chunked => Form::Chunked,
         FormArg::Tree => Form::Tree,
         FormArg::Stream => Form::Stream,
+        FormArg::Chunkwise => Form::Chunkwise,
     };
     let opts = RunOptions { form, chunk: args.chunk, threads: args.threads, ..Default::default() };
     let (outputs, seconds) = run_once(&runner, &sig, &data, &opts)?;

@@ -131,7 +131,7 @@ fn check_reports_every_property() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines[0], "examples/ops/gla.psm");
     assert_eq!(lines[1], "  gla<K = 4, V = 2>");
-    for label in ["associative", "identity", "commutative", "structure", "forms"] {
+    for label in ["associative", "identity", "commutative", "structure", "forms", "chunkwise"] {
         assert!(lines.iter().any(|l| l.starts_with(&format!("    {label} "))), "no {label} line:\n{}", r.stdout);
     }
 }
@@ -273,7 +273,7 @@ fn json_schema_over_the_library() {
         let what = a["name"].as_str().unwrap();
         assert_eq!(
             keys(a),
-            ["associative", "assumed", "commutative", "dims", "file", "forms", "identity", "name", "structure"],
+            ["associative", "assumed", "chunkwise", "commutative", "dims", "file", "forms", "identity", "name", "structure"],
             "{what}"
         );
         for (dim, value) in a["dims"].as_object().expect("dims") {
@@ -288,6 +288,7 @@ fn json_schema_over_the_library() {
         let forms = a["forms"].as_array().expect("forms");
         assert!(!forms.is_empty() && forms.iter().all(|f| FORMS.contains(&f.as_str().unwrap_or(""))), "{what}");
         assert!(a["assumed"].is_boolean(), "{what}");
+        assert!(a["chunkwise"]["applies"].is_boolean() && a["chunkwise"]["detail"].is_string(), "{what}");
     }
 }
 

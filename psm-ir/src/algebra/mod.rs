@@ -23,6 +23,7 @@ use crate::ir::Aggregator;
 use crate::valid::Info;
 
 pub use structure::{structure, Structure, Transition};
+pub(crate) use structure::affine;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VerdictKind {

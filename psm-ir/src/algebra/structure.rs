@@ -101,7 +101,8 @@ struct Dependence {
     contracted: bool,
 }
 
-fn affine(agg: &Aggregator) -> Option<Structure> {
+/// The affine split (largest state set) of any operator, elementwise ones included.
+pub(crate) fn affine(agg: &Aggregator) -> Option<Structure> {
     let fields = agg.element();
     if fields.len() > 12 {
         return None;

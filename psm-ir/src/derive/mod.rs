@@ -11,6 +11,7 @@
 //!
 //! The inclusive state of step t is p_{t+1} under every form.
 
+pub mod chunkwise;
 mod run;
 
 pub use run::{run, Form, FormError, Outputs, RunStats};

@@ -64,6 +64,11 @@ pub(crate) fn upload_fields(device: &Device, slot: Slot, specs: &[crate::forms::
     specs.iter().zip(data).map(|(s, d)| device.upload(&format!("{} `{}`", slot.name(), s.name), data_bytes(*d))).collect()
 }
 
+/// The chunkwise form asked of the CUDA backend.
+fn no_chunkwise() -> RunError {
+    RunError::InvalidOption { option: "form", message: "the CUDA backend has no chunkwise form yet; it runs on the CPU backend".into() }
+}
+
 /// The given tensors of `slot` in declaration order, after the host executor's checks
 /// (unknown, duplicate, missing, dtype, length).
 pub(crate) fn matched<'a>(
@@ -192,6 +197,9 @@ impl CudaExecutor {
     /// uploads its params, inputs and initial state.
     fn prepare(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Prepared, RunError> {
         let host = &self.inner.host;
+        if opts.form == Form::Chunkwise {
+            return Err(no_chunkwise());
+        }
         host.check_options(opts)?;
         if opts.prefill {
             return Err(RunError::InvalidOption {
@@ -347,6 +355,7 @@ impl CudaExecutor {
                 Ok(FormEnd { final_state, held: counter.peak })
             }
             Form::Recurrent | Form::Stream | Form::Auto => forms::recurrent(l, init, keep, reverse),
+            Form::Chunkwise => Err(no_chunkwise()),
         }
     }
 

@@ -69,6 +69,9 @@ pub enum Form {
     Chunked,
     Tree,
     Stream,
+    /// The chunkwise-parallel form of the linear-attention family, derived from the IR
+    /// (`psm_ir::derive::chunkwise`); runs through [`crate::Aggregator`] only.
+    Chunkwise,
 }
 
 impl Form {
@@ -79,10 +82,11 @@ impl Form {
             Form::Chunked => "chunked",
             Form::Tree => "tree",
             Form::Stream => "stream",
+            Form::Chunkwise => "chunkwise",
         }
     }
     pub fn from_name(name: &str) -> Option<Form> {
-        [Form::Auto, Form::Recurrent, Form::Chunked, Form::Tree, Form::Stream].into_iter().find(|f| f.name() == name)
+        [Form::Auto, Form::Recurrent, Form::Chunked, Form::Tree, Form::Stream, Form::Chunkwise].into_iter().find(|f| f.name() == name)
     }
 }
 
@@ -665,6 +669,12 @@ impl Executor {
                 message: "a stream continues a forward scan; a reversed run cannot hand off to one".into(),
             });
         }
+        if opts.form == Form::Chunkwise {
+            return Err(RunError::InvalidOption {
+                option: "form",
+                message: "the chunkwise form is derived from the operator's IR: run it through psm_runtime::Aggregator".into(),
+            });
+        }
         if matches!(opts.form, Form::Recurrent | Form::Chunked) && !sig.associative {
             return Err(RunError::FormNotValid { form: opts.form, aggregator: sig.aggregator.clone(), valid: sig.forms() });
         }
@@ -717,8 +727,8 @@ impl Executor {
             }
             Form::Tree => tree::run(&ctx, init, want_counter)?,
             Form::Stream => stream::run(&ctx, init),
-            // `resolve` never returns Auto.
-            Form::Auto => recurrent::run(&ctx, init),
+            // `resolve` never returns Auto; `check_options` refuses Chunkwise.
+            Form::Auto | Form::Chunkwise => recurrent::run(&ctx, init),
         };
         let peak = ends.iter().map(|e| e.peak).max().unwrap_or(0);
         let stats = RunStats { sequences: nseq, steps, combines: ctx.combines.load(Ordering::Relaxed), peak_elements: peak };
