@@ -162,14 +162,13 @@ impl<A: Aggregator> Op<A> {
     /// Runs one sequence and returns the runtime's named outputs.
     pub fn run_outputs(&self, params: &A::Params, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
         let (params, inputs) = (A::param_fields(params), A::input_fields(xs));
-        let mut named = Inputs::new(&[], xs.len());
-        for (name, buffer) in &params {
-            named = named.param(name, buffer);
-        }
-        for (name, buffer) in &inputs {
-            named = named.input(name, buffer);
-        }
-        self.agg.run(&named, opts)
+        self.agg.run(&named(&params, &inputs, xs.len()), opts)
+    }
+
+    /// The same aggregator compiled to PTX and loaded on a CUDA device: the same typed
+    /// runs on the GPU (`RunError::CudaUnavailable` on a machine without CUDA).
+    pub fn cuda(&self, device: &psm_runtime::cuda::Device) -> Result<CudaOp<A>, RunError> {
+        Ok(CudaOp { gpu: self.agg.cuda(device)?, _a: PhantomData })
     }
 
     /// Opens a stream: push one step at a time, `O(log n)` memory (one state for an
@@ -192,6 +191,35 @@ impl<A: Aggregator<Params = ()>> Op<A> {
     /// Runs one sequence of an aggregator without params: one output per step.
     pub fn run(&self, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Vec<A::Output>, RunError> {
         self.run_with(&(), xs, opts)
+    }
+}
+
+/// The named inputs of one sequence: its params and input fields.
+fn named<'a>(params: &'a [(&'static str, Buffer)], inputs: &'a [(&'static str, Buffer)], steps: usize) -> Inputs<'a> {
+    let mut named = Inputs::new(&[], steps);
+    for (name, buffer) in params {
+        named = named.param(name, buffer);
+    }
+    for (name, buffer) in inputs {
+        named = named.input(name, buffer);
+    }
+    named
+}
+
+/// An aggregator compiled for a CUDA device ([`Op::cuda`]).
+pub struct CudaOp<A: Aggregator> {
+    gpu: psm_runtime::cuda::CudaExecutor,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregator> CudaOp<A> {
+    /// Runs one sequence with its params on the device: one output per step, within
+    /// the associative tolerance of the CPU's (the GPU's transcendental functions are
+    /// not the CPU's libm).
+    pub fn run_with(&self, params: &A::Params, xs: &[A::Input], opts: &RunOptions<'_>) -> Result<Vec<A::Output>, RunError> {
+        let (params, inputs) = (A::param_fields(params), A::input_fields(xs));
+        let out = self.gpu.run(&named(&params, &inputs, xs.len()), opts)?;
+        Ok(A::outputs(out.tensors(), xs.len()))
     }
 }
 

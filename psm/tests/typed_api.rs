@@ -81,3 +81,25 @@ fn a_non_associative_operator_runs_only_in_the_fixed_tree() {
     assert_eq!(pushed, op.run(&xs, &RunOptions { form: Form::Tree, ..Default::default() }).unwrap());
     assert_eq!(pushed[5].v, 1.0);
 }
+
+/// The typed API on a CUDA device gives the CPU's outputs (exactly, here: sums of small
+/// integers and halves in any bracketing); without CUDA, the typed error.
+#[test]
+fn cuda_runs_the_same_structs() {
+    let op = Op::<sum::Aggregator>::new().unwrap();
+    let device = match psm::runtime::cuda::Device::open(0) {
+        Ok(device) => device,
+        Err(RunError::CudaUnavailable { reason }) => {
+            println!("skipped: CUDA not available: {reason}");
+            return;
+        }
+        Err(e) => panic!("opening the device: {e}"),
+    };
+    let gpu = op.cuda(&device).unwrap();
+    for n in [0, 1, 7, 1000, 4097] {
+        let xs = steps(n);
+        let want = op.run(&xs, &RunOptions::default()).unwrap();
+        let got = gpu.run_with(&(), &xs, &RunOptions::default()).unwrap();
+        assert_eq!(got.iter().map(|o| o.v).collect::<Vec<_>>(), want.iter().map(|o| o.v).collect::<Vec<_>>(), "n = {n}");
+    }
+}
