@@ -180,13 +180,16 @@ fn body_cost(agg: &Aggregator, info: &Info, body: &crate::ir::Body) -> u64 {
         .fold(0u64, u64::saturating_add)
 }
 
-pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint) -> Verdict {
+/// Operands for the search: lifts of random inputs for half the samples when `lifts`
+/// (and the operator has inputs), raw elements otherwise.
+pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint, lifts: bool) -> Verdict {
     // Per sample: the law's combines in two precisions, plus lifting the operands.
-    let per_sample = (body_cost(agg, info, &agg.combine) * 4 * 2 + body_cost(agg, info, &agg.lift) * 3).max(1);
+    let lift_cost = if lifts { body_cost(agg, info, &agg.lift) * 3 } else { 0 };
+    let per_sample = (body_cost(agg, info, &agg.combine) * 4 * 2 + lift_cost).max(1);
     let samples = ((BUDGET / per_sample) as usize).clamp(16, SAMPLES);
     let eval = Evaluator::new(agg, info);
     let element = eval.fields(Role::Element);
-    let has_inputs = !eval.fields(Role::Input).is_empty();
+    let has_inputs = lifts && !eval.fields(Role::Input).is_empty();
     let mut search = Search { eval, law, rng: SplitMix64::new(0xC0FFEE ^ law as u64) };
     let mut tried = 0usize;
     // The witness (atom → value) lists the operands' entries in order, then the params'.
@@ -219,51 +222,13 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint) -> Ver
         if first_gap(&element, &declared, DECLARED_GAP, 0.0).is_none() {
             continue;
         }
-        let (exact, peak) = search.evaluate(Precision::F64, &params, &operands);
-        let Some((pair, field, index)) = first_gap(&element, &exact, F64_GAP, F64_NOISE * peak) else {
+        let Some(confirmed) = confirmed(&search, &params, &operands) else {
             continue;
         };
-        let (lhs_name, rhs_name, lhs, rhs) = exact[pair].clone();
-        let value = |fields: &Fields<f64>, role: Role| Value {
-            fields: search
-                .eval
-                .fields(role)
-                .into_iter()
-                .zip(fields)
-                .map(|(t, v)| (agg.tensors[t].name.clone(), v.clone()))
-                .collect(),
-        };
-        let names: &[&str] = match law {
-            Law::Associative => &["a", "b", "c"],
-            Law::Commutative => &["a", "b"],
-            Law::Identity => &["x"],
-        };
-        let shape = info.shape(element[field]);
-        let mut multi = vec![0; shape.len()];
-        let mut rest = index;
-        for (k, &n) in shape.iter().enumerate().rev() {
-            multi[k] = rest % n;
-            rest /= n;
-        }
         let origin = if lifted { "lifts of random inputs" } else { "random elements" };
-        let cx = Counterexample {
-            operands: names.iter().zip(&operands).map(|(n, o)| (n.to_string(), value(o, Role::Element))).collect(),
-            lhs_name,
-            rhs_name,
-            lhs: value(&lhs, Role::Element),
-            rhs: value(&rhs, Role::Element),
-            field: agg.tensors[element[field]].name.clone(),
-            index: multi,
-            lhs_value: lhs[field][index],
-            rhs_value: rhs[field][index],
-            params: value(&params, Role::Param),
-        };
         return Verdict {
-            kind: VerdictKind::Refuted,
-            method: format!(
-                "counterexample on {origin} (sample {tried}), found in the declared arithmetic and confirmed in f64 (gap > {F64_GAP:e} relative, > {F64_NOISE:e} of the largest magnitude computed)"
-            ),
-            counterexample: Some(Box::new(cx)),
+            method: format!("counterexample on {origin} (sample {tried}), found in the declared arithmetic and {}", confirmed.method),
+            ..confirmed
         };
     }
     Verdict {
@@ -271,4 +236,57 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law, hint: &Hint) -> Ver
         method: format!("exact procedure: {}; no counterexample in {tried} random samples", hint.why),
         counterexample: None,
     }
+}
+
+/// The refutation of `law` by these operands and params, if their sides differ in f64
+/// far above rounding (the method says so); `None` otherwise.
+pub(super) fn confirm(agg: &Aggregator, info: &Info, law: Law, params: &Fields<f64>, operands: &[Fields<f64>]) -> Option<Verdict> {
+    let search = Search { eval: Evaluator::new(agg, info), law, rng: SplitMix64::new(0) };
+    confirmed(&search, params, operands)
+}
+
+fn confirmed(search: &Search, params: &Fields<f64>, operands: &[Fields<f64>]) -> Option<Verdict> {
+    let (agg, info, law) = (search.eval.agg, search.eval.info, search.law);
+    let element = search.eval.fields(Role::Element);
+    let (exact, peak) = search.evaluate(Precision::F64, params, operands);
+    let (pair, field, index) = first_gap(&element, &exact, F64_GAP, F64_NOISE * peak)?;
+    let (lhs_name, rhs_name, lhs, rhs) = exact[pair].clone();
+    let value = |fields: &Fields<f64>, role: Role| Value {
+        fields: search
+            .eval
+            .fields(role)
+            .into_iter()
+            .zip(fields)
+            .map(|(t, v)| (agg.tensors[t].name.clone(), v.clone()))
+            .collect(),
+    };
+    let names: &[&str] = match law {
+        Law::Associative => &["a", "b", "c"],
+        Law::Commutative => &["a", "b"],
+        Law::Identity => &["x"],
+    };
+    let shape = info.shape(element[field]);
+    let mut multi = vec![0; shape.len()];
+    let mut rest = index;
+    for (k, &n) in shape.iter().enumerate().rev() {
+        multi[k] = rest % n;
+        rest /= n;
+    }
+    let cx = Counterexample {
+        operands: names.iter().zip(operands).map(|(n, o)| (n.to_string(), value(o, Role::Element))).collect(),
+        lhs_name,
+        rhs_name,
+        lhs: value(&lhs, Role::Element),
+        rhs: value(&rhs, Role::Element),
+        field: agg.tensors[element[field]].name.clone(),
+        index: multi,
+        lhs_value: lhs[field][index],
+        rhs_value: rhs[field][index],
+        params: value(params, Role::Param),
+    };
+    Some(Verdict {
+        kind: VerdictKind::Refuted,
+        method: format!("confirmed in f64 (gap > {F64_GAP:e} relative, > {F64_NOISE:e} of the largest magnitude computed)"),
+        counterexample: Some(Box::new(cx)),
+    })
 }

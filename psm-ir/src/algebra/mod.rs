@@ -12,7 +12,12 @@
 //! * `refuted` — a concrete counterexample, found in floating point and confirmed at
 //!   higher precision, with both sides and the first differing field and index.
 //! * `unknown` — neither; only floating-point evidence.
+//!
+//! An operator that combines each entry of its element on its own, by one scalar
+//! function, is decided on a representative entry ([`entrywise`], where the argument
+//! is written down); its verdicts say so.
 
+mod entrywise;
 pub mod exact;
 mod float_search;
 mod normal;
@@ -121,13 +126,25 @@ pub enum Law {
     Commutative,
 }
 
-/// Analyses one validated aggregator.
+/// One law by the three procedures in turn; `lifts`: whether the search may draw
+/// operands as lifts of inputs.
+fn decide(agg: &Aggregator, info: &Info, law: Law, lifts: bool) -> Verdict {
+    normal::check(agg, info, law).unwrap_or_else(|| match symbolic::check(agg, info, law) {
+        Ok(v) => v,
+        Err(hint) => float_search::check(agg, info, law, &hint, lifts),
+    })
+}
+
+/// Analyses one validated aggregator: an entrywise operator on its representative
+/// entry ([`entrywise`]), any other (or one whose representative's refutation is not
+/// confirmed) by the procedures directly.
 pub fn analyze(agg: &Aggregator, info: &Info) -> Report {
+    let representative = entrywise::representative(agg, info);
     let check = |law| {
-        normal::check(agg, info, law).unwrap_or_else(|| match symbolic::check(agg, info, law) {
-            Ok(v) => v,
-            Err(hint) => float_search::check(agg, info, law, &hint),
-        })
+        representative
+            .as_ref()
+            .and_then(|rep| rep.lift_verdict(agg, info, law, decide(&rep.agg, &rep.info, law, false)))
+            .unwrap_or_else(|| decide(agg, info, law, true))
     };
     let associative = check(Law::Associative);
     let identity = agg.identity.as_ref().map(|_| check(Law::Identity));
