@@ -33,7 +33,8 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
-    /// The look-back scan, when the aggregator's element and rows are scalars.
+    /// The look-back scan, when the aggregator's element and rows are scalars (loaded on
+    /// first use, so that a run of the generic kernels never depends on it).
     lookback: Option<Lookback>,
     /// The lanes kernel, when the aggregator's entries are independent vectors.
     lanes: Option<Lanes>,
@@ -89,12 +90,10 @@ impl CudaExecutor {
         let kernels = Kernels::load(device, &agg.name, &ptx, counts)?;
         let lookback = psm_codegen::ptx::compile_lookback(agg, info, &ptx_options(device))
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
-            .map(|m| Lookback::load(device, &agg.name, m, counts))
-            .transpose()?;
+            .map(|m| Lookback::new(&agg.name, m, counts));
         let lanes = psm_codegen::ptx::compile_lanes(agg, info, &ptx_options(device))
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
-            .map(|m| Lanes::load(device, &agg.name, m, counts))
-            .transpose()?;
+            .map(|m| Lanes::new(&agg.name, m, counts));
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
         Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback, lanes }) })
     }
@@ -152,7 +151,7 @@ impl CudaExecutor {
     pub fn run_with(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Outputs, RunError> {
         let p = self.prepare(inputs, opts, kernel)?;
         let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
-        let launcher = self.planned_launcher(&p, &output_bufs);
+        let launcher = self.planned_launcher(&p, &output_bufs)?;
         let end = self.run_planned(&launcher, &p, opts)?;
         let outputs = self.download_outputs(&output_bufs, &inputs.batch, p.steps)?;
         let final_state = if opts.final_state { self.final_state(&launcher, end.final_state.as_ref(), p.init.as_deref(), &inputs.batch)? } else { None };
@@ -168,7 +167,7 @@ impl CudaExecutor {
     pub fn time_resident(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel, warmup: usize, repeats: usize) -> Result<ResidentTimes, RunError> {
         let p = self.prepare(inputs, opts, kernel)?;
         let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
-        let launcher = self.planned_launcher(&p, &output_bufs);
+        let launcher = self.planned_launcher(&p, &output_bufs)?;
         for _ in 0..warmup {
             self.run_planned(&launcher, &p, opts)?;
         }
@@ -250,12 +249,12 @@ impl CudaExecutor {
 
     /// The launcher of a prepared run: with the lanes kernel in place of `psm_scan` when
     /// it was chosen.
-    fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
+    fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Result<Launcher<'a>, RunError> {
         let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
         if p.chosen == Chosen::Lanes {
-            l.lanes = self.inner.lanes.as_ref().map(Lanes::launch);
+            l.lanes = self.inner.lanes.as_ref().map(|lanes| lanes.launch(&self.inner.device)).transpose()?;
         }
-        l
+        Ok(l)
     }
 
     pub(crate) fn launcher<'a>(
