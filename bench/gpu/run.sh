@@ -52,13 +52,13 @@ run)
     bench() { timeout 120 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
     : > "$logs/psm.json"
     for op in cumsum logcumsumexp running_max_index; do
-        bench "$ops/$op.psm" --len $n --kernel lookback
-        bench "$ops/$op.psm" --len $n
+        bench "$ops/$op.psm" --len $n --form auto --kernel lookback
+        bench "$ops/$op.psm" --len $n --form auto
     done
-    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --kernel lookback
-    bench "$ops/cumsum.psm" --batch 4096 --len 65536
-    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --kernel lanes
-    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192
+    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto --kernel lookback
+    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto
+    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto --kernel lanes
+    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto
     bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
     bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push
 
