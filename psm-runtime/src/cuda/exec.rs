@@ -33,7 +33,8 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
-    /// The look-back scan, when the aggregator's element and rows are scalars.
+    /// The look-back scan, when the aggregator's element and rows are scalars (loaded on
+    /// first use, so that a run of the generic kernels never depends on it).
     lookback: Option<Lookback>,
 }
 
@@ -104,8 +105,7 @@ impl CudaExecutor {
         let kernels = Kernels::load(device, &agg.name, &ptx, counts)?;
         let lookback = psm_codegen::ptx::compile_lookback(agg, info, &ptx_options(device))
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
-            .map(|m| Lookback::load(device, &agg.name, m, counts))
-            .transpose()?;
+            .map(|m| Lookback::new(&agg.name, m, counts));
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
         Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback }) })
     }

@@ -30,6 +30,8 @@
 //! take it in `auto` for such operators.
 //! [`CudaKernel::Generic`] forces the generic kernels.
 
+use std::sync::OnceLock;
+
 use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
 
 use super::device::{Device, DeviceBuffer, Function};
@@ -71,10 +73,30 @@ impl CudaKernel {
     }
 }
 
-/// The look-back kernel of one aggregator, loaded.
+/// The kernel of a look-back module, loaded on first use (a run that does not
+/// take it never loads it).
+struct Lazy {
+    aggregator: String,
+    kernel: Kernel,
+    /// Params, inputs and outputs, and the kernel's own arguments.
+    counts: [usize; 3],
+    own: usize,
+    function: OnceLock<Result<Function, RunError>>,
+}
+
+impl Lazy {
+    fn function(&self, device: &Device, module: &psm_codegen::ptx::PtxModule) -> Result<&Function, RunError> {
+        match self.function.get_or_init(|| load(device, &self.aggregator, module, self.kernel, self.counts, self.own)) {
+            Ok(f) => Ok(f),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// The look-back kernel of one aggregator.
 pub(crate) struct Lookback {
     pub module: LookbackModule,
-    function: Function,
+    lazy: Lazy,
 }
 
 /// Loads the only kernel of `module` after checking that it takes the params, inputs
@@ -104,10 +126,11 @@ fn state_flags(init: Option<&DeviceBuffer>, state: Option<&DeviceBuffer>, revers
 }
 
 impl Lookback {
-    /// Loads the kernel (checking the parameters [`Lookback::run`] passes).
-    pub fn load(device: &Device, aggregator: &str, module: LookbackModule, counts: [usize; 3]) -> Result<Lookback, RunError> {
-        let function = load(device, aggregator, &module.module, Kernel::Lookback, counts, 6)?;
-        Ok(Lookback { module, function })
+    /// The kernel of `module`, loaded (and its parameters checked against those
+    /// [`Lookback::run`] passes) on first use.
+    pub fn new(aggregator: &str, module: LookbackModule, counts: [usize; 3]) -> Lookback {
+        let lazy = Lazy { aggregator: aggregator.to_string(), kernel: Kernel::Lookback, counts, own: 6, function: OnceLock::new() };
+        Lookback { module, lazy }
     }
 
     /// One launch over every sequence of `l` (at least one step): outputs, and p_T of
@@ -124,7 +147,7 @@ impl Lookback {
         let mut a = l.args(true, true);
         a.u64(l.nseq as u64).u64(l.steps as u64);
         a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
-        l.device.launch_blocks(&self.function, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        l.device.launch_blocks(self.lazy.function(l.device, &self.module.module)?, tiles as u64, LOOKBACK_BLOCK, &a)?;
         Ok(FormEnd { final_state: state, held: 1 })
     }
 }
