@@ -366,6 +366,25 @@ fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryByt
     }
 }
 
+/// The thread's work item below `count`: itself, or with `entries` (the fields'
+/// shape) `count · E` threads, each item's E threads split into the item's index and
+/// the thread's entry (its coordinates pinned in the lowerer, its byte offsets
+/// returned).
+fn thread_and_entry(f: &mut Frame<'_>, count: Reg, entries: Option<&[usize]>) -> (Reg, Option<EntryBytes>) {
+    let Some(shape) = entries else { return (f.index_below(count), None) };
+    let n_entries: usize = shape.iter().product();
+    f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
+    let thread = f.index_below(count);
+    let width = f.l.u64_const(n_entries as i64);
+    let (item, e) = f.divmod(thread, width);
+    let coords = coordinates(f, e, shape);
+    f.l.entry = Some(coords);
+    let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
+    f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
+    f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
+    (item, Some(EntryBytes { four, eight }))
+}
+
 /// The byte offset of the thread's entry within a field, for 4- and 8-byte entries.
 struct EntryBytes {
     four: Reg,
@@ -519,24 +538,7 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
     e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
     e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
-    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
-    if entries.is_some() {
-        e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
-    }
-    let thread = f.index_below(count);
-    let (gid, entry) = match entries {
-        Some(shape) => {
-            let width = f.l.u64_const(n_entries as i64);
-            let (chunk_index, e) = f.divmod(thread, width);
-            let coords = coordinates(&mut f, e, shape);
-            f.l.entry = Some(coords);
-            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
-            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
-            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
-            (chunk_index, Some(EntryBytes { four, eight }))
-        }
-        None => (thread, None),
-    };
+    let (gid, entry) = thread_and_entry(&mut f, count, entries);
     let (s, c) = f.divmod(gid, nchunks);
     let flags = f.param("flags");
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
@@ -765,24 +767,7 @@ fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[u
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
-    let n_entries: usize = entries.map_or(1, |sh| sh.iter().product());
-    if entries.is_some() {
-        f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
-    }
-    let thread = f.index_below(count);
-    let (gid, entry) = match entries {
-        Some(shape) => {
-            let width = f.l.u64_const(n_entries as i64);
-            let (pair, e) = f.divmod(thread, width);
-            let coords = coordinates(&mut f, e, shape);
-            f.l.entry = Some(coords);
-            let (four, eight) = (f.l.e.reg(Class::B64), f.l.e.reg(Class::B64));
-            f.l.e.ins(format!("mul.lo.s64 {four}, {e}, 4"));
-            f.l.e.ins_c(format!("mul.lo.s64 {eight}, {e}, 8"), "the entry's byte offset in 4- and 8-byte fields");
-            (pair, Some(EntryBytes { four, eight }))
-        }
-        None => (thread, None),
-    };
+    let (gid, entry) = thread_and_entry(&mut f, count, entries);
     let (row, col) = f.divmod(gid, cols);
     let addr = |f: &mut Frame<'_>, name: &str| {
         let base = f.param(name);
