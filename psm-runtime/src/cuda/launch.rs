@@ -21,6 +21,19 @@ pub(crate) struct Kernels {
     pub scan_entries: Option<(Function, usize)>,
 }
 
+/// That `kernel` of `ptx` takes the `expected` number of parameters a launch passes (or,
+/// when `optional`, is absent): a mismatch would corrupt memory, not fail.
+pub(crate) fn check_params(aggregator: &str, ptx: &PtxModule, kernel: Kernel, expected: usize, optional: bool) -> Result<(), RunError> {
+    let found = ptx.kernel(kernel).map(|k| k.params.len());
+    if found.is_some_and(|n| n != expected) || (found.is_none() && !optional) {
+        return Err(RunError::Codegen {
+            aggregator: aggregator.to_string(),
+            message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
+        });
+    }
+    Ok(())
+}
+
 impl Kernels {
     /// Loads the module's kernels after checking that each takes the parameters the
     /// launches below pass (a mismatch would corrupt memory, not fail).
@@ -35,14 +48,8 @@ impl Kernels {
             (Kernel::ScanEntries, 6, true, true),
         ] {
             let expected = params + if reads { inputs } else { 0 } + if writes { outputs } else { 0 } + own;
-            let found = ptx.kernel(kernel).map(|k| k.params.len());
             let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries);
-            if found.is_some_and(|n| n != expected) || (found.is_none() && !optional) {
-                return Err(RunError::Codegen {
-                    aggregator: aggregator.to_string(),
-                    message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
-                });
-            }
+            check_params(aggregator, ptx, kernel, expected, optional)?;
         }
         let module = device.module(aggregator, &ptx.text)?;
         let get = |k: Kernel| module.function(k.name());

@@ -36,7 +36,7 @@ use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STA
 
 use super::device::{Device, DeviceBuffer, Function};
 use super::forms::FormEnd;
-use super::launch::Launcher;
+use super::launch::{check_params, Launcher};
 use crate::error::RunError;
 
 /// The kernels a run uses.
@@ -102,14 +102,7 @@ pub(crate) struct Lookback {
 /// Loads the only kernel of `module` after checking that it takes the params, inputs
 /// and outputs (`counts`) and `own` arguments of its launch.
 fn load(device: &Device, aggregator: &str, module: &psm_codegen::ptx::PtxModule, kernel: Kernel, counts: [usize; 3], own: usize) -> Result<Function, RunError> {
-    let expected = counts.iter().sum::<usize>() + own;
-    let found = module.kernel(kernel).map(|k| k.params.len());
-    if found != Some(expected) {
-        return Err(RunError::Codegen {
-            aggregator: aggregator.to_string(),
-            message: format!("kernel `{}` takes {found:?} parameters; the runtime passes {expected}", kernel.name()),
-        });
-    }
+    check_params(aggregator, module, kernel, counts.iter().sum::<usize>() + own, false)?;
     device.module(aggregator, &module.text)?.function(kernel.name())
 }
 
