@@ -68,6 +68,7 @@ run)
     # 3. The libraries (JAX last and alone: it reserves device memory).
     timeout 150 python3 bench/gpu/baselines.py torch > "$logs/torch.jsonl" 2> "$logs/torch.err"
     timeout 90 python3 bench/gpu/baselines.py jax > "$logs/jax.jsonl" 2> "$logs/jax.err"
+    wc -l "$logs/torch.jsonl" "$logs/jax.jsonl"
 
     python3 "$dir/table.py" "$logs/psm.json" "$logs/torch.jsonl" "$logs/jax.jsonl" | tee "$logs/table.txt"
     exit $status

@@ -54,9 +54,15 @@ def main():
     libs = []
     for path in sys.argv[2:]:
         try:
-            libs += [json.loads(line) for line in open(path) if line.strip()]
+            lines = [line for line in open(path) if line.strip()]
         except OSError:
-            pass
+            continue
+        for line in lines:
+            try:
+                libs.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A library that writes to stdout (warnings, progress) must not lose the table.
+                print(f"not a result line in {path}: {line.strip()[:120]}")
     copy = [l for l in libs if l.get("suite") == "copy" and "seconds" in l]
     copy_bps = copy[0]["bytes"] / copy[0]["seconds"] if copy else None
     print(f"copy bandwidth (torch copy_, same run): {copy_bps / 1e12:.2f} TB/s" if copy_bps else "copy bandwidth: not measured")
