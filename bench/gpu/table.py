@@ -85,6 +85,12 @@ def main():
         unit = f"{seconds * 1e6:.1f} us/call" if per_call else f"{seconds * 1e3:.3f} ms"
         name = f"{r['operator']}" + (" (push, host copies)" if per_call else "")
         print(f"{name:34} {r['form']:9} {str(r['shape']):22} {unit:>11} {gbs:7.0f} {frac:>7}  {best_text:44} {ratio:>7}")
+    matched = [problem(r) for r in psm]
+    alone = [l for l in libs if "seconds" in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched]
+    if alone:
+        print("\nlibrary rows without a psm row:")
+        for l in alone:
+            print(f"  {l['suite']:12} {l['name']:34} {str(l['shape']):22} {l['seconds'] * 1e3:9.3f} ms {l['bytes'] / l['seconds'] / 1e9:7.0f} GB/s")
 
 
 if __name__ == "__main__":
