@@ -215,7 +215,7 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let chosen = self.choose(opts, kernel)?;
+        let chosen = self.choose(opts, kernel, nseq)?;
         let (form, chunk) = match (chosen, &self.inner.lookback) {
             (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
             _ => {
@@ -233,16 +233,30 @@ impl CudaExecutor {
         Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, chosen })
     }
 
-    /// The kernels a run with these options takes: the rule of
+    /// The kernels a run of `nseq` sequences with these options takes: the rule of
     /// [`select`](super::select); an error when `kernel` forces kernels that do not
     /// apply.
-    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Chosen, RunError> {
+    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel, nseq: usize) -> Result<Chosen, RunError> {
         let associative = self.signature().associative;
+        let lookback_forms = &[Form::Auto, Form::Chunked][..];
+        let lanes_forms = &[Form::Auto, Form::Recurrent, Form::Chunked][..];
         let (chosen, available, forms, name) = match kernel {
-            // Forced-only until the look-back and lanes kernels have run on a GPU.
-            CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
-            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
-            CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
+            CudaKernel::Generic => return Ok(Chosen::Generic),
+            CudaKernel::Auto => {
+                // The look-back scan for the few sequences that one thread each would
+                // leave the device idle with (its tile is fixed: no chunk size given).
+                let lookback = self.inner.lookback.is_some() && opts.form == Form::Auto && opts.chunk.is_none() && nseq < ENOUGH_THREADS;
+                let lanes = self.inner.kernels.scan_entries.is_some() && lanes_forms.contains(&opts.form);
+                return Ok(if associative && lookback {
+                    Chosen::Lookback
+                } else if associative && lanes {
+                    Chosen::Lanes
+                } else {
+                    Chosen::Generic
+                });
+            }
+            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), lookback_forms, "look-back scan"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), lanes_forms, "lanes kernel"),
         };
         let why = if !associative {
             format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
