@@ -25,7 +25,11 @@ fn exactly_the_operators_with_scalar_elements_and_rows_get_the_kernel() {
 #[test]
 fn geometry_and_parameters() {
     let m = lookback("ema").expect("ema has scalar fields");
-    assert_eq!((m.items, m.tile, m.record), (8, 2048, 8 + 2 * m.module.layout.size));
+    // One 8-byte status slot per 32-bit word of the element: ema's is two f64 fields;
+    // its f64 stages fit 8 positions per thread, cumsum's 16.
+    assert_eq!((m.items, m.tile, m.record), (8, 2048, 4 * 8));
+    let c = lookback("cumsum").expect("cumsum has scalar fields");
+    assert_eq!((c.items, c.tile, c.record), (16, 4096, 8));
     assert_eq!(m.status_bytes(3), Some(8 + 3 * m.record));
     let names: Vec<&str> = m.module.kernels[0].params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(m.module.kernels[0].kernel, Kernel::Lookback);

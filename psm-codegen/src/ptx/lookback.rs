@@ -12,8 +12,12 @@
 //! Launched with [`LOOKBACK_BLOCK`] threads per block and exactly `nseq · ⌈steps / tile⌉`
 //! blocks (`tile` = [`LookbackModule::tile`] positions, `items` per thread). `status`
 //! holds [`LookbackModule::status_bytes`] bytes, zeroed before each launch: a `u64`
-//! tile counter, then one record per tile (a `u32` flag padded to 8 bytes, the tile's
-//! aggregate, its inclusive prefix). Flags: [`HAS_STATE`] (sequence s starts from
+//! tile counter, then one record per tile of [`LookbackModule::record`] bytes: one
+//! 8-byte slot per 32-bit word of the element, the word in its low half and the
+//! record's status in its high half (1: the tile's aggregate, 2: its inclusive prefix,
+//! which overwrites the aggregate). Each slot is written and read by one relaxed
+//! 64-bit access, so a reader that sees one status in every slot holds that element:
+//! no fence between data and flag, and the value arrives with the flag. Flags: [`HAS_STATE`] (sequence s starts from
 //! element s of `state_in`), [`REVERSE`], [`NO_STATE_OUT`] (else p_T of sequence s goes
 //! to element s of `state_out`). Outputs are always written.
 //!
@@ -22,14 +26,27 @@
 //!    predecessor has started: forward progress without co-scheduling);
 //! 2. stages the tile's inputs in shared memory (16-byte loads when the tile is full and
 //!    its rows 16-byte aligned; one pad scalar per 128 bytes against bank conflicts);
-//! 3. each thread folds its `items` consecutive positions; a warp scan by shuffles,
-//!    then warp 0 scans the warp aggregates;
-//! 4. warp 0 publishes the tile aggregate (flag 1), looks back over the predecessors of
-//!    the same sequence 32 at a time (aggregates folded until an inclusive prefix, or the
-//!    sequence's start with its initial state), publishes the inclusive prefix (flag 2);
-//!    tile 0 publishes its prefix at once;
-//! 5. each thread re-scans its positions from its exclusive prefix, reading out into
-//!    shared memory, and the block stores the outputs as it loaded the inputs.
+//! 3. each thread folds its `items` consecutive positions (in a full tile unrolled, its
+//!    staged rows a pointer step apart); a warp scan by shuffles, then warp 0 scans the
+//!    warp aggregates;
+//! 4. warp 0 publishes the tile aggregate (status 1), looks back over the predecessors
+//!    of the same sequence 32 at a time (aggregates folded until an inclusive prefix, or
+//!    the sequence's start with its initial state), publishes the inclusive prefix
+//!    (status 2); tile 0 publishes its prefix at once;
+//! 5. each thread re-scans its positions from its exclusive prefix (unrolled as in 3),
+//!    reading out into shared memory, and the block stores the outputs as it loaded the
+//!    inputs.
+//!
+//! What bounds it (cumsum over 2^28 f32 on an H200 moves 2 GiB; 0.56 ms is 0.9× the
+//! copy bandwidth): a block's life is a chain of latencies — tile counter, loads,
+//! fold, look-back, re-scan, stores — and only its loads and stores move bytes, so the
+//! bytes in flight per SM are bounded by the resident blocks' tiles. Each step of that
+//! chain is kept short: the look-back reads value and status in one relaxed access per
+//! word (an acquire load and a release store compile to an L1 invalidation and a
+//! `MEMBAR.GPU`, each a round trip to L2, on every poll and publication), and a full
+//! tile's positions are unrolled (the loop's 64-bit row and padding arithmetic was
+//! about 25 instructions per position per pass, more than the bandwidth budget of a
+//! cheap operator: about 3 remain for cumsum).
 //!
 //! Positions in a tile past `steps` and threads without positions carry a validity
 //! predicate: a missing operand is the flagged identity (never evaluated), so no
@@ -51,8 +68,10 @@ use crate::layout::dtype_size;
 pub const LOOKBACK_BLOCK: u32 = 256;
 const BLOCK: usize = LOOKBACK_BLOCK as usize;
 const WARPS: usize = BLOCK / 32;
-/// Positions per thread when the staged rows fit.
-const MAX_ITEMS: usize = 8;
+/// Positions per thread when the staged rows fit. Larger tiles spread a tile's fixed
+/// latencies (counter, barriers, look-back) over more bytes: cumsum over 2^28 f32 on an
+/// H200 took 1.83 / 1.15 / 0.89 ms at 4 / 8 / 16 (one run; 32 does not fit the stages).
+const MAX_ITEMS: usize = 16;
 /// Shared memory for staged inputs and outputs (of the 48 KiB a block may declare
 /// statically).
 const STAGE_LIMIT: usize = 40 * 1024;
@@ -129,7 +148,7 @@ pub fn compile_lookback(
         return Err(PtxError::LocalMemory { kernel: Kernel::Lookback.name(), bytes: g.local_bytes, limit: super::LOCAL_LIMIT });
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
-    let record = 8 + 2 * cx.layout.size;
+    let record = record_bytes(&cx);
     let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
     Ok(Some(LookbackModule { module, items: plan.items, tile: BLOCK * plan.items, record }))
 }
@@ -336,7 +355,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let (elem, items) = (cx.layout.size, plan.items);
     let tile = BLOCK * items;
-    let record = 8 + 2 * elem;
+    let record = record_bytes(cx);
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let mut f = Frame::new(cx, math, Kernel::Lookback, &bodies, 0);
@@ -453,23 +472,68 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     };
     let one = f.l.u64_const(1);
 
+    // A full tile walks each thread's positions unrolled, its staged rows one pointer
+    // step apart: the thread's `items` rows are one aligned block inside a pad group
+    // when `items · size` divides PAD_EVERY (else only the loop is emitted). This spares
+    // the loop's per-position 64-bit row and padding arithmetic, which is most of the
+    // instructions of a cheap operator.
+    let unrolled = in_stages.iter().chain(&out_stages).flatten().all(|&(_, z)| PAD_EVERY % (items * z) == 0);
+    let full = f.l.e.reg(Class::Pred);
+    f.l.e.ins(format!("setp.eq.u64 {full}, {len}, {tile}"));
+    // Row pointers of the thread's first position in every stage, with their step.
+    let walk = |f: &mut Frame<'_>, stages: &[Option<(Reg, usize)>]| -> Vec<Option<(Reg, Reg)>> {
+        let r = row_of(f, j0);
+        let rows = staged_rows(f, stages, r);
+        rows.iter()
+            .zip(stages)
+            .map(|(row, stage)| {
+                let (row, (_, z)) = (row.as_ref()?, stage.as_ref()?);
+                let dir = f.l.e.reg(Class::B64);
+                f.l.e.ins(format!("selp.s64 {dir}, -{z}, {z}, {rev}"));
+                Some((*row, dir))
+            })
+            .collect()
+    };
+    let rows_now = |w: &[Option<(Reg, Reg)>]| -> Vec<Option<Reg>> { w.iter().map(|p| p.map(|(r, _)| r)).collect() };
+    let advance = |f: &mut Frame<'_>, w: &[Option<(Reg, Reg)>]| {
+        for (r, dir) in w.iter().flatten() {
+            f.l.e.ins(format!("add.s64 {r}, {r}, {dir}"));
+        }
+    };
+
     f.l.e.comment("the thread's aggregate");
     let a = (fresh(&mut f), has);
-    let no_items = f.l.e.label("no_items");
+    // One position of the fold: a = a • lift(x).
+    let fold_step = |f: &mut Frame<'_>, rows: &[Option<Reg>]| {
+        let x = fresh(f);
+        lift_at(f, &params, rows, zero64, view(&x));
+        let next = fresh(f);
+        combine_into(f, &params, view(&a.0), view(&x), view(&next));
+        for (d, s) in a.0.iter().zip(&next) {
+            f.l.mov(*d, *s);
+        }
+    };
+    let (no_items, fold_loop) = (f.l.e.label("no_items"), f.l.e.label("fold_loop"));
     f.l.e.ins(format!("@!{has} bra {no_items}"));
+    if unrolled {
+        f.l.e.ins(format!("@!{full} bra {fold_loop}"));
+        f.l.e.comment(format!("full tile: {items} positions unrolled"));
+        let w = walk(&mut f, &in_stages);
+        lift_at(&mut f, &params, &rows_now(&w), zero64, view(&a.0));
+        for _ in 1..items {
+            advance(&mut f, &w);
+            fold_step(&mut f, &rows_now(&w));
+        }
+        f.l.e.ins(format!("bra.uni {no_items}"));
+    }
+    f.l.e.place(&fold_loop);
     let r = row_of(&mut f, j0);
     let rows = staged_rows(&mut f, &in_stages, r);
     lift_at(&mut f, &params, &rows, zero64, view(&a.0));
     positions(&mut f, one, &mut |f, j| {
         let r = row_of(f, j);
         let rows = staged_rows(f, &in_stages, r);
-        let x = fresh(f);
-        lift_at(f, &params, &rows, zero64, view(&x));
-        let next = fresh(f);
-        combine_into(f, &params, view(&a.0), view(&x), view(&next));
-        for (d, s) in a.0.iter().zip(&next) {
-            f.l.mov(*d, *s);
-        }
+        fold_step(f, &rows);
     });
     f.l.e.place(&no_items);
 
@@ -536,25 +600,19 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     f.l.e.ins(format!("bra.uni {publish}"));
 
     f.l.e.place(&look_back);
-    f.l.e.comment("publish the aggregate (flag 1), then look back");
+    f.l.e.comment("publish the aggregate (status 1), then look back");
     let skip_agg = f.l.e.label("aggregate_published");
     f.l.e.ins(format!("@!{lane0} bra {skip_agg}"));
-    let agg_slot = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("add.s64 {agg_slot}, {rec}, 8"));
-    store(&mut f, &agg_t.0, ".global", agg_slot);
-    f.l.e.ins(format!("st.release.gpu.global.u32 [{rec}], 1"));
+    publish_record(&mut f, &agg_t.0, rec, AGGREGATE);
     f.l.e.place(&skip_agg);
-    look_back_loop(&mut f, &params, LookBack { status, s, tps, t, lane, has0, seq_state, record, elem }, &excl);
+    look_back_loop(&mut f, &params, LookBack { status, s, tps, t, lane, has0, seq_state, record }, &excl);
 
     f.l.e.place(&publish);
     let incl_t = op(&mut f, &params, &excl, &agg_t);
     let e = &mut f.l.e;
     let skip_pub = e.label("prefix_published");
     e.ins(format!("@!{lane0} bra {skip_pub}"));
-    let pre_slot = e.reg(Class::B64);
-    e.ins(format!("add.s64 {pre_slot}, {rec}, {}", 8 + elem));
-    store(&mut f, &incl_t.0, ".global", pre_slot);
-    f.l.e.ins(format!("st.release.gpu.global.u32 [{rec}], 2"));
+    publish_record(&mut f, &incl_t.0, rec, PREFIX);
     store(&mut f, &excl.0, ".shared", tile_excl);
     let e = &mut f.l.e;
     let eb = e.reg(Class::B32);
@@ -600,9 +658,46 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     // The re-scan with readouts into the output stage.
     f.l.e.comment("re-scan the thread's positions, reading out");
     let p_ = fresh(&mut f);
+    // One position of the re-scan: read out and p = p • lift(x).
+    let rescan_step = |f: &mut Frame<'_>, rows_in: &[Option<Reg>], rows_out: &[Option<Reg>]| {
+        let x = fresh(f);
+        lift_at(f, &params, rows_in, zero64, view(&x));
+        if exclusive {
+            readout_at(f, &params, rows_in, rows_out, zero64, Some(view(&p_)), None);
+        }
+        let next = fresh(f);
+        combine_into(f, &params, view(&p_), view(&x), view(&next));
+        if !exclusive {
+            readout_at(f, &params, rows_in, rows_out, zero64, Some(view(&next)), None);
+        }
+        for (d, s) in p_.iter().zip(&next) {
+            f.l.mov(*d, *s);
+        }
+    };
     let e = &mut f.l.e;
-    let (rescan_done, from_prefix) = (e.label("rescan_done"), e.label("from_prefix"));
+    let (rescan_done, from_prefix, rescan_loop) = (e.label("rescan_done"), e.label("from_prefix"), e.label("rescan_loop"));
     e.ins(format!("@!{has} bra {rescan_done}"));
+    if unrolled {
+        let e = &mut f.l.e;
+        let fast = e.reg(Class::Pred);
+        e.ins(format!("and.pred {fast}, {full}, {}", start_p.1));
+        e.ins(format!("@!{fast} bra {rescan_loop}"));
+        e.comment(format!("full tile after a prefix: {items} positions unrolled"));
+        for (d, s) in p_.iter().zip(&start_p.0) {
+            f.l.mov(*d, *s);
+        }
+        let (w_in, w_out) = (walk(&mut f, &in_stages), walk(&mut f, &out_stages));
+        for k in 0..items {
+            if k > 0 {
+                advance(&mut f, &w_in);
+                advance(&mut f, &w_out);
+            }
+            rescan_step(&mut f, &rows_now(&w_in), &rows_now(&w_out));
+        }
+        f.l.e.ins(format!("bra.uni {rescan_done}"));
+    }
+    let e = &mut f.l.e;
+    e.place(&rescan_loop);
     e.ins(format!("@{} bra {from_prefix}", start_p.1));
     e.comment("the sequence's first position, without a prefix");
     let r = row_of(&mut f, j0);
@@ -629,19 +724,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
         let r = row_of(f, j);
         let rows_in = staged_rows(f, &in_stages, r);
         let rows_out = staged_rows(f, &out_stages, r);
-        let x = fresh(f);
-        lift_at(f, &params, &rows_in, zero64, view(&x));
-        if exclusive {
-            readout_at(f, &params, &rows_in, &rows_out, zero64, Some(view(&p_)), None);
-        }
-        let next = fresh(f);
-        combine_into(f, &params, view(&p_), view(&x), view(&next));
-        if !exclusive {
-            readout_at(f, &params, &rows_in, &rows_out, zero64, Some(view(&next)), None);
-        }
-        for (d, s) in p_.iter().zip(&next) {
-            f.l.mov(*d, *s);
-        }
+        rescan_step(f, &rows_in, &rows_out);
     });
     f.l.e.place(&rescan_done);
     f.l.e.ins("bar.sync 0");
@@ -658,6 +741,73 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     f.finish()
 }
 
+/// Status of a published record word: the tile's aggregate, or its inclusive prefix
+/// (0: nothing yet; the buffer is zeroed before each launch).
+const AGGREGATE: u32 = 1;
+const PREFIX: u32 = 2;
+
+/// 32-bit words of an element in registers (an f64 field is two).
+fn word_count(cx: &Ctx<'_>) -> usize {
+    cx.layout.dtypes.iter().map(|d| if Class::of(d.scalar()) == Class::F64 { 2 } else { 1 }).sum()
+}
+
+/// Bytes of one tile's status record: one 8-byte slot per 32-bit word of the element.
+fn record_bytes(cx: &Ctx<'_>) -> usize {
+    8 * word_count(cx)
+}
+
+/// The 32-bit words of an element in registers.
+fn words_of(f: &mut Frame<'_>, x: &[Reg]) -> Vec<Reg> {
+    let mut words = Vec::new();
+    for &r in x {
+        let e = &mut f.l.e;
+        match r.class {
+            Class::F64 => {
+                let (lo, hi) = (e.reg(Class::B32), e.reg(Class::B32));
+                e.ins(format!("mov.b64 {{{lo}, {hi}}}, {r}"));
+                words.extend([lo, hi]);
+            }
+            Class::B32 => words.push(r),
+            // F32 (element fields are f32, f64 or i32).
+            _ => {
+                let w = e.reg(Class::B32);
+                e.ins(format!("mov.b32 {w}, {r}"));
+                words.push(w);
+            }
+        }
+    }
+    words
+}
+
+/// Sets the element registers `x` from its 32-bit words (as [`words_of`] gave them).
+fn set_from_words(f: &mut Frame<'_>, x: &[Reg], words: &[Reg]) {
+    let mut k = 0;
+    for &r in x {
+        if r.class == Class::F64 {
+            f.l.e.ins(format!("mov.b64 {r}, {{{}, {}}}", words[k], words[k + 1]));
+            k += 2;
+        } else {
+            f.l.e.ins(format!("mov.b32 {r}, {}", words[k]));
+            k += 1;
+        }
+    }
+}
+
+/// Publishes an element at the status record `rec`: each 32-bit word in its own 8-byte
+/// slot beside `status`, by relaxed 64-bit stores. A reader that sees one status in
+/// every slot has the element that status names, with no fence between data and flag
+/// (each slot is one single-copy-atomic access); the prefix overwrites the aggregate.
+fn publish_record(f: &mut Frame<'_>, x: &[Reg], rec: Reg, status: u32) {
+    let words = words_of(f, x);
+    let e = &mut f.l.e;
+    let (st, slot) = (e.reg(Class::B32), e.reg(Class::B64));
+    e.ins(format!("mov.u32 {st}, {status}"));
+    for (k, w) in words.iter().enumerate() {
+        e.ins(format!("mov.b64 {slot}, {{{w}, {st}}}"));
+        e.ins(format!("st.relaxed.gpu.global.u64 [{rec}+{}], {slot}", 8 * k));
+    }
+}
+
 /// What the look-back reads.
 struct LookBack {
     status: Reg,
@@ -668,16 +818,17 @@ struct LookBack {
     has0: Reg,
     seq_state: Reg,
     record: usize,
-    elem: usize,
 }
 
 /// Warp 0 folds the predecessors of tile `t` (of sequence `s`), 32 per round, lane l
-/// reading tile `base - l`: waits until none of them is unpublished, then folds the
-/// aggregates of the lanes before the first inclusive prefix (or the sequence's start,
-/// where the initial state stands in for a prefix) and that prefix. `excl` receives
-/// the fold (valid in lane 0).
+/// reading tile `base - l` (every slot of its record in one poll, so that the value
+/// comes with its status): waits until every lane's record is published (one status in
+/// all its slots), then folds the aggregates of the lanes before the first inclusive
+/// prefix (or the sequence's start, where the initial state stands in for a prefix)
+/// and that prefix. `excl` receives the fold (valid in lane 0).
 fn look_back_loop(f: &mut Frame<'_>, params: &[Option<Reg>], lb: LookBack, excl: &(Regs, Reg)) {
-    let LookBack { status, s, tps, t, lane, has0, seq_state, record, elem } = lb;
+    let LookBack { status, s, tps, t, lane, has0, seq_state, record } = lb;
+    let words = record / 8;
     let e = &mut f.l.e;
     let (base, ti, in_seq, not_in, gi, addr) =
         (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B64), e.reg(Class::B64));
@@ -692,38 +843,41 @@ fn look_back_loop(f: &mut Frame<'_>, params: &[Option<Reg>], lb: LookBack, excl:
     e.ins(format!("mad.lo.s64 {gi}, {s}, {tps}, {ti}"));
     e.ins(format!("mad.lo.s64 {addr}, {gi}, {record}, {status}"));
     e.ins(format!("add.s64 {addr}, {addr}, 8"));
-    let (flag, ready, all) = (e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred));
+    let slots: Vec<Reg> = (0..words).map(|_| e.reg(Class::B64)).collect();
+    let data: Vec<Reg> = (0..words).map(|_| e.reg(Class::B32)).collect();
+    let (flag, other, differs, ready, all) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
     e.place(&spin);
-    e.ins(format!("mov.u32 {flag}, 0"));
-    e.ins(format!("@{in_seq} ld.acquire.gpu.global.u32 {flag}, [{addr}]"));
+    for (k, slot) in slots.iter().enumerate() {
+        e.ins(format!("mov.u64 {slot}, 0"));
+        e.ins(format!("@{in_seq} ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k));
+    }
+    e.ins(format!("mov.b64 {{{}, {flag}}}, {}", data[0], slots[0]));
+    for (d, slot) in data.iter().zip(&slots).skip(1) {
+        e.ins(format!("mov.b64 {{{d}, {other}}}, {slot}"));
+        e.ins(format!("setp.ne.u32 {differs}, {other}, {flag}"));
+        e.ins_c(format!("selp.u32 {flag}, 0, {flag}, {differs}"), "slots of two publications: not yet");
+    }
     e.ins(format!("setp.ne.u32 {ready}, {flag}, 0"));
     e.ins(format!("or.pred {ready}, {ready}, {not_in}"));
     e.ins(format!("vote.sync.all.pred {all}, {ready}, 0xffffffff"));
     e.ins(format!("@!{all} bra {spin}"));
     let (is_p, at_start, m, k, rb) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::B32));
-    e.ins(format!("setp.eq.u32 {is_p}, {flag}, 2"));
+    e.ins(format!("setp.eq.u32 {is_p}, {flag}, {PREFIX}"));
     e.ins(format!("setp.eq.s64 {at_start}, {ti}, -1"));
     e.ins_c(format!("or.pred {is_p}, {is_p}, {at_start}"), "an inclusive prefix, or the sequence's start");
     e.ins(format!("vote.sync.ballot.b32 {m}, {is_p}, 0xffffffff"));
     e.ins(format!("brev.b32 {rb}, {m}"));
     e.ins_c(format!("clz.b32 {k}, {rb}"), "the first such lane (32: none)");
-    let (before, at, take_p, take_init, src) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B64));
+    let (before, at, take_p, take_init) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
     e.ins(format!("setp.lt.u32 {before}, {lane}, {k}"));
     e.ins(format!("setp.eq.u32 {at}, {lane}, {k}"));
     e.ins(format!("and.pred {take_p}, {at}, {in_seq}"));
     e.ins(format!("and.pred {take_init}, {at}, {at_start}"));
     e.ins(format!("and.pred {take_init}, {take_init}, {has0}"));
-    let pre = e.reg(Class::B64);
-    e.ins(format!("add.s64 {src}, {addr}, 8"));
-    e.ins(format!("add.s64 {pre}, {addr}, {}", 8 + elem));
-    e.ins(format!("selp.b64 {src}, {pre}, {src}, {take_p}"));
     let x = (fresh(f), f.l.e.reg(Class::Pred));
-    let e = &mut f.l.e;
-    e.ins(format!("or.pred {}, {before}, {take_p}", x.1));
-    let (skip_load, skip_init) = (e.label("no_record"), e.label("no_state"));
-    e.ins(format!("@!{} bra {skip_load}", x.1));
-    load(f, &x.0, ".relaxed.gpu.global", src);
-    f.l.e.place(&skip_load);
+    f.l.e.ins(format!("or.pred {}, {before}, {take_p}", x.1));
+    set_from_words(f, &x.0, &data);
+    let skip_init = f.l.e.label("no_state");
     f.l.e.ins(format!("@!{take_init} bra {skip_init}"));
     load(f, &x.0, ".global", seq_state);
     f.l.e.place(&skip_init);
