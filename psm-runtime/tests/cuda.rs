@@ -360,8 +360,9 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
 /// A forced kernel (`CudaKernel::Lookback` or `Lanes`) of an operator that has it, at
 /// awkward lengths × batch {1, 3}: outputs and final states against the interpreter's
 /// F64 fold; reverse scans and initial states against the CPU backend. The look-back
-/// scan (form auto) at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a
-/// look-back past one 32-tile window); the lanes kernel in the recurrent form and the
+/// scan (form auto; scalar elements, or a thread per entry for independent entries)
+/// at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a look-back past one
+/// 32-tile window); the lanes kernel in the recurrent form and the
 /// chunked form (chunks of 5 and automatic) at 0–9 (around its 4-step unrolling), 64,
 /// 1000 and 4097. Operators without the kernel, or not associative, get a typed error
 /// when it is forced. `auto` takes the kernel where cuda::select's rule says so, and
@@ -412,7 +413,11 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
         assert_ne!(auto(&plain, 1 << 16), Chosen::Lookback, "{name}: auto, 65536 sequences fill the device alone");
         assert_ne!(auto(&RunOptions { chunk: Some(64), ..Default::default() }, 3), Chosen::Lookback, "{name}: auto with a chunk size");
     } else {
-        for form in [Form::Auto, Form::Recurrent, Form::Chunked] {
+        // Few sequences: the per-entry look-back scan where the operator has one.
+        let few = if gpu.lookback_tile().is_some() { Chosen::Lookback } else { Chosen::Lanes };
+        assert_eq!(auto(&plain, 3), few, "{name}: auto, 3 sequences");
+        assert_eq!(auto(&plain, 1 << 16), Chosen::Lanes, "{name}: auto, 65536 sequences fill the device alone");
+        for form in [Form::Recurrent, Form::Chunked] {
             assert_eq!(auto(&RunOptions { form, ..Default::default() }, 3), Chosen::Lanes, "{name}: auto, form {form:?}");
         }
         assert_eq!(auto(&RunOptions { form: Form::Tree, ..Default::default() }, 3), Chosen::Generic, "{name}: auto, the tree");

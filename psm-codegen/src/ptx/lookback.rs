@@ -9,10 +9,16 @@
 //! psm_lookback(params…, inputs…, outputs…, nseq, steps, state_in, state_out, status, flags: u32)
 //! ```
 //!
-//! Launched with [`LOOKBACK_BLOCK`] threads per block and exactly `nseq · ⌈steps / tile⌉`
-//! blocks (`tile` = [`LookbackModule::tile`] positions, `items` per thread). `status`
-//! holds [`LookbackModule::status_bytes`] bytes, zeroed before each launch: a `u64`
-//! tile counter, then one record per tile of [`LookbackModule::record`] bytes: one
+//! Elements whose entries scan independently (diagonal affine recurrences) get
+//! channels.rs's kernel of the same name, arguments and status protocol instead: a
+//! thread per entry of each tile of 32 steps, a look-back per entry.
+//!
+//! Launched with [`LookbackModule::block`] threads per block ([`LOOKBACK_BLOCK`] here)
+//! and exactly the blocks of
+//! [`LookbackModule::launch`] (`nseq · ⌈steps / tile⌉` here: `tile` =
+//! [`LookbackModule::tile`] positions, `items` per thread). `status` holds the bytes
+//! [`LookbackModule::launch`] gives, zeroed before each launch: a `u64` tile counter,
+//! then one record per tile (and entry) of [`LookbackModule::record`] bytes: one
 //! 8-byte slot per 32-bit word of the element, the word in its low half and the
 //! record's status in its high half (1: the tile's aggregate, 2: its inclusive prefix,
 //! which overwrites the aggregate). Each slot is written and read by one relaxed
@@ -60,6 +66,7 @@ use psm_ir::ir::{Body, ReadoutKind, Role};
 use super::emit::{suffix, Class, Reg};
 use super::kernels::{combine_into, lift_at, param_bases, readout_at, used, Frame, Generated};
 use super::lower::{Ctx, ElemView, Loc, Space};
+use super::channels::{CHANNEL_BLOCK, CHANNEL_CHUNK};
 use super::math::MathFn;
 use super::{Kernel, PtxError, PtxModule, PtxOptions, HAS_STATE, NO_STATE_OUT, REVERSE};
 use crate::layout::dtype_size;
@@ -70,8 +77,10 @@ const BLOCK: usize = LOOKBACK_BLOCK as usize;
 const WARPS: usize = BLOCK / 32;
 /// Positions per thread when the staged rows fit. Larger tiles spread a tile's fixed
 /// latencies (counter, barriers, look-back) over more bytes: cumsum over 2^28 f32 on an
-/// H200 took 1.83 / 1.15 / 0.89 ms at 4 / 8 / 16 (one run; 32 does not fit the stages).
-const MAX_ITEMS: usize = 16;
+/// H200 took 1.83 / 1.15 / 0.89 ms at 4 / 8 / 16 (one run, separate input and output
+/// stages), 0.71 ms at 32 with the output staged over the input (another run; over
+/// 2^26 that run measured 0.260 ms at 32 against 0.245 ms at 16).
+const MAX_ITEMS: usize = 32;
 /// Shared memory for staged inputs and outputs (of the 48 KiB a block may declare
 /// statically).
 const STAGE_LIMIT: usize = 40 * 1024;
@@ -85,16 +94,27 @@ pub struct LookbackModule {
     pub module: PtxModule,
     /// Positions per thread.
     pub items: usize,
-    /// Positions per block (`LOOKBACK_BLOCK · items`).
+    /// Positions per tile of a sequence (`LOOKBACK_BLOCK · items` for scalar elements,
+    /// `items` for elements of independent entries).
     pub tile: usize,
-    /// Bytes of one tile's status record.
+    /// Bytes of one status record.
     pub record: usize,
+    /// Entries scanned apart per sequence, a thread each: 1 for scalar elements, the
+    /// fields' entries for elements of independent entries (channels.rs).
+    pub entries: usize,
+    /// Threads per block of the launch.
+    pub block: u32,
 }
 
 impl LookbackModule {
-    /// Bytes of the `status` buffer for `tiles` tiles in all (every sequence's).
-    pub fn status_bytes(&self, tiles: usize) -> Option<usize> {
-        tiles.checked_mul(self.record)?.checked_add(8)
+    /// The launch over `nseq` sequences of `steps` steps: its blocks (of
+    /// [`LookbackModule::block`] threads) and the bytes of its zeroed `status` buffer (the
+    /// counter, then a record per tile and entry); `None` when they overflow.
+    pub fn launch(&self, nseq: usize, steps: usize) -> Option<(usize, usize)> {
+        let tiles = steps.div_ceil(self.tile).checked_mul(nseq)?;
+        let blocks = tiles.checked_mul(self.entries.div_ceil(self.block as usize))?;
+        let status = tiles.checked_mul(self.entries)?.checked_mul(self.record)?.checked_add(8)?;
+        Some((blocks, status))
     }
 }
 
@@ -104,11 +124,13 @@ fn staged_bytes(tile: usize, size: usize) -> usize {
     raw + raw / PAD_EVERY * size
 }
 
-/// Scalar size of each input the bodies read (None: not read), of each output, and
-/// the positions per thread; `None` when the aggregator does not fit the kernel.
+/// Scalar size of each input the bodies read (None: not read), of each output, the
+/// input stage each output's stage shares (see [`plan`]), and the positions per
+/// thread; `None` when the aggregator does not fit the kernel.
 struct Plan {
     inputs: Vec<Option<usize>>,
     outputs: Vec<usize>,
+    shares: Vec<Option<usize>>,
     items: usize,
 }
 
@@ -124,16 +146,33 @@ fn plan(cx: &Ctx<'_>) -> Option<Plan> {
         inputs.push(if r { Some(scalar(t)?) } else { None });
     }
     let outputs = agg.tensors_of(Role::Output).map(scalar).collect::<Option<Vec<_>>>()?;
-    let staged = |items: usize| inputs.iter().flatten().chain(&outputs).map(|&z| staged_bytes(BLOCK * items, z)).sum::<usize>();
+    // When the readout reads no input, an output row can overwrite the input row of its
+    // position, which the re-scan has lifted just before (and nothing reads again): an
+    // output's stage shares an input stage of its scalar size, one output per input,
+    // halving cumsum's shared memory so that its tile doubles.
+    let readout_reads = used(cx, &[&agg.readout], Role::Input).iter().any(|&u| u);
+    let mut taken = vec![readout_reads; inputs.len()];
+    let shares: Vec<Option<usize>> = outputs
+        .iter()
+        .map(|&z| {
+            let m = (0..inputs.len()).find(|&m| !taken[m] && inputs[m] == Some(z))?;
+            taken[m] = true;
+            Some(m)
+        })
+        .collect();
+    let own_outputs = outputs.iter().zip(&shares).filter(|(_, s)| s.is_none()).map(|(z, _)| z);
+    let sizes: Vec<usize> = inputs.iter().flatten().chain(own_outputs).copied().collect();
+    let staged = |items: usize| sizes.iter().map(|&z| staged_bytes(BLOCK * items, z)).sum::<usize>();
     let mut items = MAX_ITEMS;
     while items > 2 && staged(items) > STAGE_LIMIT {
         items /= 2;
     }
-    (staged(items) <= STAGE_LIMIT).then_some(Plan { inputs, outputs, items })
+    (staged(items) <= STAGE_LIMIT).then_some(Plan { inputs, outputs, shares, items })
 }
 
-/// The look-back module of an aggregator, or `None` when its element or rows are not
-/// scalars (or too many to stage).
+/// The look-back module of an aggregator: this file's kernel for scalar elements and
+/// rows, channels.rs's for elements of independent entries; `None` for others (or
+/// scalar rows too many to stage).
 pub fn compile_lookback(
     agg: &psm_ir::ir::Aggregator,
     info: &psm_ir::valid::Info,
@@ -141,16 +180,22 @@ pub fn compile_lookback(
 ) -> Result<Option<LookbackModule>, PtxError> {
     let version = super::isa_version(options.arch).ok_or(PtxError::UnsupportedArch(options.arch))?;
     let cx = Ctx::new(agg, info);
-    let Some(plan) = plan(&cx) else { return Ok(None) };
     let mut math = BTreeSet::new();
-    let g = kernel(&cx, &mut math, &plan);
+    // (kernel, positions per thread, positions per tile, entries, threads per block)
+    let (g, items, tile, entries, block) = match plan(&cx) {
+        Some(plan) => (kernel(&cx, &mut math, &plan), plan.items, BLOCK * plan.items, 1, BLOCK),
+        None => match super::channels::kernel(&cx, &mut math) {
+            Some((entries, g)) => (g, CHANNEL_CHUNK, CHANNEL_CHUNK, entries, CHANNEL_BLOCK),
+            None => return Ok(None),
+        },
+    };
     if g.local_bytes > super::LOCAL_LIMIT {
         return Err(PtxError::LocalMemory { kernel: Kernel::Lookback.name(), bytes: g.local_bytes, limit: super::LOCAL_LIMIT });
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
     let record = record_bytes(&cx);
     let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
-    Ok(Some(LookbackModule { module, items: plan.items, tile: BLOCK * plan.items, record }))
+    Ok(Some(LookbackModule { module, items, tile, record, entries, block: block as u32 }))
 }
 
 /// An element in registers (every field is rank 0).
@@ -180,7 +225,7 @@ fn assign(f: &mut Frame<'_>, dst: &(Regs, Reg), src: &(Regs, Reg)) {
 }
 
 /// `x • y` with validity (x earlier): a missing operand is the flagged identity.
-fn op(f: &mut Frame<'_>, params: &[Option<Reg>], x: &(Regs, Reg), y: &(Regs, Reg)) -> (Regs, Reg) {
+pub(super) fn op(f: &mut Frame<'_>, params: &[Option<Reg>], x: &(Regs, Reg), y: &(Regs, Reg)) -> (Regs, Reg) {
     let out = fresh(f);
     let dtypes = f.l.cx.layout.dtypes.clone();
     for (k, d) in dtypes.iter().enumerate() {
@@ -367,14 +412,17 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
         in_stages.push(z.map(|z| (shared(&mut f, &format!("stage_in{k}"), staged_bytes(tile, z), 16), z)));
     }
     let mut out_stages = Vec::new();
-    for (k, &z) in plan.outputs.iter().enumerate() {
-        out_stages.push(Some((shared(&mut f, &format!("stage_out{k}"), staged_bytes(tile, z), 16), z)));
+    for (k, (&z, share)) in plan.outputs.iter().zip(&plan.shares).enumerate() {
+        let stage = match share.and_then(|m| in_stages[m]) {
+            Some((stage, _)) => stage,
+            None => shared(&mut f, &format!("stage_out{k}"), staged_bytes(tile, z), 16),
+        };
+        out_stages.push(Some((stage, z)));
     }
     let warp_incl = shared(&mut f, "warp_incl", WARPS * elem, 8);
     let warp_valid = shared(&mut f, "warp_valid", WARPS * 4, 4);
     let tile_excl = shared(&mut f, "tile_excl", elem, 8);
     let tile_excl_valid = shared(&mut f, "tile_excl_valid", 4, 4);
-    let tile_slot = shared(&mut f, "tile_id", 8, 8);
 
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let state_in = f.global("state_in");
@@ -402,19 +450,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     e.ins(format!("add.s64 {tps}, {steps}, {}", tile - 1));
     e.ins(format!("div.u64 {tps}, {tps}, {tile}"));
     e.ins(format!("mul.lo.s64 {total}, {nseq}, {tps}"));
-    e.comment("the next tile from the counter (status word 0), in the order blocks start");
-    let (first, g) = (e.reg(Class::Pred), e.reg(Class::B64));
-    let taken = e.label("taken");
-    e.ins(format!("setp.ne.u32 {first}, {tid32}, 0"));
-    e.ins(format!("@{first} bra {taken}"));
-    e.ins(format!("atom.global.add.u64 {g}, [{status}], 1"));
-    e.ins(format!("st.shared.u64 [{tile_slot}], {g}"));
-    e.place(&taken);
-    e.ins("bar.sync 0");
-    e.ins(format!("ld.shared.u64 {g}, [{tile_slot}]"));
-    let past = e.reg(Class::Pred);
-    e.ins(format!("setp.ge.u64 {past}, {g}, {total}"));
-    e.ins(format!("@{past} bra {}", f.exit));
+    let g = take_tile(&mut f, status, tid32, total);
     let (s, t) = f.divmod(g, tps);
     let e = &mut f.l.e;
     let (start, len, mem_start, row0) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
@@ -477,7 +513,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     // when `items · size` divides PAD_EVERY (else only the loop is emitted). This spares
     // the loop's per-position 64-bit row and padding arithmetic, which is most of the
     // instructions of a cheap operator.
-    let unrolled = in_stages.iter().chain(&out_stages).flatten().all(|&(_, z)| PAD_EVERY % (items * z) == 0);
+    let unrolled = in_stages.iter().chain(&out_stages).flatten().all(|&(_, z)| PAD_EVERY.is_multiple_of(items * z));
     let full = f.l.e.reg(Class::Pred);
     f.l.e.ins(format!("setp.eq.u64 {full}, {len}, {tile}"));
     // Row pointers of the thread's first position in every stage, with their step.
@@ -741,10 +777,32 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     f.finish()
 }
 
+/// The block's tile: the next value of the counter at status word 0, taken by thread 0
+/// in the order blocks start (so every earlier tile has started) and shared through
+/// shared memory; the block leaves when it is at or past `total`.
+pub(super) fn take_tile(f: &mut Frame<'_>, status: Reg, tid32: Reg, total: Reg) -> Reg {
+    let tile_slot = shared(f, "tile_id", 8, 8);
+    let e = &mut f.l.e;
+    e.comment("the next tile from the counter (status word 0), in the order blocks start");
+    let (first, g) = (e.reg(Class::Pred), e.reg(Class::B64));
+    let taken = e.label("taken");
+    e.ins(format!("setp.ne.u32 {first}, {tid32}, 0"));
+    e.ins(format!("@{first} bra {taken}"));
+    e.ins(format!("atom.global.add.u64 {g}, [{status}], 1"));
+    e.ins(format!("st.shared.u64 [{tile_slot}], {g}"));
+    e.place(&taken);
+    e.ins("bar.sync 0");
+    e.ins(format!("ld.shared.u64 {g}, [{tile_slot}]"));
+    let past = e.reg(Class::Pred);
+    e.ins(format!("setp.ge.u64 {past}, {g}, {total}"));
+    e.ins(format!("@{past} bra {}", f.exit));
+    g
+}
+
 /// Status of a published record word: the tile's aggregate, or its inclusive prefix
 /// (0: nothing yet; the buffer is zeroed before each launch).
-const AGGREGATE: u32 = 1;
-const PREFIX: u32 = 2;
+pub(super) const AGGREGATE: u32 = 1;
+pub(super) const PREFIX: u32 = 2;
 
 /// 32-bit words of an element in registers (an f64 field is two).
 fn word_count(cx: &Ctx<'_>) -> usize {
@@ -752,7 +810,7 @@ fn word_count(cx: &Ctx<'_>) -> usize {
 }
 
 /// Bytes of one tile's status record: one 8-byte slot per 32-bit word of the element.
-fn record_bytes(cx: &Ctx<'_>) -> usize {
+pub(super) fn record_bytes(cx: &Ctx<'_>) -> usize {
     8 * word_count(cx)
 }
 
@@ -780,7 +838,7 @@ fn words_of(f: &mut Frame<'_>, x: &[Reg]) -> Vec<Reg> {
 }
 
 /// Sets the element registers `x` from its 32-bit words (as [`words_of`] gave them).
-fn set_from_words(f: &mut Frame<'_>, x: &[Reg], words: &[Reg]) {
+pub(super) fn set_from_words(f: &mut Frame<'_>, x: &[Reg], words: &[Reg]) {
     let mut k = 0;
     for &r in x {
         if r.class == Class::F64 {
@@ -797,7 +855,7 @@ fn set_from_words(f: &mut Frame<'_>, x: &[Reg], words: &[Reg]) {
 /// slot beside `status`, by relaxed 64-bit stores. A reader that sees one status in
 /// every slot has the element that status names, with no fence between data and flag
 /// (each slot is one single-copy-atomic access); the prefix overwrites the aggregate.
-fn publish_record(f: &mut Frame<'_>, x: &[Reg], rec: Reg, status: u32) {
+pub(super) fn publish_record(f: &mut Frame<'_>, x: &[Reg], rec: Reg, status: u32) {
     let words = words_of(f, x);
     let e = &mut f.l.e;
     let (st, slot) = (e.reg(Class::B32), e.reg(Class::B64));

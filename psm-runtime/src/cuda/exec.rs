@@ -33,8 +33,9 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
-    /// The look-back scan, when the aggregator's element and rows are scalars (loaded on
-    /// first use, so that a run of the generic kernels never depends on it).
+    /// The look-back scan, when the aggregator's element and rows are scalars or its
+    /// entries scan independently (loaded on first use, so that a run of the generic
+    /// kernels never depends on it).
     lookback: Option<Lookback>,
 }
 
@@ -243,9 +244,11 @@ impl CudaExecutor {
         let (chosen, available, forms, name) = match kernel {
             CudaKernel::Generic => return Ok(Chosen::Generic),
             CudaKernel::Auto => {
-                // The look-back scan for the few sequences that one thread each would
-                // leave the device idle with (its tile is fixed: no chunk size given).
-                let lookback = self.inner.lookback.is_some() && opts.form == Form::Auto && opts.chunk.is_none() && nseq < ENOUGH_THREADS;
+                // The look-back scan for the few sequences (× entries) that one thread
+                // each would leave the device idle with (its tile is fixed: no chunk
+                // size given).
+                let few = |lb: &Lookback| nseq.saturating_mul(lb.module.entries) < ENOUGH_THREADS;
+                let lookback = self.inner.lookback.as_ref().is_some_and(few) && opts.form == Form::Auto && opts.chunk.is_none();
                 let lanes = self.inner.kernels.scan_entries.is_some() && lanes_forms.contains(&opts.form);
                 return Ok(if associative && lookback {
                     Chosen::Lookback
@@ -262,7 +265,9 @@ impl CudaExecutor {
             format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
         } else if !available {
             match chosen {
-                Chosen::Lookback => "the look-back scan needs scalar element fields and scalar input and output rows".to_string(),
+                Chosen::Lookback => {
+                    "the look-back scan needs scalar element fields and input and output rows, or element fields whose entries scan independently".to_string()
+                }
                 _ => "the lanes kernel needs element fields and outputs of one vector length whose entries are independent".to_string(),
             }
         } else if !forms.contains(&opts.form) {

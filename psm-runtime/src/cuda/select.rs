@@ -5,15 +5,17 @@
 //! For an associative operator (proven, verified, or `assume associative`), `auto`
 //! takes, in this order:
 //! 1. the **look-back scan** (`psm_lookback`, psm-codegen's `ptx::compile_lookback`:
-//!    one pass over the data, fixed tiles, decoupled look-back between tiles) when its
-//!    element fields and input/output rows are scalars (the module has the kernel), the
-//!    form asked for is `auto` with no chunk size, and the batch has fewer sequences
-//!    than one thread per sequence needs to fill the device (65536); the run reports the
-//!    form `chunked` with the tile as its chunk;
+//!    one pass over the data, fixed tiles, decoupled look-back between tiles) when the
+//!    module has the kernel — element fields and input/output rows scalars, or element
+//!    fields whose entries scan independently (then a thread per entry of each tile and
+//!    a look-back per entry, such as diagonal affine recurrences over `[B, T, D]`) —
+//!    the form asked for is `auto` with no chunk size, and the batch has fewer
+//!    sequences × entries than one thread each needs to fill the device (65536); the
+//!    run reports the form `chunked` with the tile as its chunk;
 //! 2. the **lanes kernel** (`psm_scan_entries` of psm-codegen's module: `psm_scan` with
 //!    one thread per (sequence, chunk, entry)) when its element fields and outputs share
-//!    one shape with independent entries, such as diagonal affine recurrences over
-//!    `[B, T, D]`, and the form is `auto`, `recurrent` or `chunked` (`auto` picks between
+//!    one shape with independent entries and the form is `auto` (batches that fill the
+//!    device with a thread per entry), `recurrent` or `chunked` (`auto` picks between
 //!    the two as for `psm_scan`, counting D threads per chunk);
 //! 3. else the **generic kernels** of the form.
 //!
@@ -30,7 +32,7 @@
 
 use std::sync::OnceLock;
 
-use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, NO_STATE_OUT};
 
 use super::device::{Device, DeviceBuffer, Function};
 use super::forms::FormEnd;
@@ -130,15 +132,15 @@ impl Lookback {
     /// tile.
     pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
         let too_large = || RunError::TooLarge { what: format!("a look-back scan of {} sequences of {} steps", l.nseq, l.steps) };
-        let tiles = l.steps.div_ceil(self.module.tile).checked_mul(l.nseq).ok_or_else(too_large)?;
-        let status = l.device.alloc("the look-back status", self.module.status_bytes(tiles).ok_or_else(too_large)?, true)?;
+        let (blocks, status_bytes) = self.module.launch(l.nseq, l.steps).ok_or_else(too_large)?;
+        let status = l.device.alloc("the look-back status", status_bytes, true)?;
         let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
         let flags = state_flags(init, state.as_ref(), reverse);
         l.count(2 * (l.nseq * l.steps) as u64);
         let mut a = l.args(true, true);
         a.u64(l.nseq as u64).u64(l.steps as u64);
         a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
-        l.device.launch_blocks(self.lazy.function(l.device, &self.module.module)?, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        l.device.launch_blocks(self.lazy.function(l.device, &self.module.module)?, blocks as u64, self.module.block, &a)?;
         Ok(FormEnd { final_state: state, held: 1 })
     }
 }
