@@ -15,18 +15,38 @@ fn lookback(name: &str) -> Option<ptx::LookbackModule> {
 /// Operators whose element fields and input/output rows are all scalars.
 const SCALAR: [&str; 8] =
     ["cumsum", "ema", "last_value", "logcumsumexp", "lse_missing_rescale", "running_max_index", "scalar_affine", "subtract"];
+/// Operators whose element entries scan independently (the per-entry kernel).
+const ENTRIES: [&str; 2] = ["average", "diag_affine"];
 
 #[test]
-fn exactly_the_operators_with_scalar_elements_and_rows_get_the_kernel() {
+fn exactly_the_operators_with_scalar_or_independent_entries_get_the_kernel() {
     let with: Vec<String> = library().into_iter().filter(|n| lookback(n).is_some()).collect();
-    assert_eq!(with, SCALAR);
+    let mut want: Vec<&str> = SCALAR.iter().chain(&ENTRIES).copied().collect();
+    want.sort();
+    assert_eq!(with, want);
+    for name in SCALAR {
+        assert_eq!(lookback(name).unwrap().entries, 1, "{name}");
+    }
 }
 
 #[test]
 fn geometry_and_parameters() {
     let m = lookback("ema").expect("ema has scalar fields");
-    assert_eq!((m.items, m.tile, m.record), (8, 2048, 8 + 2 * m.module.layout.size));
-    assert_eq!(m.status_bytes(3), Some(8 + 3 * m.record));
+    // One 8-byte status slot per 32-bit word of the element: ema's is two f64 fields.
+    // Positions per thread as the stages fit: ema's f64 input and output share a stage
+    // (its readout reads no input), as cumsum's do.
+    assert_eq!((m.items, m.tile, m.record), (16, 4096, 4 * 8));
+    let c = lookback("cumsum").expect("cumsum has scalar fields");
+    assert_eq!((c.items, c.tile, c.record), (32, 8192, 8));
+    assert!(!c.module.text.contains("stage_out"), "cumsum's output is staged over its input");
+    // 3 sequences of 2 tiles and a step: 9 tiles, a record each after the counter.
+    assert_eq!(m.launch(3, 2 * m.tile + 1), Some((9, 8 + 9 * m.record)));
+    // diag_affine at D = 16: a thread per entry, a block per chunk of 64 steps; 3
+    // sequences of 65 steps are 6 chunks, a record per chunk and entry.
+    let d = lookback("diag_affine").expect("diag_affine's entries scan independently");
+    assert_eq!((d.entries, d.tile, d.record, d.block), (16, 64, 2 * 8, 64));
+    assert_eq!(d.launch(3, 65), Some((6, 8 + 6 * 16 * d.record)));
+    assert_eq!(m.block, ptx::LOOKBACK_BLOCK);
     let names: Vec<&str> = m.module.kernels[0].params.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(m.module.kernels[0].kernel, Kernel::Lookback);
     assert_eq!(names, ["param_alpha", "in_v", "out_y", "nseq", "steps", "state_in", "state_out", "status", "flags"]);
@@ -34,7 +54,7 @@ fn geometry_and_parameters() {
 
 #[test]
 fn snapshots() {
-    for name in ["cumsum", "running_max_index"] {
+    for name in ["cumsum", "running_max_index", "diag_affine"] {
         insta::assert_snapshot!(format!("lookback_{name}"), lookback(name).unwrap().module.text);
     }
 }
@@ -52,7 +72,7 @@ fn ptxas_assembles_every_lookback_module() {
     let dir = std::env::temp_dir().join(format!("psm-lookback-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut failures = Vec::new();
-    let modules = SCALAR.iter().map(|n| (format!("{n}_lookback"), lookback(n).unwrap().module.text));
+    let modules = SCALAR.iter().chain(&ENTRIES).map(|n| (format!("{n}_lookback"), lookback(n).unwrap().module.text));
     for (name, text) in modules {
         let path = dir.join(format!("{name}.ptx"));
         std::fs::write(&path, text).expect("write ptx");

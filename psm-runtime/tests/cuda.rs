@@ -35,7 +35,7 @@ use common::*;
 use psm_ir::derive::Form as RefForm;
 use psm_ir::interp::Precision;
 use psm_ir::ir::{Dtype, Role};
-use psm_runtime::cuda::{driver_present, CudaExecutor, CudaKernel, Device};
+use psm_runtime::cuda::{driver_present, Chosen, CudaExecutor, CudaKernel, Device};
 use psm_runtime::{Aggregator, Backend, DimOverride, Form, Outputs, Program, RunError, RunOptions, State};
 
 /// A form with its outputs and final state (per output or field, every sequence).
@@ -360,17 +360,20 @@ fn scan_order(v: &[f64], nseq: usize, steps: usize, width: usize, reverse: bool)
 /// A forced kernel (`CudaKernel::Lookback` or `Lanes`) of an operator that has it, at
 /// awkward lengths × batch {1, 3}: outputs and final states against the interpreter's
 /// F64 fold; reverse scans and initial states against the CPU backend. The look-back
-/// scan (form auto) at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a
-/// look-back past one 32-tile window); the lanes kernel in the recurrent form and the
+/// scan (form auto; scalar elements, or a thread per entry for independent entries)
+/// at 0–3, 7, a tile ± 1, 2^k ± 1, several tiles and 33 tiles (a look-back past one
+/// 32-tile window); the lanes kernel in the recurrent form and the
 /// chunked form (chunks of 5 and automatic) at 0–9 (around its 4-step unrolling), 64,
 /// 1000 and 4097. Operators without the kernel, or not associative, get a typed error
-/// when it is forced.
+/// when it is forced. `auto` takes the kernel where cuda::select's rule says so, and
+/// the generic kernels for operators that are not associative.
 fn check_kernel(name: &str, kernel: CudaKernel) {
     let Some(device) = device() else { return };
     let start = std::time::Instant::now();
     let (agg, cpu) = load_small(name);
     let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
     let forced = |x: &psm_runtime::Inputs<'_>, opts: &RunOptions<'_>| gpu.run_with(x, opts, kernel);
+    let auto = |opts: &RunOptions<'_>, nseq| gpu.choose(opts, CudaKernel::Auto, nseq).unwrap_or_else(|e| panic!("{name}: {e}"));
     // Lengths, and per run the form and chunk asked for, the form that runs and its
     // chunk (None: not checked).
     type Runs = Vec<(Form, Option<usize>, Form, Option<usize>)>;
@@ -391,6 +394,9 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
     let (lengths, kernel_runs) = match available {
         Some(a) if agg.associative() => a,
         _ => {
+            if !agg.associative() {
+                assert_eq!(auto(&RunOptions::default(), 1), Chosen::Generic, "{name}: auto, not associative");
+            }
             let data = Batch::new(&agg, 1, 8, 7);
             let bufs = data.input_bufs(&agg, 1, 8);
             let x = inputs(&agg, &[], 8, &bufs, &data.param_bufs);
@@ -400,6 +406,22 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
             }
         }
     };
+    // `auto` takes the kernel by the rule of cuda::select.
+    let plain = RunOptions::default();
+    if kernel == CudaKernel::Lookback {
+        assert_eq!(auto(&plain, 3), Chosen::Lookback, "{name}: auto, 3 sequences");
+        assert_ne!(auto(&plain, 1 << 16), Chosen::Lookback, "{name}: auto, 65536 sequences fill the device alone");
+        assert_ne!(auto(&RunOptions { chunk: Some(64), ..Default::default() }, 3), Chosen::Lookback, "{name}: auto with a chunk size");
+    } else {
+        // Few sequences: the per-entry look-back scan where the operator has one.
+        let few = if gpu.lookback_tile().is_some() { Chosen::Lookback } else { Chosen::Lanes };
+        assert_eq!(auto(&plain, 3), few, "{name}: auto, 3 sequences");
+        assert_eq!(auto(&plain, 1 << 16), Chosen::Lanes, "{name}: auto, 65536 sequences fill the device alone");
+        for form in [Form::Recurrent, Form::Chunked] {
+            assert_eq!(auto(&RunOptions { form, ..Default::default() }, 3), Chosen::Lanes, "{name}: auto, form {form:?}");
+        }
+        assert_eq!(auto(&RunOptions { form: Form::Tree, ..Default::default() }, 3), Chosen::Generic, "{name}: auto, the tree");
+    }
     let longest = *lengths.iter().max().unwrap();
     let data = Batch::new(&agg, 3, longest + 50, 0x100c ^ name.len() as u64);
     let out_lens = lens(&agg, Role::Output);

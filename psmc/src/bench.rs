@@ -651,7 +651,7 @@ fn run_form(
     let (mut form_name, chunk) = (out.form().name().to_string(), out.chunk());
     let seconds = match runner {
         Runner::Cuda(gpu, kernel) => {
-            match gpu.choose(&opts, *kernel).map_err(fail)? {
+            match gpu.choose(&opts, *kernel, batch.iter().product()).map_err(fail)? {
                 Chosen::Lookback => form_name = "lookback".into(),
                 Chosen::Lanes => form_name = "lanes".into(),
                 Chosen::Generic => {}

@@ -136,14 +136,14 @@ impl BackendArg {
 /// Which CUDA kernels run (psm_runtime::cuda::select).
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum KernelArg {
-    /// psm-runtime's choice (today the generic kernels: the look-back and lanes kernels
-    /// are taken only when forced until they have run on a GPU)
+    /// psm-runtime's choice: for associative operators the look-back scan or the lanes
+    /// kernel where they apply, else the generic kernels of the form
     Auto,
     /// The generic kernels of the form
     Generic,
     /// The single-pass look-back scan (forms auto and chunked, no --chunk)
     Lookback,
-    /// A thread per (sequence, vector entry), sequential over T (forms auto and recurrent)
+    /// A thread per (sequence, chunk, vector entry) (forms auto, recurrent and chunked)
     Lanes,
 }
 

@@ -706,7 +706,7 @@ fn step_after_lift(
 }
 
 /// The coordinates (b64) of flat entry `e` in a row-major `shape`.
-fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg> {
+pub(super) fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg> {
     let st = crate::layout::strides(shape);
     let mut rest = e;
     let mut coords = Vec::with_capacity(shape.len());

@@ -9,11 +9,21 @@
 //! psm_lookback(params…, inputs…, outputs…, nseq, steps, state_in, state_out, status, flags: u32)
 //! ```
 //!
-//! Launched with [`LOOKBACK_BLOCK`] threads per block and exactly `nseq · ⌈steps / tile⌉`
-//! blocks (`tile` = [`LookbackModule::tile`] positions, `items` per thread). `status`
-//! holds [`LookbackModule::status_bytes`] bytes, zeroed before each launch: a `u64`
-//! tile counter, then one record per tile (a `u32` flag padded to 8 bytes, the tile's
-//! aggregate, its inclusive prefix). Flags: [`HAS_STATE`] (sequence s starts from
+//! Elements whose entries scan independently (diagonal affine recurrences) get
+//! channels.rs's kernel of the same name, arguments and status protocol instead: a
+//! thread per entry of each tile of 32 steps, a look-back per entry.
+//!
+//! Launched with [`LookbackModule::block`] threads per block ([`LOOKBACK_BLOCK`] here)
+//! and exactly the blocks of
+//! [`LookbackModule::launch`] (`nseq · ⌈steps / tile⌉` here: `tile` =
+//! [`LookbackModule::tile`] positions, `items` per thread). `status` holds the bytes
+//! [`LookbackModule::launch`] gives, zeroed before each launch: a `u64` tile counter,
+//! then one record per tile (and entry) of [`LookbackModule::record`] bytes: one
+//! 8-byte slot per 32-bit word of the element, the word in its low half and the
+//! record's status in its high half (1: the tile's aggregate, 2: its inclusive prefix,
+//! which overwrites the aggregate). Each slot is written and read by one relaxed
+//! 64-bit access, so a reader that sees one status in every slot holds that element:
+//! no fence between data and flag, and the value arrives with the flag. Flags: [`HAS_STATE`] (sequence s starts from
 //! element s of `state_in`), [`REVERSE`], [`NO_STATE_OUT`] (else p_T of sequence s goes
 //! to element s of `state_out`). Outputs are always written.
 //!
@@ -22,14 +32,27 @@
 //!    predecessor has started: forward progress without co-scheduling);
 //! 2. stages the tile's inputs in shared memory (16-byte loads when the tile is full and
 //!    its rows 16-byte aligned; one pad scalar per 128 bytes against bank conflicts);
-//! 3. each thread folds its `items` consecutive positions; a warp scan by shuffles,
-//!    then warp 0 scans the warp aggregates;
-//! 4. warp 0 publishes the tile aggregate (flag 1), looks back over the predecessors of
-//!    the same sequence 32 at a time (aggregates folded until an inclusive prefix, or the
-//!    sequence's start with its initial state), publishes the inclusive prefix (flag 2);
-//!    tile 0 publishes its prefix at once;
-//! 5. each thread re-scans its positions from its exclusive prefix, reading out into
-//!    shared memory, and the block stores the outputs as it loaded the inputs.
+//! 3. each thread folds its `items` consecutive positions (in a full tile unrolled, its
+//!    staged rows a pointer step apart); a warp scan by shuffles, then warp 0 scans the
+//!    warp aggregates;
+//! 4. warp 0 publishes the tile aggregate (status 1), looks back over the predecessors
+//!    of the same sequence 32 at a time (aggregates folded until an inclusive prefix, or
+//!    the sequence's start with its initial state), publishes the inclusive prefix
+//!    (status 2); tile 0 publishes its prefix at once;
+//! 5. each thread re-scans its positions from its exclusive prefix (unrolled as in 3),
+//!    reading out into shared memory, and the block stores the outputs as it loaded the
+//!    inputs.
+//!
+//! What bounds it (cumsum over 2^28 f32 on an H200 moves 2 GiB; 0.56 ms is 0.9× the
+//! copy bandwidth): a block's life is a chain of latencies — tile counter, loads,
+//! fold, look-back, re-scan, stores — and only its loads and stores move bytes, so the
+//! bytes in flight per SM are bounded by the resident blocks' tiles. Each step of that
+//! chain is kept short: the look-back reads value and status in one relaxed access per
+//! word (an acquire load and a release store compile to an L1 invalidation and a
+//! `MEMBAR.GPU`, each a round trip to L2, on every poll and publication), and a full
+//! tile's positions are unrolled (the loop's 64-bit row and padding arithmetic was
+//! about 25 instructions per position per pass, more than the bandwidth budget of a
+//! cheap operator: about 3 remain for cumsum).
 //!
 //! Positions in a tile past `steps` and threads without positions carry a validity
 //! predicate: a missing operand is the flagged identity (never evaluated), so no
@@ -43,6 +66,7 @@ use psm_ir::ir::{Body, ReadoutKind, Role};
 use super::emit::{suffix, Class, Reg};
 use super::kernels::{combine_into, lift_at, param_bases, readout_at, used, Frame, Generated};
 use super::lower::{Ctx, ElemView, Loc, Space};
+use super::channels::{CHANNEL_BLOCK, CHANNEL_CHUNK};
 use super::math::MathFn;
 use super::{Kernel, PtxError, PtxModule, PtxOptions, HAS_STATE, NO_STATE_OUT, REVERSE};
 use crate::layout::dtype_size;
@@ -51,8 +75,12 @@ use crate::layout::dtype_size;
 pub const LOOKBACK_BLOCK: u32 = 256;
 const BLOCK: usize = LOOKBACK_BLOCK as usize;
 const WARPS: usize = BLOCK / 32;
-/// Positions per thread when the staged rows fit.
-const MAX_ITEMS: usize = 8;
+/// Positions per thread when the staged rows fit. Larger tiles spread a tile's fixed
+/// latencies (counter, barriers, look-back) over more bytes: cumsum over 2^28 f32 on an
+/// H200 took 1.83 / 1.15 / 0.89 ms at 4 / 8 / 16 (one run, separate input and output
+/// stages), 0.71 ms at 32 with the output staged over the input (another run; over
+/// 2^26 that run measured 0.260 ms at 32 against 0.245 ms at 16).
+const MAX_ITEMS: usize = 32;
 /// Shared memory for staged inputs and outputs (of the 48 KiB a block may declare
 /// statically).
 const STAGE_LIMIT: usize = 40 * 1024;
@@ -66,16 +94,27 @@ pub struct LookbackModule {
     pub module: PtxModule,
     /// Positions per thread.
     pub items: usize,
-    /// Positions per block (`LOOKBACK_BLOCK · items`).
+    /// Positions per tile of a sequence (`LOOKBACK_BLOCK · items` for scalar elements,
+    /// `items` for elements of independent entries).
     pub tile: usize,
-    /// Bytes of one tile's status record.
+    /// Bytes of one status record.
     pub record: usize,
+    /// Entries scanned apart per sequence, a thread each: 1 for scalar elements, the
+    /// fields' entries for elements of independent entries (channels.rs).
+    pub entries: usize,
+    /// Threads per block of the launch.
+    pub block: u32,
 }
 
 impl LookbackModule {
-    /// Bytes of the `status` buffer for `tiles` tiles in all (every sequence's).
-    pub fn status_bytes(&self, tiles: usize) -> Option<usize> {
-        tiles.checked_mul(self.record)?.checked_add(8)
+    /// The launch over `nseq` sequences of `steps` steps: its blocks (of
+    /// [`LookbackModule::block`] threads) and the bytes of its zeroed `status` buffer (the
+    /// counter, then a record per tile and entry); `None` when they overflow.
+    pub fn launch(&self, nseq: usize, steps: usize) -> Option<(usize, usize)> {
+        let tiles = steps.div_ceil(self.tile).checked_mul(nseq)?;
+        let blocks = tiles.checked_mul(self.entries.div_ceil(self.block as usize))?;
+        let status = tiles.checked_mul(self.entries)?.checked_mul(self.record)?.checked_add(8)?;
+        Some((blocks, status))
     }
 }
 
@@ -85,11 +124,13 @@ fn staged_bytes(tile: usize, size: usize) -> usize {
     raw + raw / PAD_EVERY * size
 }
 
-/// Scalar size of each input the bodies read (None: not read), of each output, and
-/// the positions per thread; `None` when the aggregator does not fit the kernel.
+/// Scalar size of each input the bodies read (None: not read), of each output, the
+/// input stage each output's stage shares (see [`plan`]), and the positions per
+/// thread; `None` when the aggregator does not fit the kernel.
 struct Plan {
     inputs: Vec<Option<usize>>,
     outputs: Vec<usize>,
+    shares: Vec<Option<usize>>,
     items: usize,
 }
 
@@ -105,16 +146,33 @@ fn plan(cx: &Ctx<'_>) -> Option<Plan> {
         inputs.push(if r { Some(scalar(t)?) } else { None });
     }
     let outputs = agg.tensors_of(Role::Output).map(scalar).collect::<Option<Vec<_>>>()?;
-    let staged = |items: usize| inputs.iter().flatten().chain(&outputs).map(|&z| staged_bytes(BLOCK * items, z)).sum::<usize>();
+    // When the readout reads no input, an output row can overwrite the input row of its
+    // position, which the re-scan has lifted just before (and nothing reads again): an
+    // output's stage shares an input stage of its scalar size, one output per input,
+    // halving cumsum's shared memory so that its tile doubles.
+    let readout_reads = used(cx, &[&agg.readout], Role::Input).iter().any(|&u| u);
+    let mut taken = vec![readout_reads; inputs.len()];
+    let shares: Vec<Option<usize>> = outputs
+        .iter()
+        .map(|&z| {
+            let m = (0..inputs.len()).find(|&m| !taken[m] && inputs[m] == Some(z))?;
+            taken[m] = true;
+            Some(m)
+        })
+        .collect();
+    let own_outputs = outputs.iter().zip(&shares).filter(|(_, s)| s.is_none()).map(|(z, _)| z);
+    let sizes: Vec<usize> = inputs.iter().flatten().chain(own_outputs).copied().collect();
+    let staged = |items: usize| sizes.iter().map(|&z| staged_bytes(BLOCK * items, z)).sum::<usize>();
     let mut items = MAX_ITEMS;
     while items > 2 && staged(items) > STAGE_LIMIT {
         items /= 2;
     }
-    (staged(items) <= STAGE_LIMIT).then_some(Plan { inputs, outputs, items })
+    (staged(items) <= STAGE_LIMIT).then_some(Plan { inputs, outputs, shares, items })
 }
 
-/// The look-back module of an aggregator, or `None` when its element or rows are not
-/// scalars (or too many to stage).
+/// The look-back module of an aggregator: this file's kernel for scalar elements and
+/// rows, channels.rs's for elements of independent entries; `None` for others (or
+/// scalar rows too many to stage).
 pub fn compile_lookback(
     agg: &psm_ir::ir::Aggregator,
     info: &psm_ir::valid::Info,
@@ -122,16 +180,22 @@ pub fn compile_lookback(
 ) -> Result<Option<LookbackModule>, PtxError> {
     let version = super::isa_version(options.arch).ok_or(PtxError::UnsupportedArch(options.arch))?;
     let cx = Ctx::new(agg, info);
-    let Some(plan) = plan(&cx) else { return Ok(None) };
     let mut math = BTreeSet::new();
-    let g = kernel(&cx, &mut math, &plan);
+    // (kernel, positions per thread, positions per tile, entries, threads per block)
+    let (g, items, tile, entries, block) = match plan(&cx) {
+        Some(plan) => (kernel(&cx, &mut math, &plan), plan.items, BLOCK * plan.items, 1, BLOCK),
+        None => match super::channels::kernel(&cx, &mut math) {
+            Some((entries, g)) => (g, CHANNEL_CHUNK, CHANNEL_CHUNK, entries, CHANNEL_BLOCK),
+            None => return Ok(None),
+        },
+    };
     if g.local_bytes > super::LOCAL_LIMIT {
         return Err(PtxError::LocalMemory { kernel: Kernel::Lookback.name(), bytes: g.local_bytes, limit: super::LOCAL_LIMIT });
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
-    let record = 8 + 2 * cx.layout.size;
+    let record = record_bytes(&cx);
     let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
-    Ok(Some(LookbackModule { module, items: plan.items, tile: BLOCK * plan.items, record }))
+    Ok(Some(LookbackModule { module, items, tile, record, entries, block: block as u32 }))
 }
 
 /// An element in registers (every field is rank 0).
@@ -161,7 +225,7 @@ fn assign(f: &mut Frame<'_>, dst: &(Regs, Reg), src: &(Regs, Reg)) {
 }
 
 /// `x • y` with validity (x earlier): a missing operand is the flagged identity.
-fn op(f: &mut Frame<'_>, params: &[Option<Reg>], x: &(Regs, Reg), y: &(Regs, Reg)) -> (Regs, Reg) {
+pub(super) fn op(f: &mut Frame<'_>, params: &[Option<Reg>], x: &(Regs, Reg), y: &(Regs, Reg)) -> (Regs, Reg) {
     let out = fresh(f);
     let dtypes = f.l.cx.layout.dtypes.clone();
     for (k, d) in dtypes.iter().enumerate() {
@@ -336,7 +400,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let (elem, items) = (cx.layout.size, plan.items);
     let tile = BLOCK * items;
-    let record = 8 + 2 * elem;
+    let record = record_bytes(cx);
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let mut f = Frame::new(cx, math, Kernel::Lookback, &bodies, 0);
@@ -348,14 +412,17 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
         in_stages.push(z.map(|z| (shared(&mut f, &format!("stage_in{k}"), staged_bytes(tile, z), 16), z)));
     }
     let mut out_stages = Vec::new();
-    for (k, &z) in plan.outputs.iter().enumerate() {
-        out_stages.push(Some((shared(&mut f, &format!("stage_out{k}"), staged_bytes(tile, z), 16), z)));
+    for (k, (&z, share)) in plan.outputs.iter().zip(&plan.shares).enumerate() {
+        let stage = match share.and_then(|m| in_stages[m]) {
+            Some((stage, _)) => stage,
+            None => shared(&mut f, &format!("stage_out{k}"), staged_bytes(tile, z), 16),
+        };
+        out_stages.push(Some((stage, z)));
     }
     let warp_incl = shared(&mut f, "warp_incl", WARPS * elem, 8);
     let warp_valid = shared(&mut f, "warp_valid", WARPS * 4, 4);
     let tile_excl = shared(&mut f, "tile_excl", elem, 8);
     let tile_excl_valid = shared(&mut f, "tile_excl_valid", 4, 4);
-    let tile_slot = shared(&mut f, "tile_id", 8, 8);
 
     let (nseq, steps) = (f.param("nseq"), f.param("steps"));
     let state_in = f.global("state_in");
@@ -383,19 +450,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     e.ins(format!("add.s64 {tps}, {steps}, {}", tile - 1));
     e.ins(format!("div.u64 {tps}, {tps}, {tile}"));
     e.ins(format!("mul.lo.s64 {total}, {nseq}, {tps}"));
-    e.comment("the next tile from the counter (status word 0), in the order blocks start");
-    let (first, g) = (e.reg(Class::Pred), e.reg(Class::B64));
-    let taken = e.label("taken");
-    e.ins(format!("setp.ne.u32 {first}, {tid32}, 0"));
-    e.ins(format!("@{first} bra {taken}"));
-    e.ins(format!("atom.global.add.u64 {g}, [{status}], 1"));
-    e.ins(format!("st.shared.u64 [{tile_slot}], {g}"));
-    e.place(&taken);
-    e.ins("bar.sync 0");
-    e.ins(format!("ld.shared.u64 {g}, [{tile_slot}]"));
-    let past = e.reg(Class::Pred);
-    e.ins(format!("setp.ge.u64 {past}, {g}, {total}"));
-    e.ins(format!("@{past} bra {}", f.exit));
+    let g = take_tile(&mut f, status, tid32, total);
     let (s, t) = f.divmod(g, tps);
     let e = &mut f.l.e;
     let (start, len, mem_start, row0) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
@@ -453,23 +508,68 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     };
     let one = f.l.u64_const(1);
 
+    // A full tile walks each thread's positions unrolled, its staged rows one pointer
+    // step apart: the thread's `items` rows are one aligned block inside a pad group
+    // when `items · size` divides PAD_EVERY (else only the loop is emitted). This spares
+    // the loop's per-position 64-bit row and padding arithmetic, which is most of the
+    // instructions of a cheap operator.
+    let unrolled = in_stages.iter().chain(&out_stages).flatten().all(|&(_, z)| PAD_EVERY.is_multiple_of(items * z));
+    let full = f.l.e.reg(Class::Pred);
+    f.l.e.ins(format!("setp.eq.u64 {full}, {len}, {tile}"));
+    // Row pointers of the thread's first position in every stage, with their step.
+    let walk = |f: &mut Frame<'_>, stages: &[Option<(Reg, usize)>]| -> Vec<Option<(Reg, Reg)>> {
+        let r = row_of(f, j0);
+        let rows = staged_rows(f, stages, r);
+        rows.iter()
+            .zip(stages)
+            .map(|(row, stage)| {
+                let (row, (_, z)) = (row.as_ref()?, stage.as_ref()?);
+                let dir = f.l.e.reg(Class::B64);
+                f.l.e.ins(format!("selp.s64 {dir}, -{z}, {z}, {rev}"));
+                Some((*row, dir))
+            })
+            .collect()
+    };
+    let rows_now = |w: &[Option<(Reg, Reg)>]| -> Vec<Option<Reg>> { w.iter().map(|p| p.map(|(r, _)| r)).collect() };
+    let advance = |f: &mut Frame<'_>, w: &[Option<(Reg, Reg)>]| {
+        for (r, dir) in w.iter().flatten() {
+            f.l.e.ins(format!("add.s64 {r}, {r}, {dir}"));
+        }
+    };
+
     f.l.e.comment("the thread's aggregate");
     let a = (fresh(&mut f), has);
-    let no_items = f.l.e.label("no_items");
+    // One position of the fold: a = a • lift(x).
+    let fold_step = |f: &mut Frame<'_>, rows: &[Option<Reg>]| {
+        let x = fresh(f);
+        lift_at(f, &params, rows, zero64, view(&x));
+        let next = fresh(f);
+        combine_into(f, &params, view(&a.0), view(&x), view(&next));
+        for (d, s) in a.0.iter().zip(&next) {
+            f.l.mov(*d, *s);
+        }
+    };
+    let (no_items, fold_loop) = (f.l.e.label("no_items"), f.l.e.label("fold_loop"));
     f.l.e.ins(format!("@!{has} bra {no_items}"));
+    if unrolled {
+        f.l.e.ins(format!("@!{full} bra {fold_loop}"));
+        f.l.e.comment(format!("full tile: {items} positions unrolled"));
+        let w = walk(&mut f, &in_stages);
+        lift_at(&mut f, &params, &rows_now(&w), zero64, view(&a.0));
+        for _ in 1..items {
+            advance(&mut f, &w);
+            fold_step(&mut f, &rows_now(&w));
+        }
+        f.l.e.ins(format!("bra.uni {no_items}"));
+    }
+    f.l.e.place(&fold_loop);
     let r = row_of(&mut f, j0);
     let rows = staged_rows(&mut f, &in_stages, r);
     lift_at(&mut f, &params, &rows, zero64, view(&a.0));
     positions(&mut f, one, &mut |f, j| {
         let r = row_of(f, j);
         let rows = staged_rows(f, &in_stages, r);
-        let x = fresh(f);
-        lift_at(f, &params, &rows, zero64, view(&x));
-        let next = fresh(f);
-        combine_into(f, &params, view(&a.0), view(&x), view(&next));
-        for (d, s) in a.0.iter().zip(&next) {
-            f.l.mov(*d, *s);
-        }
+        fold_step(f, &rows);
     });
     f.l.e.place(&no_items);
 
@@ -536,25 +636,19 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     f.l.e.ins(format!("bra.uni {publish}"));
 
     f.l.e.place(&look_back);
-    f.l.e.comment("publish the aggregate (flag 1), then look back");
+    f.l.e.comment("publish the aggregate (status 1), then look back");
     let skip_agg = f.l.e.label("aggregate_published");
     f.l.e.ins(format!("@!{lane0} bra {skip_agg}"));
-    let agg_slot = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("add.s64 {agg_slot}, {rec}, 8"));
-    store(&mut f, &agg_t.0, ".global", agg_slot);
-    f.l.e.ins(format!("st.release.gpu.global.u32 [{rec}], 1"));
+    publish_record(&mut f, &agg_t.0, rec, AGGREGATE);
     f.l.e.place(&skip_agg);
-    look_back_loop(&mut f, &params, LookBack { status, s, tps, t, lane, has0, seq_state, record, elem }, &excl);
+    look_back_loop(&mut f, &params, LookBack { status, s, tps, t, lane, has0, seq_state, record }, &excl);
 
     f.l.e.place(&publish);
     let incl_t = op(&mut f, &params, &excl, &agg_t);
     let e = &mut f.l.e;
     let skip_pub = e.label("prefix_published");
     e.ins(format!("@!{lane0} bra {skip_pub}"));
-    let pre_slot = e.reg(Class::B64);
-    e.ins(format!("add.s64 {pre_slot}, {rec}, {}", 8 + elem));
-    store(&mut f, &incl_t.0, ".global", pre_slot);
-    f.l.e.ins(format!("st.release.gpu.global.u32 [{rec}], 2"));
+    publish_record(&mut f, &incl_t.0, rec, PREFIX);
     store(&mut f, &excl.0, ".shared", tile_excl);
     let e = &mut f.l.e;
     let eb = e.reg(Class::B32);
@@ -600,9 +694,46 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     // The re-scan with readouts into the output stage.
     f.l.e.comment("re-scan the thread's positions, reading out");
     let p_ = fresh(&mut f);
+    // One position of the re-scan: read out and p = p • lift(x).
+    let rescan_step = |f: &mut Frame<'_>, rows_in: &[Option<Reg>], rows_out: &[Option<Reg>]| {
+        let x = fresh(f);
+        lift_at(f, &params, rows_in, zero64, view(&x));
+        if exclusive {
+            readout_at(f, &params, rows_in, rows_out, zero64, Some(view(&p_)), None);
+        }
+        let next = fresh(f);
+        combine_into(f, &params, view(&p_), view(&x), view(&next));
+        if !exclusive {
+            readout_at(f, &params, rows_in, rows_out, zero64, Some(view(&next)), None);
+        }
+        for (d, s) in p_.iter().zip(&next) {
+            f.l.mov(*d, *s);
+        }
+    };
     let e = &mut f.l.e;
-    let (rescan_done, from_prefix) = (e.label("rescan_done"), e.label("from_prefix"));
+    let (rescan_done, from_prefix, rescan_loop) = (e.label("rescan_done"), e.label("from_prefix"), e.label("rescan_loop"));
     e.ins(format!("@!{has} bra {rescan_done}"));
+    if unrolled {
+        let e = &mut f.l.e;
+        let fast = e.reg(Class::Pred);
+        e.ins(format!("and.pred {fast}, {full}, {}", start_p.1));
+        e.ins(format!("@!{fast} bra {rescan_loop}"));
+        e.comment(format!("full tile after a prefix: {items} positions unrolled"));
+        for (d, s) in p_.iter().zip(&start_p.0) {
+            f.l.mov(*d, *s);
+        }
+        let (w_in, w_out) = (walk(&mut f, &in_stages), walk(&mut f, &out_stages));
+        for k in 0..items {
+            if k > 0 {
+                advance(&mut f, &w_in);
+                advance(&mut f, &w_out);
+            }
+            rescan_step(&mut f, &rows_now(&w_in), &rows_now(&w_out));
+        }
+        f.l.e.ins(format!("bra.uni {rescan_done}"));
+    }
+    let e = &mut f.l.e;
+    e.place(&rescan_loop);
     e.ins(format!("@{} bra {from_prefix}", start_p.1));
     e.comment("the sequence's first position, without a prefix");
     let r = row_of(&mut f, j0);
@@ -629,19 +760,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
         let r = row_of(f, j);
         let rows_in = staged_rows(f, &in_stages, r);
         let rows_out = staged_rows(f, &out_stages, r);
-        let x = fresh(f);
-        lift_at(f, &params, &rows_in, zero64, view(&x));
-        if exclusive {
-            readout_at(f, &params, &rows_in, &rows_out, zero64, Some(view(&p_)), None);
-        }
-        let next = fresh(f);
-        combine_into(f, &params, view(&p_), view(&x), view(&next));
-        if !exclusive {
-            readout_at(f, &params, &rows_in, &rows_out, zero64, Some(view(&next)), None);
-        }
-        for (d, s) in p_.iter().zip(&next) {
-            f.l.mov(*d, *s);
-        }
+        rescan_step(f, &rows_in, &rows_out);
     });
     f.l.e.place(&rescan_done);
     f.l.e.ins("bar.sync 0");
@@ -658,6 +777,95 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     f.finish()
 }
 
+/// The block's tile: the next value of the counter at status word 0, taken by thread 0
+/// in the order blocks start (so every earlier tile has started) and shared through
+/// shared memory; the block leaves when it is at or past `total`.
+pub(super) fn take_tile(f: &mut Frame<'_>, status: Reg, tid32: Reg, total: Reg) -> Reg {
+    let tile_slot = shared(f, "tile_id", 8, 8);
+    let e = &mut f.l.e;
+    e.comment("the next tile from the counter (status word 0), in the order blocks start");
+    let (first, g) = (e.reg(Class::Pred), e.reg(Class::B64));
+    let taken = e.label("taken");
+    e.ins(format!("setp.ne.u32 {first}, {tid32}, 0"));
+    e.ins(format!("@{first} bra {taken}"));
+    e.ins(format!("atom.global.add.u64 {g}, [{status}], 1"));
+    e.ins(format!("st.shared.u64 [{tile_slot}], {g}"));
+    e.place(&taken);
+    e.ins("bar.sync 0");
+    e.ins(format!("ld.shared.u64 {g}, [{tile_slot}]"));
+    let past = e.reg(Class::Pred);
+    e.ins(format!("setp.ge.u64 {past}, {g}, {total}"));
+    e.ins(format!("@{past} bra {}", f.exit));
+    g
+}
+
+/// Status of a published record word: the tile's aggregate, or its inclusive prefix
+/// (0: nothing yet; the buffer is zeroed before each launch).
+pub(super) const AGGREGATE: u32 = 1;
+pub(super) const PREFIX: u32 = 2;
+
+/// 32-bit words of an element in registers (an f64 field is two).
+fn word_count(cx: &Ctx<'_>) -> usize {
+    cx.layout.dtypes.iter().map(|d| if Class::of(d.scalar()) == Class::F64 { 2 } else { 1 }).sum()
+}
+
+/// Bytes of one tile's status record: one 8-byte slot per 32-bit word of the element.
+pub(super) fn record_bytes(cx: &Ctx<'_>) -> usize {
+    8 * word_count(cx)
+}
+
+/// The 32-bit words of an element in registers.
+fn words_of(f: &mut Frame<'_>, x: &[Reg]) -> Vec<Reg> {
+    let mut words = Vec::new();
+    for &r in x {
+        let e = &mut f.l.e;
+        match r.class {
+            Class::F64 => {
+                let (lo, hi) = (e.reg(Class::B32), e.reg(Class::B32));
+                e.ins(format!("mov.b64 {{{lo}, {hi}}}, {r}"));
+                words.extend([lo, hi]);
+            }
+            Class::B32 => words.push(r),
+            // F32 (element fields are f32, f64 or i32).
+            _ => {
+                let w = e.reg(Class::B32);
+                e.ins(format!("mov.b32 {w}, {r}"));
+                words.push(w);
+            }
+        }
+    }
+    words
+}
+
+/// Sets the element registers `x` from its 32-bit words (as [`words_of`] gave them).
+pub(super) fn set_from_words(f: &mut Frame<'_>, x: &[Reg], words: &[Reg]) {
+    let mut k = 0;
+    for &r in x {
+        if r.class == Class::F64 {
+            f.l.e.ins(format!("mov.b64 {r}, {{{}, {}}}", words[k], words[k + 1]));
+            k += 2;
+        } else {
+            f.l.e.ins(format!("mov.b32 {r}, {}", words[k]));
+            k += 1;
+        }
+    }
+}
+
+/// Publishes an element at the status record `rec`: each 32-bit word in its own 8-byte
+/// slot beside `status`, by relaxed 64-bit stores. A reader that sees one status in
+/// every slot has the element that status names, with no fence between data and flag
+/// (each slot is one single-copy-atomic access); the prefix overwrites the aggregate.
+pub(super) fn publish_record(f: &mut Frame<'_>, x: &[Reg], rec: Reg, status: u32) {
+    let words = words_of(f, x);
+    let e = &mut f.l.e;
+    let (st, slot) = (e.reg(Class::B32), e.reg(Class::B64));
+    e.ins(format!("mov.u32 {st}, {status}"));
+    for (k, w) in words.iter().enumerate() {
+        e.ins(format!("mov.b64 {slot}, {{{w}, {st}}}"));
+        e.ins(format!("st.relaxed.gpu.global.u64 [{rec}+{}], {slot}", 8 * k));
+    }
+}
+
 /// What the look-back reads.
 struct LookBack {
     status: Reg,
@@ -668,16 +876,17 @@ struct LookBack {
     has0: Reg,
     seq_state: Reg,
     record: usize,
-    elem: usize,
 }
 
 /// Warp 0 folds the predecessors of tile `t` (of sequence `s`), 32 per round, lane l
-/// reading tile `base - l`: waits until none of them is unpublished, then folds the
-/// aggregates of the lanes before the first inclusive prefix (or the sequence's start,
-/// where the initial state stands in for a prefix) and that prefix. `excl` receives
-/// the fold (valid in lane 0).
+/// reading tile `base - l` (every slot of its record in one poll, so that the value
+/// comes with its status): waits until every lane's record is published (one status in
+/// all its slots), then folds the aggregates of the lanes before the first inclusive
+/// prefix (or the sequence's start, where the initial state stands in for a prefix)
+/// and that prefix. `excl` receives the fold (valid in lane 0).
 fn look_back_loop(f: &mut Frame<'_>, params: &[Option<Reg>], lb: LookBack, excl: &(Regs, Reg)) {
-    let LookBack { status, s, tps, t, lane, has0, seq_state, record, elem } = lb;
+    let LookBack { status, s, tps, t, lane, has0, seq_state, record } = lb;
+    let words = record / 8;
     let e = &mut f.l.e;
     let (base, ti, in_seq, not_in, gi, addr) =
         (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B64), e.reg(Class::B64));
@@ -692,38 +901,41 @@ fn look_back_loop(f: &mut Frame<'_>, params: &[Option<Reg>], lb: LookBack, excl:
     e.ins(format!("mad.lo.s64 {gi}, {s}, {tps}, {ti}"));
     e.ins(format!("mad.lo.s64 {addr}, {gi}, {record}, {status}"));
     e.ins(format!("add.s64 {addr}, {addr}, 8"));
-    let (flag, ready, all) = (e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred));
+    let slots: Vec<Reg> = (0..words).map(|_| e.reg(Class::B64)).collect();
+    let data: Vec<Reg> = (0..words).map(|_| e.reg(Class::B32)).collect();
+    let (flag, other, differs, ready, all) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
     e.place(&spin);
-    e.ins(format!("mov.u32 {flag}, 0"));
-    e.ins(format!("@{in_seq} ld.acquire.gpu.global.u32 {flag}, [{addr}]"));
+    for (k, slot) in slots.iter().enumerate() {
+        e.ins(format!("mov.u64 {slot}, 0"));
+        e.ins(format!("@{in_seq} ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k));
+    }
+    e.ins(format!("mov.b64 {{{}, {flag}}}, {}", data[0], slots[0]));
+    for (d, slot) in data.iter().zip(&slots).skip(1) {
+        e.ins(format!("mov.b64 {{{d}, {other}}}, {slot}"));
+        e.ins(format!("setp.ne.u32 {differs}, {other}, {flag}"));
+        e.ins_c(format!("selp.u32 {flag}, 0, {flag}, {differs}"), "slots of two publications: not yet");
+    }
     e.ins(format!("setp.ne.u32 {ready}, {flag}, 0"));
     e.ins(format!("or.pred {ready}, {ready}, {not_in}"));
     e.ins(format!("vote.sync.all.pred {all}, {ready}, 0xffffffff"));
     e.ins(format!("@!{all} bra {spin}"));
     let (is_p, at_start, m, k, rb) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::B32));
-    e.ins(format!("setp.eq.u32 {is_p}, {flag}, 2"));
+    e.ins(format!("setp.eq.u32 {is_p}, {flag}, {PREFIX}"));
     e.ins(format!("setp.eq.s64 {at_start}, {ti}, -1"));
     e.ins_c(format!("or.pred {is_p}, {is_p}, {at_start}"), "an inclusive prefix, or the sequence's start");
     e.ins(format!("vote.sync.ballot.b32 {m}, {is_p}, 0xffffffff"));
     e.ins(format!("brev.b32 {rb}, {m}"));
     e.ins_c(format!("clz.b32 {k}, {rb}"), "the first such lane (32: none)");
-    let (before, at, take_p, take_init, src) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::B64));
+    let (before, at, take_p, take_init) = (e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
     e.ins(format!("setp.lt.u32 {before}, {lane}, {k}"));
     e.ins(format!("setp.eq.u32 {at}, {lane}, {k}"));
     e.ins(format!("and.pred {take_p}, {at}, {in_seq}"));
     e.ins(format!("and.pred {take_init}, {at}, {at_start}"));
     e.ins(format!("and.pred {take_init}, {take_init}, {has0}"));
-    let pre = e.reg(Class::B64);
-    e.ins(format!("add.s64 {src}, {addr}, 8"));
-    e.ins(format!("add.s64 {pre}, {addr}, {}", 8 + elem));
-    e.ins(format!("selp.b64 {src}, {pre}, {src}, {take_p}"));
     let x = (fresh(f), f.l.e.reg(Class::Pred));
-    let e = &mut f.l.e;
-    e.ins(format!("or.pred {}, {before}, {take_p}", x.1));
-    let (skip_load, skip_init) = (e.label("no_record"), e.label("no_state"));
-    e.ins(format!("@!{} bra {skip_load}", x.1));
-    load(f, &x.0, ".relaxed.gpu.global", src);
-    f.l.e.place(&skip_load);
+    f.l.e.ins(format!("or.pred {}, {before}, {take_p}", x.1));
+    set_from_words(f, &x.0, &data);
+    let skip_init = f.l.e.label("no_state");
     f.l.e.ins(format!("@!{take_init} bra {skip_init}"));
     load(f, &x.0, ".global", seq_state);
     f.l.e.place(&skip_init);

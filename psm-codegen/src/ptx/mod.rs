@@ -116,9 +116,10 @@
 //! One thread per k < count: the declared identity into `out + k · stride`.
 //!
 //! **The look-back module.** [`compile_lookback`] gives a second module, for
-//! associative operators whose element fields and input/output rows are scalars, with
-//! one kernel, `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is
-//! in [`lookback`]).
+//! associative operators whose element fields and input/output rows are scalars, or
+//! whose element entries scan independently (a thread per entry), with one kernel,
+//! `psm_lookback`: a single-pass scan with decoupled look-back (its ABI is in
+//! [`lookback`]).
 //!
 //! **Per-thread memory.** `let` tensors and element temporaries live in `.local`
 //! memory declared by each kernel ([`PtxModule::local_bytes`] is the largest); the
@@ -139,6 +140,7 @@
 //! associative operators agree with the interpreter within the tolerance, while tree
 //! and stream on the GPU — the same device code — are bit-identical to each other.
 
+mod channels;
 mod emit;
 mod kernels;
 pub mod lookback;

@@ -33,8 +33,9 @@ struct Inner {
     device: Device,
     ptx: PtxModule,
     kernels: Kernels,
-    /// The look-back scan, when the aggregator's element and rows are scalars (loaded on
-    /// first use, so that a run of the generic kernels never depends on it).
+    /// The look-back scan, when the aggregator's element and rows are scalars or its
+    /// entries scan independently (loaded on first use, so that a run of the generic
+    /// kernels never depends on it).
     lookback: Option<Lookback>,
 }
 
@@ -215,7 +216,7 @@ impl CudaExecutor {
             what: format!("the batch shape {:?}", inputs.batch),
         })?;
         let steps = inputs.steps;
-        let chosen = self.choose(opts, kernel)?;
+        let chosen = self.choose(opts, kernel, nseq)?;
         let (form, chunk) = match (chosen, &self.inner.lookback) {
             (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
             _ => {
@@ -233,22 +234,40 @@ impl CudaExecutor {
         Ok(Prepared { params, inputs, init, init_buf, nseq, steps, form, chunk, chosen })
     }
 
-    /// The kernels a run with these options takes: the rule of
+    /// The kernels a run of `nseq` sequences with these options takes: the rule of
     /// [`select`](super::select); an error when `kernel` forces kernels that do not
     /// apply.
-    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Chosen, RunError> {
+    pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel, nseq: usize) -> Result<Chosen, RunError> {
         let associative = self.signature().associative;
+        let lookback_forms = &[Form::Auto, Form::Chunked][..];
+        let lanes_forms = &[Form::Auto, Form::Recurrent, Form::Chunked][..];
         let (chosen, available, forms, name) = match kernel {
-            // Forced-only until the look-back and lanes kernels have run on a GPU.
-            CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
-            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
-            CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), &[Form::Auto, Form::Recurrent, Form::Chunked][..], "lanes kernel"),
+            CudaKernel::Generic => return Ok(Chosen::Generic),
+            CudaKernel::Auto => {
+                // The look-back scan for the few sequences (× entries) that one thread
+                // each would leave the device idle with (its tile is fixed: no chunk
+                // size given).
+                let few = |lb: &Lookback| nseq.saturating_mul(lb.module.entries) < ENOUGH_THREADS;
+                let lookback = self.inner.lookback.as_ref().is_some_and(few) && opts.form == Form::Auto && opts.chunk.is_none();
+                let lanes = self.inner.kernels.scan_entries.is_some() && lanes_forms.contains(&opts.form);
+                return Ok(if associative && lookback {
+                    Chosen::Lookback
+                } else if associative && lanes {
+                    Chosen::Lanes
+                } else {
+                    Chosen::Generic
+                });
+            }
+            CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), lookback_forms, "look-back scan"),
+            CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), lanes_forms, "lanes kernel"),
         };
         let why = if !associative {
             format!("the {name} changes the bracketing of the tree, so it needs an associative operator")
         } else if !available {
             match chosen {
-                Chosen::Lookback => "the look-back scan needs scalar element fields and scalar input and output rows".to_string(),
+                Chosen::Lookback => {
+                    "the look-back scan needs scalar element fields and input and output rows, or element fields whose entries scan independently".to_string()
+                }
                 _ => "the lanes kernel needs element fields and outputs of one vector length whose entries are independent".to_string(),
             }
         } else if !forms.contains(&opts.form) {

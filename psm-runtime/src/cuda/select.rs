@@ -2,37 +2,37 @@
 //!
 //! # The rule ([`CudaKernel::Auto`])
 //!
-//! Today `auto` takes the **generic kernels** of the form (`auto` resolves as
-//! [`CudaExecutor`](super::CudaExecutor) documents: the tree for non-associative
-//! operators; for associative ones recurrent when one thread per sequence fills the
-//! device, else chunked). The **look-back scan** (`psm_lookback`, psm-codegen's
-//! `ptx::compile_lookback`: one pass over the data, tiles of 2048 positions, decoupled
-//! look-back between tiles) is assembled by ptxas 13.0 for every eligible library
-//! operator but has not yet run on a GPU, so it is only taken when forced. Once the GPU
-//! tests (tests/cuda.rs, `check_lookback`) pass, the intended rule is: the look-back
-//! scan when the operator is associative (proven, verified, or `assume associative`),
-//! its element fields and input/output rows are scalars (the module has the kernel),
-//! the form asked for is `auto`, and the batch has fewer sequences than one thread per
-//! sequence needs to fill the device (65536).
+//! For an associative operator (proven, verified, or `assume associative`), `auto`
+//! takes, in this order:
+//! 1. the **look-back scan** (`psm_lookback`, psm-codegen's `ptx::compile_lookback`:
+//!    one pass over the data, fixed tiles, decoupled look-back between tiles) when the
+//!    module has the kernel — element fields and input/output rows scalars, or element
+//!    fields whose entries scan independently (then a thread per entry of each tile and
+//!    a look-back per entry, such as diagonal affine recurrences over `[B, T, D]`) —
+//!    the form asked for is `auto` with no chunk size, and the batch has fewer
+//!    sequences × entries than one thread each needs to fill the device (65536); the
+//!    run reports the form `chunked` with the tile as its chunk;
+//! 2. the **lanes kernel** (`psm_scan_entries` of psm-codegen's module: `psm_scan` with
+//!    one thread per (sequence, chunk, entry)) when its element fields and outputs share
+//!    one shape with independent entries and the form is `auto` (batches that fill the
+//!    device with a thread per entry), `recurrent` or `chunked` (`auto` picks between
+//!    the two as for `psm_scan`, counting D threads per chunk);
+//! 3. else the **generic kernels** of the form.
+//!
+//! Non-associative operators always take the generic kernels (`auto` resolves as
+//! [`CudaExecutor`](super::CudaExecutor) documents: the tree). Both fast kernels have
+//! passed the GPU tests (tests/cuda.rs, `check_kernel`).
 //!
 //! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
 //! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
-//! a chunk size is given; the run reports the form `chunked` with the tile as its chunk.
-//! [`CudaKernel::Lanes`] forces the channel-parallel kernel (`psm_scan_entries` of
-//! psm-codegen's module: `psm_scan` with one thread per (sequence, chunk, entry), for
-//! associative operators whose element fields and outputs share one shape with
-//! independent entries, such as diagonal affine recurrences over `[B, T, D]`) in
-//! the recurrent and chunked forms (`auto` picks between them as for `psm_scan`,
-//! counting D threads per chunk): an error when the operator is not associative or has
-//! no such kernel, or when the form is the tree or the stream. The kernel itself has
-//! run on the GPU (psm-codegen's tests/ptx_gpu.rs: bit for bit `psm_scan`), but not yet
-//! through this runtime path, so it too is forced-only; the intended rule then is to
-//! take it in `auto` for such operators.
+//! a chunk size is given. [`CudaKernel::Lanes`] forces the lanes kernel: an error when
+//! the operator is not associative or has no such kernel, or when the form is the tree
+//! or the stream.
 //! [`CudaKernel::Generic`] forces the generic kernels.
 
 use std::sync::OnceLock;
 
-use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, LOOKBACK_BLOCK, NO_STATE_OUT};
+use psm_codegen::ptx::{Kernel, LookbackModule, HAS_STATE, NO_STATE_OUT};
 
 use super::device::{Device, DeviceBuffer, Function};
 use super::forms::FormEnd;
@@ -132,15 +132,15 @@ impl Lookback {
     /// tile.
     pub fn run(&self, l: &Launcher<'_>, init: Option<&DeviceBuffer>, keep_state: bool, reverse: u32) -> Result<FormEnd, RunError> {
         let too_large = || RunError::TooLarge { what: format!("a look-back scan of {} sequences of {} steps", l.nseq, l.steps) };
-        let tiles = l.steps.div_ceil(self.module.tile).checked_mul(l.nseq).ok_or_else(too_large)?;
-        let status = l.device.alloc("the look-back status", self.module.status_bytes(tiles).ok_or_else(too_large)?, true)?;
+        let (blocks, status_bytes) = self.module.launch(l.nseq, l.steps).ok_or_else(too_large)?;
+        let status = l.device.alloc("the look-back status", status_bytes, true)?;
         let state = keep_state.then(|| l.device.alloc("the final state", l.nseq * l.elem, false)).transpose()?;
         let flags = state_flags(init, state.as_ref(), reverse);
         l.count(2 * (l.nseq * l.steps) as u64);
         let mut a = l.args(true, true);
         a.u64(l.nseq as u64).u64(l.steps as u64);
         a.u64(init.map_or(0, DeviceBuffer::ptr)).u64(state.as_ref().map_or(0, DeviceBuffer::ptr)).ptr(&status).u32(flags);
-        l.device.launch_blocks(self.lazy.function(l.device, &self.module.module)?, tiles as u64, LOOKBACK_BLOCK, &a)?;
+        l.device.launch_blocks(self.lazy.function(l.device, &self.module.module)?, blocks as u64, self.module.block, &a)?;
         Ok(FormEnd { final_state: state, held: 1 })
     }
 }
