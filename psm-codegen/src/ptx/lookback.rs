@@ -130,7 +130,8 @@ pub fn compile_lookback(
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
     let record = 8 + 2 * cx.layout.size;
-    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
+    let block = super::BlockKernels::absent("the look-back module has no block kernels");
+    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None, block };
     Ok(Some(LookbackModule { module, items: plan.items, tile: BLOCK * plan.items, record }))
 }
 
