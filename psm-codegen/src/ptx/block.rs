@@ -6,7 +6,7 @@
 //! block per (sequence, chunk), and `psm_combine_block` is `psm_combine` with a block
 //! per (row, col). Both are generated from the same bodies by the same code as the
 //! per-thread kernels (`kernels::scan_kernel` / `combine_kernel` with
-//! `Threads::PerBlock`); what differs is where values live and who computes them:
+//! `Threads::Block`); what differs is where values live and who computes them:
 //!
 //! * the scan's three element regions (prefix, lifted element, next prefix) and every
 //!   `let` tensor of rank ≥ 1 live in the block's dynamic shared memory (one
@@ -134,8 +134,8 @@ pub(super) fn kernels(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, limit: usize) -
         }
     };
     // The bodies are psm_scan's and psm_combine's: no math function beyond theirs.
-    let (scan, scan_bytes) = fit(scan_kernel(cx, math, Threads::PerBlock));
-    let (combine, combine_bytes) = fit(combine_kernel(cx, math, Threads::PerBlock));
+    let (scan, scan_bytes) = fit(scan_kernel(cx, math, Threads::Block));
+    let (combine, combine_bytes) = fit(combine_kernel(cx, math, Threads::Block));
     let generated = scan.into_iter().chain(combine).collect();
     (generated, BlockKernels { scan: scan_bytes, combine: combine_bytes })
 }

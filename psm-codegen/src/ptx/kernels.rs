@@ -29,12 +29,12 @@ pub(crate) struct Generated {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Threads<'s> {
     /// One thread per item.
-    PerItem,
+    OnePerItem,
     /// One thread per entry of the element's fields (their shape).
-    PerEntry(&'s [usize]),
+    OnePerEntry(&'s [usize]),
     /// One block per item, its threads splitting each statement's entries
     /// (`block`); `let` tensors and element regions in shared memory.
-    PerBlock,
+    Block,
 }
 
 /// The parameters of a kernel: params, inputs, outputs as the kernel takes them, then
@@ -401,15 +401,15 @@ fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryByt
     }
 }
 
-/// The thread's work item below `count`: itself; its block's (`PerBlock`); or with
-/// `PerEntry` (the fields' shape) `count · E` threads, each item's E threads split into the item's index and
+/// The thread's work item below `count`: itself; its block's (`Block`); or with
+/// `OnePerEntry` (the fields' shape) `count · E` threads, each item's E threads split into the item's index and
 /// the thread's entry (its coordinates pinned in the lowerer, its byte offsets
 /// returned).
 fn thread_and_entry(f: &mut Frame<'_>, count: Reg, threads: Threads<'_>) -> (Reg, Option<EntryBytes>) {
     let shape = match threads {
-        Threads::PerItem => return (f.index_below(count), None),
-        Threads::PerBlock => return (super::block::block_index_below(f, count), None),
-        Threads::PerEntry(shape) => shape,
+        Threads::OnePerItem => return (f.index_below(count), None),
+        Threads::Block => return (super::block::block_index_below(f, count), None),
+        Threads::OnePerEntry(shape) => shape,
     };
     let n_entries: usize = shape.iter().product();
     f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
@@ -502,14 +502,14 @@ pub(super) fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg
 }
 
 pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
-    scan_kernel(cx, math, Threads::PerItem)
+    scan_kernel(cx, math, Threads::OnePerItem)
 }
 
 /// `psm_scan_entries`, for an operator whose entries scan independently
 /// ([`entry_shape`]).
 pub(crate) fn scan_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let shape = entry_shape(cx)?;
-    Some(scan_kernel(cx, math, Threads::PerEntry(&shape)))
+    Some(scan_kernel(cx, math, Threads::OnePerEntry(&shape)))
 }
 
 /// The shape of the element's fields when one thread per entry can run the fused loop:
@@ -556,18 +556,18 @@ fn state_loads(agg: &psm_ir::ir::Aggregator, e: psm_ir::arena::Handle<Expr>, f: 
     agg.exprs[e].for_each_child(|c| state_loads(agg, c, f));
 }
 
-/// `psm_scan`; with `PerEntry` (the fields' shape) `psm_scan_entries`: the same loop
+/// `psm_scan`; with `OnePerEntry` (the fields' shape) `psm_scan_entries`: the same loop
 /// with one thread per entry of the element and every field's entry in a register; with
-/// `PerBlock` `psm_scan_block`: the same loop by a block, its regions in shared memory.
+/// `Block` `psm_scan_block`: the same loop by a block, its regions in shared memory.
 pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Threads<'_>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
     let (kernel, entries) = match threads {
-        Threads::PerItem => (Kernel::Scan, None),
-        Threads::PerEntry(shape) => (Kernel::ScanEntries, Some(shape)),
-        Threads::PerBlock => (Kernel::ScanBlock, None),
+        Threads::OnePerItem => (Kernel::Scan, None),
+        Threads::OnePerEntry(shape) => (Kernel::ScanEntries, Some(shape)),
+        Threads::Block => (Kernel::ScanBlock, None),
     };
-    let block = matches!(threads, Threads::PerBlock);
+    let block = matches!(threads, Threads::Block);
     // Every field in a register: one thread per entry, or an element of scalars.
     let in_registers = entries.is_some() || (!block && agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty()));
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
@@ -793,27 +793,27 @@ pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 }
 
 pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
-    combine_kernel(cx, math, Threads::PerItem)
+    combine_kernel(cx, math, Threads::OnePerItem)
 }
 
 /// `psm_combine_entries`, for an operator whose combine runs per entry
 /// ([`combine_entry_shape`]).
 pub(crate) fn combine_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let shape = combine_entry_shape(cx)?;
-    Some(combine_kernel(cx, math, Threads::PerEntry(&shape)))
+    Some(combine_kernel(cx, math, Threads::OnePerEntry(&shape)))
 }
 
-/// `psm_combine`; with `PerEntry` (the fields' shape) `psm_combine_entries`: one
-/// thread per entry of each combine; with `PerBlock` `psm_combine_block`: a block per
+/// `psm_combine`; with `OnePerEntry` (the fields' shape) `psm_combine_entries`: one
+/// thread per entry of each combine; with `Block` `psm_combine_block`: a block per
 /// combine, its `let` tensors in shared memory.
 pub(super) fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Threads<'_>) -> Generated {
     let agg = cx.agg;
     let kernel = match threads {
-        Threads::PerItem => Kernel::Combine,
-        Threads::PerEntry(_) => Kernel::CombineEntries,
-        Threads::PerBlock => Kernel::CombineBlock,
+        Threads::OnePerItem => Kernel::Combine,
+        Threads::OnePerEntry(_) => Kernel::CombineEntries,
+        Threads::Block => Kernel::CombineBlock,
     };
-    let block = matches!(threads, Threads::PerBlock);
+    let block = matches!(threads, Threads::Block);
     let mut f = Frame::with_scratch(cx, math, kernel, &[&agg.combine], 0, block);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
