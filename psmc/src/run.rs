@@ -134,8 +134,9 @@ impl BackendArg {
 /// Which CUDA kernels run (psm_runtime::cuda::select).
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum KernelArg {
-    /// psm-runtime's choice (today the generic kernels: the look-back and lanes kernels
-    /// are taken only when forced until they have run on a GPU)
+    /// psm-runtime's choice (the block kernels for matrix-valued elements, else the
+    /// generic kernels: the look-back and lanes kernels are taken only when forced
+    /// until they have run on a GPU)
     Auto,
     /// The generic kernels of the form
     Generic,
@@ -143,6 +144,9 @@ pub(crate) enum KernelArg {
     Lookback,
     /// A thread per (sequence, vector entry), sequential over T (forms auto and recurrent)
     Lanes,
+    /// A thread block per (sequence, chunk) or per combine, the element in shared memory
+    /// (matrix-valued elements; auto takes it for them)
+    Block,
 }
 
 impl KernelArg {
@@ -152,6 +156,7 @@ impl KernelArg {
             KernelArg::Generic => CudaKernel::Generic,
             KernelArg::Lookback => CudaKernel::Lookback,
             KernelArg::Lanes => CudaKernel::Lanes,
+            KernelArg::Block => CudaKernel::Block,
         }
     }
 }

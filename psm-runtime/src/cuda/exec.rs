@@ -219,8 +219,8 @@ impl CudaExecutor {
         let (form, chunk) = match (chosen, &self.inner.lookback) {
             (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
             _ => {
-                // The lanes kernel runs D threads per chunk.
-                let threads = nseq.saturating_mul(if chosen == Chosen::Lanes { self.lanes().unwrap_or(1) } else { 1 });
+                // The lanes kernel runs D threads per chunk, the block kernel a block.
+                let threads = nseq.saturating_mul(self.threads_per_chunk(chosen));
                 let form = self.resolve(opts.form, threads, steps);
                 (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, threads))))
             }
@@ -238,7 +238,15 @@ impl CudaExecutor {
     /// apply.
     pub fn choose(&self, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Chosen, RunError> {
         let associative = self.signature().associative;
+        let block_absent = self.block_absent(opts.form);
         let (chosen, available, forms, name) = match kernel {
+            CudaKernel::Auto if block_absent.is_none() => return Ok(Chosen::Block),
+            CudaKernel::Block => {
+                return match block_absent {
+                    None => Ok(Chosen::Block),
+                    Some(message) => Err(RunError::InvalidOption { option: "kernel", message }),
+                }
+            }
             // Forced-only until the look-back and lanes kernels have run on a GPU.
             CudaKernel::Auto | CudaKernel::Generic => return Ok(Chosen::Generic),
             CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), &[Form::Auto, Form::Chunked][..], "look-back scan"),
@@ -261,13 +269,40 @@ impl CudaExecutor {
         Err(RunError::InvalidOption { option: "kernel", message: why })
     }
 
+    /// Why the block kernel that `form` runs on is absent (`None`: present):
+    /// `psm_scan_block` for an associative operator's forms but the tree,
+    /// `psm_combine_block` for the tree and the counter.
+    fn block_absent(&self, form: Form) -> Option<String> {
+        let (kernels, block) = (&self.inner.kernels, &self.inner.ptx.block);
+        let (present, reason) = if self.signature().associative && form != Form::Tree {
+            (kernels.scan_block.is_some(), &block.scan)
+        } else {
+            (kernels.combine_block.is_some(), &block.combine)
+        };
+        match reason {
+            Ok(_) if present => None,
+            Ok(_) => Some("the block kernel was not loaded".to_string()),
+            Err(why) => Some(why.clone()),
+        }
+    }
+
+    /// Threads that run one chunk of `psm_scan` under `chosen`.
+    fn threads_per_chunk(&self, chosen: Chosen) -> usize {
+        match chosen {
+            Chosen::Lanes => self.lanes().unwrap_or(1),
+            Chosen::Block => self.inner.kernels.scan_block.as_ref().map_or(1, |b| b.threads as usize),
+            Chosen::Generic | Chosen::Lookback => 1,
+        }
+    }
+
     /// The launcher of a prepared run: with the lanes kernel in place of `psm_scan` when
-    /// it was chosen.
+    /// it was chosen, or the block kernels.
     fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
         let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
         if p.chosen == Chosen::Lanes {
             l.lanes = self.inner.kernels.scan_entries.as_ref().map(|(f, entries)| (f, *entries));
         }
+        l.block = p.chosen == Chosen::Block;
         l
     }
 
@@ -290,6 +325,7 @@ impl CudaExecutor {
             elem: self.elem(),
             combines: std::cell::Cell::new(0),
             lanes: None,
+            block: false,
         }
     }
 

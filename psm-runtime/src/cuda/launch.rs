@@ -19,6 +19,34 @@ pub(crate) struct Kernels {
     pub identity: Option<Function>,
     /// `psm_scan_entries` and its threads per (sequence, chunk), when the module has it.
     pub scan_entries: Option<(Function, usize)>,
+    /// `psm_scan_block` and `psm_combine_block`, when the module has them.
+    pub scan_block: Option<BlockKernel>,
+    pub combine_block: Option<BlockKernel>,
+}
+
+/// A block-cooperative kernel ready to launch: its block size and dynamic shared memory.
+pub(crate) struct BlockKernel {
+    pub function: Function,
+    pub threads: u32,
+    pub shared: u32,
+}
+
+/// Threads per block of the block kernels, at most: entries of a GLA state (K·V = 16384
+/// at K = V = 128) are 32 per thread, and a decode step has as many blocks as sequences.
+const BLOCK_THREADS: u32 = 512;
+
+impl BlockKernel {
+    fn load(function: Function, shared: usize) -> Result<BlockKernel, RunError> {
+        let most = function.allow_shared(shared)?;
+        let threads = (most.min(BLOCK_THREADS) / 32 * 32).max(32);
+        let shared = u32::try_from(shared).map_err(|_| RunError::TooLarge { what: format!("the shared memory of `{}`", function.name) })?;
+        Ok(BlockKernel { function, threads, shared })
+    }
+
+    /// Launches one block per item.
+    fn launch(&self, device: &Device, items: u64, args: &Args) -> Result<(), RunError> {
+        device.launch_shared(&self.function, items, self.threads, self.shared, args)
+    }
 }
 
 /// That `kernel` of `ptx` takes the `expected` number of parameters a launch passes (or,
@@ -46,13 +74,19 @@ impl Kernels {
             (Kernel::Readout, 4, true, true),
             (Kernel::Identity, 3, false, false),
             (Kernel::ScanEntries, 6, true, true),
+            (Kernel::ScanBlock, 6, true, true),
+            (Kernel::CombineBlock, 12, false, false),
         ] {
             let expected = params + if reads { inputs } else { 0 } + if writes { outputs } else { 0 } + own;
-            let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries);
+            let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries | Kernel::ScanBlock | Kernel::CombineBlock);
             check_params(aggregator, ptx, kernel, expected, optional)?;
         }
         let module = device.module(aggregator, &ptx.text)?;
         let get = |k: Kernel| module.function(k.name());
+        let block_kernel = |k: Kernel, shared: &Result<usize, String>| match (ptx.kernel(k), shared) {
+            (Some(_), Ok(bytes)) => BlockKernel::load(get(k)?, *bytes).map(Some),
+            _ => Ok(None),
+        };
         Ok(Kernels {
             scan: get(Kernel::Scan)?,
             lift: get(Kernel::Lift)?,
@@ -63,6 +97,8 @@ impl Kernels {
                 (Some(_), Some(entries)) => Some((get(Kernel::ScanEntries)?, entries)),
                 _ => None,
             },
+            scan_block: block_kernel(Kernel::ScanBlock, &ptx.block.scan)?,
+            combine_block: block_kernel(Kernel::CombineBlock, &ptx.block.combine)?,
         })
     }
 }
@@ -100,6 +136,9 @@ pub(crate) struct Launcher<'a> {
     /// `psm_scan_entries` (`psm_scan`'s ABI, E threads per chunk) and E: `scan`
     /// launches it instead of `psm_scan` when present.
     pub lanes: Option<(&'a Function, usize)>,
+    /// `scan` and `combine` launch the block kernels (`psm_scan_block`,
+    /// `psm_combine_block`) where the module has them.
+    pub block: bool,
 }
 
 impl Launcher<'_> {
@@ -137,10 +176,17 @@ impl Launcher<'_> {
         let mut a = self.args(true, true);
         a.u64(self.nseq as u64).u64(self.steps as u64).u64(chunk as u64);
         a.u64(state_in.map_or(0, DeviceBuffer::ptr)).u64(state_out.map_or(0, DeviceBuffer::ptr)).u32(flags);
-        match self.lanes {
-            Some((f, d)) => self.device.launch(f, (self.nseq * nchunks) as u64 * d as u64, &a),
-            None => self.device.launch(&self.kernels.scan, (self.nseq * nchunks) as u64, &a),
+        let items = (self.nseq * nchunks) as u64;
+        match (self.lanes, self.block_kernel(&self.kernels.scan_block)) {
+            (Some((f, d)), _) => self.device.launch(f, items * d as u64, &a),
+            (None, Some(b)) => b.launch(self.device, items, &a),
+            (None, None) => self.device.launch(&self.kernels.scan, items, &a),
         }
+    }
+
+    /// A block kernel of the module, when this launcher takes them.
+    fn block_kernel<'k>(&self, kernel: &'k Option<BlockKernel>) -> Option<&'k BlockKernel> {
+        kernel.as_ref().filter(|_| self.block)
     }
 
     /// `psm_lift` of every step into `leaves` (`[nseq, steps]` elements).
@@ -163,7 +209,10 @@ impl Launcher<'_> {
             a.u64(op.base).u64(op.row as u64).u64(op.col as u64);
         }
         a.u32(flags);
-        self.device.launch(&self.kernels.combine, (rows * cols) as u64, &a)
+        match self.block_kernel(&self.kernels.combine_block) {
+            Some(b) => b.launch(self.device, (rows * cols) as u64, &a),
+            None => self.device.launch(&self.kernels.combine, (rows * cols) as u64, &a),
+        }
     }
 
     /// `psm_readout` of every step from `prefixes` (`[nseq, steps + 1]` elements).

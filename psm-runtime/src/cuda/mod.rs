@@ -34,4 +34,4 @@ pub mod stream;
 pub use device::{driver_present, Device};
 pub use exec::{CudaExecutor, ResidentTimes};
 pub use select::{Chosen, CudaKernel};
-pub use stream::DeviceStream;
+pub use stream::{DeviceStream, DeviceSteps};

@@ -29,6 +29,20 @@
 //! through this runtime path, so it too is forced-only; the intended rule then is to
 //! take it in `auto` for such operators.
 //! [`CudaKernel::Generic`] forces the generic kernels.
+//!
+//! **Block kernels.** For matrix-valued elements (a field of rank ≥ 2: GLA's `s[K, V]`,
+//! attn_agg's `h[C, D]`, the linear-RNN family) psm-codegen's module has
+//! `psm_scan_block` and `psm_combine_block` (`psm_scan` / `psm_combine` by a thread
+//! block per item, the element in shared memory, each statement's entries split over
+//! the block's threads; bit for bit the generic kernels' results). `auto` takes them
+//! whenever the kernel the form runs on exists — `psm_scan_block` for the recurrent and
+//! chunked forms and the stream of an associative operator (its chunk aggregates'
+//! sweep takes `psm_combine_block` too), `psm_combine_block` for the tree and the
+//! stream's counter — and the generic kernels otherwise (the module says why:
+//! [`psm_codegen::ptx::BlockKernels`], e.g. a block's shared memory past the target's
+//! maximum). `auto`'s chunk for them counts a block's threads per chunk.
+//! [`CudaKernel::Block`] forces them: an error, with that reason, when the form's
+//! kernel is absent. The lift and readout of the tree stay one thread per step.
 
 use std::sync::OnceLock;
 
@@ -52,6 +66,8 @@ pub enum CudaKernel {
     Lookback,
     /// The channel-parallel scan (`psm_scan_entries`).
     Lanes,
+    /// The block-cooperative kernels (`psm_scan_block`, `psm_combine_block`).
+    Block,
 }
 
 /// The kernels a run takes.
@@ -60,6 +76,7 @@ pub enum Chosen {
     Generic,
     Lookback,
     Lanes,
+    Block,
 }
 
 impl CudaKernel {
@@ -69,6 +86,7 @@ impl CudaKernel {
             CudaKernel::Generic => "generic",
             CudaKernel::Lookback => "lookback",
             CudaKernel::Lanes => "lanes",
+            CudaKernel::Block => "block",
         }
     }
 }
