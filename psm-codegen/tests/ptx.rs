@@ -166,18 +166,21 @@ fn block_kernels_for_matrix_valued_elements() {
         if let (Some(block), Some(scan)) = (m.kernel(Kernel::ScanBlock), m.kernel(Kernel::Scan)) {
             assert_eq!(block.params, scan.params, "{name}");
             assert_eq!(m.kernel(Kernel::CombineBlock).unwrap().params, m.kernel(Kernel::Combine).unwrap().params);
-            assert!(m.block.scan.as_ref().is_ok_and(|&b| b >= 3 * m.layout.size), "{name}: {:?}", m.block);
+            assert!(m.block.scan.as_ref().is_ok_and(|b| b.shared_bytes >= 3 * m.layout.size), "{name}: {:?}", m.block);
         } else {
             assert!(m.block.scan.as_ref().unwrap_err().contains("matrix-valued"), "{name}");
         }
     }
     // GLA's s[K, V] at its default K = V = 16: three elements of 16 + 16·16 floats; combine has no `let`.
     let gla = module("gla");
-    assert_eq!(gla.block, ptx::BlockKernels { scan: Ok(3 * 4 * (16 + 16 * 16)), combine: Ok(0) });
+    // Its widest statements write s: K·V entries.
+    let kernel = |shared_bytes| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16 });
+    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16)), combine: kernel(0) });
     assert!(!gla.text.contains("psm_combine_block_shared"));
     // attn_agg's combine keeps its attention layer's `let` tensors in shared memory.
     let attn = module("attn_agg");
-    assert!(attn.block.combine.as_ref().is_ok_and(|&b| b > 0));
+    // z, q, k, v and o have 2·C·D = 512 entries.
+    assert!(attn.block.combine.as_ref().is_ok_and(|b| b.shared_bytes > 0 && b.widest == 2 * 8 * 32), "{:?}", attn.block);
     assert!(attn.text.contains(".extern .shared .align 8 .b8 psm_combine_block_shared[];"));
 }
 

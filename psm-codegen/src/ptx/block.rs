@@ -30,7 +30,7 @@
 
 use std::collections::BTreeSet;
 
-use psm_ir::ir::Role;
+use psm_ir::ir::{Body, Role};
 
 use super::emit::Class;
 use super::kernels::{combine_kernel, scan_kernel, Frame, Generated, Threads};
@@ -38,14 +38,23 @@ use super::lower::{Ctx, Lowerer, Split};
 use super::math::MathFn;
 use super::Kernel;
 
-/// Bytes of dynamic shared memory a block of each block-cooperative kernel needs, or
-/// why the module does not have it.
+/// What a launch of each block-cooperative kernel needs to know, or why the module
+/// does not have it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockKernels {
     /// `psm_scan_block`.
-    pub scan: Result<usize, String>,
+    pub scan: Result<BlockKernel, String>,
     /// `psm_combine_block`.
-    pub combine: Result<usize, String>,
+    pub combine: Result<BlockKernel, String>,
+}
+
+/// One block-cooperative kernel of a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockKernel {
+    /// Bytes of dynamic shared memory per block.
+    pub shared_bytes: usize,
+    /// The most entries one of its statements has: threads beyond it idle.
+    pub widest: usize,
 }
 
 impl BlockKernels {
@@ -94,25 +103,57 @@ pub(super) fn block_index_below(f: &mut Frame<'_>, count: super::emit::Reg) -> s
 }
 
 /// Copies `words` 8-byte words from `src` to `dst` (generic), word k by thread
-/// `k mod ntid`, then waits for the block.
+/// `k mod ntid`, then waits for the block. [`COPY_UNROLL`] words of a thread at a time
+/// while that many remain, their loads issued before their stores.
 pub(super) fn copy_words(l: &mut Lowerer<'_>, dst: super::emit::Reg, src: super::emit::Reg, words: usize, split: Split) {
     let e = &mut l.e;
     e.comment(format!("copy one element ({words} words), split over the block"));
-    let (head, done) = (e.label("word"), e.label("words_done"));
-    let (k, a, b, w) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
+    let (wide, head, done) = (e.label("words_unrolled"), e.label("word"), e.label("words_done"));
+    let (k, last, step, a, b) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::B64));
     let p = e.reg(Class::Pred);
     e.ins(format!("mov.u64 {k}, {}", split.tid));
+    e.ins_c(format!("shl.b64 {step}, {}, 3", split.ntid), "bytes between a thread's words");
+    e.place(&wide);
+    e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, COPY_UNROLL - 1));
+    e.ins(format!("setp.ge.u64 {p}, {last}, {words}"));
+    e.ins(format!("@{p} bra {head}"));
+    let w: Vec<_> = (0..COPY_UNROLL).map(|_| e.reg(Class::B64)).collect();
+    e.ins(format!("mad.lo.s64 {a}, {k}, 8, {src}"));
+    for (u, w) in w.iter().enumerate() {
+        if u > 0 {
+            e.ins(format!("add.s64 {a}, {a}, {step}"));
+        }
+        e.ins(format!("ld.u64 {w}, [{a}]"));
+    }
+    e.ins(format!("mad.lo.s64 {b}, {k}, 8, {dst}"));
+    for (u, w) in w.iter().enumerate() {
+        if u > 0 {
+            e.ins(format!("add.s64 {b}, {b}, {step}"));
+        }
+        e.ins(format!("st.u64 [{b}], {w}"));
+    }
+    e.ins(format!("mad.lo.s64 {k}, {}, {COPY_UNROLL}, {k}", split.ntid));
+    e.ins(format!("bra.uni {wide}"));
     e.place(&head);
     e.ins(format!("setp.ge.u64 {p}, {k}, {words}"));
     e.ins(format!("@{p} bra {done}"));
     e.ins(format!("mad.lo.s64 {a}, {k}, 8, {src}"));
     e.ins(format!("mad.lo.s64 {b}, {k}, 8, {dst}"));
-    e.ins(format!("ld.u64 {w}, [{a}]"));
-    e.ins(format!("st.u64 [{b}], {w}"));
+    e.ins(format!("ld.u64 {}, [{a}]", w[0]));
+    e.ins(format!("st.u64 [{b}], {}", w[0]));
     e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
     e.ins(format!("bra.uni {head}"));
     e.place(&done);
     e.ins("bar.sync 0");
+}
+
+/// Words of an element copy a thread moves at a time.
+const COPY_UNROLL: usize = 4;
+
+/// The most entries a statement of `bodies` has.
+fn widest(cx: &Ctx<'_>, bodies: &[&Body]) -> usize {
+    let entries = |stmt: &psm_ir::ir::Stmt| stmt.indices.iter().map(|&v| cx.info.extent(v)).product::<usize>();
+    bodies.iter().flat_map(|b| &b.stmts).map(entries).max().unwrap_or(1)
 }
 
 /// The block-cooperative kernels that fit `limit` bytes of shared memory per block, and
@@ -124,18 +165,20 @@ pub(super) fn kernels(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, limit: usize) -
     if !matrix {
         return (Vec::new(), BlockKernels::absent("the block kernels are generated for matrix-valued elements (a field of rank 2 or more) only"));
     }
-    let fit = |g: Generated| -> (Option<Generated>, Result<usize, String>) {
+    let fit = |g: Generated, bodies: &[&Body]| -> (Option<Generated>, Result<BlockKernel, String>) {
         let bytes = g.shared_bytes;
         if bytes > limit {
             let why = format!("`{}` needs {bytes} bytes of shared memory per block; the target allows {limit}", g.sig.kernel.name());
             (None, Err(why))
         } else {
-            (Some(g), Ok(bytes))
+            (Some(g), Ok(BlockKernel { shared_bytes: bytes, widest: widest(cx, bodies) }))
         }
     };
+    let agg = cx.agg;
     // The bodies are psm_scan's and psm_combine's: no math function beyond theirs.
-    let (scan, scan_bytes) = fit(scan_kernel(cx, math, Threads::Block));
-    let (combine, combine_bytes) = fit(combine_kernel(cx, math, Threads::Block));
+    let scan_bodies: Vec<&Body> = [&agg.lift, &agg.combine, &agg.readout].into_iter().chain(&agg.identity).collect();
+    let (scan, scan_bytes) = fit(scan_kernel(cx, math, Threads::Block), &scan_bodies);
+    let (combine, combine_bytes) = fit(combine_kernel(cx, math, Threads::Block), &[&agg.combine]);
     let generated = scan.into_iter().chain(combine).collect();
     (generated, BlockKernels { scan: scan_bytes, combine: combine_bytes })
 }

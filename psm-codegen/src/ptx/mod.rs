@@ -162,7 +162,7 @@ pub mod lookback;
 mod lower;
 mod math;
 
-pub use block::{shared_limit, BlockKernels};
+pub use block::{shared_limit, BlockKernel, BlockKernels};
 pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;

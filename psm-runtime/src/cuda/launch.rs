@@ -31,14 +31,19 @@ pub(crate) struct BlockKernel {
     pub shared: u32,
 }
 
-/// Threads per block of the block kernels, at most: entries of a GLA state (K·V = 16384
-/// at K = V = 128) are 32 per thread, and a decode step has as many blocks as sequences.
-const BLOCK_THREADS: u32 = 512;
+/// Threads per block of the block kernels, at most (the CUDA maximum): a decode step
+/// of GLA at K = V = 128 has as many blocks as sequences and 16384 entries per
+/// statement of its state.
+const BLOCK_THREADS: u32 = 1024;
 
 impl BlockKernel {
-    fn load(function: Function, shared: usize) -> Result<BlockKernel, RunError> {
+    /// A block as wide as the kernel's widest statement (whole warps), as the function
+    /// allows, at most [`BLOCK_THREADS`].
+    fn load(function: Function, kernel: &psm_codegen::ptx::BlockKernel) -> Result<BlockKernel, RunError> {
+        let shared = kernel.shared_bytes;
         let most = function.allow_shared(shared)?;
-        let threads = (most.min(BLOCK_THREADS) / 32 * 32).max(32);
+        let wanted = u32::try_from(kernel.widest.div_ceil(32) * 32).unwrap_or(BLOCK_THREADS);
+        let threads = (wanted.min(BLOCK_THREADS).min(most) / 32 * 32).max(32);
         let shared = u32::try_from(shared).map_err(|_| RunError::TooLarge { what: format!("the shared memory of `{}`", function.name) })?;
         Ok(BlockKernel { function, threads, shared })
     }
@@ -83,8 +88,8 @@ impl Kernels {
         }
         let module = device.module(aggregator, &ptx.text)?;
         let get = |k: Kernel| module.function(k.name());
-        let block_kernel = |k: Kernel, shared: &Result<usize, String>| match (ptx.kernel(k), shared) {
-            (Some(_), Ok(bytes)) => BlockKernel::load(get(k)?, *bytes).map(Some),
+        let block_kernel = |k: Kernel, block: &Result<psm_codegen::ptx::BlockKernel, String>| match (ptx.kernel(k), block) {
+            (Some(_), Ok(block)) => BlockKernel::load(get(k)?, block).map(Some),
             _ => Ok(None),
         };
         Ok(Kernels {
