@@ -273,24 +273,16 @@ impl CudaExecutor {
     /// `psm_scan_block` for an associative operator's forms but the tree,
     /// `psm_combine_block` for the tree and the counter.
     fn block_absent(&self, form: Form) -> Option<String> {
-        let (kernels, block) = (&self.inner.kernels, &self.inner.ptx.block);
-        let (present, reason) = if self.signature().associative && form != Form::Tree {
-            (kernels.scan_block.is_some(), &block.scan)
-        } else {
-            (kernels.combine_block.is_some(), &block.combine)
-        };
-        match reason {
-            Ok(_) if present => None,
-            Ok(_) => Some("the block kernel was not loaded".to_string()),
-            Err(why) => Some(why.clone()),
-        }
+        let kernels = &self.inner.kernels;
+        let kernel = if self.signature().associative && form != Form::Tree { &kernels.scan_block } else { &kernels.combine_block };
+        kernel.as_ref().err().cloned()
     }
 
     /// Threads that run one chunk of `psm_scan` under `chosen`.
     fn threads_per_chunk(&self, chosen: Chosen) -> usize {
         match chosen {
             Chosen::Lanes => self.lanes().unwrap_or(1),
-            Chosen::Block => self.inner.kernels.scan_block.as_ref().map_or(1, |b| b.threads as usize),
+            Chosen::Block => self.inner.kernels.scan_block.as_ref().ok().map_or(1, |b| b.threads as usize),
             Chosen::Generic | Chosen::Lookback => 1,
         }
     }

@@ -19,9 +19,10 @@ pub(crate) struct Kernels {
     pub identity: Option<Function>,
     /// `psm_scan_entries` and its threads per (sequence, chunk), when the module has it.
     pub scan_entries: Option<(Function, usize)>,
-    /// `psm_scan_block` and `psm_combine_block`, when the module has them.
-    pub scan_block: Option<BlockKernel>,
-    pub combine_block: Option<BlockKernel>,
+    /// `psm_scan_block` and `psm_combine_block`, or why they cannot run: the module
+    /// lacks them (its reason), or the driver refused their shared memory.
+    pub scan_block: Result<BlockKernel, String>,
+    pub combine_block: Result<BlockKernel, String>,
 }
 
 /// A block-cooperative kernel ready to launch: its block size and dynamic shared memory.
@@ -90,9 +91,12 @@ impl Kernels {
         }
         let module = device.module(aggregator, &ptx.text)?;
         let get = |k: Kernel| module.function(k.name());
+        // A device whose blocks hold less shared memory than the PTX target's refuses
+        // the kernel, not the module: the other kernels still run.
         let block_kernel = |k: Kernel, block: &Result<psm_codegen::ptx::BlockKernel, String>| match (ptx.kernel(k), block) {
-            (Some(_), Ok(block)) => BlockKernel::load(get(k)?, block).map(Some),
-            _ => Ok(None),
+            (Some(_), Ok(block)) => Ok(BlockKernel::load(get(k)?, block).map_err(|e| e.to_string())),
+            (_, Err(why)) => Ok(Err(why.clone())),
+            (None, Ok(_)) => Ok(Err(format!("the module has no `{}`", k.name()))),
         };
         Ok(Kernels {
             scan: get(Kernel::Scan)?,
@@ -192,8 +196,8 @@ impl Launcher<'_> {
     }
 
     /// A block kernel of the module, when this launcher takes them.
-    fn block_kernel<'k>(&self, kernel: &'k Option<BlockKernel>) -> Option<&'k BlockKernel> {
-        kernel.as_ref().filter(|_| self.block)
+    fn block_kernel<'k>(&self, kernel: &'k Result<BlockKernel, String>) -> Option<&'k BlockKernel> {
+        kernel.as_ref().ok().filter(|_| self.block)
     }
 
     /// `psm_lift` of every step into `leaves` (`[nseq, steps]` elements).

@@ -40,7 +40,8 @@
 //! sweep takes `psm_combine_block` too), `psm_combine_block` for the tree and the
 //! stream's counter — and the generic kernels otherwise (the module says why:
 //! [`psm_codegen::ptx::BlockKernels`], e.g. a block's shared memory past the target's
-//! maximum). `auto`'s chunk for them counts a block's threads per chunk.
+//! maximum; or the driver refused that much shared memory on this device, which leaves
+//! the other kernels loaded). `auto`'s chunk for them counts a block's threads per chunk.
 //! [`CudaKernel::Block`] forces them: an error, with that reason, when the form's
 //! kernel is absent. The lift and readout of the tree stay one thread per step.
 
