@@ -145,3 +145,59 @@ fn per_entry_kernel_where_entries_scan_independently() {
     // Every elementwise operator of at least two entries without combine lets.
     assert_eq!(combine, ["average", "diag_affine", "mamba_s6"]);
 }
+
+/// The block-cooperative kernels exist exactly for the matrix-valued operators, with
+/// the parameters of the kernels they stand in for, and the bytes of shared memory a
+/// block needs: three element regions and the scan's `let` tensors for
+/// `psm_scan_block`, the combine's `let` tensors for `psm_combine_block`.
+#[test]
+fn block_kernels_for_matrix_valued_elements() {
+    let with: Vec<String> = library().into_iter().filter(|n| module(n).kernel(Kernel::ScanBlock).is_some()).collect();
+    assert_eq!(
+        with,
+        [
+            "attn_agg", "deltanet", "gated_deltanet", "gla", "linear_attention", "mamba2", "mamba_s6", "matmul2x2",
+            "mlstm", "retnet", "rwkv6"
+        ]
+    );
+    for name in library() {
+        let m = module(&name);
+        assert_eq!(m.kernel(Kernel::ScanBlock).is_some(), m.kernel(Kernel::CombineBlock).is_some(), "{name}");
+        if let (Some(block), Some(scan)) = (m.kernel(Kernel::ScanBlock), m.kernel(Kernel::Scan)) {
+            assert_eq!(block.params, scan.params, "{name}");
+            assert_eq!(m.kernel(Kernel::CombineBlock).unwrap().params, m.kernel(Kernel::Combine).unwrap().params);
+            assert!(m.block.scan.as_ref().is_ok_and(|b| b.shared_bytes >= 3 * m.layout.size), "{name}: {:?}", m.block);
+        } else {
+            assert!(m.block.scan.as_ref().unwrap_err().contains("matrix-valued"), "{name}");
+        }
+    }
+    // GLA's s[K, V] at its default K = V = 16: three elements of 16 + 16·16 floats; combine has no `let`.
+    let gla = module("gla");
+    // Its widest statements write s: K·V entries.
+    let kernel = |shared_bytes| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16 });
+    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16)), combine: kernel(0) });
+    assert!(!gla.text.contains("psm_combine_block_shared"));
+    // attn_agg's combine keeps its attention layer's `let` tensors in shared memory.
+    let attn = module("attn_agg");
+    // z, q, k, v and o have 2·C·D = 512 entries.
+    assert!(attn.block.combine.as_ref().is_ok_and(|b| b.shared_bytes > 0 && b.widest == 2 * 8 * 32), "{:?}", attn.block);
+    assert!(attn.text.contains(".extern .shared .align 8 .b8 psm_combine_block_shared[];"));
+}
+
+/// A block whose shared memory would exceed the target's maximum: the kernel is left
+/// out and the module says why; what fits stays.
+#[test]
+fn block_kernels_fall_back_when_shared_memory_is_too_small() {
+    let dims = [("K", 200), ("V", 200)];
+    let (agg, info) = parse_one(&library_source("gla"), &dims);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    let why = m.block.scan.as_ref().unwrap_err();
+    assert_eq!(why, &format!("`psm_scan_block` needs {} bytes of shared memory per block; the target allows {}", 3 * 4 * (200 + 200 * 200), 227 * 1024));
+    assert!(m.kernel(Kernel::ScanBlock).is_none() && !m.text.contains("psm_scan_block"));
+    assert!(m.kernel(Kernel::CombineBlock).is_some());
+    // K = V = 128 (the decode benchmark's GLA) fits sm_90 but not sm_80.
+    let dims = [("K", 128), ("V", 128)];
+    let (agg, info) = parse_one(&library_source("gla"), &dims);
+    assert!(ptx::compile(&agg, &info, &PtxOptions::default()).unwrap().block.scan.is_ok());
+    assert!(ptx::compile(&agg, &info, &PtxOptions { arch: 80 }).unwrap().block.scan.is_err());
+}

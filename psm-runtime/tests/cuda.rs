@@ -552,3 +552,185 @@ operators!(
     subtract,
     tanh_rnn,
 );
+
+/// The block-cooperative kernels (`CudaKernel::Block`) compute every entry with the
+/// generic kernels' instructions, so every library operator that has them gives the
+/// generic kernels' results bit for bit (which `check_operator` holds to the
+/// interpreter): every valid form at the awkward lengths, batch {1, 3}, reverse scans
+/// and initial states, and decode pushes (`push` and `push_resident`, from nothing and
+/// from a state).
+fn check_block(name: &str) {
+    let Some(device) = device() else { return };
+    let start = std::time::Instant::now();
+    let (agg, _) = load_small(name);
+    let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(gpu.ptx().block.scan.is_ok() && gpu.ptx().block.combine.is_ok(), "{name}: {:?}", gpu.ptx().block);
+    let data = Batch::new(&agg, 3, 4097 + 50, 0xb10c ^ name.len() as u64);
+    let runs = compare_block_runs(&agg, &gpu, &data, &ALL_LENGTHS) + compare_block_pushes(&agg, &gpu, &data, 40);
+    println!("{name:22} block = generic bit for bit: {runs} runs and pushes ({:.1}s)", start.elapsed().as_secs_f64());
+}
+
+macro_rules! block_operators {
+    ($($name:ident),* $(,)?) => {
+        mod block_kernels {
+            $(
+                #[test]
+                fn $name() {
+                    super::check_block(stringify!($name));
+                }
+            )*
+        }
+
+        /// Exactly the matrix-valued operators have the block kernels; forcing them on
+        /// another is a typed error saying why.
+        #[test]
+        fn block_kernels_only_for_matrix_valued_elements() {
+            let Some(device) = device() else { return };
+            let with = [$(stringify!($name)),*];
+            for entry in std::fs::read_dir(ops_dir()).unwrap() {
+                let path = entry.unwrap().path();
+                let Some(name) = path.file_stem().map(|n| n.to_string_lossy().into_owned()).filter(|_| path.extension().is_some_and(|e| e == "psm")) else { continue };
+                let (agg, _) = load_small(&name);
+                let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(gpu.ptx().block.scan.is_ok(), with.contains(&name.as_str()), "{name}");
+                if with.contains(&name.as_str()) {
+                    continue;
+                }
+                let data = Batch::new(&agg, 1, 8, 7);
+                let bufs = data.input_bufs(&agg, 1, 8);
+                let x = inputs(&agg, &[], 8, &bufs, &data.param_bufs);
+                match gpu.run_with(&x, &RunOptions::default(), CudaKernel::Block) {
+                    Err(RunError::InvalidOption { option: "kernel", message }) => assert!(message.contains("matrix-valued"), "{name}: {message}"),
+                    other => panic!("{name}: forcing the block kernels: {:?}", other.map(|o| o.form())),
+                }
+            }
+        }
+    };
+}
+
+block_operators!(attn_agg, deltanet, gated_deltanet, gla, linear_attention, mamba2, mamba_s6, matmul2x2, mlstm, retnet, rwkv6);
+
+/// The benchmarks' sizes, where a block's shared memory exceeds the 48 KiB a launch gets
+/// without raising the function's maximum: GLA at K = V = 128 (198 KB per block of
+/// `psm_scan_block`) and attn_agg at C = 8, D = 32, bit for bit the generic kernels.
+#[test]
+fn block_kernels_at_the_benchmark_sizes() {
+    let Some(device) = device() else { return };
+    for name in ["gla", "attn_agg"] {
+        let start = std::time::Instant::now();
+        let dims: Vec<DimOverride> = if name == "gla" {
+            ["K", "V"].iter().map(|d| DimOverride { name: d.to_string(), value: 128 }).collect()
+        } else {
+            Vec::new()
+        };
+        let program = Program::from_file(ops_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
+        let agg = program.aggregator(name).unwrap();
+        let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(gpu.ptx().block.scan.is_ok() && gpu.ptx().block.combine.is_ok(), "{name}: {:?}", gpu.ptx().block);
+        let data = Batch::new(&agg, 3, 150, 0xb16 ^ name.len() as u64);
+        let runs = compare_block_runs(&agg, &gpu, &data, &[1, 7, 64, 100]) + compare_block_pushes(&agg, &gpu, &data, 8);
+        println!("{name:22} at its benchmark size: block = generic bit for bit, {runs} runs and pushes ({:.1}s)", start.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs of every valid form at `lengths` (batch {1, 3}; with batch 3 also reverse and
+/// from an initial state) by the block and the generic kernels: the same form, chunk,
+/// outputs and final state bit for bit. Returns the number of compared runs.
+fn compare_block_runs(agg: &Aggregator, gpu: &CudaExecutor, data: &Batch, lengths: &[usize]) -> usize {
+    let name = &agg.ir().name;
+    let longest = *lengths.iter().max().unwrap();
+    let warm_bufs = data.window_bufs(agg, 3, longest, longest + 50);
+    let warm = inputs(agg, &[3], 50, &warm_bufs, &data.param_bufs);
+    let s0 = gpu.run(&warm, &RunOptions { final_state: true, ..Default::default() }).unwrap().final_state().cloned();
+    let flat = |s: Option<&State>| state_values(s).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+    let mut runs = 0;
+    for &n in lengths {
+        for (batch, nseq) in [(&[][..], 1usize), (&[3][..], 3)] {
+            let bufs = data.input_bufs(agg, nseq, n);
+            let x = inputs(agg, batch, n, &bufs, &data.param_bufs);
+            let options: &[(bool, bool)] = if nseq == 3 { &[(false, false), (true, false), (false, true), (true, true)] } else { &[(false, false)] };
+            for (form, chunk) in forms(agg.associative()) {
+                for &(reverse, from_state) in options {
+                    let initial_state = if from_state { s0.as_ref() } else { None };
+                    let opts = RunOptions { form, chunk, reverse, initial_state, final_state: true, ..Default::default() };
+                    let what = format!("{name} {form:?} chunk {chunk:?} n = {n} batch {batch:?} reverse {reverse} initial state {from_state}");
+                    let block = gpu.run_with(&x, &opts, CudaKernel::Block).unwrap_or_else(|e| panic!("{what}, block: {e}"));
+                    // `auto`'s chunk counts a block's threads: the generic kernels run the
+                    // block's chunk, so that both bracket alike.
+                    let opts = RunOptions { chunk: chunk.or(block.chunk()), ..opts };
+                    let generic = gpu.run_with(&x, &opts, CudaKernel::Generic).unwrap_or_else(|e| panic!("{what}, generic: {e}"));
+                    runs += 1;
+                    assert_eq!((block.form(), block.chunk()), (generic.form(), generic.chunk()), "{what}");
+                    for (k, (a, b)) in values(&block).iter().zip(values(&generic)).enumerate() {
+                        assert_eq!(bits(a), bits(&b), "{what}: output {k}");
+                    }
+                    assert_eq!(flat(block.final_state()), flat(generic.final_state()), "{what}: final state");
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// `n` decode pushes of a batch of 3 (from nothing and from a state) through a stream
+/// on the block kernels, by `push` and by `push_resident` (inputs uploaded first,
+/// outputs downloaded after), against a stream on the generic kernels: the same outputs
+/// and prefix bit for bit. Returns the number of pushes compared.
+fn compare_block_pushes(agg: &Aggregator, gpu: &CudaExecutor, data: &Batch, n: usize) -> usize {
+    let name = &agg.ir().name;
+    let params: Vec<(String, psm_runtime::Data<'_>)> =
+        names(agg, Role::Param).into_iter().zip(&data.param_bufs).map(|(n, b)| (n, b.as_data())).collect();
+    let warm_bufs = data.window_bufs(agg, 3, 0, 20);
+    let warm = inputs(agg, &[3], 20, &warm_bufs, &data.param_bufs);
+    let s0 = gpu.run(&warm, &RunOptions { final_state: true, ..Default::default() }).unwrap().final_state().cloned();
+    let flat = |s: Option<&State>| state_values(s).map(|v| v.iter().map(|f| bits(f)).collect::<Vec<_>>());
+    let mut pushes = 0;
+    for init in [None, s0.as_ref()] {
+        let what = format!("{name} pushes, initial state {}", init.is_some());
+        let open = |kernel| gpu.stream_with(&[3], &params, init, kernel).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (mut generic, mut block, mut resident) = (open(CudaKernel::Generic), open(CudaKernel::Block), open(CudaKernel::Block));
+        for j in 0..n {
+            let step = data.window_bufs(agg, 3, 20 + j, 21 + j);
+            let x = inputs(agg, &[3], 1, &step, &[]);
+            let want = generic.push(&x).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            let got = block.push(&x).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            let staged = resident.upload(&x).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            let mut outs = resident.output_buffers(1).unwrap();
+            resident.push_resident(&staged, &mut outs).unwrap_or_else(|e| panic!("{what}: step {j}: {e}"));
+            let on_device = resident.download(&outs).unwrap();
+            pushes += 1;
+            for (k, ((w, g), r)) in want.tensors().iter().zip(got.tensors()).zip(&on_device).enumerate() {
+                assert_eq!(bits(&g.data.to_f64()), bits(&w.data.to_f64()), "{what}: step {j}, output {k} by push");
+                assert_eq!(bits(&r.data.to_f64()), bits(&w.data.to_f64()), "{what}: step {j}, output {k} by push_resident");
+                assert_eq!(r.shape, w.shape, "{what}: step {j}, output {k}");
+            }
+        }
+        let want = flat(generic.prefix().unwrap().as_ref());
+        assert_eq!(flat(block.prefix().unwrap().as_ref()), want, "{what}: the prefix after the pushes");
+        assert_eq!(flat(resident.prefix().unwrap().as_ref()), want, "{what}: the prefix after the resident pushes");
+        assert_eq!(resident.position(), n as u64);
+    }
+    pushes
+}
+
+/// Device buffers of another stream's shape, or of the wrong kind, are typed errors.
+#[test]
+fn resident_pushes_check_their_buffers() {
+    let Some(device) = device() else { return };
+    let (agg, _) = load_small("gla");
+    let gpu = agg.cuda(device).unwrap();
+    let data = Batch::new(&agg, 3, 4, 1);
+    let mut three = gpu.stream(&[3], &[], None).unwrap();
+    let one = gpu.stream(&[], &[], None).unwrap();
+    let staged = three.upload(&inputs(&agg, &[3], 2, &data.input_bufs(&agg, 3, 2), &[])).unwrap();
+    let mut two_steps = three.output_buffers(2).unwrap();
+    let mut one_step = three.output_buffers(1).unwrap();
+    let mut other = one.output_buffers(2).unwrap();
+    assert!(matches!(three.push_resident(&staged, &mut one_step), Err(RunError::InvalidOption { option: "device buffers", .. })));
+    assert!(matches!(three.push_resident(&staged, &mut other), Err(RunError::BatchMismatch { .. })));
+    let mut inputs_as_outputs = three.upload(&inputs(&agg, &[3], 2, &data.input_bufs(&agg, 3, 2), &[])).unwrap();
+    assert!(matches!(three.push_resident(&staged, &mut inputs_as_outputs), Err(RunError::InvalidOption { option: "device buffers", .. })));
+    assert_eq!(three.position(), 0, "a refused push changes nothing");
+    three.push_resident(&staged, &mut two_steps).unwrap();
+    assert_eq!(three.position(), 2);
+}

@@ -46,15 +46,20 @@
 //! `--resident` (with `--backend cuda`) times what GPU libraries are compared by: the
 //! inputs uploaded and the outputs allocated once, then each run timed on the device by
 //! CUDA events around everything it submits (its scratch allocations and launches; the
-//! median of 20 after 3 warm-up runs); nothing is copied per run. `--kernel` picks the
-//! CUDA kernels (`auto`, `generic`, `lookback`, `lanes`: psm_runtime::cuda::select); a
-//! row that ran the look-back scan or the lanes kernel says `form` `lookback` or `lanes`.
+//! median of 20 after 3 warm-up runs); nothing is copied per run. With `--resident`,
+//! `push` uploads every step's inputs once and pushes them with
+//! `DeviceStream::push_resident` into outputs left on the device: timed is the wall
+//! clock of T pushes and one synchronisation (launches included; the best of repeated
+//! passes of one stream, decoding on). `--kernel` picks the
+//! CUDA kernels (`auto`, `generic`, `lookback`, `lanes`, `block`:
+//! psm_runtime::cuda::select); a row that ran the look-back scan or the lanes kernel
+//! says `form` `lookback` or `lanes`, one that ran the block kernels `FORM/block`.
 //!
 //! `--format json` prints one object: `suite` (`"cpu"` or null), `backend` (`cpu`,
 //! `interp` or `cuda`), `threads` (K),
 //! `budget_seconds`, `total_seconds` (the whole bench), and `rows`, each with
 //! `operator`, `dims` (name → value), `shape` (`[batch..., T, first input's dims...]`),
-//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `chunkwise`, `push`, `lookback` or `lanes`), `chunk` (chunked
+//! `form` (`recurrent`, `chunked`, `tree`, `stream`, `chunkwise`, `push`, `lookback`, `lanes`, or a form `/block`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
 //! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
@@ -81,7 +86,7 @@ use psm_bench::baselines;
 use psm_bench::{best_time, copy_bandwidth, Rng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
-use psm_runtime::cuda::Chosen;
+use psm_runtime::cuda::{Chosen, CudaExecutor, CudaKernel};
 use psm_runtime::{Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
 
 use crate::run::{BackendArg, KernelArg, Runner};
@@ -466,6 +471,10 @@ fn bench_case(
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
             Mode::Form(f) => run_form(&runner, &sig, &data, &case.batch, steps, f, pool, budget, resident)?,
+            Mode::Push { .. } if resident => match &runner {
+                Runner::Cuda(gpu, kernel) => run_push_resident(gpu, *kernel, &sig, &data, &case.batch, steps, budget)?,
+                Runner::Host(_) => unreachable!("--resident is refused without --backend cuda"),
+            },
             Mode::Push { into } => run_push(&runner, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
         let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
@@ -654,6 +663,7 @@ fn run_form(
             match gpu.choose(&opts, *kernel, batch.iter().product()).map_err(fail)? {
                 Chosen::Lookback => form_name = "lookback".into(),
                 Chosen::Lanes => form_name = "lanes".into(),
+                Chosen::Block => form_name = format!("{form_name}/block"),
                 Chosen::Generic => {}
             }
             if resident {
@@ -692,28 +702,7 @@ fn run_push(
     budget: Duration,
 ) -> Result<Timed, Fail> {
     let nseq: usize = batch.iter().product();
-    // Step-major copies: the inputs of step t of every sequence, contiguous.
-    let per_step: Vec<Vec<Buffer>> = (0..steps)
-        .map(|t| {
-            sig.inputs
-                .iter()
-                .zip(&data.inputs)
-                .map(|(s, buf)| {
-                    let mut v = Buffer::zeros(s.dtype, 0);
-                    for b in 0..nseq {
-                        let from = (b * steps + t) * s.len;
-                        match (&mut v, buf) {
-                            (Buffer::F32(v), Buffer::F32(x)) => v.extend_from_slice(&x[from..from + s.len]),
-                            (Buffer::F64(v), Buffer::F64(x)) => v.extend_from_slice(&x[from..from + s.len]),
-                            (Buffer::I32(v), Buffer::I32(x)) => v.extend_from_slice(&x[from..from + s.len]),
-                            _ => unreachable!("drawn in the declared dtype"),
-                        }
-                    }
-                    v
-                })
-                .collect()
-        })
-        .collect();
+    let per_step = step_major_inputs(sig, data, nseq, steps);
     let decode = |keep: bool| -> Result<Vec<Vec<Buffer>>, psm_runtime::RunError> {
         let mut stream = Decoder::open(runner, sig, data, batch)?;
         let mut kept = Vec::new();
@@ -749,8 +738,40 @@ fn run_push(
             let _ = black_box(decode(false));
         })
     });
-    // Back to [batch..., T, dims...].
-    let outputs = sig
+    let outputs = sequence_major_outputs(sig, &kept, nseq, steps);
+    Ok((outputs, t.as_secs_f64(), if into { "push_into" } else { "push" }.into(), None))
+}
+
+/// Step-major copies of a batch's inputs: the inputs of step t of every sequence,
+/// contiguous, per input field.
+fn step_major_inputs(sig: &Signature, data: &Data, nseq: usize, steps: usize) -> Vec<Vec<Buffer>> {
+(0..steps)
+        .map(|t| {
+            sig.inputs
+                .iter()
+                .zip(&data.inputs)
+                .map(|(s, buf)| {
+                    let mut v = Buffer::zeros(s.dtype, 0);
+                    for b in 0..nseq {
+                        let from = (b * steps + t) * s.len;
+                        match (&mut v, buf) {
+                            (Buffer::F32(v), Buffer::F32(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            (Buffer::F64(v), Buffer::F64(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            (Buffer::I32(v), Buffer::I32(x)) => v.extend_from_slice(&x[from..from + s.len]),
+                            _ => unreachable!("drawn in the declared dtype"),
+                        }
+                    }
+                    v
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Per-step outputs (every sequence's step t, per output field) back to
+/// `[batch..., T, dims...]`.
+fn sequence_major_outputs(sig: &Signature, kept: &[Vec<Buffer>], nseq: usize, steps: usize) -> Vec<Buffer> {
+    sig
         .outputs
         .iter()
         .enumerate()
@@ -769,8 +790,51 @@ fn run_push(
             }
             full
         })
-        .collect();
-    Ok((outputs, t.as_secs_f64(), if into { "push_into" } else { "push" }.into(), None))
+        .collect()
+}
+
+/// A decode loop on the device with nothing copied per push: every step's inputs
+/// uploaded once ([`DeviceStream::upload`](psm_runtime::cuda::DeviceStream::upload)),
+/// then `steps` pushes of a stream (`push_resident`) into outputs left on the device.
+/// The outputs of a first pass are checked; timed is the wall clock of `steps` pushes
+/// and a final synchronisation (launches included), the best of repeated passes of the
+/// same stream (decoding on).
+fn run_push_resident(gpu: &CudaExecutor, kernel: CudaKernel, sig: &Signature, data: &Data, batch: &[usize], steps: usize, budget: Duration) -> Result<Timed, Fail> {
+    let fail = |e: psm_runtime::RunError| Fail(format!("error: {e}\n"));
+    let nseq: usize = batch.iter().product();
+    let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
+    let mut stream = gpu.stream_with(batch, &params, None, kernel).map_err(fail)?;
+    let staged = step_major_inputs(sig, data, nseq, steps)
+        .iter()
+        .map(|step| {
+            let inputs = sig.inputs.iter().zip(step).fold(Inputs::new(batch, 1), |x, (s, b)| x.input(&s.name, b));
+            stream.upload(&inputs)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    let mut outs = (0..steps).map(|_| stream.output_buffers(1)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+    let pass = |stream: &mut psm_runtime::cuda::DeviceStream, outs: &mut [psm_runtime::cuda::DeviceSteps]| -> Result<(), psm_runtime::RunError> {
+        for (x, o) in staged.iter().zip(outs.iter_mut()) {
+            stream.push_resident(x, o)?;
+        }
+        gpu.device().synchronize()
+    };
+    pass(&mut stream, &mut outs).map_err(fail)?;
+    let kept = outs
+        .iter()
+        .map(|o| Ok(stream.download(o)?.into_iter().map(|t| t.data).collect()))
+        .collect::<Result<Vec<Vec<Buffer>>, psm_runtime::RunError>>()
+        .map_err(fail)?;
+    let mut failed = None;
+    let t = best_time(budget, || {
+        if let Err(e) = pass(&mut stream, &mut outs) {
+            failed.get_or_insert(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(fail(e));
+    }
+    Ok((sequence_major_outputs(sig, &kept, nseq, steps), t.as_secs_f64(), "push".into(), None))
 }
 
 /// A stream on the runner's backend.
@@ -789,9 +853,9 @@ impl Decoder {
                 }
                 builder.open().map(Decoder::Host)
             }
-            Runner::Cuda(gpu, _) => {
+            Runner::Cuda(gpu, kernel) => {
                 let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
-                gpu.stream(batch, &params, None).map(Decoder::Cuda)
+                gpu.stream_with(batch, &params, None, *kernel).map(Decoder::Cuda)
             }
         }
     }

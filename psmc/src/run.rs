@@ -137,7 +137,8 @@ impl BackendArg {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum KernelArg {
     /// psm-runtime's choice: for associative operators the look-back scan or the lanes
-    /// kernel where they apply, else the generic kernels of the form
+    /// kernel where they apply, else the block kernels for matrix-valued elements, else
+    /// the generic kernels of the form
     Auto,
     /// The generic kernels of the form
     Generic,
@@ -145,6 +146,9 @@ pub(crate) enum KernelArg {
     Lookback,
     /// A thread per (sequence, chunk, vector entry) (forms auto, recurrent and chunked)
     Lanes,
+    /// A thread block per (sequence, chunk) or per combine, the element in shared memory
+    /// (matrix-valued elements; auto takes it for them)
+    Block,
 }
 
 impl KernelArg {
@@ -154,6 +158,7 @@ impl KernelArg {
             KernelArg::Generic => CudaKernel::Generic,
             KernelArg::Lookback => CudaKernel::Lookback,
             KernelArg::Lanes => CudaKernel::Lanes,
+            KernelArg::Block => CudaKernel::Block,
         }
     }
 }

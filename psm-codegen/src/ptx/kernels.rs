@@ -21,6 +21,20 @@ pub(crate) struct Generated {
     pub sig: KernelSig,
     pub text: String,
     pub local_bytes: usize,
+    /// Bytes of dynamic shared memory a block needs (block-cooperative kernels).
+    pub shared_bytes: usize,
+}
+
+/// How a kernel's threads share its work items.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Threads<'s> {
+    /// One thread per item.
+    OnePerItem,
+    /// One thread per entry of the element's fields (their shape).
+    OnePerEntry(&'s [usize]),
+    /// One block per item, its threads splitting each statement's entries
+    /// (`block`); `let` tensors and element regions in shared memory.
+    Block,
 }
 
 /// The parameters of a kernel: params, inputs, outputs as the kernel takes them, then
@@ -32,20 +46,20 @@ pub(super) fn signature(cx: &Ctx<'_>, kernel: Kernel) -> KernelSig {
     for t in agg.tensors_of(Role::Param) {
         push(format!("param_{}", agg.tensors[t].name), ParamType::U64);
     }
-    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Lift | Kernel::Readout | Kernel::Lookback) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::ScanBlock | Kernel::Lift | Kernel::Readout | Kernel::Lookback) {
         for t in agg.tensors_of(Role::Input) {
             push(format!("in_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
-    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::Readout | Kernel::Lookback) {
+    if matches!(kernel, Kernel::Scan | Kernel::ScanEntries | Kernel::ScanBlock | Kernel::Readout | Kernel::Lookback) {
         for t in agg.tensors_of(Role::Output) {
             push(format!("out_{}", agg.tensors[t].name), ParamType::U64);
         }
     }
     let own: &[&str] = match kernel {
-        Kernel::Scan | Kernel::ScanEntries => &["nseq", "steps", "chunk", "state_in", "state_out"],
+        Kernel::Scan | Kernel::ScanEntries | Kernel::ScanBlock => &["nseq", "steps", "chunk", "state_in", "state_out"],
         Kernel::Lift => &["nseq", "steps", "leaves"],
-        Kernel::Combine | Kernel::CombineEntries => {
+        Kernel::Combine | Kernel::CombineEntries | Kernel::CombineBlock => {
             &["rows", "cols", "out", "out_row", "out_col", "left", "left_row", "left_col", "right", "right_row", "right_col"]
         }
         Kernel::Readout => &["nseq", "steps", "prefixes"],
@@ -102,12 +116,15 @@ pub(super) fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
 pub(super) struct Frame<'a> {
     pub l: Lowerer<'a>,
     sig: KernelSig,
-    /// Bytes of the `.local` array (`let` tensors, then element regions).
+    /// Bytes of the scratch array (`let` tensors, then element regions).
     local_bytes: usize,
     /// Bytes of its `let` region.
     lets: usize,
-    /// Generic base of the `.local` array.
+    /// Generic base of the scratch array: `.local`, or a block-cooperative kernel's
+    /// dynamic shared memory.
     scratch: Option<Reg>,
+    /// The scratch array is the block's dynamic shared memory.
+    shared: bool,
     pub exit: String,
     /// Where the bodies' input and output rows are (`Global` but in the look-back kernel).
     pub rows_space: Space,
@@ -117,19 +134,28 @@ impl<'a> Frame<'a> {
     /// The frame of a kernel that lowers `bodies`, with `regions` element regions after
     /// their `let` tensors.
     pub fn new(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, bodies: &[&Body], regions: usize) -> Frame<'a> {
+        Self::with_scratch(cx, math, kernel, bodies, regions, false)
+    }
+
+    /// [`Frame::new`], with the scratch array per thread in `.local`, or (`shared`)
+    /// per block in its dynamic shared memory.
+    pub fn with_scratch(cx: &'a Ctx<'a>, math: &'a mut BTreeSet<MathFn>, kernel: Kernel, bodies: &[&Body], regions: usize, shared: bool) -> Frame<'a> {
         let sig = signature(cx, kernel);
         let lets = align8(lets_bytes(cx, bodies));
         let local_bytes = lets.saturating_add(cx.layout.size.saturating_mul(regions));
         let mut l = Lowerer::new(cx, math);
         let exit = "$L_exit".to_string();
         let scratch = (local_bytes > 0).then(|| {
-            l.e.raw(&format!("\t.local .align 8 .b8 scratch[{local_bytes}];\n"));
+            let (name, space) = if shared { (super::block::shared_window(kernel), "shared") } else { ("scratch".to_string(), "local") };
+            if !shared {
+                l.e.raw(&format!("\t.local .align 8 .b8 scratch[{local_bytes}];\n"));
+            }
             let (a, g) = (l.e.reg(Class::B64), l.e.reg(Class::B64));
-            l.e.ins(format!("mov.u64 {a}, scratch"));
-            l.e.ins(format!("cvta.local.u64 {g}, {a}"));
+            l.e.ins(format!("mov.u64 {a}, {name}"));
+            l.e.ins(format!("cvta.{space}.u64 {g}, {a}"));
             g
         });
-        Frame { l, sig, local_bytes, lets, scratch, exit, rows_space: Space::Global }
+        Frame { l, sig, local_bytes, lets, scratch, shared, exit, rows_space: Space::Global }
     }
 
     /// A `.u64` (or `.u32`) kernel parameter.
@@ -254,6 +280,10 @@ impl<'a> Frame<'a> {
     /// Copies an element (`layout.size` bytes, 8-byte words) from `src` to `dst`.
     fn copy_element(&mut self, dst: Reg, src: Reg) {
         let words = self.l.cx.layout.size / 8;
+        if let Some(split) = self.l.split {
+            super::block::copy_words(&mut self.l, dst, src, words, split);
+            return;
+        }
         self.l.e.comment(format!("copy one element ({words} words)"));
         let w = self.l.e.reg(Class::B64);
         if words <= 8 {
@@ -277,6 +307,10 @@ impl<'a> Frame<'a> {
         self.l.e.place(&exit);
         self.l.e.ins("ret");
         let mut text = String::new();
+        let shared_bytes = if self.shared { self.local_bytes } else { 0 };
+        if shared_bytes > 0 {
+            let _ = writeln!(text, ".extern .shared .align 8 .b8 {}[];\n", super::block::shared_window(self.sig.kernel));
+        }
         let _ = writeln!(text, ".visible .entry {}(", self.sig.kernel.name());
         let n = self.sig.params.len();
         for (k, p) in self.sig.params.iter().enumerate() {
@@ -286,7 +320,8 @@ impl<'a> Frame<'a> {
         text.push_str(")\n{\n");
         text.push_str(&self.l.e.finish());
         text.push_str("}\n");
-        Generated { sig: self.sig, text, local_bytes: self.local_bytes }
+        let local_bytes = if self.shared { 0 } else { self.local_bytes };
+        Generated { sig: self.sig, text, local_bytes, shared_bytes }
     }
 }
 
@@ -366,12 +401,16 @@ fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryByt
     }
 }
 
-/// The thread's work item below `count`: itself, or with `entries` (the fields'
-/// shape) `count · E` threads, each item's E threads split into the item's index and
+/// The thread's work item below `count`: itself; its block's (`Block`); or with
+/// `OnePerEntry` (the fields' shape) `count · E` threads, each item's E threads split into the item's index and
 /// the thread's entry (its coordinates pinned in the lowerer, its byte offsets
 /// returned).
-fn thread_and_entry(f: &mut Frame<'_>, count: Reg, entries: Option<&[usize]>) -> (Reg, Option<EntryBytes>) {
-    let Some(shape) = entries else { return (f.index_below(count), None) };
+fn thread_and_entry(f: &mut Frame<'_>, count: Reg, threads: Threads<'_>) -> (Reg, Option<EntryBytes>) {
+    let shape = match threads {
+        Threads::OnePerItem => return (f.index_below(count), None),
+        Threads::Block => return (super::block::block_index_below(f, count), None),
+        Threads::OnePerEntry(shape) => shape,
+    };
     let n_entries: usize = shape.iter().product();
     f.l.e.ins_c(format!("mul.lo.s64 {count}, {count}, {n_entries}"), "one thread per entry");
     let thread = f.index_below(count);
@@ -463,14 +502,14 @@ pub(super) fn param_bases(f: &mut Frame<'_>, bodies: &[&Body]) -> Vec<Option<Reg
 }
 
 pub(crate) fn scan(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
-    scan_kernel(cx, math, None)
+    scan_kernel(cx, math, Threads::OnePerItem)
 }
 
 /// `psm_scan_entries`, for an operator whose entries scan independently
 /// ([`entry_shape`]).
 pub(crate) fn scan_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let shape = entry_shape(cx)?;
-    Some(scan_kernel(cx, math, Some(&shape)))
+    Some(scan_kernel(cx, math, Threads::OnePerEntry(&shape)))
 }
 
 /// The shape of the element's fields when one thread per entry can run the fused loop:
@@ -517,17 +556,23 @@ fn state_loads(agg: &psm_ir::ir::Aggregator, e: psm_ir::arena::Handle<Expr>, f: 
     agg.exprs[e].for_each_child(|c| state_loads(agg, c, f));
 }
 
-/// `psm_scan`, or with `entries` (the fields' shape) `psm_scan_entries`: the same loop
-/// with one thread per entry of the element and every field's entry in a register.
-fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
+/// `psm_scan`; with `OnePerEntry` (the fields' shape) `psm_scan_entries`: the same loop
+/// with one thread per entry of the element and every field's entry in a register; with
+/// `Block` `psm_scan_block`: the same loop by a block, its regions in shared memory.
+pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Threads<'_>) -> Generated {
     let agg = cx.agg;
     let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
-    let kernel = if entries.is_some() { Kernel::ScanEntries } else { Kernel::Scan };
+    let (kernel, entries) = match threads {
+        Threads::OnePerItem => (Kernel::Scan, None),
+        Threads::OnePerEntry(shape) => (Kernel::ScanEntries, Some(shape)),
+        Threads::Block => (Kernel::ScanBlock, None),
+    };
+    let block = matches!(threads, Threads::Block);
     // Every field in a register: one thread per entry, or an element of scalars.
-    let in_registers = entries.is_some() || agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty());
+    let in_registers = entries.is_some() || (!block && agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty()));
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
-    let mut f = Frame::new(cx, math, kernel, &bodies, if in_registers { 0 } else { 3 });
+    let mut f = Frame::with_scratch(cx, math, kernel, &bodies, if in_registers { 0 } else { 3 }, block);
     let (nseq, steps, chunk) = (f.param("nseq"), f.param("steps"), f.param("chunk"));
     let e = &mut f.l.e;
     let (nchunks, count, zero_chunk) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(Class::Pred));
@@ -538,7 +583,7 @@ fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usiz
     e.ins(format!("sub.s64 {nchunks}, {nchunks}, 1"));
     e.ins(format!("div.u64 {nchunks}, {nchunks}, {chunk}"));
     e.ins(format!("mul.lo.s64 {count}, {nseq}, {nchunks}"));
-    let (gid, entry) = thread_and_entry(&mut f, count, entries);
+    let (gid, entry) = thread_and_entry(&mut f, count, threads);
     let (s, c) = f.divmod(gid, nchunks);
     let flags = f.param("flags");
     let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
@@ -748,26 +793,32 @@ pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
 }
 
 pub(crate) fn combine(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
-    combine_kernel(cx, math, None)
+    combine_kernel(cx, math, Threads::OnePerItem)
 }
 
 /// `psm_combine_entries`, for an operator whose combine runs per entry
 /// ([`combine_entry_shape`]).
 pub(crate) fn combine_entries(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Option<Generated> {
     let shape = combine_entry_shape(cx)?;
-    Some(combine_kernel(cx, math, Some(&shape)))
+    Some(combine_kernel(cx, math, Threads::OnePerEntry(&shape)))
 }
 
-/// `psm_combine`, or with `entries` (the fields' shape) `psm_combine_entries`: one
-/// thread per entry of each combine.
-fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, entries: Option<&[usize]>) -> Generated {
+/// `psm_combine`; with `OnePerEntry` (the fields' shape) `psm_combine_entries`: one
+/// thread per entry of each combine; with `Block` `psm_combine_block`: a block per
+/// combine, its `let` tensors in shared memory.
+pub(super) fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Threads<'_>) -> Generated {
     let agg = cx.agg;
-    let kernel = if entries.is_some() { Kernel::CombineEntries } else { Kernel::Combine };
-    let mut f = Frame::new(cx, math, kernel, &[&agg.combine], 0);
+    let kernel = match threads {
+        Threads::OnePerItem => Kernel::Combine,
+        Threads::OnePerEntry(_) => Kernel::CombineEntries,
+        Threads::Block => Kernel::CombineBlock,
+    };
+    let block = matches!(threads, Threads::Block);
+    let mut f = Frame::with_scratch(cx, math, kernel, &[&agg.combine], 0, block);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);
     f.l.e.ins(format!("mul.lo.s64 {count}, {rows}, {cols}"));
-    let (gid, entry) = thread_and_entry(&mut f, count, entries);
+    let (gid, entry) = thread_and_entry(&mut f, count, threads);
     let (row, col) = f.divmod(gid, cols);
     let addr = |f: &mut Frame<'_>, name: &str| {
         let base = f.param(name);

@@ -194,7 +194,8 @@ pub fn compile_lookback(
     }
     let text = super::module_text(&cx, options, version, &math, std::slice::from_ref(&g));
     let record = record_bytes(&cx);
-    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None };
+    let block_kernels = super::BlockKernels::absent("the look-back module has no block kernels");
+    let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None, block: block_kernels };
     Ok(Some(LookbackModule { module, items, tile, record, entries, block: block as u32 }))
 }
 

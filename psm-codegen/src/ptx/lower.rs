@@ -109,6 +109,18 @@ pub(crate) struct Lowerer<'a> {
     /// index variables of every statement writing an element field or an output take
     /// instead of looping.
     pub entry: Option<Vec<Reg>>,
+    /// In a block-cooperative kernel (`block`): the threads of the block split the
+    /// entries of every statement that writes memory, and every statement ends at a
+    /// barrier.
+    pub split: Option<Split>,
+}
+
+/// The thread's index in its block and the block's size (b64), by which a
+/// block-cooperative kernel splits a statement's entries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Split {
+    pub tid: Reg,
+    pub ntid: Reg,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +139,7 @@ impl<'a> Lowerer<'a> {
             folds: Folds::new(cx.agg),
             math,
             entry: None,
+            split: None,
         }
     }
 
@@ -346,15 +359,55 @@ impl<'a> Lowerer<'a> {
                 Loc::Zero => {}
             }
         };
-        match (&self.entry, stmt.target) {
-            (Some(coords), Target::Tensor(_)) => {
+        match (&self.entry, self.split, stmt.target) {
+            (Some(coords), _, Target::Tensor(_)) => {
                 for (&v, &c) in stmt.indices.iter().zip(coords) {
                     self.env[v.index()] = Some(c);
                 }
                 run(self);
             }
+            // A value in a register: every thread of the block computes its own copy.
+            (_, Some(split), _) => {
+                if matches!(loc, Loc::Mem { .. }) {
+                    self.split_nest(&stmt.indices, split, &mut run);
+                } else {
+                    self.nest(&stmt.indices, &mut run);
+                }
+                // The next statement may read what this one wrote, or overwrite what it read.
+                self.e.ins("bar.sync 0");
+            }
             _ => self.nest(&stmt.indices, &mut run),
         }
+    }
+
+    /// The entries of `vars`' row-major space, entry k by thread `k mod ntid`: each
+    /// binds the variables to k's coordinates and runs `f`.
+    fn split_nest(&mut self, vars: &[Handle<IndexVar>], split: Split, f: &mut dyn FnMut(&mut Self)) {
+        let extents: Vec<i64> = vars.iter().map(|&v| self.cx.info.extent(v) as i64).collect();
+        let total: i64 = extents.iter().product();
+        let (head, done) = (self.e.label("entry"), self.e.label("entries_done"));
+        let (k, p) = (self.e.reg(Class::B64), self.e.reg(Class::Pred));
+        self.e.ins_c(format!("mov.u64 {k}, {}", split.tid), "the thread's first entry");
+        self.e.place(&head);
+        self.e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
+        self.e.ins(format!("@{p} bra {done}"));
+        let mut rest = k;
+        for (n, &v) in vars.iter().enumerate() {
+            let inner: i64 = extents[n + 1..].iter().product();
+            if n + 1 == vars.len() {
+                self.env[v.index()] = Some(rest);
+                break;
+            }
+            let (q, r) = (self.e.reg(Class::B64), self.e.reg(Class::B64));
+            self.e.ins(format!("div.u64 {q}, {rest}, {inner}"));
+            self.e.ins(format!("rem.u64 {r}, {rest}, {inner}"));
+            self.env[v.index()] = Some(q);
+            rest = r;
+        }
+        f(self);
+        self.e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
+        self.e.ins(format!("bra.uni {head}"));
+        self.e.place(&done);
     }
 
     // ------------------------------------------------------------ integers

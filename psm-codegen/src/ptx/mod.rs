@@ -7,10 +7,13 @@
 //! **Module.** `.version` is the lowest PTX ISA that the target needs (7.8 for
 //! `sm_90`, accepted by every CUDA 12 and 13 driver), `.address_size 64`. Kernel names
 //! are fixed ([`Kernel::name`]): `psm_scan`, `psm_lift`, `psm_combine`, `psm_readout`,
-//! `psm_identity` when the aggregator declares an identity, and `psm_scan_entries` /
-//! `psm_combine_entries` where its entries scan / combine independently. Every kernel is 1-D:
+//! `psm_identity` when the aggregator declares an identity, `psm_scan_entries` /
+//! `psm_combine_entries` where its entries scan / combine independently, and
+//! `psm_scan_block` / `psm_combine_block` where a block's shared memory holds what they
+//! need. Every kernel is 1-D:
 //! any grid and block size; a thread computes its 64-bit global index
-//! `ctaid.x · ntid.x + tid.x` and returns when it is not below the kernel's count.
+//! `ctaid.x · ntid.x + tid.x` and returns when it is not below the kernel's count (the
+//! block kernels: a block per item, its index `ctaid.x`).
 //! Every offset into a buffer is computed in 64 bits.
 //!
 //! **Buffers** (device pointers, passed as `.u64`):
@@ -101,6 +104,19 @@
 //! bit; padding bytes of `out` are not written).
 //!
 //! ```text
+//! psm_scan_block(params…, inputs…, outputs…, nseq, steps, chunk, state_in, state_out, flags: u32)
+//! psm_combine_block(params…, rows, cols, out, out_row, out_col, left, left_row, left_col,
+//!                   right, right_row, right_col, flags: u32)
+//! ```
+//! `psm_scan` and `psm_combine` with one *block* per item (grid = the item count, any
+//! block size): same arguments, flags, slots and results, bit for bit. A launch passes
+//! [`PtxModule::block`]'s bytes of dynamic shared memory (the element regions and `let`
+//! tensors; above 48 KiB the function's maximum must be raised first); the threads split
+//! each statement's entries (the design is in `block`'s module doc). Present only when
+//! those bytes fit the target ([`shared_limit`]: 227 KiB on sm_90); else
+//! [`BlockKernels`] holds the reason.
+//!
+//! ```text
 //! psm_readout(params…, inputs…, outputs…, nseq, steps, prefixes, flags: u32)
 //! ```
 //! One thread per (s, position i), `nseq · steps` threads: the readout of position i
@@ -140,6 +156,7 @@
 //! associative operators agree with the interpreter within the tolerance, while tree
 //! and stream on the GPU — the same device code — are bit-identical to each other.
 
+mod block;
 mod channels;
 mod emit;
 mod kernels;
@@ -147,6 +164,7 @@ pub mod lookback;
 mod lower;
 mod math;
 
+pub use block::{shared_limit, BlockKernel, BlockKernels};
 pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
@@ -186,6 +204,10 @@ pub enum Kernel {
     Scan,
     ScanEntries,
     CombineEntries,
+    /// `psm_scan` by a block per (sequence, chunk) (`block`).
+    ScanBlock,
+    /// `psm_combine` by a block per combine (`block`).
+    CombineBlock,
     Lift,
     Combine,
     Readout,
@@ -201,6 +223,8 @@ impl Kernel {
             Kernel::Scan => "psm_scan",
             Kernel::ScanEntries => "psm_scan_entries",
             Kernel::CombineEntries => "psm_combine_entries",
+            Kernel::ScanBlock => "psm_scan_block",
+            Kernel::CombineBlock => "psm_combine_block",
             Kernel::Lift => "psm_lift",
             Kernel::Combine => "psm_combine",
             Kernel::Readout => "psm_readout",
@@ -247,6 +271,9 @@ pub struct PtxModule {
     /// Threads per (sequence, chunk) of `psm_scan_entries` (the entries of one field),
     /// when the module has it.
     pub entries: Option<usize>,
+    /// Dynamic shared memory per block of `psm_scan_block` and `psm_combine_block`, or
+    /// why the module lacks them.
+    pub block: BlockKernels,
 }
 
 impl PtxModule {
@@ -311,6 +338,8 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     let entries = kernels::entry_shape(&cx).map(|shape| shape.iter().product());
     generated.extend(kernels::scan_entries(&cx, &mut math));
     generated.extend(kernels::combine_entries(&cx, &mut math));
+    let (block_kernels, block) = block::kernels(&cx, &mut math, shared_limit(options.arch));
+    generated.extend(block_kernels);
     if let Some(k) = generated.iter().find(|k| k.local_bytes > LOCAL_LIMIT) {
         return Err(PtxError::LocalMemory { kernel: k.sig.kernel.name(), bytes: k.local_bytes, limit: LOCAL_LIMIT });
     }
@@ -322,6 +351,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
         local_bytes: generated.iter().map(|g| g.local_bytes).max().unwrap_or(0),
         kernels: generated.into_iter().map(|g| g.sig).collect(),
         entries,
+        block,
     })
 }
 

@@ -260,6 +260,13 @@ impl Device {
     /// Launches `f` on `blocks` blocks of `block` threads (1-D) with `args`. Nothing is
     /// launched for `blocks` = 0.
     pub(crate) fn launch_blocks(&self, f: &Function, blocks: u64, block: u32, args: &Args) -> Result<(), RunError> {
+        self.launch_shared(f, blocks, block, 0, args)
+    }
+
+    /// [`launch_blocks`](Self::launch_blocks) with `shared` bytes of dynamic shared
+    /// memory per block (above 48 KiB only for a function prepared by
+    /// [`Function::allow_shared`]).
+    pub(crate) fn launch_shared(&self, f: &Function, blocks: u64, block: u32, shared: u32, args: &Args) -> Result<(), RunError> {
         if blocks == 0 {
             return Ok(());
         }
@@ -272,7 +279,7 @@ impl Device {
         // hold the value in its leading bytes (Args); the kernel only dereferences
         // device pointers its caller made valid for the threads launched.
         unsafe {
-            cudarc::driver::result::launch_kernel(f.raw, (grid, 1, 1), (block, 1, 1), 0, self.cu_stream(), &mut params)
+            cudarc::driver::result::launch_kernel(f.raw, (grid, 1, 1), (block, 1, 1), shared, self.cu_stream(), &mut params)
                 .map_err(|e| driver_error(&format!("the launch of `{}`", f.name), e))
         }
     }
@@ -425,6 +432,24 @@ impl Module {
             .map_err(|e| driver_error(&format!("cuModuleGetFunction(`{name}`)"), e))?;
         // SAFETY: initialised by the successful call.
         Ok(Function { raw: unsafe { raw.assume_init() }, name: name.to_string(), _module: self.clone() })
+    }
+}
+
+impl Function {
+    /// Raises the function's dynamic shared memory per block to `bytes` (the driver
+    /// refuses more than the device allows: a typed error), and returns the most
+    /// threads a block of it may have (its register use bounds that).
+    pub fn allow_shared(&self, bytes: usize) -> Result<u32, RunError> {
+        use sys::CUfunction_attribute_enum as Attr;
+        let what = |op: &str| format!("{op} of `{}` ({bytes} bytes of shared memory per block)", self.name);
+        let bytes = i32::try_from(bytes).map_err(|_| RunError::TooLarge { what: what("the shared memory") })?;
+        // SAFETY: a function of a loaded module (held alive by `_module`).
+        unsafe { cudarc::driver::result::function::set_function_attribute(self.raw, Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) }
+            .map_err(|e| driver_error(&what("cuFuncSetAttribute"), e))?;
+        // SAFETY: as above.
+        let threads = unsafe { cudarc::driver::result::function::get_function_attribute(self.raw, Attr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK) }
+            .map_err(|e| driver_error(&what("cuFuncGetAttribute"), e))?;
+        Ok(threads.max(0) as u32)
     }
 }
 

@@ -220,8 +220,8 @@ impl CudaExecutor {
         let (form, chunk) = match (chosen, &self.inner.lookback) {
             (Chosen::Lookback, Some(lb)) => (Form::Chunked, Some(lb.module.tile)),
             _ => {
-                // The lanes kernel runs D threads per chunk.
-                let threads = nseq.saturating_mul(if chosen == Chosen::Lanes { self.lanes().unwrap_or(1) } else { 1 });
+                // The lanes kernel runs D threads per chunk, the block kernel a block.
+                let threads = nseq.saturating_mul(self.threads_per_chunk(chosen));
                 let form = self.resolve(opts.form, threads, steps);
                 (form, (form == Form::Chunked).then(|| opts.chunk.unwrap_or_else(|| auto_chunk(steps, threads))))
             }
@@ -241,12 +241,14 @@ impl CudaExecutor {
         let associative = self.signature().associative;
         let lookback_forms = &[Form::Auto, Form::Chunked][..];
         let lanes_forms = &[Form::Auto, Form::Recurrent, Form::Chunked][..];
+        let block_absent = self.block_absent(opts.form);
         let (chosen, available, forms, name) = match kernel {
             CudaKernel::Generic => return Ok(Chosen::Generic),
             CudaKernel::Auto => {
                 // The look-back scan for the few sequences (× entries) that one thread
                 // each would leave the device idle with (its tile is fixed: no chunk
-                // size given).
+                // size given); the lanes kernel where entries scan independently; the
+                // block kernels for the matrix-valued elements that remain.
                 let few = |lb: &Lookback| nseq.saturating_mul(lb.module.entries) < ENOUGH_THREADS;
                 let lookback = self.inner.lookback.as_ref().is_some_and(few) && opts.form == Form::Auto && opts.chunk.is_none();
                 let lanes = self.inner.kernels.scan_entries.is_some() && lanes_forms.contains(&opts.form);
@@ -254,9 +256,17 @@ impl CudaExecutor {
                     Chosen::Lookback
                 } else if associative && lanes {
                     Chosen::Lanes
+                } else if block_absent.is_none() {
+                    Chosen::Block
                 } else {
                     Chosen::Generic
                 });
+            }
+            CudaKernel::Block => {
+                return match block_absent {
+                    None => Ok(Chosen::Block),
+                    Some(message) => Err(RunError::InvalidOption { option: "kernel", message }),
+                }
             }
             CudaKernel::Lookback => (Chosen::Lookback, self.inner.lookback.is_some(), lookback_forms, "look-back scan"),
             CudaKernel::Lanes => (Chosen::Lanes, self.inner.kernels.scan_entries.is_some(), lanes_forms, "lanes kernel"),
@@ -280,13 +290,32 @@ impl CudaExecutor {
         Err(RunError::InvalidOption { option: "kernel", message: why })
     }
 
+    /// Why the block kernel that `form` runs on is absent (`None`: present):
+    /// `psm_scan_block` for an associative operator's forms but the tree,
+    /// `psm_combine_block` for the tree and the counter.
+    fn block_absent(&self, form: Form) -> Option<String> {
+        let kernels = &self.inner.kernels;
+        let kernel = if self.signature().associative && form != Form::Tree { &kernels.scan_block } else { &kernels.combine_block };
+        kernel.as_ref().err().cloned()
+    }
+
+    /// Threads that run one chunk of `psm_scan` under `chosen`.
+    fn threads_per_chunk(&self, chosen: Chosen) -> usize {
+        match chosen {
+            Chosen::Lanes => self.lanes().unwrap_or(1),
+            Chosen::Block => self.inner.kernels.scan_block.as_ref().ok().map_or(1, |b| b.threads as usize),
+            Chosen::Generic | Chosen::Lookback => 1,
+        }
+    }
+
     /// The launcher of a prepared run: with the lanes kernel in place of `psm_scan` when
-    /// it was chosen.
+    /// it was chosen, or the block kernels.
     fn planned_launcher<'a>(&'a self, p: &'a Prepared, outputs: &'a [DeviceBuffer]) -> Launcher<'a> {
         let mut l = self.launcher(&p.params, &p.inputs, outputs, p.nseq, p.steps);
         if p.chosen == Chosen::Lanes {
             l.lanes = self.inner.kernels.scan_entries.as_ref().map(|(f, entries)| (f, *entries));
         }
+        l.block = p.chosen == Chosen::Block;
         l
     }
 
@@ -309,6 +338,7 @@ impl CudaExecutor {
             elem: self.elem(),
             combines: std::cell::Cell::new(0),
             lanes: None,
+            block: false,
         }
     }
 

@@ -221,6 +221,7 @@ impl Counter {
             elem: e,
             combines: std::cell::Cell::new(0),
             lanes: None,
+            block: l.block,
         };
         for j in 0..steps {
             let t = if reverse { steps - 1 - j } else { j };

@@ -11,7 +11,8 @@
 //!   override): the single-pass look-back scan and the channel-parallel lanes kernel;
 //! * [`exec`] — [`CudaExecutor`], the CPU executor's `run` on the device;
 //! * [`stream`] — [`DeviceStream`], decoding one push at a time with the state on the
-//!   device (the decode step: `psm_scan` in place, or the counter).
+//!   device (the decode step: `psm_scan` in place — `psm_scan_block` for matrix-valued
+//!   elements — or the counter); `push_resident` pushes inputs already on the device.
 //!
 //! ```no_run
 //! use psm_runtime::{cuda::Device, Inputs, Program, RunOptions};
@@ -34,4 +35,4 @@ pub mod stream;
 pub use device::{driver_present, Device};
 pub use exec::{CudaExecutor, ResidentTimes};
 pub use select::{Chosen, CudaKernel};
-pub use stream::DeviceStream;
+pub use stream::{DeviceStream, DeviceSteps};

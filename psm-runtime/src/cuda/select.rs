@@ -17,11 +17,13 @@
 //!    one shape with independent entries and the form is `auto` (batches that fill the
 //!    device with a thread per entry), `recurrent` or `chunked` (`auto` picks between
 //!    the two as for `psm_scan`, counting D threads per chunk);
-//! 3. else the **generic kernels** of the form.
+//! 3. else the **block kernels** (below) for matrix-valued elements;
+//! 4. else the **generic kernels** of the form.
 //!
-//! Non-associative operators always take the generic kernels (`auto` resolves as
-//! [`CudaExecutor`](super::CudaExecutor) documents: the tree). Both fast kernels have
-//! passed the GPU tests (tests/cuda.rs, `check_kernel`).
+//! Non-associative operators take the block kernels where they exist, else the generic
+//! ones (`auto` resolves as [`CudaExecutor`](super::CudaExecutor) documents: the tree).
+//! Every fast kernel has passed the GPU tests (tests/cuda.rs, `check_kernel`,
+//! `block_kernels`).
 //!
 //! [`CudaKernel::Lookback`] forces the look-back scan: an error when the operator is not
 //! associative or has no such kernel, when the form is not `auto` or `chunked`, or when
@@ -29,6 +31,21 @@
 //! the operator is not associative or has no such kernel, or when the form is the tree
 //! or the stream.
 //! [`CudaKernel::Generic`] forces the generic kernels.
+//!
+//! **Block kernels.** For matrix-valued elements (a field of rank ≥ 2: GLA's `s[K, V]`,
+//! attn_agg's `h[C, D]`, the linear-RNN family) psm-codegen's module has
+//! `psm_scan_block` and `psm_combine_block` (`psm_scan` / `psm_combine` by a thread
+//! block per item, the element in shared memory, each statement's entries split over
+//! the block's threads; bit for bit the generic kernels' results). `auto` takes them
+//! whenever the kernel the form runs on exists — `psm_scan_block` for the recurrent and
+//! chunked forms and the stream of an associative operator (its chunk aggregates'
+//! sweep takes `psm_combine_block` too), `psm_combine_block` for the tree and the
+//! stream's counter — and the generic kernels otherwise (the module says why:
+//! [`psm_codegen::ptx::BlockKernels`], e.g. a block's shared memory past the target's
+//! maximum; or the driver refused that much shared memory on this device, which leaves
+//! the other kernels loaded). `auto`'s chunk for them counts a block's threads per chunk.
+//! [`CudaKernel::Block`] forces them: an error, with that reason, when the form's
+//! kernel is absent. The lift and readout of the tree stay one thread per step.
 
 use std::sync::OnceLock;
 
@@ -52,6 +69,8 @@ pub enum CudaKernel {
     Lookback,
     /// The channel-parallel scan (`psm_scan_entries`).
     Lanes,
+    /// The block-cooperative kernels (`psm_scan_block`, `psm_combine_block`).
+    Block,
 }
 
 /// The kernels a run takes.
@@ -60,6 +79,7 @@ pub enum Chosen {
     Generic,
     Lookback,
     Lanes,
+    Block,
 }
 
 impl CudaKernel {
@@ -69,6 +89,7 @@ impl CudaKernel {
             CudaKernel::Generic => "generic",
             CudaKernel::Lookback => "lookback",
             CudaKernel::Lanes => "lanes",
+            CudaKernel::Block => "block",
         }
     }
 }
