@@ -31,7 +31,7 @@ use crate::forms::stream::SeqState;
 use crate::forms::{Executor, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
 
 /// Steps per chunk when [`RunOptions::chunk`] is not given.
-pub const DEFAULT_CHUNK: usize = 64;
+pub const DEFAULT_CHUNK: usize = 32;
 
 /// Most steps per chunk: the intra-chunk products hold chunk² entries per sequence.
 pub const MAX_CHUNK: usize = 4096;
@@ -441,14 +441,14 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
     }
 }
 
-/// `dst[i] = op(src[i], scale[i])`, a scale of one entry applying to all, of none
-/// leaving `src` as it is.
+/// `row[i] = op(row[i], scale[i])`, a scale of one entry applying to all, of none
+/// leaving the row as it is (each arm a loop that vectorizes).
 #[inline]
-fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) -> f32) {
+fn scale_row(row: &mut [f32], scale: &[f32], op: impl Fn(f32, f32) -> f32) {
     match scale {
-        [] => dst.copy_from_slice(src),
-        &[g] => dst.iter_mut().zip(src).for_each(|(d, &x)| *d = op(x, g)),
-        _ => dst.iter_mut().zip(src).zip(scale).for_each(|((d, &x), &g)| *d = op(x, g)),
+        [] => {}
+        &[g] => row.iter_mut().for_each(|x| *x = op(*x, g)),
+        _ => row.iter_mut().zip(scale).for_each(|(x, &g)| *x = op(*x, g)),
     }
 }
 
@@ -653,8 +653,9 @@ impl Sequence<'_> {
                 _ => values.copy_from_slice(&self.v[t0 * vd..(t0 + len) * vd]),
             }
             if dec.factored && nc > 0 {
+                kt[..len * kd].copy_from_slice(k);
                 for t in 0..len {
-                    scale_row(&mut kt[t * kd..(t + 1) * kd], &k[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
+                    scale_row(&mut kt[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
                 }
             }
             let kf: &[f32] = if nc > 0 { &kt } else { k };
@@ -668,7 +669,9 @@ impl Sequence<'_> {
                         (true, _) => dec.row(t - 1),
                         (false, _) => dec.row(t),
                     };
-                    scale_row(&mut lhs[t * w..t * w + kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
+                    let row = &mut lhs[t * w..t * w + kd];
+                    row.copy_from_slice(&q[t * kd..(t + 1) * kd]);
+                    scale_row(row, scale, |x, g| x * g);
                 }
                 if dec.factored {
                     gemm(len, kd, len, &lhs, (w, 1), kf, (1, kd), false, &mut att, (chunk, 1));
@@ -697,7 +700,7 @@ impl Sequence<'_> {
                 for t in 0..len {
                     let row = &mut kt[t * kd..(t + 1) * kd];
                     if dec.factored {
-                        row.iter_mut().zip(dec.row(last).iter().cycle()).for_each(|(x, g)| *x *= g);
+                        scale_row(row, dec.row(last), |x, g| x * g);
                     } else {
                         row.iter_mut().enumerate().for_each(|(i, x)| *x = k[t * kd + i] * dec.between(last, t, i));
                     }
