@@ -6,16 +6,25 @@
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch), chunk by chunk, the state contractions are
 //!    computed with matrix products (the `gemm` crate), all in f32: the
-//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V, the inter-chunk Q S₀, the state passed to
-//!    the next chunk, and for the delta rule the pseudo-values of the UT transform
-//!    (forward substitution of the unit lower-triangular system).
-//! 3. The derived *readout map* turns the contractions into the operator's outputs.
+//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V and the inter-chunk Q S₀ as one product
+//!    [Q̃ | A]·[S₀ ; V], the state passed to the next chunk, and for the delta rule the
+//!    pseudo-values of the UT transform (forward substitution of the unit
+//!    lower-triangular system).
+//! 3. The derived *readout map* turns the contractions into the operator's outputs;
+//!    when every output is a contraction as it is (`Chunkwise::direct`), `run` returns
+//!    the contractions themselves.
 //!
 //! Decays are applied in log space: Λ is the cumulative log decay from the chunk's
 //! start, and the factorization D_tτ = e^Λ_t · e^−Λ_τ is used only when every |Λ| in
 //! the chunk is at most [`FACTOR_LIMIT`] (each factor then stays well inside f32's
-//! range, so the product is as accurate as e^(Λ_t − Λ_τ)); a chunk with a larger range
-//! computes D_tτ = e^(Λ_t − Λ_τ) pair by pair.
+//! range, so the product is as accurate as e^(Λ_t − Λ_τ)); a chunk with a larger range,
+//! or with a decay of exactly 0 (a hard reset, where Λ restarts), computes
+//! D_tτ = e^(Λ_t − Λ_τ) pair by pair.
+//!
+//! An initial state seeds S₀; the final element's state fields are the last S₀, its
+//! transition fields (gates, the delta rule's matrix) the same recurrence run over the
+//! initial transition with zero values. A reversed run reads each sequence's rows
+//! from the last step (copies), and a prefill hands the final element to a stream.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -132,6 +141,9 @@ fn parts(plan: &Chunkwise, sig: &Signature) -> Result<Vec<Part>, String> {
         .collect()
 }
 
+/// One sequence's slices of every contraction and of every final element field.
+type SeqSlices<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
+
 /// Checks the options and the user's data, runs the feature map and the chunk
 /// computation.
 fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Computed, RunError> {
@@ -201,7 +213,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) ->
         .collect::<Result<_, _>>()?;
     let initial_of = |name: &str, b: usize, len: usize| initial.as_ref().and_then(|s| s.get(name)).and_then(|d| d.as_f32()).map(|d| &d[b * len..(b + 1) * len]);
     // Each sequence's slice of every contraction and final field.
-    let mut per_seq: Vec<(Vec<&mut [f32]>, Vec<&mut [f32]>)> = (0..nseq).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut per_seq: Vec<SeqSlices<'_>> = (0..nseq).map(|_| (Vec::new(), Vec::new())).collect();
     for (c, buffer) in plan.contractions.iter().zip(&mut buffers) {
         for (b, slice) in buffer.chunks_mut((steps * fields[c.field].values).max(1)).enumerate() {
             per_seq[b].0.push(slice);
@@ -495,7 +507,7 @@ impl ChunkDecays {
 
     /// The product of the decays from the chunk's start through step `t`.
     #[inline]
-    fn from_start(&self, t: usize, c: usize) -> f32 {
+    fn cumulative(&self, t: usize, c: usize) -> f32 {
         if self.channels == 0 {
             1.0
         } else {
@@ -544,9 +556,8 @@ impl ChunkDecays {
             }
         }
         let mut range = 0.0f32;
-        for i in 0..len * nc {
+        for (i, &d) in data[..len * nc].iter().enumerate() {
             let (lam, sign, reset) = if i < nc { (0.0, 1.0, -1) } else { (self.lam[i - nc], self.sign[i - nc], self.reset[i - nc]) };
-            let d = data[i];
             let (step, s) = if is_log { (d, 1.0) } else { (d.abs().ln(), d.signum()) };
             if step == f32::NEG_INFINITY {
                 (self.lam[i], self.sign[i], self.reset[i], self.grow[i]) = (0.0, 1.0, (i / nc) as i32, 0.0);
@@ -706,7 +717,7 @@ impl Sequence<'_> {
                     }
                 }
                 for (i, row) in state.chunks_mut(vd).enumerate() {
-                    let g = dec.from_start(last, i);
+                    let g = dec.cumulative(last, i);
                     row.iter_mut().for_each(|s| *s *= g);
                 }
             }
@@ -729,7 +740,7 @@ impl Sequence<'_> {
         // U ← B S₀, then V − diag(β e^Λ) B S₀.
         gemm(len, kd, vd, bs, (kd, 1), state, (vd, 1), false, u, (vd, 1));
         for t in 0..len {
-            let s = beta[t] * dec.from_start(t, 0);
+            let s = beta[t] * dec.cumulative(t, 0);
             let v = &self.v[(t0 + t) * vd..(t0 + t + 1) * vd];
             for j in 0..vd {
                 u[t * vd + j] = v[j] - s * u[t * vd + j];

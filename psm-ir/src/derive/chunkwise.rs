@@ -349,7 +349,7 @@ impl<'a> Deriver<'a> {
         &self,
         f: Handle<Tensor>,
         outputs: &mut Vec<FeatureOut>,
-    ) -> Result<(String, String, Decay, Option<Handle<Tensor>>), NotApplicable> {
+    ) -> Result<FieldParts, NotApplicable> {
         let agg = self.agg;
         let fname = self.name(f).to_string();
         let s = self.stmt_of(&agg.combine, f);
@@ -1006,6 +1006,10 @@ impl<'a> Deriver<'a> {
         out
     }
 }
+
+/// A state field's key and value feature names, its transition, and the element field
+/// holding the transition.
+type FieldParts = (String, String, Decay, Option<Handle<Tensor>>);
 
 /// A feature map output: name, shape, its statement, and the expressions it reads.
 type FeatureOut = (String, Vec<usize>, String, Vec<Handle<Expr>>);
