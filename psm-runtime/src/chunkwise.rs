@@ -453,14 +453,14 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
     }
 }
 
-/// `row[i] = op(row[i], scale[i])`, a scale of one entry applying to all, of none
-/// leaving the row as it is (each arm a loop that vectorizes).
+/// `dst[i] = op(src[i], scale[i])`, a scale of one entry applying to all, of none
+/// copying `src` (each arm one loop that vectorizes, with no call per row).
 #[inline]
-fn scale_row(row: &mut [f32], scale: &[f32], op: impl Fn(f32, f32) -> f32) {
+fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) -> f32) {
     match scale {
-        [] => {}
-        &[g] => row.iter_mut().for_each(|x| *x = op(*x, g)),
-        _ => row.iter_mut().zip(scale).for_each(|(x, &g)| *x = op(*x, g)),
+        [] => dst.copy_from_slice(src),
+        &[g] => dst.iter_mut().zip(src).for_each(|(d, &x)| *d = op(x, g)),
+        _ => dst.iter_mut().zip(src).zip(scale).for_each(|((d, &x), &g)| *d = op(x, g)),
     }
 }
 
@@ -646,8 +646,9 @@ impl Sequence<'_> {
         if let Some(s0) = initial {
             rhs[..kd * vd].copy_from_slice(s0);
         }
-        // K̃ = k ⊙ e^−Λ, then K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
+        // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
         let mut kt = vec![0.0f32; chunk * kd];
+        let mut khat = vec![0.0f32; chunk * kd];
         let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
         let mut dec = ChunkDecays::new(chunk, nc);
         let (data, is_log) = self.decays();
@@ -664,9 +665,8 @@ impl Sequence<'_> {
                 _ => values.copy_from_slice(&self.v[t0 * vd..(t0 + len) * vd]),
             }
             if dec.factored && nc > 0 {
-                kt[..len * kd].copy_from_slice(k);
                 for t in 0..len {
-                    scale_row(&mut kt[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
+                    scale_row(&mut kt[t * kd..(t + 1) * kd], &k[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
                 }
             }
             let kf: &[f32] = if nc > 0 { &kt } else { k };
@@ -680,9 +680,7 @@ impl Sequence<'_> {
                         (true, _) => dec.row(t - 1),
                         (false, _) => dec.row(t),
                     };
-                    let row = &mut lhs[t * w..t * w + kd];
-                    row.copy_from_slice(&q[t * kd..(t + 1) * kd]);
-                    scale_row(row, scale, |x, g| x * g);
+                    scale_row(&mut lhs[t * w..t * w + kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
                 }
                 if dec.factored {
                     gemm(len, kd, len, &lhs, (w, 1), kf, (1, kd), false, &mut att, (chunk, 1));
@@ -709,9 +707,9 @@ impl Sequence<'_> {
             if nc > 0 {
                 let last = len - 1;
                 for t in 0..len {
-                    let row = &mut kt[t * kd..(t + 1) * kd];
+                    let row = &mut khat[t * kd..(t + 1) * kd];
                     if dec.factored {
-                        scale_row(row, dec.row(last), |x, g| x * g);
+                        scale_row(row, &kt[t * kd..(t + 1) * kd], dec.row(last), |x, g| x * g);
                     } else {
                         row.iter_mut().enumerate().for_each(|(i, x)| *x = k[t * kd + i] * dec.between(last, t, i));
                     }
@@ -721,7 +719,7 @@ impl Sequence<'_> {
                     row.iter_mut().for_each(|s| *s *= g);
                 }
             }
-            let kh: &[f32] = if nc > 0 { &kt } else { k };
+            let kh: &[f32] = if nc > 0 { &khat } else { k };
             gemm(kd, len, vd, kh, (1, kd), &values[..len * vd], (vd, 1), true, state, (vd, 1));
             t0 += len;
         }
