@@ -201,13 +201,21 @@ fn segments_chain_through_final_and_initial_states() {
     }
 }
 
-/// Each sequence's steps in reverse order, one buffer per input field.
-fn flipped(agg: &Aggregator, data: &Batch, b: usize, n: usize) -> Vec<Vec<f64>> {
-    data.first(agg, b, n).iter().zip(lens(agg, Role::Input)).map(|(v, len)| v.chunks(len).rev().flatten().copied().collect()).collect()
+/// The interpreter's run over sequence `b`'s first `n` steps flipped, its outputs put
+/// back in the original step order.
+fn reversed_reference(agg: &Aggregator, data: &Batch, b: usize, n: usize) -> psm_ir::derive::Outputs {
+    let flipped: Vec<Vec<f64>> =
+        data.first(agg, b, n).iter().zip(lens(agg, Role::Input)).map(|(v, len)| v.chunks(len).rev().flatten().copied().collect()).collect();
+    let mut reference = reference(agg, Precision::F64, RefForm::Fold, &data.params, &flipped, n);
+    for (k, width) in lens(agg, Role::Output).into_iter().enumerate() {
+        reference.outputs[k] = reference.outputs[k].chunks(width).rev().flatten().copied().collect();
+    }
+    reference
 }
 
 /// A reversed run is the interpreter's forward run over the flipped sequence, read
-/// back in the original step order; its final state is that run's.
+/// back in the original step order; its final state is that run's; and two reversed
+/// runs chain through the state like forward ones.
 #[test]
 fn reverse_scans_from_the_last_step() {
     for agg in applies() {
@@ -217,14 +225,25 @@ fn reverse_scans_from_the_last_step() {
             let opts = RunOptions { reverse: true, final_state: true, ..chunkwise(CHUNK) };
             let out = agg.run(&inputs(&agg, &[2], n, &bufs, &data.param_bufs), &opts).unwrap();
             for b in 0..2 {
-                let mut reference = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &flipped(&agg, &data, b, n), n);
-                for (k, width) in lens(&agg, Role::Output).into_iter().enumerate() {
-                    reference.outputs[k] = reference.outputs[k].chunks(width).rev().flatten().copied().collect();
-                }
+                let reference = reversed_reference(&agg, &data, b, n);
                 let what = format!("{} reversed n={n}", agg.name());
                 check_outputs(&what, &agg, &out, b, n, &reference, 0);
                 check_state(&what, &agg, out.final_state().unwrap(), b, &reference);
             }
+        }
+        // Reversed and chained: steps j..n first, then 0..j from its final state.
+        let (n, j) = (3 * CHUNK + 5, CHUNK + 3);
+        let late = data.window_bufs(&agg, 2, j, n);
+        let opts = RunOptions { reverse: true, final_state: true, ..chunkwise(CHUNK) };
+        let first = agg.run(&inputs(&agg, &[2], n - j, &late, &data.param_bufs), &opts).unwrap();
+        let early = data.window_bufs(&agg, 2, 0, j);
+        let opts = RunOptions { initial_state: first.final_state(), ..opts };
+        let second = agg.run(&inputs(&agg, &[2], j, &early, &data.param_bufs), &opts).unwrap();
+        for b in 0..2 {
+            let reference = reversed_reference(&agg, &data, b, n);
+            let what = format!("{} reversed from a state", agg.name());
+            check_outputs(&what, &agg, &second, b, j, &reference, 0);
+            check_state(&what, &agg, second.final_state().unwrap(), b, &reference);
         }
     }
 }
