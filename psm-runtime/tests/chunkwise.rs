@@ -129,6 +129,7 @@ fn every_operator_it_applies_to_matches_the_interpreter() {
         }
         // The default chunk, and a chunk longer than the sequence.
         worst = worst.max(check(&agg, &batch, 200, psm_runtime::chunkwise::DEFAULT_CHUNK));
+        worst = worst.max(check(&agg, &batch, 3 * CHUNK + 5, 64));
         report.push_str(&format!("{name}: worst ‖out − ref‖/‖ref‖ {worst:.1e}\n"));
     }
     assert_eq!(applied, APPLIES);
