@@ -533,6 +533,7 @@ impl ChunkDecays {
     /// The chunk's decays from `data` (`[len × channels]`, logs when `is_log`). Decays
     /// given as values are multiplied cumulatively; only a chunk whose products leave
     /// e^±FACTOR_LIMIT goes to log space.
+    #[inline(always)]
     fn fill(&mut self, data: &[f32], len: usize, is_log: bool) {
         let nc = self.channels;
         if nc == 0 {
@@ -637,6 +638,25 @@ impl Sequence<'_> {
     /// it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives in the first `keys` rows of
     /// [S₀ ; V], so it is never copied.
     fn run(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.run_avx2(chunk, exclusive, initial, qs, outs) };
+        }
+        self.run_chunks(chunk, exclusive, initial, qs, outs)
+    }
+
+    /// [`Sequence::run_chunks`] compiled for AVX2: the scaling loops between the
+    /// products run 8 lanes wide instead of SSE2's 4 (no FMA: products and sums round
+    /// as written).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+        self.run_chunks(chunk, exclusive, initial, qs, outs)
+    }
+
+    #[inline(always)]
+    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
         let (steps, kd, vd, nc) = (self.steps, self.keys, self.values, self.channels());
         // [Q̃ | A]: row-major, row stride `w`.
         let w = kd + chunk;
