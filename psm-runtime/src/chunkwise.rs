@@ -40,7 +40,7 @@ use crate::forms::stream::SeqState;
 use crate::forms::{Executor, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
 
 /// Steps per chunk when [`RunOptions::chunk`] is not given.
-pub const DEFAULT_CHUNK: usize = 32;
+pub const DEFAULT_CHUNK: usize = 16;
 
 /// Most steps per chunk: the intra-chunk products hold chunk² entries per sequence.
 pub const MAX_CHUNK: usize = 4096;
