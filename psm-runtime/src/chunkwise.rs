@@ -205,12 +205,10 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) ->
         .iter()
         .map(|c| zeros(nseq.checked_mul(steps).and_then(|n| n.checked_mul(fields[c.field].values)), || format!("the contraction `{}`", c.output)))
         .collect::<Result<_, _>>()?;
-    // The final element's fields, `[sequence × entries]` each.
-    let mut ends: Vec<Vec<f32>> = parts
-        .iter()
-        .zip(&sig.element)
-        .map(|(_, e)| zeros(nseq.checked_mul(e.len), || format!("the final state's `{}`", e.name)))
-        .collect::<Result<_, _>>()?;
+    // The final element's fields, `[sequence × entries]` each, when asked.
+    let wanted = if want_final { &sig.element[..] } else { &[] };
+    let mut ends: Vec<Vec<f32>> =
+        wanted.iter().map(|e| zeros(nseq.checked_mul(e.len), || format!("the final state's `{}`", e.name))).collect::<Result<_, _>>()?;
     let initial_of = |name: &str, b: usize, len: usize| initial.as_ref().and_then(|s| s.get(name)).and_then(|d| d.as_f32()).map(|d| &d[b * len..(b + 1) * len]);
     // Each sequence's slice of every contraction and final field.
     let mut per_seq: Vec<SeqSlices<'_>> = (0..nseq).map(|_| (Vec::new(), Vec::new())).collect();
