@@ -164,19 +164,29 @@ fn strong_decays_take_the_log_space_path() {
     }
 }
 
+/// `run_into` (through the readout map) writes what `run` returns (GLA's outputs are its
+/// contractions as they are: `run` skips the readout map), with the same final state;
+/// and pools of 1 and 2 threads give the same bits (each sequence is computed alone).
 #[test]
-fn run_into_writes_what_run_returns() {
+fn run_into_and_threads_give_the_same_results() {
     let agg = load("gla", &dims_of("gla")).with_backend(Backend::Cpu);
+    assert!(agg.chunkwise().unwrap().direct.is_some());
     let n = 37;
-    let batch = Batch::new(&agg, 2, n, 5);
-    let bufs = batch.input_bufs(&agg, 2, n);
-    let x = inputs(&agg, &[2], n, &bufs, &batch.param_bufs);
-    let opts = RunOptions { form: Form::Chunkwise, chunk: Some(8), ..Default::default() };
+    let batch = Batch::new(&agg, 3, n, 5);
+    let bufs = batch.input_bufs(&agg, 3, n);
+    let x = inputs(&agg, &[3], n, &bufs, &batch.param_bufs);
+    let opts = RunOptions { final_state: true, ..chunkwise(8) };
     let out = agg.run(&x, &opts).unwrap();
-    let mut o = vec![f32::NAN; 2 * n * 5];
+    let mut o = vec![f32::NAN; 3 * n * 5];
     let summary = agg.run_into(&x, &mut OutputsMut::new().output("o", &mut o), &opts).unwrap();
     assert_eq!(summary.form(), Form::Chunkwise);
     assert_eq!(out.f32("o").unwrap(), &o[..]);
+    assert_eq!(summary.final_state(), out.final_state());
+    for threads in [1, 2] {
+        let other = agg.run(&x, &RunOptions { threads: Some(threads), ..opts.clone() }).unwrap();
+        assert_eq!(other.f32("o").unwrap(), out.f32("o").unwrap(), "{threads} thread(s)");
+        assert_eq!(other.final_state(), out.final_state(), "{threads} thread(s)");
+    }
 }
 
 /// Runs chained through the state: steps 0..j with `final_state`, then j..n from it as
