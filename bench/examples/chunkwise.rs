@@ -54,10 +54,11 @@ fn main() {
     let (steps, rounds, budget_ms, threads, nseq) = (arg(&args, 0, 4096), arg(&args, 1, 3), arg(&args, 2, 300), arg(&args, 3, 1), arg(&args, 4, 1));
     let budget = Duration::from_millis(budget_ms as u64);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    println!("T = {steps}, K = V = 64, batch {nseq}, {threads} thread(s), best of {budget_ms} ms per timing");
+    let chunk = args.get(6).map(|_| arg(&args, 6, 0));
+    let shown = chunk.unwrap_or(psm_runtime::chunkwise::DEFAULT_CHUNK);
+    println!("T = {steps}, K = V = 64, batch {nseq}, {threads} thread(s), chunk {shown}, best of {budget_ms} ms per timing");
     println!("{:<17} {:>5} {:>14} {:>14} {:>8} {:>14} {:>12}", "operator", "round", "recurrent ms", "chunkwise ms", "ratio", "feature map ms", "rel. diff");
     let only = args.get(5).filter(|o| *o != "all");
-    let chunk = args.get(6).map(|_| arg(&args, 6, 0));
     let ops: Vec<(Aggregator, Named, Named)> = OPERATORS
         .iter()
         .enumerate()

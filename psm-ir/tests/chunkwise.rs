@@ -83,3 +83,36 @@ fn general_dense_transition_is_refused() {
     let why = chunkwise(&module.aggregators[0], &info[0]).unwrap_err();
     assert!(why.0.contains("not the delta rule"), "{why}");
 }
+
+/// Per library operator: whether every output is a contraction as it is (a backend may
+/// skip the readout map), and the element field holding each state field's transition
+/// (what a backend composes for the final element).
+#[test]
+fn direct_outputs_and_transition_fields() {
+    let expected: [(&str, bool, &[Option<&str>]); 7] = [
+        ("deltanet", true, &[Some("A")]),
+        ("gated_deltanet", true, &[Some("A")]),
+        ("gla", true, &[Some("a")]),
+        ("linear_attention", false, &[None, None]),
+        ("mamba2", false, &[Some("a")]),
+        ("retnet", true, &[Some("g")]),
+        ("rwkv6", false, &[Some("a")]),
+    ];
+    let plans: Vec<_> = library()
+        .into_iter()
+        .flat_map(|(_, src)| {
+            let module = psm_ir::front::dsl::parse(&src).unwrap();
+            let infos = psm_ir::valid::validate(&module, &[]).unwrap();
+            module.aggregators.iter().zip(&infos).filter_map(|(agg, info)| chunkwise(agg, info).ok()).collect::<Vec<_>>()
+        })
+        .collect();
+    for (name, direct, transitions) in expected {
+        let plan = plans.iter().find(|p| p.aggregator == name).unwrap();
+        assert_eq!(plan.direct.is_some(), direct, "{name}: {:?}", plan.direct);
+        if let Some(d) = &plan.direct {
+            assert_eq!(d, &vec![0], "{name}: its one output is its one contraction");
+        }
+        let found: Vec<Option<&str>> = plan.fields.iter().map(|f| f.transition.as_deref()).collect();
+        assert_eq!(found, transitions, "{name}");
+    }
+}

@@ -5,30 +5,42 @@
 //!    recurrent form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch), chunk by chunk, the state contractions are
-//!    computed with matrix products (`matrixmultiply::sgemm`), all in f32: the
-//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V, the inter-chunk Q S₀, the state passed to
-//!    the next chunk, and for the delta rule the pseudo-values of the UT transform
-//!    (forward substitution of the unit lower-triangular system).
-//! 3. The derived *readout map* turns the contractions into the operator's outputs.
+//!    computed with matrix products (the `gemm` crate), all in f32: the
+//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V and the inter-chunk Q S₀ as one product
+//!    [Q̃ | A]·[S₀ ; V], the state passed to the next chunk, and for the delta rule the
+//!    pseudo-values of the UT transform (forward substitution of the unit
+//!    lower-triangular system).
+//! 3. The derived *readout map* turns the contractions into the operator's outputs;
+//!    when every output is a contraction as it is (`Chunkwise::direct`), `run` returns
+//!    the contractions themselves.
 //!
 //! Decays are applied in log space: Λ is the cumulative log decay from the chunk's
 //! start, and the factorization D_tτ = e^Λ_t · e^−Λ_τ is used only when every |Λ| in
 //! the chunk is at most [`FACTOR_LIMIT`] (each factor then stays well inside f32's
-//! range, so the product is as accurate as e^(Λ_t − Λ_τ)); a chunk with a larger range
-//! computes D_tτ = e^(Λ_t − Λ_τ) pair by pair.
+//! range, so the product is as accurate as e^(Λ_t − Λ_τ)); a chunk with a larger range,
+//! or with a decay of exactly 0 (a hard reset, where Λ restarts), computes
+//! D_tτ = e^(Λ_t − Λ_τ) pair by pair.
+//!
+//! An initial state seeds S₀; the final element's state fields are the last S₀, its
+//! transition fields (gates, the delta rule's matrix) the same recurrence run over the
+//! initial transition with zero values. A reversed run reads each sequence's rows
+//! from the last step (copies), and a prefill hands the final element to a stream.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
+use psm_ir::ir::Dtype;
 use rayon::prelude::*;
 
 use crate::api::Aggregator;
-use crate::buffers::{Data, Inputs, OutputsMut};
+use crate::buffers::{Buffer, Data, Inputs, OutputsMut, State, Tensor};
 use crate::error::RunError;
-use crate::forms::{Form, Outputs, RunOptions, RunStats, RunSummary};
+use crate::forms::stream::SeqState;
+use crate::forms::{Executor, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
 
 /// Steps per chunk when [`RunOptions::chunk`] is not given.
-pub const DEFAULT_CHUNK: usize = 64;
+pub const DEFAULT_CHUNK: usize = 16;
 
 /// Most steps per chunk: the intra-chunk products hold chunk² entries per sequence.
 pub const MAX_CHUNK: usize = 4096;
@@ -66,24 +78,10 @@ impl ChunkwiseProgram {
     }
 }
 
-fn check_options(opts: &RunOptions<'_>) -> Result<(), RunError> {
-    let refuse = |option: &'static str, what: &str| {
-        Err(RunError::InvalidOption { option, message: format!("the chunkwise form does not {what} yet; use another form") })
-    };
-    if opts.reverse {
-        return refuse("reverse", "scan in reverse");
-    }
-    if opts.initial_state.is_some() {
-        return refuse("initial_state", "take an initial state");
-    }
-    if opts.final_state {
-        return refuse("final_state", "return the final state");
-    }
-    if opts.prefill {
-        return refuse("prefill", "hand off to a stream");
-    }
+/// The chunkwise form's own option checks; the executor makes the shared ones.
+fn check_options(operator: &Executor, opts: &RunOptions<'_>) -> Result<(), RunError> {
+    operator.check_options(&RunOptions { form: Form::Recurrent, ..opts.clone() })?;
     match opts.chunk {
-        Some(0) => Err(RunError::InvalidOption { option: "chunk", message: "a chunk holds at least one step".into() }),
         Some(c) if c > MAX_CHUNK => Err(RunError::InvalidOption {
             option: "chunk",
             message: format!("the chunkwise form takes at most {MAX_CHUNK} steps per chunk (its intra-chunk products hold chunk² entries)"),
@@ -97,14 +95,75 @@ fn map_options<'a>(opts: &RunOptions<'a>) -> RunOptions<'a> {
     RunOptions { form: Form::Recurrent, threads: opts.threads, pool: opts.pool, ..Default::default() }
 }
 
+/// A buffer of `len` zeros, or [`RunError::TooLarge`].
+fn zeros(len: Option<usize>, what: impl FnOnce() -> String) -> Result<Vec<f32>, RunError> {
+    let mut buffer = Vec::new();
+    match len {
+        Some(len) if buffer.try_reserve_exact(len).is_ok() => {
+            buffer.resize(len, 0.0);
+            Ok(buffer)
+        }
+        _ => Err(RunError::TooLarge { what: what() }),
+    }
+}
+
+/// What the chunk computation returns: the contractions,
+/// `[contraction][sequence × steps × values]`, and the final state when asked.
+struct Computed {
+    contractions: Vec<Vec<f32>>,
+    final_state: Option<State>,
+}
+
+/// The element field each part of the final element comes from: a state field's S
+/// (`fields[i]`), or the transition of `fields[i]`, composed from the identity (1 or I)
+/// or the initial state's value.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    State(usize),
+    Transition(usize),
+}
+
+/// Every element field's part, in element order, or why the final element cannot be
+/// composed (a state field the readout never contracts, a non-f32 transition).
+fn parts(plan: &Chunkwise, sig: &Signature) -> Result<Vec<Part>, String> {
+    sig.element
+        .iter()
+        .map(|e| {
+            if let Some(i) = plan.fields.iter().position(|f| f.name == e.name) {
+                return Ok(Part::State(i));
+            }
+            match plan.fields.iter().position(|f| f.transition.as_deref() == Some(e.name.as_str())) {
+                Some(i) if e.dtype == Dtype::F32 => Ok(Part::Transition(i)),
+                Some(_) => Err(format!("its transition field `{}` is {}, not f32", e.name, e.dtype.name())),
+                None => Err(format!("its readout never reads element field `{}`, so the form does not compute it", e.name)),
+            }
+        })
+        .collect()
+}
+
+/// One sequence's slices of every contraction and of every final element field.
+type SeqSlices<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
+
 /// Checks the options and the user's data, runs the feature map and the chunk
-/// computation; returns the contractions, `[contraction][sequence × steps × values]`.
-fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Vec<Vec<f32>>, RunError> {
-    check_options(opts)?;
+/// computation.
+fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Computed, RunError> {
     let operator = cw.operator.executor()?;
+    check_options(operator, opts)?;
     operator.bind(inputs)?;
-    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_options(opts))).transpose()?;
     let plan = &cw.plan;
+    let sig = operator.signature();
+    let want_final = opts.final_state || opts.prefill;
+    let parts = if want_final {
+        parts(plan, sig).map_err(|why| RunError::InvalidOption {
+            option: if opts.final_state { "final_state" } else { "prefill" },
+            message: format!("the chunkwise form of `{}` cannot return its final element: {why}; use another form", sig.aggregator),
+        })?
+    } else {
+        Vec::new()
+    };
+    // The initial state, checked and in element order.
+    let initial = opts.initial_state.map(|s| operator.bind_state(s, &inputs.batch).map(|w| operator.state_of(&inputs.batch, &w))).transpose()?;
+    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_options(opts))).transpose()?;
     let feature = |name: &str| -> &[f32] {
         let given = plan.inputs.iter().find(|(f, _)| f == name).and_then(|(_, input)| inputs.inputs.iter().find(|(n, _)| n == input));
         match given {
@@ -144,49 +203,70 @@ fn contractions(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_
     let mut buffers: Vec<Vec<f32>> = plan
         .contractions
         .iter()
-        .map(|c| {
-            let len = nseq.checked_mul(steps).and_then(|n| n.checked_mul(fields[c.field].values));
-            let mut buffer = Vec::new();
-            match len {
-                Some(len) if buffer.try_reserve_exact(len).is_ok() => {
-                    buffer.resize(len, 0.0);
-                    Ok(buffer)
-                }
-                _ => Err(RunError::TooLarge { what: format!("the contraction `{}`", c.output) }),
-            }
-        })
+        .map(|c| zeros(nseq.checked_mul(steps).and_then(|n| n.checked_mul(fields[c.field].values)), || format!("the contraction `{}`", c.output)))
         .collect::<Result<_, _>>()?;
-    if steps == 0 {
-        return Ok(buffers);
-    }
-    // Each sequence's slice of every contraction: [sequence][contraction].
-    let mut per_seq: Vec<Vec<&mut [f32]>> = (0..nseq).map(|_| Vec::new()).collect();
+    // The final element's fields, `[sequence × entries]` each, when asked.
+    let wanted = if want_final { &sig.element[..] } else { &[] };
+    let mut ends: Vec<Vec<f32>> =
+        wanted.iter().map(|e| zeros(nseq.checked_mul(e.len), || format!("the final state's `{}`", e.name))).collect::<Result<_, _>>()?;
+    let initial_of = |name: &str, b: usize, len: usize| initial.as_ref().and_then(|s| s.get(name)).and_then(|d| d.as_f32()).map(|d| &d[b * len..(b + 1) * len]);
+    // Each sequence's slice of every contraction and final field.
+    let mut per_seq: Vec<SeqSlices<'_>> = (0..nseq).map(|_| (Vec::new(), Vec::new())).collect();
     for (c, buffer) in plan.contractions.iter().zip(&mut buffers) {
-        for (b, slice) in buffer.chunks_mut(steps * fields[c.field].values).enumerate() {
-            per_seq[b].push(slice);
+        for (b, slice) in buffer.chunks_mut((steps * fields[c.field].values).max(1)).enumerate() {
+            per_seq[b].0.push(slice);
         }
     }
+    for (e, end) in sig.element.iter().zip(&mut ends) {
+        for (b, slice) in end.chunks_mut(e.len.max(1)).enumerate() {
+            per_seq[b].1.push(slice);
+        }
+    }
+    let reverse = opts.reverse;
     let run = || {
-        per_seq.into_par_iter().enumerate().for_each(|(b, mut outs)| {
+        per_seq.into_par_iter().enumerate().for_each(|(b, (mut outs, mut finals))| {
             for (fi, field) in fields.iter().enumerate() {
-                let mine: Vec<usize> = (0..plan.contractions.len()).filter(|&m| plan.contractions[m].field == fi).collect();
-                let qs: Vec<&[f32]> = mine.iter().map(|&m| &queries[m][b * steps * field.keys..(b + 1) * steps * field.keys]).collect();
-                let mut mine_outs: Vec<&mut [f32]> = Vec::with_capacity(mine.len());
+                let seq = field.sequence(b, steps, reverse);
+                let mut mine: Vec<(&[f32], &mut [f32])> = Vec::new();
                 for (m, out) in outs.iter_mut().enumerate() {
-                    if mine.contains(&m) {
-                        mine_outs.push(out);
+                    if plan.contractions[m].field == fi {
+                        mine.push((&queries[m][b * steps * field.keys..(b + 1) * steps * field.keys], &mut **out));
                     }
                 }
-                field.sequence(b, steps).run(steps, chunk, plan.exclusive, &qs, &mut mine_outs);
+                let s0 = initial_of(&plan.fields[fi].name, b, field.keys * field.values);
+                let end = seq.contract(chunk, plan.exclusive, s0, &mut mine, reverse);
+                if let Some(p) = parts.iter().position(|&p| p == Part::State(fi)) {
+                    finals[p].copy_from_slice(&end);
+                }
+                if let Some(p) = parts.iter().position(|&p| p == Part::Transition(fi)) {
+                    let e0 = initial_of(&sig.element[p].name, b, sig.element[p].len);
+                    finals[p].copy_from_slice(&seq.transition(chunk, e0));
+                }
             }
         })
     };
-    match (opts.pool, opts.threads) {
-        (Some(pool), _) => pool.install(run),
-        (None, Some(n)) => operator.pool(n)?.install(run),
-        (None, None) => run(),
+    if steps > 0 || want_final {
+        match (opts.pool, opts.threads) {
+            (Some(pool), _) => pool.install(run),
+            (None, Some(n)) => operator.pool(n)?.install(run),
+            (None, None) => run(),
+        }
     }
-    Ok(buffers)
+    // T = 0 without an initial state: the declared identity, if any (as the other forms).
+    let final_state = (want_final && (steps > 0 || initial.is_some() || cw.operator.ir().identity.is_some())).then(|| {
+        let fields = sig
+            .element
+            .iter()
+            .zip(ends)
+            .map(|(e, data)| {
+                let mut shape = inputs.batch.clone();
+                shape.extend(&e.shape);
+                Tensor { name: e.name.clone(), shape, data: Buffer::F32(data) }
+            })
+            .collect();
+        State { batch: inputs.batch.clone(), fields }
+    });
+    Ok(Computed { contractions: buffers, final_state })
 }
 
 fn readout_inputs<'a>(cw: &ChunkwiseProgram, inputs: &Inputs<'a>, contractions: &'a [Vec<f32>]) -> Inputs<'a> {
@@ -197,29 +277,70 @@ fn readout_inputs<'a>(cw: &ChunkwiseProgram, inputs: &Inputs<'a>, contractions: 
     all
 }
 
-/// The readout map's summary made the chunkwise run's: no combines (the form runs none).
-fn summary(summary: &mut RunSummary, inputs: &Inputs<'_>, chunk: usize) {
+/// The readout map's summary made the chunkwise run's: no combines (the form runs
+/// none), the final state and the prefill of the chunk computation.
+fn summary(cw: &ChunkwiseProgram, summary: &mut RunSummary, inputs: &Inputs<'_>, opts: &RunOptions<'_>, final_state: Option<State>) -> Result<(), RunError> {
     summary.form = Form::Chunkwise;
-    summary.chunk = Some(chunk);
+    summary.chunk = Some(opts.chunk.unwrap_or(DEFAULT_CHUNK));
     summary.stats = RunStats { sequences: inputs.batch.iter().product(), steps: inputs.steps, combines: 0, peak_elements: 0 };
+    summary.prefill = if opts.prefill {
+        let operator = cw.operator.executor()?;
+        if !operator.signature().associative {
+            return Err(RunError::InvalidOption { option: "prefill", message: "a stream of an operator not known to be associative continues a tree's counter, which the chunkwise form does not build; use the tree form".into() });
+        }
+        let bound = operator.bind(inputs)?;
+        let words = final_state.as_ref().map(|s| operator.bind_state(s, &inputs.batch)).transpose()?;
+        let nseq = inputs.batch.iter().product::<usize>();
+        let per_seq = words.as_ref().map_or(0, |w| w.len() / nseq.max(1));
+        let seqs = (0..nseq).map(|b| SeqState::running(words.as_ref().map(|w| w[b * per_seq..(b + 1) * per_seq].to_vec()))).collect();
+        Some(Prefill::new(operator.clone(), &bound, &inputs.batch, inputs.steps as u64, seqs))
+    } else {
+        None
+    };
+    summary.final_state = final_state.filter(|_| opts.final_state);
+    Ok(())
 }
 
 pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
-    let c = contractions(cw, inputs, opts)?;
-    let mut out = cw.readout.run(&readout_inputs(cw, inputs, &c), &map_options(opts))?;
-    summary(&mut out.summary, inputs, opts.chunk.unwrap_or(DEFAULT_CHUNK));
+    let Computed { contractions, final_state } = compute(cw, inputs, opts)?;
+    let mut out = match &cw.plan.direct {
+        // The readout map would copy the contractions: they are the outputs.
+        Some(direct) => {
+            let sig = cw.operator.executor()?.signature();
+            let mut contractions = contractions;
+            let outputs = sig
+                .outputs
+                .iter()
+                .zip(direct)
+                .map(|(s, &m)| {
+                    let shared = direct.iter().filter(|&&d| d == m).count() > 1;
+                    let data = if shared { contractions[m].clone() } else { std::mem::take(&mut contractions[m]) };
+                    let mut shape = inputs.batch.clone();
+                    shape.push(inputs.steps);
+                    shape.extend(&s.shape);
+                    Tensor { name: s.name.clone(), shape, data: Buffer::F32(data) }
+                })
+                .collect();
+            let stats = RunStats { sequences: 0, steps: 0, combines: 0, peak_elements: 0 };
+            let summary = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
+            Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary }
+        }
+        None => cw.readout.run(&readout_inputs(cw, inputs, &contractions), &map_options(opts))?,
+    };
+    summary(cw, &mut out.summary, inputs, opts, final_state)?;
     Ok(out)
 }
 
+/// Into the caller's buffers: the readout map writes them (and checks them), direct or not.
 pub(crate) fn run_into(
     cw: &ChunkwiseProgram,
     inputs: &Inputs<'_>,
     outputs: &mut OutputsMut<'_>,
     opts: &RunOptions<'_>,
 ) -> Result<RunSummary, RunError> {
-    let c = contractions(cw, inputs, opts)?;
-    let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &c), outputs, &map_options(opts))?;
-    summary(&mut s, inputs, opts.chunk.unwrap_or(DEFAULT_CHUNK));
+    let Computed { contractions, final_state } = compute(cw, inputs, opts)?;
+    let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
+    summary(cw, &mut s, inputs, opts, final_state)?;
     Ok(s)
 }
 
@@ -229,71 +350,226 @@ struct FieldData<'a> {
     values: usize,
     k: &'a [f32],
     v: &'a [f32],
-    decay: DecayData<'a>,
+    decay: DecayData<&'a [f32]>,
 }
 
-#[derive(Clone, Copy)]
-enum DecayData<'a> {
+/// A field's transition data, `R` the per-step rows (the batch's, or one sequence's).
+#[derive(Clone)]
+enum DecayData<R> {
     None,
     /// `channels` decays per step, 1 (scalar) or `keys` (diagonal): their logs (`log`)
     /// or the decays themselves.
-    Gated { channels: usize, data: &'a [f32], log: bool },
-    Delta { log: Option<&'a [f32]>, beta: &'a [f32], b: &'a [f32] },
+    Gated { channels: usize, data: R, log: bool },
+    Delta { log: Option<R>, beta: R, b: R },
 }
 
-impl<'a> FieldData<'a> {
-    fn sequence(&self, b: usize, steps: usize) -> Sequence<'a> {
-        let rows = |data: &'a [f32], width: usize| &data[b * steps * width..(b + 1) * steps * width];
-        let decay = match self.decay {
+impl<R> DecayData<R> {
+    /// The same transition over other rows: `f(rows, entries per step)`.
+    fn map<S>(&self, keys: usize, f: impl Fn(&R, usize) -> S) -> DecayData<S> {
+        match self {
             DecayData::None => DecayData::None,
-            DecayData::Gated { channels, data, log } => DecayData::Gated { channels, data: rows(data, channels), log },
-            DecayData::Delta { log, beta, b: bv } => {
-                DecayData::Delta { log: log.map(|l| rows(l, 1)), beta: rows(beta, 1), b: rows(bv, self.keys) }
-            }
-        };
-        Sequence { keys: self.keys, values: self.values, k: rows(self.k, self.keys), v: rows(self.v, self.values), decay }
+            DecayData::Gated { channels, data, log } => DecayData::Gated { channels: *channels, data: f(data, *channels), log: *log },
+            DecayData::Delta { log, beta, b } => DecayData::Delta { log: log.as_ref().map(|l| f(l, 1)), beta: f(beta, 1), b: f(b, keys) },
+        }
     }
 }
 
-/// One field of one sequence: `[steps × width]` slices.
-struct Sequence<'a> {
-    keys: usize,
-    values: usize,
-    k: &'a [f32],
-    v: &'a [f32],
-    decay: DecayData<'a>,
+/// Per-step rows of one sequence: borrowed, or copied in reverse step order for a
+/// reversed run (the chunk computation then runs forward over them).
+type Rows<'a> = Cow<'a, [f32]>;
+
+/// `data`'s rows (`width` entries each) from last to first.
+fn reversed(data: &[f32], width: usize) -> Vec<f32> {
+    data.chunks(width.max(1)).rev().flatten().copied().collect()
 }
 
-/// `c = a · b + beta · c`: `a` is m×k and `b` k×n with the given (row, column)
-/// strides, `c` m×n row-major with row stride `ldc`.
+impl<'a> FieldData<'a> {
+    fn sequence(&self, b: usize, steps: usize, reverse: bool) -> Sequence<'a> {
+        let rows = |data: &'a [f32], width: usize| -> Rows<'a> {
+            let mine = &data[b * steps * width..(b + 1) * steps * width];
+            if reverse {
+                Cow::Owned(reversed(mine, width))
+            } else {
+                Cow::Borrowed(mine)
+            }
+        };
+        let decay = self.decay.map(self.keys, |data, width| rows(data, width));
+        Sequence { steps, keys: self.keys, values: self.values, k: rows(self.k, self.keys), v: rows(self.v, self.values), decay }
+    }
+}
+
+/// One field of one sequence: `[steps × width]` rows.
+struct Sequence<'a> {
+    steps: usize,
+    keys: usize,
+    values: usize,
+    k: Rows<'a>,
+    v: Rows<'a>,
+    decay: DecayData<Rows<'a>>,
+}
+
+/// `c = a · b` (`accumulate`: `c += a · b`): `a` is m×k, `b` k×n and `c` m×n, each
+/// with its (row, column) strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], sb: (usize, usize), beta: f32, c: &mut [f32], ldc: usize) {
+fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], sb: (usize, usize), accumulate: bool, c: &mut [f32], sc: (usize, usize)) {
     if m == 0 || n == 0 {
         return;
     }
     let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs;
-    if k > 0 {
-        assert!(last(m, k, sa) < a.len() && last(k, n, sb) < b.len(), "gemm operands out of bounds");
+    assert!(last(m, n, sc) < c.len(), "gemm output out of bounds");
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|r| (0..n).for_each(|j| c[r * sc.0 + j * sc.1] = 0.0));
+        }
+        return;
     }
-    assert!(last(m, n, (ldc, 1)) < c.len(), "gemm output out of bounds");
-    // SAFETY: every element sgemm reads or writes lies inside the slices (checked above).
+    assert!(last(m, k, sa) < a.len() && last(k, n, sb) < b.len(), "gemm operands out of bounds");
+    // SAFETY: every element gemm reads or writes lies inside the slices (checked above);
+    // `c` is borrowed mutably, so it overlaps neither operand.
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             m,
-            k,
             n,
-            1.0,
-            a.as_ptr(),
-            sa.0 as isize,
-            sa.1 as isize,
-            b.as_ptr(),
-            sb.0 as isize,
-            sb.1 as isize,
-            beta,
+            k,
             c.as_mut_ptr(),
-            ldc as isize,
-            1,
+            sc.1 as isize,
+            sc.0 as isize,
+            accumulate,
+            a.as_ptr(),
+            sa.1 as isize,
+            sa.0 as isize,
+            b.as_ptr(),
+            sb.1 as isize,
+            sb.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         )
+    }
+}
+
+/// `dst[i] = op(src[i], scale[i])`, a scale of one entry applying to all, of none
+/// copying `src` (each arm one loop that vectorizes, with no call per row).
+#[inline]
+fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) -> f32) {
+    match scale {
+        [] => dst.copy_from_slice(src),
+        &[g] => dst.iter_mut().zip(src).for_each(|(d, &x)| *d = op(x, g)),
+        _ => dst.iter_mut().zip(src).zip(scale).for_each(|((d, &x), &g)| *d = op(x, g)),
+    }
+}
+
+/// The cumulative decays of one chunk from its start, `[step × channel]`.
+///
+/// In log space (`factored` false, or decays given as logs), Λ restarts at every decay
+/// of exactly 0 (a hard reset: `reset` holds the chunk's last such step up to t, −1 for
+/// none), so products across a reset are exactly 0 instead of e^(−∞ + ∞).
+struct ChunkDecays {
+    channels: usize,
+    /// Λ_t: the log of the product's magnitude since the chunk's start or the last reset.
+    lam: Vec<f32>,
+    /// The product's sign (decays given as values may be negative).
+    sign: Vec<f32>,
+    reset: Vec<i32>,
+    /// e^Λ_t times the sign: the product from the chunk's start (0 after a reset).
+    grow: Vec<f32>,
+    /// D_tτ = grow_t / grow_τ is as accurate as the log-space pair (every |Λ| at most
+    /// [`FACTOR_LIMIT`], no reset).
+    factored: bool,
+}
+
+impl ChunkDecays {
+    fn new(chunk: usize, channels: usize) -> ChunkDecays {
+        let n = chunk * channels;
+        ChunkDecays { channels, lam: vec![0.0; n], sign: vec![1.0; n], reset: vec![-1; n], grow: vec![0.0; n], factored: true }
+    }
+
+    /// The entry of step `t`, channel `c` (a scalar decay has one channel for every key).
+    #[inline]
+    fn at(&self, t: usize, c: usize) -> usize {
+        if self.channels == 1 {
+            t
+        } else {
+            t * self.channels + c
+        }
+    }
+
+    /// Step `t`'s products from the chunk's start, one per channel (none without decay).
+    #[inline]
+    fn row(&self, t: usize) -> &[f32] {
+        &self.grow[t * self.channels..(t + 1) * self.channels]
+    }
+
+    /// The product of the decays from the chunk's start through step `t`.
+    #[inline]
+    fn cumulative(&self, t: usize, c: usize) -> f32 {
+        if self.channels == 0 {
+            1.0
+        } else {
+            self.grow[self.at(t, c)]
+        }
+    }
+
+    /// The product of the decays of steps τ+1 ..= t (τ ≤ t), from the logs; needs
+    /// `fill` to have gone to log space (always so for logs, or when not `factored`).
+    #[inline]
+    fn between(&self, t: usize, tau: usize, c: usize) -> f32 {
+        if self.channels == 0 {
+            return 1.0;
+        }
+        let (a, b) = (self.at(t, c), self.at(tau, c));
+        if self.reset[a] > tau as i32 {
+            0.0
+        } else {
+            self.sign[a] * self.sign[b] * (self.lam[a] - self.lam[b]).exp()
+        }
+    }
+
+    /// The chunk's decays from `data` (`[len × channels]`, logs when `is_log`). Decays
+    /// given as values are multiplied cumulatively; only a chunk whose products leave
+    /// e^±FACTOR_LIMIT goes to log space.
+    #[inline(always)]
+    fn fill(&mut self, data: &[f32], len: usize, is_log: bool) {
+        let nc = self.channels;
+        if nc == 0 {
+            self.factored = true;
+            return;
+        }
+        if !is_log {
+            // Row by row (each channel's product depends only on its own previous one).
+            self.grow[..nc].copy_from_slice(&data[..nc]);
+            for t in 1..len {
+                let (done, rest) = self.grow.split_at_mut(t * nc);
+                let prev = &done[(t - 1) * nc..];
+                rest[..nc].iter_mut().zip(prev).zip(&data[t * nc..(t + 1) * nc]).for_each(|((g, &p), &d)| *g = p * d);
+            }
+            let (lo, hi) = ((-FACTOR_LIMIT).exp(), FACTOR_LIMIT.exp());
+            // Without short-circuits, so that it vectorizes; NaN is outside.
+            let inside = self.grow[..len * nc].iter().fold(true, |ok, g| ok & (g.abs() >= lo) & (g.abs() <= hi));
+            if inside {
+                self.factored = true;
+                return;
+            }
+        }
+        let mut range = 0.0f32;
+        for (i, &d) in data[..len * nc].iter().enumerate() {
+            let (lam, sign, reset) = if i < nc { (0.0, 1.0, -1) } else { (self.lam[i - nc], self.sign[i - nc], self.reset[i - nc]) };
+            let (step, s) = if is_log { (d, 1.0) } else { (d.abs().ln(), d.signum()) };
+            if step == f32::NEG_INFINITY {
+                (self.lam[i], self.sign[i], self.reset[i], self.grow[i]) = (0.0, 1.0, (i / nc) as i32, 0.0);
+                range = f32::INFINITY;
+            } else {
+                let l = lam + step;
+                (self.lam[i], self.sign[i], self.reset[i]) = (l, sign * s, reset);
+                self.grow[i] = if reset >= 0 { 0.0 } else { sign * s * l.exp() };
+                // NaN in a decay is ignored here; the product propagates it.
+                range = range.max(l.abs());
+            }
+        }
+        self.factored = range <= FACTOR_LIMIT;
     }
 }
 
@@ -309,182 +585,190 @@ impl Sequence<'_> {
 
     /// The per-step decay data and whether it holds logs.
     fn decays(&self) -> (&[f32], bool) {
-        match self.decay {
-            DecayData::Gated { data, log, .. } => (data, log),
+        match &self.decay {
+            DecayData::Gated { data, log, .. } => (data, *log),
             DecayData::Delta { log: Some(log), .. } => (log, true),
             _ => (&[], true),
         }
     }
 
+    /// The contractions `(query, output)` (`[steps × keys]`, `[steps × values]`, in the
+    /// caller's step order) from the state `initial`; returns the final state.
+    fn contract(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, mine: &mut [(&[f32], &mut [f32])], reverse: bool) -> Vec<f32> {
+        if !reverse {
+            let qs: Vec<&[f32]> = mine.iter().map(|m| m.0).collect();
+            let mut outs: Vec<&mut [f32]> = mine.iter_mut().map(|m| &mut *m.1).collect();
+            return self.run(chunk, exclusive, initial, &qs, &mut outs);
+        }
+        let qs: Vec<Vec<f32>> = mine.iter().map(|m| reversed(m.0, self.keys)).collect();
+        let mut outs: Vec<Vec<f32>> = mine.iter().map(|m| vec![0.0; m.1.len()]).collect();
+        let end = self.run(chunk, exclusive, initial, &qs.iter().map(Vec::as_slice).collect::<Vec<_>>(), &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>());
+        for ((_, out), found) in mine.iter_mut().zip(&outs) {
+            out.copy_from_slice(&reversed(found, self.values));
+        }
+        end
+    }
+
+    /// The field's transition after the last step, E_{T−1} ⋯ E_0 E₀ with E₀ the initial
+    /// one (or the identity): the same recurrence run over E₀ as its state, with zero
+    /// values (a gate is a `[channels × 1]` state, the delta rule's matrix `[keys × keys]`).
+    fn transition(&self, chunk: usize, initial: Option<&[f32]>) -> Vec<f32> {
+        let (keys, values, k, identity) = match &self.decay {
+            // E = I: the plan names no transition field for it.
+            DecayData::None => return Vec::new(),
+            DecayData::Gated { channels, .. } => (*channels, 1, Cow::Owned(vec![0.0; self.steps * channels]), vec![1.0; *channels]),
+            DecayData::Delta { .. } => {
+                let eye = (0..self.keys * self.keys).map(|e| if e / self.keys == e % self.keys { 1.0 } else { 0.0 }).collect();
+                (self.keys, self.keys, self.k.clone(), eye)
+            }
+        };
+        let zero_values = Cow::Owned(vec![0.0; self.steps * values]);
+        let seq = Sequence { steps: self.steps, keys, values, k, v: zero_values, decay: self.decay.clone() };
+        seq.run(chunk, false, Some(initial.unwrap_or(&identity)), &[], &mut [])
+    }
+
     /// Computes every contraction `outs[m]` (`[steps × values]`) of this field with
-    /// queries `qs[m]` (`[steps × keys]`).
-    fn run(&self, steps: usize, chunk: usize, exclusive: bool, qs: &[&[f32]], outs: &mut [&mut [f32]]) {
-        let (kd, vd, nc) = (self.keys, self.values, self.channels());
-        let mut state = vec![0.0f32; kd * vd];
-        // Per-chunk scratch.
-        let mut lam = vec![0.0f32; chunk * nc]; // Λ_t, inclusive
-        let mut grow = vec![0.0f32; chunk * nc]; // e^Λ_t (times `sign`)
-        // The sign of the cumulative product of decays given as values (Λ is the log of
-        // its magnitude); 1 for decays given as logs.
-        let mut sign = vec![1.0f32; chunk * nc];
-        let mut ks = vec![0.0f32; kd * chunk]; // k_τ e^−Λ_τ, transposed: [key][step] (row-major operands pack fastest)
-        let mut qt = vec![0.0f32; chunk * kd];
+    /// queries `qs[m]` (`[steps × keys]`), from the state `initial` (`[keys × values]`,
+    /// zeros when absent); returns the state after the last step.
+    ///
+    /// Per chunk of `len` steps, three products: A = Q̃ K̃ᵀ (masked), then
+    /// out = [Q̃ | A] · [S₀ ; V] in one product (the inter- and intra-chunk terms share
+    /// it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives in the first `keys` rows of
+    /// [S₀ ; V], so it is never copied.
+    fn run(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.run_avx2(chunk, exclusive, initial, qs, outs) };
+        }
+        self.run_chunks(chunk, exclusive, initial, qs, outs)
+    }
+
+    /// [`Sequence::run_chunks`] compiled for AVX2: the scaling loops between the
+    /// products run 8 lanes wide instead of SSE2's 4 (no FMA: products and sums round
+    /// as written).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+        self.run_chunks(chunk, exclusive, initial, qs, outs)
+    }
+
+    #[inline(always)]
+    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+        let (steps, kd, vd, nc) = (self.steps, self.keys, self.values, self.channels());
+        // [Q̃ | A]: row-major, row stride `w`.
+        let w = kd + chunk;
+        let mut lhs = vec![0.0f32; chunk * w];
         let mut att = vec![0.0f32; chunk * chunk];
-        let mut u = vec![0.0f32; chunk * vd];
+        let mut rhs = vec![0.0f32; w * vd];
+        if let Some(s0) = initial {
+            rhs[..kd * vd].copy_from_slice(s0);
+        }
+        // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
+        let mut kt = vec![0.0f32; chunk * kd];
+        let mut khat = vec![0.0f32; chunk * kd];
+        let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
+        let mut dec = ChunkDecays::new(chunk, nc);
+        let (data, is_log) = self.decays();
         let mut t0 = 0;
         while t0 < steps {
             let len = chunk.min(steps - t0);
             let k = &self.k[t0 * kd..(t0 + len) * kd];
-            let (data, is_log) = self.decays();
-            let data = if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[][..] };
-            // Decays given as values are multiplied cumulatively; only a chunk whose
-            // products leave e^±FACTOR_LIMIT goes to log space.
-            let mut in_log = is_log;
-            if !is_log {
-                let (lo, hi) = ((-FACTOR_LIMIT).exp(), FACTOR_LIMIT.exp());
-                let mut inside = true;
-                for t in 0..len {
-                    for c in 0..nc {
-                        let prev = if t == 0 { 1.0 } else { grow[(t - 1) * nc + c] };
-                        let g = prev * data[t * nc + c];
-                        grow[t * nc + c] = g;
-                        inside &= g.abs() >= lo && g.abs() <= hi;
-                    }
-                }
-                in_log = !inside;
-            }
-            let mut range = 0.0f32;
-            if in_log {
-                for t in 0..len {
-                    for c in 0..nc {
-                        let (prev, prev_sign) = if t == 0 { (0.0, 1.0) } else { (lam[(t - 1) * nc + c], sign[(t - 1) * nc + c]) };
-                        let d = data[t * nc + c];
-                        let (step, s) = if is_log { (d, 1.0) } else { (d.abs().ln(), prev_sign * d.signum()) };
-                        let l = prev + step;
-                        lam[t * nc + c] = l;
-                        sign[t * nc + c] = s;
-                        grow[t * nc + c] = s * l.exp();
-                        range = range.max(l.abs());
-                    }
-                }
-            }
-            // NaN in a decay makes `range` ignore it; the factored path propagates it.
-            // Without logs (`in_log` false) Λ is not computed and only the factored path runs.
-            let factored = range <= FACTOR_LIMIT;
-            let at = |t: usize, c: usize| if nc == 1 { t * nc } else { t * nc + c };
+            dec.fill(if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[] }, len, is_log);
             // Values: the inputs', or the delta rule's pseudo-values.
-            let v: &[f32] = match self.decay {
-                DecayData::Delta { beta, b, .. } => {
-                    self.pseudo_values(t0, len, &state, &lam, &grow, beta, b, &mut att, &mut u);
-                    &u[..len * vd]
-                }
-                _ => &self.v[t0 * vd..(t0 + len) * vd],
-            };
-            // K̃ᵀ = (k ⊙ e^−Λ)ᵀ.
-            for t in 0..len {
-                for i in 0..kd {
-                    ks[i * len + t] = if nc == 0 { k[t * kd + i] } else { k[t * kd + i] / grow[at(t, i)] };
+            let (state, values) = rhs.split_at_mut(kd * vd);
+            let values = &mut values[..len * vd];
+            match &self.decay {
+                DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, state, &dec, beta, b, &mut gram, values),
+                _ => values.copy_from_slice(&self.v[t0 * vd..(t0 + len) * vd]),
+            }
+            if dec.factored && nc > 0 {
+                for t in 0..len {
+                    scale_row(&mut kt[t * kd..(t + 1) * kd], &k[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
                 }
             }
+            let kf: &[f32] = if nc > 0 { &kt } else { k };
             for (q, out) in qs.iter().zip(outs.iter_mut()) {
                 let q = &q[t0 * kd..(t0 + len) * kd];
                 let out = &mut out[t0 * vd..(t0 + len) * vd];
-                // Q̃ = q ⊙ e^E, E = Λ_t (inclusive) or Λ_{t−1} (exclusive; 0 at the chunk's start).
-                let scale = |t: usize, i: usize| -> f32 {
-                    if nc == 0 {
-                        1.0
-                    } else if exclusive {
-                        if t == 0 {
-                            1.0
-                        } else {
-                            grow[at(t - 1, i)]
-                        }
-                    } else {
-                        grow[at(t, i)]
-                    }
-                };
+                // Q̃ = q ⊙ e^Λ_t (inclusive) or e^Λ_{t−1} (exclusive; 1 at the chunk's start).
                 for t in 0..len {
-                    for i in 0..kd {
-                        qt[t * kd + i] = q[t * kd + i] * scale(t, i);
-                    }
+                    let scale = match (exclusive, t) {
+                        (true, 0) => &[][..],
+                        (true, _) => dec.row(t - 1),
+                        (false, _) => dec.row(t),
+                    };
+                    scale_row(&mut lhs[t * w..t * w + kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
                 }
-                if factored {
-                    gemm(len, kd, len, &qt, (kd, 1), &ks, (len, 1), 0.0, &mut att, len);
+                if dec.factored {
+                    gemm(len, kd, len, &lhs, (w, 1), kf, (1, kd), false, &mut att, (chunk, 1));
                 } else {
                     for t in 0..len {
-                        for tau in 0..=t {
-                            att[t * len + tau] = (0..kd)
-                                .map(|i| {
-                                    let (e, s) = match (exclusive, t) {
-                                        (true, 0) => (0.0, 1.0),
-                                        (true, _) => (lam[at(t - 1, i)], sign[at(t - 1, i)]),
-                                        (false, _) => (lam[at(t, i)], sign[at(t, i)]),
-                                    };
-                                    let decay = s * sign[at(tau, i)] * (e - lam[at(tau, i)]).exp();
-                                    q[t * kd + i] * k[tau * kd + i] * decay
-                                })
-                                .sum();
+                        let seen = if exclusive { t } else { t + 1 };
+                        for tau in 0..seen {
+                            let e = if exclusive { t - 1 } else { t };
+                            att[t * chunk + tau] = (0..kd).map(|i| q[t * kd + i] * k[tau * kd + i] * dec.between(e, tau, i)).sum();
                         }
                     }
                 }
+                // A beside Q̃, causally masked: A_tτ = 0 for τ > t (τ ≥ t when exclusive).
                 for t in 0..len {
-                    let first_masked = if exclusive { t } else { t + 1 };
-                    att[t * len + first_masked.min(len)..(t + 1) * len].fill(0.0);
+                    let seen = if exclusive { t } else { t + 1 };
+                    let row = &mut lhs[t * w + kd..t * w + kd + len];
+                    row[..seen].copy_from_slice(&att[t * chunk..t * chunk + seen]);
+                    row[seen..].fill(0.0);
                 }
-                gemm(len, kd, vd, &qt, (kd, 1), &state, (vd, 1), 0.0, out, vd);
-                gemm(len, len, vd, &att, (len, 1), v, (vd, 1), 1.0, out, vd);
+                gemm(len, kd + len, vd, &lhs, (w, 1), &rhs, (vd, 1), false, out, (vd, 1));
             }
-            // S ← e^Λ_L ⊙ S + (k ⊙ e^(Λ_L − Λ))ᵀ v.
+            // S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
+            let (state, values) = rhs.split_at_mut(kd * vd);
             if nc > 0 {
                 let last = len - 1;
                 for t in 0..len {
-                    for i in 0..kd {
-                        let d = if factored {
-                            ks[i * len + t] * grow[at(last, i)]
-                        } else {
-                            let s = sign[at(last, i)] * sign[at(t, i)];
-                            k[t * kd + i] * s * (lam[at(last, i)] - lam[at(t, i)]).exp()
-                        };
-                        ks[i * len + t] = d;
+                    let row = &mut khat[t * kd..(t + 1) * kd];
+                    if dec.factored {
+                        scale_row(row, &kt[t * kd..(t + 1) * kd], dec.row(last), |x, g| x * g);
+                    } else {
+                        row.iter_mut().enumerate().for_each(|(i, x)| *x = k[t * kd + i] * dec.between(last, t, i));
                     }
                 }
-                for i in 0..kd {
-                    let g = grow[at(last, i)];
-                    state[i * vd..(i + 1) * vd].iter_mut().for_each(|s| *s *= g);
+                for (i, row) in state.chunks_mut(vd).enumerate() {
+                    let g = dec.cumulative(last, i);
+                    row.iter_mut().for_each(|s| *s *= g);
                 }
             }
-            gemm(kd, len, vd, &ks, (len, 1), v, (vd, 1), 1.0, &mut state, vd);
+            let kh: &[f32] = if nc > 0 { &khat } else { k };
+            gemm(kd, len, vd, kh, (1, kd), &values[..len * vd], (vd, 1), true, state, (vd, 1));
             t0 += len;
         }
+        rhs.truncate(kd * vd);
+        rhs
     }
 
     /// The delta rule's pseudo-values of one chunk into `u`: (I + L) U = V − diag(β e^Λ) B S₀
     /// with L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ for τ < t, by forward substitution.
     #[allow(clippy::too_many_arguments)]
-    fn pseudo_values(&self, t0: usize, len: usize, state: &[f32], lam: &[f32], grow: &[f32], beta: &[f32], b: &[f32], gram: &mut [f32], u: &mut [f32]) {
-        let (kd, vd, nc) = (self.keys, self.values, self.channels());
+    fn pseudo_values(&self, t0: usize, len: usize, state: &[f32], dec: &ChunkDecays, beta: &[f32], b: &[f32], gram: &mut [f32], u: &mut [f32]) {
+        let (kd, vd) = (self.keys, self.values);
         let bs = &b[t0 * kd..(t0 + len) * kd];
         let k = &self.k[t0 * kd..(t0 + len) * kd];
         let beta = &beta[t0..t0 + len];
-        let u = &mut u[..len * vd];
         // U ← B S₀, then V − diag(β e^Λ) B S₀.
-        gemm(len, kd, vd, bs, (kd, 1), state, (vd, 1), 0.0, u, vd);
+        gemm(len, kd, vd, bs, (kd, 1), state, (vd, 1), false, u, (vd, 1));
         for t in 0..len {
-            let g = if nc == 0 { 1.0 } else { grow[t] };
-            let s = beta[t] * g;
+            let s = beta[t] * dec.cumulative(t, 0);
             let v = &self.v[(t0 + t) * vd..(t0 + t + 1) * vd];
             for j in 0..vd {
                 u[t * vd + j] = v[j] - s * u[t * vd + j];
             }
         }
         // gram[t, τ] = b_t · k_τ.
-        gemm(len, kd, len, bs, (kd, 1), k, (1, kd), 0.0, gram, len);
+        gemm(len, kd, len, bs, (kd, 1), k, (1, kd), false, gram, (len, 1));
         for t in 1..len {
             let (done, rest) = u.split_at_mut(t * vd);
             let ut = &mut rest[..vd];
             for tau in 0..t {
-                let decay = if nc == 0 { 1.0 } else { (lam[t] - lam[tau]).exp() };
-                let coef = beta[t] * decay * gram[t * len + tau];
+                let coef = beta[t] * dec.between(t, tau, 0) * gram[t * len + tau];
                 let uu = &done[tau * vd..(tau + 1) * vd];
                 for j in 0..vd {
                     ut[j] -= coef * uu[j];

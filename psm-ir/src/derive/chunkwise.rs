@@ -48,6 +48,10 @@ pub struct Chunkwise {
     /// Source of the readout map aggregator: the operator's inputs plus one input per
     /// contraction (`Contraction::output`); its outputs are the operator's.
     pub readout: String,
+    /// When every output is one contraction as it is (`o[j] = x.cw_c0[j]`): output k
+    /// (in declaration order) is contraction `direct[k]`, and a backend may skip the
+    /// readout map, a copy.
+    pub direct: Option<Vec<usize>>,
 }
 
 /// One state field S[keys, values] (a vector field has `values` = 1).
@@ -61,6 +65,9 @@ pub struct StateField {
     pub key: String,
     pub value: String,
     pub decay: Decay,
+    /// The element field that holds E (a gate or the dense transition; none for E = I):
+    /// a backend that returns the final element composes it alongside S.
+    pub transition: Option<String>,
 }
 
 /// The transition of one state field, as feature outputs.
@@ -257,8 +264,9 @@ impl<'a> Deriver<'a> {
         for &f in &read {
             let shape = self.info.shape(f);
             let (keys, values) = (shape[0], shape.get(1).copied().unwrap_or(1));
-            let (key, value, decay) = self.field(f, &mut outputs)?;
-            fields.push(StateField { name: self.name(f).to_string(), keys, values, key, value, decay });
+            let (key, value, decay, transition) = self.field(f, &mut outputs)?;
+            let transition = transition.map(|t| self.name(t).to_string());
+            fields.push(StateField { name: self.name(f).to_string(), keys, values, key, value, decay, transition });
         }
         let mut contractions = Vec::new();
         for (m, c) in raw.iter().enumerate() {
@@ -273,12 +281,13 @@ impl<'a> Deriver<'a> {
         let inputs = inputs.iter().map(|o| (o.0.clone(), self.passthrough(o).expect("partitioned on it"))).collect();
         let features = (!computed.is_empty()).then(|| self.features_source(&computed));
         let readout = self.readout_source(&raw, &subst);
+        let direct = self.direct_outputs(&raw, &subst);
         if let Some(src) = &features {
             check_source("feature map", src)?;
         }
         check_source("readout map", &readout)?;
         let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
-        Ok(Chunkwise { aggregator: agg.name.clone(), exclusive, fields, contractions, inputs, features, readout })
+        Ok(Chunkwise { aggregator: agg.name.clone(), exclusive, fields, contractions, inputs, features, readout, direct })
     }
 
     /// The input a feature output copies unchanged (`cw_k_s[i] = x.k[i];` of an f32
@@ -334,12 +343,13 @@ impl<'a> Deriver<'a> {
         ok_a && ok_x
     }
 
-    /// The transition, key and value of one state field, pushing its feature outputs.
+    /// The key, value, transition and transition field of one state field, pushing its
+    /// feature outputs.
     fn field(
         &self,
         f: Handle<Tensor>,
         outputs: &mut Vec<FeatureOut>,
-    ) -> Result<(String, String, Decay), NotApplicable> {
+    ) -> Result<FieldParts, NotApplicable> {
         let agg = self.agg;
         let fname = self.name(f).to_string();
         let s = self.stmt_of(&agg.combine, f);
@@ -419,6 +429,10 @@ impl<'a> Deriver<'a> {
             )),
             None => outputs.push((value.clone(), vec![], format!("{value} = {};", self.product_text(product.negative, &v_factors)), v_factors)),
         }
+        let transition = match &gate {
+            Found::None => None,
+            Found::Gated(g, _) | Found::Dense(g) => Some(*g),
+        };
         let decay = match gate {
             Found::None => Decay::None,
             Found::Gated(g, rank) => {
@@ -444,7 +458,7 @@ impl<'a> Deriver<'a> {
             }
             Found::Dense(a) => self.delta_rule(a, f, &keys, outputs)?,
         };
-        Ok((key, value, decay))
+        Ok((key, value, decay, transition))
     }
 
     /// A dense transition α (I − β k bᵀ) whose k is the field's key.
@@ -941,6 +955,23 @@ impl<'a> Deriver<'a> {
         out
     }
 
+    /// Output k's contraction, for every output that is an f32 contraction read as it is
+    /// (the readout map's statement is `o[j] = x.cw_cM[j];`); `None` if any is not.
+    fn direct_outputs(&self, raw: &[RawContraction], subst: &Substitutions) -> Option<Vec<usize>> {
+        self.agg
+            .tensors_of(Role::Output)
+            .map(|t| {
+                let s = self.agg.readout.stmts.iter().find(|s| s.target == Target::Tensor(t))?;
+                let vars: Vec<&str> = s.indices.iter().map(|&v| self.var(v)).collect();
+                let vars = if vars.is_empty() { String::new() } else { format!("[{}]", vars.join(", ")) };
+                let text = self.text(s.value, None, subst);
+                let m = (0..raw.len()).find(|m| text == format!("x.cw_c{m}{vars}"))?;
+                let same_shape = self.info.shape(t) == &self.info.shape(raw[m].field)[1..];
+                (same_shape && self.agg.tensors[t].dtype == Dtype::F32).then_some(m)
+            })
+            .collect()
+    }
+
     fn readout_source(&self, raw: &[RawContraction], subst: &HashMap<Handle<Expr>, String>) -> String {
         let extra: Vec<String> = raw
             .iter()
@@ -975,6 +1006,10 @@ impl<'a> Deriver<'a> {
         out
     }
 }
+
+/// A state field's key and value feature names, its transition, and the element field
+/// holding the transition.
+type FieldParts = (String, String, Decay, Option<Handle<Tensor>>);
 
 /// A feature map output: name, shape, its statement, and the expressions it reads.
 type FeatureOut = (String, Vec<usize>, String, Vec<Handle<Expr>>);
