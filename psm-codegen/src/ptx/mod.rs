@@ -139,6 +139,7 @@
 //! associative operators agree with the interpreter within the tolerance, while tree
 //! and stream on the GPU — the same device code — are bit-identical to each other.
 
+pub mod chunkwise;
 mod emit;
 mod kernels;
 pub mod lookback;
