@@ -24,6 +24,12 @@ fn geometry() {
     let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
     assert_eq!((m.state_threads, m.value_tile), (256, 32));
     assert!(m.text.contains(".target sm_90") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+    // ptxas rejects any byte outside ASCII, comments included.
+    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+        for exclusive in [false, true] {
+            assert!(compile_chunkwise(shape(16, 16, decay, exclusive), 90).unwrap().text.is_ascii());
+        }
+    }
 }
 
 #[test]

@@ -23,6 +23,8 @@
 //! values]` (read with [`HAS_STATE`]); `states` `[nseq, nchunks + 1, keys, values]`.
 //! Steps past the sequence's end are zero keys and values with no decay.
 //!
+//! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
+//!
 //! Both kernels stage their operands in shared memory as bf16 (rounded to nearest),
 //! laid out with the products' reduction index contiguous and rows padded by 8 entries,
 //! so that every fragment is one 32-bit load without bank conflicts; the intra-chunk
@@ -354,7 +356,7 @@ impl Writer {
             let a = w.f32_addr(gate, t64);
             w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
             if value {
-                w.e.comment("the decay's natural log: lg2 · ln 2 (a padded step's 1 gives 0)");
+                w.e.comment("the decay's natural log: lg2 * ln 2 (a padded step's 1 gives 0)");
                 w.e.ins(format!("@!{live} mov.f32 {x}, 0f3F800000"));
                 w.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
                 w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
@@ -605,7 +607,7 @@ fn states_kernel(g: &Geometry) -> String {
     } else {
         None
     };
-    w.e.comment("stage (K ⊙ e^(Λ_last − Λ))ᵀ and Vᵀ, the step contiguous");
+    w.e.comment("stage (K * exp(L_last - L))^T and V^T, the step contiguous");
     let scale = |w: &mut Writer, t: Reg| -> Reg {
         let (lam, last) = (lam.expect("decayed"), last.expect("decayed"));
         let x = w.lam_at(lam, t);
@@ -620,7 +622,7 @@ fn states_kernel(g: &Geometry) -> String {
     stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
     w.e.ins("bar.sync 0");
     if let Some(last) = last {
-        w.e.comment("S ← e^(Λ_last) S");
+        w.e.comment("S = exp(L_last) S");
         let f = w.exp(last);
         for a in &acc {
             for r in a {
@@ -628,7 +630,7 @@ fn states_kernel(g: &Geometry) -> String {
             }
         }
     }
-    w.e.comment("S += K̃ᵀ V");
+    w.e.comment("S += (scaled K)^T V");
     for kk in 0..CHUNK / 16 {
         let a = w.a_fragment(a_addr, g.step_stride(), 16 * kk);
         for (nt, t) in acc.iter().enumerate() {
@@ -669,7 +671,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     if let (Some(raw), Some(lam)) = (raw, lam) {
         w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
     }
-    w.e.comment("stage Q and K (the key contiguous), Vᵀ (the step contiguous), S_cᵀ (the key contiguous)");
+    w.e.comment("stage Q and K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)");
     stage_rows(&mut w, g, threads, q, pos.row_base, pos.n, qs, "stage_q");
     stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, "stage_k");
     stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
@@ -710,7 +712,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     let v_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
     let o = w.zeros(g.vt / 8);
     let scores = w.zeros(CHUNK / 8);
-    w.e.comment("O = Q S_c and P = Q Kᵀ, sharing Q's fragments");
+    w.e.comment("O = Q S_c and P = Q K^T, sharing Q's fragments");
     for kk in 0..g.kp / 16 {
         let a = w.a_fragment(q_addr, g.key_stride(), 16 * kk);
         for (nt, t) in o.iter().enumerate() {
@@ -745,7 +747,7 @@ fn outputs_kernel(g: &Geometry) -> String {
         })
     });
     if let Some(e) = e_rows {
-        w.e.comment("O rows × e^(e_t)");
+        w.e.comment("O row t times exp(e_t)");
         let f = e.map(|x| w.exp(x));
         for t in &o {
             for (j, r) in t.iter().enumerate() {
@@ -753,7 +755,7 @@ fn outputs_kernel(g: &Geometry) -> String {
             }
         }
     }
-    w.e.comment(if g.shape.exclusive { "P: keep τ < t, times e^(e_t − Λ_τ)" } else { "P: keep τ ≤ t, times e^(e_t − Λ_τ)" });
+    w.e.comment(if g.shape.exclusive { "P: keep s < t, times exp(e_t - L_s)" } else { "P: keep s <= t, times exp(e_t - L_s)" });
     let cmp = if g.shape.exclusive { "lt" } else { "le" };
     for (pt, t) in scores.iter().enumerate() {
         for (j, r) in t.iter().enumerate() {
