@@ -953,6 +953,12 @@ fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
+/// x rounded to the nearest bf16 (ties to even), as an f32.
+fn bf16_round(x: f32) -> f32 {
+    let b = x.to_bits();
+    f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
+}
+
 /// ‖found − want‖ / ‖want‖ (Frobenius).
 fn relative(found: &[f32], want: &[f64]) -> f64 {
     let num: f64 = found.iter().zip(want).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
@@ -963,9 +969,9 @@ fn relative(found: &[f32], want: &[f64]) -> f64 {
 /// The tensor-core chunkwise kernels (psm-codegen's `ptx::chunkwise`) against the
 /// recurrence in f64: S_t = γ_t S_(t−1) + k_t v_tᵀ, o_t = S_tᵀ q_t (or S_(t−1)ᵀ q_t), for
 /// every decay kind and readout, at lengths around the chunk and key/value counts that
-/// are not multiples of the tiles; outputs and the final state within the bf16-operand
-/// bound ‖out − ref‖ / ‖ref‖ < 1e-2 (issue 6), and every chunk's entering state
-/// checked through the final one.
+/// are not multiples of the tiles; with bf16 inputs, outputs and the final state within
+/// issue 6's bound for bf16 inputs with f32 accumulation, ‖out − ref‖ / ‖ref‖ < 1e-2
+/// (every chunk's entering state is checked through the final one).
 #[test]
 fn chunkwise_tensor_cores() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
@@ -984,9 +990,11 @@ fn chunkwise_tensor_cores() {
                 for steps in [1usize, 7, 64, 65, 200] {
                     let nseq = 3;
                     let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
-                    let q = gen(nseq * steps * keys, -1.0, 1.0);
-                    let k = gen(nseq * steps * keys, -1.0, 1.0);
-                    let v = gen(nseq * steps * values, -1.0, 1.0);
+                    // bf16 inputs (issue 6's criterion): the error measured is the kernels'
+                    // own (bf16 scores, decayed keys and states; f32 accumulation).
+                    let q: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(bf16_round).collect();
+                    let k: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(bf16_round).collect();
+                    let v: Vec<f32> = gen(nseq * steps * values, -1.0, 1.0).into_iter().map(bf16_round).collect();
                     // Decays in (0.8, 1): as logs, as values, or none.
                     let gamma = gen(nseq * steps, 0.8, 1.0);
                     let g: Vec<f32> = match decay {

@@ -85,6 +85,9 @@ pub struct ChunkwiseModule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsupported(pub String);
 
+/// Entries each thread has in flight while staging.
+const BATCH: usize = 8;
+
 /// Static shared memory a block may declare.
 const STATIC_SHARED: usize = 48 * 1024;
 
@@ -296,6 +299,35 @@ impl Writer {
         self.e.place(&done);
     }
 
+    /// Stages `total` f32 entries into shared bf16, `threads` at a time, [`BATCH`]
+    /// entries per thread in flight: every load of a batch is issued before the first
+    /// store waits for one (a loop of one load per iteration is bound by the memory's
+    /// latency). `load(idx, live)` returns the loaded value (0 where `live` is false),
+    /// its shared address and its step; `scale(step)`, when given, multiplies it.
+    fn staged(&mut self, total: usize, threads: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> (Reg, Reg, Reg), scale: Scale<'_>) {
+        let batch = BATCH.min(total.div_ceil(threads)).max(1);
+        self.strided(total, threads * batch, what, |w, base| {
+            let mut pending = Vec::with_capacity(batch);
+            for u in 0..batch {
+                let idx = w.e.reg(Class::B32);
+                let live = w.e.reg(Class::Pred);
+                w.e.ins(format!("add.u32 {idx}, {base}, {}", u * threads));
+                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {total}"));
+                let (x, addr, t) = load(w, idx, live);
+                pending.push((x, addr, t, live));
+            }
+            for (x, addr, t, live) in pending {
+                if let Some(f) = scale {
+                    let s = f(w, t);
+                    w.e.ins(format!("mul.rn.f32 {x}, {x}, {s}"));
+                }
+                let h = w.e.reg(Class::B16);
+                w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+                w.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
+            }
+        });
+    }
+
     /// `idx / d` and `idx % d` for a compile-time d.
     fn divmod(&mut self, idx: Reg, d: usize) -> (Reg, Reg) {
         let q = self.e.reg(Class::B32);
@@ -310,15 +342,15 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads the f32 at `base[row_base + row · width + col]` when `row < rows` and
-    /// `col < cols` (else 0): `row_base` is a 64-bit entry index.
+    /// Loads the f32 at `base[row_base + row · width + col]` when `row < rows`,
+    /// `col < cols` and `live` (else 0): `row_base` is a 64-bit entry index.
     #[allow(clippy::too_many_arguments)]
-    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize) -> Reg {
+    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg) -> Reg {
         let v = self.e.reg(Class::F32);
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
         self.e.ins(format!("mov.f32 {v}, 0f00000000"));
-        self.e.ins(format!("setp.lt.u32 {p}, {row}, {rows}"));
+        self.e.ins(format!("setp.lt.and.u32 {p}, {row}, {rows}, {live}"));
         self.e.ins(format!("setp.lt.and.u32 {q}, {col}, {cols}, {p}"));
         let index = self.e.reg(Class::B64);
         let r64 = self.e.reg(Class::B64);
@@ -330,13 +362,6 @@ impl Writer {
         let a = self.f32_addr(base, index);
         self.e.ins(format!("@{q} ld.global.nc.f32 {v}, [{a}]"));
         v
-    }
-
-    /// Stores `x` rounded to bf16 at `addr`.
-    fn st_bf16(&mut self, addr: Reg, x: Reg) {
-        let h = self.e.reg(Class::B16);
-        self.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-        self.e.ins(format!("st.shared.b16 [{addr}], {h}"));
     }
 
     /// Λ of the current chunk into `lam` (f32 × CHUNK): the block's `threads` load each
@@ -434,34 +459,36 @@ fn stage_transposed(
     scale: Scale<'_>,
     what: &str,
 ) {
-    w.strided(CHUNK * tile, threads, what, |w, idx| {
-        let (t, j) = w.divmod(idx, tile);
-        let col = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-        let x = w.load_or_zero(src, row_base, t, n, width, col, width);
-        let x = match scale {
-            Some(f) => {
-                let s = f(w, t);
-                w.e.ins(format!("mul.rn.f32 {x}, {x}, {s}"));
-                x
-            }
-            None => x,
-        };
-        let a = w.bf16_addr(dst, j, g.step_stride(), t);
-        w.st_bf16(a, x);
-    });
+    w.staged(
+        CHUNK * tile,
+        threads,
+        what,
+        |w, idx, live| {
+            let (t, j) = w.divmod(idx, tile);
+            let col = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
+            let x = w.load_or_zero(src, row_base, t, n, width, col, width, live);
+            (x, w.bf16_addr(dst, j, g.step_stride(), t), t)
+        },
+        scale,
+    );
 }
 
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
 /// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
 #[allow(clippy::too_many_arguments)]
 fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, what: &str) {
-    w.strided(CHUNK * g.kp, threads, what, |w, idx| {
-        let (t, i) = w.divmod(idx, g.kp);
-        let x = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys);
-        let a = w.bf16_addr(dst, t, g.key_stride(), i);
-        w.st_bf16(a, x);
-    });
+    w.staged(
+        CHUNK * g.kp,
+        threads,
+        what,
+        |w, idx, live| {
+            let (t, i) = w.divmod(idx, g.kp);
+            let x = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live);
+            (x, w.bf16_addr(dst, t, g.key_stride(), i), t)
+        },
+        None,
+    );
 }
 
 /// Block ids, the chunk's first step and its number of steps `n`, and the 64-bit entry
@@ -689,14 +716,19 @@ fn outputs_kernel(g: &Geometry) -> String {
         w.e.ins(format!("mul.lo.u64 {matrix}, {matrix}, {}", g.keys));
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-        w.strided(g.kp * g.vt, threads, "stage_s", |w, idx| {
-            let (i, j) = w.divmod(idx, g.vt);
-            let col = w.e.reg(Class::B32);
-            w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-            let x = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values);
-            let a = w.bf16_addr(st, j, g.key_stride(), i);
-            w.st_bf16(a, x);
-        });
+        w.staged(
+            g.kp * g.vt,
+            threads,
+            "stage_s",
+            |w, idx, live| {
+                let (i, j) = w.divmod(idx, g.vt);
+                let col = w.e.reg(Class::B32);
+                w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
+                let x = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live);
+                (x, w.bf16_addr(st, j, g.key_stride(), i), i)
+            },
+            None,
+        );
     }
     w.e.ins("bar.sync 0");
 
