@@ -299,31 +299,47 @@ impl Writer {
         self.e.place(&done);
     }
 
-    /// Stages `total` f32 entries into shared bf16, `threads` at a time, [`BATCH`]
-    /// entries per thread in flight: every load of a batch is issued before the first
-    /// store waits for one (a loop of one load per iteration is bound by the memory's
-    /// latency). `load(idx, live)` returns the loaded value (0 where `live` is false),
-    /// its shared address and its step; `scale(step)`, when given, multiplies it.
-    fn staged(&mut self, total: usize, threads: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> (Reg, Reg, Reg), scale: Scale<'_>) {
-        let batch = BATCH.min(total.div_ceil(threads)).max(1);
-        self.strided(total, threads * batch, what, |w, base| {
+    /// Stages `total` f32 entries into shared bf16, `threads` at a time, `lanes` (1 or
+    /// 4: one 16-byte load) per load and [`BATCH`] loads per thread in flight: every
+    /// load of a batch is issued before the first store waits for one (a loop of one
+    /// load per iteration is bound by the memory's latency). `load(entry, live)` gets
+    /// the first entry of a load and returns its values (0 where `live` is false),
+    /// their shared addresses and their step; `scale(step)`, when given, multiplies
+    /// them.
+    #[allow(clippy::type_complexity)]
+    fn staged(
+        &mut self,
+        total: usize,
+        threads: usize,
+        lanes: usize,
+        what: &str,
+        load: impl Fn(&mut Writer, Reg, Reg) -> (Vec<Reg>, Vec<Reg>, Reg),
+        scale: Scale<'_>,
+    ) {
+        let loads = total / lanes;
+        let batch = BATCH.min(loads.div_ceil(threads)).max(1);
+        self.strided(loads, threads * batch, what, |w, base| {
             let mut pending = Vec::with_capacity(batch);
             for u in 0..batch {
                 let idx = w.e.reg(Class::B32);
                 let live = w.e.reg(Class::Pred);
                 w.e.ins(format!("add.u32 {idx}, {base}, {}", u * threads));
-                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {total}"));
-                let (x, addr, t) = load(w, idx, live);
-                pending.push((x, addr, t, live));
+                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
+                let entry = w.e.reg(Class::B32);
+                w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+                let (xs, addrs, t) = load(w, entry, live);
+                pending.push((xs, addrs, t, live));
             }
-            for (x, addr, t, live) in pending {
-                if let Some(f) = scale {
-                    let s = f(w, t);
-                    w.e.ins(format!("mul.rn.f32 {x}, {x}, {s}"));
+            for (xs, addrs, t, live) in pending {
+                let s = scale.map(|f| f(w, t));
+                for (x, addr) in xs.into_iter().zip(addrs) {
+                    if let Some(s) = s {
+                        w.e.ins(format!("mul.rn.f32 {x}, {x}, {s}"));
+                    }
+                    let h = w.e.reg(Class::B16);
+                    w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+                    w.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
                 }
-                let h = w.e.reg(Class::B16);
-                w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-                w.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
             }
         });
     }
@@ -342,14 +358,17 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads the f32 at `base[row_base + row · width + col]` when `row < rows`,
-    /// `col < cols` and `live` (else 0): `row_base` is a 64-bit entry index.
+    /// Loads `lanes` f32 (1, or 4 in one 16-byte load) at `base[(row_base + row) ·
+    /// width + col]` when `row < rows`, `col < cols` and `live` (else 0): `row_base` is
+    /// a 64-bit entry index; with 4 lanes, `width`, `cols` and `col` are multiples of 4.
     #[allow(clippy::too_many_arguments)]
-    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg) -> Reg {
-        let v = self.e.reg(Class::F32);
+    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize) -> Vec<Reg> {
+        let v: Vec<Reg> = (0..lanes).map(|_| self.e.reg(Class::F32)).collect();
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
-        self.e.ins(format!("mov.f32 {v}, 0f00000000"));
+        for x in &v {
+            self.e.ins(format!("mov.f32 {x}, 0f00000000"));
+        }
         self.e.ins(format!("setp.lt.and.u32 {p}, {row}, {rows}, {live}"));
         self.e.ins(format!("setp.lt.and.u32 {q}, {col}, {cols}, {p}"));
         let index = self.e.reg(Class::B64);
@@ -360,7 +379,11 @@ impl Writer {
         self.e.ins(format!("add.u64 {index}, {row_base}, {r64}"));
         self.e.ins(format!("mad.lo.u64 {index}, {index}, {width}, {c64}"));
         let a = self.f32_addr(base, index);
-        self.e.ins(format!("@{q} ld.global.nc.f32 {v}, [{a}]"));
+        if lanes == 4 {
+            self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3]));
+        } else {
+            self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0]));
+        }
         v
     }
 
@@ -459,16 +482,25 @@ fn stage_transposed(
     scale: Scale<'_>,
     what: &str,
 ) {
+    let lanes = if width % 4 == 0 { 4 } else { 1 };
     w.staged(
         CHUNK * tile,
         threads,
+        lanes,
         what,
         |w, idx, live| {
             let (t, j) = w.divmod(idx, tile);
             let col = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-            let x = w.load_or_zero(src, row_base, t, n, width, col, width, live);
-            (x, w.bf16_addr(dst, j, g.step_stride(), t), t)
+            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes);
+            let addrs = (0..lanes)
+                .map(|l| {
+                    let jl = w.e.reg(Class::B32);
+                    w.e.ins(format!("add.u32 {jl}, {j}, {l}"));
+                    w.bf16_addr(dst, jl, g.step_stride(), t)
+                })
+                .collect();
+            (xs, addrs, t)
         },
         scale,
     );
@@ -478,14 +510,24 @@ fn stage_transposed(
 /// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
 #[allow(clippy::too_many_arguments)]
 fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, what: &str) {
+    let lanes = if g.keys % 4 == 0 { 4 } else { 1 };
     w.staged(
         CHUNK * g.kp,
         threads,
+        lanes,
         what,
         |w, idx, live| {
             let (t, i) = w.divmod(idx, g.kp);
-            let x = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live);
-            (x, w.bf16_addr(dst, t, g.key_stride(), i), t)
+            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes);
+            let a = w.bf16_addr(dst, t, g.key_stride(), i);
+            let addrs = (0..lanes)
+                .map(|l| {
+                    let r = w.e.reg(Class::B32);
+                    w.e.ins(format!("add.u32 {r}, {a}, {}", 2 * l));
+                    r
+                })
+                .collect();
+            (xs, addrs, t)
         },
         None,
     );
@@ -716,16 +758,25 @@ fn outputs_kernel(g: &Geometry) -> String {
         w.e.ins(format!("mul.lo.u64 {matrix}, {matrix}, {}", g.keys));
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
+        let lanes = if g.values % 4 == 0 { 4 } else { 1 };
         w.staged(
             g.kp * g.vt,
             threads,
+            lanes,
             "stage_s",
             |w, idx, live| {
                 let (i, j) = w.divmod(idx, g.vt);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-                let x = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live);
-                (x, w.bf16_addr(st, j, g.key_stride(), i), i)
+                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes);
+                let addrs = (0..lanes)
+                    .map(|l| {
+                        let jl = w.e.reg(Class::B32);
+                        w.e.ins(format!("add.u32 {jl}, {j}, {l}"));
+                        w.bf16_addr(st, jl, g.key_stride(), i)
+                    })
+                    .collect();
+                (xs, addrs, i)
             },
             None,
         );
