@@ -344,6 +344,17 @@ impl Writer {
         });
     }
 
+    /// The (row, first column) of the load whose first entry is `entry` (a multiple of
+    /// `lanes`) when staging `rows` rows transposed: load k = entry / lanes takes row
+    /// k % rows and columns lanes · (k / rows) ...
+    fn transposed_position(&mut self, entry: Reg, lanes: usize, rows: usize) -> (Reg, Reg) {
+        let k = self.e.reg(Class::B32);
+        self.e.ins(format!("div.u32 {k}, {entry}, {lanes}"));
+        let (group, row) = self.divmod(k, rows);
+        self.e.ins(format!("mul.lo.u32 {group}, {group}, {lanes}"));
+        (row, group)
+    }
+
     /// `idx / d` and `idx % d` for a compile-time d.
     fn divmod(&mut self, idx: Reg, d: usize) -> (Reg, Reg) {
         let q = self.e.reg(Class::B32);
@@ -488,8 +499,10 @@ fn stage_transposed(
         threads,
         lanes,
         what,
-        |w, idx, live| {
-            let (t, j) = w.divmod(idx, tile);
+        |w, entry, live| {
+            // Consecutive threads take consecutive steps of the same `lanes` columns, so
+            // a warp's stores fill one shared row without bank conflicts.
+            let (t, j) = w.transposed_position(entry, lanes, CHUNK);
             let col = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
             let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes);
@@ -764,8 +777,8 @@ fn outputs_kernel(g: &Geometry) -> String {
             threads,
             lanes,
             "stage_s",
-            |w, idx, live| {
-                let (i, j) = w.divmod(idx, g.vt);
+            |w, entry, live| {
+                let (i, j) = w.transposed_position(entry, lanes, g.kp);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
                 let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes);
