@@ -158,6 +158,7 @@
 
 mod block;
 mod channels;
+pub mod chunkwise;
 mod emit;
 mod kernels;
 pub mod lookback;

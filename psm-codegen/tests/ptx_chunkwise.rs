@@ -1,0 +1,41 @@
+//! The tensor-core chunkwise kernels' PTX (psm-codegen's `ptx::chunkwise`): a snapshot
+//! of one field's module, and the geometry and refusals of `compile_chunkwise`. The
+//! kernels run on a GPU in tests/ptx_gpu.rs (`chunkwise_tensor_cores`).
+
+use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, MAX_KEYS};
+
+fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
+    ChunkwiseShape { keys, values, decay, exclusive }
+}
+
+#[test]
+fn exclusive_log_decay_module() {
+    let m = compile_chunkwise(shape(8, 8, ChunkDecay::Log, true), 90).unwrap();
+    insta::assert_snapshot!(m.text);
+}
+
+#[test]
+fn geometry() {
+    // One warp per 16 keys (padded); value tiles as wide as 48 KiB of shared memory allow.
+    let m = compile_chunkwise(shape(8, 8, ChunkDecay::None, false), 90).unwrap();
+    assert_eq!((m.state_threads, m.value_tile), (32, 8));
+    let m = compile_chunkwise(shape(64, 100, ChunkDecay::Value, false), 90).unwrap();
+    assert_eq!((m.state_threads, m.value_tile), (128, 64));
+    let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
+    assert_eq!((m.state_threads, m.value_tile), (256, 32));
+    assert!(m.text.contains(".target sm_90") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+    // ptxas rejects any byte outside ASCII, comments included.
+    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+        for exclusive in [false, true] {
+            assert!(compile_chunkwise(shape(16, 16, decay, exclusive), 90).unwrap().text.is_ascii());
+        }
+    }
+}
+
+#[test]
+fn refusals() {
+    let err = |s, arch| compile_chunkwise(s, arch).unwrap_err().0;
+    assert!(err(shape(16, 16, ChunkDecay::None, false), 75).contains("sm_80"));
+    assert!(err(shape(MAX_KEYS + 1, 16, ChunkDecay::None, false), 90).contains("keys"));
+    assert!(err(shape(0, 16, ChunkDecay::None, false), 90).contains("without entries"));
+}
