@@ -13,8 +13,17 @@ fn lookback(name: &str) -> Option<ptx::LookbackModule> {
 }
 
 /// Operators whose element fields and input/output rows are all scalars.
-const SCALAR: [&str; 8] =
-    ["cumsum", "ema", "last_value", "logcumsumexp", "lse_missing_rescale", "running_max_index", "scalar_affine", "subtract"];
+const SCALAR: [&str; 9] = [
+    "cumsum",
+    "cumsum_f16",
+    "ema",
+    "last_value",
+    "logcumsumexp",
+    "lse_missing_rescale",
+    "running_max_index",
+    "scalar_affine",
+    "subtract",
+];
 
 #[test]
 fn exactly_the_operators_with_scalar_elements_and_rows_get_the_kernel() {

@@ -67,6 +67,18 @@ impl Dtype {
     pub fn is_half(self) -> bool {
         matches!(self, Dtype::BF16 | Dtype::F16)
     }
+    /// The largest relative difference that storing in this dtype makes between two
+    /// values that were close before: one unit in the last place of a 16-bit format
+    /// at 1 (2^-7 for bf16, 2^-10 for f16; two values straddling a rounding boundary
+    /// land one unit apart), 0 for the dtypes that store a computed value as it is.
+    /// Tolerances against the f64 oracle add it.
+    pub fn rounding_bound(self) -> f64 {
+        match self {
+            Dtype::BF16 => 2f64.powi(-7),
+            Dtype::F16 => 2f64.powi(-10),
+            Dtype::F32 | Dtype::F64 | Dtype::I32 => 0.0,
+        }
+    }
     /// The value a tensor of this dtype holds after `v` is stored in it: for the 16-bit
     /// formats, `v` rounded to f32 and then to the format, both to nearest with ties to
     /// even (NaN stays NaN, overflow gives ±inf, subnormals are kept); other dtypes

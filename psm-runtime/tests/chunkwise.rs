@@ -6,7 +6,8 @@
 //! Tolerance: the norm-wise relative error ‖out − ref‖ / ‖ref‖ of every sequence below
 //! 1e-5 (f32 data against the f64 reference; "far below 1e-3" as issue 6 asks), and
 //! every entry within 1e-4·(|ref| + running max |ref|) (the normalization of the
-//! other form tests).
+//! other form tests); a bf16/f16 output adds one unit in the last place of its format
+//! at 1 to both (`Dtype::rounding_bound`).
 
 mod common;
 
@@ -18,7 +19,7 @@ use psm_runtime::{Aggregator, Backend, Form, OutputsMut, RunError, RunOptions};
 
 const CHUNK: usize = 8;
 const LENGTHS: [usize; 8] = [0, 1, 2, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5, 200];
-const APPLIES: [&str; 7] = ["deltanet", "gated_deltanet", "gla", "linear_attention", "mamba2", "retnet", "rwkv6"];
+const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
 
 fn norm_error(found: &[f64], reference: &[f64]) -> f64 {
     let diff: f64 = found.iter().zip(reference).map(|(a, b)| (a - b) * (a - b)).sum();
@@ -48,10 +49,12 @@ fn check(agg: &Aggregator, batch: &Batch, n: usize, chunk: usize) -> f64 {
             let found = seq_slice(out.get(name).unwrap(), b, n * width);
             let what = format!("{} chunk {chunk} n={n} seq {b} `{name}`", agg.name());
             let want = &reference.outputs[k];
+            // A bf16/f16 output may round to the neighbour of the reference's.
+            let rounding = dtypes(agg, Role::Output)[k].rounding_bound();
             let err = norm_error(&found, want);
-            assert!(err < 1e-5, "{what}: ‖out − ref‖/‖ref‖ = {err:e}");
+            assert!(err < 1e-5 + rounding, "{what}: ‖out − ref‖/‖ref‖ = {err:e}");
             worst = worst.max(err);
-            close(&what, &found, want, width, false, 1e-4);
+            close(&what, &found, want, width, false, 1e-4 + rounding);
             let rec = seq_slice(recurrent.get(name).unwrap(), b, n * width);
             close(&format!("{what} vs recurrent"), &found, &rec, width, false, 1e-4);
         }

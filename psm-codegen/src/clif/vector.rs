@@ -18,8 +18,8 @@
 //! * `exp`, `log`, `tanh`, `pow` (also inside `sigmoid`, `softplus`) call the host
 //!   function lane by lane: the same function on the same argument;
 //! * anything else (an index used as a number, a condition on `v` over branches that
-//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths) keeps
-//!   the whole statement scalar.
+//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths, a
+//!   bf16/f16 load or store) keeps the whole statement scalar.
 //!
 //! Several vectors are processed per iteration (`GROUP`, or `GROUP_REDUCE` when a
 //! reduction's accumulators would otherwise serialize on the latency of one add); the
@@ -128,7 +128,8 @@ impl Analysis<'_, '_, '_> {
         }
         match &agg.exprs[e] {
             Expr::Load { source, indices } => {
-                if ty == Scalar::Bool {
+                // 16-bit loads stay scalar: a lane's entry is not `lane_bytes` wide.
+                if ty == Scalar::Bool || self.lw.half_source(*source).is_some() {
                     return None;
                 }
                 let shape = self.lw.source_shape(*source);
