@@ -336,8 +336,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             },
         };
         let st = strides(shape);
-        // 16-bit stores stay scalar (vector code stores whole f32 lanes).
-        if let (Loc::Mem { .. }, Some((_, outer)), None) = (loc, stmt.indices.split_last(), self.half_target(stmt)) {
+        if let (Loc::Mem { .. }, Some((_, outer))) = (loc, stmt.indices.split_last()) {
             if let Some(plan) = self.vector_plan(stmt, ty) {
                 self.nest(outer, &mut |s| s.vector_stmt(stmt, &plan, loc, &st, size, io));
                 return;

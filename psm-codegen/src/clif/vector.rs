@@ -18,8 +18,10 @@
 //! * `exp`, `log`, `tanh`, `pow` (also inside `sigmoid`, `softplus`) call the host
 //!   function lane by lane: the same function on the same argument;
 //! * anything else (an index used as a number, a condition on `v` over branches that
-//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths, a
-//!   bf16/f16 load or store) keeps the whole statement scalar.
+//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths, an
+//!   f16 load) keeps the whole statement scalar; bf16 loads widen four entries at a
+//!   time (`uload16x4`, shifted into the upper halves), and a bf16/f16 target is
+//!   stored lane by lane, each rounded as the scalar code rounds it.
 //!
 //! Several vectors are processed per iteration (`GROUP`, or `GROUP_REDUCE` when a
 //! reduction's accumulators would otherwise serialize on the latency of one add); the
@@ -31,11 +33,11 @@ use std::collections::HashMap;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, BlockArg, Endianness, InstBuilder, MemFlagsData, Type, Value};
 use psm_ir::arena::Handle;
-use psm_ir::ir::{BinaryOp, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp};
+use psm_ir::ir::{BinaryOp, Dtype, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp};
 
 use crate::index;
 use crate::layout::{scalar_size, strides};
-use super::lower::{clif_type, int_cc, BodyIo, Init, Loc, Lowerer};
+use super::lower::{clif_type, flags_rw, int_cc, BodyIo, Init, Loc, Lowerer};
 use super::math::MathFn;
 
 // Measured on the GLA scan (K = V = 64, µs/step) as (GROUP, GROUP_REDUCE): (1, 1) 1.53,
@@ -128,8 +130,8 @@ impl Analysis<'_, '_, '_> {
         }
         match &agg.exprs[e] {
             Expr::Load { source, indices } => {
-                // 16-bit loads stay scalar: a lane's entry is not `lane_bytes` wide.
-                if ty == Scalar::Bool || self.lw.half_source(*source).is_some() {
+                // bf16 entries widen lane-wise (`vexpr`); f16 loads stay scalar.
+                if ty == Scalar::Bool || self.lw.half_source(*source) == Some(Dtype::F16) {
                     return None;
                 }
                 let shape = self.lw.source_shape(*source);
@@ -312,9 +314,23 @@ impl Lowerer<'_, '_> {
         let vals = self.vecs(cx, value, ty);
         let terms = self.target_terms(stmt, st, size);
         let (addr, off) = self.address(base, offset, &terms);
+        let half = self.half_target(stmt);
         for (j, x) in vals.into_iter().enumerate() {
             let (a, o) = self.offset_by(addr, off, (j * cx.plan.lanes * size) as i64);
-            self.b.ins().store(vector_flags(MemFlagsData::new()), x, a, o);
+            match half {
+                // bf16/f16: each lane rounded and stored as the scalar code does.
+                Some(dtype) => {
+                    for lane in 0..cx.plan.lanes {
+                        let v = self.b.ins().extractlane(x, lane as u8);
+                        let bits = super::storage::narrow(&mut self.b, dtype, v);
+                        let (a, o) = self.offset_by(a, o, (lane * size) as i64);
+                        self.b.ins().istore16(flags_rw(), bits, a, o);
+                    }
+                }
+                None => {
+                    self.b.ins().store(vector_flags(MemFlagsData::new()), x, a, o);
+                }
+            }
         }
     }
 
@@ -372,10 +388,19 @@ impl Lowerer<'_, '_> {
                         let (k, terms) = self.access_terms(shape, indices, size);
                         let (addr, off) = self.address(base, offset.wrapping_add(k), &terms);
                         let flags = vector_flags(flags);
+                        let bf16 = self.half_source(*source) == Some(Dtype::BF16);
                         (0..cx.g)
                             .map(|j| {
                                 let (a, o) = self.offset_by(addr, off, (j * lanes * size) as i64);
-                                self.b.ins().load(vt, flags, a, o)
+                                if bf16 {
+                                    // Four bf16 entries, zero-extended to 32 bits and moved
+                                    // to the upper half: the f32 values, exactly.
+                                    let raw = self.b.ins().uload16x4(flags, a, o);
+                                    let bits = self.b.ins().ishl_imm_u(raw, 16);
+                                    self.b.ins().bitcast(vt, MemFlagsData::new().with_endianness(Endianness::Little), bits)
+                                } else {
+                                    self.b.ins().load(vt, flags, a, o)
+                                }
                             })
                             .collect()
                     }
