@@ -8,7 +8,8 @@ after `block_until_ready` for JAX) and `bytes` the fewest bytes the operation mu
 (each input read once, each output written once), so bytes/seconds is its bandwidth.
 A library that fails on a shape prints {"name", "error"} instead of stopping the run.
 
-Usage: baselines.py torch|jax   (JAX in its own process: it reserves device memory).
+Usage: baselines.py torch|jax|fla   (JAX in its own process: it reserves device memory;
+fla needs the fla-core wheel, see bench/gpu/run.sh).
 """
 
 import json
@@ -22,6 +23,8 @@ ROWS = (4096, 65536)      # the same elements as [4096, 65536] rows
 AFFINE = (8, 1024, 8192)  # diagonal affine recurrence, accelerated-scan's (B, C, T)
 TREE_CHUNKS, C, D = 4096, 8, 32  # the attention aggregator's tree (examples/ops/attn_agg.psm)
 DECODE = (64, 128, 128)   # GLA decode step: batch, K, V
+FLA_BHD = (4, 16, 128)    # issue 6: batch, heads, head dim (K = V = D)
+FLA_LENGTHS = (1024, 4096, 16384)
 
 
 def emit(suite, name, shape, seconds, nbytes):
@@ -33,34 +36,42 @@ def fail(suite, name, shape, err):
     print(json.dumps({"suite": suite, "name": name, "shape": shape, "error": msg}), flush=True)
 
 
+def timed(fn, reps=20, warmup=3):
+    """The median of `reps` runs of fn timed by CUDA events, after `warmup` runs."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run(suite, name, shape, fn, nbytes, **kw):
+    """Times fn and prints its line, or its failure; one library's failure must not end the run."""
+    import torch
+
+    try:
+        emit(suite, name, shape, timed(fn, **kw), nbytes)
+    except Exception as err:
+        fail(suite, name, shape, err)
+    torch.cuda.empty_cache()
+
+
 def torch_suite():
     import torch
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
-
-    def timed(fn, reps=20, warmup=3):
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            a = torch.cuda.Event(enable_timing=True)
-            b = torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        times.sort()
-        return times[len(times) // 2]
-
-    def run(suite, name, shape, fn, nbytes, **kw):
-        try:
-            emit(suite, name, shape, timed(fn, **kw), nbytes)
-        except Exception as err:  # one library's failure must not end the run
-            fail(suite, name, shape, err)
-        torch.cuda.empty_cache()
 
     f32 = 4
     x = torch.randn(N, device=dev)
@@ -193,7 +204,7 @@ def jax_suite():
     import jax
     import jax.numpy as jnp
 
-    def timed(fn, *args, reps=10):
+    def timed_jit(fn, *args, reps=10):
         jitted = jax.jit(fn)
         jax.block_until_ready(jitted(*args))  # compile and warm up
         times = []
@@ -211,7 +222,7 @@ def jax_suite():
         ("cumsum", list(ROWS), lambda v: jax.lax.associative_scan(jnp.add, v, axis=1), x.reshape(ROWS)),
     ]:
         try:
-            emit(name, "jax.lax.associative_scan", shape, timed(fn, arg), 2 * N * 4)
+            emit(name, "jax.lax.associative_scan", shape, timed_jit(fn, arg), 2 * N * 4)
         except Exception as err:
             fail(name, "jax.lax.associative_scan", shape, err)
     del x
@@ -223,11 +234,49 @@ def jax_suite():
         return jax.lax.associative_scan(lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1]), (a, b), axis=2)[1]
 
     try:
-        emit("affine", "jax.lax.associative_scan", list(AFFINE), timed(affine, a, b), 3 * B * Ch * T * 4)
+        emit("affine", "jax.lax.associative_scan", list(AFFINE), timed_jit(affine, a, b), 3 * B * Ch * T * 4)
     except Exception as err:
         fail("affine", "jax.lax.associative_scan", list(AFFINE), err)
 
 
+def fla_suite():
+    """Issue 6's rivals: flash-linear-attention's chunkwise kernels (fla-core, Triton) and
+    causal softmax attention (SDPA), forward only, at B = 4, H = 16, D = 128 in bf16."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gla import chunk_gla
+    from fla.ops.linear_attn import chunk_linear_attn
+    from fla.ops.retention import chunk_retention
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    B, H, D = FLA_BHD
+    bf16 = torch.bfloat16
+    for T in FLA_LENGTHS:
+        shape = [B, T, H, D]
+        q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=bf16) for _ in range(3))
+        k_unit = F.normalize(k.float(), dim=-1).to(bf16)  # the delta rule wants unit keys
+        g_scalar = F.logsigmoid(torch.randn(B, T, H, device=dev)).float()
+        g_diag = (F.logsigmoid(torch.randn(B, T, H, D, device=dev)) / 16).float()
+        beta = torch.rand(B, T, H, device=dev, dtype=bf16).sigmoid()
+        qkvo = 4 * B * T * H * D * 2  # q, k, v read and o written once, bf16
+        rows = [
+            ("chunk_simple_gla", lambda: chunk_simple_gla(q, k, v, g=g_scalar), qkvo + B * T * H * 4),
+            ("chunk_gla", lambda: chunk_gla(q, k, v, g=g_diag), qkvo + B * T * H * D * 4),
+            ("chunk_linear_attn", lambda: chunk_linear_attn(q, k, v, normalize=False), qkvo),
+            ("chunk_retention", lambda: chunk_retention(q, k, v), qkvo),
+            ("chunk_delta_rule", lambda: chunk_delta_rule(q, k_unit, v, beta), qkvo + B * T * H * 2),
+        ]
+        for name, fn, nbytes in rows:
+            run("fla", name, shape, fn, nbytes, reps=10, warmup=3)
+        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+        run("fla", "torch SDPA causal", shape, lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), qkvo, reps=10)
+        del q, k, v, k_unit, g_scalar, g_diag, beta, qh, kh, vh
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "torch"
-    {"torch": torch_suite, "jax": jax_suite}[which]()
+    {"torch": torch_suite, "jax": jax_suite, "fla": fla_suite}[which]()

@@ -12,9 +12,10 @@
 #   bench/gpu/run.sh run DIR     # there, from the repository root: the GPU tests, psm's
 #                                # rows, the baselines, the table; logs and JSON in $OUT (or DIR)
 #
-# accelerated-scan comes as a wheel: with .whl/*.whl present, `run` installs them into
+# accelerated-scan and fla-core come as wheels: with .whl/*.whl present, `run` installs them into
 # /tmp/site first (the GPU machine has no network). SKIP_TESTS=1 skips the GPU tests
-# (the whole run then fits one 10-minute device call more easily). Exit status: 1 when
+# (the whole run then fits one 10-minute device call more easily); FLA=1 adds issue 6's
+# flash-linear-attention rows. Exit status: 1 when
 # a GPU test or a psm row failed, else 0.
 set -u
 mode="${1:-}"
@@ -68,8 +69,14 @@ run)
     # 3. The libraries (JAX last and alone: it reserves device memory).
     timeout 150 python3 bench/gpu/baselines.py torch > "$logs/torch.jsonl" 2> "$logs/torch.err"
     timeout 90 python3 bench/gpu/baselines.py jax > "$logs/jax.jsonl" 2> "$logs/jax.err"
+    # Issue 6's rivals (flash-linear-attention, from the fla-core wheel in .whl) with FLA=1.
+    : > "$logs/fla.jsonl"
+    if [ -n "${FLA:-}" ]; then
+        timeout 240 python3 bench/gpu/baselines.py fla > "$logs/fla.jsonl" 2> "$logs/fla.err"
+    fi
+    wc -l "$logs/torch.jsonl" "$logs/jax.jsonl" "$logs/fla.jsonl"
 
-    python3 "$dir/table.py" "$logs/psm.json" "$logs/torch.jsonl" "$logs/jax.jsonl" | tee "$logs/table.txt"
+    python3 "$dir/table.py" "$logs/psm.json" "$logs/torch.jsonl" "$logs/jax.jsonl" "$logs/fla.jsonl" | tee "$logs/table.txt"
     exit $status
     ;;
 *)

@@ -54,9 +54,15 @@ def main():
     libs = []
     for path in sys.argv[2:]:
         try:
-            libs += [json.loads(line) for line in open(path) if line.strip()]
+            lines = [line for line in open(path) if line.strip()]
         except OSError:
-            pass
+            continue
+        for line in lines:
+            try:
+                libs.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A library that writes to stdout (warnings, progress) must not lose the table.
+                print(f"not a result line in {path}: {line.strip()[:120]}")
     copy = [l for l in libs if l.get("suite") == "copy" and "seconds" in l]
     copy_bps = copy[0]["bytes"] / copy[0]["seconds"] if copy else None
     print(f"copy bandwidth (torch copy_, same run): {copy_bps / 1e12:.2f} TB/s" if copy_bps else "copy bandwidth: not measured")
@@ -79,6 +85,12 @@ def main():
         unit = f"{seconds * 1e6:.1f} us/call" if per_call else f"{seconds * 1e3:.3f} ms"
         name = f"{r['operator']}" + (" (push, host copies)" if per_call else "")
         print(f"{name:34} {r['form']:9} {str(r['shape']):22} {unit:>11} {gbs:7.0f} {frac:>7}  {best_text:44} {ratio:>7}")
+    matched = [problem(r) for r in psm]
+    alone = [l for l in libs if "seconds" in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched]
+    if alone:
+        print("\nlibrary rows without a psm row:")
+        for l in alone:
+            print(f"  {l['suite']:12} {l['name']:34} {str(l['shape']):22} {l['seconds'] * 1e3:9.3f} ms {l['bytes'] / l['seconds'] / 1e9:7.0f} GB/s")
 
 
 if __name__ == "__main__":

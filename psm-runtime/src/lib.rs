@@ -38,6 +38,7 @@
 //! * [`RunError`] — typed errors for every bad input; the runtime never panics on user
 //!   data, and NaN/inf flow through.
 
+pub mod accuracy;
 pub mod api;
 #[cfg(feature = "ndarray")]
 pub mod arrays;

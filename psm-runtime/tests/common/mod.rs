@@ -220,37 +220,9 @@ pub fn close(what: &str, found: &[f64], reference: &[f64], width: usize, exact: 
     worst
 }
 
-/// psm's tolerance for associative operators at n steps, before conditioning:
-/// 1e-5·max(1, log2 n).
-pub fn tolerance(n: usize) -> f64 {
-    1e-5 * (n as f64).log2().max(1.0)
-}
-
-/// The tolerance with the operator's condition factor at this length and data: an
-/// ill-conditioned operator (log-sum-exp over millions of steps, a fold towards a
-/// cancelling fixed point) is allowed twice the largest error `f32_err` (the worst
-/// `|out − ref| / (|ref| + scale_t)`) of the f32 bracketings psm-ir defines — the
-/// sequential fold, and the fixed tree where it is computed — when that exceeds
-/// [`tolerance`]: `max(1e-5·max(1, log2 n), 2·f32_err)`.
-pub fn conditioned_tolerance(n: usize, f32_err: f64) -> f64 {
-    tolerance(n).max(2.0 * f32_err)
-}
-
-/// The worst `|found − ref| / (|ref| + scale_t)` (the normalization of [`close`]).
-pub fn worst_error(found: &[f64], reference: &[f64], width: usize) -> f64 {
-    let mut scale = 0.0f64;
-    let mut worst = 0.0f64;
-    for (f, r) in found.chunks(width.max(1)).zip(reference.chunks(width.max(1))) {
-        scale = r.iter().fold(scale, |m, v| m.max(v.abs()));
-        for (&a, &b) in f.iter().zip(r) {
-            if a == b || (a.is_nan() && b.is_nan()) {
-                continue;
-            }
-            worst = worst.max((a - b).abs() / (b.abs() + scale));
-        }
-    }
-    worst
-}
+// Not every test binary uses all of them.
+#[allow(unused_imports)]
+pub use psm_runtime::accuracy::{conditioned_tolerance, tolerance, worst_error};
 
 /// A final state p_n against the reference, with the scale of forms.rs: the largest
 /// |entry| of that field over the reference prefixes p_1..p_n.
