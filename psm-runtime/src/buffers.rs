@@ -488,7 +488,7 @@ pub(crate) fn read_field(layout: &Layout, k: usize, elem: &[u64], dst: &mut Buff
     macro_rules! get {
         ($v:expr, $t:ty) => {{
             const W: usize = std::mem::size_of::<$t>();
-            $v.extend((0..n).map(|i| <$t>::from_ne_bytes(b[off + W * i..off + W * (i + 1)].try_into().expect("W bytes"))))
+            $v.extend((0..n).map(|i| <$t>::from_ne_bytes(b[off + W * i..off + W * (i + 1)].try_into().expect("one entry"))))
         }};
     }
     match dst {
