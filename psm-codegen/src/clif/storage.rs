@@ -6,7 +6,7 @@
 //! (the `half` crate's conversions), NaN payloads included.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use psm_ir::ir::Dtype;
 
@@ -14,30 +14,52 @@ use psm_ir::ir::Dtype;
 /// (shifted left by 13) from f32's exponent bias (127) to f16's (15).
 const F16_REBIAS: f32 = 5_192_296_858_534_827_628_530_496_329_220_096.0;
 
-/// The f32 value of the 16-bit pattern `raw` (an i32, upper half zero).
+/// The f32 value of the 16-bit pattern `raw` (an i32, upper half zero), or the F32X4
+/// of four such patterns in an I32X4 (vector code): the same operations lane-wise.
 pub(super) fn widen(b: &mut FunctionBuilder<'_>, dtype: Dtype, raw: Value) -> Value {
+    let ty = b.func.dfg.value_type(raw);
+    let (float, vector) = if ty.is_vector() { (types::F32X4, true) } else { (types::F32, false) };
+    let little = MemFlagsData::new().with_endianness(Endianness::Little);
     let bits = match dtype {
         // bf16 is the upper half of an f32.
         Dtype::BF16 => b.ins().ishl_imm_u(raw, 16),
         _ => {
-            let magnitude = b.ins().band_imm_u(raw, 0x7FFF);
+            let constant = |b: &mut FunctionBuilder<'_>, x: i64| {
+                let c = b.ins().iconst(types::I32, x);
+                if vector {
+                    b.ins().splat(ty, c)
+                } else {
+                    c
+                }
+            };
+            let low15 = constant(b, 0x7FFF);
+            let magnitude = b.ins().band(raw, low15);
             let shifted = b.ins().ishl_imm_u(magnitude, 13);
             // Finite values, subnormals included: the fields moved into place read as
             // the value times 2^-112, which one exact multiplication undoes.
-            let scaled = b.ins().bitcast(types::F32, MemFlagsData::new(), shifted);
+            let scaled = b.ins().bitcast(float, little, shifted);
             let factor = b.ins().f32const(F16_REBIAS);
+            let factor = if vector { b.ins().splat(float, factor) } else { factor };
             let finite = b.ins().fmul(scaled, factor);
-            let finite = b.ins().bitcast(types::I32, MemFlagsData::new(), finite);
+            let finite = b.ins().bitcast(ty, little, finite);
             // inf and NaN: exponent 31 becomes 255, the mantissa (payload) kept.
-            let special = b.ins().iadd_imm_u(shifted, 0x7000_0000);
-            let is_special = b.ins().icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, magnitude, 0x7C00);
-            let magnitude = b.ins().select(is_special, special, finite);
-            let sign = b.ins().band_imm_u(raw, 0x8000);
+            let rebias = constant(b, 0x7000_0000);
+            let special = b.ins().iadd(shifted, rebias);
+            // A signed compare (the magnitudes are below 2^15): SSE2 has it for lanes.
+            let exponent = constant(b, 0x7C00);
+            let is_special = b.ins().icmp(IntCC::SignedGreaterThanOrEqual, magnitude, exponent);
+            let magnitude = if vector {
+                b.ins().bitselect(is_special, special, finite)
+            } else {
+                b.ins().select(is_special, special, finite)
+            };
+            let sign_bit = constant(b, 0x8000);
+            let sign = b.ins().band(raw, sign_bit);
             let sign = b.ins().ishl_imm_u(sign, 16);
             b.ins().bor(magnitude, sign)
         }
     };
-    b.ins().bitcast(types::F32, MemFlagsData::new(), bits)
+    b.ins().bitcast(float, little, bits)
 }
 
 /// The 16-bit pattern (in an i32) of the f32 `v` rounded to `dtype`.

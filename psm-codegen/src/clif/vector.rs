@@ -18,10 +18,10 @@
 //! * `exp`, `log`, `tanh`, `pow` (also inside `sigmoid`, `softplus`) call the host
 //!   function lane by lane: the same function on the same argument;
 //! * anything else (an index used as a number, a condition on `v` over branches that
-//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths, an
-//!   f16 load) keeps the whole statement scalar; bf16 loads widen four entries at a
-//!   time (`uload16x4`, shifted into the upper halves), and a bf16/f16 target is
-//!   stored lane by lane, each rounded as the scalar code rounds it.
+//!   may fault, i32 division, a strided or gathered load, lanes of mixed widths) keeps
+//!   the whole statement scalar; bf16/f16 loads widen four entries at a time
+//!   (`uload16x4`, then `storage::widen` lane-wise), and a bf16/f16 target is stored lane by
+//!   lane, each rounded as the scalar code rounds it.
 //!
 //! Several vectors are processed per iteration (`GROUP`, or `GROUP_REDUCE` when a
 //! reduction's accumulators would otherwise serialize on the latency of one add); the
@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, BlockArg, Endianness, InstBuilder, MemFlagsData, Type, Value};
 use psm_ir::arena::Handle;
-use psm_ir::ir::{BinaryOp, Dtype, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp};
+use psm_ir::ir::{BinaryOp, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp};
 
 use crate::index;
 use crate::layout::{scalar_size, strides};
@@ -130,8 +130,7 @@ impl Analysis<'_, '_, '_> {
         }
         match &agg.exprs[e] {
             Expr::Load { source, indices } => {
-                // bf16 entries widen lane-wise (`vexpr`); f16 loads stay scalar.
-                if ty == Scalar::Bool || self.lw.half_source(*source) == Some(Dtype::F16) {
+                if ty == Scalar::Bool {
                     return None;
                 }
                 let shape = self.lw.source_shape(*source);
@@ -388,18 +387,17 @@ impl Lowerer<'_, '_> {
                         let (k, terms) = self.access_terms(shape, indices, size);
                         let (addr, off) = self.address(base, offset.wrapping_add(k), &terms);
                         let flags = vector_flags(flags);
-                        let bf16 = self.half_source(*source) == Some(Dtype::BF16);
+                        let half = self.half_source(*source);
                         (0..cx.g)
                             .map(|j| {
                                 let (a, o) = self.offset_by(addr, off, (j * lanes * size) as i64);
-                                if bf16 {
-                                    // Four bf16 entries, zero-extended to 32 bits and moved
-                                    // to the upper half: the f32 values, exactly.
-                                    let raw = self.b.ins().uload16x4(flags, a, o);
-                                    let bits = self.b.ins().ishl_imm_u(raw, 16);
-                                    self.b.ins().bitcast(vt, MemFlagsData::new().with_endianness(Endianness::Little), bits)
-                                } else {
-                                    self.b.ins().load(vt, flags, a, o)
+                                match half {
+                                    // Four 16-bit entries zero-extended to 32 bits, widened.
+                                    Some(dtype) => {
+                                        let raw = self.b.ins().uload16x4(flags, a, o);
+                                        super::storage::widen(&mut self.b, dtype, raw)
+                                    }
+                                    None => self.b.ins().load(vt, flags, a, o),
                                 }
                             })
                             .collect()
