@@ -37,10 +37,7 @@ pub(crate) fn align8(n: usize) -> usize {
 
 /// Bytes of one entry of a declared tensor.
 pub(crate) fn dtype_size(d: Dtype) -> usize {
-    match d {
-        Dtype::F32 | Dtype::I32 => 4,
-        Dtype::F64 => 8,
-    }
+    d.size()
 }
 
 /// Bytes of one entry of a `let` tensor (bools are stored as one byte, 0 or 1).

@@ -538,3 +538,74 @@ fn scan_without_outputs_never_reads_the_outputs_array() {
         }
     }
 }
+
+// ---------------------------------------------------------------- 16-bit storage
+
+/// Every bf16 and f16 bit pattern widened (inputs `a`, `h` read back through f32
+/// outputs), and f32 values rounded to both (`v` through the state into bf16 and f16
+/// outputs): ties of either format, its subnormals, overflow, NaN and infinities.
+const STORAGE: &str = "
+aggregator storage<N = 256> {
+    input   { a[N]: bf16, h[N]: f16, v[N] }
+    element { s[N] }
+    lift(x) { s[i] = x.v[i]; }
+    combine(l, r) { s[i] = r.s[i]; }
+    readout inclusive(st, x) -> (wa[N], wh[N], nb[N]: bf16, nh[N]: f16) {
+        wa[i] = x.a[i];
+        wh[i] = x.h[i];
+        nb[i] = st.s[i];
+        nh[i] = st.s[i];
+    }
+}
+";
+
+/// An f32 bit pattern of one of the classes the 16-bit roundings must get right.
+fn storage_case(rng: &mut Rng, k: usize) -> f32 {
+    let r = rng.next_u64() as u32;
+    let bits = match k % 6 {
+        0 => r,
+        // A bf16 tie: the dropped half is exactly 0x8000.
+        1 => (r & 0xFFFF_0000) | 0x8000,
+        // An f16 tie in its normal range: 13 dropped bits exactly 0x1000.
+        2 => (r & 0x807F_E000) | (((r >> 23) % 30 + 113) << 23) | 0x1000,
+        // Near f16's top: around 65504..65536, where rounding overflows to inf.
+        3 => (r & 0x8000_0000) | (0x477F_E000 + (r & 0x3FFF)),
+        // f16 subnormals and their ties: an odd multiple of 2^-25 below 2^-14.
+        4 => {
+            let x = (((r >> 8) & 0x7FF) * 2 + 1) as f32 * 2f32.powi(-25);
+            (x.to_bits()) | (r & 0x8000_0000)
+        }
+        // Special patterns: NaNs (payloads too), infinities, f32 subnormals, zeros.
+        _ => [0x7FC0_0000, 0xFFC0_0001, 0x7F80_0001, 0x7F80_0000, 0xFF80_0000, 1, 0x8000_8000, 0, 0x8000_0000, 0x0001_8000]
+            [(r % 10) as usize],
+    };
+    f32::from_bits(bits)
+}
+
+#[test]
+fn bf16_and_f16_loads_and_stores_match_the_interpreter_bit_for_bit() {
+    let op = from_source(STORAGE, &[]);
+    let n = 256;
+    let steps = 256;
+    let patterns: Vec<f64> = (0..=u16::MAX).map(|b| b as f64).collect();
+    let a: Vec<f64> = patterns.iter().map(|&b| half::bf16::from_bits(b as u16).to_f64()).collect();
+    let h: Vec<f64> = patterns.iter().map(|&b| half::f16::from_bits(b as u16).to_f64()).collect();
+    let mut rng = Rng::new(16);
+    for round in 0..3 {
+        let v: Vec<f64> = (0..n * steps).map(|k| storage_case(&mut rng, k + round) as f64).collect();
+        let data = Data::new(&op, vec![], vec![a.clone(), h.clone(), v], steps);
+        check_against_interpreter(&op, &data);
+    }
+    // The widened values are the formats' own: spot-check against `half` directly.
+    let data = Data::new(&op, vec![], vec![a.clone(), h.clone(), vec![0.0; n * steps]], steps);
+    let mut c = Calls::new(&op);
+    let (_, outs, _) = c.jit_scan(&data, 0, steps, None, WRITE_OUTPUTS);
+    for t in [0, 1, 127, 128, 255] {
+        let row = outs.row(&op, t);
+        for i in 0..n {
+            let bits = (t * n + i) as u16;
+            assert!(same(Dtype::F32, row[0][i], half::bf16::from_bits(bits).to_f64()), "bf16 {bits:#06x}");
+            assert!(same(Dtype::F32, row[1][i], half::f16::from_bits(bits).to_f64()), "f16 {bits:#06x}");
+        }
+    }
+}

@@ -101,6 +101,23 @@ fn target_and_version() {
 }
 
 #[test]
+fn sixteen_bit_storage_sets_the_version_it_needs() {
+    // bf16: cvt.f32.bf16 needs PTX 7.1 and sm_80, so sm_80 modules say 7.1 and older
+    // targets are refused; sm_90's 7.8 already covers it.
+    let (agg, info) = parse_one(&library_source("gla_bf16"), &[]);
+    let at = |arch| ptx::compile(&agg, &info, &PtxOptions { arch });
+    assert!(at(90).unwrap().text.contains(".version 7.8\n.target sm_90\n"));
+    assert!(at(80).unwrap().text.contains(".version 7.1\n.target sm_80\n"));
+    assert!(at(86).unwrap().text.contains(".version 7.1\n.target sm_86\n"));
+    assert_eq!(at(75).unwrap_err(), ptx::PtxError::UnsupportedDtype { dtype: psm_ir::ir::Dtype::BF16, arch: 75 });
+    // f16 conversions exist on every target: the target's own version.
+    let (agg, info) = parse_one(&library_source("cumsum_f16"), &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions { arch: 70 }).unwrap();
+    assert!(m.text.contains(".version 6.0\n.target sm_70\n"));
+    assert!(m.text.contains("cvt.f32.f16") && m.text.contains("cvt.rn.f16.f32") && m.text.contains("ld.global.b16"));
+}
+
+#[test]
 fn modules_are_ascii() {
     // ptxas rejects any other byte.
     for name in library() {

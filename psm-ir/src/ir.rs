@@ -22,11 +22,19 @@ impl Module {
 }
 
 /// Storage type of a declared tensor.
+///
+/// `BF16` and `F16` are storage only (inputs, params, outputs): a load widens the
+/// value to f32 exactly, arithmetic is f32, and a store rounds the f32 value to
+/// nearest, ties to even ([`Dtype::round_to_storage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dtype {
     F32,
     F64,
     I32,
+    /// bfloat16: 1 sign, 8 exponent, 7 mantissa bits (the upper half of an f32).
+    BF16,
+    /// IEEE 754 binary16: 1 sign, 5 exponent, 10 mantissa bits.
+    F16,
 }
 
 impl Dtype {
@@ -35,13 +43,52 @@ impl Dtype {
             Dtype::F32 => "f32",
             Dtype::F64 => "f64",
             Dtype::I32 => "i32",
+            Dtype::BF16 => "bf16",
+            Dtype::F16 => "f16",
         }
     }
+    /// The type of the values read from and written to a tensor of this dtype.
     pub fn scalar(self) -> Scalar {
         match self {
-            Dtype::F32 => Scalar::F32,
+            Dtype::F32 | Dtype::BF16 | Dtype::F16 => Scalar::F32,
             Dtype::F64 => Scalar::F64,
             Dtype::I32 => Scalar::I32,
+        }
+    }
+    /// Bytes of one entry.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::BF16 | Dtype::F16 => 2,
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+    /// Whether the dtype is a 16-bit storage format (widened on load, rounded on store).
+    pub fn is_half(self) -> bool {
+        matches!(self, Dtype::BF16 | Dtype::F16)
+    }
+    /// The largest relative difference that storing in this dtype makes between two
+    /// values that were close before: one unit in the last place of a 16-bit format
+    /// at 1 (2^-7 for bf16, 2^-10 for f16; two values straddling a rounding boundary
+    /// land one unit apart), 0 for the dtypes that store a computed value as it is.
+    /// Tolerances against the f64 oracle add it.
+    pub fn rounding_bound(self) -> f64 {
+        match self {
+            Dtype::BF16 => 2f64.powi(-7),
+            Dtype::F16 => 2f64.powi(-10),
+            Dtype::F32 | Dtype::F64 | Dtype::I32 => 0.0,
+        }
+    }
+    /// The value a tensor of this dtype holds after `v` is stored in it: for the 16-bit
+    /// formats, `v` rounded to f32 and then to the format, both to nearest with ties to
+    /// even (NaN stays NaN, overflow gives ±inf, subnormals are kept); other dtypes
+    /// return `v` unchanged. In declared precision `v` is an f32 value already, so
+    /// the store rounds once, as every backend does.
+    pub fn round_to_storage(self, v: f64) -> f64 {
+        match self {
+            Dtype::BF16 => half::bf16::from_f32(v as f32).to_f64(),
+            Dtype::F16 => half::f16::from_f32(v as f32).to_f64(),
+            Dtype::F32 | Dtype::F64 | Dtype::I32 => v,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use psm_ir::derive::chunkwise::chunkwise;
 
 /// Operators whose IR has the shape; every other library operator must be refused.
-const APPLIES: [&str; 7] = ["deltanet", "gated_deltanet", "gla", "linear_attention", "mamba2", "retnet", "rwkv6"];
+const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
 
 fn library() -> Vec<(String, String)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");

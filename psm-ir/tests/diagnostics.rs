@@ -1042,8 +1042,8 @@ mistake!(
 mistake!(
     unknown_type,
     r#"aggregator cumsum {
-    input   { v: f16 }
-    element { v: f16 }
+    input   { v: u8 }
+    element { v: u8 }
     combine(l, r) { v = l.v + r.v; }
 }
 "#
@@ -1172,3 +1172,14 @@ fn spans_lie_inside_the_source() {
         }
     }
 }
+
+mistake!(
+    element_field_in_16_bit_storage,
+    r#"aggregator cumsum {
+    input   { v: bf16 }
+    element { s: bf16 }
+    lift(x) { s = x.v; }
+    combine(l, r) { s = l.s + r.s; }
+}
+"#
+);

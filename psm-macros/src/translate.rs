@@ -148,13 +148,17 @@ impl<'a> Translator<'a> {
         ok.then(|| StructInfo { ident: s.ident.clone(), decls, fields })
     }
 
-    /// `f32`, `f64`, `i32`, `[T; N]`, `[[T; N]; M]` (shape `[M, N]`).
+    /// `f32`, `f64`, `i32`, `bf16`/`f16` (`half::bf16`, `half::f16`: storage of inputs,
+    /// params and outputs), `[T; N]`, `[[T; N]; M]` (shape `[M, N]`).
     fn field_type(&mut self, ty: &syn::Type) -> Result<(Option<ast::Ident>, Vec<ast::SizeExpr>), ()> {
-        const HELP: &str = "a field is `f32`, `f64`, `i32` or a fixed array of them: `[f32; D]`, `[[f32; N]; D]`, with integer or dim sizes";
+        const HELP: &str = "a field is `f32`, `f64`, `i32`, `half::bf16`, `half::f16` or a fixed array of them: `[f32; D]`, `[[f32; N]; D]`, with integer or dim sizes";
         match ty {
-            syn::Type::Path(p) if p.qself.is_none() && p.path.segments.len() == 1 && p.path.segments[0].arguments.is_empty() => {
-                let i = &p.path.segments[0].ident;
-                if ["f32", "f64", "i32"].iter().any(|t| i == t) {
+            syn::Type::Path(p) if p.qself.is_none() && p.path.segments.iter().all(|s| s.arguments.is_empty()) => {
+                let segs: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+                let i = &p.path.segments.last().expect("a path has a segment").ident;
+                let scalar = matches!(segs.as_slice(), [t] if ["f32", "f64", "i32", "bf16", "f16"].contains(&t.as_str()));
+                let half = matches!(segs.as_slice(), [.., h, t] if h == "half" && (t == "bf16" || t == "f16"));
+                if scalar || half {
                     Ok((Some(self.ident(i)), Vec::new()))
                 } else {
                     self.fail(ty, &format!("unsupported field type `{}`", ty.to_token_stream()), HELP)
@@ -863,6 +867,10 @@ impl<'a> Translator<'a> {
             cx.reduce_vars.pop();
             return Ok(self.node(ast::ExprKind::Reduce { op, var: var_ident, body: Box::new(body?) }, e));
         }
+        // `x.q[i].to_f32()`: a bf16/f16 value widened, as psm reads it anyway.
+        if name == "to_f32" && m.args.is_empty() {
+            return self.expr(&m.receiver, cx);
+        }
         let Some(&(_, func)) = METHODS.iter().find(|(r, _)| *r == name) else {
             let names: Vec<&str> = METHODS.iter().map(|(r, _)| *r).collect();
             return self.fail(&m.method, &format!("method `{name}` is not supported"), &format!("the supported `f32` methods are {}", names.join(", ")));
@@ -893,6 +901,13 @@ impl<'a> Translator<'a> {
             return self.fail(&c.func, "unsupported call", &help);
         };
         let segs: Vec<String> = p.path.segments.iter().map(|s| s.ident.to_string()).collect();
+        // `bf16::from_f32(e)` / `f16::from_f32(e)` into a 16-bit output: psm rounds
+        // when it stores the value, the same rounding.
+        if let [.., t, f] = segs.as_slice() {
+            if (t == "bf16" || t == "f16") && f == "from_f32" && c.args.len() == 1 {
+                return self.expr(&c.args[0], cx);
+            }
+        }
         let func = match segs.as_slice() {
             [t, f] if (t == "f32" || t == "f64") => METHODS.iter().find(|(r, _)| r == f).map(|&(_, p)| p),
             _ => None,

@@ -69,7 +69,7 @@ macro_rules! views {
     };
 }
 
-/// A dtype psm stores: `f32`, `f64`, `i32`.
+/// A dtype psm stores: `f32`, `f64`, `i32`, `half::bf16`, `half::f16`.
 pub trait Element: Sized + sealed::Sealed {
     /// The buffer's values, when it holds this dtype.
     fn slice(buffer: &Buffer) -> Option<&[Self]>;
@@ -80,11 +80,15 @@ mod sealed {
     impl Sealed for f32 {}
     impl Sealed for f64 {}
     impl Sealed for i32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
 }
 
 views!(f32, F32);
 views!(f64, F64);
 views!(i32, I32);
+views!(half::bf16, BF16);
+views!(half::f16, F16);
 
 impl Outputs {
     /// An output as a view shaped `[batch..., T, field dims...]` (`None` when absent or

@@ -4,15 +4,16 @@
 //! inputs `[batch..., T, field dims...]`, outputs likewise, params as declared, states
 //! `[batch..., field dims...]`. An element (one state of one sequence) is a byte buffer
 //! laid out by a [`Layout`]: struct of arrays, field k at `offsets[k]`.
+//!
+//! `bf16` and `f16` tensors (inputs, params, outputs) are slices of [`half::bf16`] /
+//! [`half::f16`] (the `half` crate, re-exported as `psm_runtime::half`).
 
+use half::{bf16, f16};
 use psm_ir::ir::Dtype;
 
 /// Byte size of one entry of a dtype.
 pub fn dtype_size(d: Dtype) -> usize {
-    match d {
-        Dtype::F32 | Dtype::I32 => 4,
-        Dtype::F64 => 8,
-    }
+    d.size()
 }
 
 /// The byte layout of one element: psm-codegen's, the one every backend uses.
@@ -29,6 +30,8 @@ pub enum Data<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
     I32(&'a [i32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
 }
 
 impl Data<'_> {
@@ -37,6 +40,8 @@ impl Data<'_> {
             Data::F32(_) => Dtype::F32,
             Data::F64(_) => Dtype::F64,
             Data::I32(_) => Dtype::I32,
+            Data::BF16(_) => Dtype::BF16,
+            Data::F16(_) => Dtype::F16,
         }
     }
     pub fn len(&self) -> usize {
@@ -44,6 +49,8 @@ impl Data<'_> {
             Data::F32(s) => s.len(),
             Data::F64(s) => s.len(),
             Data::I32(s) => s.len(),
+            Data::BF16(s) => s.len(),
+            Data::F16(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -54,6 +61,8 @@ impl Data<'_> {
             Data::F32(s) => s.as_ptr() as usize,
             Data::F64(s) => s.as_ptr() as usize,
             Data::I32(s) => s.as_ptr() as usize,
+            Data::BF16(s) => s.as_ptr() as usize,
+            Data::F16(s) => s.as_ptr() as usize,
         }
     }
     /// Value `i` as an f64 (exact for every dtype).
@@ -62,6 +71,8 @@ impl Data<'_> {
             Data::F32(s) => s[i] as f64,
             Data::F64(s) => s[i],
             Data::I32(s) => s[i] as f64,
+            Data::BF16(s) => s[i].to_f64(),
+            Data::F16(s) => s[i].to_f64(),
         }
     }
     pub fn to_buffer(&self) -> Buffer {
@@ -69,6 +80,8 @@ impl Data<'_> {
             Data::F32(s) => Buffer::F32(s.to_vec()),
             Data::F64(s) => Buffer::F64(s.to_vec()),
             Data::I32(s) => Buffer::I32(s.to_vec()),
+            Data::BF16(s) => Buffer::BF16(s.to_vec()),
+            Data::F16(s) => Buffer::F16(s.to_vec()),
         }
     }
 }
@@ -100,6 +113,8 @@ macro_rules! data_from {
 data_from!(f32, F32);
 data_from!(f64, F64);
 data_from!(i32, I32);
+data_from!(bf16, BF16);
+data_from!(f16, F16);
 
 impl<'a> From<&'a Buffer> for Data<'a> {
     fn from(b: &'a Buffer) -> Self {
@@ -113,6 +128,8 @@ pub enum DataMut<'a> {
     F32(&'a mut [f32]),
     F64(&'a mut [f64]),
     I32(&'a mut [i32]),
+    BF16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
 }
 
 impl DataMut<'_> {
@@ -121,6 +138,8 @@ impl DataMut<'_> {
             DataMut::F32(_) => Dtype::F32,
             DataMut::F64(_) => Dtype::F64,
             DataMut::I32(_) => Dtype::I32,
+            DataMut::BF16(_) => Dtype::BF16,
+            DataMut::F16(_) => Dtype::F16,
         }
     }
     pub fn len(&self) -> usize {
@@ -128,6 +147,8 @@ impl DataMut<'_> {
             DataMut::F32(s) => s.len(),
             DataMut::F64(s) => s.len(),
             DataMut::I32(s) => s.len(),
+            DataMut::BF16(s) => s.len(),
+            DataMut::F16(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -138,6 +159,8 @@ impl DataMut<'_> {
             DataMut::F32(s) => s.as_mut_ptr() as usize,
             DataMut::F64(s) => s.as_mut_ptr() as usize,
             DataMut::I32(s) => s.as_mut_ptr() as usize,
+            DataMut::BF16(s) => s.as_mut_ptr() as usize,
+            DataMut::F16(s) => s.as_mut_ptr() as usize,
         }
     }
 }
@@ -164,6 +187,8 @@ macro_rules! data_mut_from {
 data_mut_from!(f32, F32);
 data_mut_from!(f64, F64);
 data_mut_from!(i32, I32);
+data_mut_from!(bf16, BF16);
+data_mut_from!(f16, F16);
 
 impl<'a> From<&'a mut Buffer> for DataMut<'a> {
     fn from(b: &'a mut Buffer) -> Self {
@@ -171,6 +196,8 @@ impl<'a> From<&'a mut Buffer> for DataMut<'a> {
             Buffer::F32(v) => DataMut::F32(v),
             Buffer::F64(v) => DataMut::F64(v),
             Buffer::I32(v) => DataMut::I32(v),
+            Buffer::BF16(v) => DataMut::BF16(v),
+            Buffer::F16(v) => DataMut::F16(v),
         }
     }
 }
@@ -181,6 +208,8 @@ pub enum Buffer {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I32(Vec<i32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
 }
 
 impl Buffer {
@@ -189,6 +218,8 @@ impl Buffer {
             Dtype::F32 => Buffer::F32(vec![0.0; len]),
             Dtype::F64 => Buffer::F64(vec![0.0; len]),
             Dtype::I32 => Buffer::I32(vec![0; len]),
+            Dtype::BF16 => Buffer::BF16(vec![bf16::ZERO; len]),
+            Dtype::F16 => Buffer::F16(vec![f16::ZERO; len]),
         }
     }
     /// Zeros, or `None` when the allocation fails (instead of aborting).
@@ -202,6 +233,8 @@ impl Buffer {
         impl ZeroBits for f32 {}
         impl ZeroBits for f64 {}
         impl ZeroBits for i32 {}
+        impl ZeroBits for bf16 {}
+        impl ZeroBits for f16 {}
         fn zeros<T: ZeroBits>(len: usize) -> Option<Vec<T>> {
             let layout = std::alloc::Layout::array::<T>(len).ok()?;
             if layout.size() == 0 {
@@ -219,6 +252,8 @@ impl Buffer {
             Dtype::F32 => Buffer::F32(zeros(len)?),
             Dtype::F64 => Buffer::F64(zeros(len)?),
             Dtype::I32 => Buffer::I32(zeros(len)?),
+            Dtype::BF16 => Buffer::BF16(zeros(len)?),
+            Dtype::F16 => Buffer::F16(zeros(len)?),
         })
     }
     pub fn dtype(&self) -> Dtype {
@@ -235,6 +270,8 @@ impl Buffer {
             Buffer::F32(v) => Data::F32(v),
             Buffer::F64(v) => Data::F64(v),
             Buffer::I32(v) => Data::I32(v),
+            Buffer::BF16(v) => Data::BF16(v),
+            Buffer::F16(v) => Data::F16(v),
         }
     }
     pub fn as_f32(&self) -> Option<&[f32]> {
@@ -255,6 +292,18 @@ impl Buffer {
             _ => None,
         }
     }
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        match self {
+            Buffer::BF16(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn as_f16(&self) -> Option<&[f16]> {
+        match self {
+            Buffer::F16(v) => Some(v),
+            _ => None,
+        }
+    }
     /// Every value as an f64 (exact for every dtype).
     pub fn to_f64(&self) -> Vec<f64> {
         let d = self.as_data();
@@ -265,6 +314,8 @@ impl Buffer {
             Buffer::F32(v) => v.as_mut_ptr() as usize,
             Buffer::F64(v) => v.as_mut_ptr() as usize,
             Buffer::I32(v) => v.as_mut_ptr() as usize,
+            Buffer::BF16(v) => v.as_mut_ptr() as usize,
+            Buffer::F16(v) => v.as_mut_ptr() as usize,
         }
     }
 }
@@ -411,22 +462,21 @@ pub(crate) fn write_field(layout: &Layout, k: usize, elem: &mut [u64], src: Data
     let n = layout.field_lens[k];
     let off = layout.offsets[k];
     let b = bytes_mut(elem);
+    macro_rules! put {
+        ($s:expr) => {
+            for (i, v) in $s[from..from + n].iter().enumerate() {
+                let bytes = v.to_ne_bytes();
+                let at = off + bytes.len() * i;
+                b[at..at + bytes.len()].copy_from_slice(&bytes);
+            }
+        };
+    }
     match src {
-        Data::F32(s) => {
-            for (i, v) in s[from..from + n].iter().enumerate() {
-                b[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_ne_bytes());
-            }
-        }
-        Data::I32(s) => {
-            for (i, v) in s[from..from + n].iter().enumerate() {
-                b[off + 4 * i..off + 4 * i + 4].copy_from_slice(&v.to_ne_bytes());
-            }
-        }
-        Data::F64(s) => {
-            for (i, v) in s[from..from + n].iter().enumerate() {
-                b[off + 8 * i..off + 8 * i + 8].copy_from_slice(&v.to_ne_bytes());
-            }
-        }
+        Data::F32(s) => put!(s),
+        Data::I32(s) => put!(s),
+        Data::F64(s) => put!(s),
+        Data::BF16(s) => put!(s),
+        Data::F16(s) => put!(s),
     }
 }
 
@@ -435,15 +485,17 @@ pub(crate) fn read_field(layout: &Layout, k: usize, elem: &[u64], dst: &mut Buff
     let n = layout.field_lens[k];
     let off = layout.offsets[k];
     let b = bytes(elem);
+    macro_rules! get {
+        ($v:expr, $t:ty) => {{
+            const W: usize = std::mem::size_of::<$t>();
+            $v.extend((0..n).map(|i| <$t>::from_ne_bytes(b[off + W * i..off + W * (i + 1)].try_into().expect("one entry"))))
+        }};
+    }
     match dst {
-        Buffer::F32(v) => {
-            v.extend((0..n).map(|i| f32::from_ne_bytes(b[off + 4 * i..off + 4 * i + 4].try_into().expect("4 bytes"))))
-        }
-        Buffer::I32(v) => {
-            v.extend((0..n).map(|i| i32::from_ne_bytes(b[off + 4 * i..off + 4 * i + 4].try_into().expect("4 bytes"))))
-        }
-        Buffer::F64(v) => {
-            v.extend((0..n).map(|i| f64::from_ne_bytes(b[off + 8 * i..off + 8 * i + 8].try_into().expect("8 bytes"))))
-        }
+        Buffer::F32(v) => get!(v, f32),
+        Buffer::I32(v) => get!(v, i32),
+        Buffer::F64(v) => get!(v, f64),
+        Buffer::BF16(v) => get!(v, bf16),
+        Buffer::F16(v) => get!(v, f16),
     }
 }

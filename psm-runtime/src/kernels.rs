@@ -121,6 +121,8 @@ unsafe fn read_values(ptr: *const u8, dtype: Dtype, start: usize, len: usize) ->
                 Dtype::F32 => std::ptr::read_unaligned(p as *const f32) as f64,
                 Dtype::F64 => std::ptr::read_unaligned(p as *const f64),
                 Dtype::I32 => std::ptr::read_unaligned(p as *const i32) as f64,
+                Dtype::BF16 => std::ptr::read_unaligned(p as *const half::bf16).to_f64(),
+                Dtype::F16 => std::ptr::read_unaligned(p as *const half::f16).to_f64(),
             }
         })
         .collect()
@@ -140,6 +142,9 @@ unsafe fn write_values(ptr: *mut u8, dtype: Dtype, start: usize, values: &[f64])
             Dtype::F32 => std::ptr::write_unaligned(p as *mut f32, v as f32),
             Dtype::F64 => std::ptr::write_unaligned(p as *mut f64, v),
             Dtype::I32 => std::ptr::write_unaligned(p as *mut i32, v as i32),
+            // Exact: the interpreter rounded the value to the format when it wrote it.
+            Dtype::BF16 => std::ptr::write_unaligned(p as *mut half::bf16, half::bf16::from_f64(v)),
+            Dtype::F16 => std::ptr::write_unaligned(p as *mut half::f16, half::f16::from_f64(v)),
         }
     }
 }

@@ -57,4 +57,6 @@ pub use error::{CompileError, RunError, Slot};
 pub use forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature, Stream, StreamStats};
 pub use kernels::{InterpKernels, JitKernels, Kernels};
 pub use psm_ir::ir::Dtype;
+/// The `half` crate: the element types of `bf16`/`f16` tensors.
+pub use half;
 pub use psm_ir::valid::DimOverride;

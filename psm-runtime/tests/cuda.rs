@@ -184,6 +184,8 @@ fn check_operator(name: &str) {
                 for (k, (t, c)) in out.tensors().iter().zip(on_cpu.tensors()).enumerate() {
                     assert_eq!((&t.shape, t.data.dtype()), (&c.shape, c.data.dtype()), "{what}: shape and dtype of {}", t.name);
                     let exact = out_dtypes[k] == Dtype::I32;
+                    // A bf16/f16 output may round to the neighbour of the reference's.
+                    let tol = tol + out_dtypes[k].rounding_bound();
                     for b in 0..nseq {
                         let got = seq_slice(&t.data, b, n * out_lens[k]);
                         let what = format!("{what}, output {} of sequence {b}", t.name);
@@ -273,6 +275,7 @@ fn check_options(name: &str, agg: &Aggregator, cpu: &Aggregator, gpu: &CudaExecu
                     for (k, (a, b)) in values(&out).iter().zip(values(&want)).enumerate() {
                         // In scan order, so that the running scale of `close` is the scan's.
                         let order = |v: &[f64]| scan_order(v, 3, n, out_lens[k], reverse);
+                        let tol = tol + out_dtypes[k].rounding_bound();
                         close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], out_dtypes[k] == Dtype::I32, tol);
                     }
                     let (got_state, want_state) = (state_values(out.final_state()), state_values(want.final_state()));
@@ -426,6 +429,8 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
     let data = Batch::new(&agg, 3, longest + 50, 0x100c ^ name.len() as u64);
     let out_lens = lens(&agg, Role::Output);
     let exact: Vec<bool> = dtypes(&agg, Role::Output).iter().map(|&d| d == Dtype::I32).collect();
+    // A bf16/f16 output may round to the neighbour of the reference's.
+    let rounding: Vec<f64> = dtypes(&agg, Role::Output).iter().map(|d| d.rounding_bound()).collect();
     let el_exact: Vec<bool> = dtypes(&agg, Role::Element).iter().map(|&d| d == Dtype::I32).collect();
     let el_names = names(&agg, Role::Element);
     let el_lens = lens(&agg, Role::Element);
@@ -453,7 +458,7 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
                 let r = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, b, n), n);
                 for (k, t) in out.tensors().iter().enumerate() {
                     let got = seq_slice(&t.data, b, n * out_lens[k]);
-                    worst = worst.max(close(&format!("{what}: output {} of sequence {b}", t.name), &got, &r.outputs[k], out_lens[k], exact[k], tol));
+                    worst = worst.max(close(&format!("{what}: output {} of sequence {b}", t.name), &got, &r.outputs[k], out_lens[k], exact[k], tol + rounding[k]));
                 }
                 match (&r.prefixes[n], out.final_state()) {
                     (Some(_), Some(s)) => {
@@ -478,7 +483,7 @@ fn check_kernel(name: &str, kernel: CudaKernel) {
                 runs += 1;
                 for (k, (a, b)) in values(&got).iter().zip(values(&want)).enumerate() {
                     let order = |v: &[f64]| scan_order(v, nseq, n, out_lens[k], reverse);
-                    close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], exact[k], 2.0 * tol);
+                    close(&format!("{what}: output {k}"), &order(a), &order(&b), out_lens[k], exact[k], 2.0 * tol + rounding[k]);
                 }
                 match (state_values(got.final_state()), state_values(want.final_state())) {
                     (Some(g), Some(w)) => {
@@ -531,11 +536,13 @@ operators!(
     average,
     causal_mean,
     cumsum,
+    cumsum_f16,
     deltanet,
     diag_affine,
     ema,
     gated_deltanet,
     gla,
+    gla_bf16,
     last_value,
     linear_attention,
     logcumsumexp,

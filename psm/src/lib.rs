@@ -31,6 +31,9 @@ use std::marker::PhantomData;
 pub use psm_macros::psm_aggregator;
 pub use psm_runtime::{Backend, Buffer, CompileError, DimOverride, Form, Inputs, Outputs, RunError, RunOptions, RunStats, Signature, StreamStats, Tensor};
 pub use psm_runtime as runtime;
+/// The `half` crate: `half::bf16` and `half::f16` are the Rust types of `bf16` and `f16`
+/// fields (inputs, params, outputs).
+pub use psm_runtime::half;
 pub use psm_ir as ir;
 
 use psm_ir::ir::Module;
@@ -306,7 +309,7 @@ pub struct MacrosGuide;
 #[doc(hidden)]
 pub mod __private {
     pub use psm_ir;
-    use psm_runtime::{Buffer, Tensor};
+    use psm_runtime::{half, Buffer, Tensor};
 
     /// A scalar dtype of a field.
     pub trait Scalar: Copy {
@@ -337,6 +340,22 @@ pub mod __private {
             b.as_i32()
         }
     }
+    impl Scalar for half::bf16 {
+        fn into_buffer(v: Vec<Self>) -> Buffer {
+            Buffer::BF16(v)
+        }
+        fn slice(b: &Buffer) -> Option<&[Self]> {
+            b.as_bf16()
+        }
+    }
+    impl Scalar for half::f16 {
+        fn into_buffer(v: Vec<Self>) -> Buffer {
+            Buffer::F16(v)
+        }
+        fn slice(b: &Buffer) -> Option<&[Self]> {
+            b.as_f16()
+        }
+    }
 
     /// A field type: a scalar or a (nested) fixed array of one, row-major.
     pub trait Field: Copy {
@@ -362,6 +381,8 @@ pub mod __private {
     scalar_field!(f32);
     scalar_field!(f64);
     scalar_field!(i32);
+    scalar_field!(half::bf16);
+    scalar_field!(half::f16);
     impl<T: Field, const N: usize> Field for [T; N] {
         type Scalar = T::Scalar;
         const LEN: usize = N * T::LEN;

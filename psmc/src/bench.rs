@@ -620,6 +620,16 @@ fn draw(sig: &Signature, count: usize, steps: usize) -> Result<Data, Fail> {
                 v.extend((0..n).map(|i| ((i / spec.len.max(1)) % steps.max(1)) as i32));
                 Buffer::I32(v)
             }
+            Dtype::BF16 => {
+                let mut v = alloc(n).ok_or_else(fail)?;
+                v.extend((0..n).map(|_| psm_runtime::half::bf16::from_f32(rng.uniform(lo, hi))));
+                Buffer::BF16(v)
+            }
+            Dtype::F16 => {
+                let mut v = alloc(n).ok_or_else(fail)?;
+                v.extend((0..n).map(|_| psm_runtime::half::f16::from_f32(rng.uniform(lo, hi))));
+                Buffer::F16(v)
+            }
         })
     };
     let params = sig.params.iter().map(|s| make("param", s, 1)).collect::<Result<Vec<_>, _>>()?;

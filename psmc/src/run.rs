@@ -4,14 +4,20 @@
 //!
 //! Data: inputs are `[batch..., T, field dims...]`, params as declared. Given .npy
 //! inputs fix the batch shape and T; missing ones are drawn from a seeded generator
-//! (splitmix64): f32/f64 uniform in (-1, 1), i32 fields hold the step index. Dtypes
-//! must match the declarations (no implicit conversion).
+//! (splitmix64): f32/f64 uniform in (-1, 1) (bf16/f16: those values rounded to the
+//! format), i32 fields hold the step index. Dtypes must match the declarations (no
+//! implicit conversion). .npy type strings: `<f4`, `<f8`, `<i4`, `<f2` (f16), and for
+//! bf16, which numpy has no type string for, its bit patterns as `<u2` (read and
+//! written; `a.view(np.uint16)` of an `ml_dtypes.bfloat16` array, read back with
+//! `np.load(p).view(ml_dtypes.bfloat16)`) or `|V2` (read; what `np.save` writes for
+//! an `ml_dtypes.bfloat16` array).
 //!
 //! `--compare` runs psm-ir's reference driver per sequence: the F64 fold for
 //! associative operators, checked against psm's tolerance (`psm_runtime::accuracy`)
-//! |out − ref| ≤ tol·(|ref| + running max |ref|), tol = max(1e-5·max(1, log2 T), 2·e32)
+//! |out − ref| ≤ tol·(|ref| + running max |ref|), tol = max(1e-5·max(1, log2 T), 2·e32) + u
 //! with e32 the same error of the f32 sequential fold on the data (the operator's
-//! condition factor: log-cumsum-exp over millions of steps meets no better bound); the fixed tree in
+//! condition factor: log-cumsum-exp over millions of steps meets no better bound) and u
+//! one unit in the last place at 1 of a bf16 (2^-7) or f16 (2^-10) output, else 0; the fixed tree in
 //! declared precision for non-associative ones, which must match bit for bit on the CPU
 //! backends (on the GPU, whose transcendental functions are not the CPU's libm, within
 //! the same tolerance).
@@ -40,6 +46,7 @@ use psm_ir::derive::{self, Form as RefForm};
 use psm_ir::interp::{FloatDomain, Precision};
 use psm_ir::ir::Dtype;
 use psm_runtime::cuda::CudaKernel;
+use psm_runtime::half::{bf16, f16};
 use psm_runtime::{accuracy, Backend, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
 use serde_json::json;
 
@@ -293,19 +300,47 @@ fn random(what: &str, spec: &FieldSpec, count: usize, steps: usize, rng: &mut Rn
             v.extend((0..n).map(|k| ((k / spec.len.max(1)) % steps.max(1)) as i32));
             Buffer::I32(v)
         }
+        Dtype::BF16 => {
+            let mut v = alloc(n).ok_or_else(fail)?;
+            v.extend((0..n).map(|_| bf16::from_f32(rng.signed() as f32)));
+            Buffer::BF16(v)
+        }
+        Dtype::F16 => {
+            let mut v = alloc(n).ok_or_else(fail)?;
+            v.extend((0..n).map(|_| f16::from_f32(rng.signed() as f32)));
+            Buffer::F16(v)
+        }
     })
 }
 
+/// The dtype a .npy type string holds. bf16 has no numpy type string: psm reads and
+/// writes it as its bit patterns, `<u2` (`a.view(np.uint16)` of an `ml_dtypes.bfloat16`
+/// array, read back with `.view(ml_dtypes.bfloat16)`), and also reads `|V2`, what
+/// `np.save` writes for an `ml_dtypes.bfloat16` array.
 fn npy_dtype(descr: &str) -> Option<Dtype> {
     match descr {
         "<f4" | "|f4" => Some(Dtype::F32),
         "<f8" | "|f8" => Some(Dtype::F64),
         "<i4" | "|i4" => Some(Dtype::I32),
+        "<f2" | "|f2" => Some(Dtype::F16),
+        "<u2" | "|u2" | "|V2" => Some(Dtype::BF16),
         _ => None,
     }
 }
 
-/// Reads a C-order little-endian .npy of f32, f64 or i32: (shape, data).
+/// How to write an array of a dtype with numpy, for messages.
+fn numpy_type(d: Dtype) -> &'static str {
+    match d {
+        Dtype::F32 => "a.astype(np.float32)",
+        Dtype::F64 => "a.astype(np.float64)",
+        Dtype::I32 => "a.astype(np.int32)",
+        Dtype::F16 => "a.astype(np.float16)",
+        Dtype::BF16 => "a.astype(ml_dtypes.bfloat16).view(np.uint16)",
+    }
+}
+
+/// Reads a C-order little-endian .npy of f32, f64, i32, f16 or bf16 (see
+/// [`npy_dtype`]): (shape, data).
 fn read_npy(what: &str, path: &Path, expected: Dtype) -> Result<(Vec<usize>, Buffer), Fail> {
     let fail = |m: String| Fail(format!("error: cannot read {what} from {}: {m}\n", path.display()));
     let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
@@ -317,24 +352,29 @@ fn read_npy(what: &str, path: &Path, expected: Dtype) -> Result<(Vec<usize>, Buf
     let descr = npy.dtype().descr();
     let descr = descr.trim_matches('\'').to_string();
     let Some(dtype) = npy_dtype(&descr) else {
-        return Err(fail(format!("unsupported dtype `{descr}`; psm reads little-endian float32, float64 and int32")));
+        return Err(fail(format!(
+            "unsupported dtype `{descr}`; psm reads little-endian float32, float64, int32, float16, and bfloat16 as uint16 bit patterns"
+        )));
     };
     if dtype != expected {
         return Err(fail(format!(
-            "the file holds {} but {what} is declared {}; convert it first (e.g. a.astype(np.{}))",
+            "the file holds {} but {what} is declared {}; convert it first (e.g. {})",
             dtype.name(),
             expected.name(),
-            match expected {
-                Dtype::F32 => "float32",
-                Dtype::F64 => "float64",
-                Dtype::I32 => "int32",
-            }
+            numpy_type(expected)
         )));
     }
+    let read = |e: std::io::Error| fail(e.to_string());
     let data = match dtype {
-        Dtype::F32 => Buffer::F32(npy.into_vec::<f32>().map_err(|e| fail(e.to_string()))?),
-        Dtype::F64 => Buffer::F64(npy.into_vec::<f64>().map_err(|e| fail(e.to_string()))?),
-        Dtype::I32 => Buffer::I32(npy.into_vec::<i32>().map_err(|e| fail(e.to_string()))?),
+        Dtype::F32 => Buffer::F32(npy.into_vec::<f32>().map_err(read)?),
+        Dtype::F64 => Buffer::F64(npy.into_vec::<f64>().map_err(read)?),
+        Dtype::I32 => Buffer::I32(npy.into_vec::<i32>().map_err(read)?),
+        Dtype::F16 => Buffer::F16(npy.into_vec::<f16>().map_err(read)?),
+        Dtype::BF16 if descr == "|V2" => {
+            let raw = npy.into_vec::<Vec<u8>>().map_err(read)?;
+            Buffer::BF16(raw.iter().map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect())
+        }
+        Dtype::BF16 => Buffer::BF16(npy.into_vec::<u16>().map_err(read)?.into_iter().map(bf16::from_bits).collect()),
     };
     Ok((shape, data))
 }
@@ -356,6 +396,9 @@ fn write_npy(path: &Path, shape: &[usize], data: &Buffer) -> Result<(), Fail> {
         Buffer::F32(v) => write!(v, f32),
         Buffer::F64(v) => write!(v, f64),
         Buffer::I32(v) => write!(v, i32),
+        Buffer::F16(v) => write!(v, f16),
+        // Bit patterns as `<u2` (see `npy_dtype`).
+        Buffer::BF16(v) => write!(v.iter().map(|x| x.to_bits()).collect::<Vec<u16>>(), u16),
     }
     std::io::Write::flush(&mut out).map_err(fail)?;
     Ok(())
@@ -580,7 +623,9 @@ fn compare(agg: &psm_runtime::Aggregator, sig: &Signature, data: &Data, outputs:
         }
     }
     if sig.associative || !bit_exact {
-        let tol = accuracy::conditioned_tolerance(n, f32_fold);
+        // bf16/f16 outputs: the reference and the run may round to neighbours.
+        let storage = sig.outputs.iter().map(|s| s.dtype.rounding_bound()).fold(0.0, f64::max);
+        let tol = accuracy::conditioned_tolerance(n, f32_fold) + storage;
         Compared { reference, max_abs_err: abs, max_rel_err: rel, tolerance: Some(tol), bit_identical: identical, ok: rel <= tol }
     } else {
         Compared { reference, max_abs_err: abs, max_rel_err: rel, tolerance: None, bit_identical: identical, ok: identical }

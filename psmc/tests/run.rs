@@ -84,7 +84,7 @@ fn library() -> Vec<String> {
 fn small_dims(name: &str) -> Vec<&'static str> {
     match name {
         "attn_agg" => vec!["-D", "C=2", "-D", "D=4"],
-        "gla" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "rwkv6" | "deltanet" | "gated_deltanet" => {
+        "gla" | "gla_bf16" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "rwkv6" | "deltanet" | "gated_deltanet" => {
             vec!["-D", "K=4", "-D", "V=4"]
         }
         "mamba_s6" => vec!["-D", "D=4", "-D", "N=2"],
@@ -264,4 +264,115 @@ fn empty_runs() {
     assert_eq!(doc["compare"]["ok"], true);
     let doc = json(&["run", "examples/ops/gla.psm", "-D", "K=2", "-D", "V=2", "--batch", "0,3", "--len", "4"]);
     assert_eq!(doc["outputs"][0]["shape"], serde_json::json!([0, 3, 4, 2]));
+}
+
+/// A version 1.0 .npy file written by hand (independently of npyz): the header dict
+/// with `descr`, padded with spaces to a multiple of 64 bytes, then the data.
+fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn bits_le(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|b| b.to_le_bytes()).collect()
+}
+
+/// The descr and the 16-bit entries of a .npy file psmc wrote.
+fn read_npy_u16(path: &Path) -> (String, Vec<u64>, Vec<u16>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let descr = npy.dtype().descr().trim_matches('\'').to_string();
+    let shape = npy.shape().to_vec();
+    let start = bytes.len() - 2 * shape.iter().product::<u64>() as usize;
+    (descr, shape, bytes[start..].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+}
+
+#[test]
+fn f16_npy_inputs_and_outputs() {
+    use psm_runtime::half::f16;
+    let dir = tmp("f16");
+    // Values whose running sum in f32 leaves f16's range of exact values: rounding
+    // to f16 matters at the output, and the last total overflows f16 to inf.
+    let v: Vec<f16> = [1.0f32, 0.000_976_6, 2048.0, 1.0, 3.0, 60000.0, 10000.0].iter().map(|&x| f16::from_f32(x)).collect();
+    let raw: Vec<u16> = v.iter().map(|x| x.to_bits()).collect();
+    std::fs::write(dir.join("v.npy"), npy_bytes("<f2", &[7], &bits_le(&raw))).unwrap();
+    let out = dir.join("out");
+    let r = psmc(&["run", "examples/ops/cumsum_f16.psm", "--input", &format!("v={}", dir.join("v.npy").display()), "--output", out.to_str().unwrap(), "--compare"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("  y [7] f16: "), "{}", r.stdout);
+    let (descr, shape, y) = read_npy_u16(&out.join("y.npy"));
+    assert_eq!((descr.as_str(), shape), ("<f2", vec![7]));
+    let mut total = 0.0f32;
+    let want: Vec<u16> = v
+        .iter()
+        .map(|x| {
+            total += x.to_f32();
+            f16::from_f32(total).to_bits()
+        })
+        .collect();
+    assert_eq!(y, want);
+    assert_eq!(f16::from_bits(y[6]), f16::INFINITY, "73055 overflows f16");
+    // 1 + 2^-10 + 2048 in f32 lies above 2049, the midpoint between f16's neighbours
+    // 2048 and 2050 there.
+    assert_eq!(f16::from_bits(y[2]).to_f32(), 2050.0);
+}
+
+#[test]
+fn bf16_npy_round_trip() {
+    use psm_runtime::half::bf16;
+    let dir = tmp("bf16");
+    let n = 5;
+    let vals = |xs: [f32; 5]| -> Vec<bf16> { xs.iter().map(|&x| bf16::from_f32(x)).collect() };
+    let (q, k, v, alpha) = (
+        vals([0.5, -1.25, 3.0, 0.1, 7.0]),
+        vals([1.0, 0.3, -0.7, 2.5, 0.01]),
+        vals([0.9, 1.1, -2.0, 0.6, 100.0]),
+        vals([0.9, 0.5, 0.99, -0.5, 0.75]),
+    );
+    let bits = |x: &[bf16]| bits_le(&x.iter().map(|b| b.to_bits()).collect::<Vec<_>>());
+    // Bit patterns as `<u2` (psmc's convention), and as `|V2` (what np.save writes
+    // for an ml_dtypes.bfloat16 array).
+    std::fs::write(dir.join("q.npy"), npy_bytes("<u2", &[n, 1], &bits(&q))).unwrap();
+    std::fs::write(dir.join("k.npy"), npy_bytes("<u2", &[n, 1], &bits(&k))).unwrap();
+    std::fs::write(dir.join("v.npy"), npy_bytes("|V2", &[n, 1], &bits(&v))).unwrap();
+    std::fs::write(dir.join("alpha.npy"), npy_bytes("|V2", &[n, 1], &bits(&alpha))).unwrap();
+    let input = |f: &str| format!("{f}={}", dir.join(format!("{f}.npy")).display());
+    let out = dir.join("out");
+    let (iq, ik, iv, ia) = (input("q"), input("k"), input("v"), input("alpha"));
+    let mut args = vec!["run", "examples/ops/gla_bf16.psm", "-D", "K=1", "-D", "V=1", "--input", &iq, "--input", &ik, "--input", &iv];
+    args.extend(["--input", &ia, "--output", out.to_str().unwrap(), "--compare"]);
+    let r = psmc(&args);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let (descr, shape, o) = read_npy_u16(&out.join("o.npy"));
+    assert_eq!((descr.as_str(), shape), ("<u2", vec![n as u64, 1]));
+    // K = V = 1: s_t = alpha_t s_{t-1} + k_t v_t in f32, o_t = s_t q_t rounded to bf16.
+    let mut s = 0.0f32;
+    let want: Vec<u16> = (0..n)
+        .map(|t| {
+            let e = k[t].to_f32() * v[t].to_f32();
+            s = if t == 0 { e } else { alpha[t].to_f32() * s + e };
+            bf16::from_f32(s * q[t].to_f32()).to_bits()
+        })
+        .collect();
+    assert_eq!(o, want);
+    // The written output reads back as a bf16 input.
+    let back = format!("q={}", out.join("o.npy").display());
+    let r = psmc(&["run", "examples/ops/gla_bf16.psm", "-D", "K=1", "-D", "V=1", "--input", &back, "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A float32 file for a bf16 input says how to convert it.
+    write_npy_f32(&dir.join("f.npy"), &[n as u64, 1], &[0.0; 5]);
+    let f = format!("q={}", dir.join("f.npy").display());
+    let r = psmc(&["run", "examples/ops/gla_bf16.psm", "-D", "K=1", "-D", "V=1", "--input", &f]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("holds f32 but input `q` is declared bf16; convert it first (e.g. a.astype(ml_dtypes.bfloat16).view(np.uint16))"), "{}", r.stderr);
 }

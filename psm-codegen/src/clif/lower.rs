@@ -20,7 +20,8 @@ use cranelift_codegen::ir::{types, BlockArg, FuncRef, Function, InstBuilder, Mem
 use cranelift_frontend::{FunctionBuilder, Variable};
 use psm_ir::arena::Handle;
 use psm_ir::ir::{
-    Aggregator, BinaryOp, Body, BodyKind, Expr, Func, IndexVar, ReduceOp, Scalar, Side, Source, Stmt, Target, UnaryOp,
+    Aggregator, BinaryOp, Body, BodyKind, Dtype, Expr, Func, IndexVar, ReduceOp, Scalar, Side, Source, Stmt, Target,
+    UnaryOp,
 };
 use psm_ir::valid::Info;
 
@@ -352,9 +353,35 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             Loc::Mem { base, offset } => {
                 let terms = self.target_terms(stmt, st, size);
                 let (addr, off) = self.address(base, offset, &terms);
-                self.b.ins().store(flags_rw(), v, addr, off);
+                match self.half_target(stmt) {
+                    Some(dtype) => {
+                        let bits = super::storage::narrow(&mut self.b, dtype, v);
+                        self.b.ins().istore16(flags_rw(), bits, addr, off);
+                    }
+                    None => {
+                        self.b.ins().store(flags_rw(), v, addr, off);
+                    }
+                }
             }
             Loc::Zero => {}
+        }
+    }
+
+    /// The 16-bit storage dtype of a statement's target tensor, if it has one.
+    pub(super) fn half_target(&self, stmt: &Stmt) -> Option<Dtype> {
+        match stmt.target {
+            Target::Tensor(t) => Some(self.cx.agg.tensors[t].dtype).filter(|d| d.is_half()),
+            Target::Local(_) => None,
+        }
+    }
+
+    /// The 16-bit storage dtype of a load's source tensor, if it has one.
+    pub(super) fn half_source(&self, source: Source) -> Option<Dtype> {
+        match source {
+            Source::Input(t) | Source::Param(t) | Source::Element(_, t) => {
+                Some(self.cx.agg.tensors[t].dtype).filter(|d| d.is_half())
+            }
+            Source::Local(_) => None,
         }
     }
 
@@ -840,7 +867,13 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             Some(Loc::Mem { base, offset }) => {
                 let (k, terms) = self.access_terms(shape, indices, size);
                 let (addr, off) = self.address(base, offset.wrapping_add(k), &terms);
-                self.b.ins().load(clif_type(ty), flags, addr, off)
+                match self.half_source(source) {
+                    Some(dtype) => {
+                        let raw = self.b.ins().uload16(types::I32, flags, addr, off);
+                        super::storage::widen(&mut self.b, dtype, raw)
+                    }
+                    None => self.b.ins().load(clif_type(ty), flags, addr, off),
+                }
             }
             // Zeros, or (never for a validated body) an operand the body does not have.
             Some(Loc::Zero) | None => self.imm(ty, 0.0),

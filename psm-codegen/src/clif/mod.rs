@@ -13,13 +13,15 @@
 //! The element and scratch layouts ([`Layout`]) and integer expressions come from the
 //! crate's backend-neutral `layout` and `index` modules. Modules: `lower` (bodies →
 //! CLIF), `vector` (a statement's innermost loop in SIMD lanes), `math` (host
-//! functions), `funcs` (the five functions and the fused loop), `text` (CLIF text),
+//! functions), `storage` (bf16/f16 loads and stores), `funcs` (the five functions and
+//! the fused loop), `text` (CLIF text),
 //! `jit` (native code).
 
 mod funcs;
 mod jit;
 mod lower;
 mod math;
+mod storage;
 mod text;
 mod vector;
 

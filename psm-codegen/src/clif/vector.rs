@@ -19,7 +19,9 @@
 //!   function lane by lane: the same function on the same argument;
 //! * anything else (an index used as a number, a condition on `v` over branches that
 //!   may fault, i32 division, a strided or gathered load, lanes of mixed widths) keeps
-//!   the whole statement scalar.
+//!   the whole statement scalar; bf16/f16 loads widen four entries at a time
+//!   (`uload16x4`, then `storage::widen` lane-wise), and a bf16/f16 target is stored lane by
+//!   lane, each rounded as the scalar code rounds it.
 //!
 //! Several vectors are processed per iteration (`GROUP`, or `GROUP_REDUCE` when a
 //! reduction's accumulators would otherwise serialize on the latency of one add); the
@@ -35,7 +37,7 @@ use psm_ir::ir::{BinaryOp, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp
 
 use crate::index;
 use crate::layout::{scalar_size, strides};
-use super::lower::{clif_type, int_cc, BodyIo, Init, Loc, Lowerer};
+use super::lower::{clif_type, flags_rw, int_cc, BodyIo, Init, Loc, Lowerer};
 use super::math::MathFn;
 
 // Measured on the GLA scan (K = V = 64, µs/step) as (GROUP, GROUP_REDUCE): (1, 1) 1.53,
@@ -311,9 +313,23 @@ impl Lowerer<'_, '_> {
         let vals = self.vecs(cx, value, ty);
         let terms = self.target_terms(stmt, st, size);
         let (addr, off) = self.address(base, offset, &terms);
+        let half = self.half_target(stmt);
         for (j, x) in vals.into_iter().enumerate() {
             let (a, o) = self.offset_by(addr, off, (j * cx.plan.lanes * size) as i64);
-            self.b.ins().store(vector_flags(MemFlagsData::new()), x, a, o);
+            match half {
+                // bf16/f16: each lane rounded and stored as the scalar code does.
+                Some(dtype) => {
+                    for lane in 0..cx.plan.lanes {
+                        let v = self.b.ins().extractlane(x, lane as u8);
+                        let bits = super::storage::narrow(&mut self.b, dtype, v);
+                        let (a, o) = self.offset_by(a, o, (lane * size) as i64);
+                        self.b.ins().istore16(flags_rw(), bits, a, o);
+                    }
+                }
+                None => {
+                    self.b.ins().store(vector_flags(MemFlagsData::new()), x, a, o);
+                }
+            }
         }
     }
 
@@ -371,10 +387,18 @@ impl Lowerer<'_, '_> {
                         let (k, terms) = self.access_terms(shape, indices, size);
                         let (addr, off) = self.address(base, offset.wrapping_add(k), &terms);
                         let flags = vector_flags(flags);
+                        let half = self.half_source(*source);
                         (0..cx.g)
                             .map(|j| {
                                 let (a, o) = self.offset_by(addr, off, (j * lanes * size) as i64);
-                                self.b.ins().load(vt, flags, a, o)
+                                match half {
+                                    // Four 16-bit entries zero-extended to 32 bits, widened.
+                                    Some(dtype) => {
+                                        let raw = self.b.ins().uload16x4(flags, a, o);
+                                        super::storage::widen(&mut self.b, dtype, raw)
+                                    }
+                                    None => self.b.ins().load(vt, flags, a, o),
+                                }
                             })
                             .collect()
                     }

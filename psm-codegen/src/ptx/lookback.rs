@@ -139,7 +139,10 @@ fn plan(cx: &Ctx<'_>) -> Option<Plan> {
     if agg.tensors_of(Role::Element).any(|t| !info.shape(t).is_empty()) {
         return None;
     }
-    let scalar = |t| (info.len(t) == 1).then(|| dtype_size(agg.tensors[t].dtype));
+    // Rows are staged in 4-byte words: a 2-byte (bf16/f16) row could start off a word
+    // boundary and a tile of odd length would overrun it, so such rows keep the
+    // generic kernels.
+    let scalar = |t| (info.len(t) == 1 && dtype_size(agg.tensors[t].dtype) >= 4).then(|| dtype_size(agg.tensors[t].dtype));
     let read = used(cx, &[&agg.lift, &agg.readout], Role::Input);
     let mut inputs = Vec::new();
     for (t, &r) in agg.tensors_of(Role::Input).zip(&read) {
@@ -178,7 +181,7 @@ pub fn compile_lookback(
     info: &psm_ir::valid::Info,
     options: &PtxOptions,
 ) -> Result<Option<LookbackModule>, PtxError> {
-    let version = super::isa_version(options.arch).ok_or(PtxError::UnsupportedArch(options.arch))?;
+    let version = super::module_version(agg, options.arch)?;
     let cx = Ctx::new(agg, info);
     let mut math = BTreeSet::new();
     // (kernel, positions per thread, positions per tile, entries, threads per block)

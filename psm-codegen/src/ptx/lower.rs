@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use psm_ir::arena::Handle;
 use psm_ir::ir::{
-    Aggregator, BinaryOp, Body, BodyKind, Expr, Func, IndexVar, ReduceOp, Scalar, Side, Source, Stmt, Target, UnaryOp,
+    Aggregator, BinaryOp, Body, BodyKind, Dtype, Expr, Func, IndexVar, ReduceOp, Scalar, Side, Source, Stmt, Target, UnaryOp,
 };
 use psm_ir::valid::Info;
 
@@ -292,6 +292,24 @@ impl<'a> Lowerer<'a> {
         self.e.ins(format!("st{q}.{} [{addr}+{off}], {v}", suffix(ty)));
     }
 
+    /// `ld.b16` of a bf16/f16 entry at `addr + off`, widened to f32 (exact).
+    fn load_half(&mut self, dtype: Dtype, space: Space, addr: Reg, off: i64) -> Reg {
+        let q = space.qualifier();
+        let b = self.e.reg(Class::B16);
+        self.e.ins(format!("ld{q}.b16 {b}, [{addr}+{off}]"));
+        let r = self.e.reg(Class::F32);
+        self.e.ins(format!("cvt.f32.{} {r}, {b}", dtype.name()));
+        r
+    }
+
+    /// The f32 `v` rounded to nearest-even bf16/f16 and `st.b16` at `addr + off`.
+    fn store_half(&mut self, dtype: Dtype, space: Space, addr: Reg, off: i64, v: Reg) {
+        let q = space.qualifier();
+        let b = self.e.reg(Class::B16);
+        self.e.ins(format!("cvt.rn.{}.f32 {b}, {v}", dtype.name()));
+        self.e.ins(format!("st{q}.b16 [{addr}+{off}], {b}"));
+    }
+
     // ------------------------------------------------------------ bodies
 
     /// Lowers one body at the current position.
@@ -316,7 +334,7 @@ impl<'a> Lowerer<'a> {
 
     fn stmt(&mut self, stmt: &Stmt, kind: BodyKind, io: &BodyIo) {
         let (agg, info) = (self.cx.agg, self.cx.info);
-        let (loc, shape, size, ty): (Loc, &[usize], usize, Scalar) = match stmt.target {
+        let (loc, shape, size, ty, dtype): (Loc, &[usize], usize, Scalar, Option<Dtype>) = match stmt.target {
             Target::Tensor(t) => {
                 let pos = self.cx.positions[t.index()];
                 let loc = if kind == BodyKind::Readout {
@@ -331,12 +349,12 @@ impl<'a> Lowerer<'a> {
                     }
                 };
                 let dtype = agg.tensors[t].dtype;
-                (loc, info.shape(t), dtype_size(dtype), dtype.scalar())
+                (loc, info.shape(t), dtype_size(dtype), dtype.scalar(), Some(dtype))
             }
             Target::Local(l) => match self.locals[l.index()] {
                 Some(loc) => {
                     let ty = info.local_types[l.index()];
-                    (loc, &info.local_shapes[l.index()], scalar_size(ty), ty)
+                    (loc, &info.local_shapes[l.index()], scalar_size(ty), ty, None)
                 }
                 None => return,
             },
@@ -354,7 +372,10 @@ impl<'a> Lowerer<'a> {
                         .map(|(&iv, &stride)| (s.index_var(iv), stride.wrapping_mul(size as i64)))
                         .collect();
                     let (addr, off) = s.address(base, offset, &terms);
-                    s.store_at(ty, space, addr, off, v);
+                    match dtype {
+                        Some(d) if d.is_half() => s.store_half(d, space, addr, off, v),
+                        _ => s.store_at(ty, space, addr, off, v),
+                    }
                 }
                 Loc::Zero => {}
             }
@@ -894,12 +915,14 @@ impl<'a> Lowerer<'a> {
 
     fn load(&mut self, source: Source, indices: &[Handle<Expr>], io: &BodyIo, ty: Scalar) -> Reg {
         let (agg, info) = (self.cx.agg, self.cx.info);
+        let mut half = None;
         let (loc, shape, size): (Option<Loc>, &[usize], usize) = match source {
             Source::Input(t) | Source::Param(t) => {
                 let pos = self.cx.positions[t.index()];
                 let bases = if matches!(source, Source::Input(_)) { &io.inputs } else { &io.params };
                 let space = if matches!(source, Source::Input(_)) { io.rows_space } else { Space::Global };
                 let loc = bases.get(pos).copied().flatten().map(|base| Loc::Mem { base, offset: 0, space });
+                half = Some(agg.tensors[t].dtype).filter(|d| d.is_half());
                 (loc, info.shape(t), dtype_size(agg.tensors[t].dtype))
             }
             Source::Element(side, t) => {
@@ -922,7 +945,10 @@ impl<'a> Lowerer<'a> {
             Some(Loc::Mem { base, offset, space }) => {
                 let (k, terms) = self.access_terms(shape, indices, size);
                 let (addr, off) = self.address(base, offset.wrapping_add(k), &terms);
-                self.load_at(ty, space, addr, off)
+                match half {
+                    Some(d) => self.load_half(d, space, addr, off),
+                    None => self.load_at(ty, space, addr, off),
+                }
             }
             // Zeros, or (never for a validated body) an operand the body does not have.
             Some(Loc::Zero) | None => self.imm(ty, 0.0),

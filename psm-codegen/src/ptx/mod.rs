@@ -5,7 +5,8 @@
 //! # The CUDA kernel ABI
 //!
 //! **Module.** `.version` is the lowest PTX ISA that the target needs (7.8 for
-//! `sm_90`, accepted by every CUDA 12 and 13 driver), `.address_size 64`. Kernel names
+//! `sm_90`, accepted by every CUDA 12 and 13 driver; 7.1 for bf16 tensors on `sm_80`,
+//! which need `sm_80` or later), `.address_size 64`. Kernel names
 //! are fixed ([`Kernel::name`]): `psm_scan`, `psm_lift`, `psm_combine`, `psm_readout`,
 //! `psm_identity` when the aggregator declares an identity, `psm_scan_entries` /
 //! `psm_combine_entries` where its entries scan / combine independently, and
@@ -21,6 +22,9 @@
 //!   bytes (a multiple of 8), field k at byte `layout.offsets[k]`, entries row-major in
 //!   its dtype. An element array is `layout.size` bytes per element, 8-byte aligned.
 //! * *param* `p` — row-major in its dtype, shared by all sequences.
+//! * A `bf16`/`f16` input, param or output holds 2-byte entries (`ld`/`st.b16`),
+//!   widened to f32 when read (`cvt.f32.bf16`, `cvt.f32.f16`: exact) and rounded to
+//!   nearest-even when written (`cvt.rn.bf16.f32`, `cvt.rn.f16.f32`).
 //! * Every buffer is aligned to its entries' size (element arrays to 8 bytes).
 //! * *input* field `x` — `[nseq, steps, len_x]` row-major: sequence s, step t starts at
 //!   entry `(s · steps + t) · len_x`. *Output* fields likewise.
@@ -171,7 +175,7 @@ pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use psm_ir::ir::Aggregator;
+use psm_ir::ir::{Aggregator, Dtype};
 use psm_ir::valid::Info;
 
 pub use crate::clif::{HAS_STATE, NO_STATE_OUT, REVERSE, WRITE_OUTPUTS};
@@ -288,6 +292,8 @@ impl PtxModule {
 pub enum PtxError {
     /// The target architecture is older than `sm_70` or unknown.
     UnsupportedArch(u32),
+    /// The aggregator stores a dtype the target cannot convert (`bf16` before `sm_80`).
+    UnsupportedDtype { dtype: Dtype, arch: u32 },
     /// A kernel needs more per-thread local memory than the device allows.
     LocalMemory { kernel: &'static str, bytes: usize, limit: usize },
 }
@@ -296,6 +302,9 @@ impl std::fmt::Display for PtxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PtxError::UnsupportedArch(a) => write!(f, "sm_{a} is not supported by the PTX backend (sm_70 or later)"),
+            PtxError::UnsupportedDtype { dtype, arch } => {
+                write!(f, "{} tensors need sm_80 or later (its conversions); the target is sm_{arch}", dtype.name())
+            }
             PtxError::LocalMemory { kernel, bytes, limit } => write!(
                 f,
                 "kernel `{kernel}` needs {bytes} bytes of per-thread local memory; the device allows {limit}"
@@ -324,9 +333,24 @@ fn isa_version(arch: u32) -> Option<&'static str> {
     })
 }
 
+/// The lowest PTX ISA version for a target and the storage dtypes of an aggregator:
+/// bf16 tensors are converted by `cvt.f32.bf16` (PTX 7.1, sm_80) and `cvt.rn.bf16.f32`
+/// (PTX 7.0, sm_80); f16's `cvt.f32.f16` / `cvt.rn.f16.f32` exist on every target.
+pub(crate) fn module_version(agg: &Aggregator, arch: u32) -> Result<&'static str, PtxError> {
+    let version = isa_version(arch).ok_or(PtxError::UnsupportedArch(arch))?;
+    if !agg.tensors.iter().any(|(_, t)| t.dtype == Dtype::BF16) {
+        return Ok(version);
+    }
+    match arch {
+        80 => Ok("7.1"),
+        a if a < 80 => Err(PtxError::UnsupportedDtype { dtype: Dtype::BF16, arch }),
+        _ => Ok(version),
+    }
+}
+
 /// The PTX module of a validated aggregator.
 pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<PtxModule, PtxError> {
-    let version = isa_version(options.arch).ok_or(PtxError::UnsupportedArch(options.arch))?;
+    let version = module_version(agg, options.arch)?;
     let cx = lower::Ctx::new(agg, info);
     let mut math = BTreeSet::new();
     let mut generated = vec![

@@ -110,6 +110,7 @@ pub fn round(dtype: Dtype, x: f64) -> f64 {
         Dtype::F32 => x as f32 as f64,
         Dtype::F64 => x,
         Dtype::I32 => x as i64 as i32 as f64,
+        Dtype::BF16 | Dtype::F16 => dtype.round_to_storage(x),
     }
 }
 
@@ -148,7 +149,7 @@ pub fn random_element(rng: &mut Rng, layout: &Layout) -> Fields<f64> {
 /// Bit-for-bit equality in `dtype`; any NaN equals any NaN.
 pub fn same(dtype: Dtype, a: f64, b: f64) -> bool {
     match dtype {
-        Dtype::F32 => {
+        Dtype::F32 | Dtype::BF16 | Dtype::F16 => {
             let (x, y) = (a as f32, b as f32);
             x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
         }
@@ -176,7 +177,7 @@ pub fn assert_same(what: &str, names: &[String], dtypes: &[Dtype], jit: &Fields<
 
 fn bits(d: Dtype, x: f64) -> u64 {
     match d {
-        Dtype::F32 => (x as f32).to_bits() as u64,
+        Dtype::F32 | Dtype::BF16 | Dtype::F16 => (x as f32).to_bits() as u64,
         _ => x.to_bits(),
     }
 }
@@ -210,10 +211,7 @@ impl Buf {
 }
 
 pub fn dsize(d: Dtype) -> usize {
-    match d {
-        Dtype::F64 => 8,
-        _ => 4,
-    }
+    d.size()
 }
 
 pub fn write_values(bytes: &mut [u8], dtype: Dtype, values: &[f64]) {
@@ -222,6 +220,8 @@ pub fn write_values(bytes: &mut [u8], dtype: Dtype, values: &[f64]) {
             Dtype::F32 => bytes[4 * i..4 * i + 4].copy_from_slice(&(v as f32).to_ne_bytes()),
             Dtype::I32 => bytes[4 * i..4 * i + 4].copy_from_slice(&(v as i32).to_ne_bytes()),
             Dtype::F64 => bytes[8 * i..8 * i + 8].copy_from_slice(&v.to_ne_bytes()),
+            Dtype::BF16 => bytes[2 * i..2 * i + 2].copy_from_slice(&half::bf16::from_f64(v).to_ne_bytes()),
+            Dtype::F16 => bytes[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f64(v).to_ne_bytes()),
         }
     }
 }
@@ -232,6 +232,8 @@ pub fn read_values(bytes: &[u8], dtype: Dtype, n: usize) -> Vec<f64> {
             Dtype::F32 => f32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()) as f64,
             Dtype::I32 => i32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()) as f64,
             Dtype::F64 => f64::from_ne_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap()),
+            Dtype::BF16 => half::bf16::from_ne_bytes(bytes[2 * i..2 * i + 2].try_into().unwrap()).to_f64(),
+            Dtype::F16 => half::f16::from_ne_bytes(bytes[2 * i..2 * i + 2].try_into().unwrap()).to_f64(),
         })
         .collect()
 }

@@ -70,7 +70,8 @@ pub struct Outputs {
 /// Runs `steps` steps of an aggregator with one form. `inputs` holds one buffer per
 /// input field, `[steps, field dims...]` row-major; `params` one per param. The data are
 /// first converted to their declared types in `domain` (in Declared precision an f32
-/// input given as 0.1 reads f32(0.1), as it would from a backend's f32 buffer).
+/// input given as 0.1 reads f32(0.1), as it would from a backend's f32 buffer; a bf16
+/// or f16 input reads the value rounded to its format in either precision).
 pub fn run(
     agg: &Aggregator,
     info: &Info,
@@ -147,8 +148,10 @@ fn convert(eval: &Evaluator, d: &mut FloatDomain, role: Role, data: &[Vec<f64>])
         .iter()
         .zip(data)
         .map(|(&f, buf)| {
-            let ty = eval.agg.tensors[f].dtype.scalar();
-            buf.iter().map(|&v| d.constant(v, ty)).collect()
+            let dtype = eval.agg.tensors[f].dtype;
+            let ty = dtype.scalar();
+            // A 16-bit tensor holds values of its format in either precision.
+            buf.iter().map(|&v| d.constant(dtype.round_to_storage(v), ty)).collect()
         })
         .collect()
 }

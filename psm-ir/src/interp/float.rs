@@ -1,7 +1,7 @@
 //! Numbers: the interpreter's f64 oracle and its declared-precision mode.
 
 use super::Domain;
-use crate::ir::{BinaryOp, Func, Scalar, UnaryOp};
+use crate::ir::{BinaryOp, Dtype, Func, Scalar, UnaryOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -168,5 +168,9 @@ impl Domain for FloatDomain {
 
     fn truth(&mut self, cond: &f64) -> Result<bool, Self::Error> {
         Ok(*cond != 0.0)
+    }
+
+    fn store(&mut self, value: f64, dtype: Dtype) -> f64 {
+        dtype.round_to_storage(value)
     }
 }

@@ -16,7 +16,11 @@
 //! * i32 arithmetic wraps; an integer constant (dims, literals, index arithmetic) is
 //!   computed exactly and then converted to its type: rounded to f32, or wrapped to i32;
 //! * in `Precision::Declared` every value is held in its declared type, the data too:
-//!   `derive::run` converts inputs and params before the first body reads them.
+//!   `derive::run` converts inputs and params before the first body reads them;
+//! * `bf16`/`f16` tensors (inputs, params, outputs; never element fields) hold values
+//!   of their format in both precisions: a read gives the value exactly as an f32, and
+//!   an output is rounded to the format when written (`Dtype::round_to_storage`: to
+//!   f32, then to the format, nearest with ties to even).
 
 mod float;
 
@@ -38,6 +42,13 @@ pub trait Domain {
     fn call(&mut self, func: Func, ty: Scalar, args: &[Self::V]) -> Result<Self::V, Self::Error>;
     /// Decides a data-dependent condition.
     fn truth(&mut self, cond: &Self::V) -> Result<bool, Self::Error>;
+    /// The value an output of storage type `dtype` holds once `value` is written to it
+    /// (`Dtype::round_to_storage`). Domains without a rounding (symbolic ones) keep
+    /// the value.
+    fn store(&mut self, value: Self::V, dtype: Dtype) -> Self::V {
+        let _ = dtype;
+        value
+    }
 }
 
 /// A tuple of tensors, one flat row-major `Vec` per field, in declaration order of
@@ -159,7 +170,13 @@ impl<'a> Evaluator<'a> {
                 values.push(ctx.eval(d, stmt.value, &mut env)?);
             }
             match stmt.target {
-                Target::Tensor(t) => out[self.position[t.index()]] = values,
+                Target::Tensor(t) => {
+                    let dtype = self.agg.tensors[t].dtype;
+                    if dtype.is_half() {
+                        values = values.into_iter().map(|v| d.store(v, dtype)).collect();
+                    }
+                    out[self.position[t.index()]] = values;
+                }
                 Target::Local(l) => locals[l.index()] = values,
             }
         }

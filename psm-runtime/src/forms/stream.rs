@@ -235,6 +235,8 @@ fn copy_params(exec: &Executor, addrs: &[usize]) -> Vec<Buffer> {
                     psm_ir::ir::Dtype::F32 => Buffer::F32(std::slice::from_raw_parts(a as *const f32, s.len).to_vec()),
                     psm_ir::ir::Dtype::F64 => Buffer::F64(std::slice::from_raw_parts(a as *const f64, s.len).to_vec()),
                     psm_ir::ir::Dtype::I32 => Buffer::I32(std::slice::from_raw_parts(a as *const i32, s.len).to_vec()),
+                    psm_ir::ir::Dtype::BF16 => Buffer::BF16(std::slice::from_raw_parts(a as *const half::bf16, s.len).to_vec()),
+                    psm_ir::ir::Dtype::F16 => Buffer::F16(std::slice::from_raw_parts(a as *const half::f16, s.len).to_vec()),
                 }
             }
         })

@@ -71,7 +71,7 @@ impl Rng {
 /// state-space A in (-1, 0), everything else in (-1, 1).
 pub fn value_range(op: &str, field: &str) -> (f64, f64) {
     match (op, field) {
-        ("gla", "alpha") | ("scalar_affine", "a") | ("retnet", "gamma") | ("ema", "alpha") => (0.5, 1.0),
+        ("gla" | "gla_bf16", "alpha") | ("scalar_affine", "a") | ("retnet", "gamma") | ("ema", "alpha") => (0.5, 1.0),
         ("gated_deltanet", "g") | ("mamba2", "A") => (-1.0, 0.0),
         _ => (-1.0, 1.0),
     }
@@ -91,6 +91,7 @@ pub fn data(agg: &Aggregator, role: Role, steps: usize, rng: &mut Rng) -> Vec<Ve
                     Dtype::I32 => (k / len) as f64,
                     Dtype::F32 => rng.range(lo, hi) as f32 as f64,
                     Dtype::F64 => rng.range(lo, hi),
+                    Dtype::BF16 | Dtype::F16 => t.dtype.round_to_storage(rng.range(lo, hi)),
                 })
                 .collect()
         })
@@ -102,6 +103,9 @@ pub fn to_buffer(dtype: Dtype, v: &[f64]) -> Buffer {
         Dtype::F32 => Buffer::F32(v.iter().map(|&x| x as f32).collect()),
         Dtype::F64 => Buffer::F64(v.to_vec()),
         Dtype::I32 => Buffer::I32(v.iter().map(|&x| x as i32).collect()),
+        // Exact: the values are of the format (`data`).
+        Dtype::BF16 => Buffer::BF16(v.iter().map(|&x| psm_runtime::half::bf16::from_f64(x)).collect()),
+        Dtype::F16 => Buffer::F16(v.iter().map(|&x| psm_runtime::half::f16::from_f64(x)).collect()),
     }
 }
 

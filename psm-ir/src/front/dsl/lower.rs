@@ -414,16 +414,27 @@ impl<'a> AggregatorLowering<'a> {
                 "f32" => Dtype::F32,
                 "f64" => Dtype::F64,
                 "i32" => Dtype::I32,
+                "bf16" => Dtype::BF16,
+                "f16" => Dtype::F16,
                 other => {
                     self.error(
                         Diagnostic::error(format!("unknown type `{other}`"))
                             .primary(t.span, "not a psm type")
-                            .help("the types are `f32` (the default), `f64` and `i32`"),
+                            .help("the types are `f32` (the default), `f64`, `i32`, and `bf16` and `f16` for inputs, params and outputs"),
                     );
                     Dtype::F32
                 }
             },
         };
+        if role == Role::Element && dtype.is_half() {
+            let span = d.dtype.as_ref().map_or(d.span, |t| t.span);
+            self.error(
+                Diagnostic::error(format!("element field `{}` is declared {}", d.name.name, dtype.name()))
+                    .primary(span, "16-bit types are storage for inputs, params and outputs only")
+                    .note("the scanned state accumulates in f32 (or f64): 16-bit values are widened to f32 when read and rounded when an output is written")
+                    .help(format!("declare `{}` as f32 (the default) and keep `{}` on the input it is lifted from", d.name.name, dtype.name())),
+            );
+        }
         let shape = d.shape.iter().map(|s| self.size(s)).collect();
         let h = self.tensors.push(Tensor { name: d.name.name.clone(), role, shape, dtype }, d.span);
         self.tensor_index.insert((role, d.name.name.clone()), h);
@@ -847,7 +858,11 @@ impl<'a> AggregatorLowering<'a> {
         let same = element.len() == inputs.len()
             && element.iter().all(|&e| {
                 self.find(Role::Input, &self.tensors[e].name)
-                    .is_some_and(|i| self.tensors[i].dtype == self.tensors[e].dtype && self.tensors[i].shape.len() == self.tensors[e].shape.len())
+                    .is_some_and(|i| {
+                        // A 16-bit input lifts into the f32 field it widens to.
+                        self.tensors[i].dtype.scalar() == self.tensors[e].dtype.scalar()
+                            && self.tensors[i].shape.len() == self.tensors[e].shape.len()
+                    })
             });
         if !same {
             let d = Diagnostic::error(format!("aggregator `{}` has no lift", self.ast.name.name))

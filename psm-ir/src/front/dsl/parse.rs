@@ -333,7 +333,7 @@ fn rule_name(rule: &Rule) -> Option<&'static str> {
         Rule::decl_section | Rule::section_kw => "a section (`input`, `param`, `element`)",
         Rule::decl => "a declaration",
         Rule::shape => "a shape `[...]`",
-        Rule::dtype => "a type (`f32`, `f64`, `i32`)",
+        Rule::dtype => "a type (`f32`, `f64`, `i32`, `bf16`, `f16`)",
         Rule::size | Rule::size_term => "a size",
         Rule::identity => "`identity`",
         Rule::lift => "`lift`",
