@@ -6,7 +6,7 @@ row per form) beside the libraries' JSON lines of bench/gpu/baselines.py.
 Per psm row: device time, GB/s (psm's bytes: inputs, params and outputs, each once),
 the fraction of the copy bandwidth measured in the same run (torch copy_), the fastest
 library on the same problem and psm's speed against it (library time / psm time: > 1
-means psm is faster). A decode row (`push`) is per call: the run's time over its steps.
+means psm is faster). A decode row (`push`, `DeviceStream::push_resident`: no host copies) is per call: the run's time over its steps.
 
 Usage: table.py PSM_JSON BASELINE_JSONL...
 """
@@ -83,7 +83,7 @@ def main():
         best_text = f"{best['name']} ({best['seconds'] * 1e3:.3f} ms)" if best else "-"
         ratio = f"{best['seconds'] / seconds:.2f}" if best else "-"
         unit = f"{seconds * 1e6:.1f} us/call" if per_call else f"{seconds * 1e3:.3f} ms"
-        name = f"{r['operator']}" + (" (push, host copies)" if per_call else "")
+        name = f"{r['operator']}" + (" (resident push)" if per_call else "")
         print(f"{name:34} {r['form']:9} {str(r['shape']):22} {unit:>11} {gbs:7.0f} {frac:>7}  {best_text:44} {ratio:>7}")
     matched = [problem(r) for r in psm]
     alone = [l for l in libs if "seconds" in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched]
