@@ -173,8 +173,8 @@ fn block_kernels_for_matrix_valued_elements() {
     assert_eq!(
         with,
         [
-            "attn_agg", "deltanet", "gated_deltanet", "gla", "linear_attention", "mamba2", "mamba_s6", "matmul2x2",
-            "mlstm", "retnet", "rwkv6"
+            "attn_agg", "deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "mamba_s6",
+            "matmul2x2", "mlstm", "retnet", "rwkv6"
         ]
     );
     for name in library() {
