@@ -35,7 +35,7 @@ use psm_ir::ir::{Body, ReadoutKind, Role};
 
 use super::emit::{suffix, Class, Reg};
 use super::kernels::{combine_into, coordinates, entry_shape, lift_at, param_bases, readout_at, used, Frame, Generated};
-use super::lookback::{fresh, op, publish_record, record_bytes, set_from_words, take_tile, view, AGGREGATE, PREFIX};
+use super::lookback::{fresh, op, publish_record, read_record, record_bytes, set_from_words, take_tile, view, AGGREGATE, PREFIX};
 use super::lower::Ctx;
 use super::math::MathFn;
 use super::{Kernel, HAS_STATE, NO_STATE_OUT, REVERSE};
@@ -328,19 +328,9 @@ fn look_back_entry(f: &mut Frame<'_>, params: &[Option<Reg>], excl: &(Vec<Reg>, 
     e.ins(format!("mad.lo.s64 {addr}, {j}, {entries}, {entry}"));
     e.ins(format!("mad.lo.s64 {addr}, {addr}, {record}, {status}"));
     e.ins(format!("add.s64 {addr}, {addr}, 8"));
-    let slots: Vec<Reg> = (0..words).map(|_| e.reg(Class::B64)).collect();
-    let data: Vec<Reg> = (0..words).map(|_| e.reg(Class::B32)).collect();
-    let (flag, other, differs, waiting) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred));
     e.place(&spin);
-    for (k, slot) in slots.iter().enumerate() {
-        e.ins(format!("ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k));
-    }
-    e.ins(format!("mov.b64 {{{}, {flag}}}, {}", data[0], slots[0]));
-    for (d, slot) in data.iter().zip(&slots).skip(1) {
-        e.ins(format!("mov.b64 {{{d}, {other}}}, {slot}"));
-        e.ins(format!("setp.ne.u32 {differs}, {other}, {flag}"));
-        e.ins_c(format!("selp.u32 {flag}, 0, {flag}, {differs}"), "slots of two publications: not yet");
-    }
+    let (data, flag) = read_record(e, addr, words, None);
+    let waiting = e.reg(Class::Pred);
     e.ins(format!("setp.eq.u32 {waiting}, {flag}, 0"));
     e.ins(format!("@{waiting} bra {spin}"));
     let x = (fresh(f), f.l.e.reg(Class::Pred));

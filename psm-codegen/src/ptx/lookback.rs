@@ -63,7 +63,7 @@ use std::collections::BTreeSet;
 
 use psm_ir::ir::{Body, ReadoutKind, Role};
 
-use super::emit::{suffix, Class, Reg};
+use super::emit::{suffix, Class, Emitter, Reg};
 use super::kernels::{combine_into, lift_at, param_bases, readout_at, used, Frame, Generated};
 use super::lower::{Ctx, ElemView, Loc, Space};
 use super::channels::{CHANNEL_BLOCK, CHANNEL_CHUNK};
@@ -200,6 +200,32 @@ pub fn compile_lookback(
     let block_kernels = super::BlockKernels::absent("the look-back module has no block kernels");
     let module = PtxModule { text, layout: cx.layout.clone(), local_bytes: g.local_bytes, kernels: vec![g.sig], entries: None, block: block_kernels };
     Ok(Some(LookbackModule { module, items, tile, record, entries, block: block as u32 }))
+}
+
+/// Reads the `words` 8-byte slots of a status record at `addr` (each one word of the
+/// element beside the status, relaxed: no fence), where `guard` holds (else zeros):
+/// the element's words and the status, 0 (not yet) where two slots carry different
+/// statuses (the reader saw parts of two publications).
+pub(super) fn read_record(e: &mut Emitter, addr: Reg, words: usize, guard: Option<Reg>) -> (Vec<Reg>, Reg) {
+    let slots: Vec<Reg> = (0..words).map(|_| e.reg(Class::B64)).collect();
+    let data: Vec<Reg> = (0..words).map(|_| e.reg(Class::B32)).collect();
+    let (flag, other, differs) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::Pred));
+    for (k, slot) in slots.iter().enumerate() {
+        match guard {
+            Some(g) => {
+                e.ins(format!("mov.u64 {slot}, 0"));
+                e.ins(format!("@{g} ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k));
+            }
+            None => e.ins(format!("ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k)),
+        }
+    }
+    e.ins(format!("mov.b64 {{{}, {flag}}}, {}", data[0], slots[0]));
+    for (d, slot) in data.iter().zip(&slots).skip(1) {
+        e.ins(format!("mov.b64 {{{d}, {other}}}, {slot}"));
+        e.ins(format!("setp.ne.u32 {differs}, {other}, {flag}"));
+        e.ins_c(format!("selp.u32 {flag}, 0, {flag}, {differs}"), "slots of two publications: not yet");
+    }
+    (data, flag)
 }
 
 /// An element in registers (every field is rank 0).
@@ -905,20 +931,9 @@ fn look_back_loop(f: &mut Frame<'_>, params: &[Option<Reg>], lb: LookBack, excl:
     e.ins(format!("mad.lo.s64 {gi}, {s}, {tps}, {ti}"));
     e.ins(format!("mad.lo.s64 {addr}, {gi}, {record}, {status}"));
     e.ins(format!("add.s64 {addr}, {addr}, 8"));
-    let slots: Vec<Reg> = (0..words).map(|_| e.reg(Class::B64)).collect();
-    let data: Vec<Reg> = (0..words).map(|_| e.reg(Class::B32)).collect();
-    let (flag, other, differs, ready, all) = (e.reg(Class::B32), e.reg(Class::B32), e.reg(Class::Pred), e.reg(Class::Pred), e.reg(Class::Pred));
     e.place(&spin);
-    for (k, slot) in slots.iter().enumerate() {
-        e.ins(format!("mov.u64 {slot}, 0"));
-        e.ins(format!("@{in_seq} ld.relaxed.gpu.global.u64 {slot}, [{addr}+{}]", 8 * k));
-    }
-    e.ins(format!("mov.b64 {{{}, {flag}}}, {}", data[0], slots[0]));
-    for (d, slot) in data.iter().zip(&slots).skip(1) {
-        e.ins(format!("mov.b64 {{{d}, {other}}}, {slot}"));
-        e.ins(format!("setp.ne.u32 {differs}, {other}, {flag}"));
-        e.ins_c(format!("selp.u32 {flag}, 0, {flag}, {differs}"), "slots of two publications: not yet");
-    }
+    let (data, flag) = read_record(e, addr, words, Some(in_seq));
+    let (ready, all) = (e.reg(Class::Pred), e.reg(Class::Pred));
     e.ins(format!("setp.ne.u32 {ready}, {flag}, 0"));
     e.ins(format!("or.pred {ready}, {ready}, {not_in}"));
     e.ins(format!("vote.sync.all.pred {all}, {ready}, 0xffffffff"));
