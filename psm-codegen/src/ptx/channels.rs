@@ -34,11 +34,11 @@ use std::collections::BTreeSet;
 use psm_ir::ir::{Body, ReadoutKind, Role};
 
 use super::emit::{suffix, Class, Reg};
-use super::kernels::{combine_into, coordinates, entry_shape, lift_at, param_bases, readout_at, used, Frame, Generated};
-use super::lookback::{fresh, op, publish_record, read_record, record_bytes, set_from_words, take_tile, view, AGGREGATE, PREFIX};
+use super::kernels::{combine_into, coordinates, entry_shape, lift_at, readout_at, used, Frame, Generated};
+use super::lookback::{fresh, lookback_args, op, publish_record, read_record, record_bytes, set_from_words, take_tile, view, LookbackArgs, AGGREGATE, PREFIX};
 use super::lower::Ctx;
 use super::math::MathFn;
-use super::{Kernel, HAS_STATE, NO_STATE_OUT, REVERSE};
+use super::Kernel;
 use crate::layout::dtype_size;
 
 /// Steps per chunk of the per-entry look-back. diag_affine [B, T, D] = [8, 8192, 1024]
@@ -86,15 +86,7 @@ fn emit(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, shape: &[usize], entries: usi
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let mut f = Frame::new(cx, math, Kernel::Lookback, &bodies, 0);
-    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
-    let state_in = f.global("state_in");
-    let state_out = f.global("state_out");
-    let status = f.global("status");
-    let flags = f.param("flags");
-    let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
-    let rev = f.flag(flags, REVERSE, "REVERSE");
-    let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
-    let params = param_bases(&mut f, &bodies);
+    let LookbackArgs { nseq, steps, state_in, state_out, status, has0, rev, no_state, params } = lookback_args(&mut f, &bodies);
     let lift_mask = used(cx, &[&agg.lift], Role::Input);
     let readout_mask = used(cx, &[&agg.readout], Role::Input);
     let any: Vec<bool> = lift_mask.iter().zip(&readout_mask).map(|(a, b)| *a || *b).collect();

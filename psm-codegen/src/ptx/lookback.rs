@@ -202,6 +202,33 @@ pub fn compile_lookback(
     Ok(Some(LookbackModule { module, items, tile, record, entries, block: block as u32 }))
 }
 
+/// The look-back kernels' own arguments as the ABI orders them (`nseq`, `steps`,
+/// `state_in`, `state_out`, `status`, the flags they read) and the params' bases.
+pub(super) struct LookbackArgs {
+    pub nseq: Reg,
+    pub steps: Reg,
+    pub state_in: Reg,
+    pub state_out: Reg,
+    pub status: Reg,
+    pub has0: Reg,
+    pub rev: Reg,
+    pub no_state: Reg,
+    pub params: Vec<Option<Reg>>,
+}
+
+pub(super) fn lookback_args(f: &mut Frame<'_>, bodies: &[&Body]) -> LookbackArgs {
+    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
+    let state_in = f.global("state_in");
+    let state_out = f.global("state_out");
+    let status = f.global("status");
+    let flags = f.param("flags");
+    let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
+    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
+    let params = param_bases(f, bodies);
+    LookbackArgs { nseq, steps, state_in, state_out, status, has0, rev, no_state, params }
+}
+
 /// Reads the `words` 8-byte slots of a status record at `addr` (each one word of the
 /// element beside the status, relaxed: no fence), where `guard` holds (else zeros):
 /// the element's words and the status, 0 (not yet) where two slots carry different
@@ -454,15 +481,7 @@ fn kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, plan: &Plan) -> Generated {
     let tile_excl = shared(&mut f, "tile_excl", elem, 8);
     let tile_excl_valid = shared(&mut f, "tile_excl_valid", 4, 4);
 
-    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
-    let state_in = f.global("state_in");
-    let state_out = f.global("state_out");
-    let status = f.global("status");
-    let flags = f.param("flags");
-    let has0 = f.flag(flags, HAS_STATE, "HAS_STATE");
-    let rev = f.flag(flags, REVERSE, "REVERSE");
-    let no_state = f.flag(flags, NO_STATE_OUT, "NO_STATE_OUT");
-    let params = param_bases(&mut f, &bodies);
+    let LookbackArgs { nseq, steps, state_in, state_out, status, has0, rev, no_state, params } = lookback_args(&mut f, &bodies);
     let read = plan.inputs.iter().map(Option::is_some).collect::<Vec<_>>();
     let in_bases = f.bases(Role::Input, "in_", &read);
     let out_bases = f.bases(Role::Output, "out_", &vec![true; plan.outputs.len()]);
