@@ -60,6 +60,44 @@ fn zero_filled(n: usize) -> Vec<f32> {
     y
 }
 
+/// The data of the "passes" and "split" studies: three scalar scans over 2^20 steps and
+/// GLA (K = V = 64) over 4096.
+struct ScanData {
+    a: Vec<f32>,
+    x: Vec<f32>,
+    q: Vec<f32>,
+    alpha: Vec<f32>,
+}
+
+const SCAN_STEPS: usize = 1 << 20;
+const GLA_STEPS: usize = 4096;
+
+impl ScanData {
+    fn new(seed: u64) -> ScanData {
+        let mut rng = Rng::new(seed);
+        let (a, x) = (rng.vec(SCAN_STEPS, 0.5, 1.0), rng.vec(SCAN_STEPS, -1.0, 1.0));
+        let (q, alpha) = (rng.vec(GLA_STEPS * 64, -1.0, 1.0), rng.vec(GLA_STEPS * 64, 0.9, 1.0));
+        ScanData { a, x, q, alpha }
+    }
+
+    /// (label, operator, inputs, steps) per case.
+    fn cases(&self) -> Vec<(&'static str, Aggregator, Inputs<'_>, usize)> {
+        let (n, gn) = (SCAN_STEPS, GLA_STEPS);
+        let (a, x, q, al) = (&self.a, &self.x, &self.q, &self.alpha);
+        vec![
+            ("cumsum [2^20]", op("cumsum", &[]), Inputs::new(&[], n).input("v", x), n),
+            ("scalar_affine [2^20]", op("scalar_affine", &[]), Inputs::new(&[], n).input("a", a).input("b", x), n),
+            ("logcumsumexp [2^20]", op("logcumsumexp", &[]), Inputs::new(&[], n).input("v", x), n),
+            (
+                "gla K=V=64 [4096]",
+                op("gla", &[("K", 64), ("V", 64)]),
+                Inputs::new(&[], gn).input("q", q).input("k", q).input("v", q).input("alpha", al),
+                gn,
+            ),
+        ]
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let what = args.get(1).map_or("", String::as_str);
@@ -356,22 +394,8 @@ fn main() {
             // outputs, per step, at 1 thread: chunked with 2 chunks of T/2 runs no
             // aggregate (the head and the last chunk need none), with 4 chunks of T/4
             // it also runs the aggregates of the 2 middle chunks (T/2 steps).
-            let n = 1usize << 20;
-            let mut rng = Rng::new(13);
-            let (a, x) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
-            let (gk, gn) = (64usize, 4096usize);
-            let (q, al) = (rng.vec(gn * gk, -1.0, 1.0), rng.vec(gn * gk, 0.9, 1.0));
-            let cases: Vec<(&str, Aggregator, Inputs<'_>, usize)> = vec![
-                ("cumsum [2^20]", op("cumsum", &[]), Inputs::new(&[], n).input("v", &x), n),
-                ("scalar_affine [2^20]", op("scalar_affine", &[]), Inputs::new(&[], n).input("a", &a).input("b", &x), n),
-                ("logcumsumexp [2^20]", op("logcumsumexp", &[]), Inputs::new(&[], n).input("v", &x), n),
-                (
-                    "gla K=V=64 [4096]",
-                    op("gla", &[("K", 64), ("V", 64)]),
-                    Inputs::new(&[], gn).input("q", &q).input("k", &q).input("v", &q).input("alpha", &al),
-                    gn,
-                ),
-            ];
+            let data = ScanData::new(13);
+            let cases = data.cases();
             for (label, agg, inputs, steps) in &cases {
                 let time = |chunk: usize| {
                     let opts = RunOptions { form: Form::Chunked, chunk: Some(chunk), pool: Some(&one), ..Default::default() };
@@ -394,22 +418,8 @@ fn main() {
             // two chunks) against uniform chunks (the head one chunk), each against the
             // recurrent form at 1 thread; the rounds interleave so that load on the
             // machine hits every variant alike.
-            let n = 1usize << 20;
-            let mut rng = Rng::new(17);
-            let (a, x) = (rng.vec(n, 0.5, 1.0), rng.vec(n, -1.0, 1.0));
-            let (gk, gn) = (64usize, 4096usize);
-            let (q, al) = (rng.vec(gn * gk, -1.0, 1.0), rng.vec(gn * gk, 0.9, 1.0));
-            let cases: Vec<(&str, Aggregator, Inputs<'_>, usize)> = vec![
-                ("cumsum [2^20]", op("cumsum", &[]), Inputs::new(&[], n).input("v", &x), n),
-                ("scalar_affine [2^20]", op("scalar_affine", &[]), Inputs::new(&[], n).input("a", &a).input("b", &x), n),
-                ("logcumsumexp [2^20]", op("logcumsumexp", &[]), Inputs::new(&[], n).input("v", &x), n),
-                (
-                    "gla K=V=64 [4096]",
-                    op("gla", &[("K", 64), ("V", 64)]),
-                    Inputs::new(&[], gn).input("q", &q).input("k", &q).input("v", &q).input("alpha", &al),
-                    gn,
-                ),
-            ];
+            let data = ScanData::new(17);
+            let cases = data.cases();
             let short = Duration::from_millis(100);
             for (label, agg, inputs, steps) in &cases {
                 let variants: [(&str, Form, Option<usize>, &ThreadPool); 4] = [
