@@ -119,16 +119,19 @@ fn gla(c: &mut Criterion) {
     let mut g = c.benchmark_group("gla K=V=64");
     g.throughput(Throughput::Elements(t as u64));
     bench_psm(&mut g, BenchmarkId::new("psm recurrent", t), &agg, &inputs, Form::Recurrent, &pool(1));
+    // Step j's inputs, for the pushes.
+    let step = |j: usize| {
+        Inputs::new(&[], 1)
+            .input("q", &q[j * k..(j + 1) * k])
+            .input("k", &kk[j * k..(j + 1) * k])
+            .input("v", &vv[j * v..(j + 1) * v])
+            .input("alpha", &alpha[j * k..(j + 1) * k])
+    };
     g.bench_function(BenchmarkId::new("psm push per step", t), |b| {
         b.iter(|| {
             let mut s = agg.stream(&[]).open().expect("opens");
             for j in 0..t {
-                let step = Inputs::new(&[], 1)
-                    .input("q", &q[j * k..(j + 1) * k])
-                    .input("k", &kk[j * k..(j + 1) * k])
-                    .input("v", &vv[j * v..(j + 1) * v])
-                    .input("alpha", &alpha[j * k..(j + 1) * k]);
-                black_box(s.push(&step).expect("pushes"));
+                black_box(s.push(&step(j)).expect("pushes"));
             }
         })
     });
@@ -137,12 +140,7 @@ fn gla(c: &mut Criterion) {
         b.iter(|| {
             let mut s = agg.stream(&[]).open().expect("opens");
             for j in 0..t {
-                let step = Inputs::new(&[], 1)
-                    .input("q", &q[j * k..(j + 1) * k])
-                    .input("k", &kk[j * k..(j + 1) * k])
-                    .input("v", &vv[j * v..(j + 1) * v])
-                    .input("alpha", &alpha[j * k..(j + 1) * k]);
-                black_box(s.push_into(&step, &mut OutputsMut::new().output("o", &mut o[j * v..(j + 1) * v])).expect("pushes"));
+                black_box(s.push_into(&step(j), &mut OutputsMut::new().output("o", &mut o[j * v..(j + 1) * v])).expect("pushes"));
             }
         })
     });
