@@ -448,6 +448,24 @@ impl Writer {
         self.e.ins("bar.sync 0");
     }
 
+    /// ⌈steps / CHUNK⌉, in 64 bits.
+    fn chunk_count(&mut self, steps: Reg) -> Reg {
+        let nchunks = self.e.reg(Class::B64);
+        self.e.ins(format!("add.u64 {nchunks}, {steps}, {}", CHUNK - 1));
+        self.e.ins(format!("div.u64 {nchunks}, {nchunks}, {CHUNK}"));
+        nchunks
+    }
+
+    /// The row index (64 bits) of `states[seq, chunk]`'s first key: the state buffer
+    /// holds `nchunks + 1` matrices of `keys` rows per sequence.
+    fn state_matrix(&mut self, g: &Geometry, seq: Reg, nchunks: Reg, chunk: Reg) -> Reg {
+        let matrix = self.e.reg(Class::B64);
+        self.e.ins(format!("mad.lo.u64 {matrix}, {seq}, {nchunks}, {seq}"));
+        self.e.ins(format!("add.u64 {matrix}, {matrix}, {chunk}"));
+        self.e.ins(format!("mul.lo.u64 {matrix}, {matrix}, {}", g.keys));
+        matrix
+    }
+
     /// Λ at step `t` (a register index) from `lam`.
     fn lam_at(&mut self, lam: Reg, t: Reg) -> Reg {
         let a = self.e.reg(Class::B32);
@@ -632,9 +650,7 @@ fn states_kernel(g: &Geometry) -> String {
     let kt = w.shared("kt", g.kp * g.step_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
     let (raw, lam) = if g.decayed() { (Some(w.shared("raw", CHUNK * 4)), Some(w.shared("lam", CHUNK * 4))) } else { (None, None) };
-    let nchunks = w.e.reg(Class::B64);
-    w.e.ins(format!("add.u64 {nchunks}, {steps}, {}", CHUNK - 1));
-    w.e.ins(format!("div.u64 {nchunks}, {nchunks}, {CHUNK}"));
+    let nchunks = w.chunk_count(steps);
     // This warp's 16 keys, and the entry index of sequence seq's first state matrix.
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
@@ -669,11 +685,8 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.place(&top);
     let c64 = w.e.reg(Class::B64);
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-    let matrix = w.e.reg(Class::B64);
     w.e.comment("states[seq, chunk] = S entering the chunk");
-    w.e.ins(format!("mad.lo.u64 {matrix}, {s64}, {nchunks}, {s64}"));
-    w.e.ins(format!("add.u64 {matrix}, {matrix}, {c64}"));
-    w.e.ins(format!("mul.lo.u64 {matrix}, {matrix}, {}", g.keys));
+    let matrix = w.state_matrix(g, s64, nchunks, c64);
     tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, true);
     let end = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
@@ -758,17 +771,12 @@ fn outputs_kernel(g: &Geometry) -> String {
     stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, "stage_k");
     stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
     {
-        let nchunks = w.e.reg(Class::B64);
-        w.e.ins(format!("add.u64 {nchunks}, {steps}, {}", CHUNK - 1));
-        w.e.ins(format!("div.u64 {nchunks}, {nchunks}, {CHUNK}"));
+        let nchunks = w.chunk_count(steps);
         let s64 = w.e.reg(Class::B64);
         let c64 = w.e.reg(Class::B64);
         w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
         w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-        let matrix = w.e.reg(Class::B64);
-        w.e.ins(format!("mad.lo.u64 {matrix}, {s64}, {nchunks}, {s64}"));
-        w.e.ins(format!("add.u64 {matrix}, {matrix}, {c64}"));
-        w.e.ins(format!("mul.lo.u64 {matrix}, {matrix}, {}", g.keys));
+        let matrix = w.state_matrix(g, s64, nchunks, c64);
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
         let lanes = if g.values % 4 == 0 { 4 } else { 1 };
