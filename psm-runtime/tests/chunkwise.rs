@@ -141,19 +141,23 @@ fn every_operator_it_applies_to_matches_the_interpreter() {
     println!("{report}");
 }
 
+/// A GLA-like operator with a per-key gate `GATE` (an expression of `x.w[i]`, replaced
+/// by each test).
+const DIAGONAL: &str = "aggregator g<K = 4, V = 3> {
+    input { q[K], k[K], v[V], w[K] }
+    element { a[K], s[K, V] }
+    identity { a[i] = 1.0; s[i, j] = 0.0; }
+    lift(x) { a[i] = GATE; s[i, j] = x.k[i] * x.v[j]; }
+    combine(l, r) { a[i] = l.a[i] * r.a[i]; s[i, j] = r.a[i] * l.s[i, j] + r.s[i, j]; }
+    readout inclusive(st, x) -> o[V] { o[j] = sum(i) st.s[i, j] * x.q[i]; }
+}";
+
 /// Gates strong enough that the cumulative log decay of a chunk leaves the factored
 /// range (|Λ| > 60): those chunks take the pair-by-pair path, and still match.
 #[test]
 fn strong_decays_take_the_log_space_path() {
-    let src = "aggregator g<K = 4, V = 3> {
-        input { q[K], k[K], v[V], w[K] }
-        element { a[K], s[K, V] }
-        identity { a[i] = 1.0; s[i, j] = 0.0; }
-        lift(x) { a[i] = exp(-8.0 * x.w[i] * x.w[i]); s[i, j] = x.k[i] * x.v[j]; }
-        combine(l, r) { a[i] = l.a[i] * r.a[i]; s[i, j] = r.a[i] * l.s[i, j] + r.s[i, j]; }
-        readout inclusive(st, x) -> o[V] { o[j] = sum(i) st.s[i, j] * x.q[i]; }
-    }";
-    let agg = inline(src, "g").with_backend(Backend::Cpu);
+    let src = DIAGONAL.replace("GATE", "exp(-8.0 * x.w[i] * x.w[i])");
+    let agg = inline(&src, "g").with_backend(Backend::Cpu);
     let batch = Batch::new(&agg, 2, 100, 3);
     // w in (-1, 1): log decays down to −8 a step, 16 steps reach far past −60.
     check(&agg, &batch, 100, 16);
@@ -162,7 +166,7 @@ fn strong_decays_take_the_log_space_path() {
     // same with either sign (the sign of the product kept apart from its log); and in
     // (−1, 1), mostly factored with products of either sign.
     for gate in ["0.001 * (1.0 + x.w[i] * x.w[i])", "0.002 * x.w[i]", "x.w[i]"] {
-        let by_value = src.replace("exp(-8.0 * x.w[i] * x.w[i])", gate);
+        let by_value = DIAGONAL.replace("GATE", gate);
         let agg = inline(&by_value, "g").with_backend(Backend::Cpu);
         assert!(agg.chunkwise().unwrap().to_string().contains("Diag(cw_decay_a)"));
         check(&agg, &Batch::new(&agg, 2, 100, 4), 100, 16);
@@ -310,14 +314,6 @@ fn set_steps(agg: &Aggregator, data: &mut Batch, field: &str, steps: &[usize], v
 /// scalar, diagonal and gated delta-rule decays.
 #[test]
 fn decays_of_exactly_zero_reset_the_state() {
-    let diagonal = "aggregator g<K = 4, V = 3> {
-        input { q[K], k[K], v[V], w[K] }
-        element { a[K], s[K, V] }
-        identity { a[i] = 1.0; s[i, j] = 0.0; }
-        lift(x) { a[i] = GATE; s[i, j] = x.k[i] * x.v[j]; }
-        combine(l, r) { a[i] = l.a[i] * r.a[i]; s[i, j] = r.a[i] * l.s[i, j] + r.s[i, j]; }
-        readout inclusive(st, x) -> o[V] { o[j] = sum(i) st.s[i, j] * x.q[i]; }
-    }";
     let scalar = "aggregator g<K = 4, V = 3> {
         input { q[K], k[K], v[V], w }
         element { a, s[K, V] }
@@ -330,8 +326,8 @@ fn decays_of_exactly_zero_reset_the_state() {
     let zeros = [0, 5, 6, 17, 31, 32];
     // (source, gate, value of w that makes the gate 0)
     let cases = [
-        (diagonal, "x.w[i]", 0.0),
-        (diagonal, "exp(x.w[i])", f64::NEG_INFINITY),
+        (DIAGONAL, "x.w[i]", 0.0),
+        (DIAGONAL, "exp(x.w[i])", f64::NEG_INFINITY),
         (scalar, "x.w", 0.0),
         (scalar, "exp(x.w)", f64::NEG_INFINITY),
     ];
