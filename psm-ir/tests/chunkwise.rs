@@ -3,23 +3,11 @@
 //! contractions, and the feature and readout maps in the psm language) and, for every
 //! other operator, the reason it does not.
 
-use std::path::PathBuf;
-
 use psm_ir::derive::chunkwise::chunkwise;
+use psm_testgen::library;
 
 /// Operators whose IR has the shape; every other library operator must be refused.
 const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
-
-fn library() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "psm"))
-        .collect();
-    files.sort();
-    files.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap())).collect()
-}
 
 #[test]
 fn library_plans_and_reasons() {

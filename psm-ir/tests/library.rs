@@ -1,13 +1,6 @@
 //! Every operator of the bundled library parses and validates at its default dims.
 
-use std::path::PathBuf;
-
-fn library() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "psm")).collect();
-    files.sort();
-    files.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap())).collect()
-}
+use psm_testgen::library;
 
 #[test]
 fn every_library_file_validates() {

@@ -7,7 +7,6 @@
 //! (nightly) is not available: `PSM_SOAK=1000000 cargo test --release -p psm-ir
 //! --test never_panics soak -- --ignored --nocapture`.
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -17,23 +16,10 @@ use psm_ir::diag::render;
 use psm_ir::front::dsl::parse;
 use psm_ir::valid::{validate, DimOverride};
 use psm_ir::Diagnostic;
+use psm_testgen::library;
 
 /// The longest one parse + validate may take before it counts as a hang.
 const HANG: Duration = Duration::from_secs(20);
-
-fn library() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "psm"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
-        .collect()
-}
 
 /// Every label of every diagnostic lies inside the source, on character boundaries.
 fn check_spans(diags: &[Diagnostic], src: &str) -> Result<(), String> {
