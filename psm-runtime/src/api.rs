@@ -205,7 +205,7 @@ impl Aggregator {
     /// This aggregator compiled to PTX and loaded on a CUDA device: runs with the same
     /// inputs, options and outputs as [`Aggregator::run`].
     pub fn cuda(&self, device: &crate::cuda::Device) -> Result<crate::cuda::CudaExecutor, RunError> {
-        crate::cuda::CudaExecutor::new(self.ir(), self.info(), self.signature(), device)
+        crate::cuda::CudaExecutor::of_aggregator(self, device)
     }
 
     /// The chunkwise form psm-ir derives for this operator at these dims, or
@@ -215,7 +215,7 @@ impl Aggregator {
     }
 
     /// The derived form with its feature and readout maps compiled (once).
-    fn chunkwise_program(&self) -> Result<&crate::chunkwise::ChunkwiseProgram, RunError> {
+    pub(crate) fn chunkwise_program(&self) -> Result<&crate::chunkwise::ChunkwiseProgram, RunError> {
         self.chunkwise
             .get_or_init(|| crate::chunkwise::ChunkwiseProgram::new(self).map(Arc::new))
             .as_ref()
@@ -245,7 +245,7 @@ impl Aggregator {
     /// ```
     pub fn run(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
         if opts.form == Form::Chunkwise {
-            return crate::chunkwise::run(self.chunkwise_program()?, inputs, opts);
+            return crate::chunkwise::run(self.chunkwise_program()?, inputs, opts, crate::chunkwise::Engine::Cpu);
         }
         self.executor()?.run(inputs, opts)
     }

@@ -49,6 +49,48 @@ pub const MAX_CHUNK: usize = 4096;
 /// factored into row and column scalings: e^±60 ≈ 1.1e±26 is far from f32's limits.
 pub const FACTOR_LIMIT: f32 = 60.0;
 
+/// Where the form runs: the derived maps and the chunk computation on the CPU, or on a
+/// CUDA device (the maps through the CUDA executor, the chunks on tensor cores:
+/// `cuda::chunkwise`).
+#[derive(Clone, Copy)]
+pub(crate) enum Engine<'a> {
+    Cpu,
+    Cuda(&'a crate::cuda::CudaExecutor),
+}
+
+impl Engine<'_> {
+    /// Runs a derived map aggregator on this engine.
+    fn run_map(self, map: &Aggregator, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
+        match self {
+            Engine::Cpu => map.run(inputs, &map_options(opts)),
+            Engine::Cuda(exec) => map.cuda(exec.device())?.run(inputs, &map_options(opts)),
+        }
+    }
+}
+
+/// What the CUDA chunkwise kernels do not do yet, refused before any work.
+fn check_cuda_options(opts: &RunOptions<'_>) -> Result<(), RunError> {
+    let refuse = |option: &'static str, what: &str| Err(RunError::InvalidOption { option, message: format!("the chunkwise form on CUDA does not {what} yet; use the CPU backend") });
+    if opts.reverse {
+        return refuse("reverse", "scan in reverse");
+    }
+    if opts.initial_state.is_some() {
+        return refuse("initial_state", "take an initial state");
+    }
+    if opts.final_state {
+        return refuse("final_state", "return the final state");
+    }
+    if opts.prefill {
+        return refuse("prefill", "hand off to a stream");
+    }
+    match opts.chunk {
+        Some(c) if c != psm_codegen::ptx::chunkwise::CHUNK => {
+            refuse("chunk", &format!("take chunks other than {} steps", psm_codegen::ptx::chunkwise::CHUNK))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The derived form of one aggregator with its two derived aggregators compiled.
 pub(crate) struct ChunkwiseProgram {
     plan: Chunkwise,
@@ -146,9 +188,15 @@ type SeqSlices<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
 
 /// Checks the options and the user's data, runs the feature map and the chunk
 /// computation.
-fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Computed, RunError> {
+fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Computed, RunError> {
     let operator = cw.operator.executor()?;
     check_options(operator, opts)?;
+    if let Engine::Cuda(_) = engine {
+        check_cuda_options(opts)?;
+        if let Some(why) = crate::cuda::chunkwise::unsupported(&cw.plan) {
+            return Err(RunError::InvalidOption { option: "form", message: why });
+        }
+    }
     operator.bind(inputs)?;
     let plan = &cw.plan;
     let sig = operator.signature();
@@ -163,7 +211,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) ->
     };
     // The initial state, checked and in element order.
     let initial = opts.initial_state.map(|s| operator.bind_state(s, &inputs.batch).map(|w| operator.state_of(&inputs.batch, &w))).transpose()?;
-    let features = cw.features.as_ref().map(|f| f.run(inputs, &map_options(opts))).transpose()?;
+    let features = cw.features.as_ref().map(|f| engine.run_map(f, inputs, opts)).transpose()?;
     let feature = |name: &str| -> &[f32] {
         let given = plan.inputs.iter().find(|(f, _)| f == name).and_then(|(_, input)| inputs.inputs.iter().find(|(n, _)| n == input));
         match given {
@@ -174,6 +222,10 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) ->
     };
     let steps = inputs.steps;
     let nseq = inputs.batch.iter().product::<usize>();
+    if let Engine::Cuda(exec) = engine {
+        let contractions = crate::cuda::chunkwise::contract(exec.device(), exec.arch(), plan, feature, nseq, steps)?;
+        return Ok(Computed { contractions, final_state: None });
+    }
     // A chunk longer than the sequence needs no more scratch than the sequence.
     let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK).min(steps.max(1));
     let gated = |channels, gate: &Gate| {
@@ -301,8 +353,8 @@ fn summary(cw: &ChunkwiseProgram, summary: &mut RunSummary, inputs: &Inputs<'_>,
     Ok(())
 }
 
-pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Result<Outputs, RunError> {
-    let Computed { contractions, final_state } = compute(cw, inputs, opts)?;
+pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Outputs, RunError> {
+    let Computed { contractions, final_state } = compute(cw, inputs, opts, engine)?;
     let mut out = match &cw.plan.direct {
         // The readout map would copy the contractions: they are the outputs.
         Some(direct) => {
@@ -325,9 +377,12 @@ pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<
             let summary = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
             Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary }
         }
-        None => cw.readout.run(&readout_inputs(cw, inputs, &contractions), &map_options(opts))?,
+        None => engine.run_map(&cw.readout, &readout_inputs(cw, inputs, &contractions), opts)?,
     };
     summary(cw, &mut out.summary, inputs, opts, final_state)?;
+    if let Engine::Cuda(_) = engine {
+        out.summary.chunk = Some(psm_codegen::ptx::chunkwise::CHUNK);
+    }
     Ok(out)
 }
 
@@ -338,7 +393,7 @@ pub(crate) fn run_into(
     outputs: &mut OutputsMut<'_>,
     opts: &RunOptions<'_>,
 ) -> Result<RunSummary, RunError> {
-    let Computed { contractions, final_state } = compute(cw, inputs, opts)?;
+    let Computed { contractions, final_state } = compute(cw, inputs, opts, Engine::Cpu)?;
     let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
     summary(cw, &mut s, inputs, opts, final_state)?;
     Ok(s)

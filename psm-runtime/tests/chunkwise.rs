@@ -24,15 +24,6 @@ const LENGTHS: [usize; 11] = [0, 1, 2, 3, CHUNK - 1, CHUNK, CHUNK + 1, 16, 3 * C
 const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
 const TOL: f64 = 1e-4;
 
-fn norm_error(found: &[f64], reference: &[f64]) -> f64 {
-    let diff: f64 = found.iter().zip(reference).map(|(a, b)| (a - b) * (a - b)).sum();
-    let size: f64 = reference.iter().map(|b| b * b).sum();
-    if size == 0.0 {
-        diff.sqrt()
-    } else {
-        (diff / size).sqrt()
-    }
-}
 
 fn chunkwise(chunk: usize) -> RunOptions<'static> {
     RunOptions { form: Form::Chunkwise, chunk: Some(chunk), ..Default::default() }

@@ -267,19 +267,29 @@ impl Device {
     /// memory per block (above 48 KiB only for a function prepared by
     /// [`Function::allow_shared`]).
     pub(crate) fn launch_shared(&self, f: &Function, blocks: u64, block: u32, shared: u32, args: &Args) -> Result<(), RunError> {
-        if blocks == 0 {
-            return Ok(());
-        }
         // The grid's x dimension holds at most 2^31 − 1 blocks.
         let grid = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| RunError::TooLarge {
             what: format!("a launch of {blocks} blocks of `{}`", f.name),
         })?;
+        self.launch_grid(f, (grid, 1, 1), block, shared, args)
+    }
+
+    /// Launches `f` on a 3-D `grid` of blocks of `block` threads with `shared` bytes of
+    /// dynamic shared memory; nothing for an empty grid. The y and z dimensions hold at
+    /// most 65535 blocks.
+    pub(crate) fn launch_grid(&self, f: &Function, grid: (u32, u32, u32), block: u32, shared: u32, args: &Args) -> Result<(), RunError> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        if grid.1 > 65535 || grid.2 > 65535 {
+            return Err(RunError::TooLarge { what: format!("a launch of {grid:?} blocks of `{}`", f.name) });
+        }
         let mut params: Vec<*mut c_void> = args.values.iter().map(|v| v.as_ptr() as *mut c_void).collect();
         // SAFETY: `params` holds one pointer per kernel parameter, each to 8 bytes that
         // hold the value in its leading bytes (Args); the kernel only dereferences
         // device pointers its caller made valid for the threads launched.
         unsafe {
-            cudarc::driver::result::launch_kernel(f.raw, (grid, 1, 1), (block, 1, 1), shared, self.cu_stream(), &mut params)
+            cudarc::driver::result::launch_kernel(f.raw, grid, (block, 1, 1), shared, self.cu_stream(), &mut params)
                 .map_err(|e| driver_error(&format!("the launch of `{}`", f.name), e))
         }
     }

@@ -37,6 +37,9 @@ struct Inner {
     /// entries scan independently (loaded on first use, so that a run of the generic
     /// kernels never depends on it).
     lookback: Option<Lookback>,
+    /// The aggregator this executor was made from (`Aggregator::cuda`): its derived
+    /// chunkwise form, when it has one.
+    source: Option<crate::api::Aggregator>,
 }
 
 impl std::fmt::Debug for CudaExecutor {
@@ -68,7 +71,10 @@ pub(crate) fn upload_fields(device: &Device, slot: Slot, specs: &[crate::forms::
 
 /// The chunkwise form asked of the CUDA backend.
 fn no_chunkwise() -> RunError {
-    RunError::InvalidOption { option: "form", message: "the CUDA backend has no chunkwise form yet; it runs on the CPU backend".into() }
+    RunError::InvalidOption {
+        option: "form",
+        message: "the chunkwise form runs on the CUDA backend through `run` of an executor made by `Aggregator::cuda`, without resident timing yet".into(),
+    }
 }
 
 /// The given tensors of `slot` in declaration order, after the host executor's checks
@@ -108,7 +114,19 @@ impl CudaExecutor {
             .map_err(|e| RunError::Codegen { aggregator: agg.name.clone(), message: e.to_string() })?
             .map(|m| Lookback::new(&agg.name, m, counts));
         let host = Executor::new(sig, Arc::new(InterpKernels::new(agg, info)));
-        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback }) })
+        Ok(CudaExecutor { inner: Arc::new(Inner { host, device: device.clone(), ptx, kernels, lookback, source: None }) })
+    }
+
+    /// The executor of an API aggregator, which can also run its chunkwise form.
+    pub(crate) fn of_aggregator(agg: &crate::api::Aggregator, device: &Device) -> Result<CudaExecutor, RunError> {
+        let mut exec = CudaExecutor::new(agg.ir(), agg.info(), agg.signature(), device)?;
+        Arc::get_mut(&mut exec.inner).expect("a new executor is not shared").source = Some(agg.clone());
+        Ok(exec)
+    }
+
+    /// The compute capability × 10 the generated PTX targets.
+    pub(crate) fn arch(&self) -> u32 {
+        ptx_options(&self.inner.device).arch
     }
 
     pub fn signature(&self) -> &Signature {
@@ -162,6 +180,12 @@ impl CudaExecutor {
 
     /// [`run`](Self::run) with the kernels chosen by `kernel`.
     pub fn run_with(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>, kernel: CudaKernel) -> Result<Outputs, RunError> {
+        if let (Form::Chunkwise, Some(agg)) = (opts.form, &self.inner.source) {
+            if kernel != CudaKernel::Auto {
+                return Err(RunError::InvalidOption { option: "kernel", message: "the chunkwise form runs its own kernels; leave the kernel to auto".into() });
+            }
+            return crate::chunkwise::run(agg.chunkwise_program()?, inputs, opts, crate::chunkwise::Engine::Cuda(self));
+        }
         let p = self.prepare(inputs, opts, kernel)?;
         let output_bufs = self.alloc_outputs(p.nseq, p.steps)?;
         let launcher = self.planned_launcher(&p, &output_bufs);

@@ -27,6 +27,7 @@
 
 pub mod device;
 pub mod exec;
+pub(crate) mod chunkwise;
 mod forms;
 mod launch;
 pub mod select;

@@ -224,6 +224,18 @@ pub fn close(what: &str, found: &[f64], reference: &[f64], width: usize, exact: 
 #[allow(unused_imports)]
 pub use psm_runtime::accuracy::{conditioned_tolerance, tolerance, worst_error};
 
+/// The norm-wise relative error ‖found − reference‖ / ‖reference‖ (the absolute norm
+/// for a zero reference).
+pub fn norm_error(found: &[f64], reference: &[f64]) -> f64 {
+    let diff: f64 = found.iter().zip(reference).map(|(a, b)| (a - b) * (a - b)).sum();
+    let size: f64 = reference.iter().map(|b| b * b).sum();
+    if size == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / size).sqrt()
+    }
+}
+
 /// A final state p_n against the reference, with the scale of forms.rs: the largest
 /// |entry| of that field over the reference prefixes p_1..p_n.
 pub fn close_state(what: &str, found: &[f64], prefixes: &[Option<Vec<Vec<f64>>>], k: usize, exact: bool, tol: f64) {

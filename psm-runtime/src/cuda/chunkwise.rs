@@ -1,0 +1,83 @@
+//! The chunkwise form's chunk computation on a CUDA device: psm-codegen's tensor-core
+//! kernels (`ptx::chunkwise`) for state fields with no decay or a scalar decay, one
+//! module per field shape. The derived feature and readout maps run through the CUDA
+//! executor like any aggregator (crate::chunkwise drives the whole form).
+//!
+//! Per state field: `psm_cw_states` writes the state entering every chunk (and the
+//! final one), then `psm_cw_outputs` each contraction that reads the field. Chunks
+//! are psm-codegen's [`CHUNK`] steps; the operands are bf16 on the tensor cores, the
+//! state and the sums f32.
+
+use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
+
+use super::device::{Args, Device, DeviceBuffer};
+use crate::error::RunError;
+
+/// Why a plan's field has no CUDA kernel yet, or `None` when every field has one.
+pub(crate) fn unsupported(plan: &Chunkwise) -> Option<String> {
+    plan.fields.iter().find_map(|f| match f.decay {
+        Decay::None | Decay::Scalar { .. } => None,
+        Decay::Diagonal { .. } => Some(format!("state field `{}` decays per key (diagonal): the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
+        Decay::DeltaRule { .. } => Some(format!("state field `{}` follows the delta rule: the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
+    })
+}
+
+fn upload(device: &Device, what: &str, data: &[f32]) -> Result<DeviceBuffer, RunError> {
+    // SAFETY: f32 values viewed as their bytes: same memory, alignment 1.
+    let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
+    device.upload(what, bytes)
+}
+
+/// The contractions of `plan`, `[contraction][sequence × steps × values]`, from the
+/// per-step features (`feature(name)`: `[sequence × steps × len]` f32).
+pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature: impl Fn(&str) -> &'f [f32], nseq: usize, steps: usize) -> Result<Vec<Vec<f32>>, RunError> {
+    if let Some(why) = unsupported(plan) {
+        return Err(RunError::InvalidOption { option: "form", message: why });
+    }
+    let too_large = |what: String| RunError::TooLarge { what };
+    let nchunks = steps.div_ceil(CHUNK);
+    let dim = |n: usize, what: &str| u32::try_from(n).map_err(|_| too_large(format!("{what} {n} of the chunkwise kernels' grid")));
+    let mut contractions: Vec<Vec<f32>> = plan.contractions.iter().map(|c| vec![0.0; nseq * steps * plan.fields[c.field].values]).collect();
+    if nseq == 0 || steps == 0 {
+        return Ok(contractions);
+    }
+    device.bind()?;
+    for (fi, field) in plan.fields.iter().enumerate() {
+        let (decay, gate) = match &field.decay {
+            Decay::Scalar { gate: Gate::Log(g) } => (ChunkDecay::Log, Some(g)),
+            Decay::Scalar { gate: Gate::Value(g) } => (ChunkDecay::Value, Some(g)),
+            _ => (ChunkDecay::None, None),
+        };
+        let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
+        let m = compile_chunkwise(shape, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
+        let module = device.module(&plan.aggregator, &m.text)?;
+        let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
+        let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
+        let v = upload(device, &format!("the values `{}`", field.value), feature(&field.value))?;
+        let g = match gate {
+            Some(name) => upload(device, &format!("the decays `{name}`"), feature(name))?,
+            None => device.alloc("an unread decay", 8, true)?,
+        };
+        let matrices = nseq.checked_mul(nchunks + 1).and_then(|n| n.checked_mul(field.keys * field.values * 4));
+        let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
+        let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
+        let mut args = Args::new();
+        args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
+        device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
+        for (c, out) in plan.contractions.iter().zip(&mut contractions) {
+            if c.field != fi {
+                continue;
+            }
+            let q = upload(device, &format!("the queries `{}`", c.query), feature(&c.query))?;
+            let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
+            let mut args = Args::new();
+            args.ptr(&q).ptr(&k).ptr(&v).ptr(&g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
+            device.launch_grid(&outputs_fn, (vtiles, dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
+            // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
+            device.copy_to_host(&o, 0, bytes)?;
+        }
+    }
+    Ok(contractions)
+}
