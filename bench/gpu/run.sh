@@ -15,7 +15,8 @@
 # accelerated-scan and fla-core come as wheels: with .whl/*.whl present, `run` installs them into
 # /tmp/site first (the GPU machine has no network). SKIP_TESTS=1 skips the GPU tests
 # (the whole run then fits one 10-minute device call more easily); FLA=1 adds issue 6's
-# flash-linear-attention rows. Exit status: 1 when
+# flash-linear-attention rows and its correctness check (bench/gpu/fla_check.py). The
+# wheels are git-ignored: a device call must carry .whl beside DIR. Exit status: 1 when
 # a GPU test or a psm row failed, else 0.
 set -u
 mode="${1:-}"
@@ -73,6 +74,9 @@ run)
     : > "$logs/fla.jsonl"
     if [ -n "${FLA:-}" ]; then
         timeout 240 python3 bench/gpu/baselines.py fla > "$logs/fla.jsonl" 2> "$logs/fla.err"
+        # Correctness against fla's naive references and float64 (bench/gpu/fla_check.py).
+        timeout 240 python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1
+        tail -20 "$logs/fla_check.txt"
     fi
     wc -l "$logs/torch.jsonl" "$logs/jax.jsonl" "$logs/fla.jsonl"
 
