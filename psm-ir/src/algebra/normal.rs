@@ -21,7 +21,7 @@ type Monomial = Vec<(Atom, u32)>;
 
 /// Expansions larger than this are left to the randomized procedure.
 const MAX_TERMS: usize = 4096;
-/// Most monomial products formed for one law.
+/// Most work for one law: monomial products formed and terms copied or added.
 const BUDGET: u64 = 4_000_000;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +56,19 @@ fn single(m: Monomial, c: Rational) -> Poly {
 }
 
 impl PolyDomain {
+    /// Counts `n` units of work against [`BUDGET`].
+    fn charge(&mut self, n: usize) -> Result<(), Stop> {
+        self.work += n as u64;
+        if self.work > BUDGET {
+            return Err(Stop);
+        }
+        Ok(())
+    }
+
     fn add(&mut self, a: &BTreeMap<Monomial, Rational>, b: &BTreeMap<Monomial, Rational>, sign: i128) -> Result<Poly, Stop> {
+        // The copy of `a` is work too: a long sum built term by term copies its growing
+        // partial sums (quadratic in its length).
+        self.charge(a.len() + b.len())?;
         let mut out = a.clone();
         for (m, c) in b {
             let c = c.checked_mul(Rational::int(sign)).ok_or(Stop)?;
@@ -66,15 +78,14 @@ impl PolyDomain {
                 out.remove(m);
             }
         }
-        self.work += b.len() as u64;
+        if out.len() > MAX_TERMS {
+            return Err(Stop);
+        }
         Ok(Poly::Sum(out))
     }
 
     fn mul(&mut self, a: &BTreeMap<Monomial, Rational>, b: &BTreeMap<Monomial, Rational>) -> Result<Poly, Stop> {
-        self.work += (a.len() * b.len()) as u64;
-        if self.work > BUDGET {
-            return Err(Stop);
-        }
+        self.charge(a.len() * b.len())?;
         let mut out: BTreeMap<Monomial, Rational> = BTreeMap::new();
         for (ma, ca) in a {
             for (mb, cb) in b {
@@ -262,4 +273,28 @@ pub(super) fn check(agg: &Aggregator, info: &Info, law: Law) -> Option<Verdict> 
         ),
         counterexample: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sum built term by term (as `sum(p)` evaluates) is charged for copying its
+    /// partial sums, so a long one stops at the budget instead of running for seconds.
+    #[test]
+    fn sums_are_charged_for_their_copies() {
+        let mut d = PolyDomain { work: 0, poison: false };
+        let term = |atom: Atom| BTreeMap::from([(vec![(atom, 1)], Rational::int(1))]);
+        let mut sum = BTreeMap::new();
+        let n = 1000;
+        for atom in 0..n {
+            match d.add(&sum, &term(atom), 1) {
+                Ok(Poly::Sum(s)) => sum = s,
+                _ => panic!("a sum of {n} monomials is within the budget and MAX_TERMS"),
+            }
+        }
+        assert_eq!(sum.len(), n as usize);
+        let copies = u64::from(n) * u64::from(n - 1) / 2;
+        assert!(d.work >= copies, "work {} < the {copies} terms copied", d.work);
+    }
 }
