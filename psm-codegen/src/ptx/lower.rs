@@ -845,9 +845,21 @@ impl<'a> Lowerer<'a> {
         self.e.ins(format!("selp.{t} {r}, {qnan}, {r}, {nan}"));
     }
 
-    /// A call of a math device function; the f32 functions run the f64 one on the
-    /// exactly widened argument and round its result once.
+    /// A call of a math device function: f32 `exp` and `log` call their f32 routines,
+    /// the other f32 functions run the f64 one on the exactly widened argument and
+    /// round its result once.
     fn math_call(&mut self, m: MathFn, ty: Scalar, args: &[Reg]) -> Reg {
+        let single = match (m, ty) {
+            (MathFn::Exp, Scalar::F32) => Some(MathFn::ExpF32),
+            (MathFn::Log, Scalar::F32) => Some(MathFn::LogF32),
+            _ => None,
+        };
+        if let Some(f) = single {
+            self.math.insert(f);
+            let r = self.e.reg(Class::F32);
+            self.e.ins(format!("call.uni ({r}), {}, ({})", f.name(), args[0]));
+            return r;
+        }
         self.math.insert(m);
         let wide: Vec<Reg> = if ty == Scalar::F32 {
             args.iter()

@@ -1,14 +1,36 @@
-//! The transcendental functions as f64 device functions of the module (`.func`, with
-//! register parameters). The f32 builtins call them on the exactly widened argument
-//! and round the result once to f32 (`cvt.rn.f32.f64`), so an f32 result is the
-//! correctly rounded value of the f64 one: within 0.5 ulp of f32 plus the f64 error
-//! (a few f64 ulps for `exp`, `log` and `tanh`), i.e. correctly rounded except when the
-//! exact value lies within about 2^-26 f32 ulp of a rounding boundary.
+//! The transcendental functions as device functions of the module (`.func`, with
+//! register parameters). f64 `exp`, `log`, `tanh`, `pow` and f32 `tanh`, `pow` are
+//! f64 routines without approximation instructions; the f32 builtins among them run
+//! on the exactly widened argument and round the result once to f32
+//! (`cvt.rn.f32.f64`): correctly rounded except when the exact value lies within
+//! about 2^-26 f32 ulp of a rounding boundary.
 //!
-//! No PTX approximation instruction is used (`ex2.approx.f32` has a relative error of
-//! 2^-22.5 on its own argument, and `exp(x) = ex2(x·log2 e)` adds |x|·2^-24 from
-//! rounding the product; `lg2.approx` is worse near 1). Each routine uses explicit
-//! `fma.rn` (part of the routine, deterministic; user arithmetic is never contracted):
+//! f32 `exp` and `log` (and so `sigmoid` and `softplus`) are f32 routines around the
+//! hardware's `ex2.approx.f32` / `lg2.approx.f32` (PTX ISA 9.1, "Floating Point
+//! Instructions": ex2 within 2 ulp of the correctly rounded result over the full
+//! range, subnormals supported; lg2 within 2^-22 absolute on (0.5, 2) and 2^-22
+//! relative elsewhere). The f64 routines cost about 30 f64 operations per call,
+//! which bounded log-cumsum-exp by arithmetic (0.11× the copy bandwidth on an
+//! H200, four `exp` and a `log` per step); `psm_exp_f32` is eight f32 instructions
+//! and one `ex2`. Bounds (the interpreter stays the oracle; the forms' tolerance of
+//! 1e-5·log2 T relative (psm-runtime's `accuracy`) is 9× above the worst below):
+//!
+//! * `psm_exp_f32`: t = RN(x·L) with L = log2 e rounded to f32, δ = x·log2 e − t
+//!   (x·L − t exactly by one `fma`, plus x·(log2 e − L)), e^x = 2^t·2^δ ≈
+//!   ex2(t)·(1 + δ·ln2): |δ| ≤ 2^-18 for |t| < 128, so the dropped (δ·ln2)²/2 is below
+//!   2^-37 relative; ex2's 2.5 ulp from the exact 2^t plus the final rounding: **within
+//!   3 ulp** (subnormal results in units of the least subnormal). t ≥ 128 (exactly the
+//!   f32 x whose correctly rounded e^x overflows) or t = −inf (x below −2.36e38, whose
+//!   product overflows) return ex2(t): +inf and +0. NaN → NaN.
+//! * `psm_log_f32`: near 1 (|x − 1| < 1/4, x − 1 exact) log(1 + f) by its Taylor
+//!   series to f^11 in Horner form (the tail is below 2^-25 relative): **within 2 ulp**;
+//!   elsewhere ln2·lg2(x): within 2^-22·ln2 absolute on (0.5, 2), where |log x| ≥
+//!   0.223, so **within 12 ulp** (11.1 + the product's rounding), and within
+//!   2^-22 + 2^-24 relative (**5 ulp**) outside it. Special values from lg2: x < 0 or
+//!   NaN → NaN, ±0 → −inf, +inf → +inf.
+//!
+//! The f64 routines use explicit `fma.rn` (part of the routine, deterministic; user
+//! arithmetic is never contracted):
 //!
 //! * `psm_exp`: x = k·ln2 + r with k = rint(x·log2 e) and ln2 in two parts (the high
 //!   part has 32 significant bits, so k·ln2_hi is exact), |r| ≤ 0.35; e^r by its
@@ -29,11 +51,11 @@
 //!   near the overflow or underflow thresholds); in f32 it is negligible.
 //!
 //! Measured on an H200 (psm-codegen/tests/ptx_gpu.rs, `device_math_accuracy`: 2^20
-//! arguments over each function's range plus special values): every f32 function
-//! within 0.500 ulp of the f64 value (correctly rounded on every argument tried), f32
-//! `sigmoid`/`softplus` equal to the interpreter's formula around correctly rounded
-//! `exp`/`log`; f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp of
-//! the C library's, f64 `pow` within 940 ulp (the rounding of y·log|x| above).
+//! arguments over each function's range plus special values), with the f64 routines
+//! for f32 `exp`/`log` (before the f32 ones): every f32 function within 0.500 ulp of
+//! the f64 value; f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp
+//! of the C library's, f64 `pow` within 940 ulp (the rounding of y·log|x| above).
+//! The test states the bounds above for the f32 routines.
 
 use std::fmt::Write;
 
@@ -44,6 +66,8 @@ pub(crate) enum MathFn {
     Log,
     Tanh,
     Pow,
+    ExpF32,
+    LogF32,
 }
 
 impl MathFn {
@@ -53,13 +77,15 @@ impl MathFn {
             MathFn::Log => "psm_log",
             MathFn::Tanh => "psm_tanh",
             MathFn::Pow => "psm_pow",
+            MathFn::ExpF32 => "psm_exp_f32",
+            MathFn::LogF32 => "psm_log_f32",
         }
     }
 
     /// The functions this one calls.
     fn deps(self) -> &'static [MathFn] {
         match self {
-            MathFn::Exp | MathFn::Log => &[],
+            MathFn::Exp | MathFn::Log | MathFn::ExpF32 | MathFn::LogF32 => &[],
             MathFn::Tanh | MathFn::Pow => &[MathFn::Exp, MathFn::Log],
         }
     }
@@ -70,6 +96,8 @@ impl MathFn {
             MathFn::Log => log(),
             MathFn::Tanh => tanh(),
             MathFn::Pow => pow(),
+            MathFn::ExpF32 => exp_f32(),
+            MathFn::LogF32 => log_f32(),
         }
     }
 }
@@ -88,12 +116,18 @@ fn d(x: f64) -> String {
     format!("0d{:016X}", x.to_bits())
 }
 
-/// `acc = c[n]; acc = fma(acc, x, c[k])` for k = n-1 down to 0, into `acc`.
-fn horner(out: &mut String, acc: &str, x: &str, coeffs: &[f64]) {
+fn f(x: f32) -> String {
+    format!("0f{:08X}", x.to_bits())
+}
+
+/// `acc = c[n]; acc = fma(acc, x, c[k])` for k = n-1 down to 0, into `acc`, in f64
+/// or (`single`) with the coefficients rounded to f32.
+fn horner(out: &mut String, single: bool, acc: &str, x: &str, coeffs: &[f64]) {
+    let (ty, imm): (&str, fn(f64) -> String) = if single { ("f32", |c| f(c as f32)) } else { ("f64", d) };
     let n = coeffs.len() - 1;
-    let _ = writeln!(out, "\tmov.f64 {acc}, {};", d(coeffs[n]));
+    let _ = writeln!(out, "\tmov.{ty} {acc}, {};", imm(coeffs[n]));
     for &c in coeffs[..n].iter().rev() {
-        let _ = writeln!(out, "\tfma.rn.f64 {acc}, {acc}, {x}, {};", d(c));
+        let _ = writeln!(out, "\tfma.rn.{ty} {acc}, {acc}, {x}, {};", imm(c));
     }
 }
 
@@ -125,7 +159,7 @@ fn exp() -> String {
         coeffs.push(1.0 / fact);
     }
     o.push_str("\t// e^r by its Taylor polynomial of degree 13\n");
-    horner(&mut o, "%fd6", "%fd5", &coeffs);
+    horner(&mut o, false, "%fd6", "%fd5", &coeffs);
     o.push_str("\t// times 2^k = 2^k1 * 2^k2, k1 = k >> 1, each factor a normal number\n");
     let _ = writeln!(o, "\tcvt.rni.s32.f64 %r1, %fd2;");
     let _ = writeln!(o, "\tshr.s32 %r2, %r1, 1;");
@@ -144,6 +178,50 @@ fn exp() -> String {
     let _ = writeln!(o, "$exp_nan:\n\tadd.rn.f64 %ret, %x, %x;\n\tret.uni;");
     let _ = writeln!(o, "$exp_inf:\n\tmov.f64 %ret, {};\n\tret.uni;", d(f64::INFINITY));
     let _ = writeln!(o, "$exp_zero:\n\tmov.f64 %ret, 0d0000000000000000;\n\tret.uni;");
+    o.push_str("}\n");
+    o
+}
+
+fn exp_f32() -> String {
+    let log2e = std::f64::consts::LOG2_E;
+    let l = log2e as f32;
+    let l_lo = (log2e - l as f64) as f32;
+    let mut o = String::new();
+    o.push_str("// e^x in f32 around ex2.approx (see the module documentation of psm-codegen's ptx::math)\n");
+    o.push_str(".func (.reg .f32 %ret) psm_exp_f32 (.reg .f32 %x)\n{\n");
+    o.push_str("\t.reg .pred %p<2>;\n\t.reg .f32 %f<8>;\n");
+    let _ = writeln!(o, "\tmul.rn.f32 %f1, %x, {};\t// t = x*L", f(l));
+    let _ = writeln!(o, "\tex2.approx.f32 %f2, %f1;");
+    let _ = writeln!(o, "\tneg.f32 %f3, %f1;");
+    let _ = writeln!(o, "\tfma.rn.f32 %f4, %x, {}, %f3;\t// x*L - t (exact)", f(l));
+    let _ = writeln!(o, "\tfma.rn.f32 %f5, %x, {}, %f4;\t// delta = x*log2(e) - t", f(l_lo));
+    let _ = writeln!(o, "\tmul.rn.f32 %f6, %f5, {};\t// 2^delta - 1 to first order", f(std::f32::consts::LN_2));
+    let _ = writeln!(o, "\tfma.rn.f32 %f7, %f2, %f6, %f2;\t// 2^t * 2^delta");
+    let _ = writeln!(o, "\tsetp.ge.f32 %p1, %f1, {};\t// e^x overflows (exactly there, over every f32 x)", f(128.0));
+    let _ = writeln!(o, "\tsetp.eq.or.f32 %p1, %f1, {}, %p1;\t// x*L overflowed to -inf", f(f32::NEG_INFINITY));
+    let _ = writeln!(o, "\tselp.f32 %ret, %f2, %f7, %p1;\t// there ex2's +inf or +0, as is");
+    let _ = writeln!(o, "\tret.uni;");
+    o.push_str("}\n");
+    o
+}
+
+fn log_f32() -> String {
+    let mut o = String::new();
+    o.push_str("// ln x in f32 around lg2.approx (see the module documentation of psm-codegen's ptx::math)\n");
+    o.push_str(".func (.reg .f32 %ret) psm_log_f32 (.reg .f32 %x)\n{\n");
+    o.push_str("\t.reg .pred %p<2>;\n\t.reg .f32 %f<5>;\n");
+    let _ = writeln!(o, "\tsub.rn.f32 %f1, %x, {};\t// f = x - 1 (exact near 1)", f(1.0));
+    let _ = writeln!(o, "\tabs.f32 %f2, %f1;");
+    let _ = writeln!(o, "\tsetp.lt.f32 %p1, %f2, {};", f(0.25));
+    let _ = writeln!(o, "\t@%p1 bra $log_near_one;");
+    let _ = writeln!(o, "\tlg2.approx.f32 %f3, %x;");
+    let _ = writeln!(o, "\tmul.rn.f32 %ret, %f3, {};", f(std::f32::consts::LN_2));
+    let _ = writeln!(o, "\tret;");
+    o.push_str("$log_near_one:\t// f * sum (-f)^k / (k + 1), k = 0..10\n");
+    let coeffs: Vec<f64> = (0..=10).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 } / (k + 1) as f64).collect();
+    horner(&mut o, true, "%f4", "%f1", &coeffs);
+    let _ = writeln!(o, "\tmul.rn.f32 %ret, %f4, %f1;");
+    let _ = writeln!(o, "\tret;");
     o.push_str("}\n");
     o
 }
@@ -187,7 +265,7 @@ fn log() -> String {
     let _ = writeln!(o, "\tdiv.rn.f64 %fd8, %fd6, %fd7;\t// s");
     let _ = writeln!(o, "\tmul.rn.f64 %fd9, %fd8, %fd8;\t// z");
     let coeffs: Vec<f64> = (1..=11).map(|k| 1.0 / (2 * k + 1) as f64).collect();
-    horner(&mut o, "%fd10", "%fd9", &coeffs);
+    horner(&mut o, false, "%fd10", "%fd9", &coeffs);
     let _ = writeln!(o, "\tmul.rn.f64 %fd10, %fd10, %fd9;\t// z*R(z)");
     let _ = writeln!(o, "\tadd.rn.f64 %fd11, %fd8, %fd8;\t// 2s");
     let _ = writeln!(o, "\tfma.rn.f64 %fd12, %fd11, %fd10, %fd11;\t// log m");
