@@ -1,28 +1,30 @@
-//! The transcendental functions as device functions of the module (`.func`, with
-//! register parameters). f64 `exp`, `log`, `tanh`, `pow` and f32 `tanh`, `pow` are
-//! f64 routines without approximation instructions; the f32 builtins among them run
-//! on the exactly widened argument and round the result once to f32
-//! (`cvt.rn.f32.f64`): correctly rounded except when the exact value lies within
-//! about 2^-26 f32 ulp of a rounding boundary.
+//! The transcendental functions. f64 `exp`, `log`, `tanh`, `pow` are device functions
+//! of the module (`.func`, with register parameters) without approximation
+//! instructions; f32 `tanh` and `pow` call them on the exactly widened argument and
+//! round the result once to f32 (`cvt.rn.f32.f64`): correctly rounded except when the
+//! exact value lies within about 2^-26 f32 ulp of a rounding boundary.
 //!
-//! f32 `exp` and `log` (and so `sigmoid` and `softplus`) are f32 routines around the
-//! hardware's `ex2.approx.f32` / `lg2.approx.f32` (PTX ISA 9.1, "Floating Point
-//! Instructions": ex2 within 2 ulp of the correctly rounded result over the full
-//! range, subnormals supported; lg2 within 2^-22 absolute on (0.5, 2) and 2^-22
-//! relative elsewhere). The f64 routines cost about 30 f64 operations per call,
-//! which bounded log-cumsum-exp by arithmetic (0.11× the copy bandwidth on an
-//! H200, four `exp` and a `log` per step); `psm_exp_f32` is eight f32 instructions
-//! and one `ex2`. Bounds (the interpreter stays the oracle; the forms' tolerance of
-//! 1e-5·log2 T relative (psm-runtime's `accuracy`) is 9× above the worst below):
+//! f32 `exp` and `log` (and so `sigmoid` and `softplus`) are f32 sequences emitted
+//! inline at each use ([`exp_f32`], [`log_f32`]) around the hardware's
+//! `ex2.approx.f32` / `lg2.approx.f32` (PTX ISA 9.1, "Floating Point Instructions": ex2
+//! within 2 ulp of the correctly rounded result over the full range, subnormals
+//! supported; lg2 within 2^-22 absolute on (0.5, 2) and 2^-22 relative elsewhere).
+//! Through the f64 routines (about 30 f64 operations a call) log-cumsum-exp was bound
+//! by arithmetic, 0.11× the copy bandwidth on an H200 with four `exp` and a `log` per
+//! step; `exp_f32` is eight f32 instructions and one `ex2`. Inline, not `.func`: ptxas
+//! 13.0 keeps a `.func` a real call (CALL.REL, arguments in fixed registers, nothing
+//! scheduled across it), and as calls log-cumsum-exp took 1.47 ms at 2^28. Bounds (the
+//! interpreter stays the oracle; the forms' tolerance of 1e-5·log2 T relative,
+//! psm-runtime's `accuracy`, is 9× above the worst below):
 //!
-//! * `psm_exp_f32`: t = RN(x·L) with L = log2 e rounded to f32, δ = x·log2 e − t
+//! * f32 `exp`: t = RN(x·L) with L = log2 e rounded to f32, δ = x·log2 e − t
 //!   (x·L − t exactly by one `fma`, plus x·(log2 e − L)), e^x = 2^t·2^δ ≈
 //!   ex2(t)·(1 + δ·ln2): |δ| ≤ 2^-18 for |t| < 128, so the dropped (δ·ln2)²/2 is below
 //!   2^-37 relative; ex2's 2.5 ulp from the exact 2^t plus the final rounding: **within
 //!   3 ulp** (subnormal results in units of the least subnormal). t ≥ 128 (exactly the
 //!   f32 x whose correctly rounded e^x overflows) or t = −inf (x below −2.36e38, whose
 //!   product overflows) return ex2(t): +inf and +0. NaN → NaN.
-//! * `psm_log_f32`: near 1 (|x − 1| < 1/4, x − 1 exact) log(1 + f) by its Taylor
+//! * f32 `log`: near 1 (|x − 1| < 1/4, x − 1 exact) log(1 + f) by its Taylor
 //!   series to f^11 in Horner form (the tail is below 2^-25 relative): **within 2 ulp**;
 //!   elsewhere ln2·lg2(x): within 2^-22·ln2 absolute on (0.5, 2), where |log x| ≥
 //!   0.223, so **within 12 ulp** (11.1 + the product's rounding), and within
@@ -51,13 +53,16 @@
 //!   near the overflow or underflow thresholds); in f32 it is negligible.
 //!
 //! Measured on an H200 (psm-codegen/tests/ptx_gpu.rs, `device_math_accuracy`: 2^20
-//! arguments over each function's range plus special values), with the f64 routines
-//! for f32 `exp`/`log` (before the f32 ones): every f32 function within 0.500 ulp of
-//! the f64 value; f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp
-//! of the C library's, f64 `pow` within 940 ulp (the rounding of y·log|x| above).
-//! The test states the bounds above for the f32 routines.
+//! arguments over each function's range plus special values; 2026-11-28, the f32
+//! sequences then as `.func`, the same instructions): f32 `exp` within 2.494 ulp, `log`
+//! 5.051 ulp, `sigmoid` 4.000 ulp and `softplus` 2.000 (of the interpreter's formula
+//! around correctly rounded exp and log), `tanh` and `pow` 0.500 ulp of the f64 value;
+//! f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp of the C
+//! library's, f64 `pow` within 940 ulp (the rounding of y·log|x| above).
 
 use std::fmt::Write;
+
+use super::emit::{Class, Emitter, Reg};
 
 /// A math device function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,8 +71,6 @@ pub(crate) enum MathFn {
     Log,
     Tanh,
     Pow,
-    ExpF32,
-    LogF32,
 }
 
 impl MathFn {
@@ -77,15 +80,13 @@ impl MathFn {
             MathFn::Log => "psm_log",
             MathFn::Tanh => "psm_tanh",
             MathFn::Pow => "psm_pow",
-            MathFn::ExpF32 => "psm_exp_f32",
-            MathFn::LogF32 => "psm_log_f32",
         }
     }
 
     /// The functions this one calls.
     fn deps(self) -> &'static [MathFn] {
         match self {
-            MathFn::Exp | MathFn::Log | MathFn::ExpF32 | MathFn::LogF32 => &[],
+            MathFn::Exp | MathFn::Log => &[],
             MathFn::Tanh | MathFn::Pow => &[MathFn::Exp, MathFn::Log],
         }
     }
@@ -96,8 +97,6 @@ impl MathFn {
             MathFn::Log => log(),
             MathFn::Tanh => tanh(),
             MathFn::Pow => pow(),
-            MathFn::ExpF32 => exp_f32(),
-            MathFn::LogF32 => log_f32(),
         }
     }
 }
@@ -120,15 +119,19 @@ fn f(x: f32) -> String {
     format!("0f{:08X}", x.to_bits())
 }
 
-/// `acc = c[n]; acc = fma(acc, x, c[k])` for k = n-1 down to 0, into `acc`, in f64
-/// or (`single`) with the coefficients rounded to f32.
-fn horner(out: &mut String, single: bool, acc: &str, x: &str, coeffs: &[f64]) {
-    let (ty, imm): (&str, fn(f64) -> String) = if single { ("f32", |c| f(c as f32)) } else { ("f64", d) };
+/// `acc = c[n]; acc = fma(acc, x, c[k])` for k = n-1 down to 0, each instruction (without
+/// its `;`) given to `ins`, in `ty` with the coefficients written by `imm`.
+fn horner(ins: &mut dyn FnMut(String), ty: &str, imm: fn(f64) -> String, acc: &str, x: &str, coeffs: &[f64]) {
     let n = coeffs.len() - 1;
-    let _ = writeln!(out, "\tmov.{ty} {acc}, {};", imm(coeffs[n]));
+    ins(format!("mov.{ty} {acc}, {}", imm(coeffs[n])));
     for &c in coeffs[..n].iter().rev() {
-        let _ = writeln!(out, "\tfma.rn.{ty} {acc}, {acc}, {x}, {};", imm(c));
+        ins(format!("fma.rn.{ty} {acc}, {acc}, {x}, {}", imm(c)));
     }
+}
+
+/// [`horner`] in f64 into a function's text.
+fn horner_f64(out: &mut String, acc: &str, x: &str, coeffs: &[f64]) {
+    horner(&mut |line| { let _ = writeln!(out, "\t{line};"); }, "f64", d, acc, x, coeffs);
 }
 
 const LN2_HI: u64 = 0x3FE6_2E42_FEE0_0000;
@@ -159,7 +162,7 @@ fn exp() -> String {
         coeffs.push(1.0 / fact);
     }
     o.push_str("\t// e^r by its Taylor polynomial of degree 13\n");
-    horner(&mut o, false, "%fd6", "%fd5", &coeffs);
+    horner_f64(&mut o, "%fd6", "%fd5", &coeffs);
     o.push_str("\t// times 2^k = 2^k1 * 2^k2, k1 = k >> 1, each factor a normal number\n");
     let _ = writeln!(o, "\tcvt.rni.s32.f64 %r1, %fd2;");
     let _ = writeln!(o, "\tshr.s32 %r2, %r1, 1;");
@@ -182,48 +185,46 @@ fn exp() -> String {
     o
 }
 
-fn exp_f32() -> String {
+/// e^x of the f32 register `x`, emitted inline (see the module documentation).
+pub(crate) fn exp_f32(e: &mut Emitter, x: Reg) -> Reg {
     let log2e = std::f64::consts::LOG2_E;
-    let l = log2e as f32;
-    let l_lo = (log2e - l as f64) as f32;
-    let mut o = String::new();
-    o.push_str("// e^x in f32 around ex2.approx (see the module documentation of psm-codegen's ptx::math)\n");
-    o.push_str(".func (.reg .f32 %ret) psm_exp_f32 (.reg .f32 %x)\n{\n");
-    o.push_str("\t.reg .pred %p<2>;\n\t.reg .f32 %f<8>;\n");
-    let _ = writeln!(o, "\tmul.rn.f32 %f1, %x, {};\t// t = x*L", f(l));
-    let _ = writeln!(o, "\tex2.approx.f32 %f2, %f1;");
-    let _ = writeln!(o, "\tneg.f32 %f3, %f1;");
-    let _ = writeln!(o, "\tfma.rn.f32 %f4, %x, {}, %f3;\t// x*L - t (exact)", f(l));
-    let _ = writeln!(o, "\tfma.rn.f32 %f5, %x, {}, %f4;\t// delta = x*log2(e) - t", f(l_lo));
-    let _ = writeln!(o, "\tmul.rn.f32 %f6, %f5, {};\t// 2^delta - 1 to first order", f(std::f32::consts::LN_2));
-    let _ = writeln!(o, "\tfma.rn.f32 %f7, %f2, %f6, %f2;\t// 2^t * 2^delta");
-    let _ = writeln!(o, "\tsetp.ge.f32 %p1, %f1, {};\t// e^x overflows (exactly there, over every f32 x)", f(128.0));
-    let _ = writeln!(o, "\tsetp.eq.or.f32 %p1, %f1, {}, %p1;\t// x*L overflowed to -inf", f(f32::NEG_INFINITY));
-    let _ = writeln!(o, "\tselp.f32 %ret, %f2, %f7, %p1;\t// there ex2's +inf or +0, as is");
-    let _ = writeln!(o, "\tret.uni;");
-    o.push_str("}\n");
-    o
+    let (l, l_lo) = (log2e as f32, (log2e - (log2e as f32) as f64) as f32);
+    let [t, two_t, neg_t, rest, delta, c, fixed, r] = [(); 8].map(|_| e.reg(Class::F32));
+    let big = e.reg(Class::Pred);
+    e.comment(format!("e^{x} in f32 around ex2.approx (psm-codegen's ptx::math)"));
+    e.ins_c(format!("mul.rn.f32 {t}, {x}, {}", f(l)), "t = x*L");
+    e.ins(format!("ex2.approx.f32 {two_t}, {t}"));
+    e.ins(format!("neg.f32 {neg_t}, {t}"));
+    e.ins_c(format!("fma.rn.f32 {rest}, {x}, {}, {neg_t}", f(l)), "x*L - t (exact)");
+    e.ins_c(format!("fma.rn.f32 {delta}, {x}, {}, {rest}", f(l_lo)), "delta = x*log2(e) - t");
+    e.ins_c(format!("mul.rn.f32 {c}, {delta}, {}", f(std::f32::consts::LN_2)), "2^delta - 1 to first order");
+    e.ins_c(format!("fma.rn.f32 {fixed}, {two_t}, {c}, {two_t}"), "2^t * 2^delta");
+    e.ins_c(format!("setp.ge.f32 {big}, {t}, {}", f(128.0)), "e^x overflows (exactly there, over every f32 x)");
+    e.ins_c(format!("setp.eq.or.f32 {big}, {t}, {}, {big}", f(f32::NEG_INFINITY)), "x*L overflowed to -inf");
+    e.ins_c(format!("selp.f32 {r}, {two_t}, {fixed}, {big}"), "there ex2's +inf or +0, as is");
+    r
 }
 
-fn log_f32() -> String {
-    let mut o = String::new();
-    o.push_str("// ln x in f32 around lg2.approx (see the module documentation of psm-codegen's ptx::math)\n");
-    o.push_str(".func (.reg .f32 %ret) psm_log_f32 (.reg .f32 %x)\n{\n");
-    o.push_str("\t.reg .pred %p<2>;\n\t.reg .f32 %f<5>;\n");
-    let _ = writeln!(o, "\tsub.rn.f32 %f1, %x, {};\t// f = x - 1 (exact near 1)", f(1.0));
-    let _ = writeln!(o, "\tabs.f32 %f2, %f1;");
-    let _ = writeln!(o, "\tsetp.lt.f32 %p1, %f2, {};", f(0.25));
-    let _ = writeln!(o, "\t@%p1 bra $log_near_one;");
-    let _ = writeln!(o, "\tlg2.approx.f32 %f3, %x;");
-    let _ = writeln!(o, "\tmul.rn.f32 %ret, %f3, {};", f(std::f32::consts::LN_2));
-    let _ = writeln!(o, "\tret;");
-    o.push_str("$log_near_one:\t// f * sum (-f)^k / (k + 1), k = 0..10\n");
+/// ln x of the f32 register `x`, emitted inline (see the module documentation).
+pub(crate) fn log_f32(e: &mut Emitter, x: Reg) -> Reg {
+    let [m1, dist, lg, acc, r] = [(); 5].map(|_| e.reg(Class::F32));
+    let near = e.reg(Class::Pred);
+    let (near_one, done) = (e.label("log_near_one"), e.label("log_done"));
+    e.comment(format!("ln {x} in f32 around lg2.approx (psm-codegen's ptx::math)"));
+    e.ins_c(format!("sub.rn.f32 {m1}, {x}, {}", f(1.0)), "f = x - 1 (exact near 1)");
+    e.ins(format!("abs.f32 {dist}, {m1}"));
+    e.ins(format!("setp.lt.f32 {near}, {dist}, {}", f(0.25)));
+    e.ins(format!("@{near} bra {near_one}"));
+    e.ins(format!("lg2.approx.f32 {lg}, {x}"));
+    e.ins(format!("mul.rn.f32 {r}, {lg}, {}", f(std::f32::consts::LN_2)));
+    e.ins(format!("bra {done}"));
+    e.place(&near_one);
+    e.comment("f * sum (-f)^k / (k + 1), k = 0..10");
     let coeffs: Vec<f64> = (0..=10).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 } / (k + 1) as f64).collect();
-    horner(&mut o, true, "%f4", "%f1", &coeffs);
-    let _ = writeln!(o, "\tmul.rn.f32 %ret, %f4, %f1;");
-    let _ = writeln!(o, "\tret;");
-    o.push_str("}\n");
-    o
+    horner(&mut |line| e.ins(line), "f32", |c| f(c as f32), &acc.to_string(), &m1.to_string(), &coeffs);
+    e.ins(format!("mul.rn.f32 {r}, {acc}, {m1}"));
+    e.place(&done);
+    r
 }
 
 fn log() -> String {
@@ -265,7 +266,7 @@ fn log() -> String {
     let _ = writeln!(o, "\tdiv.rn.f64 %fd8, %fd6, %fd7;\t// s");
     let _ = writeln!(o, "\tmul.rn.f64 %fd9, %fd8, %fd8;\t// z");
     let coeffs: Vec<f64> = (1..=11).map(|k| 1.0 / (2 * k + 1) as f64).collect();
-    horner(&mut o, false, "%fd10", "%fd9", &coeffs);
+    horner_f64(&mut o, "%fd10", "%fd9", &coeffs);
     let _ = writeln!(o, "\tmul.rn.f64 %fd10, %fd10, %fd9;\t// z*R(z)");
     let _ = writeln!(o, "\tadd.rn.f64 %fd11, %fd8, %fd8;\t// 2s");
     let _ = writeln!(o, "\tfma.rn.f64 %fd12, %fd11, %fd10, %fd11;\t// log m");
