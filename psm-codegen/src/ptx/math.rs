@@ -58,8 +58,8 @@
 //!   near the overflow or underflow thresholds); in f32 it is negligible.
 //!
 //! Measured on an H200 (psm-codegen/tests/ptx_gpu.rs, `device_math_accuracy`: 2^20
-//! arguments over each function's range plus special values; 2026-11-28, the f32
-//! sequences then as `.func`, the same instructions): f32 `exp` within 2.494 ulp, `log`
+//! arguments over each function's range plus special values; 2026-11-28, the same
+//! with the f32 sequences inline and as `.func`): f32 `exp` within 2.494 ulp, `log`
 //! 5.051 ulp, `sigmoid` 4.000 ulp and `softplus` 2.000 (of the interpreter's formula
 //! around correctly rounded exp and log), `tanh` and `pow` 0.500 ulp of the f64 value;
 //! f64 `exp` within 1 ulp, `log` within 2 ulp and `tanh` within 4 ulp of the C
