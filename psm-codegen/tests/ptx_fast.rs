@@ -54,7 +54,7 @@ fn geometry_and_parameters() {
 
 #[test]
 fn snapshots() {
-    for name in ["cumsum", "running_max_index", "diag_affine"] {
+    for name in ["cumsum", "running_max_index", "logcumsumexp", "diag_affine"] {
         insta::assert_snapshot!(format!("lookback_{name}"), lookback(name).unwrap().module.text);
     }
 }

@@ -745,7 +745,8 @@ fn recurrent(cuda: &Cuda, case: &Case<'_>) -> (Vec<Vec<u8>>, Vec<u8>) {
 /// The device math functions measured against the host's: f32 results in f32 ulps
 /// from the f64 function (so a correctly rounded result is within 0.5), f64 results in
 /// ulps of Rust's f64 methods (the C library, itself within about 1 ulp), over 2^20
-/// arguments spread over each function's range plus special values. Prints the
+/// arguments spread over each function's range plus special values, each against the
+/// bound the module documentation of psm-codegen's `ptx::math` derives. Prints the
 /// largest errors.
 #[test]
 fn device_math_accuracy() {
@@ -828,7 +829,7 @@ fn device_math_accuracy() {
         ("log f32", 1, 1, |x, _| x.ln()),
         ("tanh f32", 2, 2, |x, _| x.tanh()),
         // sigmoid and softplus: the interpreter's f32 formula around correctly rounded
-        // exp and log (what the device computes, up to the rounding of exp and log).
+        // exp and log (what the device computes, up to the errors of its exp and log).
         ("sigmoid f32", 3, 3, |x, _| {
             let e = (-x).exp() as f32;
             (1.0 / (1.0 + e)) as f64
@@ -864,17 +865,30 @@ fn device_math_accuracy() {
                 continue;
             }
             let ulp = if single { ulp32(expected as f32) } else { ulp64(expected) };
-            let err = (found - exact).abs() / ulp;
+            // softplus rounds 1 + e^-|x| to f32: where that sum is within a few ulps of
+            // a rounding boundary, exp's error may round it the other way, moving the
+            // result by up to an ulp of 1 (far more than its own ulp when it is small).
+            let unit = if name == "softplus f32" { ulp.max(ulp32(1.0)) } else { ulp };
+            let err = (found - exact).abs() / unit;
             if err > worst.0 {
                 worst = (err, k);
             }
         }
         // f64 pow rounds y·log|x| (|y·log|x|| ≤ 745 for a finite non-zero result): up
         // to about 3·|y·log|x|| ulp (the module documentation of ptx::math).
+        // f32 exp and log (ex2.approx / lg2.approx): 5.5 (3 but where the result falls
+        // into the binade below 2^t's) and 12 ulp; sigmoid: exp's relative error
+        // (2.5·2^-23 + 2^-24) against the reference's correctly rounded e (2^-24 more),
+        // then the roundings of 1 + e and of the quotient, 4.8e-7 in all: 8 ulp at the
+        // top of a binade; softplus: log's 12 plus the ulp of 1 + e (in the unit above).
         let bound = match name {
             "pow f64" => 3.0 * 745.0 + 4.0,
             "tanh f64" => 8.0,
             n if n.ends_with("f64") => 4.0,
+            "exp f32" => 5.5,
+            "log f32" => 12.0,
+            "sigmoid f32" => 8.0,
+            "softplus f32" => 14.0,
             _ => 1.0,
         };
         report.push((format!("{name}: max {:.3} ulp (argument {:e}), bound {bound}", worst.0, cols[col][worst.1]), worst.0 <= bound));

@@ -15,7 +15,7 @@ use psm_ir::ir::{
 use psm_ir::valid::Info;
 
 use super::emit::{immediate, suffix, Class, Emitter, Reg};
-use super::math::MathFn;
+use super::math::{self, MathFn};
 use crate::index::{self, Affine, Folds};
 use crate::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
 
@@ -845,9 +845,15 @@ impl<'a> Lowerer<'a> {
         self.e.ins(format!("selp.{t} {r}, {qnan}, {r}, {nan}"));
     }
 
-    /// A call of a math device function; the f32 functions run the f64 one on the
-    /// exactly widened argument and round its result once.
+    /// A call of a math device function, or f32 `exp` and `log` inline; the other f32
+    /// functions run the f64 one on the exactly widened argument and round its result
+    /// once.
     fn math_call(&mut self, m: MathFn, ty: Scalar, args: &[Reg]) -> Reg {
+        match (m, ty) {
+            (MathFn::Exp, Scalar::F32) => return math::exp_f32(&mut self.e, args[0]),
+            (MathFn::Log, Scalar::F32) => return math::log_f32(&mut self.e, args[0]),
+            _ => {}
+        }
         self.math.insert(m);
         let wide: Vec<Reg> = if ty == Scalar::F32 {
             args.iter()
