@@ -1,44 +1,38 @@
-//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): a snapshot of
-//! the kernels it adds to the chunkwise module, the geometry it shares with that
-//! module, and its refusals. The kernels run on a GPU in tests/ptx_gpu.rs
-//! (`delta_rule_tensor_cores`).
+//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): a snapshot of one
+//! field's module, and the geometry and refusals of `compile_delta`. The kernels run on
+//! a GPU in tests/ptx_gpu.rs (`delta_rule_tensor_cores`).
 
-use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, MAX_KEYS};
+use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, MAX_KEYS};
 use psm_codegen::ptx::delta::compile_delta;
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
     ChunkwiseShape { keys, values, decay, exclusive }
 }
 
-/// The part of the module after the chunkwise kernels (which ptx_chunkwise.rs snapshots).
-fn delta_kernels(text: &str) -> &str {
-    let at = text.find("// the delta rule's kernels").expect("the delta rule's kernels follow the chunkwise module");
-    &text[at..]
-}
-
 #[test]
-fn gated_delta_rule_kernels() {
+fn gated_delta_rule_module() {
     let m = compile_delta(shape(8, 8, ChunkDecay::Log, false), 90).unwrap();
-    insta::assert_snapshot!(delta_kernels(&m.text));
+    insta::assert_snapshot!(m.text);
 }
 
 #[test]
 fn geometry() {
-    // The chunkwise module's value tile and state threads, its kernels kept.
-    for (keys, values) in [(8, 8), (64, 100), (128, 128), (100, 7)] {
+    // (keys, values) → state value tile (the widest whose states kernel fits 48 KiB of
+    // static shared memory), keys padded to 16, values to the tile.
+    for ((keys, values), (tile, kp, vp)) in [((8, 8), (8, 16, 8)), ((64, 100), (32, 64, 128)), ((128, 128), (16, 128, 128)), ((100, 7), (8, 112, 8))] {
         for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
             for exclusive in [false, true] {
-                let s = shape(keys, values, decay, exclusive);
-                let (m, plain) = (compile_delta(s, 90).unwrap(), compile_chunkwise(s, 90).unwrap());
-                assert_eq!((m.value_tile, m.state_threads), (plain.value_tile, plain.state_threads));
-                assert!(m.text.starts_with(&plain.text));
+                let m = compile_delta(shape(keys, values, decay, exclusive), 90).unwrap();
+                assert_eq!((m.state_value_tile, m.padded_keys, m.padded_values), (tile, kp, vp), "{keys} × {values}");
+                assert_eq!(m.state_threads as usize, kp / 16 * 32);
                 // ptxas rejects any byte outside ASCII, comments included.
-                assert!(m.text.is_ascii());
-                for kernel in ["psm_cwd_inverse(", "psm_cwd_states(", "psm_cw_outputs("] {
+                assert!(m.text.is_ascii() && m.text.contains(".target sm_90"));
+                for kernel in ["psm_cwd_prepare(", "psm_cwd_states("] {
                     assert!(m.text.contains(&format!(".visible .entry {kernel}")), "{kernel}");
                 }
-                // Without a gate, no decay is read.
-                assert_eq!(delta_kernels(&m.text).contains("lam"), decay != ChunkDecay::None);
+                assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+                // Without a gate, no decay is read or written.
+                assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
             }
         }
     }

@@ -950,8 +950,8 @@ fn diag_affine_timings() {
 /// within issue 6's ‖out − ref‖ / ‖ref‖ < 1e-2.
 #[test]
 fn delta_rule_tensor_cores() {
-    use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
-    use psm_codegen::ptx::delta::{compile_delta, INVERSE_THREADS};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
     let Some(cuda) = Cuda::open() else {
         eprintln!("delta_rule_tensor_cores skipped: CUDA not available");
         return;
@@ -962,8 +962,8 @@ fn delta_rule_tensor_cores() {
         for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
             for exclusive in [false, true] {
                 let shape = ChunkwiseShape { keys, values, decay, exclusive };
-                let m = compile_delta(shape, 90).expect("kernels");
-                let module = cuda.load_text(&m.text);
+                let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
+                let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
                 for steps in [1usize, 2, 7, 63, 64, 65, 200] {
                     let nseq = 3;
                     let with_state = steps % 2 == 1;
@@ -1020,26 +1020,35 @@ fn delta_rule_tensor_cores() {
                     let nchunks = steps.div_ceil(CHUNK);
                     let up = |x: &[f32]| cuda.upload(&f32_bytes(x));
                     let (dq, dk, dv, dbeta, dg, ds0) = (up(&q), up(&k), up(&v), up(&beta), up(&g), up(&s0));
-                    let inverse = cuda.zeros(nseq * nchunks * CHUNK * CHUNK * 4);
+                    let per_chunk = nseq * nchunks;
+                    let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
+                    let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
+                    let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
+                    let ddecay = cuda.zeros(per_chunk * 4);
                     let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
                     let u = cuda.zeros(nseq * steps * values * 4);
                     let out = cuda.zeros(nseq * steps * values * 4);
-                    let vtiles = values.div_ceil(m.value_tile) as u32;
                     let p = |d: &Dev| Arg::U64(d.ptr);
                     let steps_arg = Arg::U64(steps as u64);
-                    cuda.launch_grid(module, "psm_cwd_inverse", [nchunks as u32, nseq as u32, 1], INVERSE_THREADS, &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&inverse), steps_arg]);
+                    cuda.launch_grid(
+                        module,
+                        "psm_cwd_prepare",
+                        [nchunks as u32, nseq as u32, 1],
+                        PREPARE_THREADS,
+                        &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
+                    );
                     let flags = Arg::U32(if with_state { HAS_STATE } else { 0 });
                     cuda.launch_grid(
                         module,
                         "psm_cwd_states",
-                        [vtiles, nseq as u32, 1],
+                        [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
                         m.state_threads,
-                        &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&inverse), p(&dv), p(&ds0), p(&states), p(&u), steps_arg, flags],
+                        &[p(&dw), p(&khat), p(&upre), p(&ddecay), p(&ds0), p(&states), p(&u), steps_arg, flags],
                     );
                     cuda.launch_grid(
-                        module,
+                        outputs,
                         "psm_cw_outputs",
-                        [vtiles, nchunks as u32, nseq as u32],
+                        [values.div_ceil(c.value_tile) as u32, nchunks as u32, nseq as u32],
                         OUTPUT_THREADS,
                         &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)],
                     );
@@ -1056,7 +1065,7 @@ fn delta_rule_tensor_cores() {
                     assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
                     assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
                     worst = worst.max(e_out).max(e_state);
-                    for d in [dq, dk, dv, dbeta, dg, ds0, inverse, states, u, out] {
+                    for d in [dq, dk, dv, dbeta, dg, ds0, dw, khat, upre, ddecay, states, u, out] {
                         cuda.free(d);
                     }
                 }
@@ -1074,15 +1083,16 @@ fn delta_rule_tensor_cores() {
 #[test]
 #[ignore = "a benchmark: run on a GPU machine"]
 fn delta_rule_timings() {
-    use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
-    use psm_codegen::ptx::delta::{compile_delta, INVERSE_THREADS};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
     let Some(cuda) = Cuda::open() else {
         eprintln!("delta_rule_timings skipped: CUDA not available");
         return;
     };
     let (nseq, keys, values) = (64usize, 128usize, 128usize);
-    let m = compile_delta(ChunkwiseShape { keys, values, decay: ChunkDecay::Log, exclusive: false }, 90).expect("kernels");
-    let module = cuda.load_text(&m.text);
+    let shape = ChunkwiseShape { keys, values, decay: ChunkDecay::Log, exclusive: false };
+    let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
+    let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
     let mut seed = 13u64;
     for steps in [1024usize, 4096, 16384] {
         let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
@@ -1097,27 +1107,37 @@ fn delta_rule_timings() {
         let dbeta = cuda.upload(&f32_bytes(&gen(nseq * steps, 0.0, 1.0)));
         let dg = cuda.upload(&f32_bytes(&gen(nseq * steps, -0.1, 0.0)));
         let nchunks = steps.div_ceil(CHUNK);
-        let inverse = cuda.zeros(nseq * nchunks * CHUNK * CHUNK * 4);
+        let per_chunk = nseq * nchunks;
+        let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
+        let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
+        let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
+        let ddecay = cuda.zeros(per_chunk * 4);
         let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
         let u = cuda.zeros(nseq * steps * values * 4);
         let out = cuda.zeros(nseq * steps * values * 4);
-        let vtiles = values.div_ceil(m.value_tile) as u32;
         let p = |d: &Dev| Arg::U64(d.ptr);
         let steps_arg = Arg::U64(steps as u64);
         let mut times = Vec::new();
         for _ in 0..6 {
             let t0 = std::time::Instant::now();
-            cuda.launch_grid(module, "psm_cwd_inverse", [nchunks as u32, nseq as u32, 1], INVERSE_THREADS, &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&inverse), steps_arg]);
+            cuda.launch_grid(
+                module,
+                "psm_cwd_prepare",
+                [nchunks as u32, nseq as u32, 1],
+                PREPARE_THREADS,
+                &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
+            );
             let t1 = std::time::Instant::now();
             cuda.launch_grid(
                 module,
                 "psm_cwd_states",
-                [vtiles, nseq as u32, 1],
+                [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
                 m.state_threads,
-                &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&inverse), p(&dv), Arg::U64(0), p(&states), p(&u), steps_arg, Arg::U32(0)],
+                &[p(&dw), p(&khat), p(&upre), p(&ddecay), Arg::U64(0), p(&states), p(&u), steps_arg, Arg::U32(0)],
             );
             let t2 = std::time::Instant::now();
-            cuda.launch_grid(module, "psm_cw_outputs", [vtiles, nchunks as u32, nseq as u32], OUTPUT_THREADS, &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)]);
+            let vtiles = values.div_ceil(c.value_tile) as u32;
+            cuda.launch_grid(outputs, "psm_cw_outputs", [vtiles, nchunks as u32, nseq as u32], OUTPUT_THREADS, &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)]);
             let t3 = std::time::Instant::now();
             times.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
         }
@@ -1125,13 +1145,13 @@ fn delta_rule_timings() {
         times.sort_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()));
         let [i, s, o] = times[times.len() / 2];
         eprintln!(
-            "delta rule T = {steps}: inverse {:.3} ms + states {:.3} ms + outputs {:.3} ms = {:.3} ms (B·H = {nseq}, K = V = {keys}, gated, f32 in/out)",
+            "delta rule T = {steps}: prepare {:.3} ms + states {:.3} ms + outputs {:.3} ms = {:.3} ms (B·H = {nseq}, K = V = {keys}, gated, f32 in/out)",
             i * 1e3,
             s * 1e3,
             o * 1e3,
             (i + s + o) * 1e3
         );
-        for d in [dq, dk, dv, dbeta, dg, inverse, states, u, out] {
+        for d in [dq, dk, dv, dbeta, dg, dw, khat, upre, ddecay, states, u, out] {
             cuda.free(d);
         }
     }

@@ -8,7 +8,6 @@
 //! are psm-codegen's [`CHUNK`] steps; the operands are bf16 on the tensor cores, the
 //! state and the sums f32.
 
-use psm_codegen::ptx::delta::compile_delta;
 use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
 use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
 
@@ -51,8 +50,7 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
             _ => (ChunkDecay::None, None),
         };
         let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
-        let compile = if matches!(field.decay, Decay::DeltaRule { .. }) { compile_delta } else { compile_chunkwise };
-        let m = compile(shape, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
+        let m = compile_chunkwise(shape, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
         let module = device.module(&plan.aggregator, &m.text)?;
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
@@ -66,7 +64,7 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
         // The delta rule's outputs read its pseudo-values in place of the values.
         let v = if let Decay::DeltaRule { beta, b, .. } = &field.decay {
-            super::delta::pseudo_values(device, &module, &m, field, (beta, b), &feature, (&k, &v, &g), &states, nseq, steps)?
+            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, &g), &states, nseq, steps)?
         } else {
             let mut args = Args::new();
             args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
