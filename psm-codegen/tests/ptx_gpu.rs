@@ -953,6 +953,224 @@ fn diag_affine_timings() {
     });
 }
 
+// ------------------------------------------------------------------ delta rule (tensor cores)
+
+/// The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`) against the
+/// recurrence in f64: S_t = γ_t (I − β_t k_t k_tᵀ) S_(t−1) + k_t v_tᵀ (DeltaNet without a
+/// gate, Gated DeltaNet with one given as a log or a value), o_t = S_tᵀ q_t (or
+/// S_(t−1)ᵀ q_t), keys L2-normalized and β in (0, 1) as the library's operators make
+/// them, at lengths around the chunk, key/value counts that are not multiples of the
+/// tiles, with an initial state at odd lengths; bf16 inputs; outputs and the final state
+/// within issue 6's ‖out − ref‖ / ‖ref‖ < 1e-2.
+#[test]
+fn delta_rule_tensor_cores() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("delta_rule_tensor_cores skipped: CUDA not available");
+        return;
+    };
+    let mut seed = 5u64;
+    let mut worst = 0.0f64;
+    for (keys, values) in [(16, 16), (8, 8), (64, 100), (128, 128)] {
+        for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+            for exclusive in [false, true] {
+                let shape = ChunkwiseShape { keys, values, decay, exclusive };
+                let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
+                let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+                for steps in [1usize, 2, 7, 63, 64, 65, 200] {
+                    let nseq = 3;
+                    let with_state = steps % 2 == 1;
+                    let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
+                    let unit_rows = |x: Vec<f32>| -> Vec<f32> {
+                        x.chunks(keys)
+                            .flat_map(|r| {
+                                let norm = r.iter().map(|a| a * a).sum::<f32>().sqrt();
+                                r.iter().map(move |a| bf16_round(a / norm)).collect::<Vec<_>>()
+                            })
+                            .collect()
+                    };
+                    let q = unit_rows(gen(nseq * steps * keys, -1.0, 1.0));
+                    let k = unit_rows(gen(nseq * steps * keys, -1.0, 1.0));
+                    let v: Vec<f32> = gen(nseq * steps * values, -1.0, 1.0).into_iter().map(bf16_round).collect();
+                    let beta = gen(nseq * steps, 0.0, 1.0);
+                    let gamma = gen(nseq * steps, 0.8, 1.0);
+                    let s0 = if with_state { gen(nseq * keys * values, -1.0, 1.0) } else { vec![0.0; nseq * keys * values] };
+                    let g: Vec<f32> = match decay {
+                        ChunkDecay::Log => gamma.iter().map(|x| x.ln()).collect(),
+                        _ => gamma.clone(),
+                    };
+                    let decay_of = |i: usize| if decay == ChunkDecay::None { 1.0 } else { gamma[i] as f64 };
+                    // The reference recurrence, in f64.
+                    let mut want = vec![0.0f64; nseq * steps * values];
+                    let mut finals = vec![0.0f64; nseq * keys * values];
+                    for s in 0..nseq {
+                        let mut st: Vec<f64> = s0[s * keys * values..(s + 1) * keys * values].iter().map(|&x| x as f64).collect();
+                        for t in 0..steps {
+                            let row = s * steps + t;
+                            let read = |st: &[f64], want: &mut [f64]| {
+                                for j in 0..values {
+                                    want[row * values + j] = (0..keys).map(|i| q[row * keys + i] as f64 * st[i * values + j]).sum();
+                                }
+                            };
+                            if exclusive {
+                                read(&st, &mut want);
+                            }
+                            let (d, b) = (decay_of(row), beta[row] as f64);
+                            let kk = |i: usize| k[row * keys + i] as f64;
+                            for j in 0..values {
+                                let bs: f64 = (0..keys).map(|i| kk(i) * st[i * values + j]).sum();
+                                for i in 0..keys {
+                                    let x = &mut st[i * values + j];
+                                    *x = d * (*x - b * kk(i) * bs) + kk(i) * v[row * values + j] as f64;
+                                }
+                            }
+                            if !exclusive {
+                                read(&st, &mut want);
+                            }
+                        }
+                        finals[s * keys * values..(s + 1) * keys * values].copy_from_slice(&st);
+                    }
+                    let nchunks = steps.div_ceil(CHUNK);
+                    let up = |x: &[f32]| cuda.upload(&f32_bytes(x));
+                    let (dq, dk, dv, dbeta, dg, ds0) = (up(&q), up(&k), up(&v), up(&beta), up(&g), up(&s0));
+                    let per_chunk = nseq * nchunks;
+                    let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
+                    let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
+                    let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
+                    let ddecay = cuda.zeros(per_chunk * 4);
+                    let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
+                    let u = cuda.zeros(nseq * steps * values * 4);
+                    let out = cuda.zeros(nseq * steps * values * 4);
+                    let p = |d: &Dev| Arg::U64(d.ptr);
+                    let steps_arg = Arg::U64(steps as u64);
+                    cuda.launch_grid(
+                        module,
+                        "psm_cwd_prepare",
+                        [nchunks as u32, nseq as u32, 1],
+                        PREPARE_THREADS,
+                        &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
+                    );
+                    let flags = Arg::U32(if with_state { HAS_STATE } else { 0 });
+                    cuda.launch_grid(
+                        module,
+                        "psm_cwd_states",
+                        [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
+                        m.state_threads,
+                        &[p(&dw), p(&khat), p(&upre), p(&ddecay), p(&ds0), p(&states), p(&u), steps_arg, flags],
+                    );
+                    cuda.launch_grid(
+                        outputs,
+                        "psm_cw_outputs",
+                        [values.div_ceil(c.value_tile) as u32, nchunks as u32, nseq as u32],
+                        OUTPUT_THREADS,
+                        &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)],
+                    );
+                    let found = f32s(&cuda.download(&out));
+                    let all_states = f32s(&cuda.download(&states));
+                    let mut found_finals = Vec::new();
+                    for s in 0..nseq {
+                        let at = (s * (nchunks + 1) + nchunks) * keys * values;
+                        found_finals.extend_from_slice(&all_states[at..at + keys * values]);
+                    }
+                    let what = format!("keys {keys}, values {values}, {decay:?}, exclusive {exclusive}, steps {steps}, initial state {with_state}");
+                    let e_out = relative(&found, &want);
+                    let e_state = relative(&found_finals, &finals);
+                    assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
+                    assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
+                    worst = worst.max(e_out).max(e_state);
+                    for d in [dq, dk, dv, dbeta, dg, ds0, dw, khat, upre, ddecay, states, u, out] {
+                        cuda.free(d);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("delta_rule_tensor_cores: worst relative error {worst:e}");
+}
+
+/// Timings of the delta rule's kernels at fla's chunk_delta_rule shape (B·H = 64
+/// sequences, K = V = 128, T = 1024, 4096, 16384), Gated DeltaNet's log gate, f32
+/// inputs: the median of 5 runs of the three launches, each synchronized (launch
+/// overhead included).
+/// `cargo test -p psm-codegen --test ptx_gpu -- --ignored delta_rule_timings --nocapture`
+#[test]
+#[ignore = "a benchmark: run on a GPU machine"]
+fn delta_rule_timings() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("delta_rule_timings skipped: CUDA not available");
+        return;
+    };
+    let (nseq, keys, values) = (64usize, 128usize, 128usize);
+    let shape = ChunkwiseShape { keys, values, decay: ChunkDecay::Log, exclusive: false };
+    let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
+    let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+    let mut seed = 13u64;
+    for steps in [1024usize, 4096, 16384] {
+        let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
+        let unit = |x: Vec<f32>| -> Vec<u8> {
+            f32_bytes(&x.chunks(keys).flat_map(|r| {
+                let norm = r.iter().map(|a| a * a).sum::<f32>().sqrt();
+                r.iter().map(move |a| a / norm).collect::<Vec<_>>()
+            }).collect::<Vec<_>>())
+        };
+        let (dq, dk) = (cuda.upload(&unit(gen(nseq * steps * keys, -1.0, 1.0))), cuda.upload(&unit(gen(nseq * steps * keys, -1.0, 1.0))));
+        let dv = cuda.upload(&f32_bytes(&gen(nseq * steps * values, -1.0, 1.0)));
+        let dbeta = cuda.upload(&f32_bytes(&gen(nseq * steps, 0.0, 1.0)));
+        let dg = cuda.upload(&f32_bytes(&gen(nseq * steps, -0.1, 0.0)));
+        let nchunks = steps.div_ceil(CHUNK);
+        let per_chunk = nseq * nchunks;
+        let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
+        let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
+        let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
+        let ddecay = cuda.zeros(per_chunk * 4);
+        let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
+        let u = cuda.zeros(nseq * steps * values * 4);
+        let out = cuda.zeros(nseq * steps * values * 4);
+        let p = |d: &Dev| Arg::U64(d.ptr);
+        let steps_arg = Arg::U64(steps as u64);
+        let mut times = Vec::new();
+        for _ in 0..6 {
+            let t0 = std::time::Instant::now();
+            cuda.launch_grid(
+                module,
+                "psm_cwd_prepare",
+                [nchunks as u32, nseq as u32, 1],
+                PREPARE_THREADS,
+                &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
+            );
+            let t1 = std::time::Instant::now();
+            cuda.launch_grid(
+                module,
+                "psm_cwd_states",
+                [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
+                m.state_threads,
+                &[p(&dw), p(&khat), p(&upre), p(&ddecay), Arg::U64(0), p(&states), p(&u), steps_arg, Arg::U32(0)],
+            );
+            let t2 = std::time::Instant::now();
+            let vtiles = values.div_ceil(c.value_tile) as u32;
+            cuda.launch_grid(outputs, "psm_cw_outputs", [vtiles, nchunks as u32, nseq as u32], OUTPUT_THREADS, &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)]);
+            let t3 = std::time::Instant::now();
+            times.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
+        }
+        times.remove(0);
+        times.sort_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()));
+        let [i, s, o] = times[times.len() / 2];
+        eprintln!(
+            "delta rule T = {steps}: prepare {:.3} ms + states {:.3} ms + outputs {:.3} ms = {:.3} ms (B·H = {nseq}, K = V = {keys}, gated, f32 in/out)",
+            i * 1e3,
+            s * 1e3,
+            o * 1e3,
+            (i + s + o) * 1e3
+        );
+        for d in [dq, dk, dv, dbeta, dg, dw, khat, upre, ddecay, states, u, out] {
+            cuda.free(d);
+        }
+    }
+}
+
 // ------------------------------------------------------------------ chunkwise (tensor cores)
 
 /// A seeded uniform in [lo, hi).

@@ -89,7 +89,7 @@ pub struct Unsupported(pub String);
 const BATCH: usize = 8;
 
 /// Static shared memory a block may declare.
-const STATIC_SHARED: usize = 48 * 1024;
+pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
 /// Shared bytes of `psm_cw_outputs`: Q and K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`,
 /// S_cᵀ `[vt][kp + 8]` in bf16, and two f32 arrays of CHUNK log decays.
@@ -98,7 +98,7 @@ fn output_shared_bytes(kp: usize, vt: usize) -> usize {
 }
 
 /// Keys rounded up to the mma's 16.
-fn padded_keys(keys: usize) -> usize {
+pub(super) fn padded_keys(keys: usize) -> usize {
     keys.div_ceil(16) * 16
 }
 
@@ -139,23 +139,23 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
     Ok(ChunkwiseModule { text, shape, value_tile, state_threads: (g.kp / 16 * 32) as u32 })
 }
 
-struct Geometry {
-    keys: usize,
+pub(super) struct Geometry {
+    pub(super) keys: usize,
     /// Keys padded to 16.
-    kp: usize,
-    values: usize,
+    pub(super) kp: usize,
+    pub(super) values: usize,
     /// Values per block.
-    vt: usize,
-    shape: ChunkwiseShape,
+    pub(super) vt: usize,
+    pub(super) shape: ChunkwiseShape,
 }
 
 impl Geometry {
     /// Row stride (entries) of operands whose reduction index is the step: C + 8.
-    fn step_stride(&self) -> usize {
+    pub(super) fn step_stride(&self) -> usize {
         CHUNK + 8
     }
     /// Row stride (entries) of operands whose reduction index is the key: keys + 8.
-    fn key_stride(&self) -> usize {
+    pub(super) fn key_stride(&self) -> usize {
         self.kp + 8
     }
     fn decayed(&self) -> bool {
@@ -164,25 +164,25 @@ impl Geometry {
 }
 
 /// The registers and shared arrays both kernels use, and the pieces they share.
-struct Writer {
-    e: Emitter,
+pub(super) struct Writer {
+    pub(super) e: Emitter,
     shared: String,
     /// lane / 4 and lane % 4: a fragment's row and column pair.
-    gq: Reg,
-    cq: Reg,
-    tid: Reg,
-    warp: Reg,
+    pub(super) gq: Reg,
+    pub(super) cq: Reg,
+    pub(super) tid: Reg,
+    pub(super) warp: Reg,
 }
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2: f32 = std::f32::consts::LN_2;
 
-fn f32_imm(x: f32) -> String {
+pub(super) fn f32_imm(x: f32) -> String {
     format!("0f{:08X}", x.to_bits())
 }
 
 impl Writer {
-    fn new() -> Writer {
+    pub(super) fn new() -> Writer {
         let mut e = Emitter::new();
         let tid = e.reg(Class::B32);
         let lane = e.reg(Class::B32);
@@ -198,21 +198,21 @@ impl Writer {
     }
 
     /// A shared array of `bytes`; its 32-bit shared address in a register.
-    fn shared(&mut self, name: &str, bytes: usize) -> Reg {
+    pub(super) fn shared(&mut self, name: &str, bytes: usize) -> Reg {
         let _ = writeln!(self.shared, "\t.shared .align 16 .b8 {name}[{bytes}];");
         let r = self.e.reg(Class::B32);
         self.e.ins(format!("mov.u32 {r}, {name}"));
         r
     }
 
-    fn param(&mut self, name: &str) -> Reg {
+    pub(super) fn param(&mut self, name: &str) -> Reg {
         let r = self.e.reg(Class::B64);
         self.e.ins(format!("ld.param.u64 {r}, [{name}]"));
         r
     }
 
     /// e^x by `ex2.approx`.
-    fn exp(&mut self, x: Reg) -> Reg {
+    pub(super) fn exp(&mut self, x: Reg) -> Reg {
         let s = self.e.reg(Class::F32);
         let r = self.e.reg(Class::F32);
         self.e.ins(format!("mul.rn.f32 {s}, {x}, {}", f32_imm(LOG2E)));
@@ -221,14 +221,14 @@ impl Writer {
     }
 
     /// `base + 4 · index` for a 64-bit global byte address.
-    fn f32_addr(&mut self, base: Reg, index: Reg) -> Reg {
+    pub(super) fn f32_addr(&mut self, base: Reg, index: Reg) -> Reg {
         let a = self.e.reg(Class::B64);
         self.e.ins(format!("mad.lo.u64 {a}, {index}, 4, {base}"));
         a
     }
 
     /// `(row · stride + col) · 2 + base` for a shared bf16 array.
-    fn bf16_addr(&mut self, base: Reg, row: Reg, stride: usize, col: Reg) -> Reg {
+    pub(super) fn bf16_addr(&mut self, base: Reg, row: Reg, stride: usize, col: Reg) -> Reg {
         let a = self.e.reg(Class::B32);
         self.e.ins(format!("mad.lo.u32 {a}, {row}, {stride}, {col}"));
         self.e.ins(format!("shl.b32 {a}, {a}, 1"));
@@ -237,7 +237,7 @@ impl Writer {
     }
 
     /// A bf16 pair at `addr + byte_offset`.
-    fn ld_pair(&mut self, addr: Reg, byte_offset: usize) -> Reg {
+    pub(super) fn ld_pair(&mut self, addr: Reg, byte_offset: usize) -> Reg {
         let r = self.e.reg(Class::B32);
         self.e.ins(format!("ld.shared.b32 {r}, [{addr}+{byte_offset}]"));
         r
@@ -245,7 +245,7 @@ impl Writer {
 
     /// The A fragment (rows `row`, `row + 8`; columns `col`.., `col + 8`..) of a
     /// row-major bf16 array, at a column offset of `k0` entries.
-    fn a_fragment(&mut self, addr: Reg, stride: usize, k0: usize) -> [Reg; 4] {
+    pub(super) fn a_fragment(&mut self, addr: Reg, stride: usize, k0: usize) -> [Reg; 4] {
         let down = 8 * stride * 2;
         [
             self.ld_pair(addr, 2 * k0),
@@ -257,12 +257,12 @@ impl Writer {
 
     /// The B fragment of an array stored `[n][k]` (`addr` at row n = 8·tile + gq, column
     /// 2·cq) at a reduction offset of `k0`, for the n-tile `tile_offset` rows further.
-    fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize) -> [Reg; 2] {
+    pub(super) fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize) -> [Reg; 2] {
         let row = n0 * stride * 2;
         [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
     }
 
-    fn mma(&mut self, acc: &[Reg; 4], a: &[Reg; 4], b: &[Reg; 2]) {
+    pub(super) fn mma(&mut self, acc: &[Reg; 4], a: &[Reg; 4], b: &[Reg; 2]) {
         let [d0, d1, d2, d3] = acc;
         let [a0, a1, a2, a3] = a;
         let [b0, b1] = b;
@@ -271,7 +271,7 @@ impl Writer {
         ));
     }
 
-    fn zeros(&mut self, n: usize) -> Vec<[Reg; 4]> {
+    pub(super) fn zeros(&mut self, n: usize) -> Vec<[Reg; 4]> {
         (0..n)
             .map(|_| {
                 let acc = [(); 4].map(|_| self.e.reg(Class::F32));
@@ -284,7 +284,7 @@ impl Writer {
     }
 
     /// A runtime loop `for idx in (tid..total).step_by(threads)`; `body` gets idx.
-    fn strided(&mut self, total: usize, threads: usize, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
+    pub(super) fn strided(&mut self, total: usize, threads: usize, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
         let idx = self.e.reg(Class::B32);
         let p = self.e.reg(Class::Pred);
         let top = self.e.label(what);
@@ -307,7 +307,7 @@ impl Writer {
     /// their shared addresses and their step; `scale(step)`, when given, multiplies
     /// them.
     #[allow(clippy::type_complexity)]
-    fn staged(
+    pub(super) fn staged(
         &mut self,
         total: usize,
         threads: usize,
@@ -347,7 +347,7 @@ impl Writer {
     /// The (row, first column) of the load whose first entry is `entry` (a multiple of
     /// `lanes`) when staging `rows` rows transposed: load k = entry / lanes takes row
     /// k % rows and columns lanes · (k / rows) ...
-    fn transposed_position(&mut self, entry: Reg, lanes: usize, rows: usize) -> (Reg, Reg) {
+    pub(super) fn transposed_position(&mut self, entry: Reg, lanes: usize, rows: usize) -> (Reg, Reg) {
         let k = self.e.reg(Class::B32);
         self.e.ins(format!("div.u32 {k}, {entry}, {lanes}"));
         let (group, row) = self.divmod(k, rows);
@@ -356,7 +356,7 @@ impl Writer {
     }
 
     /// `idx / d` and `idx % d` for a compile-time d.
-    fn divmod(&mut self, idx: Reg, d: usize) -> (Reg, Reg) {
+    pub(super) fn divmod(&mut self, idx: Reg, d: usize) -> (Reg, Reg) {
         let q = self.e.reg(Class::B32);
         let r = self.e.reg(Class::B32);
         if d.is_power_of_two() {
@@ -373,7 +373,7 @@ impl Writer {
     /// width + col]` when `row < rows`, `col < cols` and `live` (else 0): `row_base` is
     /// a 64-bit entry index; with 4 lanes, `width`, `cols` and `col` are multiples of 4.
     #[allow(clippy::too_many_arguments)]
-    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize) -> Vec<Reg> {
+    pub(super) fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize) -> Vec<Reg> {
         let v: Vec<Reg> = (0..lanes).map(|_| self.e.reg(Class::F32)).collect();
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
@@ -402,7 +402,7 @@ impl Writer {
     /// step's log decay (0 past the sequence's end) into `raw`, then each sums one
     /// step's prefix in step order. Ends with a barrier.
     #[allow(clippy::too_many_arguments)]
-    fn cumulative_decay(&mut self, g: &Geometry, threads: usize, gate: Reg, row_base: Reg, n: Reg, raw: Reg, lam: Reg) {
+    pub(super) fn cumulative_decay(&mut self, g: &Geometry, threads: usize, gate: Reg, row_base: Reg, n: Reg, raw: Reg, lam: Reg) {
         let value = g.shape.decay == ChunkDecay::Value;
         self.strided(CHUNK, threads, "decay", |w, t| {
             let x = w.e.reg(Class::F32);
@@ -449,7 +449,7 @@ impl Writer {
     }
 
     /// ⌈steps / CHUNK⌉, in 64 bits.
-    fn chunk_count(&mut self, steps: Reg) -> Reg {
+    pub(super) fn chunk_count(&mut self, steps: Reg) -> Reg {
         let nchunks = self.e.reg(Class::B64);
         self.e.ins(format!("add.u64 {nchunks}, {steps}, {}", CHUNK - 1));
         self.e.ins(format!("div.u64 {nchunks}, {nchunks}, {CHUNK}"));
@@ -458,7 +458,7 @@ impl Writer {
 
     /// The row index (64 bits) of `states[seq, chunk]`'s first key: the state buffer
     /// holds `nchunks + 1` matrices of `keys` rows per sequence.
-    fn state_matrix(&mut self, g: &Geometry, seq: Reg, nchunks: Reg, chunk: Reg) -> Reg {
+    pub(super) fn state_matrix(&mut self, g: &Geometry, seq: Reg, nchunks: Reg, chunk: Reg) -> Reg {
         let matrix = self.e.reg(Class::B64);
         self.e.ins(format!("mad.lo.u64 {matrix}, {seq}, {nchunks}, {seq}"));
         self.e.ins(format!("add.u64 {matrix}, {matrix}, {chunk}"));
@@ -467,7 +467,7 @@ impl Writer {
     }
 
     /// Λ at step `t` (a register index) from `lam`.
-    fn lam_at(&mut self, lam: Reg, t: Reg) -> Reg {
+    pub(super) fn lam_at(&mut self, lam: Reg, t: Reg) -> Reg {
         let a = self.e.reg(Class::B32);
         let x = self.e.reg(Class::F32);
         self.e.ins(format!("mad.lo.u32 {a}, {t}, 4, {lam}"));
@@ -475,7 +475,7 @@ impl Writer {
         x
     }
 
-    fn finish(self, name: &str, params: &[&str]) -> String {
+    pub(super) fn finish(self, name: &str, params: &[&str]) -> String {
         let mut text = format!(".visible .entry {name}(\n");
         for (k, p) in params.iter().enumerate() {
             let sep = if k + 1 < params.len() { "," } else { "" };
@@ -491,13 +491,13 @@ impl Writer {
 }
 
 /// A per-step factor computed from the step index, when staging scales.
-type Scale<'a> = Option<&'a dyn Fn(&mut Writer, Reg) -> Reg>;
+pub(super) type Scale<'a> = Option<&'a dyn Fn(&mut Writer, Reg) -> Reg>;
 
 /// Stages `CHUNK` steps of a `[steps, width]` f32 array transposed into a bf16 array
 /// `[width_tile][CHUNK + 8]` (the step contiguous): entry (t, col0 + j) at row j,
 /// column t, times `scale(t)` when given.
 #[allow(clippy::too_many_arguments)]
-fn stage_transposed(
+pub(super) fn stage_transposed(
     w: &mut Writer,
     g: &Geometry,
     threads: usize,
@@ -540,7 +540,7 @@ fn stage_transposed(
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
 /// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
 #[allow(clippy::too_many_arguments)]
-fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, what: &str) {
+pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, what: &str) {
     let lanes = if g.keys % 4 == 0 { 4 } else { 1 };
     w.staged(
         CHUNK * g.kp,
@@ -566,13 +566,13 @@ fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: 
 
 /// Block ids, the chunk's first step and its number of steps `n`, and the 64-bit entry
 /// index of the sequence's first step (`seq · steps`) plus the chunk's start.
-struct ChunkPos {
+pub(super) struct ChunkPos {
     /// seq · steps + chunk · CHUNK.
-    row_base: Reg,
-    n: Reg,
+    pub(super) row_base: Reg,
+    pub(super) n: Reg,
 }
 
-fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> ChunkPos {
+pub(super) fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> ChunkPos {
     let row_base = w.e.reg(Class::B64);
     let start = w.e.reg(Class::B64);
     let s64 = w.e.reg(Class::B64);
@@ -595,7 +595,7 @@ fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> ChunkPos {
 /// entry), columns `col0 + 8 · tile + 2 · cq (+1)`, rows `row0 + gq (+8)`, within
 /// `rows` × `values`.
 #[allow(clippy::too_many_arguments)]
-fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, store: bool) {
+pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, store: bool) {
     for (nt, a) in acc.iter().enumerate() {
         for half in 0..2 {
             for k in 0..2 {

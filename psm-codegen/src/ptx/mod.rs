@@ -163,6 +163,7 @@
 mod block;
 mod channels;
 pub mod chunkwise;
+pub mod delta;
 mod emit;
 mod kernels;
 pub mod lookback;

@@ -17,13 +17,12 @@ use crate::error::RunError;
 /// Why a plan's field has no CUDA kernel yet, or `None` when every field has one.
 pub(crate) fn unsupported(plan: &Chunkwise) -> Option<String> {
     plan.fields.iter().find_map(|f| match f.decay {
-        Decay::None | Decay::Scalar { .. } => None,
+        Decay::None | Decay::Scalar { .. } | Decay::DeltaRule { .. } => None,
         Decay::Diagonal { .. } => Some(format!("state field `{}` decays per key (diagonal): the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
-        Decay::DeltaRule { .. } => Some(format!("state field `{}` follows the delta rule: the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
     })
 }
 
-fn upload(device: &Device, what: &str, data: &[f32]) -> Result<DeviceBuffer, RunError> {
+pub(super) fn upload(device: &Device, what: &str, data: &[f32]) -> Result<DeviceBuffer, RunError> {
     // SAFETY: f32 values viewed as their bytes: same memory, alignment 1.
     let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
     device.upload(what, bytes)
@@ -47,6 +46,7 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let (decay, gate) = match &field.decay {
             Decay::Scalar { gate: Gate::Log(g) } => (ChunkDecay::Log, Some(g)),
             Decay::Scalar { gate: Gate::Value(g) } => (ChunkDecay::Value, Some(g)),
+            Decay::DeltaRule { log_decay: Some(g), .. } => (ChunkDecay::Log, Some(g)),
             _ => (ChunkDecay::None, None),
         };
         let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
@@ -62,9 +62,15 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let matrices = nseq.checked_mul(nchunks + 1).and_then(|n| n.checked_mul(field.keys * field.values * 4));
         let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
         let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
-        let mut args = Args::new();
-        args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
-        device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
+        // The delta rule's outputs read its pseudo-values in place of the values.
+        let v = if let Decay::DeltaRule { beta, b, .. } = &field.decay {
+            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, &g), &states, nseq, steps)?
+        } else {
+            let mut args = Args::new();
+            args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
+            device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
+            v
+        };
         for (c, out) in plan.contractions.iter().zip(&mut contractions) {
             if c.field != fi {
                 continue;

@@ -28,6 +28,7 @@
 pub mod device;
 pub mod exec;
 pub(crate) mod chunkwise;
+mod delta;
 mod forms;
 mod launch;
 pub mod select;

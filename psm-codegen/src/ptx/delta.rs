@@ -1,0 +1,694 @@
+//! Tensor-core kernels of the chunkwise form for the delta rule (psm-ir's
+//! `Decay::DeltaRule`): DeltaNet's transition I − β k bᵀ, and Gated DeltaNet's
+//! e^g (I − β k bᵀ), through the WY/UT representation, with bf16 operands on
+//! `mma.sync.m16n8k16`, f32 accumulators and the state in f32.
+//!
+//! Within a chunk of C = [`CHUNK`] steps, with Λ the cumulative log decay from the
+//! chunk's start (0 without a gate), the state's update is that of a scalar decay with
+//! the values v replaced by pseudo-values u (as psm-runtime's CPU form):
+//!
+//! ```text
+//! (I + L) U = V − diag(β e^Λ) B S₀,   L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ  (τ < t, else 0)
+//! S ← e^(Λ_last) S₀ + (K ⊙ e^(Λ_last − Λ))ᵀ U
+//! ```
+//!
+//! With T = (I + L)⁻¹, U = U' + W S₀ where U' = T V and W = −T diag(β e^Λ) B depend only
+//! on the chunk's own steps: they are computed for every chunk at once, and the
+//! sequential pass over the chunks is two products per chunk. Two kernels:
+//!
+//! ```text
+//! psm_cwd_prepare(k, b, beta, g, v, w, khat, upre, decay, steps)
+//!     grid (nchunks, nseq), 128 threads
+//!     per chunk: the Gram matrix B Kᵀ on tensor cores, T by forward substitution in f32
+//!     (one thread per column of T, held in registers), then on tensor cores
+//!     W = −T diag(β e^Λ) B (bf16) and U' = T V (f32); K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
+//!     and e^(Λ_last)
+//! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
+//!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads
+//!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
+//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
+//!     copied into shared memory (cp.async) while this one computes
+//! ```
+//!
+//! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
+//!
+//! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]`, `beta`,
+//! `g` `[nseq, steps]` f32 as in ptx::chunkwise; per chunk c of sequence s (matrix
+//! m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]` `[kp, C]` bf16, `upre[m]`
+//! `[C, vp]` f32, `decay[m]` f32, with kp and vp the keys and values padded
+//! ([`DeltaModule`]) and zeros in the padding. Steps past a sequence's end have zero
+//! keys, b and β: their rows of T are the identity's and their pseudo-values 0.
+
+use std::fmt::Write;
+
+use super::chunkwise::{
+    chunk_pos, f32_imm, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Unsupported, Writer, CHUNK,
+    MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
+};
+use super::emit::{Class, Reg};
+use super::HAS_STATE;
+
+/// Threads per block of `psm_cwd_prepare` (one warp per 16 rows of the chunk; the
+/// first C threads substitute, one column of T each).
+pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
+
+/// The delta rule's kernels of one state field and their geometry.
+#[derive(Debug, Clone)]
+pub struct DeltaModule {
+    pub text: String,
+    pub shape: ChunkwiseShape,
+    /// Values per block of `psm_cwd_states` (`grid.x = ⌈values / state_value_tile⌉`).
+    pub state_value_tile: usize,
+    /// Threads per block of `psm_cwd_states`.
+    pub state_threads: u32,
+    /// Row widths of the per-chunk operands: keys padded to 16, values to the state
+    /// value tile.
+    pub padded_keys: usize,
+    pub padded_values: usize,
+}
+
+/// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]` and K̂ᵀ `[kp][C + 8]` in bf16, Sᵀ
+/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` in f32.
+fn states_shared_bytes(kp: usize, vt: usize) -> usize {
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * 4
+}
+
+/// Shared bytes of `psm_cwd_prepare`: B's rows, then L (f32 `[C][C]`), then T (bf16
+/// `[C][C + 8]`); K's rows, then (diag(β e^Λ) B)ᵀ `[kp][C + 8]`; Vᵀ `[vt][C + 8]`; three
+/// f32 arrays of C.
+fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
+    let first = (CHUNK * (kp + 8) * 2).max(CHUNK * CHUNK * 4);
+    let second = (CHUNK * (kp + 8)).max(kp * (CHUNK + 8)) * 2;
+    (first, second, vt * (CHUNK + 8) * 2)
+}
+
+/// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values`
+/// for which `bytes(tile)` fits a block's static shared memory.
+fn value_tile(values: usize, bytes: impl Fn(usize) -> usize) -> usize {
+    let mut tile = values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
+    while tile > 8 && bytes(tile) > STATIC_SHARED {
+        tile = (tile / 2).div_ceil(8) * 8;
+    }
+    tile
+}
+
+/// The delta rule's kernels for one state field for `arch` (compute capability × 10, at
+/// least 80); `shape.decay` is the gate's (`None` for DeltaNet).
+pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Unsupported> {
+    if arch < 80 {
+        return Err(Unsupported(format!("bf16 tensor-core products and cp.async need sm_80 or later, not sm_{arch}")));
+    }
+    if shape.keys == 0 || shape.values == 0 {
+        return Err(Unsupported("a state field without entries".into()));
+    }
+    if shape.keys > MAX_KEYS {
+        return Err(Unsupported(format!("{} keys: the state kernel keeps at most {MAX_KEYS} keys in one block", shape.keys)));
+    }
+    let kp = padded_keys(shape.keys);
+    let svt = value_tile(shape.values, |vt| states_shared_bytes(kp, vt));
+    let pvt = value_tile(shape.values, |vt| {
+        let (a, b, c) = prepare_shared_bytes(kp, vt);
+        a + b + c + 3 * CHUNK * 4
+    });
+    let (a, b, c) = prepare_shared_bytes(kp, pvt);
+    for bytes in [states_shared_bytes(kp, svt), a + b + c + 3 * CHUNK * 4] {
+        if bytes > STATIC_SHARED {
+            return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
+        }
+    }
+    let vp = shape.values.div_ceil(svt) * svt;
+    let geometry = |vt| Geometry { keys: shape.keys, kp, values: shape.values, vt, shape };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
+        shape.keys, shape.values, shape.decay
+    );
+    let version = if arch >= 90 { "7.8" } else { "7.0" };
+    let _ = writeln!(text, ".version {version}\n.target sm_{arch}\n.address_size 64\n");
+    text.push_str(&prepare_kernel(&geometry(pvt), vp));
+    text.push('\n');
+    text.push_str(&states_kernel(&geometry(svt), vp));
+    Ok(DeltaModule { text, shape, state_value_tile: svt, state_threads: (kp / 16 * 32) as u32, padded_keys: kp, padded_values: vp })
+}
+
+/// The 64-bit index m = seq · nchunks + chunk of a chunk's per-chunk operands.
+fn chunk_matrix(w: &mut Writer, seq: Reg, chunk: Reg, nchunks: Reg) -> Reg {
+    let s64 = w.e.reg(Class::B64);
+    let c64 = w.e.reg(Class::B64);
+    let m = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+    w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
+    w.e.ins(format!("mad.lo.u64 {m}, {s64}, {nchunks}, {c64}"));
+    m
+}
+
+/// `base + m · bytes`: the global address of operand m of `bytes` each.
+fn operand_addr(w: &mut Writer, base: Reg, m: Reg, bytes: usize) -> Reg {
+    let a = w.e.reg(Class::B64);
+    w.e.ins(format!("mad.lo.u64 {a}, {m}, {bytes}, {base}"));
+    a
+}
+
+/// `dst[t] = β_t` (0 past the chunk's `n` steps).
+fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, dst: Reg) {
+    w.strided(CHUNK, threads, "beta", |w, t| {
+        let x = w.e.reg(Class::F32);
+        let live = w.e.reg(Class::Pred);
+        w.e.ins(format!("mov.f32 {x}, 0f00000000"));
+        w.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
+        let t64 = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
+        w.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
+        let a = w.f32_addr(beta, t64);
+        w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {dst}"));
+        w.e.ins(format!("st.shared.f32 [{at}], {x}"));
+    });
+}
+
+/// The f32 entry `base[t]` of a shared array.
+fn shared_f32(w: &mut Writer, base: Reg, t: Reg) -> Reg {
+    let a = w.e.reg(Class::B32);
+    let x = w.e.reg(Class::F32);
+    w.e.ins(format!("mad.lo.u32 {a}, {t}, 4, {base}"));
+    w.e.ins(format!("ld.shared.f32 {x}, [{a}]"));
+    x
+}
+
+/// Stores accumulator tiles transposed into a shared bf16 array: entry (row, col) of
+/// the tiles at `[col][row]` (row stride `stride`), `addr` at row `row0 + gq`, column
+/// `2 · cq` of the first tile.
+fn store_transposed(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
+    for (nt, tile) in acc.iter().enumerate() {
+        for (r, x) in tile.iter().enumerate() {
+            let h = w.e.reg(Class::B16);
+            w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+            let offset = ((8 * nt + r % 2) * stride + 8 * (r / 2)) * 2;
+            w.e.ins(format!("st.shared.b16 [{addr}+{offset}], {h}"));
+        }
+    }
+}
+
+fn prepare_kernel(g: &Geometry, vp: usize) -> String {
+    let mut w = Writer::new();
+    let threads = PREPARE_THREADS as usize;
+    let (ss, ks) = (g.step_stride(), g.key_stride());
+    let params = ["k", "b", "beta", "g", "v", "w", "khat", "upre", "decay", "steps"];
+    let k = w.param("k");
+    let b = w.param("b");
+    let beta = w.param("beta");
+    let gate = w.param("g");
+    let v = w.param("v");
+    let wout = w.param("w");
+    let khat = w.param("khat");
+    let upre = w.param("upre");
+    let decay = w.param("decay");
+    let steps = w.param("steps");
+    let (chunk, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {chunk}, %ctaid.x"));
+    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    let (first, second, third) = prepare_shared_bytes(g.kp, g.vt);
+    // B's rows, then -L, then T; K's rows, then (diag(beta e^L) B)^T; V^T.
+    let bs = w.shared("bs", first);
+    let ks_rows = w.shared("ks", second);
+    let vs = w.shared("vt", third);
+    let betas = w.shared("betas", CHUNK * 4);
+    let gated = g.shape.decay != ChunkDecay::None;
+    let lam = if gated {
+        let raw = w.shared("raw", CHUNK * 4);
+        let lam = w.shared("lam", CHUNK * 4);
+        Some((raw, lam))
+    } else {
+        None
+    };
+    let pos = chunk_pos(&mut w, seq, steps, chunk);
+    let nchunks = w.chunk_count(steps);
+    let m = chunk_matrix(&mut w, seq, chunk, nchunks);
+    if let Some((raw, lam)) = lam {
+        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    }
+    w.e.comment("stage B and K (the key contiguous), beta");
+    beta_row(&mut w, threads, beta, pos.row_base, pos.n, betas);
+    stage_rows(&mut w, g, threads, b, pos.row_base, pos.n, bs, "stage_b");
+    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks_rows, "stage_k");
+    w.e.ins("bar.sync 0");
+    let row0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    let arow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    let acol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    let gram = w.zeros(CHUNK / 8);
+    {
+        let b_addr = w.bf16_addr(bs, arow, ks, acol);
+        let k_addr = w.bf16_addr(ks_rows, w.gq, ks, acol);
+        w.e.comment("G = B K^T");
+        for kk in 0..g.kp / 16 {
+            let a = w.a_fragment(b_addr, ks, 16 * kk);
+            for (pt, t) in gram.iter().enumerate() {
+                let f = w.b_fragment(k_addr, ks, 8 * pt, 16 * kk);
+                w.mma(t, &a, &f);
+            }
+        }
+    }
+    w.e.ins("bar.sync 0");
+    w.e.comment("-L into bs (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
+    let rows = [arow, w.e.reg(Class::B32)];
+    w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
+    let betas_t = rows.map(|r| shared_f32(&mut w, betas, r));
+    let lam_t = lam.map(|(_, lam)| rows.map(|r| w.lam_at(lam, r)));
+    let store = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {store}, {arow}, {CHUNK}, {acol}"));
+    w.e.ins(format!("mad.lo.u32 {store}, {store}, 4, {bs}"));
+    for (pt, t) in gram.iter().enumerate() {
+        for (j, x) in t.iter().enumerate() {
+            let tau = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {tau}, {}, 2, {}", w.cq, 8 * pt + j % 2));
+            let keep = w.e.reg(Class::Pred);
+            w.e.ins(format!("setp.lt.u32 {keep}, {tau}, {}", rows[j / 2]));
+            w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", betas_t[j / 2]));
+            if let (Some(lt), Some((_, lam))) = (lam_t, lam) {
+                let l = w.lam_at(lam, tau);
+                let d = w.e.reg(Class::F32);
+                w.e.ins(format!("sub.rn.f32 {d}, {}, {l}", lt[j / 2]));
+                let f = w.exp(d);
+                w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+            }
+            w.e.ins(format!("neg.f32 {x}, {x}"));
+            w.e.ins(format!("selp.f32 {x}, {x}, 0f00000000, {keep}"));
+            let offset = ((j / 2) * 8 * CHUNK + 8 * pt + j % 2) * 4;
+            w.e.ins(format!("st.shared.f32 [{store}+{offset}], {x}"));
+        }
+    }
+    w.e.ins("bar.sync 0");
+    w.e.comment("forward substitution: thread j < C holds column j of T = (I + L)^-1,");
+    w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time");
+    let substituted = w.e.label("substituted");
+    let idle = w.e.reg(Class::Pred);
+    w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
+    let mut column: Vec<Reg> = Vec::with_capacity(CHUNK);
+    w.e.ins(format!("@{idle} bra {substituted}"));
+    let one = f32_imm(1.0);
+    for t in 0..CHUNK {
+        let x = w.e.reg(Class::F32);
+        let diagonal = w.e.reg(Class::Pred);
+        w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {t}", w.tid));
+        w.e.ins(format!("selp.f32 {x}, {one}, 0f00000000, {diagonal}"));
+        for s0 in (0..t).step_by(4) {
+            let l = [(); 4].map(|_| w.e.reg(Class::F32));
+            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{bs}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
+            for (s, l) in (s0..t.min(s0 + 4)).zip(l) {
+                w.e.ins(format!("fma.rn.f32 {x}, {l}, {}, {x}", column[s]));
+            }
+        }
+        column.push(x);
+    }
+    w.e.place(&substituted);
+    w.e.ins("bar.sync 0");
+    w.e.comment("T (bf16, [t][s]) over -L; stage (beta exp(L) B)^T over K, the step contiguous");
+    let written = w.e.label("t_written");
+    w.e.ins(format!("@{idle} bra {written}"));
+    let tcol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {tcol}, {}, 1", w.tid));
+    w.e.ins(format!("add.u32 {tcol}, {tcol}, {bs}"));
+    for (t, x) in column.iter().enumerate() {
+        let h = w.e.reg(Class::B16);
+        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+        w.e.ins(format!("st.shared.b16 [{tcol}+{}], {h}", t * ss * 2));
+    }
+    w.e.place(&written);
+    let scale = |w: &mut Writer, t: Reg| -> Reg {
+        let x = shared_f32(w, betas, t);
+        if let Some((_, lam)) = lam {
+            let l = w.lam_at(lam, t);
+            let f = w.exp(l);
+            w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+        }
+        x
+    };
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Some(&scale), "stage_bt");
+    w.e.ins("bar.sync 0");
+    let t_addr = w.bf16_addr(bs, arow, ss, acol);
+    {
+        w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp]");
+        let x_addr = w.bf16_addr(ks_rows, w.gq, ss, acol);
+        let acc = w.zeros(g.kp / 8);
+        for kk in 0..CHUNK / 16 {
+            let a = w.a_fragment(t_addr, ss, 16 * kk);
+            for (nt, t) in acc.iter().enumerate() {
+                let f = w.b_fragment(x_addr, ss, 8 * nt, 16 * kk);
+                w.mma(t, &a, &f);
+            }
+        }
+        let base = operand_addr(&mut w, wout, m, CHUNK * g.kp * 2);
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
+        let at64 = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {at64}, {at}, 2"));
+        w.e.ins(format!("add.u64 {at64}, {at64}, {base}"));
+        for (nt, t) in acc.iter().enumerate() {
+            for half in 0..2 {
+                let (lo, hi) = (t[2 * half], t[2 * half + 1]);
+                w.e.ins(format!("neg.f32 {lo}, {lo}"));
+                w.e.ins(format!("neg.f32 {hi}, {hi}"));
+                let pair = w.e.reg(Class::B32);
+                w.e.ins(format!("cvt.rn.bf16x2.f32 {pair}, {hi}, {lo}"));
+                w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", (half * 8 * g.kp + 8 * nt) * 2));
+            }
+        }
+    }
+    {
+        w.e.comment("upre[m] = T V, f32 [C][vp], a value tile at a time");
+        // U' rows are vp wide.
+        let ug = Geometry { keys: g.keys, kp: g.kp, values: vp, vt: g.vt, shape: g.shape };
+        let first_row = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.lo.u64 {first_row}, {m}, {CHUNK}"));
+        let v_addr = w.bf16_addr(vs, w.gq, ss, acol);
+        let rows_all = w.e.reg(Class::B32);
+        w.e.ins(format!("mov.u32 {rows_all}, {CHUNK}"));
+        for tile in 0..vp.div_ceil(g.vt) {
+            let col0 = w.e.reg(Class::B32);
+            w.e.ins(format!("mov.u32 {col0}, {}", tile * g.vt));
+            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
+            w.e.ins("bar.sync 0");
+            let acc = w.zeros(g.vt / 8);
+            for kk in 0..CHUNK / 16 {
+                let a = w.a_fragment(t_addr, ss, 16 * kk);
+                for (nt, t) in acc.iter().enumerate() {
+                    let f = w.b_fragment(v_addr, ss, 8 * nt, 16 * kk);
+                    w.mma(t, &a, &f);
+                }
+            }
+            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, true);
+            w.e.ins("bar.sync 0");
+        }
+    }
+    w.e.comment("khat[m] = (K * exp(L_last - L))^T, bf16 [kp][C], two steps per thread");
+    let last = lam.map(|(_, lam)| {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
+        let l = w.e.reg(Class::F32);
+        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
+        l
+    });
+    let kbase = operand_addr(&mut w, khat, m, g.kp * CHUNK * 2);
+    w.strided(g.kp * CHUNK / 2, threads, "khat", |w, idx| {
+        let (pair, i) = w.divmod(idx, g.kp);
+        let t = w.e.reg(Class::B32);
+        w.e.ins(format!("shl.b32 {t}, {pair}, 1"));
+        let halves = [(); 2].map(|_| w.e.reg(Class::F32));
+        for (h, x) in halves.iter().enumerate() {
+            let th = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {th}, {t}, {h}"));
+            let live = w.e.reg(Class::Pred);
+            w.e.ins(format!("mov.f32 {x}, 0f00000000"));
+            w.e.ins(format!("setp.lt.u32 {live}, {th}, {}", pos.n));
+            w.e.ins(format!("setp.lt.and.u32 {live}, {i}, {}, {live}", g.keys));
+            let r64 = w.e.reg(Class::B64);
+            let c64 = w.e.reg(Class::B64);
+            w.e.ins(format!("cvt.u64.u32 {r64}, {th}"));
+            w.e.ins(format!("cvt.u64.u32 {c64}, {i}"));
+            w.e.ins(format!("add.u64 {r64}, {r64}, {}", pos.row_base));
+            w.e.ins(format!("mad.lo.u64 {r64}, {r64}, {}, {c64}", g.keys));
+            let a = w.f32_addr(k, r64);
+            w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+            if let (Some(last), Some((_, lam))) = (last, lam) {
+                let l = w.lam_at(lam, th);
+                let d = w.e.reg(Class::F32);
+                w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
+                let f = w.exp(d);
+                w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+            }
+        }
+        let packed = w.e.reg(Class::B32);
+        w.e.ins(format!("cvt.rn.bf16x2.f32 {packed}, {}, {}", halves[1], halves[0]));
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {at}, {i}, {CHUNK}, {t}"));
+        let at64 = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {at64}, {at}, 2"));
+        w.e.ins(format!("add.u64 {at64}, {at64}, {kbase}"));
+        w.e.ins(format!("st.global.b32 [{at64}], {packed}"));
+    });
+    if let Some(last) = last {
+        w.e.comment("decay[m] = exp(L_last)");
+        let skip = w.e.label("decay_written");
+        let p = w.e.reg(Class::Pred);
+        w.e.ins(format!("setp.ne.u32 {p}, {}, 0", w.tid));
+        w.e.ins(format!("@{p} bra {skip}"));
+        let f = w.exp(last);
+        let a = w.f32_addr(decay, m);
+        w.e.ins(format!("st.global.f32 [{a}], {f}"));
+        w.e.place(&skip);
+    }
+    w.finish("psm_cwd_prepare", &params)
+}
+
+/// A runtime loop over the work items `warp, warp + warps, ... < items` of a block's
+/// warps; `body` gets the item.
+fn per_item(w: &mut Writer, items: usize, warps: usize, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
+    let item = w.e.reg(Class::B32);
+    let p = w.e.reg(Class::Pred);
+    let top = w.e.label(what);
+    let done = w.e.label(&format!("{what}_done"));
+    w.e.ins(format!("mov.u32 {item}, {}", w.warp));
+    w.e.place(&top);
+    w.e.ins(format!("setp.ge.u32 {p}, {item}, {items}"));
+    w.e.ins(format!("@{p} bra.uni {done}"));
+    body(w, item);
+    w.e.ins(format!("add.u32 {item}, {item}, {warps}"));
+    w.e.ins(format!("bra.uni {top}"));
+    w.e.place(&done);
+}
+
+/// How the products over a chunk's rows (C / 16 row blocks × the value tile's 8-wide
+/// tiles) split into work items for `warps` warps: `groups` groups of `tiles` tiles.
+struct Split {
+    groups: usize,
+    tiles: usize,
+}
+
+impl Split {
+    fn new(vt: usize, warps: usize) -> Split {
+        let (blocks, all) = (CHUNK / 16, vt / 8);
+        // As many tile groups as the warps beyond one per row block can take.
+        let groups = (1..=all).rev().find(|&n| all % n == 0 && n * blocks <= warps.max(blocks)).unwrap_or(1);
+        Split { groups, tiles: all / groups }
+    }
+    fn items(&self) -> usize {
+        CHUNK / 16 * self.groups
+    }
+    /// The item's first row (16 · row block) and its first column in the value tile.
+    fn position(&self, w: &mut Writer, item: Reg) -> (Reg, Reg) {
+        let (group, block) = w.divmod(item, CHUNK / 16);
+        let row0 = w.e.reg(Class::B32);
+        let col = w.e.reg(Class::B32);
+        w.e.ins(format!("shl.b32 {row0}, {block}, 4"));
+        w.e.ins(format!("mul.lo.u32 {col}, {group}, {}", 8 * self.tiles));
+        (row0, col)
+    }
+}
+
+/// Issues `cp.async` copies of `rows` rows of `row_bytes` (a multiple of 16) from
+/// global `src` (row stride `src_stride` bytes) into shared `dst` (row stride
+/// `dst_stride` bytes), `threads` at a time, then commits them as one group.
+#[allow(clippy::too_many_arguments)]
+fn copy_async(w: &mut Writer, threads: usize, src: Reg, src_stride: usize, dst: Reg, dst_stride: usize, rows: usize, row_bytes: usize, what: &str) {
+    let per_row = row_bytes / 16;
+    w.strided(rows * per_row, threads, what, |w, p| {
+        let (row, piece) = w.divmod(p, per_row);
+        let s = w.e.reg(Class::B32);
+        w.e.ins(format!("mul.lo.u32 {s}, {row}, {src_stride}"));
+        w.e.ins(format!("mad.lo.u32 {s}, {piece}, 16, {s}"));
+        let s64 = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {s64}, {s}"));
+        w.e.ins(format!("add.u64 {s64}, {s64}, {src}"));
+        let d = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {d}, {row}, {dst_stride}, {dst}"));
+        w.e.ins(format!("mad.lo.u32 {d}, {piece}, 16, {d}"));
+        w.e.ins(format!("cp.async.cg.shared.global [{d}], [{s64}], 16"));
+    });
+}
+
+fn states_kernel(g: &Geometry, vp: usize) -> String {
+    let mut w = Writer::new();
+    let warps = g.kp / 16;
+    let threads = warps * 32;
+    let split = Split::new(g.vt, warps);
+    let (ss, ks) = (g.step_stride(), g.key_stride());
+    let params = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps", "flags"];
+    let wmat = w.param("w");
+    let khat = w.param("khat");
+    let upre = w.param("upre");
+    let decay = w.param("decay");
+    let state_in = w.param("state_in");
+    let states = w.param("states");
+    let u = w.param("u");
+    let steps = w.param("steps");
+    let flags = w.e.reg(Class::B32);
+    w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
+    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    let col0 = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
+    let ws = w.shared("ws", CHUNK * ks * 2);
+    let kh = w.shared("kh", g.kp * ss * 2);
+    let st = w.shared("st", g.vt * ks * 2);
+    let ut = w.shared("ut", g.vt * ss * 2);
+    let up = w.shared("up", CHUNK * g.vt * 4);
+    let gated = g.shape.decay != ChunkDecay::None;
+    let nchunks = w.chunk_count(steps);
+    let row0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    let keys = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
+    let s64 = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+    let acc = w.zeros(g.vt / 8);
+    w.e.comment("an initial state (HAS_STATE): state_in[seq] is S entering chunk 0");
+    let no_state = w.e.label("no_state");
+    let has = w.e.reg(Class::B32);
+    let p = w.e.reg(Class::Pred);
+    w.e.ins(format!("and.b32 {has}, {flags}, {HAS_STATE}"));
+    w.e.ins(format!("setp.eq.u32 {p}, {has}, 0"));
+    w.e.ins(format!("@{p} bra {no_state}"));
+    let first = w.e.reg(Class::B64);
+    w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
+    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, false);
+    w.e.place(&no_state);
+    let arow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    let acol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    // This warp's S rows transposed into st, and the fragments of S += K-hat^T U.
+    let s_store = w.bf16_addr(st, acol, ks, arow);
+    let khat_addr = w.bf16_addr(kh, arow, ss, acol);
+    let u_addr = w.bf16_addr(ut, w.gq, ss, acol);
+    // The byte offset of this block's value tile in a row of U'.
+    let up_col = w.e.reg(Class::B64);
+    w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, 4"));
+    let chunk = w.e.reg(Class::B32);
+    // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
+    // cp.async group; an empty group past the last chunk keeps the count.
+    let prefetch = |w: &mut Writer, c: Reg, first: bool| {
+        let skip = w.e.label(if first { "no_next_w" } else { "no_next_khat" });
+        let c64 = w.e.reg(Class::B64);
+        let past = w.e.reg(Class::Pred);
+        w.e.ins(format!("cvt.u64.u32 {c64}, {c}"));
+        w.e.ins(format!("setp.ge.u64 {past}, {c64}, {nchunks}"));
+        w.e.ins(format!("@{past} bra.uni {skip}"));
+        let m = chunk_matrix(w, seq, c, nchunks);
+        if first {
+            let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
+            copy_async(w, threads, src, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2, "copy_w");
+            let src = operand_addr(w, upre, m, CHUNK * vp * 4);
+            w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
+            copy_async(w, threads, src, vp * 4, up, g.vt * 4, CHUNK, g.vt * 4, "copy_upre");
+        } else {
+            let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
+            copy_async(w, threads, src, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2, "copy_khat");
+        }
+        w.e.place(&skip);
+        w.e.ins("cp.async.commit_group");
+    };
+    w.e.comment("chunk 0's W and U', then its K-hat^T, in flight");
+    w.e.ins(format!("mov.u32 {chunk}, 0"));
+    prefetch(&mut w, chunk, true);
+    prefetch(&mut w, chunk, false);
+
+    let top = w.e.label("chunk");
+    let done = w.e.label("chunks_done");
+    w.e.place(&top);
+    let c64 = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
+    w.e.comment("states[seq, chunk] = S entering the chunk");
+    let matrix = w.state_matrix(g, s64, nchunks, c64);
+    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, true);
+    let end = w.e.reg(Class::Pred);
+    w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
+    w.e.ins(format!("@{end} bra.uni {done}"));
+    let pos = chunk_pos(&mut w, seq, steps, chunk);
+    let m = chunk_matrix(&mut w, seq, chunk, nchunks);
+    let d = gated.then(|| {
+        let d = w.e.reg(Class::F32);
+        let a = w.f32_addr(decay, m);
+        w.e.ins(format!("ld.global.nc.f32 {d}, [{a}]"));
+        d
+    });
+    w.e.comment("S^T into st; wait for W and U'");
+    store_transposed(&mut w, &acc, s_store, ks);
+    w.e.ins("cp.async.wait_group 1");
+    w.e.ins("bar.sync 0");
+    w.e.comment("U = U' + W S: to u, and transposed into ut");
+    per_item(&mut w, split.items(), warps, "pseudo", |w, item| {
+        let (r0, c) = split.position(w, item);
+        let r = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {r}, {r0}, {}", w.gq));
+        let a_addr = w.bf16_addr(ws, r, ks, acol);
+        let n0 = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {n0}, {c}, {}", w.gq));
+        let s_addr = w.bf16_addr(st, n0, ks, acol);
+        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt] f32.
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {at}, {c}, {acol}"));
+        w.e.ins(format!("mad.lo.u32 {at}, {r}, {}, {at}", g.vt));
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {up}"));
+        let us: Vec<[Reg; 4]> = (0..split.tiles)
+            .map(|nt| {
+                let t = [(); 4].map(|_| w.e.reg(Class::F32));
+                for (e, x) in t.iter().enumerate() {
+                    w.e.ins(format!("ld.shared.f32 {x}, [{at}+{}]", ((e / 2) * 8 * g.vt + 8 * nt + e % 2) * 4));
+                }
+                t
+            })
+            .collect();
+        for kk in 0..g.kp / 16 {
+            let a = w.a_fragment(a_addr, ks, 16 * kk);
+            for (nt, t) in us.iter().enumerate() {
+                let f = w.b_fragment(s_addr, ks, 8 * nt, 16 * kk);
+                w.mma(t, &a, &f);
+            }
+        }
+        let ucol = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
+        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, true);
+        let col = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
+        let at = w.bf16_addr(ut, col, ss, r);
+        store_transposed(w, &us, at, ss);
+    });
+    w.e.ins("bar.sync 0");
+    w.e.comment("the next chunk's W and U' in flight; wait for K-hat^T");
+    let next = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
+    prefetch(&mut w, next, true);
+    w.e.ins("cp.async.wait_group 1");
+    w.e.ins("bar.sync 0");
+    if let Some(d) = d {
+        w.e.comment("S = exp(L_last) S");
+        for a in &acc {
+            for r in a {
+                w.e.ins(format!("mul.rn.f32 {r}, {r}, {d}"));
+            }
+        }
+    }
+    w.e.comment("S += K-hat^T U");
+    for kk in 0..CHUNK / 16 {
+        let a = w.a_fragment(khat_addr, ss, 16 * kk);
+        for (nt, t) in acc.iter().enumerate() {
+            let f = w.b_fragment(u_addr, ss, 8 * nt, 16 * kk);
+            w.mma(t, &a, &f);
+        }
+    }
+    w.e.ins("bar.sync 0");
+    w.e.comment("the next chunk's K-hat^T in flight");
+    prefetch(&mut w, next, false);
+    w.e.ins(format!("mov.u32 {chunk}, {next}"));
+    w.e.ins(format!("bra.uni {top}"));
+    w.e.place(&done);
+    w.finish("psm_cwd_states", &params)
+}
