@@ -191,8 +191,19 @@ fn block_kernels_for_matrix_valued_elements() {
     // GLA's s[K, V] at its default K = V = 16: three elements of 16 + 16·16 floats; combine has no `let`.
     let gla = module("gla");
     // Its widest statements write s: K·V entries.
-    let kernel = |shared_bytes| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16 });
-    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16)), combine: kernel(0) });
+    let kernel = |shared_bytes, parts| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16, parts });
+    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16), 2), combine: kernel(0, 1) });
+    // The scans whose element splits across two blocks per item (block::Partition): the
+    // linear-RNN states along their value axis; not attn_agg (attention mixes every row
+    // and column), nor the delta rules at their default sizes.
+    let parts = |name: &String| module(name).block.scan.map_or(0, |b| b.parts);
+    let split: Vec<String> = with.iter().filter(|n| parts(n) == 2).cloned().collect();
+    assert_eq!(split, ["gla", "gla_bf16", "linear_attention", "mamba2", "mlstm", "retnet", "rwkv6"]);
+    assert!(with.iter().all(|n| split.contains(n) || parts(n) == 1));
+    // GLA's s[K, V] and o[V] split along V (8 of 16 coordinates per block), a[K] whole.
+    let scan_block = &gla.text[gla.text.find(".entry psm_scan_block").unwrap()..];
+    assert!(scan_block.contains("the block's part: coordinates [part*8, part*8 + 8) of each part axis"));
+    assert!(scan_block.contains("the part of field s") && !scan_block.contains("the part of field a"));
     assert!(!gla.text.contains("psm_combine_block_shared"));
     // attn_agg's combine keeps its attention layer's `let` tensors in shared memory.
     let attn = module("attn_agg");
