@@ -311,72 +311,69 @@ pub(super) struct Runs {
 /// a thread at a time while that many remain, their loads issued before their stores.
 fn copy_runs(l: &mut Lowerer<'_>, (dst, src): (Reg, Reg), first: Option<Reg>, runs: Runs, split: Split) {
     let total = runs.count * runs.units;
-    let e = &mut l.e;
-    let (wide, head, done) = (e.label("units_unrolled"), e.label("unit"), e.label("units_done"));
-    let (k, last) = (e.reg(Class::B64), e.reg(Class::B64));
-    let p = e.reg(Class::Pred);
+    let (wide, head, done) = (l.e.label("units_unrolled"), l.e.label("unit"), l.e.label("units_done"));
+    let (k, last) = (l.e.reg(Class::B64), l.e.reg(Class::B64));
+    let p = l.e.reg(Class::Pred);
     let class = match runs.unit {
         8 => Class::B64,
         4 => Class::B32,
         _ => Class::B16,
     };
     let bits = 8 * runs.unit;
-    // The byte offset of unit `k` from the start of both elements.
-    let offset = |e: &mut super::emit::Emitter, k: Reg| -> Reg {
-        let off = e.reg(Class::B64);
+    // The byte offset of unit `k` (< total) from the start of both elements.
+    let offset = |l: &mut Lowerer<'_>, k: Reg| -> Reg {
+        let off = l.e.reg(Class::B64);
         if runs.count == 1 {
-            e.ins(format!("mul.lo.s64 {off}, {k}, {}", runs.unit));
+            l.e.ins(format!("mul.lo.s64 {off}, {k}, {}", runs.unit));
         } else {
-            let (q, r) = (e.reg(Class::B64), e.reg(Class::B64));
-            e.ins(format!("div.u64 {q}, {k}, {}", runs.units));
-            e.ins(format!("rem.u64 {r}, {k}, {}", runs.units));
-            e.ins(format!("mul.lo.s64 {off}, {r}, {}", runs.unit));
-            e.ins(format!("mad.lo.s64 {off}, {q}, {}, {off}", runs.stride));
+            let (q, r) = l.divmod_const(k, runs.units as i64, total as i64);
+            l.e.ins(format!("mul.lo.s64 {off}, {r}, {}", runs.unit));
+            l.e.ins(format!("mad.lo.s64 {off}, {q}, {}, {off}", runs.stride));
         }
         if let Some(first) = first {
-            e.ins(format!("add.s64 {off}, {off}, {first}"));
+            l.e.ins(format!("add.s64 {off}, {off}, {first}"));
         }
         off
     };
-    e.ins(format!("mov.u64 {k}, {}", split.tid));
-    e.place(&wide);
-    e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, COPY_UNROLL - 1));
-    e.ins(format!("setp.ge.u64 {p}, {last}, {total}"));
-    e.ins(format!("@{p} bra {head}"));
+    l.e.ins(format!("mov.u64 {k}, {}", split.tid));
+    l.e.place(&wide);
+    l.e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, COPY_UNROLL - 1));
+    l.e.ins(format!("setp.ge.u64 {p}, {last}, {total}"));
+    l.e.ins(format!("@{p} bra {head}"));
     let mut moved = Vec::with_capacity(COPY_UNROLL);
     for u in 0..COPY_UNROLL {
         let at = if u == 0 {
             k
         } else {
-            let at = e.reg(Class::B64);
-            e.ins(format!("mad.lo.s64 {at}, {}, {u}, {k}", split.ntid));
+            let at = l.e.reg(Class::B64);
+            l.e.ins(format!("mad.lo.s64 {at}, {}, {u}, {k}", split.ntid));
             at
         };
-        let off = offset(e, at);
-        let (a, w) = (e.reg(Class::B64), e.reg(class));
-        e.ins(format!("add.s64 {a}, {src}, {off}"));
-        e.ins(format!("ld.b{bits} {w}, [{a}]"));
+        let off = offset(l, at);
+        let (a, w) = (l.e.reg(Class::B64), l.e.reg(class));
+        l.e.ins(format!("add.s64 {a}, {src}, {off}"));
+        l.e.ins(format!("ld.b{bits} {w}, [{a}]"));
         moved.push((off, w));
     }
     for (off, w) in moved {
-        let b = e.reg(Class::B64);
-        e.ins(format!("add.s64 {b}, {dst}, {off}"));
-        e.ins(format!("st.b{bits} [{b}], {w}"));
+        let b = l.e.reg(Class::B64);
+        l.e.ins(format!("add.s64 {b}, {dst}, {off}"));
+        l.e.ins(format!("st.b{bits} [{b}], {w}"));
     }
-    e.ins(format!("mad.lo.s64 {k}, {}, {COPY_UNROLL}, {k}", split.ntid));
-    e.ins(format!("bra.uni {wide}"));
-    e.place(&head);
-    e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
-    e.ins(format!("@{p} bra {done}"));
-    let off = offset(e, k);
-    let (a, b, w) = (e.reg(Class::B64), e.reg(Class::B64), e.reg(class));
-    e.ins(format!("add.s64 {a}, {src}, {off}"));
-    e.ins(format!("add.s64 {b}, {dst}, {off}"));
-    e.ins(format!("ld.b{bits} {w}, [{a}]"));
-    e.ins(format!("st.b{bits} [{b}], {w}"));
-    e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
-    e.ins(format!("bra.uni {head}"));
-    e.place(&done);
+    l.e.ins(format!("mad.lo.s64 {k}, {}, {COPY_UNROLL}, {k}", split.ntid));
+    l.e.ins(format!("bra.uni {wide}"));
+    l.e.place(&head);
+    l.e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
+    l.e.ins(format!("@{p} bra {done}"));
+    let off = offset(l, k);
+    let (a, b, w) = (l.e.reg(Class::B64), l.e.reg(Class::B64), l.e.reg(class));
+    l.e.ins(format!("add.s64 {a}, {src}, {off}"));
+    l.e.ins(format!("add.s64 {b}, {dst}, {off}"));
+    l.e.ins(format!("ld.b{bits} {w}, [{a}]"));
+    l.e.ins(format!("st.b{bits} [{b}], {w}"));
+    l.e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
+    l.e.ins(format!("bra.uni {head}"));
+    l.e.place(&done);
 }
 
 /// Words of an element copy a thread moves at a time.

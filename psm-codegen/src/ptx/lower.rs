@@ -130,6 +130,9 @@ pub(crate) struct Part {
 /// Entries of a split statement a thread computes at a time (`split_nest`).
 const SPLIT_UNROLL: usize = 4;
 
+/// Terms of a float reduction evaluated at a time, when they divide its extent.
+const FOLD_UNROLL: usize = 4;
+
 /// The thread's index in its block and the block's size (b64), by which a
 /// block-cooperative kernel splits a statement's entries.
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +193,29 @@ impl<'a> Lowerer<'a> {
             Class::F64 => "f64",
         };
         self.e.ins(format!("mov.{t} {dst}, {src}"));
+    }
+
+    /// `(a / d, a % d)` (b64) for a constant `d > 0` and `0 ≤ a < bound`, in the cheapest
+    /// exact form: a shift and a mask for a power of two, 32-bit division below 2^32
+    /// (which ptxas turns into a multiplication by the reciprocal), else 64-bit
+    /// division (a software routine on the GPU, tens of instructions).
+    pub fn divmod_const(&mut self, a: Reg, d: i64, bound: i64) -> (Reg, Reg) {
+        let (q, r) = (self.e.reg(Class::B64), self.e.reg(Class::B64));
+        if d > 0 && d & (d - 1) == 0 {
+            self.e.ins(format!("shr.u64 {q}, {a}, {}", d.trailing_zeros()));
+            self.e.ins(format!("and.b64 {r}, {a}, {}", d - 1));
+        } else if u32::try_from(bound).is_ok() {
+            let (a32, q32, r32) = (self.e.reg(Class::B32), self.e.reg(Class::B32), self.e.reg(Class::B32));
+            self.e.ins(format!("cvt.u32.u64 {a32}, {a}"));
+            self.e.ins(format!("div.u32 {q32}, {a32}, {d}"));
+            self.e.ins(format!("rem.u32 {r32}, {a32}, {d}"));
+            self.e.ins(format!("cvt.u64.u32 {q}, {q32}"));
+            self.e.ins(format!("cvt.u64.u32 {r}, {r32}"));
+        } else {
+            self.e.ins(format!("div.u64 {q}, {a}, {d}"));
+            self.e.ins(format!("rem.u64 {r}, {a}, {d}"));
+        }
+        (q, r)
     }
 
     /// `for k in 0..n { f(k) }`, `k` named after `what`; `f(0)` alone for n = 1.
@@ -444,9 +470,8 @@ impl<'a> Lowerer<'a> {
                 let coordinate = if n + 1 == vars.len() {
                     rest
                 } else {
-                    let (q, r) = (s.e.reg(Class::B64), s.e.reg(Class::B64));
-                    s.e.ins(format!("div.u64 {q}, {rest}, {inner}"));
-                    s.e.ins(format!("rem.u64 {r}, {rest}, {inner}"));
+                    // `rest` < the product of the extents from n on (k < total at n = 0).
+                    let (q, r) = s.divmod_const(rest, inner, extents[n..].iter().product());
                     rest = r;
                     q
                 };
@@ -748,6 +773,38 @@ impl<'a> Lowerer<'a> {
                 }
                 let name = agg.index_vars[var].name.clone();
                 self.e.comment(format!("{}({name}) as a left fold", op.name()));
+                let fold = |s: &mut Self, v: Reg| {
+                    let next = match step {
+                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
+                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
+                    };
+                    s.mov(acc, next);
+                };
+                if n > FOLD_UNROLL as u64 && n % FOLD_UNROLL as u64 == 0 {
+                    // FOLD_UNROLL terms at a time: their values first (their loads in
+                    // flight together), then folded in order, the same left fold.
+                    self.counted_loop(n / FOLD_UNROLL as u64, &name, &mut |s, group| {
+                        let first = s.e.reg(Class::B64);
+                        s.e.ins(format!("mul.lo.s64 {first}, {group}, {FOLD_UNROLL}"));
+                        let terms: Vec<Reg> = (0..FOLD_UNROLL)
+                            .map(|u| {
+                                let k = if u == 0 {
+                                    first
+                                } else {
+                                    let k = s.e.reg(Class::B64);
+                                    s.e.ins(format!("add.s64 {k}, {first}, {u}"));
+                                    k
+                                };
+                                s.env[var.index()] = Some(k);
+                                s.value(body, io)
+                            })
+                            .collect();
+                        for v in terms {
+                            fold(s, v);
+                        }
+                    });
+                    return acc;
+                }
                 self.counted_loop(n, &name, &mut |s, k| {
                     s.env[var.index()] = Some(k);
                     let v = s.value(body, io);
@@ -755,11 +812,7 @@ impl<'a> Lowerer<'a> {
                         s.mov(acc, v);
                         return;
                     }
-                    let next = match step {
-                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
-                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
-                    };
-                    s.mov(acc, next);
+                    fold(s, v);
                 });
                 acc
             }

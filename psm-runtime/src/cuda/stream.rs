@@ -2,12 +2,14 @@
 //! time, the state resident on the device between pushes.
 //!
 //! Associative operators keep one running element per sequence and run the decode
-//! step as `psm_scan` over the pushed steps with the state updated in place;
+//! step as `psm_scan` over the pushed steps from the state into a second buffer, then
+//! swap the two (the block scan of a split element reads every whole field in each of
+//! a sequence's blocks, so no block may overwrite the state another still reads);
 //! non-associative ones keep the binary counter of the stream form (`forms::Counter`),
 //! so a pushed step gives exactly the tree's outputs on the device. Matrix-valued
 //! elements take the block kernels (`psm_scan_block`, `psm_combine_block`: the rule of
 //! [`select`](super::select)), so one decode step of a batch is one launch of a block
-//! per sequence.
+//! per sequence, or of two where the element splits (`psm_codegen::ptx::BlockKernel::parts`).
 //!
 //! [`DeviceStream::push`] copies the step's inputs to the device and its outputs back;
 //! [`DeviceStream::push_resident`] runs on inputs already on the device
