@@ -229,3 +229,28 @@ fn block_kernels_fall_back_when_shared_memory_is_too_small() {
     assert!(ptx::compile(&agg, &info, &PtxOptions::default()).unwrap().block.scan.is_ok());
     assert!(ptx::compile(&agg, &info, &PtxOptions { arch: 80 }).unwrap().block.scan.is_err());
 }
+
+/// The block scan's split (psm-codegen `block::partition`) follows the IR: a readout
+/// that sums a row splits the state by rows; a combine that reads the transpose of a
+/// split tensor (another block's part) leaves the element whole.
+#[test]
+fn block_scan_splits_where_every_read_stays_in_its_part() {
+    let by_rows = "aggregator rows<N = 16> {
+        input   { v[N], w[N] }
+        element { s[N, N] }
+        lift(x) { s[i, j] = x.v[i] * x.w[j]; }
+        combine(l, r) { s[i, j] = l.s[i, j] + r.s[i, j]; }
+        readout inclusive(st, x) -> o[N] { o[i] = sum(j) st.s[i, j] * x.w[j]; }
+    }";
+    let (agg, info) = parse_one(by_rows, &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    assert_eq!(m.block.scan.as_ref().map(|b| b.parts), Ok(2));
+    let scan_block = &m.text[m.text.find(".entry psm_scan_block").unwrap()..];
+    // Rows 8·part … 8·part + 7: the readout's rows (o[i]) are the block's.
+    assert!(scan_block.contains("coordinates [part*8, part*8 + 8) of each part axis") && scan_block.contains("the part of field s"));
+    let transposed = by_rows.replace("l.s[i, j] + r.s[i, j]", "l.s[j, i] + r.s[i, j]");
+    let (agg, info) = parse_one(&transposed, &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    assert_eq!(m.block.scan.as_ref().map(|b| b.parts), Ok(1));
+    assert!(!m.text.contains("the block's part"));
+}
