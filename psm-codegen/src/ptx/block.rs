@@ -23,10 +23,17 @@
 //!   copies) are split by 8-byte words and end at a barrier too.
 //!
 //! Every thread of a block follows the same control flow outside the split loops (the
-//! item, its positions and flags are the block's), as the barriers require. The kernels
-//! are in the module only for matrix-valued elements (a field of rank ≥ 2) and when a
-//! block's shared memory fits the target ([`shared_limit`]); [`BlockKernels`] says how
-//! many bytes each needs, or why it is absent.
+//! item, its positions and flags are the block's), as the barriers require.
+//!
+//! `psm_scan_block` may split an item's element across [`PARTS`] blocks (`%ctaid.y`
+//! the part) where the IR allows it ([`Partition`], found by [`partition`]): each block
+//! computes its part of the split tensors and the other tensors whole, and copies only
+//! its part of the state in and out. Two blocks per sequence double the SMs a decode
+//! step of a batch occupies.
+//!
+//! The kernels are in the module only for matrix-valued elements (a field of rank ≥ 2)
+//! and when a block's shared memory fits the target ([`shared_limit`]); [`BlockKernels`]
+//! says how many bytes each needs, or why it is absent.
 
 use std::collections::BTreeSet;
 
@@ -36,9 +43,9 @@ use psm_ir::ir::{Aggregator, Body, Expr, Role, Source, Stmt, Target};
 use super::emit::{Class, Reg};
 use super::kernels::{combine_kernel, scan_kernel, Frame, Generated, Threads};
 use super::lower::{Ctx, Lowerer, Split};
-use crate::layout::dtype_size;
 use super::math::MathFn;
 use super::Kernel;
+use crate::layout::dtype_size;
 
 /// What a launch of each block-cooperative kernel needs to know, or why the module
 /// does not have it.
@@ -128,7 +135,7 @@ pub(super) fn partition(cx: &Ctx<'_>, bodies: &[&Body]) -> Option<Partition> {
         let shape = info.shape(seed);
         (0..shape.len()).rev().find_map(|axis| {
             let extent = shape[axis];
-            if extent % PARTS != 0 || extent / PARTS < MIN_WIDTH {
+            if !extent.is_multiple_of(PARTS) || extent / PARTS < MIN_WIDTH {
                 return None;
             }
             let mut p = Partition {

@@ -780,7 +780,7 @@ impl<'a> Lowerer<'a> {
                     };
                     s.mov(acc, next);
                 };
-                if n > FOLD_UNROLL as u64 && n % FOLD_UNROLL as u64 == 0 {
+                if n > FOLD_UNROLL as u64 && n.is_multiple_of(FOLD_UNROLL as u64) {
                     // FOLD_UNROLL terms at a time: their values first (their loads in
                     // flight together), then folded in order, the same left fold.
                     self.counted_loop(n / FOLD_UNROLL as u64, &name, &mut |s, group| {

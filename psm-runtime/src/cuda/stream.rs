@@ -210,7 +210,7 @@ impl DeviceStream {
                         None => device.alloc("the stream's state", nseq * exec.elem(), false)?,
                     };
                     l.scan(steps, state.as_ref(), Some(&next), flags)?;
-                    *spare = std::mem::replace(state, Some(next));
+                    *spare = state.replace(next);
                 }
                 Held::Counter(c) => c.run_steps(&l, &exec.step_sizes(), exec.signature().readout, false)?,
             }
