@@ -191,8 +191,19 @@ fn block_kernels_for_matrix_valued_elements() {
     // GLA's s[K, V] at its default K = V = 16: three elements of 16 + 16·16 floats; combine has no `let`.
     let gla = module("gla");
     // Its widest statements write s: K·V entries.
-    let kernel = |shared_bytes| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16 });
-    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16)), combine: kernel(0) });
+    let kernel = |shared_bytes, parts| Ok(ptx::BlockKernel { shared_bytes, widest: 16 * 16, parts });
+    assert_eq!(gla.block, ptx::BlockKernels { scan: kernel(3 * 4 * (16 + 16 * 16), 2), combine: kernel(0, 1) });
+    // The scans whose element splits across two blocks per item (block::Partition): the
+    // linear-RNN states along their value axis; not attn_agg (attention mixes every row
+    // and column), nor the delta rules at their default sizes.
+    let parts = |name: &String| module(name).block.scan.map_or(0, |b| b.parts);
+    let split: Vec<String> = with.iter().filter(|n| parts(n) == 2).cloned().collect();
+    assert_eq!(split, ["gla", "gla_bf16", "linear_attention", "mamba2", "mlstm", "retnet", "rwkv6"]);
+    assert!(with.iter().all(|n| split.contains(n) || parts(n) == 1));
+    // GLA's s[K, V] and o[V] split along V (8 of 16 coordinates per block), a[K] whole.
+    let scan_block = &gla.text[gla.text.find(".entry psm_scan_block").unwrap()..];
+    assert!(scan_block.contains("the block's part: coordinates [part*8, part*8 + 8) of each part axis"));
+    assert!(scan_block.contains("the part of field s") && !scan_block.contains("the part of field a"));
     assert!(!gla.text.contains("psm_combine_block_shared"));
     // attn_agg's combine keeps its attention layer's `let` tensors in shared memory.
     let attn = module("attn_agg");
@@ -217,4 +228,29 @@ fn block_kernels_fall_back_when_shared_memory_is_too_small() {
     let (agg, info) = parse_one(&library_source("gla"), &dims);
     assert!(ptx::compile(&agg, &info, &PtxOptions::default()).unwrap().block.scan.is_ok());
     assert!(ptx::compile(&agg, &info, &PtxOptions { arch: 80 }).unwrap().block.scan.is_err());
+}
+
+/// The block scan's split (psm-codegen `block::partition`) follows the IR: a readout
+/// that sums a row splits the state by rows; a combine that reads the transpose of a
+/// split tensor (another block's part) leaves the element whole.
+#[test]
+fn block_scan_splits_where_every_read_stays_in_its_part() {
+    let by_rows = "aggregator rows<N = 16> {
+        input   { v[N], w[N] }
+        element { s[N, N] }
+        lift(x) { s[i, j] = x.v[i] * x.w[j]; }
+        combine(l, r) { s[i, j] = l.s[i, j] + r.s[i, j]; }
+        readout inclusive(st, x) -> o[N] { o[i] = sum(j) st.s[i, j] * x.w[j]; }
+    }";
+    let (agg, info) = parse_one(by_rows, &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    assert_eq!(m.block.scan.as_ref().map(|b| b.parts), Ok(2));
+    let scan_block = &m.text[m.text.find(".entry psm_scan_block").unwrap()..];
+    // Rows 8·part … 8·part + 7: the readout's rows (o[i]) are the block's.
+    assert!(scan_block.contains("coordinates [part*8, part*8 + 8) of each part axis") && scan_block.contains("the part of field s"));
+    let transposed = by_rows.replace("l.s[i, j] + r.s[i, j]", "l.s[j, i] + r.s[i, j]");
+    let (agg, info) = parse_one(&transposed, &[]);
+    let m = ptx::compile(&agg, &info, &PtxOptions::default()).unwrap();
+    assert_eq!(m.block.scan.as_ref().map(|b| b.parts), Ok(1));
+    assert!(!m.text.contains("the block's part"));
 }

@@ -33,8 +33,9 @@ pub(crate) enum Threads<'s> {
     /// One thread per entry of the element's fields (their shape).
     OnePerEntry(&'s [usize]),
     /// One block per item, its threads splitting each statement's entries
-    /// (`block`); `let` tensors and element regions in shared memory.
-    Block,
+    /// (`block`); `let` tensors and element regions in shared memory. With a
+    /// partition (the scan only), a few blocks per item, each computing its part.
+    Block(Option<&'s super::block::Partition>),
 }
 
 /// The parameters of a kernel: params, inputs, outputs as the kernel takes them, then
@@ -281,7 +282,10 @@ impl<'a> Frame<'a> {
     fn copy_element(&mut self, dst: Reg, src: Reg) {
         let words = self.l.cx.layout.size / 8;
         if let Some(split) = self.l.split {
-            super::block::copy_words(&mut self.l, dst, src, words, split);
+            match self.l.part.clone() {
+                Some(part) => super::block::copy_part(&mut self.l, dst, src, split, &part),
+                None => super::block::copy_words(&mut self.l, dst, src, words, split),
+            }
             return;
         }
         self.l.e.comment(format!("copy one element ({words} words)"));
@@ -408,7 +412,13 @@ fn store_regs(f: &mut Frame<'_>, a: &Rotating, dst: Reg, entry: Option<&EntryByt
 fn thread_and_entry(f: &mut Frame<'_>, count: Reg, threads: Threads<'_>) -> (Reg, Option<EntryBytes>) {
     let shape = match threads {
         Threads::OnePerItem => return (f.index_below(count), None),
-        Threads::Block => return (super::block::block_index_below(f, count), None),
+        Threads::Block(partition) => {
+            let item = super::block::block_index_below(f, count);
+            if let Some(partition) = partition {
+                super::block::enter_part(&mut f.l, partition);
+            }
+            return (item, None);
+        }
         Threads::OnePerEntry(shape) => shape,
     };
     let n_entries: usize = shape.iter().product();
@@ -565,9 +575,9 @@ pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Th
     let (kernel, entries) = match threads {
         Threads::OnePerItem => (Kernel::Scan, None),
         Threads::OnePerEntry(shape) => (Kernel::ScanEntries, Some(shape)),
-        Threads::Block => (Kernel::ScanBlock, None),
+        Threads::Block(_) => (Kernel::ScanBlock, None),
     };
-    let block = matches!(threads, Threads::Block);
+    let block = matches!(threads, Threads::Block(_));
     // Every field in a register: one thread per entry, or an element of scalars.
     let in_registers = entries.is_some() || (!block && agg.tensors_of(Role::Element).all(|t| cx.info.shape(t).is_empty()));
     let mut bodies: Vec<&Body> = vec![&agg.lift, &agg.combine, &agg.readout];
@@ -811,9 +821,9 @@ pub(super) fn combine_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads:
     let kernel = match threads {
         Threads::OnePerItem => Kernel::Combine,
         Threads::OnePerEntry(_) => Kernel::CombineEntries,
-        Threads::Block => Kernel::CombineBlock,
+        Threads::Block(_) => Kernel::CombineBlock,
     };
-    let block = matches!(threads, Threads::Block);
+    let block = matches!(threads, Threads::Block(_));
     let mut f = Frame::with_scratch(cx, math, kernel, &[&agg.combine], 0, block);
     let (rows, cols) = (f.param("rows"), f.param("cols"));
     let count = f.l.e.reg(Class::B64);

@@ -113,7 +113,25 @@ pub(crate) struct Lowerer<'a> {
     /// entries of every statement that writes memory, and every statement ends at a
     /// barrier.
     pub split: Option<Split>,
+    /// In a block scan whose element is split across a few blocks per item
+    /// (`block::Partition`): the block's part, to which each split statement whose
+    /// target has a part axis is restricted.
+    pub part: Option<Part>,
 }
+
+/// A block's part of a [`Partition`](super::block::Partition): the first coordinate
+/// (b64) of its range of each part axis.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    pub first: Reg,
+    pub partition: super::block::Partition,
+}
+
+/// Entries of a split statement a thread computes at a time (`split_nest`).
+const SPLIT_UNROLL: usize = 4;
+
+/// Terms of a float reduction evaluated at a time, when they divide its extent.
+const FOLD_UNROLL: usize = 4;
 
 /// The thread's index in its block and the block's size (b64), by which a
 /// block-cooperative kernel splits a statement's entries.
@@ -140,6 +158,7 @@ impl<'a> Lowerer<'a> {
             math,
             entry: None,
             split: None,
+            part: None,
         }
     }
 
@@ -174,6 +193,29 @@ impl<'a> Lowerer<'a> {
             Class::F64 => "f64",
         };
         self.e.ins(format!("mov.{t} {dst}, {src}"));
+    }
+
+    /// `(a / d, a % d)` (b64) for a constant `d > 0` and `0 ≤ a < bound`, in the cheapest
+    /// exact form: a shift and a mask for a power of two, 32-bit division below 2^32
+    /// (which ptxas turns into a multiplication by the reciprocal), else 64-bit
+    /// division (a software routine on the GPU, tens of instructions).
+    pub fn divmod_const(&mut self, a: Reg, d: i64, bound: i64) -> (Reg, Reg) {
+        let (q, r) = (self.e.reg(Class::B64), self.e.reg(Class::B64));
+        if d > 0 && d & (d - 1) == 0 {
+            self.e.ins(format!("shr.u64 {q}, {a}, {}", d.trailing_zeros()));
+            self.e.ins(format!("and.b64 {r}, {a}, {}", d - 1));
+        } else if u32::try_from(bound).is_ok() {
+            let (a32, q32, r32) = (self.e.reg(Class::B32), self.e.reg(Class::B32), self.e.reg(Class::B32));
+            self.e.ins(format!("cvt.u32.u64 {a32}, {a}"));
+            self.e.ins(format!("div.u32 {q32}, {a32}, {d}"));
+            self.e.ins(format!("rem.u32 {r32}, {a32}, {d}"));
+            self.e.ins(format!("cvt.u64.u32 {q}, {q32}"));
+            self.e.ins(format!("cvt.u64.u32 {r}, {r32}"));
+        } else {
+            self.e.ins(format!("div.u64 {q}, {a}, {d}"));
+            self.e.ins(format!("rem.u64 {r}, {a}, {d}"));
+        }
+        (q, r)
     }
 
     /// `for k in 0..n { f(k) }`, `k` named after `what`; `f(0)` alone for n = 1.
@@ -360,25 +402,23 @@ impl<'a> Lowerer<'a> {
             },
         };
         let st = strides(shape);
-        let mut run = |s: &mut Self| {
-            let v = s.value(stmt.value, io);
-            match loc {
-                Loc::Reg(r) => s.mov(r, v),
-                Loc::Mem { base, offset, space } => {
-                    let terms: Vec<(Reg, i64)> = stmt
-                        .indices
-                        .iter()
-                        .zip(&st)
-                        .map(|(&iv, &stride)| (s.index_var(iv), stride.wrapping_mul(size as i64)))
-                        .collect();
-                    let (addr, off) = s.address(base, offset, &terms);
-                    match dtype {
-                        Some(d) if d.is_half() => s.store_half(d, space, addr, off, v),
-                        _ => s.store_at(ty, space, addr, off, v),
-                    }
+        let value = |s: &mut Self| s.value(stmt.value, io);
+        let store = |s: &mut Self, v: Reg| match loc {
+            Loc::Reg(r) => s.mov(r, v),
+            Loc::Mem { base, offset, space } => {
+                let terms: Vec<(Reg, i64)> =
+                    stmt.indices.iter().zip(&st).map(|(&iv, &stride)| (s.index_var(iv), stride.wrapping_mul(size as i64))).collect();
+                let (addr, off) = s.address(base, offset, &terms);
+                match dtype {
+                    Some(d) if d.is_half() => s.store_half(d, space, addr, off, v),
+                    _ => s.store_at(ty, space, addr, off, v),
                 }
-                Loc::Zero => {}
             }
+            Loc::Zero => {}
+        };
+        let mut run = |s: &mut Self| {
+            let v = value(s);
+            store(s, v);
         };
         match (&self.entry, self.split, stmt.target) {
             (Some(coords), _, Target::Tensor(_)) => {
@@ -390,7 +430,8 @@ impl<'a> Lowerer<'a> {
             // A value in a register: every thread of the block computes its own copy.
             (_, Some(split), _) => {
                 if matches!(loc, Loc::Mem { .. }) {
-                    self.split_nest(&stmt.indices, split, &mut run);
+                    let axis = self.part.as_ref().and_then(|p| p.partition.axis(stmt.target));
+                    self.split_nest(&stmt.indices, split, axis, &value, &store);
                 } else {
                     self.nest(&stmt.indices, &mut run);
                 }
@@ -401,31 +442,84 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    /// The entries of `vars`' row-major space, entry k by thread `k mod ntid`: each
-    /// binds the variables to k's coordinates and runs `f`.
-    fn split_nest(&mut self, vars: &[Handle<IndexVar>], split: Split, f: &mut dyn FnMut(&mut Self)) {
-        let extents: Vec<i64> = vars.iter().map(|&v| self.cx.info.extent(v) as i64).collect();
+    /// The entries of `vars`' row-major space, entry k by thread `k mod ntid`, each
+    /// with the variables bound to k's coordinates: [`SPLIT_UNROLL`] entries of a
+    /// thread at a time while that many remain — their `value`s first, so that their
+    /// loads are in flight together, then their `store`s — then one at a time. With a
+    /// part `axis`, the space is the block's part: that variable ranges over the part's
+    /// width, offset by its first coordinate.
+    fn split_nest(
+        &mut self,
+        vars: &[Handle<IndexVar>],
+        split: Split,
+        axis: Option<usize>,
+        value: &dyn Fn(&mut Self) -> Reg,
+        store: &dyn Fn(&mut Self, Reg),
+    ) {
+        let mut extents: Vec<i64> = vars.iter().map(|&v| self.cx.info.extent(v) as i64).collect();
+        let part = axis.zip(self.part.as_ref()).map(|(a, p)| (a, p.first));
+        if let Some((a, _)) = part {
+            extents[a] = self.part.as_ref().map_or(extents[a], |p| p.partition.width as i64);
+        }
         let total: i64 = extents.iter().product();
-        let (head, done) = (self.e.label("entry"), self.e.label("entries_done"));
-        let (k, p) = (self.e.reg(Class::B64), self.e.reg(Class::Pred));
+        // Binds the variables to the coordinates of entry `k`; returns them.
+        let bind = |s: &mut Self, k: Reg| -> Vec<Reg> {
+            let mut rest = k;
+            for (n, &v) in vars.iter().enumerate() {
+                let inner: i64 = extents[n + 1..].iter().product();
+                let coordinate = if n + 1 == vars.len() {
+                    rest
+                } else {
+                    // `rest` < the product of the extents from n on (k < total at n = 0).
+                    let (q, r) = s.divmod_const(rest, inner, extents[n..].iter().product());
+                    rest = r;
+                    q
+                };
+                let coordinate = match part {
+                    Some((a, first)) if a == n => {
+                        let c = s.e.reg(Class::B64);
+                        s.e.ins_c(format!("add.s64 {c}, {first}, {coordinate}"), "in the block's part");
+                        c
+                    }
+                    _ => coordinate,
+                };
+                s.env[v.index()] = Some(coordinate);
+            }
+            vars.iter().map(|v| s.index_var(*v)).collect()
+        };
+        let (wide, head, done) = (self.e.label("entries_unrolled"), self.e.label("entry"), self.e.label("entries_done"));
+        let (k, last, p) = (self.e.reg(Class::B64), self.e.reg(Class::B64), self.e.reg(Class::Pred));
         self.e.ins_c(format!("mov.u64 {k}, {}", split.tid), "the thread's first entry");
+        self.e.place(&wide);
+        self.e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, SPLIT_UNROLL - 1));
+        self.e.ins(format!("setp.ge.u64 {p}, {last}, {total}"));
+        self.e.ins(format!("@{p} bra {head}"));
+        let mut entries = Vec::with_capacity(SPLIT_UNROLL);
+        for u in 0..SPLIT_UNROLL {
+            let at = if u == 0 {
+                k
+            } else {
+                let at = self.e.reg(Class::B64);
+                self.e.ins(format!("mad.lo.s64 {at}, {}, {u}, {k}", split.ntid));
+                at
+            };
+            let coordinates = bind(self, at);
+            entries.push((coordinates, value(self)));
+        }
+        for (coordinates, v) in entries {
+            for (&var, c) in vars.iter().zip(coordinates) {
+                self.env[var.index()] = Some(c);
+            }
+            store(self, v);
+        }
+        self.e.ins(format!("mad.lo.s64 {k}, {}, {SPLIT_UNROLL}, {k}", split.ntid));
+        self.e.ins(format!("bra.uni {wide}"));
         self.e.place(&head);
         self.e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
         self.e.ins(format!("@{p} bra {done}"));
-        let mut rest = k;
-        for (n, &v) in vars.iter().enumerate() {
-            let inner: i64 = extents[n + 1..].iter().product();
-            if n + 1 == vars.len() {
-                self.env[v.index()] = Some(rest);
-                break;
-            }
-            let (q, r) = (self.e.reg(Class::B64), self.e.reg(Class::B64));
-            self.e.ins(format!("div.u64 {q}, {rest}, {inner}"));
-            self.e.ins(format!("rem.u64 {r}, {rest}, {inner}"));
-            self.env[v.index()] = Some(q);
-            rest = r;
-        }
-        f(self);
+        bind(self, k);
+        let v = value(self);
+        store(self, v);
         self.e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
         self.e.ins(format!("bra.uni {head}"));
         self.e.place(&done);
@@ -679,6 +773,38 @@ impl<'a> Lowerer<'a> {
                 }
                 let name = agg.index_vars[var].name.clone();
                 self.e.comment(format!("{}({name}) as a left fold", op.name()));
+                let fold = |s: &mut Self, v: Reg| {
+                    let next = match step {
+                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
+                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
+                    };
+                    s.mov(acc, next);
+                };
+                if n > FOLD_UNROLL as u64 && n.is_multiple_of(FOLD_UNROLL as u64) {
+                    // FOLD_UNROLL terms at a time: their values first (their loads in
+                    // flight together), then folded in order, the same left fold.
+                    self.counted_loop(n / FOLD_UNROLL as u64, &name, &mut |s, group| {
+                        let first = s.e.reg(Class::B64);
+                        s.e.ins(format!("mul.lo.s64 {first}, {group}, {FOLD_UNROLL}"));
+                        let terms: Vec<Reg> = (0..FOLD_UNROLL)
+                            .map(|u| {
+                                let k = if u == 0 {
+                                    first
+                                } else {
+                                    let k = s.e.reg(Class::B64);
+                                    s.e.ins(format!("add.s64 {k}, {first}, {u}"));
+                                    k
+                                };
+                                s.env[var.index()] = Some(k);
+                                s.value(body, io)
+                            })
+                            .collect();
+                        for v in terms {
+                            fold(s, v);
+                        }
+                    });
+                    return acc;
+                }
                 self.counted_loop(n, &name, &mut |s, k| {
                     s.env[var.index()] = Some(k);
                     let v = s.value(body, io);
@@ -686,11 +812,7 @@ impl<'a> Lowerer<'a> {
                         s.mov(acc, v);
                         return;
                     }
-                    let next = match step {
-                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
-                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
-                    };
-                    s.mov(acc, next);
+                    fold(s, v);
                 });
                 acc
             }

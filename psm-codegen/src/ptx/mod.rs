@@ -113,7 +113,10 @@
 //!                   right, right_row, right_col, flags: u32)
 //! ```
 //! `psm_scan` and `psm_combine` with one *block* per item (grid = the item count, any
-//! block size): same arguments, flags, slots and results, bit for bit. A launch passes
+//! block size): same arguments, flags, slots and results, bit for bit. `psm_scan_block`
+//! of an element that splits ([`BlockKernel::parts`] > 1) takes a grid of `items ×
+//! parts` blocks, `%ctaid.y` the part, and its `state_in` and `state_out` must not
+//! overlap (each block reads the fields it does not split whole). A launch passes
 //! [`PtxModule::block`]'s bytes of dynamic shared memory (the element regions and `let`
 //! tensors; above 48 KiB the function's maximum must be raised first); the threads split
 //! each statement's entries (the design is in `block`'s module doc). Present only when

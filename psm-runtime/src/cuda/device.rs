@@ -260,18 +260,18 @@ impl Device {
     /// Launches `f` on `blocks` blocks of `block` threads (1-D) with `args`. Nothing is
     /// launched for `blocks` = 0.
     pub(crate) fn launch_blocks(&self, f: &Function, blocks: u64, block: u32, args: &Args) -> Result<(), RunError> {
-        self.launch_shared(f, blocks, block, 0, args)
+        self.launch_shared(f, (blocks, 1), block, 0, args)
     }
 
-    /// [`launch_blocks`](Self::launch_blocks) with `shared` bytes of dynamic shared
-    /// memory per block (above 48 KiB only for a function prepared by
-    /// [`Function::allow_shared`]).
-    pub(crate) fn launch_shared(&self, f: &Function, blocks: u64, block: u32, shared: u32, args: &Args) -> Result<(), RunError> {
+    /// [`launch_blocks`](Self::launch_blocks) over a grid of `(blocks, rows)` with
+    /// `shared` bytes of dynamic shared memory per block (above 48 KiB only for a
+    /// function prepared by [`Function::allow_shared`]).
+    pub(crate) fn launch_shared(&self, f: &Function, (blocks, rows): (u64, u32), block: u32, shared: u32, args: &Args) -> Result<(), RunError> {
         // The grid's x dimension holds at most 2^31 − 1 blocks.
         let grid = u32::try_from(blocks).ok().filter(|&b| b <= i32::MAX as u32).ok_or_else(|| RunError::TooLarge {
             what: format!("a launch of {blocks} blocks of `{}`", f.name),
         })?;
-        self.launch_grid(f, (grid, 1, 1), block, shared, args)
+        self.launch_grid(f, (grid, rows, 1), block, shared, args)
     }
 
     /// Launches `f` on a 3-D `grid` of blocks of `block` threads with `shared` bytes of

@@ -25,11 +25,13 @@ pub(crate) struct Kernels {
     pub combine_block: Result<BlockKernel, String>,
 }
 
-/// A block-cooperative kernel ready to launch: its block size and dynamic shared memory.
+/// A block-cooperative kernel ready to launch: its block size, dynamic shared memory
+/// and blocks per item.
 pub(crate) struct BlockKernel {
     pub function: Function,
     pub threads: u32,
     pub shared: u32,
+    pub parts: u32,
 }
 
 /// Threads per block of the block kernels, at most. Measured on the H200 with GLA at
@@ -47,13 +49,16 @@ impl BlockKernel {
         let most = function.allow_shared(shared)?;
         let wanted = u32::try_from(kernel.widest.div_ceil(32) * 32).unwrap_or(BLOCK_THREADS);
         let threads = (wanted.min(BLOCK_THREADS).min(most) / 32 * 32).max(32);
-        let shared = u32::try_from(shared).map_err(|_| RunError::TooLarge { what: format!("the shared memory of `{}`", function.name) })?;
-        Ok(BlockKernel { function, threads, shared })
+        let too_large = |what: &str| RunError::TooLarge { what: format!("the {what} of `{}`", function.name) };
+        let shared = u32::try_from(shared).map_err(|_| too_large("shared memory"))?;
+        let parts = u32::try_from(kernel.parts).map_err(|_| too_large("blocks per item"))?;
+        Ok(BlockKernel { function, threads, shared, parts })
     }
 
-    /// Launches one block per item.
+    /// Launches the kernel's blocks per item (its parts, `%ctaid.y`) for every item
+    /// (`%ctaid.x`).
     fn launch(&self, device: &Device, items: u64, args: &Args) -> Result<(), RunError> {
-        device.launch_shared(&self.function, items, self.threads, self.shared, args)
+        device.launch_shared(&self.function, (items, self.parts), self.threads, self.shared, args)
     }
 }
 

@@ -36,7 +36,9 @@
 //! attn_agg's `h[C, D]`, the linear-RNN family) psm-codegen's module has
 //! `psm_scan_block` and `psm_combine_block` (`psm_scan` / `psm_combine` by a thread
 //! block per item, the element in shared memory, each statement's entries split over
-//! the block's threads; bit for bit the generic kernels' results). `auto` takes them
+//! the block's threads; bit for bit the generic kernels' results; `psm_scan_block` two
+//! blocks per item where the element splits along a part axis of the IR,
+//! `psm_codegen::ptx::BlockKernel::parts`). `auto` takes them
 //! whenever the kernel the form runs on exists — `psm_scan_block` for the recurrent and
 //! chunked forms and the stream of an associative operator (its chunk aggregates'
 //! sweep takes `psm_combine_block` too), `psm_combine_block` for the tree and the

@@ -2,12 +2,14 @@
 //! time, the state resident on the device between pushes.
 //!
 //! Associative operators keep one running element per sequence and run the decode
-//! step as `psm_scan` over the pushed steps with the state updated in place;
+//! step as `psm_scan` over the pushed steps from the state into a second buffer, then
+//! swap the two (the block scan of a split element reads every whole field in each of
+//! a sequence's blocks, so no block may overwrite the state another still reads);
 //! non-associative ones keep the binary counter of the stream form (`forms::Counter`),
 //! so a pushed step gives exactly the tree's outputs on the device. Matrix-valued
 //! elements take the block kernels (`psm_scan_block`, `psm_combine_block`: the rule of
 //! [`select`](super::select)), so one decode step of a batch is one launch of a block
-//! per sequence.
+//! per sequence, or of two where the element splits (`psm_codegen::ptx::BlockKernel::parts`).
 //!
 //! [`DeviceStream::push`] copies the step's inputs to the device and its outputs back;
 //! [`DeviceStream::push_resident`] runs on inputs already on the device
@@ -26,8 +28,10 @@ use crate::forms::{product, Form, Outputs, RunOptions, RunStats, RunSummary, Str
 
 enum Held {
     /// The running prefix of every sequence (`None` before the first step without an
-    /// initial state).
-    Running(Option<DeviceBuffer>),
+    /// initial state), and the buffer the next push writes its new prefix into: a
+    /// push never updates the state in place, since `psm_scan_block`'s blocks of one
+    /// sequence each read the whole fields they do not split.
+    Running { state: Option<DeviceBuffer>, spare: Option<DeviceBuffer> },
     Counter(Counter),
 }
 
@@ -104,7 +108,7 @@ impl CudaExecutor {
         device.bind()?;
         let params = upload_fields(device, Slot::Param, &sig.params, &param_data)?;
         let base = init.as_deref().map(|w| upload_state(device, w)).transpose()?;
-        let held = if sig.associative { Held::Running(base) } else { Held::Counter(Counter::new(base)) };
+        let held = if sig.associative { Held::Running { state: base, spare: None } } else { Held::Counter(Counter::new(base)) };
         let mut s = DeviceStream { exec: self.clone(), params, batch: batch.to_vec(), nseq, held, block, position: 0, stats: StreamStats::default() };
         s.stats.peak_elements = s.elements();
         Ok(s)
@@ -127,14 +131,14 @@ impl DeviceStream {
 
     fn elements(&self) -> usize {
         match &self.held {
-            Held::Running(s) => usize::from(s.is_some()),
+            Held::Running { state, .. } => usize::from(state.is_some()),
             Held::Counter(c) => c.peak,
         }
     }
 
     fn prefix_buffer(&self) -> Option<&DeviceBuffer> {
         match &self.held {
-            Held::Running(s) => s.as_ref(),
+            Held::Running { state, .. } => state.as_ref(),
             Held::Counter(c) => c.prefix(),
         }
     }
@@ -198,16 +202,15 @@ impl DeviceStream {
         l.block = self.block;
         if steps > 0 && nseq > 0 {
             match &mut self.held {
-                Held::Running(state) => {
+                Held::Running { state, spare } => {
                     use psm_codegen::ptx::{HAS_STATE, WRITE_OUTPUTS};
                     let flags = WRITE_OUTPUTS | if state.is_some() { HAS_STATE } else { 0 };
-                    let buf = match state.take() {
+                    let next = match spare.take() {
                         Some(b) => b,
                         None => device.alloc("the stream's state", nseq * exec.elem(), false)?,
                     };
-                    // The state is read before it is written, in place.
-                    l.scan(steps, Some(&buf), Some(&buf), flags)?;
-                    *state = Some(buf);
+                    l.scan(steps, state.as_ref(), Some(&next), flags)?;
+                    *spare = state.replace(next);
                 }
                 Held::Counter(c) => c.run_steps(&l, &exec.step_sizes(), exec.signature().readout, false)?,
             }
