@@ -39,3 +39,10 @@ fn refusals() {
     assert!(err(shape(MAX_KEYS + 1, 16, ChunkDecay::None, false), 90).contains("keys"));
     assert!(err(shape(0, 16, ChunkDecay::None, false), 90).contains("without entries"));
 }
+
+#[test]
+fn exclusive_diagonal_log_decay_module() {
+    let m = compile_chunkwise(shape(8, 8, ChunkDecay::DiagonalLog, true), 90).unwrap();
+    assert_eq!(m.decay_threads, Some(32));
+    insta::assert_snapshot!(m.text);
+}

@@ -1,10 +1,11 @@
 //! The chunkwise form's chunk computation on a CUDA device: psm-codegen's tensor-core
-//! kernels (`ptx::chunkwise`) for state fields with no decay or a scalar decay, one
-//! module per field shape. The derived feature and readout maps run through the CUDA
+//! kernels (`ptx::chunkwise`) for state fields with no decay, a scalar decay or a decay
+//! per key (diagonal), one module per field shape. The derived feature and readout maps run through the CUDA
 //! executor like any aggregator (crate::chunkwise drives the whole form).
 //!
-//! Per state field: `psm_cw_states` writes the state entering every chunk (and the
-//! final one), then `psm_cw_outputs` each contraction that reads the field. Chunks
+//! Per state field: for a decay per key, `psm_cw_decays` first writes its cumulative
+//! logs Λ within each chunk; `psm_cw_states` writes the state entering every chunk (and
+//! the final one), then `psm_cw_outputs` each contraction that reads the field. Chunks
 //! are psm-codegen's [`CHUNK`] steps; the operands are bf16 on the tensor cores, the
 //! state and the sums f32.
 
@@ -17,9 +18,8 @@ use crate::error::RunError;
 /// Why a plan's field has no CUDA kernel yet, or `None` when every field has one.
 pub(crate) fn unsupported(plan: &Chunkwise) -> Option<String> {
     plan.fields.iter().find_map(|f| match f.decay {
-        Decay::None | Decay::Scalar { .. } => None,
-        Decay::Diagonal { .. } => Some(format!("state field `{}` decays per key (diagonal): the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
-        Decay::DeltaRule { .. } => Some(format!("state field `{}` follows the delta rule: the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
+        Decay::None | Decay::Scalar { .. } | Decay::Diagonal { .. } => None,
+        Decay::DeltaRule { .. } => Some(format!("state field `{}` follows the delta rule: the CUDA chunkwise kernels take no, scalar or per-key decays so far", f.name)),
     })
 }
 
@@ -47,6 +47,8 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let (decay, gate) = match &field.decay {
             Decay::Scalar { gate: Gate::Log(g) } => (ChunkDecay::Log, Some(g)),
             Decay::Scalar { gate: Gate::Value(g) } => (ChunkDecay::Value, Some(g)),
+            Decay::Diagonal { gate: Gate::Log(g) } => (ChunkDecay::DiagonalLog, Some(g)),
+            Decay::Diagonal { gate: Gate::Value(g) } => (ChunkDecay::DiagonalValue, Some(g)),
             _ => (ChunkDecay::None, None),
         };
         let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
@@ -55,15 +57,28 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
         let v = upload(device, &format!("the values `{}`", field.value), feature(&field.value))?;
-        let g = match gate {
+        let decays = match gate {
             Some(name) => upload(device, &format!("the decays `{name}`"), feature(name))?,
             None => device.alloc("an unread decay", 8, true)?,
         };
+        // For a decay per key, Λ replaces the decays as the other kernels' `g`.
+        let lam = match m.decay_threads {
+            Some(threads) => {
+                let entries = nseq.checked_mul(steps).and_then(|n| n.checked_mul(field.keys * 4));
+                let lam = device.alloc("the cumulative log decays", entries.ok_or_else(|| too_large("the cumulative log decays".into()))?, false)?;
+                let mut args = Args::new();
+                args.ptr(&decays).ptr(&lam).u64(steps as u64);
+                device.launch_grid(&module.function("psm_cw_decays")?, (dim(nchunks, "chunks")?, dim(nseq, "sequences")?, 1), threads, 0, &args)?;
+                Some(lam)
+            }
+            None => None,
+        };
+        let g = lam.as_ref().unwrap_or(&decays);
         let matrices = nseq.checked_mul(nchunks + 1).and_then(|n| n.checked_mul(field.keys * field.values * 4));
         let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
         let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
         let mut args = Args::new();
-        args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
+        args.ptr(&k).ptr(&v).ptr(g).u64(0).ptr(&states).u64(steps as u64).u32(0);
         device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
         for (c, out) in plan.contractions.iter().zip(&mut contractions) {
             if c.field != fi {
@@ -72,7 +87,7 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
             let q = upload(device, &format!("the queries `{}`", c.query), feature(&c.query))?;
             let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
             let mut args = Args::new();
-            args.ptr(&q).ptr(&k).ptr(&v).ptr(&g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
+            args.ptr(&q).ptr(&k).ptr(&v).ptr(g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
             device.launch_grid(&outputs_fn, (vtiles, dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
             // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
             let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
