@@ -991,7 +991,7 @@ fn relative(found: &[f32], want: &[f64]) -> f64 {
 /// range occur (16 steps decay by e^−48 to e^−96).
 #[test]
 fn chunkwise_tensor_cores() {
-    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
     let Some(cuda) = Cuda::open() else {
         eprintln!("chunkwise_tensor_cores skipped: CUDA not available");
         return;
@@ -1005,9 +1005,12 @@ fn chunkwise_tensor_cores() {
                 if strong && !decay.per_key() {
                     continue;
                 }
-                for exclusive in [false, true] {
+                for (exclusive, storage) in [(false, Storage::F32), (true, Storage::F32), (false, Storage::Bf16), (true, Storage::Bf16)] {
+                    if storage == Storage::Bf16 && ![(8, 8), (128, 128), (7, 5)].contains(&(keys, values)) {
+                        continue;
+                    }
                     let shape = ChunkwiseShape { keys, values, decay, exclusive };
-                    let m = compile_chunkwise(shape, 90).expect("kernels");
+                    let m = compile_chunkwise_stored(shape, storage, 90).expect("kernels");
                     let module = cuda.load_text(&m.text);
                     for steps in [1usize, 7, 17, 64, 65, 200] {
                         let nseq = 3;
@@ -1058,18 +1061,18 @@ fn chunkwise_tensor_cores() {
                             }
                             finals[s * keys * values..(s + 1) * keys * values].copy_from_slice(&st);
                         }
-                        let f32_dev = |x: &[f32]| cuda.upload(&f32_bytes(x));
-                        let (dq, dk, dv, dg) = (f32_dev(&q), f32_dev(&k), f32_dev(&v), f32_dev(&g));
+                        let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, storage));
+                        let (dq, dk, dv, dg) = (stored(&q), stored(&k), stored(&v), cuda.upload(&f32_bytes(&g)));
                         let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
                         run.launch(&cuda, module, &m, [&dq, &dk, &dv, &dg], true);
-                        let found = f32s(&cuda.download(&run.out));
+                        let found = stored_values(&cuda.download(&run.out), storage);
                         let all_states = f32s(&cuda.download(&run.states));
                         let mut found_finals = Vec::new();
                         for s in 0..nseq {
                             let at = (s * (run.nchunks + 1) + run.nchunks) * keys * values;
                             found_finals.extend_from_slice(&all_states[at..at + keys * values]);
                         }
-                        let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, steps {steps}");
+                        let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, steps {steps}");
                         let e_out = relative(&found[..nseq * steps * values], &want);
                         let e_state = relative(&found_finals, &finals);
                         assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
@@ -1085,6 +1088,22 @@ fn chunkwise_tensor_cores() {
         }
     }
     eprintln!("chunkwise_tensor_cores: worst relative error {worst:e}");
+}
+
+/// Values as the bytes of `storage` (bf16: the upper halves of the f32, which must be
+/// bf16 values already).
+fn stored_bytes(v: &[f32], storage: psm_codegen::ptx::chunkwise::Storage) -> Vec<u8> {
+    match storage {
+        psm_codegen::ptx::chunkwise::Storage::F32 => f32_bytes(v),
+        psm_codegen::ptx::chunkwise::Storage::Bf16 => v.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+    }
+}
+
+fn stored_values(b: &[u8], storage: psm_codegen::ptx::chunkwise::Storage) -> Vec<f32> {
+    match storage {
+        psm_codegen::ptx::chunkwise::Storage::F32 => f32s(b),
+        psm_codegen::ptx::chunkwise::Storage::Bf16 => b.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+    }
 }
 
 /// The buffers and grids of one chunkwise run (the decays kernel's Λ for a per-key decay).
@@ -1103,26 +1122,34 @@ impl ChunkwiseRun {
         let nchunks = steps.div_ceil(psm_codegen::ptx::chunkwise::CHUNK);
         let lam = m.decay_threads.map(|_| cuda.zeros(nseq * steps * keys * 4));
         let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
-        let out = cuda.zeros(nseq * steps * values * 4);
+        let out = cuda.zeros(nseq * steps * values * if m.storage == psm_codegen::ptx::chunkwise::Storage::Bf16 { 2 } else { 4 });
         ChunkwiseRun { nseq, steps, nchunks, lam, states, out }
     }
 
-    /// The module's kernels over `[q, k, v, g]`, each waited for when `wait`.
-    fn launch(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, [q, k, v, g]: [&Dev; 4], wait: bool) {
+    /// The module's kernels over `[q, k, v, g]` in launch order: name, grid, threads, arguments.
+    fn kernels(&self, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, [q, k, v, g]: [&Dev; 4]) -> Vec<(&'static str, [u32; 3], u32, Vec<Arg>)> {
         let p = |d: &Dev| Arg::U64(d.ptr);
         let (nseq, steps, nchunks) = (self.nseq as u32, Arg::U64(self.steps as u64), self.nchunks as u32);
+        let grid = |(x, y, z): (u32, u32, u32)| [x, y, z];
+        let mut kernels = Vec::new();
         let g = match (&self.lam, m.decay_threads) {
             (Some(lam), Some(threads)) => {
-                cuda.launch_async(module, "psm_cw_decays", [nchunks, nseq, 1], threads, &[p(g), p(lam), steps], wait);
+                kernels.push(("psm_cw_decays", [nchunks, nseq, 1], threads, vec![p(g), p(lam), steps]));
                 lam
             }
             _ => g,
         };
-        let vtiles = m.shape.values.div_ceil(m.value_tile) as u32;
-        let state_args = [p(k), p(v), p(g), Arg::U64(0), p(&self.states), steps, Arg::U32(0)];
-        cuda.launch_async(module, "psm_cw_states", [vtiles, nseq, 1], m.state_threads, &state_args, wait);
-        let output_args = [p(q), p(k), p(v), p(g), p(&self.states), p(&self.out), steps, Arg::U32(0)];
-        cuda.launch_async(module, "psm_cw_outputs", [vtiles, nchunks, nseq], psm_codegen::ptx::chunkwise::OUTPUT_THREADS, &output_args, wait);
+        kernels.push(("psm_cw_states", grid(m.state_grid(nseq)), m.state_threads, vec![p(k), p(v), p(g), Arg::U64(0), p(&self.states), steps, Arg::U32(0)]));
+        let output_args = vec![p(q), p(k), p(v), p(g), p(&self.states), p(&self.out), steps, Arg::U32(0)];
+        kernels.push(("psm_cw_outputs", grid(m.output_grid(nchunks, nseq)), psm_codegen::ptx::chunkwise::OUTPUT_THREADS, output_args));
+        kernels
+    }
+
+    /// The module's kernels over `[q, k, v, g]`, each waited for when `wait`.
+    fn launch(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, operands: [&Dev; 4], wait: bool) {
+        for (name, grid, threads, args) in self.kernels(m, operands) {
+            cuda.launch_async(module, name, grid, threads, &args, wait);
+        }
     }
 
     fn free(self, cuda: &Cuda) {
@@ -1134,16 +1161,17 @@ impl ChunkwiseRun {
 
 /// Resident timings of the chunkwise kernels at issue 6's benchmark shape (B = 4, H = 16,
 /// K = V = D = 128; T = 1024, 4096, 16384) for no decay (fla's chunk_linear_attn), a
-/// scalar log decay (chunk_simple_gla) and a log decay per key (chunk_gla), f32 inputs
-/// and outputs: the median over 10 rounds of 10 back-to-back runs of every kernel
-/// (decays, states, outputs) between two synchronizations. Prints one JSON line per
-/// row in bench/gpu/baselines.py's format (suite "fla", names "psm chunkwise ...",
-/// shape [B, T, H, D]) for bench/gpu/table.py.
+/// scalar log decay (chunk_simple_gla) and a log decay per key (chunk_gla), bf16 q, k, v
+/// and outputs and f32 decays as fla's rows have them: the median over 10 rounds of 10
+/// back-to-back runs of every kernel (decays, states, outputs) between two
+/// synchronizations. Prints one JSON line per row in bench/gpu/baselines.py's format
+/// (suite "fla", names "psm chunkwise ...", shape [B, T, H, D]) with "vs", the fla rows
+/// of the same problem, for bench/gpu/table.py; each kernel's time alone on stderr.
 /// `cargo test -p psm-codegen --test ptx_gpu -- --ignored chunkwise_timings --nocapture`
 #[test]
 #[ignore = "a benchmark: run on a GPU machine"]
 fn chunkwise_timings() {
-    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
     let Some(cuda) = Cuda::open() else {
         eprintln!("chunkwise_timings skipped: CUDA not available");
         return;
@@ -1152,17 +1180,23 @@ fn chunkwise_timings() {
     let nseq = batch * heads;
     let mut seed = 11u64;
     for steps in [1024usize, 4096, 16384] {
-        for (name, decay, lo, hi) in [
-            ("psm chunkwise, no decay (linear_attn)", ChunkDecay::None, 0.0, 0.0),
-            ("psm chunkwise, scalar decay (simple_gla)", ChunkDecay::Log, -0.2, 0.0),
-            ("psm chunkwise, per-key decay (gla)", ChunkDecay::DiagonalLog, -0.2, 0.0),
+        // The fla rows of the same problem (bench/gpu/baselines.py fla_suite), and the
+        // decays' logs: retention's fixed decay is a scalar one.
+        for (name, vs, decay, lo, hi) in [
+            ("psm chunkwise, no decay", r#"["chunk_linear_attn"]"#, ChunkDecay::None, 0.0, 0.0),
+            ("psm chunkwise, scalar decay", r#"["chunk_simple_gla", "chunk_retention"]"#, ChunkDecay::Log, -0.2, 0.0),
+            ("psm chunkwise, per-key decay", r#"["chunk_gla"]"#, ChunkDecay::DiagonalLog, -0.2, 0.0),
         ] {
-            let m = compile_chunkwise(ChunkwiseShape { keys: d, values: d, decay, exclusive: false }, 90).expect("kernels");
+            let m = compile_chunkwise_stored(ChunkwiseShape { keys: d, values: d, decay, exclusive: false }, Storage::Bf16, 90).expect("kernels");
             let module = cuda.load_text(&m.text);
             let channels = if decay.per_key() { d } else { 1 };
-            let mut gen = |n: usize, lo: f64, hi: f64| cuda.upload(&f32_bytes(&(0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>()));
-            let (dq, dk, dv) = (gen(nseq * steps * d, -1.0, 1.0), gen(nseq * steps * d, -1.0, 1.0), gen(nseq * steps * d, -1.0, 1.0));
-            let dg = gen(nseq * steps * channels, lo, hi);
+            let mut gen = |n: usize, lo: f64, hi: f64, storage| {
+                let x: Vec<f32> = (0..n).map(|_| bf16_round(uniform(&mut seed, lo, hi) as f32)).collect();
+                cuda.upload(&stored_bytes(&x, storage))
+            };
+            let n = nseq * steps * d;
+            let (dq, dk, dv) = (gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16));
+            let dg = gen(nseq * steps * channels, lo, hi, Storage::F32);
             let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
             let mut times = Vec::new();
             for round in 0..11 {
@@ -1178,10 +1212,27 @@ fn chunkwise_timings() {
             }
             times.sort_by(f64::total_cmp);
             let seconds = times[times.len() / 2];
-            // q, k, v read and o written once (f32), and the decays.
-            let bytes = (4 * nseq * steps * d + nseq * steps * channels) * 4;
+            // Each kernel alone (its inputs as the whole run leaves them), for where the time goes.
+            let mut parts = Vec::new();
+            for (kernel, grid, threads, args) in run.kernels(&m, [&dq, &dk, &dv, &dg]) {
+                let mut alone = Vec::new();
+                for _ in 0..5 {
+                    cuda.synchronize();
+                    let t0 = std::time::Instant::now();
+                    for _ in 0..10 {
+                        cuda.launch_async(module, kernel, grid, threads, &args, false);
+                    }
+                    cuda.synchronize();
+                    alone.push(t0.elapsed().as_secs_f64() / 10.0);
+                }
+                alone.sort_by(f64::total_cmp);
+                parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
+            }
+            eprintln!("T = {steps}, {name}: {:.3} ms = {}", seconds * 1e3, parts.join(" + "));
+            // q, k, v read and o written once (bf16), and the decays (f32).
+            let bytes = 4 * nseq * steps * d * 2 + nseq * steps * channels * 4;
             let shape = [batch, steps, heads, d];
-            println!(r#"{{"suite": "fla", "name": "{name}", "shape": {shape:?}, "seconds": {seconds:e}, "bytes": {bytes}}}"#);
+            println!(r#"{{"suite": "fla", "name": "{name}", "shape": {shape:?}, "seconds": {seconds:e}, "bytes": {bytes}, "vs": {vs}}}"#);
             run.free(&cuda);
             for x in [dq, dk, dv, dg] {
                 cuda.free(x);

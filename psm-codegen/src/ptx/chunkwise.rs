@@ -73,6 +73,10 @@ pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
 pub const MAX_VALUE_TILE: usize = 64;
+/// Most keys a block of `psm_cw_states` covers: wider fields take several blocks, so
+/// that a sequence's chunk loop is spread over more of the device (issue 6's 128 keys:
+/// 2 × 2 blocks a sequence, as fla's chunk_fwd_h).
+const MAX_KEY_TILE: usize = 64;
 /// Steps per sub-chunk of a per-key decay: one warp's rows.
 const SUB_CHUNK: usize = 16;
 /// The largest exponent e_t − R_b a factorized diagonal block's query factor may take
@@ -115,18 +119,44 @@ impl ChunkDecay {
     }
 }
 
+/// The element type of the inputs q, k, v and the outputs in global memory (decays,
+/// states and Λ are f32 in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    /// Read as they are, without a copy to f32 first; the outputs rounded to nearest.
+    Bf16,
+}
+
 /// The two kernels' module and launch geometry.
 #[derive(Debug, Clone)]
 pub struct ChunkwiseModule {
     pub text: String,
     pub shape: ChunkwiseShape,
-    /// Values per block (`grid.x = ⌈values / value_tile⌉`).
+    pub storage: Storage,
+    /// Values per block (`grid.x = ⌈values / value_tile⌉` for `psm_cw_outputs`).
     pub value_tile: usize,
+    /// Keys per block of `psm_cw_states` (its `grid.x` is ⌈keys / key_tile⌉ value tiles).
+    pub key_tile: usize,
     /// Threads per block of `psm_cw_states`.
     pub state_threads: u32,
     /// Threads per block of `psm_cw_decays`, the module's third kernel when the decay
     /// is per key.
     pub decay_threads: Option<u32>,
+}
+
+impl ChunkwiseModule {
+    /// The grid of `psm_cw_states` over `nseq` sequences: key tiles × value tiles, then
+    /// sequences.
+    pub fn state_grid(&self, nseq: u32) -> (u32, u32, u32) {
+        let tiles = self.shape.keys.div_ceil(self.key_tile) * self.shape.values.div_ceil(self.value_tile);
+        (tiles as u32, nseq, 1)
+    }
+
+    /// The grid of `psm_cw_outputs`: value tiles, chunks, sequences.
+    pub fn output_grid(&self, nchunks: u32, nseq: u32) -> (u32, u32, u32) {
+        (self.shape.values.div_ceil(self.value_tile) as u32, nchunks, nseq)
+    }
 }
 
 /// Why a state field has no tensor-core kernels.
@@ -140,16 +170,15 @@ const BATCH: usize = 8;
 const STATIC_SHARED: usize = 48 * 1024;
 
 /// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_cᵀ
-/// `[vt][kp + 8]` in bf16; Q `[CHUNK][kp + 8]` in bf16 and two f32 arrays of CHUNK log
-/// decays, or, for a per-key decay (whose warps read their queries themselves), the
-/// sub-chunks' R_b `[CHUNK / 16][kp]` in f32.
+/// `[vt][kp + 8]` in bf16, and CHUNK log decays (scalar) or the sub-chunks' R_b
+/// `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries themselves.
 fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay) -> usize {
-    let common = (CHUNK * (kp + 8) + vt * (CHUNK + 8) + vt * (kp + 8)) * 2;
-    if decay.per_key() {
-        common + CHUNK / SUB_CHUNK * kp * 4
-    } else {
-        common + CHUNK * (kp + 8) * 2 + 2 * CHUNK * 4
-    }
+    let decays = match decay {
+        ChunkDecay::None => 0,
+        ChunkDecay::Log | ChunkDecay::Value => CHUNK,
+        ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
+    };
+    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + vt * (kp + 8)) * 2 + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -157,8 +186,14 @@ fn padded_keys(keys: usize) -> usize {
     keys.div_ceil(16) * 16
 }
 
-/// The kernels of one state field for `arch` (compute capability × 10, at least 80).
+/// The kernels of one state field with f32 inputs and outputs for `arch` (compute
+/// capability × 10, at least 80).
 pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
+    compile_chunkwise_stored(shape, Storage::F32, arch)
+}
+
+/// The kernels of one state field with inputs and outputs of type `storage`.
+pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
     if arch < 80 {
         return Err(Unsupported(format!("bf16 tensor-core products need sm_80 or later, not sm_{arch}")));
     }
@@ -175,11 +210,11 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
     while value_tile > 8 && output_shared_bytes(kp, value_tile, shape.decay) > STATIC_SHARED {
         value_tile = (value_tile / 2).div_ceil(8) * 8;
     }
-    let g = Geometry { keys: shape.keys, kp, values: shape.values, vt: value_tile, shape };
+    let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, chunk {CHUNK}, value tile {value_tile}",
+        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, {storage:?} inputs and outputs, chunk {CHUNK}, value tile {value_tile}",
         shape.keys,
         shape.values,
         shape.decay,
@@ -196,17 +231,20 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, value_tile, state_threads: (g.kp / 16 * 32) as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: (g.kt / 16 * 32) as u32, decay_threads })
 }
 
 struct Geometry {
     keys: usize,
     /// Keys padded to 16.
     kp: usize,
+    /// Keys per block of `psm_cw_states`.
+    kt: usize,
     values: usize,
     /// Values per block.
     vt: usize,
     shape: ChunkwiseShape,
+    storage: Storage,
 }
 
 impl Geometry {
@@ -464,11 +502,12 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads `lanes` f32 (1, or 2 or 4 in one load) at `base[(row_base + row) · width +
-    /// col]` when `row < rows`, `col < cols` and `live` (else 0): `row_base` is a 64-bit
-    /// entry index; with n > 1 lanes, `width`, `cols` and `col` are multiples of n.
+    /// Loads `lanes` entries (1, or 2 or 4 in one load) of type `storage` at
+    /// `base[(row_base + row) · width + col]` as f32 when `row < rows`, `col < cols` and
+    /// `live` (else 0): `row_base` is a 64-bit entry index; with n > 1 lanes, `width`,
+    /// `cols` and `col` are multiples of n.
     #[allow(clippy::too_many_arguments)]
-    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize) -> Vec<Reg> {
+    fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize, storage: Storage) -> Vec<Reg> {
         let v: Vec<Reg> = (0..lanes).map(|_| self.e.reg(Class::F32)).collect();
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
@@ -484,62 +523,94 @@ impl Writer {
         self.e.ins(format!("cvt.u64.u32 {c64}, {col}"));
         self.e.ins(format!("add.u64 {index}, {row_base}, {r64}"));
         self.e.ins(format!("mad.lo.u64 {index}, {index}, {width}, {c64}"));
-        let a = self.f32_addr(base, index);
-        match lanes {
-            4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3])),
-            2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", v[0], v[1])),
-            _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0])),
+        match storage {
+            Storage::F32 => {
+                let a = self.f32_addr(base, index);
+                match lanes {
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", v[0], v[1])),
+                    _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0])),
+                }
+            }
+            Storage::Bf16 => {
+                let a = self.e.reg(Class::B64);
+                self.e.ins(format!("mad.lo.u64 {a}, {index}, 2, {base}"));
+                // bf16 pairs in 32-bit words (the lower entry in the low half); a bf16 is
+                // the upper half of its f32.
+                let words: Vec<Reg> = (0..lanes.div_ceil(2)).map(|_| self.e.reg(Class::B32)).collect();
+                for r in &words {
+                    self.e.ins(format!("mov.b32 {r}, 0"));
+                }
+                match lanes {
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v2.b32 {{{}, {}}}, [{a}]", words[0], words[1])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.b32 {}, [{a}]", words[0])),
+                    _ => {
+                        self.e.ins(format!("@{q} ld.global.nc.u16 {}, [{a}]", words[0]));
+                    }
+                }
+                for (l, x) in v.iter().enumerate() {
+                    let bits = self.e.reg(Class::B32);
+                    if l % 2 == 0 {
+                        self.e.ins(format!("shl.b32 {bits}, {}, 16", words[l / 2]));
+                    } else {
+                        self.e.ins(format!("and.b32 {bits}, {}, 0xFFFF0000", words[l / 2]));
+                    }
+                    self.e.ins(format!("mov.b32 {x}, {bits}"));
+                }
+            }
         }
         v
     }
 
-    /// Λ of the current chunk into `lam` (f32 × CHUNK): the block's `threads` load each
-    /// step's log decay (0 past the sequence's end) into `raw`, then each sums one
-    /// step's prefix in step order. Ends with a barrier.
-    #[allow(clippy::too_many_arguments)]
-    fn cumulative_decay(&mut self, g: &Geometry, threads: usize, gate: Reg, row_base: Reg, n: Reg, raw: Reg, lam: Reg) {
+    /// Λ of the current chunk into `lam` (f32 × CHUNK), by the block's first warp: each
+    /// lane loads one step's log decay in each 32 steps (0 past the sequence's end), a
+    /// shuffle scan sums the prefixes (5 steps per 32: a loop over the prefix was
+    /// 64 dependent shared loads for the last step), and the first 32 steps' total is
+    /// carried into the next. Ends with a barrier.
+    fn cumulative_decay(&mut self, g: &Geometry, gate: Reg, row_base: Reg, n: Reg, lam: Reg) {
         let value = g.shape.decay.as_value();
-        self.strided(CHUNK, threads, "decay", |w, t| {
-            let x = w.e.reg(Class::F32);
-            w.e.ins(format!("mov.f32 {x}, 0f00000000"));
-            let live = w.e.reg(Class::Pred);
-            w.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
-            let t64 = w.e.reg(Class::B64);
-            w.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
-            w.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
-            let a = w.f32_addr(gate, t64);
-            w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+        let skip = self.e.label("decay_done");
+        let others = self.e.reg(Class::Pred);
+        self.e.ins(format!("setp.ne.u32 {others}, {}, 0", self.warp));
+        self.e.ins(format!("@{others} bra.uni {skip}"));
+        let segments: Vec<(Reg, Reg)> = (0..CHUNK / 32)
+            .map(|seg| {
+                let t = self.e.reg(Class::B32);
+                self.e.ins(format!("add.u32 {t}, {}, {}", self.tid, 32 * seg));
+                let live = self.e.reg(Class::Pred);
+                self.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
+                let t64 = self.e.reg(Class::B64);
+                self.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
+                self.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
+                let a = self.f32_addr(gate, t64);
+                let x = self.e.reg(Class::F32);
+                // A padded step has no decay: log 0, or the value 1.
+                self.e.ins(format!("mov.f32 {x}, {}", if value { "0f3F800000" } else { "0f00000000" }));
+                self.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+                (t, x)
+            })
+            .collect();
+        let carry = self.e.reg(Class::F32);
+        self.e.ins(format!("mov.f32 {carry}, 0f00000000"));
+        for (t, x) in segments {
             if value {
-                w.e.comment("the decay's natural log: lg2 * ln 2 (a padded step's 1 gives 0)");
-                w.e.ins(format!("@!{live} mov.f32 {x}, 0f3F800000"));
-                w.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
-                w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
+                self.e.comment("the decay's natural log: lg2 * ln 2");
+                self.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
+                self.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
             }
-            let at = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {raw}"));
-            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
-        });
-        self.e.ins("bar.sync 0");
-        self.strided(CHUNK, threads, "prefix", |w, t| {
-            let sum = w.e.reg(Class::F32);
-            let u = w.e.reg(Class::B32);
-            let last = w.e.reg(Class::B32);
-            let q = w.e.reg(Class::Pred);
-            let top = w.e.label("prefix_sum");
-            w.e.ins(format!("mov.f32 {sum}, 0f00000000"));
-            w.e.ins(format!("mov.u32 {u}, {raw}"));
-            w.e.ins(format!("mad.lo.u32 {last}, {t}, 4, {raw}"));
-            w.e.place(&top);
-            let y = w.e.reg(Class::F32);
-            w.e.ins(format!("ld.shared.f32 {y}, [{u}]"));
-            w.e.ins(format!("add.rn.f32 {sum}, {sum}, {y}"));
-            w.e.ins(format!("setp.lt.u32 {q}, {u}, {last}"));
-            w.e.ins(format!("add.u32 {u}, {u}, 4"));
-            w.e.ins(format!("@{q} bra {top}"));
-            let out = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {out}, {t}, 4, {lam}"));
-            w.e.ins(format!("st.shared.f32 [{out}], {sum}"));
-        });
+            for d in [1, 2, 4, 8, 16] {
+                let y = self.e.reg(Class::F32);
+                let from = self.e.reg(Class::Pred);
+                self.e.ins(format!("shfl.sync.up.b32 {y}|{from}, {x}, {d}, 0, 0xffffffff"));
+                self.e.ins(format!("@{from} add.rn.f32 {x}, {x}, {y}"));
+            }
+            self.e.ins(format!("add.rn.f32 {x}, {x}, {carry}"));
+            let at = self.e.reg(Class::B32);
+            self.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {lam}"));
+            self.e.ins(format!("st.shared.f32 [{at}], {x}"));
+            self.e.ins(format!("shfl.sync.idx.b32 {carry}, {x}, 31, 31, 0xffffffff"));
+        }
+        self.e.place(&skip);
         self.e.ins("bar.sync 0");
     }
 
@@ -616,7 +687,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     fn lams(&mut self, scale: Scale<'_>, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, live: Reg, lanes: usize) -> Vec<Reg> {
         match scale {
-            Scale::PerKey { lam, .. } => self.load_or_zero(lam, row_base, row, rows, width, col, width, live, lanes),
+            Scale::PerKey { lam, .. } => self.load_or_zero(lam, row_base, row, rows, width, col, width, live, lanes, Storage::F32),
             _ => Vec::new(),
         }
     }
@@ -652,7 +723,7 @@ fn stage_transposed(
             let (t, j) = w.transposed_position(entry, lanes, CHUNK);
             let col = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes);
+            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes, g.storage);
             let lams = w.lams(scale, row_base, t, n, width, col, live, lanes);
             let addrs = (0..lanes)
                 .map(|l| {
@@ -679,7 +750,7 @@ fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: 
         what,
         |w, idx, live| {
             let (t, i) = w.divmod(idx, g.kp);
-            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes);
+            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes, g.storage);
             let lams = w.lams(scale, row_base, t, n, g.keys, i, live, lanes);
             let a = w.bf16_addr(dst, t, g.key_stride(), i);
             let addrs = (0..lanes)
@@ -721,12 +792,19 @@ fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> ChunkPos {
     ChunkPos { row_base, n }
 }
 
+/// What [`tile_io`] does with a matrix in global memory.
+#[derive(Clone, Copy)]
+enum TileIo {
+    LoadF32,
+    Store(Storage),
+}
+
 /// Loads or stores the accumulator tiles of a warp's 16 rows (`row0 = 16 · warp`) of a
-/// `[rows, values]` f32 matrix at `base` (64-bit entry index `matrix` of its first
+/// `[rows, values]` matrix at `base` (64-bit entry index `matrix` of its first
 /// entry), columns `col0 + 8 · tile + 2 · cq (+1)`, rows `row0 + gq (+8)`, within
 /// `rows` × `values`.
 #[allow(clippy::too_many_arguments)]
-fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, store: bool) {
+fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, io: TileIo) {
     for (nt, a) in acc.iter().enumerate() {
         for half in 0..2 {
             for k in 0..2 {
@@ -749,12 +827,23 @@ fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Re
                 w.e.ins(format!("cvt.u64.u32 {c64}, {col}"));
                 w.e.ins(format!("add.u64 {index}, {matrix}, {r64}"));
                 w.e.ins(format!("mad.lo.u64 {index}, {index}, {}, {c64}", g.values));
-                let addr = w.f32_addr(base, index);
                 let reg = a[2 * half + k];
-                if store {
-                    w.e.ins(format!("@{q} st.global.f32 [{addr}], {reg}"));
-                } else {
-                    w.e.ins(format!("@{q} ld.global.nc.f32 {reg}, [{addr}]"));
+                match io {
+                    TileIo::Store(Storage::F32) => {
+                        let addr = w.f32_addr(base, index);
+                        w.e.ins(format!("@{q} st.global.f32 [{addr}], {reg}"));
+                    }
+                    TileIo::Store(Storage::Bf16) => {
+                        let addr = w.e.reg(Class::B64);
+                        w.e.ins(format!("mad.lo.u64 {addr}, {index}, 2, {base}"));
+                        let h = w.e.reg(Class::B16);
+                        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {reg}"));
+                        w.e.ins(format!("@{q} st.global.b16 [{addr}], {h}"));
+                    }
+                    TileIo::LoadF32 => {
+                        let addr = w.f32_addr(base, index);
+                        w.e.ins(format!("@{q} ld.global.nc.f32 {reg}, [{addr}]"));
+                    }
                 }
             }
         }
@@ -763,7 +852,7 @@ fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Re
 
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
-    let threads = g.kp / 16 * 32;
+    let threads = g.kt / 16 * 32;
     let params = ["k", "v", "g", "state_in", "states", "steps", "flags"];
     let k = w.param("k");
     let v = w.param("v");
@@ -773,20 +862,27 @@ fn states_kernel(g: &Geometry) -> String {
     let steps = w.param("steps");
     let flags = w.e.reg(Class::B32);
     w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
-    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
-    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
+    let (tile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {tile}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    // Block x: key tile x / vtiles, value tile x % vtiles.
+    let (ktile, vtile) = w.divmod(tile, g.values.div_ceil(g.vt));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let kt = w.shared("kt", g.kp * g.step_stride() * 2);
+    let key0 = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {key0}, {ktile}, {}", g.kt));
+    let kt = w.shared("kt", g.kt * g.step_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
-    let (raw, lam) = if g.scalar_decay() { (Some(w.shared("raw", CHUNK * 4)), Some(w.shared("lam", CHUNK * 4))) } else { (None, None) };
+    let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: Λ at the chunk's last step, [kp] f32.
     let lam_last = g.per_key().then(|| w.shared("last", g.kp * 4));
     let nchunks = w.chunk_count(steps);
-    // This warp's 16 keys, and the entry index of sequence seq's first state matrix.
+    // This warp's 16 keys (from row0; from 16 warp in the block's tile), and the entry
+    // index of sequence seq's first state matrix.
+    let local0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {local0}, {}, 4", w.warp));
     let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    w.e.ins(format!("add.u32 {row0}, {key0}, {local0}"));
     let keys = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
     let s64 = w.e.reg(Class::B64);
@@ -801,11 +897,11 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("@{p} bra {no_state}"));
     let first = w.e.reg(Class::B64);
     w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
-    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, false);
+    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
     w.e.place(&no_state);
     // Fragment addresses: A from kt (row 16·warp + gq, column 2·cq), B from vt (row gq).
     let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
@@ -820,13 +916,13 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
     w.e.comment("states[seq, chunk] = S entering the chunk");
     let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, true);
+    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
     let end = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
     w.e.ins(format!("@{end} bra.uni {done}"));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
-    let last = if let (Some(raw), Some(lam)) = (raw, lam) {
-        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    let last = if let Some(lam) = lam {
+        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
         let l = w.e.reg(Class::F32);
@@ -842,7 +938,7 @@ fn states_kernel(g: &Geometry) -> String {
         w.strided(g.kp, threads, "last", |w, i| {
             let live = w.e.reg(Class::Pred);
             w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.kp));
-            let x = w.load_or_zero(gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1)[0];
+            let x = w.load_or_zero(gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1, Storage::F32)[0];
             let at = w.e.reg(Class::B32);
             w.e.ins(format!("mad.lo.u32 {at}, {i}, 4, {lam_last}"));
             w.e.ins(format!("st.shared.f32 [{at}], {x}"));
@@ -858,8 +954,6 @@ fn states_kernel(g: &Geometry) -> String {
         w.exp(d)
     };
     let last_of_key = |w: &mut Writer, _t: Reg, i: Reg| -> Reg { w.f32_at(lam_last.expect("per key"), i) };
-    let zero = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {zero}, 0"));
     let scale_k = if g.per_key() {
         Scale::PerKey { lam: gate, reference: &last_of_key }
     } else if g.decayed() {
@@ -867,7 +961,7 @@ fn states_kernel(g: &Geometry) -> String {
     } else {
         Scale::None
     };
-    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, kt, scale_k, "stage_k");
+    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, key0, g.kt, kt, scale_k, "stage_k");
     stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
     w.e.ins("bar.sync 0");
     if let Some(last) = last {
@@ -926,16 +1020,15 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.z"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let qs = (!g.per_key()).then(|| w.shared("qs", CHUNK * g.key_stride() * 2));
     let ks = w.shared("ks", CHUNK * g.key_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
     let st = w.shared("st", g.vt * g.key_stride() * 2);
-    let (raw, lam) = if g.scalar_decay() { (Some(w.shared("raw", CHUNK * 4)), Some(w.shared("lam", CHUNK * 4))) } else { (None, None) };
+    let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
     let ends = g.per_key().then(|| w.shared("ends", CHUNK / SUB_CHUNK * g.kp * 4));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
-    if let (Some(raw), Some(lam)) = (raw, lam) {
-        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    if let Some(lam) = lam {
+        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
     }
     if let Some(ends) = ends {
         w.e.comment("R_b: the row of L at each sub-chunk's last step (at the sequence's last past its end)");
@@ -947,7 +1040,7 @@ fn outputs_kernel(g: &Geometry) -> String {
             w.e.ins(format!("mad.lo.u32 {t}, {b}, {SUB_CHUNK}, {}", SUB_CHUNK - 1));
             w.e.ins(format!("min.u32 {t}, {t}, {last}"));
             let live = w.always();
-            let x = w.load_or_zero(gate, pos.row_base, t, pos.n, g.keys, i, g.keys, live, 1)[0];
+            let x = w.load_or_zero(gate, pos.row_base, t, pos.n, g.keys, i, g.keys, live, 1, Storage::F32)[0];
             let at = w.e.reg(Class::B32);
             w.e.ins(format!("mad.lo.u32 {at}, {idx}, 4, {ends}"));
             w.e.ins(format!("st.shared.f32 [{at}], {x}"));
@@ -961,10 +1054,6 @@ fn outputs_kernel(g: &Geometry) -> String {
         w.f32_at(ends.expect("per key"), at)
     };
     let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
-    if let Some(qs) = qs {
-        w.e.comment("stage Q (the key contiguous)");
-        stage_rows(&mut w, g, threads, q, pos.row_base, pos.n, qs, Scale::None, "stage_q");
-    }
     w.e.comment(if g.per_key() {
         "stage K * exp(R_b - L) (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
     } else {
@@ -991,7 +1080,7 @@ fn outputs_kernel(g: &Geometry) -> String {
                 let (i, j) = w.transposed_position(entry, lanes, g.kp);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes);
+                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes, Storage::F32);
                 let addrs = (0..lanes)
                     .map(|l| {
                         let jl = w.e.reg(Class::B32);
@@ -1021,28 +1110,8 @@ fn outputs_kernel(g: &Geometry) -> String {
     let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
     w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
-    if let Some(ends) = ends {
-        let ops = PerKeyOperands { q, k, lam: gate, ends, s_addr, k_addr, acol };
-        per_key_products(&mut w, g, &ops, &pos, rows, &o, &scores);
-    } else {
-        let q_addr = w.bf16_addr(qs.expect("Q is staged without per-key decays"), arow, g.key_stride(), acol);
-        w.e.comment("O = Q S_c and P = Q K^T up to the diagonal, sharing Q's fragments");
-        for kk in 0..g.kp / 16 {
-            let a = w.a_fragment(q_addr, g.key_stride(), 16 * kk);
-            for (nt, t) in o.iter().enumerate() {
-                let b = w.b_fragment(s_addr, g.key_stride(), 8 * nt, 16 * kk);
-                w.mma(t, &a, &b);
-            }
-            for sub in 0..CHUNK / SUB_CHUNK {
-                w.up_to_diagonal(sub, |w| {
-                    for pt in [2 * sub, 2 * sub + 1] {
-                        let b = w.b_fragment(k_addr, g.key_stride(), 8 * pt, 16 * kk);
-                        w.mma(&scores[pt], &a, &b);
-                    }
-                });
-            }
-        }
-    }
+    let ops = WarpOperands { q, k, lam: gate, ends, s_addr, k_addr, acol };
+    warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
     // The rows' e_t for a scalar decay: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
     let e_rows = lam.map(|lam| {
         rows.map(|r| {
@@ -1112,29 +1181,32 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.comment("out rows of this chunk");
     let outrow = w.e.reg(Class::B64);
     w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
-    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, true);
+    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
     w.finish("psm_cw_outputs", &params)
 }
 
-/// What [`per_key_products`] reads: the global queries, keys and Λ (`lam`), the shared
-/// R_b (`ends`), and the lane's fragment addresses of S_cᵀ and the scaled keys.
-struct PerKeyOperands {
+/// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
+/// shared R_b `ends` (per key), and the lane's fragment addresses of S_cᵀ and the
+/// (scaled) keys.
+struct WarpOperands {
     q: Reg,
     k: Reg,
     lam: Reg,
-    ends: Reg,
+    ends: Option<Reg>,
     s_addr: Reg,
     k_addr: Reg,
     /// 2 · cq: the lane's first fragment column.
     acol: Reg,
 }
 
-/// One warp's products for a per-key decay: O = (Q ⊙ e^e) S_c into `o`, and the score
-/// tiles of every sub-chunk b up to the diagonal as (Q ⊙ e^(e − R_b)) (K ⊙ e^(R_b − Λ))ᵀ,
-/// the queries read from global memory and scaled in registers; then, where a diagonal
-/// block's query exponents exceed [`FACTOR_RANGE`] (any lane of the warp), that block
-/// again pair by pair.
-fn per_key_products(w: &mut Writer, g: &Geometry, ops: &PerKeyOperands, pos: &ChunkPos, rows: [Reg; 2], o: &[[Reg; 4]], scores: &[[Reg; 4]]) {
+/// One output warp's products, its queries read from global memory into registers (no
+/// shared copy: each warp reads only its own 16 rows, which leaves the shared memory to
+/// a wider value tile): O = Q S_c into `o` and the score tiles up to the diagonal,
+/// P = Q Kᵀ. For a per-key decay the queries are scaled in registers: O = (Q ⊙ e^e) S_c,
+/// and each sub-chunk b's tiles (Q ⊙ e^(e − R_b)) (K ⊙ e^(R_b − Λ))ᵀ; then, where a
+/// diagonal block's query exponents exceed [`FACTOR_RANGE`] (any lane of the warp), that
+/// block again pair by pair.
+fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPos, rows: [Reg; 2], o: &[[Reg; 4]], scores: &[[Reg; 4]]) {
     let keys = g.keys;
     let always = w.always();
     // e_t's rows: t, or t − 1 (at t = 0 it wraps past n, so e_0 = Λ_(−1) loads as 0).
@@ -1157,73 +1229,89 @@ fn per_key_products(w: &mut Writer, g: &Geometry, ops: &PerKeyOperands, pos: &Ch
     let top = w.e.reg(Class::F32);
     w.e.ins(format!("mov.f32 {top}, 0fFF800000"));
     // Two consecutive keys from `base` at (row, col), in one load when keys are even.
-    let pair = |w: &mut Writer, base: Reg, row: Reg, col: Reg| -> [Reg; 2] {
+    let pair = |w: &mut Writer, base: Reg, row: Reg, col: Reg, storage: Storage| -> [Reg; 2] {
         if keys % 2 == 0 {
-            let v = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 2);
+            let v = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 2, storage);
             [v[0], v[1]]
         } else {
             let next = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {next}, {col}, 1"));
-            let a = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 1)[0];
-            let b = w.load_or_zero(base, pos.row_base, row, pos.n, keys, next, keys, always, 1)[0];
+            let a = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 1, storage)[0];
+            let b = w.load_or_zero(base, pos.row_base, row, pos.n, keys, next, keys, always, 1, storage)[0];
             [a, b]
         }
     };
-    // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c), in the
-    // order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys 2cq + 8..), a3.
-    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: &[[[Reg; 2]; 2]; 2]| -> [Reg; 4] {
+    // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c; q itself
+    // without), in the order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys
+    // 2cq + 8..), a3.
+    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: Option<&[[[Reg; 2]; 2]; 2]>| -> [Reg; 4] {
         [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(h, c)| {
-            let [lo, hi] = [0, 1].map(|u| {
-                let f = w.exp(x[h][c][u]);
-                let y = w.e.reg(Class::F32);
-                w.e.ins(format!("mul.rn.f32 {y}, {}, {f}", qv[h][c][u]));
-                y
+            let [lo, hi] = [0, 1].map(|u| match x {
+                Some(x) => {
+                    let f = w.exp(x[h][c][u]);
+                    let y = w.e.reg(Class::F32);
+                    w.e.ins(format!("mul.rn.f32 {y}, {}, {f}", qv[h][c][u]));
+                    y
+                }
+                None => qv[h][c][u],
             });
             w.pack(lo, hi)
         })
     };
-    w.e.comment("O = (Q * exp(e)) S_c; P's sub-chunk b = (Q * exp(e - R_b)) (K * exp(R_b - L))^T up to the diagonal");
+    w.e.comment(if ops.ends.is_some() {
+        "O = (Q * exp(e)) S_c; P's sub-chunk b = (Q * exp(e - R_b)) (K * exp(R_b - L))^T up to the diagonal"
+    } else {
+        "O = Q S_c and P = Q K^T up to the diagonal, sharing Q's fragments"
+    });
     for kk in 0..g.kp / 16 {
         let cols = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
         w.e.ins(format!("add.u32 {}, {}, {}", cols[0], ops.acol, 16 * kk));
         w.e.ins(format!("add.u32 {}, {}, {}", cols[1], ops.acol, 16 * kk + 8));
-        let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c])));
-        let ev = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c])));
-        let a = fragment(w, &qv, &ev);
+        let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c], g.storage)));
+        let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c], Storage::F32))));
+        let a = fragment(w, &qv, ev.as_ref());
         for (nt, t) in o.iter().enumerate() {
             let b = w.b_fragment(ops.s_addr, g.key_stride(), 8 * nt, 16 * kk);
             w.mma(t, &a, &b);
         }
         for sub in 0..CHUNK / SUB_CHUNK {
             w.up_to_diagonal(sub, |w| {
-                let r = [0, 1].map(|c| {
-                    let at = w.e.reg(Class::B32);
-                    w.e.ins(format!("mad.lo.u32 {at}, {}, 4, {}", cols[c], ops.ends));
-                    let (lo, hi) = (w.e.reg(Class::F32), w.e.reg(Class::F32));
-                    w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{}]", 4 * sub * g.kp));
-                    [lo, hi]
-                });
-                let diagonal = w.e.reg(Class::Pred);
-                w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {sub}", w.warp));
-                let d = [0, 1].map(|h| {
-                    let counted = w.e.reg(Class::Pred);
-                    w.e.ins(format!("and.pred {counted}, {diagonal}, {}", live[h]));
-                    [0, 1].map(|c| {
-                        [0, 1].map(|u| {
-                            let x = w.e.reg(Class::F32);
-                            w.e.ins(format!("sub.rn.f32 {x}, {}, {}", ev[h][c][u], r[c][u]));
-                            w.e.ins(format!("@{counted} max.f32 {top}, {top}, {x}"));
-                            x
-                        })
-                    })
-                });
-                let a = fragment(w, &qv, &d);
+                let a = match (ops.ends, &ev) {
+                    (Some(ends), Some(ev)) => {
+                        let r = [0, 1].map(|c| {
+                            let at = w.e.reg(Class::B32);
+                            w.e.ins(format!("mad.lo.u32 {at}, {}, 4, {ends}", cols[c]));
+                            let (lo, hi) = (w.e.reg(Class::F32), w.e.reg(Class::F32));
+                            w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{}]", 4 * sub * g.kp));
+                            [lo, hi]
+                        });
+                        let diagonal = w.e.reg(Class::Pred);
+                        w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {sub}", w.warp));
+                        let d = [0, 1].map(|h| {
+                            let counted = w.e.reg(Class::Pred);
+                            w.e.ins(format!("and.pred {counted}, {diagonal}, {}", live[h]));
+                            [0, 1].map(|c| {
+                                [0, 1].map(|u| {
+                                    let x = w.e.reg(Class::F32);
+                                    w.e.ins(format!("sub.rn.f32 {x}, {}, {}", ev[h][c][u], r[c][u]));
+                                    w.e.ins(format!("@{counted} max.f32 {top}, {top}, {x}"));
+                                    x
+                                })
+                            })
+                        });
+                        fragment(w, &qv, Some(&d))
+                    }
+                    _ => a,
+                };
                 for pt in [2 * sub, 2 * sub + 1] {
                     let b = w.b_fragment(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk);
                     w.mma(&scores[pt], &a, &b);
                 }
             });
         }
+    }
+    if ops.ends.is_none() {
+        return;
     }
     let over = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.gt.f32 {over}, {top}, {}", f32_imm(FACTOR_RANGE)));
@@ -1254,11 +1342,11 @@ fn per_key_products(w: &mut Writer, g: &Geometry, ops: &PerKeyOperands, pos: &Ch
         let top_label = w.e.label("pairwise");
         w.e.ins(format!("mov.u32 {i}, 0"));
         w.e.place(&top_label);
-        let one = |w: &mut Writer, base: Reg, row: Reg| w.load_or_zero(base, pos.row_base, row, pos.n, keys, i, keys, always, 1)[0];
-        let qv = rows.map(|r| one(w, ops.q, r));
-        let ev = e_rows.map(|r| one(w, ops.lam, r));
-        let kv = taus.map(|p| p.map(|t| one(w, ops.k, t)));
-        let lv = taus.map(|p| p.map(|t| one(w, ops.lam, t)));
+        let one = |w: &mut Writer, base: Reg, row: Reg, storage: Storage| w.load_or_zero(base, pos.row_base, row, pos.n, keys, i, keys, always, 1, storage)[0];
+        let qv = rows.map(|r| one(w, ops.q, r, g.storage));
+        let ev = e_rows.map(|r| one(w, ops.lam, r, Storage::F32));
+        let kv = taus.map(|p| p.map(|t| one(w, ops.k, t, g.storage)));
+        let lv = taus.map(|p| p.map(|t| one(w, ops.lam, t, Storage::F32)));
         for (p, pt) in tiles.into_iter().enumerate() {
             for (j, acc) in scores[pt].iter().enumerate() {
                 let (h, c) = (j / 2, j % 2);

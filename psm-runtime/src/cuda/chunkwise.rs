@@ -76,10 +76,9 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let g = lam.as_ref().unwrap_or(&decays);
         let matrices = nseq.checked_mul(nchunks + 1).and_then(|n| n.checked_mul(field.keys * field.values * 4));
         let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
-        let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
         let mut args = Args::new();
         args.ptr(&k).ptr(&v).ptr(g).u64(0).ptr(&states).u64(steps as u64).u32(0);
-        device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
+        device.launch_grid(&states_fn, m.state_grid(dim(nseq, "sequences")?), m.state_threads, 0, &args)?;
         for (c, out) in plan.contractions.iter().zip(&mut contractions) {
             if c.field != fi {
                 continue;
@@ -88,7 +87,7 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
             let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
             let mut args = Args::new();
             args.ptr(&q).ptr(&k).ptr(&v).ptr(g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
-            device.launch_grid(&outputs_fn, (vtiles, dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
+            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
             // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
             let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
             device.copy_to_host(&o, 0, bytes)?;
