@@ -1,7 +1,8 @@
 //! The chunkwise form's chunk computation on a CUDA device: psm-codegen's tensor-core
 //! kernels (`ptx::chunkwise`) for state fields with no decay, a scalar decay or a decay
-//! per key (diagonal), one module per field shape. The derived feature and readout maps run through the CUDA
-//! executor like any aggregator (crate::chunkwise drives the whole form).
+//! per key (diagonal), one module per field shape. The derived feature and readout maps
+//! run through the CUDA executor like any aggregator (crate::chunkwise drives the whole
+//! form).
 //!
 //! Per state field: for a decay per key, `psm_cw_decays` first writes its cumulative
 //! logs Λ within each chunk; `psm_cw_states` writes the state entering every chunk (and
