@@ -241,7 +241,9 @@ def jax_suite():
 
 def fla_suite():
     """Issue 6's rivals: flash-linear-attention's chunkwise kernels (fla-core, Triton) and
-    causal softmax attention (SDPA), forward only, at B = 4, H = 16, D = 128 in bf16."""
+    causal softmax attention (SDPA), forward only, at B = 4, H = 16, D = 128 in bf16.
+    psm's rows for the same problems come from psm-codegen's tests/ptx_gpu.rs
+    `chunkwise_timings`, whose "vs" lists name the rows below (table.py pairs them)."""
     import torch
     import torch.nn.functional as F
 

@@ -8,6 +8,11 @@ the fraction of the copy bandwidth measured in the same run (torch copy_), the f
 library on the same problem and psm's speed against it (library time / psm time: > 1
 means psm is faster). A decode row (`push`, `DeviceStream::push_resident`: no host copies) is per call: the run's time over its steps.
 
+Issue 6's chunkwise rows (psm-codegen's tests/ptx_gpu.rs `chunkwise_timings`, JSON lines
+like the baselines' with a "vs" list naming the fla rows of the same problem) get a
+table of their own beside fla's rows of the same shape (fla time / psm time: > 1 means
+psm is faster).
+
 Usage: table.py PSM_JSON BASELINE_JSONL...
 """
 
@@ -85,8 +90,25 @@ def main():
         unit = f"{seconds * 1e6:.1f} us/call" if per_call else f"{seconds * 1e3:.3f} ms"
         name = f"{r['operator']}" + (" (resident push)" if per_call else "")
         print(f"{name:34} {r['form']:9} {str(r['shape']):22} {unit:>11} {gbs:7.0f} {frac:>7}  {best_text:44} {ratio:>7}")
+    chunkwise = [l for l in libs if "vs" in l and "seconds" in l]
+    if chunkwise:
+        print("\nissue 6: psm's chunkwise kernels beside fla (same shape [B, T, H, D], bf16 q, k, v, o)")
+        head = f"{'psm row':44} {'shape':22} {'time':>10}  {'fla row (time)':36} {'fla / psm':>9}"
+        print(head)
+        print("-" * len(head))
+        for r in chunkwise:
+            rivals = [l for l in libs if "seconds" in l and "vs" not in l and l["name"] in r["vs"] and l["shape"] == r["shape"]]
+            for rival in rivals or [None]:
+                text = f"{rival['name']} ({rival['seconds'] * 1e3:.3f} ms)" if rival else "-"
+                ratio = f"{rival['seconds'] / r['seconds']:.2f}" if rival else "-"
+                print(f"{r['name']:44} {str(r['shape']):22} {r['seconds'] * 1e3:7.3f} ms  {text:36} {ratio:>9}")
+    compared = {(l["name"], str(l["shape"])) for r in chunkwise for l in libs if l["name"] in r["vs"] and l["shape"] == r["shape"]}
     matched = [problem(r) for r in psm]
-    alone = [l for l in libs if "seconds" in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched]
+    alone = [
+        l
+        for l in libs
+        if "seconds" in l and "vs" not in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched and (l["name"], str(l["shape"])) not in compared
+    ]
     if alone:
         print("\nlibrary rows without a psm row:")
         for l in alone:

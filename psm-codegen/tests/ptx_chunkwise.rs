@@ -2,7 +2,7 @@
 //! of one field's module, and the geometry and refusals of `compile_chunkwise`. The
 //! kernels run on a GPU in tests/ptx_gpu.rs (`chunkwise_tensor_cores`).
 
-use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, MAX_KEYS};
+use psm_codegen::ptx::chunkwise::{compile_chunkwise, compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage, MAX_KEYS};
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
     ChunkwiseShape { keys, values, decay, exclusive }
@@ -16,18 +16,29 @@ fn exclusive_log_decay_module() {
 
 #[test]
 fn geometry() {
-    // One warp per 16 keys (padded); value tiles as wide as 48 KiB of shared memory allow.
+    // The state kernel: one warp per 16 keys (padded) of a tile of at most 64; value
+    // tiles as wide as 48 KiB of the output kernel's shared memory allow.
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::None, false), 90).unwrap();
-    assert_eq!((m.state_threads, m.value_tile), (32, 8));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (32, 16, 8));
+    assert_eq!((m.state_grid(3), m.output_grid(5, 3), m.decay_threads), ((1, 3, 1), (1, 5, 3), None));
     let m = compile_chunkwise(shape(64, 100, ChunkDecay::Value, false), 90).unwrap();
-    assert_eq!((m.state_threads, m.value_tile), (128, 64));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 64));
+    assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((2, 3, 1), (2, 5, 3)));
     let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
-    assert_eq!((m.state_threads, m.value_tile), (256, 32));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 64));
+    assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((4, 3, 1), (2, 5, 3)));
+    let m = compile_chunkwise(shape(100, 128, ChunkDecay::DiagonalValue, true), 90).unwrap();
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (128, 64, 64, Some(128)));
+    assert_eq!(m.state_grid(3), (4, 3, 1));
+    // Λ's last row spans both key tiles (128 keys), not just the 112 padded ones.
+    assert!(m.text.contains(".shared .align 16 .b8 last[512];"));
     assert!(m.text.contains(".target sm_90") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
     // ptxas rejects any byte outside ASCII, comments included.
-    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value, ChunkDecay::DiagonalLog, ChunkDecay::DiagonalValue] {
         for exclusive in [false, true] {
-            assert!(compile_chunkwise(shape(16, 16, decay, exclusive), 90).unwrap().text.is_ascii());
+            for storage in [Storage::F32, Storage::Bf16] {
+                assert!(compile_chunkwise_stored(shape(16, 16, decay, exclusive), storage, 90).unwrap().text.is_ascii());
+            }
         }
     }
 }
@@ -38,4 +49,17 @@ fn refusals() {
     assert!(err(shape(16, 16, ChunkDecay::None, false), 75).contains("sm_80"));
     assert!(err(shape(MAX_KEYS + 1, 16, ChunkDecay::None, false), 90).contains("keys"));
     assert!(err(shape(0, 16, ChunkDecay::None, false), 90).contains("without entries"));
+}
+
+#[test]
+fn bf16_scalar_decay_module() {
+    let m = compile_chunkwise_stored(shape(8, 8, ChunkDecay::Value, false), Storage::Bf16, 90).unwrap();
+    insta::assert_snapshot!(m.text);
+}
+
+#[test]
+fn exclusive_diagonal_log_decay_module() {
+    let m = compile_chunkwise(shape(8, 8, ChunkDecay::DiagonalLog, true), 90).unwrap();
+    assert_eq!(m.decay_threads, Some(32));
+    insta::assert_snapshot!(m.text);
 }

@@ -193,9 +193,6 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     check_options(operator, opts)?;
     if let Engine::Cuda(_) = engine {
         check_cuda_options(opts)?;
-        if let Some(why) = crate::cuda::chunkwise::unsupported(&cw.plan) {
-            return Err(RunError::InvalidOption { option: "form", message: why });
-        }
     }
     operator.bind(inputs)?;
     let plan = &cw.plan;

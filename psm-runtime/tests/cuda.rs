@@ -745,12 +745,13 @@ fn resident_pushes_check_their_buffers() {
 }
 
 /// The chunkwise form on the device (psm-codegen's tensor-core kernels, the derived maps
-/// through the CUDA executor) for the library operators whose state fields have no or a
-/// scalar decay, against the f64 fold at lengths around the 64-step chunk:
-/// ‖out − ref‖ / ‖ref‖ per sequence below issue 6's 1e-2 for bf16 operands (the kernels
-/// round keys, values, queries, scores and chunk states to bf16). Diagonal fields (the
-/// delta rule's: `chunkwise_delta_rule`), and the options the kernels lack, are refused
-/// with the reason.
+/// through the CUDA executor) for the library operators whose state fields have no, a
+/// scalar or a per-key decay (GLA's gate as a value, RWKV-6's as a log with an exclusive
+/// readout and a bonus term in the readout map), against the f64 fold at lengths around
+/// the 64-step chunk and its 16-step sub-chunks, with bf16 inputs: ‖out − ref‖ / ‖ref‖
+/// over each output below issue 6's 1e-2 for bf16 inputs (the kernels round computed
+/// features, decayed keys and queries, scores and chunk states to bf16). The delta rule
+/// is `chunkwise_delta_rule`'s; the options the kernels lack are refused with the reason.
 #[test]
 fn chunkwise_form() {
     let Some(device) = device() else { return };
@@ -763,23 +764,26 @@ fn chunkwise_form() {
     };
     let chunkwise = RunOptions { form: Form::Chunkwise, ..Default::default() };
     let mut worst = 0.0f64;
-    for name in ["linear_attention", "retnet", "mamba2"] {
+    for name in ["linear_attention", "retnet", "mamba2", "gla", "rwkv6"] {
         let (agg, gpu) = load(name);
-        for n in [0usize, 1, 2, 3, 7, 63, 64, 65, 200] {
-            let batch = Batch::new(&agg, 2, n, 0xc4 ^ n as u64);
+        for n in [0usize, 1, 2, 3, 7, 17, 63, 64, 65, 200] {
+            let mut batch = Batch::new(&agg, 2, n, 0xc4 ^ n as u64);
+            // bf16 inputs (issue 6's criterion): the error measured is the kernels' own.
+            for x in batch.seqs.iter_mut().flatten().flatten() {
+                *x = half::bf16::from_f64(*x).to_f64();
+            }
             let bufs = batch.input_bufs(&agg, 2, n);
             let x = inputs(&agg, &[2], n, &bufs, &batch.param_bufs);
             let out = gpu.run(&x, &chunkwise).unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
             assert_eq!(out.form(), Form::Chunkwise, "{name}");
-            for b in 0..2 {
-                let reference = reference(&agg, Precision::F64, RefForm::Fold, &batch.params, &batch.first(&agg, b, n), n);
-                for (k, output) in names(&agg, Role::Output).iter().enumerate() {
-                    let width = lens(&agg, Role::Output)[k];
-                    let found = seq_slice(out.get(output).unwrap(), b, n * width);
-                    let err = norm_error(&found, &reference.outputs[k]);
-                    assert!(err < 1e-2, "{name} n={n} seq {b} `{output}`: ‖out − ref‖/‖ref‖ = {err:e}");
-                    worst = worst.max(err);
-                }
+            let references: Vec<_> = (0..2).map(|b| reference(&agg, Precision::F64, RefForm::Fold, &batch.params, &batch.first(&agg, b, n), n)).collect();
+            for (k, output) in names(&agg, Role::Output).iter().enumerate() {
+                let found = out.get(output).unwrap().to_f64();
+                let want: Vec<f64> = references.iter().flat_map(|r| r.outputs[k].iter().copied()).collect();
+                assert_eq!(found.len(), want.len(), "{name} n={n} `{output}`");
+                let err = norm_error(&found, &want);
+                assert!(err < 1e-2, "{name} n={n} `{output}`: ‖out − ref‖/‖ref‖ = {err:e}");
+                worst = worst.max(err);
             }
         }
     }
@@ -794,7 +798,6 @@ fn chunkwise_form() {
             other => panic!("{name}: {:?}", other.map(|o| o.form())),
         }
     };
-    refused("gla", &chunkwise, "form");
     refused("retnet", &RunOptions { reverse: true, ..chunkwise.clone() }, "reverse");
     refused("retnet", &RunOptions { chunk: Some(16), ..chunkwise.clone() }, "chunk");
 }

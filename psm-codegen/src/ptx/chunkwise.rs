@@ -1,37 +1,61 @@
 //! Tensor-core kernels of the chunkwise-parallel form (psm-ir's `derive::chunkwise`)
-//! for state fields with no decay or a scalar decay: `mma.sync.m16n8k16` with bf16
-//! operands and f32 accumulators (sm_80 and later), the state kept in f32.
+//! for state fields with no decay, a scalar decay or a decay per key (diagonal):
+//! `mma.sync.m16n8k16` with bf16 operands and f32 accumulators (sm_80 and later), the
+//! state kept in f32.
 //!
 //! Per sequence s and state field S[keys, values], with C = [`CHUNK`] steps per chunk,
 //! Λ_t the cumulative log decay from the chunk's start through step t (0 without a
-//! decay), and e_t = Λ_t for an inclusive readout, Λ_(t−1) (Λ_(−1) = 0) for an
-//! exclusive one:
+//! decay; per key for a diagonal one), and e_t = Λ_t for an inclusive readout, Λ_(t−1)
+//! (Λ_(−1) = 0) for an exclusive one:
 //!
 //! ```text
+//! psm_cw_decays(g, lam, steps)                      (per-key decays only)
+//!     grid (nchunks, nseq), 32 · ⌈keys / 32⌉ threads (one per key)
+//!     lam[s, t, i] = Λ_t[i]; the two kernels below then take `lam` for `g`
 //! psm_cw_states(k, v, g, state_in, states, steps, flags: u32)
 //!     grid (⌈values / vtile⌉, nseq), 32 · ⌈keys / 16⌉ threads (one warp per 16 keys)
 //!     states[s, c] = S entering chunk c, for c = 0 ..= nchunks (the last: the final state)
-//!     S ← e^(Λ_last) S + (K ⊙ e^(Λ_last − Λ))ᵀ V            chunk by chunk
+//!     S ← e^(Λ_last) ⊙ S + (K ⊙ e^(Λ_last − Λ))ᵀ V            chunk by chunk
 //! psm_cw_outputs(q, k, v, g, states, out, steps, flags: u32)
 //!     grid (⌈values / vtile⌉, nchunks, nseq), 128 threads (one warp per 16 steps)
-//!     out_t = e^(e_t) q_tᵀ S_c + Σ_(τ ≤ t, or τ < t) e^(e_t − Λ_τ) (q_t · k_τ) v_τ
+//!     out_t = (q_t ⊙ e^(e_t))ᵀ S_c + Σ_(τ ≤ t, or τ < t) (q_t ⊙ e^(e_t − Λ_τ)) · k_τ v_τ
 //! ```
 //!
 //! Buffers are f32, row-major: `k`, `q` `[nseq, steps, keys]`; `v`, `out` `[nseq, steps,
-//! values]`; `g` `[nseq, steps]`, the per-step log decay ([`Gate::Log`]) or the decay
-//! itself ([`Gate::Value`], whose natural log the kernels take); `state_in` `[nseq, keys,
-//! values]` (read with [`HAS_STATE`]); `states` `[nseq, nchunks + 1, keys, values]`.
-//! Steps past the sequence's end are zero keys and values with no decay.
+//! values]`; `g` `[nseq, steps]` (`[nseq, steps, keys]` per key), the per-step log decay
+//! ([`Gate::Log`]) or the decay itself ([`Gate::Value`], whose natural log the kernels
+//! take); `state_in` `[nseq, keys, values]` (read with [`HAS_STATE`]); `states` `[nseq,
+//! nchunks + 1, keys, values]`. Steps past the sequence's end are zero keys and values
+//! with no decay.
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
 //! Both kernels stage their operands in shared memory as bf16 (rounded to nearest),
 //! laid out with the products' reduction index contiguous and rows padded by 8 entries,
 //! so that every fragment is one 32-bit load without bank conflicts; the intra-chunk
-//! scores Q Kᵀ stay in registers, are masked and decayed pair by pair
-//! (e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
-//! product with V, as their accumulator layout allows. Exponentials and logs are
-//! `ex2.approx` / `lg2.approx` (relative error about 2⁻²²), far below bf16's rounding.
+//! scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
+//! e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
+//! product with V, as their accumulator layout allows. Score tiles above the diagonal
+//! (a warp's later sub-chunks) are neither computed nor multiplied.
+//!
+//! A per-key decay cannot be applied to the scores after the product. The chunk is split
+//! into sub-chunks of 16 steps (one warp's rows), with R_b = Λ at sub-chunk b's last
+//! step (fla's chunk_gla does the same):
+//!
+//! ```text
+//! A[t, τ] = Σ_i (q_t[i] e^(e_t[i] − R_b[i])) (k_τ[i] e^(R_b[i] − Λ_τ[i]))      τ in sub-chunk b
+//! ```
+//!
+//! The keys' factors (at most 1) are staged once; each warp scales its queries in
+//! registers per sub-chunk. Below the warp's own sub-chunk the query factor is at most
+//! 1 too. On the diagonal block it is at least 1: the factorization is used while every
+//! exponent e_t − R_b there stays within [`FACTOR_RANGE`] (both factors then far inside
+//! f32's and bf16's range, so each product is as accurate as e^(e_t − Λ_τ)); a block
+//! whose keys decay more than that in 16 steps is summed pair by pair instead,
+//! Σ_i q_t[i] k_τ[i] e^(e_t[i] − Λ_τ[i]), exact at any decay.
+//!
+//! Exponentials and logs are `ex2.approx` / `lg2.approx` (relative error about 2⁻²²),
+//! far below bf16's rounding.
 //!
 //! [`Gate::Log`]: psm_ir::derive::chunkwise::Gate::Log
 //! [`Gate::Value`]: psm_ir::derive::chunkwise::Gate::Value
@@ -49,6 +73,16 @@ pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
 pub const MAX_VALUE_TILE: usize = 64;
+/// Most keys a block of `psm_cw_states` covers: wider fields take several blocks, so
+/// that a sequence's chunk loop is spread over more of the device (issue 6's 128 keys:
+/// 2 × 2 blocks a sequence, as fla's chunk_fwd_h).
+const MAX_KEY_TILE: usize = 64;
+/// Steps per sub-chunk of a per-key decay: one warp's rows.
+const SUB_CHUNK: usize = 16;
+/// The largest exponent e_t − R_b a factorized diagonal block's query factor may take
+/// (e^60 ≈ 1.1e26, far below f32's and bf16's 3.4e38 ≈ e^88.7, with room for |q| and
+/// the sums).
+pub const FACTOR_RANGE: f32 = 60.0;
 
 /// What the kernels of one state field compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +102,30 @@ pub enum ChunkDecay {
     Log,
     /// A scalar decay given as a value.
     Value,
+    /// A decay per key (a diagonal transition) given by its natural log.
+    DiagonalLog,
+    /// A decay per key given as a value.
+    DiagonalValue,
+}
+
+impl ChunkDecay {
+    /// The decay differs between keys: the module has `psm_cw_decays`, and `g` holds Λ.
+    pub fn per_key(self) -> bool {
+        matches!(self, ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue)
+    }
+    /// The decay is given as a value, whose natural log the kernels take.
+    fn as_value(self) -> bool {
+        matches!(self, ChunkDecay::Value | ChunkDecay::DiagonalValue)
+    }
+}
+
+/// The element type of the inputs q, k, v and the outputs in global memory (decays,
+/// states and Λ are f32 in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    /// Read as they are, without a copy to f32 first; the outputs rounded to nearest.
+    Bf16,
 }
 
 /// The two kernels' module and launch geometry.
@@ -75,10 +133,30 @@ pub enum ChunkDecay {
 pub struct ChunkwiseModule {
     pub text: String,
     pub shape: ChunkwiseShape,
-    /// Values per block (`grid.x = ⌈values / value_tile⌉`).
+    pub storage: Storage,
+    /// Values per block (`grid.x = ⌈values / value_tile⌉` for `psm_cw_outputs`).
     pub value_tile: usize,
+    /// Keys per block of `psm_cw_states` (its `grid.x` is ⌈keys / key_tile⌉ value tiles).
+    pub key_tile: usize,
     /// Threads per block of `psm_cw_states`.
     pub state_threads: u32,
+    /// Threads per block of `psm_cw_decays`, the module's third kernel when the decay
+    /// is per key.
+    pub decay_threads: Option<u32>,
+}
+
+impl ChunkwiseModule {
+    /// The grid of `psm_cw_states` over `nseq` sequences: key tiles × value tiles, then
+    /// sequences.
+    pub fn state_grid(&self, nseq: u32) -> (u32, u32, u32) {
+        let tiles = self.shape.keys.div_ceil(self.key_tile) * self.shape.values.div_ceil(self.value_tile);
+        (tiles as u32, nseq, 1)
+    }
+
+    /// The grid of `psm_cw_outputs`: value tiles, chunks, sequences.
+    pub fn output_grid(&self, nchunks: u32, nseq: u32) -> (u32, u32, u32) {
+        (self.shape.values.div_ceil(self.value_tile) as u32, nchunks, nseq)
+    }
 }
 
 /// Why a state field has no tensor-core kernels.
@@ -91,10 +169,16 @@ const BATCH: usize = 8;
 /// Static shared memory a block may declare.
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
-/// Shared bytes of `psm_cw_outputs`: Q and K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`,
-/// S_cᵀ `[vt][kp + 8]` in bf16, and two f32 arrays of CHUNK log decays.
-fn output_shared_bytes(kp: usize, vt: usize) -> usize {
-    (2 * CHUNK * (kp + 8) + vt * (CHUNK + 8) + vt * (kp + 8)) * 2 + 2 * CHUNK * 4
+/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_cᵀ
+/// `[vt][kp + 8]` in bf16, and CHUNK log decays (scalar) or the sub-chunks' R_b
+/// `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries themselves.
+fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay) -> usize {
+    let decays = match decay {
+        ChunkDecay::None => 0,
+        ChunkDecay::Log | ChunkDecay::Value => CHUNK,
+        ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
+    };
+    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + vt * (kp + 8)) * 2 + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -102,8 +186,14 @@ pub(super) fn padded_keys(keys: usize) -> usize {
     keys.div_ceil(16) * 16
 }
 
-/// The kernels of one state field for `arch` (compute capability × 10, at least 80).
+/// The kernels of one state field with f32 inputs and outputs for `arch` (compute
+/// capability × 10, at least 80).
 pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
+    compile_chunkwise_stored(shape, Storage::F32, arch)
+}
+
+/// The kernels of one state field with inputs and outputs of type `storage`.
+pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
     if arch < 80 {
         return Err(Unsupported(format!("bf16 tensor-core products need sm_80 or later, not sm_{arch}")));
     }
@@ -117,14 +207,14 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
     // The widest value tile (a multiple of 8) whose output kernel fits a block's 48 KiB
     // of static shared memory.
     let mut value_tile = shape.values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
-    while value_tile > 8 && output_shared_bytes(kp, value_tile) > STATIC_SHARED {
+    while value_tile > 8 && output_shared_bytes(kp, value_tile, shape.decay) > STATIC_SHARED {
         value_tile = (value_tile / 2).div_ceil(8) * 8;
     }
-    let g = Geometry { keys: shape.keys, kp, values: shape.values, vt: value_tile, shape };
+    let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, chunk {CHUNK}, value tile {value_tile}",
+        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, {storage:?} inputs and outputs, chunk {CHUNK}, value tile {value_tile}",
         shape.keys,
         shape.values,
         shape.decay,
@@ -136,17 +226,25 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
     text.push_str(&states_kernel(&g));
     text.push('\n');
     text.push_str(&outputs_kernel(&g));
-    Ok(ChunkwiseModule { text, shape, value_tile, state_threads: (g.kp / 16 * 32) as u32 })
+    let decay_threads = shape.decay.per_key().then(|| {
+        text.push('\n');
+        text.push_str(&decays_kernel(&g));
+        (shape.keys.div_ceil(32) * 32) as u32
+    });
+    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: (g.kt / 16 * 32) as u32, decay_threads })
 }
 
 pub(super) struct Geometry {
     pub(super) keys: usize,
     /// Keys padded to 16.
     pub(super) kp: usize,
+    /// Keys per block of `psm_cw_states`.
+    pub(super) kt: usize,
     pub(super) values: usize,
     /// Values per block.
     pub(super) vt: usize,
     pub(super) shape: ChunkwiseShape,
+    pub(super) storage: Storage,
 }
 
 impl Geometry {
@@ -160,6 +258,17 @@ impl Geometry {
     }
     fn decayed(&self) -> bool {
         self.shape.decay != ChunkDecay::None
+    }
+    /// A scalar decay (Λ per step, in shared memory).
+    fn scalar_decay(&self) -> bool {
+        self.decayed() && !self.per_key()
+    }
+    fn per_key(&self) -> bool {
+        self.shape.decay.per_key()
+    }
+    /// Keys the state kernel's key tiles span: padded to whole tiles.
+    fn key_span(&self) -> usize {
+        self.kp.div_ceil(self.kt) * self.kt
     }
 }
 
@@ -262,6 +371,32 @@ impl Writer {
         [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
     }
 
+    /// Two f32 rounded to a bf16 pair, `lo` in the low half.
+    fn pack(&mut self, lo: Reg, hi: Reg) -> Reg {
+        let r = self.e.reg(Class::B32);
+        self.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo}"));
+        r
+    }
+
+    /// A predicate that is true.
+    fn always(&mut self) -> Reg {
+        let p = self.e.reg(Class::Pred);
+        self.e.ins(format!("setp.eq.u32 {p}, {}, {}", self.tid, self.tid));
+        p
+    }
+
+    /// Emits `body` for the column sub-chunk `sub` (steps 16 sub ..) of an output warp
+    /// (rows 16 warp ..), skipped above the diagonal (sub > warp), where every score is
+    /// masked.
+    fn up_to_diagonal(&mut self, sub: usize, body: impl FnOnce(&mut Writer)) {
+        let skip = self.e.label("above_diagonal");
+        let above = self.e.reg(Class::Pred);
+        self.e.ins(format!("setp.lt.u32 {above}, {}, {sub}", self.warp));
+        self.e.ins(format!("@{above} bra.uni {skip}"));
+        body(self);
+        self.e.place(&skip);
+    }
+
     pub(super) fn mma(&mut self, acc: &[Reg; 4], a: &[Reg; 4], b: &[Reg; 2]) {
         let [d0, d1, d2, d3] = acc;
         let [a0, a1, a2, a3] = a;
@@ -304,18 +439,8 @@ impl Writer {
     /// load of a batch is issued before the first store waits for one (a loop of one
     /// load per iteration is bound by the memory's latency). `load(entry, live)` gets
     /// the first entry of a load and returns its values (0 where `live` is false),
-    /// their shared addresses and their step; `scale(step)`, when given, multiplies
-    /// them.
-    #[allow(clippy::type_complexity)]
-    pub(super) fn staged(
-        &mut self,
-        total: usize,
-        threads: usize,
-        lanes: usize,
-        what: &str,
-        load: impl Fn(&mut Writer, Reg, Reg) -> (Vec<Reg>, Vec<Reg>, Reg),
-        scale: Scale<'_>,
-    ) {
+    /// their shared addresses and what `scale` needs; `scale` multiplies them.
+    pub(super) fn staged(&mut self, total: usize, threads: usize, lanes: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> Load, scale: Scale<'_>) {
         let loads = total / lanes;
         let batch = BATCH.min(loads.div_ceil(threads)).max(1);
         self.strided(loads, threads * batch, what, |w, base| {
@@ -327,14 +452,26 @@ impl Writer {
                 w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
                 let entry = w.e.reg(Class::B32);
                 w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
-                let (xs, addrs, t) = load(w, entry, live);
-                pending.push((xs, addrs, t, live));
+                pending.push((load(w, entry, live), live));
             }
-            for (xs, addrs, t, live) in pending {
-                let s = scale.map(|f| f(w, t));
-                for (x, addr) in xs.into_iter().zip(addrs) {
-                    if let Some(s) = s {
-                        w.e.ins(format!("mul.rn.f32 {x}, {x}, {s}"));
+            for (l, live) in pending {
+                let factors: Vec<Reg> = match scale {
+                    Scale::None => Vec::new(),
+                    Scale::Step(f) => vec![f(w, l.step); lanes],
+                    Scale::PerKey { reference, .. } => (0..lanes)
+                        .map(|u| {
+                            let key = w.e.reg(Class::B32);
+                            w.e.ins(format!("add.u32 {key}, {}, {u}", l.key));
+                            let r = reference(w, l.step, key);
+                            let d = w.e.reg(Class::F32);
+                            w.e.ins(format!("sub.rn.f32 {d}, {r}, {}", l.lams[u]));
+                            w.exp(d)
+                        })
+                        .collect(),
+                };
+                for (u, (x, addr)) in l.xs.into_iter().zip(l.addrs).enumerate() {
+                    if let Some(f) = factors.get(u) {
+                        w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
                     }
                     let h = w.e.reg(Class::B16);
                     w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
@@ -369,11 +506,12 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads `lanes` f32 (1, or 4 in one 16-byte load) at `base[(row_base + row) ·
-    /// width + col]` when `row < rows`, `col < cols` and `live` (else 0): `row_base` is
-    /// a 64-bit entry index; with 4 lanes, `width`, `cols` and `col` are multiples of 4.
+    /// Loads `lanes` entries (1, or 2 or 4 in one load) of type `storage` at
+    /// `base[(row_base + row) · width + col]` as f32 when `row < rows`, `col < cols` and
+    /// `live` (else 0): `row_base` is a 64-bit entry index; with n > 1 lanes, `width`,
+    /// `cols` and `col` are multiples of n.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize) -> Vec<Reg> {
+    pub(super) fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize, storage: Storage) -> Vec<Reg> {
         let v: Vec<Reg> = (0..lanes).map(|_| self.e.reg(Class::F32)).collect();
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
@@ -389,62 +527,94 @@ impl Writer {
         self.e.ins(format!("cvt.u64.u32 {c64}, {col}"));
         self.e.ins(format!("add.u64 {index}, {row_base}, {r64}"));
         self.e.ins(format!("mad.lo.u64 {index}, {index}, {width}, {c64}"));
-        let a = self.f32_addr(base, index);
-        if lanes == 4 {
-            self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3]));
-        } else {
-            self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0]));
+        match storage {
+            Storage::F32 => {
+                let a = self.f32_addr(base, index);
+                match lanes {
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", v[0], v[1])),
+                    _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0])),
+                }
+            }
+            Storage::Bf16 => {
+                let a = self.e.reg(Class::B64);
+                self.e.ins(format!("mad.lo.u64 {a}, {index}, 2, {base}"));
+                // bf16 pairs in 32-bit words (the lower entry in the low half); a bf16 is
+                // the upper half of its f32.
+                let words: Vec<Reg> = (0..lanes.div_ceil(2)).map(|_| self.e.reg(Class::B32)).collect();
+                for r in &words {
+                    self.e.ins(format!("mov.b32 {r}, 0"));
+                }
+                match lanes {
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v2.b32 {{{}, {}}}, [{a}]", words[0], words[1])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.b32 {}, [{a}]", words[0])),
+                    _ => {
+                        self.e.ins(format!("@{q} ld.global.nc.u16 {}, [{a}]", words[0]));
+                    }
+                }
+                for (l, x) in v.iter().enumerate() {
+                    let bits = self.e.reg(Class::B32);
+                    if l % 2 == 0 {
+                        self.e.ins(format!("shl.b32 {bits}, {}, 16", words[l / 2]));
+                    } else {
+                        self.e.ins(format!("and.b32 {bits}, {}, 0xFFFF0000", words[l / 2]));
+                    }
+                    self.e.ins(format!("mov.b32 {x}, {bits}"));
+                }
+            }
         }
         v
     }
 
-    /// Λ of the current chunk into `lam` (f32 × CHUNK): the block's `threads` load each
-    /// step's log decay (0 past the sequence's end) into `raw`, then each sums one
-    /// step's prefix in step order. Ends with a barrier.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn cumulative_decay(&mut self, g: &Geometry, threads: usize, gate: Reg, row_base: Reg, n: Reg, raw: Reg, lam: Reg) {
-        let value = g.shape.decay == ChunkDecay::Value;
-        self.strided(CHUNK, threads, "decay", |w, t| {
-            let x = w.e.reg(Class::F32);
-            w.e.ins(format!("mov.f32 {x}, 0f00000000"));
-            let live = w.e.reg(Class::Pred);
-            w.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
-            let t64 = w.e.reg(Class::B64);
-            w.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
-            w.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
-            let a = w.f32_addr(gate, t64);
-            w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+    /// Λ of the current chunk into `lam` (f32 × CHUNK), by the block's first warp: each
+    /// lane loads one step's log decay in each 32 steps (0 past the sequence's end), a
+    /// shuffle scan sums the prefixes (5 steps per 32: a loop over the prefix was
+    /// 64 dependent shared loads for the last step), and the first 32 steps' total is
+    /// carried into the next. Ends with a barrier.
+    pub(super) fn cumulative_decay(&mut self, g: &Geometry, gate: Reg, row_base: Reg, n: Reg, lam: Reg) {
+        let value = g.shape.decay.as_value();
+        let skip = self.e.label("decay_done");
+        let others = self.e.reg(Class::Pred);
+        self.e.ins(format!("setp.ne.u32 {others}, {}, 0", self.warp));
+        self.e.ins(format!("@{others} bra.uni {skip}"));
+        let segments: Vec<(Reg, Reg)> = (0..CHUNK / 32)
+            .map(|seg| {
+                let t = self.e.reg(Class::B32);
+                self.e.ins(format!("add.u32 {t}, {}, {}", self.tid, 32 * seg));
+                let live = self.e.reg(Class::Pred);
+                self.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
+                let t64 = self.e.reg(Class::B64);
+                self.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
+                self.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
+                let a = self.f32_addr(gate, t64);
+                let x = self.e.reg(Class::F32);
+                // A padded step has no decay: log 0, or the value 1.
+                self.e.ins(format!("mov.f32 {x}, {}", if value { "0f3F800000" } else { "0f00000000" }));
+                self.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+                (t, x)
+            })
+            .collect();
+        let carry = self.e.reg(Class::F32);
+        self.e.ins(format!("mov.f32 {carry}, 0f00000000"));
+        for (t, x) in segments {
             if value {
-                w.e.comment("the decay's natural log: lg2 * ln 2 (a padded step's 1 gives 0)");
-                w.e.ins(format!("@!{live} mov.f32 {x}, 0f3F800000"));
-                w.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
-                w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
+                self.e.comment("the decay's natural log: lg2 * ln 2");
+                self.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
+                self.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
             }
-            let at = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {raw}"));
-            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
-        });
-        self.e.ins("bar.sync 0");
-        self.strided(CHUNK, threads, "prefix", |w, t| {
-            let sum = w.e.reg(Class::F32);
-            let u = w.e.reg(Class::B32);
-            let last = w.e.reg(Class::B32);
-            let q = w.e.reg(Class::Pred);
-            let top = w.e.label("prefix_sum");
-            w.e.ins(format!("mov.f32 {sum}, 0f00000000"));
-            w.e.ins(format!("mov.u32 {u}, {raw}"));
-            w.e.ins(format!("mad.lo.u32 {last}, {t}, 4, {raw}"));
-            w.e.place(&top);
-            let y = w.e.reg(Class::F32);
-            w.e.ins(format!("ld.shared.f32 {y}, [{u}]"));
-            w.e.ins(format!("add.rn.f32 {sum}, {sum}, {y}"));
-            w.e.ins(format!("setp.lt.u32 {q}, {u}, {last}"));
-            w.e.ins(format!("add.u32 {u}, {u}, 4"));
-            w.e.ins(format!("@{q} bra {top}"));
-            let out = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {out}, {t}, 4, {lam}"));
-            w.e.ins(format!("st.shared.f32 [{out}], {sum}"));
-        });
+            for d in [1, 2, 4, 8, 16] {
+                let y = self.e.reg(Class::F32);
+                let from = self.e.reg(Class::Pred);
+                self.e.ins(format!("shfl.sync.up.b32 {y}|{from}, {x}, {d}, 0, 0xffffffff"));
+                self.e.ins(format!("@{from} add.rn.f32 {x}, {x}, {y}"));
+            }
+            self.e.ins(format!("add.rn.f32 {x}, {x}, {carry}"));
+            let at = self.e.reg(Class::B32);
+            self.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {lam}"));
+            self.e.ins(format!("st.shared.f32 [{at}], {x}"));
+            self.e.ins(format!("shfl.sync.idx.b32 {carry}, {x}, 31, 31, 0xffffffff"));
+        }
+        self.e.place(&skip);
         self.e.ins("bar.sync 0");
     }
 
@@ -468,9 +638,14 @@ impl Writer {
 
     /// Λ at step `t` (a register index) from `lam`.
     pub(super) fn lam_at(&mut self, lam: Reg, t: Reg) -> Reg {
+        self.f32_at(lam, t)
+    }
+
+    /// Entry `i` (a register index) of a shared f32 array.
+    fn f32_at(&mut self, array: Reg, i: Reg) -> Reg {
         let a = self.e.reg(Class::B32);
         let x = self.e.reg(Class::F32);
-        self.e.ins(format!("mad.lo.u32 {a}, {t}, 4, {lam}"));
+        self.e.ins(format!("mad.lo.u32 {a}, {i}, 4, {array}"));
         self.e.ins(format!("ld.shared.f32 {x}, [{a}]"));
         x
     }
@@ -490,8 +665,37 @@ impl Writer {
     }
 }
 
-/// A per-step factor computed from the step index, when staging scales.
-pub(super) type Scale<'a> = Option<&'a dyn Fn(&mut Writer, Reg) -> Reg>;
+/// One load of [`Writer::staged`]: its values, their shared addresses, its step, and
+/// for [`Scale::PerKey`] its first key and the values' Λ.
+pub(super) struct Load {
+    pub(super) xs: Vec<Reg>,
+    pub(super) addrs: Vec<Reg>,
+    pub(super) step: Reg,
+    pub(super) key: Reg,
+    pub(super) lams: Vec<Reg>,
+}
+
+/// How staging scales the values it stores.
+#[derive(Clone, Copy)]
+pub(super) enum Scale<'a> {
+    None,
+    /// By a factor computed from the step.
+    Step(&'a dyn Fn(&mut Writer, Reg) -> Reg),
+    /// Entry (t, i) by e^(reference(t, i) − Λ_t[i]), Λ read from `lam` (`[steps, keys]`
+    /// like the staged array).
+    PerKey { lam: Reg, reference: &'a dyn Fn(&mut Writer, Reg, Reg) -> Reg },
+}
+
+impl Writer {
+    /// The staged values' Λ for [`Scale::PerKey`] (none otherwise), loaded like them.
+    #[allow(clippy::too_many_arguments)]
+    fn lams(&mut self, scale: Scale<'_>, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, live: Reg, lanes: usize) -> Vec<Reg> {
+        match scale {
+            Scale::PerKey { lam, .. } => self.load_or_zero(lam, row_base, row, rows, width, col, width, live, lanes, Storage::F32),
+            _ => Vec::new(),
+        }
+    }
+}
 
 /// Stages `CHUNK` steps of a `[steps, width]` f32 array transposed into a bf16 array
 /// `[width_tile][CHUNK + 8]` (the step contiguous): entry (t, col0 + j) at row j,
@@ -523,7 +727,8 @@ pub(super) fn stage_transposed(
             let (t, j) = w.transposed_position(entry, lanes, CHUNK);
             let col = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes);
+            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes, g.storage);
+            let lams = w.lams(scale, row_base, t, n, width, col, live, lanes);
             let addrs = (0..lanes)
                 .map(|l| {
                     let jl = w.e.reg(Class::B32);
@@ -531,7 +736,7 @@ pub(super) fn stage_transposed(
                     w.bf16_addr(dst, jl, g.step_stride(), t)
                 })
                 .collect();
-            (xs, addrs, t)
+            Load { xs, addrs, step: t, key: col, lams }
         },
         scale,
     );
@@ -540,7 +745,7 @@ pub(super) fn stage_transposed(
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
 /// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, what: &str) {
+pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, scale: Scale<'_>, what: &str) {
     let lanes = if g.keys % 4 == 0 { 4 } else { 1 };
     w.staged(
         CHUNK * g.kp,
@@ -549,7 +754,8 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
         what,
         |w, idx, live| {
             let (t, i) = w.divmod(idx, g.kp);
-            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes);
+            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes, g.storage);
+            let lams = w.lams(scale, row_base, t, n, g.keys, i, live, lanes);
             let a = w.bf16_addr(dst, t, g.key_stride(), i);
             let addrs = (0..lanes)
                 .map(|l| {
@@ -558,9 +764,9 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
                     r
                 })
                 .collect();
-            (xs, addrs, t)
+            Load { xs, addrs, step: t, key: i, lams }
         },
-        None,
+        scale,
     );
 }
 
@@ -590,12 +796,19 @@ pub(super) fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> Chu
     ChunkPos { row_base, n }
 }
 
+/// What [`tile_io`] does with a matrix in global memory.
+#[derive(Clone, Copy)]
+pub(super) enum TileIo {
+    LoadF32,
+    Store(Storage),
+}
+
 /// Loads or stores the accumulator tiles of a warp's 16 rows (`row0 = 16 · warp`) of a
-/// `[rows, values]` f32 matrix at `base` (64-bit entry index `matrix` of its first
+/// `[rows, values]` matrix at `base` (64-bit entry index `matrix` of its first
 /// entry), columns `col0 + 8 · tile + 2 · cq (+1)`, rows `row0 + gq (+8)`, within
 /// `rows` × `values`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, store: bool) {
+pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, io: TileIo) {
     for (nt, a) in acc.iter().enumerate() {
         for half in 0..2 {
             for k in 0..2 {
@@ -618,12 +831,23 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
                 w.e.ins(format!("cvt.u64.u32 {c64}, {col}"));
                 w.e.ins(format!("add.u64 {index}, {matrix}, {r64}"));
                 w.e.ins(format!("mad.lo.u64 {index}, {index}, {}, {c64}", g.values));
-                let addr = w.f32_addr(base, index);
                 let reg = a[2 * half + k];
-                if store {
-                    w.e.ins(format!("@{q} st.global.f32 [{addr}], {reg}"));
-                } else {
-                    w.e.ins(format!("@{q} ld.global.nc.f32 {reg}, [{addr}]"));
+                match io {
+                    TileIo::Store(Storage::F32) => {
+                        let addr = w.f32_addr(base, index);
+                        w.e.ins(format!("@{q} st.global.f32 [{addr}], {reg}"));
+                    }
+                    TileIo::Store(Storage::Bf16) => {
+                        let addr = w.e.reg(Class::B64);
+                        w.e.ins(format!("mad.lo.u64 {addr}, {index}, 2, {base}"));
+                        let h = w.e.reg(Class::B16);
+                        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {reg}"));
+                        w.e.ins(format!("@{q} st.global.b16 [{addr}], {h}"));
+                    }
+                    TileIo::LoadF32 => {
+                        let addr = w.f32_addr(base, index);
+                        w.e.ins(format!("@{q} ld.global.nc.f32 {reg}, [{addr}]"));
+                    }
                 }
             }
         }
@@ -632,7 +856,7 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
 
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
-    let threads = g.kp / 16 * 32;
+    let threads = g.kt / 16 * 32;
     let params = ["k", "v", "g", "state_in", "states", "steps", "flags"];
     let k = w.param("k");
     let v = w.param("v");
@@ -642,18 +866,28 @@ fn states_kernel(g: &Geometry) -> String {
     let steps = w.param("steps");
     let flags = w.e.reg(Class::B32);
     w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
-    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
-    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
+    let (tile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {tile}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    // Block x: key tile x / vtiles, value tile x % vtiles.
+    let (ktile, vtile) = w.divmod(tile, g.values.div_ceil(g.vt));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let kt = w.shared("kt", g.kp * g.step_stride() * 2);
+    let key0 = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {key0}, {ktile}, {}", g.kt));
+    let kt = w.shared("kt", g.kt * g.step_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
-    let (raw, lam) = if g.decayed() { (Some(w.shared("raw", CHUNK * 4)), Some(w.shared("lam", CHUNK * 4))) } else { (None, None) };
+    let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
+    // Per key: Λ at the chunk's last step, f32 for every key the key tiles span (0 past
+    // the field's keys).
+    let lam_last = g.per_key().then(|| w.shared("last", g.key_span() * 4));
     let nchunks = w.chunk_count(steps);
-    // This warp's 16 keys, and the entry index of sequence seq's first state matrix.
+    // This warp's 16 keys (from row0; from 16 warp in the block's tile), and the entry
+    // index of sequence seq's first state matrix.
+    let local0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {local0}, {}, 4", w.warp));
     let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    w.e.ins(format!("add.u32 {row0}, {key0}, {local0}"));
     let keys = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
     let s64 = w.e.reg(Class::B64);
@@ -668,11 +902,11 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("@{p} bra {no_state}"));
     let first = w.e.reg(Class::B64);
     w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
-    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, false);
+    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
     w.e.place(&no_state);
     // Fragment addresses: A from kt (row 16·warp + gq, column 2·cq), B from vt (row gq).
     let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
@@ -687,13 +921,13 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
     w.e.comment("states[seq, chunk] = S entering the chunk");
     let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, true);
+    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
     let end = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
     w.e.ins(format!("@{end} bra.uni {done}"));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
-    let last = if let (Some(raw), Some(lam)) = (raw, lam) {
-        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    let last = if let Some(lam) = lam {
+        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
         let l = w.e.reg(Class::F32);
@@ -702,6 +936,20 @@ fn states_kernel(g: &Geometry) -> String {
     } else {
         None
     };
+    if let Some(lam_last) = lam_last {
+        w.e.comment("the row of L at the chunk's last step, per key");
+        let step = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.u32 {step}, {}, 1", pos.n));
+        w.strided(g.key_span(), threads, "last", |w, i| {
+            let live = w.e.reg(Class::Pred);
+            w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
+            let x = w.load_or_zero(gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1, Storage::F32)[0];
+            let at = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {at}, {i}, 4, {lam_last}"));
+            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
+        });
+        w.e.ins("bar.sync 0");
+    }
     w.e.comment("stage (K * exp(L_last - L))^T and V^T, the step contiguous");
     let scale = |w: &mut Writer, t: Reg| -> Reg {
         let (lam, last) = (lam.expect("decayed"), last.expect("decayed"));
@@ -710,11 +958,16 @@ fn states_kernel(g: &Geometry) -> String {
         w.e.ins(format!("sub.rn.f32 {d}, {last}, {x}"));
         w.exp(d)
     };
-    let zero = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {zero}, 0"));
-    let scale_ref: Scale<'_> = if g.decayed() { Some(&scale) } else { None };
-    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, kt, scale_ref, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
+    let last_of_key = |w: &mut Writer, _t: Reg, i: Reg| -> Reg { w.f32_at(lam_last.expect("per key"), i) };
+    let scale_k = if g.per_key() {
+        Scale::PerKey { lam: gate, reference: &last_of_key }
+    } else if g.decayed() {
+        Scale::Step(&scale)
+    } else {
+        Scale::None
+    };
+    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, key0, g.kt, kt, scale_k, "stage_k");
+    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
     w.e.ins("bar.sync 0");
     if let Some(last) = last {
         w.e.comment("S = exp(L_last) S");
@@ -722,6 +975,21 @@ fn states_kernel(g: &Geometry) -> String {
         for a in &acc {
             for r in a {
                 w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
+            }
+        }
+    }
+    if let Some(lam_last) = lam_last {
+        w.e.comment("S = exp(L_last) * S, row by row (this lane's keys 16 warp + gq, + 8)");
+        let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
+        w.e.ins(format!("add.u32 {}, {row0}, {}", rows[0], w.gq));
+        w.e.ins(format!("add.u32 {}, {}, 8", rows[1], rows[0]));
+        let f = rows.map(|r| {
+            let x = w.f32_at(lam_last, r);
+            w.exp(x)
+        });
+        for a in &acc {
+            for (j, r) in a.iter().enumerate() {
+                w.e.ins(format!("mul.rn.f32 {r}, {r}, {}", f[j / 2]));
             }
         }
     }
@@ -757,19 +1025,47 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.z"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let qs = w.shared("qs", CHUNK * g.key_stride() * 2);
     let ks = w.shared("ks", CHUNK * g.key_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
     let st = w.shared("st", g.vt * g.key_stride() * 2);
-    let (raw, lam) = if g.decayed() { (Some(w.shared("raw", CHUNK * 4)), Some(w.shared("lam", CHUNK * 4))) } else { (None, None) };
+    let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
+    // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
+    let ends = g.per_key().then(|| w.shared("ends", CHUNK / SUB_CHUNK * g.kp * 4));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
-    if let (Some(raw), Some(lam)) = (raw, lam) {
-        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    if let Some(lam) = lam {
+        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
     }
-    w.e.comment("stage Q and K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)");
-    stage_rows(&mut w, g, threads, q, pos.row_base, pos.n, qs, "stage_q");
-    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
+    if let Some(ends) = ends {
+        w.e.comment("R_b: the row of L at each sub-chunk's last step (at the sequence's last past its end)");
+        let last = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.u32 {last}, {}, 1", pos.n));
+        w.strided(CHUNK / SUB_CHUNK * g.kp, threads, "ends", |w, idx| {
+            let (b, i) = w.divmod(idx, g.kp);
+            let t = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {t}, {b}, {SUB_CHUNK}, {}", SUB_CHUNK - 1));
+            w.e.ins(format!("min.u32 {t}, {t}, {last}"));
+            let live = w.always();
+            let x = w.load_or_zero(gate, pos.row_base, t, pos.n, g.keys, i, g.keys, live, 1, Storage::F32)[0];
+            let at = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {at}, {idx}, 4, {ends}"));
+            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
+        });
+        w.e.ins("bar.sync 0");
+    }
+    let end_of_sub_chunk = |w: &mut Writer, t: Reg, i: Reg| -> Reg {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("shr.u32 {at}, {t}, {}", SUB_CHUNK.trailing_zeros()));
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, {}, {i}", g.kp));
+        w.f32_at(ends.expect("per key"), at)
+    };
+    let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
+    w.e.comment(if g.per_key() {
+        "stage K * exp(R_b - L) (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+    } else {
+        "stage K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+    });
+    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, scale_k, "stage_k");
+    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
     {
         let nchunks = w.chunk_count(steps);
         let s64 = w.e.reg(Class::B64);
@@ -789,7 +1085,7 @@ fn outputs_kernel(g: &Geometry) -> String {
                 let (i, j) = w.transposed_position(entry, lanes, g.kp);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes);
+                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes, Storage::F32);
                 let addrs = (0..lanes)
                     .map(|l| {
                         let jl = w.e.reg(Class::B32);
@@ -797,9 +1093,9 @@ fn outputs_kernel(g: &Geometry) -> String {
                         w.bf16_addr(st, jl, g.key_stride(), i)
                     })
                     .collect();
-                (xs, addrs, i)
+                Load { xs, addrs, step: i, key: i, lams: Vec::new() }
             },
-            None,
+            Scale::None,
         );
     }
     w.e.ins("bar.sync 0");
@@ -810,28 +1106,18 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    let q_addr = w.bf16_addr(qs, arow, g.key_stride(), acol);
     let s_addr = w.bf16_addr(st, w.gq, g.key_stride(), acol);
     let k_addr = w.bf16_addr(ks, w.gq, g.key_stride(), acol);
     let v_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
     let o = w.zeros(g.vt / 8);
     let scores = w.zeros(CHUNK / 8);
-    w.e.comment("O = Q S_c and P = Q K^T, sharing Q's fragments");
-    for kk in 0..g.kp / 16 {
-        let a = w.a_fragment(q_addr, g.key_stride(), 16 * kk);
-        for (nt, t) in o.iter().enumerate() {
-            let b = w.b_fragment(s_addr, g.key_stride(), 8 * nt, 16 * kk);
-            w.mma(t, &a, &b);
-        }
-        for (pt, t) in scores.iter().enumerate() {
-            let b = w.b_fragment(k_addr, g.key_stride(), 8 * pt, 16 * kk);
-            w.mma(t, &a, &b);
-        }
-    }
-    // The rows' e_t: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
+    // The rows of this lane: t = 16 warp + gq, + 8.
     let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
     w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
+    let ops = WarpOperands { q, k, lam: gate, ends, s_addr, k_addr, acol };
+    warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
+    // The rows' e_t for a scalar decay: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
     let e_rows = lam.map(|lam| {
         rows.map(|r| {
             if g.shape.exclusive {
@@ -859,41 +1145,288 @@ fn outputs_kernel(g: &Geometry) -> String {
             }
         }
     }
-    w.e.comment(if g.shape.exclusive { "P: keep s < t, times exp(e_t - L_s)" } else { "P: keep s <= t, times exp(e_t - L_s)" });
+    w.e.comment(match (g.shape.exclusive, e_rows.is_some()) {
+        (false, false) => "P: keep s <= t",
+        (true, false) => "P: keep s < t",
+        (false, true) => "P: keep s <= t, times exp(e_t - L_s)",
+        (true, true) => "P: keep s < t, times exp(e_t - L_s)",
+    });
     let cmp = if g.shape.exclusive { "lt" } else { "le" };
-    for (pt, t) in scores.iter().enumerate() {
-        for (j, r) in t.iter().enumerate() {
-            let tau = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {tau}, {}, 2, {}", w.cq, 8 * pt + j % 2));
-            let keep = w.e.reg(Class::Pred);
-            w.e.ins(format!("setp.{cmp}.u32 {keep}, {tau}, {}", rows[j / 2]));
-            if let (Some(e), Some(lam)) = (e_rows, lam) {
-                let l = w.lam_at(lam, tau);
-                let d = w.e.reg(Class::F32);
-                w.e.ins(format!("sub.rn.f32 {d}, {}, {l}", e[j / 2]));
-                let f = w.exp(d);
-                w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
+    for sub in 0..CHUNK / SUB_CHUNK {
+        w.up_to_diagonal(sub, |w| {
+            for pt in [2 * sub, 2 * sub + 1] {
+                for (j, r) in scores[pt].iter().enumerate() {
+                    let tau = w.e.reg(Class::B32);
+                    w.e.ins(format!("mad.lo.u32 {tau}, {}, 2, {}", w.cq, 8 * pt + j % 2));
+                    let keep = w.e.reg(Class::Pred);
+                    w.e.ins(format!("setp.{cmp}.u32 {keep}, {tau}, {}", rows[j / 2]));
+                    if let (Some(e), Some(lam)) = (e_rows, lam) {
+                        let l = w.lam_at(lam, tau);
+                        let d = w.e.reg(Class::F32);
+                        w.e.ins(format!("sub.rn.f32 {d}, {}, {l}", e[j / 2]));
+                        let f = w.exp(d);
+                        w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
+                    }
+                    w.e.ins(format!("selp.f32 {r}, {r}, 0f00000000, {keep}"));
+                }
             }
-            w.e.ins(format!("selp.f32 {r}, {r}, 0f00000000, {keep}"));
-        }
+        });
     }
-    w.e.comment("O += P V, P's accumulators reused as A fragments");
+    w.e.comment("O += P V up to the diagonal, P's accumulators reused as A fragments");
     for kk in 0..CHUNK / 16 {
-        let pack = |w: &mut Writer, lo: Reg, hi: Reg| {
-            let r = w.e.reg(Class::B32);
-            w.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo}"));
-            r
-        };
-        let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
-        let a = [pack(&mut w, left[0], left[1]), pack(&mut w, left[2], left[3]), pack(&mut w, right[0], right[1]), pack(&mut w, right[2], right[3])];
-        for (nt, t) in o.iter().enumerate() {
-            let b = w.b_fragment(v_addr, g.step_stride(), 8 * nt, 16 * kk);
-            w.mma(t, &a, &b);
-        }
+        w.up_to_diagonal(kk, |w| {
+            let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
+            let a = [w.pack(left[0], left[1]), w.pack(left[2], left[3]), w.pack(right[0], right[1]), w.pack(right[2], right[3])];
+            for (nt, t) in o.iter().enumerate() {
+                let b = w.b_fragment(v_addr, g.step_stride(), 8 * nt, 16 * kk);
+                w.mma(t, &a, &b);
+            }
+        });
     }
     w.e.comment("out rows of this chunk");
     let outrow = w.e.reg(Class::B64);
     w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
-    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, true);
+    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
     w.finish("psm_cw_outputs", &params)
+}
+
+/// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
+/// shared R_b `ends` (per key), and the lane's fragment addresses of S_cᵀ and the
+/// (scaled) keys.
+struct WarpOperands {
+    q: Reg,
+    k: Reg,
+    lam: Reg,
+    ends: Option<Reg>,
+    s_addr: Reg,
+    k_addr: Reg,
+    /// 2 · cq: the lane's first fragment column.
+    acol: Reg,
+}
+
+/// One output warp's products, its queries read from global memory into registers (no
+/// shared copy: each warp reads only its own 16 rows, which leaves the shared memory to
+/// a wider value tile): O = Q S_c into `o` and the score tiles up to the diagonal,
+/// P = Q Kᵀ. For a per-key decay the queries are scaled in registers: O = (Q ⊙ e^e) S_c,
+/// and each sub-chunk b's tiles (Q ⊙ e^(e − R_b)) (K ⊙ e^(R_b − Λ))ᵀ; then, where a
+/// diagonal block's query exponents exceed [`FACTOR_RANGE`] (any lane of the warp), that
+/// block again pair by pair.
+fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPos, rows: [Reg; 2], o: &[[Reg; 4]], scores: &[[Reg; 4]]) {
+    let keys = g.keys;
+    let always = w.always();
+    // e_t's rows: t, or t − 1 (at t = 0 it wraps past n, so e_0 = Λ_(−1) loads as 0).
+    let e_rows = rows.map(|r| {
+        if g.shape.exclusive {
+            let prev = w.e.reg(Class::B32);
+            w.e.ins(format!("sub.u32 {prev}, {r}, 1"));
+            prev
+        } else {
+            r
+        }
+    });
+    // Rows past the sequence's end load zero queries and Λ: their exponents stay out of
+    // the range check.
+    let live = rows.map(|r| {
+        let p = w.e.reg(Class::Pred);
+        w.e.ins(format!("setp.lt.u32 {p}, {r}, {}", pos.n));
+        p
+    });
+    let top = w.e.reg(Class::F32);
+    w.e.ins(format!("mov.f32 {top}, 0fFF800000"));
+    // Two consecutive keys from `base` at (row, col), in one load when keys are even.
+    let pair = |w: &mut Writer, base: Reg, row: Reg, col: Reg, storage: Storage| -> [Reg; 2] {
+        if keys % 2 == 0 {
+            let v = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 2, storage);
+            [v[0], v[1]]
+        } else {
+            let next = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {next}, {col}, 1"));
+            let a = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 1, storage)[0];
+            let b = w.load_or_zero(base, pos.row_base, row, pos.n, keys, next, keys, always, 1, storage)[0];
+            [a, b]
+        }
+    };
+    // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c; q itself
+    // without), in the order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys
+    // 2cq + 8..), a3.
+    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: Option<&[[[Reg; 2]; 2]; 2]>| -> [Reg; 4] {
+        [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(h, c)| {
+            let [lo, hi] = [0, 1].map(|u| match x {
+                Some(x) => {
+                    let f = w.exp(x[h][c][u]);
+                    let y = w.e.reg(Class::F32);
+                    w.e.ins(format!("mul.rn.f32 {y}, {}, {f}", qv[h][c][u]));
+                    y
+                }
+                None => qv[h][c][u],
+            });
+            w.pack(lo, hi)
+        })
+    };
+    w.e.comment(if ops.ends.is_some() {
+        "O = (Q * exp(e)) S_c; P's sub-chunk b = (Q * exp(e - R_b)) (K * exp(R_b - L))^T up to the diagonal"
+    } else {
+        "O = Q S_c and P = Q K^T up to the diagonal, sharing Q's fragments"
+    });
+    for kk in 0..g.kp / 16 {
+        let cols = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
+        w.e.ins(format!("add.u32 {}, {}, {}", cols[0], ops.acol, 16 * kk));
+        w.e.ins(format!("add.u32 {}, {}, {}", cols[1], ops.acol, 16 * kk + 8));
+        let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c], g.storage)));
+        let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c], Storage::F32))));
+        let a = fragment(w, &qv, ev.as_ref());
+        for (nt, t) in o.iter().enumerate() {
+            let b = w.b_fragment(ops.s_addr, g.key_stride(), 8 * nt, 16 * kk);
+            w.mma(t, &a, &b);
+        }
+        for sub in 0..CHUNK / SUB_CHUNK {
+            w.up_to_diagonal(sub, |w| {
+                let a = match (ops.ends, &ev) {
+                    (Some(ends), Some(ev)) => {
+                        let r = [0, 1].map(|c| {
+                            let at = w.e.reg(Class::B32);
+                            w.e.ins(format!("mad.lo.u32 {at}, {}, 4, {ends}", cols[c]));
+                            let (lo, hi) = (w.e.reg(Class::F32), w.e.reg(Class::F32));
+                            w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{}]", 4 * sub * g.kp));
+                            [lo, hi]
+                        });
+                        let diagonal = w.e.reg(Class::Pred);
+                        w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {sub}", w.warp));
+                        let d = [0, 1].map(|h| {
+                            let counted = w.e.reg(Class::Pred);
+                            w.e.ins(format!("and.pred {counted}, {diagonal}, {}", live[h]));
+                            [0, 1].map(|c| {
+                                [0, 1].map(|u| {
+                                    let x = w.e.reg(Class::F32);
+                                    w.e.ins(format!("sub.rn.f32 {x}, {}, {}", ev[h][c][u], r[c][u]));
+                                    w.e.ins(format!("@{counted} max.f32 {top}, {top}, {x}"));
+                                    x
+                                })
+                            })
+                        });
+                        fragment(w, &qv, Some(&d))
+                    }
+                    _ => a,
+                };
+                for pt in [2 * sub, 2 * sub + 1] {
+                    let b = w.b_fragment(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk);
+                    w.mma(&scores[pt], &a, &b);
+                }
+            });
+        }
+    }
+    if ops.ends.is_none() {
+        return;
+    }
+    let over = w.e.reg(Class::Pred);
+    w.e.ins(format!("setp.gt.f32 {over}, {top}, {}", f32_imm(FACTOR_RANGE)));
+    w.e.ins(format!("vote.sync.any.pred {over}, {over}, 0xffffffff"));
+    for sub in 0..CHUNK / SUB_CHUNK {
+        let skip = w.e.label("factorized");
+        let other = w.e.reg(Class::Pred);
+        w.e.ins(format!("@!{over} bra.uni {skip}"));
+        w.e.ins(format!("setp.ne.u32 {other}, {}, {sub}", w.warp));
+        w.e.ins(format!("@{other} bra.uni {skip}"));
+        w.e.comment("the diagonal block decays beyond exp(-range) in 16 steps: sum q_t k_s exp(e_t - L_s) over the keys pair by pair");
+        let tiles = [2 * sub, 2 * sub + 1];
+        for pt in tiles {
+            for r in &scores[pt] {
+                w.e.ins(format!("mov.f32 {r}, 0f00000000"));
+            }
+        }
+        // The lane's columns τ = 16 sub + 8 p + 2 cq + c.
+        let taus = [0, 1].map(|p| {
+            [0, 1].map(|c| {
+                let tau = w.e.reg(Class::B32);
+                w.e.ins(format!("add.u32 {tau}, {}, {}", ops.acol, SUB_CHUNK * sub + 8 * p + c));
+                tau
+            })
+        });
+        let i = w.e.reg(Class::B32);
+        let more = w.e.reg(Class::Pred);
+        let top_label = w.e.label("pairwise");
+        w.e.ins(format!("mov.u32 {i}, 0"));
+        w.e.place(&top_label);
+        let one = |w: &mut Writer, base: Reg, row: Reg, storage: Storage| w.load_or_zero(base, pos.row_base, row, pos.n, keys, i, keys, always, 1, storage)[0];
+        let qv = rows.map(|r| one(w, ops.q, r, g.storage));
+        let ev = e_rows.map(|r| one(w, ops.lam, r, Storage::F32));
+        let kv = taus.map(|p| p.map(|t| one(w, ops.k, t, g.storage)));
+        let lv = taus.map(|p| p.map(|t| one(w, ops.lam, t, Storage::F32)));
+        for (p, pt) in tiles.into_iter().enumerate() {
+            for (j, acc) in scores[pt].iter().enumerate() {
+                let (h, c) = (j / 2, j % 2);
+                let d = w.e.reg(Class::F32);
+                w.e.ins(format!("sub.rn.f32 {d}, {}, {}", ev[h], lv[p][c]));
+                let f = w.exp(d);
+                let x = w.e.reg(Class::F32);
+                w.e.ins(format!("mul.rn.f32 {x}, {}, {}", qv[h], kv[p][c]));
+                w.e.ins(format!("fma.rn.f32 {acc}, {x}, {f}, {acc}"));
+            }
+        }
+        w.e.ins(format!("add.u32 {i}, {i}, 1"));
+        w.e.ins(format!("setp.lt.u32 {more}, {i}, {keys}"));
+        w.e.ins(format!("@{more} bra {top_label}"));
+        w.e.place(&skip);
+    }
+}
+
+/// `psm_cw_decays`: Λ per key, chunk by chunk. One thread per key sums its log decays
+/// over the chunk's steps, [`BATCH`] loads in flight at a time.
+fn decays_kernel(g: &Geometry) -> String {
+    let mut w = Writer::new();
+    let params = ["g", "lam", "steps"];
+    let gate = w.param("g");
+    let lam = w.param("lam");
+    let steps = w.param("steps");
+    let (chunk, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {chunk}, %ctaid.x"));
+    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    let pos = chunk_pos(&mut w, seq, steps, chunk);
+    let done = w.e.label("done");
+    let idle = w.e.reg(Class::Pred);
+    w.e.ins(format!("setp.ge.u32 {idle}, {}, {}", w.tid, g.keys));
+    w.e.ins(format!("@{idle} bra {done}"));
+    let sum = w.e.reg(Class::F32);
+    w.e.ins(format!("mov.f32 {sum}, 0f00000000"));
+    let t0 = w.e.reg(Class::B32);
+    let top = w.e.label("steps");
+    w.e.ins(format!("mov.u32 {t0}, 0"));
+    w.e.place(&top);
+    let value = g.shape.decay.as_value();
+    let batch: Vec<(Reg, Reg, Reg)> = (0..BATCH)
+        .map(|u| {
+            let t = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {t}, {t0}, {u}"));
+            let live = w.e.reg(Class::Pred);
+            w.e.ins(format!("setp.lt.u32 {live}, {t}, {}", pos.n));
+            let index = w.e.reg(Class::B64);
+            let t64 = w.e.reg(Class::B64);
+            let i64 = w.e.reg(Class::B64);
+            w.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
+            w.e.ins(format!("cvt.u64.u32 {i64}, {}", w.tid));
+            w.e.ins(format!("add.u64 {index}, {}, {t64}", pos.row_base));
+            w.e.ins(format!("mad.lo.u64 {index}, {index}, {}, {i64}", g.keys));
+            let x = w.e.reg(Class::F32);
+            // A padded step has no decay: log 0, or the value 1.
+            w.e.ins(format!("mov.f32 {x}, {}", if value { "0f3F800000" } else { "0f00000000" }));
+            let src = w.f32_addr(gate, index);
+            w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{src}]"));
+            let dst = w.f32_addr(lam, index);
+            (x, dst, live)
+        })
+        .collect();
+    for (x, dst, live) in batch {
+        if value {
+            w.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
+            w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
+        }
+        w.e.ins(format!("add.rn.f32 {sum}, {sum}, {x}"));
+        w.e.ins(format!("@{live} st.global.f32 [{dst}], {sum}"));
+    }
+    let more = w.e.reg(Class::Pred);
+    w.e.ins(format!("add.u32 {t0}, {t0}, {BATCH}"));
+    w.e.ins(format!("setp.lt.u32 {more}, {t0}, {}", pos.n));
+    w.e.ins(format!("@{more} bra {top}"));
+    w.e.place(&done);
+    w.finish("psm_cw_decays", &params)
 }

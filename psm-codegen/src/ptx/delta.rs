@@ -42,8 +42,8 @@
 use std::fmt::Write;
 
 use super::chunkwise::{
-    chunk_pos, f32_imm, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Unsupported, Writer, CHUNK,
-    MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
+    chunk_pos, f32_imm, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
+    Writer, CHUNK, MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 use super::HAS_STATE;
@@ -74,8 +74,8 @@ fn states_shared_bytes(kp: usize, vt: usize) -> usize {
 }
 
 /// Shared bytes of `psm_cwd_prepare`: B's rows, then L (f32 `[C][C]`), then T (bf16
-/// `[C][C + 8]`); K's rows, then (diag(β e^Λ) B)ᵀ `[kp][C + 8]`; Vᵀ `[vt][C + 8]`; three
-/// f32 arrays of C.
+/// `[C][C + 8]`); K's rows, then (diag(β e^Λ) B)ᵀ `[kp][C + 8]`; Vᵀ `[vt][C + 8]`; two
+/// f32 arrays of C (β and Λ).
 fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
     let first = (CHUNK * (kp + 8) * 2).max(CHUNK * CHUNK * 4);
     let second = (CHUNK * (kp + 8)).max(kp * (CHUNK + 8)) * 2;
@@ -108,16 +108,17 @@ pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Un
     let svt = value_tile(shape.values, |vt| states_shared_bytes(kp, vt));
     let pvt = value_tile(shape.values, |vt| {
         let (a, b, c) = prepare_shared_bytes(kp, vt);
-        a + b + c + 3 * CHUNK * 4
+        a + b + c + 2 * CHUNK * 4
     });
     let (a, b, c) = prepare_shared_bytes(kp, pvt);
-    for bytes in [states_shared_bytes(kp, svt), a + b + c + 3 * CHUNK * 4] {
+    for bytes in [states_shared_bytes(kp, svt), a + b + c + 2 * CHUNK * 4] {
         if bytes > STATIC_SHARED {
             return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
         }
     }
     let vp = shape.values.div_ceil(svt) * svt;
-    let geometry = |vt| Geometry { keys: shape.keys, kp, values: shape.values, vt, shape };
+    // The runtime hands the kernels f32 operands; all keys in one block.
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: Storage::F32 };
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -216,23 +217,17 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let vs = w.shared("vt", third);
     let betas = w.shared("betas", CHUNK * 4);
     let gated = g.shape.decay != ChunkDecay::None;
-    let lam = if gated {
-        let raw = w.shared("raw", CHUNK * 4);
-        let lam = w.shared("lam", CHUNK * 4);
-        Some((raw, lam))
-    } else {
-        None
-    };
+    let lam = gated.then(|| w.shared("lam", CHUNK * 4));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
     let nchunks = w.chunk_count(steps);
     let m = chunk_matrix(&mut w, seq, chunk, nchunks);
-    if let Some((raw, lam)) = lam {
-        w.cumulative_decay(g, threads, gate, pos.row_base, pos.n, raw, lam);
+    if let Some(lam) = lam {
+        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
     }
     w.e.comment("stage B and K (the key contiguous), beta");
     beta_row(&mut w, threads, beta, pos.row_base, pos.n, betas);
-    stage_rows(&mut w, g, threads, b, pos.row_base, pos.n, bs, "stage_b");
-    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks_rows, "stage_k");
+    stage_rows(&mut w, g, threads, b, pos.row_base, pos.n, bs, Scale::None, "stage_b");
+    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks_rows, Scale::None, "stage_k");
     w.e.ins("bar.sync 0");
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
@@ -258,7 +253,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let rows = [arow, w.e.reg(Class::B32)];
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
     let betas_t = rows.map(|r| shared_f32(&mut w, betas, r));
-    let lam_t = lam.map(|(_, lam)| rows.map(|r| w.lam_at(lam, r)));
+    let lam_t = lam.map(|lam| rows.map(|r| w.lam_at(lam, r)));
     let store = w.e.reg(Class::B32);
     w.e.ins(format!("mad.lo.u32 {store}, {arow}, {CHUNK}, {acol}"));
     w.e.ins(format!("mad.lo.u32 {store}, {store}, 4, {bs}"));
@@ -269,7 +264,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             let keep = w.e.reg(Class::Pred);
             w.e.ins(format!("setp.lt.u32 {keep}, {tau}, {}", rows[j / 2]));
             w.e.ins(format!("mul.rn.f32 {x}, {x}, {}", betas_t[j / 2]));
-            if let (Some(lt), Some((_, lam))) = (lam_t, lam) {
+            if let (Some(lt), Some(lam)) = (lam_t, lam) {
                 let l = w.lam_at(lam, tau);
                 let d = w.e.reg(Class::F32);
                 w.e.ins(format!("sub.rn.f32 {d}, {}, {l}", lt[j / 2]));
@@ -321,7 +316,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.place(&written);
     let scale = |w: &mut Writer, t: Reg| -> Reg {
         let x = shared_f32(w, betas, t);
-        if let Some((_, lam)) = lam {
+        if let Some(lam) = lam {
             let l = w.lam_at(lam, t);
             let f = w.exp(l);
             w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
@@ -330,7 +325,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     };
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
-    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Some(&scale), "stage_bt");
+    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Scale::Step(&scale), "stage_bt");
     w.e.ins("bar.sync 0");
     let t_addr = w.bf16_addr(bs, arow, ss, acol);
     {
@@ -364,7 +359,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     {
         w.e.comment("upre[m] = T V, f32 [C][vp], a value tile at a time");
         // U' rows are vp wide.
-        let ug = Geometry { keys: g.keys, kp: g.kp, values: vp, vt: g.vt, shape: g.shape };
+        let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage };
         let first_row = w.e.reg(Class::B64);
         w.e.ins(format!("mul.lo.u64 {first_row}, {m}, {CHUNK}"));
         let v_addr = w.bf16_addr(vs, w.gq, ss, acol);
@@ -373,7 +368,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         for tile in 0..vp.div_ceil(g.vt) {
             let col0 = w.e.reg(Class::B32);
             w.e.ins(format!("mov.u32 {col0}, {}", tile * g.vt));
-            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, None, "stage_v");
+            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
             w.e.ins("bar.sync 0");
             let acc = w.zeros(g.vt / 8);
             for kk in 0..CHUNK / 16 {
@@ -383,12 +378,12 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
                     w.mma(t, &a, &f);
                 }
             }
-            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, true);
+            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(Storage::F32));
             w.e.ins("bar.sync 0");
         }
     }
     w.e.comment("khat[m] = (K * exp(L_last - L))^T, bf16 [kp][C], two steps per thread");
-    let last = lam.map(|(_, lam)| {
+    let last = lam.map(|lam| {
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
         let l = w.e.reg(Class::F32);
@@ -416,7 +411,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             w.e.ins(format!("mad.lo.u64 {r64}, {r64}, {}, {c64}", g.keys));
             let a = w.f32_addr(k, r64);
             w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
-            if let (Some(last), Some((_, lam))) = (last, lam) {
+            if let (Some(last), Some(lam)) = (last, lam) {
                 let l = w.lam_at(lam, th);
                 let d = w.e.reg(Class::F32);
                 w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
@@ -558,7 +553,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("@{p} bra {no_state}"));
     let first = w.e.reg(Class::B64);
     w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
-    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, false);
+    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
     w.e.place(&no_state);
     let arow = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
@@ -607,7 +602,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
     w.e.comment("states[seq, chunk] = S entering the chunk");
     let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, true);
+    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
     let end = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
     w.e.ins(format!("@{end} bra.uni {done}"));
@@ -655,7 +650,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
-        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, true);
+        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(Storage::F32));
         let col = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
         let at = w.bf16_addr(ut, col, ss, r);

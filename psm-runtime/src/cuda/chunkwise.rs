@@ -1,10 +1,14 @@
 //! The chunkwise form's chunk computation on a CUDA device: psm-codegen's tensor-core
-//! kernels (`ptx::chunkwise`) for state fields with no decay or a scalar decay, one
-//! module per field shape. The derived feature and readout maps run through the CUDA
-//! executor like any aggregator (crate::chunkwise drives the whole form).
+//! kernels (`ptx::chunkwise`) for state fields with no decay, a scalar decay or a decay
+//! per key (diagonal), and `ptx::delta`'s for the delta rule (`super::delta`), one module
+//! per field shape. The derived feature and readout maps run through the CUDA executor
+//! like any aggregator (crate::chunkwise drives the whole form).
 //!
-//! Per state field: `psm_cw_states` writes the state entering every chunk (and the
-//! final one), then `psm_cw_outputs` each contraction that reads the field. Chunks
+//! Per state field: for a decay per key, `psm_cw_decays` first writes its cumulative
+//! logs Λ within each chunk; `psm_cw_states` (or the delta rule's prepare and states
+//! kernels, which also write the pseudo-values that replace the values) writes the state
+//! entering every chunk (and the final one), then `psm_cw_outputs` each contraction that
+//! reads the field. Chunks
 //! are psm-codegen's [`CHUNK`] steps; the operands are bf16 on the tensor cores, the
 //! state and the sums f32.
 
@@ -13,14 +17,6 @@ use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
 
 use super::device::{Args, Device, DeviceBuffer};
 use crate::error::RunError;
-
-/// Why a plan's field has no CUDA kernel yet, or `None` when every field has one.
-pub(crate) fn unsupported(plan: &Chunkwise) -> Option<String> {
-    plan.fields.iter().find_map(|f| match f.decay {
-        Decay::None | Decay::Scalar { .. } | Decay::DeltaRule { .. } => None,
-        Decay::Diagonal { .. } => Some(format!("state field `{}` decays per key (diagonal): the CUDA chunkwise kernels take no or scalar decays so far", f.name)),
-    })
-}
 
 pub(super) fn upload(device: &Device, what: &str, data: &[f32]) -> Result<DeviceBuffer, RunError> {
     // SAFETY: f32 values viewed as their bytes: same memory, alignment 1.
@@ -31,9 +27,6 @@ pub(super) fn upload(device: &Device, what: &str, data: &[f32]) -> Result<Device
 /// The contractions of `plan`, `[contraction][sequence × steps × values]`, from the
 /// per-step features (`feature(name)`: `[sequence × steps × len]` f32).
 pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature: impl Fn(&str) -> &'f [f32], nseq: usize, steps: usize) -> Result<Vec<Vec<f32>>, RunError> {
-    if let Some(why) = unsupported(plan) {
-        return Err(RunError::InvalidOption { option: "form", message: why });
-    }
     let too_large = |what: String| RunError::TooLarge { what };
     let nchunks = steps.div_ceil(CHUNK);
     let dim = |n: usize, what: &str| u32::try_from(n).map_err(|_| too_large(format!("{what} {n} of the chunkwise kernels' grid")));
@@ -46,6 +39,8 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let (decay, gate) = match &field.decay {
             Decay::Scalar { gate: Gate::Log(g) } => (ChunkDecay::Log, Some(g)),
             Decay::Scalar { gate: Gate::Value(g) } => (ChunkDecay::Value, Some(g)),
+            Decay::Diagonal { gate: Gate::Log(g) } => (ChunkDecay::DiagonalLog, Some(g)),
+            Decay::Diagonal { gate: Gate::Value(g) } => (ChunkDecay::DiagonalValue, Some(g)),
             Decay::DeltaRule { log_decay: Some(g), .. } => (ChunkDecay::Log, Some(g)),
             _ => (ChunkDecay::None, None),
         };
@@ -55,20 +50,32 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
         let v = upload(device, &format!("the values `{}`", field.value), feature(&field.value))?;
-        let g = match gate {
+        let decays = match gate {
             Some(name) => upload(device, &format!("the decays `{name}`"), feature(name))?,
             None => device.alloc("an unread decay", 8, true)?,
         };
+        // For a decay per key, Λ replaces the decays as the other kernels' `g`.
+        let lam = match m.decay_threads {
+            Some(threads) => {
+                let entries = nseq.checked_mul(steps).and_then(|n| n.checked_mul(field.keys * 4));
+                let lam = device.alloc("the cumulative log decays", entries.ok_or_else(|| too_large("the cumulative log decays".into()))?, false)?;
+                let mut args = Args::new();
+                args.ptr(&decays).ptr(&lam).u64(steps as u64);
+                device.launch_grid(&module.function("psm_cw_decays")?, (dim(nchunks, "chunks")?, dim(nseq, "sequences")?, 1), threads, 0, &args)?;
+                Some(lam)
+            }
+            None => None,
+        };
+        let g = lam.as_ref().unwrap_or(&decays);
         let matrices = nseq.checked_mul(nchunks + 1).and_then(|n| n.checked_mul(field.keys * field.values * 4));
         let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
-        let vtiles = dim(field.values.div_ceil(m.value_tile), "value tiles")?;
         // The delta rule's outputs read its pseudo-values in place of the values.
         let v = if let Decay::DeltaRule { beta, b, .. } = &field.decay {
-            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, &g), &states, nseq, steps)?
+            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, g), &states, nseq, steps)?
         } else {
             let mut args = Args::new();
-            args.ptr(&k).ptr(&v).ptr(&g).u64(0).ptr(&states).u64(steps as u64).u32(0);
-            device.launch_grid(&states_fn, (vtiles, dim(nseq, "sequences")?, 1), m.state_threads, 0, &args)?;
+            args.ptr(&k).ptr(&v).ptr(g).u64(0).ptr(&states).u64(steps as u64).u32(0);
+            device.launch_grid(&states_fn, m.state_grid(dim(nseq, "sequences")?), m.state_threads, 0, &args)?;
             v
         };
         for (c, out) in plan.contractions.iter().zip(&mut contractions) {
@@ -78,8 +85,8 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
             let q = upload(device, &format!("the queries `{}`", c.query), feature(&c.query))?;
             let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
             let mut args = Args::new();
-            args.ptr(&q).ptr(&k).ptr(&v).ptr(&g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
-            device.launch_grid(&outputs_fn, (vtiles, dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
+            args.ptr(&q).ptr(&k).ptr(&v).ptr(g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
+            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
             // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
             let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
             device.copy_to_host(&o, 0, bytes)?;
