@@ -757,14 +757,20 @@ struct Prefetch {
     lanes: usize,
     storage: Storage,
     width: usize,
+    /// The shared array and its row stride.
+    dst: Reg,
+    stride: usize,
     slots: Vec<Slot>,
 }
 
+/// One load: its step, its first column in the tile (`j`) and in the array (`col`); the
+/// shared addresses are computed when committing (registers held across the products
+/// are the loaded values alone, as far as possible).
 struct Slot {
     live: Reg,
     step: Reg,
+    j: Reg,
     col: Reg,
-    addrs: Vec<Reg>,
     raw: Vec<Reg>,
     lams: Vec<Reg>,
 }
@@ -790,19 +796,12 @@ impl Prefetch {
                 let (step, j) = w.transposed_position(entry, lanes, CHUNK);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-                let addrs = (0..lanes)
-                    .map(|l| {
-                        let jl = w.e.reg(Class::B32);
-                        w.e.ins(format!("add.u32 {jl}, {j}, {l}"));
-                        w.bf16_addr(dst, jl, g.step_stride(), step)
-                    })
-                    .collect();
                 let raw = w.raw_regs(lanes, storage);
                 let lams = if per_key { w.raw_regs(lanes, Storage::F32) } else { Vec::new() };
-                Slot { live, step, col, addrs, raw, lams }
+                Slot { live, step, j, col, raw, lams }
             })
             .collect();
-        Prefetch { lanes, storage, width, slots }
+        Prefetch { lanes, storage, width, dst, stride: g.step_stride(), slots }
     }
 
     /// Issues the loads of the chunk at `row_base` (`n` steps) from `src`, and their Λ
@@ -821,7 +820,14 @@ impl Prefetch {
         for s in &self.slots {
             let xs = w.decode(&s.raw, self.lanes, self.storage);
             let factors = w.factors(scale, s.step, s.col, &s.lams, self.lanes);
-            w.store_staged(xs, &s.addrs, s.live, &factors);
+            let addrs: Vec<Reg> = (0..self.lanes)
+                .map(|l| {
+                    let jl = w.e.reg(Class::B32);
+                    w.e.ins(format!("add.u32 {jl}, {}, {l}", s.j));
+                    w.bf16_addr(self.dst, jl, self.stride, s.step)
+                })
+                .collect();
+            w.store_staged(xs, &addrs, s.live, &factors);
         }
     }
 }
