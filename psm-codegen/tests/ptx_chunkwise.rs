@@ -30,6 +30,8 @@ fn geometry() {
     let m = compile_chunkwise(shape(100, 128, ChunkDecay::DiagonalValue, true), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (128, 64, 64, Some(128)));
     assert_eq!(m.state_grid(3), (4, 3, 1));
+    // Λ's last row spans both key tiles (128 keys), not just the 112 padded ones.
+    assert!(m.text.contains(".shared .align 16 .b8 last[512];"));
     assert!(m.text.contains(".target sm_90") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
     // ptxas rejects any byte outside ASCII, comments included.
     for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value, ChunkDecay::DiagonalLog, ChunkDecay::DiagonalValue] {

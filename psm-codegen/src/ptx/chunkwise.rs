@@ -266,6 +266,10 @@ impl Geometry {
     fn per_key(&self) -> bool {
         self.shape.decay.per_key()
     }
+    /// Keys the state kernel's key tiles span: padded to whole tiles.
+    fn key_span(&self) -> usize {
+        self.kp.div_ceil(self.kt) * self.kt
+    }
 }
 
 /// The registers and shared arrays both kernels use, and the pieces they share.
@@ -983,8 +987,9 @@ fn states_kernel(g: &Geometry) -> String {
     let kt = w.shared("kt", g.kt * g.step_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
-    // Per key: Λ at the chunk's last step, [kp] f32.
-    let lam_last = g.per_key().then(|| w.shared("last", g.kp * 4));
+    // Per key: Λ at the chunk's last step, f32 for every key the key tiles span (0 past
+    // the field's keys).
+    let lam_last = g.per_key().then(|| w.shared("last", g.key_span() * 4));
     let nchunks = w.chunk_count(steps);
     // This warp's 16 keys (from row0; from 16 warp in the block's tile), and the entry
     // index of sequence seq's first state matrix.
@@ -1023,12 +1028,12 @@ fn states_kernel(g: &Geometry) -> String {
     let decay_loads = lam.map(|_| w.decay_loads());
     // Per key: this thread's keys of Λ's row at the chunk's last step.
     let last_loads: Vec<(Reg, Reg, Reg)> = if g.per_key() {
-        (0..g.kp.div_ceil(threads))
+        (0..g.key_span().div_ceil(threads))
             .map(|u| {
                 let i = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {i}, {}, {}", w.tid, u * threads));
                 let live = w.e.reg(Class::Pred);
-                w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.kp));
+                w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
                 (i, live, w.e.reg(Class::F32))
             })
             .collect()
