@@ -455,30 +455,42 @@ impl Writer {
                 pending.push((load(w, entry, live), live));
             }
             for (l, live) in pending {
-                let factors: Vec<Reg> = match scale {
-                    Scale::None => Vec::new(),
-                    Scale::Step(f) => vec![f(w, l.step); lanes],
-                    Scale::PerKey { reference, .. } => (0..lanes)
-                        .map(|u| {
-                            let key = w.e.reg(Class::B32);
-                            w.e.ins(format!("add.u32 {key}, {}, {u}", l.key));
-                            let r = reference(w, l.step, key);
-                            let d = w.e.reg(Class::F32);
-                            w.e.ins(format!("sub.rn.f32 {d}, {r}, {}", l.lams[u]));
-                            w.exp(d)
-                        })
-                        .collect(),
-                };
-                for (u, (x, addr)) in l.xs.into_iter().zip(l.addrs).enumerate() {
-                    if let Some(f) = factors.get(u) {
-                        w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
-                    }
-                    let h = w.e.reg(Class::B16);
-                    w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-                    w.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
-                }
+                let factors = w.factors(scale, l.step, l.key, &l.lams, lanes);
+                w.store_staged(l.xs, &l.addrs, live, &factors);
             }
         });
+    }
+
+    /// The factors [`Scale`] multiplies `lanes` staged values by (none, one for all, or
+    /// one each), from their step, first key and Λ.
+    fn factors(&mut self, scale: Scale<'_>, step: Reg, key: Reg, lams: &[Reg], lanes: usize) -> Vec<Reg> {
+        match scale {
+            Scale::None => Vec::new(),
+            Scale::Step(f) => vec![f(self, step); lanes],
+            Scale::PerKey { reference, .. } => (0..lanes)
+                .map(|u| {
+                    let at = self.e.reg(Class::B32);
+                    self.e.ins(format!("add.u32 {at}, {key}, {u}"));
+                    let r = reference(self, step, at);
+                    let d = self.e.reg(Class::F32);
+                    self.e.ins(format!("sub.rn.f32 {d}, {r}, {}", lams[u]));
+                    self.exp(d)
+                })
+                .collect(),
+        }
+    }
+
+    /// Stores staged values (times `factors[u]` where given) as bf16 at their shared
+    /// addresses when `live`.
+    fn store_staged(&mut self, xs: Vec<Reg>, addrs: &[Reg], live: Reg, factors: &[Reg]) {
+        for (u, (x, addr)) in xs.into_iter().zip(addrs).enumerate() {
+            if let Some(f) = factors.get(u) {
+                self.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+            }
+            let h = self.e.reg(Class::B16);
+            self.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+            self.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
+        }
     }
 
     /// The (row, first column) of the load whose first entry is `entry` (a multiple of
@@ -512,11 +524,32 @@ impl Writer {
     /// `cols` and `col` are multiples of n.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn load_or_zero(&mut self, base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize, storage: Storage) -> Vec<Reg> {
-        let v: Vec<Reg> = (0..lanes).map(|_| self.e.reg(Class::F32)).collect();
+        let raw = self.raw_regs(lanes, storage);
+        self.load_raw(&raw, base, row_base, row, rows, width, col, cols, live, lanes, storage);
+        self.decode(&raw, lanes, storage)
+    }
+
+    /// Registers for `lanes` entries of type `storage` as loaded: f32, or bf16 pairs in
+    /// 32-bit words.
+    fn raw_regs(&mut self, lanes: usize, storage: Storage) -> Vec<Reg> {
+        match storage {
+            Storage::F32 => (0..lanes).map(|_| self.e.reg(Class::F32)).collect(),
+            Storage::Bf16 => (0..lanes.div_ceil(2)).map(|_| self.e.reg(Class::B32)).collect(),
+        }
+    }
+
+    /// [`Writer::load_or_zero`]'s load into `raw` ([`Writer::raw_regs`]), without the
+    /// conversion to f32 ([`Writer::decode`]), which would wait for it.
+    #[allow(clippy::too_many_arguments)]
+    fn load_raw(&mut self, raw: &[Reg], base: Reg, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, cols: usize, live: Reg, lanes: usize, storage: Storage) {
         let p = self.e.reg(Class::Pred);
         let q = self.e.reg(Class::Pred);
-        for x in &v {
-            self.e.ins(format!("mov.f32 {x}, 0f00000000"));
+        let zero = match storage {
+            Storage::F32 => "mov.f32 {}, 0f00000000",
+            Storage::Bf16 => "mov.b32 {}, 0",
+        };
+        for x in raw {
+            self.e.ins(zero.replace("{}", &x.to_string()));
         }
         self.e.ins(format!("setp.lt.and.u32 {p}, {row}, {rows}, {live}"));
         self.e.ins(format!("setp.lt.and.u32 {q}, {col}, {cols}, {p}"));
@@ -531,76 +564,99 @@ impl Writer {
             Storage::F32 => {
                 let a = self.f32_addr(base, index);
                 match lanes {
-                    4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", v[0], v[1], v[2], v[3])),
-                    2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", v[0], v[1])),
-                    _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", v[0])),
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", raw[0], raw[1], raw[2], raw[3])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", raw[0], raw[1])),
+                    _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", raw[0])),
                 }
             }
             Storage::Bf16 => {
                 let a = self.e.reg(Class::B64);
                 self.e.ins(format!("mad.lo.u64 {a}, {index}, 2, {base}"));
-                // bf16 pairs in 32-bit words (the lower entry in the low half); a bf16 is
-                // the upper half of its f32.
-                let words: Vec<Reg> = (0..lanes.div_ceil(2)).map(|_| self.e.reg(Class::B32)).collect();
-                for r in &words {
-                    self.e.ins(format!("mov.b32 {r}, 0"));
-                }
                 match lanes {
-                    4 => self.e.ins(format!("@{q} ld.global.nc.v2.b32 {{{}, {}}}, [{a}]", words[0], words[1])),
-                    2 => self.e.ins(format!("@{q} ld.global.nc.b32 {}, [{a}]", words[0])),
-                    _ => {
-                        self.e.ins(format!("@{q} ld.global.nc.u16 {}, [{a}]", words[0]));
-                    }
-                }
-                for (l, x) in v.iter().enumerate() {
-                    let bits = self.e.reg(Class::B32);
-                    if l % 2 == 0 {
-                        self.e.ins(format!("shl.b32 {bits}, {}, 16", words[l / 2]));
-                    } else {
-                        self.e.ins(format!("and.b32 {bits}, {}, 0xFFFF0000", words[l / 2]));
-                    }
-                    self.e.ins(format!("mov.b32 {x}, {bits}"));
+                    4 => self.e.ins(format!("@{q} ld.global.nc.v2.b32 {{{}, {}}}, [{a}]", raw[0], raw[1])),
+                    2 => self.e.ins(format!("@{q} ld.global.nc.b32 {}, [{a}]", raw[0])),
+                    _ => self.e.ins(format!("@{q} ld.global.nc.u16 {}, [{a}]", raw[0])),
                 }
             }
         }
-        v
     }
 
-    /// Λ of the current chunk into `lam` (f32 × CHUNK), by the block's first warp: each
-    /// lane loads one step's log decay in each 32 steps (0 past the sequence's end), a
-    /// shuffle scan sums the prefixes (5 steps per 32: a loop over the prefix was
-    /// 64 dependent shared loads for the last step), and the first 32 steps' total is
-    /// carried into the next. Ends with a barrier.
+    /// The f32 values of `lanes` entries loaded by [`Writer::load_raw`] (a bf16 is the
+    /// upper half of its f32; the lower entry of a pair is the word's low half).
+    fn decode(&mut self, raw: &[Reg], lanes: usize, storage: Storage) -> Vec<Reg> {
+        match storage {
+            Storage::F32 => raw.to_vec(),
+            Storage::Bf16 => (0..lanes)
+                .map(|l| {
+                    let bits = self.e.reg(Class::B32);
+                    if l % 2 == 0 {
+                        self.e.ins(format!("shl.b32 {bits}, {}, 16", raw[l / 2]));
+                    } else {
+                        self.e.ins(format!("and.b32 {bits}, {}, 0xFFFF0000", raw[l / 2]));
+                    }
+                    let x = self.e.reg(Class::F32);
+                    self.e.ins(format!("mov.b32 {x}, {bits}"));
+                    x
+                })
+                .collect(),
+        }
+    }
+
+    /// Λ of the current chunk into `lam` (f32 × CHUNK): [`Writer::decay_loads`] issued
+    /// at once, then [`Writer::scan_decays`].
     pub(super) fn cumulative_decay(&mut self, g: &Geometry, gate: Reg, row_base: Reg, n: Reg, lam: Reg) {
-        let value = g.shape.decay.as_value();
+        let loads = self.decay_loads();
+        self.issue_decays(g, &loads, gate, row_base, n);
+        self.scan_decays(g, &loads, lam);
+    }
+
+    /// Each lane's steps of a chunk's decays, one in each 32 (for the first warp, which
+    /// scans them), and the registers they arrive in.
+    fn decay_loads(&mut self) -> Vec<(Reg, Reg)> {
+        (0..CHUNK / 32)
+            .map(|seg| {
+                let t = self.e.reg(Class::B32);
+                self.e.ins(format!("add.u32 {t}, {}, {}", self.tid, 32 * seg));
+                (t, self.e.reg(Class::F32))
+            })
+            .collect()
+    }
+
+    /// Loads the chunk's decays into [`Writer::decay_loads`]' registers (no decay past
+    /// the sequence's end: log 0, or the value 1).
+    fn issue_decays(&mut self, g: &Geometry, loads: &[(Reg, Reg)], gate: Reg, row_base: Reg, n: Reg) {
+        let none = if g.shape.decay.as_value() { "0f3F800000" } else { "0f00000000" };
+        for &(t, x) in loads {
+            let live = self.e.reg(Class::Pred);
+            self.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
+            let t64 = self.e.reg(Class::B64);
+            self.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
+            self.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
+            let a = self.f32_addr(gate, t64);
+            self.e.ins(format!("mov.f32 {x}, {none}"));
+            self.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
+        }
+    }
+
+    /// Λ into `lam` from the loaded decays, by the block's first warp: a shuffle scan sums
+    /// the prefixes (5 steps per 32: a loop over the prefix was 64 dependent shared loads
+    /// for the last step), and the first 32 steps' total is carried into the next. Ends
+    /// with a barrier.
+    fn scan_decays(&mut self, g: &Geometry, loads: &[(Reg, Reg)], lam: Reg) {
         let skip = self.e.label("decay_done");
         let others = self.e.reg(Class::Pred);
         self.e.ins(format!("setp.ne.u32 {others}, {}, 0", self.warp));
         self.e.ins(format!("@{others} bra.uni {skip}"));
-        let segments: Vec<(Reg, Reg)> = (0..CHUNK / 32)
-            .map(|seg| {
-                let t = self.e.reg(Class::B32);
-                self.e.ins(format!("add.u32 {t}, {}, {}", self.tid, 32 * seg));
-                let live = self.e.reg(Class::Pred);
-                self.e.ins(format!("setp.lt.u32 {live}, {t}, {n}"));
-                let t64 = self.e.reg(Class::B64);
-                self.e.ins(format!("cvt.u64.u32 {t64}, {t}"));
-                self.e.ins(format!("add.u64 {t64}, {t64}, {row_base}"));
-                let a = self.f32_addr(gate, t64);
-                let x = self.e.reg(Class::F32);
-                // A padded step has no decay: log 0, or the value 1.
-                self.e.ins(format!("mov.f32 {x}, {}", if value { "0f3F800000" } else { "0f00000000" }));
-                self.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
-                (t, x)
-            })
-            .collect();
         let carry = self.e.reg(Class::F32);
         self.e.ins(format!("mov.f32 {carry}, 0f00000000"));
-        for (t, x) in segments {
-            if value {
+        for &(t, loaded) in loads {
+            let x = self.e.reg(Class::F32);
+            if g.shape.decay.as_value() {
                 self.e.comment("the decay's natural log: lg2 * ln 2");
-                self.e.ins(format!("lg2.approx.ftz.f32 {x}, {x}"));
+                self.e.ins(format!("lg2.approx.ftz.f32 {x}, {loaded}"));
                 self.e.ins(format!("mul.rn.f32 {x}, {x}, {}", f32_imm(LN2)));
+            } else {
+                self.e.ins(format!("mov.f32 {x}, {loaded}"));
             }
             for d in [1, 2, 4, 8, 16] {
                 let y = self.e.reg(Class::F32);
@@ -697,49 +753,101 @@ impl Writer {
     }
 }
 
-/// Stages `CHUNK` steps of a `[steps, width]` f32 array transposed into a bf16 array
-/// `[width_tile][CHUNK + 8]` (the step contiguous): entry (t, col0 + j) at row j,
-/// column t, times `scale(t)` when given.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stage_transposed(
-    w: &mut Writer,
-    g: &Geometry,
-    threads: usize,
-    src: Reg,
-    row_base: Reg,
-    n: Reg,
+/// One thread's share of staging a tile chunk after chunk in the state kernel: each
+/// load's position (the same in every chunk) and the registers its values (and, for a
+/// per-key scale, their Λ) arrive in, so that the next chunk's loads are in flight
+/// while the current chunk is multiplied.
+struct Prefetch {
+    lanes: usize,
+    storage: Storage,
     width: usize,
-    col0: Reg,
-    tile: usize,
+    /// The shared array and its row stride.
     dst: Reg,
-    scale: Scale<'_>,
-    what: &str,
-) {
-    let lanes = if width % 4 == 0 { 4 } else { 1 };
-    w.staged(
-        CHUNK * tile,
-        threads,
-        lanes,
-        what,
-        |w, entry, live| {
-            // Consecutive threads take consecutive steps of the same `lanes` columns, so
-            // a warp's stores fill one shared row without bank conflicts.
-            let (t, j) = w.transposed_position(entry, lanes, CHUNK);
-            let col = w.e.reg(Class::B32);
-            w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-            let xs = w.load_or_zero(src, row_base, t, n, width, col, width, live, lanes, g.storage);
-            let lams = w.lams(scale, row_base, t, n, width, col, live, lanes);
-            let addrs = (0..lanes)
+    stride: usize,
+    slots: Vec<Slot>,
+}
+
+/// One load: its step, its first column in the tile (`j`) and in the array (`col`); the
+/// shared addresses are computed when committing (registers held across the products
+/// are the loaded values alone, as far as possible).
+struct Slot {
+    live: Reg,
+    step: Reg,
+    j: Reg,
+    col: Reg,
+    raw: Vec<Reg>,
+    lams: Vec<Reg>,
+}
+
+impl Prefetch {
+    /// The positions of the loads staging `CHUNK` steps of a `[steps, width]` array of
+    /// type `storage` transposed, columns `col0`.. of `tile`, into `dst` (as
+    /// [`stage_transposed`]), all issued at once. Consecutive threads take consecutive
+    /// steps of the same `lanes` columns, so a warp's stores fill one shared row without
+    /// bank conflicts.
+    #[allow(clippy::too_many_arguments)]
+    fn transposed(w: &mut Writer, g: &Geometry, threads: usize, width: usize, col0: Reg, tile: usize, dst: Reg, storage: Storage, per_key: bool) -> Prefetch {
+        let lanes = if width % 4 == 0 { 4 } else { 1 };
+        let loads = CHUNK * tile / lanes;
+        let slots = (0..loads.div_ceil(threads))
+            .map(|u| {
+                let idx = w.e.reg(Class::B32);
+                let live = w.e.reg(Class::Pred);
+                w.e.ins(format!("add.u32 {idx}, {}, {}", w.tid, u * threads));
+                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
+                let entry = w.e.reg(Class::B32);
+                w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+                let (step, j) = w.transposed_position(entry, lanes, CHUNK);
+                let col = w.e.reg(Class::B32);
+                w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
+                let raw = w.raw_regs(lanes, storage);
+                let lams = if per_key { w.raw_regs(lanes, Storage::F32) } else { Vec::new() };
+                Slot { live, step, j, col, raw, lams }
+            })
+            .collect();
+        Prefetch { lanes, storage, width, dst, stride: g.step_stride(), slots }
+    }
+
+    /// Issues the loads of the chunk at `row_base` (`n` steps) from `src`, and their Λ
+    /// from `lam` for a per-key scale.
+    fn issue(&self, w: &mut Writer, src: Reg, lam: Option<Reg>, row_base: Reg, n: Reg) {
+        for s in &self.slots {
+            w.load_raw(&s.raw, src, row_base, s.step, n, self.width, s.col, self.width, s.live, self.lanes, self.storage);
+            if let Some(lam) = lam {
+                w.load_raw(&s.lams, lam, row_base, s.step, n, self.width, s.col, self.width, s.live, self.lanes, Storage::F32);
+            }
+        }
+    }
+
+    /// Stores the loaded values into shared memory as bf16, times `scale`.
+    fn commit(&self, w: &mut Writer, scale: Scale<'_>) {
+        for s in &self.slots {
+            let xs = w.decode(&s.raw, self.lanes, self.storage);
+            let factors = w.factors(scale, s.step, s.col, &s.lams, self.lanes);
+            let addrs: Vec<Reg> = (0..self.lanes)
                 .map(|l| {
                     let jl = w.e.reg(Class::B32);
-                    w.e.ins(format!("add.u32 {jl}, {j}, {l}"));
-                    w.bf16_addr(dst, jl, g.step_stride(), t)
+                    w.e.ins(format!("add.u32 {jl}, {}, {l}", s.j));
+                    w.bf16_addr(self.dst, jl, self.stride, s.step)
                 })
                 .collect();
-            Load { xs, addrs, step: t, key: col, lams }
-        },
-        scale,
-    );
+            w.store_staged(xs, &addrs, s.live, &factors);
+        }
+    }
+}
+
+/// Stages `CHUNK` steps of a `[steps, width]` array transposed into a bf16 array
+/// `[width_tile][CHUNK + 8]` (the step contiguous): entry (t, col0 + j) at row j,
+/// column t, times `scale`; every load issued before the first store.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
+    let lam = match scale {
+        Scale::PerKey { lam, .. } => Some(lam),
+        _ => None,
+    };
+    let loads = Prefetch::transposed(w, g, threads, width, col0, tile, dst, g.storage, lam.is_some());
+    loads.issue(w, src, lam, row_base, n);
+    loads.commit(w, scale);
 }
 
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
@@ -787,9 +895,10 @@ pub(super) fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> Chu
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
     w.e.ins(format!("mul.lo.u64 {start}, {c64}, {CHUNK}"));
     w.e.ins(format!("mad.lo.u64 {row_base}, {s64}, {steps}, {start}"));
-    // n = min(CHUNK, steps − start), in 32 bits.
+    // n = min(CHUNK, steps − start), 0 past the end (the state kernel's prefetch), in 32 bits.
     let left = w.e.reg(Class::B64);
-    w.e.ins(format!("sub.u64 {left}, {steps}, {start}"));
+    w.e.ins(format!("max.u64 {left}, {steps}, {start}"));
+    w.e.ins(format!("sub.u64 {left}, {left}, {start}"));
     w.e.ins(format!("min.u64 {left}, {left}, {CHUNK}"));
     let n = w.e.reg(Class::B32);
     w.e.ins(format!("cvt.u32.u64 {n}, {left}"));
@@ -912,8 +1021,42 @@ fn states_kernel(g: &Geometry) -> String {
     let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
     let b_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
 
+    // Every chunk's loads are issued one chunk ahead (the first before the loop), into
+    // the same registers: the memory's latency overlaps the previous chunk's products.
+    let k_loads = Prefetch::transposed(&mut w, g, threads, g.keys, key0, g.kt, kt, g.storage, g.per_key());
+    let v_loads = Prefetch::transposed(&mut w, g, threads, g.values, col0, g.vt, vs, g.storage, false);
+    let decay_loads = lam.map(|_| w.decay_loads());
+    // Per key: this thread's keys of Λ's row at the chunk's last step.
+    let last_loads: Vec<(Reg, Reg, Reg)> = if g.per_key() {
+        (0..g.key_span().div_ceil(threads))
+            .map(|u| {
+                let i = w.e.reg(Class::B32);
+                w.e.ins(format!("add.u32 {i}, {}, {}", w.tid, u * threads));
+                let live = w.e.reg(Class::Pred);
+                w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
+                (i, live, w.e.reg(Class::F32))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let issue = |w: &mut Writer, chunk: Reg| {
+        let pos = chunk_pos(w, seq, steps, chunk);
+        k_loads.issue(w, k, g.per_key().then_some(gate), pos.row_base, pos.n);
+        v_loads.issue(w, v, None, pos.row_base, pos.n);
+        if let Some(loads) = &decay_loads {
+            w.issue_decays(g, loads, gate, pos.row_base, pos.n);
+        }
+        let step = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.u32 {step}, {}, 1", pos.n));
+        for &(i, live, x) in &last_loads {
+            w.load_raw(&[x], gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1, Storage::F32);
+        }
+    };
     let chunk = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {chunk}, 0"));
+    w.e.comment("issue chunk 0's loads");
+    issue(&mut w, chunk);
     let top = w.e.label("chunk");
     let done = w.e.label("chunks_done");
     w.e.place(&top);
@@ -925,9 +1068,8 @@ fn states_kernel(g: &Geometry) -> String {
     let end = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
     w.e.ins(format!("@{end} bra.uni {done}"));
-    let pos = chunk_pos(&mut w, seq, steps, chunk);
-    let last = if let Some(lam) = lam {
-        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
+    let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
+        w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
         let l = w.e.reg(Class::F32);
@@ -938,16 +1080,11 @@ fn states_kernel(g: &Geometry) -> String {
     };
     if let Some(lam_last) = lam_last {
         w.e.comment("the row of L at the chunk's last step, per key");
-        let step = w.e.reg(Class::B32);
-        w.e.ins(format!("sub.u32 {step}, {}, 1", pos.n));
-        w.strided(g.key_span(), threads, "last", |w, i| {
-            let live = w.e.reg(Class::Pred);
-            w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
-            let x = w.load_or_zero(gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1, Storage::F32)[0];
+        for &(i, live, x) in &last_loads {
             let at = w.e.reg(Class::B32);
             w.e.ins(format!("mad.lo.u32 {at}, {i}, 4, {lam_last}"));
-            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
-        });
+            w.e.ins(format!("@{live} st.shared.f32 [{at}], {x}"));
+        }
         w.e.ins("bar.sync 0");
     }
     w.e.comment("stage (K * exp(L_last - L))^T and V^T, the step contiguous");
@@ -966,9 +1103,13 @@ fn states_kernel(g: &Geometry) -> String {
     } else {
         Scale::None
     };
-    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, key0, g.kt, kt, scale_k, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
+    k_loads.commit(&mut w, scale_k);
+    v_loads.commit(&mut w, Scale::None);
     w.e.ins("bar.sync 0");
+    w.e.comment("issue the next chunk's loads");
+    let next = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
+    issue(&mut w, next);
     if let Some(last) = last {
         w.e.comment("S = exp(L_last) S");
         let f = w.exp(last);
@@ -1002,7 +1143,7 @@ fn states_kernel(g: &Geometry) -> String {
         }
     }
     w.e.ins("bar.sync 0");
-    w.e.ins(format!("add.u32 {chunk}, {chunk}, 1"));
+    w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
     w.finish("psm_cw_states", &params)
@@ -1065,7 +1206,7 @@ fn outputs_kernel(g: &Geometry) -> String {
         "stage K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
     });
     stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, scale_k, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
+    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
     {
         let nchunks = w.chunk_count(steps);
         let s64 = w.e.reg(Class::B64);
