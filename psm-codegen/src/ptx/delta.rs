@@ -279,7 +279,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.e.ins("bar.sync 0");
     w.e.comment("forward substitution: thread j < C holds column j of T = (I + L)^-1,");
-    w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time");
+    w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into");
+    w.e.comment("four partial sums (s mod 4), so that the dependent adds are a quarter as many");
     let substituted = w.e.label("substituted");
     let idle = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
@@ -291,12 +292,19 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         let diagonal = w.e.reg(Class::Pred);
         w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {t}", w.tid));
         w.e.ins(format!("selp.f32 {x}, {one}, 0f00000000, {diagonal}"));
+        let partial = [(); 4].map(|_| w.e.reg(Class::F32));
+        for p in &partial[..t.min(4)] {
+            w.e.ins(format!("mov.f32 {p}, 0f00000000"));
+        }
         for s0 in (0..t).step_by(4) {
             let l = [(); 4].map(|_| w.e.reg(Class::F32));
             w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{bs}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
-            for (s, l) in (s0..t.min(s0 + 4)).zip(l) {
-                w.e.ins(format!("fma.rn.f32 {x}, {l}, {}, {x}", column[s]));
+            for ((s, l), p) in (s0..t.min(s0 + 4)).zip(l).zip(&partial) {
+                w.e.ins(format!("fma.rn.f32 {p}, {l}, {}, {p}", column[s]));
             }
+        }
+        for p in &partial[..t.min(4)] {
+            w.e.ins(format!("add.rn.f32 {x}, {x}, {p}"));
         }
         column.push(x);
     }
@@ -325,7 +333,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     };
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
-    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Scale::Step(&scale), "stage_bt");
+    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Scale::Step(&scale));
     w.e.ins("bar.sync 0");
     let t_addr = w.bf16_addr(bs, arow, ss, acol);
     {
@@ -356,6 +364,25 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             }
         }
     }
+    let last = lam.map(|lam| {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
+        let l = w.e.reg(Class::F32);
+        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
+        l
+    });
+    w.e.ins("bar.sync 0");
+    w.e.comment("stage K-hat^T = (K * exp(L_last - L))^T over (beta exp(L) B)^T, the step contiguous");
+    let khat_scale = last.zip(lam).map(|(last, lam)| {
+        move |w: &mut Writer, t: Reg| -> Reg {
+            let l = w.lam_at(lam, t);
+            let d = w.e.reg(Class::F32);
+            w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
+            w.exp(d)
+        }
+    });
+    let khat_scale = khat_scale.as_ref().map_or(Scale::None, |f| Scale::Step(f));
+    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, khat_scale);
     {
         w.e.comment("upre[m] = T V, f32 [C][vp], a value tile at a time");
         // U' rows are vp wide.
@@ -368,7 +395,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         for tile in 0..vp.div_ceil(g.vt) {
             let col0 = w.e.reg(Class::B32);
             w.e.ins(format!("mov.u32 {col0}, {}", tile * g.vt));
-            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None, "stage_v");
+            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
             w.e.ins("bar.sync 0");
             let acc = w.zeros(g.vt / 8);
             for kk in 0..CHUNK / 16 {
@@ -382,51 +409,19 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             w.e.ins("bar.sync 0");
         }
     }
-    w.e.comment("khat[m] = (K * exp(L_last - L))^T, bf16 [kp][C], two steps per thread");
-    let last = lam.map(|lam| {
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
-        let l = w.e.reg(Class::F32);
-        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
-        l
-    });
+    w.e.comment("khat[m] (bf16 [kp][C]) from the staged rows, 16 bytes at a time");
     let kbase = operand_addr(&mut w, khat, m, g.kp * CHUNK * 2);
-    w.strided(g.kp * CHUNK / 2, threads, "khat", |w, idx| {
-        let (pair, i) = w.divmod(idx, g.kp);
-        let t = w.e.reg(Class::B32);
-        w.e.ins(format!("shl.b32 {t}, {pair}, 1"));
-        let halves = [(); 2].map(|_| w.e.reg(Class::F32));
-        for (h, x) in halves.iter().enumerate() {
-            let th = w.e.reg(Class::B32);
-            w.e.ins(format!("add.u32 {th}, {t}, {h}"));
-            let live = w.e.reg(Class::Pred);
-            w.e.ins(format!("mov.f32 {x}, 0f00000000"));
-            w.e.ins(format!("setp.lt.u32 {live}, {th}, {}", pos.n));
-            w.e.ins(format!("setp.lt.and.u32 {live}, {i}, {}, {live}", g.keys));
-            let r64 = w.e.reg(Class::B64);
-            let c64 = w.e.reg(Class::B64);
-            w.e.ins(format!("cvt.u64.u32 {r64}, {th}"));
-            w.e.ins(format!("cvt.u64.u32 {c64}, {i}"));
-            w.e.ins(format!("add.u64 {r64}, {r64}, {}", pos.row_base));
-            w.e.ins(format!("mad.lo.u64 {r64}, {r64}, {}, {c64}", g.keys));
-            let a = w.f32_addr(k, r64);
-            w.e.ins(format!("@{live} ld.global.nc.f32 {x}, [{a}]"));
-            if let (Some(last), Some(lam)) = (last, lam) {
-                let l = w.lam_at(lam, th);
-                let d = w.e.reg(Class::F32);
-                w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
-                let f = w.exp(d);
-                w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
-            }
-        }
-        let packed = w.e.reg(Class::B32);
-        w.e.ins(format!("cvt.rn.bf16x2.f32 {packed}, {}, {}", halves[1], halves[0]));
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {at}, {i}, {CHUNK}, {t}"));
-        let at64 = w.e.reg(Class::B64);
-        w.e.ins(format!("mul.wide.u32 {at64}, {at}, 2"));
-        w.e.ins(format!("add.u64 {at64}, {at64}, {kbase}"));
-        w.e.ins(format!("st.global.b32 [{at64}], {packed}"));
+    w.strided(g.kp * CHUNK / 8, threads, "khat", |w, p| {
+        let (row, piece) = w.divmod(p, CHUNK / 8);
+        let src = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {src}, {row}, {}, {ks_rows}", ss * 2));
+        w.e.ins(format!("mad.lo.u32 {src}, {piece}, 16, {src}"));
+        let x = [(); 4].map(|_| w.e.reg(Class::B32));
+        w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{src}]", x[0], x[1], x[2], x[3]));
+        let dst = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {dst}, {p}, 16"));
+        w.e.ins(format!("add.u64 {dst}, {dst}, {kbase}"));
+        w.e.ins(format!("st.global.v4.b32 [{dst}], {{{}, {}, {}, {}}}", x[0], x[1], x[2], x[3]));
     });
     if let Some(last) = last {
         w.e.comment("decay[m] = exp(L_last)");
