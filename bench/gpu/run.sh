@@ -15,7 +15,9 @@
 # accelerated-scan and fla-core come as wheels: with .whl/*.whl present, `run` installs them into
 # /tmp/site first (the GPU machine has no network). SKIP_TESTS=1 skips the GPU tests
 # (the whole run then fits one 10-minute device call more easily); FLA=1 adds issue 6's
-# flash-linear-attention rows and its correctness check (bench/gpu/fla_check.py). The
+# flash-linear-attention rows beside psm's chunkwise kernels (psm-codegen's ptx_gpu
+# `chunkwise_timings`) and the correctness check bench/gpu/fla_check.py; FLA_ONLY=1 runs
+# only those (no GPU tests, no issue-5 rows or libraries). The
 # wheels are git-ignored: a device call must carry .whl beside DIR. Exit status: 1 when
 # a GPU test or a psm row failed, else 0.
 set -u
@@ -31,6 +33,10 @@ case "$mode" in
 build)
     set -e
     "$here/cuda_tests.sh" build "$dir"
+    # psm-codegen's GPU tests: `chunkwise_timings` gives issue 6's psm rows.
+    cd "$here/../.."
+    cp "$(cargo test -p psm-codegen --test ptx_gpu --no-run --message-format=json 2>/dev/null | jq -r 'select(.executable != null and .profile.test) | .executable')" "$dir/ptx_gpu"
+    strip --strip-debug "$dir/ptx_gpu"
     cp "$here/run.sh" "$here/table.py" "$dir/"
     ;;
 run)
@@ -43,39 +49,46 @@ run)
     export PSM_OPS_DIR="$PWD/examples/ops" PSMC="$dir/psmc"
     nvidia-smi --query-gpu=name,driver_version,clocks.max.memory --format=csv,noheader > "$logs/device.txt" 2>&1
 
+    : > "$logs/psm.json"
+    : > "$logs/torch.jsonl"
+    : > "$logs/jax.jsonl"
     # 1. The GPU tests (every library operator through every form, and through the
     #    look-back and lanes kernels where they apply).
-    if [ -z "${SKIP_TESTS:-}" ]; then
+    if [ -z "${SKIP_TESTS:-}${FLA_ONLY:-}" ]; then
         timeout 180 "$dir/runtime_cuda" --test-threads 16 --nocapture > "$logs/tests.log" 2>&1 || status=1
         grep -E "test result|panicked" "$logs/tests.log" | head -5
     fi
 
-    # 2. psm's rows. --kernel lookback / lanes force the look-back scan and the lanes
-    #    kernel; the row after each is what `auto` takes.
-    ops=examples/ops
-    n=268435456
-    bench() { timeout 45 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
-    : > "$logs/psm.json"
-    for op in cumsum logcumsumexp running_max_index; do
-        bench "$ops/$op.psm" --len $n --form auto --kernel lookback
-        bench "$ops/$op.psm" --len $n --form auto
-    done
-    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto --kernel lookback
-    bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto
-    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto --kernel lanes
-    bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto
-    bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
-    bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push
+    # Issue 5's rows and libraries (FLA_ONLY=1 skips them).
+    if [ -z "${FLA_ONLY:-}" ]; then
+        # 2. psm's rows. --kernel lookback / lanes force the look-back scan and the lanes
+        #    kernel; the row after each is what `auto` takes.
+        ops=examples/ops
+        n=268435456
+        bench() { timeout 45 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
+        for op in cumsum logcumsumexp running_max_index; do
+            bench "$ops/$op.psm" --len $n --form auto --kernel lookback
+            bench "$ops/$op.psm" --len $n --form auto
+        done
+        bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto --kernel lookback
+        bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto
+        bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto --kernel lanes
+        bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto
+        bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
+        bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push
 
-    # 3. The libraries (JAX last and alone: it reserves device memory).
-    timeout 150 python3 bench/gpu/baselines.py torch > "$logs/torch.jsonl" 2> "$logs/torch.err"
-    timeout 90 python3 bench/gpu/baselines.py jax > "$logs/jax.jsonl" 2> "$logs/jax.err"
+        # 3. The libraries (JAX last and alone: it reserves device memory).
+        timeout 150 python3 bench/gpu/baselines.py torch > "$logs/torch.jsonl" 2> "$logs/torch.err"
+        timeout 90 python3 bench/gpu/baselines.py jax > "$logs/jax.jsonl" 2> "$logs/jax.err"
+    fi
     # Issue 6's rivals (flash-linear-attention, from the fla-core wheel in .whl) with FLA=1.
     : > "$logs/fla.jsonl"
-    if [ -n "${FLA:-}" ]; then
-        timeout 240 python3 bench/gpu/baselines.py fla > "$logs/fla.jsonl" 2> "$logs/fla.err"
+    if [ -n "${FLA:-}${FLA_ONLY:-}" ]; then
+        # psm's chunkwise kernels, resident, at fla's shapes (JSON lines naming their rivals).
+        timeout 60 "$dir/ptx_gpu" --ignored --exact chunkwise_timings --nocapture 2> "$logs/chunkwise.err" | grep '^{' >> "$logs/fla.jsonl"
+        timeout 150 python3 bench/gpu/baselines.py fla >> "$logs/fla.jsonl" 2> "$logs/fla.err"
         # Correctness against fla's naive references and float64 (bench/gpu/fla_check.py).
-        timeout 240 python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1
+        timeout 150 python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1
         tail -20 "$logs/fla_check.txt"
     fi
     wc -l "$logs/torch.jsonl" "$logs/jax.jsonl" "$logs/fla.jsonl"
