@@ -905,6 +905,30 @@ pub(super) fn chunk_pos(w: &mut Writer, seq: Reg, steps: Reg, chunk: Reg) -> Chu
     ChunkPos { row_base, n }
 }
 
+/// A state kernel's start: the key count as a register, `seq` in 64 bits, and the
+/// accumulators of the warp's state rows (`row0`, columns from `col0`): zeros, or
+/// sequence `seq`'s initial state from `state_in` when `flags` has [`HAS_STATE`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn initial_state(w: &mut Writer, g: &Geometry, flags: Reg, state_in: Reg, seq: Reg, row0: Reg, col0: Reg) -> (Reg, Reg, Vec<[Reg; 4]>) {
+    let keys = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
+    let s64 = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+    let acc = w.zeros(g.vt / 8);
+    w.e.comment("an initial state (HAS_STATE): state_in[seq] is S entering chunk 0");
+    let no_state = w.e.label("no_state");
+    let has = w.e.reg(Class::B32);
+    let p = w.e.reg(Class::Pred);
+    w.e.ins(format!("and.b32 {has}, {flags}, {HAS_STATE}"));
+    w.e.ins(format!("setp.eq.u32 {p}, {has}, 0"));
+    w.e.ins(format!("@{p} bra {no_state}"));
+    let first = w.e.reg(Class::B64);
+    w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
+    tile_io(w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
+    w.e.place(&no_state);
+    (keys, s64, acc)
+}
+
 /// What [`tile_io`] does with a matrix in global memory.
 #[derive(Clone, Copy)]
 pub(super) enum TileIo {
@@ -997,22 +1021,7 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("shl.b32 {local0}, {}, 4", w.warp));
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {row0}, {key0}, {local0}"));
-    let keys = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-    let s64 = w.e.reg(Class::B64);
-    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
-    let acc = w.zeros(g.vt / 8);
-    w.e.comment("an initial state (HAS_STATE): state_in[seq] is S entering chunk 0");
-    let no_state = w.e.label("no_state");
-    let has = w.e.reg(Class::B32);
-    let p = w.e.reg(Class::Pred);
-    w.e.ins(format!("and.b32 {has}, {flags}, {HAS_STATE}"));
-    w.e.ins(format!("setp.eq.u32 {p}, {has}, 0"));
-    w.e.ins(format!("@{p} bra {no_state}"));
-    let first = w.e.reg(Class::B64);
-    w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
-    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
-    w.e.place(&no_state);
+    let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
     // Fragment addresses: A from kt (row 16·warp + gq, column 2·cq), B from vt (row gq).
     let arow = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));

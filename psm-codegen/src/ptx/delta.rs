@@ -42,11 +42,10 @@
 use std::fmt::Write;
 
 use super::chunkwise::{
-    chunk_pos, f32_imm, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
+    chunk_pos, f32_imm, initial_state, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
     Writer, CHUNK, MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
-use super::HAS_STATE;
 
 /// Threads per block of `psm_cwd_prepare` (one warp per 16 rows of the chunk; the
 /// first C threads substitute, one column of T each).
@@ -534,22 +533,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
-    let keys = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-    let s64 = w.e.reg(Class::B64);
-    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
-    let acc = w.zeros(g.vt / 8);
-    w.e.comment("an initial state (HAS_STATE): state_in[seq] is S entering chunk 0");
-    let no_state = w.e.label("no_state");
-    let has = w.e.reg(Class::B32);
-    let p = w.e.reg(Class::Pred);
-    w.e.ins(format!("and.b32 {has}, {flags}, {HAS_STATE}"));
-    w.e.ins(format!("setp.eq.u32 {p}, {has}, 0"));
-    w.e.ins(format!("@{p} bra {no_state}"));
-    let first = w.e.reg(Class::B64);
-    w.e.ins(format!("mul.lo.u64 {first}, {s64}, {}", g.keys));
-    tile_io(&mut w, g, &acc, state_in, first, row0, keys, col0, TileIo::LoadF32);
-    w.e.place(&no_state);
+    let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
     let arow = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
