@@ -787,7 +787,7 @@ impl Prefetch {
     /// bank conflicts.
     #[allow(clippy::too_many_arguments)]
     fn transposed(w: &mut Writer, g: &Geometry, threads: usize, width: usize, col0: Reg, tile: usize, dst: Reg, storage: Storage, per_key: bool) -> Prefetch {
-        let lanes = if width % 4 == 0 { 4 } else { 1 };
+        let lanes = if width.is_multiple_of(4) { 4 } else { 1 };
         let loads = CHUNK * tile / lanes;
         let slots = (0..loads.div_ceil(threads))
             .map(|u| {
@@ -854,7 +854,7 @@ pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src
 /// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, scale: Scale<'_>, what: &str) {
-    let lanes = if g.keys % 4 == 0 { 4 } else { 1 };
+    let lanes = if g.keys.is_multiple_of(4) { 4 } else { 1 };
     w.staged(
         CHUNK * g.kp,
         threads,
@@ -1225,7 +1225,7 @@ fn outputs_kernel(g: &Geometry) -> String {
         let matrix = w.state_matrix(g, s64, nchunks, c64);
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-        let lanes = if g.values % 4 == 0 { 4 } else { 1 };
+        let lanes = if g.values.is_multiple_of(4) { 4 } else { 1 };
         w.staged(
             g.kp * g.vt,
             threads,
@@ -1385,7 +1385,7 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
     w.e.ins(format!("mov.f32 {top}, 0fFF800000"));
     // Two consecutive keys from `base` at (row, col), in one load when keys are even.
     let pair = |w: &mut Writer, base: Reg, row: Reg, col: Reg, storage: Storage| -> [Reg; 2] {
-        if keys % 2 == 0 {
+        if keys.is_multiple_of(2) {
             let v = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 2, storage);
             [v[0], v[1]]
         } else {

@@ -34,11 +34,13 @@ pub(crate) struct BlockKernel {
     pub parts: u32,
 }
 
-/// Threads per block of the block kernels, at most. Measured on the H200 with GLA at
-/// K = V = 128 (16384 entries per statement of its state): a decode step of 64
-/// sequences 48.5 µs with 512 threads, 47.0 µs with 1024; the chunked form over
-/// [4, 4096] 10.9 ms with 512 threads (`auto`'s chunk 128: 128 blocks), 21.1 ms with
-/// 1024 (chunk 256: 64 blocks, half the SMs idle).
+/// Threads per block of the block kernels, at most. Chosen on the H200 with GLA at
+/// K = V = 128 (16384 entries per statement of its state) before the kernels split
+/// elements across blocks and dropped 64-bit division (BENCHMARKS.md, "GPU decode
+/// step"): a decode step of 64 sequences took 48.5 µs with 512 threads, 47.0 µs with
+/// 1024; the chunked form over [4, 4096] 10.9 ms with 512 threads (`auto`'s chunk 128:
+/// 128 blocks), 21.1 ms with 1024 (chunk 256: 64 blocks, half the SMs idle). Not
+/// re-measured since.
 const BLOCK_THREADS: u32 = 512;
 
 impl BlockKernel {
