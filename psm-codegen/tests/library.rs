@@ -23,7 +23,7 @@ macro_rules! operators {
         #[test]
         fn the_rest_of_the_library() {
             let listed = [$(stringify!($name)),*];
-            for name in library() {
+            for name in library_names() {
                 if !listed.contains(&name.as_str()) {
                     check_operator(&name);
                 }

@@ -66,7 +66,7 @@ fn mutate(rng: &mut Rng, toks: &[String], vocabulary: &[String]) -> String {
 
 #[test]
 fn mutants_of_the_library_compile_and_agree() {
-    let sources: Vec<String> = library().iter().map(|n| library_source(n)).collect();
+    let sources: Vec<String> = library_names().iter().map(|n| library_source(n)).collect();
     let all: Vec<Vec<String>> = sources.iter().map(|s| tokens(s)).collect();
     assert_eq!(all[0].concat(), sources[0], "tokens reassemble the source");
     let mut vocabulary: Vec<String> = all.iter().flatten().filter(|t| !t.trim().is_empty()).cloned().collect();
@@ -114,7 +114,7 @@ fn mutants_of_the_library_compile_and_agree() {
                         .cloned()
                         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    panic!("mutant {n} of {}: {msg}\n{src}", library()[k]);
+                    panic!("mutant {n} of {}: {msg}\n{src}", library_names()[k]);
                 }
             }
         }
@@ -125,7 +125,7 @@ fn mutants_of_the_library_compile_and_agree() {
 
 #[test]
 fn huge_dims_compile() {
-    for name in library() {
+    for name in library_names() {
         let (module, _) = (psm_ir::front::dsl::parse(&library_source(&name)).unwrap(), ());
         let agg = &module.aggregators[0];
         let dims: Vec<String> = agg.dims.iter().map(|(_, d)| d.name.clone()).collect();

@@ -15,7 +15,7 @@ fn module(name: &str) -> ptx::PtxModule {
 
 #[test]
 fn ptx_of_every_library_operator() {
-    for name in library() {
+    for name in library_names() {
         insta::assert_snapshot!(format!("ptx_{name}"), module(&name).text);
     }
 }
@@ -38,7 +38,7 @@ fn ptxas_assembles_every_library_operator() {
     let dir = std::env::temp_dir().join(format!("psm-ptx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut failures = Vec::new();
-    for name in library() {
+    for name in library_names() {
         let path = dir.join(format!("{name}.ptx"));
         std::fs::write(&path, module(&name).text).expect("write ptx");
         let out = std::process::Command::new(&ptxas)
@@ -120,7 +120,7 @@ fn sixteen_bit_storage_sets_the_version_it_needs() {
 #[test]
 fn modules_are_ascii() {
     // ptxas rejects any other byte.
-    for name in library() {
+    for name in library_names() {
         assert!(module(&name).text.is_ascii(), "{name}");
     }
 }
@@ -129,7 +129,7 @@ fn modules_are_ascii() {
 /// reports, for every library operator.
 #[test]
 fn signatures_match_the_text() {
-    for name in library() {
+    for name in library_names() {
         let m = module(&name);
         for k in &m.kernels {
             let head = format!(".visible .entry {}(\n", k.kernel.name());
@@ -153,12 +153,12 @@ fn signatures_match_the_text() {
 #[test]
 fn per_entry_kernel_where_entries_scan_independently() {
     let with: Vec<String> =
-        library().into_iter().filter(|n| module(n).kernel(Kernel::ScanEntries).is_some()).collect();
+        library_names().into_iter().filter(|n| module(n).kernel(Kernel::ScanEntries).is_some()).collect();
     // mamba_s6 is elementwise too, but its readout sums over the state's second axis;
     // cumsum and the other scalar elementwise operators have one entry.
     assert_eq!(with, ["average", "diag_affine"]);
     let combine: Vec<String> =
-        library().into_iter().filter(|n| module(n).kernel(Kernel::CombineEntries).is_some()).collect();
+        library_names().into_iter().filter(|n| module(n).kernel(Kernel::CombineEntries).is_some()).collect();
     // Every elementwise operator of at least two entries without combine lets.
     assert_eq!(combine, ["average", "diag_affine", "mamba_s6"]);
 }
@@ -169,7 +169,7 @@ fn per_entry_kernel_where_entries_scan_independently() {
 /// `psm_scan_block`, the combine's `let` tensors for `psm_combine_block`.
 #[test]
 fn block_kernels_for_matrix_valued_elements() {
-    let with: Vec<String> = library().into_iter().filter(|n| module(n).kernel(Kernel::ScanBlock).is_some()).collect();
+    let with: Vec<String> = library_names().into_iter().filter(|n| module(n).kernel(Kernel::ScanBlock).is_some()).collect();
     assert_eq!(
         with,
         [
@@ -177,7 +177,7 @@ fn block_kernels_for_matrix_valued_elements() {
             "matmul2x2", "mlstm", "retnet", "rwkv6"
         ]
     );
-    for name in library() {
+    for name in library_names() {
         let m = module(&name);
         assert_eq!(m.kernel(Kernel::ScanBlock).is_some(), m.kernel(Kernel::CombineBlock).is_some(), "{name}");
         if let (Some(block), Some(scan)) = (m.kernel(Kernel::ScanBlock), m.kernel(Kernel::Scan)) {

@@ -205,25 +205,6 @@ impl Arg {
 
 // ------------------------------------------------------------------ data
 
-/// The library: `PSM_OPS_DIR` (for a test binary run away from its checkout), else
-/// examples/ops of the source tree.
-fn ops_dir() -> std::path::PathBuf {
-    std::env::var_os("PSM_OPS_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root().join("examples/ops"))
-}
-
-fn source(name: &str) -> String {
-    std::fs::read_to_string(ops_dir().join(format!("{name}.psm"))).expect("library operator")
-}
-
-fn names() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(ops_dir())
-        .expect("examples/ops")
-        .filter_map(|e| e.ok()?.file_name().to_string_lossy().strip_suffix(".psm").map(str::to_string))
-        .collect();
-    names.sort();
-    names
-}
-
 /// Whether any body calls a transcendental function (computed differently on the GPU).
 fn transcendental(agg: &Aggregator) -> bool {
     agg.exprs.iter().any(|(_, e)| {
@@ -405,7 +386,7 @@ impl Gpu<'_> {
 }
 
 fn check_operator(cuda: &Cuda, name: &str) {
-    let (agg, info) = parse_one(&source(name), test_dims(name));
+    let (agg, info) = parse_one(&library_source(name), test_dims(name));
     let m = ptx::compile(&agg, &info, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let mut rng = Rng::new(0x9e37 ^ name.len() as u64);
     let (nseq, steps, chunk) = (3usize, 45usize, 8usize);
@@ -643,7 +624,7 @@ fn every_library_operator_on_the_gpu() {
         println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
         return;
     };
-    for name in names() {
+    for name in library_names() {
         check_operator(&cuda, &name);
     }
 }
@@ -932,7 +913,7 @@ fn diag_affine_timings() {
         println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
         return;
     };
-    let (agg, info) = parse_one(&source("diag_affine"), &[("D", 8192)]);
+    let (agg, info) = parse_one(&library_source("diag_affine"), &[("D", 8192)]);
     let (nseq, steps, d) = (8usize, 1024usize, 8192usize);
     let mut rng = Rng::new(3);
     let inputs: Vec<Vec<Vec<f64>>> = (0..nseq)

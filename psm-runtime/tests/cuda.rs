@@ -21,14 +21,14 @@
 //! Without a CUDA device every GPU test prints why and passes; `cuda_unavailable`
 //! checks the typed error there. On the GPU machine: see docs (`cargo test -p
 //! psm-runtime --test cuda`, or the built test binary run from the repository root).
-//! The library is found at `PSM_OPS_DIR`, else the source tree's examples/ops, else
-//! ./examples/ops (a binary built elsewhere, run from a copy of the repository).
+//! The library is found by `psm_testgen::library_dir`: `PSM_OPS_DIR`, else the source
+//! tree's examples/ops, else ./examples/ops (a binary built elsewhere, run from a copy of
+//! the repository).
 
 #![allow(clippy::needless_range_loop)]
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::*;
@@ -44,18 +44,6 @@ type FormResult = (Form, Vec<Vec<f64>>, Option<Vec<Vec<f64>>>);
 const ALL_LENGTHS: [usize; 8] = [0, 1, 2, 3, 7, 64, 1000, 4097];
 /// Every dim is run at most at this size.
 const MAX_DIM: i64 = 4;
-
-fn ops_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PSM_OPS_DIR") {
-        return dir.into();
-    }
-    let built = library_dir();
-    if built.is_dir() {
-        built
-    } else {
-        PathBuf::from("examples/ops")
-    }
-}
 
 /// The device every test shares, or `None` (printed) where CUDA is not available.
 fn device() -> Option<&'static Device> {
@@ -114,7 +102,7 @@ fn cuda_errors_say_what_failed() {
 /// The operator at small dims, for the interpreter (reference), the CPU backend and
 /// the GPU.
 fn load_small(name: &str) -> (Aggregator, Aggregator) {
-    let path = ops_dir().join(format!("{name}.psm"));
+    let path = library_dir().join(format!("{name}.psm"));
     let declared = Program::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
     let agg = declared.aggregator(name).unwrap();
     let dims: Vec<DimOverride> = agg
@@ -521,7 +509,7 @@ macro_rules! operators {
         fn every_library_operator_is_covered() {
             let mut listed = vec![$(stringify!($name).to_string()),*];
             listed.sort();
-            let mut found: Vec<String> = std::fs::read_dir(ops_dir())
+            let mut found: Vec<String> = std::fs::read_dir(library_dir())
                 .unwrap()
                 .map(|e| e.unwrap().path())
                 .filter(|p| p.extension().is_some_and(|e| e == "psm"))
@@ -596,7 +584,7 @@ macro_rules! block_operators {
         fn block_kernels_only_for_matrix_valued_elements() {
             let Some(device) = device() else { return };
             let with = [$(stringify!($name)),*];
-            for entry in std::fs::read_dir(ops_dir()).unwrap() {
+            for entry in std::fs::read_dir(library_dir()).unwrap() {
                 let path = entry.unwrap().path();
                 let Some(name) = path.file_stem().map(|n| n.to_string_lossy().into_owned()).filter(|_| path.extension().is_some_and(|e| e == "psm")) else { continue };
                 let (agg, _) = load_small(&name);
@@ -632,7 +620,7 @@ fn block_kernels_at_the_benchmark_sizes() {
         } else {
             Vec::new()
         };
-        let program = Program::from_file(ops_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
+        let program = Program::from_file(library_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
         let agg = program.aggregator(name).unwrap();
         let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(gpu.ptx().block.scan.is_ok() && gpu.ptx().block.combine.is_ok(), "{name}: {:?}", gpu.ptx().block);
@@ -757,7 +745,7 @@ fn chunkwise_form() {
     let Some(device) = device() else { return };
     let dims: Vec<DimOverride> = [("K", 7), ("V", 5)].iter().map(|(d, v)| DimOverride { name: d.to_string(), value: *v }).collect();
     let load = |name: &str| {
-        let program = Program::from_file(ops_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
+        let program = Program::from_file(library_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
         let agg = program.aggregator(name).unwrap();
         let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
         (agg, gpu)
@@ -819,7 +807,7 @@ fn chunkwise_delta_rule() {
     for (keys, values) in [(7, 5), (64, 64)] {
         let dims: Vec<DimOverride> = [("K", keys), ("V", values)].iter().map(|(d, v)| DimOverride { name: d.to_string(), value: *v }).collect();
         for name in ["deltanet", "gated_deltanet"] {
-            let program = Program::from_file(ops_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
+            let program = Program::from_file(library_dir().join(format!("{name}.psm")), &dims).unwrap_or_else(|e| panic!("{e}"));
             let agg = program.aggregator(name).unwrap().with_backend(Backend::Cpu);
             let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
             for n in [0usize, 1, 2, 3, 7, 63, 64, 65, 200] {

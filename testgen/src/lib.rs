@@ -3,21 +3,40 @@
 
 pub mod algebra;
 
-/// Every operator of the bundled library (`examples/ops/*.psm`), as (file name, source),
-/// sorted by file name.
-pub fn library() -> Vec<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples/ops")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "psm"))
+use std::path::{Path, PathBuf};
+
+/// The bundled library's directory: `PSM_OPS_DIR` when set (a test binary run away from
+/// its checkout, as on the GPU machine), else the source tree's examples/ops, else
+/// ./examples/ops (a binary built elsewhere, run from a copy of the repository).
+pub fn library_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PSM_OPS_DIR") {
+        return dir.into();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/ops");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("examples/ops")
+    }
+}
+
+/// The library's operators (the `.psm` files' stems), sorted.
+pub fn library_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(library_dir())
+        .expect("the library's directory (examples/ops, or PSM_OPS_DIR)")
+        .map(|e| e.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_suffix(".psm").map(str::to_string))
         .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let source = std::fs::read_to_string(&p).expect("a library source");
-            (p.file_name().expect("a file name").to_string_lossy().into_owned(), source)
-        })
-        .collect()
+    names.sort();
+    names
+}
+
+/// The source of the library's operator `name`.
+pub fn library_source(name: &str) -> String {
+    std::fs::read_to_string(library_dir().join(format!("{name}.psm"))).unwrap_or_else(|e| panic!("the library operator {name}: {e}"))
+}
+
+/// Every operator of the bundled library, as (file name, source), sorted by file name.
+pub fn library() -> Vec<(String, String)> {
+    library_names().into_iter().map(|n| (format!("{n}.psm"), library_source(&n))).collect()
 }

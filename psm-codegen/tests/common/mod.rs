@@ -46,10 +46,6 @@ pub struct Op {
     pub compiled: Compiled,
 }
 
-pub fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Parses and validates `source`, returning its only (or named) aggregator.
 pub fn parse_one(source: &str, overrides: &[(&str, i64)]) -> (Aggregator, Info) {
     let module = psm_ir::front::dsl::parse(source).unwrap_or_else(|d| panic!("parse: {d:?}"));
@@ -68,9 +64,6 @@ pub fn test_dims(name: &str) -> &'static [(&'static str, i64)] {
     }
 }
 
-pub fn library_source(name: &str) -> String {
-    std::fs::read_to_string(root().join(format!("examples/ops/{name}.psm"))).expect("library operator")
-}
 
 pub fn load_op(name: &str) -> Op {
     let (agg, info) = parse_one(&library_source(name), test_dims(name));
@@ -87,16 +80,8 @@ pub fn from_parts(agg: Aggregator, info: Info) -> Op {
     Op { agg, info, compiled }
 }
 
-/// The operators of examples/ops, sorted.
-pub fn library() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(root().join("examples/ops"))
-        .expect("examples/ops")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter_map(|n| n.strip_suffix(".psm").map(str::to_string))
-        .collect();
-    names.sort();
-    names
-}
+#[allow(unused_imports)] // each test crate uses its part of the library loader
+pub use psm_testgen::{library_names, library_source};
 
 pub fn domain() -> FloatDomain {
     FloatDomain::new(Precision::Declared)

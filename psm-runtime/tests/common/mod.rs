@@ -4,27 +4,13 @@
 
 #![allow(dead_code, clippy::too_many_arguments)]
 
-use std::path::PathBuf;
-
 use psm_ir::derive::{self, Form as RefForm};
 use psm_ir::interp::{FloatDomain, Precision};
 use psm_ir::ir::{Dtype, Role};
 use psm_runtime::{Aggregator, Backend, Buffer, DimOverride, Inputs, Program};
 
-pub fn library_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops")
-}
-
-pub fn library_names() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(library_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "psm"))
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+#[allow(unused_imports)] // each test crate uses its part of the library loader
+pub use psm_testgen::{library_dir, library_names};
 
 pub fn load(name: &str, dims: &[(&str, i64)]) -> Aggregator {
     let overrides: Vec<DimOverride> = dims.iter().map(|&(n, v)| DimOverride { name: n.into(), value: v }).collect();
