@@ -41,9 +41,12 @@ pub fn copy_bandwidth(bytes: usize, budget: Duration) -> f64 {
 
 /// `n` copies of `value`, written by every thread of the current rayon pool: a fresh
 /// buffer of GiBs spends seconds in page faults when one thread first touches it.
-pub fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
-    let mut v = Vec::new();
-    v.par_extend(rayon::iter::repeat_n(value, n));
+pub fn filled<T: Copy + Default + Send + Sync>(n: usize, value: T) -> Vec<T> {
+    // `vec!` of the default (zero) gets untouched zeroed pages; `fill` then faults them
+    // in, in parallel, one block of pages per task.
+    let mut v = vec![T::default(); n];
+    let per_task = (1 << 21) / std::mem::size_of::<T>().max(1);
+    v.par_chunks_mut(per_task).for_each(|c| c.fill(value));
     v
 }
 
