@@ -10,10 +10,11 @@
 //!   the same values for any thread count; gates of the affine operators in [0.5, 1),
 //!   GLA's `alpha` in [0.9, 1), attention weights in [-0.2, 0.2), everything else in
 //!   [-1, 1));
-//! * runs the hand-written loop once for the reference outputs, then times it at 1
-//!   thread and, for a batch, at K threads (rayon over the sequences: what a user
-//!   writes by hand; a single sequence has no hand-written parallel form, so its
-//!   baseline stays at 1 thread and `baseline_threads` says so);
+//! * runs the hand-written loop once for the reference outputs (untimed, over the
+//!   sequences on all cores), then times it at 1 thread and, for a batch, at K
+//!   threads (rayon over the sequences: what a user writes by hand; a single sequence
+//!   has no hand-written parallel form, so its baseline stays at 1 thread and
+//!   `baseline_threads` says so);
 //! * per mode runs psm once and checks its outputs: bit-identical to the hand-written
 //!   loop's (what the recurrent, tree and stream forms give on these operators), or
 //!   else, for the associative operators, within psm's tolerance of the f64 fold
@@ -445,25 +446,33 @@ fn bench_case(
     let bytes: usize = data.inputs.iter().chain(&data.params).map(byte_len).sum::<usize>()
         + sig.outputs.iter().map(|s| count.saturating_mul(s.len).saturating_mul(psm_runtime::buffers::dtype_size(s.dtype))).sum::<usize>();
     let base = Baseline::detect(&sig);
-    // The hand-written loop: reference outputs, then times at 1 and K threads.
-    let hand = |stream: bool, threads: usize| -> Hand {
+    let out_len = sig.outputs.first().map_or(0, |s| s.len) * steps;
+    // The hand-written loop's outputs, untimed, on all cores (over the sequences; the
+    // sequences' outputs do not depend on the thread count), into a buffer faulted in
+    // on all cores.
+    let hand_outputs = |stream: bool| -> Option<Vec<f32>> {
         let b = base.as_ref()?;
-        let out_len = sig.outputs[0].len * steps;
+        let mut y = filled(nseq * out_len, 0.0f32);
+        b.run_into(&data, steps, out_len, stream, nseq > 1, &mut y);
+        Some(y)
+    };
+    // The hand-written loop's time at 1 or K threads.
+    let hand_time = |stream: bool, threads: usize| -> Option<(f64, usize)> {
+        let b = base.as_ref()?;
         let pool = if threads > 1 && nseq > 1 { &pools.1 } else { &pools.0 };
         let threads = pool.current_num_threads();
-        // Written on the global pool first: the reference run then pays no page faults.
-        let mut reference = filled(nseq * out_len, 0.0f32);
-        pool.install(|| b.run_into(&data, steps, out_len, stream, threads > 1, &mut reference));
         let t = pool.install(|| {
             best_time(budget, || {
                 black_box(b.run_all(&data, nseq, steps, out_len, stream, threads > 1));
             })
         });
-        Some((reference, t.as_secs_f64(), threads))
+        Some((t.as_secs_f64(), threads))
     };
-    // Baselines by (stream?, threads): outputs, seconds, threads.
-    type Hand = Option<(Vec<f32>, f64, usize)>;
-    let mut hand_times: Vec<((bool, usize), Hand)> = Vec::new();
+    // The hand-written outputs by `stream` (the attention aggregator's stream and tree
+    // loops differ), and its (seconds, threads) by (stream, threads).
+    type HandTime = Option<(f64, usize)>;
+    let mut references: Vec<(bool, Option<Vec<f32>>)> = Vec::new();
+    let mut hand_times: Vec<((bool, usize), HandTime)> = Vec::new();
     // The f64 fold and the hand-written loop's error against it (once per case).
     let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
     let mut rows = Vec::new();
@@ -473,9 +482,11 @@ fn bench_case(
         }
         let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
         let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
+        if !references.iter().any(|(s, _)| *s == stream) {
+            references.push((stream, hand_outputs(stream)));
+        }
         if !hand_times.iter().any(|(k, _)| *k == key) {
-            let got = hand(key.0, key.1);
-            hand_times.push((key, got));
+            hand_times.push((key, hand_time(key.0, key.1)));
         }
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
@@ -486,11 +497,12 @@ fn bench_case(
             },
             Mode::Push { into } => run_push(&runner, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
-        let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
+        let reference = references.iter().find(|(s, _)| *s == stream).and_then(|(_, y)| y.as_ref());
+        let baseline = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| *h);
         let width = sig.outputs.first().map_or(0, |s| s.len);
         let tolerance = 1e-5 * (steps.max(1) as f64).log2().max(1.0);
         let check = match (reference, base.as_ref(), outputs.first().and_then(Buffer::as_f32)) {
-            (Some((want, _, _)), Some(b), Some(got)) => {
+            (Some(want), Some(b), Some(got)) => {
                 let identical = bit_identical(got, want);
                 if fold.is_none() {
                     let folded = b.fold_f64(&data, nseq, steps, width);
@@ -520,7 +532,7 @@ fn bench_case(
             threads: pool.current_num_threads(),
             seconds,
             steps: count,
-            baseline: reference.map(|(_, t, n)| (*t, *n)),
+            baseline,
             bytes,
             copy_bps: 0.0,
             speedup: None,
@@ -528,7 +540,7 @@ fn bench_case(
             check,
         });
     }
-    drop(hand_times);
+    drop((references, fold));
     let copy_bps = copy_bandwidth(bytes.max(64), budget);
     let best1 = rows.iter().filter(|r| r.threads == 1).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
     let ones: Vec<(String, f64)> = rows.iter().filter(|r| r.threads == 1).map(|r| (r.form.clone(), r.seconds)).collect();
