@@ -33,8 +33,9 @@
 //! The work around the timed runs (drawing, the reference outputs, the f64 fold, the
 //! checks, the copy's buffers) runs on rayon's global pool, over all cores, and writes
 //! its large buffers from all threads (`psm_bench::filled`): at 2^28 steps their page
-//! faults alone take seconds on one thread. The checks give what a sequential pass
-//! gives (maxima are exact in any order).
+//! faults alone take seconds on one thread. The reference outputs and the f64 fold,
+//! sequential within a sequence, run side by side. The checks give what a sequential
+//! pass gives (maxima are exact in any order).
 //!
 //! Timing: `psm_bench::best_time` (the best of repeated runs, at least 3, for
 //! `--budget-ms` each). Both sides allocate their outputs inside the timed region
@@ -446,7 +447,8 @@ fn bench_case(
     let bytes: usize = data.inputs.iter().chain(&data.params).map(byte_len).sum::<usize>()
         + sig.outputs.iter().map(|s| count.saturating_mul(s.len).saturating_mul(psm_runtime::buffers::dtype_size(s.dtype))).sum::<usize>();
     let base = Baseline::detect(&sig);
-    let out_len = sig.outputs.first().map_or(0, |s| s.len) * steps;
+    let width = sig.outputs.first().map_or(0, |s| s.len);
+    let out_len = width * steps;
     // The hand-written loop's outputs, untimed, on all cores (over the sequences; the
     // sequences' outputs do not depend on the thread count), into a buffer faulted in
     // on all cores.
@@ -468,23 +470,29 @@ fn bench_case(
         });
         Some((t.as_secs_f64(), threads))
     };
-    // The hand-written outputs by `stream` (the attention aggregator's stream and tree
-    // loops differ), and its (seconds, threads) by (stream, threads).
+    // The CUDA stream returns its outputs: it has no push_into.
+    case.modes.retain(|(m, _)| !matches!((m, &runner), (Mode::Push { into: true }, Runner::Cuda(..))));
+    let is_stream = |m: Mode| matches!(m, Mode::Form(Form::Stream) | Mode::Push { .. });
+    let mut stream_flags: Vec<bool> = case.modes.iter().map(|(m, _)| is_stream(*m)).collect();
+    stream_flags.sort();
+    stream_flags.dedup();
+    // Before any timing, side by side (within a sequence each is sequential, so one long
+    // sequence would run them one after the other): the hand-written outputs by
+    // `stream` (the attention aggregator's stream and tree loops differ), and the f64
+    // fold with the hand-written loop's error against it.
+    let (references, folded) = rayon::join(
+        || stream_flags.par_iter().map(|&s| (s, hand_outputs(s))).collect::<Vec<_>>(),
+        || base.as_ref().and_then(|b| b.fold_f64(&data, nseq, steps, width)),
+    );
+    // Where there is a fold, the hand-written outputs do not depend on `stream`.
+    let hand_rel = folded.as_ref().zip(references.first().and_then(|(_, y)| y.as_ref())).map(|(f, want)| max_rel_err(want, f, nseq, steps, width));
+    // The hand-written loop's (seconds, threads) by (stream, threads).
     type HandTime = Option<(f64, usize)>;
-    let mut references: Vec<(bool, Option<Vec<f32>>)> = Vec::new();
     let mut hand_times: Vec<((bool, usize), HandTime)> = Vec::new();
-    // The f64 fold and the hand-written loop's error against it (once per case).
-    let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
     let mut rows = Vec::new();
     for &(mode, threads) in &case.modes {
-        if matches!((mode, &runner), (Mode::Push { into: true }, Runner::Cuda(..))) {
-            continue; // the CUDA stream returns its outputs: it has no push_into
-        }
-        let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
+        let stream = is_stream(mode);
         let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
-        if !references.iter().any(|(s, _)| *s == stream) {
-            references.push((stream, hand_outputs(stream)));
-        }
         if !hand_times.iter().any(|(k, _)| *k == key) {
             hand_times.push((key, hand_time(key.0, key.1)));
         }
@@ -499,21 +507,14 @@ fn bench_case(
         };
         let reference = references.iter().find(|(s, _)| *s == stream).and_then(|(_, y)| y.as_ref());
         let baseline = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| *h);
-        let width = sig.outputs.first().map_or(0, |s| s.len);
         let tolerance = 1e-5 * (steps.max(1) as f64).log2().max(1.0);
-        let check = match (reference, base.as_ref(), outputs.first().and_then(Buffer::as_f32)) {
-            (Some(want), Some(b), Some(got)) => {
+        let check = match (reference, outputs.first().and_then(Buffer::as_f32)) {
+            (Some(want), Some(got)) => {
                 let identical = bit_identical(got, want);
-                if fold.is_none() {
-                    let folded = b.fold_f64(&data, nseq, steps, width);
-                    let hand_rel = folded.as_ref().map(|f| max_rel_err(want, f, nseq, steps, width));
-                    fold = Some((folded, hand_rel));
-                }
-                let (folded, hand_rel) = fold.as_ref().expect("just computed");
-                Some(match folded {
+                Some(match &folded {
                     Some(f) => {
                         let rel = if identical { hand_rel.unwrap_or(0.0) } else { max_rel_err(got, f, nseq, steps, width) };
-                        Check { identical, reference: "f64", max_rel_err: rel, hand_rel: *hand_rel, tolerance }
+                        Check { identical, reference: "f64", max_rel_err: rel, hand_rel, tolerance }
                     }
                     None => {
                         let rel = if identical { 0.0 } else { max_rel_err(got, want, nseq, steps, width) };
@@ -540,7 +541,7 @@ fn bench_case(
             check,
         });
     }
-    drop((references, fold));
+    drop((references, folded));
     let copy_bps = copy_bandwidth(bytes.max(64), budget);
     let best1 = rows.iter().filter(|r| r.threads == 1).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
     let ones: Vec<(String, f64)> = rows.iter().filter(|r| r.threads == 1).map(|r| (r.form.clone(), r.seconds)).collect();
