@@ -248,66 +248,55 @@ pub fn attn_stream(w: &AttnWeights, elements: &[f32]) -> Vec<Option<Vec<f32>>> {
 /// as `psmc run --compare` does (an f32 loop is itself off by its own rounding, which
 /// over millions of steps exceeds psm's tolerance).
 pub mod f64_fold {
-    /// `cumsum` over one sequence of `v.len()` steps.
-    pub fn cumsum(v: &[f32]) -> Vec<f64> {
+    /// `cumsum` over one sequence of `v.len()` steps, into `y`.
+    pub fn cumsum(v: &[f32], y: &mut [f64]) {
         let mut s = 0.0f64;
-        v.iter()
-            .map(|&x| {
-                s += x as f64;
-                s
-            })
-            .collect()
+        for (y, &x) in y.iter_mut().zip(v) {
+            s += x as f64;
+            *y = s;
+        }
     }
 
-    /// `scalar_affine` over one sequence.
-    pub fn scalar_affine(a: &[f32], b: &[f32]) -> Vec<f64> {
+    /// `scalar_affine` over one sequence, into `y`.
+    pub fn scalar_affine(a: &[f32], b: &[f32], y: &mut [f64]) {
         let mut h = 0.0f64;
-        a.iter()
-            .zip(b)
-            .map(|(&a, &b)| {
-                h = a as f64 * h + b as f64;
-                h
-            })
-            .collect()
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            h = a as f64 * h + b as f64;
+            *y = h;
+        }
     }
 
-    /// `diag_affine` over one sequence of `[T, d]`.
-    pub fn diag_affine(a: &[f32], b: &[f32], d: usize) -> Vec<f64> {
+    /// `diag_affine` over one sequence of `[T, d]`, into `y` (`[T, d]`).
+    pub fn diag_affine(a: &[f32], b: &[f32], y: &mut [f64], d: usize) {
         let mut h = vec![0.0f64; d];
-        let mut y = Vec::with_capacity(a.len());
-        for (ar, br) in a.chunks_exact(d).zip(b.chunks_exact(d)) {
+        for ((ar, br), yr) in a.chunks_exact(d).zip(b.chunks_exact(d)).zip(y.chunks_exact_mut(d)) {
             for k in 0..d {
                 h[k] = ar[k] as f64 * h[k] + br[k] as f64;
             }
-            y.extend_from_slice(&h);
+            yr.copy_from_slice(&h);
         }
-        y
     }
 
-    /// `logcumsumexp` over one sequence.
-    pub fn logcumsumexp(v: &[f32]) -> Vec<f64> {
+    /// `logcumsumexp` over one sequence, into `y`.
+    pub fn logcumsumexp(v: &[f32], y: &mut [f64]) {
         let (mut m, mut l) = (f64::NEG_INFINITY, 0.0f64);
-        v.iter()
-            .enumerate()
-            .map(|(k, &x)| {
-                let x = x as f64;
-                if k == 0 {
-                    (m, l) = (x, 1.0);
-                } else {
-                    let mx = m.max(x);
-                    l = l * (m - mx).exp() + (x - mx).exp();
-                    m = mx;
-                }
-                m + l.ln()
-            })
-            .collect()
+        for (k, (y, &x)) in y.iter_mut().zip(v).enumerate() {
+            let x = x as f64;
+            if k == 0 {
+                (m, l) = (x, 1.0);
+            } else {
+                let mx = m.max(x);
+                l = l * (m - mx).exp() + (x - mx).exp();
+                m = mx;
+            }
+            *y = m + l.ln();
+        }
     }
 
-    /// `gla` over one sequence of `t` steps.
+    /// `gla` over one sequence of `t` steps, into `o` (`[t, vd]`).
     #[allow(clippy::too_many_arguments)]
-    pub fn gla(q: &[f32], k: &[f32], v: &[f32], alpha: &[f32], t: usize, kd: usize, vd: usize) -> Vec<f64> {
+    pub fn gla(q: &[f32], k: &[f32], v: &[f32], alpha: &[f32], o: &mut [f64], t: usize, kd: usize, vd: usize) {
         let mut s = vec![0.0f64; kd * vd];
-        let mut o = vec![0.0f64; t * vd];
         for step in 0..t {
             let (q, k, v, alpha) = (&q[step * kd..], &k[step * kd..], &v[step * vd..], &alpha[step * kd..]);
             for i in 0..kd {
@@ -319,6 +308,5 @@ pub mod f64_fold {
                 o[step * vd + j] = (0..kd).map(|i| s[i * vd + j] * q[i] as f64).sum();
             }
         }
-        o
     }
 }

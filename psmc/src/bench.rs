@@ -6,13 +6,15 @@
 //! *modes* (a form at a thread count, or `push`: one [`psm_runtime::Stream::push`] per
 //! step). Each mode gives one row. Per case the bench
 //!
-//! * draws seeded inputs (`psm_bench::Rng`; gates of the affine operators in [0.5, 1),
+//! * draws seeded inputs (`psm_bench::IndexedRng`, one seed per field, in parallel with
+//!   the same values for any thread count; gates of the affine operators in [0.5, 1),
 //!   GLA's `alpha` in [0.9, 1), attention weights in [-0.2, 0.2), everything else in
 //!   [-1, 1));
-//! * runs the hand-written loop once for the reference outputs, then times it at 1
-//!   thread and, for a batch, at K threads (rayon over the sequences: what a user
-//!   writes by hand; a single sequence has no hand-written parallel form, so its
-//!   baseline stays at 1 thread and `baseline_threads` says so);
+//! * runs the hand-written loop once for the reference outputs (untimed, over the
+//!   sequences on all cores), then times it at 1 thread and, for a batch, at K
+//!   threads (rayon over the sequences: what a user writes by hand; a single sequence
+//!   has no hand-written parallel form, so its baseline stays at 1 thread and
+//!   `baseline_threads` says so);
 //! * per mode runs psm once and checks its outputs: bit-identical to the hand-written
 //!   loop's (what the recurrent, tree and stream forms give on these operators), or
 //!   else, for the associative operators, within psm's tolerance of the f64 fold
@@ -27,6 +29,13 @@
 //!   with like: an L1-sized case against an L1-sized copy. The copy reuses its
 //!   destination; psm and the hand-written loop allocate theirs in every run, so at
 //!   DRAM sizes their fraction includes the page faults of fresh output memory.
+//!
+//! The work around the timed runs (drawing, the reference outputs, the f64 fold, the
+//! checks, the copy's buffers) runs on rayon's global pool, over all cores, and writes
+//! its large buffers from all threads (`psm_bench::filled`): at 2^28 steps their page
+//! faults alone take seconds on one thread. The reference outputs and the f64 fold,
+//! sequential within a sequence, run side by side. The checks give what a sequential
+//! pass gives (maxima are exact in any order).
 //!
 //! Timing: `psm_bench::best_time` (the best of repeated runs, at least 3, for
 //! `--budget-ms` each). Both sides allocate their outputs inside the timed region
@@ -83,7 +92,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use psm_bench::baselines;
-use psm_bench::{best_time, copy_bandwidth, Rng};
+use psm_bench::{best_time, copy_bandwidth, filled, IndexedRng};
 use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
 use psm_runtime::cuda::{Chosen, CudaExecutor, CudaKernel};
@@ -438,35 +447,54 @@ fn bench_case(
     let bytes: usize = data.inputs.iter().chain(&data.params).map(byte_len).sum::<usize>()
         + sig.outputs.iter().map(|s| count.saturating_mul(s.len).saturating_mul(psm_runtime::buffers::dtype_size(s.dtype))).sum::<usize>();
     let base = Baseline::detect(&sig);
-    // The hand-written loop: reference outputs, then times at 1 and K threads.
-    let hand = |stream: bool, threads: usize| -> Hand {
+    let width = sig.outputs.first().map_or(0, |s| s.len);
+    let out_len = width * steps;
+    // The hand-written loop's outputs, untimed, on all cores (over the sequences; the
+    // sequences' outputs do not depend on the thread count), into a buffer faulted in
+    // on all cores.
+    let hand_outputs = |stream: bool| -> Option<Vec<f32>> {
         let b = base.as_ref()?;
-        let out_len = sig.outputs[0].len * steps;
+        let mut y = filled(nseq * out_len, 0.0f32);
+        b.run_into(&data, steps, out_len, stream, nseq > 1, &mut y);
+        Some(y)
+    };
+    // The hand-written loop's time at 1 or K threads.
+    let hand_time = |stream: bool, threads: usize| -> Option<(f64, usize)> {
+        let b = base.as_ref()?;
         let pool = if threads > 1 && nseq > 1 { &pools.1 } else { &pools.0 };
         let threads = pool.current_num_threads();
-        let reference = pool.install(|| b.run_all(&data, nseq, steps, out_len, stream, threads > 1));
         let t = pool.install(|| {
             best_time(budget, || {
                 black_box(b.run_all(&data, nseq, steps, out_len, stream, threads > 1));
             })
         });
-        Some((reference, t.as_secs_f64(), threads))
+        Some((t.as_secs_f64(), threads))
     };
-    // Baselines by (stream?, threads): outputs, seconds, threads.
-    type Hand = Option<(Vec<f32>, f64, usize)>;
-    let mut hand_times: Vec<((bool, usize), Hand)> = Vec::new();
-    // The f64 fold and the hand-written loop's error against it (once per case).
-    let mut fold: Option<(Option<Vec<f64>>, Option<f64>)> = None;
+    // The CUDA stream returns its outputs: it has no push_into.
+    case.modes.retain(|(m, _)| !matches!((m, &runner), (Mode::Push { into: true }, Runner::Cuda(..))));
+    let is_stream = |m: Mode| matches!(m, Mode::Form(Form::Stream) | Mode::Push { .. });
+    let mut stream_flags: Vec<bool> = case.modes.iter().map(|(m, _)| is_stream(*m)).collect();
+    stream_flags.sort();
+    stream_flags.dedup();
+    // Before any timing, side by side (within a sequence each is sequential, so one long
+    // sequence would run them one after the other): the hand-written outputs by
+    // `stream` (the attention aggregator's stream and tree loops differ), and the f64
+    // fold with the hand-written loop's error against it.
+    let (references, folded) = rayon::join(
+        || stream_flags.par_iter().map(|&s| (s, hand_outputs(s))).collect::<Vec<_>>(),
+        || base.as_ref().and_then(|b| b.fold_f64(&data, nseq, steps, width)),
+    );
+    // Where there is a fold, the hand-written outputs do not depend on `stream`.
+    let hand_rel = folded.as_ref().zip(references.first().and_then(|(_, y)| y.as_ref())).map(|(f, want)| max_rel_err(want, f, nseq, steps, width));
+    // The hand-written loop's (seconds, threads) by (stream, threads).
+    type HandTime = Option<(f64, usize)>;
+    let mut hand_times: Vec<((bool, usize), HandTime)> = Vec::new();
     let mut rows = Vec::new();
     for &(mode, threads) in &case.modes {
-        if matches!((mode, &runner), (Mode::Push { into: true }, Runner::Cuda(..))) {
-            continue; // the CUDA stream returns its outputs: it has no push_into
-        }
-        let stream = matches!(mode, Mode::Form(Form::Stream) | Mode::Push { .. });
+        let stream = is_stream(mode);
         let key = (stream, if nseq > 1 && threads > 1 { k } else { 1 });
         if !hand_times.iter().any(|(k, _)| *k == key) {
-            let got = hand(key.0, key.1);
-            hand_times.push((key, got));
+            hand_times.push((key, hand_time(key.0, key.1)));
         }
         let pool = if threads > 1 { &pools.1 } else { &pools.0 };
         let (outputs, seconds, form_name, chunk) = match mode {
@@ -477,22 +505,16 @@ fn bench_case(
             },
             Mode::Push { into } => run_push(&runner, &sig, &data, &case.batch, steps, into, pool, budget)?,
         };
-        let reference = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| h.as_ref());
-        let width = sig.outputs.first().map_or(0, |s| s.len);
+        let reference = references.iter().find(|(s, _)| *s == stream).and_then(|(_, y)| y.as_ref());
+        let baseline = hand_times.iter().find(|(k, _)| *k == key).and_then(|(_, h)| *h);
         let tolerance = 1e-5 * (steps.max(1) as f64).log2().max(1.0);
-        let check = match (reference, base.as_ref(), outputs.first().and_then(Buffer::as_f32)) {
-            (Some((want, _, _)), Some(b), Some(got)) => {
+        let check = match (reference, outputs.first().and_then(Buffer::as_f32)) {
+            (Some(want), Some(got)) => {
                 let identical = bit_identical(got, want);
-                if fold.is_none() {
-                    let folded = b.fold_f64(&data, nseq, steps);
-                    let hand_rel = folded.as_ref().map(|f| max_rel_err(want, f, nseq, steps, width));
-                    fold = Some((folded, hand_rel));
-                }
-                let (folded, hand_rel) = fold.as_ref().expect("just computed");
-                Some(match folded {
+                Some(match &folded {
                     Some(f) => {
                         let rel = if identical { hand_rel.unwrap_or(0.0) } else { max_rel_err(got, f, nseq, steps, width) };
-                        Check { identical, reference: "f64", max_rel_err: rel, hand_rel: *hand_rel, tolerance }
+                        Check { identical, reference: "f64", max_rel_err: rel, hand_rel, tolerance }
                     }
                     None => {
                         let rel = if identical { 0.0 } else { max_rel_err(got, want, nseq, steps, width) };
@@ -511,7 +533,7 @@ fn bench_case(
             threads: pool.current_num_threads(),
             seconds,
             steps: count,
-            baseline: reference.map(|(_, t, n)| (*t, *n)),
+            baseline,
             bytes,
             copy_bps: 0.0,
             speedup: None,
@@ -519,7 +541,7 @@ fn bench_case(
             check,
         });
     }
-    drop(hand_times);
+    drop((references, folded));
     let copy_bps = copy_bandwidth(bytes.max(64), budget);
     let best1 = rows.iter().filter(|r| r.threads == 1).map(|r| r.seconds).fold(f64::INFINITY, f64::min);
     let ones: Vec<(String, f64)> = rows.iter().filter(|r| r.threads == 1).map(|r| (r.form.clone(), r.seconds)).collect();
@@ -586,11 +608,12 @@ impl Data {
     }
 }
 
-/// Seeded inputs (`count` = sequences × T leading entries) and params.
+/// Seeded inputs (`count` = sequences × T leading entries) and params, drawn in
+/// parallel on the current pool: field k (params, then inputs, in declaration order)
+/// from `IndexedRng::new(7 + k)`, the same values for any thread count.
 fn draw(sig: &Signature, count: usize, steps: usize) -> Result<Data, Fail> {
-    let mut rng = Rng::new(7);
     let agg = sig.aggregator.as_str();
-    let mut make = |what: &str, spec: &FieldSpec, lead: usize| -> Result<Buffer, Fail> {
+    let make = |what: &str, field: usize, spec: &FieldSpec, lead: usize| -> Result<Buffer, Fail> {
         let fail = || Fail(format!("error: {what} `{}` is too large to allocate ({lead} × {} entries)\n", spec.name, spec.len));
         let n = lead.checked_mul(spec.len).ok_or_else(fail)?;
         fn alloc<T>(n: usize) -> Option<Vec<T>> {
@@ -604,36 +627,37 @@ fn draw(sig: &Signature, count: usize, steps: usize) -> Result<Data, Fail> {
             (_, "param", _) => (-0.2, 0.2),
             _ => (-1.0, 1.0),
         };
+        let rng = IndexedRng::new(7 + field as u64);
         Ok(match spec.dtype {
             Dtype::F32 => {
                 let mut v = alloc(n).ok_or_else(fail)?;
-                v.extend((0..n).map(|_| rng.uniform(lo, hi)));
+                rng.extend(&mut v, n, lo, hi, |x| x);
                 Buffer::F32(v)
             }
             Dtype::F64 => {
                 let mut v = alloc(n).ok_or_else(fail)?;
-                v.extend((0..n).map(|_| rng.uniform(lo, hi) as f64));
+                rng.extend(&mut v, n, lo, hi, f64::from);
                 Buffer::F64(v)
             }
             Dtype::I32 => {
                 let mut v = alloc(n).ok_or_else(fail)?;
-                v.extend((0..n).map(|i| ((i / spec.len.max(1)) % steps.max(1)) as i32));
+                v.par_extend((0..n).into_par_iter().map(|i| ((i / spec.len.max(1)) % steps.max(1)) as i32));
                 Buffer::I32(v)
             }
             Dtype::BF16 => {
                 let mut v = alloc(n).ok_or_else(fail)?;
-                v.extend((0..n).map(|_| psm_runtime::half::bf16::from_f32(rng.uniform(lo, hi))));
+                rng.extend(&mut v, n, lo, hi, psm_runtime::half::bf16::from_f32);
                 Buffer::BF16(v)
             }
             Dtype::F16 => {
                 let mut v = alloc(n).ok_or_else(fail)?;
-                v.extend((0..n).map(|_| psm_runtime::half::f16::from_f32(rng.uniform(lo, hi))));
+                rng.extend(&mut v, n, lo, hi, psm_runtime::half::f16::from_f32);
                 Buffer::F16(v)
             }
         })
     };
-    let params = sig.params.iter().map(|s| make("param", s, 1)).collect::<Result<Vec<_>, _>>()?;
-    let inputs = sig.inputs.iter().map(|s| make("input", s, count)).collect::<Result<Vec<_>, _>>()?;
+    let params = sig.params.iter().enumerate().map(|(k, s)| make("param", k, s, 1)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = sig.inputs.iter().enumerate().map(|(k, s)| make("input", sig.params.len() + k, s, count)).collect::<Result<Vec<_>, _>>()?;
     Ok(Data { inputs, params, sig: sig.clone() })
 }
 
@@ -888,34 +912,64 @@ impl Decoder {
 
 /// Whether psm's outputs are bit for bit the hand-written loop's (NaN equal to NaN).
 fn bit_identical(got: &[f32], want: &[f32]) -> bool {
-    got.len() == want.len() && got.iter().zip(want).all(|(a, e)| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()))
+    got.len() == want.len() && got.par_iter().zip(want).all(|(a, e)| a.to_bits() == e.to_bits() || (a.is_nan() && e.is_nan()))
 }
+
+/// Steps per block of [`max_rel_err`]'s parallel pass.
+const CHECK_BLOCK_STEPS: usize = 1 << 14;
 
 /// The largest error of `got` against `want` in psm's normalization, |got − want| /
 /// (|want| + running max |want| along the sequence): psm's tolerance for rebracketed
 /// forms bounds it by 1e-5·max(1, log2 T).
-fn max_rel_err<W: Copy + Into<f64>>(got: &[f32], want: &[W], nseq: usize, steps: usize, width: usize) -> f64 {
+fn max_rel_err<W: Copy + Into<f64> + Sync>(got: &[f32], want: &[W], nseq: usize, steps: usize, width: usize) -> f64 {
+    max_rel_err_in_blocks(got, want, nseq, steps, width, CHECK_BLOCK_STEPS)
+}
+
+/// [`max_rel_err`] over blocks of `block_steps` steps in parallel (on the current pool):
+/// each block starts from the running max |want| of its sequence's earlier blocks, so
+/// the result is the sequential pass's, for any block size.
+fn max_rel_err_in_blocks<W: Copy + Into<f64> + Sync>(got: &[f32], want: &[W], nseq: usize, steps: usize, width: usize, block_steps: usize) -> f64 {
     if got.len() != want.len() || got.len() != nseq * steps * width {
         return f64::INFINITY;
     }
-    let mut rel = 0.0f64;
-    for b in 0..nseq {
-        let range = b * steps * width..(b + 1) * steps * width;
-        let mut scale = 0.0f64;
-        for (g, w) in got[range.clone()].chunks(width.max(1)).zip(want[range].chunks(width.max(1))) {
-            scale = w.iter().fold(scale, |m, v| m.max((*v).into().abs()));
-            for (&a, &e) in g.iter().zip(w) {
-                let (a, e) = (a as f64, e.into());
-                if a == e || (a.is_nan() && e.is_nan()) {
-                    continue;
-                }
-                let d = (a - e).abs();
-                let unit = e.abs() + scale;
-                rel = rel.max(if d.is_nan() { f64::INFINITY } else if unit > 0.0 { d / unit } else { f64::INFINITY });
-            }
+    if got.is_empty() {
+        return 0.0;
+    }
+    let (seq_len, block) = (steps * width, block_steps * width);
+    let per_seq = seq_len.div_ceil(block);
+    let range = |k: usize| {
+        let start = (k / per_seq) * seq_len + (k % per_seq) * block;
+        start..(start + block).min((k / per_seq + 1) * seq_len)
+    };
+    let peak = |w: &[W], from: f64| w.iter().fold(from, |m, v| m.max((*v).into().abs()));
+    let peaks: Vec<f64> = (0..nseq * per_seq).into_par_iter().map(|k| peak(&want[range(k)], 0.0)).collect();
+    // The running max before each block, restarting at every sequence.
+    let mut before = vec![0.0f64; peaks.len()];
+    for (b, p) in before.chunks_mut(per_seq).zip(peaks.chunks(per_seq)) {
+        for j in 1..per_seq {
+            b[j] = b[j - 1].max(p[j - 1]);
         }
     }
-    rel
+    (0..nseq * per_seq)
+        .into_par_iter()
+        .map(|k| {
+            let r = range(k);
+            let (mut scale, mut rel) = (before[k], 0.0f64);
+            for (g, w) in got[r.clone()].chunks(width).zip(want[r].chunks(width)) {
+                scale = peak(w, scale);
+                for (&a, &e) in g.iter().zip(w) {
+                    let (a, e) = (a as f64, e.into());
+                    if a == e || (a.is_nan() && e.is_nan()) {
+                        continue;
+                    }
+                    let d = (a - e).abs();
+                    let unit = e.abs() + scale;
+                    rel = rel.max(if d.is_nan() { f64::INFINITY } else if unit > 0.0 { d / unit } else { f64::INFINITY });
+                }
+            }
+            rel
+        })
+        .reduce(|| 0.0, f64::max)
 }
 
 /// A hand-written loop for a library operator.
@@ -967,8 +1021,14 @@ impl Baseline {
     /// in parallel over the sequences (on the current pool) when `par`.
     fn run_all(&self, data: &Data, nseq: usize, steps: usize, out_len: usize, stream: bool, par: bool) -> Vec<f32> {
         let mut y = vec![0.0f32; nseq * out_len];
+        self.run_into(data, steps, out_len, stream, par, &mut y);
+        y
+    }
+
+    /// [`Baseline::run_all`] into `y` (`[nseq, T, out dims]`, `out_len` per sequence).
+    fn run_into(&self, data: &Data, steps: usize, out_len: usize, stream: bool, par: bool, y: &mut [f32]) {
         if out_len == 0 {
-            return y;
+            return;
         }
         if par {
             y.par_chunks_mut(out_len).enumerate().for_each(|(b, out)| self.run_seq(data, b, steps, stream, out));
@@ -977,25 +1037,31 @@ impl Baseline {
                 self.run_seq(data, b, steps, stream, out);
             }
         }
-        y
     }
 
     /// Every sequence's outputs folded in f64 (`None` for the attention aggregator,
-    /// which is not associative: its forms are checked bit for bit).
-    fn fold_f64(&self, data: &Data, nseq: usize, t: usize) -> Option<Vec<f64>> {
+    /// which is not associative: its forms are checked bit for bit), the sequences in
+    /// parallel on the current pool.
+    fn fold_f64(&self, data: &Data, nseq: usize, t: usize, width: usize) -> Option<Vec<f64>> {
         use baselines::f64_fold;
-        let mut all = Vec::new();
-        for b in 0..nseq {
-            let seq = |name: &str, width: usize| &data.input(name)[b * t * width..(b + 1) * t * width];
-            all.extend(match *self {
-                Baseline::Cumsum => f64_fold::cumsum(seq("v", 1)),
-                Baseline::ScalarAffine => f64_fold::scalar_affine(seq("a", 1), seq("b", 1)),
-                Baseline::DiagAffine { d } => f64_fold::diag_affine(seq("a", d), seq("b", d), d),
-                Baseline::Logcumsumexp => f64_fold::logcumsumexp(seq("v", 1)),
-                Baseline::Gla { k, v } => f64_fold::gla(seq("q", k), seq("k", k), seq("v", v), seq("alpha", k), t, k, v),
-                Baseline::Attn { .. } => return None,
-            });
+        if let Baseline::Attn { .. } = self {
+            return None;
         }
+        let mut all = filled(nseq * t * width, 0.0f64);
+        if t * width == 0 {
+            return Some(all);
+        }
+        all.par_chunks_mut(t * width).enumerate().for_each(|(b, y)| {
+            let seq = |name: &str, width: usize| &data.input(name)[b * t * width..(b + 1) * t * width];
+            match *self {
+                Baseline::Cumsum => f64_fold::cumsum(seq("v", 1), y),
+                Baseline::ScalarAffine => f64_fold::scalar_affine(seq("a", 1), seq("b", 1), y),
+                Baseline::DiagAffine { d } => f64_fold::diag_affine(seq("a", d), seq("b", d), y, d),
+                Baseline::Logcumsumexp => f64_fold::logcumsumexp(seq("v", 1), y),
+                Baseline::Gla { k, v } => f64_fold::gla(seq("q", k), seq("k", k), seq("v", v), seq("alpha", k), y, t, k, v),
+                Baseline::Attn { .. } => unreachable!("returned above"),
+            }
+        });
         Some(all)
     }
 
@@ -1151,4 +1217,76 @@ fn table(rows: &[Row], k: usize, total: f64) -> String {
          total {total:.1} s"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(threads: usize) -> ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool")
+    }
+
+    fn signature(file: &str, dims: &[(&str, i64)]) -> Signature {
+        let dims: Vec<DimOverride> = dims.iter().map(|(n, v)| DimOverride { name: (*n).into(), value: *v }).collect();
+        let (agg, _) = crate::run::load_aggregator(&ops_dir().join(file), &dims, None, "bench").expect("a library operator");
+        agg.signature()
+    }
+
+    /// The inputs and params drawn on 1, 2 and 3 threads are the same, and the fields
+    /// differ from each other.
+    #[test]
+    fn drawn_data_do_not_depend_on_the_thread_count() {
+        let sig = signature("gla.psm", &[("K", 4), ("V", 3)]);
+        let drawn = |threads: usize| pool(threads).install(|| draw(&sig, 3 * 1000, 1000)).unwrap_or_else(|Fail(e)| panic!("{e}"));
+        let one = drawn(1);
+        for threads in [2, 3] {
+            let other = drawn(threads);
+            assert_eq!(other.inputs, one.inputs, "{threads} threads");
+            assert_eq!(other.params, one.params, "{threads} threads");
+        }
+        assert_ne!(one.input("q"), one.input("k"), "each field has its own seed");
+        assert!(one.input("alpha").iter().all(|a| (0.9..1.0).contains(a)));
+    }
+
+    /// Any block size gives the sequential pass's error: NaNs matched or not, several
+    /// sequences and widths. Each sequence opens with |want| = 8, so that every later
+    /// block must start from that running max (its small |want| would otherwise give
+    /// the absolute errors of `got` large relative errors).
+    #[test]
+    fn blocked_max_rel_err_is_the_sequential_one() {
+        for (nseq, steps, width) in [(1, 17, 1), (3, 10, 2), (2, 1, 3)] {
+            let n = nseq * steps * width;
+            let rng = IndexedRng::new(nseq as u64);
+            let mut want: Vec<f64> = (0..n).map(|i| rng.uniform(i, -1.0, 1.0) as f64).collect();
+            want.chunks_mut(steps * width).for_each(|s| s[..width].fill(8.0));
+            let mut got: Vec<f32> = want.iter().enumerate().map(|(i, &w)| (w + 1e-3 * rng.uniform(n + i, -1.0, 1.0) as f64) as f32).collect();
+            want[n / 2 + 1] = f64::NAN;
+            got[n / 2 + 1] = f32::NAN;
+            let whole = max_rel_err_in_blocks(&got, &want, nseq, steps, width, steps);
+            assert!(whole > 0.0 && whole.is_finite(), "{whole}");
+            for block in [1, 2, 3, steps + 4] {
+                assert_eq!(max_rel_err_in_blocks(&got, &want, nseq, steps, width, block).to_bits(), whole.to_bits(), "{nseq} {steps} {width} {block}");
+            }
+            got[0] = f32::NAN;
+            assert_eq!(max_rel_err_in_blocks(&got, &want, nseq, steps, width, 2), f64::INFINITY);
+        }
+        assert_eq!(max_rel_err(&[1.0], &[1.0f32, 2.0], 1, 2, 1), f64::INFINITY, "lengths differ");
+        assert_eq!(max_rel_err::<f32>(&[], &[], 0, 5, 1), 0.0);
+    }
+
+    /// The f64 fold of a batch is each sequence's fold on its own.
+    #[test]
+    fn batched_f64_fold_is_per_sequence() {
+        let sig = signature("diag_affine.psm", &[("D", 2)]);
+        let (nseq, t, d) = (3, 50, 2);
+        let data = draw(&sig, nseq * t, t).unwrap_or_else(|Fail(e)| panic!("{e}"));
+        let folded = Baseline::detect(&sig).expect("the library's diag_affine").fold_f64(&data, nseq, t, d).expect("associative");
+        for b in 0..nseq {
+            let seq = |name: &str| &data.input(name)[b * t * d..(b + 1) * t * d];
+            let mut alone = vec![0.0f64; t * d];
+            baselines::f64_fold::diag_affine(seq("a"), seq("b"), &mut alone, d);
+            assert_eq!(folded[b * t * d..(b + 1) * t * d], alone[..], "sequence {b}");
+        }
+    }
 }
