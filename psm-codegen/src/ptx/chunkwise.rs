@@ -420,17 +420,26 @@ impl Writer {
 
     /// A runtime loop `for idx in (tid..total).step_by(threads)`; `body` gets idx.
     pub(super) fn strided(&mut self, total: usize, threads: usize, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
+        let tid = self.tid;
+        self.counted(tid, total, threads, false, what, body);
+    }
+
+    /// A runtime loop `for i in (first..total).step_by(step)`; `body` gets i. `uniform`:
+    /// every thread of a warp has the same `first` (a loop over warps), so its branches
+    /// are warp-uniform.
+    pub(super) fn counted(&mut self, first: Reg, total: usize, step: usize, uniform: bool, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
+        let bra = if uniform { "bra.uni" } else { "bra" };
         let idx = self.e.reg(Class::B32);
         let p = self.e.reg(Class::Pred);
         let top = self.e.label(what);
         let done = self.e.label(&format!("{what}_done"));
-        self.e.ins(format!("mov.u32 {idx}, {}", self.tid));
+        self.e.ins(format!("mov.u32 {idx}, {first}"));
         self.e.place(&top);
         self.e.ins(format!("setp.ge.u32 {p}, {idx}, {total}"));
-        self.e.ins(format!("@{p} bra {done}"));
+        self.e.ins(format!("@{p} {bra} {done}"));
         body(self, idx);
-        self.e.ins(format!("add.u32 {idx}, {idx}, {threads}"));
-        self.e.ins(format!("bra {top}"));
+        self.e.ins(format!("add.u32 {idx}, {idx}, {step}"));
+        self.e.ins(format!("{bra} {top}"));
         self.e.place(&done);
     }
 

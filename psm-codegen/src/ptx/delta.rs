@@ -439,18 +439,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
 /// A runtime loop over the work items `warp, warp + warps, ... < items` of a block's
 /// warps; `body` gets the item.
 fn per_item(w: &mut Writer, items: usize, warps: usize, what: &str, body: impl FnOnce(&mut Writer, Reg)) {
-    let item = w.e.reg(Class::B32);
-    let p = w.e.reg(Class::Pred);
-    let top = w.e.label(what);
-    let done = w.e.label(&format!("{what}_done"));
-    w.e.ins(format!("mov.u32 {item}, {}", w.warp));
-    w.e.place(&top);
-    w.e.ins(format!("setp.ge.u32 {p}, {item}, {items}"));
-    w.e.ins(format!("@{p} bra.uni {done}"));
-    body(w, item);
-    w.e.ins(format!("add.u32 {item}, {item}, {warps}"));
-    w.e.ins(format!("bra.uni {top}"));
-    w.e.place(&done);
+    let warp = w.warp;
+    w.counted(warp, items, warps, true, what, body);
 }
 
 /// How the products over a chunk's rows (C / 16 row blocks × the value tile's 8-wide
