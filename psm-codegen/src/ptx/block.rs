@@ -318,9 +318,6 @@ pub(super) struct Runs {
 /// a thread at a time while that many remain, their loads issued before their stores.
 fn copy_runs(l: &mut Lowerer<'_>, (dst, src): (Reg, Reg), first: Option<Reg>, runs: Runs, split: Split) {
     let total = runs.count * runs.units;
-    let (wide, head, done) = (l.e.label("units_unrolled"), l.e.label("unit"), l.e.label("units_done"));
-    let (k, last) = (l.e.reg(Class::B64), l.e.reg(Class::B64));
-    let p = l.e.reg(Class::Pred);
     let class = match runs.unit {
         8 => Class::B64,
         4 => Class::B32,
@@ -342,45 +339,23 @@ fn copy_runs(l: &mut Lowerer<'_>, (dst, src): (Reg, Reg), first: Option<Reg>, ru
         }
         off
     };
-    l.e.ins(format!("mov.u64 {k}, {}", split.tid));
-    l.e.place(&wide);
-    l.e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, COPY_UNROLL - 1));
-    l.e.ins(format!("setp.ge.u64 {p}, {last}, {total}"));
-    l.e.ins(format!("@{p} bra {head}"));
-    let mut moved = Vec::with_capacity(COPY_UNROLL);
-    for u in 0..COPY_UNROLL {
-        let at = if u == 0 {
-            k
-        } else {
-            let at = l.e.reg(Class::B64);
-            l.e.ins(format!("mad.lo.s64 {at}, {}, {u}, {k}", split.ntid));
-            at
-        };
-        let off = offset(l, at);
+    let load = |l: &mut Lowerer<'_>, k: Reg| {
+        let off = offset(l, k);
         let (a, w) = (l.e.reg(Class::B64), l.e.reg(class));
         l.e.ins(format!("add.s64 {a}, {src}, {off}"));
         l.e.ins(format!("ld.b{bits} {w}, [{a}]"));
-        moved.push((off, w));
-    }
-    for (off, w) in moved {
+        (off, w)
+    };
+    let store = |l: &mut Lowerer<'_>, (off, w): (Reg, Reg)| {
         let b = l.e.reg(Class::B64);
         l.e.ins(format!("add.s64 {b}, {dst}, {off}"));
         l.e.ins(format!("st.b{bits} [{b}], {w}"));
-    }
-    l.e.ins(format!("mad.lo.s64 {k}, {}, {COPY_UNROLL}, {k}", split.ntid));
-    l.e.ins(format!("bra.uni {wide}"));
-    l.e.place(&head);
-    l.e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
-    l.e.ins(format!("@{p} bra {done}"));
-    let off = offset(l, k);
-    let (a, b, w) = (l.e.reg(Class::B64), l.e.reg(Class::B64), l.e.reg(class));
-    l.e.ins(format!("add.s64 {a}, {src}, {off}"));
-    l.e.ins(format!("add.s64 {b}, {dst}, {off}"));
-    l.e.ins(format!("ld.b{bits} {w}, [{a}]"));
-    l.e.ins(format!("st.b{bits} [{b}], {w}"));
-    l.e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
-    l.e.ins(format!("bra.uni {head}"));
-    l.e.place(&done);
+    };
+    let single = |l: &mut Lowerer<'_>, k: Reg| {
+        let moved = load(l, k);
+        store(l, moved);
+    };
+    l.unrolled(split, total as i64, COPY_UNROLL, ["units_unrolled", "unit", "units_done"], load, store, single);
 }
 
 /// Words of an element copy a thread moves at a time.

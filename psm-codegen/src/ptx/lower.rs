@@ -487,15 +487,46 @@ impl<'a> Lowerer<'a> {
             }
             vars.iter().map(|v| s.index_var(*v)).collect()
         };
-        let (wide, head, done) = (self.e.label("entries_unrolled"), self.e.label("entry"), self.e.label("entries_done"));
+        let gather = |s: &mut Self, k: Reg| (bind(s, k), value(s));
+        let scatter = |s: &mut Self, (coordinates, v): (Vec<Reg>, Reg)| {
+            for (&var, c) in vars.iter().zip(coordinates) {
+                s.env[var.index()] = Some(c);
+            }
+            store(s, v);
+        };
+        let single = |s: &mut Self, k: Reg| {
+            bind(s, k);
+            let v = value(s);
+            store(s, v);
+        };
+        self.unrolled(split, total, SPLIT_UNROLL, ["entries_unrolled", "entry", "entries_done"], gather, scatter, single);
+    }
+
+    /// A loop of the block's threads over `k = tid, tid + ntid, … < total`, `unroll` of a
+    /// thread's entries at a time while that many remain — `gather(k)` for each, then
+    /// `scatter` of each result in the same order, so that their loads are in flight
+    /// together — then one at a time by `single(k)`. `labels`: the unrolled loop's, the
+    /// single loop's and the end's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn unrolled<T>(
+        &mut self,
+        split: Split,
+        total: i64,
+        unroll: usize,
+        labels: [&str; 3],
+        mut gather: impl FnMut(&mut Self, Reg) -> T,
+        mut scatter: impl FnMut(&mut Self, T),
+        single: impl FnOnce(&mut Self, Reg),
+    ) {
+        let [wide, head, done] = labels.map(|name| self.e.label(name));
         let (k, last, p) = (self.e.reg(Class::B64), self.e.reg(Class::B64), self.e.reg(Class::Pred));
         self.e.ins_c(format!("mov.u64 {k}, {}", split.tid), "the thread's first entry");
         self.e.place(&wide);
-        self.e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, SPLIT_UNROLL - 1));
+        self.e.ins(format!("mad.lo.s64 {last}, {}, {}, {k}", split.ntid, unroll - 1));
         self.e.ins(format!("setp.ge.u64 {p}, {last}, {total}"));
         self.e.ins(format!("@{p} bra {head}"));
-        let mut entries = Vec::with_capacity(SPLIT_UNROLL);
-        for u in 0..SPLIT_UNROLL {
+        let mut gathered = Vec::with_capacity(unroll);
+        for u in 0..unroll {
             let at = if u == 0 {
                 k
             } else {
@@ -503,23 +534,17 @@ impl<'a> Lowerer<'a> {
                 self.e.ins(format!("mad.lo.s64 {at}, {}, {u}, {k}", split.ntid));
                 at
             };
-            let coordinates = bind(self, at);
-            entries.push((coordinates, value(self)));
+            gathered.push(gather(self, at));
         }
-        for (coordinates, v) in entries {
-            for (&var, c) in vars.iter().zip(coordinates) {
-                self.env[var.index()] = Some(c);
-            }
-            store(self, v);
+        for g in gathered {
+            scatter(self, g);
         }
-        self.e.ins(format!("mad.lo.s64 {k}, {}, {SPLIT_UNROLL}, {k}", split.ntid));
+        self.e.ins(format!("mad.lo.s64 {k}, {}, {unroll}, {k}", split.ntid));
         self.e.ins(format!("bra.uni {wide}"));
         self.e.place(&head);
         self.e.ins(format!("setp.ge.u64 {p}, {k}, {total}"));
         self.e.ins(format!("@{p} bra {done}"));
-        bind(self, k);
-        let v = value(self);
-        store(self, v);
+        single(self, k);
         self.e.ins(format!("add.s64 {k}, {k}, {}", split.ntid));
         self.e.ins(format!("bra.uni {head}"));
         self.e.place(&done);
