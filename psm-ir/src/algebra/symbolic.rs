@@ -20,6 +20,7 @@
 //! on anything outside this fragment.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use super::exact::feasible::{self, Constraint, Rel};
 use super::exact::field::{Fp, SplitMix64};
@@ -57,13 +58,15 @@ type Degree = (u64, u64);
 
 #[derive(Debug, Clone)]
 pub(super) enum Sym {
-    Num { f: Fp, lin: Option<LinForm>, deg: Degree },
+    /// `lin`: the value as a linear form of the atoms, where it is one (shared: values
+    /// are cloned at every load).
+    Num { f: Fp, lin: Option<Rc<LinForm>>, deg: Degree },
     Bool(bool),
 }
 
 impl Sym {
     fn constant(f: Fp, lin: Option<LinForm>) -> Sym {
-        Sym::Num { f, lin, deg: (0, 0) }
+        Sym::Num { f, lin: lin.map(Rc::new), deg: (0, 0) }
     }
 }
 
@@ -166,7 +169,7 @@ impl<'p> SymDomain<'p> {
     }
 
     fn atom(&self, a: Atom) -> Sym {
-        Sym::Num { f: self.atoms[a as usize].r, lin: Some(LinForm::atom(a)), deg: (1, 0) }
+        Sym::Num { f: self.atoms[a as usize].r, lin: Some(Rc::new(LinForm::atom(a))), deg: (1, 0) }
     }
 
     /// The sign of `d` on this path: replayed, forced by the constraints, or a new
@@ -252,7 +255,7 @@ impl<'p> SymDomain<'p> {
         let (Sym::Num { f: fa, lin: la, deg: da }, Sym::Num { f: fb, lin: lb, deg: db }) = (a, b) else {
             unreachable!("validated: arithmetic on numbers")
         };
-        let lin_const = |l: &Option<LinForm>| l.as_ref().and_then(LinForm::is_constant);
+        let lin_const = |l: &Option<Rc<LinForm>>| l.as_deref().and_then(LinForm::is_constant);
         Ok(match op {
             BinaryOp::Add | BinaryOp::Sub => {
                 let lin = match (la, lb) {
@@ -262,7 +265,7 @@ impl<'p> SymDomain<'p> {
                 };
                 let f = if op == BinaryOp::Add { *fa + *fb } else { *fa - *fb };
                 let deg = (sat_add(da.0, db.1).max(sat_add(db.0, da.1)), sat_add(da.1, db.1));
-                Sym::Num { f, lin, deg }
+                Sym::Num { f, lin: lin.map(Rc::new), deg }
             }
             BinaryOp::Mul => {
                 let lin = match (lin_const(la), lin_const(lb), la, lb) {
@@ -270,7 +273,7 @@ impl<'p> SymDomain<'p> {
                     (_, Some(c), Some(x), _) => x.checked_scale(c),
                     _ => None,
                 };
-                Sym::Num { f: *fa * *fb, lin, deg: (sat_add(da.0, db.0), sat_add(da.1, db.1)) }
+                Sym::Num { f: *fa * *fb, lin: lin.map(Rc::new), deg: (sat_add(da.0, db.0), sat_add(da.1, db.1)) }
             }
             _ => {
                 let inv = fb.inv().ok_or(Stop::Unlucky)?;
@@ -278,7 +281,7 @@ impl<'p> SymDomain<'p> {
                     (Some(c), Some(x)) if !c.is_zero() => c.checked_recip().and_then(|k| x.checked_scale(k)),
                     _ => None,
                 };
-                Sym::Num { f: *fa * inv, lin, deg: (sat_add(da.0, db.1), sat_add(da.1, db.0)) }
+                Sym::Num { f: *fa * inv, lin: lin.map(Rc::new), deg: (sat_add(da.0, db.1), sat_add(da.1, db.0)) }
             }
         })
     }
@@ -376,7 +379,7 @@ impl Domain for SymDomain<'_> {
         Ok(match (op, a) {
             (UnaryOp::Not, Sym::Bool(b)) => Sym::Bool(!b),
             (UnaryOp::Neg, Sym::Num { f, lin, deg }) => {
-                Sym::Num { f: -*f, lin: lin.as_ref().and_then(LinForm::checked_neg), deg: *deg }
+                Sym::Num { f: -*f, lin: lin.as_deref().and_then(LinForm::checked_neg).map(Rc::new), deg: *deg }
             }
             _ => unreachable!("validated unary operand"),
         })
