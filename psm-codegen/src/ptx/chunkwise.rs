@@ -371,6 +371,19 @@ impl Writer {
         [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
     }
 
+    /// acc += A Bᵀ over `depth` (a multiple of 16) entries of the bf16 operands' rows:
+    /// A's fragments from `a` (its address and row stride, [`Writer::a_fragment`]), B's
+    /// from `b` (8 of its rows per tile of `acc`, [`Writer::b_fragment`]).
+    pub(super) fn product(&mut self, acc: &[[Reg; 4]], (a_addr, a_stride): (Reg, usize), (b_addr, b_stride): (Reg, usize), depth: usize) {
+        for kk in 0..depth / 16 {
+            let a = self.a_fragment(a_addr, a_stride, 16 * kk);
+            for (nt, t) in acc.iter().enumerate() {
+                let b = self.b_fragment(b_addr, b_stride, 8 * nt, 16 * kk);
+                self.mma(t, &a, &b);
+            }
+        }
+    }
+
     /// Two f32 rounded to a bf16 pair, `lo` in the low half.
     fn pack(&mut self, lo: Reg, hi: Reg) -> Reg {
         let r = self.e.reg(Class::B32);
@@ -1153,13 +1166,7 @@ fn states_kernel(g: &Geometry) -> String {
         }
     }
     w.e.comment("S += (scaled K)^T V");
-    for kk in 0..CHUNK / 16 {
-        let a = w.a_fragment(a_addr, g.step_stride(), 16 * kk);
-        for (nt, t) in acc.iter().enumerate() {
-            let b = w.b_fragment(b_addr, g.step_stride(), 8 * nt, 16 * kk);
-            w.mma(t, &a, &b);
-        }
-    }
+    w.product(&acc, (a_addr, g.step_stride()), (b_addr, g.step_stride()), CHUNK);
     w.e.ins("bar.sync 0");
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));

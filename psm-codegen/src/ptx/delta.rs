@@ -239,13 +239,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         let b_addr = w.bf16_addr(bs, arow, ks, acol);
         let k_addr = w.bf16_addr(ks_rows, w.gq, ks, acol);
         w.e.comment("G = B K^T");
-        for kk in 0..g.kp / 16 {
-            let a = w.a_fragment(b_addr, ks, 16 * kk);
-            for (pt, t) in gram.iter().enumerate() {
-                let f = w.b_fragment(k_addr, ks, 8 * pt, 16 * kk);
-                w.mma(t, &a, &f);
-            }
-        }
+        w.product(&gram, (b_addr, ks), (k_addr, ks), g.kp);
     }
     w.e.ins("bar.sync 0");
     w.e.comment("-L into bs (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
@@ -339,13 +333,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp]");
         let x_addr = w.bf16_addr(ks_rows, w.gq, ss, acol);
         let acc = w.zeros(g.kp / 8);
-        for kk in 0..CHUNK / 16 {
-            let a = w.a_fragment(t_addr, ss, 16 * kk);
-            for (nt, t) in acc.iter().enumerate() {
-                let f = w.b_fragment(x_addr, ss, 8 * nt, 16 * kk);
-                w.mma(t, &a, &f);
-            }
-        }
+        w.product(&acc, (t_addr, ss), (x_addr, ss), CHUNK);
         let base = operand_addr(&mut w, wout, m, CHUNK * g.kp * 2);
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
@@ -397,13 +385,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
             w.e.ins("bar.sync 0");
             let acc = w.zeros(g.vt / 8);
-            for kk in 0..CHUNK / 16 {
-                let a = w.a_fragment(t_addr, ss, 16 * kk);
-                for (nt, t) in acc.iter().enumerate() {
-                    let f = w.b_fragment(v_addr, ss, 8 * nt, 16 * kk);
-                    w.mma(t, &a, &f);
-                }
-            }
+            w.product(&acc, (t_addr, ss), (v_addr, ss), CHUNK);
             tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(Storage::F32));
             w.e.ins("bar.sync 0");
         }
@@ -610,13 +592,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
                 t
             })
             .collect();
-        for kk in 0..g.kp / 16 {
-            let a = w.a_fragment(a_addr, ks, 16 * kk);
-            for (nt, t) in us.iter().enumerate() {
-                let f = w.b_fragment(s_addr, ks, 8 * nt, 16 * kk);
-                w.mma(t, &a, &f);
-            }
-        }
+        w.product(&us, (a_addr, ks), (s_addr, ks), g.kp);
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
         tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(Storage::F32));
@@ -641,13 +617,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.comment("S += K-hat^T U");
-    for kk in 0..CHUNK / 16 {
-        let a = w.a_fragment(khat_addr, ss, 16 * kk);
-        for (nt, t) in acc.iter().enumerate() {
-            let f = w.b_fragment(u_addr, ss, 8 * nt, 16 * kk);
-            w.mma(t, &a, &f);
-        }
-    }
+    w.product(&acc, (khat_addr, ss), (u_addr, ss), CHUNK);
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's K-hat^T in flight");
     prefetch(&mut w, next, false);
