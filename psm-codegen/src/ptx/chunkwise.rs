@@ -951,6 +951,32 @@ pub(super) fn initial_state(w: &mut Writer, g: &Geometry, flags: Reg, state_in: 
     (keys, s64, acc)
 }
 
+/// The head of a state kernel's loop over its chunks (`chunk`, 0 ..= nchunks): S entering
+/// the chunk (`acc`, the warp's rows `row0` of `keys`, columns from `col0`) stored as
+/// `states[seq, chunk]` (`s64` the sequence), then out of the loop after the final state.
+/// Returns the loop's top and end labels.
+pub(super) fn state_loop_head(
+    w: &mut Writer,
+    g: &Geometry,
+    acc: &[[Reg; 4]],
+    (states, s64, nchunks): (Reg, Reg, Reg),
+    chunk: Reg,
+    (row0, keys, col0): (Reg, Reg, Reg),
+) -> (String, String) {
+    let top = w.e.label("chunk");
+    let done = w.e.label("chunks_done");
+    w.e.place(&top);
+    let c64 = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
+    w.e.comment("states[seq, chunk] = S entering the chunk");
+    let matrix = w.state_matrix(g, s64, nchunks, c64);
+    tile_io(w, g, acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
+    let end = w.e.reg(Class::Pred);
+    w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
+    w.e.ins(format!("@{end} bra.uni {done}"));
+    (top, done)
+}
+
 /// What [`tile_io`] does with a matrix in global memory.
 #[derive(Clone, Copy)]
 pub(super) enum TileIo {
@@ -1088,17 +1114,7 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {chunk}, 0"));
     w.e.comment("issue chunk 0's loads");
     issue(&mut w, chunk);
-    let top = w.e.label("chunk");
-    let done = w.e.label("chunks_done");
-    w.e.place(&top);
-    let c64 = w.e.reg(Class::B64);
-    w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-    w.e.comment("states[seq, chunk] = S entering the chunk");
-    let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
-    let end = w.e.reg(Class::Pred);
-    w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
-    w.e.ins(format!("@{end} bra.uni {done}"));
+    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
     let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
         w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);

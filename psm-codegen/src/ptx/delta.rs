@@ -42,7 +42,7 @@
 use std::fmt::Write;
 
 use super::chunkwise::{
-    chunk_pos, f32_imm, initial_state, padded_keys, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
+    chunk_pos, f32_imm, initial_state, padded_keys, state_loop_head, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
     Writer, CHUNK, MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
@@ -546,17 +546,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     prefetch(&mut w, chunk, true);
     prefetch(&mut w, chunk, false);
 
-    let top = w.e.label("chunk");
-    let done = w.e.label("chunks_done");
-    w.e.place(&top);
-    let c64 = w.e.reg(Class::B64);
-    w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-    w.e.comment("states[seq, chunk] = S entering the chunk");
-    let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(&mut w, g, &acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
-    let end = w.e.reg(Class::Pred);
-    w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
-    w.e.ins(format!("@{end} bra.uni {done}"));
+    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
     let m = chunk_matrix(&mut w, seq, chunk, nchunks);
     let d = gated.then(|| {
