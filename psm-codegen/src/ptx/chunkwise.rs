@@ -186,6 +186,38 @@ pub(super) fn padded_keys(keys: usize) -> usize {
     keys.div_ceil(16) * 16
 }
 
+/// Why the tensor-core kernels (which need `features`) cannot take `shape` for `arch`
+/// (compute capability × 10), if they cannot.
+pub(super) fn check_shape(shape: ChunkwiseShape, arch: u32, features: &str) -> Result<(), Unsupported> {
+    if arch < 80 {
+        return Err(Unsupported(format!("{features} need sm_80 or later, not sm_{arch}")));
+    }
+    if shape.keys == 0 || shape.values == 0 {
+        return Err(Unsupported("a state field without entries".into()));
+    }
+    if shape.keys > MAX_KEYS {
+        return Err(Unsupported(format!("{} keys: the state kernel keeps at most {MAX_KEYS} keys in one block", shape.keys)));
+    }
+    Ok(())
+}
+
+/// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values`
+/// for which `bytes(tile)` fits a block's static shared memory.
+pub(super) fn value_tile(values: usize, bytes: impl Fn(usize) -> usize) -> usize {
+    let mut tile = values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
+    while tile > 8 && bytes(tile) > STATIC_SHARED {
+        tile = (tile / 2).div_ceil(8) * 8;
+    }
+    tile
+}
+
+/// A tensor-core module's `.version`, `.target` and `.address_size` lines: mma.sync with
+/// bf16, cvt.rn.bf16(x2).f32 and cp.async need PTX 7.0; 7.8 for sm_90 as the ABI.
+pub(super) fn module_header(arch: u32) -> String {
+    let version = if arch >= 90 { "7.8" } else { "7.0" };
+    format!(".version {version}\n.target sm_{arch}\n.address_size 64\n\n")
+}
+
 /// The kernels of one state field with f32 inputs and outputs for `arch` (compute
 /// capability × 10, at least 80).
 pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
@@ -194,22 +226,9 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
 
 /// The kernels of one state field with inputs and outputs of type `storage`.
 pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
-    if arch < 80 {
-        return Err(Unsupported(format!("bf16 tensor-core products need sm_80 or later, not sm_{arch}")));
-    }
-    if shape.keys == 0 || shape.values == 0 {
-        return Err(Unsupported("a state field without entries".into()));
-    }
-    if shape.keys > MAX_KEYS {
-        return Err(Unsupported(format!("{} keys: the state kernel keeps at most {MAX_KEYS} keys in one block", shape.keys)));
-    }
+    check_shape(shape, arch, "bf16 tensor-core products")?;
     let kp = padded_keys(shape.keys);
-    // The widest value tile (a multiple of 8) whose output kernel fits a block's 48 KiB
-    // of static shared memory.
-    let mut value_tile = shape.values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
-    while value_tile > 8 && output_shared_bytes(kp, value_tile, shape.decay) > STATIC_SHARED {
-        value_tile = (value_tile / 2).div_ceil(8) * 8;
-    }
+    let value_tile = value_tile(shape.values, |vt| output_shared_bytes(kp, vt, shape.decay));
     let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage };
     let mut text = String::new();
     let _ = writeln!(
@@ -220,9 +239,7 @@ pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u
         shape.decay,
         if shape.exclusive { "exclusive" } else { "inclusive" }
     );
-    // mma.sync with bf16 and cvt.rn.bf16(x2).f32 need PTX 7.0; 7.8 for sm_90 as the ABI.
-    let version = if arch >= 90 { "7.8" } else { "7.0" };
-    let _ = writeln!(text, ".version {version}\n.target sm_{arch}\n.address_size 64\n");
+    text.push_str(&module_header(arch));
     text.push_str(&states_kernel(&g));
     text.push('\n');
     text.push_str(&outputs_kernel(&g));

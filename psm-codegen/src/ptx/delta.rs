@@ -42,8 +42,8 @@
 use std::fmt::Write;
 
 use super::chunkwise::{
-    chunk_pos, f32_imm, initial_state, padded_keys, state_loop_head, stage_rows, stage_transposed, tile_io, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported,
-    Writer, CHUNK, MAX_KEYS, MAX_VALUE_TILE, STATIC_SHARED,
+    check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
+    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 
@@ -81,28 +81,11 @@ fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
     (first, second, vt * (CHUNK + 8) * 2)
 }
 
-/// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values`
-/// for which `bytes(tile)` fits a block's static shared memory.
-fn value_tile(values: usize, bytes: impl Fn(usize) -> usize) -> usize {
-    let mut tile = values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
-    while tile > 8 && bytes(tile) > STATIC_SHARED {
-        tile = (tile / 2).div_ceil(8) * 8;
-    }
-    tile
-}
 
 /// The delta rule's kernels for one state field for `arch` (compute capability × 10, at
 /// least 80); `shape.decay` is the gate's (`None` for DeltaNet).
 pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Unsupported> {
-    if arch < 80 {
-        return Err(Unsupported(format!("bf16 tensor-core products and cp.async need sm_80 or later, not sm_{arch}")));
-    }
-    if shape.keys == 0 || shape.values == 0 {
-        return Err(Unsupported("a state field without entries".into()));
-    }
-    if shape.keys > MAX_KEYS {
-        return Err(Unsupported(format!("{} keys: the state kernel keeps at most {MAX_KEYS} keys in one block", shape.keys)));
-    }
+    check_shape(shape, arch, "bf16 tensor-core products and cp.async")?;
     let kp = padded_keys(shape.keys);
     let svt = value_tile(shape.values, |vt| states_shared_bytes(kp, vt));
     let pvt = value_tile(shape.values, |vt| {
@@ -124,8 +107,7 @@ pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Un
         "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
         shape.keys, shape.values, shape.decay
     );
-    let version = if arch >= 90 { "7.8" } else { "7.0" };
-    let _ = writeln!(text, ".version {version}\n.target sm_{arch}\n.address_size 64\n");
+    text.push_str(&module_header(arch));
     text.push_str(&prepare_kernel(&geometry(pvt), vp));
     text.push('\n');
     text.push_str(&states_kernel(&geometry(svt), vp));
