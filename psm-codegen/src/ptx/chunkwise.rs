@@ -737,7 +737,7 @@ impl Writer {
     }
 
     /// Entry `i` (a register index) of a shared f32 array.
-    fn f32_at(&mut self, array: Reg, i: Reg) -> Reg {
+    pub(super) fn f32_at(&mut self, array: Reg, i: Reg) -> Reg {
         let a = self.e.reg(Class::B32);
         let x = self.e.reg(Class::F32);
         self.e.ins(format!("mad.lo.u32 {a}, {i}, 4, {array}"));

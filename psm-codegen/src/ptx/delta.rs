@@ -150,15 +150,6 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
     });
 }
 
-/// The f32 entry `base[t]` of a shared array.
-fn shared_f32(w: &mut Writer, base: Reg, t: Reg) -> Reg {
-    let a = w.e.reg(Class::B32);
-    let x = w.e.reg(Class::F32);
-    w.e.ins(format!("mad.lo.u32 {a}, {t}, 4, {base}"));
-    w.e.ins(format!("ld.shared.f32 {x}, [{a}]"));
-    x
-}
-
 /// Stores accumulator tiles transposed into a shared bf16 array: entry (row, col) of
 /// the tiles at `[col][row]` (row stride `stride`), `addr` at row `row0 + gq`, column
 /// `2 · cq` of the first tile.
@@ -227,7 +218,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.comment("-L into bs (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
     let rows = [arow, w.e.reg(Class::B32)];
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
-    let betas_t = rows.map(|r| shared_f32(&mut w, betas, r));
+    let betas_t = rows.map(|r| w.f32_at(betas, r));
     let lam_t = lam.map(|lam| rows.map(|r| w.lam_at(lam, r)));
     let store = w.e.reg(Class::B32);
     w.e.ins(format!("mad.lo.u32 {store}, {arow}, {CHUNK}, {acol}"));
@@ -298,7 +289,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.e.place(&written);
     let scale = |w: &mut Writer, t: Reg| -> Reg {
-        let x = shared_f32(w, betas, t);
+        let x = w.f32_at(betas, t);
         if let Some(lam) = lam {
             let l = w.lam_at(lam, t);
             let f = w.exp(l);
