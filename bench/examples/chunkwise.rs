@@ -15,7 +15,8 @@
 //!
 //! Data: gates of the scalar and diagonal decays close to 1 as trained models have
 //! them (GLA's alpha in [0.9, 1), RetNet's gamma 0.97, Mamba-2's A in [-0.2, 0),
-//! RWKV-6's wlog in [-6, -2), Gated DeltaNet's g in [-0.1, 0)); everything else in [-1, 1).
+//! RWKV-6's wlog in [-6, -2), Gated DeltaNet's g in [-0.1, 0), mLSTM's forget-gate
+//! pre-activation in [3, 6)); everything else in [-1, 1).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use psm_bench::{best_time, Rng};
 use psm_runtime::{Aggregator, DimOverride, Form, Inputs, Program, RunOptions};
 
-const OPERATORS: [&str; 7] = ["linear_attention", "retnet", "mamba2", "gla", "rwkv6", "deltanet", "gated_deltanet"];
+const OPERATORS: [&str; 8] = ["linear_attention", "retnet", "mamba2", "mlstm_affine", "gla", "rwkv6", "deltanet", "gated_deltanet"];
 
 fn op(name: &str) -> Aggregator {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/ops").join(format!("{name}.psm"));
@@ -41,6 +42,7 @@ fn range(field: &str) -> (f32, f32) {
         "A" => (-0.2, 0.0),
         "wlog" => (-6.0, -2.0),
         "g" => (-0.1, 0.0),
+        "f_pre" => (3.0, 6.0),
         _ => (-1.0, 1.0),
     }
 }

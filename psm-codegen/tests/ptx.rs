@@ -174,7 +174,7 @@ fn block_kernels_for_matrix_valued_elements() {
         with,
         [
             "attn_agg", "deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "mamba_s6",
-            "matmul2x2", "mlstm", "retnet", "rwkv6"
+            "matmul2x2", "mlstm", "mlstm_affine", "retnet", "rwkv6"
         ]
     );
     for name in library_names() {
@@ -198,7 +198,7 @@ fn block_kernels_for_matrix_valued_elements() {
     // and column), nor the delta rules at their default sizes.
     let parts = |name: &String| module(name).block.scan.map_or(0, |b| b.parts);
     let split: Vec<String> = with.iter().filter(|n| parts(n) == 2).cloned().collect();
-    assert_eq!(split, ["gla", "gla_bf16", "linear_attention", "mamba2", "mlstm", "retnet", "rwkv6"]);
+    assert_eq!(split, ["gla", "gla_bf16", "linear_attention", "mamba2", "mlstm", "mlstm_affine", "retnet", "rwkv6"]);
     assert!(with.iter().all(|n| split.contains(n) || parts(n) == 1));
     // GLA's s[K, V] and o[V] split along V (8 of 16 coordinates per block), a[K] whole.
     let scan_block = &gla.text[gla.text.find(".entry psm_scan_block").unwrap()..];

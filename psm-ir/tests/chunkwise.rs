@@ -7,7 +7,7 @@ use psm_ir::derive::chunkwise::chunkwise;
 use psm_testgen::library;
 
 /// Operators whose IR has the shape; every other library operator must be refused.
-const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
+const APPLIES: [&str; 9] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "mlstm_affine", "retnet", "rwkv6"];
 
 #[test]
 fn library_plans_and_reasons() {
@@ -77,12 +77,13 @@ fn general_dense_transition_is_refused() {
 /// (what a backend composes for the final element).
 #[test]
 fn direct_outputs_and_transition_fields() {
-    let expected: [(&str, bool, &[Option<&str>]); 7] = [
+    let expected: [(&str, bool, &[Option<&str>]); 8] = [
         ("deltanet", true, &[Some("A")]),
         ("gated_deltanet", true, &[Some("A")]),
         ("gla", true, &[Some("a")]),
         ("linear_attention", false, &[None, None]),
         ("mamba2", false, &[Some("a")]),
+        ("mlstm_affine", false, &[Some("f"), Some("f")]),
         ("retnet", true, &[Some("g")]),
         ("rwkv6", false, &[Some("a")]),
     ];

@@ -21,7 +21,7 @@ use psm_runtime::{Aggregator, Backend, Form, Outputs, OutputsMut, RunError, RunO
 
 const CHUNK: usize = 8;
 const LENGTHS: [usize; 11] = [0, 1, 2, 3, CHUNK - 1, CHUNK, CHUNK + 1, 16, 3 * CHUNK + 5, 64, 200];
-const APPLIES: [&str; 8] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "retnet", "rwkv6"];
+const APPLIES: [&str; 9] = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "mlstm_affine", "retnet", "rwkv6"];
 const TOL: f64 = 1e-4;
 
 

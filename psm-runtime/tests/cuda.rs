@@ -541,6 +541,7 @@ operators!(
     mamba_s6,
     matmul2x2,
     mlstm,
+    mlstm_affine,
     online_softmax,
     retnet,
     running_max_index,
@@ -605,7 +606,7 @@ macro_rules! block_operators {
     };
 }
 
-block_operators!(attn_agg, deltanet, gated_deltanet, gla, gla_bf16, linear_attention, mamba2, mamba_s6, matmul2x2, mlstm, retnet, rwkv6);
+block_operators!(attn_agg, deltanet, gated_deltanet, gla, gla_bf16, linear_attention, mamba2, mamba_s6, matmul2x2, mlstm, mlstm_affine, retnet, rwkv6);
 
 /// The benchmarks' sizes, where a block's shared memory exceeds the 48 KiB a launch gets
 /// without raising the function's maximum: GLA at K = V = 128 (198 KB per block of
@@ -752,7 +753,7 @@ fn chunkwise_form() {
     };
     let chunkwise = RunOptions { form: Form::Chunkwise, ..Default::default() };
     let mut worst = 0.0f64;
-    for name in ["linear_attention", "retnet", "mamba2", "gla", "rwkv6"] {
+    for name in ["linear_attention", "retnet", "mamba2", "mlstm_affine", "gla", "rwkv6"] {
         let (agg, gpu) = load(name);
         for n in [0usize, 1, 2, 3, 7, 17, 63, 64, 65, 200] {
             let mut batch = Batch::new(&agg, 2, n, 0xc4 ^ n as u64);

@@ -27,7 +27,7 @@ const ALL_LENGTHS: [usize; 8] = [0, 1, 2, 3, 7, 64, 1000, 4097];
 fn dims_of(name: &str) -> Vec<(&'static str, i64)> {
     match name {
         "attn_agg" => vec![("C", 2), ("D", 4)],
-        "gla" | "gla_bf16" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "rwkv6" | "deltanet" | "gated_deltanet" => {
+        "gla" | "gla_bf16" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "mlstm_affine" | "rwkv6" | "deltanet" | "gated_deltanet" => {
             vec![("K", 4), ("V", 4)]
         }
         "mamba_s6" => vec![("D", 4), ("N", 2)],
@@ -199,6 +199,7 @@ operators!(
     mamba_s6,
     matmul2x2,
     mlstm,
+    mlstm_affine,
     online_softmax,
     retnet,
     running_max_index,

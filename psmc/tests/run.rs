@@ -84,7 +84,7 @@ fn library() -> Vec<String> {
 fn small_dims(name: &str) -> Vec<&'static str> {
     match name {
         "attn_agg" => vec!["-D", "C=2", "-D", "D=4"],
-        "gla" | "gla_bf16" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "rwkv6" | "deltanet" | "gated_deltanet" => {
+        "gla" | "gla_bf16" | "linear_attention" | "retnet" | "mamba2" | "mlstm" | "mlstm_affine" | "rwkv6" | "deltanet" | "gated_deltanet" => {
             vec!["-D", "K=4", "-D", "V=4"]
         }
         "mamba_s6" => vec!["-D", "D=4", "-D", "N=2"],
