@@ -13,7 +13,8 @@
 //!     grid (nchunks, nseq), 32 · ⌈keys / 32⌉ threads (one per key)
 //!     lam[s, t, i] = Λ_t[i]; the two kernels below then take `lam` for `g`
 //! psm_cw_states(k, v, g, state_in, states, steps, flags: u32)
-//!     grid (⌈values / vtile⌉, nseq), 32 · ⌈keys / 16⌉ threads (one warp per 16 keys)
+//!     grid (⌈keys / ktile⌉ · ⌈values / vtile⌉, nseq), a warp per 16 keys of the key
+//!     tile and half of the value tile (all of it when the halves are not multiples of 8)
 //!     states[s, c] = S entering chunk c, for c = 0 ..= nchunks (the last: the final state)
 //!     S ← e^(Λ_last) ⊙ S + (K ⊙ e^(Λ_last − Λ))ᵀ V            chunk by chunk
 //! psm_cw_outputs(q, k, v, g, states, out, steps, flags: u32)
@@ -69,7 +70,7 @@ use super::HAS_STATE;
 pub const CHUNK: usize = 64;
 /// Threads per block of `psm_cw_outputs` (one warp per 16 steps of the chunk).
 pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
-/// Most keys of a state field (one warp per 16 keys in `psm_cw_states`, at most 8).
+/// Most keys of a state field.
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
 pub const MAX_VALUE_TILE: usize = 64;
@@ -248,9 +249,10 @@ pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: (g.kt / 16 * 32) as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Geometry {
     pub(super) keys: usize,
     /// Keys padded to 16.
@@ -286,6 +288,21 @@ impl Geometry {
     /// Keys the state kernel's key tiles span: padded to whole tiles.
     fn key_span(&self) -> usize {
         self.kp.div_ceil(self.kt) * self.kt
+    }
+    /// Warps of `psm_cw_states` that share each 16 keys of its tile, each taking an equal
+    /// part of the value tile (a multiple of 8): two where the tile allows, so that a
+    /// warp's serial chunk loop (staging, products, state stores) is half as long and
+    /// twice as many warps hide each other's latency.
+    fn state_value_parts(&self) -> usize {
+        if self.vt.is_multiple_of(16) {
+            2
+        } else {
+            1
+        }
+    }
+    /// Threads per block of `psm_cw_states`.
+    fn state_threads(&self) -> usize {
+        self.kt / 16 * self.state_value_parts() * 32
     }
 }
 
@@ -1054,7 +1071,7 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
 
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
-    let threads = g.kt / 16 * 32;
+    let threads = g.state_threads();
     let params = ["k", "v", "g", "state_in", "states", "steps", "flags"];
     let k = w.param("k");
     let v = w.param("v");
@@ -1080,20 +1097,29 @@ fn states_kernel(g: &Geometry) -> String {
     // the field's keys).
     let lam_last = g.per_key().then(|| w.shared("last", g.key_span() * 4));
     let nchunks = w.chunk_count(steps);
-    // This warp's 16 keys (from row0; from 16 warp in the block's tile), and the entry
-    // index of sequence seq's first state matrix.
+    // This warp's 16 keys (from row0; from local0 = 16 (warp % key warps) in the block's
+    // tile) and its part of the value tile (from wcol0; from vpart = part · wg.vt in the
+    // tile, part = warp / key warps).
+    let wg = Geometry { vt: g.vt / g.state_value_parts(), ..*g };
+    let (part, key_warp) = w.divmod(w.warp, g.kt / 16);
     let local0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {local0}, {}, 4", w.warp));
+    w.e.ins(format!("shl.b32 {local0}, {key_warp}, 4"));
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {row0}, {key0}, {local0}"));
-    let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
-    // Fragment addresses: A from kt (row 16·warp + gq, column 2·cq), B from vt (row gq).
+    let vpart = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {vpart}, {part}, {}", wg.vt));
+    let wcol0 = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {wcol0}, {col0}, {vpart}"));
+    let (keys, s64, acc) = initial_state(&mut w, &wg, flags, state_in, seq, row0, wcol0);
+    // Fragment addresses: A from kt (row local0 + gq, column 2·cq), B from vt (row vpart + gq).
     let arow = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
-    let b_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
+    let brow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {brow}, {vpart}, {}", w.gq));
+    let b_addr = w.bf16_addr(vs, brow, g.step_stride(), acol);
 
     // Every chunk's loads are issued one chunk ahead (the first before the loop), into
     // the same registers: the memory's latency overlaps the previous chunk's products.
@@ -1131,7 +1157,7 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {chunk}, 0"));
     w.e.comment("issue chunk 0's loads");
     issue(&mut w, chunk);
-    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
+    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0));
     let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
         w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);
