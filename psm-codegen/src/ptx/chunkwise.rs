@@ -974,13 +974,13 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
 /// of row stride `stride` as it is: up to 8 entries (16 bytes) a load, every load issued
 /// before the first store.
 fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys): (Reg, Reg, Reg), col0: Reg, (dst, stride): (Reg, usize)) {
-    let lanes = [8, 4, 2, 1].into_iter().find(|&n| g.values.is_multiple_of(n)).expect("1 divides");
+    let lanes = [8, 4, 2].into_iter().find(|&n| g.values.is_multiple_of(n)).unwrap_or(1);
     let loads = g.kp * g.vt / lanes;
-    let (kind, parts) = match lanes {
-        8 => ("v4.b32", 4),
-        4 => ("v2.b32", 2),
-        2 => ("b32", 1),
-        _ => ("b16", 1),
+    let kind = match lanes {
+        8 => "v4.b32",
+        4 => "v2.b32",
+        2 => "b32",
+        _ => "b16",
     };
     let copies: Vec<(Reg, Reg, Vec<Reg>)> = (0..loads.div_ceil(threads))
         .map(|u| {
@@ -1000,7 +1000,7 @@ fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys
         .collect();
     for (live, addr, raw) in copies {
         let list = raw.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-        let value = if parts > 1 { format!("{{{list}}}") } else { list };
+        let value = if raw.len() > 1 { format!("{{{list}}}") } else { list };
         w.e.ins(format!("@{live} st.shared.{kind} [{addr}], {value}"));
     }
 }
