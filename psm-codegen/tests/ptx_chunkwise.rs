@@ -16,19 +16,20 @@ fn exclusive_log_decay_module() {
 
 #[test]
 fn geometry() {
-    // The state kernel: one warp per 16 keys (padded) of a tile of at most 64; value
-    // tiles as wide as 48 KiB of the output kernel's shared memory allow.
+    // The state kernel: one warp per 16 keys (padded) of a tile of at most 64, two when
+    // the value tile splits into halves of whole mma tiles (8 values); value tiles as
+    // wide as 48 KiB of the output kernel's shared memory allow.
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::None, false), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile), (32, 16, 8));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3), m.decay_threads), ((1, 3, 1), (1, 5, 3), None));
     let m = compile_chunkwise(shape(64, 100, ChunkDecay::Value, false), 90).unwrap();
-    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 64));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (256, 64, 64));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((2, 3, 1), (2, 5, 3)));
     let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
-    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 64));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (256, 64, 64));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((4, 3, 1), (2, 5, 3)));
     let m = compile_chunkwise(shape(100, 128, ChunkDecay::DiagonalValue, true), 90).unwrap();
-    assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (128, 64, 64, Some(128)));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (256, 64, 64, Some(128)));
     assert_eq!(m.state_grid(3), (4, 3, 1));
     // Λ's last row spans both key tiles (128 keys), not just the 112 padded ones.
     assert!(m.text.contains(".shared .align 16 .b8 last[512];"));

@@ -13,7 +13,8 @@
 //!     grid (nchunks, nseq), 32 · ⌈keys / 32⌉ threads (one per key)
 //!     lam[s, t, i] = Λ_t[i]; the two kernels below then take `lam` for `g`
 //! psm_cw_states(k, v, g, state_in, states, steps, flags: u32)
-//!     grid (⌈values / vtile⌉, nseq), 32 · ⌈keys / 16⌉ threads (one warp per 16 keys)
+//!     grid (⌈keys / ktile⌉ · ⌈values / vtile⌉, nseq), a warp per 16 keys of the key
+//!     tile and half of the value tile (all of it when the halves are not multiples of 8)
 //!     states[s, c] = S entering chunk c, for c = 0 ..= nchunks (the last: the final state)
 //!     S ← e^(Λ_last) ⊙ S + (K ⊙ e^(Λ_last − Λ))ᵀ V            chunk by chunk
 //! psm_cw_outputs(q, k, v, g, states, out, steps, flags: u32)
@@ -25,14 +26,18 @@
 //! values]`; `g` `[nseq, steps]` (`[nseq, steps, keys]` per key), the per-step log decay
 //! ([`Gate::Log`]) or the decay itself ([`Gate::Value`], whose natural log the kernels
 //! take); `state_in` `[nseq, keys, values]` (read with [`HAS_STATE`]); `states` `[nseq,
-//! nchunks + 1, keys, values]`. Steps past the sequence's end are zero keys and values
-//! with no decay.
+//! nchunks + 1, keys, values]` f32 slots, of which the final state (slot nchunks) is f32
+//! and each chunk's entering state, which the outputs kernel multiplies in bf16, is
+//! bf16 `[keys, values]` in the first half of its slot (half the bytes; the rounding is
+//! the one the outputs kernel did itself before). Steps past the sequence's end are zero
+//! keys and values with no decay.
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
 //! Both kernels stage their operands in shared memory as bf16 (rounded to nearest),
 //! laid out with the products' reduction index contiguous and rows padded by 8 entries,
-//! so that every fragment is one 32-bit load without bank conflicts; the intra-chunk
+//! so that every fragment is one 32-bit load without bank conflicts; S_c is copied as it
+//! is (`[keys][values]`, 16 bytes a load) and read by `ldmatrix.trans`; the intra-chunk
 //! scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
 //! e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
 //! product with V, as their accumulator layout allows. Score tiles above the diagonal
@@ -69,7 +74,7 @@ use super::HAS_STATE;
 pub const CHUNK: usize = 64;
 /// Threads per block of `psm_cw_outputs` (one warp per 16 steps of the chunk).
 pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
-/// Most keys of a state field (one warp per 16 keys in `psm_cw_states`, at most 8).
+/// Most keys of a state field.
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
 pub const MAX_VALUE_TILE: usize = 64;
@@ -169,8 +174,8 @@ const BATCH: usize = 8;
 /// Static shared memory a block may declare.
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
-/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_cᵀ
-/// `[vt][kp + 8]` in bf16, and CHUNK log decays (scalar) or the sub-chunks' R_b
+/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_c
+/// `[kp][vt + 8]` in bf16, and CHUNK log decays (scalar) or the sub-chunks' R_b
 /// `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries themselves.
 fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay) -> usize {
     let decays = match decay {
@@ -178,7 +183,7 @@ fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay) -> usize {
         ChunkDecay::Log | ChunkDecay::Value => CHUNK,
         ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
     };
-    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + vt * (kp + 8)) * 2 + decays * 4
+    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + kp * (vt + 8)) * 2 + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -248,9 +253,10 @@ pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: (g.kt / 16 * 32) as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Geometry {
     pub(super) keys: usize,
     /// Keys padded to 16.
@@ -273,6 +279,11 @@ impl Geometry {
     pub(super) fn key_stride(&self) -> usize {
         self.kp + 8
     }
+    /// Row stride (entries) of a value tile's rows in shared memory (S_c, its rows the
+    /// keys, read by `ldmatrix.trans`): vt + 8, 16-byte aligned rows without bank conflicts.
+    fn value_stride(&self) -> usize {
+        self.vt + 8
+    }
     fn decayed(&self) -> bool {
         self.shape.decay != ChunkDecay::None
     }
@@ -286,6 +297,21 @@ impl Geometry {
     /// Keys the state kernel's key tiles span: padded to whole tiles.
     fn key_span(&self) -> usize {
         self.kp.div_ceil(self.kt) * self.kt
+    }
+    /// Warps of `psm_cw_states` that share each 16 keys of its tile, each taking an equal
+    /// part of the value tile (a multiple of 8): two where the tile allows, so that a
+    /// warp's serial chunk loop (staging, products, state stores) is half as long and
+    /// twice as many warps hide each other's latency.
+    fn state_value_parts(&self) -> usize {
+        if self.vt.is_multiple_of(16) {
+            2
+        } else {
+            1
+        }
+    }
+    /// Threads per block of `psm_cw_states`.
+    fn state_threads(&self) -> usize {
+        self.kt / 16 * self.state_value_parts() * 32
     }
 }
 
@@ -386,6 +412,30 @@ impl Writer {
     pub(super) fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize) -> [Reg; 2] {
         let row = n0 * stride * 2;
         [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
+    }
+
+    /// The B fragments of `tiles` (1 or 2) consecutive n-tiles of a bf16 array stored
+    /// `[k][n]` (the reduction index the row), by `ldmatrix.trans`: `addr` is the lane's
+    /// row address of [`Writer::ldmatrix_lane`] and `offset` the bytes to the first
+    /// tile's (k0, n0).
+    fn b_fragments_trans(&mut self, addr: Reg, offset: usize, tiles: usize) -> Vec<[Reg; 2]> {
+        let r: Vec<Reg> = (0..2 * tiles).map(|_| self.e.reg(Class::B32)).collect();
+        let list = r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x{}.trans.shared.b16 {{{list}}}, [{addr}+{offset}]", 2 * tiles));
+        r.chunks(2).map(|b| [b[0], b[1]]).collect()
+    }
+
+    /// The lane's row address for [`Writer::b_fragments_trans`] in a `[k][n]` bf16 array
+    /// of row stride `stride`: lanes 0–15 address rows k0 + lane of the first n-tile
+    /// (its two 8 × 8 matrices), lanes 16–31 the same rows of the next.
+    fn ldmatrix_lane(&mut self, base: Reg, stride: usize) -> Reg {
+        let row = self.e.reg(Class::B32);
+        let tile = self.e.reg(Class::B32);
+        self.e.ins(format!("and.b32 {row}, {}, 15", self.tid));
+        self.e.ins(format!("shr.u32 {tile}, {}, 4", self.tid));
+        self.e.ins(format!("and.b32 {tile}, {tile}, 1"));
+        self.e.ins(format!("shl.b32 {tile}, {tile}, 3"));
+        self.bf16_addr(base, row, stride, tile)
     }
 
     /// acc += A Bᵀ over `depth` (a multiple of 16) entries of the bf16 operands' rows:
@@ -557,7 +607,7 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads `lanes` entries (1, or 2 or 4 in one load) of type `storage` at
+    /// Loads `lanes` entries (1, or 2 or 4 in one load; 8 for bf16) of type `storage` at
     /// `base[(row_base + row) · width + col]` as f32 when `row < rows`, `col < cols` and
     /// `live` (else 0): `row_base` is a 64-bit entry index; with n > 1 lanes, `width`,
     /// `cols` and `col` are multiples of n.
@@ -612,6 +662,7 @@ impl Writer {
                 let a = self.e.reg(Class::B64);
                 self.e.ins(format!("mad.lo.u64 {a}, {index}, 2, {base}"));
                 match lanes {
+                    8 => self.e.ins(format!("@{q} ld.global.nc.v4.b32 {{{}, {}, {}, {}}}, [{a}]", raw[0], raw[1], raw[2], raw[3])),
                     4 => self.e.ins(format!("@{q} ld.global.nc.v2.b32 {{{}, {}}}, [{a}]", raw[0], raw[1])),
                     2 => self.e.ins(format!("@{q} ld.global.nc.b32 {}, [{a}]", raw[0])),
                     _ => self.e.ins(format!("@{q} ld.global.nc.u16 {}, [{a}]", raw[0])),
@@ -917,6 +968,43 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
     );
 }
 
+/// Copies the `[kp][vt]` tile (columns `col0`..) of a bf16 `[keys][values]` matrix, whose
+/// rows start at row `rows` of `src` (64 bits, in rows of `values` entries) and of which
+/// `keys` rows exist (zeros below, and right of the values), into a shared bf16 array
+/// of row stride `stride` as it is: up to 8 entries (16 bytes) a load, every load issued
+/// before the first store.
+fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys): (Reg, Reg, Reg), col0: Reg, (dst, stride): (Reg, usize)) {
+    let lanes = [8, 4, 2].into_iter().find(|&n| g.values.is_multiple_of(n)).unwrap_or(1);
+    let loads = g.kp * g.vt / lanes;
+    let kind = match lanes {
+        8 => "v4.b32",
+        4 => "v2.b32",
+        2 => "b32",
+        _ => "b16",
+    };
+    let copies: Vec<(Reg, Reg, Vec<Reg>)> = (0..loads.div_ceil(threads))
+        .map(|u| {
+            let idx = w.e.reg(Class::B32);
+            let live = w.e.reg(Class::Pred);
+            w.e.ins(format!("add.u32 {idx}, {}, {}", w.tid, u * threads));
+            w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
+            let entry = w.e.reg(Class::B32);
+            w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+            let (i, j) = w.divmod(entry, g.vt);
+            let col = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
+            let raw = w.raw_regs(lanes, Storage::Bf16);
+            w.load_raw(&raw, src, rows, i, keys, g.values, col, g.values, live, lanes, Storage::Bf16);
+            (live, w.bf16_addr(dst, i, stride, j), raw)
+        })
+        .collect();
+    for (live, addr, raw) in copies {
+        let list = raw.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let value = if raw.len() > 1 { format!("{{{list}}}") } else { list };
+        w.e.ins(format!("@{live} st.shared.{kind} [{addr}], {value}"));
+    }
+}
+
 /// Block ids, the chunk's first step and its number of steps `n`, and the 64-bit entry
 /// index of the sequence's first step (`seq · steps`) plus the chunk's start.
 pub(super) struct ChunkPos {
@@ -971,7 +1059,9 @@ pub(super) fn initial_state(w: &mut Writer, g: &Geometry, flags: Reg, state_in: 
 /// The head of a state kernel's loop over its chunks (`chunk`, 0 ..= nchunks): S entering
 /// the chunk (`acc`, the warp's rows `row0` of `keys`, columns from `col0`) stored as
 /// `states[seq, chunk]` (`s64` the sequence), then out of the loop after the final state.
-/// Returns the loop's top and end labels.
+/// A chunk's state is stored for the outputs kernel, which multiplies it in bf16: rounded
+/// to bf16 (`[keys][values]`) in the first half of its f32 slot (half the bytes written
+/// and read); the final state stays f32. Returns the loop's top and end labels.
 pub(super) fn state_loop_head(
     w: &mut Writer,
     g: &Geometry,
@@ -985,12 +1075,19 @@ pub(super) fn state_loop_head(
     w.e.place(&top);
     let c64 = w.e.reg(Class::B64);
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-    w.e.comment("states[seq, chunk] = S entering the chunk");
     let matrix = w.state_matrix(g, s64, nchunks, c64);
-    tile_io(w, g, acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
     let end = w.e.reg(Class::Pred);
+    let entering = w.e.label("entering");
     w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
-    w.e.ins(format!("@{end} bra.uni {done}"));
+    w.e.ins(format!("@!{end} bra.uni {entering}"));
+    w.e.comment("states[seq, nchunks] = the final state, f32");
+    tile_io(w, g, acc, states, matrix, row0, keys, col0, TileIo::Store(Storage::F32));
+    w.e.ins(format!("bra.uni {done}"));
+    w.e.place(&entering);
+    w.e.comment("states[seq, chunk] = S entering the chunk, bf16 in the slot's first half");
+    let bf16_rows = w.e.reg(Class::B64);
+    w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
+    tile_io(w, g, acc, states, bf16_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
     (top, done)
 }
 
@@ -1002,14 +1099,15 @@ pub(super) enum TileIo {
 }
 
 /// Loads or stores the accumulator tiles of a warp's 16 rows (`row0 = 16 · warp`) of a
-/// `[rows, values]` matrix at `base` (64-bit entry index `matrix` of its first
-/// entry), columns `col0 + 8 · tile + 2 · cq (+1)`, rows `row0 + gq (+8)`, within
-/// `rows` × `values`.
+/// `[rows, values]` matrix at `base` (64-bit row index `matrix` of its first row),
+/// columns `col0 + 8 · tile + 2 · cq (+1)`, rows `row0 + gq (+8)`, within `rows` ×
+/// `values`. bf16 is stored a pair of columns at a time where `values` is even.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg, matrix: Reg, row0: Reg, rows: Reg, col0: Reg, io: TileIo) {
+    let paired = matches!(io, TileIo::Store(Storage::Bf16)) && g.values.is_multiple_of(2);
     for (nt, a) in acc.iter().enumerate() {
         for half in 0..2 {
-            for k in 0..2 {
+            for k in 0..if paired { 1 } else { 2 } {
                 let row = w.e.reg(Class::B32);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {row}, {row0}, {}", w.gq));
@@ -1031,6 +1129,12 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
                 w.e.ins(format!("mad.lo.u64 {index}, {index}, {}, {c64}", g.values));
                 let reg = a[2 * half + k];
                 match io {
+                    TileIo::Store(Storage::Bf16) if paired => {
+                        let addr = w.e.reg(Class::B64);
+                        w.e.ins(format!("mad.lo.u64 {addr}, {index}, 2, {base}"));
+                        let h = w.pack(reg, a[2 * half + 1]);
+                        w.e.ins(format!("@{q} st.global.b32 [{addr}], {h}"));
+                    }
                     TileIo::Store(Storage::F32) => {
                         let addr = w.f32_addr(base, index);
                         w.e.ins(format!("@{q} st.global.f32 [{addr}], {reg}"));
@@ -1054,7 +1158,7 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
 
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
-    let threads = g.kt / 16 * 32;
+    let threads = g.state_threads();
     let params = ["k", "v", "g", "state_in", "states", "steps", "flags"];
     let k = w.param("k");
     let v = w.param("v");
@@ -1080,20 +1184,29 @@ fn states_kernel(g: &Geometry) -> String {
     // the field's keys).
     let lam_last = g.per_key().then(|| w.shared("last", g.key_span() * 4));
     let nchunks = w.chunk_count(steps);
-    // This warp's 16 keys (from row0; from 16 warp in the block's tile), and the entry
-    // index of sequence seq's first state matrix.
+    // This warp's 16 keys (from row0; from local0 = 16 (warp % key warps) in the block's
+    // tile) and its part of the value tile (from wcol0; from vpart = part · wg.vt in the
+    // tile, part = warp / key warps).
+    let wg = Geometry { vt: g.vt / g.state_value_parts(), ..*g };
+    let (part, key_warp) = w.divmod(w.warp, g.kt / 16);
     let local0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {local0}, {}, 4", w.warp));
+    w.e.ins(format!("shl.b32 {local0}, {key_warp}, 4"));
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {row0}, {key0}, {local0}"));
-    let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
-    // Fragment addresses: A from kt (row 16·warp + gq, column 2·cq), B from vt (row gq).
+    let vpart = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {vpart}, {part}, {}", wg.vt));
+    let wcol0 = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {wcol0}, {col0}, {vpart}"));
+    let (keys, s64, acc) = initial_state(&mut w, &wg, flags, state_in, seq, row0, wcol0);
+    // Fragment addresses: A from kt (row local0 + gq, column 2·cq), B from vt (row vpart + gq).
     let arow = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
-    let b_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
+    let brow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {brow}, {vpart}, {}", w.gq));
+    let b_addr = w.bf16_addr(vs, brow, g.step_stride(), acol);
 
     // Every chunk's loads are issued one chunk ahead (the first before the loop), into
     // the same registers: the memory's latency overlaps the previous chunk's products.
@@ -1131,7 +1244,7 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {chunk}, 0"));
     w.e.comment("issue chunk 0's loads");
     issue(&mut w, chunk);
-    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
+    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0));
     let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
         w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);
@@ -1226,7 +1339,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     let ks = w.shared("ks", CHUNK * g.key_stride() * 2);
     let vs = w.shared("vt", g.vt * g.step_stride() * 2);
-    let st = w.shared("st", g.vt * g.key_stride() * 2);
+    let st = w.shared("st", g.kp * g.value_stride() * 2);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
     let ends = g.per_key().then(|| w.shared("ends", CHUNK / SUB_CHUNK * g.kp * 4));
@@ -1272,30 +1385,13 @@ fn outputs_kernel(g: &Geometry) -> String {
         w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
         w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
         let matrix = w.state_matrix(g, s64, nchunks, c64);
+        // The chunk's state is bf16 in the first half of its f32 slot: its first row of
+        // bf16 values is row 2 · matrix.
+        let bf16_rows = w.e.reg(Class::B64);
+        w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-        let lanes = if g.values.is_multiple_of(4) { 4 } else { 1 };
-        w.staged(
-            g.kp * g.vt,
-            threads,
-            lanes,
-            "stage_s",
-            |w, entry, live| {
-                let (i, j) = w.transposed_position(entry, lanes, g.kp);
-                let col = w.e.reg(Class::B32);
-                w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
-                let xs = w.load_or_zero(states, matrix, i, keys, g.values, col, g.values, live, lanes, Storage::F32);
-                let addrs = (0..lanes)
-                    .map(|l| {
-                        let jl = w.e.reg(Class::B32);
-                        w.e.ins(format!("add.u32 {jl}, {j}, {l}"));
-                        w.bf16_addr(st, jl, g.key_stride(), i)
-                    })
-                    .collect();
-                Load { xs, addrs, step: i, key: i, lams: Vec::new() }
-            },
-            Scale::None,
-        );
+        copy_bf16_rows(&mut w, g, threads, (states, bf16_rows, keys), col0, (st, g.value_stride()));
     }
     w.e.ins("bar.sync 0");
 
@@ -1305,7 +1401,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    let s_addr = w.bf16_addr(st, w.gq, g.key_stride(), acol);
+    let s_addr = w.ldmatrix_lane(st, g.value_stride());
     let k_addr = w.bf16_addr(ks, w.gq, g.key_stride(), acol);
     let v_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
     let o = w.zeros(g.vt / 8);
@@ -1390,8 +1486,8 @@ fn outputs_kernel(g: &Geometry) -> String {
 }
 
 /// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
-/// shared R_b `ends` (per key), and the lane's fragment addresses of S_cᵀ and the
-/// (scaled) keys.
+/// shared R_b `ends` (per key), the lane's `ldmatrix` row address of S_c and its
+/// fragment address of the (scaled) keys.
 struct WarpOperands {
     q: Reg,
     k: Reg,
@@ -1474,9 +1570,11 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
         let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c], g.storage)));
         let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c], Storage::F32))));
         let a = fragment(w, &qv, ev.as_ref());
-        for (nt, t) in o.iter().enumerate() {
-            let b = w.b_fragment(ops.s_addr, g.key_stride(), 8 * nt, 16 * kk);
-            w.mma(t, &a, &b);
+        for (pair, tiles) in o.chunks(2).enumerate() {
+            let offset = (16 * kk * g.value_stride() + 16 * pair) * 2;
+            for (t, b) in tiles.iter().zip(w.b_fragments_trans(ops.s_addr, offset, tiles.len())) {
+                w.mma(t, &a, &b);
+            }
         }
         for sub in 0..CHUNK / SUB_CHUNK {
             w.up_to_diagonal(sub, |w| {
