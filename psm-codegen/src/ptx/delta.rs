@@ -24,7 +24,10 @@
 //!     W = −T diag(β e^Λ) B (bf16) and U' = T V (f32); K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
 //!     and e^(Λ_last)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
-//!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads
+//!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
+//!     `state_shared_bytes` of dynamic shared memory (above the 48 KiB of static shared
+//!     memory: W and K̂ᵀ alone take 35 KiB at 128 keys, and every block of a sequence
+//!     reads them, so the wider the value tile the fewer times they are read)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
 //!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
 //!     copied into shared memory (cp.async) while this one computes
@@ -32,8 +35,8 @@
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
 //!
-//! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]`, `beta`,
-//! `g` `[nseq, steps]` f32 as in ptx::chunkwise; per chunk c of sequence s (matrix
+//! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]` of the
+//! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per chunk c of sequence s (matrix
 //! m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]` `[kp, C]` bf16, `upre[m]`
 //! `[C, vp]` f32, `decay[m]` f32, with kp and vp the keys and values padded
 //! ([`DeltaModule`]) and zeros in the padding. Steps past a sequence's end have zero
@@ -41,9 +44,10 @@
 
 use std::fmt::Write;
 
+use super::block::shared_limit;
 use super::chunkwise::{
     check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
-    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, STATIC_SHARED,
+    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 
@@ -51,15 +55,37 @@ use super::emit::{Class, Reg};
 /// first C threads substitute, one column of T each).
 pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 
+/// How [`compile_delta_with`] builds the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaOptions {
+    /// The type of k, b, v and the pseudo-values u in global memory (β and the gate are
+    /// f32).
+    pub storage: Storage,
+    /// Values per block of `psm_cwd_states` (a multiple of 8; at most the values padded
+    /// to 8, at most [`MAX_VALUE_TILE`]).
+    pub state_value_tile: usize,
+}
+
+impl Default for DeltaOptions {
+    /// f32 storage and a state value tile of [`MAX_VALUE_TILE`].
+    fn default() -> DeltaOptions {
+        DeltaOptions { storage: Storage::F32, state_value_tile: MAX_VALUE_TILE }
+    }
+}
+
 /// The delta rule's kernels of one state field and their geometry.
 #[derive(Debug, Clone)]
 pub struct DeltaModule {
     pub text: String,
     pub shape: ChunkwiseShape,
+    pub storage: Storage,
     /// Values per block of `psm_cwd_states` (`grid.x = ⌈values / state_value_tile⌉`).
     pub state_value_tile: usize,
     /// Threads per block of `psm_cwd_states`.
     pub state_threads: u32,
+    /// Bytes of dynamic shared memory per block of `psm_cwd_states` (more than 48 KiB
+    /// need the function's limit raised first).
+    pub state_shared_bytes: usize,
     /// Row widths of the per-chunk operands: keys padded to 16, values to the state
     /// value tile.
     pub padded_keys: usize,
@@ -82,36 +108,74 @@ fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
 }
 
 
+/// The name of `psm_cwd_states`'s dynamic shared window.
+const STATES_WINDOW: &str = "psm_cwd_states_shared";
+
 /// The delta rule's kernels for one state field for `arch` (compute capability × 10, at
-/// least 80); `shape.decay` is the gate's (`None` for DeltaNet).
+/// least 80) with the default options (f32 storage); `shape.decay` is the gate's (`None`
+/// for DeltaNet).
 pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Unsupported> {
+    compile_delta_with(shape, DeltaOptions::default(), arch)
+}
+
+/// [`compile_delta`] with `options`.
+pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u32) -> Result<DeltaModule, Unsupported> {
     check_shape(shape, arch, "bf16 tensor-core products and cp.async")?;
+    let requested = options.state_value_tile;
+    if requested == 0 || !requested.is_multiple_of(8) || requested > MAX_VALUE_TILE {
+        return Err(Unsupported(format!("a state value tile of {requested}: a multiple of 8 from 8 to {MAX_VALUE_TILE}")));
+    }
     let kp = padded_keys(shape.keys);
-    let svt = value_tile(shape.values, |vt| states_shared_bytes(kp, vt));
+    let svt = requested.min(shape.values.div_ceil(8) * 8);
     let pvt = value_tile(shape.values, |vt| {
         let (a, b, c) = prepare_shared_bytes(kp, vt);
         a + b + c + 2 * CHUNK * 4
     });
     let (a, b, c) = prepare_shared_bytes(kp, pvt);
-    for bytes in [states_shared_bytes(kp, svt), a + b + c + 2 * CHUNK * 4] {
-        if bytes > STATIC_SHARED {
+    let state_shared_bytes = states_shared_bytes(kp, svt);
+    for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (a + b + c + 2 * CHUNK * 4, STATIC_SHARED)] {
+        if bytes > limit {
             return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
         }
     }
     let vp = shape.values.div_ceil(svt) * svt;
-    // The runtime hands the kernels f32 operands; all keys in one block.
-    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: Storage::F32 };
+    // All keys in one block.
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
-        shape.keys, shape.values, shape.decay
+        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, {:?} storage, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
+        shape.keys, shape.values, shape.decay, options.storage
     );
     text.push_str(&module_header(arch));
     text.push_str(&prepare_kernel(&geometry(pvt), vp));
     text.push('\n');
+    let _ = writeln!(text, ".extern .shared .align 16 .b8 {STATES_WINDOW}[];\n");
     text.push_str(&states_kernel(&geometry(svt), vp));
-    Ok(DeltaModule { text, shape, state_value_tile: svt, state_threads: (kp / 16 * 32) as u32, padded_keys: kp, padded_values: vp })
+    Ok(DeltaModule {
+        text,
+        shape,
+        storage: options.storage,
+        state_value_tile: svt,
+        state_threads: (kp / 16 * 32) as u32,
+        state_shared_bytes,
+        padded_keys: kp,
+        padded_values: vp,
+    })
+}
+
+/// Consecutive arrays of `bytes` each (multiples of 16) in the kernel's dynamic shared
+/// window `window`: their addresses.
+fn window_arrays<const N: usize>(w: &mut Writer, window: &str, bytes: [usize; N]) -> [Reg; N] {
+    let base = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {base}, {window}"));
+    let mut offset = 0;
+    bytes.map(|n| {
+        let r = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {r}, {base}, {offset}"));
+        offset += n;
+        r
+    })
 }
 
 /// The 64-bit index m = seq · nchunks + chunk of a chunk's per-chunk operands.
@@ -469,11 +533,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let ws = w.shared("ws", CHUNK * ks * 2);
-    let kh = w.shared("kh", g.kp * ss * 2);
-    let st = w.shared("st", g.vt * ks * 2);
-    let ut = w.shared("ut", g.vt * ss * 2);
-    let up = w.shared("up", CHUNK * g.vt * 4);
+    w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (f32) in the dynamic shared window");
+    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * 4]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -558,7 +619,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.product(&us, (a_addr, ks), (s_addr, ks), g.kp);
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
-        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(Storage::F32));
+        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(g.storage));
         let col = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
         let at = w.bf16_addr(ut, col, ss, r);

@@ -53,8 +53,11 @@ pub(super) fn pseudo_values<'f>(
     device.launch_grid(&module.function("psm_cwd_prepare")?, (dim(nchunks, "chunks")?, sequences, 1), PREPARE_THREADS, 0, &args)?;
 
     let vtiles = dim(shape.values.div_ceil(m.state_value_tile), "value tiles")?;
+    let states_fn = module.function("psm_cwd_states")?;
+    states_fn.allow_shared(m.state_shared_bytes)?;
+    let shared = dim(m.state_shared_bytes, "shared bytes")?;
     let mut args = Args::new();
     args.ptr(&w).ptr(&khat).ptr(&upre).ptr(&decay).u64(0).ptr(states).ptr(&u).u64(steps64).u32(0);
-    device.launch_grid(&module.function("psm_cwd_states")?, (vtiles, sequences, 1), m.state_threads, 0, &args)?;
+    device.launch_grid(&states_fn, (vtiles, sequences, 1), m.state_threads, shared, &args)?;
     Ok(u)
 }
