@@ -1005,14 +1005,14 @@ impl DeltaRun {
         let (keys, values) = (m.shape.keys, m.shape.values);
         let nchunks = steps.div_ceil(psm_codegen::ptx::chunkwise::CHUNK);
         let per_chunk = nseq * nchunks * psm_codegen::ptx::chunkwise::CHUNK;
-        let entry = if m.storage == psm_codegen::ptx::chunkwise::Storage::Bf16 { 2 } else { 4 };
+        let entry = m.entry_bytes();
         DeltaRun {
             nseq,
             steps,
             nchunks,
             w: cuda.zeros(per_chunk * m.padded_keys * 2),
             khat: cuda.zeros(per_chunk * m.padded_keys * 2),
-            upre: cuda.zeros(per_chunk * m.padded_values * 4),
+            upre: cuda.zeros(per_chunk * m.padded_values * entry),
             decay: cuda.zeros(nseq * nchunks * 4),
             states: cuda.zeros(nseq * (nchunks + 1) * keys * values * 4),
             u: cuda.zeros(nseq * steps * values * entry),

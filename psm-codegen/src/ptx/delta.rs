@@ -38,7 +38,7 @@
 //! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]` of the
 //! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per chunk c of sequence s (matrix
 //! m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]` `[kp, C]` bf16, `upre[m]`
-//! `[C, vp]` f32, `decay[m]` f32, with kp and vp the keys and values padded
+//! `[C, vp]` of the storage type (bf16 as fla's u; f32 with f32 storage), `decay[m]` f32, with kp and vp the keys and values padded
 //! ([`DeltaModule`]) and zeros in the padding. Steps past a sequence's end have zero
 //! keys, b and β: their rows of T are the identity's and their pseudo-values 0.
 
@@ -93,9 +93,17 @@ pub struct DeltaModule {
 }
 
 /// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]` and K̂ᵀ `[kp][C + 8]` in bf16, Sᵀ
-/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` in f32.
-fn states_shared_bytes(kp: usize, vt: usize) -> usize {
-    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * 4
+/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` of `storage`.
+fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * entry_bytes(storage)
+}
+
+/// Bytes of one entry of `storage`.
+fn entry_bytes(storage: Storage) -> usize {
+    match storage {
+        Storage::F32 => 4,
+        Storage::Bf16 => 2,
+    }
 }
 
 /// Shared bytes of `psm_cwd_prepare`: B's rows, then L (f32 `[C][C]`), then T (bf16
@@ -107,6 +115,13 @@ fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
     (first, second, vt * (CHUNK + 8) * 2)
 }
 
+
+impl DeltaModule {
+    /// Bytes of one entry of k, b, v, the pseudo-values u and `upre` in global memory.
+    pub fn entry_bytes(&self) -> usize {
+        entry_bytes(self.storage)
+    }
+}
 
 /// The name of `psm_cwd_states`'s dynamic shared window.
 const STATES_WINDOW: &str = "psm_cwd_states_shared";
@@ -132,7 +147,7 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
         a + b + c + 2 * CHUNK * 4
     });
     let (a, b, c) = prepare_shared_bytes(kp, pvt);
-    let state_shared_bytes = states_shared_bytes(kp, svt);
+    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage);
     for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (a + b + c + 2 * CHUNK * 4, STATIC_SHARED)] {
         if bytes > limit {
             return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
@@ -408,7 +423,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let khat_scale = khat_scale.as_ref().map_or(Scale::None, |f| Scale::Step(f));
     stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, khat_scale);
     {
-        w.e.comment("upre[m] = T V, f32 [C][vp], a value tile at a time");
+        w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
         // U' rows are vp wide.
         let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage };
         let first_row = w.e.reg(Class::B64);
@@ -423,7 +438,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             w.e.ins("bar.sync 0");
             let acc = w.zeros(g.vt / 8);
             w.product(&acc, (t_addr, ss), (v_addr, ss), CHUNK);
-            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(Storage::F32));
+            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(g.storage));
             w.e.ins("bar.sync 0");
         }
     }
@@ -517,6 +532,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let threads = warps * 32;
     let split = Split::new(g.vt, warps);
     let (ss, ks) = (g.step_stride(), g.key_stride());
+    // Bytes of an entry of U'.
+    let eb = entry_bytes(g.storage);
     let params = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps", "flags"];
     let wmat = w.param("w");
     let khat = w.param("khat");
@@ -534,7 +551,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (f32) in the dynamic shared window");
-    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * 4]);
+    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * eb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -550,7 +567,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let u_addr = w.bf16_addr(ut, w.gq, ss, acol);
     // The byte offset of this block's value tile in a row of U'.
     let up_col = w.e.reg(Class::B64);
-    w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, 4"));
+    w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, {eb}"));
     let chunk = w.e.reg(Class::B32);
     // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
     // cp.async group; an empty group past the last chunk keeps the count.
@@ -565,9 +582,9 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         if first {
             let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
             copy_async(w, threads, src, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2, "copy_w");
-            let src = operand_addr(w, upre, m, CHUNK * vp * 4);
+            let src = operand_addr(w, upre, m, CHUNK * vp * eb);
             w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
-            copy_async(w, threads, src, vp * 4, up, g.vt * 4, CHUNK, g.vt * 4, "copy_upre");
+            copy_async(w, threads, src, vp * eb, up, g.vt * eb, CHUNK, g.vt * eb, "copy_upre");
         } else {
             let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
             copy_async(w, threads, src, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2, "copy_khat");
@@ -602,16 +619,29 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         let n0 = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {n0}, {c}, {}", w.gq));
         let s_addr = w.bf16_addr(st, n0, ks, acol);
-        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt] f32.
+        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt].
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {c}, {acol}"));
         w.e.ins(format!("mad.lo.u32 {at}, {r}, {}, {at}", g.vt));
-        w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {up}"));
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, {eb}, {up}"));
         let us: Vec<[Reg; 4]> = (0..split.tiles)
             .map(|nt| {
                 let t = [(); 4].map(|_| w.e.reg(Class::F32));
-                for (e, x) in t.iter().enumerate() {
-                    w.e.ins(format!("ld.shared.f32 {x}, [{at}+{}]", ((e / 2) * 8 * g.vt + 8 * nt + e % 2) * 4));
+                for half in 0..2 {
+                    let offset = (half * 8 * g.vt + 8 * nt) * eb;
+                    let (lo, hi) = (t[2 * half], t[2 * half + 1]);
+                    match g.storage {
+                        Storage::F32 => w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{offset}]")),
+                        Storage::Bf16 => {
+                            // A bf16 pair: a bf16 is the upper half of its f32.
+                            let [pair, lo_bits, hi_bits] = [(); 3].map(|_| w.e.reg(Class::B32));
+                            w.e.ins(format!("ld.shared.b32 {pair}, [{at}+{offset}]"));
+                            w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
+                            w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
+                            w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
+                            w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+                        }
+                    }
                 }
                 t
             })

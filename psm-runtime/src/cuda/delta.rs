@@ -41,9 +41,9 @@ pub(super) fn pseudo_values<'f>(
     let b = upload(device, &format!("the delta rule's b `{b}`"), feature(b))?;
     let w = device.alloc("the chunks' W", per_chunk(CHUNK * m.padded_keys * 2, "the chunks' W")?, false)?;
     let khat = device.alloc("the chunks' decayed keys", per_chunk(m.padded_keys * CHUNK * 2, "the chunks' decayed keys")?, false)?;
-    let upre = device.alloc("the chunks' T V", per_chunk(CHUNK * m.padded_values * 4, "the chunks' T V")?, false)?;
+    let upre = device.alloc("the chunks' T V", per_chunk(CHUNK * m.padded_values * m.entry_bytes(), "the chunks' T V")?, false)?;
     let decay = device.alloc("the chunks' decays", per_chunk(4, "the chunks' decays")?, false)?;
-    let u_bytes = nseq.checked_mul(steps * shape.values * 4).ok_or_else(|| too_large("the pseudo-values"))?;
+    let u_bytes = nseq.checked_mul(steps * shape.values * m.entry_bytes()).ok_or_else(|| too_large("the pseudo-values"))?;
     let u = device.alloc("the pseudo-values", u_bytes, false)?;
     let steps64 = steps as u64;
     let sequences = dim(nseq, "sequences")?;
