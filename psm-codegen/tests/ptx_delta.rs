@@ -4,7 +4,7 @@
 //! (`delta_rule_tensor_cores`).
 
 use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, Storage, MAX_KEYS, MAX_VALUE_TILE};
-use psm_codegen::ptx::delta::{compile_delta, compile_delta_with, DeltaOptions};
+use psm_codegen::ptx::delta::{compile_delta, compile_delta_with, DeltaOptions, STATE_VALUE_TILE};
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
     ChunkwiseShape { keys, values, decay, exclusive }
@@ -25,12 +25,12 @@ fn bf16_storage_module() {
 
 #[test]
 fn geometry() {
-    // (keys, values) → state value tile (the default, 64, or the values padded to 8 when
+    // (keys, values) → state value tile (the default, 32, or the values padded to 8 when
     // fewer), keys padded to 16, values to the tile; the states kernel's dynamic shared
     // bytes: W [64][kp + 8] + K-hat^T [kp][72] + S^T [tile][kp + 8] + U^T [tile][72] in
     // bf16, U' [64][tile] in f32 (as listed) or bf16.
     for ((keys, values), (tile, kp, vp, shared)) in
-        [((8, 8), (8, 16, 8, 8960)), ((64, 100), (64, 64, 128, 53248)), ((128, 128), (64, 128, 128, 78848)), ((100, 7), (8, 112, 8, 36608))]
+        [((8, 8), (8, 16, 8, 8960)), ((64, 100), (32, 64, 128, 35840)), ((128, 128), (32, 128, 128, 57344)), ((100, 7), (8, 112, 8, 36608))]
     {
         for storage in [Storage::F32, Storage::Bf16] {
             for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
@@ -46,6 +46,7 @@ fn geometry() {
                         assert!(m.text.contains(&format!(".visible .entry {kernel}")), "{kernel}");
                     }
                     assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cwd_states_shared[];"));
+                    assert!(m.text.contains("psm_cwd_prepare(") && m.text.contains(")\n.maxntid 128, 1, 1\n.minnctapersm 4\n{\n"));
                     assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
                     // Without a gate, no decay is read or written.
                     assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
@@ -56,7 +57,8 @@ fn geometry() {
         }
     }
     // Narrower tiles on request (more blocks a sequence, each reading W and K-hat^T).
-    for tile in [8, 16, 32] {
+    assert_eq!(STATE_VALUE_TILE, 32);
+    for tile in [8, 16, 64] {
         let m = compile_delta_with(shape(128, 128, ChunkDecay::Log, false), DeltaOptions { state_value_tile: tile, ..DeltaOptions::default() }, 90).unwrap();
         assert_eq!((m.state_value_tile, m.padded_values), (tile, 128));
     }
