@@ -21,13 +21,13 @@
 //!     grid (nchunks, nseq), 128 threads
 //!     per chunk: the Gram matrix B Kᵀ on tensor cores, T by forward substitution in f32
 //!     (one thread per column of T, held in registers), then on tensor cores
-//!     W = −T diag(β e^Λ) B (bf16) and U' = T V (f32); K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
+//!     W = −T diag(β e^Λ) B (bf16) and U' = T V; K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
 //!     and e^(Λ_last)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
 //!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
-//!     `state_shared_bytes` of dynamic shared memory (above the 48 KiB of static shared
-//!     memory: W and K̂ᵀ alone take 35 KiB at 128 keys, and every block of a sequence
-//!     reads them, so the wider the value tile the fewer times they are read)
+//!     `state_shared_bytes` of dynamic shared memory (W and K̂ᵀ alone take 35 KiB at
+//!     128 keys, so that within the 48 KiB of static shared memory the value tile
+//!     could only be 16, and every block of a sequence reads them)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
 //!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
 //!     copied into shared memory (cp.async) while this one computes
@@ -36,10 +36,11 @@
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
 //!
 //! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]` of the
-//! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per chunk c of sequence s (matrix
-//! m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]` `[kp, C]` bf16, `upre[m]`
-//! `[C, vp]` of the storage type (bf16 as fla's u; f32 with f32 storage), `decay[m]` f32, with kp and vp the keys and values padded
-//! ([`DeltaModule`]) and zeros in the padding. Steps past a sequence's end have zero
+//! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per
+//! chunk c of sequence s (matrix m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]`
+//! `[kp, C]` bf16, `upre[m]` `[C, vp]` of the storage type (bf16 as fla's u), `decay[m]`
+//! f32, with kp and vp the keys and values padded ([`DeltaModule`]) and zeros in the
+//! padding. Steps past a sequence's end have zero
 //! keys, b and β: their rows of T are the identity's and their pseudo-values 0.
 
 use std::fmt::Write;
