@@ -40,8 +40,8 @@
 //! chunk c of sequence s (matrix m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]`
 //! `[kp, C]` bf16, `upre[m]` `[C, vp]` of the storage type (bf16 as fla's u), `decay[m]`
 //! f32, with kp and vp the keys and values padded ([`DeltaModule`]) and zeros in the
-//! padding. Steps past a sequence's end have zero
-//! keys, b and β: their rows of T are the identity's and their pseudo-values 0.
+//! padding. Steps past a sequence's end have zero keys, b and β: their rows of T are the
+//! identity's and their pseudo-values 0.
 
 use std::fmt::Write;
 
@@ -64,8 +64,8 @@ pub const STATE_VALUE_TILE: usize = 32;
 /// How [`compile_delta_with`] builds the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeltaOptions {
-    /// The type of k, b, v and the pseudo-values u in global memory (β and the gate are
-    /// f32).
+    /// The type of k, b, v, U' and the pseudo-values u in global memory (β, the gate
+    /// and the states are f32).
     pub storage: Storage,
     /// Values per block of `psm_cwd_states` (a multiple of 8; at most the values padded
     /// to 8, at most [`MAX_VALUE_TILE`]).
@@ -98,6 +98,13 @@ pub struct DeltaModule {
     pub padded_values: usize,
 }
 
+impl DeltaModule {
+    /// Bytes of one entry of k, b, v, the pseudo-values u and `upre` in global memory.
+    pub fn entry_bytes(&self) -> usize {
+        entry_bytes(self.storage)
+    }
+}
+
 /// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]` and K̂ᵀ `[kp][C + 8]` in bf16, Sᵀ
 /// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` of `storage`.
 fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
@@ -119,14 +126,6 @@ fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
     let first = (CHUNK * (kp + 8) * 2).max(CHUNK * CHUNK * 4);
     let second = (CHUNK * (kp + 8)).max(kp * (CHUNK + 8)) * 2;
     (first, second, vt * (CHUNK + 8) * 2)
-}
-
-
-impl DeltaModule {
-    /// Bytes of one entry of k, b, v, the pseudo-values u and `upre` in global memory.
-    pub fn entry_bytes(&self) -> usize {
-        entry_bytes(self.storage)
-    }
 }
 
 /// The name of `psm_cwd_states`'s dynamic shared window.
@@ -556,7 +555,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (f32) in the dynamic shared window");
+    w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (the storage type) in the dynamic shared window");
     let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * eb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
