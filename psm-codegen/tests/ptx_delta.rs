@@ -1,9 +1,10 @@
-//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): a snapshot of one
-//! field's module, and the geometry and refusals of `compile_delta`. The kernels run on
-//! a GPU in tests/ptx_gpu.rs (`delta_rule_tensor_cores`).
+//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): snapshots of two
+//! fields' modules (f32 and bf16 storage), and the geometry and refusals of
+//! `compile_delta_with`. The kernels run on a GPU in tests/ptx_gpu.rs
+//! (`delta_rule_tensor_cores`).
 
-use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, MAX_KEYS};
-use psm_codegen::ptx::delta::compile_delta;
+use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, Storage, MAX_KEYS, MAX_VALUE_TILE};
+use psm_codegen::ptx::delta::{compile_delta, compile_delta_with, DeltaOptions, STATE_VALUE_TILE};
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
     ChunkwiseShape { keys, values, decay, exclusive }
@@ -16,25 +17,52 @@ fn gated_delta_rule_module() {
 }
 
 #[test]
+fn bf16_storage_module() {
+    let options = DeltaOptions { storage: Storage::Bf16, state_value_tile: MAX_VALUE_TILE };
+    let m = compile_delta_with(shape(8, 8, ChunkDecay::None, false), options, 90).unwrap();
+    insta::assert_snapshot!(m.text);
+}
+
+#[test]
 fn geometry() {
-    // (keys, values) → state value tile (the widest whose states kernel fits 48 KiB of
-    // static shared memory), keys padded to 16, values to the tile.
-    for ((keys, values), (tile, kp, vp)) in [((8, 8), (8, 16, 8)), ((64, 100), (32, 64, 128)), ((128, 128), (16, 128, 128)), ((100, 7), (8, 112, 8))] {
-        for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
-            for exclusive in [false, true] {
-                let m = compile_delta(shape(keys, values, decay, exclusive), 90).unwrap();
-                assert_eq!((m.state_value_tile, m.padded_keys, m.padded_values), (tile, kp, vp), "{keys} × {values}");
-                assert_eq!(m.state_threads as usize, kp / 16 * 32);
-                // ptxas rejects any byte outside ASCII, comments included.
-                assert!(m.text.is_ascii() && m.text.contains(".target sm_90"));
-                for kernel in ["psm_cwd_prepare(", "psm_cwd_states("] {
-                    assert!(m.text.contains(&format!(".visible .entry {kernel}")), "{kernel}");
+    // (keys, values) → state value tile (the default, 32, or the values padded to 8 when
+    // fewer), keys padded to 16, values to the tile; the states kernel's dynamic shared
+    // bytes: W [64][kp + 8] + K-hat^T [kp][72] + S^T [tile][kp + 8] + U^T [tile][72] in
+    // bf16, U' [64][tile] in f32 (as listed) or bf16.
+    for ((keys, values), (tile, kp, vp, shared)) in
+        [((8, 8), (8, 16, 8, 8960)), ((64, 100), (32, 64, 128, 35840)), ((128, 128), (32, 128, 128, 57344)), ((100, 7), (8, 112, 8, 36608))]
+    {
+        for storage in [Storage::F32, Storage::Bf16] {
+            for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+                for exclusive in [false, true] {
+                    let options = DeltaOptions { storage, ..DeltaOptions::default() };
+                    let m = compile_delta_with(shape(keys, values, decay, exclusive), options, 90).unwrap();
+                    assert_eq!((m.state_value_tile, m.padded_keys, m.padded_values), (tile, kp, vp), "{keys} × {values}");
+                    let shared = if storage == Storage::Bf16 { shared - 64 * tile * 2 } else { shared };
+                    assert_eq!((m.state_threads as usize, m.state_shared_bytes, m.storage), (kp / 16 * 32, shared, storage));
+                    // ptxas rejects any byte outside ASCII, comments included.
+                    assert!(m.text.is_ascii() && m.text.contains(".target sm_90"));
+                    for kernel in ["psm_cwd_prepare(", "psm_cwd_states("] {
+                        assert!(m.text.contains(&format!(".visible .entry {kernel}")), "{kernel}");
+                    }
+                    assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cwd_states_shared[];"));
+                    assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+                    // Without a gate, no decay is read or written.
+                    assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
+                    // bf16 storage stores U' as bf16 (in pairs), f32 storage as f32 (both
+                    // store the chunk states as bf16 pairs, and the decays as f32).
+                    let upre = &m.text[m.text.find("// upre[m] = T V").unwrap()..];
+                    let upre = &upre[..upre.find("// decay[m]").or(upre.find(".entry")).unwrap_or(upre.len())];
+                    assert_eq!(upre.contains("st.global.f32"), storage == Storage::F32);
                 }
-                assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
-                // Without a gate, no decay is read or written.
-                assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
             }
         }
+    }
+    // Narrower tiles on request (more blocks a sequence, each reading W and K-hat^T).
+    assert_eq!(STATE_VALUE_TILE, 32);
+    for tile in [8, 16, 64] {
+        let m = compile_delta_with(shape(128, 128, ChunkDecay::Log, false), DeltaOptions { state_value_tile: tile, ..DeltaOptions::default() }, 90).unwrap();
+        assert_eq!((m.state_value_tile, m.padded_values), (tile, 128));
     }
 }
 
@@ -44,4 +72,9 @@ fn refusals() {
     assert!(err(shape(16, 16, ChunkDecay::None, false), 75).contains("sm_80"));
     assert!(err(shape(MAX_KEYS + 1, 16, ChunkDecay::Log, false), 90).contains("keys"));
     assert!(err(shape(16, 0, ChunkDecay::None, false), 90).contains("without entries"));
+    for tile in [0, 12, MAX_VALUE_TILE + 8] {
+        let options = DeltaOptions { state_value_tile: tile, ..DeltaOptions::default() };
+        let e = compile_delta_with(shape(16, 16, ChunkDecay::None, false), options, 90).unwrap_err().0;
+        assert!(e.contains("state value tile"), "{tile}: {e}");
+    }
 }

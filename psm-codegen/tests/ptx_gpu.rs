@@ -53,7 +53,11 @@ struct Cuda {
         *mut *mut c_void,
     ) -> CuResult,
     sync: unsafe extern "C" fn() -> CuResult,
+    func_set_attribute: unsafe extern "C" fn(*mut c_void, i32, i32) -> CuResult,
 }
+
+/// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (cuda.h).
+const MAX_DYNAMIC_SHARED_SIZE_BYTES: i32 = 8;
 
 /// The function `name` of the driver as a function pointer of type `F`.
 ///
@@ -102,6 +106,7 @@ impl Cuda {
                 get_function: sym(lib, "cuModuleGetFunction"),
                 launch: sym(lib, "cuLaunchKernel"),
                 sync: sym(lib, "cuCtxSynchronize"),
+                func_set_attribute: sym(lib, "cuFuncSetAttribute"),
             })
         }
     }
@@ -165,15 +170,24 @@ impl Cuda {
     /// Launches the kernel `name` on a `grid` of blocks of `block` threads; waits for it
     /// when `wait`.
     fn launch_async(&self, module: *mut c_void, name: &str, grid: [u32; 3], block: u32, args: &[Arg], wait: bool) {
+        self.launch_shared(module, name, grid, (block, 0), args, wait);
+    }
+
+    /// [`launch_async`](Self::launch_async) with `shared` bytes of dynamic shared memory
+    /// per block (the function's limit raised to that first).
+    fn launch_shared(&self, module: *mut c_void, name: &str, grid: [u32; 3], (block, shared): (u32, u32), args: &[Arg], wait: bool) {
         let cname = CString::new(name).unwrap();
         let mut f = std::ptr::null_mut();
         unsafe { check("cuModuleGetFunction", (self.get_function)(&mut f, module, cname.as_ptr())) };
+        if shared > 0 {
+            unsafe { check("cuFuncSetAttribute", (self.func_set_attribute)(f, MAX_DYNAMIC_SHARED_SIZE_BYTES, shared as i32)) };
+        }
         let mut storage: Vec<u64> = args.iter().map(|a| a.bits()).collect();
         let mut ptrs: Vec<*mut c_void> = storage.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         unsafe {
             check(
                 name,
-                (self.launch)(f, grid[0], grid[1], grid[2], block, 1, 1, 0, std::ptr::null_mut(), ptrs.as_mut_ptr(), std::ptr::null_mut()),
+                (self.launch)(f, grid[0], grid[1], grid[2], block, 1, 1, shared, std::ptr::null_mut(), ptrs.as_mut_ptr(), std::ptr::null_mut()),
             );
         }
         if wait {
@@ -948,218 +962,271 @@ fn diag_affine_timings() {
 
 // ------------------------------------------------------------------ delta rule (tensor cores)
 
+/// The buffers of one run of the delta rule's kernels (psm-codegen's `ptx::delta`, then
+/// `psm_cw_outputs` over the pseudo-values) for `nseq` sequences of `steps`.
+struct DeltaRun {
+    nseq: usize,
+    steps: usize,
+    nchunks: usize,
+    w: Dev,
+    khat: Dev,
+    upre: Dev,
+    decay: Dev,
+    states: Dev,
+    u: Dev,
+    out: Dev,
+}
+
+/// The inputs of a [`DeltaRun`], in the modules' storage (`beta`, `g` and `s0` f32); the
+/// keys serve as b (DeltaNet's and Gated DeltaNet's b = k).
+struct DeltaInputs {
+    q: Dev,
+    k: Dev,
+    v: Dev,
+    beta: Dev,
+    g: Dev,
+    s0: Option<Dev>,
+}
+
+impl DeltaInputs {
+    fn free(self, cuda: &Cuda) {
+        for d in [self.q, self.k, self.v, self.beta, self.g].into_iter().chain(self.s0) {
+            cuda.free(d);
+        }
+    }
+}
+
+/// A kernel launch: in the outputs module or the delta rule's, name, grid, (threads,
+/// dynamic shared bytes), arguments.
+type Launch = (bool, &'static str, [u32; 3], (u32, u32), Vec<Arg>);
+
+impl DeltaRun {
+    fn new(cuda: &Cuda, m: &psm_codegen::ptx::delta::DeltaModule, nseq: usize, steps: usize) -> DeltaRun {
+        let (keys, values) = (m.shape.keys, m.shape.values);
+        let nchunks = steps.div_ceil(psm_codegen::ptx::chunkwise::CHUNK);
+        let per_chunk = nseq * nchunks * psm_codegen::ptx::chunkwise::CHUNK;
+        let entry = m.entry_bytes();
+        DeltaRun {
+            nseq,
+            steps,
+            nchunks,
+            w: cuda.zeros(per_chunk * m.padded_keys * 2),
+            khat: cuda.zeros(per_chunk * m.padded_keys * 2),
+            upre: cuda.zeros(per_chunk * m.padded_values * entry),
+            decay: cuda.zeros(nseq * nchunks * 4),
+            states: cuda.zeros(nseq * (nchunks + 1) * keys * values * 4),
+            u: cuda.zeros(nseq * steps * values * entry),
+            out: cuda.zeros(nseq * steps * values * entry),
+        }
+    }
+
+    /// The three launches over `x` in order: prepare, states (from `x.s0` when given),
+    /// outputs.
+    fn kernels(&self, m: &psm_codegen::ptx::delta::DeltaModule, c: &psm_codegen::ptx::chunkwise::ChunkwiseModule, x: &DeltaInputs) -> Vec<Launch> {
+        let p = |d: &Dev| Arg::U64(d.ptr);
+        let (nseq, nchunks, steps) = (self.nseq as u32, self.nchunks as u32, Arg::U64(self.steps as u64));
+        let (s0, flags) = x.s0.as_ref().map_or((Arg::U64(0), 0), |s| (p(s), HAS_STATE));
+        let (gx, gy, gz) = c.output_grid(nchunks, nseq);
+        let prepare = vec![p(&x.k), p(&x.k), p(&x.beta), p(&x.g), p(&x.v), p(&self.w), p(&self.khat), p(&self.upre), p(&self.decay), steps];
+        let states = vec![p(&self.w), p(&self.khat), p(&self.upre), p(&self.decay), s0, p(&self.states), p(&self.u), steps, Arg::U32(flags)];
+        let outputs = vec![p(&x.q), p(&x.k), p(&self.u), p(&x.g), p(&self.states), p(&self.out), steps, Arg::U32(0)];
+        let vtiles = m.shape.values.div_ceil(m.state_value_tile) as u32;
+        vec![
+            (false, "psm_cwd_prepare", [nchunks, nseq, 1], (psm_codegen::ptx::delta::PREPARE_THREADS, 0), prepare),
+            (false, "psm_cwd_states", [vtiles, nseq, 1], (m.state_threads, m.state_shared_bytes as u32), states),
+            (true, "psm_cw_outputs", [gx, gy, gz], (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, 0), outputs),
+        ]
+    }
+
+    fn launch(&self, cuda: &Cuda, (delta, outputs): (*mut c_void, *mut c_void), launches: &[Launch], wait: bool) {
+        for (in_outputs, name, grid, block, args) in launches {
+            cuda.launch_shared(if *in_outputs { outputs } else { delta }, name, *grid, *block, args, wait);
+        }
+    }
+
+    fn free(self, cuda: &Cuda) {
+        for d in [self.w, self.khat, self.upre, self.decay, self.states, self.u, self.out] {
+            cuda.free(d);
+        }
+    }
+}
+
+/// `count` rows of `width` uniform entries in [−1, 1), each scaled to unit length, then
+/// rounded to bf16 (the library's operators normalize their keys and queries).
+fn unit_rows(seed: &mut u64, count: usize, width: usize) -> Vec<f32> {
+    let x: Vec<f32> = (0..count * width).map(|_| uniform(seed, -1.0, 1.0) as f32).collect();
+    x.chunks(width)
+        .flat_map(|r| {
+            let norm = r.iter().map(|a| a * a).sum::<f32>().sqrt();
+            r.iter().map(move |a| bf16_round(a / norm)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`) against the
 /// recurrence in f64: S_t = γ_t (I − β_t k_t k_tᵀ) S_(t−1) + k_t v_tᵀ (DeltaNet without a
 /// gate, Gated DeltaNet with one given as a log or a value), o_t = S_tᵀ q_t (or
 /// S_(t−1)ᵀ q_t), keys L2-normalized and β in (0, 1) as the library's operators make
 /// them, at lengths around the chunk, key/value counts that are not multiples of the
-/// tiles, with an initial state at odd lengths; bf16 inputs; outputs and the final state
-/// within issue 6's ‖out − ref‖ / ‖ref‖ < 1e-2.
+/// tiles, with an initial state at odd lengths; bf16 inputs, read as f32 and (two of the
+/// shapes) as bf16, the state kernel's value tile at its default and (the wider shapes)
+/// 16 and 64; outputs and the final state within issue 6's ‖out − ref‖ / ‖ref‖ < 1e-2.
 #[test]
 fn delta_rule_tensor_cores() {
-    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
-    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage, MAX_VALUE_TILE};
+    use psm_codegen::ptx::delta::{compile_delta_with, DeltaOptions, STATE_VALUE_TILE};
     let Some(cuda) = Cuda::open() else {
         eprintln!("delta_rule_tensor_cores skipped: CUDA not available");
         return;
     };
     let mut seed = 5u64;
-    let mut worst = 0.0f64;
+    // The worst error of each (storage, state value tile), for where the margin goes.
+    let mut worst: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
     for (keys, values) in [(16, 16), (8, 8), (64, 100), (128, 128)] {
+        let wide = values > 32;
+        let mut options = vec![(Storage::F32, STATE_VALUE_TILE)];
+        if wide {
+            options.extend([(Storage::F32, 16), (Storage::F32, MAX_VALUE_TILE)]);
+        }
+        if [(8, 8), (128, 128)].contains(&(keys, values)) {
+            options.push((Storage::Bf16, STATE_VALUE_TILE));
+        }
         for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
             for exclusive in [false, true] {
                 let shape = ChunkwiseShape { keys, values, decay, exclusive };
-                let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
-                let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+                let modules: Vec<_> = options
+                    .iter()
+                    .map(|&(storage, state_value_tile)| {
+                        let m = compile_delta_with(shape, DeltaOptions { storage, state_value_tile }, 90).expect("kernels");
+                        let c = compile_chunkwise_stored(shape, storage, 90).expect("kernels");
+                        let loaded = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+                        (m, c, loaded)
+                    })
+                    .collect();
                 for steps in [1usize, 2, 7, 63, 64, 65, 200] {
                     let nseq = 3;
                     let with_state = steps % 2 == 1;
                     let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
-                    let unit_rows = |x: Vec<f32>| -> Vec<f32> {
-                        x.chunks(keys)
-                            .flat_map(|r| {
-                                let norm = r.iter().map(|a| a * a).sum::<f32>().sqrt();
-                                r.iter().map(move |a| bf16_round(a / norm)).collect::<Vec<_>>()
-                            })
-                            .collect()
-                    };
-                    let q = unit_rows(gen(nseq * steps * keys, -1.0, 1.0));
-                    let k = unit_rows(gen(nseq * steps * keys, -1.0, 1.0));
                     let v: Vec<f32> = gen(nseq * steps * values, -1.0, 1.0).into_iter().map(bf16_round).collect();
                     let beta = gen(nseq * steps, 0.0, 1.0);
                     let gamma = gen(nseq * steps, 0.8, 1.0);
-                    let s0 = if with_state { gen(nseq * keys * values, -1.0, 1.0) } else { vec![0.0; nseq * keys * values] };
+                    let s0 = with_state.then(|| gen(nseq * keys * values, -1.0, 1.0));
+                    let (q, k) = (unit_rows(&mut seed, nseq * steps, keys), unit_rows(&mut seed, nseq * steps, keys));
                     let g: Vec<f32> = match decay {
                         ChunkDecay::Log => gamma.iter().map(|x| x.ln()).collect(),
                         _ => gamma.clone(),
                     };
-                    let decay_of = |i: usize| if decay == ChunkDecay::None { 1.0 } else { gamma[i] as f64 };
-                    // The reference recurrence, in f64.
-                    let mut want = vec![0.0f64; nseq * steps * values];
-                    let mut finals = vec![0.0f64; nseq * keys * values];
-                    for s in 0..nseq {
-                        let mut st: Vec<f64> = s0[s * keys * values..(s + 1) * keys * values].iter().map(|&x| x as f64).collect();
-                        for t in 0..steps {
-                            let row = s * steps + t;
-                            let read = |st: &[f64], want: &mut [f64]| {
-                                for j in 0..values {
-                                    want[row * values + j] = (0..keys).map(|i| q[row * keys + i] as f64 * st[i * values + j]).sum();
-                                }
-                            };
-                            if exclusive {
-                                read(&st, &mut want);
-                            }
-                            let (d, b) = (decay_of(row), beta[row] as f64);
-                            let kk = |i: usize| k[row * keys + i] as f64;
-                            for j in 0..values {
-                                let bs: f64 = (0..keys).map(|i| kk(i) * st[i * values + j]).sum();
-                                for i in 0..keys {
-                                    let x = &mut st[i * values + j];
-                                    *x = d * (*x - b * kk(i) * bs) + kk(i) * v[row * values + j] as f64;
-                                }
-                            }
-                            if !exclusive {
-                                read(&st, &mut want);
-                            }
-                        }
-                        finals[s * keys * values..(s + 1) * keys * values].copy_from_slice(&st);
-                    }
-                    let nchunks = steps.div_ceil(CHUNK);
-                    let up = |x: &[f32]| cuda.upload(&f32_bytes(x));
-                    let (dq, dk, dv, dbeta, dg, ds0) = (up(&q), up(&k), up(&v), up(&beta), up(&g), up(&s0));
-                    let per_chunk = nseq * nchunks;
-                    let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
-                    let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
-                    let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
-                    let ddecay = cuda.zeros(per_chunk * 4);
-                    let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
-                    let u = cuda.zeros(nseq * steps * values * 4);
-                    let out = cuda.zeros(nseq * steps * values * 4);
-                    let p = |d: &Dev| Arg::U64(d.ptr);
-                    let steps_arg = Arg::U64(steps as u64);
-                    cuda.launch_grid(
-                        module,
-                        "psm_cwd_prepare",
-                        [nchunks as u32, nseq as u32, 1],
-                        PREPARE_THREADS,
-                        &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
-                    );
-                    let flags = Arg::U32(if with_state { HAS_STATE } else { 0 });
-                    cuda.launch_grid(
-                        module,
-                        "psm_cwd_states",
-                        [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
-                        m.state_threads,
-                        &[p(&dw), p(&khat), p(&upre), p(&ddecay), p(&ds0), p(&states), p(&u), steps_arg, flags],
-                    );
-                    cuda.launch_grid(
-                        outputs,
-                        "psm_cw_outputs",
-                        [values.div_ceil(c.value_tile) as u32, nchunks as u32, nseq as u32],
-                        OUTPUT_THREADS,
-                        &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)],
-                    );
-                    let found = f32s(&cuda.download(&out));
-                    let all_states = f32s(&cuda.download(&states));
-                    let mut found_finals = Vec::new();
-                    for s in 0..nseq {
-                        let at = (s * (nchunks + 1) + nchunks) * keys * values;
-                        found_finals.extend_from_slice(&all_states[at..at + keys * values]);
-                    }
-                    let what = format!("keys {keys}, values {values}, {decay:?}, exclusive {exclusive}, steps {steps}, initial state {with_state}");
-                    let e_out = relative(&found, &want);
-                    let e_state = relative(&found_finals, &finals);
-                    assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
-                    assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
-                    worst = worst.max(e_out).max(e_state);
-                    for d in [dq, dk, dv, dbeta, dg, ds0, dw, khat, upre, ddecay, states, u, out] {
-                        cuda.free(d);
+                    let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: Some(&beta), s0: s0.as_deref() };
+                    let (want, finals) = reference.run(|row, _| if decay == ChunkDecay::None { 1.0 } else { gamma[row] as f64 });
+                    for (m, c, loaded) in &modules {
+                        let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, m.storage));
+                        let inputs = DeltaInputs {
+                            q: stored(&q),
+                            k: stored(&k),
+                            v: stored(&v),
+                            beta: cuda.upload(&f32_bytes(&beta)),
+                            g: cuda.upload(&f32_bytes(&g)),
+                            s0: s0.as_ref().map(|s| cuda.upload(&f32_bytes(s))),
+                        };
+                        let run = DeltaRun::new(&cuda, m, nseq, steps);
+                        run.launch(&cuda, *loaded, &run.kernels(m, c, &inputs), true);
+                        let found = stored_values(&cuda.download(&run.out), m.storage);
+                        let found_finals = final_states(&f32s(&cuda.download(&run.states)), nseq, run.nchunks, keys * values);
+                        let what = format!(
+                            "keys {keys}, values {values}, {decay:?}, exclusive {exclusive}, {:?}, state value tile {}, steps {steps}, initial state {with_state}",
+                            m.storage, m.state_value_tile
+                        );
+                        let err = within_bf16_bound(&what, (&found[..want.len()], &want), (&found_finals, &finals));
+                        let slot = worst.entry(format!("{:?} storage, state value tile {}", m.storage, m.state_value_tile)).or_default();
+                        *slot = slot.max(err);
+                        run.free(&cuda);
+                        inputs.free(&cuda);
                     }
                 }
             }
         }
     }
-    eprintln!("delta_rule_tensor_cores: worst relative error {worst:e}");
+    for (options, err) in &worst {
+        eprintln!("delta_rule_tensor_cores: {options}: worst relative error {err:e}");
+    }
 }
 
-/// Timings of the delta rule's kernels at fla's chunk_delta_rule shape (B·H = 64
-/// sequences, K = V = 128, T = 1024, 4096, 16384), Gated DeltaNet's log gate, f32
-/// inputs: the median of 5 runs of the three launches, each synchronized (launch
-/// overhead included).
+/// Timings of the delta rule's kernels at fla's chunk_delta_rule shape (B = 4, H = 16,
+/// K = V = 128; T = 1024, 4096, 16384), Gated DeltaNet's log gate, unit keys and
+/// queries, with the default options (f32 storage, the default state value tile), a
+/// state value tile of 16 (the kernels' first version) and bf16 storage (k, v, q, U',
+/// the pseudo-values and the outputs; β and the gate f32): the median over 10 rounds of 10
+/// back-to-back runs of the three kernels between two synchronizations, and each kernel
+/// alone (its inputs as the whole run leaves them). Prints one JSON line per length for
+/// the default value tile in bf16 in bench/gpu/baselines.py's format (as
+/// `chunkwise_timings`: "vs" names fla's row of the same problem).
 /// `cargo test -p psm-codegen --test ptx_gpu -- --ignored delta_rule_timings --nocapture`
 #[test]
 #[ignore = "a benchmark: run on a GPU machine"]
 fn delta_rule_timings() {
-    use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
-    use psm_codegen::ptx::delta::{compile_delta, PREPARE_THREADS};
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
+    use psm_codegen::ptx::delta::{compile_delta_with, DeltaOptions};
     let Some(cuda) = Cuda::open() else {
         eprintln!("delta_rule_timings skipped: CUDA not available");
         return;
     };
-    let (nseq, keys, values) = (64usize, 128usize, 128usize);
-    let shape = ChunkwiseShape { keys, values, decay: ChunkDecay::Log, exclusive: false };
-    let (m, c) = (compile_delta(shape, 90).expect("kernels"), compile_chunkwise(shape, 90).expect("kernels"));
-    let (module, outputs) = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+    let (batch, heads, d) = (4usize, 16usize, 128usize);
+    let nseq = batch * heads;
+    let shape = ChunkwiseShape { keys: d, values: d, decay: ChunkDecay::Log, exclusive: false };
+    let default = DeltaOptions::default();
+    let options = [default, DeltaOptions { state_value_tile: 16, ..default }, DeltaOptions { storage: Storage::Bf16, ..default }];
+    let modules: Vec<_> = options
+        .iter()
+        .map(|&o| {
+            let (m, c) = (compile_delta_with(shape, o, 90).expect("kernels"), compile_chunkwise_stored(shape, o.storage, 90).expect("kernels"));
+            let loaded = (cuda.load_text(&m.text), cuda.load_text(&c.text));
+            (m, c, loaded)
+        })
+        .collect();
     let mut seed = 13u64;
     for steps in [1024usize, 4096, 16384] {
-        let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<f32>>();
-        let unit = |x: Vec<f32>| -> Vec<u8> {
-            f32_bytes(&x.chunks(keys).flat_map(|r| {
-                let norm = r.iter().map(|a| a * a).sum::<f32>().sqrt();
-                r.iter().map(move |a| a / norm).collect::<Vec<_>>()
-            }).collect::<Vec<_>>())
-        };
-        let (dq, dk) = (cuda.upload(&unit(gen(nseq * steps * keys, -1.0, 1.0))), cuda.upload(&unit(gen(nseq * steps * keys, -1.0, 1.0))));
-        let dv = cuda.upload(&f32_bytes(&gen(nseq * steps * values, -1.0, 1.0)));
-        let dbeta = cuda.upload(&f32_bytes(&gen(nseq * steps, 0.0, 1.0)));
-        let dg = cuda.upload(&f32_bytes(&gen(nseq * steps, -0.1, 0.0)));
-        let nchunks = steps.div_ceil(CHUNK);
-        let per_chunk = nseq * nchunks;
-        let dw = cuda.zeros(per_chunk * CHUNK * m.padded_keys * 2);
-        let khat = cuda.zeros(per_chunk * m.padded_keys * CHUNK * 2);
-        let upre = cuda.zeros(per_chunk * CHUNK * m.padded_values * 4);
-        let ddecay = cuda.zeros(per_chunk * 4);
-        let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
-        let u = cuda.zeros(nseq * steps * values * 4);
-        let out = cuda.zeros(nseq * steps * values * 4);
-        let p = |d: &Dev| Arg::U64(d.ptr);
-        let steps_arg = Arg::U64(steps as u64);
-        let mut times = Vec::new();
-        for _ in 0..6 {
-            let t0 = std::time::Instant::now();
-            cuda.launch_grid(
-                module,
-                "psm_cwd_prepare",
-                [nchunks as u32, nseq as u32, 1],
-                PREPARE_THREADS,
-                &[p(&dk), p(&dk), p(&dbeta), p(&dg), p(&dv), p(&dw), p(&khat), p(&upre), p(&ddecay), steps_arg],
+        let rows = nseq * steps;
+        let (q, k) = (unit_rows(&mut seed, rows, d), unit_rows(&mut seed, rows, d));
+        let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| bf16_round(uniform(&mut seed, lo, hi) as f32)).collect::<Vec<f32>>();
+        let (v, beta, g) = (gen(rows * d, -1.0, 1.0), gen(rows, 0.0, 1.0), gen(rows, -0.1, 0.0));
+        for (m, c, loaded) in &modules {
+            let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, m.storage));
+            let inputs = DeltaInputs { q: stored(&q), k: stored(&k), v: stored(&v), beta: cuda.upload(&f32_bytes(&beta)), g: cuda.upload(&f32_bytes(&g)), s0: None };
+            let run = DeltaRun::new(&cuda, m, nseq, steps);
+            let launches = run.kernels(m, c, &inputs);
+            let median = |launches: &[Launch], rounds: usize| {
+                let mut times: Vec<f64> = (0..=rounds)
+                    .map(|_| {
+                        cuda.synchronize();
+                        let t0 = std::time::Instant::now();
+                        for _ in 0..10 {
+                            run.launch(&cuda, *loaded, launches, false);
+                        }
+                        cuda.synchronize();
+                        t0.elapsed().as_secs_f64() / 10.0
+                    })
+                    .skip(1)
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                times[times.len() / 2]
+            };
+            let seconds = median(&launches, 10);
+            let parts: Vec<String> = launches.iter().map(|l| format!("{} {:.3} ms", l.1, median(std::slice::from_ref(l), 5) * 1e3)).collect();
+            eprintln!(
+                "delta rule T = {steps}, {:?}, state value tile {}: {:.3} ms = {}",
+                m.storage,
+                m.state_value_tile,
+                seconds * 1e3,
+                parts.join(" + ")
             );
-            let t1 = std::time::Instant::now();
-            cuda.launch_grid(
-                module,
-                "psm_cwd_states",
-                [values.div_ceil(m.state_value_tile) as u32, nseq as u32, 1],
-                m.state_threads,
-                &[p(&dw), p(&khat), p(&upre), p(&ddecay), Arg::U64(0), p(&states), p(&u), steps_arg, Arg::U32(0)],
-            );
-            let t2 = std::time::Instant::now();
-            let vtiles = values.div_ceil(c.value_tile) as u32;
-            cuda.launch_grid(outputs, "psm_cw_outputs", [vtiles, nchunks as u32, nseq as u32], OUTPUT_THREADS, &[p(&dq), p(&dk), p(&u), p(&dg), p(&states), p(&out), steps_arg, Arg::U32(0)]);
-            let t3 = std::time::Instant::now();
-            times.push([(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]);
-        }
-        times.remove(0);
-        times.sort_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()));
-        let [i, s, o] = times[times.len() / 2];
-        eprintln!(
-            "delta rule T = {steps}: prepare {:.3} ms + states {:.3} ms + outputs {:.3} ms = {:.3} ms (B·H = {nseq}, K = V = {keys}, gated, f32 in/out)",
-            i * 1e3,
-            s * 1e3,
-            o * 1e3,
-            (i + s + o) * 1e3
-        );
-        for d in [dq, dk, dv, dbeta, dg, dw, khat, upre, ddecay, states, u, out] {
-            cuda.free(d);
+            if m.storage == Storage::Bf16 {
+                // q, k, v read and o written once (bf16), β and the gate (f32).
+                let bytes = 4 * rows * d * 2 + 2 * rows * 4;
+                let shape = [batch, steps, heads, d];
+                println!(r#"{{"suite": "fla", "name": "psm chunkwise, delta rule", "shape": {shape:?}, "seconds": {seconds:e}, "bytes": {bytes}, "vs": ["chunk_delta_rule"]}}"#);
+            }
+            run.free(&cuda);
+            inputs.free(&cuda);
         }
     }
 }
@@ -1191,6 +1258,82 @@ fn relative(found: &[f32], want: &[f64]) -> f64 {
     let num: f64 = found.iter().zip(want).map(|(&a, &b)| (a as f64 - b).powi(2)).sum();
     let den: f64 = want.iter().map(|b| b * b).sum();
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// The reference recurrence of the tensor-core tests, in f64, over `nseq` sequences of
+/// `steps`: S_t = D_t (S_(t−1) − β_t k_t (k_tᵀ S_(t−1))) + k_t v_tᵀ, D_t diagonal (one
+/// decay, or one per key), from `s0` (zeros without one); without β the delta term is
+/// absent (S_t = D_t S_(t−1) + k_t v_tᵀ). Inputs `[nseq, steps, width]`, β `[nseq, steps]`.
+struct Recurrence<'a> {
+    keys: usize,
+    values: usize,
+    nseq: usize,
+    steps: usize,
+    exclusive: bool,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    beta: Option<&'a [f32]>,
+    s0: Option<&'a [f32]>,
+}
+
+impl Recurrence<'_> {
+    /// The outputs o_t = S_tᵀ q_t (S_(t−1)ᵀ q_t when exclusive) `[nseq, steps, values]`
+    /// and the final states `[nseq, keys, values]`, with `decay(row, key)` the entry of
+    /// D at row `seq · steps + t`.
+    fn run(&self, decay: impl Fn(usize, usize) -> f64) -> (Vec<f64>, Vec<f64>) {
+        let (keys, values, steps) = (self.keys, self.values, self.steps);
+        let size = keys * values;
+        let mut want = vec![0.0f64; self.nseq * steps * values];
+        let mut finals = vec![0.0f64; self.nseq * size];
+        for s in 0..self.nseq {
+            let mut st: Vec<f64> = match self.s0 {
+                Some(s0) => s0[s * size..(s + 1) * size].iter().map(|&x| x as f64).collect(),
+                None => vec![0.0; size],
+            };
+            for t in 0..steps {
+                let row = s * steps + t;
+                let read = |st: &[f64], want: &mut [f64]| {
+                    for j in 0..values {
+                        want[row * values + j] = (0..keys).map(|i| self.q[row * keys + i] as f64 * st[i * values + j]).sum();
+                    }
+                };
+                if self.exclusive {
+                    read(&st, &mut want);
+                }
+                let kk = |i: usize| self.k[row * keys + i] as f64;
+                let d: Vec<f64> = (0..keys).map(|i| decay(row, i)).collect();
+                for j in 0..values {
+                    // β_t (k_tᵀ S)_j, read before column j changes.
+                    let removed = self.beta.map_or(0.0, |beta| beta[row] as f64 * (0..keys).map(|i| kk(i) * st[i * values + j]).sum::<f64>());
+                    for i in 0..keys {
+                        let x = &mut st[i * values + j];
+                        *x = d[i] * (*x - kk(i) * removed) + kk(i) * self.v[row * values + j] as f64;
+                    }
+                }
+                if !self.exclusive {
+                    read(&st, &mut want);
+                }
+            }
+            finals[s * size..(s + 1) * size].copy_from_slice(&st);
+        }
+        (want, finals)
+    }
+}
+
+/// The final states (`[nseq, size]`) of a states buffer `[nseq, nchunks + 1, size]`.
+fn final_states(all: &[f32], nseq: usize, nchunks: usize, size: usize) -> Vec<f32> {
+    (0..nseq).flat_map(|s| all[(s * (nchunks + 1) + nchunks) * size..][..size].to_vec()).collect()
+}
+
+/// Asserts issue 6's bound for bf16 inputs with f32 accumulation, ‖out − ref‖ / ‖ref‖
+/// < 1e-2, on the (found, wanted) outputs and final states; the larger error.
+fn within_bf16_bound(what: &str, (found, want): (&[f32], &[f64]), (found_finals, finals): (&[f32], &[f64])) -> f64 {
+    let e_out = relative(found, want);
+    let e_state = relative(found_finals, finals);
+    assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
+    assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
+    e_out.max(e_state)
 }
 
 /// The tensor-core chunkwise kernels (psm-codegen's `ptx::chunkwise`) against the
@@ -1247,50 +1390,16 @@ fn chunkwise_tensor_cores() {
                             ChunkDecay::Log | ChunkDecay::DiagonalLog => (g[row * channels + i % channels] as f64).exp(),
                             _ => g[row * channels + i % channels] as f64,
                         };
-                        // The reference recurrence, in f64.
-                        let mut want = vec![0.0f64; nseq * steps * values];
-                        let mut finals = vec![0.0f64; nseq * keys * values];
-                        for s in 0..nseq {
-                            let mut st = vec![0.0f64; keys * values];
-                            for t in 0..steps {
-                                let row = s * steps + t;
-                                let read = |st: &[f64], want: &mut [f64]| {
-                                    for j in 0..values {
-                                        want[row * values + j] = (0..keys).map(|i| q[row * keys + i] as f64 * st[i * values + j]).sum();
-                                    }
-                                };
-                                if exclusive {
-                                    read(&st, &mut want);
-                                }
-                                for i in 0..keys {
-                                    let d = decay_of(row, i);
-                                    for j in 0..values {
-                                        st[i * values + j] = d * st[i * values + j] + k[row * keys + i] as f64 * v[row * values + j] as f64;
-                                    }
-                                }
-                                if !exclusive {
-                                    read(&st, &mut want);
-                                }
-                            }
-                            finals[s * keys * values..(s + 1) * keys * values].copy_from_slice(&st);
-                        }
+                        let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: None, s0: None };
+                        let (want, finals) = reference.run(decay_of);
                         let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, storage));
                         let (dq, dk, dv, dg) = (stored(&q), stored(&k), stored(&v), cuda.upload(&f32_bytes(&g)));
                         let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
                         run.launch(&cuda, module, &m, [&dq, &dk, &dv, &dg], true);
                         let found = stored_values(&cuda.download(&run.out), storage);
-                        let all_states = f32s(&cuda.download(&run.states));
-                        let mut found_finals = Vec::new();
-                        for s in 0..nseq {
-                            let at = (s * (run.nchunks + 1) + run.nchunks) * keys * values;
-                            found_finals.extend_from_slice(&all_states[at..at + keys * values]);
-                        }
+                        let found_finals = final_states(&f32s(&cuda.download(&run.states)), nseq, run.nchunks, keys * values);
                         let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, steps {steps}");
-                        let e_out = relative(&found[..nseq * steps * values], &want);
-                        let e_state = relative(&found_finals, &finals);
-                        assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
-                        assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
-                        worst = worst.max(e_out).max(e_state);
+                        worst = worst.max(within_bf16_bound(&what, (&found[..want.len()], &want), (&found_finals, &finals)));
                         run.free(&cuda);
                         for d in [dq, dk, dv, dg] {
                             cuda.free(d);

@@ -794,17 +794,15 @@ fn chunkwise_form() {
 /// The delta rule's chunkwise form on the device (psm-codegen's `ptx::delta` kernels:
 /// DeltaNet and Gated DeltaNet through the WY/UT form) against the f64 fold of the
 /// interpreter and the CPU's chunkwise form (K = 7, V = 5), and against the CPU's
-/// chunkwise form at K = V = 64, at lengths around the 64-step chunk: ‖out − ref‖ /
-/// ‖ref‖ per sequence below issue 6's 1e-2 for bf16 operands. Except at K = 64 below 63
-/// steps, held to 3e-2: there an output is a handful of scores q·k of unit vectors in
-/// 64 dimensions (|q·k| ≈ 0.1) whose bf16 operands alone (2⁻⁹ relative each) give about
-/// 2⁻⁹ / 0.1 ≈ 5e-3, measured up to 1.04e-2 at one step; longer sequences average it out.
+/// chunkwise form at K = V = 64, at lengths around the 64-step chunk, with bf16 inputs
+/// (as `chunkwise_form`: the error measured is the kernels' own): ‖out − ref‖ / ‖ref‖
+/// over each whole output (both sequences) below issue 6's 1e-2 for bf16 inputs.
 #[test]
 fn chunkwise_delta_rule() {
     let Some(device) = device() else { return };
     let chunkwise = RunOptions { form: Form::Chunkwise, ..Default::default() };
-    // Worst errors: against the interpreter, the CPU form, the CPU form at K = 64 short.
-    let mut worst = [0.0f64; 3];
+    // Worst errors: against the interpreter, the CPU form.
+    let mut worst = [0.0f64; 2];
     for (keys, values) in [(7, 5), (64, 64)] {
         let dims: Vec<DimOverride> = [("K", keys), ("V", values)].iter().map(|(d, v)| DimOverride { name: d.to_string(), value: *v }).collect();
         for name in ["deltanet", "gated_deltanet"] {
@@ -812,34 +810,32 @@ fn chunkwise_delta_rule() {
             let agg = program.aggregator(name).unwrap().with_backend(Backend::Cpu);
             let gpu = agg.cuda(device).unwrap_or_else(|e| panic!("{name}: {e}"));
             for n in [0usize, 1, 2, 3, 7, 63, 64, 65, 200] {
-                let batch = Batch::new(&agg, 2, n, 0xde17a ^ n as u64);
+                let mut batch = Batch::new(&agg, 2, n, 0xde17a ^ n as u64);
+                for x in batch.seqs.iter_mut().flatten().flatten() {
+                    *x = half::bf16::from_f64(*x).to_f64();
+                }
                 let bufs = batch.input_bufs(&agg, 2, n);
                 let x = inputs(&agg, &[2], n, &bufs, &batch.param_bufs);
                 let out = gpu.run(&x, &chunkwise).unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
                 assert_eq!(out.form(), Form::Chunkwise, "{name}");
                 let cpu = agg.run(&x, &chunkwise).unwrap_or_else(|e| panic!("{name} n={n} on the CPU: {e}"));
-                for b in 0..2 {
-                    // The interpreter's dense K × K transitions only at the small size.
-                    let fold = (keys < 64).then(|| reference(&agg, Precision::F64, RefForm::Fold, &batch.params, &batch.first(&agg, b, n), n));
-                    for (k, output) in names(&agg, Role::Output).iter().enumerate() {
-                        let width = lens(&agg, Role::Output)[k];
-                        let found = seq_slice(out.get(output).unwrap(), b, n * width);
-                        let against_cpu = norm_error(&found, &seq_slice(cpu.get(output).unwrap(), b, n * width));
-                        let (bound, slot) = if keys >= 64 && n < 63 { (3e-2, 2) } else { (1e-2, 1) };
-                        assert!(against_cpu < bound, "{name} K={keys} n={n} seq {b} `{output}`: ‖out − cpu‖/‖cpu‖ = {against_cpu:e}");
-                        worst[slot] = worst[slot].max(against_cpu);
-                        if let Some(fold) = &fold {
-                            let err = norm_error(&found, &fold.outputs[k]);
-                            assert!(err < 1e-2, "{name} K={keys} n={n} seq {b} `{output}`: ‖out − ref‖/‖ref‖ = {err:e}");
-                            worst[0] = worst[0].max(err);
-                        }
+                // The interpreter's dense K × K transitions only at the small size.
+                let folds: Option<Vec<_>> =
+                    (keys < 64).then(|| (0..2).map(|b| reference(&agg, Precision::F64, RefForm::Fold, &batch.params, &batch.first(&agg, b, n), n)).collect());
+                for (k, output) in names(&agg, Role::Output).iter().enumerate() {
+                    let found = out.get(output).unwrap().to_f64();
+                    let against_cpu = norm_error(&found, &cpu.get(output).unwrap().to_f64());
+                    assert!(against_cpu < 1e-2, "{name} K={keys} n={n} `{output}`: ‖out − cpu‖/‖cpu‖ = {against_cpu:e}");
+                    worst[1] = worst[1].max(against_cpu);
+                    if let Some(folds) = &folds {
+                        let want: Vec<f64> = folds.iter().flat_map(|r| r.outputs[k].iter().copied()).collect();
+                        let err = norm_error(&found, &want);
+                        assert!(err < 1e-2, "{name} K={keys} n={n} `{output}`: ‖out − ref‖/‖ref‖ = {err:e}");
+                        worst[0] = worst[0].max(err);
                     }
                 }
             }
         }
     }
-    println!(
-        "delta rule's chunkwise form on the device: worst ‖out − ref‖/‖ref‖ {:.1e} (interpreter), {:.1e} (CPU chunkwise form), {:.1e} (CPU chunkwise form, K = 64, < 63 steps)",
-        worst[0], worst[1], worst[2]
-    );
+    println!("delta rule's chunkwise form on the device: worst ‖out − ref‖/‖ref‖ {:.1e} (interpreter), {:.1e} (CPU chunkwise form)", worst[0], worst[1]);
 }

@@ -21,10 +21,13 @@
 //!     grid (nchunks, nseq), 128 threads
 //!     per chunk: the Gram matrix B Kᵀ on tensor cores, T by forward substitution in f32
 //!     (one thread per column of T, held in registers), then on tensor cores
-//!     W = −T diag(β e^Λ) B (bf16) and U' = T V (f32); K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
+//!     W = −T diag(β e^Λ) B (bf16) and U' = T V; K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
 //!     and e^(Λ_last)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
-//!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads
+//!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
+//!     `state_shared_bytes` of dynamic shared memory (W and K̂ᵀ alone take 35 KiB at
+//!     128 keys, so that within the 48 KiB of static shared memory the value tile
+//!     could only be 16, and every block of a sequence reads them)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
 //!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
 //!     copied into shared memory (cp.async) while this one computes
@@ -32,18 +35,20 @@
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
 //!
-//! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]`, `beta`,
-//! `g` `[nseq, steps]` f32 as in ptx::chunkwise; per chunk c of sequence s (matrix
-//! m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]` `[kp, C]` bf16, `upre[m]`
-//! `[C, vp]` f32, `decay[m]` f32, with kp and vp the keys and values padded
-//! ([`DeltaModule`]) and zeros in the padding. Steps past a sequence's end have zero
-//! keys, b and β: their rows of T are the identity's and their pseudo-values 0.
+//! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]` of the
+//! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per
+//! chunk c of sequence s (matrix m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]`
+//! `[kp, C]` bf16, `upre[m]` `[C, vp]` of the storage type (bf16 as fla's u), `decay[m]`
+//! f32, with kp and vp the keys and values padded ([`DeltaModule`]) and zeros in the
+//! padding. Steps past a sequence's end have zero keys, b and β: their rows of T are the
+//! identity's and their pseudo-values 0.
 
 use std::fmt::Write;
 
+use super::block::shared_limit;
 use super::chunkwise::{
     check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
-    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, STATIC_SHARED,
+    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 
@@ -51,25 +56,67 @@ use super::emit::{Class, Reg};
 /// first C threads substitute, one column of T each).
 pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 
+/// Values per block of `psm_cwd_states` by default: measured on the H200 (B·H = 64,
+/// K = V = 128, T = 4096, f32 storage) the states kernel took 0.416, 0.350 and 0.383 ms
+/// with tiles of 16, 32 and 64 (docs/chunkwise.md).
+pub const STATE_VALUE_TILE: usize = 32;
+
+/// How [`compile_delta_with`] builds the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaOptions {
+    /// The type of k, b, v, U' and the pseudo-values u in global memory (β, the gate
+    /// and the states are f32).
+    pub storage: Storage,
+    /// Values per block of `psm_cwd_states` (a multiple of 8; at most the values padded
+    /// to 8, at most [`MAX_VALUE_TILE`]).
+    pub state_value_tile: usize,
+}
+
+impl Default for DeltaOptions {
+    /// f32 storage and a state value tile of [`STATE_VALUE_TILE`].
+    fn default() -> DeltaOptions {
+        DeltaOptions { storage: Storage::F32, state_value_tile: STATE_VALUE_TILE }
+    }
+}
+
 /// The delta rule's kernels of one state field and their geometry.
 #[derive(Debug, Clone)]
 pub struct DeltaModule {
     pub text: String,
     pub shape: ChunkwiseShape,
+    pub storage: Storage,
     /// Values per block of `psm_cwd_states` (`grid.x = ⌈values / state_value_tile⌉`).
     pub state_value_tile: usize,
     /// Threads per block of `psm_cwd_states`.
     pub state_threads: u32,
+    /// Bytes of dynamic shared memory per block of `psm_cwd_states` (more than 48 KiB
+    /// need the function's limit raised first).
+    pub state_shared_bytes: usize,
     /// Row widths of the per-chunk operands: keys padded to 16, values to the state
     /// value tile.
     pub padded_keys: usize,
     pub padded_values: usize,
 }
 
+impl DeltaModule {
+    /// Bytes of one entry of k, b, v, the pseudo-values u and `upre` in global memory.
+    pub fn entry_bytes(&self) -> usize {
+        entry_bytes(self.storage)
+    }
+}
+
 /// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]` and K̂ᵀ `[kp][C + 8]` in bf16, Sᵀ
-/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` in f32.
-fn states_shared_bytes(kp: usize, vt: usize) -> usize {
-    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * 4
+/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` of `storage`.
+fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * entry_bytes(storage)
+}
+
+/// Bytes of one entry of `storage`.
+fn entry_bytes(storage: Storage) -> usize {
+    match storage {
+        Storage::F32 => 4,
+        Storage::Bf16 => 2,
+    }
 }
 
 /// Shared bytes of `psm_cwd_prepare`: B's rows, then L (f32 `[C][C]`), then T (bf16
@@ -81,37 +128,74 @@ fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
     (first, second, vt * (CHUNK + 8) * 2)
 }
 
+/// The name of `psm_cwd_states`'s dynamic shared window.
+const STATES_WINDOW: &str = "psm_cwd_states_shared";
 
 /// The delta rule's kernels for one state field for `arch` (compute capability × 10, at
-/// least 80); `shape.decay` is the gate's (`None` for DeltaNet).
+/// least 80) with the default options (f32 storage); `shape.decay` is the gate's (`None`
+/// for DeltaNet).
 pub fn compile_delta(shape: ChunkwiseShape, arch: u32) -> Result<DeltaModule, Unsupported> {
+    compile_delta_with(shape, DeltaOptions::default(), arch)
+}
+
+/// [`compile_delta`] with `options`.
+pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u32) -> Result<DeltaModule, Unsupported> {
     check_shape(shape, arch, "bf16 tensor-core products and cp.async")?;
+    let requested = options.state_value_tile;
+    if requested == 0 || !requested.is_multiple_of(8) || requested > MAX_VALUE_TILE {
+        return Err(Unsupported(format!("a state value tile of {requested}: a multiple of 8 from 8 to {MAX_VALUE_TILE}")));
+    }
     let kp = padded_keys(shape.keys);
-    let svt = value_tile(shape.values, |vt| states_shared_bytes(kp, vt));
+    let svt = requested.min(shape.values.div_ceil(8) * 8);
     let pvt = value_tile(shape.values, |vt| {
         let (a, b, c) = prepare_shared_bytes(kp, vt);
         a + b + c + 2 * CHUNK * 4
     });
     let (a, b, c) = prepare_shared_bytes(kp, pvt);
-    for bytes in [states_shared_bytes(kp, svt), a + b + c + 2 * CHUNK * 4] {
-        if bytes > STATIC_SHARED {
+    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage);
+    for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (a + b + c + 2 * CHUNK * 4, STATIC_SHARED)] {
+        if bytes > limit {
             return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
         }
     }
     let vp = shape.values.div_ceil(svt) * svt;
-    // The runtime hands the kernels f32 operands; all keys in one block.
-    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: Storage::F32 };
+    // All keys in one block.
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
-        shape.keys, shape.values, shape.decay
+        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, {:?} storage, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
+        shape.keys, shape.values, shape.decay, options.storage
     );
     text.push_str(&module_header(arch));
     text.push_str(&prepare_kernel(&geometry(pvt), vp));
     text.push('\n');
+    let _ = writeln!(text, ".extern .shared .align 16 .b8 {STATES_WINDOW}[];\n");
     text.push_str(&states_kernel(&geometry(svt), vp));
-    Ok(DeltaModule { text, shape, state_value_tile: svt, state_threads: (kp / 16 * 32) as u32, padded_keys: kp, padded_values: vp })
+    Ok(DeltaModule {
+        text,
+        shape,
+        storage: options.storage,
+        state_value_tile: svt,
+        state_threads: (kp / 16 * 32) as u32,
+        state_shared_bytes,
+        padded_keys: kp,
+        padded_values: vp,
+    })
+}
+
+/// Consecutive arrays of `bytes` each (multiples of 16) in the kernel's dynamic shared
+/// window `window`: their addresses.
+fn window_arrays<const N: usize>(w: &mut Writer, window: &str, bytes: [usize; N]) -> [Reg; N] {
+    let base = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {base}, {window}"));
+    let mut offset = 0;
+    bytes.map(|n| {
+        let r = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {r}, {base}, {offset}"));
+        offset += n;
+        r
+    })
 }
 
 /// The 64-bit index m = seq · nchunks + chunk of a chunk's per-chunk operands.
@@ -344,7 +428,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let khat_scale = khat_scale.as_ref().map_or(Scale::None, |f| Scale::Step(f));
     stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, khat_scale);
     {
-        w.e.comment("upre[m] = T V, f32 [C][vp], a value tile at a time");
+        w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
         // U' rows are vp wide.
         let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage };
         let first_row = w.e.reg(Class::B64);
@@ -359,7 +443,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             w.e.ins("bar.sync 0");
             let acc = w.zeros(g.vt / 8);
             w.product(&acc, (t_addr, ss), (v_addr, ss), CHUNK);
-            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(Storage::F32));
+            tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(g.storage));
             w.e.ins("bar.sync 0");
         }
     }
@@ -453,6 +537,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let threads = warps * 32;
     let split = Split::new(g.vt, warps);
     let (ss, ks) = (g.step_stride(), g.key_stride());
+    // Bytes of an entry of U'.
+    let eb = entry_bytes(g.storage);
     let params = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps", "flags"];
     let wmat = w.param("w");
     let khat = w.param("khat");
@@ -469,11 +555,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let ws = w.shared("ws", CHUNK * ks * 2);
-    let kh = w.shared("kh", g.kp * ss * 2);
-    let st = w.shared("st", g.vt * ks * 2);
-    let ut = w.shared("ut", g.vt * ss * 2);
-    let up = w.shared("up", CHUNK * g.vt * 4);
+    w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (the storage type) in the dynamic shared window");
+    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * eb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -489,7 +572,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let u_addr = w.bf16_addr(ut, w.gq, ss, acol);
     // The byte offset of this block's value tile in a row of U'.
     let up_col = w.e.reg(Class::B64);
-    w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, 4"));
+    w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, {eb}"));
     let chunk = w.e.reg(Class::B32);
     // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
     // cp.async group; an empty group past the last chunk keeps the count.
@@ -504,9 +587,9 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         if first {
             let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
             copy_async(w, threads, src, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2, "copy_w");
-            let src = operand_addr(w, upre, m, CHUNK * vp * 4);
+            let src = operand_addr(w, upre, m, CHUNK * vp * eb);
             w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
-            copy_async(w, threads, src, vp * 4, up, g.vt * 4, CHUNK, g.vt * 4, "copy_upre");
+            copy_async(w, threads, src, vp * eb, up, g.vt * eb, CHUNK, g.vt * eb, "copy_upre");
         } else {
             let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
             copy_async(w, threads, src, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2, "copy_khat");
@@ -541,16 +624,29 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         let n0 = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {n0}, {c}, {}", w.gq));
         let s_addr = w.bf16_addr(st, n0, ks, acol);
-        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt] f32.
+        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt].
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {c}, {acol}"));
         w.e.ins(format!("mad.lo.u32 {at}, {r}, {}, {at}", g.vt));
-        w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {up}"));
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, {eb}, {up}"));
         let us: Vec<[Reg; 4]> = (0..split.tiles)
             .map(|nt| {
                 let t = [(); 4].map(|_| w.e.reg(Class::F32));
-                for (e, x) in t.iter().enumerate() {
-                    w.e.ins(format!("ld.shared.f32 {x}, [{at}+{}]", ((e / 2) * 8 * g.vt + 8 * nt + e % 2) * 4));
+                for half in 0..2 {
+                    let offset = (half * 8 * g.vt + 8 * nt) * eb;
+                    let (lo, hi) = (t[2 * half], t[2 * half + 1]);
+                    match g.storage {
+                        Storage::F32 => w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{offset}]")),
+                        Storage::Bf16 => {
+                            // A bf16 pair: a bf16 is the upper half of its f32.
+                            let [pair, lo_bits, hi_bits] = [(); 3].map(|_| w.e.reg(Class::B32));
+                            w.e.ins(format!("ld.shared.b32 {pair}, [{at}+{offset}]"));
+                            w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
+                            w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
+                            w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
+                            w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+                        }
+                    }
                 }
                 t
             })
@@ -558,7 +654,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.product(&us, (a_addr, ks), (s_addr, ks), g.kp);
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
-        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(Storage::F32));
+        tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(g.storage));
         let col = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
         let at = w.bf16_addr(ut, col, ss, r);

@@ -41,9 +41,9 @@ pub(super) fn pseudo_values<'f>(
     let b = upload(device, &format!("the delta rule's b `{b}`"), feature(b))?;
     let w = device.alloc("the chunks' W", per_chunk(CHUNK * m.padded_keys * 2, "the chunks' W")?, false)?;
     let khat = device.alloc("the chunks' decayed keys", per_chunk(m.padded_keys * CHUNK * 2, "the chunks' decayed keys")?, false)?;
-    let upre = device.alloc("the chunks' T V", per_chunk(CHUNK * m.padded_values * 4, "the chunks' T V")?, false)?;
+    let upre = device.alloc("the chunks' T V", per_chunk(CHUNK * m.padded_values * m.entry_bytes(), "the chunks' T V")?, false)?;
     let decay = device.alloc("the chunks' decays", per_chunk(4, "the chunks' decays")?, false)?;
-    let u_bytes = nseq.checked_mul(steps * shape.values * 4).ok_or_else(|| too_large("the pseudo-values"))?;
+    let u_bytes = nseq.checked_mul(steps * shape.values * m.entry_bytes()).ok_or_else(|| too_large("the pseudo-values"))?;
     let u = device.alloc("the pseudo-values", u_bytes, false)?;
     let steps64 = steps as u64;
     let sequences = dim(nseq, "sequences")?;
@@ -53,8 +53,11 @@ pub(super) fn pseudo_values<'f>(
     device.launch_grid(&module.function("psm_cwd_prepare")?, (dim(nchunks, "chunks")?, sequences, 1), PREPARE_THREADS, 0, &args)?;
 
     let vtiles = dim(shape.values.div_ceil(m.state_value_tile), "value tiles")?;
+    let states_fn = module.function("psm_cwd_states")?;
+    states_fn.allow_shared(m.state_shared_bytes)?;
+    let shared = dim(m.state_shared_bytes, "shared bytes")?;
     let mut args = Args::new();
     args.ptr(&w).ptr(&khat).ptr(&upre).ptr(&decay).u64(0).ptr(states).ptr(&u).u64(steps64).u32(0);
-    device.launch_grid(&module.function("psm_cwd_states")?, (vtiles, sequences, 1), m.state_threads, 0, &args)?;
+    device.launch_grid(&states_fn, (vtiles, sequences, 1), m.state_threads, shared, &args)?;
     Ok(u)
 }
