@@ -16,7 +16,7 @@
 # /tmp/site first (the GPU machine has no network). SKIP_TESTS=1 skips the GPU tests
 # (the whole run then fits one 10-minute device call more easily); FLA=1 adds issue 6's
 # flash-linear-attention rows beside psm's chunkwise kernels (psm-codegen's ptx_gpu
-# `chunkwise_timings`) and the correctness check bench/gpu/fla_check.py; FLA_ONLY=1 runs
+# `chunkwise_timings` and `delta_rule_timings`) and the correctness check bench/gpu/fla_check.py; FLA_ONLY=1 runs
 # only those (no GPU tests, no issue-5 rows or libraries). The
 # wheels are git-ignored: a device call must carry .whl beside DIR. Exit status: 1 when
 # a GPU test or a psm row failed, else 0.
@@ -88,6 +88,7 @@ run)
         # fla's kernels are compiled and autotuned by Triton on first use (about 40 s a
         # model on the H200, no cache there): the FLA part needs a call of its own.
         timeout 60 "$dir/ptx_gpu" --ignored --exact chunkwise_timings --nocapture 2> "$logs/chunkwise.err" | grep '^{' >> "$logs/fla.jsonl"
+        timeout 60 "$dir/ptx_gpu" --ignored --exact delta_rule_timings --nocapture 2>> "$logs/chunkwise.err" | grep '^{' >> "$logs/fla.jsonl"
         timeout 300 python3 bench/gpu/baselines.py fla >> "$logs/fla.jsonl" 2> "$logs/fla.err"
         # Correctness against fla's naive references and float64 (bench/gpu/fla_check.py).
         timeout 200 python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1
