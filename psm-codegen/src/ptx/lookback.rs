@@ -52,7 +52,11 @@
 //! `MEMBAR.GPU`, each a round trip to L2, on every poll and publication), and a full
 //! tile's positions are unrolled (the loop's 64-bit row and padding arithmetic was
 //! about 25 instructions per position per pass, more than the bandwidth budget of a
-//! cheap operator: about 3 remain for cumsum).
+//! cheap operator: about 3 remain for cumsum). Blocks that loop over tiles and take
+//! their next tile early, to load it during the current one's look-back, were slower
+//! at every register budget (BENCHMARKS.md, "Look-back scan: persistent blocks"): a
+//! tile taken before its block can fold it publishes its aggregate late, and the tiles
+//! after it wait in their look-back.
 //!
 //! Positions in a tile past `steps` and threads without positions carry a validity
 //! predicate: a missing operand is the flagged identity (never evaluated), so no
