@@ -74,6 +74,10 @@ use super::HAS_STATE;
 pub const CHUNK: usize = 64;
 /// Threads per block of `psm_cw_outputs` (one warp per 16 steps of the chunk).
 pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
+/// Blocks of `psm_cw_outputs` resident per SM that ptxas is asked to fit by registers
+/// (at most 128 a thread): left to itself it took 134 at 128 keys (sm_90), so 3 blocks
+/// fit where the ~45 KB of shared memory allows 5, and the kernel waits on its loads.
+const OUTPUT_BLOCKS_PER_SM: u32 = 4;
 /// Most keys of a state field.
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
@@ -324,6 +328,8 @@ pub(super) struct Writer {
     pub(super) cq: Reg,
     pub(super) tid: Reg,
     pub(super) warp: Reg,
+    /// Performance directives between the parameters and the body (see [`Writer::occupancy`]).
+    directives: String,
 }
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -346,7 +352,7 @@ impl Writer {
         e.ins(format!("shr.u32 {warp}, {tid}, 5"));
         e.ins(format!("shr.u32 {gq}, {lane}, 2"));
         e.ins(format!("and.b32 {cq}, {lane}, 3"));
-        Writer { e, shared: String::new(), gq, cq, tid, warp }
+        Writer { e, shared: String::new(), gq, cq, tid, warp, directives: String::new() }
     }
 
     /// A shared array of `bytes`; its 32-bit shared address in a register.
@@ -796,6 +802,13 @@ impl Writer {
         x
     }
 
+    /// Asks ptxas for `blocks` resident blocks of (at most) `threads` threads per SM: it
+    /// then keeps a thread's registers within 65536 / (threads · blocks), spilling if it
+    /// must, and the kernel cannot be launched with more threads.
+    pub(super) fn occupancy(&mut self, threads: u32, blocks: u32) {
+        self.directives = format!(".maxntid {threads}, 1, 1\n.minnctapersm {blocks}\n");
+    }
+
     pub(super) fn finish(self, name: &str, params: &[&str]) -> String {
         let mut text = format!(".visible .entry {name}(\n");
         for (k, p) in params.iter().enumerate() {
@@ -803,7 +816,9 @@ impl Writer {
             let ty = if *p == "flags" { ".u32" } else { ".u64" };
             let _ = writeln!(text, "\t.param {ty} {p}{sep}");
         }
-        text.push_str(")\n{\n");
+        text.push_str(")\n");
+        text.push_str(&self.directives);
+        text.push_str("{\n");
         text.push_str(&self.shared);
         text.push_str(&self.e.finish());
         text.push_str("\tret;\n}\n");
@@ -1482,6 +1497,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     let outrow = w.e.reg(Class::B64);
     w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
     tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
+    w.occupancy(OUTPUT_THREADS, OUTPUT_BLOCKS_PER_SM);
     w.finish("psm_cw_outputs", &params)
 }
 
