@@ -46,6 +46,7 @@ fn geometry() {
                         assert!(m.text.contains(&format!(".visible .entry {kernel}")), "{kernel}");
                     }
                     assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cwd_states_shared[];"));
+                    assert!(m.text.contains("psm_cwd_prepare(") && m.text.contains(")\n.maxntid 128, 1, 1\n.minnctapersm 4\n{\n"));
                     assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
                     // Without a gate, no decay is read or written.
                     assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
