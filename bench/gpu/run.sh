@@ -17,7 +17,8 @@
 # (the whole run then fits one 10-minute device call more easily); FLA=1 adds issue 6's
 # flash-linear-attention rows beside psm's chunkwise kernels (psm-codegen's ptx_gpu
 # `chunkwise_timings` and `delta_rule_timings`) and the correctness check bench/gpu/fla_check.py; FLA_ONLY=1 runs
-# only those (no GPU tests, no issue-5 rows or libraries). The
+# only those (no GPU tests, no issue-5 rows or libraries); FLA_CHECK_MODELS=a,b narrows
+# fla_check to those models and DEADLINE=<epoch seconds> ends it by then. The
 # wheels are git-ignored: a device call must carry .whl beside DIR. Exit status: 1 when
 # a GPU test or a psm row failed, else 0.
 set -u
@@ -91,7 +92,11 @@ run)
         timeout 60 "$dir/ptx_gpu" --ignored --exact delta_rule_timings --nocapture 2>> "$logs/chunkwise.err" | grep '^{' >> "$logs/fla.jsonl"
         timeout 300 python3 bench/gpu/baselines.py fla >> "$logs/fla.jsonl" 2> "$logs/fla.err"
         # Correctness against fla's naive references and float64 (bench/gpu/fla_check.py).
-        timeout 200 python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1
+        # FLA_CHECK_MODELS (comma-separated) narrows it; with DEADLINE (epoch seconds) it
+        # stops by then.
+        check_s=200
+        [ -n "${DEADLINE:-}" ] && check_s=$(( DEADLINE - $(date +%s) < 200 ? DEADLINE - $(date +%s) : 200 ))
+        [ "$check_s" -gt 0 ] && { timeout "$check_s" python3 bench/gpu/fla_check.py "$dir/psmc" /tmp/fla_check ${FLA_CHECK_MODELS:-} > "$logs/fla_check.txt" 2> "$logs/fla_check.err" || status=1; }
         tail -20 "$logs/fla_check.txt"
     fi
     wc -l "$logs/torch.jsonl" "$logs/jax.jsonl" "$logs/fla.jsonl"
