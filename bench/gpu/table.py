@@ -62,12 +62,16 @@ def main():
             lines = [line for line in open(path) if line.strip()]
         except OSError:
             continue
+        skipped = []
         for line in lines:
             try:
                 libs.append(json.loads(line))
             except json.JSONDecodeError:
-                # A library that writes to stdout (warnings, progress) must not lose the table.
-                print(f"not a result line in {path}: {line.strip()[:120]}")
+                # A library that writes to stdout (warnings, progress, accelerated-scan's
+                # extension build log) must not lose the table.
+                skipped.append(line.strip())
+        if skipped:
+            print(f"{len(skipped)} lines of {path} are not results (first: {skipped[0][:100]})")
     copy = [l for l in libs if l.get("suite") == "copy" and "seconds" in l]
     copy_bps = copy[0]["bytes"] / copy[0]["seconds"] if copy else None
     print(f"copy bandwidth (torch copy_, same run): {copy_bps / 1e12:.2f} TB/s" if copy_bps else "copy bandwidth: not measured")
