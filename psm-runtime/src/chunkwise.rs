@@ -307,7 +307,6 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
         .map(|members| (members, &plan.fields[members[0]]))
         .map(|(members, f)| FieldData {
             keys: f.keys,
-            values: padded_width(members.iter().map(|&m| plan.fields[m].values)),
             k: feature(&f.key),
             v: members.iter().map(|&m| (feature(&plan.fields[m].value), plan.fields[m].values)).collect(),
             decay: match &f.decay {
@@ -346,66 +345,31 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     }
     let reverse = opts.reverse;
     let run = || {
-        per_seq.into_par_iter().enumerate().try_for_each(|(b, (mut outs, mut finals))| -> Result<(), RunError> {
+        per_seq.into_par_iter().enumerate().for_each(|(b, (mut outs, mut finals))| {
             for (members, field) in groups.iter().zip(&fields) {
                 let seq = field.sequence(b, steps, reverse);
-                let (kd, vd) = (field.keys, field.values);
-                let query = |m: usize| &queries[m][b * steps * kd..(b + 1) * steps * kd];
-                // Each member's first value column in the group's.
-                let offsets: Vec<usize> = members.iter().scan(0, |at, &fi| Some(std::mem::replace(at, *at + plan.fields[fi].values))).collect();
+                let kd = field.keys;
                 let member = |m: usize| members.iter().position(|&fi| fi == plan.contractions[m].field);
-                let end = if let [fi] = members[..] {
-                    // One field: each contraction straight into its output.
-                    let mut mine: Vec<(&[f32], &mut [f32])> = Vec::new();
-                    for (m, out) in outs.iter_mut().enumerate() {
-                        if plan.contractions[m].field == fi {
-                            mine.push((query(m), &mut **out));
+                // The group's contractions; those with the same query share its products.
+                let mut distinct: Vec<usize> = Vec::new();
+                let mut mine: Vec<Out<'_>> = Vec::new();
+                for (m, out) in outs.iter_mut().enumerate() {
+                    let Some(k) = member(m) else { continue };
+                    let query = match distinct.iter().position(|&d| plan.contractions[d].query == plan.contractions[m].query) {
+                        Some(q) => q,
+                        None => {
+                            distinct.push(m);
+                            distinct.len() - 1
                         }
-                    }
-                    let s0 = initial_of(&plan.fields[fi].name, b, kd * vd);
-                    seq.contract(chunk, plan.exclusive, s0, &mut mine, reverse)
-                } else {
-                    // One product per distinct query over every member's columns, then each
-                    // contraction's columns into its output.
-                    let mut distinct: Vec<&str> = Vec::new();
-                    for (m, c) in plan.contractions.iter().enumerate() {
-                        if member(m).is_some() && !distinct.contains(&c.query.as_str()) {
-                            distinct.push(&c.query);
-                        }
-                    }
-                    let mut wide = distinct
-                        .iter()
-                        .map(|q| cw.scratch.zeros(steps.checked_mul(vd), || format!("the products with `{q}`")))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let mut mine: Vec<(&[f32], &mut [f32])> = distinct
-                        .iter()
-                        .zip(&mut wide)
-                        .map(|(q, out)| (query(plan.contractions.iter().position(|c| c.query == *q).expect("a contraction's query")), &mut out[..]))
-                        .collect();
-                    let s0: Option<Vec<f32>> = members.iter().any(|&fi| initial_of(&plan.fields[fi].name, b, 0).is_some()).then(|| {
-                        let mut s0 = vec![0.0; kd * vd];
-                        for (&fi, &at) in members.iter().zip(&offsets) {
-                            let width = plan.fields[fi].values;
-                            if let Some(init) = initial_of(&plan.fields[fi].name, b, kd * width) {
-                                copy_columns(init, width, 0, &mut s0, vd, at, width);
-                            }
-                        }
-                        s0
-                    });
-                    let end = seq.contract(chunk, plan.exclusive, s0.as_deref(), &mut mine, reverse);
-                    for (m, out) in outs.iter_mut().enumerate() {
-                        if let Some(k) = member(m) {
-                            let q = distinct.iter().position(|q| *q == plan.contractions[m].query).expect("collected above");
-                            let width = plan.fields[members[k]].values;
-                            copy_columns(&wide[q], vd, offsets[k], &mut **out, width, 0, width);
-                        }
-                    }
-                    cw.scratch.keep(wide);
-                    end
-                };
-                for (k, &fi) in members.iter().enumerate() {
+                    };
+                    mine.push(Out { query, member: k, data: &mut **out });
+                }
+                let qs: Vec<&[f32]> = distinct.iter().map(|&m| &queries[m][b * steps * kd..(b + 1) * steps * kd]).collect();
+                let s0: Vec<Option<&[f32]>> = members.iter().map(|&fi| initial_of(&plan.fields[fi].name, b, kd * plan.fields[fi].values)).collect();
+                let ends = seq.contract(chunk, plan.exclusive, &s0, &qs, &mut mine, reverse);
+                for (end, &fi) in ends.iter().zip(members) {
                     if let Some(p) = parts.iter().position(|&p| p == Part::State(fi)) {
-                        copy_columns(&end, vd, offsets[k], &mut *finals[p], plan.fields[fi].values, 0, plan.fields[fi].values);
+                        finals[p].copy_from_slice(end);
                     }
                     if let Some(p) = parts.iter().position(|&p| p == Part::Transition(fi)) {
                         let e0 = initial_of(&sig.element[p].name, b, sig.element[p].len);
@@ -413,7 +377,6 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
                     }
                 }
             }
-            Ok(())
         })
     };
     if steps > 0 || want_final {
@@ -421,7 +384,8 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
             (Some(pool), _) => pool.install(run),
             (None, Some(n)) => operator.pool(n)?.install(run),
             (None, None) => run(),
-        }?;
+        }
+
     }
     cw.scratch.keep(features.into_iter().flatten().map(|(_, data)| data));
     // T = 0 without an initial state: the declared identity, if any (as the other forms).
@@ -525,36 +489,13 @@ pub(crate) fn run_into(
 }
 
 /// The features over the whole batch of the state fields that share keys and a
-/// transition (usually one field): their values side by side in rows of `values`
-/// ([`padded_width`]).
+/// transition (usually one field): the members of a group.
 struct FieldData<'a> {
     keys: usize,
-    values: usize,
     k: &'a [f32],
     /// Each field's values and their width.
     v: Vec<(&'a [f32], usize)>,
     decay: DecayData<&'a [f32]>,
-}
-
-/// The row width of fields side by side: one field's own, several rounded up to whole
-/// 8-float vectors, the padding columns zeros throughout (mLSTM's c and n at K = V = 64,
-/// T = 4096: chunkwise 1.80–1.84 ms in rows of 72 floats, 1.97–1.98 ms in rows of 65;
-/// rows of 68: 1.93–1.97, of 80: 1.84).
-fn padded_width(widths: impl Iterator<Item = usize>) -> usize {
-    let (count, sum) = widths.fold((0, 0), |(n, s), w| (n + 1, s + w));
-    if count > 1 {
-        sum.next_multiple_of(8)
-    } else {
-        sum
-    }
-}
-
-/// Copies `width` columns from `src` (rows of `src_stride` entries, from column
-/// `src_at`) into `dst` (rows of `dst_stride`, from column `dst_at`), row by row.
-fn copy_columns(src: &[f32], src_stride: usize, src_at: usize, dst: &mut [f32], dst_stride: usize, dst_at: usize, width: usize) {
-    for (d, s) in dst.chunks_exact_mut(dst_stride).zip(src.chunks_exact(src_stride)) {
-        d[dst_at..dst_at + width].copy_from_slice(&s[src_at..src_at + width]);
-    }
 }
 
 /// A field's transition data, `R` the per-step rows (the batch's, or one sequence's).
@@ -599,8 +540,16 @@ impl<'a> FieldData<'a> {
         };
         let decay = self.decay.map(self.keys, |data, width| rows(data, width));
         let v = self.v.iter().map(|&(data, width)| (rows(data, width), width)).collect();
-        Sequence { steps, keys: self.keys, values: self.values, k: rows(self.k, self.keys), v, decay }
+        Sequence { steps, keys: self.keys, k: rows(self.k, self.keys), v, decay }
     }
+}
+
+/// One contraction of one sequence: which of the distinct queries, the member field
+/// whose state it reads, and its output rows `[steps × the member's width]`.
+struct Out<'o> {
+    query: usize,
+    member: usize,
+    data: &'o mut [f32],
 }
 
 /// One field (or fields sharing keys and transition) of one sequence: `[steps × width]`
@@ -608,10 +557,8 @@ impl<'a> FieldData<'a> {
 struct Sequence<'a> {
     steps: usize,
     keys: usize,
-    values: usize,
     k: Rows<'a>,
-    /// The values in column blocks (one per field) of the given widths; rows of
-    /// `values` entries, the columns after the blocks zeros ([`padded_width`]).
+    /// Each member field's values and their width.
     v: Vec<(Rows<'a>, usize)>,
     decay: DecayData<Rows<'a>>,
 }
@@ -840,21 +787,21 @@ impl Sequence<'_> {
         }
     }
 
-    /// The contractions `(query, output)` (`[steps × keys]`, `[steps × values]`, in the
-    /// caller's step order) from the state `initial`; returns the final state.
-    fn contract(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, mine: &mut [(&[f32], &mut [f32])], reverse: bool) -> Vec<f32> {
+    /// Every contraction `outs` (in the caller's step order) with the queries `qs`
+    /// (`[steps × keys]` each) from the members' states `initial` (`[keys × width]`,
+    /// zeros when absent); returns each member's state after the last step.
+    fn contract(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>], reverse: bool) -> Vec<Vec<f32>> {
         if !reverse {
-            let qs: Vec<&[f32]> = mine.iter().map(|m| m.0).collect();
-            let mut outs: Vec<&mut [f32]> = mine.iter_mut().map(|m| &mut *m.1).collect();
-            return self.run(chunk, exclusive, initial, &qs, &mut outs);
+            return self.run(chunk, exclusive, initial, qs, outs);
         }
-        let qs: Vec<Vec<f32>> = mine.iter().map(|m| reversed(m.0, self.keys)).collect();
-        let mut outs: Vec<Vec<f32>> = mine.iter().map(|m| vec![0.0; m.1.len()]).collect();
-        let end = self.run(chunk, exclusive, initial, &qs.iter().map(Vec::as_slice).collect::<Vec<_>>(), &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>());
-        for ((_, out), found) in mine.iter_mut().zip(&outs) {
-            out.copy_from_slice(&reversed(found, self.values));
+        let qs: Vec<Vec<f32>> = qs.iter().map(|q| reversed(q, self.keys)).collect();
+        let mut found: Vec<Vec<f32>> = outs.iter().map(|o| vec![0.0; o.data.len()]).collect();
+        let mut mine: Vec<Out<'_>> = outs.iter().zip(&mut found).map(|(o, data)| Out { query: o.query, member: o.member, data }).collect();
+        let ends = self.run(chunk, exclusive, initial, &qs.iter().map(Vec::as_slice).collect::<Vec<_>>(), &mut mine);
+        for (o, found) in outs.iter_mut().zip(&found) {
+            o.data.copy_from_slice(&reversed(found, self.v[o.member].1));
         }
-        end
+        ends
     }
 
     /// The field's transition after the last step, E_{T−1} ⋯ E_0 E₀ with E₀ the initial
@@ -871,19 +818,20 @@ impl Sequence<'_> {
             }
         };
         let zero_values = vec![(Cow::Owned(vec![0.0; self.steps * values]), values)];
-        let seq = Sequence { steps: self.steps, keys, values, k, v: zero_values, decay: self.decay.clone() };
-        seq.run(chunk, false, Some(initial.unwrap_or(&identity)), &[], &mut [])
+        let seq = Sequence { steps: self.steps, keys, k, v: zero_values, decay: self.decay.clone() };
+        seq.run(chunk, false, &[Some(initial.unwrap_or(&identity))], &[], &mut []).swap_remove(0)
     }
 
-    /// Computes every contraction `outs[m]` (`[steps × values]`) of this field with
-    /// queries `qs[m]` (`[steps × keys]`), from the state `initial` (`[keys × values]`,
-    /// zeros when absent); returns the state after the last step.
+    /// Computes every contraction `outs` (`[steps × its member's width]`) with the
+    /// queries `qs` (`[steps × keys]` each), from the members' states `initial`
+    /// (`[keys × width]`, zeros when absent); returns each member's state after the last
+    /// step.
     ///
-    /// Per chunk of `len` steps, three products: A = Q̃ K̃ᵀ (masked), then
-    /// out = [Q̃ | A] · [S₀ ; V] in one product (the inter- and intra-chunk terms share
-    /// it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives in the first `keys` rows of
-    /// [S₀ ; V], so it is never copied.
-    fn run(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+    /// Per chunk of `len` steps: the decays, K̃ and K̂ once; per query A = Q̃ K̃ᵀ
+    /// (masked) once; per member field out = [Q̃ | A] · [S₀ ; V] in one product (the
+    /// inter- and intra-chunk terms share it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives
+    /// in the first `keys` rows of [S₀ ; V], so it is never copied.
+    fn run(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
@@ -897,27 +845,35 @@ impl Sequence<'_> {
     /// as written).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         self.run_chunks(chunk, exclusive, initial, qs, outs)
     }
 
     #[inline(always)]
-    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
-        let (steps, kd, vd, nc) = (self.steps, self.keys, self.values, self.channels());
+    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
+        let (steps, kd, nc) = (self.steps, self.keys, self.channels());
         // [Q̃ | A]: row-major, row stride `w`.
         let w = kd + chunk;
         let mut lhs = vec![0.0f32; chunk * w];
         let mut att = vec![0.0f32; chunk * chunk];
-        let mut rhs = vec![0.0f32; w * vd];
-        if let Some(s0) = initial {
-            rhs[..kd * vd].copy_from_slice(s0);
-        }
+        // Per member, [S₀ ; V]: rows of its width.
+        let mut rhs: Vec<Vec<f32>> = self
+            .v
+            .iter()
+            .zip(initial)
+            .map(|(&(_, width), s0)| {
+                let mut m = vec![0.0f32; w * width];
+                if let Some(s0) = s0 {
+                    m[..kd * width].copy_from_slice(s0);
+                }
+                m
+            })
+            .collect();
         // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
         let mut kt = vec![0.0f32; chunk * kd];
         let mut khat = vec![0.0f32; chunk * kd];
-        // The delta rule's Gram matrix and the chunk's values it turns into pseudo-values.
-        let (mut gram, mut given) =
-            if matches!(self.decay, DecayData::Delta { .. }) { (vec![0.0f32; chunk * chunk], vec![0.0f32; chunk * vd]) } else { (Vec::new(), Vec::new()) };
+        // The delta rule's Gram matrix.
+        let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
         let mut dec = ChunkDecays::new(chunk, nc);
         let (data, is_log) = self.decays();
         let mut t0 = 0;
@@ -926,14 +882,13 @@ impl Sequence<'_> {
             let k = &self.k[t0 * kd..(t0 + len) * kd];
             dec.fill(if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[] }, len, is_log);
             // Values: the inputs', or the delta rule's pseudo-values.
-            let (state, values) = rhs.split_at_mut(kd * vd);
-            let values = &mut values[..len * vd];
-            match &self.decay {
-                DecayData::Delta { beta, b, .. } => {
-                    self.values_into(t0, len, &mut given);
-                    self.pseudo_values(t0, len, state, &dec, beta, b, &given, &mut gram, values)
+            for ((v, width), rhs) in self.v.iter().zip(&mut rhs) {
+                let (state, values) = rhs.split_at_mut(kd * width);
+                let given = &v[t0 * width..(t0 + len) * width];
+                match &self.decay {
+                    DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, values),
+                    _ => values[..len * width].copy_from_slice(given),
                 }
-                _ => self.values_into(t0, len, values),
             }
             if dec.factored && nc > 0 {
                 for t in 0..len {
@@ -941,9 +896,8 @@ impl Sequence<'_> {
                 }
             }
             let kf: &[f32] = if nc > 0 { &kt } else { k };
-            for (q, out) in qs.iter().zip(outs.iter_mut()) {
+            for (qi, q) in qs.iter().enumerate() {
                 let q = &q[t0 * kd..(t0 + len) * kd];
-                let out = &mut out[t0 * vd..(t0 + len) * vd];
                 // Q̃ = q ⊙ e^Λ_t (inclusive) or e^Λ_{t−1} (exclusive; 1 at the chunk's start).
                 for t in 0..len {
                     let scale = match (exclusive, t) {
@@ -971,10 +925,13 @@ impl Sequence<'_> {
                     row[..seen].copy_from_slice(&att[t * chunk..t * chunk + seen]);
                     row[seen..].fill(0.0);
                 }
-                gemm(len, kd + len, vd, &lhs, (w, 1), &rhs, (vd, 1), false, out, (vd, 1));
+                for o in outs.iter_mut().filter(|o| o.query == qi) {
+                    let width = self.v[o.member].1;
+                    let out = &mut o.data[t0 * width..(t0 + len) * width];
+                    gemm(len, kd + len, width, &lhs, (w, 1), &rhs[o.member], (width, 1), false, out, (width, 1));
+                }
             }
             // S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
-            let (state, values) = rhs.split_at_mut(kd * vd);
             if nc > 0 {
                 let last = len - 1;
                 for t in 0..len {
@@ -985,41 +942,35 @@ impl Sequence<'_> {
                         row.iter_mut().enumerate().for_each(|(i, x)| *x = k[t * kd + i] * dec.between(last, t, i));
                     }
                 }
-                for (i, row) in state.chunks_mut(vd).enumerate() {
-                    let g = dec.cumulative(last, i);
-                    row.iter_mut().for_each(|s| *s *= g);
-                }
             }
             let kh: &[f32] = if nc > 0 { &khat } else { k };
-            gemm(kd, len, vd, kh, (1, kd), &values[..len * vd], (vd, 1), true, state, (vd, 1));
+            for (&(_, width), rhs) in self.v.iter().zip(&mut rhs) {
+                let (state, values) = rhs.split_at_mut(kd * width);
+                if nc > 0 {
+                    for (i, row) in state.chunks_mut(width).enumerate() {
+                        let g = dec.cumulative(len - 1, i);
+                        row.iter_mut().for_each(|s| *s *= g);
+                    }
+                }
+                gemm(kd, len, width, kh, (1, kd), &values[..len * width], (width, 1), true, state, (width, 1));
+            }
             t0 += len;
         }
-        rhs.truncate(kd * vd);
-        rhs
+        rhs.into_iter()
+            .zip(&self.v)
+            .map(|(mut m, &(_, width))| {
+                m.truncate(kd * width);
+                m
+            })
+            .collect()
     }
 
-    /// Steps `t0 .. t0 + len` of the values into `dst` (`[len × values]`), the column
-    /// blocks side by side.
-    #[inline(always)]
-    fn values_into(&self, t0: usize, len: usize, dst: &mut [f32]) {
-        let vd = self.values;
-        if let [(v, _)] = &self.v[..] {
-            dst[..len * vd].copy_from_slice(&v[t0 * vd..(t0 + len) * vd]);
-            return;
-        }
-        let mut at = 0;
-        for (v, width) in &self.v {
-            copy_columns(&v[t0 * width..(t0 + len) * width], *width, 0, &mut dst[..len * vd], vd, at, *width);
-            at += width;
-        }
-    }
-
-    /// The delta rule's pseudo-values of one chunk into `u`: (I + L) U = V − diag(β e^Λ) B S₀
-    /// with L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ for τ < t, by forward substitution; `given`
-    /// holds the chunk's values V.
+    /// The delta rule's pseudo-values of one chunk into `u` (rows of `vd`): (I + L) U =
+    /// V − diag(β e^Λ) B S₀ with L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ for τ < t, by forward
+    /// substitution; `given` holds the chunk's values V.
     #[allow(clippy::too_many_arguments)]
-    fn pseudo_values(&self, t0: usize, len: usize, state: &[f32], dec: &ChunkDecays, beta: &[f32], b: &[f32], given: &[f32], gram: &mut [f32], u: &mut [f32]) {
-        let (kd, vd) = (self.keys, self.values);
+    fn pseudo_values(&self, t0: usize, len: usize, vd: usize, state: &[f32], dec: &ChunkDecays, beta: &[f32], b: &[f32], given: &[f32], gram: &mut [f32], u: &mut [f32]) {
+        let kd = self.keys;
         let bs = &b[t0 * kd..(t0 + len) * kd];
         let k = &self.k[t0 * kd..(t0 + len) * kd];
         let beta = &beta[t0..t0 + len];
