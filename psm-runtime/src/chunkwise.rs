@@ -362,7 +362,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
                             distinct.len() - 1
                         }
                     };
-                    mine.push(Out { query, member: k, data: &mut **out });
+                    mine.push(Out { query, member: k, data: out });
                 }
                 let qs: Vec<&[f32]> = distinct.iter().map(|&m| &queries[m][b * steps * kd..(b + 1) * steps * kd]).collect();
                 let s0: Vec<Option<&[f32]>> = members.iter().map(|&fi| initial_of(&plan.fields[fi].name, b, kd * plan.fields[fi].values)).collect();
