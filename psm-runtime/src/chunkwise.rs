@@ -294,7 +294,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
         let (Gate::Log(name) | Gate::Value(name)) = gate;
         DecayData::Gated { channels, data: feature(name), log: matches!(gate, Gate::Log(_)) }
     };
-    // Fields with the same keys and transition run as one: their values side by side.
+    // Fields with the same key feature and transition share one chunk loop.
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (fi, f) in plan.fields.iter().enumerate() {
         match groups.iter_mut().find(|g| plan.fields[g[0]].key == f.key && plan.fields[g[0]].decay == f.decay) {
@@ -385,7 +385,6 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
             (None, Some(n)) => operator.pool(n)?.install(run),
             (None, None) => run(),
         }
-
     }
     cw.scratch.keep(features.into_iter().flatten().map(|(_, data)| data));
     // T = 0 without an initial state: the declared identity, if any (as the other forms).
@@ -617,7 +616,8 @@ fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) 
     }
 }
 
-/// e^x within 1 ulp (0.8 ulp worst on a sweep of [−103, 88.7]; `exp_approx_accuracy`),
+/// e^x within 1.2 ulp (1.197 ulp worst over every 7th f32 of [−103.9, 88.72];
+/// `exp_approx_accuracy` sweeps the range),
 /// with exp's overflow to ∞, underflow through the subnormals to 0, and NaN; written so
 /// that a loop of it vectorizes (libm's `expf` is a call per entry). The chunk
 /// computation is held to a tolerance, not to the interpreter's bits, so it need not
@@ -1004,19 +1004,21 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
-    /// [`super::exp_approx`] against f64's exp: within 1 ulp of the f32 result over
-    /// exp's range (subnormal results within one subnormal step), the special values.
+    /// [`super::exp_approx`] against f64's exp: within 1.2 ulp of the f32 result (the
+    /// gap to the next f32, so one subnormal step for subnormal results) over exp's
+    /// range, and the special values.
     #[test]
     fn exp_approx_accuracy() {
         let mut worst = 0.0f64;
         let mut x = -103.9f32;
         while x < 88.72 {
             let exact = (x as f64).exp();
-            let ulp = ((exact as f32) as f64 * f32::EPSILON as f64).max(f32::from_bits(1) as f64);
+            let y = exact as f32;
+            let ulp = (f32::from_bits(y.to_bits() + 1) - y) as f64;
             worst = worst.max((super::exp_approx(x) as f64 - exact).abs() / ulp);
             x += 1e-3 + x.abs() * 1e-5;
         }
-        assert!(worst <= 1.0, "worst error {worst} ulp");
+        assert!(worst <= 1.2, "worst error {worst} ulp");
         for (x, e) in [(0.0, 1.0), (-0.0, 1.0), (f32::INFINITY, f32::INFINITY), (89.0, f32::INFINITY), (f32::NEG_INFINITY, 0.0), (-110.0, 0.0)] {
             assert_eq!(super::exp_approx(x), e, "exp({x})");
         }
