@@ -66,6 +66,61 @@ impl Engine<'_> {
             Engine::Cuda(exec) => map.cuda(exec.device())?.run(inputs, &map_options(opts)),
         }
     }
+
+    /// Runs the feature map: its outputs by name (f32, `[sequences × steps × len]`), on
+    /// the CPU in buffers from `scratch`.
+    fn run_features(self, map: &Aggregator, inputs: &Inputs<'_>, opts: &RunOptions<'_>, scratch: &Scratch) -> Result<Vec<(String, Vec<f32>)>, RunError> {
+        if let Engine::Cuda(_) = self {
+            let out = self.run_map(map, inputs, opts)?;
+            return Ok(out.into_tensors().into_iter().filter_map(|t| if let Buffer::F32(data) = t.data { Some((t.name, data)) } else { None }).collect());
+        }
+        let rows = inputs.batch.iter().product::<usize>().checked_mul(inputs.steps);
+        let mut buffers = map
+            .signature()
+            .outputs
+            .iter()
+            .map(|o| Ok((o.name.clone(), scratch.zeros(rows.and_then(|n| n.checked_mul(o.len)), || format!("the feature `{}`", o.name))?)))
+            .collect::<Result<Vec<_>, RunError>>()?;
+        let mut outputs = OutputsMut::new();
+        for (name, data) in &mut buffers {
+            outputs = outputs.output(name, &mut data[..]);
+        }
+        map.run_into(inputs, &mut outputs, &map_options(opts))?;
+        Ok(buffers)
+    }
+}
+
+/// f32 buffers the form reuses between runs: a fresh buffer of a few MB costs its page
+/// faults at every run (the allocator hands large blocks back to the system when they
+/// are freed), measured as about 1.5 ms of mLSTM's 3.4 ms at T = 4096.
+#[derive(Default)]
+pub(crate) struct Scratch(std::sync::Mutex<Vec<Vec<f32>>>);
+
+/// Most bytes [`Scratch`] keeps.
+const SCRATCH_BYTES: usize = 64 << 20;
+
+impl Scratch {
+    /// A buffer of `len` zeros, a kept one where one is large enough.
+    fn zeros(&self, len: Option<usize>, what: impl FnOnce() -> String) -> Result<Vec<f32>, RunError> {
+        let kept = self.0.lock().ok().and_then(|mut kept| {
+            let fits = kept.iter().enumerate().filter(|(_, b)| len.is_some_and(|n| b.capacity() >= n)).min_by_key(|(_, b)| b.capacity());
+            fits.map(|(i, _)| i).or(kept.len().checked_sub(1)).map(|i| kept.swap_remove(i))
+        });
+        zeros_in(kept.unwrap_or_default(), len, what)
+    }
+
+    /// Keeps buffers for later runs, up to [`SCRATCH_BYTES`] in all.
+    fn keep(&self, buffers: impl IntoIterator<Item = Vec<f32>>) {
+        if let Ok(mut kept) = self.0.lock() {
+            let mut bytes: usize = kept.iter().map(|b| b.capacity() * 4).sum();
+            for b in buffers {
+                if bytes + b.capacity() * 4 <= SCRATCH_BYTES {
+                    bytes += b.capacity() * 4;
+                    kept.push(b);
+                }
+            }
+        }
+    }
 }
 
 /// What the CUDA chunkwise kernels do not do yet, refused before any work.
@@ -98,6 +153,7 @@ pub(crate) struct ChunkwiseProgram {
     operator: Aggregator,
     features: Option<Aggregator>,
     readout: Aggregator,
+    scratch: Scratch,
 }
 
 impl ChunkwiseProgram {
@@ -112,7 +168,7 @@ impl ChunkwiseProgram {
             Ok(derived.with_backend(agg.backend()))
         };
         let features = plan.features.as_deref().map(compile).transpose()?;
-        Ok(ChunkwiseProgram { operator: agg.clone(), features, readout: compile(&plan.readout)?, plan })
+        Ok(ChunkwiseProgram { operator: agg.clone(), features, readout: compile(&plan.readout)?, plan, scratch: Scratch::default() })
     }
 
     pub(crate) fn plan(&self) -> &Chunkwise {
@@ -139,7 +195,12 @@ fn map_options<'a>(opts: &RunOptions<'a>) -> RunOptions<'a> {
 
 /// A buffer of `len` zeros, or [`RunError::TooLarge`].
 fn zeros(len: Option<usize>, what: impl FnOnce() -> String) -> Result<Vec<f32>, RunError> {
-    let mut buffer = Vec::new();
+    zeros_in(Vec::new(), len, what)
+}
+
+/// `buffer` (its allocation) made `len` zeros, or [`RunError::TooLarge`].
+fn zeros_in(mut buffer: Vec<f32>, len: Option<usize>, what: impl FnOnce() -> String) -> Result<Vec<f32>, RunError> {
+    buffer.clear();
     match len {
         Some(len) if buffer.try_reserve_exact(len).is_ok() => {
             buffer.resize(len, 0.0);
@@ -208,13 +269,17 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     };
     // The initial state, checked and in element order.
     let initial = opts.initial_state.map(|s| operator.bind_state(s, &inputs.batch).map(|w| operator.state_of(&inputs.batch, &w))).transpose()?;
-    let features = cw.features.as_ref().map(|f| engine.run_map(f, inputs, opts)).transpose()?;
+    let features = cw.features.as_ref().map(|f| engine.run_features(f, inputs, opts, &cw.scratch)).transpose()?;
     let feature = |name: &str| -> &[f32] {
         let given = plan.inputs.iter().find(|(f, _)| f == name).and_then(|(_, input)| inputs.inputs.iter().find(|(n, _)| n == input));
         match given {
             // Bound above: an f32 input of the feature's shape.
             Some((_, Data::F32(data))) => data,
-            _ => features.as_ref().and_then(|f| f.f32(name)).expect("the feature map declares every name the plan does not read from an input"),
+            _ => features
+                .as_ref()
+                .and_then(|f| f.iter().find(|(n, _)| n == name))
+                .map(|(_, data)| &data[..])
+                .expect("the feature map declares every name the plan does not read from an input"),
         }
     };
     let steps = inputs.steps;
@@ -229,14 +294,21 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
         let (Gate::Log(name) | Gate::Value(name)) = gate;
         DecayData::Gated { channels, data: feature(name), log: matches!(gate, Gate::Log(_)) }
     };
-    let fields: Vec<FieldData<'_>> = plan
-        .fields
+    // Fields with the same key feature and transition share one chunk loop.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (fi, f) in plan.fields.iter().enumerate() {
+        match groups.iter_mut().find(|g| plan.fields[g[0]].key == f.key && plan.fields[g[0]].decay == f.decay) {
+            Some(g) => g.push(fi),
+            None => groups.push(vec![fi]),
+        }
+    }
+    let fields: Vec<FieldData<'_>> = groups
         .iter()
-        .map(|f| FieldData {
+        .map(|members| (members, &plan.fields[members[0]]))
+        .map(|(members, f)| FieldData {
             keys: f.keys,
-            values: f.values,
             k: feature(&f.key),
-            v: feature(&f.value),
+            v: members.iter().map(|&m| (feature(&plan.fields[m].value), plan.fields[m].values)).collect(),
             decay: match &f.decay {
                 Decay::None => DecayData::None,
                 Decay::Scalar { gate } => gated(1, gate),
@@ -252,7 +324,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     let mut buffers: Vec<Vec<f32>> = plan
         .contractions
         .iter()
-        .map(|c| zeros(nseq.checked_mul(steps).and_then(|n| n.checked_mul(fields[c.field].values)), || format!("the contraction `{}`", c.output)))
+        .map(|c| cw.scratch.zeros(nseq.checked_mul(steps).and_then(|n| n.checked_mul(plan.fields[c.field].values)), || format!("the contraction `{}`", c.output)))
         .collect::<Result<_, _>>()?;
     // The final element's fields, `[sequence × entries]` each, when asked.
     let wanted = if want_final { &sig.element[..] } else { &[] };
@@ -262,7 +334,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     // Each sequence's slice of every contraction and final field.
     let mut per_seq: Vec<SeqSlices<'_>> = (0..nseq).map(|_| (Vec::new(), Vec::new())).collect();
     for (c, buffer) in plan.contractions.iter().zip(&mut buffers) {
-        for (b, slice) in buffer.chunks_mut((steps * fields[c.field].values).max(1)).enumerate() {
+        for (b, slice) in buffer.chunks_mut((steps * plan.fields[c.field].values).max(1)).enumerate() {
             per_seq[b].0.push(slice);
         }
     }
@@ -274,22 +346,35 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     let reverse = opts.reverse;
     let run = || {
         per_seq.into_par_iter().enumerate().for_each(|(b, (mut outs, mut finals))| {
-            for (fi, field) in fields.iter().enumerate() {
+            for (members, field) in groups.iter().zip(&fields) {
                 let seq = field.sequence(b, steps, reverse);
-                let mut mine: Vec<(&[f32], &mut [f32])> = Vec::new();
+                let kd = field.keys;
+                let member = |m: usize| members.iter().position(|&fi| fi == plan.contractions[m].field);
+                // The group's contractions; those with the same query share its products.
+                let mut distinct: Vec<usize> = Vec::new();
+                let mut mine: Vec<Out<'_>> = Vec::new();
                 for (m, out) in outs.iter_mut().enumerate() {
-                    if plan.contractions[m].field == fi {
-                        mine.push((&queries[m][b * steps * field.keys..(b + 1) * steps * field.keys], &mut **out));
+                    let Some(k) = member(m) else { continue };
+                    let query = match distinct.iter().position(|&d| plan.contractions[d].query == plan.contractions[m].query) {
+                        Some(q) => q,
+                        None => {
+                            distinct.push(m);
+                            distinct.len() - 1
+                        }
+                    };
+                    mine.push(Out { query, member: k, data: out });
+                }
+                let qs: Vec<&[f32]> = distinct.iter().map(|&m| &queries[m][b * steps * kd..(b + 1) * steps * kd]).collect();
+                let s0: Vec<Option<&[f32]>> = members.iter().map(|&fi| initial_of(&plan.fields[fi].name, b, kd * plan.fields[fi].values)).collect();
+                let ends = seq.contract(chunk, plan.exclusive, &s0, &qs, &mut mine, reverse);
+                for (end, &fi) in ends.iter().zip(members) {
+                    if let Some(p) = parts.iter().position(|&p| p == Part::State(fi)) {
+                        finals[p].copy_from_slice(end);
                     }
-                }
-                let s0 = initial_of(&plan.fields[fi].name, b, field.keys * field.values);
-                let end = seq.contract(chunk, plan.exclusive, s0, &mut mine, reverse);
-                if let Some(p) = parts.iter().position(|&p| p == Part::State(fi)) {
-                    finals[p].copy_from_slice(&end);
-                }
-                if let Some(p) = parts.iter().position(|&p| p == Part::Transition(fi)) {
-                    let e0 = initial_of(&sig.element[p].name, b, sig.element[p].len);
-                    finals[p].copy_from_slice(&seq.transition(chunk, e0));
+                    if let Some(p) = parts.iter().position(|&p| p == Part::Transition(fi)) {
+                        let e0 = initial_of(&sig.element[p].name, b, sig.element[p].len);
+                        finals[p].copy_from_slice(&seq.transition(chunk, e0));
+                    }
                 }
             }
         })
@@ -301,6 +386,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
             (None, None) => run(),
         }
     }
+    cw.scratch.keep(features.into_iter().flatten().map(|(_, data)| data));
     // T = 0 without an initial state: the declared identity, if any (as the other forms).
     let final_state = (want_final && (steps > 0 || initial.is_some() || cw.operator.ir().identity.is_some())).then(|| {
         let fields = sig
@@ -374,7 +460,11 @@ pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<
             let summary = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
             Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary }
         }
-        None => engine.run_map(&cw.readout, &readout_inputs(cw, inputs, &contractions), opts)?,
+        None => {
+            let out = engine.run_map(&cw.readout, &readout_inputs(cw, inputs, &contractions), opts)?;
+            cw.scratch.keep(contractions);
+            out
+        }
     };
     summary(cw, &mut out.summary, inputs, opts, final_state)?;
     if let Engine::Cuda(_) = engine {
@@ -392,16 +482,18 @@ pub(crate) fn run_into(
 ) -> Result<RunSummary, RunError> {
     let Computed { contractions, final_state } = compute(cw, inputs, opts, Engine::Cpu)?;
     let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
+    cw.scratch.keep(contractions);
     summary(cw, &mut s, inputs, opts, final_state)?;
     Ok(s)
 }
 
-/// One state field's features over the whole batch.
+/// The features over the whole batch of the state fields that share keys and a
+/// transition (usually one field): the members of a group.
 struct FieldData<'a> {
     keys: usize,
-    values: usize,
     k: &'a [f32],
-    v: &'a [f32],
+    /// Each field's values and their width.
+    v: Vec<(&'a [f32], usize)>,
     decay: DecayData<&'a [f32]>,
 }
 
@@ -446,17 +538,27 @@ impl<'a> FieldData<'a> {
             }
         };
         let decay = self.decay.map(self.keys, |data, width| rows(data, width));
-        Sequence { steps, keys: self.keys, values: self.values, k: rows(self.k, self.keys), v: rows(self.v, self.values), decay }
+        let v = self.v.iter().map(|&(data, width)| (rows(data, width), width)).collect();
+        Sequence { steps, keys: self.keys, k: rows(self.k, self.keys), v, decay }
     }
 }
 
-/// One field of one sequence: `[steps × width]` rows.
+/// One contraction of one sequence: which of the distinct queries, the member field
+/// whose state it reads, and its output rows `[steps × the member's width]`.
+struct Out<'o> {
+    query: usize,
+    member: usize,
+    data: &'o mut [f32],
+}
+
+/// One field (or fields sharing keys and transition) of one sequence: `[steps × width]`
+/// rows.
 struct Sequence<'a> {
     steps: usize,
     keys: usize,
-    values: usize,
     k: Rows<'a>,
-    v: Rows<'a>,
+    /// Each member field's values and their width.
+    v: Vec<(Rows<'a>, usize)>,
     decay: DecayData<Rows<'a>>,
 }
 
@@ -512,6 +614,32 @@ fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) 
         &[g] => dst.iter_mut().zip(src).for_each(|(d, &x)| *d = op(x, g)),
         _ => dst.iter_mut().zip(src).zip(scale).for_each(|((d, &x), &g)| *d = op(x, g)),
     }
+}
+
+/// e^x within 1.2 ulp (1.197 ulp worst over every 7th f32 of [−103.9, 88.72];
+/// `exp_approx_accuracy` sweeps the range),
+/// with exp's overflow to ∞, underflow through the subnormals to 0, and NaN; written so
+/// that a loop of it vectorizes (libm's `expf` is a call per entry). The chunk
+/// computation is held to a tolerance, not to the interpreter's bits, so it need not
+/// round as `expf` does.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    // x = n ln 2 + r with |r| ≤ ln 2 / 2; ln 2 in two parts, the first with few enough
+    // bits that n · LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2²³: adding it rounds to an integer, held in the low bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-104.0, 89.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor to degree 7: the remainder is below 2⁻²⁷ on |r| ≤ 0.35.
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // 2ⁿ in two normal factors, so that n from −150 to 129 scales p exactly or rounds once.
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let pow2 = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
+    p * pow2(n >> 1) * pow2(n - (n >> 1))
 }
 
 /// The cumulative decays of one chunk from its start, `[step × channel]`.
@@ -606,8 +734,23 @@ impl ChunkDecays {
                 return;
             }
         }
+        let n = len * nc;
+        if is_log && data[..n].iter().fold(true, |ok, &d| ok & (d != f32::NEG_INFINITY)) {
+            // No reset: Λ row by row, then every e^Λ in one loop that vectorizes.
+            self.lam[..nc].copy_from_slice(&data[..nc]);
+            for t in 1..len {
+                let (done, rest) = self.lam.split_at_mut(t * nc);
+                rest[..nc].iter_mut().zip(&done[(t - 1) * nc..]).zip(&data[t * nc..(t + 1) * nc]).for_each(|((l, &p), &d)| *l = p + d);
+            }
+            self.sign[..n].fill(1.0);
+            self.reset[..n].fill(-1);
+            self.grow[..n].iter_mut().zip(&self.lam[..n]).for_each(|(g, &l)| *g = exp_approx(l));
+            // NaN is ignored here, as below.
+            self.factored = self.lam[..n].iter().fold(0.0f32, |r, l| r.max(l.abs())) <= FACTOR_LIMIT;
+            return;
+        }
         let mut range = 0.0f32;
-        for (i, &d) in data[..len * nc].iter().enumerate() {
+        for (i, &d) in data[..n].iter().enumerate() {
             let (lam, sign, reset) = if i < nc { (0.0, 1.0, -1) } else { (self.lam[i - nc], self.sign[i - nc], self.reset[i - nc]) };
             let (step, s) = if is_log { (d, 1.0) } else { (d.abs().ln(), d.signum()) };
             if step == f32::NEG_INFINITY {
@@ -644,21 +787,21 @@ impl Sequence<'_> {
         }
     }
 
-    /// The contractions `(query, output)` (`[steps × keys]`, `[steps × values]`, in the
-    /// caller's step order) from the state `initial`; returns the final state.
-    fn contract(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, mine: &mut [(&[f32], &mut [f32])], reverse: bool) -> Vec<f32> {
+    /// Every contraction `outs` (in the caller's step order) with the queries `qs`
+    /// (`[steps × keys]` each) from the members' states `initial` (`[keys × width]`,
+    /// zeros when absent); returns each member's state after the last step.
+    fn contract(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>], reverse: bool) -> Vec<Vec<f32>> {
         if !reverse {
-            let qs: Vec<&[f32]> = mine.iter().map(|m| m.0).collect();
-            let mut outs: Vec<&mut [f32]> = mine.iter_mut().map(|m| &mut *m.1).collect();
-            return self.run(chunk, exclusive, initial, &qs, &mut outs);
+            return self.run(chunk, exclusive, initial, qs, outs);
         }
-        let qs: Vec<Vec<f32>> = mine.iter().map(|m| reversed(m.0, self.keys)).collect();
-        let mut outs: Vec<Vec<f32>> = mine.iter().map(|m| vec![0.0; m.1.len()]).collect();
-        let end = self.run(chunk, exclusive, initial, &qs.iter().map(Vec::as_slice).collect::<Vec<_>>(), &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>());
-        for ((_, out), found) in mine.iter_mut().zip(&outs) {
-            out.copy_from_slice(&reversed(found, self.values));
+        let qs: Vec<Vec<f32>> = qs.iter().map(|q| reversed(q, self.keys)).collect();
+        let mut found: Vec<Vec<f32>> = outs.iter().map(|o| vec![0.0; o.data.len()]).collect();
+        let mut mine: Vec<Out<'_>> = outs.iter().zip(&mut found).map(|(o, data)| Out { query: o.query, member: o.member, data }).collect();
+        let ends = self.run(chunk, exclusive, initial, &qs.iter().map(Vec::as_slice).collect::<Vec<_>>(), &mut mine);
+        for (o, found) in outs.iter_mut().zip(&found) {
+            o.data.copy_from_slice(&reversed(found, self.v[o.member].1));
         }
-        end
+        ends
     }
 
     /// The field's transition after the last step, E_{T−1} ⋯ E_0 E₀ with E₀ the initial
@@ -674,20 +817,21 @@ impl Sequence<'_> {
                 (self.keys, self.keys, self.k.clone(), eye)
             }
         };
-        let zero_values = Cow::Owned(vec![0.0; self.steps * values]);
-        let seq = Sequence { steps: self.steps, keys, values, k, v: zero_values, decay: self.decay.clone() };
-        seq.run(chunk, false, Some(initial.unwrap_or(&identity)), &[], &mut [])
+        let zero_values = vec![(Cow::Owned(vec![0.0; self.steps * values]), values)];
+        let seq = Sequence { steps: self.steps, keys, k, v: zero_values, decay: self.decay.clone() };
+        seq.run(chunk, false, &[Some(initial.unwrap_or(&identity))], &[], &mut []).swap_remove(0)
     }
 
-    /// Computes every contraction `outs[m]` (`[steps × values]`) of this field with
-    /// queries `qs[m]` (`[steps × keys]`), from the state `initial` (`[keys × values]`,
-    /// zeros when absent); returns the state after the last step.
+    /// Computes every contraction `outs` (`[steps × its member's width]`) with the
+    /// queries `qs` (`[steps × keys]` each), from the members' states `initial`
+    /// (`[keys × width]`, zeros when absent); returns each member's state after the last
+    /// step.
     ///
-    /// Per chunk of `len` steps, three products: A = Q̃ K̃ᵀ (masked), then
-    /// out = [Q̃ | A] · [S₀ ; V] in one product (the inter- and intra-chunk terms share
-    /// it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives in the first `keys` rows of
-    /// [S₀ ; V], so it is never copied.
-    fn run(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+    /// Per chunk of `len` steps: the decays, K̃ and K̂ once; per query A = Q̃ K̃ᵀ
+    /// (masked) once; per member field out = [Q̃ | A] · [S₀ ; V] in one product (the
+    /// inter- and intra-chunk terms share it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives
+    /// in the first `keys` rows of [S₀ ; V], so it is never copied.
+    fn run(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
@@ -701,24 +845,34 @@ impl Sequence<'_> {
     /// as written).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
+    unsafe fn run_avx2(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         self.run_chunks(chunk, exclusive, initial, qs, outs)
     }
 
     #[inline(always)]
-    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: Option<&[f32]>, qs: &[&[f32]], outs: &mut [&mut [f32]]) -> Vec<f32> {
-        let (steps, kd, vd, nc) = (self.steps, self.keys, self.values, self.channels());
+    fn run_chunks(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
+        let (steps, kd, nc) = (self.steps, self.keys, self.channels());
         // [Q̃ | A]: row-major, row stride `w`.
         let w = kd + chunk;
         let mut lhs = vec![0.0f32; chunk * w];
         let mut att = vec![0.0f32; chunk * chunk];
-        let mut rhs = vec![0.0f32; w * vd];
-        if let Some(s0) = initial {
-            rhs[..kd * vd].copy_from_slice(s0);
-        }
+        // Per member, [S₀ ; V]: rows of its width.
+        let mut rhs: Vec<Vec<f32>> = self
+            .v
+            .iter()
+            .zip(initial)
+            .map(|(&(_, width), s0)| {
+                let mut m = vec![0.0f32; w * width];
+                if let Some(s0) = s0 {
+                    m[..kd * width].copy_from_slice(s0);
+                }
+                m
+            })
+            .collect();
         // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
         let mut kt = vec![0.0f32; chunk * kd];
         let mut khat = vec![0.0f32; chunk * kd];
+        // The delta rule's Gram matrix.
         let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
         let mut dec = ChunkDecays::new(chunk, nc);
         let (data, is_log) = self.decays();
@@ -728,11 +882,13 @@ impl Sequence<'_> {
             let k = &self.k[t0 * kd..(t0 + len) * kd];
             dec.fill(if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[] }, len, is_log);
             // Values: the inputs', or the delta rule's pseudo-values.
-            let (state, values) = rhs.split_at_mut(kd * vd);
-            let values = &mut values[..len * vd];
-            match &self.decay {
-                DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, state, &dec, beta, b, &mut gram, values),
-                _ => values.copy_from_slice(&self.v[t0 * vd..(t0 + len) * vd]),
+            for ((v, width), rhs) in self.v.iter().zip(&mut rhs) {
+                let (state, values) = rhs.split_at_mut(kd * width);
+                let given = &v[t0 * width..(t0 + len) * width];
+                match &self.decay {
+                    DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, values),
+                    _ => values[..len * width].copy_from_slice(given),
+                }
             }
             if dec.factored && nc > 0 {
                 for t in 0..len {
@@ -740,9 +896,8 @@ impl Sequence<'_> {
                 }
             }
             let kf: &[f32] = if nc > 0 { &kt } else { k };
-            for (q, out) in qs.iter().zip(outs.iter_mut()) {
+            for (qi, q) in qs.iter().enumerate() {
                 let q = &q[t0 * kd..(t0 + len) * kd];
-                let out = &mut out[t0 * vd..(t0 + len) * vd];
                 // Q̃ = q ⊙ e^Λ_t (inclusive) or e^Λ_{t−1} (exclusive; 1 at the chunk's start).
                 for t in 0..len {
                     let scale = match (exclusive, t) {
@@ -770,10 +925,13 @@ impl Sequence<'_> {
                     row[..seen].copy_from_slice(&att[t * chunk..t * chunk + seen]);
                     row[seen..].fill(0.0);
                 }
-                gemm(len, kd + len, vd, &lhs, (w, 1), &rhs, (vd, 1), false, out, (vd, 1));
+                for o in outs.iter_mut().filter(|o| o.query == qi) {
+                    let width = self.v[o.member].1;
+                    let out = &mut o.data[t0 * width..(t0 + len) * width];
+                    gemm(len, kd + len, width, &lhs, (w, 1), &rhs[o.member], (width, 1), false, out, (width, 1));
+                }
             }
             // S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
-            let (state, values) = rhs.split_at_mut(kd * vd);
             if nc > 0 {
                 let last = len - 1;
                 for t in 0..len {
@@ -784,24 +942,35 @@ impl Sequence<'_> {
                         row.iter_mut().enumerate().for_each(|(i, x)| *x = k[t * kd + i] * dec.between(last, t, i));
                     }
                 }
-                for (i, row) in state.chunks_mut(vd).enumerate() {
-                    let g = dec.cumulative(last, i);
-                    row.iter_mut().for_each(|s| *s *= g);
-                }
             }
             let kh: &[f32] = if nc > 0 { &khat } else { k };
-            gemm(kd, len, vd, kh, (1, kd), &values[..len * vd], (vd, 1), true, state, (vd, 1));
+            for (&(_, width), rhs) in self.v.iter().zip(&mut rhs) {
+                let (state, values) = rhs.split_at_mut(kd * width);
+                if nc > 0 {
+                    for (i, row) in state.chunks_mut(width).enumerate() {
+                        let g = dec.cumulative(len - 1, i);
+                        row.iter_mut().for_each(|s| *s *= g);
+                    }
+                }
+                gemm(kd, len, width, kh, (1, kd), &values[..len * width], (width, 1), true, state, (width, 1));
+            }
             t0 += len;
         }
-        rhs.truncate(kd * vd);
-        rhs
+        rhs.into_iter()
+            .zip(&self.v)
+            .map(|(mut m, &(_, width))| {
+                m.truncate(kd * width);
+                m
+            })
+            .collect()
     }
 
-    /// The delta rule's pseudo-values of one chunk into `u`: (I + L) U = V − diag(β e^Λ) B S₀
-    /// with L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ for τ < t, by forward substitution.
+    /// The delta rule's pseudo-values of one chunk into `u` (rows of `vd`): (I + L) U =
+    /// V − diag(β e^Λ) B S₀ with L_tτ = β_t e^(Λ_t − Λ_τ) b_t·k_τ for τ < t, by forward
+    /// substitution; `given` holds the chunk's values V.
     #[allow(clippy::too_many_arguments)]
-    fn pseudo_values(&self, t0: usize, len: usize, state: &[f32], dec: &ChunkDecays, beta: &[f32], b: &[f32], gram: &mut [f32], u: &mut [f32]) {
-        let (kd, vd) = (self.keys, self.values);
+    fn pseudo_values(&self, t0: usize, len: usize, vd: usize, state: &[f32], dec: &ChunkDecays, beta: &[f32], b: &[f32], given: &[f32], gram: &mut [f32], u: &mut [f32]) {
+        let kd = self.keys;
         let bs = &b[t0 * kd..(t0 + len) * kd];
         let k = &self.k[t0 * kd..(t0 + len) * kd];
         let beta = &beta[t0..t0 + len];
@@ -809,7 +978,7 @@ impl Sequence<'_> {
         gemm(len, kd, vd, bs, (kd, 1), state, (vd, 1), false, u, (vd, 1));
         for t in 0..len {
             let s = beta[t] * dec.cumulative(t, 0);
-            let v = &self.v[(t0 + t) * vd..(t0 + t + 1) * vd];
+            let v = &given[t * vd..(t + 1) * vd];
             for j in 0..vd {
                 u[t * vd + j] = v[j] - s * u[t * vd + j];
             }
@@ -832,3 +1001,27 @@ impl Sequence<'_> {
 
 /// Shared handle the API keeps per aggregator.
 pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, RunError>>>;
+
+#[cfg(test)]
+mod tests {
+    /// [`super::exp_approx`] against f64's exp: within 1.2 ulp of the f32 result (the
+    /// gap to the next f32, so one subnormal step for subnormal results) over exp's
+    /// range, and the special values.
+    #[test]
+    fn exp_approx_accuracy() {
+        let mut worst = 0.0f64;
+        let mut x = -103.9f32;
+        while x < 88.72 {
+            let exact = (x as f64).exp();
+            let y = exact as f32;
+            let ulp = (f32::from_bits(y.to_bits() + 1) - y) as f64;
+            worst = worst.max((super::exp_approx(x) as f64 - exact).abs() / ulp);
+            x += 1e-3 + x.abs() * 1e-5;
+        }
+        assert!(worst <= 1.2, "worst error {worst} ulp");
+        for (x, e) in [(0.0, 1.0), (-0.0, 1.0), (f32::INFINITY, f32::INFINITY), (89.0, f32::INFINITY), (f32::NEG_INFINITY, 0.0), (-110.0, 0.0)] {
+            assert_eq!(super::exp_approx(x), e, "exp({x})");
+        }
+        assert!(super::exp_approx(f32::NAN).is_nan());
+    }
+}

@@ -276,6 +276,7 @@ impl<'a> Deriver<'a> {
             let field = read.iter().position(|&f| f == c.field).expect("read holds every contracted field");
             contractions.push(Contraction { field, query, output: format!("cw_c{m}") });
         }
+        let outputs = self.merge_equal(outputs, &mut fields, &mut contractions);
         // Features that are an input as given are read from it: no map computes them.
         let (inputs, computed): (Vec<_>, Vec<_>) = outputs.into_iter().partition(|o| self.passthrough(o).is_some());
         let inputs = inputs.iter().map(|o| (o.0.clone(), self.passthrough(o).expect("partitioned on it"))).collect();
@@ -288,6 +289,45 @@ impl<'a> Deriver<'a> {
         check_source("readout map", &readout)?;
         let exclusive = agg.readout_kind == ReadoutKind::Exclusive;
         Ok(Chunkwise { aggregator: agg.name.clone(), exclusive, fields, contractions, inputs, features, readout, direct })
+    }
+
+    /// One feature for outputs computed by the same statement (linear attention's keys
+    /// of s and z, mLSTM's queries of c and n), the fields and contractions renamed to
+    /// it: the map computes it once, and a backend sees by the names which fields share
+    /// their keys and which contractions their queries.
+    fn merge_equal(&self, outputs: Vec<FeatureOut>, fields: &mut [StateField], contractions: &mut [Contraction]) -> Vec<FeatureOut> {
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        let mut unique: Vec<FeatureOut> = Vec::new();
+        // The statement after the output's name: `[i] = x.q[i];`.
+        let rhs = |o: &FeatureOut| o.2[o.0.len()..].to_string();
+        for o in outputs {
+            match unique.iter().find(|u| u.1 == o.1 && rhs(u) == rhs(&o)) {
+                Some(u) => {
+                    renamed.insert(o.0, u.0.clone());
+                }
+                None => unique.push(o),
+            }
+        }
+        let rename = |name: &mut String| {
+            if let Some(to) = renamed.get(name) {
+                *name = to.clone();
+            }
+        };
+        for f in fields.iter_mut() {
+            rename(&mut f.key);
+            rename(&mut f.value);
+            match &mut f.decay {
+                Decay::None => {}
+                Decay::Scalar { gate: Gate::Log(g) | Gate::Value(g) } | Decay::Diagonal { gate: Gate::Log(g) | Gate::Value(g) } => rename(g),
+                Decay::DeltaRule { log_decay, beta, b } => {
+                    log_decay.iter_mut().for_each(rename);
+                    rename(beta);
+                    rename(b);
+                }
+            }
+        }
+        contractions.iter_mut().for_each(|c| rename(&mut c.query));
+        unique
     }
 
     /// The input a feature output copies unchanged (`cw_k_s[i] = x.k[i];` of an f32
@@ -696,13 +736,22 @@ impl<'a> Deriver<'a> {
         }
         let at = if idx.len() > 1 { format!("[{}]", self.print(idx[1])) } else { String::new() };
         let pure = self.pure_product(body, load);
-        let replacement = if pure {
-            format!("x.cw_c{m}{at}")
+        let sum_var = &self.agg.index_vars[var].name;
+        let (replacement, hoisted) = if pure {
+            (format!("x.cw_c{m}{at}"), None)
+        } else if let Some((outer, inner)) = self.split_residual(body, load, var) {
+            // Σ_i a_i (S_ij + b_i c_j) = (QᵀS)_j + c_j Σ_i a_i b_i: the sum once per step,
+            // not once per output entry (RWKV-6's bonus).
+            let name = format!("cw_sum{m}");
+            let hoisted = format!("let {name} = (sum({sum_var}) {});", self.product_text(false, &inner));
+            let term = if outer.factors.is_empty() { name } else { format!("({} * {name})", self.product_text(false, &outer.factors)) };
+            let sign = if outer.negative { "-" } else { "+" };
+            (format!("(x.cw_c{m}{at} {sign} {term})"), Some(hoisted))
         } else {
             let rest = self.print_with(body, Some(load));
-            format!("(x.cw_c{m}{at} + (sum({}) {rest}))", self.agg.index_vars[var].name)
+            (format!("(x.cw_c{m}{at} + (sum({sum_var}) {rest}))"), None)
         };
-        Ok(RawContraction { node, pure, field: f, var, query, query_roots: roots, replacement })
+        Ok(RawContraction { node, pure, field: f, var, query, query_roots: roots, replacement, hoisted })
     }
 
     fn state_loads(&self, e: Handle<Expr>, out: &mut Vec<Handle<Expr>>) -> Result<(), NotApplicable> {
@@ -766,6 +815,45 @@ impl<'a> Deriver<'a> {
             }
             _ => None,
         }
+    }
+
+    /// What remains of `e` when the state `load` is 0, as a product (`r[i] * (S[i, j] +
+    /// u[i] * k[i] * v[j])` leaves `r[i] * u[i] * k[i] * v[j]`), when `e` is a product
+    /// whose one non-factor is `load ± term`.
+    fn residual(&self, e: Handle<Expr>, load: Handle<Expr>) -> Option<Product> {
+        match self.agg.exprs[e] {
+            Expr::Binary { op: op @ (BinaryOp::Add | BinaryOp::Sub), lhs, rhs } if lhs == load || rhs == load => {
+                let mut p = Product { negative: false, factors: Vec::new() };
+                if lhs == load {
+                    self.flatten(rhs, &mut p);
+                    p.negative ^= op == BinaryOp::Sub;
+                } else {
+                    self.flatten(lhs, &mut p);
+                }
+                Some(p)
+            }
+            Expr::Binary { op: BinaryOp::Mul, lhs, rhs } => {
+                let (inner, other) = if self.contains(lhs, load) { (lhs, rhs) } else { (rhs, lhs) };
+                let mut p = self.residual(inner, load)?;
+                self.flatten(other, &mut p);
+                Some(p)
+            }
+            Expr::Unary { op: UnaryOp::Neg, arg } => {
+                let mut p = self.residual(arg, load)?;
+                p.negative = !p.negative;
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+
+    /// The residual of `e` (see [`Self::residual`]) split into the factors free of the
+    /// summed `var` (with the sign) and those that depend on `var` alone, if it splits so.
+    fn split_residual(&self, e: Handle<Expr>, load: Handle<Expr>, var: Handle<IndexVar>) -> Option<(Product, Vec<Handle<Expr>>)> {
+        let p = self.residual(e, load)?;
+        let (inner, outer): (Vec<_>, Vec<_>) = p.factors.into_iter().partition(|&x| self.free_vars(x).contains(&var));
+        let alone = inner.iter().all(|&x| self.free_vars(x) == [var]);
+        (alone && !inner.is_empty()).then_some((Product { negative: p.negative, factors: outer }, inner))
     }
 
     /// `e` is `load` times other factors: nothing remains when the state is zero.
@@ -990,8 +1078,19 @@ impl<'a> Deriver<'a> {
             self.agg.readout.stmts.iter().filter(|s| matches!(s.target, Target::Tensor(_))).map(|s| s.value).collect();
         let lets = self.lets_for(&roots, &pure);
         for s in &self.agg.readout.stmts {
+            let written = match s.target {
+                Target::Local(_) => lets.iter().any(|l| std::ptr::eq(*l, s)),
+                Target::Tensor(_) => true,
+            };
+            if written {
+                for c in raw.iter().filter(|c| self.contains(s.value, c.node)) {
+                    if let Some(hoisted) = &c.hoisted {
+                        let _ = writeln!(out, "        {hoisted}");
+                    }
+                }
+            }
             match s.target {
-                Target::Local(_) if lets.iter().any(|l| std::ptr::eq(*l, s)) => {
+                Target::Local(_) if written => {
                     let _ = writeln!(out, "        {}", self.let_text(s, subst));
                 }
                 Target::Local(_) => {}
@@ -1026,6 +1125,9 @@ struct RawContraction {
     query: String,
     query_roots: Vec<Handle<Expr>>,
     replacement: String,
+    /// The `let` of a state-free sum the replacement reads, written before the readout
+    /// statement that holds the contraction.
+    hoisted: Option<String>,
 }
 
 /// The derived sources must parse and validate; a failure is a defect of this pass.
