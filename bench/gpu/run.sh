@@ -62,11 +62,12 @@ run)
 
     # Issue 5's rows and libraries (FLA_ONLY=1 skips them).
     if [ -z "${FLA_ONLY:-}" ]; then
-        # 2. psm's rows. --kernel lookback / lanes force the look-back scan and the lanes
+        # 2. psm's rows (the host's hand-written loops not timed: the rivals are the GPU
+        #    libraries below). --kernel lookback / lanes force the look-back scan and the lanes
         #    kernel; the row after each is what `auto` takes.
         ops=examples/ops
         n=268435456
-        bench() { timeout 45 "$dir/psmc" bench --backend cuda --resident --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
+        bench() { timeout 45 "$dir/psmc" bench --backend cuda --resident --no-baseline --format json --budget-ms 50 "$@" >> "$logs/psm.json" 2>> "$logs/psm.err" || { echo "psm row failed: $*" >&2; status=1; }; }
         for op in cumsum logcumsumexp running_max_index; do
             bench "$ops/$op.psm" --len $n --form auto --kernel lookback
             bench "$ops/$op.psm" --len $n --form auto

@@ -71,7 +71,7 @@
 //! `form` (`recurrent`, `chunked`, `tree`, `stream`, `chunkwise`, `push`, `lookback`, `lanes`, or a form `/block`), `chunk` (chunked
 //! only, else null), `threads`, `seconds` (one run of the whole case), `seconds_per_step`
 //! (seconds / (sequences × T)), `baseline_seconds` and `baseline_threads` (null without
-//! a baseline), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
+//! a baseline or with `--no-baseline`), `ratio` (baseline_seconds / seconds: > 1 means psm is faster),
 //! `elements_per_second` (steps of all sequences per second), `bytes` (inputs +
 //! outputs), `bytes_per_second`, `copy_bytes_per_second`, `fraction_of_copy`,
 //! `speedup_vs_1_thread` (the same form's 1-thread time over this row's; null at 1
@@ -144,6 +144,11 @@ pub struct BenchArgs {
     /// Time budget of each measurement, in milliseconds (at least 3 runs are timed)
     #[arg(long, value_name = "MS", default_value_t = 200)]
     budget_ms: u64,
+    /// Do not time the hand-written loop (its outputs still check psm's):
+    /// `baseline_seconds` and `ratio` are null. For device rows, whose rivals are GPU
+    /// libraries, where the loop's host time would dominate the run
+    #[arg(long)]
+    no_baseline: bool,
     /// Output format
     #[arg(long, value_enum, default_value_t = crate::Format::Human)]
     format: crate::Format,
@@ -376,7 +381,7 @@ fn execute(args: &BenchArgs) -> Result<(String, bool), Fail> {
     let mut rows = Vec::new();
     for case in cases {
         let mut case = case;
-        let found = bench_case(&mut case, args.form, (args.backend, args.kernel, args.resident), k, &pools, budget, human)?;
+        let found = bench_case(&mut case, args.form, (args.backend, args.kernel, args.resident), k, &pools, (budget, !args.no_baseline), human)?;
         rows.extend(found);
     }
     let ok = rows.iter().all(|r| r.check.is_none_or(|c| c.ok()));
@@ -405,7 +410,7 @@ fn bench_case(
     (backend, kernel, resident): (BackendArg, KernelArg, bool),
     k: usize,
     pools: &(ThreadPool, ThreadPool),
-    budget: Duration,
+    (budget, time_baseline): (Duration, bool),
     progress: bool,
 ) -> Result<Vec<Row>, Fail> {
     let (agg, name) = crate::run::load_aggregator(&case.file, &case.dims, case.aggregator.as_deref(), "bench").map_err(Fail)?;
@@ -460,7 +465,7 @@ fn bench_case(
     };
     // The hand-written loop's time at 1 or K threads.
     let hand_time = |stream: bool, threads: usize| -> Option<(f64, usize)> {
-        let b = base.as_ref()?;
+        let b = base.as_ref().filter(|_| time_baseline)?;
         let pool = if threads > 1 && nseq > 1 { &pools.1 } else { &pools.0 };
         let threads = pool.current_num_threads();
         let t = pool.install(|| {

@@ -61,6 +61,18 @@ fn cumsum_json_has_every_field() {
 }
 
 #[test]
+fn no_baseline_skips_the_hand_loops_timing_not_the_check() {
+    let (code, stdout, stderr) =
+        psmc(&["bench", "examples/ops/cumsum.psm", "--len", "1000", "--format", "json", "--budget-ms", "5", "--no-baseline"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for row in doc["rows"].as_array().expect("rows") {
+        assert!(row["baseline_seconds"].is_null() && row["ratio"].is_null(), "{row}");
+        assert!(row["within_tolerance"].as_bool().expect("still checked against the f64 fold"), "{row}");
+    }
+}
+
+#[test]
 fn human_table_and_operators_without_a_baseline() {
     let (code, stdout, stderr) = psmc(&["bench", "examples/ops/ema.psm", "--len", "300", "--threads", "1", "--budget-ms", "5"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
