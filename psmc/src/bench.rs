@@ -876,9 +876,9 @@ fn run_push_resident(gpu: &CudaExecutor, kernel: CudaKernel, sig: &Signature, da
     Ok((sequence_major_outputs(sig, &kept, nseq, steps), t.as_secs_f64(), "push".into(), None))
 }
 
-/// A stream on the runner's backend.
+/// A stream on the runner's backend (the host's boxed: it is the larger by far).
 enum Decoder {
-    Host(psm_runtime::Stream),
+    Host(Box<psm_runtime::Stream>),
     Cuda(psm_runtime::cuda::DeviceStream),
 }
 
@@ -890,7 +890,7 @@ impl Decoder {
                 for (s, b) in sig.params.iter().zip(&data.params) {
                     builder = builder.param(&s.name, b);
                 }
-                builder.open().map(Decoder::Host)
+                builder.open().map(|s| Decoder::Host(Box::new(s)))
             }
             Runner::Cuda(gpu, kernel) => {
                 let params: Vec<(String, psm_runtime::Data<'_>)> = sig.params.iter().zip(&data.params).map(|(s, b)| (s.name.clone(), b.as_data())).collect();
