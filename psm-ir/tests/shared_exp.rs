@@ -143,16 +143,21 @@ aggregator factors {
 }
 ";
 
-#[test]
-fn every_pair_of_special_values_keeps_both_factors() {
-    let (agg, info) = small(FACTORS).pop().unwrap();
+/// `FACTORS` in f64: the `-inf` test compares with f64's lowest finite value.
+fn factors_f64() -> String {
+    FACTORS.replace("{ m, ca, cb, s }", "{ m: f64, ca: f64, cb: f64, s: f64 }")
+}
+
+/// Both factors over every pair (X, Y) of `values`, then random elements.
+fn assert_factors_unchanged(src: &str, values: &[f64]) {
+    let (agg, info) = small(src).pop().unwrap();
     let (rewritten, rewritten_info) = psm_ir::opt::for_backend(&agg, &info).expect("the factors are rewritten");
     let (before, after) = (Evaluator::new(&agg, &info), Evaluator::new(&rewritten, &rewritten_info));
     for precision in [Precision::Declared, Precision::F64] {
         let mut d = FloatDomain::new(precision);
-        for &x in &SPECIAL {
-            for &y in &SPECIAL {
-                let (l, r) = ([x as f64, 0.5, 0.5, 0.0].map(|v| vec![v]), [y as f64, 0.5, 0.5, 0.0].map(|v| vec![v]));
+        for &x in values {
+            for &y in values {
+                let (l, r) = ([x, 0.5, 0.5, 0.0].map(|v| vec![v]), [y, 0.5, 0.5, 0.0].map(|v| vec![v]));
                 let want = before.combine(&mut d, &[], &l, &r).unwrap();
                 let got = after.combine(&mut d, &[], &l, &r).unwrap();
                 for (w, g) in want.iter().zip(&got) {
@@ -161,7 +166,15 @@ fn every_pair_of_special_values_keeps_both_factors() {
             }
         }
     }
-    assert_combine_unchanged("factors", &agg, &info, 20000);
+    assert_combine_unchanged(&agg.name, &agg, &info, 20000);
+}
+
+#[test]
+fn every_pair_of_special_values_keeps_both_factors() {
+    let f32_values: Vec<f64> = SPECIAL.iter().map(|&v| v as f64).collect();
+    assert_factors_unchanged(FACTORS, &f32_values);
+    let f64_values: Vec<f64> = f32_values.iter().copied().chain([f64::MAX, f64::MIN, 5e-324, -1e300]).collect();
+    assert_factors_unchanged(&factors_f64(), &f64_values);
 }
 
 #[test]
@@ -172,8 +185,10 @@ fn rewritten_ir() {
         let text = psm_ir::print::module(&Module { aggregators: vec![rewritten] }, Some(&[rewritten_info]));
         insta::assert_snapshot!(format!("shared_exp_{name}"), text);
     }
-    let (agg, info) = small(FACTORS).pop().unwrap();
-    let (rewritten, rewritten_info) = psm_ir::opt::for_backend(&agg, &info).unwrap();
-    let text = psm_ir::print::module(&Module { aggregators: vec![rewritten] }, Some(&[rewritten_info]));
-    insta::assert_snapshot!("shared_exp_factors", text);
+    for (name, src) in [("factors", FACTORS.to_string()), ("factors_f64", factors_f64())] {
+        let (agg, info) = small(&src).pop().unwrap();
+        let (rewritten, rewritten_info) = psm_ir::opt::for_backend(&agg, &info).unwrap();
+        let text = psm_ir::print::module(&Module { aggregators: vec![rewritten] }, Some(&[rewritten_info]));
+        insta::assert_snapshot!(format!("shared_exp_{name}"), text);
+    }
 }

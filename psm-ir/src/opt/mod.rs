@@ -15,7 +15,7 @@ use crate::valid::{self, DimOverride, Info};
 /// The aggregator a backend lowers: `None` when no rewrite applies (lower the original),
 /// else the rewritten aggregator validated for the dims `info` was validated for.
 pub fn for_backend(agg: &Aggregator, info: &Info) -> Option<(Aggregator, Info)> {
-    let rewritten = shared_exp::rewrite(agg)?;
+    let rewritten = shared_exp::rewrite(agg, info)?;
     let dims: Vec<DimOverride> =
         info.dim_values(agg).into_iter().map(|(name, value)| DimOverride { name, value }).collect();
     // The rewrite only adds scalar `let`s of values the original already computes, so it

@@ -10,9 +10,14 @@
 //!
 //! ```text
 //! let a = X - M;  let b = Y - M;  let e = exp(a + b);
-//! exp(X - M)  →  if a == 0 { 1 } else { if a == -inf { 0 } else { e } }
-//! exp(Y - M)  →  if b == 0 { 1 } else { if b == -inf { 0 } else { e } }
+//! exp(X - M)  →  if a >= 0 { 1 } else { if a < lowest { 0 } else { e } }
+//! exp(Y - M)  →  if b >= 0 { 1 } else { if b < lowest { 0 } else { e } }
 //! ```
+//!
+//! with `lowest` the type's most negative finite value. Since `M ≥ X`, `a` is in
+//! [-inf, 0] or NaN, so `a >= 0` means `a = ±0` and `a < lowest` means `a = -inf`
+//! (both false for NaN): the same tests as `a == 0` and `a == -inf`, but ordered
+//! comparisons, one flag each on x86-64 where `==` also tests the parity flag.
 //!
 //! The `let`s go before the first statement that reads either `exp`. Only index-free
 //! `X`, `Y` are rewritten (no index variable, reduction or indexed load), so the
@@ -22,8 +27,8 @@
 //! its operands or NaN if either is NaN, `exp(±0) = 1` exactly, `exp(-inf) = +0`, and
 //! IEEE subtraction, so `v - v = +0` for finite `v`, `x - y = 0` only if `x = y`,
 //! `x + 0 = x` for `x ≠ 0`). Shown for `exp(a)`; `exp(b)` is the mirror image.
-//! * `a = ±0`: `exp(a) = 1`, the first branch.
-//! * `a = -inf`: `exp(a) = +0`, the second branch.
+//! * `a = ±0`: `exp(a) = 1`, the first branch (`a >= 0`).
+//! * `a = -inf`: `exp(a) = +0`, the second branch (`a < lowest`).
 //! * `a` NaN: `a + b` is NaN, so `e` is NaN, as `exp(a)` is.
 //! * `a` finite and nonzero: then `X ≠ M` and neither is NaN (else `a` would be NaN), so
 //!   `M = Y`; `Y` is not `+inf` (else `a = X - inf` would be `-inf` or NaN) nor `-inf`
@@ -36,7 +41,8 @@
 //! yields); psm's semantics does not specify payloads.
 
 use crate::arena::{Arena, Handle};
-use crate::ir::{Aggregator, BinaryOp, Body, Expr, Func, Local, Source, Stmt, Target};
+use crate::ir::{Aggregator, BinaryOp, Body, Expr, Func, Local, Scalar, Source, Stmt, Target};
+use crate::valid::Info;
 use crate::Span;
 
 /// One `exp(X - M)` of a rescaling pair.
@@ -53,22 +59,24 @@ struct Rescale {
 struct Pair {
     max: Handle<Expr>,
     sides: [Vec<Rescale>; 2],
+    /// The most negative finite value of the shifts' type.
+    lowest: f64,
 }
 
 /// The aggregator with every rescaling pair of every body sharing one `exp`; `None`
 /// when no body has one.
-pub fn rewrite(agg: &Aggregator) -> Option<Aggregator> {
+pub fn rewrite(agg: &Aggregator, info: &Info) -> Option<Aggregator> {
     let mut out = agg.clone();
     let mut changed = false;
     let Aggregator { exprs, locals, lift, combine, readout, identity, .. } = &mut out;
     for body in [Some(lift), Some(combine), Some(readout), identity.as_mut()].into_iter().flatten() {
-        changed |= rewrite_body(exprs, locals, body);
+        changed |= rewrite_body(exprs, locals, info, body);
     }
     changed.then_some(out)
 }
 
-fn rewrite_body(exprs: &mut Arena<Expr>, locals: &mut Arena<Local>, body: &mut Body) -> bool {
-    let pairs = find_pairs(exprs, locals, &body.stmts);
+fn rewrite_body(exprs: &mut Arena<Expr>, locals: &mut Arena<Local>, info: &Info, body: &mut Body) -> bool {
+    let pairs = find_pairs(exprs, locals, info, &body.stmts);
     if pairs.is_empty() {
         return false;
     }
@@ -92,7 +100,7 @@ fn rewrite_body(exprs: &mut Arena<Expr>, locals: &mut Arena<Local>, body: &mut B
         for (shift, rescales) in shifts.into_iter().zip(&pair.sides) {
             for r in rescales {
                 let span = exprs.span(r.exp);
-                exprs[r.exp] = guarded(exprs, shift, shared, span);
+                exprs[r.exp] = guarded(exprs, shift, shared, pair.lowest, span);
             }
         }
     }
@@ -108,14 +116,14 @@ fn rewrite_body(exprs: &mut Arena<Expr>, locals: &mut Arena<Local>, body: &mut B
     true
 }
 
-/// `if shift == 0 { 1 } else { if shift == -inf { 0 } else { shared } }`.
-fn guarded(exprs: &mut Arena<Expr>, shift: Handle<Local>, shared: Handle<Local>, span: Span) -> Expr {
-    let is = |exprs: &mut Arena<Expr>, value: f64| {
+/// `if shift >= 0 { 1 } else { if shift < lowest { 0 } else { shared } }`.
+fn guarded(exprs: &mut Arena<Expr>, shift: Handle<Local>, shared: Handle<Local>, lowest: f64, span: Span) -> Expr {
+    let compare = |exprs: &mut Arena<Expr>, op: BinaryOp, value: f64| {
         let lhs = load(exprs, shift, span);
         let rhs = exprs.push(Expr::Float(value), span);
-        exprs.push(Expr::Binary { op: BinaryOp::Eq, lhs, rhs }, span)
+        exprs.push(Expr::Binary { op, lhs, rhs }, span)
     };
-    let (is_zero, is_neg_inf) = (is(exprs, 0.0), is(exprs, f64::NEG_INFINITY));
+    let (is_zero, is_neg_inf) = (compare(exprs, BinaryOp::Ge, 0.0), compare(exprs, BinaryOp::Lt, lowest));
     let (one, zero, shared) = (exprs.push(Expr::Float(1.0), span), exprs.push(Expr::Float(0.0), span), load(exprs, shared, span));
     let otherwise = exprs.push(Expr::Select { cond: is_neg_inf, then: zero, otherwise: shared }, span);
     Expr::Select { cond: is_zero, then: one, otherwise }
@@ -126,7 +134,7 @@ fn load(exprs: &mut Arena<Expr>, local: Handle<Local>, span: Span) -> Handle<Exp
 }
 
 /// The rescaling pairs of a body's statements, each with both sides.
-fn find_pairs(exprs: &Arena<Expr>, locals: &Arena<Local>, stmts: &[Stmt]) -> Vec<Pair> {
+fn find_pairs(exprs: &Arena<Expr>, locals: &Arena<Local>, info: &Info, stmts: &[Stmt]) -> Vec<Pair> {
     // The value of each scalar `let`.
     let let_value = |local: Handle<Local>| {
         stmts.iter().find(|s| s.target == Target::Local(local) && s.indices.is_empty()).map(|s| s.value)
@@ -154,6 +162,11 @@ fn find_pairs(exprs: &Arena<Expr>, locals: &Arena<Local>, stmts: &[Stmt]) -> Vec
             let Expr::Binary { op: BinaryOp::Sub, lhs: x, rhs: m } = exprs[shift] else { continue };
             let Some((max, operands)) = max_of(m) else { continue };
             let Some(side) = operands.iter().position(|&o| index_free(exprs, o) && same(exprs, o, x)) else { continue };
+            let lowest = match info.ty(shift) {
+                Scalar::F32 => f32::MIN as f64,
+                Scalar::F64 => f64::MIN,
+                Scalar::I32 | Scalar::Bool => continue,
+            };
             let rescale = Rescale { exp, shift, stmt: k };
             match pairs.iter_mut().find(|p| same(exprs, p.max, max)) {
                 Some(p) if !p.sides[side].iter().any(|r| r.exp == exp) => p.sides[side].push(rescale),
@@ -161,7 +174,7 @@ fn find_pairs(exprs: &Arena<Expr>, locals: &Arena<Local>, stmts: &[Stmt]) -> Vec
                 None => {
                     let mut sides = [Vec::new(), Vec::new()];
                     sides[side].push(rescale);
-                    pairs.push(Pair { max, sides });
+                    pairs.push(Pair { max, sides, lowest });
                 }
             }
         }
