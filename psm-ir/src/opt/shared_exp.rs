@@ -85,18 +85,21 @@ fn rewrite_body(exprs: &mut Arena<Expr>, locals: &mut Arena<Local>, info: &Info,
     for pair in pairs {
         let at = pair.sides.iter().flatten().map(|r| r.stmt).min().expect("a pair has both sides");
         let span = body.stmts[at].span;
-        let n = (0..).find(|n| !locals.iter().any(|(_, l)| l.name == format!("exp{n}"))).expect("a free name");
+        // Names no local has, so that the printed IR stays unambiguous.
+        let names = |n: usize| [format!("shift{n}_0"), format!("shift{n}_1"), format!("exp{n}")];
+        let n = (0..).find(|&n| !locals.iter().any(|(_, l)| names(n).contains(&l.name))).expect("a free name");
+        let [shift_a, shift_b, exp_name] = names(n);
         let mut scalar_let = |name: String, value: Handle<Expr>| {
             let local = locals.push(Local { name, indices: Vec::new() }, span);
             before[at].push(Stmt { target: Target::Local(local), indices: Vec::new(), value, span });
             local
         };
-        let shifts = [0, 1].map(|s| scalar_let(format!("shift{n}_{s}"), pair.sides[s][0].shift));
+        let shifts = [scalar_let(shift_a, pair.sides[0][0].shift), scalar_let(shift_b, pair.sides[1][0].shift)];
         let exp_span = exprs.span(pair.sides[0][0].exp);
         let [a, b] = shifts.map(|l| load(exprs, l, exp_span));
         let sum = exprs.push(Expr::Binary { op: BinaryOp::Add, lhs: a, rhs: b }, exp_span);
         let shared = exprs.push(Expr::Call { func: Func::Exp, args: vec![sum] }, exp_span);
-        let shared = scalar_let(format!("exp{n}"), shared);
+        let shared = scalar_let(exp_name, shared);
         for (shift, rescales) in shifts.into_iter().zip(&pair.sides) {
             for r in rescales {
                 let span = exprs.span(r.exp);
