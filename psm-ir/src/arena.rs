@@ -97,3 +97,9 @@ impl<T> std::ops::Index<Handle<T>> for Arena<T> {
         &self.items[handle.index()]
     }
 }
+
+impl<T> std::ops::IndexMut<Handle<T>> for Arena<T> {
+    fn index_mut(&mut self, handle: Handle<T>) -> &mut T {
+        &mut self.items[handle.index()]
+    }
+}

@@ -4,7 +4,8 @@
 //! choice of dims and produces the [`valid::Info`] every consumer requires; [`interp`]
 //! is the reference interpreter, the single definition of what an operator computes;
 //! [`derive`] runs the forms (fold, chunked, tree, stream) over it; [`algebra`] decides
-//! associativity, identity and commutativity; [`print`] writes the IR's text form.
+//! associativity, identity and commutativity; [`print`] writes the IR's text form;
+//! [`opt`] holds the exact IR-to-IR rewrites backends apply before lowering.
 //!
 //! This crate knows no backend, device or proc-macro.
 
@@ -15,6 +16,7 @@ pub mod diag;
 pub mod front;
 pub mod interp;
 pub mod ir;
+pub mod opt;
 pub mod print;
 pub mod valid;
 

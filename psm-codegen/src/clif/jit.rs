@@ -105,6 +105,9 @@ impl Imports for Linked<'_> {
 
 /// Compiles every function of a validated aggregator for the host.
 pub fn compile(agg: &Aggregator, info: &Info) -> Result<Compiled, CodegenError> {
+    // Lower what psm-ir's exact rewrites make of the operator (psm_ir::opt).
+    let rewritten = psm_ir::opt::for_backend(agg, info);
+    let (agg, info) = rewritten.as_ref().map_or((agg, info), |(agg, info)| (agg, info));
     let isa = host_isa()?;
     let call_conv = isa.default_call_conv();
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());

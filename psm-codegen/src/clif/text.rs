@@ -34,6 +34,9 @@ impl Imports for Named {
 /// (when declared) and scan — each after a `; function NAME` line. Each function is
 /// checked by Cranelift's verifier.
 pub fn clif_text(agg: &Aggregator, info: &Info) -> Result<String, CodegenError> {
+    // Lower what psm-ir's exact rewrites make of the operator (psm_ir::opt).
+    let rewritten = psm_ir::opt::for_backend(agg, info);
+    let (agg, info) = rewritten.as_ref().map_or((agg, info), |(agg, info)| (agg, info));
     let cx = Ctx::new(agg, info);
     let mut fctx = FunctionBuilderContext::new();
     let flags = settings::Flags::new(settings::builder());

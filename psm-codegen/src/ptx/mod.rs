@@ -174,7 +174,7 @@ mod lower;
 mod math;
 
 pub use block::{shared_limit, BlockKernel, BlockKernels};
-pub use lookback::{compile_lookback, LookbackModule, LOOKBACK_BLOCK};
+pub use lookback::{LookbackModule, LOOKBACK_BLOCK};
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -354,6 +354,9 @@ pub(crate) fn module_version(agg: &Aggregator, arch: u32) -> Result<&'static str
 
 /// The PTX module of a validated aggregator.
 pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<PtxModule, PtxError> {
+    // Lower what psm-ir's exact rewrites make of the operator (psm_ir::opt).
+    let rewritten = psm_ir::opt::for_backend(agg, info);
+    let (agg, info) = rewritten.as_ref().map_or((agg, info), |(agg, info)| (agg, info));
     let version = module_version(agg, options.arch)?;
     let cx = lower::Ctx::new(agg, info);
     let mut math = BTreeSet::new();
@@ -382,6 +385,16 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
         entries,
         block,
     })
+}
+
+/// The look-back module of a validated aggregator ([`lookback::compile_lookback`] after
+/// psm-ir's exact rewrites, as [`compile`] applies them), `None` where no look-back
+/// kernel applies.
+pub fn compile_lookback(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Option<LookbackModule>, PtxError> {
+    // Lower what psm-ir's exact rewrites make of the operator (psm_ir::opt).
+    let rewritten = psm_ir::opt::for_backend(agg, info);
+    let (agg, info) = rewritten.as_ref().map_or((agg, info), |(agg, info)| (agg, info));
+    lookback::compile_lookback(agg, info, options)
 }
 
 /// The text of a module of `generated` kernels: a header naming the aggregator and its
