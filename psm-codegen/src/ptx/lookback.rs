@@ -182,8 +182,9 @@ fn plan(cx: &Ctx<'_>) -> Option<Plan> {
 
 /// The look-back module of an aggregator: this file's kernel for scalar elements and
 /// rows, channels.rs's for elements of independent entries; `None` for others (or
-/// scalar rows too many to stage).
-pub fn compile_lookback(
+/// scalar rows too many to stage). Callers take `ptx::compile_lookback`, which lowers
+/// psm-ir's exact rewrites of the aggregator first.
+pub(super) fn compile_lookback(
     agg: &psm_ir::ir::Aggregator,
     info: &psm_ir::valid::Info,
     options: &PtxOptions,

@@ -387,9 +387,9 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     })
 }
 
-/// The look-back module of a validated aggregator ([`lookback::compile_lookback`] after
-/// psm-ir's exact rewrites, as [`compile`] applies them), `None` where no look-back
-/// kernel applies.
+/// The look-back module of a validated aggregator (lookback.rs's kernel, or channels.rs's
+/// for elements of independent entries) after psm-ir's exact rewrites, as [`compile`]
+/// applies them; `None` where no look-back kernel applies.
 pub fn compile_lookback(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Option<LookbackModule>, PtxError> {
     // Lower what psm-ir's exact rewrites make of the operator (psm_ir::opt).
     let rewritten = psm_ir::opt::for_backend(agg, info);
