@@ -57,7 +57,7 @@
 //! exponent e_t − R_b there stays within [`FACTOR_RANGE`] (both factors then far inside
 //! f32's and bf16's range, so each product is as accurate as e^(e_t − Λ_τ)); a block
 //! whose keys decay more than that in 16 steps is summed pair by pair instead,
-//! Σ_i q_t[i] k_τ[i] e^(e_t[i] − Λ_τ[i]), exact at any decay.
+//! `Σ_i q_t[i] k_τ[i] e^(e_t[i] − Λ_τ[i])`, exact at any decay.
 //!
 //! Exponentials and logs are `ex2.approx` / `lg2.approx` (relative error about 2⁻²²),
 //! far below bf16's rounding.
