@@ -578,6 +578,14 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
         return;
     }
     assert!(last(m, k, sa) < a.len() && last(k, n, sb) < b.len(), "gemm operands out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if sb.1 == 1 && sc.1 == 1 && k * n <= SMALL_RHS_ENTRIES && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above), every element read or
+        // written lies inside the slices (checked above), `b`'s and `c`'s rows are
+        // contiguous, and `c` is borrowed mutably, so it overlaps neither operand.
+        unsafe { small_gemm_fma(m, k, n, a.as_ptr(), sa, b.as_ptr(), sb.0, accumulate, c.as_mut_ptr(), sc.0) };
+        return;
+    }
     // SAFETY: every element gemm reads or writes lies inside the slices (checked above);
     // `c` is borrowed mutably, so it overlaps neither operand.
     unsafe {
@@ -602,6 +610,95 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
             false,
             gemm::Parallelism::None,
         )
+    }
+}
+
+/// Most entries of `b` for [`small_gemm_fma`]: 32 KiB, so that `b` stays in the L1
+/// cache while every block of `c`'s rows passes over it (the chunk's products: [S₀ ; V]
+/// is (K + C) × V, V of the state update C × V). Larger products go to the `gemm`
+/// crate, whose packing and cache blocking then pay for themselves.
+#[cfg(target_arch = "x86_64")]
+const SMALL_RHS_ENTRIES: usize = 8192;
+
+/// `c = a · b` (`accumulate`: `c += a · b`) for products small enough that the `gemm`
+/// crate's packing of both operands and its dispatch cost more than the product (a
+/// chunk's are 16 × 80 × 64 and 64 × 16 × 64): blocks of 4 rows × 16 columns of `c` in
+/// eight registers, `a`'s entries broadcast (any strides `sa`), `b`'s rows (stride
+/// `rb`) loaded as they lie; `c`'s rows have stride `rc`. Columns past the last 8 are
+/// summed one at a time.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `a`, `b` and `c` hold every entry of an m × k, k × n and
+/// m × n matrix at those strides (columns of `b` and `c` contiguous); `c` overlaps
+/// neither operand.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm_fma(m: usize, k: usize, n: usize, a: *const f32, sa: (usize, usize), b: *const f32, rb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    let (mut r, mut j) = (0, 0);
+    while r + 4 <= m {
+        j = 0;
+        while j + 16 <= n {
+            product_block::<4, 2>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 16;
+        }
+        if j + 8 <= n {
+            product_block::<4, 1>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 8;
+        }
+        r += 4;
+    }
+    while r < m {
+        j = 0;
+        while j + 8 <= n {
+            product_block::<1, 1>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 8;
+        }
+        r += 1;
+    }
+    // The columns from `j` on (fewer than 8), every row.
+    let vector_columns = j;
+    for r in 0..m {
+        for j in vector_columns..n {
+            let mut sum = 0.0f32;
+            for p in 0..k {
+                sum = (*a.add(r * sa.0 + p * sa.1)).mul_add(*b.add(p * rb + j), sum);
+            }
+            let out = c.add(r * rc + j);
+            *out = if accumulate { *out + sum } else { sum };
+        }
+    }
+}
+
+/// One `R` × 8`V` block of [`small_gemm_fma`]'s `c` (pointers at the block's first
+/// row and column), its `R · V` sums held in registers over all of `k`.
+///
+/// # Safety
+/// As for [`small_gemm_fma`], for the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_block<const R: usize, const V: usize>(k: usize, a: *const f32, sa: (usize, usize), b: *const f32, rb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm256_setzero_ps(); V]; R];
+    for p in 0..k {
+        let mut row = [_mm256_setzero_ps(); V];
+        for (v, x) in row.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(p * rb + 8 * v));
+        }
+        for (i, sums) in sums.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*a.add(i * sa.0 + p * sa.1));
+            for (s, &y) in sums.iter_mut().zip(&row) {
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        for (v, &s) in sums.iter().enumerate() {
+            let out = c.add(i * rc + 8 * v);
+            _mm256_storeu_ps(out, if accumulate { _mm256_add_ps(_mm256_loadu_ps(out), s) } else { s });
+        }
     }
 }
 
@@ -1004,6 +1101,39 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
+    /// [`super::gemm`] against an f64 product, at shapes that take every block of
+    /// [`super::small_gemm_fma`] (4 × 16, 4 × 8, 1 × 8, the columns past the last 8) and
+    /// the `gemm` crate (strided columns, a large right operand), `a` read row- and
+    /// column-major, overwriting and accumulating.
+    #[test]
+    fn products() {
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0;
+        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (4, 16, 16), (5, 9, 8), (16, 80, 64), (17, 3, 27), (64, 16, 64), (6, 0, 9), (2, 200, 64)] {
+            for a_transposed in [false, true] {
+                for (b_columns, accumulate) in [(1, false), (1, true), (n + 1, false)] {
+                    let sa = if a_transposed { (1, m) } else { (k, 1) };
+                    // b's columns `b_columns` apart (1: rows contiguous), its rows `rb` apart.
+                    let (rb, sc) = if b_columns == 1 { (n + 2, (n + 1, 1)) } else { (1, (1, m)) };
+                    let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+                    let b: Vec<f32> = (0..k * n.max(rb) * b_columns.max(1) + k * rb).map(|i| value(i, 2)).collect();
+                    let before: Vec<f32> = (0..m * n.max(sc.0) + n * m).map(|i| value(i, 3)).collect();
+                    let mut c = before.clone();
+                    super::gemm(m, k, n, &a, sa, &b, (rb, b_columns), accumulate, &mut c, sc);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let mut want: f64 = (0..k).map(|p| a[r * sa.0 + p * sa.1] as f64 * b[p * rb + j * b_columns] as f64).sum();
+                            let at = r * sc.0 + j * sc.1;
+                            if accumulate {
+                                want += before[at] as f64;
+                            }
+                            assert!((c[at] as f64 - want).abs() <= 1e-5 * (k as f64 + 1.0), "{m}×{k}×{n} (a transposed {a_transposed}, b columns {b_columns}, accumulate {accumulate}) at [{r}, {j}]: {} against {want}", c[at]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// [`super::exp_approx`] against f64's exp: within 1.2 ulp of the f32 result (the
     /// gap to the next f32, so one subnormal step for subnormal results) over exp's
     /// range, and the special values.
