@@ -5,9 +5,10 @@
 //!    recurrent form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch), chunk by chunk, the state contractions are
-//!    computed with matrix products (the `gemm` crate), all in f32: the
-//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V and the inter-chunk Q S₀ as one product
-//!    [Q̃ | A]·[S₀ ; V], the state passed to the next chunk, and for the delta rule the
+//!    computed with matrix products (an AVX2/FMA kernel for the chunk's small ones, the
+//!    `gemm` crate otherwise), all in f32: the inter-chunk Q S₀, the intra-chunk
+//!    decay-masked (Q Kᵀ ⊙ D) V over the values each row sees, the state passed to the
+//!    next chunk, and for the delta rule the
 //!    pseudo-values of the UT transform (forward substitution of the unit
 //!    lower-triangular system).
 //! 3. The derived *readout map* turns the contractions into the operator's outputs;
@@ -613,9 +614,14 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
     }
 }
 
+/// Rows of the intra-chunk product A V per call, [`small_gemm_fma`]'s block of rows:
+/// each block reads only the values its last row sees, which skips most of the zeros
+/// above A's diagonal.
+const CAUSAL_ROWS: usize = 4;
+
 /// Most entries of `b` for [`small_gemm_fma`]: 32 KiB, so that `b` stays in the L1
-/// cache while every block of `c`'s rows passes over it (the chunk's products: [S₀ ; V]
-/// is (K + C) × V, V of the state update C × V). Larger products go to the `gemm`
+/// cache while every block of `c`'s rows passes over it (the chunk's products: S₀ is
+/// K × V, V is C × V). Larger products go to the `gemm`
 /// crate, whose packing and cache blocking then pay for themselves.
 #[cfg(target_arch = "x86_64")]
 const SMALL_RHS_ENTRIES: usize = 8192;
@@ -925,9 +931,9 @@ impl Sequence<'_> {
     /// step.
     ///
     /// Per chunk of `len` steps: the decays, K̃ and K̂ once; per query A = Q̃ K̃ᵀ
-    /// (masked) once; per member field out = [Q̃ | A] · [S₀ ; V] in one product (the
-    /// inter- and intra-chunk terms share it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives
-    /// in the first `keys` rows of [S₀ ; V], so it is never copied.
+    /// (masked) once; per member field out = Q̃ S₀ + A V (A V by blocks of rows, each
+    /// over the values its rows see; the values read where they lie), then
+    /// S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
     fn run(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -949,28 +955,21 @@ impl Sequence<'_> {
     #[inline(always)]
     fn run_chunks(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         let (steps, kd, nc) = (self.steps, self.keys, self.channels());
-        // [Q̃ | A]: row-major, row stride `w`.
-        let w = kd + chunk;
-        let mut lhs = vec![0.0f32; chunk * w];
+        // Q̃: [step × key].
+        let mut qt = vec![0.0f32; chunk * kd];
+        // A: [step × step], row stride `chunk`.
         let mut att = vec![0.0f32; chunk * chunk];
-        // Per member, [S₀ ; V]: rows of its width.
-        let mut rhs: Vec<Vec<f32>> = self
-            .v
-            .iter()
-            .zip(initial)
-            .map(|(&(_, width), s0)| {
-                let mut m = vec![0.0f32; w * width];
-                if let Some(s0) = s0 {
-                    m[..kd * width].copy_from_slice(s0);
-                }
-                m
-            })
-            .collect();
+        // Per member, S₀: `[keys × width]`.
+        let mut states: Vec<Vec<f32>> = self.v.iter().zip(initial).map(|(&(_, width), s0)| s0.map_or_else(|| vec![0.0f32; kd * width], <[f32]>::to_vec)).collect();
+        // Per member, the delta rule's pseudo-values of a chunk (other values are read
+        // where they lie).
+        let delta = matches!(self.decay, DecayData::Delta { .. });
+        let mut pseudo: Vec<Vec<f32>> = self.v.iter().map(|&(_, width)| if delta { vec![0.0f32; chunk * width] } else { Vec::new() }).collect();
         // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
         let mut kt = vec![0.0f32; chunk * kd];
         let mut khat = vec![0.0f32; chunk * kd];
         // The delta rule's Gram matrix.
-        let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
+        let mut gram = if delta { vec![0.0f32; chunk * chunk] } else { Vec::new() };
         let mut dec = ChunkDecays::new(chunk, nc);
         let (data, is_log) = self.decays();
         let mut t0 = 0;
@@ -979,14 +978,22 @@ impl Sequence<'_> {
             let k = &self.k[t0 * kd..(t0 + len) * kd];
             dec.fill(if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[] }, len, is_log);
             // Values: the inputs', or the delta rule's pseudo-values.
-            for ((v, width), rhs) in self.v.iter().zip(&mut rhs) {
-                let (state, values) = rhs.split_at_mut(kd * width);
-                let given = &v[t0 * width..(t0 + len) * width];
-                match &self.decay {
-                    DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, values),
-                    _ => values[..len * width].copy_from_slice(given),
-                }
-            }
+            let values: Vec<&[f32]> = self
+                .v
+                .iter()
+                .zip(&states)
+                .zip(&mut pseudo)
+                .map(|(((v, width), state), pseudo)| {
+                    let given = &v[t0 * width..(t0 + len) * width];
+                    match &self.decay {
+                        DecayData::Delta { beta, b, .. } => {
+                            self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, pseudo);
+                            &pseudo[..len * width]
+                        }
+                        _ => given,
+                    }
+                })
+                .collect();
             if dec.factored && nc > 0 {
                 for t in 0..len {
                     scale_row(&mut kt[t * kd..(t + 1) * kd], &k[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
@@ -1002,10 +1009,10 @@ impl Sequence<'_> {
                         (true, _) => dec.row(t - 1),
                         (false, _) => dec.row(t),
                     };
-                    scale_row(&mut lhs[t * w..t * w + kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
+                    scale_row(&mut qt[t * kd..(t + 1) * kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
                 }
                 if dec.factored {
-                    gemm(len, kd, len, &lhs, (w, 1), kf, (1, kd), false, &mut att, (chunk, 1));
+                    gemm(len, kd, len, &qt, (kd, 1), kf, (1, kd), false, &mut att, (chunk, 1));
                 } else {
                     for t in 0..len {
                         let seen = if exclusive { t } else { t + 1 };
@@ -1015,17 +1022,22 @@ impl Sequence<'_> {
                         }
                     }
                 }
-                // A beside Q̃, causally masked: A_tτ = 0 for τ > t (τ ≥ t when exclusive).
+                // Causally masked: A_tτ = 0 for τ > t (τ ≥ t when exclusive).
                 for t in 0..len {
                     let seen = if exclusive { t } else { t + 1 };
-                    let row = &mut lhs[t * w + kd..t * w + kd + len];
-                    row[..seen].copy_from_slice(&att[t * chunk..t * chunk + seen]);
-                    row[seen..].fill(0.0);
+                    att[t * chunk + seen..t * chunk + len].fill(0.0);
                 }
                 for o in outs.iter_mut().filter(|o| o.query == qi) {
                     let width = self.v[o.member].1;
                     let out = &mut o.data[t0 * width..(t0 + len) * width];
-                    gemm(len, kd + len, width, &lhs, (w, 1), &rhs[o.member], (width, 1), false, out, (width, 1));
+                    gemm(len, kd, width, &qt, (kd, 1), &states[o.member], (width, 1), false, out, (width, 1));
+                    // + A V, each block of rows reading only the values its last row sees
+                    // (the masked entries above the diagonal in between are zeros).
+                    for r in (0..len).step_by(CAUSAL_ROWS) {
+                        let rows = CAUSAL_ROWS.min(len - r);
+                        let seen = if exclusive { r + rows - 1 } else { r + rows };
+                        gemm(rows, seen, width, &att[r * chunk..], (chunk, 1), values[o.member], (width, 1), true, &mut out[r * width..], (width, 1));
+                    }
                 }
             }
             // S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
@@ -1041,25 +1053,18 @@ impl Sequence<'_> {
                 }
             }
             let kh: &[f32] = if nc > 0 { &khat } else { k };
-            for (&(_, width), rhs) in self.v.iter().zip(&mut rhs) {
-                let (state, values) = rhs.split_at_mut(kd * width);
+            for ((&(_, width), state), values) in self.v.iter().zip(&mut states).zip(&values) {
                 if nc > 0 {
                     for (i, row) in state.chunks_mut(width).enumerate() {
                         let g = dec.cumulative(len - 1, i);
                         row.iter_mut().for_each(|s| *s *= g);
                     }
                 }
-                gemm(kd, len, width, kh, (1, kd), &values[..len * width], (width, 1), true, state, (width, 1));
+                gemm(kd, len, width, kh, (1, kd), values, (width, 1), true, state, (width, 1));
             }
             t0 += len;
         }
-        rhs.into_iter()
-            .zip(&self.v)
-            .map(|(mut m, &(_, width))| {
-                m.truncate(kd * width);
-                m
-            })
-            .collect()
+        states
     }
 
     /// The delta rule's pseudo-values of one chunk into `u` (rows of `vd`): (I + L) U =
