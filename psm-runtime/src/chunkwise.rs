@@ -5,7 +5,7 @@
 //!    recurrent form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch), chunk by chunk, the state contractions are
-//!    computed with matrix products (an AVX2/FMA kernel for the chunk's small ones, the
+//!    computed with matrix products (AVX2/FMA kernels for the chunk's small ones, the
 //!    `gemm` crate otherwise), all in f32: the inter-chunk Q S₀, the intra-chunk
 //!    decay-masked (Q Kᵀ ⊙ D) V over the values each row sees, the state passed to the
 //!    next chunk, and for the delta rule the
@@ -580,12 +580,18 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
     }
     assert!(last(m, k, sa) < a.len() && last(k, n, sb) < b.len(), "gemm operands out of bounds");
     #[cfg(target_arch = "x86_64")]
-    if sb.1 == 1 && sc.1 == 1 && k * n <= SMALL_RHS_ENTRIES && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above), every element read or
-        // written lies inside the slices (checked above), `b`'s and `c`'s rows are
-        // contiguous, and `c` is borrowed mutably, so it overlaps neither operand.
-        unsafe { small_gemm_fma(m, k, n, a.as_ptr(), sa, b.as_ptr(), sb.0, accumulate, c.as_mut_ptr(), sc.0) };
-        return;
+    if sc.1 == 1 && k * n <= SMALL_RHS_ENTRIES && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY (both): the CPU has AVX2 and FMA (checked just above), every element read
+        // or written lies inside the slices (checked above), the rows or columns named
+        // contiguous are so, and `c` is borrowed mutably, so it overlaps neither operand.
+        if sb.1 == 1 {
+            unsafe { small_gemm_fma(m, k, n, a.as_ptr(), sa, b.as_ptr(), sb.0, accumulate, c.as_mut_ptr(), sc.0) };
+            return;
+        }
+        if sa.1 == 1 && sb.0 == 1 {
+            unsafe { small_gemm_dots_fma(m, k, n, a.as_ptr(), sa.0, b.as_ptr(), sb.1, accumulate, c.as_mut_ptr(), sc.0) };
+            return;
+        }
     }
     // SAFETY: every element gemm reads or writes lies inside the slices (checked above);
     // `c` is borrowed mutably, so it overlaps neither operand.
@@ -704,6 +710,81 @@ unsafe fn product_block<const R: usize, const V: usize>(k: usize, a: *const f32,
         for (v, &s) in sums.iter().enumerate() {
             let out = c.add(i * rc + 8 * v);
             _mm256_storeu_ps(out, if accumulate { _mm256_add_ps(_mm256_loadu_ps(out), s) } else { s });
+        }
+    }
+}
+
+/// `c = a · b` (`accumulate`: `c += a · b`) as dot products of `a`'s rows (stride `ra`)
+/// with `b`'s columns (stride `cb`), both contiguous — the product A = Q̃ K̃ᵀ of two
+/// row-major matrices, for which [`small_gemm_fma`]'s broadcasts would need K̃
+/// transposed: blocks of 4 rows × 2 columns of `c`, each entry's sum 8 lanes wide in a
+/// register over `k`, then added across its lanes; `c`'s rows have stride `rc`.
+///
+/// # Safety
+/// As for [`small_gemm_fma`], with `a`'s rows and `b`'s columns contiguous.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm_dots_fma(m: usize, k: usize, n: usize, a: *const f32, ra: usize, b: *const f32, cb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    let mut r = 0;
+    while r < m {
+        let mut j = 0;
+        if r + 4 <= m {
+            while j + 2 <= n {
+                dots_block::<4, 2>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+                j += 2;
+            }
+        }
+        let rows = if r + 4 <= m { 4 } else { 1 };
+        while j < n {
+            if rows == 4 {
+                dots_block::<4, 1>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+            } else {
+                dots_block::<1, 1>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+            }
+            j += 1;
+        }
+        r += rows;
+    }
+}
+
+/// One `R` × `J` block of [`small_gemm_dots_fma`]'s `c` (pointers at the block's first
+/// row and column): 8 lanes of each sum over the first multiple of 8 of `k`, the rest
+/// entry by entry.
+///
+/// # Safety
+/// As for [`small_gemm_dots_fma`], for the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_block<const R: usize, const J: usize>(k: usize, a: *const f32, ra: usize, b: *const f32, cb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm256_setzero_ps(); J]; R];
+    let vector_k = k - k % 8;
+    for p in (0..vector_k).step_by(8) {
+        let mut columns = [_mm256_setzero_ps(); J];
+        for (j, x) in columns.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(j * cb + p));
+        }
+        for (i, sums) in sums.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(a.add(i * ra + p));
+            for (s, &y) in sums.iter_mut().zip(&columns) {
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        for (j, &s) in sums.iter().enumerate() {
+            // The 8 lanes added pairwise, then the entries past the last 8.
+            let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+            for p in vector_k..k {
+                sum = (*a.add(i * ra + p)).mul_add(*b.add(j * cb + p), sum);
+            }
+            let out = c.add(i * rc + j);
+            *out = if accumulate { *out + sum } else { sum };
         }
     }
 }
@@ -1106,32 +1187,35 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
-    /// [`super::gemm`] against an f64 product, at shapes that take every block of
-    /// [`super::small_gemm_fma`] (4 × 16, 4 × 8, 1 × 8, the columns past the last 8) and
-    /// the `gemm` crate (strided columns, a large right operand), `a` read row- and
-    /// column-major, overwriting and accumulating.
+    /// [`super::gemm`] against an f64 product, at shapes and layouts that take every
+    /// block of [`super::small_gemm_fma`] (4 × 16, 4 × 8, 1 × 8, the columns past the
+    /// last 8), of [`super::small_gemm_dots_fma`] (4 × 2, 4 × 1, 1 × 1, k past the last
+    /// 8) and the `gemm` crate (`c` column-major, `a` column-major with `b`'s columns
+    /// contiguous, a large `b`), overwriting and accumulating.
     #[test]
     fn products() {
         let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0;
-        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (4, 16, 16), (5, 9, 8), (16, 80, 64), (17, 3, 27), (64, 16, 64), (6, 0, 9), (2, 200, 64)] {
+        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (4, 16, 16), (5, 9, 8), (16, 80, 64), (16, 64, 16), (17, 3, 27), (64, 16, 64), (6, 0, 9), (2, 200, 64)] {
             for a_transposed in [false, true] {
-                for (b_columns, accumulate) in [(1, false), (1, true), (n + 1, false)] {
-                    let sa = if a_transposed { (1, m) } else { (k, 1) };
-                    // b's columns `b_columns` apart (1: rows contiguous), its rows `rb` apart.
-                    let (rb, sc) = if b_columns == 1 { (n + 2, (n + 1, 1)) } else { (1, (1, m)) };
-                    let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
-                    let b: Vec<f32> = (0..k * n.max(rb) * b_columns.max(1) + k * rb).map(|i| value(i, 2)).collect();
-                    let before: Vec<f32> = (0..m * n.max(sc.0) + n * m).map(|i| value(i, 3)).collect();
+                for (b_transposed, c_transposed, accumulate) in [(false, false, false), (false, false, true), (true, false, false), (true, false, true), (true, true, false)] {
+                    // Strides (rows, columns), each with a gap between rows or columns.
+                    let sa = if a_transposed { (1, m + 1) } else { (k + 1, 1) };
+                    let sb = if b_transposed { (1, k + 1) } else { (n + 2, 1) };
+                    let sc = if c_transposed { (1, m + 1) } else { (n + 1, 1) };
+                    let a: Vec<f32> = (0..(m + 1) * (k + 1)).map(|i| value(i, 1)).collect();
+                    let b: Vec<f32> = (0..(k + 1) * (n + 2)).map(|i| value(i, 2)).collect();
+                    let before: Vec<f32> = (0..(m + 1) * (n + 1)).map(|i| value(i, 3)).collect();
                     let mut c = before.clone();
-                    super::gemm(m, k, n, &a, sa, &b, (rb, b_columns), accumulate, &mut c, sc);
+                    super::gemm(m, k, n, &a, sa, &b, sb, accumulate, &mut c, sc);
                     for r in 0..m {
                         for j in 0..n {
-                            let mut want: f64 = (0..k).map(|p| a[r * sa.0 + p * sa.1] as f64 * b[p * rb + j * b_columns] as f64).sum();
+                            let mut want: f64 = (0..k).map(|p| a[r * sa.0 + p * sa.1] as f64 * b[p * sb.0 + j * sb.1] as f64).sum();
                             let at = r * sc.0 + j * sc.1;
                             if accumulate {
                                 want += before[at] as f64;
                             }
-                            assert!((c[at] as f64 - want).abs() <= 1e-5 * (k as f64 + 1.0), "{m}×{k}×{n} (a transposed {a_transposed}, b columns {b_columns}, accumulate {accumulate}) at [{r}, {j}]: {} against {want}", c[at]);
+                            let layouts = format!("a transposed {a_transposed}, b transposed {b_transposed}, c transposed {c_transposed}, accumulate {accumulate}");
+                            assert!((c[at] as f64 - want).abs() <= 1e-5 * (k as f64 + 1.0), "{m}×{k}×{n} ({layouts}) at [{r}, {j}]: {} against {want}", c[at]);
                         }
                     }
                 }
