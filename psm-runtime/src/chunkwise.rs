@@ -8,9 +8,8 @@
 //!    computed with matrix products (AVX2/FMA kernels for the chunk's small ones, the
 //!    `gemm` crate otherwise), all in f32: the inter-chunk Q S₀, the intra-chunk
 //!    decay-masked (Q Kᵀ ⊙ D) V over the values each row sees, the state passed to the
-//!    next chunk, and for the delta rule the
-//!    pseudo-values of the UT transform (forward substitution of the unit
-//!    lower-triangular system).
+//!    next chunk, and for the delta rule the pseudo-values of the UT transform (forward
+//!    substitution of the unit lower-triangular system).
 //! 3. The derived *readout map* turns the contractions into the operator's outputs;
 //!    when every output is a contraction as it is (`Chunkwise::direct`), `run` returns
 //!    the contractions themselves.
@@ -627,17 +626,17 @@ const CAUSAL_ROWS: usize = 4;
 
 /// Most entries of `b` for [`small_gemm_fma`]: 32 KiB, so that `b` stays in the L1
 /// cache while every block of `c`'s rows passes over it (the chunk's products: S₀ is
-/// K × V, V is C × V). Larger products go to the `gemm`
-/// crate, whose packing and cache blocking then pay for themselves.
+/// K × V, V is C × V). Larger products go to the `gemm` crate, whose packing and cache
+/// blocking then pay for themselves.
 #[cfg(target_arch = "x86_64")]
 const SMALL_RHS_ENTRIES: usize = 8192;
 
 /// `c = a · b` (`accumulate`: `c += a · b`) for products small enough that the `gemm`
-/// crate's packing of both operands and its dispatch cost more than the product (a
-/// chunk's are 16 × 80 × 64 and 64 × 16 × 64): blocks of 4 rows × 16 columns of `c` in
-/// eight registers, `a`'s entries broadcast (any strides `sa`), `b`'s rows (stride
-/// `rb`) loaded as they lie; `c`'s rows have stride `rc`. Columns past the last 8 are
-/// summed one at a time.
+/// crate's packing of both operands and its dispatch cost more than the product (at
+/// K = V = 64, C = 16 a chunk's Q̃ S₀ is 16 × 64 × 64, its state update 64 × 16 × 64):
+/// blocks of 4 rows × 16 columns of `c` in eight registers, `a`'s entries broadcast (any
+/// strides `sa`), `b`'s rows (stride `rb`) loaded as they lie; `c`'s rows have stride
+/// `rc`. Columns past the last 8 are summed one at a time.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `a`, `b` and `c` hold every entry of an m × k, k × n and
