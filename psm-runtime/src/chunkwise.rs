@@ -5,11 +5,11 @@
 //!    recurrent form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch), chunk by chunk, the state contractions are
-//!    computed with matrix products (the `gemm` crate), all in f32: the
-//!    intra-chunk decay-masked (Q Kᵀ ⊙ D) V and the inter-chunk Q S₀ as one product
-//!    [Q̃ | A]·[S₀ ; V], the state passed to the next chunk, and for the delta rule the
-//!    pseudo-values of the UT transform (forward substitution of the unit
-//!    lower-triangular system).
+//!    computed with matrix products (AVX2/FMA kernels for the chunk's small ones, the
+//!    `gemm` crate otherwise), all in f32: the inter-chunk Q S₀, the intra-chunk
+//!    decay-masked (Q Kᵀ ⊙ D) V over the values each row sees, the state passed to the
+//!    next chunk, and for the delta rule the pseudo-values of the UT transform (forward
+//!    substitution of the unit lower-triangular system).
 //! 3. The derived *readout map* turns the contractions into the operator's outputs;
 //!    when every output is a contraction as it is (`Chunkwise::direct`), `run` returns
 //!    the contractions themselves.
@@ -578,6 +578,20 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
         return;
     }
     assert!(last(m, k, sa) < a.len() && last(k, n, sb) < b.len(), "gemm operands out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if sc.1 == 1 && k * n <= SMALL_RHS_ENTRIES && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY (both): the CPU has AVX2 and FMA (checked just above), every element read
+        // or written lies inside the slices (checked above), the rows or columns named
+        // contiguous are so, and `c` is borrowed mutably, so it overlaps neither operand.
+        if sb.1 == 1 {
+            unsafe { small_gemm_fma(m, k, n, a.as_ptr(), sa, b.as_ptr(), sb.0, accumulate, c.as_mut_ptr(), sc.0) };
+            return;
+        }
+        if sa.1 == 1 && sb.0 == 1 {
+            unsafe { small_gemm_dots_fma(m, k, n, a.as_ptr(), sa.0, b.as_ptr(), sb.1, accumulate, c.as_mut_ptr(), sc.0) };
+            return;
+        }
+    }
     // SAFETY: every element gemm reads or writes lies inside the slices (checked above);
     // `c` is borrowed mutably, so it overlaps neither operand.
     unsafe {
@@ -602,6 +616,175 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f32], 
             false,
             gemm::Parallelism::None,
         )
+    }
+}
+
+/// Rows of the intra-chunk product A V per call, [`small_gemm_fma`]'s block of rows:
+/// each block reads only the values its last row sees, which skips most of the zeros
+/// above A's diagonal.
+const CAUSAL_ROWS: usize = 4;
+
+/// Most entries of `b` for [`small_gemm_fma`]: 32 KiB, so that `b` stays in the L1
+/// cache while every block of `c`'s rows passes over it (the chunk's products: S₀ is
+/// K × V, V is C × V). Larger products go to the `gemm` crate, whose packing and cache
+/// blocking then pay for themselves.
+#[cfg(target_arch = "x86_64")]
+const SMALL_RHS_ENTRIES: usize = 8192;
+
+/// `c = a · b` (`accumulate`: `c += a · b`) for products small enough that the `gemm`
+/// crate's packing of both operands and its dispatch cost more than the product (at
+/// K = V = 64, C = 16 a chunk's Q̃ S₀ is 16 × 64 × 64, its state update 64 × 16 × 64):
+/// blocks of 4 rows × 16 columns of `c` in eight registers, `a`'s entries broadcast (any
+/// strides `sa`), `b`'s rows (stride `rb`) loaded as they lie; `c`'s rows have stride
+/// `rc`. Columns past the last 8 are summed one at a time.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `a`, `b` and `c` hold every entry of an m × k, k × n and
+/// m × n matrix at those strides (columns of `b` and `c` contiguous); `c` overlaps
+/// neither operand.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm_fma(m: usize, k: usize, n: usize, a: *const f32, sa: (usize, usize), b: *const f32, rb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    let (mut r, mut j) = (0, 0);
+    while r + 4 <= m {
+        j = 0;
+        while j + 16 <= n {
+            product_block::<4, 2>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 16;
+        }
+        if j + 8 <= n {
+            product_block::<4, 1>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 8;
+        }
+        r += 4;
+    }
+    while r < m {
+        j = 0;
+        while j + 8 <= n {
+            product_block::<1, 1>(k, a.add(r * sa.0), sa, b.add(j), rb, accumulate, c.add(r * rc + j), rc);
+            j += 8;
+        }
+        r += 1;
+    }
+    // The columns from `j` on (fewer than 8), every row.
+    let vector_columns = j;
+    for r in 0..m {
+        for j in vector_columns..n {
+            let mut sum = 0.0f32;
+            for p in 0..k {
+                sum = (*a.add(r * sa.0 + p * sa.1)).mul_add(*b.add(p * rb + j), sum);
+            }
+            let out = c.add(r * rc + j);
+            *out = if accumulate { *out + sum } else { sum };
+        }
+    }
+}
+
+/// One `R` × 8`V` block of [`small_gemm_fma`]'s `c` (pointers at the block's first
+/// row and column), its `R · V` sums held in registers over all of `k`.
+///
+/// # Safety
+/// As for [`small_gemm_fma`], for the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_block<const R: usize, const V: usize>(k: usize, a: *const f32, sa: (usize, usize), b: *const f32, rb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm256_setzero_ps(); V]; R];
+    for p in 0..k {
+        let mut row = [_mm256_setzero_ps(); V];
+        for (v, x) in row.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(p * rb + 8 * v));
+        }
+        for (i, sums) in sums.iter_mut().enumerate() {
+            let x = _mm256_broadcast_ss(&*a.add(i * sa.0 + p * sa.1));
+            for (s, &y) in sums.iter_mut().zip(&row) {
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        for (v, &s) in sums.iter().enumerate() {
+            let out = c.add(i * rc + 8 * v);
+            _mm256_storeu_ps(out, if accumulate { _mm256_add_ps(_mm256_loadu_ps(out), s) } else { s });
+        }
+    }
+}
+
+/// `c = a · b` (`accumulate`: `c += a · b`) as dot products of `a`'s rows (stride `ra`)
+/// with `b`'s columns (stride `cb`), both contiguous — the product A = Q̃ K̃ᵀ of two
+/// row-major matrices, for which [`small_gemm_fma`]'s broadcasts would need K̃
+/// transposed: blocks of 4 rows × 2 columns of `c`, each entry's sum 8 lanes wide in a
+/// register over `k`, then added across its lanes; `c`'s rows have stride `rc`.
+///
+/// # Safety
+/// As for [`small_gemm_fma`], with `a`'s rows and `b`'s columns contiguous.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm_dots_fma(m: usize, k: usize, n: usize, a: *const f32, ra: usize, b: *const f32, cb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    let mut r = 0;
+    while r < m {
+        let mut j = 0;
+        if r + 4 <= m {
+            while j + 2 <= n {
+                dots_block::<4, 2>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+                j += 2;
+            }
+        }
+        let rows = if r + 4 <= m { 4 } else { 1 };
+        while j < n {
+            if rows == 4 {
+                dots_block::<4, 1>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+            } else {
+                dots_block::<1, 1>(k, a.add(r * ra), ra, b.add(j * cb), cb, accumulate, c.add(r * rc + j), rc);
+            }
+            j += 1;
+        }
+        r += rows;
+    }
+}
+
+/// One `R` × `J` block of [`small_gemm_dots_fma`]'s `c` (pointers at the block's first
+/// row and column): 8 lanes of each sum over the first multiple of 8 of `k`, the rest
+/// entry by entry.
+///
+/// # Safety
+/// As for [`small_gemm_dots_fma`], for the block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dots_block<const R: usize, const J: usize>(k: usize, a: *const f32, ra: usize, b: *const f32, cb: usize, accumulate: bool, c: *mut f32, rc: usize) {
+    use std::arch::x86_64::*;
+    let mut sums = [[_mm256_setzero_ps(); J]; R];
+    let vector_k = k - k % 8;
+    for p in (0..vector_k).step_by(8) {
+        let mut columns = [_mm256_setzero_ps(); J];
+        for (j, x) in columns.iter_mut().enumerate() {
+            *x = _mm256_loadu_ps(b.add(j * cb + p));
+        }
+        for (i, sums) in sums.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(a.add(i * ra + p));
+            for (s, &y) in sums.iter_mut().zip(&columns) {
+                *s = _mm256_fmadd_ps(x, y, *s);
+            }
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        for (j, &s) in sums.iter().enumerate() {
+            // The 8 lanes added pairwise, then the entries past the last 8.
+            let quad = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+            let mut sum = _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+            for p in vector_k..k {
+                sum = (*a.add(i * ra + p)).mul_add(*b.add(j * cb + p), sum);
+            }
+            let out = c.add(i * rc + j);
+            *out = if accumulate { *out + sum } else { sum };
+        }
     }
 }
 
@@ -828,9 +1011,9 @@ impl Sequence<'_> {
     /// step.
     ///
     /// Per chunk of `len` steps: the decays, K̃ and K̂ once; per query A = Q̃ K̃ᵀ
-    /// (masked) once; per member field out = [Q̃ | A] · [S₀ ; V] in one product (the
-    /// inter- and intra-chunk terms share it), then S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V. S₀ lives
-    /// in the first `keys` rows of [S₀ ; V], so it is never copied.
+    /// (masked) once; per member field out = Q̃ S₀ + A V (A V by blocks of rows, each
+    /// over the values its rows see; the values read where they lie), then
+    /// S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
     fn run(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -852,28 +1035,21 @@ impl Sequence<'_> {
     #[inline(always)]
     fn run_chunks(&self, chunk: usize, exclusive: bool, initial: &[Option<&[f32]>], qs: &[&[f32]], outs: &mut [Out<'_>]) -> Vec<Vec<f32>> {
         let (steps, kd, nc) = (self.steps, self.keys, self.channels());
-        // [Q̃ | A]: row-major, row stride `w`.
-        let w = kd + chunk;
-        let mut lhs = vec![0.0f32; chunk * w];
+        // Q̃: [step × key].
+        let mut qt = vec![0.0f32; chunk * kd];
+        // A: [step × step], row stride `chunk`.
         let mut att = vec![0.0f32; chunk * chunk];
-        // Per member, [S₀ ; V]: rows of its width.
-        let mut rhs: Vec<Vec<f32>> = self
-            .v
-            .iter()
-            .zip(initial)
-            .map(|(&(_, width), s0)| {
-                let mut m = vec![0.0f32; w * width];
-                if let Some(s0) = s0 {
-                    m[..kd * width].copy_from_slice(s0);
-                }
-                m
-            })
-            .collect();
+        // Per member, S₀: `[keys × width]`.
+        let mut states: Vec<Vec<f32>> = self.v.iter().zip(initial).map(|(&(_, width), s0)| s0.map_or_else(|| vec![0.0f32; kd * width], <[f32]>::to_vec)).collect();
+        // Per member, the delta rule's pseudo-values of a chunk (other values are read
+        // where they lie).
+        let delta = matches!(self.decay, DecayData::Delta { .. });
+        let mut pseudo: Vec<Vec<f32>> = self.v.iter().map(|&(_, width)| if delta { vec![0.0f32; chunk * width] } else { Vec::new() }).collect();
         // K̃ = k ⊙ e^−Λ and K̂ = k ⊙ e^(Λ_L − Λ): [step × key].
         let mut kt = vec![0.0f32; chunk * kd];
         let mut khat = vec![0.0f32; chunk * kd];
         // The delta rule's Gram matrix.
-        let mut gram = if matches!(self.decay, DecayData::Delta { .. }) { vec![0.0f32; chunk * chunk] } else { Vec::new() };
+        let mut gram = if delta { vec![0.0f32; chunk * chunk] } else { Vec::new() };
         let mut dec = ChunkDecays::new(chunk, nc);
         let (data, is_log) = self.decays();
         let mut t0 = 0;
@@ -882,14 +1058,22 @@ impl Sequence<'_> {
             let k = &self.k[t0 * kd..(t0 + len) * kd];
             dec.fill(if nc > 0 { &data[t0 * nc..(t0 + len) * nc] } else { &[] }, len, is_log);
             // Values: the inputs', or the delta rule's pseudo-values.
-            for ((v, width), rhs) in self.v.iter().zip(&mut rhs) {
-                let (state, values) = rhs.split_at_mut(kd * width);
-                let given = &v[t0 * width..(t0 + len) * width];
-                match &self.decay {
-                    DecayData::Delta { beta, b, .. } => self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, values),
-                    _ => values[..len * width].copy_from_slice(given),
-                }
-            }
+            let values: Vec<&[f32]> = self
+                .v
+                .iter()
+                .zip(&states)
+                .zip(&mut pseudo)
+                .map(|(((v, width), state), pseudo)| {
+                    let given = &v[t0 * width..(t0 + len) * width];
+                    match &self.decay {
+                        DecayData::Delta { beta, b, .. } => {
+                            self.pseudo_values(t0, len, *width, state, &dec, beta, b, given, &mut gram, pseudo);
+                            &pseudo[..len * width]
+                        }
+                        _ => given,
+                    }
+                })
+                .collect();
             if dec.factored && nc > 0 {
                 for t in 0..len {
                     scale_row(&mut kt[t * kd..(t + 1) * kd], &k[t * kd..(t + 1) * kd], dec.row(t), |x, g| x / g);
@@ -905,10 +1089,10 @@ impl Sequence<'_> {
                         (true, _) => dec.row(t - 1),
                         (false, _) => dec.row(t),
                     };
-                    scale_row(&mut lhs[t * w..t * w + kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
+                    scale_row(&mut qt[t * kd..(t + 1) * kd], &q[t * kd..(t + 1) * kd], scale, |x, g| x * g);
                 }
                 if dec.factored {
-                    gemm(len, kd, len, &lhs, (w, 1), kf, (1, kd), false, &mut att, (chunk, 1));
+                    gemm(len, kd, len, &qt, (kd, 1), kf, (1, kd), false, &mut att, (chunk, 1));
                 } else {
                     for t in 0..len {
                         let seen = if exclusive { t } else { t + 1 };
@@ -918,17 +1102,22 @@ impl Sequence<'_> {
                         }
                     }
                 }
-                // A beside Q̃, causally masked: A_tτ = 0 for τ > t (τ ≥ t when exclusive).
+                // Causally masked: A_tτ = 0 for τ > t (τ ≥ t when exclusive).
                 for t in 0..len {
                     let seen = if exclusive { t } else { t + 1 };
-                    let row = &mut lhs[t * w + kd..t * w + kd + len];
-                    row[..seen].copy_from_slice(&att[t * chunk..t * chunk + seen]);
-                    row[seen..].fill(0.0);
+                    att[t * chunk + seen..t * chunk + len].fill(0.0);
                 }
                 for o in outs.iter_mut().filter(|o| o.query == qi) {
                     let width = self.v[o.member].1;
                     let out = &mut o.data[t0 * width..(t0 + len) * width];
-                    gemm(len, kd + len, width, &lhs, (w, 1), &rhs[o.member], (width, 1), false, out, (width, 1));
+                    gemm(len, kd, width, &qt, (kd, 1), &states[o.member], (width, 1), false, out, (width, 1));
+                    // + A V, each block of rows reading only the values its last row sees
+                    // (the masked entries above the diagonal in between are zeros).
+                    for r in (0..len).step_by(CAUSAL_ROWS) {
+                        let rows = CAUSAL_ROWS.min(len - r);
+                        let seen = if exclusive { r + rows - 1 } else { r + rows };
+                        gemm(rows, seen, width, &att[r * chunk..], (chunk, 1), values[o.member], (width, 1), true, &mut out[r * width..], (width, 1));
+                    }
                 }
             }
             // S₀ ← e^Λ_L ⊙ S₀ + K̂ᵀ V.
@@ -944,25 +1133,18 @@ impl Sequence<'_> {
                 }
             }
             let kh: &[f32] = if nc > 0 { &khat } else { k };
-            for (&(_, width), rhs) in self.v.iter().zip(&mut rhs) {
-                let (state, values) = rhs.split_at_mut(kd * width);
+            for ((&(_, width), state), values) in self.v.iter().zip(&mut states).zip(&values) {
                 if nc > 0 {
                     for (i, row) in state.chunks_mut(width).enumerate() {
                         let g = dec.cumulative(len - 1, i);
                         row.iter_mut().for_each(|s| *s *= g);
                     }
                 }
-                gemm(kd, len, width, kh, (1, kd), &values[..len * width], (width, 1), true, state, (width, 1));
+                gemm(kd, len, width, kh, (1, kd), values, (width, 1), true, state, (width, 1));
             }
             t0 += len;
         }
-        rhs.into_iter()
-            .zip(&self.v)
-            .map(|(mut m, &(_, width))| {
-                m.truncate(kd * width);
-                m
-            })
-            .collect()
+        states
     }
 
     /// The delta rule's pseudo-values of one chunk into `u` (rows of `vd`): (I + L) U =
@@ -1004,6 +1186,42 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
+    /// [`super::gemm`] against an f64 product, at shapes and layouts that take every
+    /// block of [`super::small_gemm_fma`] (4 × 16, 4 × 8, 1 × 8, the columns past the
+    /// last 8), of [`super::small_gemm_dots_fma`] (4 × 2, 4 × 1, 1 × 1, k past the last
+    /// 8) and the `gemm` crate (`c` column-major, `a` column-major with `b`'s columns
+    /// contiguous, a large `b`), overwriting and accumulating.
+    #[test]
+    fn products() {
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0 - 1.0;
+        for (m, k, n) in [(1, 1, 1), (3, 7, 5), (4, 16, 16), (5, 9, 8), (16, 80, 64), (16, 64, 16), (17, 3, 27), (64, 16, 64), (6, 0, 9), (2, 200, 64)] {
+            for a_transposed in [false, true] {
+                for (b_transposed, c_transposed, accumulate) in [(false, false, false), (false, false, true), (true, false, false), (true, false, true), (true, true, false)] {
+                    // Strides (rows, columns), each with a gap between rows or columns.
+                    let sa = if a_transposed { (1, m + 1) } else { (k + 1, 1) };
+                    let sb = if b_transposed { (1, k + 1) } else { (n + 2, 1) };
+                    let sc = if c_transposed { (1, m + 1) } else { (n + 1, 1) };
+                    let a: Vec<f32> = (0..(m + 1) * (k + 1)).map(|i| value(i, 1)).collect();
+                    let b: Vec<f32> = (0..(k + 1) * (n + 2)).map(|i| value(i, 2)).collect();
+                    let before: Vec<f32> = (0..(m + 1) * (n + 1)).map(|i| value(i, 3)).collect();
+                    let mut c = before.clone();
+                    super::gemm(m, k, n, &a, sa, &b, sb, accumulate, &mut c, sc);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let mut want: f64 = (0..k).map(|p| a[r * sa.0 + p * sa.1] as f64 * b[p * sb.0 + j * sb.1] as f64).sum();
+                            let at = r * sc.0 + j * sc.1;
+                            if accumulate {
+                                want += before[at] as f64;
+                            }
+                            let layouts = format!("a transposed {a_transposed}, b transposed {b_transposed}, c transposed {c_transposed}, accumulate {accumulate}");
+                            assert!((c[at] as f64 - want).abs() <= 1e-5 * (k as f64 + 1.0), "{m}×{k}×{n} ({layouts}) at [{r}, {j}]: {} against {want}", c[at]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// [`super::exp_approx`] against f64's exp: within 1.2 ulp of the f32 result (the
     /// gap to the next f32, so one subnormal step for subnormal results) over exp's
     /// range, and the special values.

@@ -2,8 +2,9 @@
 //! against psm-ir's interpreter (the f64 fold) and the recurrent form, at awkward
 //! lengths (0 to 3, 7, chunk ± 1, powers of two, several chunks with a ragged tail),
 //! batch [2]: outputs and final states, runs chained through initial and final states,
-//! reverse scans, prefill → stream hand-offs and decays of exactly 0; the other
-//! operators are refused with psm-ir's reason.
+//! reverse scans, prefill → stream hand-offs and decays of exactly 0; three operators
+//! again at K = 20, V = 24 (the chunk's vector kernels); the other operators are refused
+//! with psm-ir's reason.
 //!
 //! Tolerance: the norm-wise relative error ‖out − ref‖ / ‖ref‖ of every sequence below
 //! 1e-5 (f32 data against the f64 reference; "far below 1e-3" as issue 6 asks), and
@@ -130,6 +131,21 @@ fn every_operator_it_applies_to_matches_the_interpreter() {
     }
     assert_eq!(applied, APPLIES);
     println!("{report}");
+}
+
+/// Keys and values wide enough for the chunk's vector kernels (the other tests' K = 7,
+/// V = 5 take only their one-entry tails): V = 24 is a 16- and an 8-column block, K = 20
+/// two 8-lane dot products and a tail of 4, for a diagonal decay with an exclusive
+/// readout (RWKV-6), per-key gates given as values (GLA) and the delta rule.
+#[test]
+fn wide_keys_and_values_match_the_interpreter() {
+    for name in ["gla", "rwkv6", "gated_deltanet"] {
+        let agg = load(name, &[("K", 20), ("V", 24)]).with_backend(Backend::Cpu);
+        let batch = Batch::new(&agg, 2, 200, 11);
+        for (n, chunk) in [(200, psm_runtime::chunkwise::DEFAULT_CHUNK), (3 * CHUNK + 5, CHUNK)] {
+            check(&agg, &batch, n, chunk);
+        }
+    }
 }
 
 /// A GLA-like operator with a per-key gate `GATE` (an expression of `x.w[i]`, replaced
