@@ -5,13 +5,16 @@
 #
 #   bench/gpu/cuda_tests.sh build DIR   # here: builds psm-runtime's `cuda` tests (unit
 #                                       # tests of cuda::device, tests/cuda.rs), psmc's
-#                                       # tests/cuda.rs and psmc into DIR (debug info
-#                                       # stripped)
+#                                       # tests/cuda.rs, psm-codegen's tests/ptx_gpu.rs and
+#                                       # psmc into DIR (debug info stripped)
 #   bench/gpu/cuda_tests.sh run DIR     # there, from the repository root: runs them all,
-#                                       # logs in $OUT (or DIR) and a summary on stdout
+#                                       # at once (their work is mostly on the host, and
+#                                       # correctness, not time, is measured), logs in $OUT
+#                                       # (or DIR) and a summary on stdout
 #
 # Where cargo and a GPU are on the same machine, `cargo test -p psm-runtime --test cuda`,
-# `cargo test -p psm-runtime --lib cuda::` and `cargo test -p psmc --test cuda` do the same.
+# `cargo test -p psm-runtime --lib cuda::`, `cargo test -p psmc --test cuda` and
+# `cargo test -p psm-codegen --test ptx_gpu` do the same.
 # Exit status of `run`: 0 when every binary passed, 1 otherwise.
 set -u
 mode="${1:-}"
@@ -35,26 +38,32 @@ build)
     cp "$(executables -p psm-runtime --lib)" "$dir/runtime_lib"
     cp "$(executables -p psm-runtime --test cuda)" "$dir/runtime_cuda"
     cp "$(executables -p psmc --test cuda)" "$dir/psmc_cuda"
+    cp "$(executables -p psm-codegen --test ptx_gpu)" "$dir/ptx_gpu"
     cargo build -p psmc
     cp target/debug/psmc "$dir/psmc"
-    strip --strip-debug "$dir"/runtime_lib "$dir"/runtime_cuda "$dir"/psmc_cuda "$dir"/psmc
+    strip --strip-debug "$dir"/runtime_lib "$dir"/runtime_cuda "$dir"/psmc_cuda "$dir"/ptx_gpu "$dir"/psmc
     ls -la "$dir"
     ;;
 run)
     logs="${OUT:-$dir}"
     export PSM_OPS_DIR="$PWD/examples/ops" PSMC="$dir/psmc"
     status=0
-    for t in "runtime_lib cuda:: --test-threads 3" "runtime_cuda --test-threads 16 --nocapture" "psmc_cuda --test-threads 2 --nocapture"; do
+    tests=("runtime_lib cuda:: --test-threads 3" "runtime_cuda --test-threads 16 --nocapture" "psmc_cuda --test-threads 2 --nocapture" "ptx_gpu --test-threads 8 --nocapture")
+    for t in "${tests[@]}"; do
         set -- $t
         bin="$1"
         shift
-        if ! timeout 300 "$dir/$bin" "$@" > "$logs/$bin.log" 2>&1; then
-            status=1
-        fi
-        echo "== $bin"
-        grep -m1 "skipped: CUDA not available" "$logs/$bin.log"
-        grep -E "worst err|CUDA device|panicked|FAILED|test result" "$logs/$bin.log"
+        (timeout 300 "$dir/$bin" "$@" > "$logs/$bin.log" 2>&1; echo $? > "$logs/$bin.rc") &
     done
+    wait
+    for t in "${tests[@]}"; do
+        bin="${t%% *}"
+        [ "$(cat "$logs/$bin.rc")" = 0 ] || status=1
+        echo "== $bin (exit $(cat "$logs/$bin.rc"))"
+        grep -m1 "skipped: CUDA not available" "$logs/$bin.log"
+        grep -E "worst|CUDA device|panicked|FAILED|test result" "$logs/$bin.log"
+    done
+    rm -f "$logs"/*.rc
     exit $status
     ;;
 *)

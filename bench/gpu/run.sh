@@ -33,11 +33,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 case "$mode" in
 build)
     set -e
+    # The GPU test binaries and psmc (psm-codegen's ptx_gpu among them: its ignored
+    # `chunkwise_timings` and `delta_rule_timings` give issue 6's psm rows).
     "$here/cuda_tests.sh" build "$dir"
-    # psm-codegen's GPU tests: `chunkwise_timings` gives issue 6's psm rows.
-    cd "$here/../.."
-    cp "$(cargo test -p psm-codegen --test ptx_gpu --no-run --message-format=json 2>/dev/null | jq -r 'select(.executable != null and .profile.test) | .executable')" "$dir/ptx_gpu"
-    strip --strip-debug "$dir/ptx_gpu"
     cp "$here/run.sh" "$here/table.py" "$dir/"
     ;;
 run)
@@ -53,11 +51,10 @@ run)
     : > "$logs/psm.json"
     : > "$logs/torch.jsonl"
     : > "$logs/jax.jsonl"
-    # 1. The GPU tests (every library operator through every form, and through the
-    #    look-back and lanes kernels where they apply).
+    # 1. The GPU tests (bench/gpu/cuda_tests.sh: every library operator through every
+    #    form and kernel, psmc's CUDA paths, psm-codegen's kernels).
     if [ -z "${SKIP_TESTS:-}${FLA_ONLY:-}" ]; then
-        timeout 180 "$dir/runtime_cuda" --test-threads 16 --nocapture > "$logs/tests.log" 2>&1 || status=1
-        grep -E "test result|panicked" "$logs/tests.log" | head -5
+        "$here/cuda_tests.sh" run "$dir" || status=1
     fi
 
     # Issue 5's rows and libraries (FLA_ONLY=1 skips them).
