@@ -7,6 +7,7 @@
 use psm_ir::interp::{Evaluator, FloatDomain, Precision};
 use psm_ir::ir::{Aggregator, Module, Role};
 use psm_ir::valid::{DimOverride, Info};
+use psm_testgen::algebra::Rng;
 
 /// The f32 values the rewrite's proof distinguishes, and the neighbours of exp's edges.
 const SPECIAL: [f32; 16] = [
@@ -28,28 +29,17 @@ const SPECIAL: [f32; 16] = [
     -2.5,
 ];
 
-/// splitmix64: a fixed sequence, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A special value half of the time, else a random f32 of magnitude up to 2^7
-    /// (where exp's results are normal numbers) or, one time in four, any f32 bit pattern.
-    fn value(&mut self) -> f64 {
-        let r = self.next();
-        let v = match r % 8 {
-            0..=3 => SPECIAL[(r >> 8) as usize % SPECIAL.len()],
-            4 => f32::from_bits((r >> 32) as u32),
-            _ => ((r >> 11) as f64 / (1u64 << 53) as f64 * 256.0 - 128.0) as f32,
-        };
-        v as f64
-    }
+/// A special value half of the time, else a random f32 of magnitude up to 2^7 (where
+/// exp's results are normal numbers) or, one time in four, any f32 bit pattern. Seeded
+/// (psm-testgen's splitmix64): a failure reproduces.
+fn value(rng: &mut Rng) -> f64 {
+    let r = rng.next_u64();
+    let v = match r % 8 {
+        0..=3 => SPECIAL[(r >> 8) as usize % SPECIAL.len()],
+        4 => f32::from_bits((r >> 32) as u32),
+        _ => ((r >> 11) as f64 / (1u64 << 53) as f64 * 256.0 - 128.0) as f32,
+    };
+    v as f64
 }
 
 /// The aggregators of a source, validated with every dim at most 2 (the interpreter
@@ -87,9 +77,9 @@ fn same_bits(a: f64, b: f64) -> bool {
 fn assert_combine_unchanged(name: &str, agg: &Aggregator, info: &Info, trials: usize) {
     let (rewritten, rewritten_info) = psm_ir::opt::for_backend(agg, info).unwrap_or_else(|| panic!("{name}: not rewritten"));
     let (before, after) = (Evaluator::new(agg, info), Evaluator::new(&rewritten, &rewritten_info));
-    let mut rng = Rng(0x5EED ^ name.len() as u64);
+    let mut rng = Rng::new(0x5EED ^ name.len() as u64);
     let mut draw = |role: Role| -> Vec<Vec<f64>> {
-        agg.tensors_of(role).map(|t| (0..info.len(t)).map(|_| rng.value()).collect()).collect()
+        agg.tensors_of(role).map(|t| (0..info.len(t)).map(|_| value(&mut rng)).collect()).collect()
     };
     for trial in 0..trials {
         let (params, l, r) = (draw(Role::Param), draw(Role::Element), draw(Role::Element));
