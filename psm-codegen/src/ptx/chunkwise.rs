@@ -529,6 +529,18 @@ impl Writer {
         self.e.place(&done);
     }
 
+    /// Load `base + offset` of `loads` (each `lanes` entries): whether it exists
+    /// (`live`) and its first entry.
+    fn load_slot(&mut self, base: Reg, offset: usize, loads: usize, lanes: usize) -> (Reg, Reg) {
+        let idx = self.e.reg(Class::B32);
+        let live = self.e.reg(Class::Pred);
+        self.e.ins(format!("add.u32 {idx}, {base}, {offset}"));
+        self.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
+        let entry = self.e.reg(Class::B32);
+        self.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+        (live, entry)
+    }
+
     /// Stages `total` f32 entries into shared bf16, `threads` at a time, `lanes` (1 or
     /// 4: one 16-byte load) per load and [`BATCH`] loads per thread in flight: every
     /// load of a batch is issued before the first store waits for one (a loop of one
@@ -541,12 +553,7 @@ impl Writer {
         self.strided(loads, threads * batch, what, |w, base| {
             let mut pending = Vec::with_capacity(batch);
             for u in 0..batch {
-                let idx = w.e.reg(Class::B32);
-                let live = w.e.reg(Class::Pred);
-                w.e.ins(format!("add.u32 {idx}, {base}, {}", u * threads));
-                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
-                let entry = w.e.reg(Class::B32);
-                w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+                let (live, entry) = w.load_slot(base, u * threads, loads, lanes);
                 pending.push((load(w, entry, live), live));
             }
             for (l, live) in pending {
@@ -896,12 +903,7 @@ impl Prefetch {
         let loads = CHUNK * tile / lanes;
         let slots = (0..loads.div_ceil(threads))
             .map(|u| {
-                let idx = w.e.reg(Class::B32);
-                let live = w.e.reg(Class::Pred);
-                w.e.ins(format!("add.u32 {idx}, {}, {}", w.tid, u * threads));
-                w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
-                let entry = w.e.reg(Class::B32);
-                w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+                let (live, entry) = w.load_slot(w.tid, u * threads, loads, lanes);
                 let (step, j) = w.transposed_position(entry, lanes, CHUNK);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
@@ -999,12 +1001,7 @@ fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys
     };
     let copies: Vec<(Reg, Reg, Vec<Reg>)> = (0..loads.div_ceil(threads))
         .map(|u| {
-            let idx = w.e.reg(Class::B32);
-            let live = w.e.reg(Class::Pred);
-            w.e.ins(format!("add.u32 {idx}, {}, {}", w.tid, u * threads));
-            w.e.ins(format!("setp.lt.u32 {live}, {idx}, {loads}"));
-            let entry = w.e.reg(Class::B32);
-            w.e.ins(format!("mul.lo.u32 {entry}, {idx}, {lanes}"));
+            let (live, entry) = w.load_slot(w.tid, u * threads, loads, lanes);
             let (i, j) = w.divmod(entry, g.vt);
             let col = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
