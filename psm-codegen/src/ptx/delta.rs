@@ -60,7 +60,7 @@ pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 /// left to itself ptxas gave it 250 registers a thread, two blocks (8 warps) a
 /// multiprocessor, too few to hide its latencies (Nsight Compute on the H200: 75% of
 /// issue slots without an eligible warp). Four cap it at 128 registers.
-const PREPARE_BLOCKS_PER_SM: usize = 4;
+const PREPARE_BLOCKS_PER_SM: u32 = 4;
 
 /// Values per block of `psm_cwd_states` by default: measured on the H200 (B·H = 64,
 /// K = V = 128, T = 4096, f32 storage) the states kernel took 0.416, 0.350 and 0.383 ms
@@ -478,9 +478,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("st.global.f32 [{a}], {f}"));
         w.e.place(&skip);
     }
-    // Occupancy directives between the parameters and the body.
-    let occupancy = format!(")\n.maxntid {threads}, 1, 1\n.minnctapersm {PREPARE_BLOCKS_PER_SM}\n{{\n");
-    w.finish("psm_cwd_prepare", &params).replacen(")\n{\n", &occupancy, 1)
+    w.occupancy(PREPARE_THREADS, PREPARE_BLOCKS_PER_SM);
+    w.finish("psm_cwd_prepare", &params)
 }
 
 /// A runtime loop over the work items `warp, warp + warps, ... < items` of a block's
