@@ -1543,6 +1543,41 @@ impl ChunkwiseRun {
         }
     }
 
+    /// The median time of a whole run (over 10 rounds of 10 back-to-back runs between two
+    /// synchronizations, after one round of warm-up), and each kernel's alone (its inputs
+    /// as the whole run leaves them), for where the time goes.
+    fn time(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, operands: [&Dev; 4]) -> (f64, String) {
+        let mut times = Vec::new();
+        for round in 0..11 {
+            cuda.synchronize();
+            let t0 = std::time::Instant::now();
+            for _ in 0..10 {
+                self.launch(cuda, module, m, operands, false);
+            }
+            cuda.synchronize();
+            if round > 0 {
+                times.push(t0.elapsed().as_secs_f64() / 10.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let mut parts = Vec::new();
+        for (kernel, grid, threads, args) in self.kernels(m, operands) {
+            let mut alone = Vec::new();
+            for _ in 0..5 {
+                cuda.synchronize();
+                let t0 = std::time::Instant::now();
+                for _ in 0..10 {
+                    cuda.launch_async(module, kernel, grid, threads, &args, false);
+                }
+                cuda.synchronize();
+                alone.push(t0.elapsed().as_secs_f64() / 10.0);
+            }
+            alone.sort_by(f64::total_cmp);
+            parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
+        }
+        (times[times.len() / 2], parts.join(" + "))
+    }
+
     fn free(self, cuda: &Cuda) {
         for d in self.lam.into_iter().chain([self.states, self.out]) {
             cuda.free(d);
@@ -1589,37 +1624,8 @@ fn chunkwise_timings() {
             let (dq, dk, dv) = (gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16));
             let dg = gen(nseq * steps * channels, lo, hi, Storage::F32);
             let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
-            let mut times = Vec::new();
-            for round in 0..11 {
-                cuda.synchronize();
-                let t0 = std::time::Instant::now();
-                for _ in 0..10 {
-                    run.launch(&cuda, module, &m, [&dq, &dk, &dv, &dg], false);
-                }
-                cuda.synchronize();
-                if round > 0 {
-                    times.push(t0.elapsed().as_secs_f64() / 10.0);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let seconds = times[times.len() / 2];
-            // Each kernel alone (its inputs as the whole run leaves them), for where the time goes.
-            let mut parts = Vec::new();
-            for (kernel, grid, threads, args) in run.kernels(&m, [&dq, &dk, &dv, &dg]) {
-                let mut alone = Vec::new();
-                for _ in 0..5 {
-                    cuda.synchronize();
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..10 {
-                        cuda.launch_async(module, kernel, grid, threads, &args, false);
-                    }
-                    cuda.synchronize();
-                    alone.push(t0.elapsed().as_secs_f64() / 10.0);
-                }
-                alone.sort_by(f64::total_cmp);
-                parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
-            }
-            eprintln!("T = {steps}, {name}: {:.3} ms = {}", seconds * 1e3, parts.join(" + "));
+            let (seconds, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            eprintln!("T = {steps}, {name}: {:.3} ms = {parts}", seconds * 1e3);
             // q, k, v read and o written once (bf16), and the decays (f32).
             let bytes = 4 * nseq * steps * d * 2 + nseq * steps * channels * 4;
             let shape = [batch, steps, heads, d];
@@ -1628,6 +1634,42 @@ fn chunkwise_timings() {
             for x in [dq, dk, dv, dg] {
                 cuda.free(x);
             }
+        }
+    }
+}
+
+/// The price of f32 accuracy: resident timings of the chunkwise kernels with f32 q, k, v
+/// and outputs at B = 4, H = 16, K = V = 128, T = 4096, each operand rounded to bf16
+/// against split into hi + lo planes ([`Products::Bf16x3`]), for no decay, a scalar log
+/// decay and a log decay per key. One line per case on stdout.
+/// `cargo test -p psm-codegen --test ptx_gpu -- --ignored chunkwise_products_timings --nocapture`
+///
+/// [`Products::Bf16x3`]: psm_codegen::ptx::chunkwise::Products::Bf16x3
+#[test]
+#[ignore = "a benchmark: run on a GPU machine"]
+fn chunkwise_products_timings() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("chunkwise_products_timings skipped: CUDA not available");
+        return;
+    };
+    let (nseq, steps, d) = (64usize, 4096usize, 128usize);
+    let mut seed = 13u64;
+    for (name, decay, lo, hi) in [("no decay", ChunkDecay::None, 0.0, 0.0), ("scalar decay", ChunkDecay::Log, -0.2, 0.0), ("per-key decay", ChunkDecay::DiagonalLog, -0.2, 0.0)] {
+        let channels = if decay.per_key() { d } else { 1 };
+        let mut gen = |n: usize, lo: f64, hi: f64| cuda.upload(&f32_bytes(&(0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<_>>()));
+        let n = nseq * steps * d;
+        let (dq, dk, dv, dg) = (gen(n, -1.0, 1.0), gen(n, -1.0, 1.0), gen(n, -1.0, 1.0), gen(nseq * steps * channels, lo, hi));
+        for products in [Products::Bf16, Products::Bf16x3] {
+            let m = compile_chunkwise_with(ChunkwiseShape { keys: d, values: d, decay, exclusive: false }, Storage::F32, products, 90).expect("kernels");
+            let module = cuda.load_text(&m.text);
+            let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
+            let (seconds, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            println!("chunkwise f32 I/O, T = {steps}, {name}, {products:?} products (value tile {}): {:.3} ms = {parts}", m.value_tile, seconds * 1e3);
+            run.free(&cuda);
+        }
+        for x in [dq, dk, dv, dg] {
+            cuda.free(x);
         }
     }
 }
