@@ -62,6 +62,12 @@
 //! Exponentials and logs are `ex2.approx` / `lg2.approx` (relative error about 2⁻²²),
 //! far below bf16's rounding.
 //!
+//! With [`Products::Bf16x3`] every operand rounded to bf16 above is split instead into a
+//! hi and a lo bf16 plane, x ≈ bf16(x) + bf16(x − bf16(x)), and each mma becomes three
+//! (lo·hi, hi·lo, hi·hi) on the same fragments: a staged array's lo plane follows it in
+//! shared memory, the queries' and scores' are split in registers, and a chunk state's
+//! lo plane fills the second half of its f32 slot.
+//!
 //! [`Gate::Log`]: psm_ir::derive::chunkwise::Gate::Log
 //! [`Gate::Value`]: psm_ir::derive::chunkwise::Gate::Value
 
