@@ -1438,10 +1438,13 @@ fn chunkwise_case(
 
 /// Issue 6's "far below 1e-3 in f32": the split-operand kernels ([`Products::Bf16x3`])
 /// on f32 inputs that are not bf16 values, every decay kind, readout and the shapes and
-/// lengths of [`chunkwise_tensor_cores`], outputs and final states within 2e-5 of the
-/// f64 recurrence (a CPU emulation of the split products at 128 × 128 measured 5.5e-6).
-/// The bf16-operand kernels on the same inputs must miss that bound (they are near
-/// 3e-3), so that the bound tells the two apart.
+/// lengths of [`chunkwise_tensor_cores`], outputs and final states within 1e-4 of the
+/// f64 recurrence. A numpy emulation of the split products measured 5.5e-6 typically
+/// (median, every shape and length) but up to 4e-5 at one step (300 draws of 3
+/// sequences: the norm is then one q · k per sequence, and a near-cancelling one
+/// amplifies the operands' 2⁻¹⁸); bf16 operands 3e-3 (up to 9.5e-3). The bf16-operand
+/// kernels on the same kind of inputs must miss the bound, so that it tells the two
+/// apart.
 ///
 /// [`Products::Bf16x3`]: psm_codegen::ptx::chunkwise::Products::Bf16x3
 #[test]
@@ -1451,7 +1454,7 @@ fn chunkwise_bf16x3_f32_inputs() {
         eprintln!("chunkwise_bf16x3_f32_inputs skipped: CUDA not available");
         return;
     };
-    const BOUND: f64 = 2e-5;
+    const BOUND: f64 = 1e-4;
     let mut seed = 11u64;
     let mut worst = 0.0f64;
     let kinds = [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value, ChunkDecay::DiagonalLog, ChunkDecay::DiagonalValue];

@@ -739,9 +739,11 @@ fn resident_pushes_check_their_buffers() {
 /// readout and a bonus term in the readout map), against the f64 fold at lengths around
 /// the 64-step chunk and its 16-step sub-chunks, ‖out − ref‖ / ‖ref‖ over each output:
 /// with bf16-valued inputs below issue 6's 1e-2 for bf16 inputs, and with f32 inputs
-/// that are not bf16 values below 1e-4 ("far below 1e-3 in f32": the data is f32, so
-/// the runtime takes the split-operand products, `Products::Bf16x3`, whose kernels alone
-/// are within 2e-5; the feature maps' f32 math on the device adds its own). The delta
+/// that are not bf16 values below 1e-4 from 7 steps on ("far below 1e-3 in f32": the
+/// data is f32, so the runtime takes the split-operand products, `Products::Bf16x3`),
+/// 5e-4 below 7 steps, where one near-cancelling q · k per sequence can set the whole
+/// norm (bf16 products measured 4.5e-2 on GLA at one step; a numpy emulation puts the
+/// split products about 300× below bf16's at one step, 5.5e-6 typically). The delta
 /// rule is `chunkwise_delta_rule`'s; the options the kernels lack are refused with the
 /// reason.
 #[test]
@@ -767,7 +769,11 @@ fn chunkwise_form() {
                     *x = half::bf16::from_f64(*x).to_f64();
                 }
             }
-            let bound = if rounded { 1e-2 } else { 1e-4 };
+            let bound = match (rounded, n) {
+                (true, _) => 1e-2,
+                (false, 0..7) => 5e-4,
+                (false, _) => 1e-4,
+            };
             let bufs = batch.input_bufs(&agg, 2, n);
             let x = inputs(&agg, &[2], n, &bufs, &batch.param_bufs);
             let out = gpu.run(&x, &chunkwise).unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
