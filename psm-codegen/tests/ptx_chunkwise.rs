@@ -2,7 +2,7 @@
 //! of one field's module, and the geometry and refusals of `compile_chunkwise`. The
 //! kernels run on a GPU in tests/ptx_gpu.rs (`chunkwise_tensor_cores`).
 
-use psm_codegen::ptx::chunkwise::{compile_chunkwise, compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage, MAX_KEYS};
+use psm_codegen::ptx::chunkwise::{compile_chunkwise, compile_chunkwise_stored, compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage, MAX_KEYS};
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
     ChunkwiseShape { keys, values, decay, exclusive }
@@ -63,4 +63,33 @@ fn exclusive_diagonal_log_decay_module() {
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::DiagonalLog, true), 90).unwrap();
     assert_eq!(m.decay_threads, Some(32));
     insta::assert_snapshot!(m.text);
+}
+
+#[test]
+fn bf16x3_diagonal_log_decay_module() {
+    let m = compile_chunkwise_with(shape(8, 8, ChunkDecay::DiagonalLog, false), Storage::F32, Products::Bf16x3, 90).unwrap();
+    insta::assert_snapshot!(m.text);
+}
+
+#[test]
+fn bf16x3_geometry() {
+    let split = |s| compile_chunkwise_with(s, Storage::F32, Products::Bf16x3, 90).unwrap();
+    // Every product of the split kernels is three mma.sync (lo·hi, hi·lo, hi·hi) where
+    // the bf16 kernels take one, at the same value tile.
+    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value, ChunkDecay::DiagonalLog, ChunkDecay::DiagonalValue] {
+        for exclusive in [false, true] {
+            let (one, three) = (compile_chunkwise(shape(16, 16, decay, exclusive), 90).unwrap(), split(shape(16, 16, decay, exclusive)));
+            assert_eq!(one.value_tile, three.value_tile);
+            let mmas = |t: &str| t.matches("mma.sync").count();
+            assert_eq!(3 * mmas(&one.text), mmas(&three.text), "{decay:?} exclusive {exclusive}");
+            assert!(three.text.is_ascii() && three.products == Products::Bf16x3);
+        }
+    }
+    // The lo planes double the staged operands' shared memory: narrower value tiles
+    // (48 KiB of static shared memory), the same key tiles.
+    let m = split(shape(128, 128, ChunkDecay::Log, false));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 8));
+    assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((32, 3, 1), (16, 5, 3)));
+    let m = split(shape(64, 64, ChunkDecay::DiagonalValue, true));
+    assert_eq!((m.key_tile, m.value_tile), (64, 32));
 }

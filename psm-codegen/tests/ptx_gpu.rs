@@ -1337,10 +1337,14 @@ fn final_states(all: &[f32], nseq: usize, nchunks: usize, size: usize) -> Vec<f3
 /// Asserts issue 6's bound for bf16 inputs with f32 accumulation, ‖out − ref‖ / ‖ref‖
 /// < 1e-2, on the (found, wanted) outputs and final states; the larger error.
 fn within_bf16_bound(what: &str, (found, want): (&[f32], &[f64]), (found_finals, finals): (&[f32], &[f64])) -> f64 {
-    let e_out = relative(found, want);
-    let e_state = relative(found_finals, finals);
-    assert!(e_out < 1e-2, "{what}: outputs relative error {e_out:e}");
-    assert!(e_state < 1e-2, "{what}: final state relative error {e_state:e}");
+    within_bound(1e-2, what, (found, want), (found_finals, finals))
+}
+
+/// The larger of the outputs' and the final states' relative errors, each asserted below `bound`.
+fn within_bound(bound: f64, what: &str, (found, want): (&[f32], &[f64]), (found_finals, finals): (&[f32], &[f64])) -> f64 {
+    let (e_out, e_state) = (relative(found, want), relative(found_finals, finals));
+    assert!(e_out < bound, "{what}: outputs relative error {e_out:e}");
+    assert!(e_state < bound, "{what}: final state relative error {e_state:e}");
     e_out.max(e_state)
 }
 
@@ -1377,47 +1381,115 @@ fn chunkwise_tensor_cores() {
                     let m = compile_chunkwise_stored(shape, storage, 90).expect("kernels");
                     let module = cuda.load_text(&m.text);
                     for steps in [1usize, 7, 17, 64, 65, 200] {
-                        let nseq = 3;
-                        let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(&mut seed, lo, hi)).collect::<Vec<f64>>();
                         // bf16 inputs (issue 6's criterion): the error measured is the
                         // kernels' own (bf16 scores, decayed keys and states; f32 sums).
-                        let q: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(|x| bf16_round(x as f32)).collect();
-                        let k: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(|x| bf16_round(x as f32)).collect();
-                        let v: Vec<f32> = gen(nseq * steps * values, -1.0, 1.0).into_iter().map(|x| bf16_round(x as f32)).collect();
-                        // Decays in (0.8, 1), or strong ones, as logs or as values (one
-                        // per step, or one per step and key); the reference uses the
-                        // f32 values the kernels get.
-                        let channels = if decay.per_key() { keys } else { 1 };
-                        let logs = if strong { gen(nseq * steps * channels, -6.0, -3.0) } else { gen(nseq * steps * channels, 0.8, 1.0).iter().map(|x| x.ln()).collect() };
-                        let g: Vec<f32> = match decay {
-                            ChunkDecay::Log | ChunkDecay::DiagonalLog => logs.iter().map(|&x| x as f32).collect(),
-                            _ => logs.iter().map(|&x| x.exp() as f32).collect(),
-                        };
-                        let decay_of = |row: usize, i: usize| match decay {
-                            ChunkDecay::None => 1.0,
-                            ChunkDecay::Log | ChunkDecay::DiagonalLog => (g[row * channels + i % channels] as f64).exp(),
-                            _ => g[row * channels + i % channels] as f64,
-                        };
-                        let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: None, s0: None };
-                        let (want, finals) = reference.run(decay_of);
-                        let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, storage));
-                        let (dq, dk, dv, dg) = (stored(&q), stored(&k), stored(&v), cuda.upload(&f32_bytes(&g)));
-                        let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
-                        run.launch(&cuda, module, &m, [&dq, &dk, &dv, &dg], true);
-                        let found = stored_values(&cuda.download(&run.out), storage);
-                        let found_finals = final_states(&f32s(&cuda.download(&run.states)), nseq, run.nchunks, keys * values);
-                        let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, steps {steps}");
-                        worst = worst.max(within_bf16_bound(&what, (&found[..want.len()], &want), (&found_finals, &finals)));
-                        run.free(&cuda);
-                        for d in [dq, dk, dv, dg] {
-                            cuda.free(d);
-                        }
+                        let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, bf16_round);
+                        worst = worst.max(within_bf16_bound(&what, (&found, &want), (&found_finals, &finals)));
                     }
                 }
             }
         }
     }
     eprintln!("chunkwise_tensor_cores: worst relative error {worst:e}");
+}
+
+/// One run of a chunkwise module over 3 sequences of `steps` random steps (q, k, v in
+/// (−1, 1) passed through `input`; decays in (0.8, 1), or logs in (−6, −3) when
+/// `strong`) against the f64 recurrence: a description, (outputs, reference) and (final
+/// states, reference).
+#[allow(clippy::type_complexity)]
+fn chunkwise_case(
+    cuda: &Cuda,
+    (module, m): (*mut c_void, &psm_codegen::ptx::chunkwise::ChunkwiseModule),
+    seed: &mut u64,
+    steps: usize,
+    strong: bool,
+    input: fn(f32) -> f32,
+) -> (String, (Vec<f32>, Vec<f64>), (Vec<f32>, Vec<f64>)) {
+    use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape};
+    let ChunkwiseShape { keys, values, decay, exclusive } = m.shape;
+    let storage = m.storage;
+    let nseq = 3;
+    let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| uniform(seed, lo, hi)).collect::<Vec<f64>>();
+    let q: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(|x| input(x as f32)).collect();
+    let k: Vec<f32> = gen(nseq * steps * keys, -1.0, 1.0).into_iter().map(|x| input(x as f32)).collect();
+    let v: Vec<f32> = gen(nseq * steps * values, -1.0, 1.0).into_iter().map(|x| input(x as f32)).collect();
+    // Decays in (0.8, 1), or strong ones, as logs or as values (one per step, or one
+    // per step and key); the reference uses the f32 values the kernels get.
+    let channels = if decay.per_key() { keys } else { 1 };
+    let logs = if strong { gen(nseq * steps * channels, -6.0, -3.0) } else { gen(nseq * steps * channels, 0.8, 1.0).iter().map(|x| x.ln()).collect() };
+    let g: Vec<f32> = match decay {
+        ChunkDecay::Log | ChunkDecay::DiagonalLog => logs.iter().map(|&x| x as f32).collect(),
+        _ => logs.iter().map(|&x| x.exp() as f32).collect(),
+    };
+    let decay_of = |row: usize, i: usize| match decay {
+        ChunkDecay::None => 1.0,
+        ChunkDecay::Log | ChunkDecay::DiagonalLog => (g[row * channels + i % channels] as f64).exp(),
+        _ => g[row * channels + i % channels] as f64,
+    };
+    let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: None, s0: None };
+    let (want, finals) = reference.run(decay_of);
+    let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, storage));
+    let (dq, dk, dv, dg) = (stored(&q), stored(&k), stored(&v), cuda.upload(&f32_bytes(&g)));
+    let run = ChunkwiseRun::new(cuda, m, nseq, steps);
+    run.launch(cuda, module, m, [&dq, &dk, &dv, &dg], true);
+    let mut found = stored_values(&cuda.download(&run.out), storage);
+    found.truncate(want.len());
+    let found_finals = final_states(&f32s(&cuda.download(&run.states)), nseq, run.nchunks, keys * values);
+    run.free(cuda);
+    for d in [dq, dk, dv, dg] {
+        cuda.free(d);
+    }
+    let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, {:?} products, steps {steps}", m.products);
+    (what, (found, want), (found_finals, finals))
+}
+
+/// Issue 6's "far below 1e-3 in f32": the split-operand kernels ([`Products::Bf16x3`])
+/// on f32 inputs that are not bf16 values, every decay kind, readout and the shapes and
+/// lengths of [`chunkwise_tensor_cores`], outputs and final states within 1e-4 of the
+/// f64 recurrence. A numpy emulation of the split products measured 5.5e-6 typically
+/// (median, every shape and length) but up to 4e-5 at one step (300 draws of 3
+/// sequences: the norm is then one q · k per sequence, and a near-cancelling one
+/// amplifies the operands' 2⁻¹⁸); bf16 operands 3e-3 (up to 9.5e-3). The bf16-operand
+/// kernels on the same kind of inputs must miss the bound, so that it tells the two
+/// apart.
+///
+/// [`Products::Bf16x3`]: psm_codegen::ptx::chunkwise::Products::Bf16x3
+#[test]
+fn chunkwise_bf16x3_f32_inputs() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("chunkwise_bf16x3_f32_inputs skipped: CUDA not available");
+        return;
+    };
+    const BOUND: f64 = 1e-4;
+    let mut seed = 11u64;
+    let mut worst = 0.0f64;
+    let kinds = [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value, ChunkDecay::DiagonalLog, ChunkDecay::DiagonalValue];
+    for (keys, values) in [(16, 16), (8, 8), (64, 100), (128, 128), (7, 5)] {
+        for decay in kinds {
+            for strong in [false, true] {
+                if strong && !decay.per_key() {
+                    continue;
+                }
+                for exclusive in [false, true] {
+                    let m = compile_chunkwise_with(ChunkwiseShape { keys, values, decay, exclusive }, Storage::F32, Products::Bf16x3, 90).expect("kernels");
+                    let module = cuda.load_text(&m.text);
+                    for steps in [1usize, 7, 17, 64, 65, 200] {
+                        let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, |x| x);
+                        worst = worst.max(within_bound(BOUND, &what, (&found, &want), (&found_finals, &finals)));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("chunkwise_bf16x3_f32_inputs: worst relative error {worst:e}");
+    let m = compile_chunkwise_with(ChunkwiseShape { keys: 128, values: 128, decay: ChunkDecay::Log, exclusive: false }, Storage::F32, Products::Bf16, 90).expect("kernels");
+    let module = cuda.load_text(&m.text);
+    let (_, (found, want), _) = chunkwise_case(&cuda, (module, &m), &mut seed, 200, false, |x| x);
+    let bf16 = relative(&found, &want);
+    eprintln!("chunkwise_bf16x3_f32_inputs: bf16 products on the same kind of inputs {bf16:e}");
+    assert!(bf16 > BOUND, "bf16 products within the f32 bound ({bf16:e}): the test would not tell them apart");
 }
 
 /// Values as the bytes of `storage` (bf16: the upper halves of the f32, which must be
@@ -1482,6 +1554,41 @@ impl ChunkwiseRun {
         }
     }
 
+    /// The median time of a whole run (over 10 rounds of 10 back-to-back runs between two
+    /// synchronizations, after one round of warm-up), and each kernel's alone (its inputs
+    /// as the whole run leaves them), for where the time goes.
+    fn time(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, operands: [&Dev; 4]) -> (f64, String) {
+        let mut times = Vec::new();
+        for round in 0..11 {
+            cuda.synchronize();
+            let t0 = std::time::Instant::now();
+            for _ in 0..10 {
+                self.launch(cuda, module, m, operands, false);
+            }
+            cuda.synchronize();
+            if round > 0 {
+                times.push(t0.elapsed().as_secs_f64() / 10.0);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let mut parts = Vec::new();
+        for (kernel, grid, threads, args) in self.kernels(m, operands) {
+            let mut alone = Vec::new();
+            for _ in 0..5 {
+                cuda.synchronize();
+                let t0 = std::time::Instant::now();
+                for _ in 0..10 {
+                    cuda.launch_async(module, kernel, grid, threads, &args, false);
+                }
+                cuda.synchronize();
+                alone.push(t0.elapsed().as_secs_f64() / 10.0);
+            }
+            alone.sort_by(f64::total_cmp);
+            parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
+        }
+        (times[times.len() / 2], parts.join(" + "))
+    }
+
     fn free(self, cuda: &Cuda) {
         for d in self.lam.into_iter().chain([self.states, self.out]) {
             cuda.free(d);
@@ -1528,37 +1635,8 @@ fn chunkwise_timings() {
             let (dq, dk, dv) = (gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16));
             let dg = gen(nseq * steps * channels, lo, hi, Storage::F32);
             let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
-            let mut times = Vec::new();
-            for round in 0..11 {
-                cuda.synchronize();
-                let t0 = std::time::Instant::now();
-                for _ in 0..10 {
-                    run.launch(&cuda, module, &m, [&dq, &dk, &dv, &dg], false);
-                }
-                cuda.synchronize();
-                if round > 0 {
-                    times.push(t0.elapsed().as_secs_f64() / 10.0);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let seconds = times[times.len() / 2];
-            // Each kernel alone (its inputs as the whole run leaves them), for where the time goes.
-            let mut parts = Vec::new();
-            for (kernel, grid, threads, args) in run.kernels(&m, [&dq, &dk, &dv, &dg]) {
-                let mut alone = Vec::new();
-                for _ in 0..5 {
-                    cuda.synchronize();
-                    let t0 = std::time::Instant::now();
-                    for _ in 0..10 {
-                        cuda.launch_async(module, kernel, grid, threads, &args, false);
-                    }
-                    cuda.synchronize();
-                    alone.push(t0.elapsed().as_secs_f64() / 10.0);
-                }
-                alone.sort_by(f64::total_cmp);
-                parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
-            }
-            eprintln!("T = {steps}, {name}: {:.3} ms = {}", seconds * 1e3, parts.join(" + "));
+            let (seconds, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            eprintln!("T = {steps}, {name}: {:.3} ms = {parts}", seconds * 1e3);
             // q, k, v read and o written once (bf16), and the decays (f32).
             let bytes = 4 * nseq * steps * d * 2 + nseq * steps * channels * 4;
             let shape = [batch, steps, heads, d];
@@ -1567,6 +1645,42 @@ fn chunkwise_timings() {
             for x in [dq, dk, dv, dg] {
                 cuda.free(x);
             }
+        }
+    }
+}
+
+/// The price of f32 accuracy: resident timings of the chunkwise kernels with f32 q, k, v
+/// and outputs at B = 4, H = 16, K = V = 128, T = 4096, each operand rounded to bf16
+/// against split into hi + lo planes ([`Products::Bf16x3`]), for no decay, a scalar log
+/// decay and a log decay per key. One line per case on stdout.
+/// `cargo test -p psm-codegen --test ptx_gpu -- --ignored chunkwise_products_timings --nocapture`
+///
+/// [`Products::Bf16x3`]: psm_codegen::ptx::chunkwise::Products::Bf16x3
+#[test]
+#[ignore = "a benchmark: run on a GPU machine"]
+fn chunkwise_products_timings() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("chunkwise_products_timings skipped: CUDA not available");
+        return;
+    };
+    let (nseq, steps, d) = (64usize, 4096usize, 128usize);
+    let mut seed = 13u64;
+    for (name, decay, lo, hi) in [("no decay", ChunkDecay::None, 0.0, 0.0), ("scalar decay", ChunkDecay::Log, -0.2, 0.0), ("per-key decay", ChunkDecay::DiagonalLog, -0.2, 0.0)] {
+        let channels = if decay.per_key() { d } else { 1 };
+        let mut gen = |n: usize, lo: f64, hi: f64| cuda.upload(&f32_bytes(&(0..n).map(|_| uniform(&mut seed, lo, hi) as f32).collect::<Vec<_>>()));
+        let n = nseq * steps * d;
+        let (dq, dk, dv, dg) = (gen(n, -1.0, 1.0), gen(n, -1.0, 1.0), gen(n, -1.0, 1.0), gen(nseq * steps * channels, lo, hi));
+        for products in [Products::Bf16, Products::Bf16x3] {
+            let m = compile_chunkwise_with(ChunkwiseShape { keys: d, values: d, decay, exclusive: false }, Storage::F32, products, 90).expect("kernels");
+            let module = cuda.load_text(&m.text);
+            let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
+            let (seconds, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            println!("chunkwise f32 I/O, T = {steps}, {name}, {products:?} products (value tile {}): {:.3} ms = {parts}", m.value_tile, seconds * 1e3);
+            run.free(&cuda);
+        }
+        for x in [dq, dk, dv, dg] {
+            cuda.free(x);
         }
     }
 }

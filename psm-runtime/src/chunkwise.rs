@@ -29,6 +29,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use psm_codegen::ptx::chunkwise::Products;
 use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
 use psm_ir::ir::Dtype;
 use rayon::prelude::*;
@@ -249,6 +250,19 @@ type SeqSlices<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
 
 /// Checks the options and the user's data, runs the feature map and the chunk
 /// computation.
+/// The device's tensor-core products for a run on `inputs`: bf16 operands when every
+/// float input and parameter is given as bf16 (the user's data has bf16's precision
+/// already, and the bf16 kernels take a third of the mma work), else f32-accurate
+/// split operands (f32 data gets f32-level accuracy, about 1e-5 rather than bf16's 3e-3).
+fn tensor_products(inputs: &Inputs<'_>) -> Products {
+    let floats = || inputs.inputs.iter().chain(&inputs.params).map(|(_, d)| d).filter(|d| !matches!(d, Data::I32(_)));
+    if floats().next().is_some() && floats().all(|d| matches!(d, Data::BF16(_))) {
+        Products::Bf16
+    } else {
+        Products::Bf16x3
+    }
+}
+
 fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Computed, RunError> {
     let operator = cw.operator.executor()?;
     check_options(operator, opts)?;
@@ -285,7 +299,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     let steps = inputs.steps;
     let nseq = inputs.batch.iter().product::<usize>();
     if let Engine::Cuda(exec) = engine {
-        let contractions = crate::cuda::chunkwise::contract(exec.device(), exec.arch(), plan, feature, nseq, steps)?;
+        let contractions = crate::cuda::chunkwise::contract(exec.device(), exec.arch(), plan, feature, nseq, steps, tensor_products(inputs))?;
         return Ok(Computed { contractions, final_state: None });
     }
     // A chunk longer than the sequence needs no more scratch than the sequence.
@@ -1220,6 +1234,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Bf16 products only for data that is all bf16: f32, f16 or mixed data gets the
+    /// f32-accurate split products.
+    #[test]
+    fn tensor_products_follow_the_data() {
+        use super::{tensor_products, Products};
+        use crate::buffers::Inputs;
+        use half::{bf16, f16};
+        let (b, h, f, i) = ([bf16::ONE; 4], [f16::ONE; 4], [1.0f32; 4], [1i32; 4]);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("x", &b[..]).input("n", &i[..])), Products::Bf16);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("x", &b[..]).param("w", &b[..])), Products::Bf16);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("x", &b[..]).param("w", &f[..])), Products::Bf16x3);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("x", &f[..])), Products::Bf16x3);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("x", &h[..])), Products::Bf16x3);
+        assert_eq!(tensor_products(&Inputs::new(&[], 4).input("n", &i[..])), Products::Bf16x3);
     }
 
     /// [`super::exp_approx`] against f64's exp: within 1.2 ulp of the f32 result (the

@@ -737,10 +737,15 @@ fn resident_pushes_check_their_buffers() {
 /// through the CUDA executor) for the library operators whose state fields have no, a
 /// scalar or a per-key decay (GLA's gate as a value, RWKV-6's as a log with an exclusive
 /// readout and a bonus term in the readout map), against the f64 fold at lengths around
-/// the 64-step chunk and its 16-step sub-chunks, with bf16 inputs: ‖out − ref‖ / ‖ref‖
-/// over each output below issue 6's 1e-2 for bf16 inputs (the kernels round computed
-/// features, decayed keys and queries, scores and chunk states to bf16). The delta rule
-/// is `chunkwise_delta_rule`'s; the options the kernels lack are refused with the reason.
+/// the 64-step chunk and its 16-step sub-chunks, ‖out − ref‖ / ‖ref‖ over each output:
+/// with bf16-valued inputs below issue 6's 1e-2 for bf16 inputs, and with f32 inputs
+/// that are not bf16 values below 1e-4 from 7 steps on ("far below 1e-3 in f32": the
+/// data is f32, so the runtime takes the split-operand products, `Products::Bf16x3`),
+/// 5e-4 below 7 steps, where one near-cancelling q · k per sequence can set the whole
+/// norm (bf16 products measured 4.5e-2 on GLA at one step; a numpy emulation puts the
+/// split products about 300× below bf16's at one step, 5.5e-6 typically). The delta
+/// rule is `chunkwise_delta_rule`'s; the options the kernels lack are refused with the
+/// reason.
 #[test]
 fn chunkwise_form() {
     let Some(device) = device() else { return };
@@ -752,15 +757,23 @@ fn chunkwise_form() {
         (agg, gpu)
     };
     let chunkwise = RunOptions { form: Form::Chunkwise, ..Default::default() };
-    let mut worst = 0.0f64;
+    // Worst errors with bf16-valued and with f32 inputs.
+    let mut worst = [0.0f64; 2];
     for name in ["linear_attention", "retnet", "mamba2", "mlstm_affine", "gla", "rwkv6"] {
         let (agg, gpu) = load(name);
-        for n in [0usize, 1, 2, 3, 7, 17, 63, 64, 65, 200] {
+        for (n, rounded) in [0usize, 1, 2, 3, 7, 17, 63, 64, 65, 200].into_iter().flat_map(|n| [(n, true), (n, false)]) {
             let mut batch = Batch::new(&agg, 2, n, 0xc4 ^ n as u64);
             // bf16 inputs (issue 6's criterion): the error measured is the kernels' own.
-            for x in batch.seqs.iter_mut().flatten().flatten() {
-                *x = half::bf16::from_f64(*x).to_f64();
+            if rounded {
+                for x in batch.seqs.iter_mut().flatten().flatten() {
+                    *x = half::bf16::from_f64(*x).to_f64();
+                }
             }
+            let bound = match (rounded, n) {
+                (true, _) => 1e-2,
+                (false, 0..7) => 5e-4,
+                (false, _) => 1e-4,
+            };
             let bufs = batch.input_bufs(&agg, 2, n);
             let x = inputs(&agg, &[2], n, &bufs, &batch.param_bufs);
             let out = gpu.run(&x, &chunkwise).unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
@@ -771,12 +784,12 @@ fn chunkwise_form() {
                 let want: Vec<f64> = references.iter().flat_map(|r| r.outputs[k].iter().copied()).collect();
                 assert_eq!(found.len(), want.len(), "{name} n={n} `{output}`");
                 let err = norm_error(&found, &want);
-                assert!(err < 1e-2, "{name} n={n} `{output}`: ‖out − ref‖/‖ref‖ = {err:e}");
-                worst = worst.max(err);
+                assert!(err < bound, "{name} n={n} `{output}`, bf16-valued inputs {rounded}: ‖out − ref‖/‖ref‖ = {err:e}");
+                worst[usize::from(!rounded)] = worst[usize::from(!rounded)].max(err);
             }
         }
     }
-    println!("chunkwise form on the device: worst ‖out − ref‖/‖ref‖ {worst:.1e}");
+    println!("chunkwise form on the device: worst ‖out − ref‖/‖ref‖ {:.1e} with bf16-valued inputs, {:.1e} with f32 inputs", worst[0], worst[1]);
     let refused = |name: &str, opts: &RunOptions<'_>, option: &str| {
         let (agg, gpu) = load(name);
         let batch = Batch::new(&agg, 1, 8, 1);

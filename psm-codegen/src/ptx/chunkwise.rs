@@ -62,6 +62,12 @@
 //! Exponentials and logs are `ex2.approx` / `lg2.approx` (relative error about 2⁻²²),
 //! far below bf16's rounding.
 //!
+//! With [`Products::Bf16x3`] every operand rounded to bf16 above is split instead into a
+//! hi and a lo bf16 plane, x ≈ bf16(x) + bf16(x − bf16(x)), and each mma becomes three
+//! (lo·hi, hi·lo, hi·hi) on the same fragments: a staged array's lo plane follows it in
+//! shared memory, the queries' and scores' are split in registers, and a chunk state's
+//! lo plane fills the second half of its f32 slot.
+//!
 //! [`Gate::Log`]: psm_ir::derive::chunkwise::Gate::Log
 //! [`Gate::Value`]: psm_ir::derive::chunkwise::Gate::Value
 
@@ -137,12 +143,29 @@ pub enum Storage {
     Bf16,
 }
 
+/// How the kernels take the products of their f32 operands on the tensor cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// Each operand rounded to bf16 (relative error 2⁻⁹ an operand): about 1e-3–4e-3
+    /// relative to an f64 reference on f32 inputs that are not bf16 values.
+    Bf16,
+    /// Each operand split into bf16 planes, x = hi + lo with hi = bf16(x) and lo =
+    /// bf16(x − hi), and a · b taken as lo_a · hi_b + hi_a · lo_b + hi_a · hi_b (three
+    /// mma.sync, f32 accumulators): the operands keep 16 of f32's 24 significant bits
+    /// and the dropped lo_a · lo_b is about 2⁻¹⁸ of the product, so f32 inputs get
+    /// errors near 1e-5 rather than bf16's 1e-3. Three times the mma work, twice the
+    /// shared memory of the staged operands (so narrower value tiles: 8 at 128 keys,
+    /// 32 at 64).
+    Bf16x3,
+}
+
 /// The two kernels' module and launch geometry.
 #[derive(Debug, Clone)]
 pub struct ChunkwiseModule {
     pub text: String,
     pub shape: ChunkwiseShape,
     pub storage: Storage,
+    pub products: Products,
     /// Values per block (`grid.x = ⌈values / value_tile⌉` for `psm_cw_outputs`).
     pub value_tile: usize,
     /// Keys per block of `psm_cw_states` (its `grid.x` is ⌈keys / key_tile⌉ value tiles).
@@ -179,15 +202,16 @@ const BATCH: usize = 8;
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
 /// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_c
-/// `[kp][vt + 8]` in bf16, and CHUNK log decays (scalar) or the sub-chunks' R_b
-/// `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries themselves.
-fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay) -> usize {
+/// `[kp][vt + 8]` in bf16 (`planes` of each), and CHUNK log decays (scalar) or the
+/// sub-chunks' R_b `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries
+/// themselves.
+fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay, planes: usize) -> usize {
     let decays = match decay {
         ChunkDecay::None => 0,
         ChunkDecay::Log | ChunkDecay::Value => CHUNK,
         ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
     };
-    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + kp * (vt + 8)) * 2 + decays * 4
+    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -233,16 +257,24 @@ pub fn compile_chunkwise(shape: ChunkwiseShape, arch: u32) -> Result<ChunkwiseMo
     compile_chunkwise_stored(shape, Storage::F32, arch)
 }
 
-/// The kernels of one state field with inputs and outputs of type `storage`.
+/// The kernels of one state field with inputs and outputs of type `storage`, each
+/// operand rounded to bf16 ([`Products::Bf16`]).
 pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
+    compile_chunkwise_with(shape, storage, Products::Bf16, arch)
+}
+
+/// The kernels of one state field with inputs and outputs of type `storage`, taking
+/// their products as `products` says.
+pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products: Products, arch: u32) -> Result<ChunkwiseModule, Unsupported> {
     check_shape(shape, arch, "bf16 tensor-core products")?;
     let kp = padded_keys(shape.keys);
-    let value_tile = value_tile(shape.values, |vt| output_shared_bytes(kp, vt, shape.decay));
-    let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage };
+    let planes = planes(products);
+    let value_tile = value_tile(shape.values, |vt| output_shared_bytes(kp, vt, shape.decay, planes));
+    let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage, products };
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, {storage:?} inputs and outputs, chunk {CHUNK}, value tile {value_tile}",
+        "// psm chunkwise kernels: keys {}, values {}, decay {:?}, {} readout, {storage:?} inputs and outputs, {products:?} products, chunk {CHUNK}, value tile {value_tile}",
         shape.keys,
         shape.values,
         shape.decay,
@@ -257,7 +289,7 @@ pub fn compile_chunkwise_stored(shape: ChunkwiseShape, storage: Storage, arch: u
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, storage, value_tile, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, products, value_tile, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
 }
 
 #[derive(Clone, Copy)]
@@ -272,9 +304,22 @@ pub(super) struct Geometry {
     pub(super) vt: usize,
     pub(super) shape: ChunkwiseShape,
     pub(super) storage: Storage,
+    pub(super) products: Products,
+}
+
+/// bf16 planes each staged operand has under `products`: hi, and lo for [`Products::Bf16x3`].
+fn planes(products: Products) -> usize {
+    match products {
+        Products::Bf16 => 1,
+        Products::Bf16x3 => 2,
+    }
 }
 
 impl Geometry {
+    /// The operands are split into hi and lo bf16 planes ([`Products::Bf16x3`]).
+    pub(super) fn split(&self) -> bool {
+        self.products == Products::Bf16x3
+    }
     /// Row stride (entries) of operands whose reduction index is the step: C + 8.
     pub(super) fn step_stride(&self) -> usize {
         CHUNK + 8
@@ -402,22 +447,30 @@ impl Writer {
     }
 
     /// The A fragment (rows `row`, `row + 8`; columns `col`.., `col + 8`..) of a
-    /// row-major bf16 array, at a column offset of `k0` entries.
-    pub(super) fn a_fragment(&mut self, addr: Reg, stride: usize, k0: usize) -> [Reg; 4] {
+    /// row-major bf16 array, at a column offset of `k0` entries, from the plane `plane`
+    /// bytes past `addr`.
+    pub(super) fn a_fragment(&mut self, addr: Reg, stride: usize, k0: usize, plane: usize) -> [Reg; 4] {
         let down = 8 * stride * 2;
         [
-            self.ld_pair(addr, 2 * k0),
-            self.ld_pair(addr, down + 2 * k0),
-            self.ld_pair(addr, 2 * (k0 + 8)),
-            self.ld_pair(addr, down + 2 * (k0 + 8)),
+            self.ld_pair(addr, plane + 2 * k0),
+            self.ld_pair(addr, plane + down + 2 * k0),
+            self.ld_pair(addr, plane + 2 * (k0 + 8)),
+            self.ld_pair(addr, plane + down + 2 * (k0 + 8)),
         ]
     }
 
     /// The B fragment of an array stored `[n][k]` (`addr` at row n = 8·tile + gq, column
-    /// 2·cq) at a reduction offset of `k0`, for the n-tile `tile_offset` rows further.
-    pub(super) fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize) -> [Reg; 2] {
-        let row = n0 * stride * 2;
+    /// 2·cq) at a reduction offset of `k0`, for the n-tile `tile_offset` rows further,
+    /// from the plane `plane` bytes past `addr`.
+    pub(super) fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize, plane: usize) -> [Reg; 2] {
+        let row = plane + n0 * stride * 2;
         [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
+    }
+
+    /// The B fragments of an `[n][k]` array's planes (`lo`: the lo plane's byte offset
+    /// when split), as [`Writer::b_fragment`].
+    fn b_planes(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize, lo: Option<usize>) -> Vec<[Reg; 2]> {
+        std::iter::once(0).chain(lo).map(|plane| self.b_fragment(addr, stride, n0, k0, plane)).collect()
     }
 
     /// The B fragments of `tiles` (1 or 2) consecutive n-tiles of a bf16 array stored
@@ -448,11 +501,32 @@ impl Writer {
     /// A's fragments from `a` (its address and row stride, [`Writer::a_fragment`]), B's
     /// from `b` (8 of its rows per tile of `acc`, [`Writer::b_fragment`]).
     pub(super) fn product(&mut self, acc: &[[Reg; 4]], (a_addr, a_stride): (Reg, usize), (b_addr, b_stride): (Reg, usize), depth: usize) {
+        self.product_planes(acc, (a_addr, a_stride, None), (b_addr, b_stride, None), depth);
+    }
+
+    /// [`Writer::product`] of operands with a lo plane (its byte offset) where split
+    /// ([`Products::Bf16x3`]), by [`Writer::mma_planes`].
+    fn product_planes(&mut self, acc: &[[Reg; 4]], (a_addr, a_stride, a_lo): (Reg, usize, Option<usize>), (b_addr, b_stride, b_lo): (Reg, usize, Option<usize>), depth: usize) {
         for kk in 0..depth / 16 {
-            let a = self.a_fragment(a_addr, a_stride, 16 * kk);
+            let a: Vec<[Reg; 4]> = std::iter::once(0).chain(a_lo).map(|plane| self.a_fragment(a_addr, a_stride, 16 * kk, plane)).collect();
             for (nt, t) in acc.iter().enumerate() {
-                let b = self.b_fragment(b_addr, b_stride, 8 * nt, 16 * kk);
-                self.mma(t, &a, &b);
+                let b = self.b_planes(b_addr, b_stride, 8 * nt, 16 * kk, b_lo);
+                self.mma_planes(t, &a, &b);
+            }
+        }
+    }
+
+    /// acc += A B over the operands' planes (hi, then lo when split): the terms lo · hi
+    /// and hi · lo first (the small ones), then hi · hi; lo · lo (about 2⁻¹⁸ of the
+    /// product) is dropped.
+    fn mma_planes(&mut self, acc: &[Reg; 4], a: &[[Reg; 4]], b: &[[Reg; 2]]) {
+        for sum in (0..2).rev() {
+            for (i, ap) in a.iter().enumerate() {
+                for (j, bp) in b.iter().enumerate() {
+                    if i + j == sum {
+                        self.mma(acc, ap, bp);
+                    }
+                }
             }
         }
     }
@@ -461,6 +535,32 @@ impl Writer {
     fn pack(&mut self, lo: Reg, hi: Reg) -> Reg {
         let r = self.e.reg(Class::B32);
         self.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo}"));
+        r
+    }
+
+    /// [`Writer::pack`]'s pair, then when `split` the pair of what its rounding left
+    /// ([`Writer::residual`]): the A fragment words of each plane.
+    fn pack_planes(&mut self, lo: Reg, hi: Reg, split: bool) -> Vec<Reg> {
+        let mut planes = vec![self.pack(lo, hi)];
+        if split {
+            let (rl, rh) = (self.residual(lo), self.residual(hi));
+            planes.push(self.pack(rl, rh));
+        }
+        planes
+    }
+
+    /// x − bf16(x) (bf16 rounded to nearest), exact in f32: the lo plane's value before
+    /// its own rounding.
+    fn residual(&mut self, x: Reg) -> Reg {
+        let h = self.e.reg(Class::B16);
+        let bits = self.e.reg(Class::B32);
+        let rounded = self.e.reg(Class::F32);
+        let r = self.e.reg(Class::F32);
+        self.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+        self.e.ins(format!("cvt.u32.u16 {bits}, {h}"));
+        self.e.ins(format!("shl.b32 {bits}, {bits}, 16"));
+        self.e.ins(format!("mov.b32 {rounded}, {bits}"));
+        self.e.ins(format!("sub.rn.f32 {r}, {x}, {rounded}"));
         r
     }
 
@@ -546,8 +646,10 @@ impl Writer {
     /// load of a batch is issued before the first store waits for one (a loop of one
     /// load per iteration is bound by the memory's latency). `load(entry, live)` gets
     /// the first entry of a load and returns its values (0 where `live` is false),
-    /// their shared addresses and what `scale` needs; `scale` multiplies them.
-    pub(super) fn staged(&mut self, total: usize, threads: usize, lanes: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> Load, scale: Scale<'_>) {
+    /// their shared addresses and what `scale` needs; `scale` multiplies them. `lo`: the
+    /// byte offset of the array's lo plane, when split.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn staged(&mut self, total: usize, threads: usize, lanes: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> Load, scale: Scale<'_>, lo: Option<usize>) {
         let loads = total / lanes;
         let batch = BATCH.min(loads.div_ceil(threads)).max(1);
         self.strided(loads, threads * batch, what, |w, base| {
@@ -558,7 +660,7 @@ impl Writer {
             }
             for (l, live) in pending {
                 let factors = w.factors(scale, l.step, l.key, &l.lams, lanes);
-                w.store_staged(l.xs, &l.addrs, live, &factors);
+                w.store_staged(l.xs, &l.addrs, live, &factors, lo);
             }
         });
     }
@@ -583,8 +685,9 @@ impl Writer {
     }
 
     /// Stores staged values (times `factors[u]` where given) as bf16 at their shared
-    /// addresses when `live`.
-    fn store_staged(&mut self, xs: Vec<Reg>, addrs: &[Reg], live: Reg, factors: &[Reg]) {
+    /// addresses when `live`, and what the rounding left ([`Writer::residual`]) as bf16
+    /// `lo` bytes further when given (the lo plane).
+    fn store_staged(&mut self, xs: Vec<Reg>, addrs: &[Reg], live: Reg, factors: &[Reg], lo: Option<usize>) {
         for (u, (x, addr)) in xs.into_iter().zip(addrs).enumerate() {
             if let Some(f) = factors.get(u) {
                 self.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
@@ -592,6 +695,12 @@ impl Writer {
             let h = self.e.reg(Class::B16);
             self.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
             self.e.ins(format!("@{live} st.shared.b16 [{addr}], {h}"));
+            if let Some(lo) = lo {
+                let r = self.residual(x);
+                let l = self.e.reg(Class::B16);
+                self.e.ins(format!("cvt.rn.bf16.f32 {l}, {r}"));
+                self.e.ins(format!("@{live} st.shared.b16 [{addr}+{lo}], {l}"));
+            }
         }
     }
 
@@ -873,9 +982,10 @@ struct Prefetch {
     lanes: usize,
     storage: Storage,
     width: usize,
-    /// The shared array and its row stride.
+    /// The shared array, its row stride and its lo plane's byte offset (when split).
     dst: Reg,
     stride: usize,
+    lo: Option<usize>,
     slots: Vec<Slot>,
 }
 
@@ -912,7 +1022,7 @@ impl Prefetch {
                 Slot { live, step, j, col, raw, lams }
             })
             .collect();
-        Prefetch { lanes, storage, width, dst, stride: g.step_stride(), slots }
+        Prefetch { lanes, storage, width, dst, stride: g.step_stride(), lo: g.split().then_some(tile * g.step_stride() * 2), slots }
     }
 
     /// Issues the loads of the chunk at `row_base` (`n` steps) from `src`, and their Λ
@@ -938,14 +1048,15 @@ impl Prefetch {
                     w.bf16_addr(self.dst, jl, self.stride, s.step)
                 })
                 .collect();
-            w.store_staged(xs, &addrs, s.live, &factors);
+            w.store_staged(xs, &addrs, s.live, &factors, self.lo);
         }
     }
 }
 
 /// Stages `CHUNK` steps of a `[steps, width]` array transposed into a bf16 array
-/// `[width_tile][CHUNK + 8]` (the step contiguous): entry (t, col0 + j) at row j,
-/// column t, times `scale`; every load issued before the first store.
+/// `[width_tile][CHUNK + 8]` (the step contiguous; its lo plane right after it when
+/// split): entry (t, col0 + j) at row j, column t, times `scale`; every load issued
+/// before the first store.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
     let lam = match scale {
@@ -958,7 +1069,8 @@ pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src
 }
 
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
-/// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros.
+/// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros (and its lo plane
+/// right after it when split).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, scale: Scale<'_>, what: &str) {
     let lanes = if g.keys.is_multiple_of(4) { 4 } else { 1 };
@@ -982,6 +1094,7 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
             Load { xs, addrs, step: t, key: i, lams }
         },
         scale,
+        g.split().then_some(CHUNK * g.key_stride() * 2),
     );
 }
 
@@ -1073,7 +1186,8 @@ pub(super) fn initial_state(w: &mut Writer, g: &Geometry, flags: Reg, state_in: 
 /// `states[seq, chunk]` (`s64` the sequence), then out of the loop after the final state.
 /// A chunk's state is stored for the outputs kernel, which multiplies it in bf16: rounded
 /// to bf16 (`[keys][values]`) in the first half of its f32 slot (half the bytes written
-/// and read); the final state stays f32. Returns the loop's top and end labels.
+/// and read), and when split what the rounding left, as bf16, in the second half (the
+/// lo plane); the final state stays f32. Returns the loop's top and end labels.
 pub(super) fn state_loop_head(
     w: &mut Writer,
     g: &Geometry,
@@ -1100,6 +1214,13 @@ pub(super) fn state_loop_head(
     let bf16_rows = w.e.reg(Class::B64);
     w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
     tile_io(w, g, acc, states, bf16_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
+    if g.split() {
+        w.e.comment("and S - bf16(S), bf16 in the slot's second half");
+        let residuals: Vec<[Reg; 4]> = acc.iter().map(|t| t.map(|r| w.residual(r))).collect();
+        let lo_rows = w.e.reg(Class::B64);
+        w.e.ins(format!("add.u64 {lo_rows}, {bf16_rows}, {}", g.keys));
+        tile_io(w, g, &residuals, states, lo_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
+    }
     (top, done)
 }
 
@@ -1189,8 +1310,10 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     let key0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {key0}, {ktile}, {}", g.kt));
-    let kt = w.shared("kt", g.kt * g.step_stride() * 2);
-    let vs = w.shared("vt", g.vt * g.step_stride() * 2);
+    let planes = planes(g.products);
+    let (kt_bytes, vt_bytes) = (g.kt * g.step_stride() * 2, g.vt * g.step_stride() * 2);
+    let kt = w.shared("kt", kt_bytes * planes);
+    let vs = w.shared("vt", vt_bytes * planes);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: Λ at the chunk's last step, f32 for every key the key tiles span (0 past
     // the field's keys).
@@ -1324,7 +1447,8 @@ fn states_kernel(g: &Geometry) -> String {
         }
     }
     w.e.comment("S += (scaled K)^T V");
-    w.product(&acc, (a_addr, g.step_stride()), (b_addr, g.step_stride()), CHUNK);
+    let lo = |bytes: usize| g.split().then_some(bytes);
+    w.product_planes(&acc, (a_addr, g.step_stride(), lo(kt_bytes)), (b_addr, g.step_stride(), lo(vt_bytes)), CHUNK);
     w.e.ins("bar.sync 0");
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
@@ -1349,9 +1473,13 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.z"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    let ks = w.shared("ks", CHUNK * g.key_stride() * 2);
-    let vs = w.shared("vt", g.vt * g.step_stride() * 2);
-    let st = w.shared("st", g.kp * g.value_stride() * 2);
+    // Each bf16 array's lo plane (when split) right after it: these are the offsets.
+    let planes = planes(g.products);
+    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, g.vt * g.step_stride() * 2, g.kp * g.value_stride() * 2);
+    let lo = |bytes: usize| g.split().then_some(bytes);
+    let ks = w.shared("ks", ks_bytes * planes);
+    let vs = w.shared("vt", vs_bytes * planes);
+    let st = w.shared("st", st_bytes * planes);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
     let ends = g.per_key().then(|| w.shared("ends", CHUNK / SUB_CHUNK * g.kp * 4));
@@ -1404,6 +1532,14 @@ fn outputs_kernel(g: &Geometry) -> String {
         let keys = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
         copy_bf16_rows(&mut w, g, threads, (states, bf16_rows, keys), col0, (st, g.value_stride()));
+        if g.split() {
+            w.e.comment("S_c's lo plane: the slot's second half");
+            let lo_rows = w.e.reg(Class::B64);
+            w.e.ins(format!("add.u64 {lo_rows}, {bf16_rows}, {}", g.keys));
+            let st_lo = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {st_lo}, {st}, {st_bytes}"));
+            copy_bf16_rows(&mut w, g, threads, (states, lo_rows, keys), col0, (st_lo, g.value_stride()));
+        }
     }
     w.e.ins("bar.sync 0");
 
@@ -1422,7 +1558,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
     w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
-    let ops = WarpOperands { q, k, lam: gate, ends, s_addr, k_addr, acol };
+    let ops = WarpOperands { q, k, lam: gate, ends, s_addr, k_addr, acol, s_lo: lo(st_bytes), k_lo: lo(ks_bytes) };
     warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
     // The rows' e_t for a scalar decay: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
     let e_rows = lam.map(|lam| {
@@ -1483,10 +1619,11 @@ fn outputs_kernel(g: &Geometry) -> String {
     for kk in 0..CHUNK / 16 {
         w.up_to_diagonal(kk, |w| {
             let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
-            let a = [w.pack(left[0], left[1]), w.pack(left[2], left[3]), w.pack(right[0], right[1]), w.pack(right[2], right[3])];
+            let words = [(left[0], left[1]), (left[2], left[3]), (right[0], right[1]), (right[2], right[3])].map(|(l, h)| w.pack_planes(l, h, g.split()));
+            let a: Vec<[Reg; 4]> = (0..planes).map(|p| words.each_ref().map(|x| x[p])).collect();
             for (nt, t) in o.iter().enumerate() {
-                let b = w.b_fragment(v_addr, g.step_stride(), 8 * nt, 16 * kk);
-                w.mma(t, &a, &b);
+                let b = w.b_planes(v_addr, g.step_stride(), 8 * nt, 16 * kk, lo(vs_bytes));
+                w.mma_planes(t, &a, &b);
             }
         });
     }
@@ -1510,6 +1647,9 @@ struct WarpOperands {
     k_addr: Reg,
     /// 2 · cq: the lane's first fragment column.
     acol: Reg,
+    /// The byte offsets of S_c's and K's lo planes, when split.
+    s_lo: Option<usize>,
+    k_lo: Option<usize>,
 }
 
 /// One output warp's products, its queries read from global memory into registers (no
@@ -1556,9 +1696,10 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
     };
     // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c; q itself
     // without), in the order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys
-    // 2cq + 8..), a3.
-    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: Option<&[[[Reg; 2]; 2]; 2]>| -> [Reg; 4] {
-        [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(h, c)| {
+    // 2cq + 8..), a3; one for each plane.
+    let split = g.split();
+    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: Option<&[[[Reg; 2]; 2]; 2]>| -> Vec<[Reg; 4]> {
+        let words = [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(h, c)| {
             let [lo, hi] = [0, 1].map(|u| match x {
                 Some(x) => {
                     let f = w.exp(x[h][c][u]);
@@ -1568,8 +1709,9 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
                 }
                 None => qv[h][c][u],
             });
-            w.pack(lo, hi)
-        })
+            w.pack_planes(lo, hi, split)
+        });
+        (0..words[0].len()).map(|p| words.each_ref().map(|x| x[p])).collect()
     };
     w.e.comment(if ops.ends.is_some() {
         "O = (Q * exp(e)) S_c; P's sub-chunk b = (Q * exp(e - R_b)) (K * exp(R_b - L))^T up to the diagonal"
@@ -1585,8 +1727,10 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
         let a = fragment(w, &qv, ev.as_ref());
         for (pair, tiles) in o.chunks(2).enumerate() {
             let offset = (16 * kk * g.value_stride() + 16 * pair) * 2;
-            for (t, b) in tiles.iter().zip(w.b_fragments_trans(ops.s_addr, offset, tiles.len())) {
-                w.mma(t, &a, &b);
+            let planes: Vec<Vec<[Reg; 2]>> = std::iter::once(0).chain(ops.s_lo).map(|plane| w.b_fragments_trans(ops.s_addr, plane + offset, tiles.len())).collect();
+            for (n, t) in tiles.iter().enumerate() {
+                let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
+                w.mma_planes(t, &a, &b);
             }
         }
         for sub in 0..CHUNK / SUB_CHUNK {
@@ -1616,11 +1760,11 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
                         });
                         fragment(w, &qv, Some(&d))
                     }
-                    _ => a,
+                    _ => a.clone(),
                 };
                 for pt in [2 * sub, 2 * sub + 1] {
-                    let b = w.b_fragment(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk);
-                    w.mma(&scores[pt], &a, &b);
+                    let b = w.b_planes(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk, ops.k_lo);
+                    w.mma_planes(&scores[pt], &a, &b);
                 }
             });
         }

@@ -47,7 +47,7 @@ use std::fmt::Write;
 
 use super::block::shared_limit;
 use super::chunkwise::{
-    check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
+    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
     value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
@@ -166,7 +166,7 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
     }
     let vp = shape.values.div_ceil(svt) * svt;
     // All keys in one block.
-    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage };
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage, products: Products::Bf16 };
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -436,7 +436,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     {
         w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
         // U' rows are vp wide.
-        let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage };
+        let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage, products: g.products };
         let first_row = w.e.reg(Class::B64);
         w.e.ins(format!("mul.lo.u64 {first_row}, {m}, {CHUNK}"));
         let v_addr = w.bf16_addr(vs, w.gq, ss, acol);

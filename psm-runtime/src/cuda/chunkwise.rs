@@ -9,10 +9,13 @@
 //! kernels, which also write the pseudo-values that replace the values) writes the state
 //! entering every chunk (and the final one), then `psm_cw_outputs` each contraction that
 //! reads the field. Chunks
-//! are psm-codegen's [`CHUNK`] steps; the operands are bf16 on the tensor cores, the
-//! state and the sums f32.
+//! are psm-codegen's [`CHUNK`] steps; the state and the sums are f32, and the operands
+//! on the tensor cores are taken as the caller's [`Products`] say: split into bf16 hi +
+//! lo planes (f32 accuracy, about 1e-5) or rounded to bf16 (about 3e-3 on f32 data).
+//! The delta rule's fields always take bf16 products: its kernels (`ptx::delta`) write
+//! the chunk states and pseudo-values as one bf16 plane.
 
-use psm_codegen::ptx::chunkwise::{compile_chunkwise, ChunkDecay, ChunkwiseShape, CHUNK, OUTPUT_THREADS};
+use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage, CHUNK, OUTPUT_THREADS};
 use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
 
 use super::device::{Args, Device, DeviceBuffer};
@@ -25,8 +28,18 @@ pub(super) fn upload(device: &Device, what: &str, data: &[f32]) -> Result<Device
 }
 
 /// The contractions of `plan`, `[contraction][sequence × steps × values]`, from the
-/// per-step features (`feature(name)`: `[sequence × steps × len]` f32).
-pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature: impl Fn(&str) -> &'f [f32], nseq: usize, steps: usize) -> Result<Vec<Vec<f32>>, RunError> {
+/// per-step features (`feature(name)`: `[sequence × steps × len]` f32), with the
+/// tensor-core products `products` (bf16 for the delta rule's fields).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn contract<'f>(
+    device: &Device,
+    arch: u32,
+    plan: &Chunkwise,
+    feature: impl Fn(&str) -> &'f [f32],
+    nseq: usize,
+    steps: usize,
+    products: Products,
+) -> Result<Vec<Vec<f32>>, RunError> {
     let too_large = |what: String| RunError::TooLarge { what };
     let nchunks = steps.div_ceil(CHUNK);
     let dim = |n: usize, what: &str| u32::try_from(n).map_err(|_| too_large(format!("{what} {n} of the chunkwise kernels' grid")));
@@ -45,7 +58,8 @@ pub(crate) fn contract<'f>(device: &Device, arch: u32, plan: &Chunkwise, feature
             _ => (ChunkDecay::None, None),
         };
         let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
-        let m = compile_chunkwise(shape, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
+        let products = if matches!(field.decay, Decay::DeltaRule { .. }) { Products::Bf16 } else { products };
+        let m = compile_chunkwise_with(shape, Storage::F32, products, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
         let module = device.module(&plan.aggregator, &m.text)?;
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
