@@ -34,11 +34,17 @@
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
-//! Both kernels stage their operands in shared memory as bf16 (rounded to nearest),
-//! laid out with the products' reduction index contiguous and rows padded by 8 entries,
-//! so that every fragment is one 32-bit load without bank conflicts; S_c is copied as it
-//! is (`[keys][values]`, 16 bytes a load) and read by `ldmatrix.trans`; the intra-chunk
-//! scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
+//! Both kernels stage K and V in shared memory as bf16 (rounded to nearest) in the
+//! layout they have in global memory, rows of a chunk's steps `[CHUNK][tile + 8]` (the
+//! padding keeps the rows 16-byte aligned and `ldmatrix` free of bank conflicts): each
+//! thread loads 8 consecutive entries of a row (16 bytes of bf16, two 16-byte loads of
+//! f32; 4, 2 or 1 where the width is not a multiple of 8), consecutive threads the
+//! consecutive groups of a row, so a warp's loads are coalesced, and stores them, scaled
+//! and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one 16-byte shared store. S_c is
+//! copied as it is (`[keys][values]`, 16 bytes a load). The mma fragments come from
+//! `ldmatrix`: `.trans` where the staged rows' column is the product's m or n index (Kᵀ
+//! as A and V as B of the state product, V as B of P V, S_c), plain for K as the B of
+//! Q Kᵀ. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
 //! e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
 //! product with V, as their accumulator layout allows. Score tiles above the diagonal
 //! (a warp's later sub-chunks) are neither computed nor multiplied.
@@ -197,11 +203,13 @@ pub struct Unsupported(pub String);
 
 /// Entries each thread has in flight while staging.
 const BATCH: usize = 8;
+/// Registers a thread's loads fill at most while [`stage_row_tile`] stages.
+const STAGE_REGISTERS: usize = 32;
 
 /// Static shared memory a block may declare.
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
-/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_c
+/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, V `[CHUNK][vt + 8]`, S_c
 /// `[kp][vt + 8]` in bf16 (`planes` of each), and CHUNK log decays (scalar) or the
 /// sub-chunks' R_b `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries
 /// themselves.
@@ -211,7 +219,7 @@ fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay, planes: usize) -
         ChunkDecay::Log | ChunkDecay::Value => CHUNK,
         ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
     };
-    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
+    (CHUNK * (kp + 8) + CHUNK * (vt + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -497,11 +505,13 @@ impl Writer {
         self.bf16_addr(base, row, stride, tile)
     }
 
-    /// The lane's row address for [`Writer::a_fragment_trans`] in a `[k][m]` bf16 array
-    /// of row stride `stride`: lane l addresses row k0 + 8 (l / 16) + l % 8, columns
-    /// m0 + 8 ((l / 8) % 2), so that the four 8 × 8 matrices are the A fragment's
-    /// (rows m0.., m0 + 8..) × (k0.., k0 + 8..) in a0–a3's order.
-    fn ldmatrix_a_lane(&mut self, base: Reg, stride: usize) -> Reg {
+    /// The lane's row address for an `ldmatrix.x4` of a 16 × 16 bf16 tile of row stride
+    /// `stride`: lane l addresses row 8 (l / 16) + l % 8, columns 8 ((l / 8) % 2), so the
+    /// four 8 × 8 matrices are (rows 0.., columns 0..), (0.., 8..), (8.., 0..), (8.., 8..):
+    /// stored `[k][m]` and read `.trans`, the A fragment's a0–a3
+    /// ([`Writer::a_fragment_trans`]); stored `[n][k]`, the B fragments of two n-tiles
+    /// ([`Writer::b_fragments_rows`]).
+    fn ldmatrix_x4_lane(&mut self, base: Reg, stride: usize) -> Reg {
         let row = self.e.reg(Class::B32);
         let high = self.e.reg(Class::B32);
         let col = self.e.reg(Class::B32);
@@ -514,12 +524,21 @@ impl Writer {
     }
 
     /// The A fragment of an m16 × k16 tile stored transposed (`[k][m]`, bf16), by one
-    /// `ldmatrix.x4.trans`: `addr` is the lane's row address of [`Writer::ldmatrix_a_lane`]
+    /// `ldmatrix.x4.trans`: `addr` is the lane's row address of [`Writer::ldmatrix_x4_lane`]
     /// and `offset` the bytes to the tile's (k0, m0).
     fn a_fragment_trans(&mut self, addr: Reg, offset: usize) -> [Reg; 4] {
         let r = [(); 4].map(|_| self.e.reg(Class::B32));
         self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
         r
+    }
+
+    /// The B fragments of two consecutive n-tiles of a bf16 array stored `[n][k]` (the
+    /// reduction index contiguous), by one `ldmatrix.x4`: `addr` is the lane's row
+    /// address of [`Writer::ldmatrix_x4_lane`] and `offset` the bytes to (n0, k0).
+    fn b_fragments_rows(&mut self, addr: Reg, offset: usize) -> [[Reg; 2]; 2] {
+        let r = [(); 4].map(|_| self.e.reg(Class::B32));
+        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
+        [[r[0], r[1]], [r[2], r[3]]]
     }
 
     /// acc[n] += A B_n over one k16 step, B a bf16 array stored `[k][n]` (its lo plane
@@ -1129,6 +1148,22 @@ impl Prefetch {
         Prefetch { layout, lanes, storage, width, dst, stride, lo: g.split().then_some(bytes), slots }
     }
 
+    /// The loads in groups that fill at most [`STAGE_REGISTERS`] registers a thread
+    /// (values and Λ), to be issued and committed one group after another: all of a
+    /// 128-key chunk at once would hold up to 128 in the outputs kernel (f32, per key).
+    fn batches(self) -> Vec<Prefetch> {
+        let per_load = self.slots.first().map_or(1, |s| s.raw.len() + s.lams.len());
+        let size = (STAGE_REGISTERS / per_load).max(1);
+        let Prefetch { layout, lanes, storage, width, dst, stride, lo, mut slots } = self;
+        let mut batches = Vec::new();
+        while !slots.is_empty() {
+            let rest = slots.split_off(size.min(slots.len()));
+            batches.push(Prefetch { layout, lanes, storage, width, dst, stride, lo, slots });
+            slots = rest;
+        }
+        batches
+    }
+
     /// Issues the loads of the chunk at `row_base` (`n` steps) from `src`, and their Λ
     /// from `lam` for a per-key scale.
     fn issue(&self, w: &mut Writer, src: Reg, lam: Option<Reg>, row_base: Reg, n: Reg) {
@@ -1197,19 +1232,35 @@ impl Prefetch {
 /// before the first store.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
-    stage(w, g, threads, (src, row_base, n), (width, col0, tile), dst, scale, Layout::Transposed);
-}
-
-/// [`stage_transposed`]: all of a chunk's loads, then their stores.
-#[allow(clippy::too_many_arguments)]
-fn stage(w: &mut Writer, g: &Geometry, threads: usize, (src, row_base, n): (Reg, Reg, Reg), columns: (usize, Reg, usize), dst: Reg, scale: Scale<'_>, layout: Layout) {
-    let lam = match scale {
-        Scale::PerKey { lam, .. } => Some(lam),
-        _ => None,
-    };
-    let loads = Prefetch::new(w, g, threads, columns, dst, g.storage, lam.is_some(), layout);
+    let lam = scale_lam(scale);
+    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Transposed);
     loads.issue(w, src, lam, row_base, n);
     loads.commit(w, scale);
+}
+
+/// Stages `CHUNK` steps of columns `col0`.. (`tile` of them, a multiple of 8) of a
+/// `[steps, width]` array of the kernels' storage as rows: a bf16 array `[CHUNK][tile +
+/// 8]` (the column contiguous, rows 16-byte aligned; its lo plane right after it when
+/// split), entry (t, col0 + j) at row t, column j, times `scale`; zeros past the
+/// sequence's end and the array's width. Coalesced 16-byte loads where `width` is a
+/// multiple of 8 ([`Layout::Rows`]), every load issued before the first store. Read the
+/// tile by `ldmatrix` (`.trans` where its column is the mma's m or n index).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stage_row_tile(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
+    let lam = scale_lam(scale);
+    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Rows);
+    for batch in loads.batches() {
+        batch.issue(w, src, lam, row_base, n);
+        batch.commit(w, scale);
+    }
+}
+
+/// Where a per-key scale's Λ comes from.
+fn scale_lam(scale: Scale<'_>) -> Option<Reg> {
+    match scale {
+        Scale::PerKey { lam, .. } => Some(lam),
+        _ => None,
+    }
 }
 
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
@@ -1480,7 +1531,7 @@ fn states_kernel(g: &Geometry) -> String {
     let (k_cols, v_cols) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mad.lo.u32 {k_cols}, {local0}, 2, {ks}"));
     w.e.ins(format!("mad.lo.u32 {v_cols}, {vpart}, 2, {vs}"));
-    let a_addr = w.ldmatrix_a_lane(k_cols, k_stride);
+    let a_addr = w.ldmatrix_x4_lane(k_cols, k_stride);
     let b_addr = w.ldmatrix_lane(v_cols, v_stride);
 
     // Every chunk's loads are issued one chunk ahead (the first before the loop), into
@@ -1618,10 +1669,10 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     // Each bf16 array's lo plane (when split) right after it: these are the offsets.
     let planes = planes(g.products);
-    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, g.vt * g.step_stride() * 2, g.kp * g.value_stride() * 2);
+    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2, g.kp * g.value_stride() * 2);
     let lo = |bytes: usize| g.split().then_some(bytes);
     let ks = w.shared("ks", ks_bytes * planes);
-    let vs = w.shared("vt", vs_bytes * planes);
+    let vs = w.shared("vs", vs_bytes * planes);
     let st = w.shared("st", st_bytes * planes);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
@@ -1655,12 +1706,14 @@ fn outputs_kernel(g: &Geometry) -> String {
     };
     let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
     w.e.comment(if g.per_key() {
-        "stage K * exp(R_b - L) (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+        "stage K * exp(R_b - L) and V as rows (the key and the value contiguous), S_c as it is"
     } else {
-        "stage K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+        "stage K and V as rows (the key and the value contiguous), S_c as it is"
     });
-    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, scale_k, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
+    let first_key = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {first_key}, 0"));
+    stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, first_key, g.kp, ks, scale_k);
+    stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
     {
         let nchunks = w.chunk_count(steps);
         let s64 = w.e.reg(Class::B64);
@@ -1693,8 +1746,8 @@ fn outputs_kernel(g: &Geometry) -> String {
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let s_addr = w.ldmatrix_lane(st, g.value_stride());
-    let k_addr = w.bf16_addr(ks, w.gq, g.key_stride(), acol);
-    let v_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
+    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
+    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
     let o = w.zeros(g.vt / 8);
     let scores = w.zeros(CHUNK / 8);
     // The rows of this lane: t = 16 warp + gq, + 8.
@@ -1764,10 +1817,7 @@ fn outputs_kernel(g: &Geometry) -> String {
             let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
             let words = [(left[0], left[1]), (left[2], left[3]), (right[0], right[1]), (right[2], right[3])].map(|(l, h)| w.pack_planes(l, h, g.split()));
             let a: Vec<[Reg; 4]> = (0..planes).map(|p| words.each_ref().map(|x| x[p])).collect();
-            for (nt, t) in o.iter().enumerate() {
-                let b = w.b_planes(v_addr, g.step_stride(), 8 * nt, 16 * kk, lo(vs_bytes));
-                w.mma_planes(t, &a, &b);
-            }
+            w.mma_trans_b(&o, &a, v_addr, 2 * 16 * kk * g.value_stride(), lo(vs_bytes));
         });
     }
     w.e.comment("out rows of this chunk");
@@ -1779,8 +1829,8 @@ fn outputs_kernel(g: &Geometry) -> String {
 }
 
 /// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
-/// shared R_b `ends` (per key), the lane's `ldmatrix` row address of S_c and its
-/// fragment address of the (scaled) keys.
+/// shared R_b `ends` (per key), and the lane's `ldmatrix` row addresses of S_c
+/// ([`Writer::ldmatrix_lane`]) and of the (scaled) keys ([`Writer::ldmatrix_x4_lane`]).
 struct WarpOperands {
     q: Reg,
     k: Reg,
@@ -1898,8 +1948,10 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
                     }
                     _ => a.clone(),
                 };
-                for pt in [2 * sub, 2 * sub + 1] {
-                    let b = w.b_planes(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk, ops.k_lo);
+                let offset = 2 * (SUB_CHUNK * sub * g.key_stride() + 16 * kk);
+                let planes: Vec<[[Reg; 2]; 2]> = std::iter::once(0).chain(ops.k_lo).map(|plane| w.b_fragments_rows(ops.k_addr, plane + offset)).collect();
+                for (n, pt) in [2 * sub, 2 * sub + 1].into_iter().enumerate() {
+                    let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
                     w.mma_planes(&scores[pt], &a, &b);
                 }
             });
