@@ -44,9 +44,9 @@
 //! copied as it is (`[keys][values]`, 16 bytes a load). The mma fragments come from
 //! `ldmatrix`: `.trans` where the staged rows' column is the product's m or n index (Kᵀ
 //! as A and V as B of the state product, V as B of P V, S_c), plain for K as the B of
-//! Q Kᵀ. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
-//! e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
-//! product with V, as their accumulator layout allows. Score tiles above the diagonal
+//! Q Kᵀ. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by
+//! pair for a scalar decay, e^(e_t − Λ_τ): no factor can overflow), and are reused as
+//! the A operand of the product with V, as their accumulator layout allows. Score tiles above the diagonal
 //! (a warp's later sub-chunks) are neither computed nor multiplied.
 //!
 //! A per-key decay cannot be applied to the scores after the product. The chunk is split
@@ -1243,8 +1243,9 @@ pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src
 /// 8]` (the column contiguous, rows 16-byte aligned; its lo plane right after it when
 /// split), entry (t, col0 + j) at row t, column j, times `scale`; zeros past the
 /// sequence's end and the array's width. Coalesced 16-byte loads where `width` is a
-/// multiple of 8 ([`Layout::Rows`]), every load issued before the first store. Read the
-/// tile by `ldmatrix` (`.trans` where its column is the mma's m or n index).
+/// multiple of 8 ([`Layout::Rows`]), in batches of at most [`STAGE_REGISTERS`] registers
+/// a thread, each batch's loads issued before its first store. Read the tile by
+/// `ldmatrix` (`.trans` where its column is the mma's m or n index).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_row_tile(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
     let lam = scale_lam(scale);
