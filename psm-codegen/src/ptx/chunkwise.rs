@@ -34,13 +34,19 @@
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
-//! Both kernels stage their operands in shared memory as bf16 (rounded to nearest),
-//! laid out with the products' reduction index contiguous and rows padded by 8 entries,
-//! so that every fragment is one 32-bit load without bank conflicts; S_c is copied as it
-//! is (`[keys][values]`, 16 bytes a load) and read by `ldmatrix.trans`; the intra-chunk
-//! scores Q Kᵀ stay in registers, are masked (decayed pair by pair for a scalar decay,
-//! e^(e_t − Λ_τ): no factor can overflow), and are reused as the A operand of the
-//! product with V, as their accumulator layout allows. Score tiles above the diagonal
+//! Both kernels stage K and V in shared memory as bf16 (rounded to nearest) in the
+//! layout they have in global memory, rows of a chunk's steps `[CHUNK][tile + 8]` (the
+//! padding keeps the rows 16-byte aligned and `ldmatrix` free of bank conflicts): each
+//! thread loads 8 consecutive entries of a row (16 bytes of bf16, two 16-byte loads of
+//! f32; 4, 2 or 1 where the width is not a multiple of 8), consecutive threads the
+//! consecutive groups of a row, so a warp's loads are coalesced, and stores them, scaled
+//! and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one 16-byte shared store. S_c is
+//! copied as it is (`[keys][values]`, 16 bytes a load). The mma fragments come from
+//! `ldmatrix`: `.trans` where the staged rows' column is the product's m or n index (Kᵀ
+//! as A and V as B of the state product, V as B of P V, S_c), plain for K as the B of
+//! Q Kᵀ. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by
+//! pair for a scalar decay, e^(e_t − Λ_τ): no factor can overflow), and are reused as
+//! the A operand of the product with V, as their accumulator layout allows. Score tiles above the diagonal
 //! (a warp's later sub-chunks) are neither computed nor multiplied.
 //!
 //! A per-key decay cannot be applied to the scores after the product. The chunk is split
@@ -197,11 +203,13 @@ pub struct Unsupported(pub String);
 
 /// Entries each thread has in flight while staging.
 const BATCH: usize = 8;
+/// Registers a thread's loads fill at most while [`stage_row_tile`] stages.
+const STAGE_REGISTERS: usize = 32;
 
 /// Static shared memory a block may declare.
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
-/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, Vᵀ `[vt][CHUNK + 8]`, S_c
+/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, V `[CHUNK][vt + 8]`, S_c
 /// `[kp][vt + 8]` in bf16 (`planes` of each), and CHUNK log decays (scalar) or the
 /// sub-chunks' R_b `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries
 /// themselves.
@@ -211,7 +219,7 @@ fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay, planes: usize) -
         ChunkDecay::Log | ChunkDecay::Value => CHUNK,
         ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
     };
-    (CHUNK * (kp + 8) + vt * (CHUNK + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
+    (CHUNK * (kp + 8) + CHUNK * (vt + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
 }
 
 /// Keys rounded up to the mma's 16.
@@ -497,6 +505,57 @@ impl Writer {
         self.bf16_addr(base, row, stride, tile)
     }
 
+    /// The lane's row address for an `ldmatrix.x4` of a 16 × 16 bf16 tile of row stride
+    /// `stride`: lane l addresses row 8 (l / 16) + l % 8, columns 8 ((l / 8) % 2), so the
+    /// four 8 × 8 matrices are (rows 0.., columns 0..), (0.., 8..), (8.., 0..), (8.., 8..):
+    /// stored `[k][m]` and read `.trans`, the A fragment's a0–a3
+    /// ([`Writer::a_fragment_trans`]); stored `[n][k]`, the B fragments of two n-tiles
+    /// ([`Writer::b_fragments_rows`]).
+    fn ldmatrix_x4_lane(&mut self, base: Reg, stride: usize) -> Reg {
+        let row = self.e.reg(Class::B32);
+        let high = self.e.reg(Class::B32);
+        let col = self.e.reg(Class::B32);
+        self.e.ins(format!("and.b32 {row}, {}, 7", self.tid));
+        self.e.ins(format!("shr.u32 {high}, {}, 1", self.tid));
+        self.e.ins(format!("and.b32 {high}, {high}, 8"));
+        self.e.ins(format!("or.b32 {row}, {row}, {high}"));
+        self.e.ins(format!("and.b32 {col}, {}, 8", self.tid));
+        self.bf16_addr(base, row, stride, col)
+    }
+
+    /// The A fragment of an m16 × k16 tile stored transposed (`[k][m]`, bf16), by one
+    /// `ldmatrix.x4.trans`: `addr` is the lane's row address of [`Writer::ldmatrix_x4_lane`]
+    /// and `offset` the bytes to the tile's (k0, m0).
+    fn a_fragment_trans(&mut self, addr: Reg, offset: usize) -> [Reg; 4] {
+        let r = [(); 4].map(|_| self.e.reg(Class::B32));
+        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
+        r
+    }
+
+    /// The B fragments of two consecutive n-tiles of a bf16 array stored `[n][k]` (the
+    /// reduction index contiguous), by one `ldmatrix.x4`: `addr` is the lane's row
+    /// address of [`Writer::ldmatrix_x4_lane`] and `offset` the bytes to (n0, k0).
+    fn b_fragments_rows(&mut self, addr: Reg, offset: usize) -> [[Reg; 2]; 2] {
+        let r = [(); 4].map(|_| self.e.reg(Class::B32));
+        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
+        [[r[0], r[1]], [r[2], r[3]]]
+    }
+
+    /// acc[n] += A B_n over one k16 step, B a bf16 array stored `[k][n]` (its lo plane
+    /// `lo` bytes further when split) read two n-tiles at a time by
+    /// [`Writer::b_fragments_trans`] from the lane address `addr`, `offset` the bytes to
+    /// the first tile's (k0, n0); `a` holds A's fragment of each plane.
+    fn mma_trans_b(&mut self, acc: &[[Reg; 4]], a: &[[Reg; 4]], addr: Reg, offset: usize, lo: Option<usize>) {
+        for (pair, tiles) in acc.chunks(2).enumerate() {
+            let at = offset + 2 * 16 * pair;
+            let planes: Vec<Vec<[Reg; 2]>> = std::iter::once(0).chain(lo).map(|plane| self.b_fragments_trans(addr, plane + at, tiles.len())).collect();
+            for (n, t) in tiles.iter().enumerate() {
+                let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
+                self.mma_planes(t, a, &b);
+            }
+        }
+    }
+
     /// acc += A Bᵀ over `depth` (a multiple of 16) entries of the bf16 operands' rows:
     /// A's fragments from `a` (its address and row stride, [`Writer::a_fragment`]), B's
     /// from `b` (8 of its rows per tile of `acc`, [`Writer::b_fragment`]).
@@ -671,17 +730,39 @@ impl Writer {
         match scale {
             Scale::None => Vec::new(),
             Scale::Step(f) => vec![f(self, step); lanes],
-            Scale::PerKey { reference, .. } => (0..lanes)
-                .map(|u| {
-                    let at = self.e.reg(Class::B32);
-                    self.e.ins(format!("add.u32 {at}, {key}, {u}"));
-                    let r = reference(self, step, at);
-                    let d = self.e.reg(Class::F32);
-                    self.e.ins(format!("sub.rn.f32 {d}, {r}, {}", lams[u]));
-                    self.exp(d)
-                })
-                .collect(),
+            Scale::PerKey { reference, .. } => {
+                let row = reference(self, step);
+                let at = self.e.reg(Class::B32);
+                self.e.ins(format!("mad.lo.u32 {at}, {key}, 4, {row}"));
+                let references = self.shared_f32s(at, lanes);
+                references
+                    .into_iter()
+                    .zip(lams)
+                    .map(|(r, lam)| {
+                        let d = self.e.reg(Class::F32);
+                        self.e.ins(format!("sub.rn.f32 {d}, {r}, {lam}"));
+                        self.exp(d)
+                    })
+                    .collect()
+            }
         }
+    }
+
+    /// `n` consecutive f32 from the shared address `at` (aligned to the widest vector
+    /// of them: 16 bytes for n a multiple of 4), in vector loads of up to 4.
+    fn shared_f32s(&mut self, at: Reg, n: usize) -> Vec<Reg> {
+        let width = [4, 2, 1].into_iter().find(|w| n.is_multiple_of(*w)).unwrap_or(1);
+        let xs: Vec<Reg> = (0..n).map(|_| self.e.reg(Class::F32)).collect();
+        for (c, part) in xs.chunks(width).enumerate() {
+            let list = part.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+            let ty = match width {
+                4 => format!("v4.f32 {{{list}}}"),
+                2 => format!("v2.f32 {{{list}}}"),
+                _ => format!("f32 {list}"),
+            };
+            self.e.ins(format!("ld.shared.{ty}, [{at}+{}]", 4 * width * c));
+        }
+        xs
     }
 
     /// Stores staged values (times `factors[u]` where given) as bf16 at their shared
@@ -702,6 +783,18 @@ impl Writer {
                 self.e.ins(format!("@{live} st.shared.b16 [{addr}+{lo}], {l}"));
             }
         }
+    }
+
+    /// Stores bf16 pairs (`words`: 1, 2 or 4 of them, in one store) at the shared address
+    /// `addr + offset` when `live`.
+    fn store_bf16_words(&mut self, addr: Reg, offset: usize, words: &[Reg], live: Reg) {
+        let list = words.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let (kind, value) = match words.len() {
+            1 => ("b32", list),
+            n => (if n == 4 { "v4.b32" } else { "v2.b32" }, format!("{{{list}}}")),
+        };
+        let at = if offset == 0 { addr.to_string() } else { format!("{addr}+{offset}") };
+        self.e.ins(format!("@{live} st.shared.{kind} [{at}], {value}"));
     }
 
     /// The (row, first column) of the load whose first entry is `entry` (a multiple of
@@ -729,7 +822,7 @@ impl Writer {
         (q, r)
     }
 
-    /// Loads `lanes` entries (1, or 2 or 4 in one load; 8 for bf16) of type `storage` at
+    /// Loads `lanes` entries (1, or 2, 4 or 8 in one load; 8 f32 in two) of type `storage` at
     /// `base[(row_base + row) · width + col]` as f32 when `row < rows`, `col < cols` and
     /// `live` (else 0): `row_base` is a 64-bit entry index; with n > 1 lanes, `width`,
     /// `cols` and `col` are multiples of n.
@@ -775,6 +868,10 @@ impl Writer {
             Storage::F32 => {
                 let a = self.f32_addr(base, index);
                 match lanes {
+                    8 => {
+                        self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", raw[0], raw[1], raw[2], raw[3]));
+                        self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}+16]", raw[4], raw[5], raw[6], raw[7]));
+                    }
                     4 => self.e.ins(format!("@{q} ld.global.nc.v4.f32 {{{}, {}, {}, {}}}, [{a}]", raw[0], raw[1], raw[2], raw[3])),
                     2 => self.e.ins(format!("@{q} ld.global.nc.v2.f32 {{{}, {}}}, [{a}]", raw[0], raw[1])),
                     _ => self.e.ins(format!("@{q} ld.global.nc.f32 {}, [{a}]", raw[0])),
@@ -958,9 +1055,10 @@ pub(super) enum Scale<'a> {
     None,
     /// By a factor computed from the step.
     Step(&'a dyn Fn(&mut Writer, Reg) -> Reg),
-    /// Entry (t, i) by e^(reference(t, i) − Λ_t[i]), Λ read from `lam` (`[steps, keys]`
-    /// like the staged array).
-    PerKey { lam: Reg, reference: &'a dyn Fn(&mut Writer, Reg, Reg) -> Reg },
+    /// Entry (t, i) by e^(R[i] − Λ_t[i]), Λ read from `lam` (`[steps, keys]` like the
+    /// staged array) and R a shared f32 row, indexed by key, whose address `reference(t)`
+    /// gives (16-byte aligned).
+    PerKey { lam: Reg, reference: &'a dyn Fn(&mut Writer, Reg) -> Reg },
 }
 
 impl Writer {
@@ -974,11 +1072,27 @@ impl Writer {
     }
 }
 
-/// One thread's share of staging a tile chunk after chunk in the state kernel: each
-/// load's position (the same in every chunk) and the registers its values (and, for a
-/// per-key scale, their Λ) arrive in, so that the next chunk's loads are in flight
-/// while the current chunk is multiplied.
+/// How [`Prefetch`] lays a staged tile of `tile` columns out in shared memory (bf16;
+/// its lo plane right after it when split).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `[tile][CHUNK + 8]`, the step contiguous. Consecutive threads take consecutive
+    /// steps of the same `lanes` (4 or 1) columns, so that a warp's 2-byte stores fill
+    /// one shared row without bank conflicts (its global loads span 32 rows).
+    Transposed,
+    /// `[CHUNK][tile + 8]`, the column contiguous (16-byte aligned rows, conflict-free
+    /// for `ldmatrix`). Consecutive threads take consecutive groups of `lanes` columns of
+    /// a row, 8 where the array's width allows (4, 2, 1 otherwise): coalesced 16-byte
+    /// global loads (two for f32) and one shared store a group.
+    Rows,
+}
+
+/// One thread's share of staging a tile chunk after chunk: each load's position (the
+/// same in every chunk) and the registers its values (and, for a per-key scale, their
+/// Λ) arrive in, so that the next chunk's loads can be in flight while the current
+/// chunk is multiplied.
 struct Prefetch {
+    layout: Layout,
     lanes: usize,
     storage: Storage,
     width: usize,
@@ -1003,18 +1117,23 @@ struct Slot {
 
 impl Prefetch {
     /// The positions of the loads staging `CHUNK` steps of a `[steps, width]` array of
-    /// type `storage` transposed, columns `col0`.. of `tile`, into `dst` (as
-    /// [`stage_transposed`]), all issued at once. Consecutive threads take consecutive
-    /// steps of the same `lanes` columns, so a warp's stores fill one shared row without
-    /// bank conflicts.
+    /// type `storage`, columns `col0`.. of `tile` (a multiple of 8), into `dst` laid out
+    /// as `layout` says; `per_key`: registers for the values' Λ too.
     #[allow(clippy::too_many_arguments)]
-    fn transposed(w: &mut Writer, g: &Geometry, threads: usize, width: usize, col0: Reg, tile: usize, dst: Reg, storage: Storage, per_key: bool) -> Prefetch {
-        let lanes = if width.is_multiple_of(4) { 4 } else { 1 };
+    fn new(w: &mut Writer, g: &Geometry, threads: usize, (width, col0, tile): (usize, Reg, usize), dst: Reg, storage: Storage, per_key: bool, layout: Layout) -> Prefetch {
+        let widths: &[usize] = match layout {
+            Layout::Transposed => &[4],
+            Layout::Rows => &[8, 4, 2],
+        };
+        let lanes = widths.iter().copied().find(|&n| width.is_multiple_of(n)).unwrap_or(1);
         let loads = CHUNK * tile / lanes;
         let slots = (0..loads.div_ceil(threads))
             .map(|u| {
                 let (live, entry) = w.load_slot(w.tid, u * threads, loads, lanes);
-                let (step, j) = w.transposed_position(entry, lanes, CHUNK);
+                let (step, j) = match layout {
+                    Layout::Transposed => w.transposed_position(entry, lanes, CHUNK),
+                    Layout::Rows => w.divmod(entry, tile),
+                };
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
                 let raw = w.raw_regs(lanes, storage);
@@ -1022,7 +1141,27 @@ impl Prefetch {
                 Slot { live, step, j, col, raw, lams }
             })
             .collect();
-        Prefetch { lanes, storage, width, dst, stride: g.step_stride(), lo: g.split().then_some(tile * g.step_stride() * 2), slots }
+        let (stride, bytes) = match layout {
+            Layout::Transposed => (g.step_stride(), tile * g.step_stride() * 2),
+            Layout::Rows => (tile + 8, CHUNK * (tile + 8) * 2),
+        };
+        Prefetch { layout, lanes, storage, width, dst, stride, lo: g.split().then_some(bytes), slots }
+    }
+
+    /// The loads in groups that fill at most [`STAGE_REGISTERS`] registers a thread
+    /// (values and Λ), to be issued and committed one group after another: all of a
+    /// 128-key chunk at once would hold up to 128 in the outputs kernel (f32, per key).
+    fn batches(self) -> Vec<Prefetch> {
+        let per_load = self.slots.first().map_or(1, |s| s.raw.len() + s.lams.len());
+        let size = (STAGE_REGISTERS / per_load).max(1);
+        let Prefetch { layout, lanes, storage, width, dst, stride, lo, mut slots } = self;
+        let mut batches = Vec::new();
+        while !slots.is_empty() {
+            let rest = slots.split_off(size.min(slots.len()));
+            batches.push(Prefetch { layout, lanes, storage, width, dst, stride, lo, slots });
+            slots = rest;
+        }
+        batches
     }
 
     /// Issues the loads of the chunk at `row_base` (`n` steps) from `src`, and their Λ
@@ -1039,16 +1178,50 @@ impl Prefetch {
     /// Stores the loaded values into shared memory as bf16, times `scale`.
     fn commit(&self, w: &mut Writer, scale: Scale<'_>) {
         for s in &self.slots {
+            match self.layout {
+                Layout::Transposed => {
+                    let xs = w.decode(&s.raw, self.lanes, self.storage);
+                    let factors = w.factors(scale, s.step, s.col, &s.lams, self.lanes);
+                    let addrs: Vec<Reg> = (0..self.lanes)
+                        .map(|l| {
+                            let jl = w.e.reg(Class::B32);
+                            w.e.ins(format!("add.u32 {jl}, {}, {l}", s.j));
+                            w.bf16_addr(self.dst, jl, self.stride, s.step)
+                        })
+                        .collect();
+                    w.store_staged(xs, &addrs, s.live, &factors, self.lo);
+                }
+                Layout::Rows => self.commit_row(w, s, scale),
+            }
+        }
+    }
+
+    /// [`Prefetch::commit`] of one load of [`Layout::Rows`]: its entries as bf16 pairs
+    /// (packed by `cvt.rn.bf16x2.f32` after scaling; bf16 inputs that are not scaled as
+    /// they came, with a zero lo plane) in one shared store per plane.
+    fn commit_row(&self, w: &mut Writer, s: &Slot, scale: Scale<'_>) {
+        let addr = w.bf16_addr(self.dst, s.step, self.stride, s.j);
+        if self.lanes == 1 {
+            let xs = w.decode(&s.raw, 1, self.storage);
+            let factors = w.factors(scale, s.step, s.col, &s.lams, 1);
+            w.store_staged(xs, &[addr], s.live, &factors, self.lo);
+            return;
+        }
+        let planes: Vec<Vec<Reg>> = if self.storage == Storage::Bf16 && matches!(scale, Scale::None) {
+            let zero = w.e.reg(Class::B32);
+            w.e.ins(format!("mov.b32 {zero}, 0"));
+            std::iter::once(s.raw.clone()).chain(self.lo.map(|_| vec![zero; s.raw.len()])).collect()
+        } else {
             let xs = w.decode(&s.raw, self.lanes, self.storage);
             let factors = w.factors(scale, s.step, s.col, &s.lams, self.lanes);
-            let addrs: Vec<Reg> = (0..self.lanes)
-                .map(|l| {
-                    let jl = w.e.reg(Class::B32);
-                    w.e.ins(format!("add.u32 {jl}, {}, {l}", s.j));
-                    w.bf16_addr(self.dst, jl, self.stride, s.step)
-                })
-                .collect();
-            w.store_staged(xs, &addrs, s.live, &factors, self.lo);
+            for (x, f) in xs.iter().zip(&factors) {
+                w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+            }
+            let words: Vec<Vec<Reg>> = xs.chunks(2).map(|p| w.pack_planes(p[0], p[1], self.lo.is_some())).collect();
+            (0..words[0].len()).map(|plane| words.iter().map(|x| x[plane]).collect()).collect()
+        };
+        for (plane, words) in planes.iter().enumerate() {
+            w.store_bf16_words(addr, plane * self.lo.unwrap_or(0), words, s.live);
         }
     }
 }
@@ -1059,13 +1232,36 @@ impl Prefetch {
 /// before the first store.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
-    let lam = match scale {
-        Scale::PerKey { lam, .. } => Some(lam),
-        _ => None,
-    };
-    let loads = Prefetch::transposed(w, g, threads, width, col0, tile, dst, g.storage, lam.is_some());
+    let lam = scale_lam(scale);
+    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Transposed);
     loads.issue(w, src, lam, row_base, n);
     loads.commit(w, scale);
+}
+
+/// Stages `CHUNK` steps of columns `col0`.. (`tile` of them, a multiple of 8) of a
+/// `[steps, width]` array of the kernels' storage as rows: a bf16 array `[CHUNK][tile +
+/// 8]` (the column contiguous, rows 16-byte aligned; its lo plane right after it when
+/// split), entry (t, col0 + j) at row t, column j, times `scale`; zeros past the
+/// sequence's end and the array's width. Coalesced 16-byte loads where `width` is a
+/// multiple of 8 ([`Layout::Rows`]), in batches of at most [`STAGE_REGISTERS`] registers
+/// a thread, each batch's loads issued before its first store. Read the tile by
+/// `ldmatrix` (`.trans` where its column is the mma's m or n index).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stage_row_tile(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
+    let lam = scale_lam(scale);
+    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Rows);
+    for batch in loads.batches() {
+        batch.issue(w, src, lam, row_base, n);
+        batch.commit(w, scale);
+    }
+}
+
+/// Where a per-key scale's Λ comes from.
+fn scale_lam(scale: Scale<'_>) -> Option<Reg> {
+    match scale {
+        Scale::PerKey { lam, .. } => Some(lam),
+        _ => None,
+    }
 }
 
 /// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
@@ -1106,12 +1302,6 @@ pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg,
 fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys): (Reg, Reg, Reg), col0: Reg, (dst, stride): (Reg, usize)) {
     let lanes = [8, 4, 2].into_iter().find(|&n| g.values.is_multiple_of(n)).unwrap_or(1);
     let loads = g.kp * g.vt / lanes;
-    let kind = match lanes {
-        8 => "v4.b32",
-        4 => "v2.b32",
-        2 => "b32",
-        _ => "b16",
-    };
     let copies: Vec<(Reg, Reg, Vec<Reg>)> = (0..loads.div_ceil(threads))
         .map(|u| {
             let (live, entry) = w.load_slot(w.tid, u * threads, loads, lanes);
@@ -1124,9 +1314,11 @@ fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys
         })
         .collect();
     for (live, addr, raw) in copies {
-        let list = raw.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-        let value = if raw.len() > 1 { format!("{{{list}}}") } else { list };
-        w.e.ins(format!("@{live} st.shared.{kind} [{addr}], {value}"));
+        if lanes == 1 {
+            w.e.ins(format!("@{live} st.shared.b16 [{addr}], {}", raw[0]));
+        } else {
+            w.store_bf16_words(addr, 0, &raw, live);
+        }
     }
 }
 
@@ -1311,9 +1503,11 @@ fn states_kernel(g: &Geometry) -> String {
     let key0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {key0}, {ktile}, {}", g.kt));
     let planes = planes(g.products);
-    let (kt_bytes, vt_bytes) = (g.kt * g.step_stride() * 2, g.vt * g.step_stride() * 2);
-    let kt = w.shared("kt", kt_bytes * planes);
-    let vs = w.shared("vt", vt_bytes * planes);
+    // K and V staged as rows, [CHUNK][tile + 8] (each lo plane right after its array).
+    let (k_stride, v_stride) = (g.kt + 8, g.vt + 8);
+    let (ks_bytes, vs_bytes) = (CHUNK * k_stride * 2, CHUNK * v_stride * 2);
+    let ks = w.shared("ks", ks_bytes * planes);
+    let vs = w.shared("vs", vs_bytes * planes);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: Λ at the chunk's last step, f32 for every key the key tiles span (0 past
     // the field's keys).
@@ -1333,20 +1527,18 @@ fn states_kernel(g: &Geometry) -> String {
     let wcol0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {wcol0}, {col0}, {vpart}"));
     let (keys, s64, acc) = initial_state(&mut w, &wg, flags, state_in, seq, row0, wcol0);
-    // Fragment addresses: A from kt (row local0 + gq, column 2·cq), B from vt (row vpart + gq).
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {local0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    let a_addr = w.bf16_addr(kt, arow, g.step_stride(), acol);
-    let brow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {brow}, {vpart}, {}", w.gq));
-    let b_addr = w.bf16_addr(vs, brow, g.step_stride(), acol);
+    // The lanes' ldmatrix row addresses: A = Kᵀ from ks's columns local0.., B = V from
+    // vs's columns vpart.. (both stored [step][column]: .trans).
+    let (k_cols, v_cols) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mad.lo.u32 {k_cols}, {local0}, 2, {ks}"));
+    w.e.ins(format!("mad.lo.u32 {v_cols}, {vpart}, 2, {vs}"));
+    let a_addr = w.ldmatrix_x4_lane(k_cols, k_stride);
+    let b_addr = w.ldmatrix_lane(v_cols, v_stride);
 
     // Every chunk's loads are issued one chunk ahead (the first before the loop), into
     // the same registers: the memory's latency overlaps the previous chunk's products.
-    let k_loads = Prefetch::transposed(&mut w, g, threads, g.keys, key0, g.kt, kt, g.storage, g.per_key());
-    let v_loads = Prefetch::transposed(&mut w, g, threads, g.values, col0, g.vt, vs, g.storage, false);
+    let k_loads = Prefetch::new(&mut w, g, threads, (g.keys, key0, g.kt), ks, g.storage, g.per_key(), Layout::Rows);
+    let v_loads = Prefetch::new(&mut w, g, threads, (g.values, col0, g.vt), vs, g.storage, false, Layout::Rows);
     let decay_loads = lam.map(|_| w.decay_loads());
     // Per key: this thread's keys of Λ's row at the chunk's last step.
     let last_loads: Vec<(Reg, Reg, Reg)> = if g.per_key() {
@@ -1399,7 +1591,7 @@ fn states_kernel(g: &Geometry) -> String {
         }
         w.e.ins("bar.sync 0");
     }
-    w.e.comment("stage (K * exp(L_last - L))^T and V^T, the step contiguous");
+    w.e.comment("stage K * exp(L_last - L) and V as rows, the key and the value contiguous");
     let scale = |w: &mut Writer, t: Reg| -> Reg {
         let (lam, last) = (lam.expect("decayed"), last.expect("decayed"));
         let x = w.lam_at(lam, t);
@@ -1407,7 +1599,7 @@ fn states_kernel(g: &Geometry) -> String {
         w.e.ins(format!("sub.rn.f32 {d}, {last}, {x}"));
         w.exp(d)
     };
-    let last_of_key = |w: &mut Writer, _t: Reg, i: Reg| -> Reg { w.f32_at(lam_last.expect("per key"), i) };
+    let last_of_key = |_: &mut Writer, _t: Reg| -> Reg { lam_last.expect("per key") };
     let scale_k = if g.per_key() {
         Scale::PerKey { lam: gate, reference: &last_of_key }
     } else if g.decayed() {
@@ -1446,9 +1638,12 @@ fn states_kernel(g: &Geometry) -> String {
             }
         }
     }
-    w.e.comment("S += (scaled K)^T V");
+    w.e.comment("S += (scaled K)^T V, both operands by ldmatrix.trans");
     let lo = |bytes: usize| g.split().then_some(bytes);
-    w.product_planes(&acc, (a_addr, g.step_stride(), lo(kt_bytes)), (b_addr, g.step_stride(), lo(vt_bytes)), CHUNK);
+    for kk in 0..CHUNK / 16 {
+        let a: Vec<[Reg; 4]> = std::iter::once(0).chain(lo(ks_bytes)).map(|plane| w.a_fragment_trans(a_addr, plane + 2 * 16 * kk * k_stride)).collect();
+        w.mma_trans_b(&acc, &a, b_addr, 2 * 16 * kk * v_stride, lo(vs_bytes));
+    }
     w.e.ins("bar.sync 0");
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
@@ -1475,10 +1670,10 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     // Each bf16 array's lo plane (when split) right after it: these are the offsets.
     let planes = planes(g.products);
-    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, g.vt * g.step_stride() * 2, g.kp * g.value_stride() * 2);
+    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2, g.kp * g.value_stride() * 2);
     let lo = |bytes: usize| g.split().then_some(bytes);
     let ks = w.shared("ks", ks_bytes * planes);
-    let vs = w.shared("vt", vs_bytes * planes);
+    let vs = w.shared("vs", vs_bytes * planes);
     let st = w.shared("st", st_bytes * planes);
     let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
     // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
@@ -1504,20 +1699,22 @@ fn outputs_kernel(g: &Geometry) -> String {
         });
         w.e.ins("bar.sync 0");
     }
-    let end_of_sub_chunk = |w: &mut Writer, t: Reg, i: Reg| -> Reg {
+    let end_of_sub_chunk = |w: &mut Writer, t: Reg| -> Reg {
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("shr.u32 {at}, {t}, {}", SUB_CHUNK.trailing_zeros()));
-        w.e.ins(format!("mad.lo.u32 {at}, {at}, {}, {i}", g.kp));
-        w.f32_at(ends.expect("per key"), at)
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, {}, {}", 4 * g.kp, ends.expect("per key")));
+        at
     };
     let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
     w.e.comment(if g.per_key() {
-        "stage K * exp(R_b - L) (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+        "stage K * exp(R_b - L) and V as rows (the key and the value contiguous), S_c as it is"
     } else {
-        "stage K (the key contiguous), V^T (the step contiguous), S_c^T (the key contiguous)"
+        "stage K and V as rows (the key and the value contiguous), S_c as it is"
     });
-    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks, scale_k, "stage_k");
-    stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
+    let first_key = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {first_key}, 0"));
+    stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, first_key, g.kp, ks, scale_k);
+    stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
     {
         let nchunks = w.chunk_count(steps);
         let s64 = w.e.reg(Class::B64);
@@ -1550,8 +1747,8 @@ fn outputs_kernel(g: &Geometry) -> String {
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let s_addr = w.ldmatrix_lane(st, g.value_stride());
-    let k_addr = w.bf16_addr(ks, w.gq, g.key_stride(), acol);
-    let v_addr = w.bf16_addr(vs, w.gq, g.step_stride(), acol);
+    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
+    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
     let o = w.zeros(g.vt / 8);
     let scores = w.zeros(CHUNK / 8);
     // The rows of this lane: t = 16 warp + gq, + 8.
@@ -1621,10 +1818,7 @@ fn outputs_kernel(g: &Geometry) -> String {
             let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
             let words = [(left[0], left[1]), (left[2], left[3]), (right[0], right[1]), (right[2], right[3])].map(|(l, h)| w.pack_planes(l, h, g.split()));
             let a: Vec<[Reg; 4]> = (0..planes).map(|p| words.each_ref().map(|x| x[p])).collect();
-            for (nt, t) in o.iter().enumerate() {
-                let b = w.b_planes(v_addr, g.step_stride(), 8 * nt, 16 * kk, lo(vs_bytes));
-                w.mma_planes(t, &a, &b);
-            }
+            w.mma_trans_b(&o, &a, v_addr, 2 * 16 * kk * g.value_stride(), lo(vs_bytes));
         });
     }
     w.e.comment("out rows of this chunk");
@@ -1636,8 +1830,8 @@ fn outputs_kernel(g: &Geometry) -> String {
 }
 
 /// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
-/// shared R_b `ends` (per key), the lane's `ldmatrix` row address of S_c and its
-/// fragment address of the (scaled) keys.
+/// shared R_b `ends` (per key), and the lane's `ldmatrix` row addresses of S_c
+/// ([`Writer::ldmatrix_lane`]) and of the (scaled) keys ([`Writer::ldmatrix_x4_lane`]).
 struct WarpOperands {
     q: Reg,
     k: Reg,
@@ -1725,14 +1919,7 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
         let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c], g.storage)));
         let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c], Storage::F32))));
         let a = fragment(w, &qv, ev.as_ref());
-        for (pair, tiles) in o.chunks(2).enumerate() {
-            let offset = (16 * kk * g.value_stride() + 16 * pair) * 2;
-            let planes: Vec<Vec<[Reg; 2]>> = std::iter::once(0).chain(ops.s_lo).map(|plane| w.b_fragments_trans(ops.s_addr, plane + offset, tiles.len())).collect();
-            for (n, t) in tiles.iter().enumerate() {
-                let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
-                w.mma_planes(t, &a, &b);
-            }
-        }
+        w.mma_trans_b(o, &a, ops.s_addr, 2 * 16 * kk * g.value_stride(), ops.s_lo);
         for sub in 0..CHUNK / SUB_CHUNK {
             w.up_to_diagonal(sub, |w| {
                 let a = match (ops.ends, &ev) {
@@ -1762,8 +1949,10 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
                     }
                     _ => a.clone(),
                 };
-                for pt in [2 * sub, 2 * sub + 1] {
-                    let b = w.b_planes(ops.k_addr, g.key_stride(), 8 * pt, 16 * kk, ops.k_lo);
+                let offset = 2 * (SUB_CHUNK * sub * g.key_stride() + 16 * kk);
+                let planes: Vec<[[Reg; 2]; 2]> = std::iter::once(0).chain(ops.k_lo).map(|plane| w.b_fragments_rows(ops.k_addr, plane + offset)).collect();
+                for (n, pt) in [2 * sub, 2 * sub + 1].into_iter().enumerate() {
+                    let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
                     w.mma_planes(&scores[pt], &a, &b);
                 }
             });
