@@ -29,10 +29,8 @@
 //!     128 keys, so that within the 48 KiB of static shared memory the value tile
 //!     could only be 16, and every block of a sequence reads them)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
-//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, with the fragments taken by
-//!     `ldmatrix` (S and U kept row-major in bf16, read transposed as B); W, K̂ᵀ and U'
-//!     in two stages: chunk c + 1's copied into the other (cp.async) from the start of
-//!     chunk c, two barriers a chunk
+//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
+//!     copied into shared memory (cp.async) while this one computes
 //! ```
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
@@ -76,8 +74,7 @@ pub struct DeltaOptions {
     /// and the states are f32).
     pub storage: Storage,
     /// Values per block of `psm_cwd_states` (a multiple of 8; at most the values padded
-    /// to 8, at most [`MAX_VALUE_TILE`]; halved while the kernel's shared memory would
-    /// exceed the arch's limit).
+    /// to 8, at most [`MAX_VALUE_TILE`]).
     pub state_value_tile: usize,
 }
 
@@ -114,17 +111,12 @@ impl DeltaModule {
     }
 }
 
-/// Shared bytes of `psm_cwd_states`: two stages ([`stage_bytes`]), then S `[kp][vt + 8]`
-/// and U `[C][vt + 8]` in bf16. Every row is 16 bytes longer than its entries, so that
-/// the 8 rows an `ldmatrix` (or a warp's fragment loads) reads start in different banks.
+/// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]`, K̂ᵀ `[kp][C + 8]`, S `[kp][vt + 8]`
+/// and U `[C][vt + 8]` in bf16, U' `[C]` rows of [`upre_row_bytes`]. Every row is 16
+/// bytes longer than its entries, so that the 8 rows an `ldmatrix` (or a warp's
+/// fragment loads) reads start in different banks.
 fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
-    2 * stage_bytes(kp, vt, storage) + (kp * (vt + 8) + CHUNK * (vt + 8)) * 2
-}
-
-/// Bytes of one stage of `psm_cwd_states`' per-chunk operands: W `[C][kp + 8]` and K̂ᵀ
-/// `[kp][C + 8]` in bf16, then U' `[C]` rows of [`upre_row_bytes`].
-fn stage_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
-    (CHUNK * (kp + 8) + kp * (CHUNK + 8)) * 2 + CHUNK * upre_row_bytes(vt, storage)
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + kp * (vt + 8) + CHUNK * (vt + 8)) * 2 + CHUNK * upre_row_bytes(vt, storage)
 }
 
 /// Bytes of a row of U' in `psm_cwd_states`' shared memory: `vt` entries and 16 of padding.
@@ -167,11 +159,7 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
         return Err(Unsupported(format!("a state value tile of {requested}: a multiple of 8 from 8 to {MAX_VALUE_TILE}")));
     }
     let kp = padded_keys(shape.keys);
-    // Narrower where the arch's shared memory cannot hold the states kernel's two stages.
-    let mut svt = requested.min(shape.values.div_ceil(8) * 8);
-    while svt > 8 && states_shared_bytes(kp, svt, options.storage) > shared_limit(arch) {
-        svt = (svt / 2).div_ceil(8) * 8;
-    }
+    let svt = requested.min(shape.values.div_ceil(8) * 8);
     let pvt = value_tile(shape.values, |vt| {
         let (a, b, c) = prepare_shared_bytes(kp, vt);
         a + b + c + 2 * CHUNK * 4
@@ -641,17 +629,14 @@ impl AsyncCopy {
         AsyncCopy { src, dst: first, step, src_stride, dst_stride, live }
     }
 
-    /// Issues the copy of the global matrix at `base` into the shared array `stage`
-    /// bytes past the one of [`AsyncCopy::new`] (not committed).
-    fn issue(&self, w: &mut Writer, base: Reg, stage: Reg) {
+    /// Issues the copy of the global matrix at `base` (not committed).
+    fn issue(&self, w: &mut Writer, base: Reg) {
         let src = w.e.reg(Class::B64);
         w.e.ins(format!("add.u64 {src}, {base}, {}", self.src));
-        let dst = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {dst}, {}, {stage}", self.dst));
         for (i, live) in self.live.iter().enumerate() {
             let guard = live.map_or(String::new(), |p| format!("@{p} "));
             let (s, d) = (i * self.step * self.src_stride, i * self.step * self.dst_stride);
-            w.e.ins(format!("{guard}cp.async.cg.shared.global [{dst}+{d}], [{src}+{s}], 16"));
+            w.e.ins(format!("{guard}cp.async.cg.shared.global [{}+{d}], [{src}+{s}], 16", self.dst));
         }
     }
 }
@@ -682,10 +667,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    w.e.comment("stage 0: W, K-hat^T (bf16), U' (the storage type); stage 1 the same; S, U (bf16)");
-    let stage = stage_bytes(g.kp, g.vt, g.storage);
-    let (w_bytes, khat_bytes) = (CHUNK * ks * 2, g.kp * ss * 2);
-    let [ws, kh, up, st, ut] = window_arrays(&mut w, STATES_WINDOW, [w_bytes, khat_bytes, stage - w_bytes - khat_bytes + stage, g.kp * vs * 2, CHUNK * vs * 2]);
+    w.e.comment("W, K-hat^T, S, U (bf16) and U' (the storage type) in the dynamic shared window");
+    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2, CHUNK * upb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -695,8 +678,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    // This warp's S rows into st, and the ldmatrix addresses of S += K-hat^T U (K-hat^T
-    // in stage 0).
+    // This warp's S rows into st, and the ldmatrix addresses of S += K-hat^T U.
     let s_store = w.bf16_addr(st, arow, vs, acol);
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
@@ -709,29 +691,33 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let copy_upre = AsyncCopy::new(&mut w, threads, vp * eb, up, upb, CHUNK, g.vt * eb);
     let copy_khat = AsyncCopy::new(&mut w, threads, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2);
     let chunk = w.e.reg(Class::B32);
-    // Copies chunk `c`'s W, U' and K-hat^T into the stage `offset` bytes on, as one
+    // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
     // cp.async group; an empty group past the last chunk keeps the count.
-    let prefetch = |w: &mut Writer, c: Reg, offset: Reg| {
-        let skip = w.e.label("no_next");
+    let prefetch = |w: &mut Writer, c: Reg, first: bool| {
+        let skip = w.e.label(if first { "no_next_w" } else { "no_next_khat" });
         let c64 = w.e.reg(Class::B64);
         let past = w.e.reg(Class::Pred);
         w.e.ins(format!("cvt.u64.u32 {c64}, {c}"));
         w.e.ins(format!("setp.ge.u64 {past}, {c64}, {nchunks}"));
         w.e.ins(format!("@{past} bra.uni {skip}"));
         let m = chunk_matrix(w, seq, c, nchunks);
-        let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
-        copy_w.issue(w, src, offset);
-        let src = operand_addr(w, upre, m, CHUNK * vp * eb);
-        w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
-        copy_upre.issue(w, src, offset);
-        let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
-        copy_khat.issue(w, src, offset);
+        if first {
+            let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
+            copy_w.issue(w, src);
+            let src = operand_addr(w, upre, m, CHUNK * vp * eb);
+            w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
+            copy_upre.issue(w, src);
+        } else {
+            let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
+            copy_khat.issue(w, src);
+        }
         w.e.place(&skip);
         w.e.ins("cp.async.commit_group");
     };
-    w.e.comment("chunk 0's operands in flight, into stage 0");
+    w.e.comment("chunk 0's W and U', then its K-hat^T, in flight");
     w.e.ins(format!("mov.u32 {chunk}, 0"));
-    prefetch(&mut w, chunk, zero);
+    prefetch(&mut w, chunk, true);
+    prefetch(&mut w, chunk, false);
 
     let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
@@ -742,28 +728,16 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("ld.global.nc.f32 {d}, [{a}]"));
         d
     });
-    // This chunk's stage (chunk mod 2) and the next one's, as byte offsets.
-    let (this, other) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
-    w.e.ins(format!("and.b32 {this}, {chunk}, 1"));
-    w.e.ins(format!("mul.lo.u32 {this}, {this}, {stage}"));
-    w.e.ins(format!("xor.b32 {other}, {this}, {stage}"));
-    w.e.comment("S (bf16) into st (its last readers, the previous chunk's U product, are");
-    w.e.comment("past the barrier after it); wait for this chunk's operands; after the barrier");
-    w.e.comment("every warp is done with the other stage and with U");
+    w.e.comment("S (bf16) into st; wait for W and U'");
     store_rows(&mut w, &acc, s_store, vs);
-    w.e.ins("cp.async.wait_group 0");
+    w.e.ins("cp.async.wait_group 1");
     w.e.ins("bar.sync 0");
-    w.e.comment("the next chunk's operands in flight, into the other stage");
-    let next = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
-    prefetch(&mut w, next, other);
     w.e.comment("U = U' + W S: to u, and into ut");
     per_item(&mut w, split.items(), warps, "pseudo", |w, item| {
         let (r0, c) = split.position(w, item);
         let r = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {r}, {r0}, {}", w.gq));
         let w_lane = ldmatrix_lane(w, ws, r0, ks, zero);
-        w.e.ins(format!("add.u32 {w_lane}, {w_lane}, {this}"));
         let s_lane = ldmatrix_lane(w, st, zero, vs, c);
         // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up.
         let col = w.e.reg(Class::B32);
@@ -772,7 +746,6 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("mul.lo.u32 {at}, {col}, {eb}"));
         w.e.ins(format!("mad.lo.u32 {at}, {r}, {upb}, {at}"));
         w.e.ins(format!("add.u32 {at}, {at}, {up}"));
-        w.e.ins(format!("add.u32 {at}, {at}, {this}"));
         let us: Vec<[Reg; 4]> = (0..split.tiles)
             .map(|nt| {
                 let t = [(); 4].map(|_| w.e.reg(Class::F32));
@@ -803,6 +776,12 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         store_rows(w, &us, at, vs);
     });
     w.e.ins("bar.sync 0");
+    w.e.comment("the next chunk's W and U' in flight; wait for K-hat^T");
+    let next = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
+    prefetch(&mut w, next, true);
+    w.e.ins("cp.async.wait_group 1");
+    w.e.ins("bar.sync 0");
     if let Some(d) = d {
         w.e.comment("S = exp(L_last) S");
         for a in &acc {
@@ -812,9 +791,10 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.comment("S += K-hat^T U");
-    let khat_at = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {khat_at}, {khat_lane}, {this}"));
-    ldmatrix_product(&mut w, &acc, khat_at, (u_lane, vs), CHUNK);
+    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs), CHUNK);
+    w.e.ins("bar.sync 0");
+    w.e.comment("the next chunk's K-hat^T in flight");
+    prefetch(&mut w, next, false);
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
