@@ -29,8 +29,9 @@
 //!     128 keys, so that within the 48 KiB of static shared memory the value tile
 //!     could only be 16, and every block of a sequence reads them)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
-//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
-//!     copied into shared memory (cp.async) while this one computes
+//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the fragments taken by
+//!     `ldmatrix` (S and U kept row-major in bf16, read transposed as B); the next
+//!     chunk's W, K̂ᵀ and U' copied into shared memory (cp.async) while this one computes
 //! ```
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
