@@ -27,10 +27,10 @@ fn bf16_storage_module() {
 fn geometry() {
     // (keys, values) → state value tile (the default, 32, or the values padded to 8 when
     // fewer), keys padded to 16, values to the tile; the states kernel's dynamic shared
-    // bytes: W [64][kp + 8] + K-hat^T [kp][72] + S^T [tile][kp + 8] + U^T [tile][72] in
-    // bf16, U' [64][tile] in f32 (as listed) or bf16.
+    // bytes: W [64][kp + 8] + K-hat^T [kp][72] + S [kp][tile + 8] + U [64][tile + 8] in
+    // bf16, U' 64 rows of tile entries in f32 (as listed) or bf16 and 16 bytes of padding.
     for ((keys, values), (tile, kp, vp, shared)) in
-        [((8, 8), (8, 16, 8, 8960)), ((64, 100), (32, 64, 128, 35840)), ((128, 128), (32, 128, 128, 57344)), ((100, 7), (8, 112, 8, 36608))]
+        [((8, 8), (8, 16, 8, 11008)), ((64, 100), (32, 64, 128, 37888)), ((128, 128), (32, 128, 128, 60416)), ((100, 7), (8, 112, 8, 40192))]
     {
         for storage in [Storage::F32, Storage::Bf16] {
             for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
@@ -48,6 +48,15 @@ fn geometry() {
                     assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cwd_states_shared[];"));
                     assert!(m.text.contains("psm_cwd_prepare(") && m.text.contains(")\n.maxntid 128, 1, 1\n.minnctapersm 4\n{\n"));
                     assert!(m.text.contains("cp.async.cg.shared.global") && m.text.contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"));
+                    // The states kernel's fragments come by ldmatrix, 16 × 16 of A or two
+                    // 8-wide n-tiles of B at a time: at 128 × 128 (tile 32, 8 warps, two
+                    // n-tiles an item) 8 k-steps of 1 + 1 for U = U' + W S and 4 of 1 + 2
+                    // for S += K-hat^T U.
+                    let states = &m.text[m.text.find(".entry psm_cwd_states(").unwrap()..];
+                    if (keys, values) == (128, 128) {
+                        assert_eq!(states.matches("ldmatrix.sync.aligned.m8n8.x4.shared.b16").count(), 8 + 4);
+                        assert_eq!(states.matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16").count(), 8 + 4 * 2);
+                    }
                     // Without a gate, no decay is read or written.
                     assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
                     // bf16 storage stores U' as bf16 (in pairs), f32 storage as f32 (both

@@ -29,8 +29,9 @@
 //!     128 keys, so that within the 48 KiB of static shared memory the value tile
 //!     could only be 16, and every block of a sequence reads them)
 //!     states[s, c] = S entering chunk c (c = 0 ..= nchunks), u = the pseudo-values;
-//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the next chunk's W, K̂ᵀ and U'
-//!     copied into shared memory (cp.async) while this one computes
+//!     per chunk U = U' + W S, S ← e^(Λ_last) S + K̂ᵀ U, the fragments taken by
+//!     `ldmatrix` (S and U kept row-major in bf16, read transposed as B); the next
+//!     chunk's W, K̂ᵀ and U' copied into shared memory (cp.async) while this one computes
 //! ```
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
@@ -111,10 +112,17 @@ impl DeltaModule {
     }
 }
 
-/// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]` and K̂ᵀ `[kp][C + 8]` in bf16, Sᵀ
-/// `[vt][kp + 8]` and Uᵀ `[vt][C + 8]` in bf16, U' `[C][vt]` of `storage`.
+/// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]`, K̂ᵀ `[kp][C + 8]`, S `[kp][vt + 8]`
+/// and U `[C][vt + 8]` in bf16, U' `[C]` rows of [`upre_row_bytes`]. Every row is 16
+/// bytes longer than its entries, so that the 8 rows an `ldmatrix` (or a warp's
+/// fragment loads) reads start in different banks.
 fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
-    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + vt * (kp + 8) + vt * (CHUNK + 8)) * 2 + CHUNK * vt * entry_bytes(storage)
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + kp * (vt + 8) + CHUNK * (vt + 8)) * 2 + CHUNK * upre_row_bytes(vt, storage)
+}
+
+/// Bytes of a row of U' in `psm_cwd_states`' shared memory: `vt` entries and 16 of padding.
+fn upre_row_bytes(vt: usize, storage: Storage) -> usize {
+    vt * entry_bytes(storage) + 16
 }
 
 /// Bytes of one entry of `storage`.
@@ -240,16 +248,70 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
     });
 }
 
-/// Stores accumulator tiles transposed into a shared bf16 array: entry (row, col) of
-/// the tiles at `[col][row]` (row stride `stride`), `addr` at row `row0 + gq`, column
-/// `2 · cq` of the first tile.
-fn store_transposed(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
+/// Stores accumulator tiles row-major into a shared bf16 array (row stride `stride`
+/// entries), a bf16 pair per instruction: `addr` at the first tile's row `row0 + gq`,
+/// column `2 · cq` (entries (gq, 2 cq), (gq, 2 cq + 1) of tile nt are 8 · nt columns on,
+/// those of row gq + 8 eight rows down).
+fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
     for (nt, tile) in acc.iter().enumerate() {
-        for (r, x) in tile.iter().enumerate() {
-            let h = w.e.reg(Class::B16);
-            w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-            let offset = ((8 * nt + r % 2) * stride + 8 * (r / 2)) * 2;
-            w.e.ins(format!("st.shared.b16 [{addr}+{offset}], {h}"));
+        for half in 0..2 {
+            let pair = w.e.reg(Class::B32);
+            w.e.ins(format!("cvt.rn.bf16x2.f32 {pair}, {}, {}", tile[2 * half + 1], tile[2 * half]));
+            w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", (half * 8 * stride + 8 * nt) * 2));
+        }
+    }
+}
+
+/// The lane's row address for `ldmatrix` over 16 rows (from `row0`) × 16 columns (from
+/// `col0`) of a row-major shared bf16 array (row stride `stride` entries): lanes 0–15
+/// address rows row0 + lane at column col0, lanes 16–31 the same rows 8 columns on.
+/// Read plainly (`.x4`), the four 8 × 8 matrices are the A fragment of
+/// `mma.m16n8k16` for rows row0.. over the reduction entries col0..; read transposed
+/// from `[k][n]` storage (the reduction index the row), the B fragments of the two
+/// 8-wide n-tiles at col0 and col0 + 8 ([`ldmatrix_b`]).
+fn ldmatrix_lane(w: &mut Writer, base: Reg, row0: Reg, stride: usize, col0: Reg) -> Reg {
+    let row = w.e.reg(Class::B32);
+    let col = w.e.reg(Class::B32);
+    w.e.ins(format!("and.b32 {row}, {}, 15", w.tid));
+    w.e.ins(format!("add.u32 {row}, {row}, {row0}"));
+    w.e.ins(format!("shr.u32 {col}, {}, 4", w.tid));
+    w.e.ins(format!("and.b32 {col}, {col}, 1"));
+    w.e.ins(format!("mad.lo.u32 {col}, {col}, 8, {col0}"));
+    w.bf16_addr(base, row, stride, col)
+}
+
+/// `ldmatrix` of `count` (2 or 4) 8 × 8 bf16 matrices at `addr + offset` (the lane's row
+/// address of [`ldmatrix_lane`]), transposed when `trans`.
+fn ldmatrix(w: &mut Writer, addr: Reg, offset: usize, count: usize, trans: bool) -> Vec<Reg> {
+    let r: Vec<Reg> = (0..count).map(|_| w.e.reg(Class::B32)).collect();
+    let list = r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+    let trans = if trans { ".trans" } else { "" };
+    w.e.ins(format!("ldmatrix.sync.aligned.m8n8.x{count}{trans}.shared.b16 {{{list}}}, [{addr}+{offset}]"));
+    r
+}
+
+/// The B fragments of `tiles` (1 or 2) 8-wide n-tiles of a `[k][n]` bf16 array, 16
+/// reduction entries, by one transposed `ldmatrix` ([`ldmatrix_lane`]'s address plus
+/// `offset` bytes to the first tile's (k0, n0)).
+fn ldmatrix_b(w: &mut Writer, addr: Reg, offset: usize, tiles: usize) -> Vec<[Reg; 2]> {
+    ldmatrix(w, addr, offset, 2 * tiles, true).chunks(2).map(|b| [b[0], b[1]]).collect()
+}
+
+/// acc += A B over `depth` (a multiple of 16) reduction entries by `ldmatrix` and
+/// `mma.sync`: A row-major `[m][k]` (`a_addr`: [`ldmatrix_lane`]'s address at the warp's
+/// 16 rows, column 0), B row-major `[k][n]` (`b`: the
+/// address at row 0, the first tile's column, and the row stride); `acc`'s tiles are
+/// consecutive 8-wide n-tiles. Four 32-bit shared loads of an A fragment and two of
+/// each B fragment become one `ldmatrix` for A and one for every two n-tiles.
+fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride): (Reg, usize), depth: usize) {
+    for kk in 0..depth / 16 {
+        let a = ldmatrix(w, a_addr, 16 * kk * 2, 4, false);
+        let a = [a[0], a[1], a[2], a[3]];
+        for (pair, tiles) in acc.chunks(2).enumerate() {
+            let b = ldmatrix_b(w, b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len());
+            for (t, b) in tiles.iter().zip(&b) {
+                w.mma(t, &a, b);
+            }
         }
     }
 }
@@ -517,25 +579,67 @@ impl Split {
     }
 }
 
-/// Issues `cp.async` copies of `rows` rows of `row_bytes` (a multiple of 16) from
-/// global `src` (row stride `src_stride` bytes) into shared `dst` (row stride
-/// `dst_stride` bytes), `threads` at a time, then commits them as one group.
-#[allow(clippy::too_many_arguments)]
-fn copy_async(w: &mut Writer, threads: usize, src: Reg, src_stride: usize, dst: Reg, dst_stride: usize, rows: usize, row_bytes: usize, what: &str) {
-    let per_row = row_bytes / 16;
-    w.strided(rows * per_row, threads, what, |w, p| {
-        let (row, piece) = w.divmod(p, per_row);
-        let s = w.e.reg(Class::B32);
-        w.e.ins(format!("mul.lo.u32 {s}, {row}, {src_stride}"));
-        w.e.ins(format!("mad.lo.u32 {s}, {piece}, 16, {s}"));
-        let s64 = w.e.reg(Class::B64);
-        w.e.ins(format!("cvt.u64.u32 {s64}, {s}"));
-        w.e.ins(format!("add.u64 {s64}, {s64}, {src}"));
-        let d = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {d}, {row}, {dst_stride}, {dst}"));
-        w.e.ins(format!("mad.lo.u32 {d}, {piece}, 16, {d}"));
-        w.e.ins(format!("cp.async.cg.shared.global [{d}], [{s64}], 16"));
-    });
+/// A `cp.async` copy of `rows` rows of `row_bytes` (a multiple of 16) from a global
+/// matrix (row stride `src_stride` bytes) into shared memory (row stride `dst_stride`),
+/// 16 bytes a piece, whose per-thread offsets are set up once, before the chunk loop:
+/// thread t copies piece t mod p of rows t / p + i · (threads / p) (p the pieces of a
+/// row), so that every further piece of a thread is an immediate offset and a chunk's
+/// copy is its base address and one instruction a piece.
+struct AsyncCopy {
+    /// The thread's first piece's byte offset in the global matrix (64 bits).
+    src: Reg,
+    /// The thread's first piece's shared address.
+    dst: Reg,
+    /// Rows a round of the threads covers.
+    step: usize,
+    src_stride: usize,
+    dst_stride: usize,
+    /// Per round: whether the thread's piece exists, where not every thread has one.
+    live: Vec<Option<Reg>>,
+}
+
+impl AsyncCopy {
+    #[allow(clippy::too_many_arguments)]
+    fn new(w: &mut Writer, threads: usize, src_stride: usize, dst: Reg, dst_stride: usize, rows: usize, row_bytes: usize) -> AsyncCopy {
+        let per_row = row_bytes / 16;
+        // Threads past the last whole row of pieces a round stay idle.
+        let step = threads / per_row;
+        let busy = step * per_row;
+        let (row, piece) = w.divmod(w.tid, per_row);
+        let src32 = w.e.reg(Class::B32);
+        w.e.ins(format!("mul.lo.u32 {src32}, {row}, {src_stride}"));
+        w.e.ins(format!("mad.lo.u32 {src32}, {piece}, 16, {src32}"));
+        let src = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {src}, {src32}"));
+        let first = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {first}, {row}, {dst_stride}, {dst}"));
+        w.e.ins(format!("mad.lo.u32 {first}, {piece}, 16, {first}"));
+        let live = (0..rows.div_ceil(step))
+            .map(|i| {
+                let whole = (i + 1) * step <= rows && busy == threads;
+                (!whole).then(|| {
+                    let p = w.e.reg(Class::Pred);
+                    w.e.ins(format!("setp.lt.u32 {p}, {row}, {}", rows - i * step));
+                    if busy < threads {
+                        w.e.ins(format!("setp.lt.and.u32 {p}, {}, {busy}, {p}", w.tid));
+                    }
+                    p
+                })
+            })
+            .collect();
+        AsyncCopy { src, dst: first, step, src_stride, dst_stride, live }
+    }
+
+    /// Issues the copy of the global matrix at `base` (not committed).
+    fn issue(&self, w: &mut Writer, base: Reg) {
+        let src = w.e.reg(Class::B64);
+        w.e.ins(format!("add.u64 {src}, {base}, {}", self.src));
+        for (i, live) in self.live.iter().enumerate() {
+            let guard = live.map_or(String::new(), |p| format!("@{p} "));
+            let (s, d) = (i * self.step * self.src_stride, i * self.step * self.dst_stride);
+            w.e.ins(format!("{guard}cp.async.cg.shared.global [{}+{d}], [{src}+{s}], 16", self.dst));
+        }
+    }
 }
 
 fn states_kernel(g: &Geometry, vp: usize) -> String {
@@ -544,8 +648,10 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let threads = warps * 32;
     let split = Split::new(g.vt, warps);
     let (ss, ks) = (g.step_stride(), g.key_stride());
-    // Bytes of an entry of U'.
+    // Row strides (entries) of S and U in shared memory, and bytes of U' entries and rows.
+    let vs = g.vt + 8;
     let eb = entry_bytes(g.storage);
+    let upb = upre_row_bytes(g.vt, g.storage);
     let params = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps", "flags"];
     let wmat = w.param("w");
     let khat = w.param("khat");
@@ -562,8 +668,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    w.e.comment("W, K-hat^T, S^T, U^T (bf16) and U' (the storage type) in the dynamic shared window");
-    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.vt * ks * 2, g.vt * ss * 2, CHUNK * g.vt * eb]);
+    w.e.comment("W, K-hat^T, S, U (bf16) and U' (the storage type) in the dynamic shared window");
+    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2, CHUNK * upb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -573,13 +679,18 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    // This warp's S rows transposed into st, and the fragments of S += K-hat^T U.
-    let s_store = w.bf16_addr(st, acol, ks, arow);
-    let khat_addr = w.bf16_addr(kh, arow, ss, acol);
-    let u_addr = w.bf16_addr(ut, w.gq, ss, acol);
+    // This warp's S rows into st, and the ldmatrix addresses of S += K-hat^T U.
+    let s_store = w.bf16_addr(st, arow, vs, acol);
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    let khat_lane = ldmatrix_lane(&mut w, kh, row0, ss, zero);
+    let u_lane = ldmatrix_lane(&mut w, ut, zero, vs, zero);
     // The byte offset of this block's value tile in a row of U'.
     let up_col = w.e.reg(Class::B64);
     w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, {eb}"));
+    let copy_w = AsyncCopy::new(&mut w, threads, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2);
+    let copy_upre = AsyncCopy::new(&mut w, threads, vp * eb, up, upb, CHUNK, g.vt * eb);
+    let copy_khat = AsyncCopy::new(&mut w, threads, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2);
     let chunk = w.e.reg(Class::B32);
     // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
     // cp.async group; an empty group past the last chunk keeps the count.
@@ -593,13 +704,13 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         let m = chunk_matrix(w, seq, c, nchunks);
         if first {
             let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
-            copy_async(w, threads, src, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2, "copy_w");
+            copy_w.issue(w, src);
             let src = operand_addr(w, upre, m, CHUNK * vp * eb);
             w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
-            copy_async(w, threads, src, vp * eb, up, g.vt * eb, CHUNK, g.vt * eb, "copy_upre");
+            copy_upre.issue(w, src);
         } else {
             let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
-            copy_async(w, threads, src, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2, "copy_khat");
+            copy_khat.issue(w, src);
         }
         w.e.place(&skip);
         w.e.ins("cp.async.commit_group");
@@ -618,29 +729,29 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("ld.global.nc.f32 {d}, [{a}]"));
         d
     });
-    w.e.comment("S^T into st; wait for W and U'");
-    store_transposed(&mut w, &acc, s_store, ks);
+    w.e.comment("S (bf16) into st; wait for W and U'");
+    store_rows(&mut w, &acc, s_store, vs);
     w.e.ins("cp.async.wait_group 1");
     w.e.ins("bar.sync 0");
-    w.e.comment("U = U' + W S: to u, and transposed into ut");
+    w.e.comment("U = U' + W S: to u, and into ut");
     per_item(&mut w, split.items(), warps, "pseudo", |w, item| {
         let (r0, c) = split.position(w, item);
         let r = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {r}, {r0}, {}", w.gq));
-        let a_addr = w.bf16_addr(ws, r, ks, acol);
-        let n0 = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {n0}, {c}, {}", w.gq));
-        let s_addr = w.bf16_addr(st, n0, ks, acol);
-        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up, [C][vt].
+        let w_lane = ldmatrix_lane(w, ws, r0, ks, zero);
+        let s_lane = ldmatrix_lane(w, st, zero, vs, c);
+        // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up.
+        let col = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
         let at = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {at}, {c}, {acol}"));
-        w.e.ins(format!("mad.lo.u32 {at}, {r}, {}, {at}", g.vt));
-        w.e.ins(format!("mad.lo.u32 {at}, {at}, {eb}, {up}"));
+        w.e.ins(format!("mul.lo.u32 {at}, {col}, {eb}"));
+        w.e.ins(format!("mad.lo.u32 {at}, {r}, {upb}, {at}"));
+        w.e.ins(format!("add.u32 {at}, {at}, {up}"));
         let us: Vec<[Reg; 4]> = (0..split.tiles)
             .map(|nt| {
                 let t = [(); 4].map(|_| w.e.reg(Class::F32));
                 for half in 0..2 {
-                    let offset = (half * 8 * g.vt + 8 * nt) * eb;
+                    let offset = half * 8 * upb + 8 * nt * eb;
                     let (lo, hi) = (t[2 * half], t[2 * half + 1]);
                     match g.storage {
                         Storage::F32 => w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{offset}]")),
@@ -658,14 +769,12 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
                 t
             })
             .collect();
-        w.product(&us, (a_addr, ks), (s_addr, ks), g.kp);
+        ldmatrix_product(w, &us, w_lane, (s_lane, vs), g.kp);
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
         tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(g.storage));
-        let col = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
-        let at = w.bf16_addr(ut, col, ss, r);
-        store_transposed(w, &us, at, ss);
+        let at = w.bf16_addr(ut, r, vs, col);
+        store_rows(w, &us, at, vs);
     });
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's W and U' in flight; wait for K-hat^T");
@@ -683,7 +792,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.comment("S += K-hat^T U");
-    w.product(&acc, (khat_addr, ss), (u_addr, ss), CHUNK);
+    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs), CHUNK);
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's K-hat^T in flight");
     prefetch(&mut w, next, false);
