@@ -339,15 +339,20 @@ fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_st
     }
 }
 
-/// The bf16 pair `pair` (the lower entry in the low half) times `lo` and `hi`, rounded
-/// back to a bf16 pair.
-fn scale_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) -> Reg {
+/// The entries of the bf16 pair `pair` (the lower one in the low half) as f32 into `lo`
+/// and `hi`: a bf16 is the upper half of its f32.
+fn unpack_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) {
     let [lo_bits, hi_bits] = [(); 2].map(|_| w.e.reg(Class::B32));
-    let [x, y] = [(); 2].map(|_| w.e.reg(Class::F32));
     w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
     w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
-    w.e.ins(format!("mov.b32 {x}, {lo_bits}"));
-    w.e.ins(format!("mov.b32 {y}, {hi_bits}"));
+    w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
+    w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+}
+
+/// The bf16 pair `pair` times `lo` and `hi` entry by entry, rounded back to a bf16 pair.
+fn scale_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) -> Reg {
+    let [x, y] = [(); 2].map(|_| w.e.reg(Class::F32));
+    unpack_pair(w, pair, x, y);
     w.e.ins(format!("mul.rn.f32 {x}, {x}, {lo}"));
     w.e.ins(format!("mul.rn.f32 {y}, {y}, {hi}"));
     let r = w.e.reg(Class::B32);
@@ -837,13 +842,9 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
                     match g.storage {
                         Storage::F32 => w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{offset}]")),
                         Storage::Bf16 => {
-                            // A bf16 pair: a bf16 is the upper half of its f32.
-                            let [pair, lo_bits, hi_bits] = [(); 3].map(|_| w.e.reg(Class::B32));
+                            let pair = w.e.reg(Class::B32);
                             w.e.ins(format!("ld.shared.b32 {pair}, [{at}+{offset}]"));
-                            w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
-                            w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
-                            w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
-                            w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+                            unpack_pair(w, pair, lo, hi);
                         }
                     }
                 }
