@@ -57,6 +57,22 @@ fn geometry() {
                         assert_eq!(states.matches("ldmatrix.sync.aligned.m8n8.x4.shared.b16").count(), 8 + 4);
                         assert_eq!(states.matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16").count(), 8 + 4 * 2);
                     }
+                    // The prepare kernel stages B, K and V once, as rows, and takes every
+                    // fragment by ldmatrix: it has no 32-bit shared loads, and where keys
+                    // and values come 8 to a 16-byte load its only 2-byte shared stores are
+                    // T's (one per step of a thread's column). At
+                    // 128 × 128 (value tile 64): G = B K^T 8 k-steps of 1 + 4, K-hat^T 8
+                    // transposes, W = T (beta exp(L) B) 4 k-steps of 1 + 8 and U' = T V
+                    // two value tiles of 4 k-steps of 1 + 4.
+                    let prepare = &m.text[m.text.find(".entry psm_cwd_prepare(").unwrap()..m.text.find(".entry psm_cwd_states(").unwrap()];
+                    if keys % 8 == 0 && values % 8 == 0 {
+                        assert_eq!(prepare.matches("st.shared.b16").count(), 64);
+                    }
+                    assert!(!prepare.contains("ld.shared.b32"));
+                    if (keys, values) == (128, 128) {
+                        assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.shared.b16").count(), 8 * 5 + 4 + 2 * 4);
+                        assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16").count(), 8 + 4 * 8 + 2 * 4 * 4);
+                    }
                     // Without a gate, no decay is read or written.
                     assert_eq!(m.text.contains("decay[m]"), decay != ChunkDecay::None);
                     // bf16 storage stores U' as bf16 (in pairs), f32 storage as f32 (both

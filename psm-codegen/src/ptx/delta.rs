@@ -19,10 +19,15 @@
 //! ```text
 //! psm_cwd_prepare(k, b, beta, g, v, w, khat, upre, decay, steps)
 //!     grid (nchunks, nseq), 128 threads
-//!     per chunk: the Gram matrix B Kᵀ on tensor cores, T by forward substitution in f32
-//!     (one thread per column of T, held in registers), then on tensor cores
-//!     W = −T diag(β e^Λ) B (bf16) and U' = T V; K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16)
-//!     and e^(Λ_last)
+//!     per chunk: B, K and V staged once, as bf16 rows (coalesced 16-byte loads);
+//!     the Gram matrix B Kᵀ on tensor cores and K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16,
+//!     transposed from K's rows by `ldmatrix.trans`); T by forward substitution in f32
+//!     (one thread per column of T, held in registers, while the other half of the
+//!     block scales B's rows in place to diag(β e^Λ) B), then on tensor cores
+//!     W = −T diag(β e^Λ) B (bf16) and U' = T V, and e^(Λ_last); every fragment by
+//!     `ldmatrix` (`.trans` where the staged rows' index is the product's k). With f32
+//!     storage K and B are rounded to bf16 when staged and K̂ and β e^Λ B again when
+//!     scaled (bf16 inputs: once, as before)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
 //!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
 //!     `state_shared_bytes` of dynamic shared memory (W and K̂ᵀ alone take 35 KiB at
@@ -48,7 +53,7 @@ use std::fmt::Write;
 
 use super::block::shared_limit;
 use super::chunkwise::{
-    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_rows, stage_transposed, state_loop_head, tile_io,
+    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, tile_io,
     value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
@@ -133,13 +138,12 @@ fn entry_bytes(storage: Storage) -> usize {
     }
 }
 
-/// Shared bytes of `psm_cwd_prepare`: B's rows, then L (f32 `[C][C]`), then T (bf16
-/// `[C][C + 8]`); K's rows, then (diag(β e^Λ) B)ᵀ `[kp][C + 8]`; Vᵀ `[vt][C + 8]`; two
-/// f32 arrays of C (β and Λ).
+/// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16; scaled to
+/// diag(β e^Λ) B for W); K's rows, then −L (f32 `[C][C]`), then T (bf16 `[C][C + 8]`);
+/// a value tile of V's rows `[C][vt + 8]`; two f32 arrays of C (β and Λ) besides.
 fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
-    let first = (CHUNK * (kp + 8) * 2).max(CHUNK * CHUNK * 4);
-    let second = (CHUNK * (kp + 8)).max(kp * (CHUNK + 8)) * 2;
-    (first, second, vt * (CHUNK + 8) * 2)
+    let rows = CHUNK * (kp + 8) * 2;
+    (rows, rows.max(CHUNK * CHUNK * 4).max(CHUNK * (CHUNK + 8) * 2), CHUNK * (vt + 8) * 2)
 }
 
 /// The name of `psm_cwd_states`'s dynamic shared window.
@@ -297,18 +301,37 @@ fn ldmatrix_b(w: &mut Writer, addr: Reg, offset: usize, tiles: usize) -> Vec<[Re
     ldmatrix(w, addr, offset, 2 * tiles, true).chunks(2).map(|b| [b[0], b[1]]).collect()
 }
 
+/// How the B operand of [`ldmatrix_product`] lies in shared memory (bf16, 16-byte
+/// aligned rows; the address is [`ldmatrix_lane`]'s at row 0 and the first tile's column).
+#[derive(Clone, Copy)]
+enum BLayout {
+    /// `[k][n]`, the reduction index the row: read by `ldmatrix.trans`, two n-tiles (or
+    /// a last one alone) at a time.
+    KRows,
+    /// `[n][k]`, the reduction index contiguous: read by `ldmatrix`, two n-tiles at a
+    /// time (its four matrices are (n 0.., k 0..), (n 8.., k 0..), (n 0.., k 8..),
+    /// (n 8.., k 8..), so the first tile's fragment is the first and third).
+    NRows,
+}
+
 /// acc += A B over `depth` (a multiple of 16) reduction entries by `ldmatrix` and
 /// `mma.sync`: A row-major `[m][k]` (`a_addr`: [`ldmatrix_lane`]'s address at the warp's
-/// 16 rows, column 0), B row-major `[k][n]` (`b`: the
-/// address at row 0, the first tile's column, and the row stride); `acc`'s tiles are
-/// consecutive 8-wide n-tiles. Four 32-bit shared loads of an A fragment and two of
-/// each B fragment become one `ldmatrix` for A and one for every two n-tiles.
-fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride): (Reg, usize), depth: usize) {
+/// 16 rows, column 0), B as `layout` says (`b`: its address and row stride); `acc`'s
+/// tiles are consecutive 8-wide n-tiles. Four 32-bit shared loads of an A fragment and
+/// two of each B fragment become one `ldmatrix` for A and one for every two n-tiles.
+fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride, layout): (Reg, usize, BLayout), depth: usize) {
     for kk in 0..depth / 16 {
         let a = ldmatrix(w, a_addr, 16 * kk * 2, 4, false);
         let a = [a[0], a[1], a[2], a[3]];
         for (pair, tiles) in acc.chunks(2).enumerate() {
-            let b = ldmatrix_b(w, b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len());
+            let b = match layout {
+                BLayout::KRows => ldmatrix_b(w, b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len()),
+                BLayout::NRows => {
+                    assert_eq!(tiles.len(), 2, "an [n][k] operand is read two n-tiles at a time");
+                    let r = ldmatrix(w, b_addr, (16 * pair * b_stride + 16 * kk) * 2, 4, false);
+                    vec![[r[0], r[2]], [r[1], r[3]]]
+                }
+            };
             for (t, b) in tiles.iter().zip(&b) {
                 w.mma(t, &a, b);
             }
@@ -316,10 +339,31 @@ fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_st
     }
 }
 
+/// The entries of the bf16 pair `pair` (the lower one in the low half) as f32 into `lo`
+/// and `hi`: a bf16 is the upper half of its f32.
+fn unpack_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) {
+    let [lo_bits, hi_bits] = [(); 2].map(|_| w.e.reg(Class::B32));
+    w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
+    w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
+    w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
+    w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+}
+
+/// The bf16 pair `pair` times `lo` and `hi` entry by entry, rounded back to a bf16 pair.
+fn scale_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) -> Reg {
+    let [x, y] = [(); 2].map(|_| w.e.reg(Class::F32));
+    unpack_pair(w, pair, x, y);
+    w.e.ins(format!("mul.rn.f32 {x}, {x}, {lo}"));
+    w.e.ins(format!("mul.rn.f32 {y}, {y}, {hi}"));
+    let r = w.e.reg(Class::B32);
+    w.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {y}, {x}"));
+    r
+}
+
 fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let mut w = Writer::new();
     let threads = PREPARE_THREADS as usize;
-    let (ss, ks) = (g.step_stride(), g.key_stride());
+    let (ss, ks, vs_stride) = (g.step_stride(), g.key_stride(), g.vt + 8);
     let params = ["k", "b", "beta", "g", "v", "w", "khat", "upre", "decay", "steps"];
     let k = w.param("k");
     let b = w.param("b");
@@ -334,11 +378,11 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let (chunk, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mov.u32 {chunk}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
-    let (first, second, third) = prepare_shared_bytes(g.kp, g.vt);
-    // B's rows, then -L, then T; K's rows, then (diag(beta e^L) B)^T; V^T.
-    let bs = w.shared("bs", first);
-    let ks_rows = w.shared("ks", second);
-    let vs = w.shared("vt", third);
+    let (rows_bytes, second, third) = prepare_shared_bytes(g.kp, g.vt);
+    // B's rows; K's rows, then -L, then T; a value tile of V's rows.
+    let bs = w.shared("bs", rows_bytes);
+    let kl = w.shared("kl", second);
+    let vs = w.shared("vs", third);
     let betas = w.shared("betas", CHUNK * 4);
     let gated = g.shape.decay != ChunkDecay::None;
     let lam = gated.then(|| w.shared("lam", CHUNK * 4));
@@ -348,10 +392,13 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     if let Some(lam) = lam {
         w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
     }
-    w.e.comment("stage B and K (the key contiguous), beta");
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    w.e.comment("stage B, K and V's first value tile once, as rows (coalesced loads), and beta");
     beta_row(&mut w, threads, beta, pos.row_base, pos.n, betas);
-    stage_rows(&mut w, g, threads, b, pos.row_base, pos.n, bs, Scale::None, "stage_b");
-    stage_rows(&mut w, g, threads, k, pos.row_base, pos.n, ks_rows, Scale::None, "stage_k");
+    stage_row_tile(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, bs, Scale::None);
+    stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, kl, Scale::None);
+    stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, zero, g.vt, vs, Scale::None);
     w.e.ins("bar.sync 0");
     let row0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
@@ -360,21 +407,35 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let gram = w.zeros(CHUNK / 8);
-    {
-        let b_addr = w.bf16_addr(bs, arow, ks, acol);
-        let k_addr = w.bf16_addr(ks_rows, w.gq, ks, acol);
-        w.e.comment("G = B K^T");
-        w.product(&gram, (b_addr, ks), (k_addr, ks), g.kp);
-    }
+    w.e.comment("G = B K^T (K's rows are the [n][k] operand)");
+    let b_lane = ldmatrix_lane(&mut w, bs, row0, ks, zero);
+    let k_lane = ldmatrix_lane(&mut w, kl, zero, ks, zero);
+    ldmatrix_product(&mut w, &gram, b_lane, (k_lane, ks, BLayout::NRows), g.kp);
+    let last = lam.map(|lam| {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
+        let l = w.e.reg(Class::F32);
+        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
+        l
+    });
+    let khat_factor = last.zip(lam).map(|(last, lam)| {
+        move |w: &mut Writer, t: Reg| -> Reg {
+            let l = w.lam_at(lam, t);
+            let d = w.e.reg(Class::F32);
+            w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
+            w.exp(d)
+        }
+    });
+    store_khat(&mut w, g, (khat, m), row0, acol, kl, khat_factor.as_ref().map(|f| f as &dyn Fn(&mut Writer, Reg) -> Reg));
     w.e.ins("bar.sync 0");
-    w.e.comment("-L into bs (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
+    w.e.comment("-L over K's rows (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
     let rows = [arow, w.e.reg(Class::B32)];
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
     let betas_t = rows.map(|r| w.f32_at(betas, r));
     let lam_t = lam.map(|lam| rows.map(|r| w.lam_at(lam, r)));
     let store = w.e.reg(Class::B32);
     w.e.ins(format!("mad.lo.u32 {store}, {arow}, {CHUNK}, {acol}"));
-    w.e.ins(format!("mad.lo.u32 {store}, {store}, 4, {bs}"));
+    w.e.ins(format!("mad.lo.u32 {store}, {store}, 4, {kl}"));
     for (pt, t) in gram.iter().enumerate() {
         for (j, x) in t.iter().enumerate() {
             let tau = w.e.reg(Class::B32);
@@ -398,12 +459,14 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins("bar.sync 0");
     w.e.comment("forward substitution: thread j < C holds column j of T = (I + L)^-1,");
     w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into");
-    w.e.comment("four partial sums (s mod 4), so that the dependent adds are a quarter as many");
+    w.e.comment("four partial sums (s mod 4), so that the dependent adds are a quarter as many;");
+    w.e.comment("meanwhile the other threads scale B's rows for W");
+    let scale_b = w.e.label("scale_b");
     let substituted = w.e.label("substituted");
     let idle = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
     let mut column: Vec<Reg> = Vec::with_capacity(CHUNK);
-    w.e.ins(format!("@{idle} bra {substituted}"));
+    w.e.ins(format!("@{idle} bra {scale_b}"));
     let one = f32_imm(1.0);
     for t in 0..CHUNK {
         let x = w.e.reg(Class::F32);
@@ -416,7 +479,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         }
         for s0 in (0..t).step_by(4) {
             let l = [(); 4].map(|_| w.e.reg(Class::F32));
-            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{bs}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
+            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{kl}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
             for ((s, l), p) in (s0..t.min(s0 + 4)).zip(l).zip(&partial) {
                 w.e.ins(format!("fma.rn.f32 {p}, {l}, {}, {p}", column[s]));
             }
@@ -426,20 +489,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         }
         column.push(x);
     }
-    w.e.place(&substituted);
-    w.e.ins("bar.sync 0");
-    w.e.comment("T (bf16, [t][s]) over -L; stage (beta exp(L) B)^T over K, the step contiguous");
-    let written = w.e.label("t_written");
-    w.e.ins(format!("@{idle} bra {written}"));
-    let tcol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {tcol}, {}, 1", w.tid));
-    w.e.ins(format!("add.u32 {tcol}, {tcol}, {bs}"));
-    for (t, x) in column.iter().enumerate() {
-        let h = w.e.reg(Class::B16);
-        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-        w.e.ins(format!("st.shared.b16 [{tcol}+{}], {h}", t * ss * 2));
-    }
-    w.e.place(&written);
+    w.e.ins(format!("bra.uni {substituted}"));
+    w.e.place(&scale_b);
     let scale = |w: &mut Writer, t: Reg| -> Reg {
         let x = w.f32_at(betas, t);
         if let Some(lam) = lam {
@@ -449,16 +500,41 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         }
         x
     };
-    let zero = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {zero}, 0"));
-    stage_transposed(&mut w, g, threads, b, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, Scale::Step(&scale));
+    let helper = w.e.reg(Class::B32);
+    w.e.ins(format!("sub.u32 {helper}, {}, {CHUNK}", w.tid));
+    w.counted(helper, CHUNK * g.kp / 8, threads - CHUNK, false, "scale_b_rows", |w, p| {
+        w.e.comment("B's row t *= beta_t exp(L_t), 8 entries at a time");
+        let (t, piece) = w.divmod(p, g.kp / 8);
+        let col = w.e.reg(Class::B32);
+        w.e.ins(format!("shl.b32 {col}, {piece}, 3"));
+        let at = w.bf16_addr(bs, t, ks, col);
+        let x = [(); 4].map(|_| w.e.reg(Class::B32));
+        w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{at}]", x[0], x[1], x[2], x[3]));
+        let f = scale(w, t);
+        let y = x.map(|pair| scale_pair(w, pair, f, f));
+        w.e.ins(format!("st.shared.v4.b32 [{at}], {{{}, {}, {}, {}}}", y[0], y[1], y[2], y[3]));
+    });
+    w.e.place(&substituted);
     w.e.ins("bar.sync 0");
-    let t_addr = w.bf16_addr(bs, arow, ss, acol);
+    w.e.comment("T (bf16, [t][s]) over -L");
+    let written = w.e.label("t_written");
+    w.e.ins(format!("@{idle} bra {written}"));
+    let tcol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {tcol}, {}, 1", w.tid));
+    w.e.ins(format!("add.u32 {tcol}, {tcol}, {kl}"));
+    for (t, x) in column.iter().enumerate() {
+        let h = w.e.reg(Class::B16);
+        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
+        w.e.ins(format!("st.shared.b16 [{tcol}+{}], {h}", t * ss * 2));
+    }
+    w.e.place(&written);
+    w.e.ins("bar.sync 0");
+    let t_lane = ldmatrix_lane(&mut w, kl, row0, ss, zero);
     {
-        w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp]");
-        let x_addr = w.bf16_addr(ks_rows, w.gq, ss, acol);
+        w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp] (B's scaled rows are the [k][n] operand)");
         let acc = w.zeros(g.kp / 8);
-        w.product(&acc, (t_addr, ss), (x_addr, ss), CHUNK);
+        let scaled_b_lane = ldmatrix_lane(&mut w, bs, zero, ks, zero);
+        ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK);
         let base = operand_addr(&mut w, wout, m, CHUNK * g.kp * 2);
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
@@ -476,59 +552,28 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             }
         }
     }
-    let last = lam.map(|lam| {
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
-        let l = w.e.reg(Class::F32);
-        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
-        l
-    });
-    w.e.ins("bar.sync 0");
-    w.e.comment("stage K-hat^T = (K * exp(L_last - L))^T over (beta exp(L) B)^T, the step contiguous");
-    let khat_scale = last.zip(lam).map(|(last, lam)| {
-        move |w: &mut Writer, t: Reg| -> Reg {
-            let l = w.lam_at(lam, t);
-            let d = w.e.reg(Class::F32);
-            w.e.ins(format!("sub.rn.f32 {d}, {last}, {l}"));
-            w.exp(d)
-        }
-    });
-    let khat_scale = khat_scale.as_ref().map_or(Scale::None, |f| Scale::Step(f));
-    stage_transposed(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, ks_rows, khat_scale);
     {
         w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
         // U' rows are vp wide.
         let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage, products: g.products };
         let first_row = w.e.reg(Class::B64);
         w.e.ins(format!("mul.lo.u64 {first_row}, {m}, {CHUNK}"));
-        let v_addr = w.bf16_addr(vs, w.gq, ss, acol);
+        let v_lane = ldmatrix_lane(&mut w, vs, zero, vs_stride, zero);
         let rows_all = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {rows_all}, {CHUNK}"));
         for tile in 0..vp.div_ceil(g.vt) {
             let col0 = w.e.reg(Class::B32);
             w.e.ins(format!("mov.u32 {col0}, {}", tile * g.vt));
-            stage_transposed(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
-            w.e.ins("bar.sync 0");
+            if tile > 0 {
+                w.e.ins("bar.sync 0");
+                stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
+                w.e.ins("bar.sync 0");
+            }
             let acc = w.zeros(g.vt / 8);
-            w.product(&acc, (t_addr, ss), (v_addr, ss), CHUNK);
+            ldmatrix_product(&mut w, &acc, t_lane, (v_lane, vs_stride, BLayout::KRows), CHUNK);
             tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(g.storage));
-            w.e.ins("bar.sync 0");
         }
     }
-    w.e.comment("khat[m] (bf16 [kp][C]) from the staged rows, 16 bytes at a time");
-    let kbase = operand_addr(&mut w, khat, m, g.kp * CHUNK * 2);
-    w.strided(g.kp * CHUNK / 8, threads, "khat", |w, p| {
-        let (row, piece) = w.divmod(p, CHUNK / 8);
-        let src = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {src}, {row}, {}, {ks_rows}", ss * 2));
-        w.e.ins(format!("mad.lo.u32 {src}, {piece}, 16, {src}"));
-        let x = [(); 4].map(|_| w.e.reg(Class::B32));
-        w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{src}]", x[0], x[1], x[2], x[3]));
-        let dst = w.e.reg(Class::B64);
-        w.e.ins(format!("mul.wide.u32 {dst}, {p}, 16"));
-        w.e.ins(format!("add.u64 {dst}, {dst}, {kbase}"));
-        w.e.ins(format!("st.global.v4.b32 [{dst}], {{{}, {}, {}, {}}}", x[0], x[1], x[2], x[3]));
-    });
     if let Some(last) = last {
         w.e.comment("decay[m] = exp(L_last)");
         let skip = w.e.label("decay_written");
@@ -542,6 +587,47 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.occupancy(PREPARE_THREADS, PREPARE_BLOCKS_PER_SM);
     w.finish("psm_cwd_prepare", &params)
+}
+
+/// khat[m] = (K ⊙ e^(Λ_last − Λ))ᵀ, bf16 `[kp][C]` (`out`: the array and m), from K's
+/// staged rows `ks_rows` `[C][kp + 8]`: the warp of rows `row0`.. transposes them 16 keys
+/// at a time by `ldmatrix.x4.trans`, which hands each lane the bf16 pairs of steps
+/// (row0 + 2 cq, + 1) and (row0 + 8 + 2 cq, + 1) of keys gq and 8 + gq: scaled by
+/// `factor(t)` with a gate, they are stored four bytes a lane (a quad's four lanes fill
+/// 16 consecutive bytes of a row of K̂ᵀ).
+fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, acol: Reg, ks_rows: Reg, factor: Option<&dyn Fn(&mut Writer, Reg) -> Reg>) {
+    w.e.comment("khat[m] (bf16 [kp][C]) from K's rows, transposed by ldmatrix");
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    let lane = ldmatrix_lane(w, ks_rows, row0, g.key_stride(), zero);
+    // Factors of steps row0 + 2 cq + (0, 1, 8, 9).
+    let factors = factor.map(|factor| {
+        [0, 1, 8, 9].map(|d| {
+            let t = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {t}, {row0}, {acol}"));
+            w.e.ins(format!("add.u32 {t}, {t}, {d}"));
+            factor(w, t)
+        })
+    });
+    let at = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {at}, {}, {CHUNK}, {row0}", w.gq));
+    w.e.ins(format!("add.u32 {at}, {at}, {acol}"));
+    let dst = w.e.reg(Class::B64);
+    w.e.ins(format!("mul.wide.u32 {dst}, {at}, 2"));
+    let base = operand_addr(w, khat, m, g.kp * CHUNK * 2);
+    w.e.ins(format!("add.u64 {dst}, {dst}, {base}"));
+    for kb in 0..g.kp / 16 {
+        let r = ldmatrix(w, lane, 16 * kb * 2, 4, true);
+        for (q, pair) in r.into_iter().enumerate() {
+            // Matrix q: keys 8 (q / 2) + gq, steps 8 (q % 2) + 2 cq.
+            let pair = match &factors {
+                Some(f) => scale_pair(w, pair, f[2 * (q % 2)], f[2 * (q % 2) + 1]),
+                None => pair,
+            };
+            let offset = ((16 * kb + 8 * (q / 2)) * CHUNK + 8 * (q % 2)) * 2;
+            w.e.ins(format!("st.global.b32 [{dst}+{offset}], {pair}"));
+        }
+    }
 }
 
 /// A runtime loop over the work items `warp, warp + warps, ... < items` of a block's
@@ -756,20 +842,16 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
                     match g.storage {
                         Storage::F32 => w.e.ins(format!("ld.shared.v2.f32 {{{lo}, {hi}}}, [{at}+{offset}]")),
                         Storage::Bf16 => {
-                            // A bf16 pair: a bf16 is the upper half of its f32.
-                            let [pair, lo_bits, hi_bits] = [(); 3].map(|_| w.e.reg(Class::B32));
+                            let pair = w.e.reg(Class::B32);
                             w.e.ins(format!("ld.shared.b32 {pair}, [{at}+{offset}]"));
-                            w.e.ins(format!("shl.b32 {lo_bits}, {pair}, 16"));
-                            w.e.ins(format!("and.b32 {hi_bits}, {pair}, 0xFFFF0000"));
-                            w.e.ins(format!("mov.b32 {lo}, {lo_bits}"));
-                            w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
+                            unpack_pair(w, pair, lo, hi);
                         }
                     }
                 }
                 t
             })
             .collect();
-        ldmatrix_product(w, &us, w_lane, (s_lane, vs), g.kp);
+        ldmatrix_product(w, &us, w_lane, (s_lane, vs, BLayout::KRows), g.kp);
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
         tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(g.storage));
@@ -792,7 +874,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.comment("S += K-hat^T U");
-    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs), CHUNK);
+    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs, BLayout::KRows), CHUNK);
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's K-hat^T in flight");
     prefetch(&mut w, next, false);
