@@ -447,40 +447,6 @@ impl Writer {
         a
     }
 
-    /// A bf16 pair at `addr + byte_offset`.
-    pub(super) fn ld_pair(&mut self, addr: Reg, byte_offset: usize) -> Reg {
-        let r = self.e.reg(Class::B32);
-        self.e.ins(format!("ld.shared.b32 {r}, [{addr}+{byte_offset}]"));
-        r
-    }
-
-    /// The A fragment (rows `row`, `row + 8`; columns `col`.., `col + 8`..) of a
-    /// row-major bf16 array, at a column offset of `k0` entries, from the plane `plane`
-    /// bytes past `addr`.
-    pub(super) fn a_fragment(&mut self, addr: Reg, stride: usize, k0: usize, plane: usize) -> [Reg; 4] {
-        let down = 8 * stride * 2;
-        [
-            self.ld_pair(addr, plane + 2 * k0),
-            self.ld_pair(addr, plane + down + 2 * k0),
-            self.ld_pair(addr, plane + 2 * (k0 + 8)),
-            self.ld_pair(addr, plane + down + 2 * (k0 + 8)),
-        ]
-    }
-
-    /// The B fragment of an array stored `[n][k]` (`addr` at row n = 8·tile + gq, column
-    /// 2·cq) at a reduction offset of `k0`, for the n-tile `tile_offset` rows further,
-    /// from the plane `plane` bytes past `addr`.
-    pub(super) fn b_fragment(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize, plane: usize) -> [Reg; 2] {
-        let row = plane + n0 * stride * 2;
-        [self.ld_pair(addr, row + 2 * k0), self.ld_pair(addr, row + 2 * (k0 + 8))]
-    }
-
-    /// The B fragments of an `[n][k]` array's planes (`lo`: the lo plane's byte offset
-    /// when split), as [`Writer::b_fragment`].
-    fn b_planes(&mut self, addr: Reg, stride: usize, n0: usize, k0: usize, lo: Option<usize>) -> Vec<[Reg; 2]> {
-        std::iter::once(0).chain(lo).map(|plane| self.b_fragment(addr, stride, n0, k0, plane)).collect()
-    }
-
     /// The B fragments of `tiles` (1 or 2) consecutive n-tiles of a bf16 array stored
     /// `[k][n]` (the reduction index the row), by `ldmatrix.trans`: `addr` is the lane's
     /// row address of [`Writer::ldmatrix_lane`] and `offset` the bytes to the first
@@ -552,25 +518,6 @@ impl Writer {
             for (n, t) in tiles.iter().enumerate() {
                 let b: Vec<[Reg; 2]> = planes.iter().map(|p| p[n]).collect();
                 self.mma_planes(t, a, &b);
-            }
-        }
-    }
-
-    /// acc += A Bᵀ over `depth` (a multiple of 16) entries of the bf16 operands' rows:
-    /// A's fragments from `a` (its address and row stride, [`Writer::a_fragment`]), B's
-    /// from `b` (8 of its rows per tile of `acc`, [`Writer::b_fragment`]).
-    pub(super) fn product(&mut self, acc: &[[Reg; 4]], (a_addr, a_stride): (Reg, usize), (b_addr, b_stride): (Reg, usize), depth: usize) {
-        self.product_planes(acc, (a_addr, a_stride, None), (b_addr, b_stride, None), depth);
-    }
-
-    /// [`Writer::product`] of operands with a lo plane (its byte offset) where split
-    /// ([`Products::Bf16x3`]), by [`Writer::mma_planes`].
-    fn product_planes(&mut self, acc: &[[Reg; 4]], (a_addr, a_stride, a_lo): (Reg, usize, Option<usize>), (b_addr, b_stride, b_lo): (Reg, usize, Option<usize>), depth: usize) {
-        for kk in 0..depth / 16 {
-            let a: Vec<[Reg; 4]> = std::iter::once(0).chain(a_lo).map(|plane| self.a_fragment(a_addr, a_stride, 16 * kk, plane)).collect();
-            for (nt, t) in acc.iter().enumerate() {
-                let b = self.b_planes(b_addr, b_stride, 8 * nt, 16 * kk, b_lo);
-                self.mma_planes(t, &a, &b);
             }
         }
     }
@@ -700,30 +647,6 @@ impl Writer {
         (live, entry)
     }
 
-    /// Stages `total` f32 entries into shared bf16, `threads` at a time, `lanes` (1 or
-    /// 4: one 16-byte load) per load and [`BATCH`] loads per thread in flight: every
-    /// load of a batch is issued before the first store waits for one (a loop of one
-    /// load per iteration is bound by the memory's latency). `load(entry, live)` gets
-    /// the first entry of a load and returns its values (0 where `live` is false),
-    /// their shared addresses and what `scale` needs; `scale` multiplies them. `lo`: the
-    /// byte offset of the array's lo plane, when split.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn staged(&mut self, total: usize, threads: usize, lanes: usize, what: &str, load: impl Fn(&mut Writer, Reg, Reg) -> Load, scale: Scale<'_>, lo: Option<usize>) {
-        let loads = total / lanes;
-        let batch = BATCH.min(loads.div_ceil(threads)).max(1);
-        self.strided(loads, threads * batch, what, |w, base| {
-            let mut pending = Vec::with_capacity(batch);
-            for u in 0..batch {
-                let (live, entry) = w.load_slot(base, u * threads, loads, lanes);
-                pending.push((load(w, entry, live), live));
-            }
-            for (l, live) in pending {
-                let factors = w.factors(scale, l.step, l.key, &l.lams, lanes);
-                w.store_staged(l.xs, &l.addrs, live, &factors, lo);
-            }
-        });
-    }
-
     /// The factors [`Scale`] multiplies `lanes` staged values by (none, one for all, or
     /// one each), from their step, first key and Λ.
     fn factors(&mut self, scale: Scale<'_>, step: Reg, key: Reg, lams: &[Reg], lanes: usize) -> Vec<Reg> {
@@ -795,17 +718,6 @@ impl Writer {
         };
         let at = if offset == 0 { addr.to_string() } else { format!("{addr}+{offset}") };
         self.e.ins(format!("@{live} st.shared.{kind} [{at}], {value}"));
-    }
-
-    /// The (row, first column) of the load whose first entry is `entry` (a multiple of
-    /// `lanes`) when staging `rows` rows transposed: load k = entry / lanes takes row
-    /// k % rows and columns lanes · (k / rows) ...
-    pub(super) fn transposed_position(&mut self, entry: Reg, lanes: usize, rows: usize) -> (Reg, Reg) {
-        let k = self.e.reg(Class::B32);
-        self.e.ins(format!("div.u32 {k}, {entry}, {lanes}"));
-        let (group, row) = self.divmod(k, rows);
-        self.e.ins(format!("mul.lo.u32 {group}, {group}, {lanes}"));
-        (row, group)
     }
 
     /// `idx / d` and `idx % d` for a compile-time d.
@@ -1039,60 +951,30 @@ impl Writer {
     }
 }
 
-/// One load of [`Writer::staged`]: its values, their shared addresses, its step, and
-/// for [`Scale::PerKey`] its first key and the values' Λ.
-pub(super) struct Load {
-    pub(super) xs: Vec<Reg>,
-    pub(super) addrs: Vec<Reg>,
-    pub(super) step: Reg,
-    pub(super) key: Reg,
-    pub(super) lams: Vec<Reg>,
-}
+/// A factor computed from a step (its register).
+pub(super) type StepFactor<'a> = &'a dyn Fn(&mut Writer, Reg) -> Reg;
 
 /// How staging scales the values it stores.
 #[derive(Clone, Copy)]
 pub(super) enum Scale<'a> {
     None,
     /// By a factor computed from the step.
-    Step(&'a dyn Fn(&mut Writer, Reg) -> Reg),
+    Step(StepFactor<'a>),
     /// Entry (t, i) by e^(R[i] − Λ_t[i]), Λ read from `lam` (`[steps, keys]` like the
     /// staged array) and R a shared f32 row, indexed by key, whose address `reference(t)`
     /// gives (16-byte aligned).
     PerKey { lam: Reg, reference: &'a dyn Fn(&mut Writer, Reg) -> Reg },
 }
 
-impl Writer {
-    /// The staged values' Λ for [`Scale::PerKey`] (none otherwise), loaded like them.
-    #[allow(clippy::too_many_arguments)]
-    fn lams(&mut self, scale: Scale<'_>, row_base: Reg, row: Reg, rows: Reg, width: usize, col: Reg, live: Reg, lanes: usize) -> Vec<Reg> {
-        match scale {
-            Scale::PerKey { lam, .. } => self.load_or_zero(lam, row_base, row, rows, width, col, width, live, lanes, Storage::F32),
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// How [`Prefetch`] lays a staged tile of `tile` columns out in shared memory (bf16;
-/// its lo plane right after it when split).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// `[tile][CHUNK + 8]`, the step contiguous. Consecutive threads take consecutive
-    /// steps of the same `lanes` (4 or 1) columns, so that a warp's 2-byte stores fill
-    /// one shared row without bank conflicts (its global loads span 32 rows).
-    Transposed,
-    /// `[CHUNK][tile + 8]`, the column contiguous (16-byte aligned rows, conflict-free
-    /// for `ldmatrix`). Consecutive threads take consecutive groups of `lanes` columns of
-    /// a row, 8 where the array's width allows (4, 2, 1 otherwise): coalesced 16-byte
-    /// global loads (two for f32) and one shared store a group.
-    Rows,
-}
-
-/// One thread's share of staging a tile chunk after chunk: each load's position (the
-/// same in every chunk) and the registers its values (and, for a per-key scale, their
-/// Λ) arrive in, so that the next chunk's loads can be in flight while the current
-/// chunk is multiplied.
+/// One thread's share of staging a tile chunk after chunk as rows, `[CHUNK][tile + 8]`
+/// bf16 (its lo plane right after it when split; the column contiguous, 16-byte aligned
+/// rows, conflict-free for `ldmatrix`): each load's position (the same in every chunk)
+/// and the registers its values (and, for a per-key scale, their Λ) arrive in, so that
+/// the next chunk's loads can be in flight while the current chunk is multiplied.
+/// Consecutive threads take consecutive groups of `lanes` columns of a row, 8 where the
+/// array's width allows (4, 2, 1 otherwise): coalesced 16-byte global loads (two for
+/// f32) and one shared store a group.
 struct Prefetch {
-    layout: Layout,
     lanes: usize,
     storage: Storage,
     width: usize,
@@ -1117,23 +999,16 @@ struct Slot {
 
 impl Prefetch {
     /// The positions of the loads staging `CHUNK` steps of a `[steps, width]` array of
-    /// type `storage`, columns `col0`.. of `tile` (a multiple of 8), into `dst` laid out
-    /// as `layout` says; `per_key`: registers for the values' Λ too.
+    /// type `storage`, columns `col0`.. of `tile` (a multiple of 8), into `dst`;
+    /// `per_key`: registers for the values' Λ too.
     #[allow(clippy::too_many_arguments)]
-    fn new(w: &mut Writer, g: &Geometry, threads: usize, (width, col0, tile): (usize, Reg, usize), dst: Reg, storage: Storage, per_key: bool, layout: Layout) -> Prefetch {
-        let widths: &[usize] = match layout {
-            Layout::Transposed => &[4],
-            Layout::Rows => &[8, 4, 2],
-        };
-        let lanes = widths.iter().copied().find(|&n| width.is_multiple_of(n)).unwrap_or(1);
+    fn new(w: &mut Writer, g: &Geometry, threads: usize, (width, col0, tile): (usize, Reg, usize), dst: Reg, storage: Storage, per_key: bool) -> Prefetch {
+        let lanes = [8, 4, 2].into_iter().find(|&n| width.is_multiple_of(n)).unwrap_or(1);
         let loads = CHUNK * tile / lanes;
         let slots = (0..loads.div_ceil(threads))
             .map(|u| {
                 let (live, entry) = w.load_slot(w.tid, u * threads, loads, lanes);
-                let (step, j) = match layout {
-                    Layout::Transposed => w.transposed_position(entry, lanes, CHUNK),
-                    Layout::Rows => w.divmod(entry, tile),
-                };
+                let (step, j) = w.divmod(entry, tile);
                 let col = w.e.reg(Class::B32);
                 w.e.ins(format!("add.u32 {col}, {col0}, {j}"));
                 let raw = w.raw_regs(lanes, storage);
@@ -1141,11 +1016,8 @@ impl Prefetch {
                 Slot { live, step, j, col, raw, lams }
             })
             .collect();
-        let (stride, bytes) = match layout {
-            Layout::Transposed => (g.step_stride(), tile * g.step_stride() * 2),
-            Layout::Rows => (tile + 8, CHUNK * (tile + 8) * 2),
-        };
-        Prefetch { layout, lanes, storage, width, dst, stride, lo: g.split().then_some(bytes), slots }
+        let (stride, bytes) = (tile + 8, CHUNK * (tile + 8) * 2);
+        Prefetch { lanes, storage, width, dst, stride, lo: g.split().then_some(bytes), slots }
     }
 
     /// The loads in groups that fill at most [`STAGE_REGISTERS`] registers a thread
@@ -1154,11 +1026,11 @@ impl Prefetch {
     fn batches(self) -> Vec<Prefetch> {
         let per_load = self.slots.first().map_or(1, |s| s.raw.len() + s.lams.len());
         let size = (STAGE_REGISTERS / per_load).max(1);
-        let Prefetch { layout, lanes, storage, width, dst, stride, lo, mut slots } = self;
+        let Prefetch { lanes, storage, width, dst, stride, lo, mut slots } = self;
         let mut batches = Vec::new();
         while !slots.is_empty() {
             let rest = slots.split_off(size.min(slots.len()));
-            batches.push(Prefetch { layout, lanes, storage, width, dst, stride, lo, slots });
+            batches.push(Prefetch { lanes, storage, width, dst, stride, lo, slots });
             slots = rest;
         }
         batches
@@ -1175,31 +1047,18 @@ impl Prefetch {
         }
     }
 
-    /// Stores the loaded values into shared memory as bf16, times `scale`.
+    /// Stores the loaded values into shared memory as bf16, times `scale`: each load's
+    /// entries as bf16 pairs (packed by `cvt.rn.bf16x2.f32` after scaling; bf16 inputs
+    /// that are not scaled as they came, with a zero lo plane) in one shared store per
+    /// plane.
     fn commit(&self, w: &mut Writer, scale: Scale<'_>) {
         for s in &self.slots {
-            match self.layout {
-                Layout::Transposed => {
-                    let xs = w.decode(&s.raw, self.lanes, self.storage);
-                    let factors = w.factors(scale, s.step, s.col, &s.lams, self.lanes);
-                    let addrs: Vec<Reg> = (0..self.lanes)
-                        .map(|l| {
-                            let jl = w.e.reg(Class::B32);
-                            w.e.ins(format!("add.u32 {jl}, {}, {l}", s.j));
-                            w.bf16_addr(self.dst, jl, self.stride, s.step)
-                        })
-                        .collect();
-                    w.store_staged(xs, &addrs, s.live, &factors, self.lo);
-                }
-                Layout::Rows => self.commit_row(w, s, scale),
-            }
+            self.commit_load(w, s, scale);
         }
     }
 
-    /// [`Prefetch::commit`] of one load of [`Layout::Rows`]: its entries as bf16 pairs
-    /// (packed by `cvt.rn.bf16x2.f32` after scaling; bf16 inputs that are not scaled as
-    /// they came, with a zero lo plane) in one shared store per plane.
-    fn commit_row(&self, w: &mut Writer, s: &Slot, scale: Scale<'_>) {
+    /// [`Prefetch::commit`] of one load.
+    fn commit_load(&self, w: &mut Writer, s: &Slot, scale: Scale<'_>) {
         let addr = w.bf16_addr(self.dst, s.step, self.stride, s.j);
         if self.lanes == 1 {
             let xs = w.decode(&s.raw, 1, self.storage);
@@ -1226,30 +1085,18 @@ impl Prefetch {
     }
 }
 
-/// Stages `CHUNK` steps of a `[steps, width]` array transposed into a bf16 array
-/// `[width_tile][CHUNK + 8]` (the step contiguous; its lo plane right after it when
-/// split): entry (t, col0 + j) at row j, column t, times `scale`; every load issued
-/// before the first store.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stage_transposed(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
-    let lam = scale_lam(scale);
-    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Transposed);
-    loads.issue(w, src, lam, row_base, n);
-    loads.commit(w, scale);
-}
-
 /// Stages `CHUNK` steps of columns `col0`.. (`tile` of them, a multiple of 8) of a
 /// `[steps, width]` array of the kernels' storage as rows: a bf16 array `[CHUNK][tile +
 /// 8]` (the column contiguous, rows 16-byte aligned; its lo plane right after it when
 /// split), entry (t, col0 + j) at row t, column j, times `scale`; zeros past the
 /// sequence's end and the array's width. Coalesced 16-byte loads where `width` is a
-/// multiple of 8 ([`Layout::Rows`]), in batches of at most [`STAGE_REGISTERS`] registers
+/// multiple of 8, in batches of at most [`STAGE_REGISTERS`] registers
 /// a thread, each batch's loads issued before its first store. Read the tile by
 /// `ldmatrix` (`.trans` where its column is the mma's m or n index).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn stage_row_tile(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, width: usize, col0: Reg, tile: usize, dst: Reg, scale: Scale<'_>) {
     let lam = scale_lam(scale);
-    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some(), Layout::Rows);
+    let loads = Prefetch::new(w, g, threads, (width, col0, tile), dst, g.storage, lam.is_some());
     for batch in loads.batches() {
         batch.issue(w, src, lam, row_base, n);
         batch.commit(w, scale);
@@ -1262,36 +1109,6 @@ fn scale_lam(scale: Scale<'_>) -> Option<Reg> {
         Scale::PerKey { lam, .. } => Some(lam),
         _ => None,
     }
-}
-
-/// Stages `CHUNK` steps of a `[steps, keys]` f32 array as a bf16 array
-/// `[CHUNK][keys + 8]` (the key contiguous), keys padded with zeros (and its lo plane
-/// right after it when split).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stage_rows(w: &mut Writer, g: &Geometry, threads: usize, src: Reg, row_base: Reg, n: Reg, dst: Reg, scale: Scale<'_>, what: &str) {
-    let lanes = if g.keys.is_multiple_of(4) { 4 } else { 1 };
-    w.staged(
-        CHUNK * g.kp,
-        threads,
-        lanes,
-        what,
-        |w, idx, live| {
-            let (t, i) = w.divmod(idx, g.kp);
-            let xs = w.load_or_zero(src, row_base, t, n, g.keys, i, g.keys, live, lanes, g.storage);
-            let lams = w.lams(scale, row_base, t, n, g.keys, i, live, lanes);
-            let a = w.bf16_addr(dst, t, g.key_stride(), i);
-            let addrs = (0..lanes)
-                .map(|l| {
-                    let r = w.e.reg(Class::B32);
-                    w.e.ins(format!("add.u32 {r}, {a}, {}", 2 * l));
-                    r
-                })
-                .collect();
-            Load { xs, addrs, step: t, key: i, lams }
-        },
-        scale,
-        g.split().then_some(CHUNK * g.key_stride() * 2),
-    );
 }
 
 /// Copies the `[kp][vt]` tile (columns `col0`..) of a bf16 `[keys][values]` matrix, whose
@@ -1537,8 +1354,8 @@ fn states_kernel(g: &Geometry) -> String {
 
     // Every chunk's loads are issued one chunk ahead (the first before the loop), into
     // the same registers: the memory's latency overlaps the previous chunk's products.
-    let k_loads = Prefetch::new(&mut w, g, threads, (g.keys, key0, g.kt), ks, g.storage, g.per_key(), Layout::Rows);
-    let v_loads = Prefetch::new(&mut w, g, threads, (g.values, col0, g.vt), vs, g.storage, false, Layout::Rows);
+    let k_loads = Prefetch::new(&mut w, g, threads, (g.keys, key0, g.kt), ks, g.storage, g.per_key());
+    let v_loads = Prefetch::new(&mut w, g, threads, (g.values, col0, g.vt), vs, g.storage, false);
     let decay_loads = lam.map(|_| w.decay_loads());
     // Per key: this thread's keys of Λ's row at the chunk's last step.
     let last_loads: Vec<(Reg, Reg, Reg)> = if g.per_key() {

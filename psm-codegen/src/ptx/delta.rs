@@ -54,7 +54,7 @@ use std::fmt::Write;
 use super::block::shared_limit;
 use super::chunkwise::{
     Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, tile_io,
-    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
+    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, StepFactor, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 
@@ -426,7 +426,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             w.exp(d)
         }
     });
-    store_khat(&mut w, g, (khat, m), row0, acol, kl, khat_factor.as_ref().map(|f| f as &dyn Fn(&mut Writer, Reg) -> Reg));
+    store_khat(&mut w, g, (khat, m), row0, acol, kl, khat_factor.as_ref().map(|f| f as StepFactor<'_>));
     w.e.ins("bar.sync 0");
     w.e.comment("-L over K's rows (f32 [C][C]): -beta_t exp(L_t - L_s) G_ts for s < t, else 0");
     let rows = [arow, w.e.reg(Class::B32)];
@@ -595,7 +595,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
 /// (row0 + 2 cq, + 1) and (row0 + 8 + 2 cq, + 1) of keys gq and 8 + gq: scaled by
 /// `factor(t)` with a gate, they are stored four bytes a lane (a quad's four lanes fill
 /// 16 consecutive bytes of a row of K̂ᵀ).
-fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, acol: Reg, ks_rows: Reg, factor: Option<&dyn Fn(&mut Writer, Reg) -> Reg>) {
+fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, acol: Reg, ks_rows: Reg, factor: Option<StepFactor<'_>>) {
     w.e.comment("khat[m] (bf16 [kp][C]) from K's rows, transposed by ldmatrix");
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
