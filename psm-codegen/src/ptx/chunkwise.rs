@@ -451,11 +451,18 @@ impl Writer {
     /// `[k][n]` (the reduction index the row), by `ldmatrix.trans`: `addr` is the lane's
     /// row address of [`Writer::ldmatrix_lane`] and `offset` the bytes to the first
     /// tile's (k0, n0).
-    fn b_fragments_trans(&mut self, addr: Reg, offset: usize, tiles: usize) -> Vec<[Reg; 2]> {
-        let r: Vec<Reg> = (0..2 * tiles).map(|_| self.e.reg(Class::B32)).collect();
+    pub(super) fn b_fragments_trans(&mut self, addr: Reg, offset: usize, tiles: usize) -> Vec<[Reg; 2]> {
+        self.ldmatrix(addr, offset, 2 * tiles, true).chunks(2).map(|b| [b[0], b[1]]).collect()
+    }
+
+    /// `ldmatrix` of `count` (2 or 4) 8 × 8 bf16 matrices at `addr + offset` (the lane's
+    /// row address), transposed when `trans`.
+    pub(super) fn ldmatrix(&mut self, addr: Reg, offset: usize, count: usize, trans: bool) -> Vec<Reg> {
+        let r: Vec<Reg> = (0..count).map(|_| self.e.reg(Class::B32)).collect();
         let list = r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x{}.trans.shared.b16 {{{list}}}, [{addr}+{offset}]", 2 * tiles));
-        r.chunks(2).map(|b| [b[0], b[1]]).collect()
+        let trans = if trans { ".trans" } else { "" };
+        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x{count}{trans}.shared.b16 {{{list}}}, [{addr}+{offset}]"));
+        r
     }
 
     /// The lane's row address for [`Writer::b_fragments_trans`] in a `[k][n]` bf16 array
@@ -469,6 +476,22 @@ impl Writer {
         self.e.ins(format!("and.b32 {tile}, {tile}, 1"));
         self.e.ins(format!("shl.b32 {tile}, {tile}, 3"));
         self.bf16_addr(base, row, stride, tile)
+    }
+
+    /// [`Writer::ldmatrix_lane`]'s lanes over the 16 rows from `row0` and the 16 columns
+    /// from `col0` of a row-major bf16 array: read plainly (`.x4`), the four matrices
+    /// are the A fragment of `mma.m16n8k16` for rows row0.. over the reduction entries
+    /// col0..; read transposed from `[k][n]` storage, the B fragments of the two n-tiles
+    /// at col0 and col0 + 8 ([`Writer::b_fragments_trans`]).
+    pub(super) fn ldmatrix_lane_at(&mut self, base: Reg, row0: Reg, stride: usize, col0: Reg) -> Reg {
+        let row = self.e.reg(Class::B32);
+        let col = self.e.reg(Class::B32);
+        self.e.ins(format!("and.b32 {row}, {}, 15", self.tid));
+        self.e.ins(format!("add.u32 {row}, {row}, {row0}"));
+        self.e.ins(format!("shr.u32 {col}, {}, 4", self.tid));
+        self.e.ins(format!("and.b32 {col}, {col}, 1"));
+        self.e.ins(format!("mad.lo.u32 {col}, {col}, 8, {col0}"));
+        self.bf16_addr(base, row, stride, col)
     }
 
     /// The lane's row address for an `ldmatrix.x4` of a 16 × 16 bf16 tile of row stride
@@ -493,17 +516,15 @@ impl Writer {
     /// `ldmatrix.x4.trans`: `addr` is the lane's row address of [`Writer::ldmatrix_x4_lane`]
     /// and `offset` the bytes to the tile's (k0, m0).
     fn a_fragment_trans(&mut self, addr: Reg, offset: usize) -> [Reg; 4] {
-        let r = [(); 4].map(|_| self.e.reg(Class::B32));
-        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
-        r
+        let r = self.ldmatrix(addr, offset, 4, true);
+        [r[0], r[1], r[2], r[3]]
     }
 
     /// The B fragments of two consecutive n-tiles of a bf16 array stored `[n][k]` (the
     /// reduction index contiguous), by one `ldmatrix.x4`: `addr` is the lane's row
     /// address of [`Writer::ldmatrix_x4_lane`] and `offset` the bytes to (n0, k0).
     fn b_fragments_rows(&mut self, addr: Reg, offset: usize) -> [[Reg; 2]; 2] {
-        let r = [(); 4].map(|_| self.e.reg(Class::B32));
-        self.e.ins(format!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{}, {}, {}, {}}}, [{addr}+{offset}]", r[0], r[1], r[2], r[3]));
+        let r = self.ldmatrix(addr, offset, 4, false);
         [[r[0], r[1]], [r[2], r[3]]]
     }
 

@@ -266,43 +266,8 @@ fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
     }
 }
 
-/// The lane's row address for `ldmatrix` over 16 rows (from `row0`) × 16 columns (from
-/// `col0`) of a row-major shared bf16 array (row stride `stride` entries): lanes 0–15
-/// address rows row0 + lane at column col0, lanes 16–31 the same rows 8 columns on.
-/// Read plainly (`.x4`), the four 8 × 8 matrices are the A fragment of
-/// `mma.m16n8k16` for rows row0.. over the reduction entries col0..; read transposed
-/// from `[k][n]` storage (the reduction index the row), the B fragments of the two
-/// 8-wide n-tiles at col0 and col0 + 8 ([`ldmatrix_b`]).
-fn ldmatrix_lane(w: &mut Writer, base: Reg, row0: Reg, stride: usize, col0: Reg) -> Reg {
-    let row = w.e.reg(Class::B32);
-    let col = w.e.reg(Class::B32);
-    w.e.ins(format!("and.b32 {row}, {}, 15", w.tid));
-    w.e.ins(format!("add.u32 {row}, {row}, {row0}"));
-    w.e.ins(format!("shr.u32 {col}, {}, 4", w.tid));
-    w.e.ins(format!("and.b32 {col}, {col}, 1"));
-    w.e.ins(format!("mad.lo.u32 {col}, {col}, 8, {col0}"));
-    w.bf16_addr(base, row, stride, col)
-}
-
-/// `ldmatrix` of `count` (2 or 4) 8 × 8 bf16 matrices at `addr + offset` (the lane's row
-/// address of [`ldmatrix_lane`]), transposed when `trans`.
-fn ldmatrix(w: &mut Writer, addr: Reg, offset: usize, count: usize, trans: bool) -> Vec<Reg> {
-    let r: Vec<Reg> = (0..count).map(|_| w.e.reg(Class::B32)).collect();
-    let list = r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-    let trans = if trans { ".trans" } else { "" };
-    w.e.ins(format!("ldmatrix.sync.aligned.m8n8.x{count}{trans}.shared.b16 {{{list}}}, [{addr}+{offset}]"));
-    r
-}
-
-/// The B fragments of `tiles` (1 or 2) 8-wide n-tiles of a `[k][n]` bf16 array, 16
-/// reduction entries, by one transposed `ldmatrix` ([`ldmatrix_lane`]'s address plus
-/// `offset` bytes to the first tile's (k0, n0)).
-fn ldmatrix_b(w: &mut Writer, addr: Reg, offset: usize, tiles: usize) -> Vec<[Reg; 2]> {
-    ldmatrix(w, addr, offset, 2 * tiles, true).chunks(2).map(|b| [b[0], b[1]]).collect()
-}
-
 /// How the B operand of [`ldmatrix_product`] lies in shared memory (bf16, 16-byte
-/// aligned rows; the address is [`ldmatrix_lane`]'s at row 0 and the first tile's column).
+/// aligned rows; the address is [`Writer::ldmatrix_lane_at`]'s at row 0 and the first tile's column).
 #[derive(Clone, Copy)]
 enum BLayout {
     /// `[k][n]`, the reduction index the row: read by `ldmatrix.trans`, two n-tiles (or
@@ -315,20 +280,20 @@ enum BLayout {
 }
 
 /// acc += A B over `depth` (a multiple of 16) reduction entries by `ldmatrix` and
-/// `mma.sync`: A row-major `[m][k]` (`a_addr`: [`ldmatrix_lane`]'s address at the warp's
+/// `mma.sync`: A row-major `[m][k]` (`a_addr`: [`Writer::ldmatrix_lane_at`]'s address at the warp's
 /// 16 rows, column 0), B as `layout` says (`b`: its address and row stride); `acc`'s
 /// tiles are consecutive 8-wide n-tiles. Four 32-bit shared loads of an A fragment and
 /// two of each B fragment become one `ldmatrix` for A and one for every two n-tiles.
 fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride, layout): (Reg, usize, BLayout), depth: usize) {
     for kk in 0..depth / 16 {
-        let a = ldmatrix(w, a_addr, 16 * kk * 2, 4, false);
+        let a = w.ldmatrix(a_addr, 16 * kk * 2, 4, false);
         let a = [a[0], a[1], a[2], a[3]];
         for (pair, tiles) in acc.chunks(2).enumerate() {
             let b = match layout {
-                BLayout::KRows => ldmatrix_b(w, b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len()),
+                BLayout::KRows => w.b_fragments_trans(b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len()),
                 BLayout::NRows => {
                     assert_eq!(tiles.len(), 2, "an [n][k] operand is read two n-tiles at a time");
-                    let r = ldmatrix(w, b_addr, (16 * pair * b_stride + 16 * kk) * 2, 4, false);
+                    let r = w.ldmatrix(b_addr, (16 * pair * b_stride + 16 * kk) * 2, 4, false);
                     vec![[r[0], r[2]], [r[1], r[3]]]
                 }
             };
@@ -408,8 +373,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let gram = w.zeros(CHUNK / 8);
     w.e.comment("G = B K^T (K's rows are the [n][k] operand)");
-    let b_lane = ldmatrix_lane(&mut w, bs, row0, ks, zero);
-    let k_lane = ldmatrix_lane(&mut w, kl, zero, ks, zero);
+    let b_lane = w.ldmatrix_lane_at(bs, row0, ks, zero);
+    let k_lane = w.ldmatrix_lane_at(kl, zero, ks, zero);
     ldmatrix_product(&mut w, &gram, b_lane, (k_lane, ks, BLayout::NRows), g.kp);
     let last = lam.map(|lam| {
         let at = w.e.reg(Class::B32);
@@ -529,11 +494,11 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.e.place(&written);
     w.e.ins("bar.sync 0");
-    let t_lane = ldmatrix_lane(&mut w, kl, row0, ss, zero);
+    let t_lane = w.ldmatrix_lane_at(kl, row0, ss, zero);
     {
         w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp] (B's scaled rows are the [k][n] operand)");
         let acc = w.zeros(g.kp / 8);
-        let scaled_b_lane = ldmatrix_lane(&mut w, bs, zero, ks, zero);
+        let scaled_b_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
         ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK);
         let base = operand_addr(&mut w, wout, m, CHUNK * g.kp * 2);
         let at = w.e.reg(Class::B32);
@@ -558,7 +523,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         let ug = Geometry { keys: g.keys, kp: g.kp, kt: g.kt, values: vp, vt: g.vt, shape: g.shape, storage: g.storage, products: g.products };
         let first_row = w.e.reg(Class::B64);
         w.e.ins(format!("mul.lo.u64 {first_row}, {m}, {CHUNK}"));
-        let v_lane = ldmatrix_lane(&mut w, vs, zero, vs_stride, zero);
+        let v_lane = w.ldmatrix_lane_at(vs, zero, vs_stride, zero);
         let rows_all = w.e.reg(Class::B32);
         w.e.ins(format!("mov.u32 {rows_all}, {CHUNK}"));
         for tile in 0..vp.div_ceil(g.vt) {
@@ -599,7 +564,7 @@ fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, ac
     w.e.comment("khat[m] (bf16 [kp][C]) from K's rows, transposed by ldmatrix");
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
-    let lane = ldmatrix_lane(w, ks_rows, row0, g.key_stride(), zero);
+    let lane = w.ldmatrix_lane_at(ks_rows, row0, g.key_stride(), zero);
     // Factors of steps row0 + 2 cq + (0, 1, 8, 9).
     let factors = factor.map(|factor| {
         [0, 1, 8, 9].map(|d| {
@@ -617,7 +582,7 @@ fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, ac
     let base = operand_addr(w, khat, m, g.kp * CHUNK * 2);
     w.e.ins(format!("add.u64 {dst}, {dst}, {base}"));
     for kb in 0..g.kp / 16 {
-        let r = ldmatrix(w, lane, 16 * kb * 2, 4, true);
+        let r = w.ldmatrix(lane, 16 * kb * 2, 4, true);
         for (q, pair) in r.into_iter().enumerate() {
             // Matrix q: keys 8 (q / 2) + gq, steps 8 (q % 2) + 2 cq.
             let pair = match &factors {
@@ -769,8 +734,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let s_store = w.bf16_addr(st, arow, vs, acol);
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));
-    let khat_lane = ldmatrix_lane(&mut w, kh, row0, ss, zero);
-    let u_lane = ldmatrix_lane(&mut w, ut, zero, vs, zero);
+    let khat_lane = w.ldmatrix_lane_at(kh, row0, ss, zero);
+    let u_lane = w.ldmatrix_lane_at(ut, zero, vs, zero);
     // The byte offset of this block's value tile in a row of U'.
     let up_col = w.e.reg(Class::B64);
     w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, {eb}"));
@@ -824,8 +789,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         let (r0, c) = split.position(w, item);
         let r = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {r}, {r0}, {}", w.gq));
-        let w_lane = ldmatrix_lane(w, ws, r0, ks, zero);
-        let s_lane = ldmatrix_lane(w, st, zero, vs, c);
+        let w_lane = w.ldmatrix_lane_at(ws, r0, ks, zero);
+        let s_lane = w.ldmatrix_lane_at(st, zero, vs, c);
         // U' entries (row r (+8), column c + 8 nt + 2 cq (+1)) from up.
         let col = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {col}, {c}, {acol}"));
