@@ -968,6 +968,25 @@ fn diag_affine_timings() {
     });
 }
 
+/// The median seconds of one `launch` over `rounds` rounds of 10 back-to-back calls
+/// between two synchronizations, after one round of warm-up.
+fn median_seconds(cuda: &Cuda, rounds: usize, mut launch: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..=rounds)
+        .map(|_| {
+            cuda.synchronize();
+            let t0 = std::time::Instant::now();
+            for _ in 0..10 {
+                launch();
+            }
+            cuda.synchronize();
+            t0.elapsed().as_secs_f64() / 10.0
+        })
+        .skip(1)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 // ------------------------------------------------------------------ delta rule (tensor cores)
 
 /// The buffers of one run of the delta rule's kernels (psm-codegen's `ptx::delta`, then
@@ -1202,22 +1221,7 @@ fn delta_rule_timings() {
             let inputs = DeltaInputs { q: stored(&q), k: stored(&k), v: stored(&v), beta: cuda.upload(&f32_bytes(&beta)), g: cuda.upload(&f32_bytes(&g)), s0: None };
             let run = DeltaRun::new(&cuda, m, nseq, steps);
             let launches = run.kernels(m, c, &inputs);
-            let median = |launches: &[Launch], rounds: usize| {
-                let mut times: Vec<f64> = (0..=rounds)
-                    .map(|_| {
-                        cuda.synchronize();
-                        let t0 = std::time::Instant::now();
-                        for _ in 0..10 {
-                            run.launch(&cuda, *loaded, launches, false);
-                        }
-                        cuda.synchronize();
-                        t0.elapsed().as_secs_f64() / 10.0
-                    })
-                    .skip(1)
-                    .collect();
-                times.sort_by(f64::total_cmp);
-                times[times.len() / 2]
-            };
+            let median = |launches: &[Launch], rounds: usize| median_seconds(&cuda, rounds, || run.launch(&cuda, *loaded, launches, false));
             let seconds = median(&launches, 10);
             let parts: Vec<String> = launches.iter().map(|l| format!("{} {:.3} ms", l.1, median(std::slice::from_ref(l), 5) * 1e3)).collect();
             eprintln!(
@@ -1558,37 +1562,14 @@ impl ChunkwiseRun {
     /// synchronizations, after one round of warm-up), and each kernel's alone (its inputs
     /// as the whole run leaves them), for where the time goes.
     fn time(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, operands: [&Dev; 4]) -> (f64, String) {
-        let mut times = Vec::new();
-        for round in 0..11 {
-            cuda.synchronize();
-            let t0 = std::time::Instant::now();
-            for _ in 0..10 {
-                self.launch(cuda, module, m, operands, false);
-            }
-            cuda.synchronize();
-            if round > 0 {
-                times.push(t0.elapsed().as_secs_f64() / 10.0);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        let mut parts = Vec::new();
-        for (kernel, grid, threads, args) in self.kernels(m, operands) {
-            let mut alone = Vec::new();
-            for _ in 0..5 {
-                cuda.synchronize();
-                let t0 = std::time::Instant::now();
-                for _ in 0..10 {
-                    cuda.launch_async(module, kernel, grid, threads, &args, false);
-                }
-                cuda.synchronize();
-                alone.push(t0.elapsed().as_secs_f64() / 10.0);
-            }
-            alone.sort_by(f64::total_cmp);
-            parts.push(format!("{kernel} {:.3} ms", alone[2] * 1e3));
-        }
-        (times[times.len() / 2], parts.join(" + "))
+        let seconds = median_seconds(cuda, 10, || self.launch(cuda, module, m, operands, false));
+        let parts: Vec<String> = self
+            .kernels(m, operands)
+            .into_iter()
+            .map(|(kernel, grid, threads, args)| format!("{kernel} {:.3} ms", median_seconds(cuda, 5, || cuda.launch_async(module, kernel, grid, threads, &args, false)) * 1e3))
+            .collect();
+        (seconds, parts.join(" + "))
     }
-
     fn free(self, cuda: &Cuda) {
         for d in self.lam.into_iter().chain([self.states, self.out]) {
             cuda.free(d);
