@@ -133,6 +133,10 @@ enum LawKind {
     Ident,
 }
 
+/// A law's instance: its name, the operands, the two sides, and the intermediate
+/// combinations (all checked finite before comparing).
+type LawSides<'a> = (&'static str, Vec<&'a Fields<f64>>, Fields<f64>, Fields<f64>, Vec<Fields<f64>>);
+
 /// Checks that a law reported to hold does hold on random and tied operands.
 fn check_holds(ev: &Evaluator, lay: &[(String, usize, bool)], law: LawKind, seed: u64) -> Result<usize, String> {
     let mut rng = Rng::new(seed);
@@ -152,7 +156,7 @@ fn check_holds(ev: &Evaluator, lay: &[(String, usize, bool)], law: LawKind, seed
         let c0 = draw(&mut rng, lay, how);
         let from_a = rng.chance(0.5);
         let c = tie_with(&mut rng, if from_a { &a } else { &b }, &c0, tie);
-        let (what, ops, lhs, rhs, mids): (&str, Vec<&Fields<f64>>, Fields<f64>, Fields<f64>, Vec<Fields<f64>>) = match law {
+        let (what, ops, lhs, rhs, mids): LawSides<'_> = match law {
             LawKind::Assoc => {
                 let ab = combine(ev, &a, &b);
                 let bc = combine(ev, &b, &c);
@@ -327,8 +331,7 @@ struct Run {
 impl Run {
     fn verdict(
         &mut self,
-        ev: &Evaluator,
-        lay: &[(String, usize, bool)],
+        (ev, lay): (&Evaluator, &[(String, usize, bool)]),
         law: LawKind,
         v: &Verdict,
         expect: Expect,
@@ -379,10 +382,10 @@ impl Run {
         let ev = Evaluator::new(agg, &info);
         let lay = layout(agg, &ev);
         let mut errors = Vec::new();
-        self.verdict(&ev, &lay, LawKind::Assoc, &report.associative, op.assoc, seed ^ 1, &mut errors);
-        self.verdict(&ev, &lay, LawKind::Comm, &report.commutative, op.comm, seed ^ 2, &mut errors);
+        self.verdict((&ev, &lay), LawKind::Assoc, &report.associative, op.assoc, seed ^ 1, &mut errors);
+        self.verdict((&ev, &lay), LawKind::Comm, &report.commutative, op.comm, seed ^ 2, &mut errors);
         match (&report.identity, &op.identity) {
-            (Some(v), Some(_)) => self.verdict(&ev, &lay, LawKind::Ident, v, op.ident, seed ^ 3, &mut errors),
+            (Some(v), Some(_)) => self.verdict((&ev, &lay), LawKind::Ident, v, op.ident, seed ^ 3, &mut errors),
             (None, None) => {}
             (got, _) => errors.push(format!("identity verdict {:?} for declared identity {:?}", got.as_ref().map(|v| v.kind), op.identity)),
         }
@@ -482,10 +485,10 @@ fn directed_sound(src: &str, assoc: Expect, comm: Expect, ident: Expect) -> Repo
     let lay = layout(agg, &ev);
     let mut run = Run::default();
     let mut errors = Vec::new();
-    run.verdict(&ev, &lay, LawKind::Assoc, &report.associative, assoc, 11, &mut errors);
-    run.verdict(&ev, &lay, LawKind::Comm, &report.commutative, comm, 12, &mut errors);
+    run.verdict((&ev, &lay), LawKind::Assoc, &report.associative, assoc, 11, &mut errors);
+    run.verdict((&ev, &lay), LawKind::Comm, &report.commutative, comm, 12, &mut errors);
     if let Some(v) = &report.identity {
-        run.verdict(&ev, &lay, LawKind::Ident, v, ident, 13, &mut errors);
+        run.verdict((&ev, &lay), LawKind::Ident, v, ident, 13, &mut errors);
     }
     assert!(errors.is_empty(), "{src}\n{}", errors.join("\n"));
     report

@@ -126,7 +126,7 @@ fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let checked = check(&module, &args, &dims, &mut spans, &mut placeholders);
     let (errors, generated) = match checked {
         Ok(c) => (None, Some(c)),
-        Err((errors, structs)) => (spans::combine(errors), structs.map(|s| Generated { structs: s, module: None })),
+        Err((errors, structs)) => (spans::combine(errors), structs.map(|s| Generated { structs: *s, module: None })),
     };
     augment(&mut module, &args, generated.as_ref(), &placeholders);
     let errors = errors.map(|e| e.to_compile_error());
@@ -148,7 +148,8 @@ struct Generated {
     module: Option<TokenStream>,
 }
 
-type Failure = (Vec<syn::Error>, Option<Structs>);
+/// The errors, and the structs when they were read (boxed: a `Result`'s error stays small).
+type Failure = (Vec<syn::Error>, Option<Box<Structs>>);
 
 fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut Spans, placeholders: &mut Vec<syn::Ident>) -> Result<Generated, Failure> {
     let items = &module.content.as_ref().expect("checked").1;
@@ -298,7 +299,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
     }
     if !t.errors.is_empty() {
         *placeholders = t.unknown_dims.clone();
-        return Err((t.errors, Some(structs)));
+        return Err((t.errors, Some(Box::new(structs))));
     }
     let doc = module
         .attrs
@@ -329,11 +330,11 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
     // Lowering, validation, the algebra: exactly a `.psm` file's.
     let ir = match psm_ir::front::builder::lower(&file) {
         Ok(m) => m,
-        Err(d) => return Err((fail(spans, d), Some(structs))),
+        Err(d) => return Err((fail(spans, d), Some(Box::new(structs)))),
     };
     let info = match psm_ir::valid::validate(&ir, &[]) {
         Ok(mut i) => i.remove(0),
-        Err(d) => return Err((fail(spans, d), Some(structs))),
+        Err(d) => return Err((fail(spans, d), Some(Box::new(structs)))),
     };
     let agg = &ir.aggregators[0];
     let mut errors = Vec::new();
@@ -360,7 +361,7 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         }
     }
     if !errors.is_empty() {
-        return Err((errors, Some(structs)));
+        return Err((errors, Some(Box::new(structs))));
     }
     let report = psm_ir::algebra::analyze(agg, &info);
     use psm_ir::algebra::VerdictKind;
@@ -425,11 +426,11 @@ fn check(module: &syn::ItemMod, args: &Args, dims: &[(String, i64)], spans: &mut
         }
     }
     if !errors.is_empty() {
-        return Err((errors, Some(structs)));
+        return Err((errors, Some(Box::new(structs))));
     }
     match emit::module(&ir) {
         Ok(module) => Ok(Generated { structs, module: Some(module) }),
-        Err(e) => Err((vec![spans.error(agg_span, format!("internal error of psm-macros: {e}"))], Some(structs))),
+        Err(e) => Err((vec![spans.error(agg_span, format!("internal error of psm-macros: {e}"))], Some(Box::new(structs)))),
     }
 }
 
@@ -466,9 +467,11 @@ fn augment(module: &mut syn::ItemMod, args: &Args, generated: Option<&Generated>
     let mut generic: HashMap<String, Vec<syn::Ident>> = HashMap::new();
     for item in items.iter_mut() {
         if let syn::Item::Fn(f) = item {
-            // psm runs them: never calling the plain Rust is no reason for a warning.
+            // psm runs them: never calling the plain Rust is no reason for a warning; and
+            // their bodies follow the convention the translation requires (`let mut out =
+            // State::default();`, then field assignments), which clippy would flag.
             if translate::readout_kind(&f.sig.ident.to_string()).is_some() || ["identity", "lift", "combine"].iter().any(|n| f.sig.ident == n) {
-                f.attrs.push(syn::parse_quote!(#[allow(dead_code)]));
+                f.attrs.push(syn::parse_quote!(#[allow(dead_code, clippy::field_reassign_with_default)]));
             }
             continue;
         }

@@ -68,9 +68,17 @@ struct Cx {
     loops: Vec<Loop>,
     /// Index variables of enclosing sums (`|i| ...`).
     reduce_vars: Vec<String>,
-    /// Rust local → (psm name, the loop variables around its `let`); innermost last.
-    locals: Vec<(String, String, Vec<(String, Span)>)>,
+    /// The locals in scope; innermost last.
+    locals: Vec<Local>,
     used: HashMap<String, usize>,
+}
+
+/// A Rust local: its psm name and the loop variables around its `let`.
+#[derive(Clone)]
+struct Local {
+    rust: String,
+    psm: String,
+    loops: Vec<(String, Span)>,
 }
 
 const SUPPORTED_EXPR: &str = "the supported expressions are literals, arguments' fields (`l.a[i]`, `p.w[i][j]`), locals, loop variables, dims, `+ - * /`, comparisons, `&& || !`, `if c { a } else { b }`, the `f32` methods `exp ln sqrt rsqrt tanh sigmoid softplus abs max min powf`, `e as f32` on a dim or loop variable, and sums `(0..N).map(|i| e).sum::<f32>()`";
@@ -380,25 +388,24 @@ impl<'a> Translator<'a> {
     }
 
     fn stmt(&mut self, s: &syn::Stmt, cx: &mut Cx, out: &mut Vec<ast::Stmt>) {
-        let _ = (|| -> Result<(), ()> {
-            match s {
-                syn::Stmt::Local(l) => self.let_stmt(l, cx, out),
-                syn::Stmt::Expr(syn::Expr::ForLoop(f), _) => self.for_loop(f, cx, out),
-                syn::Stmt::Expr(syn::Expr::Assign(a), Some(_)) => self.assign(a, cx, out),
-                syn::Stmt::Expr(syn::Expr::Assign(a), None) => self.fail(a, "expected `;` after the assignment", ""),
-                syn::Stmt::Expr(syn::Expr::Binary(b), _) if is_compound(&b.op) => self.fail(
-                    &b.op,
-                    "compound assignment is not supported",
-                    "each field is assigned once: write `out.f[i] = ...;`, or accumulate with a sum: `(0..N).map(|i| e).sum::<f32>()`",
-                ),
-                syn::Stmt::Expr(syn::Expr::While(w), _) => self.fail(&w.while_token, "`while` loops are not supported", "loop over a whole axis: `for i in 0..N { ... }`, with `N` a dim or an integer literal"),
-                syn::Stmt::Expr(syn::Expr::Loop(w), _) => self.fail(&w.loop_token, "`loop` is not supported", "loop over a whole axis: `for i in 0..N { ... }`, with `N` a dim or an integer literal"),
-                syn::Stmt::Expr(syn::Expr::Return(r), _) => self.fail(&r.return_token, "`return` is not supported", SUPPORTED_STMT),
-                syn::Stmt::Expr(e, _) => self.fail(e, "unsupported statement", SUPPORTED_STMT),
-                syn::Stmt::Item(i) => self.fail(i, "items are not supported inside a psm body", SUPPORTED_STMT),
-                syn::Stmt::Macro(m) => self.fail(&m.mac.path, "macros are not supported inside a psm body", SUPPORTED_STMT),
-            }
-        })();
+        // Each arm reports its own errors; the result only says whether one did.
+        let _: Result<(), ()> = match s {
+            syn::Stmt::Local(l) => self.let_stmt(l, cx, out),
+            syn::Stmt::Expr(syn::Expr::ForLoop(f), _) => self.for_loop(f, cx, out),
+            syn::Stmt::Expr(syn::Expr::Assign(a), Some(_)) => self.assign(a, cx, out),
+            syn::Stmt::Expr(syn::Expr::Assign(a), None) => self.fail(a, "expected `;` after the assignment", ""),
+            syn::Stmt::Expr(syn::Expr::Binary(b), _) if is_compound(&b.op) => self.fail(
+                &b.op,
+                "compound assignment is not supported",
+                "each field is assigned once: write `out.f[i] = ...;`, or accumulate with a sum: `(0..N).map(|i| e).sum::<f32>()`",
+            ),
+            syn::Stmt::Expr(syn::Expr::While(w), _) => self.fail(&w.while_token, "`while` loops are not supported", "loop over a whole axis: `for i in 0..N { ... }`, with `N` a dim or an integer literal"),
+            syn::Stmt::Expr(syn::Expr::Loop(w), _) => self.fail(&w.loop_token, "`loop` is not supported", "loop over a whole axis: `for i in 0..N { ... }`, with `N` a dim or an integer literal"),
+            syn::Stmt::Expr(syn::Expr::Return(r), _) => self.fail(&r.return_token, "`return` is not supported", SUPPORTED_STMT),
+            syn::Stmt::Expr(e, _) => self.fail(e, "unsupported statement", SUPPORTED_STMT),
+            syn::Stmt::Item(i) => self.fail(i, "items are not supported inside a psm body", SUPPORTED_STMT),
+            syn::Stmt::Macro(m) => self.fail(&m.mac.path, "macros are not supported inside a psm body", SUPPORTED_STMT),
+        };
     }
 
     fn let_stmt(&mut self, l: &syn::Local, cx: &mut Cx, out: &mut Vec<ast::Stmt>) -> Result<(), ()> {
@@ -439,7 +446,7 @@ impl<'a> Translator<'a> {
         let span = self.id(l);
         out.push(ast::Stmt { is_let: true, target, binders, value, span });
         let vars = cx.loops.iter().map(|lp| (lp.var.clone(), lp.var_span)).collect();
-        cx.locals.push((rust, name, vars));
+        cx.locals.push(Local { rust, psm: name, loops: vars });
         Ok(())
     }
 
@@ -507,7 +514,7 @@ impl<'a> Translator<'a> {
                 syn::Member::Named(m) => m.clone(),
                 syn::Member::Unnamed(_) => return self.fail(&fe.member, "fields are named", &help),
             },
-            syn::Expr::Path(p) if p.path.get_ident().is_some_and(|i| cx.locals.iter().any(|l| i == &l.0)) => {
+            syn::Expr::Path(p) if p.path.get_ident().is_some_and(|i| cx.locals.iter().any(|l| i == &l.rust)) => {
                 return self.fail(left, "locals cannot be reassigned", "a local is assigned once, by its `let`; name the new value with another `let`")
             }
             other => return self.fail(other, &format!("only the fields of `{}` can be assigned", cx.out), &help),
@@ -751,7 +758,7 @@ impl<'a> Translator<'a> {
             if cx.reduce_vars.contains(&n) || cx.loops.iter().any(|l| l.var == n) {
                 return Ok(self.name_expr(n, i));
             }
-            if let Some((_, psm, vars)) = cx.locals.iter().rev().find(|l| l.0 == n).cloned() {
+            if let Some(Local { psm, loops: vars, .. }) = cx.locals.iter().rev().find(|l| l.rust == n).cloned() {
                 let base = ast::Ident { name: psm, span: self.id(i) };
                 let indices = (!vars.is_empty()).then(|| {
                     vars.into_iter()
