@@ -559,7 +559,7 @@ impl Writer {
     }
 
     /// Two f32 rounded to a bf16 pair, `lo` in the low half.
-    fn pack(&mut self, lo: Reg, hi: Reg) -> Reg {
+    pub(super) fn pack(&mut self, lo: Reg, hi: Reg) -> Reg {
         let r = self.e.reg(Class::B32);
         self.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo}"));
         r

@@ -259,8 +259,7 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
 fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
     for (nt, tile) in acc.iter().enumerate() {
         for half in 0..2 {
-            let pair = w.e.reg(Class::B32);
-            w.e.ins(format!("cvt.rn.bf16x2.f32 {pair}, {}, {}", tile[2 * half + 1], tile[2 * half]));
+            let pair = w.pack(tile[2 * half], tile[2 * half + 1]);
             w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", (half * 8 * stride + 8 * nt) * 2));
         }
     }
@@ -320,9 +319,7 @@ fn scale_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) -> Reg {
     unpack_pair(w, pair, x, y);
     w.e.ins(format!("mul.rn.f32 {x}, {x}, {lo}"));
     w.e.ins(format!("mul.rn.f32 {y}, {y}, {hi}"));
-    let r = w.e.reg(Class::B32);
-    w.e.ins(format!("cvt.rn.bf16x2.f32 {r}, {y}, {x}"));
-    r
+    w.pack(x, y)
 }
 
 fn prepare_kernel(g: &Geometry, vp: usize) -> String {
@@ -511,8 +508,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
                 let (lo, hi) = (t[2 * half], t[2 * half + 1]);
                 w.e.ins(format!("neg.f32 {lo}, {lo}"));
                 w.e.ins(format!("neg.f32 {hi}, {hi}"));
-                let pair = w.e.reg(Class::B32);
-                w.e.ins(format!("cvt.rn.bf16x2.f32 {pair}, {hi}, {lo}"));
+                let pair = w.pack(lo, hi);
                 w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", (half * 8 * g.kp + 8 * nt) * 2));
             }
         }
