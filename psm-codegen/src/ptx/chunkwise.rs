@@ -1911,3 +1911,23 @@ fn decays_kernel(g: &Geometry) -> String {
     w.e.place(&done);
     w.finish("psm_cw_decays", &params)
 }
+
+/// [`Writer`]'s split-operand pieces for ptx::delta's kernels, which take their products
+/// as [`Products`] says too.
+impl Writer {
+    /// [`Writer::mma_planes`]: acc += A B over the operands' planes.
+    pub(super) fn mma_split(&mut self, acc: &[Reg; 4], a: &[[Reg; 4]], b: &[[Reg; 2]]) {
+        self.mma_planes(acc, a, b);
+    }
+
+    /// [`Writer::pack_planes`]: the bf16 pair of `lo` and `hi`, then that of what its
+    /// rounding left when `split`.
+    pub(super) fn pair_planes(&mut self, lo: Reg, hi: Reg, split: bool) -> Vec<Reg> {
+        self.pack_planes(lo, hi, split)
+    }
+
+    /// [`Writer::residual`]: x − bf16(x), exact in f32.
+    pub(super) fn bf16_residual(&mut self, x: Reg) -> Reg {
+        self.residual(x)
+    }
+}
