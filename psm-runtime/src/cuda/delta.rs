@@ -54,7 +54,10 @@ pub(super) fn pseudo_values<'f>(
     let mut args = Args::new();
     args.ptr(k).ptr(&b).ptr(&beta).ptr(g).ptr(v).ptr(&w).ptr(&khat).ptr(&upre).ptr(&decay).u64(steps64);
     let prepare_fn = module.function("psm_cwd_prepare")?;
-    prepare_fn.allow_shared(m.prepare_shared_bytes)?;
+    // Its arrays are static with bf16 products (no dynamic bytes), a window when split.
+    if m.prepare_shared_bytes > 0 {
+        prepare_fn.allow_shared(m.prepare_shared_bytes)?;
+    }
     let shared = dim(m.prepare_shared_bytes, "shared bytes")?;
     device.launch_grid(&prepare_fn, (dim(nchunks, "chunks")?, sequences, 1), PREPARE_THREADS, shared, &args)?;
 
