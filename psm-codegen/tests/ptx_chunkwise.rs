@@ -18,7 +18,8 @@ fn exclusive_log_decay_module() {
 fn geometry() {
     // The state kernel: one warp per 16 keys (padded) of a tile of at most 64, two when
     // the value tile splits into halves of whole mma tiles (8 values); value tiles as
-    // wide as 48 KiB of the output kernel's shared memory allow.
+    // wide as 48 KiB allow the output kernel's arrays besides its staged queries, all of
+    // them in its dynamic shared window.
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::None, false), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile), (32, 16, 8));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3), m.decay_threads), ((1, 3, 1), (1, 5, 3), None));
@@ -28,6 +29,10 @@ fn geometry() {
     let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile), (256, 64, 64));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((4, 3, 1), (2, 5, 3)));
+    // Q and K [64][136], V [64][72], S_c [128][72] in bf16, Λ [64] in f32.
+    assert_eq!(m.output_shared_bytes, 2 * 64 * 136 * 2 + 64 * 72 * 2 + 128 * 72 * 2 + 64 * 4);
+    let outputs = m.text.split(".visible .entry ").find(|k| k.starts_with("psm_cw_outputs(")).unwrap();
+    assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cw_outputs_shared[];") && !outputs.contains(".shared .align"));
     let m = compile_chunkwise(shape(100, 128, ChunkDecay::DiagonalValue, true), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (256, 64, 64, Some(128)));
     assert_eq!(m.state_grid(3), (4, 3, 1));
