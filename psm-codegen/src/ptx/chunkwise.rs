@@ -92,12 +92,17 @@ use super::HAS_STATE;
 pub const CHUNK: usize = 64;
 /// Threads per block of `psm_cw_outputs` (one warp per 16 steps of the chunk).
 pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
-/// Blocks of `psm_cw_outputs` resident per SM that ptxas is asked to fit by registers
-/// (at most 128 a thread): left to itself it took 134 at 128 keys (sm_90, when the warps
-/// still read their queries from global memory), so 3 blocks fit where the ~45 KB of
-/// shared memory allowed 5, and the kernel waited on its loads. (With the queries
-/// staged, 61 KiB a block at 128 keys allow 3 on sm_90; 36 KiB at 64 keys, 6.)
-const OUTPUT_BLOCKS_PER_SM: u32 = 4;
+/// Most blocks of `psm_cw_outputs` resident per SM that ptxas is asked to fit by
+/// registers (at most 128 a thread for 4): left to itself it took 134 at 128 keys (sm_90,
+/// when the warps still read their queries from global memory), so 3 blocks fit where
+/// the ~45 KB of shared memory allowed 5, and the kernel waited on its loads. Fewer
+/// where fewer blocks' shared memory fits an SM ([`output_blocks`]: 3 at 128 keys on
+/// sm_90, 2 with split products), so that ptxas does not spill for blocks that could not
+/// be resident anyway.
+const OUTPUT_BLOCKS_PER_SM: usize = 4;
+/// Shared memory the driver reserves for each block (sm_80 and later): an SM holds
+/// [`shared_limit`] bytes and this, each block its own bytes and this.
+const RESERVED_SHARED: usize = 1024;
 /// Most keys of a state field.
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
@@ -168,8 +173,8 @@ pub enum Products {
     /// mma.sync, f32 accumulators): the operands keep 16 of f32's 24 significant bits
     /// and the dropped lo_a · lo_b is about 2⁻¹⁸ of the product, so f32 inputs get
     /// errors near 1e-5 rather than bf16's 1e-3. Three times the mma work, twice the
-    /// shared memory of the staged operands (so narrower value tiles: 8 at 128 keys,
-    /// 32 at 64).
+    /// shared memory of the staged operands (so two blocks of the outputs kernel an SM
+    /// on sm_90 at 128 keys, with value tiles of 32; 64 at 64 keys).
     Bf16x3,
 }
 
@@ -264,8 +269,14 @@ pub(super) fn check_shape(shape: ChunkwiseShape, arch: u32, features: &str) -> R
 /// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values`
 /// for which `bytes(tile)` fits a block's static shared memory.
 pub(super) fn value_tile(values: usize, bytes: impl Fn(usize) -> usize) -> usize {
+    value_tile_within(values, STATIC_SHARED, bytes)
+}
+
+/// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values` for
+/// which `bytes(tile)` is at most `limit`; 8 if none is.
+fn value_tile_within(values: usize, limit: usize, bytes: impl Fn(usize) -> usize) -> usize {
     let mut tile = values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
-    while tile > 8 && bytes(tile) > STATIC_SHARED {
+    while tile > 8 && bytes(tile) > limit {
         tile = (tile / 2).div_ceil(8) * 8;
     }
     tile
@@ -296,9 +307,14 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     check_shape(shape, arch, "bf16 tensor-core products")?;
     let kp = padded_keys(shape.keys);
     let planes = planes(products);
-    // The tiles the arrays besides the staged queries had in 48 KiB of static shared memory.
-    let value_tile = value_tile(shape.values, |vt| output_shared_bytes(kp, vt, shape.decay, planes) - query_shared_bytes(kp, planes));
-    let output_shared_bytes = output_shared_bytes(kp, value_tile, shape.decay, planes);
+    // As wide as 48 KiB allowed the arrays besides the staged queries (in static shared
+    // memory), or wider while two blocks fit an SM: the split products' tiles in 48 KiB
+    // (8 at 128 keys) recomputed the chunk's scores for every 8 values.
+    let bytes = |vt| output_shared_bytes(kp, vt, shape.decay, planes);
+    let static_tile = value_tile(shape.values, |vt| bytes(vt) - query_shared_bytes(kp, planes));
+    let two_blocks = (shared_limit(arch) + RESERVED_SHARED) / 2 - RESERVED_SHARED;
+    let value_tile = value_tile_within(shape.values, two_blocks, bytes).max(static_tile);
+    let output_shared_bytes = bytes(value_tile);
     if output_shared_bytes > shared_limit(arch) {
         return Err(Unsupported(format!("{} keys: the outputs kernel would need {output_shared_bytes} bytes of shared memory", shape.keys)));
     }
@@ -316,7 +332,7 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     text.push_str(&states_kernel(&g));
     text.push('\n');
     let _ = writeln!(text, ".extern .shared .align 16 .b8 {OUTPUTS_WINDOW}[];\n");
-    text.push_str(&outputs_kernel(&g));
+    text.push_str(&outputs_kernel(&g, output_blocks(output_shared_bytes, arch)));
     let decay_threads = shape.decay.per_key().then(|| {
         text.push('\n');
         text.push_str(&decays_kernel(&g));
@@ -1536,7 +1552,15 @@ fn states_kernel(g: &Geometry) -> String {
     w.finish("psm_cw_states", &params)
 }
 
-fn outputs_kernel(g: &Geometry) -> String {
+/// Blocks of `psm_cw_outputs` with `bytes` of shared memory each that ptxas is asked to
+/// fit an SM of `arch` by registers: as many as fit its shared memory, at most
+/// [`OUTPUT_BLOCKS_PER_SM`].
+fn output_blocks(bytes: usize, arch: u32) -> u32 {
+    ((shared_limit(arch) + RESERVED_SHARED) / (bytes + RESERVED_SHARED)).clamp(1, OUTPUT_BLOCKS_PER_SM) as u32
+}
+
+/// `psm_cw_outputs`, for `blocks` resident per SM.
+fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     let mut w = Writer::new();
     let threads = OUTPUT_THREADS as usize;
     let params = ["q", "k", "v", "g", "states", "out", "steps", "flags"];
@@ -1715,7 +1739,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     let outrow = w.e.reg(Class::B64);
     w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
     tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
-    w.occupancy(OUTPUT_THREADS, OUTPUT_BLOCKS_PER_SM);
+    w.occupancy(OUTPUT_THREADS, blocks);
     w.finish("psm_cw_outputs", &params)
 }
 
