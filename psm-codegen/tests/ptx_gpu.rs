@@ -1061,7 +1061,7 @@ impl DeltaRun {
         vec![
             (false, "psm_cwd_prepare", [nchunks, nseq, 1], (psm_codegen::ptx::delta::PREPARE_THREADS, m.prepare_shared_bytes as u32), prepare),
             (false, "psm_cwd_states", [vtiles, nseq, 1], (m.state_threads, m.state_shared_bytes as u32), states),
-            (true, "psm_cw_outputs", [gx, gy, gz], (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, 0), outputs),
+            (true, "psm_cw_outputs", [gx, gy, gz], (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, c.output_shared_bytes as u32), outputs),
         ]
     }
 
@@ -1578,6 +1578,9 @@ fn stored_values(b: &[u8], storage: psm_codegen::ptx::chunkwise::Storage) -> Vec
     }
 }
 
+/// A kernel launch within one module: name, grid, (threads, dynamic shared bytes), arguments.
+type ModuleLaunch = (&'static str, [u32; 3], (u32, u32), Vec<Arg>);
+
 /// The buffers and grids of one chunkwise run (the decays kernel's Λ for a per-key decay).
 struct ChunkwiseRun {
     nseq: usize,
@@ -1598,29 +1601,30 @@ impl ChunkwiseRun {
         ChunkwiseRun { nseq, steps, nchunks, lam, states, out }
     }
 
-    /// The module's kernels over `[q, k, v, g]` in launch order: name, grid, threads, arguments.
-    fn kernels(&self, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, [q, k, v, g]: [&Dev; 4]) -> Vec<(&'static str, [u32; 3], u32, Vec<Arg>)> {
+    /// The module's kernels over `[q, k, v, g]` in launch order.
+    fn kernels(&self, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, [q, k, v, g]: [&Dev; 4]) -> Vec<ModuleLaunch> {
         let p = |d: &Dev| Arg::U64(d.ptr);
         let (nseq, steps, nchunks) = (self.nseq as u32, Arg::U64(self.steps as u64), self.nchunks as u32);
         let grid = |(x, y, z): (u32, u32, u32)| [x, y, z];
         let mut kernels = Vec::new();
         let g = match (&self.lam, m.decay_threads) {
             (Some(lam), Some(threads)) => {
-                kernels.push(("psm_cw_decays", [nchunks, nseq, 1], threads, vec![p(g), p(lam), steps]));
+                kernels.push(("psm_cw_decays", [nchunks, nseq, 1], (threads, 0), vec![p(g), p(lam), steps]));
                 lam
             }
             _ => g,
         };
-        kernels.push(("psm_cw_states", grid(m.state_grid(nseq)), m.state_threads, vec![p(k), p(v), p(g), Arg::U64(0), p(&self.states), steps, Arg::U32(0)]));
+        kernels.push(("psm_cw_states", grid(m.state_grid(nseq)), (m.state_threads, 0), vec![p(k), p(v), p(g), Arg::U64(0), p(&self.states), steps, Arg::U32(0)]));
         let output_args = vec![p(q), p(k), p(v), p(g), p(&self.states), p(&self.out), steps, Arg::U32(0)];
-        kernels.push(("psm_cw_outputs", grid(m.output_grid(nchunks, nseq)), psm_codegen::ptx::chunkwise::OUTPUT_THREADS, output_args));
+        let outputs_block = (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, m.output_shared_bytes as u32);
+        kernels.push(("psm_cw_outputs", grid(m.output_grid(nchunks, nseq)), outputs_block, output_args));
         kernels
     }
 
     /// The module's kernels over `[q, k, v, g]`, each waited for when `wait`.
     fn launch(&self, cuda: &Cuda, module: *mut c_void, m: &psm_codegen::ptx::chunkwise::ChunkwiseModule, operands: [&Dev; 4], wait: bool) {
-        for (name, grid, threads, args) in self.kernels(m, operands) {
-            cuda.launch_async(module, name, grid, threads, &args, wait);
+        for (name, grid, block, args) in self.kernels(m, operands) {
+            cuda.launch_shared(module, name, grid, block, &args, wait);
         }
     }
 
@@ -1632,7 +1636,7 @@ impl ChunkwiseRun {
         let parts: Vec<String> = self
             .kernels(m, operands)
             .into_iter()
-            .map(|(kernel, grid, threads, args)| format!("{kernel} {:.3} ms", median_seconds(cuda, 5, || cuda.launch_async(module, kernel, grid, threads, &args, false)) * 1e3))
+            .map(|(kernel, grid, block, args)| format!("{kernel} {:.3} ms", median_seconds(cuda, 5, || cuda.launch_shared(module, kernel, grid, block, &args, false)) * 1e3))
             .collect();
         (seconds, parts.join(" + "))
     }

@@ -60,6 +60,9 @@ pub(crate) fn contract<'f>(
         let m = compile_chunkwise_with(shape, Storage::F32, products, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
         let module = device.module(&plan.aggregator, &m.text)?;
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
+        // The outputs kernel's arrays are dynamic shared memory, more than 48 KiB at 128 keys.
+        outputs_fn.allow_shared(m.output_shared_bytes)?;
+        let output_shared = u32::try_from(m.output_shared_bytes).map_err(|_| too_large("the outputs kernel's shared memory".into()))?;
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
         let v = upload(device, &format!("the values `{}`", field.value), feature(&field.value))?;
         let decays = match gate {
@@ -98,7 +101,7 @@ pub(crate) fn contract<'f>(
             let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
             let mut args = Args::new();
             args.ptr(&q).ptr(&k).ptr(&v).ptr(g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
-            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
+            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, output_shared, &args)?;
             // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
             let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
             device.copy_to_host(&o, 0, bytes)?;
