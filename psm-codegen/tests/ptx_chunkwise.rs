@@ -18,7 +18,8 @@ fn exclusive_log_decay_module() {
 fn geometry() {
     // The state kernel: one warp per 16 keys (padded) of a tile of at most 64, two when
     // the value tile splits into halves of whole mma tiles (8 values); value tiles as
-    // wide as 48 KiB of the output kernel's shared memory allow.
+    // wide as 48 KiB allow the output kernel's arrays besides its staged queries, all of
+    // them in its dynamic shared window.
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::None, false), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile), (32, 16, 8));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3), m.decay_threads), ((1, 3, 1), (1, 5, 3), None));
@@ -28,6 +29,12 @@ fn geometry() {
     let m = compile_chunkwise(shape(128, 128, ChunkDecay::Log, false), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile), (256, 64, 64));
     assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((4, 3, 1), (2, 5, 3)));
+    // Q and K [64][136], V [64][72], S_c [128][72] in bf16, Λ [64] in f32: 3 blocks an
+    // SM on sm_90 (228 KiB), for which ptxas may take 168 registers a thread.
+    assert_eq!(m.output_shared_bytes, 2 * 64 * 136 * 2 + 64 * 72 * 2 + 128 * 72 * 2 + 64 * 4);
+    assert!(m.text.contains(".minnctapersm 3\n"));
+    let outputs = m.text.split(".visible .entry ").find(|k| k.starts_with("psm_cw_outputs(")).unwrap();
+    assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cw_outputs_shared[];") && !outputs.contains(".shared .align"));
     let m = compile_chunkwise(shape(100, 128, ChunkDecay::DiagonalValue, true), 90).unwrap();
     assert_eq!((m.state_threads, m.key_tile, m.value_tile, m.decay_threads), (256, 64, 64, Some(128)));
     assert_eq!(m.state_grid(3), (4, 3, 1));
@@ -85,11 +92,19 @@ fn bf16x3_geometry() {
             assert!(three.text.is_ascii() && three.products == Products::Bf16x3);
         }
     }
-    // The lo planes double the staged operands' shared memory: narrower value tiles
-    // (48 KiB of static shared memory), the same key tiles.
+    // The lo planes double the staged operands' shared memory: value tiles as wide as
+    // two blocks of the outputs kernel fit an SM (sm_90: 113 KiB a block; 48 KiB of
+    // static shared memory allowed 8 at 128 keys), which ptxas is told; the same key tiles.
     let m = split(shape(128, 128, ChunkDecay::Log, false));
-    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (128, 64, 8));
-    assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((32, 3, 1), (16, 5, 3)));
+    assert_eq!((m.state_threads, m.key_tile, m.value_tile), (256, 64, 32));
+    assert_eq!((m.state_grid(3), m.output_grid(5, 3)), ((8, 3, 1), (4, 5, 3)));
+    // Q and K [64][136], V [64][40], S_c [128][40], two planes each; Λ [64] in f32.
+    assert_eq!(m.output_shared_bytes, (2 * 64 * 136 + 64 * 40 + 128 * 40) * 2 * 2 + 64 * 4);
+    assert!(m.text.contains(".minnctapersm 2\n"));
     let m = split(shape(64, 64, ChunkDecay::DiagonalValue, true));
-    assert_eq!((m.key_tile, m.value_tile), (64, 32));
+    assert_eq!((m.key_tile, m.value_tile), (64, 64));
+    // On sm_80 (164 KiB an SM) two blocks of 128 keys fit at 8 values only.
+    let m = compile_chunkwise_with(shape(128, 128, ChunkDecay::Log, false), Storage::F32, Products::Bf16x3, 80).unwrap();
+    assert_eq!((m.value_tile, m.output_shared_bytes), (8, (2 * 64 * 136 + 64 * 16 + 128 * 16) * 2 * 2 + 64 * 4));
+    assert!(m.text.contains(".minnctapersm 2\n"));
 }

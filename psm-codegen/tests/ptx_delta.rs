@@ -1,9 +1,9 @@
-//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): snapshots of two
-//! fields' modules (f32 and bf16 storage), and the geometry and refusals of
-//! `compile_delta_with`. The kernels run on a GPU in tests/ptx_gpu.rs
+//! The delta rule's tensor-core kernels (psm-codegen's `ptx::delta`): snapshots of three
+//! fields' modules (f32 and bf16 storage, split products), and the geometry and refusals
+//! of `compile_delta_with`. The kernels run on a GPU in tests/ptx_gpu.rs
 //! (`delta_rule_tensor_cores`).
 
-use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, Storage, MAX_KEYS, MAX_VALUE_TILE};
+use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape, Products, Storage, MAX_KEYS, MAX_VALUE_TILE};
 use psm_codegen::ptx::delta::{compile_delta, compile_delta_with, DeltaOptions, STATE_VALUE_TILE};
 
 fn shape(keys: usize, values: usize, decay: ChunkDecay, exclusive: bool) -> ChunkwiseShape {
@@ -18,9 +18,67 @@ fn gated_delta_rule_module() {
 
 #[test]
 fn bf16_storage_module() {
-    let options = DeltaOptions { storage: Storage::Bf16, state_value_tile: MAX_VALUE_TILE };
+    let options = DeltaOptions { storage: Storage::Bf16, state_value_tile: MAX_VALUE_TILE, ..DeltaOptions::default() };
     let m = compile_delta_with(shape(8, 8, ChunkDecay::None, false), options, 90).unwrap();
     insta::assert_snapshot!(m.text);
+}
+
+#[test]
+fn split_products_module() {
+    let options = DeltaOptions { products: Products::Bf16x3, ..DeltaOptions::default() };
+    let m = compile_delta_with(shape(8, 8, ChunkDecay::Log, false), options, 90).unwrap();
+    insta::assert_snapshot!(m.text);
+}
+
+/// Split products (`Products::Bf16x3`): every operand of the tensor cores in two bf16
+/// planes, so W, K-hat^T and the states kernel's bf16 arrays take twice the bytes, the
+/// prepare kernel's arrays move to a dynamic window (with the widest value tile), and
+/// every mma of the bf16 kernels becomes three, on twice the fragments.
+#[test]
+fn split_geometry() {
+    let split = DeltaOptions { products: Products::Bf16x3, ..DeltaOptions::default() };
+    // (keys, values) → prepare value tile (bf16 products: from the module's first line)
+    // and the split prepare kernel's dynamic bytes: B's rows [64][kp + 8] in two planes,
+    // K's rows there too, then -L (f32 [64][64]), then T (two planes of [64][72]), V's
+    // rows [64][tile + 8] in two planes, beta and Lambda (f32 [64]).
+    for ((keys, values), prepare_tile) in [((8, 8), 8), ((64, 100), 64), ((128, 128), 64), ((100, 7), 8)] {
+        for decay in [ChunkDecay::None, ChunkDecay::Log] {
+            let s = shape(keys, values, decay, false);
+            let (bf16, m) = (compile_delta_with(s, DeltaOptions::default(), 90).unwrap(), compile_delta_with(s, split, 90).unwrap());
+            let (kp, tile) = (m.padded_keys, m.state_value_tile);
+            assert_eq!((m.products, bf16.products), (Products::Bf16x3, Products::Bf16));
+            assert_eq!((tile, kp, m.padded_values), (bf16.state_value_tile, bf16.padded_keys, bf16.padded_values));
+            assert_eq!((bf16.operand_bytes(), m.operand_bytes()), (64 * kp * 2, 2 * 64 * kp * 2));
+            let upre = 64 * (tile * 4 + 16);
+            assert_eq!(m.state_shared_bytes - upre, 2 * (bf16.state_shared_bytes - upre), "{keys} × {values}");
+            assert_eq!(bf16.prepare_shared_bytes, 0);
+            let rows = 64 * (kp + 8) * 2 * 2;
+            let second = rows.max(64 * 64 * 4).max(64 * 72 * 2 * 2);
+            assert_eq!(m.prepare_shared_bytes, rows + second + 64 * (prepare_tile + 8) * 2 * 2 + 2 * 64 * 4, "{keys} × {values}");
+            assert!(m.text.lines().next().unwrap().ends_with(&format!("Bf16x3 products, chunk 64, value tiles {tile} (states), {prepare_tile} (prepare)")));
+            assert!(!bf16.text.contains("Bf16x3") && !bf16.text.contains("psm_cwd_prepare_shared"));
+            assert!(m.text.contains(".extern .shared .align 16 .b8 psm_cwd_prepare_shared[];"));
+            let prepare = |t: &str| t[t.find(".entry psm_cwd_prepare(").unwrap()..t.find(".entry psm_cwd_states(").unwrap()].to_string();
+            assert!(!prepare(&m.text).contains(".shared .align 16 .b8 bs["), "no static arrays");
+            // Three mma (lo hi, hi lo, hi hi) for each of bf16's, on twice the fragments.
+            let count = |t: &str, what: &str| t.matches(what).count();
+            let mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
+            assert_eq!(count(&m.text, mma), 3 * count(&bf16.text, mma), "{keys} × {values}");
+            let states = |t: &str| t[t.find(".entry psm_cwd_states(").unwrap()..].to_string();
+            for (kernel, text) in [("prepare", prepare as fn(&str) -> String), ("states", states)] {
+                let ldmatrix = "ldmatrix.sync.aligned";
+                assert_eq!(count(&text(&m.text), ldmatrix), 2 * count(&text(&bf16.text), ldmatrix), "{kernel}");
+            }
+            // The chunk states' lo planes for the outputs kernel (second half of a slot).
+            assert!(m.text.contains("// and S - bf16(S), bf16 in the slot's second half"));
+        }
+    }
+    // Narrower state value tiles stay available; the bound on shared memory is the device's.
+    for tile in [8, 16, 64] {
+        let m = compile_delta_with(shape(128, 128, ChunkDecay::Log, false), DeltaOptions { state_value_tile: tile, ..split }, 90).unwrap();
+        assert_eq!(m.state_value_tile, tile);
+        assert!(m.state_shared_bytes <= 227 * 1024);
+    }
 }
 
 #[test]

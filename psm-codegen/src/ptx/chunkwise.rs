@@ -18,7 +18,8 @@
 //!     states[s, c] = S entering chunk c, for c = 0 ..= nchunks (the last: the final state)
 //!     S ← e^(Λ_last) ⊙ S + (K ⊙ e^(Λ_last − Λ))ᵀ V            chunk by chunk
 //! psm_cw_outputs(q, k, v, g, states, out, steps, flags: u32)
-//!     grid (⌈values / vtile⌉, nchunks, nseq), 128 threads (one warp per 16 steps)
+//!     grid (⌈values / vtile⌉, nchunks, nseq), 128 threads (one warp per 16 steps),
+//!     its arrays in dynamic shared memory (`output_shared_bytes`, 61 KiB at 128 keys)
 //!     out_t = (q_t ⊙ e^(e_t))ᵀ S_c + Σ_(τ ≤ t, or τ < t) (q_t ⊙ e^(e_t − Λ_τ)) · k_τ v_τ
 //! ```
 //!
@@ -34,20 +35,21 @@
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
-//! Both kernels stage K and V in shared memory as bf16 (rounded to nearest) in the
-//! layout they have in global memory, rows of a chunk's steps `[CHUNK][tile + 8]` (the
-//! padding keeps the rows 16-byte aligned and `ldmatrix` free of bank conflicts): each
-//! thread loads 8 consecutive entries of a row (16 bytes of bf16, two 16-byte loads of
-//! f32; 4, 2 or 1 where the width is not a multiple of 8), consecutive threads the
-//! consecutive groups of a row, so a warp's loads are coalesced, and stores them, scaled
-//! and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one 16-byte shared store. S_c is
-//! copied as it is (`[keys][values]`, 16 bytes a load). The mma fragments come from
-//! `ldmatrix`: `.trans` where the staged rows' column is the product's m or n index (Kᵀ
-//! as A and V as B of the state product, V as B of P V, S_c), plain for K as the B of
-//! Q Kᵀ. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by
-//! pair for a scalar decay, e^(e_t − Λ_τ): no factor can overflow), and are reused as
-//! the A operand of the product with V, as their accumulator layout allows. Score tiles above the diagonal
-//! (a warp's later sub-chunks) are neither computed nor multiplied.
+//! Both kernels stage K and V (the outputs kernel Q too) in shared memory as bf16
+//! (rounded to nearest) in the layout they have in global memory, rows of a chunk's steps
+//! `[CHUNK][tile + 8]` (the padding keeps the rows 16-byte aligned and `ldmatrix` free of
+//! bank conflicts): each thread loads 8 consecutive entries of a row (16 bytes of bf16,
+//! two 16-byte loads of f32; 4, 2 or 1 where the width is not a multiple of 8),
+//! consecutive threads the consecutive groups of a row, so a warp's loads are coalesced,
+//! and stores them, scaled and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one
+//! 16-byte shared store. S_c is copied as it is (`[keys][values]`, 16 bytes a load). The
+//! mma fragments come from `ldmatrix`: `.trans` where the staged rows' column is the
+//! product's m or n index (Kᵀ as A and V as B of the state product, V as B of P V, S_c),
+//! plain for K as the B of Q Kᵀ and for Q, each warp's own rows, as the A of both of its
+//! products. The intra-chunk scores Q Kᵀ stay in registers, are masked (decayed pair by
+//! pair for a scalar decay, e^(e_t − Λ_τ): no factor can overflow), and are reused as the
+//! A operand of the product with V, as their accumulator layout allows. Score tiles above
+//! the diagonal (a warp's later sub-chunks) are neither computed nor multiplied.
 //!
 //! A per-key decay cannot be applied to the scores after the product. The chunk is split
 //! into sub-chunks of 16 steps (one warp's rows), with R_b = Λ at sub-chunk b's last
@@ -57,13 +59,15 @@
 //! A[t, τ] = Σ_i (q_t[i] e^(e_t[i] − R_b[i])) (k_τ[i] e^(R_b[i] − Λ_τ[i]))      τ in sub-chunk b
 //! ```
 //!
-//! The keys' factors (at most 1) are staged once; each warp scales its queries in
-//! registers per sub-chunk. Below the warp's own sub-chunk the query factor is at most
-//! 1 too. On the diagonal block it is at least 1: the factorization is used while every
-//! exponent e_t − R_b there stays within [`FACTOR_RANGE`] (both factors then far inside
-//! f32's and bf16's range, so each product is as accurate as e^(e_t − Λ_τ)); a block
-//! whose keys decay more than that in 16 steps is summed pair by pair instead,
-//! `Σ_i q_t[i] k_τ[i] e^(e_t[i] − Λ_τ[i])`, exact at any decay.
+//! The keys' factors (at most 1) are staged once; each warp scales its queries' fragments
+//! in registers per sub-chunk (in f32, from their staged bf16 planes: for f32 queries
+//! that are not bf16 values, one rounding more than scaling them in f32). Below the
+//! warp's own sub-chunk the query factor is at most 1 too. On the diagonal block it is at
+//! least 1: the factorization is used while every exponent e_t − R_b there stays within
+//! [`FACTOR_RANGE`] (both factors then far inside f32's and bf16's range, so each product
+//! is as accurate as e^(e_t − Λ_τ)); a block whose keys decay more than that in 16 steps
+//! is summed pair by pair instead, `Σ_i q_t[i] k_τ[i] e^(e_t[i] − Λ_τ[i])`, exact at any
+//! decay.
 //!
 //! Exponentials and logs are `ex2.approx` / `lg2.approx` (relative error about 2⁻²²),
 //! far below bf16's rounding.
@@ -71,14 +75,16 @@
 //! With [`Products::Bf16x3`] every operand rounded to bf16 above is split instead into a
 //! hi and a lo bf16 plane, x ≈ bf16(x) + bf16(x − bf16(x)), and each mma becomes three
 //! (lo·hi, hi·lo, hi·hi) on the same fragments: a staged array's lo plane follows it in
-//! shared memory, the queries' and scores' are split in registers, and a chunk state's
-//! lo plane fills the second half of its f32 slot.
+//! shared memory (a per-key decay's scaled queries are split again in registers), the
+//! scores' are split in registers, and a chunk state's lo plane fills the second half
+//! of its f32 slot.
 //!
 //! [`Gate::Log`]: psm_ir::derive::chunkwise::Gate::Log
 //! [`Gate::Value`]: psm_ir::derive::chunkwise::Gate::Value
 
 use std::fmt::Write;
 
+use super::block::shared_limit;
 use super::emit::{Class, Emitter, Reg};
 use super::HAS_STATE;
 
@@ -86,10 +92,17 @@ use super::HAS_STATE;
 pub const CHUNK: usize = 64;
 /// Threads per block of `psm_cw_outputs` (one warp per 16 steps of the chunk).
 pub const OUTPUT_THREADS: u32 = (CHUNK / 16 * 32) as u32;
-/// Blocks of `psm_cw_outputs` resident per SM that ptxas is asked to fit by registers
-/// (at most 128 a thread): left to itself it took 134 at 128 keys (sm_90), so 3 blocks
-/// fit where the ~45 KB of shared memory allows 5, and the kernel waits on its loads.
-const OUTPUT_BLOCKS_PER_SM: u32 = 4;
+/// Most blocks of `psm_cw_outputs` resident per SM that ptxas is asked to fit by
+/// registers (at most 128 a thread for 4): left to itself it took 134 at 128 keys (sm_90,
+/// when the warps still read their queries from global memory), so 3 blocks fit where
+/// the ~45 KB of shared memory allowed 5, and the kernel waited on its loads. Fewer
+/// where fewer blocks' shared memory fits an SM ([`output_blocks`]: 3 at 128 keys on
+/// sm_90, 2 with split products), so that ptxas does not spill for blocks that could not
+/// be resident anyway.
+const OUTPUT_BLOCKS_PER_SM: usize = 4;
+/// Shared memory the driver reserves for each block (sm_80 and later): an SM holds
+/// [`shared_limit`] bytes and this, each block its own bytes and this.
+const RESERVED_SHARED: usize = 1024;
 /// Most keys of a state field.
 pub const MAX_KEYS: usize = 128;
 /// Most values of a state field a block covers; wider fields take several blocks.
@@ -160,8 +173,8 @@ pub enum Products {
     /// mma.sync, f32 accumulators): the operands keep 16 of f32's 24 significant bits
     /// and the dropped lo_a · lo_b is about 2⁻¹⁸ of the product, so f32 inputs get
     /// errors near 1e-5 rather than bf16's 1e-3. Three times the mma work, twice the
-    /// shared memory of the staged operands (so narrower value tiles: 8 at 128 keys,
-    /// 32 at 64).
+    /// shared memory of the staged operands (so two blocks of the outputs kernel an SM
+    /// on sm_90 at 128 keys, with value tiles of 32; 64 at 64 keys).
     Bf16x3,
 }
 
@@ -174,6 +187,10 @@ pub struct ChunkwiseModule {
     pub products: Products,
     /// Values per block (`grid.x = ⌈values / value_tile⌉` for `psm_cw_outputs`).
     pub value_tile: usize,
+    /// Bytes of dynamic shared memory per block of `psm_cw_outputs` (above 48 KiB: the
+    /// function's limit must be raised first, cuFuncSetAttribute's
+    /// MAX_DYNAMIC_SHARED_SIZE_BYTES).
+    pub output_shared_bytes: usize,
     /// Keys per block of `psm_cw_states` (its `grid.x` is ⌈keys / key_tile⌉ value tiles).
     pub key_tile: usize,
     /// Threads per block of `psm_cw_states`.
@@ -209,18 +226,25 @@ const STAGE_REGISTERS: usize = 32;
 /// Static shared memory a block may declare.
 pub(super) const STATIC_SHARED: usize = 48 * 1024;
 
-/// Shared bytes of `psm_cw_outputs`: K `[CHUNK][kp + 8]`, V `[CHUNK][vt + 8]`, S_c
-/// `[kp][vt + 8]` in bf16 (`planes` of each), and CHUNK log decays (scalar) or the
-/// sub-chunks' R_b `[CHUNK / 16][kp]` (per key) in f32. The warps read their queries
-/// themselves.
+/// Dynamic shared bytes of `psm_cw_outputs`: Q and K `[CHUNK][kp + 8]`, V `[CHUNK][vt +
+/// 8]`, S_c `[kp][vt + 8]` in bf16 (`planes` of each), and CHUNK log decays (scalar) or
+/// the sub-chunks' R_b `[CHUNK / 16][kp]` (per key) in f32.
 fn output_shared_bytes(kp: usize, vt: usize, decay: ChunkDecay, planes: usize) -> usize {
     let decays = match decay {
         ChunkDecay::None => 0,
         ChunkDecay::Log | ChunkDecay::Value => CHUNK,
         ChunkDecay::DiagonalLog | ChunkDecay::DiagonalValue => CHUNK / SUB_CHUNK * kp,
     };
-    (CHUNK * (kp + 8) + CHUNK * (vt + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
+    query_shared_bytes(kp, planes) + (CHUNK * (kp + 8) + CHUNK * (vt + 8) + kp * (vt + 8)) * 2 * planes + decays * 4
 }
+
+/// Shared bytes of `psm_cw_outputs`' staged queries, `[CHUNK][kp + 8]` bf16 (`planes`).
+fn query_shared_bytes(kp: usize, planes: usize) -> usize {
+    CHUNK * (kp + 8) * 2 * planes
+}
+
+/// The name of `psm_cw_outputs`'s dynamic shared window.
+const OUTPUTS_WINDOW: &str = "psm_cw_outputs_shared";
 
 /// Keys rounded up to the mma's 16.
 pub(super) fn padded_keys(keys: usize) -> usize {
@@ -245,8 +269,14 @@ pub(super) fn check_shape(shape: ChunkwiseShape, arch: u32, features: &str) -> R
 /// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values`
 /// for which `bytes(tile)` fits a block's static shared memory.
 pub(super) fn value_tile(values: usize, bytes: impl Fn(usize) -> usize) -> usize {
+    value_tile_within(values, STATIC_SHARED, bytes)
+}
+
+/// The widest value tile (a multiple of 8, at most [`MAX_VALUE_TILE`]) of `values` for
+/// which `bytes(tile)` is at most `limit`; 8 if none is.
+fn value_tile_within(values: usize, limit: usize, bytes: impl Fn(usize) -> usize) -> usize {
     let mut tile = values.div_ceil(8).min(MAX_VALUE_TILE / 8) * 8;
-    while tile > 8 && bytes(tile) > STATIC_SHARED {
+    while tile > 8 && bytes(tile) > limit {
         tile = (tile / 2).div_ceil(8) * 8;
     }
     tile
@@ -277,7 +307,17 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     check_shape(shape, arch, "bf16 tensor-core products")?;
     let kp = padded_keys(shape.keys);
     let planes = planes(products);
-    let value_tile = value_tile(shape.values, |vt| output_shared_bytes(kp, vt, shape.decay, planes));
+    // As wide as 48 KiB allowed the arrays besides the staged queries (in static shared
+    // memory), or wider while two blocks fit an SM: the split products' tiles in 48 KiB
+    // (8 at 128 keys) recomputed the chunk's scores for every 8 values.
+    let bytes = |vt| output_shared_bytes(kp, vt, shape.decay, planes);
+    let static_tile = value_tile(shape.values, |vt| bytes(vt) - query_shared_bytes(kp, planes));
+    let two_blocks = (shared_limit(arch) + RESERVED_SHARED) / 2 - RESERVED_SHARED;
+    let value_tile = value_tile_within(shape.values, two_blocks, bytes).max(static_tile);
+    let output_shared_bytes = bytes(value_tile);
+    if output_shared_bytes > shared_limit(arch) {
+        return Err(Unsupported(format!("{} keys: the outputs kernel would need {output_shared_bytes} bytes of shared memory", shape.keys)));
+    }
     let g = Geometry { keys: shape.keys, kp, kt: kp.min(MAX_KEY_TILE), values: shape.values, vt: value_tile, shape, storage, products };
     let mut text = String::new();
     let _ = writeln!(
@@ -291,13 +331,14 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     text.push_str(&module_header(arch));
     text.push_str(&states_kernel(&g));
     text.push('\n');
-    text.push_str(&outputs_kernel(&g));
+    let _ = writeln!(text, ".extern .shared .align 16 .b8 {OUTPUTS_WINDOW}[];\n");
+    text.push_str(&outputs_kernel(&g, output_blocks(output_shared_bytes, arch)));
     let decay_threads = shape.decay.per_key().then(|| {
         text.push('\n');
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, storage, products, value_tile, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, products, value_tile, output_shared_bytes, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
 }
 
 #[derive(Clone, Copy)]
@@ -416,6 +457,20 @@ impl Writer {
         r
     }
 
+    /// Consecutive arrays of `bytes` each (multiples of 16) in the kernel's dynamic shared
+    /// window `window` (declared `.extern .shared` in the module): their addresses.
+    pub(super) fn window_arrays<const N: usize>(&mut self, window: &str, bytes: [usize; N]) -> [Reg; N] {
+        let base = self.e.reg(Class::B32);
+        self.e.ins(format!("mov.u32 {base}, {window}"));
+        let mut offset = 0;
+        bytes.map(|n| {
+            let r = self.e.reg(Class::B32);
+            self.e.ins(format!("add.u32 {r}, {base}, {offset}"));
+            offset += n;
+            r
+        })
+    }
+
     pub(super) fn param(&mut self, name: &str) -> Reg {
         let r = self.e.reg(Class::B64);
         self.e.ins(format!("ld.param.u64 {r}, [{name}]"));
@@ -520,6 +575,14 @@ impl Writer {
         [r[0], r[1], r[2], r[3]]
     }
 
+    /// The A fragment of an m16 × k16 tile stored as rows (`[m][k]`, bf16), by one
+    /// `ldmatrix.x4`: `addr` is the lane's row address of [`Writer::ldmatrix_lane_at`]
+    /// and `offset` the bytes to the tile's (m0, k0).
+    fn a_fragment_rows(&mut self, addr: Reg, offset: usize) -> [Reg; 4] {
+        let r = self.ldmatrix(addr, offset, 4, false);
+        [r[0], r[1], r[2], r[3]]
+    }
+
     /// The B fragments of two consecutive n-tiles of a bf16 array stored `[n][k]` (the
     /// reduction index contiguous), by one `ldmatrix.x4`: `addr` is the lane's row
     /// address of [`Writer::ldmatrix_x4_lane`] and `offset` the bytes to (n0, k0).
@@ -546,7 +609,7 @@ impl Writer {
     /// acc += A B over the operands' planes (hi, then lo when split): the terms lo · hi
     /// and hi · lo first (the small ones), then hi · hi; lo · lo (about 2⁻¹⁸ of the
     /// product) is dropped.
-    fn mma_planes(&mut self, acc: &[Reg; 4], a: &[[Reg; 4]], b: &[[Reg; 2]]) {
+    pub(super) fn mma_planes(&mut self, acc: &[Reg; 4], a: &[[Reg; 4]], b: &[[Reg; 2]]) {
         for sum in (0..2).rev() {
             for (i, ap) in a.iter().enumerate() {
                 for (j, bp) in b.iter().enumerate() {
@@ -567,7 +630,7 @@ impl Writer {
 
     /// [`Writer::pack`]'s pair, then when `split` the pair of what its rounding left
     /// ([`Writer::residual`]): the A fragment words of each plane.
-    fn pack_planes(&mut self, lo: Reg, hi: Reg, split: bool) -> Vec<Reg> {
+    pub(super) fn pack_planes(&mut self, lo: Reg, hi: Reg, split: bool) -> Vec<Reg> {
         let mut planes = vec![self.pack(lo, hi)];
         if split {
             let (rl, rh) = (self.residual(lo), self.residual(hi));
@@ -578,7 +641,7 @@ impl Writer {
 
     /// x − bf16(x) (bf16 rounded to nearest), exact in f32: the lo plane's value before
     /// its own rounding.
-    fn residual(&mut self, x: Reg) -> Reg {
+    pub(super) fn residual(&mut self, x: Reg) -> Reg {
         let h = self.e.reg(Class::B16);
         let bits = self.e.reg(Class::B32);
         let rounded = self.e.reg(Class::F32);
@@ -1489,7 +1552,15 @@ fn states_kernel(g: &Geometry) -> String {
     w.finish("psm_cw_states", &params)
 }
 
-fn outputs_kernel(g: &Geometry) -> String {
+/// Blocks of `psm_cw_outputs` with `bytes` of shared memory each that ptxas is asked to
+/// fit an SM of `arch` by registers: as many as fit its shared memory, at most
+/// [`OUTPUT_BLOCKS_PER_SM`].
+fn output_blocks(bytes: usize, arch: u32) -> u32 {
+    ((shared_limit(arch) + RESERVED_SHARED) / (bytes + RESERVED_SHARED)).clamp(1, OUTPUT_BLOCKS_PER_SM) as u32
+}
+
+/// `psm_cw_outputs`, for `blocks` resident per SM.
+fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     let mut w = Writer::new();
     let threads = OUTPUT_THREADS as usize;
     let params = ["q", "k", "v", "g", "states", "out", "steps", "flags"];
@@ -1508,14 +1579,15 @@ fn outputs_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     // Each bf16 array's lo plane (when split) right after it: these are the offsets.
     let planes = planes(g.products);
-    let (ks_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2, g.kp * g.value_stride() * 2);
+    // Q's and K's rows are alike, [CHUNK][kp + 8].
+    let (key_rows_bytes, vs_bytes, st_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2, g.kp * g.value_stride() * 2);
     let lo = |bytes: usize| g.split().then_some(bytes);
-    let ks = w.shared("ks", ks_bytes * planes);
-    let vs = w.shared("vs", vs_bytes * planes);
-    let st = w.shared("st", st_bytes * planes);
-    let lam = g.scalar_decay().then(|| w.shared("lam", CHUNK * 4));
-    // Per key: R_b, [CHUNK / SUB_CHUNK][kp] f32.
-    let ends = g.per_key().then(|| w.shared("ends", CHUNK / SUB_CHUNK * g.kp * 4));
+    // Λ (scalar decay), f32 × CHUNK; R_b (per key), f32 [CHUNK / SUB_CHUNK][kp].
+    let lam_bytes = if g.scalar_decay() { CHUNK * 4 } else { 0 };
+    let ends_bytes = if g.per_key() { CHUNK / SUB_CHUNK * g.kp * 4 } else { 0 };
+    w.e.comment("Q, K, V, S_c (bf16) and the decays (f32) in the dynamic shared window");
+    let [qs, ks, vs, st, lam, ends] = w.window_arrays(OUTPUTS_WINDOW, [key_rows_bytes * planes, key_rows_bytes * planes, vs_bytes * planes, st_bytes * planes, lam_bytes, ends_bytes]);
+    let (lam, ends) = (g.scalar_decay().then_some(lam), g.per_key().then_some(ends));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
     if let Some(lam) = lam {
         w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
@@ -1545,12 +1617,13 @@ fn outputs_kernel(g: &Geometry) -> String {
     };
     let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
     w.e.comment(if g.per_key() {
-        "stage K * exp(R_b - L) and V as rows (the key and the value contiguous), S_c as it is"
+        "stage Q, K * exp(R_b - L) and V as rows (the key and the value contiguous), S_c as it is"
     } else {
-        "stage K and V as rows (the key and the value contiguous), S_c as it is"
+        "stage Q, K and V as rows (the key and the value contiguous), S_c as it is"
     });
     let first_key = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {first_key}, 0"));
+    stage_row_tile(&mut w, g, threads, q, pos.row_base, pos.n, g.keys, first_key, g.kp, qs, Scale::None);
     stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, first_key, g.kp, ks, scale_k);
     stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
     {
@@ -1585,6 +1658,9 @@ fn outputs_kernel(g: &Geometry) -> String {
     let acol = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     let s_addr = w.ldmatrix_lane(st, g.value_stride());
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    let q_addr = w.ldmatrix_lane_at(qs, row0, g.key_stride(), zero);
     let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
     let v_addr = w.ldmatrix_lane(vs, g.value_stride());
     let o = w.zeros(g.vt / 8);
@@ -1593,7 +1669,7 @@ fn outputs_kernel(g: &Geometry) -> String {
     let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
     w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
-    let ops = WarpOperands { q, k, lam: gate, ends, s_addr, k_addr, acol, s_lo: lo(st_bytes), k_lo: lo(ks_bytes) };
+    let ops = WarpOperands { q, k, lam: gate, ends, q_addr, s_addr, k_addr, acol, q_lo: lo(key_rows_bytes), s_lo: lo(st_bytes), k_lo: lo(key_rows_bytes) };
     warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
     // The rows' e_t for a scalar decay: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
     let e_rows = lam.map(|lam| {
@@ -1663,34 +1739,37 @@ fn outputs_kernel(g: &Geometry) -> String {
     let outrow = w.e.reg(Class::B64);
     w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
     tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
-    w.occupancy(OUTPUT_THREADS, OUTPUT_BLOCKS_PER_SM);
+    w.occupancy(OUTPUT_THREADS, blocks);
     w.finish("psm_cw_outputs", &params)
 }
 
-/// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam`, the
-/// shared R_b `ends` (per key), and the lane's `ldmatrix` row addresses of S_c
-/// ([`Writer::ldmatrix_lane`]) and of the (scaled) keys ([`Writer::ldmatrix_x4_lane`]).
+/// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam` (for
+/// the diagonal blocks summed pair by pair), the shared R_b `ends` (per key), and the
+/// lane's `ldmatrix` row addresses of the warp's staged query rows
+/// ([`Writer::ldmatrix_lane_at`]), of S_c ([`Writer::ldmatrix_lane`]) and of the
+/// (scaled) keys ([`Writer::ldmatrix_x4_lane`]).
 struct WarpOperands {
     q: Reg,
     k: Reg,
     lam: Reg,
     ends: Option<Reg>,
+    q_addr: Reg,
     s_addr: Reg,
     k_addr: Reg,
     /// 2 · cq: the lane's first fragment column.
     acol: Reg,
-    /// The byte offsets of S_c's and K's lo planes, when split.
+    /// The byte offsets of Q's, S_c's and K's lo planes, when split.
+    q_lo: Option<usize>,
     s_lo: Option<usize>,
     k_lo: Option<usize>,
 }
 
-/// One output warp's products, its queries read from global memory into registers (no
-/// shared copy: each warp reads only its own 16 rows, which leaves the shared memory to
-/// a wider value tile): O = Q S_c into `o` and the score tiles up to the diagonal,
-/// P = Q Kᵀ. For a per-key decay the queries are scaled in registers: O = (Q ⊙ e^e) S_c,
-/// and each sub-chunk b's tiles (Q ⊙ e^(e − R_b)) (K ⊙ e^(R_b − Λ))ᵀ; then, where a
-/// diagonal block's query exponents exceed [`FACTOR_RANGE`] (any lane of the warp), that
-/// block again pair by pair.
+/// One output warp's products, its queries' A fragments read from their staged rows by
+/// `ldmatrix.x4`: O = Q S_c into `o` and the score tiles up to the diagonal, P = Q Kᵀ.
+/// For a per-key decay the fragments' queries are scaled in registers (in f32, from
+/// their bf16 planes): O = (Q ⊙ e^e) S_c, and each sub-chunk b's tiles (Q ⊙ e^(e − R_b))
+/// (K ⊙ e^(R_b − Λ))ᵀ; then, where a diagonal block's query exponents exceed
+/// [`FACTOR_RANGE`] (any lane of the warp), that block again pair by pair.
 fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPos, rows: [Reg; 2], o: &[[Reg; 4]], scores: &[[Reg; 4]]) {
     let keys = g.keys;
     let always = w.always();
@@ -1713,33 +1792,30 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
     });
     let top = w.e.reg(Class::F32);
     w.e.ins(format!("mov.f32 {top}, 0fFF800000"));
-    // Two consecutive keys from `base` at (row, col), in one load when keys are even.
-    let pair = |w: &mut Writer, base: Reg, row: Reg, col: Reg, storage: Storage| -> [Reg; 2] {
+    // Two consecutive keys of Λ at (row, col), in one load when keys are even.
+    let lam_pair = |w: &mut Writer, row: Reg, col: Reg| -> [Reg; 2] {
         if keys.is_multiple_of(2) {
-            let v = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 2, storage);
+            let v = w.load_or_zero(ops.lam, pos.row_base, row, pos.n, keys, col, keys, always, 2, Storage::F32);
             [v[0], v[1]]
         } else {
             let next = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {next}, {col}, 1"));
-            let a = w.load_or_zero(base, pos.row_base, row, pos.n, keys, col, keys, always, 1, storage)[0];
-            let b = w.load_or_zero(base, pos.row_base, row, pos.n, keys, next, keys, always, 1, storage)[0];
+            let a = w.load_or_zero(ops.lam, pos.row_base, row, pos.n, keys, col, keys, always, 1, Storage::F32)[0];
+            let b = w.load_or_zero(ops.lam, pos.row_base, row, pos.n, keys, next, keys, always, 1, Storage::F32)[0];
             [a, b]
         }
     };
-    // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c; q itself
-    // without), in the order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys
-    // 2cq + 8..), a3; one for each plane.
+    // The A fragment of q ⊙ e^x for exponents x[h][c] (rows h, key pairs c), q[h][c]
+    // in f32, in the order a0 (row gq, keys 2cq..), a1 (row gq + 8), a2 (keys 2cq +
+    // 8..), a3; one for each plane.
     let split = g.split();
-    let fragment = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: Option<&[[[Reg; 2]; 2]; 2]>| -> Vec<[Reg; 4]> {
+    let scaled = |w: &mut Writer, qv: &[[[Reg; 2]; 2]; 2], x: &[[[Reg; 2]; 2]; 2]| -> Vec<[Reg; 4]> {
         let words = [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(h, c)| {
-            let [lo, hi] = [0, 1].map(|u| match x {
-                Some(x) => {
-                    let f = w.exp(x[h][c][u]);
-                    let y = w.e.reg(Class::F32);
-                    w.e.ins(format!("mul.rn.f32 {y}, {}, {f}", qv[h][c][u]));
-                    y
-                }
-                None => qv[h][c][u],
+            let [lo, hi] = [0, 1].map(|u| {
+                let f = w.exp(x[h][c][u]);
+                let y = w.e.reg(Class::F32);
+                w.e.ins(format!("mul.rn.f32 {y}, {}, {f}", qv[h][c][u]));
+                y
             });
             w.pack_planes(lo, hi, split)
         });
@@ -1754,14 +1830,32 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
         let cols = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
         w.e.ins(format!("add.u32 {}, {}, {}", cols[0], ops.acol, 16 * kk));
         w.e.ins(format!("add.u32 {}, {}, {}", cols[1], ops.acol, 16 * kk + 8));
-        let qv = [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.q, rows[h], cols[c], g.storage)));
-        let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| pair(w, ops.lam, e_rows[h], cols[c], Storage::F32))));
-        let a = fragment(w, &qv, ev.as_ref());
+        let staged: Vec<[Reg; 4]> = std::iter::once(0).chain(ops.q_lo).map(|plane| w.a_fragment_rows(ops.q_addr, plane + 2 * 16 * kk)).collect();
+        let ev = ops.ends.map(|_| [0, 1].map(|h| [0, 1].map(|c| lam_pair(w, e_rows[h], cols[c]))));
+        // Per key: the fragment's queries in f32 (word h + 2c holds rows h, keys c; hi +
+        // lo, exact), to be scaled.
+        let qv = ev.map(|_| {
+            [0, 1].map(|h| {
+                [0, 1].map(|c| {
+                    let planes: Vec<Vec<Reg>> = staged.iter().map(|p| w.decode(&[p[h + 2 * c]], 2, Storage::Bf16)).collect();
+                    if let [hi, lo] = &planes[..] {
+                        for (x, l) in hi.iter().zip(lo) {
+                            w.e.ins(format!("add.rn.f32 {x}, {x}, {l}"));
+                        }
+                    }
+                    [planes[0][0], planes[0][1]]
+                })
+            })
+        });
+        let a = match (&qv, &ev) {
+            (Some(qv), Some(ev)) => scaled(w, qv, ev),
+            _ => staged,
+        };
         w.mma_trans_b(o, &a, ops.s_addr, 2 * 16 * kk * g.value_stride(), ops.s_lo);
         for sub in 0..CHUNK / SUB_CHUNK {
             w.up_to_diagonal(sub, |w| {
-                let a = match (ops.ends, &ev) {
-                    (Some(ends), Some(ev)) => {
+                let a = match (ops.ends, &ev, &qv) {
+                    (Some(ends), Some(ev), Some(qv)) => {
                         let r = [0, 1].map(|c| {
                             let at = w.e.reg(Class::B32);
                             w.e.ins(format!("mad.lo.u32 {at}, {}, 4, {ends}", cols[c]));
@@ -1783,7 +1877,7 @@ fn warp_products(w: &mut Writer, g: &Geometry, ops: &WarpOperands, pos: &ChunkPo
                                 })
                             })
                         });
-                        fragment(w, &qv, Some(&d))
+                        scaled(w, qv, &d)
                     }
                     _ => a.clone(),
                 };

@@ -41,13 +41,23 @@
 //!
 //! ptx::chunkwise's `psm_cw_outputs` then reads U in place of the values.
 //!
+//! With [`Products::Bf16x3`] ([`DeltaOptions::products`]) every operand rounded to bf16
+//! above is split instead into a hi and a lo bf16 plane, as ptx::chunkwise does, and
+//! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T, B's
+//! scaled rows, W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
+//! U; a chunk state's lo plane fills the second half of its f32 slot, for an outputs
+//! kernel compiled with the same products. The forward substitution is f32 either way.
+//! The prepare kernel's arrays then take 86.5 KiB at 128 keys: they move to a dynamic
+//! shared window ([`DeltaModule::prepare_shared_bytes`]), with the widest value tile.
+//!
 //! Buffers: `k`, `b` `[nseq, steps, keys]`, `v`, `u` `[nseq, steps, values]` of the
 //! options' storage type, `beta`, `g` `[nseq, steps]` f32, as in ptx::chunkwise; per
 //! chunk c of sequence s (matrix m = s · nchunks + c): `w[m]` `[C, kp]` and `khat[m]`
-//! `[kp, C]` bf16, `upre[m]` `[C, vp]` of the storage type (bf16 as fla's u), `decay[m]`
-//! f32, with kp and vp the keys and values padded ([`DeltaModule`]) and zeros in the
-//! padding. Steps past a sequence's end have zero keys, b and β: their rows of T are the
-//! identity's and their pseudo-values 0.
+//! `[kp, C]` bf16 (split: `[2, C, kp]` and `[2, kp, C]`, the lo plane second;
+//! [`DeltaModule::operand_bytes`]), `upre[m]` `[C, vp]` of the storage type (bf16 as
+//! fla's u), `decay[m]` f32, with kp and vp the keys and values padded ([`DeltaModule`])
+//! and zeros in the padding. Steps past a sequence's end have zero keys, b and β: their
+//! rows of T are the identity's and their pseudo-values 0.
 
 use std::fmt::Write;
 
@@ -82,12 +92,15 @@ pub struct DeltaOptions {
     /// Values per block of `psm_cwd_states` (a multiple of 8; at most the values padded
     /// to 8, at most [`MAX_VALUE_TILE`]).
     pub state_value_tile: usize,
+    /// How both kernels take their tensor-core products: [`Products::Bf16x3`] keeps
+    /// every bf16 operand (W, K̂ᵀ, T, the staged rows, S and U) as a hi and a lo plane.
+    pub products: Products,
 }
 
 impl Default for DeltaOptions {
-    /// f32 storage and a state value tile of [`STATE_VALUE_TILE`].
+    /// f32 storage, a state value tile of [`STATE_VALUE_TILE`] and bf16 products.
     fn default() -> DeltaOptions {
-        DeltaOptions { storage: Storage::F32, state_value_tile: STATE_VALUE_TILE }
+        DeltaOptions { storage: Storage::F32, state_value_tile: STATE_VALUE_TILE, products: Products::Bf16 }
     }
 }
 
@@ -97,6 +110,7 @@ pub struct DeltaModule {
     pub text: String,
     pub shape: ChunkwiseShape,
     pub storage: Storage,
+    pub products: Products,
     /// Values per block of `psm_cwd_states` (`grid.x = ⌈values / state_value_tile⌉`).
     pub state_value_tile: usize,
     /// Threads per block of `psm_cwd_states`.
@@ -104,6 +118,9 @@ pub struct DeltaModule {
     /// Bytes of dynamic shared memory per block of `psm_cwd_states` (more than 48 KiB
     /// need the function's limit raised first).
     pub state_shared_bytes: usize,
+    /// Bytes of dynamic shared memory per block of `psm_cwd_prepare`: 0 with bf16
+    /// products (its arrays are static), its whole window when split.
+    pub prepare_shared_bytes: usize,
     /// Row widths of the per-chunk operands: keys padded to 16, values to the state
     /// value tile.
     pub padded_keys: usize,
@@ -115,14 +132,34 @@ impl DeltaModule {
     pub fn entry_bytes(&self) -> usize {
         entry_bytes(self.storage)
     }
+
+    /// Bytes of a chunk's W (`[C, padded_keys]`) and of its K̂ᵀ (`[padded_keys, C]`): bf16,
+    /// and with split products a lo plane after the hi one.
+    pub fn operand_bytes(&self) -> usize {
+        operand_bytes(self.padded_keys, self.products)
+    }
+}
+
+/// [`DeltaModule::operand_bytes`] for keys padded to `kp`.
+fn operand_bytes(kp: usize, products: Products) -> usize {
+    CHUNK * kp * 2 * planes(products)
+}
+
+/// bf16 planes of each operand under `products`: hi, and lo when split.
+fn planes(products: Products) -> usize {
+    match products {
+        Products::Bf16 => 1,
+        Products::Bf16x3 => 2,
+    }
 }
 
 /// Shared bytes of `psm_cwd_states`: W `[C][kp + 8]`, K̂ᵀ `[kp][C + 8]`, S `[kp][vt + 8]`
-/// and U `[C][vt + 8]` in bf16, U' `[C]` rows of [`upre_row_bytes`]. Every row is 16
-/// bytes longer than its entries, so that the 8 rows an `ldmatrix` (or a warp's
-/// fragment loads) reads start in different banks.
-fn states_shared_bytes(kp: usize, vt: usize, storage: Storage) -> usize {
-    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + kp * (vt + 8) + CHUNK * (vt + 8)) * 2 + CHUNK * upre_row_bytes(vt, storage)
+/// and U `[C][vt + 8]` in bf16 (`planes` of each, the lo plane after the hi one), U'
+/// `[C]` rows of [`upre_row_bytes`]. Every row is 16 bytes longer than its entries, so
+/// that the 8 rows an `ldmatrix` (or a warp's fragment loads) reads start in different
+/// banks.
+fn states_shared_bytes(kp: usize, vt: usize, storage: Storage, planes: usize) -> usize {
+    (CHUNK * (kp + 8) + kp * (CHUNK + 8) + kp * (vt + 8) + CHUNK * (vt + 8)) * 2 * planes + CHUNK * upre_row_bytes(vt, storage)
 }
 
 /// Bytes of a row of U' in `psm_cwd_states`' shared memory: `vt` entries and 16 of padding.
@@ -140,14 +177,24 @@ fn entry_bytes(storage: Storage) -> usize {
 
 /// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16; scaled to
 /// diag(β e^Λ) B for W); K's rows, then −L (f32 `[C][C]`), then T (bf16 `[C][C + 8]`);
-/// a value tile of V's rows `[C][vt + 8]`; two f32 arrays of C (β and Λ) besides.
-fn prepare_shared_bytes(kp: usize, vt: usize) -> (usize, usize, usize) {
-    let rows = CHUNK * (kp + 8) * 2;
-    (rows, rows.max(CHUNK * CHUNK * 4).max(CHUNK * (CHUNK + 8) * 2), CHUNK * (vt + 8) * 2)
+/// a value tile of V's rows `[C][vt + 8]` (`planes` of each bf16 array, the lo plane
+/// after the hi one); two f32 arrays of C (β and Λ) besides.
+fn prepare_shared_bytes(kp: usize, vt: usize, planes: usize) -> (usize, usize, usize) {
+    let rows = CHUNK * (kp + 8) * 2 * planes;
+    (rows, rows.max(CHUNK * CHUNK * 4).max(CHUNK * (CHUNK + 8) * 2 * planes), CHUNK * (vt + 8) * 2 * planes)
+}
+
+/// All shared bytes of `psm_cwd_prepare` with a value tile of `vt`.
+fn prepare_total_bytes(kp: usize, vt: usize, planes: usize) -> usize {
+    let (a, b, c) = prepare_shared_bytes(kp, vt, planes);
+    a + b + c + 2 * CHUNK * 4
 }
 
 /// The name of `psm_cwd_states`'s dynamic shared window.
 const STATES_WINDOW: &str = "psm_cwd_states_shared";
+/// The name of `psm_cwd_prepare`'s dynamic shared window, with split products (its
+/// arrays' planes take 86.5 KiB at 128 keys).
+const PREPARE_WINDOW: &str = "psm_cwd_prepare_shared";
 
 /// The delta rule's kernels for one state field for `arch` (compute capability × 10, at
 /// least 80) with the default options (f32 storage); `shape.decay` is the gate's (`None`
@@ -165,27 +212,36 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
     }
     let kp = padded_keys(shape.keys);
     let svt = requested.min(shape.values.div_ceil(8) * 8);
-    let pvt = value_tile(shape.values, |vt| {
-        let (a, b, c) = prepare_shared_bytes(kp, vt);
-        a + b + c + 2 * CHUNK * 4
-    });
-    let (a, b, c) = prepare_shared_bytes(kp, pvt);
-    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage);
-    for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (a + b + c + 2 * CHUNK * 4, STATIC_SHARED)] {
+    let split = options.products == Products::Bf16x3;
+    let planes = planes(options.products);
+    // Split, the prepare kernel's arrays are dynamic: the widest value tile.
+    let pvt = value_tile(shape.values, |vt| if split { 0 } else { prepare_total_bytes(kp, vt, planes) });
+    let prepare_bytes = prepare_total_bytes(kp, pvt, planes);
+    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage, planes);
+    let prepare_limit = if split { shared_limit(arch) } else { STATIC_SHARED };
+    for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (prepare_bytes, prepare_limit)] {
         if bytes > limit {
             return Err(Unsupported(format!("{} keys: the delta rule's kernels would need {bytes} bytes of shared memory", shape.keys)));
         }
     }
     let vp = shape.values.div_ceil(svt) * svt;
     // All keys in one block.
-    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage, products: Products::Bf16 };
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage, products: options.products };
     let mut text = String::new();
+    // (bf16 products are not named, so that their modules stay as they were.)
     let _ = writeln!(
         text,
-        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, {:?} storage, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
-        shape.keys, shape.values, shape.decay, options.storage
+        "// psm delta rule kernels (WY/UT form): keys {}, values {}, gate {:?}, {:?} storage{}, chunk {CHUNK}, value tiles {svt} (states), {pvt} (prepare)",
+        shape.keys,
+        shape.values,
+        shape.decay,
+        options.storage,
+        if split { ", Bf16x3 products" } else { "" }
     );
     text.push_str(&module_header(arch));
+    if split {
+        let _ = writeln!(text, ".extern .shared .align 16 .b8 {PREPARE_WINDOW}[];\n");
+    }
     text.push_str(&prepare_kernel(&geometry(pvt), vp));
     text.push('\n');
     let _ = writeln!(text, ".extern .shared .align 16 .b8 {STATES_WINDOW}[];\n");
@@ -194,25 +250,13 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
         text,
         shape,
         storage: options.storage,
+        products: options.products,
         state_value_tile: svt,
         state_threads: (kp / 16 * 32) as u32,
         state_shared_bytes,
+        prepare_shared_bytes: if split { prepare_bytes } else { 0 },
         padded_keys: kp,
         padded_values: vp,
-    })
-}
-
-/// Consecutive arrays of `bytes` each (multiples of 16) in the kernel's dynamic shared
-/// window `window`: their addresses.
-fn window_arrays<const N: usize>(w: &mut Writer, window: &str, bytes: [usize; N]) -> [Reg; N] {
-    let base = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {base}, {window}"));
-    let mut offset = 0;
-    bytes.map(|n| {
-        let r = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {r}, {base}, {offset}"));
-        offset += n;
-        r
     })
 }
 
@@ -255,12 +299,15 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
 /// Stores accumulator tiles row-major into a shared bf16 array (row stride `stride`
 /// entries), a bf16 pair per instruction: `addr` at the first tile's row `row0 + gq`,
 /// column `2 · cq` (entries (gq, 2 cq), (gq, 2 cq + 1) of tile nt are 8 · nt columns on,
-/// those of row gq + 8 eight rows down).
-fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize) {
+/// those of row gq + 8 eight rows down); what the rounding left into the lo plane `lo`
+/// bytes further when given.
+fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize, lo: Option<usize>) {
     for (nt, tile) in acc.iter().enumerate() {
         for half in 0..2 {
-            let pair = w.pack(tile[2 * half], tile[2 * half + 1]);
-            w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", (half * 8 * stride + 8 * nt) * 2));
+            let planes = w.pack_planes(tile[2 * half], tile[2 * half + 1], lo.is_some());
+            for (pair, plane) in planes.iter().zip(std::iter::once(0).chain(lo)) {
+                w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", plane + (half * 8 * stride + 8 * nt) * 2));
+            }
         }
     }
 }
@@ -283,21 +330,31 @@ enum BLayout {
 /// 16 rows, column 0), B as `layout` says (`b`: its address and row stride); `acc`'s
 /// tiles are consecutive 8-wide n-tiles. Four 32-bit shared loads of an A fragment and
 /// two of each B fragment become one `ldmatrix` for A and one for every two n-tiles.
-fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride, layout): (Reg, usize, BLayout), depth: usize) {
+/// `lo`: the byte offsets of A's and B's lo planes when the operands are split (three
+/// mma per tile, [`Writer::mma_split`]).
+fn ldmatrix_product(w: &mut Writer, acc: &[[Reg; 4]], a_addr: Reg, (b_addr, b_stride, layout): (Reg, usize, BLayout), depth: usize, lo: Option<(usize, usize)>) {
+    let planes = |lo: Option<usize>| std::iter::once(0).chain(lo);
     for kk in 0..depth / 16 {
-        let a = w.ldmatrix(a_addr, 16 * kk * 2, 4, false);
-        let a = [a[0], a[1], a[2], a[3]];
+        let a: Vec<[Reg; 4]> = planes(lo.map(|l| l.0))
+            .map(|plane| {
+                let a = w.ldmatrix(a_addr, plane + 16 * kk * 2, 4, false);
+                [a[0], a[1], a[2], a[3]]
+            })
+            .collect();
         for (pair, tiles) in acc.chunks(2).enumerate() {
-            let b = match layout {
-                BLayout::KRows => w.b_fragments_trans(b_addr, (16 * kk * b_stride + 16 * pair) * 2, tiles.len()),
-                BLayout::NRows => {
-                    assert_eq!(tiles.len(), 2, "an [n][k] operand is read two n-tiles at a time");
-                    let r = w.ldmatrix(b_addr, (16 * pair * b_stride + 16 * kk) * 2, 4, false);
-                    vec![[r[0], r[2]], [r[1], r[3]]]
-                }
-            };
-            for (t, b) in tiles.iter().zip(&b) {
-                w.mma(t, &a, b);
+            let b: Vec<Vec<[Reg; 2]>> = planes(lo.map(|l| l.1))
+                .map(|plane| match layout {
+                    BLayout::KRows => w.b_fragments_trans(b_addr, plane + (16 * kk * b_stride + 16 * pair) * 2, tiles.len()),
+                    BLayout::NRows => {
+                        assert_eq!(tiles.len(), 2, "an [n][k] operand is read two n-tiles at a time");
+                        let r = w.ldmatrix(b_addr, plane + (16 * pair * b_stride + 16 * kk) * 2, 4, false);
+                        vec![[r[0], r[2]], [r[1], r[3]]]
+                    }
+                })
+                .collect();
+            for (n, t) in tiles.iter().enumerate() {
+                let b: Vec<[Reg; 2]> = b.iter().map(|p| p[n]).collect();
+                w.mma_planes(t, &a, &b);
             }
         }
     }
@@ -313,13 +370,21 @@ fn unpack_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) {
     w.e.ins(format!("mov.b32 {hi}, {hi_bits}"));
 }
 
-/// The bf16 pair `pair` times `lo` and `hi` entry by entry, rounded back to a bf16 pair.
-fn scale_pair(w: &mut Writer, pair: Reg, lo: Reg, hi: Reg) -> Reg {
+/// The bf16 pair whose planes are `planes` (hi, then lo when split: their sum) times
+/// `lo` and `hi` entry by entry, as planes again (rounded to a bf16 pair, and split
+/// anew when `planes` are).
+fn scale_planes(w: &mut Writer, planes: &[Reg], lo: Reg, hi: Reg) -> Vec<Reg> {
     let [x, y] = [(); 2].map(|_| w.e.reg(Class::F32));
-    unpack_pair(w, pair, x, y);
+    unpack_pair(w, planes[0], x, y);
+    for &plane in &planes[1..] {
+        let [xl, yl] = [(); 2].map(|_| w.e.reg(Class::F32));
+        unpack_pair(w, plane, xl, yl);
+        w.e.ins(format!("add.rn.f32 {x}, {x}, {xl}"));
+        w.e.ins(format!("add.rn.f32 {y}, {y}, {yl}"));
+    }
     w.e.ins(format!("mul.rn.f32 {x}, {x}, {lo}"));
     w.e.ins(format!("mul.rn.f32 {y}, {y}, {hi}"));
-    w.pack(x, y)
+    w.pack_planes(x, y, planes.len() > 1)
 }
 
 fn prepare_kernel(g: &Geometry, vp: usize) -> String {
@@ -340,14 +405,23 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let (chunk, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mov.u32 {chunk}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
-    let (rows_bytes, second, third) = prepare_shared_bytes(g.kp, g.vt);
-    // B's rows; K's rows, then -L, then T; a value tile of V's rows.
-    let bs = w.shared("bs", rows_bytes);
-    let kl = w.shared("kl", second);
-    let vs = w.shared("vs", third);
-    let betas = w.shared("betas", CHUNK * 4);
+    let split = g.split();
+    let (rows_bytes, second, third) = prepare_shared_bytes(g.kp, g.vt, planes(g.products));
+    // The lo planes' offsets (when split): of B's and K's rows, of T, of V's rows.
+    let (rows_lo, t_lo, v_lo) = (CHUNK * ks * 2, CHUNK * ss * 2, CHUNK * vs_stride * 2);
     let gated = g.shape.decay != ChunkDecay::None;
-    let lam = gated.then(|| w.shared("lam", CHUNK * 4));
+    // B's rows; K's rows, then -L, then T; a value tile of V's rows; beta; Lambda.
+    let (bs, kl, vs, betas, lam) = if split {
+        let [bs, kl, vs, betas, lam] = w.window_arrays(PREPARE_WINDOW, [rows_bytes, second, third, CHUNK * 4, CHUNK * 4]);
+        (bs, kl, vs, betas, gated.then_some(lam))
+    } else {
+        let bs = w.shared("bs", rows_bytes);
+        let kl = w.shared("kl", second);
+        let vs = w.shared("vs", third);
+        let betas = w.shared("betas", CHUNK * 4);
+        (bs, kl, vs, betas, gated.then(|| w.shared("lam", CHUNK * 4)))
+    };
+    let lo = |a: usize, b: usize| split.then_some((a, b));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
     let nchunks = w.chunk_count(steps);
     let m = chunk_matrix(&mut w, seq, chunk, nchunks);
@@ -372,7 +446,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.comment("G = B K^T (K's rows are the [n][k] operand)");
     let b_lane = w.ldmatrix_lane_at(bs, row0, ks, zero);
     let k_lane = w.ldmatrix_lane_at(kl, zero, ks, zero);
-    ldmatrix_product(&mut w, &gram, b_lane, (k_lane, ks, BLayout::NRows), g.kp);
+    ldmatrix_product(&mut w, &gram, b_lane, (k_lane, ks, BLayout::NRows), g.kp, lo(rows_lo, rows_lo));
     let last = lam.map(|lam| {
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
@@ -470,11 +544,21 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         let col = w.e.reg(Class::B32);
         w.e.ins(format!("shl.b32 {col}, {piece}, 3"));
         let at = w.bf16_addr(bs, t, ks, col);
-        let x = [(); 4].map(|_| w.e.reg(Class::B32));
-        w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{at}]", x[0], x[1], x[2], x[3]));
+        // Each plane's 8 entries (the lo plane's rows_lo bytes on).
+        let planes: Vec<String> = std::iter::once(at.to_string()).chain(split.then(|| format!("{at}+{rows_lo}"))).collect();
+        let x: Vec<[Reg; 4]> = planes
+            .iter()
+            .map(|addr| {
+                let x = [(); 4].map(|_| w.e.reg(Class::B32));
+                w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{addr}]", x[0], x[1], x[2], x[3]));
+                x
+            })
+            .collect();
         let f = scale(w, t);
-        let y = x.map(|pair| scale_pair(w, pair, f, f));
-        w.e.ins(format!("st.shared.v4.b32 [{at}], {{{}, {}, {}, {}}}", y[0], y[1], y[2], y[3]));
+        let y: Vec<Vec<Reg>> = (0..4).map(|i| scale_planes(w, &x.iter().map(|p| p[i]).collect::<Vec<_>>(), f, f)).collect();
+        for (plane, addr) in planes.iter().enumerate() {
+            w.e.ins(format!("st.shared.v4.b32 [{addr}], {{{}, {}, {}, {}}}", y[0][plane], y[1][plane], y[2][plane], y[3][plane]));
+        }
     });
     w.e.place(&substituted);
     w.e.ins("bar.sync 0");
@@ -488,6 +572,12 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         let h = w.e.reg(Class::B16);
         w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
         w.e.ins(format!("st.shared.b16 [{tcol}+{}], {h}", t * ss * 2));
+        if split {
+            let r = w.residual(*x);
+            let l = w.e.reg(Class::B16);
+            w.e.ins(format!("cvt.rn.bf16.f32 {l}, {r}"));
+            w.e.ins(format!("st.shared.b16 [{tcol}+{}], {l}", t_lo + t * ss * 2));
+        }
     }
     w.e.place(&written);
     w.e.ins("bar.sync 0");
@@ -496,8 +586,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp] (B's scaled rows are the [k][n] operand)");
         let acc = w.zeros(g.kp / 8);
         let scaled_b_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
-        ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK);
-        let base = operand_addr(&mut w, wout, m, CHUNK * g.kp * 2);
+        ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
+        let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
         let at64 = w.e.reg(Class::B64);
@@ -508,8 +598,10 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
                 let (lo, hi) = (t[2 * half], t[2 * half + 1]);
                 w.e.ins(format!("neg.f32 {lo}, {lo}"));
                 w.e.ins(format!("neg.f32 {hi}, {hi}"));
-                let pair = w.pack(lo, hi);
-                w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", (half * 8 * g.kp + 8 * nt) * 2));
+                // The lo plane (when split) is the chunk's second [C][kp] matrix.
+                for (plane, pair) in w.pack_planes(lo, hi, split).into_iter().enumerate() {
+                    w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", ((plane * CHUNK + half * 8) * g.kp + 8 * nt) * 2));
+                }
             }
         }
     }
@@ -531,7 +623,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
                 w.e.ins("bar.sync 0");
             }
             let acc = w.zeros(g.vt / 8);
-            ldmatrix_product(&mut w, &acc, t_lane, (v_lane, vs_stride, BLayout::KRows), CHUNK);
+            ldmatrix_product(&mut w, &acc, t_lane, (v_lane, vs_stride, BLayout::KRows), CHUNK, lo(t_lo, v_lo));
             tile_io(&mut w, &ug, &acc, upre, first_row, row0, rows_all, col0, TileIo::Store(g.storage));
         }
     }
@@ -555,7 +647,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
 /// at a time by `ldmatrix.x4.trans`, which hands each lane the bf16 pairs of steps
 /// (row0 + 2 cq, + 1) and (row0 + 8 + 2 cq, + 1) of keys gq and 8 + gq: scaled by
 /// `factor(t)` with a gate, they are stored four bytes a lane (a quad's four lanes fill
-/// 16 consecutive bytes of a row of K̂ᵀ).
+/// 16 consecutive bytes of a row of K̂ᵀ). Split, both planes of K are read, and K̂ᵀ's
+/// planes (hi + lo of the scaled sum) stored.
 fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, acol: Reg, ks_rows: Reg, factor: Option<StepFactor<'_>>) {
     w.e.comment("khat[m] (bf16 [kp][C]) from K's rows, transposed by ldmatrix");
     let zero = w.e.reg(Class::B32);
@@ -575,18 +668,23 @@ fn store_khat(w: &mut Writer, g: &Geometry, (khat, m): (Reg, Reg), row0: Reg, ac
     w.e.ins(format!("add.u32 {at}, {at}, {acol}"));
     let dst = w.e.reg(Class::B64);
     w.e.ins(format!("mul.wide.u32 {dst}, {at}, 2"));
-    let base = operand_addr(w, khat, m, g.kp * CHUNK * 2);
+    let base = operand_addr(w, khat, m, operand_bytes(g.kp, g.products));
     w.e.ins(format!("add.u64 {dst}, {dst}, {base}"));
+    // K's lo plane (when split) follows its rows; K-hat^T's is the chunk's second [kp][C].
+    let planes: Vec<usize> = std::iter::once(0).chain(g.split().then_some(CHUNK * g.key_stride() * 2)).collect();
     for kb in 0..g.kp / 16 {
-        let r = w.ldmatrix(lane, 16 * kb * 2, 4, true);
-        for (q, pair) in r.into_iter().enumerate() {
+        let r: Vec<Vec<Reg>> = planes.iter().map(|plane| w.ldmatrix(lane, plane + 16 * kb * 2, 4, true)).collect();
+        for q in 0..4 {
             // Matrix q: keys 8 (q / 2) + gq, steps 8 (q % 2) + 2 cq.
-            let pair = match &factors {
-                Some(f) => scale_pair(w, pair, f[2 * (q % 2)], f[2 * (q % 2) + 1]),
-                None => pair,
+            let pairs: Vec<Reg> = r.iter().map(|p| p[q]).collect();
+            let pairs = match &factors {
+                Some(f) => scale_planes(w, &pairs, f[2 * (q % 2)], f[2 * (q % 2) + 1]),
+                None => pairs,
             };
-            let offset = ((16 * kb + 8 * (q / 2)) * CHUNK + 8 * (q % 2)) * 2;
-            w.e.ins(format!("st.global.b32 [{dst}+{offset}], {pair}"));
+            for (plane, pair) in pairs.iter().enumerate() {
+                let offset = (((plane * g.kp + 16 * kb + 8 * (q / 2)) * CHUNK) + 8 * (q % 2)) * 2;
+                w.e.ins(format!("st.global.b32 [{dst}+{offset}], {pair}"));
+            }
         }
     }
 }
@@ -716,7 +814,12 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     w.e.comment("W, K-hat^T, S, U (bf16) and U' (the storage type) in the dynamic shared window");
-    let [ws, kh, st, ut, up] = window_arrays(&mut w, STATES_WINDOW, [CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2, CHUNK * upb]);
+    // Each bf16 array's lo plane (when split) right after it: these are the offsets.
+    let (w_lo, kh_lo, st_lo, ut_lo) = (CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2);
+    let planes = planes(g.products);
+    let split_operands = g.split();
+    let lo = |a: usize, b: usize| split_operands.then_some((a, b));
+    let [ws, kh, st, ut, up] = w.window_arrays(STATES_WINDOW, [w_lo * planes, kh_lo * planes, st_lo * planes, ut_lo * planes, CHUNK * upb]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -735,9 +838,10 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     // The byte offset of this block's value tile in a row of U'.
     let up_col = w.e.reg(Class::B64);
     w.e.ins(format!("mul.wide.u32 {up_col}, {col0}, {eb}"));
-    let copy_w = AsyncCopy::new(&mut w, threads, g.kp * 2, ws, ks * 2, CHUNK, g.kp * 2);
+    // W's and K-hat^T's planes are consecutive rows in global and in shared memory.
+    let copy_w = AsyncCopy::new(&mut w, threads, g.kp * 2, ws, ks * 2, CHUNK * planes, g.kp * 2);
     let copy_upre = AsyncCopy::new(&mut w, threads, vp * eb, up, upb, CHUNK, g.vt * eb);
-    let copy_khat = AsyncCopy::new(&mut w, threads, CHUNK * 2, kh, ss * 2, g.kp, CHUNK * 2);
+    let copy_khat = AsyncCopy::new(&mut w, threads, CHUNK * 2, kh, ss * 2, g.kp * planes, CHUNK * 2);
     let chunk = w.e.reg(Class::B32);
     // Copies chunk `c`'s W and U' (`first`) or K-hat^T into shared memory, as one
     // cp.async group; an empty group past the last chunk keeps the count.
@@ -750,13 +854,13 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("@{past} bra.uni {skip}"));
         let m = chunk_matrix(w, seq, c, nchunks);
         if first {
-            let src = operand_addr(w, wmat, m, CHUNK * g.kp * 2);
+            let src = operand_addr(w, wmat, m, operand_bytes(g.kp, g.products));
             copy_w.issue(w, src);
             let src = operand_addr(w, upre, m, CHUNK * vp * eb);
             w.e.ins(format!("add.u64 {src}, {src}, {up_col}"));
             copy_upre.issue(w, src);
         } else {
-            let src = operand_addr(w, khat, m, g.kp * CHUNK * 2);
+            let src = operand_addr(w, khat, m, operand_bytes(g.kp, g.products));
             copy_khat.issue(w, src);
         }
         w.e.place(&skip);
@@ -777,7 +881,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         d
     });
     w.e.comment("S (bf16) into st; wait for W and U'");
-    store_rows(&mut w, &acc, s_store, vs);
+    store_rows(&mut w, &acc, s_store, vs, split_operands.then_some(st_lo));
     w.e.ins("cp.async.wait_group 1");
     w.e.ins("bar.sync 0");
     w.e.comment("U = U' + W S: to u, and into ut");
@@ -812,12 +916,12 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
                 t
             })
             .collect();
-        ldmatrix_product(w, &us, w_lane, (s_lane, vs, BLayout::KRows), g.kp);
+        ldmatrix_product(w, &us, w_lane, (s_lane, vs, BLayout::KRows), g.kp, lo(w_lo, st_lo));
         let ucol = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {ucol}, {col0}, {c}"));
         tile_io(w, g, &us, u, pos.row_base, r0, pos.n, ucol, TileIo::Store(g.storage));
         let at = w.bf16_addr(ut, r, vs, col);
-        store_rows(w, &us, at, vs);
+        store_rows(w, &us, at, vs, split_operands.then_some(ut_lo));
     });
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's W and U' in flight; wait for K-hat^T");
@@ -835,7 +939,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.comment("S += K-hat^T U");
-    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs, BLayout::KRows), CHUNK);
+    ldmatrix_product(&mut w, &acc, khat_lane, (u_lane, vs, BLayout::KRows), CHUNK, lo(kh_lo, ut_lo));
     w.e.ins("bar.sync 0");
     w.e.comment("the next chunk's K-hat^T in flight");
     prefetch(&mut w, next, false);

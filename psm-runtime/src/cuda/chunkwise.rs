@@ -11,9 +11,8 @@
 //! reads the field. Chunks
 //! are psm-codegen's [`CHUNK`] steps; the state and the sums are f32, and the operands
 //! on the tensor cores are taken as the caller's [`Products`] say: split into bf16 hi +
-//! lo planes (f32 accuracy, about 1e-5) or rounded to bf16 (about 3e-3 on f32 data).
-//! The delta rule's fields always take bf16 products: its kernels (`ptx::delta`) write
-//! the chunk states and pseudo-values as one bf16 plane.
+//! lo planes (f32 accuracy, about 1e-5) or rounded to bf16 (about 3e-3 on f32 data),
+//! for the delta rule's kernels (`ptx::delta`) as for the others.
 
 use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage, CHUNK, OUTPUT_THREADS};
 use psm_ir::derive::chunkwise::{Chunkwise, Decay, Gate};
@@ -29,7 +28,7 @@ pub(super) fn upload(device: &Device, what: &str, data: &[f32]) -> Result<Device
 
 /// The contractions of `plan`, `[contraction][sequence × steps × values]`, from the
 /// per-step features (`feature(name)`: `[sequence × steps × len]` f32), with the
-/// tensor-core products `products` (bf16 for the delta rule's fields).
+/// tensor-core products `products`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn contract<'f>(
     device: &Device,
@@ -58,10 +57,12 @@ pub(crate) fn contract<'f>(
             _ => (ChunkDecay::None, None),
         };
         let shape = ChunkwiseShape { keys: field.keys, values: field.values, decay, exclusive: plan.exclusive };
-        let products = if matches!(field.decay, Decay::DeltaRule { .. }) { Products::Bf16 } else { products };
         let m = compile_chunkwise_with(shape, Storage::F32, products, arch).map_err(|e| RunError::Codegen { aggregator: plan.aggregator.clone(), message: e.0 })?;
         let module = device.module(&plan.aggregator, &m.text)?;
         let (states_fn, outputs_fn) = (module.function("psm_cw_states")?, module.function("psm_cw_outputs")?);
+        // The outputs kernel's arrays are dynamic shared memory, more than 48 KiB at 128 keys.
+        outputs_fn.allow_shared(m.output_shared_bytes)?;
+        let output_shared = u32::try_from(m.output_shared_bytes).map_err(|_| too_large("the outputs kernel's shared memory".into()))?;
         let k = upload(device, &format!("the keys `{}`", field.key), feature(&field.key))?;
         let v = upload(device, &format!("the values `{}`", field.value), feature(&field.value))?;
         let decays = match gate {
@@ -85,7 +86,7 @@ pub(crate) fn contract<'f>(
         let states = device.alloc("the chunk states", matrices.ok_or_else(|| too_large("the chunk states".into()))?, false)?;
         // The delta rule's outputs read its pseudo-values in place of the values.
         let v = if let Decay::DeltaRule { beta, b, .. } = &field.decay {
-            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, g), &states, nseq, steps)?
+            super::delta::pseudo_values(device, arch, plan, shape, (beta, b), &feature, (&k, &v, g), &states, nseq, steps, products)?
         } else {
             let mut args = Args::new();
             args.ptr(&k).ptr(&v).ptr(g).u64(0).ptr(&states).u64(steps as u64).u32(0);
@@ -100,7 +101,7 @@ pub(crate) fn contract<'f>(
             let o = device.alloc(&format!("the contraction `{}`", c.output), out.len() * 4, false)?;
             let mut args = Args::new();
             args.ptr(&q).ptr(&k).ptr(&v).ptr(g).ptr(&states).ptr(&o).u64(steps as u64).u32(0);
-            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, 0, &args)?;
+            device.launch_grid(&outputs_fn, m.output_grid(dim(nchunks, "chunks")?, dim(nseq, "sequences")?), OUTPUT_THREADS, output_shared, &args)?;
             // SAFETY: f32 values viewed as their bytes, exclusively borrowed.
             let bytes = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
             device.copy_to_host(&o, 0, bytes)?;
