@@ -8,8 +8,9 @@ after `block_until_ready` for JAX) and `bytes` the fewest bytes the operation mu
 (each input read once, each output written once), so bytes/seconds is its bandwidth.
 A library that fails on a shape prints {"name", "error"} instead of stopping the run.
 
-Usage: baselines.py torch|jax|fla   (JAX in its own process: it reserves device memory;
-fla needs the fla-core wheel, see bench/gpu/run.sh).
+Usage: baselines.py torch|jax|fla|fla-kernels   (JAX in its own process: it reserves
+device memory; fla needs the fla-core wheel, see bench/gpu/run.sh; PSM_FLA_LENGTHS=T,..
+limits fla's lengths).
 """
 
 import json
@@ -239,11 +240,11 @@ def jax_suite():
         fail("affine", "jax.lax.associative_scan", list(AFFINE), err)
 
 
-def fla_suite():
-    """Issue 6's rivals: flash-linear-attention's chunkwise kernels (fla-core, Triton) and
-    causal softmax attention (SDPA), forward only, at B = 4, H = 16, D = 128 in bf16.
-    psm's rows for the same problems come from psm-codegen's tests/ptx_gpu.rs
-    `chunkwise_timings`, whose "vs" lists name the rows below (table.py pairs them)."""
+def fla_problems():
+    """Issue 6's problems at B = 4, H = 16, D = 128 in bf16, one length at a time: yields
+    (T, shape, rows), rows as (name, call, bytes) of flash-linear-attention's chunkwise
+    kernels (fla-core, Triton) and causal softmax attention (SDPA), forward only. The
+    inputs live while the caller handles their length."""
     import torch
     import torch.nn.functional as F
 
@@ -257,7 +258,8 @@ def fla_suite():
 
     B, H, D = FLA_BHD
     bf16 = torch.bfloat16
-    for T in FLA_LENGTHS:
+    lengths = [int(t) for t in os.environ.get("PSM_FLA_LENGTHS", "").split(",") if t] or FLA_LENGTHS
+    for T in lengths:
         shape = [B, T, H, D]
         q, k, v = (torch.randn(B, T, H, D, device=dev, dtype=bf16) for _ in range(3))
         k_unit = F.normalize(k.float(), dim=-1).to(bf16)  # the delta rule wants unit keys
@@ -265,20 +267,60 @@ def fla_suite():
         g_diag = (F.logsigmoid(torch.randn(B, T, H, D, device=dev)) / 16).float()
         beta = torch.rand(B, T, H, device=dev, dtype=bf16).sigmoid()
         qkvo = 4 * B * T * H * D * 2  # q, k, v read and o written once, bf16
-        rows = [
+        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+        yield T, shape, [
             ("chunk_simple_gla", lambda: chunk_simple_gla(q, k, v, g=g_scalar), qkvo + B * T * H * 4),
             ("chunk_gla", lambda: chunk_gla(q, k, v, g=g_diag), qkvo + B * T * H * D * 4),
             ("chunk_linear_attn", lambda: chunk_linear_attn(q, k, v, normalize=False), qkvo),
             ("chunk_retention", lambda: chunk_retention(q, k, v), qkvo),
             ("chunk_delta_rule", lambda: chunk_delta_rule(q, k_unit, v, beta), qkvo + B * T * H * 2),
+            ("torch SDPA causal", lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), qkvo),
         ]
+        del q, k, v, k_unit, g_scalar, g_diag, beta, qh, kh, vh
+        torch.cuda.empty_cache()
+
+
+def fla_suite():
+    """Issue 6's rivals (fla_problems), each call timed whole, as a user calls it. psm's
+    rows for the same problems come from psm-codegen's tests/ptx_gpu.rs
+    `chunkwise_timings`, whose "vs" lists name the rows below (table.py pairs them)."""
+    for _, shape, rows in fla_problems():
         for name, fn, nbytes in rows:
             run("fla", name, shape, fn, nbytes, reps=10, warmup=3)
-        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-        run("fla", "torch SDPA causal", shape, lambda: F.scaled_dot_product_attention(qh, kh, vh, is_causal=True), qkvo, reps=10)
-        del q, k, v, k_unit, g_scalar, g_diag, beta, qh, kh, vh
+
+
+def fla_kernels():
+    """Where fla's time goes: each kernel of each fla_problems call, its mean device time
+    over 10 calls (torch.profiler, after 3 warm-up calls), one JSON line per kernel
+    {"suite": "fla-kernels", "name", "shape", "kernel", "seconds", "launches"}, to set
+    beside psm's per-kernel times (chunkwise_timings' stderr)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    calls = 10
+    for _, shape, rows in fla_problems():
+        for name, fn, _ in rows:
+            try:
+                for _ in range(3):
+                    fn()
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        fn()
+                    torch.cuda.synchronize()
+            except Exception as err:
+                fail("fla-kernels", name, shape, err)
+                continue
+            for e in prof.key_averages():
+                micros = getattr(e, "self_device_time_total", None)
+                if micros is None:
+                    micros = e.self_cuda_time_total
+                if micros > 0:
+                    line = {"suite": "fla-kernels", "name": name, "shape": shape, "kernel": e.key[:120],
+                            "seconds": micros / 1e6 / calls, "launches": e.count / calls}
+                    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "torch"
-    {"torch": torch_suite, "jax": jax_suite, "fla": fla_suite}[which]()
+    {"torch": torch_suite, "jax": jax_suite, "fla": fla_suite, "fla-kernels": fla_kernels}[which]()

@@ -968,6 +968,18 @@ fn diag_affine_timings() {
     });
 }
 
+/// Issue 6's sequence lengths for the fla-shaped timings, or those listed in
+/// PSM_FLA_LENGTHS (e.g. `16384`, to profile one length; bench/gpu/baselines.py reads the
+/// same variable).
+fn fla_lengths() -> Vec<usize> {
+    let listed: Vec<usize> = std::env::var("PSM_FLA_LENGTHS").unwrap_or_default().split(',').filter_map(|t| t.trim().parse().ok()).collect();
+    if listed.is_empty() {
+        vec![1024, 4096, 16384]
+    } else {
+        listed
+    }
+}
+
 /// The median seconds of one `launch` over `rounds` rounds of 10 back-to-back calls
 /// between two synchronizations, after one round of warm-up.
 fn median_seconds(cuda: &Cuda, rounds: usize, mut launch: impl FnMut()) -> f64 {
@@ -1275,7 +1287,7 @@ fn delta_rule_timings() {
         })
         .collect();
     let mut seed = 13u64;
-    for steps in [1024usize, 4096, 16384] {
+    for steps in fla_lengths() {
         let rows = nseq * steps;
         let (q, k) = (unit_rows(&mut seed, rows, d, bf16_round), unit_rows(&mut seed, rows, d, bf16_round));
         let mut gen = |n: usize, lo: f64, hi: f64| (0..n).map(|_| bf16_round(uniform(&mut seed, lo, hi) as f32)).collect::<Vec<f32>>();
@@ -1666,7 +1678,7 @@ fn chunkwise_timings() {
     let (batch, heads, d) = (4usize, 16usize, 128usize);
     let nseq = batch * heads;
     let mut seed = 11u64;
-    for steps in [1024usize, 4096, 16384] {
+    for steps in fla_lengths() {
         // The fla rows of the same problem (bench/gpu/baselines.py fla_suite), and the
         // decays' logs: retention's fixed decay is a scalar one.
         for (name, vs, decay, lo, hi) in [
