@@ -5,8 +5,8 @@ On the same inputs, every implementation's outputs against one float64 reference
 model's recurrence, stepped in numpy float64 below), as ‖out − ref‖ / ‖ref‖:
 
 * psm's chunkwise form on CUDA (`psmc run --backend cuda --form chunkwise`: tensor cores,
-  bf16 operands, f32 state) and on the CPU (f32, at the longest length), run on
-  examples/ops;
+  f32 state; the operators take f32 data, so the runtime splits the operands into bf16
+  hi + lo planes) and on the CPU (f32, at the longest length), run on examples/ops;
 * fla-core's own naive reference implementations (`fla.ops.*.naive`, f32 on the GPU);
 * fla's chunk kernels (Triton) on the same values in bf16, at the longest length;
 * and psm on CUDA directly against fla's naive outputs.
