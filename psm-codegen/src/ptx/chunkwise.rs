@@ -30,10 +30,14 @@
 //! nchunks + 1, keys, values]` f32 slots, of which the final state (slot nchunks) is f32
 //! and each chunk's entering state, which the outputs kernel multiplies in bf16, is
 //! bf16 `[keys, values]` in the first half of its slot (half the bytes; the rounding is
-//! the one the outputs kernel did itself before). Steps past the sequence's end are zero
+//! the one the outputs kernel did itself before); `states` 16-byte aligned (as any
+//! allocation is: its rows are stored 16 bytes at a time). Steps past the sequence's end are zero
 //! keys and values with no decay.
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
+//!
+//! The states kernel writes each chunk's bf16 state through per-warp shared rows, 16
+//! bytes a lane (`state_loop_head`), where the values are a multiple of 8.
 //!
 //! Both kernels stage K and V (the outputs kernel Q too) in shared memory as bf16
 //! (rounded to nearest) in the layout they have in global memory, rows of a chunk's steps
