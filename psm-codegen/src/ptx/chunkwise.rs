@@ -31,8 +31,8 @@
 //! and each chunk's entering state, which the outputs kernel multiplies in bf16, is
 //! bf16 `[keys, values]` in the first half of its slot (half the bytes; the rounding is
 //! the one the outputs kernel did itself before); `states` 16-byte aligned (as any
-//! allocation is: its rows are stored 16 bytes at a time). Steps past the sequence's end are zero
-//! keys and values with no decay.
+//! allocation is: its rows are stored 16 bytes at a time). Steps past the sequence's end
+//! are zero keys and values with no decay.
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
