@@ -122,10 +122,10 @@ fn state_staging() {
             let states = &m.text[m.text.find(".entry psm_cw_states(").unwrap()..m.text.find(".entry psm_cw_outputs(").unwrap()];
             // Warps: 16 keys of the key tile each, and half the value tile where the halves
             // are whole mma tiles.
-            let parts = if m.value_tile % 16 == 0 { 2 } else { 1 };
+            let parts = if m.value_tile.is_multiple_of(16) { 2 } else { 1 };
             let warp_values = m.value_tile / parts;
-            let stride = warp_values + if warp_values % 16 == 0 { 8 } else { 16 };
-            let stage = if values % 8 == 0 { m.key_tile / 16 * parts * 16 * stride * 2 } else { 0 };
+            let stride = warp_values + if warp_values.is_multiple_of(16) { 8 } else { 16 };
+            let stage = if values.is_multiple_of(8) { m.key_tile / 16 * parts * 16 * stride * 2 } else { 0 };
             if (keys, values, products) == (128, 128, Products::Bf16) {
                 assert_eq!(stage, 8 * 16 * 40 * 2, "8 warps of 32 values");
             }

@@ -87,10 +87,10 @@ fn split_geometry() {
 /// warps, of `tile` bf16 and 8 more (16 where the tile is not a multiple of 16, so that
 /// the rows stay an odd number of 16 bytes apart).
 fn stage_bytes(kp: usize, values: usize, tile: usize) -> usize {
-    if values % 8 != 0 {
+    if !values.is_multiple_of(8) {
         return 0;
     }
-    kp * (tile + if tile % 16 == 0 { 8 } else { 16 }) * 2
+    kp * (tile + if tile.is_multiple_of(16) { 8 } else { 16 }) * 2
 }
 
 #[test]
