@@ -49,7 +49,8 @@ fn split_geometry() {
             assert_eq!((m.products, bf16.products), (Products::Bf16x3, Products::Bf16));
             assert_eq!((tile, kp, m.padded_values), (bf16.state_value_tile, bf16.padded_keys, bf16.padded_values));
             assert_eq!((bf16.operand_bytes(), m.operand_bytes()), (64 * kp * 2, 2 * 64 * kp * 2));
-            let upre = 64 * (tile * 4 + 16);
+            // U' and the state rows' staging (values a multiple of 8: see geometry) have one plane.
+            let upre = 64 * (tile * 4 + 16) + stage_bytes(kp, values, tile);
             assert_eq!(m.state_shared_bytes - upre, 2 * (bf16.state_shared_bytes - upre), "{keys} × {values}");
             assert_eq!(bf16.prepare_shared_bytes, 0);
             let rows = 64 * (kp + 8) * 2 * 2;
@@ -81,14 +82,27 @@ fn split_geometry() {
     }
 }
 
+/// Shared bytes of the states kernel's staging of its chunk-state rows: where `values`
+/// is a multiple of 8 (rows copied 16 bytes at a time), 16 rows for each of the kp / 16
+/// warps, of `tile` bf16 and 8 more (16 where the tile is not a multiple of 16, so that
+/// the rows stay an odd number of 16 bytes apart).
+fn stage_bytes(kp: usize, values: usize, tile: usize) -> usize {
+    if !values.is_multiple_of(8) {
+        return 0;
+    }
+    kp * (tile + if tile.is_multiple_of(16) { 8 } else { 16 }) * 2
+}
+
 #[test]
 fn geometry() {
     // (keys, values) → state value tile (the default, 32, or the values padded to 8 when
     // fewer), keys padded to 16, values to the tile; the states kernel's dynamic shared
     // bytes: W [64][kp + 8] + K-hat^T [kp][72] + S [kp][tile + 8] + U [64][tile + 8] in
-    // bf16, U' 64 rows of tile entries in f32 (as listed) or bf16 and 16 bytes of padding.
+    // bf16, U' 64 rows of tile entries in f32 (as listed) or bf16 and 16 bytes of padding,
+    // and each warp's staging of its chunk-state rows ([`stage_bytes`]: 16 × 24 × 2 at
+    // 8 × 8, 128 × 40 × 2 at 128 × 128, none where the values are not a multiple of 8).
     for ((keys, values), (tile, kp, vp, shared)) in
-        [((8, 8), (8, 16, 8, 11008)), ((64, 100), (32, 64, 128, 37888)), ((128, 128), (32, 128, 128, 60416)), ((100, 7), (8, 112, 8, 40192))]
+        [((8, 8), (8, 16, 8, 11008 + 768)), ((64, 100), (32, 64, 128, 37888)), ((128, 128), (32, 128, 128, 60416 + 10240)), ((100, 7), (8, 112, 8, 40192))]
     {
         for storage in [Storage::F32, Storage::Bf16] {
             for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {

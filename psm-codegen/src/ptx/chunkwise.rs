@@ -30,10 +30,14 @@
 //! nchunks + 1, keys, values]` f32 slots, of which the final state (slot nchunks) is f32
 //! and each chunk's entering state, which the outputs kernel multiplies in bf16, is
 //! bf16 `[keys, values]` in the first half of its slot (half the bytes; the rounding is
-//! the one the outputs kernel did itself before). Steps past the sequence's end are zero
-//! keys and values with no decay.
+//! the one the outputs kernel did itself before); `states` 16-byte aligned (as any
+//! allocation is: its rows are stored 16 bytes at a time). Steps past the sequence's end
+//! are zero keys and values with no decay.
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
+//!
+//! The states kernel writes each chunk's bf16 state through per-warp shared rows, 16
+//! bytes a lane (`state_loop_head`), where the values are a multiple of 8.
 //!
 //! Both kernels stage K and V (the outputs kernel Q too) in shared memory as bf16
 //! (rounded to nearest) in the layout they have in global memory, rows of a chunk's steps
@@ -85,6 +89,7 @@
 use std::fmt::Write;
 
 use super::block::shared_limit;
+use super::delta::store_rows;
 use super::emit::{Class, Emitter, Reg};
 use super::HAS_STATE;
 
@@ -1280,7 +1285,10 @@ pub(super) fn initial_state(w: &mut Writer, g: &Geometry, flags: Reg, state_in: 
 /// A chunk's state is stored for the outputs kernel, which multiplies it in bf16: rounded
 /// to bf16 (`[keys][values]`) in the first half of its f32 slot (half the bytes written
 /// and read), and when split what the rounding left, as bf16, in the second half (the
-/// lo plane); the final state stays f32. Returns the loop's top and end labels.
+/// lo plane); the final state stays f32. `stage`: the block's [`state_stage_bytes`] of
+/// shared memory, where it has any, through which each warp copies its bf16 rows
+/// ([`StagedRows`]); without it, each lane stores its own pairs. Returns the loop's top
+/// and end labels.
 pub(super) fn state_loop_head(
     w: &mut Writer,
     g: &Geometry,
@@ -1288,7 +1296,10 @@ pub(super) fn state_loop_head(
     (states, s64, nchunks): (Reg, Reg, Reg),
     chunk: Reg,
     (row0, keys, col0): (Reg, Reg, Reg),
+    stage: Option<Reg>,
 ) -> (String, String) {
+    assert_eq!(stage.is_some(), state_stage_stride(g).is_some(), "a state kernel stages its bf16 rows exactly where they can be copied 16 bytes at a time");
+    let staged = stage.map(|stage| StagedRows::new(w, g, stage, states, (row0, keys, col0)));
     let top = w.e.label("chunk");
     let done = w.e.label("chunks_done");
     w.e.place(&top);
@@ -1304,17 +1315,129 @@ pub(super) fn state_loop_head(
     w.e.ins(format!("bra.uni {done}"));
     w.e.place(&entering);
     w.e.comment("states[seq, chunk] = S entering the chunk, bf16 in the slot's first half");
-    let bf16_rows = w.e.reg(Class::B64);
-    w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
-    tile_io(w, g, acc, states, bf16_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
-    if g.split() {
-        w.e.comment("and S - bf16(S), bf16 in the slot's second half");
-        let residuals: Vec<[Reg; 4]> = acc.iter().map(|t| t.map(|r| w.residual(r))).collect();
-        let lo_rows = w.e.reg(Class::B64);
-        w.e.ins(format!("add.u64 {lo_rows}, {bf16_rows}, {}", g.keys));
-        tile_io(w, g, &residuals, states, lo_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
+    let residuals = |w: &mut Writer| -> Vec<[Reg; 4]> { acc.iter().map(|t| t.map(|r| w.residual(r))).collect() };
+    match &staged {
+        Some(staged) => {
+            // The slot's bf16 rows start 2 · matrix rows of `values` in: 4 · values bytes a matrix row.
+            let at = w.e.reg(Class::B64);
+            w.e.ins(format!("mad.lo.u64 {at}, {matrix}, {}, {}", 4 * g.values, staged.lane_base));
+            staged.copy(w, acc, at);
+            if g.split() {
+                w.e.comment("and S - bf16(S), bf16 in the slot's second half");
+                let residuals = residuals(w);
+                let lo_at = w.e.reg(Class::B64);
+                w.e.ins(format!("add.u64 {lo_at}, {at}, {}", 2 * g.keys * g.values));
+                staged.copy(w, &residuals, lo_at);
+            }
+        }
+        None => {
+            let bf16_rows = w.e.reg(Class::B64);
+            w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
+            tile_io(w, g, acc, states, bf16_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
+            if g.split() {
+                w.e.comment("and S - bf16(S), bf16 in the slot's second half");
+                let residuals = residuals(w);
+                let lo_rows = w.e.reg(Class::B64);
+                w.e.ins(format!("add.u64 {lo_rows}, {bf16_rows}, {}", g.keys));
+                tile_io(w, g, &residuals, states, lo_rows, row0, keys, col0, TileIo::Store(Storage::Bf16));
+            }
+        }
     }
     (top, done)
+}
+
+/// The row stride (entries) of a warp's shared staging of its 16 bf16 chunk-state rows
+/// (`g.vt` values): 16-byte aligned rows an odd number of 16 bytes apart, so that a
+/// quarter warp's fragment stores (8 rows, 4 words each) and its 16-byte row reads (8
+/// rows, the same 16 bytes of each) fall in distinct banks. None where `values` is not
+/// a multiple of 8: a row's 16 bytes in global memory would not be aligned.
+fn state_stage_stride(g: &Geometry) -> Option<usize> {
+    g.values.is_multiple_of(8).then(|| g.vt + if g.vt.is_multiple_of(16) { 8 } else { 16 })
+}
+
+/// Shared bytes of a state kernel's chunk-state staging for `warps` warps of `g.vt`
+/// values each ([`state_loop_head`]'s `stage`): 0 where it stages none.
+pub(super) fn state_stage_bytes(g: &Geometry, warps: usize) -> usize {
+    state_stage_stride(g).map_or(0, |stride| warps * 16 * stride * 2)
+}
+
+/// A warp's copy of its bf16 state rows (16 keys from `row0`, `g.vt` values from `col0`)
+/// to a chunk's slot through its shared staging rows: the accumulator fragments stored
+/// as bf16 pairs into the rows, then each lane copies 16 bytes at a time (row lane % 16,
+/// 16-byte columns lane / 16, + 2, ..) with one shared and one global vector access, so
+/// the warp writes whole 32-byte sectors. Every lane's addresses and bounds are fixed
+/// once, before the chunk loop; a chunk only adds its slot's offset.
+struct StagedRows {
+    stride: usize,
+    /// The lane's fragment row gq, column 2 cq in the staging rows.
+    fragments: Reg,
+    /// The lane's first 16 bytes to copy in the staging rows.
+    read: Reg,
+    /// `states` plus the byte offset of the lane's first 16 bytes in a chunk's bf16 rows.
+    lane_base: Reg,
+    /// Per copy (32 bytes further each): whether its row and columns are in the field.
+    live: Vec<Reg>,
+}
+
+impl StagedRows {
+    fn new(w: &mut Writer, g: &Geometry, stage: Reg, states: Reg, (row0, keys, col0): (Reg, Reg, Reg)) -> StagedRows {
+        let stride = state_stage_stride(g).expect("values a multiple of 8");
+        w.e.comment("this warp's staging rows of its bf16 state, and the lane's part of copying them");
+        let rows = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {rows}, {}, {}, {stage}", w.warp, 16 * stride * 2));
+        let pair_col = w.e.reg(Class::B32);
+        w.e.ins(format!("shl.b32 {pair_col}, {}, 1", w.cq));
+        let fragments = w.bf16_addr(rows, w.gq, stride, pair_col);
+        let (lane, row, part) = (w.e.reg(Class::B32), w.e.reg(Class::B32), w.e.reg(Class::B32));
+        w.e.ins(format!("and.b32 {lane}, {}, 31", w.tid));
+        w.e.ins(format!("and.b32 {row}, {lane}, 15"));
+        w.e.ins(format!("shr.u32 {part}, {lane}, 4"));
+        let col = w.e.reg(Class::B32);
+        w.e.ins(format!("shl.b32 {col}, {part}, 3"));
+        let read = w.bf16_addr(rows, row, stride, col);
+        let (key, value) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+        w.e.ins(format!("add.u32 {key}, {row0}, {row}"));
+        w.e.ins(format!("add.u32 {value}, {col0}, {col}"));
+        let (entry, col64, lane_base) = (w.e.reg(Class::B64), w.e.reg(Class::B64), w.e.reg(Class::B64));
+        w.e.ins(format!("mul.wide.u32 {entry}, {key}, {}", g.values));
+        w.e.ins(format!("cvt.u64.u32 {col64}, {value}"));
+        w.e.ins(format!("add.u64 {entry}, {entry}, {col64}"));
+        w.e.ins(format!("mad.lo.u64 {lane_base}, {entry}, 2, {states}"));
+        let in_rows = w.e.reg(Class::Pred);
+        w.e.ins(format!("setp.lt.u32 {in_rows}, {key}, {keys}"));
+        let live = (0..g.vt.div_ceil(16))
+            .map(|i| {
+                // 16-byte column part + 2 i: within the warp's g.vt values and the field's.
+                let (p, q) = (w.e.reg(Class::Pred), w.e.reg(Class::Pred));
+                w.e.ins(format!("setp.lt.u32 {p}, {part}, {}", g.vt / 8 - 2 * i));
+                w.e.ins(format!("and.pred {p}, {p}, {in_rows}"));
+                let c = w.e.reg(Class::B32);
+                w.e.ins(format!("add.u32 {c}, {value}, {}", 16 * i));
+                w.e.ins(format!("setp.lt.and.u32 {q}, {c}, {}, {p}", g.values));
+                q
+            })
+            .collect();
+        StagedRows { stride, fragments, read, lane_base, live }
+    }
+
+    /// Copies the bf16 rounding of `acc` to the rows whose lane's first 16 bytes are at
+    /// `at` (global).
+    fn copy(&self, w: &mut Writer, acc: &[[Reg; 4]], at: Reg) {
+        // The first barrier keeps the previous copy's reads before these stores.
+        w.e.ins("bar.warp.sync 0xffffffff");
+        store_rows(w, acc, self.fragments, self.stride, None);
+        w.e.ins("bar.warp.sync 0xffffffff");
+        let words: Vec<[Reg; 4]> = (0..self.live.len())
+            .map(|i| {
+                let x = [(); 4].map(|_| w.e.reg(Class::B32));
+                w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{}+{}]", x[0], x[1], x[2], x[3], self.read, 32 * i));
+                x
+            })
+            .collect();
+        for (i, (x, live)) in words.iter().zip(&self.live).enumerate() {
+            w.e.ins(format!("@{live} st.global.v4.b32 [{at}+{}], {{{}, {}, {}, {}}}", 32 * i, x[0], x[1], x[2], x[3]));
+        }
+    }
 }
 
 /// What [`tile_io`] does with a matrix in global memory.
@@ -1418,6 +1541,8 @@ fn states_kernel(g: &Geometry) -> String {
     // tile) and its part of the value tile (from wcol0; from vpart = part · wg.vt in the
     // tile, part = warp / key warps).
     let wg = Geometry { vt: g.vt / g.state_value_parts(), ..*g };
+    let stage_bytes = state_stage_bytes(&wg, threads / 32);
+    let stage = (stage_bytes > 0).then(|| w.shared("stage", stage_bytes));
     let (part, key_warp) = w.divmod(w.warp, g.kt / 16);
     let local0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {local0}, {key_warp}, 4"));
@@ -1472,7 +1597,7 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {chunk}, 0"));
     w.e.comment("issue chunk 0's loads");
     issue(&mut w, chunk);
-    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0));
+    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0), stage);
     let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
         w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);

@@ -63,7 +63,7 @@ use std::fmt::Write;
 
 use super::block::shared_limit;
 use super::chunkwise::{
-    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, tile_io,
+    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, state_stage_bytes, tile_io,
     value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, StepFactor, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
@@ -217,7 +217,10 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
     // Split, the prepare kernel's arrays are dynamic: the widest value tile.
     let pvt = value_tile(shape.values, |vt| if split { 0 } else { prepare_total_bytes(kp, vt, planes) });
     let prepare_bytes = prepare_total_bytes(kp, pvt, planes);
-    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage, planes);
+    // All keys in one block.
+    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage, products: options.products };
+    // And each warp's staging of its chunk-state rows (ptx::chunkwise's state_loop_head).
+    let state_shared_bytes = states_shared_bytes(kp, svt, options.storage, planes) + state_stage_bytes(&geometry(svt), kp / 16);
     let prepare_limit = if split { shared_limit(arch) } else { STATIC_SHARED };
     for (bytes, limit) in [(state_shared_bytes, shared_limit(arch)), (prepare_bytes, prepare_limit)] {
         if bytes > limit {
@@ -225,8 +228,6 @@ pub fn compile_delta_with(shape: ChunkwiseShape, options: DeltaOptions, arch: u3
         }
     }
     let vp = shape.values.div_ceil(svt) * svt;
-    // All keys in one block.
-    let geometry = |vt| Geometry { keys: shape.keys, kp, kt: kp, values: shape.values, vt, shape, storage: options.storage, products: options.products };
     let mut text = String::new();
     // (bf16 products are not named, so that their modules stay as they were.)
     let _ = writeln!(
@@ -301,7 +302,7 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
 /// column `2 · cq` (entries (gq, 2 cq), (gq, 2 cq + 1) of tile nt are 8 · nt columns on,
 /// those of row gq + 8 eight rows down); what the rounding left into the lo plane `lo`
 /// bytes further when given.
-fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize, lo: Option<usize>) {
+pub(super) fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize, lo: Option<usize>) {
     for (nt, tile) in acc.iter().enumerate() {
         for half in 0..2 {
             let planes = w.pack_planes(tile[2 * half], tile[2 * half + 1], lo.is_some());
@@ -813,13 +814,14 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
     let col0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
-    w.e.comment("W, K-hat^T, S, U (bf16) and U' (the storage type) in the dynamic shared window");
+    w.e.comment("W, K-hat^T, S, U (bf16), U' (the storage type) and the state rows' staging in the dynamic shared window");
     // Each bf16 array's lo plane (when split) right after it: these are the offsets.
     let (w_lo, kh_lo, st_lo, ut_lo) = (CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2);
     let planes = planes(g.products);
     let split_operands = g.split();
     let lo = |a: usize, b: usize| split_operands.then_some((a, b));
-    let [ws, kh, st, ut, up] = w.window_arrays(STATES_WINDOW, [w_lo * planes, kh_lo * planes, st_lo * planes, ut_lo * planes, CHUNK * upb]);
+    let stage_bytes = state_stage_bytes(g, warps);
+    let [ws, kh, st, ut, up, stage] = w.window_arrays(STATES_WINDOW, [w_lo * planes, kh_lo * planes, st_lo * planes, ut_lo * planes, CHUNK * upb, stage_bytes]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
     let row0 = w.e.reg(Class::B32);
@@ -871,7 +873,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     prefetch(&mut w, chunk, true);
     prefetch(&mut w, chunk, false);
 
-    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0));
+    let (top, done) = state_loop_head(&mut w, g, &acc, (states, s64, nchunks), chunk, (row0, keys, col0), (stage_bytes > 0).then_some(stage));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
     let m = chunk_matrix(&mut w, seq, chunk, nchunks);
     let d = gated.then(|| {
