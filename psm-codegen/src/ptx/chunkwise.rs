@@ -1303,17 +1303,14 @@ impl AsyncCopy {
             w.e.ins(format!("setp.lt.u32 {p}, {}, {pieces}", self.piece));
             p
         });
+        // Rows left from the thread's first (signed: none when negative); round i's row
+        // exists while more than i · step are left.
+        let left = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.s32 {left}, {rows}, {}", self.row));
         for (i, live) in self.live.iter().enumerate() {
             let exists = w.e.reg(Class::Pred);
             let size = w.e.reg(Class::B32);
-            let row = if i == 0 {
-                self.row
-            } else {
-                let r = w.e.reg(Class::B32);
-                w.e.ins(format!("add.u32 {r}, {}, {}", self.row, i * self.step));
-                r
-            };
-            w.e.ins(format!("setp.lt.u32 {exists}, {row}, {rows}"));
+            w.e.ins(format!("setp.gt.s32 {exists}, {left}, {}", i * self.step));
             if let Some(p) = in_row {
                 w.e.ins(format!("and.pred {exists}, {exists}, {p}"));
             }
