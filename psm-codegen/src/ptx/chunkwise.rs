@@ -42,7 +42,11 @@
 //! two 16-byte loads of f32; 4, 2 or 1 where the width is not a multiple of 8),
 //! consecutive threads the consecutive groups of a row, so a warp's loads are coalesced,
 //! and stores them, scaled and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one
-//! 16-byte shared store. S_c is copied as it is (`[keys][values]`, 16 bytes a load). The
+//! 16-byte shared store. The outputs kernel copies the arrays it stages as they are
+//! instead (bf16 Q, K and V with bf16 products, K unless a per-key decay scales it,
+//! widths multiples of 8 and whole value tiles; S_c, `[keys][values]`, in every such
+//! shape) by `cp.async` (`AsyncCopy`), 16 bytes a piece, all issued before the block
+//! waits on anything, so that they are in flight at once and hold no registers. The
 //! mma fragments come from `ldmatrix`: `.trans` where the staged rows' column is the
 //! product's m or n index (Kᵀ as A and V as B of the state product, V as B of P V, S_c),
 //! plain for K as the B of Q Kᵀ and for Q, each warp's own rows, as the A of both of its
