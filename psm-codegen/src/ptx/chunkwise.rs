@@ -1692,6 +1692,13 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     let [qs, ks, vs, st, lam, ends] = w.window_arrays(OUTPUTS_WINDOW, [key_rows_bytes * planes, key_rows_bytes * planes, vs_bytes * planes, st_bytes * planes, lam_bytes, ends_bytes]);
     let (lam, ends) = (g.scalar_decay().then_some(lam), g.per_key().then_some(ends));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
+    // A scalar decay's loads first: few, and warp 0 scans them while the copies below
+    // are in flight.
+    let decay_loads = lam.map(|_| {
+        let loads = w.decay_loads();
+        w.issue_decays(g, &loads, gate, pos.row_base, pos.n);
+        loads
+    });
     let keys = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
     // The chunk's state is bf16 in the first half of its f32 slot: its first row of bf16
@@ -1746,8 +1753,8 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
         }
         w.e.ins("cp.async.commit_group");
     }
-    if let Some(lam) = lam {
-        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
+    if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
+        w.scan_decays(g, loads, lam);
     }
     if let Some(ends) = ends {
         w.e.comment("R_b: the row of L at each sub-chunk's last step (at the sequence's last past its end)");
