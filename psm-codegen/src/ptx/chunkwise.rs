@@ -46,7 +46,11 @@
 //! two 16-byte loads of f32; 4, 2 or 1 where the width is not a multiple of 8),
 //! consecutive threads the consecutive groups of a row, so a warp's loads are coalesced,
 //! and stores them, scaled and rounded pair by pair (`cvt.rn.bf16x2.f32`), with one
-//! 16-byte shared store. S_c is copied as it is (`[keys][values]`, 16 bytes a load). The
+//! 16-byte shared store. The outputs kernel copies the arrays it stages as they are
+//! instead (bf16 Q, K and V with bf16 products, K unless a per-key decay scales it,
+//! widths multiples of 8 and whole value tiles; S_c, `[keys][values]`, in every such
+//! shape) by `cp.async` (`AsyncCopy`), 16 bytes a piece, all issued before the block
+//! waits on anything, so that they are in flight at once and hold no registers. The
 //! mma fragments come from `ldmatrix`: `.trans` where the staged rows' column is the
 //! product's m or n index (Kᵀ as A and V as B of the state product, V as B of P V, S_c),
 //! plain for K as the B of Q Kᵀ and for Q, each warp's own rows, as the A of both of its
@@ -1228,6 +1232,105 @@ fn copy_bf16_rows(w: &mut Writer, g: &Geometry, threads: usize, (src, rows, keys
     }
 }
 
+/// A `cp.async` copy of `rows` rows of `row_bytes` (a multiple of 16) from a global
+/// matrix (row stride `src_stride` bytes) into shared memory (row stride `dst_stride`),
+/// 16 bytes a piece, whose per-thread offsets are set up once (before a chunk loop):
+/// thread t copies piece t mod p of rows t / p + i · (threads / p) (p the pieces of a
+/// row), so that every further piece of a thread is an immediate offset and a copy is
+/// its base address and one instruction a piece. The copies hold no registers while in
+/// flight: a block issues all of them, then waits once (`cp.async.wait_group`).
+pub(super) struct AsyncCopy {
+    /// The thread's first piece's byte offset in the global matrix (64 bits).
+    src: Reg,
+    /// The thread's first piece's shared address.
+    dst: Reg,
+    /// The thread's first row and its piece of a row.
+    row: Reg,
+    piece: Reg,
+    per_row: usize,
+    /// Rows a round of the threads covers.
+    step: usize,
+    src_stride: usize,
+    dst_stride: usize,
+    /// Per round: whether the thread's piece exists, where not every thread has one.
+    live: Vec<Option<Reg>>,
+}
+
+impl AsyncCopy {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(w: &mut Writer, threads: usize, src_stride: usize, dst: Reg, dst_stride: usize, rows: usize, row_bytes: usize) -> AsyncCopy {
+        let per_row = row_bytes / 16;
+        // Threads past the last whole row of pieces a round stay idle.
+        let step = threads / per_row;
+        let busy = step * per_row;
+        let (row, piece) = w.divmod(w.tid, per_row);
+        let src32 = w.e.reg(Class::B32);
+        w.e.ins(format!("mul.lo.u32 {src32}, {row}, {src_stride}"));
+        w.e.ins(format!("mad.lo.u32 {src32}, {piece}, 16, {src32}"));
+        let src = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {src}, {src32}"));
+        let first = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {first}, {row}, {dst_stride}, {dst}"));
+        w.e.ins(format!("mad.lo.u32 {first}, {piece}, 16, {first}"));
+        let live = (0..rows.div_ceil(step))
+            .map(|i| {
+                let whole = (i + 1) * step <= rows && busy == threads;
+                (!whole).then(|| {
+                    let p = w.e.reg(Class::Pred);
+                    w.e.ins(format!("setp.lt.u32 {p}, {row}, {}", rows - i * step));
+                    if busy < threads {
+                        w.e.ins(format!("setp.lt.and.u32 {p}, {}, {busy}, {p}", w.tid));
+                    }
+                    p
+                })
+            })
+            .collect();
+        AsyncCopy { src, dst: first, row, piece, per_row, step, src_stride, dst_stride, live }
+    }
+
+    /// Issues the copy of the global matrix at `base` (not committed).
+    pub(super) fn issue(&self, w: &mut Writer, base: Reg) {
+        let src = w.e.reg(Class::B64);
+        w.e.ins(format!("add.u64 {src}, {base}, {}", self.src));
+        for (i, live) in self.live.iter().enumerate() {
+            let guard = live.map_or(String::new(), |p| format!("@{p} "));
+            let (s, d) = (i * self.step * self.src_stride, i * self.step * self.dst_stride);
+            w.e.ins(format!("{guard}cp.async.cg.shared.global [{}+{d}], [{src}+{s}], 16", self.dst));
+        }
+    }
+
+    /// Issues the copy (not committed) of a global matrix at `base` of which the first
+    /// `rows` rows (a register) exist, and of each row the first `pieces`, into the
+    /// shared array `offset` bytes past the one set up: the pieces that do not exist
+    /// (past a sequence's end, or the padding of a tile) are zeros, by a source size of
+    /// 0, which reads nothing.
+    pub(super) fn issue_filled(&self, w: &mut Writer, base: Reg, offset: usize, rows: Reg, pieces: usize) {
+        let src = w.e.reg(Class::B64);
+        w.e.ins(format!("add.u64 {src}, {base}, {}", self.src));
+        let in_row = (pieces < self.per_row).then(|| {
+            let p = w.e.reg(Class::Pred);
+            w.e.ins(format!("setp.lt.u32 {p}, {}, {pieces}", self.piece));
+            p
+        });
+        // Rows left from the thread's first (signed: none when negative); round i's row
+        // exists while more than i · step are left.
+        let left = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.s32 {left}, {rows}, {}", self.row));
+        for (i, live) in self.live.iter().enumerate() {
+            let exists = w.e.reg(Class::Pred);
+            let size = w.e.reg(Class::B32);
+            w.e.ins(format!("setp.gt.s32 {exists}, {left}, {}", i * self.step));
+            if let Some(p) = in_row {
+                w.e.ins(format!("and.pred {exists}, {exists}, {p}"));
+            }
+            w.e.ins(format!("selp.u32 {size}, 16, 0, {exists}"));
+            let guard = live.map_or(String::new(), |p| format!("@{p} "));
+            let (s, d) = (i * self.step * self.src_stride, offset + i * self.step * self.dst_stride);
+            w.e.ins(format!("{guard}cp.async.cg.shared.global [{}+{d}], [{src}+{s}], 16, {size}", self.dst));
+        }
+    }
+}
+
 /// Block ids, the chunk's first step and its number of steps `n`, and the 64-bit entry
 /// index of the sequence's first step (`seq · steps`) plus the chunk's start.
 pub(super) struct ChunkPos {
@@ -1714,8 +1817,69 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     let [qs, ks, vs, st, lam, ends] = w.window_arrays(OUTPUTS_WINDOW, [key_rows_bytes * planes, key_rows_bytes * planes, vs_bytes * planes, st_bytes * planes, lam_bytes, ends_bytes]);
     let (lam, ends) = (g.scalar_decay().then_some(lam), g.per_key().then_some(ends));
     let pos = chunk_pos(&mut w, seq, steps, chunk);
-    if let Some(lam) = lam {
-        w.cumulative_decay(g, gate, pos.row_base, pos.n, lam);
+    // A scalar decay's loads first: few, and warp 0 scans them while the copies below
+    // are in flight.
+    let decay_loads = lam.map(|_| {
+        let loads = w.decay_loads();
+        w.issue_decays(g, &loads, gate, pos.row_base, pos.n);
+        loads
+    });
+    let keys = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
+    // The chunk's state is bf16 in the first half of its f32 slot: its first row of bf16
+    // values is row 2 · matrix.
+    let state_rows = {
+        let nchunks = w.chunk_count(steps);
+        let s64 = w.e.reg(Class::B64);
+        let c64 = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+        w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
+        let matrix = w.state_matrix(g, s64, nchunks, c64);
+        let bf16_rows = w.e.reg(Class::B64);
+        w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
+        bf16_rows
+    };
+    // The arrays staged as they are, in whole 16-byte pieces of bf16 rows, are copied by
+    // cp.async, all in flight at once before anything else waits; the others (converted
+    // from f32, split into planes, scaled by a per-key decay, or of widths that are not
+    // multiples of 8, or value tiles that are not all whole) go through registers after.
+    let whole_value_tiles = g.values.is_multiple_of(8) && g.values.is_multiple_of(g.vt);
+    let as_stored = g.storage == Storage::Bf16 && !g.split();
+    let copy_q = as_stored && g.keys.is_multiple_of(8);
+    let copy_k = copy_q && !g.per_key();
+    let copy_v = as_stored && whole_value_tiles;
+    let copy_s = whole_value_tiles;
+    let copied: Vec<&str> = [(copy_q, "Q"), (copy_k, "K"), (copy_v, "V"), (copy_s, "S_c")].into_iter().filter_map(|(c, name)| c.then_some(name)).collect();
+    if !copied.is_empty() {
+        w.e.comment(format!("{} by cp.async (zeros for the rows and columns that do not exist), all in flight at once", listed(&copied)));
+        let value_rows = |w: &mut Writer, rows: usize, dst: Reg| AsyncCopy::new(w, threads, g.values * 2, dst, g.value_stride() * 2, rows, g.vt * 2);
+        if copy_q {
+            // Q's and K's rows are alike, K's array right after Q's.
+            let key_rows = AsyncCopy::new(&mut w, threads, g.keys * 2, qs, g.key_stride() * 2, CHUNK, g.kp * 2);
+            for (array, offset) in [(q, 0)].into_iter().chain(copy_k.then_some((k, key_rows_bytes))) {
+                let base = bf16_rows_at(&mut w, array, pos.row_base, g.keys, None);
+                key_rows.issue_filled(&mut w, base, offset, pos.n, g.keys / 8);
+            }
+        }
+        if copy_v {
+            let base = bf16_rows_at(&mut w, v, pos.row_base, g.values, Some(col0));
+            value_rows(&mut w, CHUNK, vs).issue_filled(&mut w, base, 0, pos.n, g.vt / 8);
+        }
+        if copy_s {
+            let state = value_rows(&mut w, g.kp, st);
+            let base = bf16_rows_at(&mut w, states, state_rows, g.values, Some(col0));
+            state.issue_filled(&mut w, base, 0, keys, g.vt / 8);
+            if g.split() {
+                w.e.comment("S_c's lo plane: the slot's second half");
+                let lo = w.e.reg(Class::B64);
+                w.e.ins(format!("add.u64 {lo}, {base}, {}", g.keys * g.values * 2));
+                state.issue_filled(&mut w, lo, st_bytes, keys, g.vt / 8);
+            }
+        }
+        w.e.ins("cp.async.commit_group");
+    }
+    if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
+        w.scan_decays(g, loads, lam);
     }
     if let Some(ends) = ends {
         w.e.comment("R_b: the row of L at each sub-chunk's last step (at the sequence's last past its end)");
@@ -1741,38 +1905,37 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
         at
     };
     let scale_k = if g.per_key() { Scale::PerKey { lam: gate, reference: &end_of_sub_chunk } } else { Scale::None };
-    w.e.comment(if g.per_key() {
-        "stage Q, K * exp(R_b - L) and V as rows (the key and the value contiguous), S_c as it is"
-    } else {
-        "stage Q, K and V as rows (the key and the value contiguous), S_c as it is"
-    });
-    let first_key = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {first_key}, 0"));
-    stage_row_tile(&mut w, g, threads, q, pos.row_base, pos.n, g.keys, first_key, g.kp, qs, Scale::None);
-    stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, first_key, g.kp, ks, scale_k);
-    stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
-    {
-        let nchunks = w.chunk_count(steps);
-        let s64 = w.e.reg(Class::B64);
-        let c64 = w.e.reg(Class::B64);
-        w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
-        w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
-        let matrix = w.state_matrix(g, s64, nchunks, c64);
-        // The chunk's state is bf16 in the first half of its f32 slot: its first row of
-        // bf16 values is row 2 · matrix.
-        let bf16_rows = w.e.reg(Class::B64);
-        w.e.ins(format!("shl.b64 {bf16_rows}, {matrix}, 1"));
-        let keys = w.e.reg(Class::B32);
-        w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-        copy_bf16_rows(&mut w, g, threads, (states, bf16_rows, keys), col0, (st, g.value_stride()));
+    let staged: Vec<&str> = [(copy_q, "Q"), (copy_k, if g.per_key() { "K * exp(R_b - L)" } else { "K" }), (copy_v, "V")].into_iter().filter_map(|(c, name)| (!c).then_some(name)).collect();
+    if !staged.is_empty() {
+        w.e.comment(format!("stage {} as rows (the key and the value contiguous) through registers", listed(&staged)));
+    }
+    if !copy_q || !copy_k {
+        let first_key = w.e.reg(Class::B32);
+        w.e.ins(format!("mov.u32 {first_key}, 0"));
+        if !copy_q {
+            stage_row_tile(&mut w, g, threads, q, pos.row_base, pos.n, g.keys, first_key, g.kp, qs, Scale::None);
+        }
+        if !copy_k {
+            stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, first_key, g.kp, ks, scale_k);
+        }
+    }
+    if !copy_v {
+        stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, col0, g.vt, vs, Scale::None);
+    }
+    if !copy_s {
+        w.e.comment("S_c as it is, through registers");
+        copy_bf16_rows(&mut w, g, threads, (states, state_rows, keys), col0, (st, g.value_stride()));
         if g.split() {
             w.e.comment("S_c's lo plane: the slot's second half");
             let lo_rows = w.e.reg(Class::B64);
-            w.e.ins(format!("add.u64 {lo_rows}, {bf16_rows}, {}", g.keys));
+            w.e.ins(format!("add.u64 {lo_rows}, {state_rows}, {}", g.keys));
             let st_lo = w.e.reg(Class::B32);
             w.e.ins(format!("add.u32 {st_lo}, {st}, {st_bytes}"));
             copy_bf16_rows(&mut w, g, threads, (states, lo_rows, keys), col0, (st_lo, g.value_stride()));
         }
+    }
+    if !copied.is_empty() {
+        w.e.ins("cp.async.wait_group 0");
     }
     w.e.ins("bar.sync 0");
 
@@ -1866,6 +2029,28 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
     w.occupancy(OUTPUT_THREADS, blocks);
     w.finish("psm_cw_outputs", &params)
+}
+
+/// `names` as an English list: "A", "A and B", "A, B and C".
+fn listed(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The global address of entry (`row`, `col`) of a bf16 matrix `width` entries wide at
+/// `array`: `row` 64 bits, `col` (32 bits) 0 where not given.
+fn bf16_rows_at(w: &mut Writer, array: Reg, row: Reg, width: usize, col: Option<Reg>) -> Reg {
+    let a = w.e.reg(Class::B64);
+    w.e.ins(format!("mad.lo.u64 {a}, {row}, {}, {array}", width * 2));
+    if let Some(col) = col {
+        let bytes = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {bytes}, {col}, 2"));
+        w.e.ins(format!("add.u64 {a}, {a}, {bytes}"));
+    }
+    a
 }
 
 /// What [`warp_products`] reads: the global queries, keys and (per key) Λ `lam` (for

@@ -64,7 +64,7 @@ use std::fmt::Write;
 use super::block::shared_limit;
 use super::chunkwise::{
     Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, state_stage_bytes, tile_io,
-    value_tile, ChunkDecay, ChunkwiseShape, Geometry, Scale, StepFactor, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
+    value_tile, AsyncCopy, ChunkDecay, ChunkwiseShape, Geometry, Scale, StepFactor, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
 
@@ -722,69 +722,6 @@ impl Split {
         w.e.ins(format!("shl.b32 {row0}, {block}, 4"));
         w.e.ins(format!("mul.lo.u32 {col}, {group}, {}", 8 * self.tiles));
         (row0, col)
-    }
-}
-
-/// A `cp.async` copy of `rows` rows of `row_bytes` (a multiple of 16) from a global
-/// matrix (row stride `src_stride` bytes) into shared memory (row stride `dst_stride`),
-/// 16 bytes a piece, whose per-thread offsets are set up once, before the chunk loop:
-/// thread t copies piece t mod p of rows t / p + i · (threads / p) (p the pieces of a
-/// row), so that every further piece of a thread is an immediate offset and a chunk's
-/// copy is its base address and one instruction a piece.
-struct AsyncCopy {
-    /// The thread's first piece's byte offset in the global matrix (64 bits).
-    src: Reg,
-    /// The thread's first piece's shared address.
-    dst: Reg,
-    /// Rows a round of the threads covers.
-    step: usize,
-    src_stride: usize,
-    dst_stride: usize,
-    /// Per round: whether the thread's piece exists, where not every thread has one.
-    live: Vec<Option<Reg>>,
-}
-
-impl AsyncCopy {
-    #[allow(clippy::too_many_arguments)]
-    fn new(w: &mut Writer, threads: usize, src_stride: usize, dst: Reg, dst_stride: usize, rows: usize, row_bytes: usize) -> AsyncCopy {
-        let per_row = row_bytes / 16;
-        // Threads past the last whole row of pieces a round stay idle.
-        let step = threads / per_row;
-        let busy = step * per_row;
-        let (row, piece) = w.divmod(w.tid, per_row);
-        let src32 = w.e.reg(Class::B32);
-        w.e.ins(format!("mul.lo.u32 {src32}, {row}, {src_stride}"));
-        w.e.ins(format!("mad.lo.u32 {src32}, {piece}, 16, {src32}"));
-        let src = w.e.reg(Class::B64);
-        w.e.ins(format!("cvt.u64.u32 {src}, {src32}"));
-        let first = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {first}, {row}, {dst_stride}, {dst}"));
-        w.e.ins(format!("mad.lo.u32 {first}, {piece}, 16, {first}"));
-        let live = (0..rows.div_ceil(step))
-            .map(|i| {
-                let whole = (i + 1) * step <= rows && busy == threads;
-                (!whole).then(|| {
-                    let p = w.e.reg(Class::Pred);
-                    w.e.ins(format!("setp.lt.u32 {p}, {row}, {}", rows - i * step));
-                    if busy < threads {
-                        w.e.ins(format!("setp.lt.and.u32 {p}, {}, {busy}, {p}", w.tid));
-                    }
-                    p
-                })
-            })
-            .collect();
-        AsyncCopy { src, dst: first, step, src_stride, dst_stride, live }
-    }
-
-    /// Issues the copy of the global matrix at `base` (not committed).
-    fn issue(&self, w: &mut Writer, base: Reg) {
-        let src = w.e.reg(Class::B64);
-        w.e.ins(format!("add.u64 {src}, {base}, {}", self.src));
-        for (i, live) in self.live.iter().enumerate() {
-            let guard = live.map_or(String::new(), |p| format!("@{p} "));
-            let (s, d) = (i * self.step * self.src_stride, i * self.step * self.dst_stride);
-            w.e.ins(format!("{guard}cp.async.cg.shared.global [{}+{d}], [{src}+{s}], 16", self.dst));
-        }
     }
 }
 
