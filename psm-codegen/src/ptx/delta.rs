@@ -21,9 +21,11 @@
 //!     grid (nchunks, nseq), 128 threads
 //!     per chunk: B, K and V staged once, as bf16 rows (coalesced 16-byte loads);
 //!     the Gram matrix B Kᵀ on tensor cores and K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16,
-//!     transposed from K's rows by `ldmatrix.trans`); T by forward substitution in f32
-//!     (one thread per column of T, held in registers, while the other half of the
-//!     block scales B's rows in place to diag(β e^Λ) B), then on tensor cores
+//!     transposed from K's rows by `ldmatrix.trans`); T blockwise in f32 over −L: its
+//!     four 16 × 16 diagonal blocks by forward substitution (a thread per column of one,
+//!     while the other half of the block scales B's rows in place to diag(β e^Λ) B),
+//!     then the blocks below merged 16 → 32 → 64 by products of blocks on every thread
+//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`), then on tensor cores
 //!     W = −T diag(β e^Λ) B (bf16) and U' = T V, and e^(Λ_last); every fragment by
 //!     `ldmatrix` (`.trans` where the staged rows' index is the product's k). With f32
 //!     storage K and B are rounded to bf16 when staged and K̂ and β e^Λ B again when
@@ -46,7 +48,7 @@
 //! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T, B's
 //! scaled rows, W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
 //! U; a chunk state's lo plane fills the second half of its f32 slot, for an outputs
-//! kernel compiled with the same products. The forward substitution is f32 either way.
+//! kernel compiled with the same products. T is computed in f32 either way.
 //! The prepare kernel's arrays then take 86.5 KiB at 128 keys: they move to a dynamic
 //! shared window ([`DeltaModule::prepare_shared_bytes`]), with the widest value tile.
 //!
@@ -69,7 +71,7 @@ use super::chunkwise::{
 use super::emit::{Class, Reg};
 
 /// Threads per block of `psm_cwd_prepare` (one warp per 16 rows of the chunk; the
-/// first C threads substitute, one column of T each).
+/// first C threads substitute, one column of a diagonal block of T each).
 pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 
 /// Blocks of `psm_cwd_prepare` a multiprocessor should hold at once (`.minnctapersm`):
