@@ -687,7 +687,7 @@ fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
     let blocks = CHUNK / (2 * n);
     let block_threads = PREPARE_THREADS as usize / blocks;
     let rows = n * n / block_threads;
-    w.e.comment(&format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A", 2 * n));
+    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A", 2 * n));
     let (block, local) = w.divmod(w.tid, block_threads);
     let (row_group, col) = w.divmod(local, n);
     // The merged block's first row and column (A's), B's, the thread's first row in B.
