@@ -131,14 +131,15 @@ fn geometry() {
                     }
                     // The prepare kernel stages B, K and V once, as rows, and takes every
                     // fragment by ldmatrix: it has no 32-bit shared loads, and where keys
-                    // and values come 8 to a 16-byte load its only 2-byte shared stores are
-                    // T's (one per step of a thread's column). At
+                    // and values come 8 to a 16-byte load it has no 2-byte shared stores (T's
+                    // bf16 rows go four entries, 8 bytes, to a store: 8 a thread). At
                     // 128 × 128 (value tile 64): G = B K^T 8 k-steps of 1 + 4, K-hat^T 8
                     // transposes, W = T (beta exp(L) B) 4 k-steps of 1 + 8 and U' = T V
                     // two value tiles of 4 k-steps of 1 + 4.
                     let prepare = &m.text[m.text.find(".entry psm_cwd_prepare(").unwrap()..m.text.find(".entry psm_cwd_states(").unwrap()];
                     if keys % 8 == 0 && values % 8 == 0 {
-                        assert_eq!(prepare.matches("st.shared.b16").count(), 64);
+                        assert_eq!(prepare.matches("st.shared.b16").count(), 0);
+                        assert_eq!(prepare.matches("st.shared.v2.b32").count(), 8);
                     }
                     assert!(!prepare.contains("ld.shared.b32"));
                     if (keys, values) == (128, 128) {

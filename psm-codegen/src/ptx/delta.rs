@@ -21,9 +21,11 @@
 //!     grid (nchunks, nseq), 128 threads
 //!     per chunk: B, K and V staged once, as bf16 rows (coalesced 16-byte loads);
 //!     the Gram matrix B Kᵀ on tensor cores and K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16,
-//!     transposed from K's rows by `ldmatrix.trans`); T by forward substitution in f32
-//!     (one thread per column of T, held in registers, while the other half of the
-//!     block scales B's rows in place to diag(β e^Λ) B), then on tensor cores
+//!     transposed from K's rows by `ldmatrix.trans`); T blockwise in f32 over −L: its
+//!     four 16 × 16 diagonal blocks by forward substitution (a thread per column of one,
+//!     while the other half of the block scales B's rows in place to diag(β e^Λ) B),
+//!     then the blocks below merged 16 → 32 → 64 by products of blocks on every thread
+//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`), then on tensor cores
 //!     W = −T diag(β e^Λ) B (bf16) and U' = T V, and e^(Λ_last); every fragment by
 //!     `ldmatrix` (`.trans` where the staged rows' index is the product's k). With f32
 //!     storage K and B are rounded to bf16 when staged and K̂ and β e^Λ B again when
@@ -46,7 +48,7 @@
 //! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T, B's
 //! scaled rows, W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
 //! U; a chunk state's lo plane fills the second half of its f32 slot, for an outputs
-//! kernel compiled with the same products. The forward substitution is f32 either way.
+//! kernel compiled with the same products. T is computed in f32 either way.
 //! The prepare kernel's arrays then take 86.5 KiB at 128 keys: they move to a dynamic
 //! shared window ([`DeltaModule::prepare_shared_bytes`]), with the widest value tile.
 //!
@@ -69,7 +71,7 @@ use super::chunkwise::{
 use super::emit::{Class, Reg};
 
 /// Threads per block of `psm_cwd_prepare` (one warp per 16 rows of the chunk; the
-/// first C threads substitute, one column of T each).
+/// first C threads substitute, one column of a diagonal block of T each).
 pub const PREPARE_THREADS: u32 = (CHUNK / 16 * 32) as u32;
 
 /// Blocks of `psm_cwd_prepare` a multiprocessor should hold at once (`.minnctapersm`):
@@ -494,21 +496,28 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         }
     }
     w.e.ins("bar.sync 0");
-    w.e.comment("forward substitution: thread j < C holds column j of T = (I + L)^-1,");
-    w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into");
-    w.e.comment("four partial sums (s mod 4), so that the dependent adds are a quarter as many;");
+    w.e.comment("T = (I + L)^-1 blockwise in f32 over -L: first its four 16x16 diagonal blocks by");
+    w.e.comment("forward substitution, thread j < C holding column j mod 16 of block j / 16,");
+    w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into four");
+    w.e.comment("partial sums (s mod 4), so that the dependent adds are a quarter as many;");
     w.e.comment("meanwhile the other threads scale B's rows for W");
     let scale_b = w.e.label("scale_b");
     let substituted = w.e.label("substituted");
     let idle = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
-    let mut column: Vec<Reg> = Vec::with_capacity(CHUNK);
+    let (block, col) = w.divmod(w.tid, DIAGONAL_BLOCK);
+    // The thread's diagonal block of -L (then T), from its entry (0, 0), and its column there.
+    let block_origin = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {block_origin}, {block}, {}, {kl}", DIAGONAL_BLOCK * (CHUNK + 1) * 4));
+    let diagonal_column = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {diagonal_column}, {col}, 4, {block_origin}"));
+    let mut column: Vec<Reg> = Vec::with_capacity(DIAGONAL_BLOCK);
     w.e.ins(format!("@{idle} bra {scale_b}"));
     let one = f32_imm(1.0);
-    for t in 0..CHUNK {
+    for t in 0..DIAGONAL_BLOCK {
         let x = w.e.reg(Class::F32);
         let diagonal = w.e.reg(Class::Pred);
-        w.e.ins(format!("setp.eq.u32 {diagonal}, {}, {t}", w.tid));
+        w.e.ins(format!("setp.eq.u32 {diagonal}, {col}, {t}"));
         w.e.ins(format!("selp.f32 {x}, {one}, 0f00000000, {diagonal}"));
         let partial = [(); 4].map(|_| w.e.reg(Class::F32));
         for p in &partial[..t.min(4)] {
@@ -516,7 +525,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         }
         for s0 in (0..t).step_by(4) {
             let l = [(); 4].map(|_| w.e.reg(Class::F32));
-            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{kl}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
+            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{block_origin}+{}]", l[0], l[1], l[2], l[3], (t * CHUNK + s0) * 4));
             for ((s, l), p) in (s0..t.min(s0 + 4)).zip(l).zip(&partial) {
                 w.e.ins(format!("fma.rn.f32 {p}, {l}, {}, {p}", column[s]));
             }
@@ -563,24 +572,44 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     });
     w.e.place(&substituted);
     w.e.ins("bar.sync 0");
-    w.e.comment("T (bf16, [t][s]) over -L");
-    let written = w.e.label("t_written");
+    let written = w.e.label("diagonal_written");
     w.e.ins(format!("@{idle} bra {written}"));
-    let tcol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {tcol}, {}, 1", w.tid));
-    w.e.ins(format!("add.u32 {tcol}, {tcol}, {kl}"));
     for (t, x) in column.iter().enumerate() {
-        let h = w.e.reg(Class::B16);
-        w.e.ins(format!("cvt.rn.bf16.f32 {h}, {x}"));
-        w.e.ins(format!("st.shared.b16 [{tcol}+{}], {h}", t * ss * 2));
-        if split {
-            let r = w.residual(*x);
-            let l = w.e.reg(Class::B16);
-            w.e.ins(format!("cvt.rn.bf16.f32 {l}, {r}"));
-            w.e.ins(format!("st.shared.b16 [{tcol}+{}], {l}", t_lo + t * ss * 2));
-        }
+        w.e.ins(format!("st.shared.f32 [{diagonal_column}+{}], {x}", t * CHUNK * 4));
     }
     w.e.place(&written);
+    w.e.ins("bar.sync 0");
+    let mut merged = DIAGONAL_BLOCK;
+    while merged < CHUNK {
+        merge_diagonal_blocks(&mut w, kl, merged);
+        merged *= 2;
+    }
+    w.e.comment("T (bf16, [t][s]) over its f32 rows: every thread reads its entries, then writes them");
+    let groups = CHUNK / 4;
+    let passes = CHUNK * groups / threads;
+    let (first_row, group) = w.divmod(w.tid, groups);
+    // The thread's first four entries as f32 (rows of C) and as bf16 (rows of ss).
+    let [from, to] = [(CHUNK, 4), (ss, 2)].map(|(stride, bytes)| {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {at}, {first_row}, {}, {kl}", stride * bytes));
+        w.e.ins(format!("mad.lo.u32 {at}, {group}, {}, {at}", 4 * bytes));
+        at
+    });
+    let rows_apart = threads / groups;
+    let entries: Vec<[Reg; 4]> = (0..passes)
+        .map(|i| {
+            let x = [(); 4].map(|_| w.e.reg(Class::F32));
+            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{from}+{}]", x[0], x[1], x[2], x[3], i * rows_apart * CHUNK * 4));
+            x
+        })
+        .collect();
+    w.e.ins("bar.sync 0");
+    for (i, x) in entries.iter().enumerate() {
+        let pairs = [w.pack_planes(x[0], x[1], split), w.pack_planes(x[2], x[3], split)];
+        for (plane, offset) in std::iter::once(0).chain(split.then_some(t_lo)).enumerate() {
+            w.e.ins(format!("st.shared.v2.b32 [{to}+{}], {{{}, {}}}", offset + i * rows_apart * ss * 2, pairs[0][plane], pairs[1][plane]));
+        }
+    }
     w.e.ins("bar.sync 0");
     let t_lane = w.ldmatrix_lane_at(kl, row0, ss, zero);
     {
@@ -641,6 +670,77 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.occupancy(PREPARE_THREADS, PREPARE_BLOCKS_PER_SM);
     w.finish("psm_cwd_prepare", &params)
+}
+
+/// Rows and columns of the diagonal blocks of T that `psm_cwd_prepare` inverts by forward
+/// substitution before merging them.
+const DIAGONAL_BLOCK: usize = 16;
+
+/// In `m`, the f32 `[C][C]` array of −L whose `n` × `n` diagonal blocks already hold T's,
+/// T's blocks of 2n: with A and B the two halves of such a diagonal block, I + L's
+/// inverse there has T_BA = −T_B L_BA T_A = T_B (−L)_BA T_A below its diagonal (as fla's
+/// `solve_tril` merges). The C / 2n blocks share the threads: each takes a column and
+/// n² / (its block's threads) rows of T_BA, in two products, each read whole before its result goes
+/// over its operand: X = (−L)_BA T_A over (−L)_BA, then T_B X over X. A warp's rows are
+/// shared by its lanes (their loads of the left operand broadcast) and its columns
+/// consecutive.
+fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
+    let blocks = CHUNK / (2 * n);
+    let block_threads = PREPARE_THREADS as usize / blocks;
+    let rows = n * n / block_threads;
+    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A", 2 * n));
+    let (block, local) = w.divmod(w.tid, block_threads);
+    let (row_group, col) = w.divmod(local, n);
+    // The merged block's first row and column (A's), B's, the thread's first row in B.
+    let a0 = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {a0}, {block}, {}", 2 * n));
+    let b0 = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {b0}, {a0}, {n}"));
+    let row = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {row}, {row_group}, {rows}, {b0}"));
+    let a_col = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {a_col}, {a0}, {col}"));
+    let entry = |w: &mut Writer, r: Reg, c: Reg| -> Reg {
+        let at = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {at}, {r}, {CHUNK}, {c}"));
+        w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {m}"));
+        at
+    };
+    let out = entry(w, row, a_col);
+    for (left_col, right_row) in [(a0, a0), (b0, b0)] {
+        let left = entry(w, row, left_col);
+        let right = entry(w, right_row, a_col);
+        let product = column_product(w, left, right, n, rows);
+        w.e.ins("bar.sync 0");
+        for (i, x) in product.iter().enumerate() {
+            w.e.ins(format!("st.shared.f32 [{out}+{}], {x}", i * CHUNK * 4));
+        }
+        w.e.ins("bar.sync 0");
+    }
+}
+
+/// `rows` entries of one column of a product of f32 `[C][C]` shared blocks over `depth`
+/// (a multiple of 4): entry i = Σ_k P_ik Q_k, with `left` the address of P_00 (16-byte
+/// aligned; its rows C entries apart) and `right` that of Q_0 (its entries C apart).
+fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usize) -> Vec<Reg> {
+    let acc: Vec<Reg> = (0..rows).map(|_| w.e.reg(Class::F32)).collect();
+    for a in &acc {
+        w.e.ins(format!("mov.f32 {a}, 0f00000000"));
+    }
+    for k0 in (0..depth).step_by(4) {
+        let q = [(); 4].map(|_| w.e.reg(Class::F32));
+        for (k, x) in q.iter().enumerate() {
+            w.e.ins(format!("ld.shared.f32 {x}, [{right}+{}]", (k0 + k) * CHUNK * 4));
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let p = [(); 4].map(|_| w.e.reg(Class::F32));
+            w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{left}+{}]", p[0], p[1], p[2], p[3], (i * CHUNK + k0) * 4));
+            for (p, q) in p.iter().zip(&q) {
+                w.e.ins(format!("fma.rn.f32 {a}, {p}, {q}, {a}"));
+            }
+        }
+    }
+    acc
 }
 
 /// khat[m] = (K ⊙ e^(Λ_last − Λ))ᵀ, bf16 `[kp][C]` (`out`: the array and m), from K's
