@@ -108,34 +108,3 @@ fn bf16x3_geometry() {
     assert_eq!((m.value_tile, m.output_shared_bytes), (8, (2 * 64 * 136 + 64 * 16 + 128 * 16) * 2 * 2 + 64 * 4));
     assert!(m.text.contains(".minnctapersm 2\n"));
 }
-
-/// The state kernel writes its bf16 chunk states through per-warp shared staging rows
-/// (16 rows of a warp's values + 8, or + 16 where those are not a multiple of 16: an odd
-/// number of 16 bytes apart), 16 bytes a store, exactly where the values are a multiple
-/// of 8; otherwise each lane stores its pairs as before. Split, the lo plane goes the same
-/// way.
-#[test]
-fn state_staging() {
-    for (keys, values) in [(128, 128), (8, 8), (64, 24), (64, 100), (8, 7)] {
-        for products in [Products::Bf16, Products::Bf16x3] {
-            let m = compile_chunkwise_with(shape(keys, values, ChunkDecay::Log, false), Storage::Bf16, products, 90).unwrap();
-            let states = &m.text[m.text.find(".entry psm_cw_states(").unwrap()..m.text.find(".entry psm_cw_outputs(").unwrap()];
-            // Warps: 16 keys of the key tile each, and half the value tile where the halves
-            // are whole mma tiles.
-            let parts = if m.value_tile.is_multiple_of(16) { 2 } else { 1 };
-            let warp_values = m.value_tile / parts;
-            let stride = warp_values + if warp_values.is_multiple_of(16) { 8 } else { 16 };
-            let stage = if values.is_multiple_of(8) { m.key_tile / 16 * parts * 16 * stride * 2 } else { 0 };
-            if (keys, values, products) == (128, 128, Products::Bf16) {
-                assert_eq!(stage, 8 * 16 * 40 * 2, "8 warps of 32 values");
-            }
-            assert_eq!(states.contains(&format!(".shared .align 16 .b8 stage[{stage}];")), stage > 0, "{keys} × {values}");
-            // A warp barrier before and after each plane's fragment stores; the pair
-            // stores only where nothing is staged.
-            let planes = if products == Products::Bf16x3 { 2 } else { 1 };
-            assert_eq!(states.matches("bar.warp.sync 0xffffffff;").count(), if stage > 0 { 2 * planes } else { 0 }, "{keys} × {values}");
-            assert_eq!(states.contains("st.global.v4.b32"), stage > 0, "{keys} × {values}");
-            assert_eq!(states.contains("st.global.b32") || states.contains("st.global.b16"), stage == 0, "{keys} × {values}");
-        }
-    }
-}

@@ -177,3 +177,23 @@ fn refusals() {
         assert!(e.contains("state value tile"), "{tile}: {e}");
     }
 }
+
+/// The delta rule's state kernel writes its bf16 chunk states through per-warp shared
+/// staging rows (`state_loop_head`'s staging; its bytes are in `geometry`), 16 bytes a
+/// store, exactly where the values are a multiple of 8 (a warp barrier before and after
+/// each plane's fragment stores); otherwise each lane stores its pairs. Split, the lo
+/// plane goes the same way. (ptx::chunkwise's state kernel stores its pairs: staging was
+/// measured slower there.)
+#[test]
+fn state_staging() {
+    for (keys, values) in [(128, 128), (8, 8), (64, 24), (64, 100), (8, 7)] {
+        for products in [Products::Bf16, Products::Bf16x3] {
+            let m = compile_delta_with(shape(keys, values, ChunkDecay::Log, false), DeltaOptions { products, ..DeltaOptions::default() }, 90).unwrap();
+            let states = &m.text[m.text.find(".entry psm_cwd_states(").unwrap()..];
+            let staged = values % 8 == 0;
+            let planes = if products == Products::Bf16x3 { 2 } else { 1 };
+            assert_eq!(states.matches("bar.warp.sync 0xffffffff;").count(), if staged { 2 * planes } else { 0 }, "{keys} × {values}");
+            assert_eq!(states.matches("st.global.v4.b32").count(), if staged { planes * m.state_value_tile.div_ceil(16) } else { 0 }, "{keys} × {values}");
+        }
+    }
+}

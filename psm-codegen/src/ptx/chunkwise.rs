@@ -36,8 +36,9 @@
 //!
 //! In the emitted comments (PTX is ASCII), L is Λ and s a column step τ.
 //!
-//! The states kernel writes each chunk's bf16 state through per-warp shared rows, 16
-//! bytes a lane (`state_loop_head`), where the values are a multiple of 8.
+//! The delta rule's state kernel writes each chunk's bf16 state through per-warp shared
+//! rows, 16 bytes a lane (`state_loop_head`'s staging), where the values are a multiple
+//! of 8; this module's state kernel stores each lane's pairs (staging measured slower).
 //!
 //! Both kernels stage K and V (the outputs kernel Q too) in shared memory as bf16
 //! (rounded to nearest) in the layout they have in global memory, rows of a chunk's steps
@@ -1401,7 +1402,7 @@ pub(super) fn state_loop_head(
     (row0, keys, col0): (Reg, Reg, Reg),
     stage: Option<Reg>,
 ) -> (String, String) {
-    assert_eq!(stage.is_some(), state_stage_stride(g).is_some(), "a state kernel stages its bf16 rows exactly where they can be copied 16 bytes at a time");
+    assert!(stage.is_none() || state_stage_stride(g).is_some(), "bf16 state rows staged where they cannot be copied 16 bytes at a time");
     let staged = stage.map(|stage| StagedRows::new(w, g, stage, states, (row0, keys, col0)));
     let top = w.e.label("chunk");
     let done = w.e.label("chunks_done");
@@ -1644,8 +1645,6 @@ fn states_kernel(g: &Geometry) -> String {
     // tile) and its part of the value tile (from wcol0; from vpart = part · wg.vt in the
     // tile, part = warp / key warps).
     let wg = Geometry { vt: g.vt / g.state_value_parts(), ..*g };
-    let stage_bytes = state_stage_bytes(&wg, threads / 32);
-    let stage = (stage_bytes > 0).then(|| w.shared("stage", stage_bytes));
     let (part, key_warp) = w.divmod(w.warp, g.kt / 16);
     let local0 = w.e.reg(Class::B32);
     w.e.ins(format!("shl.b32 {local0}, {key_warp}, 4"));
@@ -1700,7 +1699,9 @@ fn states_kernel(g: &Geometry) -> String {
     w.e.ins(format!("mov.u32 {chunk}, 0"));
     w.e.comment("issue chunk 0's loads");
     issue(&mut w, chunk);
-    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0), stage);
+    // Each lane stores its own pairs: staging the rows (as the delta rule's state kernel
+    // does) made this kernel 7% slower with a scalar or per-key decay (H200, 2026-11-29).
+    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0), None);
     let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
         w.scan_decays(g, loads, lam);
         let at = w.e.reg(Class::B32);
