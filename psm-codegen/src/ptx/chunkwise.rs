@@ -94,7 +94,6 @@
 use std::fmt::Write;
 
 use super::block::shared_limit;
-use super::delta::store_rows;
 use super::emit::{Class, Emitter, Reg};
 use super::HAS_STATE;
 
@@ -1448,6 +1447,22 @@ pub(super) fn state_loop_head(
         }
     }
     (top, done)
+}
+
+/// Stores accumulator tiles row-major into a shared bf16 array (row stride `stride`
+/// entries), a bf16 pair per instruction: `addr` at the first tile's row `row0 + gq`,
+/// column `2 · cq` (entries (gq, 2 cq), (gq, 2 cq + 1) of tile nt are 8 · nt columns on,
+/// those of row gq + 8 eight rows down); what the rounding left into the lo plane `lo`
+/// bytes further when given.
+pub(super) fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize, lo: Option<usize>) {
+    for (nt, tile) in acc.iter().enumerate() {
+        for half in 0..2 {
+            let planes = w.pack_planes(tile[2 * half], tile[2 * half + 1], lo.is_some());
+            for (pair, plane) in planes.iter().zip(std::iter::once(0).chain(lo)) {
+                w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", plane + (half * 8 * stride + 8 * nt) * 2));
+            }
+        }
+    }
 }
 
 /// The row stride (entries) of a warp's shared staging of its 16 bf16 chunk-state rows

@@ -65,7 +65,7 @@ use std::fmt::Write;
 
 use super::block::shared_limit;
 use super::chunkwise::{
-    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, state_stage_bytes, tile_io,
+    Products, check_shape, chunk_pos, f32_imm, initial_state, module_header, padded_keys, stage_row_tile, state_loop_head, state_stage_bytes, store_rows, tile_io,
     value_tile, AsyncCopy, ChunkDecay, ChunkwiseShape, Geometry, Scale, StepFactor, Storage, TileIo, Unsupported, Writer, CHUNK, MAX_VALUE_TILE, STATIC_SHARED,
 };
 use super::emit::{Class, Reg};
@@ -297,22 +297,6 @@ fn beta_row(w: &mut Writer, threads: usize, beta: Reg, row_base: Reg, n: Reg, ds
         w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {dst}"));
         w.e.ins(format!("st.shared.f32 [{at}], {x}"));
     });
-}
-
-/// Stores accumulator tiles row-major into a shared bf16 array (row stride `stride`
-/// entries), a bf16 pair per instruction: `addr` at the first tile's row `row0 + gq`,
-/// column `2 · cq` (entries (gq, 2 cq), (gq, 2 cq + 1) of tile nt are 8 · nt columns on,
-/// those of row gq + 8 eight rows down); what the rounding left into the lo plane `lo`
-/// bytes further when given.
-pub(super) fn store_rows(w: &mut Writer, acc: &[[Reg; 4]], addr: Reg, stride: usize, lo: Option<usize>) {
-    for (nt, tile) in acc.iter().enumerate() {
-        for half in 0..2 {
-            let planes = w.pack_planes(tile[2 * half], tile[2 * half + 1], lo.is_some());
-            for (pair, plane) in planes.iter().zip(std::iter::once(0).chain(lo)) {
-                w.e.ins(format!("st.shared.b32 [{addr}+{}], {pair}", plane + (half * 8 * stride + 8 * nt) * 2));
-            }
-        }
-    }
 }
 
 /// How the B operand of [`ldmatrix_product`] lies in shared memory (bf16, 16-byte
