@@ -23,13 +23,14 @@
 //!     the Gram matrix B Kᵀ on tensor cores and K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16,
 //!     transposed from K's rows by `ldmatrix.trans`); T blockwise in f32 over −L: its
 //!     four 16 × 16 diagonal blocks by forward substitution (a thread per column of one,
-//!     while the other half of the block scales B's rows in place to diag(β e^Λ) B),
-//!     then the blocks below merged 16 → 32 → 64 by products of blocks on every thread
-//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`), then on tensor cores
-//!     W = −T diag(β e^Λ) B (bf16) and U' = T V, and e^(Λ_last); every fragment by
-//!     `ldmatrix` (`.trans` where the staged rows' index is the product's k). With f32
-//!     storage K and B are rounded to bf16 when staged and K̂ and β e^Λ B again when
-//!     scaled (bf16 inputs: once, as before)
+//!     while with a gate the other half of the block turns β into β e^Λ in place), then
+//!     the blocks below merged 16 → 32 → 64 by products of blocks on every thread
+//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`); T rounded to bf16 twice, as T
+//!     and with its columns scaled, T diag(β e^Λ) (a multiply per entry where B's rows
+//!     would take one per key), then on tensor cores W = −(T diag(β e^Λ)) B (bf16) and
+//!     U' = T V, and e^(Λ_last); every fragment by `ldmatrix` (`.trans` where the staged
+//!     rows' index is the product's k). With f32 storage K and B are rounded to bf16
+//!     when staged and K̂ again when scaled (bf16 inputs: once, as before)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
 //!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
 //!     `state_shared_bytes` of dynamic shared memory (W and K̂ᵀ alone take 35 KiB at
@@ -177,13 +178,18 @@ fn entry_bytes(storage: Storage) -> usize {
     }
 }
 
-/// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16; scaled to
-/// diag(β e^Λ) B for W); K's rows, then −L (f32 `[C][C]`), then T (bf16 `[C][C + 8]`);
-/// a value tile of V's rows `[C][vt + 8]` (`planes` of each bf16 array, the lo plane
-/// after the hi one); two f32 arrays of C (β and Λ) besides.
+/// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16); K's rows, then −L
+/// (f32 `[C][C]`), then T and T diag(β e^Λ) (bf16 `[C][C + 8]` each); a value tile of
+/// V's rows `[C][vt + 8]` (`planes` of each bf16 array, the lo plane after the hi one);
+/// two f32 arrays of C (β, then β e^Λ, and Λ) besides.
 fn prepare_shared_bytes(kp: usize, vt: usize, planes: usize) -> (usize, usize, usize) {
     let rows = CHUNK * (kp + 8) * 2 * planes;
-    (rows, rows.max(CHUNK * CHUNK * 4).max(CHUNK * (CHUNK + 8) * 2 * planes), CHUNK * (vt + 8) * 2 * planes)
+    (rows, rows.max(CHUNK * CHUNK * 4).max(2 * t_plane_bytes() * planes), CHUNK * (vt + 8) * 2 * planes)
+}
+
+/// Bytes of one bf16 plane of T `[C][C + 8]` in `psm_cwd_prepare`'s shared memory.
+const fn t_plane_bytes() -> usize {
+    CHUNK * (CHUNK + 8) * 2
 }
 
 /// All shared bytes of `psm_cwd_prepare` with a value tile of `vt`.
@@ -395,7 +401,9 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let split = g.split();
     let (rows_bytes, second, third) = prepare_shared_bytes(g.kp, g.vt, planes(g.products));
     // The lo planes' offsets (when split): of B's and K's rows, of T, of V's rows.
-    let (rows_lo, t_lo, v_lo) = (CHUNK * ks * 2, CHUNK * ss * 2, CHUNK * vs_stride * 2);
+    let (rows_lo, t_lo, v_lo) = (CHUNK * ks * 2, t_plane_bytes(), CHUNK * vs_stride * 2);
+    // T diag(beta exp(L)) (for W) follows T's planes.
+    let scaled_t = t_plane_bytes() * planes(g.products);
     let gated = g.shape.decay != ChunkDecay::None;
     // B's rows; K's rows, then -L, then T; a value tile of V's rows; beta; Lambda.
     let (bs, kl, vs, betas, lam) = if split {
@@ -484,9 +492,10 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.comment("forward substitution, thread j < C holding column j mod 16 of block j / 16,");
     w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into four");
     w.e.comment("partial sums (s mod 4), so that the dependent adds are a quarter as many;");
-    w.e.comment("meanwhile the other threads scale B's rows for W");
-    let scale_b = w.e.label("scale_b");
+    w.e.comment("meanwhile, with a gate, the other threads turn beta into beta exp(L) in place (T's");
+    w.e.comment("columns' factors for W)");
     let substituted = w.e.label("substituted");
+    let factors = if gated { w.e.label("column_factors") } else { substituted.clone() };
     let idle = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
     let (block, col) = w.divmod(w.tid, DIAGONAL_BLOCK);
@@ -496,7 +505,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let diagonal_column = w.e.reg(Class::B32);
     w.e.ins(format!("mad.lo.u32 {diagonal_column}, {col}, 4, {block_origin}"));
     let mut column: Vec<Reg> = Vec::with_capacity(DIAGONAL_BLOCK);
-    w.e.ins(format!("@{idle} bra {scale_b}"));
+    w.e.ins(format!("@{idle} bra {factors}"));
     let one = f32_imm(1.0);
     for t in 0..DIAGONAL_BLOCK {
         let x = w.e.reg(Class::F32);
@@ -520,40 +529,20 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         column.push(x);
     }
     w.e.ins(format!("bra.uni {substituted}"));
-    w.e.place(&scale_b);
-    let scale = |w: &mut Writer, t: Reg| -> Reg {
-        let x = w.f32_at(betas, t);
-        if let Some(lam) = lam {
+    if let Some(lam) = lam {
+        w.e.place(&factors);
+        let helper = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.u32 {helper}, {}, {CHUNK}", w.tid));
+        w.counted(helper, CHUNK, threads - CHUNK, false, "column_factors", |w, t| {
+            let x = w.f32_at(betas, t);
             let l = w.lam_at(lam, t);
             let f = w.exp(l);
             w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
-        }
-        x
-    };
-    let helper = w.e.reg(Class::B32);
-    w.e.ins(format!("sub.u32 {helper}, {}, {CHUNK}", w.tid));
-    w.counted(helper, CHUNK * g.kp / 8, threads - CHUNK, false, "scale_b_rows", |w, p| {
-        w.e.comment("B's row t *= beta_t exp(L_t), 8 entries at a time");
-        let (t, piece) = w.divmod(p, g.kp / 8);
-        let col = w.e.reg(Class::B32);
-        w.e.ins(format!("shl.b32 {col}, {piece}, 3"));
-        let at = w.bf16_addr(bs, t, ks, col);
-        // Each plane's 8 entries (the lo plane's rows_lo bytes on).
-        let planes: Vec<String> = std::iter::once(at.to_string()).chain(split.then(|| format!("{at}+{rows_lo}"))).collect();
-        let x: Vec<[Reg; 4]> = planes
-            .iter()
-            .map(|addr| {
-                let x = [(); 4].map(|_| w.e.reg(Class::B32));
-                w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{addr}]", x[0], x[1], x[2], x[3]));
-                x
-            })
-            .collect();
-        let f = scale(w, t);
-        let y: Vec<Vec<Reg>> = (0..4).map(|i| scale_planes(w, &x.iter().map(|p| p[i]).collect::<Vec<_>>(), f, f)).collect();
-        for (plane, addr) in planes.iter().enumerate() {
-            w.e.ins(format!("st.shared.v4.b32 [{addr}], {{{}, {}, {}, {}}}", y[0][plane], y[1][plane], y[2][plane], y[3][plane]));
-        }
-    });
+            let at = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {betas}"));
+            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
+        });
+    }
     w.e.place(&substituted);
     w.e.ins("bar.sync 0");
     let written = w.e.label("diagonal_written");
@@ -568,7 +557,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         merge_diagonal_blocks(&mut w, kl, merged);
         merged *= 2;
     }
-    w.e.comment("T (bf16, [t][s]) over its f32 rows: every thread reads its entries, then writes them");
+    w.e.comment("T and T diag(beta exp(L)) (bf16, [t][s]) over T's f32 rows: every thread reads its");
+    w.e.comment("entries and its four columns' factors, then writes both");
     let groups = CHUNK / 4;
     let passes = CHUNK * groups / threads;
     let (first_row, group) = w.divmod(w.tid, groups);
@@ -587,20 +577,32 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             x
         })
         .collect();
+    let factor = [(); 4].map(|_| w.e.reg(Class::F32));
+    let factors_at = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {factors_at}, {group}, 16, {betas}"));
+    w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{factors_at}]", factor[0], factor[1], factor[2], factor[3]));
     w.e.ins("bar.sync 0");
     for (i, x) in entries.iter().enumerate() {
-        let pairs = [w.pack_planes(x[0], x[1], split), w.pack_planes(x[2], x[3], split)];
-        for (plane, offset) in std::iter::once(0).chain(split.then_some(t_lo)).enumerate() {
-            w.e.ins(format!("st.shared.v2.b32 [{to}+{}], {{{}, {}}}", offset + i * rows_apart * ss * 2, pairs[0][plane], pairs[1][plane]));
+        let scaled = [(); 4].map(|_| w.e.reg(Class::F32));
+        for ((y, x), f) in scaled.iter().zip(x).zip(&factor) {
+            w.e.ins(format!("mul.rn.f32 {y}, {x}, {f}"));
+        }
+        for (array, x) in [(0, x), (scaled_t, &scaled)] {
+            let pairs = [w.pack_planes(x[0], x[1], split), w.pack_planes(x[2], x[3], split)];
+            for (plane, offset) in std::iter::once(0).chain(split.then_some(t_lo)).enumerate() {
+                w.e.ins(format!("st.shared.v2.b32 [{to}+{}], {{{}, {}}}", array + offset + i * rows_apart * ss * 2, pairs[0][plane], pairs[1][plane]));
+            }
         }
     }
     w.e.ins("bar.sync 0");
     let t_lane = w.ldmatrix_lane_at(kl, row0, ss, zero);
     {
-        w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp] (B's scaled rows are the [k][n] operand)");
+        w.e.comment("w[m] = -(T diag(beta exp(L))) B, bf16 [C][kp] (B's rows are the [k][n] operand)");
         let acc = w.zeros(g.kp / 8);
-        let scaled_b_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
-        ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
+        let scaled_t_lane = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {scaled_t_lane}, {t_lane}, {scaled_t}"));
+        let b_rows_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
+        ldmatrix_product(&mut w, &acc, scaled_t_lane, (b_rows_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
         let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
