@@ -25,7 +25,8 @@
 //!     four 16 × 16 diagonal blocks by forward substitution (a thread per column of one,
 //!     while with a gate the other half of the block turns β into β e^Λ in place), then
 //!     the blocks below merged 16 → 32 → 64 by products of blocks on every thread
-//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`); T rounded to bf16 twice, as T
+//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`; each warp skips the terms where
+//!     its part of T_A or T_B is zero); T rounded to bf16 twice, as T
 //!     and with its columns scaled, T diag(β e^Λ) (a multiply per entry where B's rows
 //!     would take one per key), then on tensor cores W = −(T diag(β e^Λ)) B (bf16) and
 //!     U' = T V, and e^(Λ_last); every fragment by `ldmatrix` (`.trans` where the staged
@@ -666,37 +667,52 @@ const DIAGONAL_BLOCK: usize = 16;
 /// T's blocks of 2n: with A and B the two halves of such a diagonal block, I + L's
 /// inverse there has T_BA = −T_B L_BA T_A = T_B (−L)_BA T_A below its diagonal (as fla's
 /// `solve_tril` merges). The C / 2n blocks share the threads: each takes a column and
-/// n² / (its block's threads) rows of T_BA, in two products, each read whole before its result goes
-/// over its operand: X = (−L)_BA T_A over (−L)_BA, then T_B X over X. A warp's rows are
-/// shared by its lanes (their loads of the left operand broadcast) and its columns
-/// consecutive.
+/// n² / (its block's threads) rows of T_BA, in two products, each read whole before its
+/// result goes over its operand: X = (−L)_BA T_A over (−L)_BA, then T_B X over X. A
+/// warp's lanes in groups of 8 or more share rows (their loads of the left operand
+/// broadcast) over consecutive columns. T_A and T_B are lower triangular: in X a warp
+/// takes a range of columns and skips T_A's rows above the first (zero there), in T_B X a
+/// range of rows and skips T_B's columns past the last.
 fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
     let blocks = CHUNK / (2 * n);
     let block_threads = PREPARE_THREADS as usize / blocks;
     let rows = n * n / block_threads;
-    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A", 2 * n));
+    // Columns of a warp in X (all rows), rows of a warp in T_B X (all columns).
+    let (warp_cols, warp_rows) = (32 * n / block_threads, 32 * rows / n);
+    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A, skipping T_A's and T_B's zero halves", 2 * n));
     let (block, local) = w.divmod(w.tid, block_threads);
-    let (row_group, col) = w.divmod(local, n);
-    // The merged block's first row and column (A's), B's, the thread's first row in B.
+    let (warp, lane) = w.divmod(local, 32);
+    // The merged block's first row and column (A's), and B's.
     let a0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {a0}, {block}, {}", 2 * n));
     let b0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {b0}, {a0}, {n}"));
-    let row = w.e.reg(Class::B32);
-    w.e.ins(format!("mad.lo.u32 {row}, {row_group}, {rows}, {b0}"));
-    let a_col = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {a_col}, {a0}, {col}"));
     let entry = |w: &mut Writer, r: Reg, c: Reg| -> Reg {
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {r}, {CHUNK}, {c}"));
         w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {m}"));
         at
     };
-    let out = entry(w, row, a_col);
-    for (left_col, right_row) in [(a0, a0), (b0, b0)] {
-        let left = entry(w, row, left_col);
-        let right = entry(w, right_row, a_col);
-        let product = column_product(w, left, right, n, rows);
+    // The thread's first row (in B) and column (in A) from its row group and its column
+    // in the block, and the entries of its left and right operands and of its result.
+    let place = |w: &mut Writer, row_group: Reg, col: Reg, left_col: Reg, right_row: Reg| -> [Reg; 3] {
+        let row = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {row}, {row_group}, {rows}, {b0}"));
+        let a_col = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {a_col}, {a0}, {col}"));
+        [entry(w, row, left_col), entry(w, right_row, a_col), entry(w, row, a_col)]
+    };
+    let first_col = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {first_col}, {warp}, {warp_cols}"));
+    let (row_group, col) = w.divmod(lane, warp_cols);
+    w.e.ins(format!("add.u32 {col}, {col}, {first_col}"));
+    let x = place(w, row_group, col, a0, a0);
+    let rows_end = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {rows_end}, {warp}, {warp_rows}, {warp_rows}"));
+    let (row_group, col) = w.divmod(local, n);
+    let y = place(w, row_group, col, b0, b0);
+    for ([left, right, out], zeros) in [(x, Zeros::Before(first_col)), (y, Zeros::From(rows_end))] {
+        let product = column_product(w, left, right, n, rows, zeros);
         w.e.ins("bar.sync 0");
         for (i, x) in product.iter().enumerate() {
             w.e.ins(format!("st.shared.f32 [{out}+{}], {x}", i * CHUNK * 4));
@@ -705,15 +721,31 @@ fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
     }
 }
 
+/// The reduction entries k a warp's [`column_product`] skips, four at a time, its terms
+/// there being zero in all its lanes (the bound a warp-uniform register, a multiple of 4).
+#[derive(Clone, Copy)]
+enum Zeros {
+    Before(Reg),
+    From(Reg),
+}
+
 /// `rows` entries of one column of a product of f32 `[C][C]` shared blocks over `depth`
 /// (a multiple of 4): entry i = Σ_k P_ik Q_k, with `left` the address of P_00 (16-byte
-/// aligned; its rows C entries apart) and `right` that of Q_0 (its entries C apart).
-fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usize) -> Vec<Reg> {
+/// aligned; its rows C entries apart) and `right` that of Q_0 (its entries C apart),
+/// the k of `zeros` left out.
+fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usize, zeros: Zeros) -> Vec<Reg> {
     let acc: Vec<Reg> = (0..rows).map(|_| w.e.reg(Class::F32)).collect();
     for a in &acc {
         w.e.ins(format!("mov.f32 {a}, 0f00000000"));
     }
     for k0 in (0..depth).step_by(4) {
+        let zero = w.e.reg(Class::Pred);
+        match zeros {
+            Zeros::Before(first) => w.e.ins(format!("setp.gt.u32 {zero}, {first}, {k0}")),
+            Zeros::From(end) => w.e.ins(format!("setp.le.u32 {zero}, {end}, {k0}")),
+        }
+        let skip = w.e.label("zero_terms");
+        w.e.ins(format!("@{zero} bra.uni {skip}"));
         let q = [(); 4].map(|_| w.e.reg(Class::F32));
         for (k, x) in q.iter().enumerate() {
             w.e.ins(format!("ld.shared.f32 {x}, [{right}+{}]", (k0 + k) * CHUNK * 4));
@@ -725,6 +757,7 @@ fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usi
                 w.e.ins(format!("fma.rn.f32 {a}, {p}, {q}, {a}"));
             }
         }
+        w.e.place(&skip);
     }
     acc
 }
