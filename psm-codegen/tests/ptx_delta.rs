@@ -144,6 +144,8 @@ fn geometry() {
                         assert_eq!(prepare.matches("st.shared.v2.b32").count(), 2 * 8);
                     }
                     assert!(!prepare.contains("ld.shared.b32"));
+                    // W goes out through its staged rows, 16 bytes a lane: kp / 16 a lane.
+                    assert_eq!(prepare.matches("st.global.v4.b32").count(), kp / 16, "{keys} × {values}");
                     if (keys, values) == (128, 128) {
                         assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.shared.b16").count(), 8 * 5 + 4 + 2 * 4);
                         assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16").count(), 8 + 4 * 8 + 2 * 4 * 4);

@@ -28,8 +28,8 @@
 //!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`; each warp skips the terms where
 //!     its part of T_A or T_B is zero); T rounded to bf16 twice, as T
 //!     and with its columns scaled, T diag(β e^Λ) (a multiply per entry where B's rows
-//!     would take one per key), then on tensor cores W = −(T diag(β e^Λ)) B (bf16) and
-//!     U' = T V, and e^(Λ_last); every fragment by `ldmatrix` (`.trans` where the staged
+//!     would take one per key), then on tensor cores W = −(T diag(β e^Λ)) B (bf16,
+//!     staged over B's rows and stored 16 bytes a lane) and U' = T V, and e^(Λ_last); every fragment by `ldmatrix` (`.trans` where the staged
 //!     rows' index is the product's k). With f32 storage K and B are rounded to bf16
 //!     when staged and K̂ again when scaled (bf16 inputs: once, as before)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
@@ -604,23 +604,16 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         w.e.ins(format!("add.u32 {scaled_t_lane}, {t_lane}, {scaled_t}"));
         let b_rows_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
         ldmatrix_product(&mut w, &acc, scaled_t_lane, (b_rows_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
-        let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
-        let at64 = w.e.reg(Class::B64);
-        w.e.ins(format!("mul.wide.u32 {at64}, {at}, 2"));
-        w.e.ins(format!("add.u64 {at64}, {at64}, {base}"));
-        for (nt, t) in acc.iter().enumerate() {
-            for half in 0..2 {
-                let (lo, hi) = (t[2 * half], t[2 * half + 1]);
-                w.e.ins(format!("neg.f32 {lo}, {lo}"));
-                w.e.ins(format!("neg.f32 {hi}, {hi}"));
-                // The lo plane (when split) is the chunk's second [C][kp] matrix.
-                for (plane, pair) in w.pack_planes(lo, hi, split).into_iter().enumerate() {
-                    w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", ((plane * CHUNK + half * 8) * g.kp + 8 * nt) * 2));
-                }
-            }
+        for x in acc.iter().flatten() {
+            w.e.ins(format!("neg.f32 {x}, {x}"));
         }
+        w.e.comment("staged over B's rows (every warp done reading them), each warp's own 16 rows");
+        w.e.ins("bar.sync 0");
+        let fragment = w.bf16_addr(bs, arow, ks, acol);
+        store_rows(&mut w, &acc, fragment, ks, split.then_some(rows_lo));
+        w.e.ins("bar.warp.sync 0xffffffff");
+        let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
+        copy_warp_rows(&mut w, g, bs, row0, base, split.then_some(rows_lo));
     }
     {
         w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
@@ -657,6 +650,34 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     }
     w.occupancy(PREPARE_THREADS, PREPARE_BLOCKS_PER_SM);
     w.finish("psm_cwd_prepare", &params)
+}
+
+/// The warp's 16 staged bf16 rows from `row0` of `rows` (`[C][kp + 8]`, a lo plane
+/// `lo` bytes further when given) to its rows of the global `[C][kp]` matrix at `dst`
+/// (the lo plane the chunk's second matrix), 16 bytes a lane: a warp's store covers
+/// whole sectors, where its fragments' bf16 pairs filled half of each.
+fn copy_warp_rows(w: &mut Writer, g: &Geometry, rows: Reg, row0: Reg, dst: Reg, lo: Option<usize>) {
+    let pieces = g.kp / 8;
+    let lane = w.e.reg(Class::B32);
+    w.e.ins(format!("and.b32 {lane}, {}, 31", w.tid));
+    for i in 0..16 * pieces / 32 {
+        let piece = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {piece}, {lane}, {}", 32 * i));
+        let (r, c) = w.divmod(piece, pieces);
+        w.e.ins(format!("add.u32 {r}, {r}, {row0}"));
+        w.e.ins(format!("shl.b32 {c}, {c}, 3"));
+        let from = w.bf16_addr(rows, r, g.key_stride(), c);
+        let to = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {to}, {r}, {}, {c}", g.kp));
+        let to64 = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {to64}, {to}, 2"));
+        w.e.ins(format!("add.u64 {to64}, {to64}, {dst}"));
+        for (plane, offset) in std::iter::once(0).chain(lo).enumerate() {
+            let x = [(); 4].map(|_| w.e.reg(Class::B32));
+            w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{from}+{offset}]", x[0], x[1], x[2], x[3]));
+            w.e.ins(format!("st.global.v4.b32 [{to64}+{}], {{{}, {}, {}, {}}}", plane * CHUNK * g.kp * 2, x[0], x[1], x[2], x[3]));
+        }
+    }
 }
 
 /// Rows and columns of the diagonal blocks of T that `psm_cwd_prepare` inverts by forward
