@@ -47,8 +47,8 @@
 //!
 //! With [`Products::Bf16x3`] ([`DeltaOptions::products`]) every operand rounded to bf16
 //! above is split instead into a hi and a lo bf16 plane, as ptx::chunkwise does, and
-//! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T, B's
-//! scaled rows, W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
+//! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T and
+//! T diag(β e^Λ), W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
 //! U; a chunk state's lo plane fills the second half of its f32 slot, for an outputs
 //! kernel compiled with the same products. T is computed in f32 either way.
 //! The prepare kernel's arrays then take 86.5 KiB at 128 keys: they move to a dynamic
