@@ -39,7 +39,8 @@ fn split_geometry() {
     let split = DeltaOptions { products: Products::Bf16x3, ..DeltaOptions::default() };
     // (keys, values) → prepare value tile (bf16 products: from the module's first line)
     // and the split prepare kernel's dynamic bytes: B's rows [64][kp + 8] in two planes,
-    // K's rows there too, then -L (f32 [64][64]), then T (two planes of [64][72]), V's
+    // K's rows there too, then -L (f32 [64][64]), then T and T diag(beta exp(L)) (two
+    // planes of [64][72] each), V's
     // rows [64][tile + 8] in two planes, beta and Lambda (f32 [64]).
     for ((keys, values), prepare_tile) in [((8, 8), 8), ((64, 100), 64), ((128, 128), 64), ((100, 7), 8)] {
         for decay in [ChunkDecay::None, ChunkDecay::Log] {
@@ -54,7 +55,7 @@ fn split_geometry() {
             assert_eq!(m.state_shared_bytes - upre, 2 * (bf16.state_shared_bytes - upre), "{keys} × {values}");
             assert_eq!(bf16.prepare_shared_bytes, 0);
             let rows = 64 * (kp + 8) * 2 * 2;
-            let second = rows.max(64 * 64 * 4).max(64 * 72 * 2 * 2);
+            let second = rows.max(64 * 64 * 4).max(2 * 64 * 72 * 2 * 2);
             assert_eq!(m.prepare_shared_bytes, rows + second + 64 * (prepare_tile + 8) * 2 * 2 + 2 * 64 * 4, "{keys} × {values}");
             assert!(m.text.lines().next().unwrap().ends_with(&format!("Bf16x3 products, chunk 64, value tiles {tile} (states), {prepare_tile} (prepare)")));
             assert!(!bf16.text.contains("Bf16x3") && !bf16.text.contains("psm_cwd_prepare_shared"));
@@ -131,17 +132,20 @@ fn geometry() {
                     }
                     // The prepare kernel stages B, K and V once, as rows, and takes every
                     // fragment by ldmatrix: it has no 32-bit shared loads, and where keys
-                    // and values come 8 to a 16-byte load it has no 2-byte shared stores (T's
-                    // bf16 rows go four entries, 8 bytes, to a store: 8 a thread). At
+                    // and values come 8 to a 16-byte load it has no 2-byte shared stores (the
+                    // bf16 rows of T and of T diag(beta exp(L)) go four entries, 8 bytes, to a
+                    // store: 8 a thread each). At
                     // 128 × 128 (value tile 64): G = B K^T 8 k-steps of 1 + 4, K-hat^T 8
-                    // transposes, W = T (beta exp(L) B) 4 k-steps of 1 + 8 and U' = T V
+                    // transposes, W = (T diag(beta exp(L))) B 4 k-steps of 1 + 8 and U' = T V
                     // two value tiles of 4 k-steps of 1 + 4.
                     let prepare = &m.text[m.text.find(".entry psm_cwd_prepare(").unwrap()..m.text.find(".entry psm_cwd_states(").unwrap()];
                     if keys % 8 == 0 && values % 8 == 0 {
                         assert_eq!(prepare.matches("st.shared.b16").count(), 0);
-                        assert_eq!(prepare.matches("st.shared.v2.b32").count(), 8);
+                        assert_eq!(prepare.matches("st.shared.v2.b32").count(), 2 * 8);
                     }
                     assert!(!prepare.contains("ld.shared.b32"));
+                    // W goes out through its staged rows, 16 bytes a lane: kp / 16 a lane.
+                    assert_eq!(prepare.matches("st.global.v4.b32").count(), kp / 16, "{keys} × {values}");
                     if (keys, values) == (128, 128) {
                         assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.shared.b16").count(), 8 * 5 + 4 + 2 * 4);
                         assert_eq!(prepare.matches("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16").count(), 8 + 4 * 8 + 2 * 4 * 4);

@@ -23,13 +23,15 @@
 //!     the Gram matrix B Kᵀ on tensor cores and K̂ᵀ = (K ⊙ e^(Λ_last − Λ))ᵀ (bf16,
 //!     transposed from K's rows by `ldmatrix.trans`); T blockwise in f32 over −L: its
 //!     four 16 × 16 diagonal blocks by forward substitution (a thread per column of one,
-//!     while the other half of the block scales B's rows in place to diag(β e^Λ) B),
-//!     then the blocks below merged 16 → 32 → 64 by products of blocks on every thread
-//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`), then on tensor cores
-//!     W = −T diag(β e^Λ) B (bf16) and U' = T V, and e^(Λ_last); every fragment by
-//!     `ldmatrix` (`.trans` where the staged rows' index is the product's k). With f32
-//!     storage K and B are rounded to bf16 when staged and K̂ and β e^Λ B again when
-//!     scaled (bf16 inputs: once, as before)
+//!     while with a gate the other half of the block turns β into β e^Λ in place), then
+//!     the blocks below merged 16 → 32 → 64 by products of blocks on every thread
+//!     (T_BA = T_B (−L)_BA T_A, as fla's `solve_tril`; each warp skips the terms where
+//!     its part of T_A or T_B is zero); T rounded to bf16 twice, as T
+//!     and with its columns scaled, T diag(β e^Λ) (a multiply per entry where B's rows
+//!     would take one per key), then on tensor cores W = −(T diag(β e^Λ)) B (bf16,
+//!     staged over B's rows and stored 16 bytes a lane) and U' = T V, and e^(Λ_last); every fragment by `ldmatrix` (`.trans` where the staged
+//!     rows' index is the product's k). With f32 storage K and B are rounded to bf16
+//!     when staged and K̂ again when scaled (bf16 inputs: once, as before)
 //! psm_cwd_states(w, khat, upre, decay, state_in, states, u, steps, flags: u32)
 //!     grid (⌈values / state_value_tile⌉, nseq), 32 · ⌈keys / 16⌉ threads,
 //!     `state_shared_bytes` of dynamic shared memory (W and K̂ᵀ alone take 35 KiB at
@@ -45,8 +47,8 @@
 //!
 //! With [`Products::Bf16x3`] ([`DeltaOptions::products`]) every operand rounded to bf16
 //! above is split instead into a hi and a lo bf16 plane, as ptx::chunkwise does, and
-//! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T, B's
-//! scaled rows, W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
+//! each mma becomes three (lo·hi, hi·lo, hi·hi): the staged rows of B, K and V, T and
+//! T diag(β e^Λ), W and K̂ᵀ (stored with their lo planes), and the states kernel's S and
 //! U; a chunk state's lo plane fills the second half of its f32 slot, for an outputs
 //! kernel compiled with the same products. T is computed in f32 either way.
 //! The prepare kernel's arrays then take 86.5 KiB at 128 keys: they move to a dynamic
@@ -177,13 +179,18 @@ fn entry_bytes(storage: Storage) -> usize {
     }
 }
 
-/// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16; scaled to
-/// diag(β e^Λ) B for W); K's rows, then −L (f32 `[C][C]`), then T (bf16 `[C][C + 8]`);
-/// a value tile of V's rows `[C][vt + 8]` (`planes` of each bf16 array, the lo plane
-/// after the hi one); two f32 arrays of C (β and Λ) besides.
+/// Shared bytes of `psm_cwd_prepare`: B's rows `[C][kp + 8]` (bf16); K's rows, then −L
+/// (f32 `[C][C]`), then T and T diag(β e^Λ) (bf16 `[C][C + 8]` each); a value tile of
+/// V's rows `[C][vt + 8]` (`planes` of each bf16 array, the lo plane after the hi one);
+/// two f32 arrays of C (β, then β e^Λ, and Λ) besides.
 fn prepare_shared_bytes(kp: usize, vt: usize, planes: usize) -> (usize, usize, usize) {
     let rows = CHUNK * (kp + 8) * 2 * planes;
-    (rows, rows.max(CHUNK * CHUNK * 4).max(CHUNK * (CHUNK + 8) * 2 * planes), CHUNK * (vt + 8) * 2 * planes)
+    (rows, rows.max(CHUNK * CHUNK * 4).max(2 * t_plane_bytes() * planes), CHUNK * (vt + 8) * 2 * planes)
+}
+
+/// Bytes of one bf16 plane of T `[C][C + 8]` in `psm_cwd_prepare`'s shared memory.
+const fn t_plane_bytes() -> usize {
+    CHUNK * (CHUNK + 8) * 2
 }
 
 /// All shared bytes of `psm_cwd_prepare` with a value tile of `vt`.
@@ -395,7 +402,9 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let split = g.split();
     let (rows_bytes, second, third) = prepare_shared_bytes(g.kp, g.vt, planes(g.products));
     // The lo planes' offsets (when split): of B's and K's rows, of T, of V's rows.
-    let (rows_lo, t_lo, v_lo) = (CHUNK * ks * 2, CHUNK * ss * 2, CHUNK * vs_stride * 2);
+    let (rows_lo, t_lo, v_lo) = (CHUNK * ks * 2, t_plane_bytes(), CHUNK * vs_stride * 2);
+    // T diag(beta exp(L)) (for W) follows T's planes.
+    let scaled_t = t_plane_bytes() * planes(g.products);
     let gated = g.shape.decay != ChunkDecay::None;
     // B's rows; K's rows, then -L, then T; a value tile of V's rows; beta; Lambda.
     let (bs, kl, vs, betas, lam) = if split {
@@ -484,9 +493,10 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.e.comment("forward substitution, thread j < C holding column j mod 16 of block j / 16,");
     w.e.comment("T_tj = [t == j] - sum(s < t) L_ts T_sj, reading -L's rows four at a time into four");
     w.e.comment("partial sums (s mod 4), so that the dependent adds are a quarter as many;");
-    w.e.comment("meanwhile the other threads scale B's rows for W");
-    let scale_b = w.e.label("scale_b");
+    w.e.comment("meanwhile, with a gate, the other threads turn beta into beta exp(L) in place (T's");
+    w.e.comment("columns' factors for W)");
     let substituted = w.e.label("substituted");
+    let factors = if gated { w.e.label("column_factors") } else { substituted.clone() };
     let idle = w.e.reg(Class::Pred);
     w.e.ins(format!("setp.ge.u32 {idle}, {}, {CHUNK}", w.tid));
     let (block, col) = w.divmod(w.tid, DIAGONAL_BLOCK);
@@ -496,7 +506,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     let diagonal_column = w.e.reg(Class::B32);
     w.e.ins(format!("mad.lo.u32 {diagonal_column}, {col}, 4, {block_origin}"));
     let mut column: Vec<Reg> = Vec::with_capacity(DIAGONAL_BLOCK);
-    w.e.ins(format!("@{idle} bra {scale_b}"));
+    w.e.ins(format!("@{idle} bra {factors}"));
     let one = f32_imm(1.0);
     for t in 0..DIAGONAL_BLOCK {
         let x = w.e.reg(Class::F32);
@@ -520,40 +530,20 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         column.push(x);
     }
     w.e.ins(format!("bra.uni {substituted}"));
-    w.e.place(&scale_b);
-    let scale = |w: &mut Writer, t: Reg| -> Reg {
-        let x = w.f32_at(betas, t);
-        if let Some(lam) = lam {
+    if let Some(lam) = lam {
+        w.e.place(&factors);
+        let helper = w.e.reg(Class::B32);
+        w.e.ins(format!("sub.u32 {helper}, {}, {CHUNK}", w.tid));
+        w.counted(helper, CHUNK, threads - CHUNK, false, "column_factors", |w, t| {
+            let x = w.f32_at(betas, t);
             let l = w.lam_at(lam, t);
             let f = w.exp(l);
             w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
-        }
-        x
-    };
-    let helper = w.e.reg(Class::B32);
-    w.e.ins(format!("sub.u32 {helper}, {}, {CHUNK}", w.tid));
-    w.counted(helper, CHUNK * g.kp / 8, threads - CHUNK, false, "scale_b_rows", |w, p| {
-        w.e.comment("B's row t *= beta_t exp(L_t), 8 entries at a time");
-        let (t, piece) = w.divmod(p, g.kp / 8);
-        let col = w.e.reg(Class::B32);
-        w.e.ins(format!("shl.b32 {col}, {piece}, 3"));
-        let at = w.bf16_addr(bs, t, ks, col);
-        // Each plane's 8 entries (the lo plane's rows_lo bytes on).
-        let planes: Vec<String> = std::iter::once(at.to_string()).chain(split.then(|| format!("{at}+{rows_lo}"))).collect();
-        let x: Vec<[Reg; 4]> = planes
-            .iter()
-            .map(|addr| {
-                let x = [(); 4].map(|_| w.e.reg(Class::B32));
-                w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{addr}]", x[0], x[1], x[2], x[3]));
-                x
-            })
-            .collect();
-        let f = scale(w, t);
-        let y: Vec<Vec<Reg>> = (0..4).map(|i| scale_planes(w, &x.iter().map(|p| p[i]).collect::<Vec<_>>(), f, f)).collect();
-        for (plane, addr) in planes.iter().enumerate() {
-            w.e.ins(format!("st.shared.v4.b32 [{addr}], {{{}, {}, {}, {}}}", y[0][plane], y[1][plane], y[2][plane], y[3][plane]));
-        }
-    });
+            let at = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {at}, {t}, 4, {betas}"));
+            w.e.ins(format!("st.shared.f32 [{at}], {x}"));
+        });
+    }
     w.e.place(&substituted);
     w.e.ins("bar.sync 0");
     let written = w.e.label("diagonal_written");
@@ -568,7 +558,8 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
         merge_diagonal_blocks(&mut w, kl, merged);
         merged *= 2;
     }
-    w.e.comment("T (bf16, [t][s]) over its f32 rows: every thread reads its entries, then writes them");
+    w.e.comment("T and T diag(beta exp(L)) (bf16, [t][s]) over T's f32 rows: every thread reads its");
+    w.e.comment("entries and its four columns' factors, then writes both");
     let groups = CHUNK / 4;
     let passes = CHUNK * groups / threads;
     let (first_row, group) = w.divmod(w.tid, groups);
@@ -587,37 +578,42 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
             x
         })
         .collect();
+    let factor = [(); 4].map(|_| w.e.reg(Class::F32));
+    let factors_at = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {factors_at}, {group}, 16, {betas}"));
+    w.e.ins(format!("ld.shared.v4.f32 {{{}, {}, {}, {}}}, [{factors_at}]", factor[0], factor[1], factor[2], factor[3]));
     w.e.ins("bar.sync 0");
     for (i, x) in entries.iter().enumerate() {
-        let pairs = [w.pack_planes(x[0], x[1], split), w.pack_planes(x[2], x[3], split)];
-        for (plane, offset) in std::iter::once(0).chain(split.then_some(t_lo)).enumerate() {
-            w.e.ins(format!("st.shared.v2.b32 [{to}+{}], {{{}, {}}}", offset + i * rows_apart * ss * 2, pairs[0][plane], pairs[1][plane]));
+        let scaled = [(); 4].map(|_| w.e.reg(Class::F32));
+        for ((y, x), f) in scaled.iter().zip(x).zip(&factor) {
+            w.e.ins(format!("mul.rn.f32 {y}, {x}, {f}"));
+        }
+        for (array, x) in [(0, x), (scaled_t, &scaled)] {
+            let pairs = [w.pack_planes(x[0], x[1], split), w.pack_planes(x[2], x[3], split)];
+            for (plane, offset) in std::iter::once(0).chain(split.then_some(t_lo)).enumerate() {
+                w.e.ins(format!("st.shared.v2.b32 [{to}+{}], {{{}, {}}}", array + offset + i * rows_apart * ss * 2, pairs[0][plane], pairs[1][plane]));
+            }
         }
     }
     w.e.ins("bar.sync 0");
     let t_lane = w.ldmatrix_lane_at(kl, row0, ss, zero);
     {
-        w.e.comment("w[m] = -T (beta exp(L) B), bf16 [C][kp] (B's scaled rows are the [k][n] operand)");
+        w.e.comment("w[m] = -(T diag(beta exp(L))) B, bf16 [C][kp] (B's rows are the [k][n] operand)");
         let acc = w.zeros(g.kp / 8);
-        let scaled_b_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
-        ldmatrix_product(&mut w, &acc, t_lane, (scaled_b_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
-        let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("mad.lo.u32 {at}, {arow}, {}, {acol}", g.kp));
-        let at64 = w.e.reg(Class::B64);
-        w.e.ins(format!("mul.wide.u32 {at64}, {at}, 2"));
-        w.e.ins(format!("add.u64 {at64}, {at64}, {base}"));
-        for (nt, t) in acc.iter().enumerate() {
-            for half in 0..2 {
-                let (lo, hi) = (t[2 * half], t[2 * half + 1]);
-                w.e.ins(format!("neg.f32 {lo}, {lo}"));
-                w.e.ins(format!("neg.f32 {hi}, {hi}"));
-                // The lo plane (when split) is the chunk's second [C][kp] matrix.
-                for (plane, pair) in w.pack_planes(lo, hi, split).into_iter().enumerate() {
-                    w.e.ins(format!("st.global.b32 [{at64}+{}], {pair}", ((plane * CHUNK + half * 8) * g.kp + 8 * nt) * 2));
-                }
-            }
+        let scaled_t_lane = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {scaled_t_lane}, {t_lane}, {scaled_t}"));
+        let b_rows_lane = w.ldmatrix_lane_at(bs, zero, ks, zero);
+        ldmatrix_product(&mut w, &acc, scaled_t_lane, (b_rows_lane, ks, BLayout::KRows), CHUNK, lo(t_lo, rows_lo));
+        for x in acc.iter().flatten() {
+            w.e.ins(format!("neg.f32 {x}, {x}"));
         }
+        w.e.comment("staged over B's rows (every warp done reading them), each warp's own 16 rows");
+        w.e.ins("bar.sync 0");
+        let fragment = w.bf16_addr(bs, arow, ks, acol);
+        store_rows(&mut w, &acc, fragment, ks, split.then_some(rows_lo));
+        w.e.ins("bar.warp.sync 0xffffffff");
+        let base = operand_addr(&mut w, wout, m, operand_bytes(g.kp, g.products));
+        copy_warp_rows(&mut w, g, bs, row0, base, split.then_some(rows_lo));
     }
     {
         w.e.comment("upre[m] = T V, [C][vp] of the storage type, a value tile at a time");
@@ -656,6 +652,34 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     w.finish("psm_cwd_prepare", &params)
 }
 
+/// The warp's 16 staged bf16 rows from `row0` of `rows` (`[C][kp + 8]`, a lo plane
+/// `lo` bytes further when given) to its rows of the global `[C][kp]` matrix at `dst`
+/// (the lo plane the chunk's second matrix), 16 bytes a lane: a warp's store covers
+/// whole sectors, where its fragments' bf16 pairs filled half of each.
+fn copy_warp_rows(w: &mut Writer, g: &Geometry, rows: Reg, row0: Reg, dst: Reg, lo: Option<usize>) {
+    let pieces = g.kp / 8;
+    let lane = w.e.reg(Class::B32);
+    w.e.ins(format!("and.b32 {lane}, {}, 31", w.tid));
+    for i in 0..16 * pieces / 32 {
+        let piece = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {piece}, {lane}, {}", 32 * i));
+        let (r, c) = w.divmod(piece, pieces);
+        w.e.ins(format!("add.u32 {r}, {r}, {row0}"));
+        w.e.ins(format!("shl.b32 {c}, {c}, 3"));
+        let from = w.bf16_addr(rows, r, g.key_stride(), c);
+        let to = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {to}, {r}, {}, {c}", g.kp));
+        let to64 = w.e.reg(Class::B64);
+        w.e.ins(format!("mul.wide.u32 {to64}, {to}, 2"));
+        w.e.ins(format!("add.u64 {to64}, {to64}, {dst}"));
+        for (plane, offset) in std::iter::once(0).chain(lo).enumerate() {
+            let x = [(); 4].map(|_| w.e.reg(Class::B32));
+            w.e.ins(format!("ld.shared.v4.b32 {{{}, {}, {}, {}}}, [{from}+{offset}]", x[0], x[1], x[2], x[3]));
+            w.e.ins(format!("st.global.v4.b32 [{to64}+{}], {{{}, {}, {}, {}}}", plane * CHUNK * g.kp * 2, x[0], x[1], x[2], x[3]));
+        }
+    }
+}
+
 /// Rows and columns of the diagonal blocks of T that `psm_cwd_prepare` inverts by forward
 /// substitution before merging them.
 const DIAGONAL_BLOCK: usize = 16;
@@ -664,37 +688,52 @@ const DIAGONAL_BLOCK: usize = 16;
 /// T's blocks of 2n: with A and B the two halves of such a diagonal block, I + L's
 /// inverse there has T_BA = −T_B L_BA T_A = T_B (−L)_BA T_A below its diagonal (as fla's
 /// `solve_tril` merges). The C / 2n blocks share the threads: each takes a column and
-/// n² / (its block's threads) rows of T_BA, in two products, each read whole before its result goes
-/// over its operand: X = (−L)_BA T_A over (−L)_BA, then T_B X over X. A warp's rows are
-/// shared by its lanes (their loads of the left operand broadcast) and its columns
-/// consecutive.
+/// n² / (its block's threads) rows of T_BA, in two products, each read whole before its
+/// result goes over its operand: X = (−L)_BA T_A over (−L)_BA, then T_B X over X. A
+/// warp's lanes in groups of 8 or more share rows (their loads of the left operand
+/// broadcast) over consecutive columns. T_A and T_B are lower triangular: in X a warp
+/// takes a range of columns and skips T_A's rows above the first (zero there), in T_B X a
+/// range of rows and skips T_B's columns past the last.
 fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
     let blocks = CHUNK / (2 * n);
     let block_threads = PREPARE_THREADS as usize / blocks;
     let rows = n * n / block_threads;
-    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A", 2 * n));
+    // Columns of a warp in X (all rows), rows of a warp in T_B X (all columns).
+    let (warp_cols, warp_rows) = (32 * n / block_threads, 32 * rows / n);
+    w.e.comment(format!("T's blocks of {}: T_BA = T_B (-L_BA) T_A, skipping T_A's and T_B's zero halves", 2 * n));
     let (block, local) = w.divmod(w.tid, block_threads);
-    let (row_group, col) = w.divmod(local, n);
-    // The merged block's first row and column (A's), B's, the thread's first row in B.
+    let (warp, lane) = w.divmod(local, 32);
+    // The merged block's first row and column (A's), and B's.
     let a0 = w.e.reg(Class::B32);
     w.e.ins(format!("mul.lo.u32 {a0}, {block}, {}", 2 * n));
     let b0 = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {b0}, {a0}, {n}"));
-    let row = w.e.reg(Class::B32);
-    w.e.ins(format!("mad.lo.u32 {row}, {row_group}, {rows}, {b0}"));
-    let a_col = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {a_col}, {a0}, {col}"));
     let entry = |w: &mut Writer, r: Reg, c: Reg| -> Reg {
         let at = w.e.reg(Class::B32);
         w.e.ins(format!("mad.lo.u32 {at}, {r}, {CHUNK}, {c}"));
         w.e.ins(format!("mad.lo.u32 {at}, {at}, 4, {m}"));
         at
     };
-    let out = entry(w, row, a_col);
-    for (left_col, right_row) in [(a0, a0), (b0, b0)] {
-        let left = entry(w, row, left_col);
-        let right = entry(w, right_row, a_col);
-        let product = column_product(w, left, right, n, rows);
+    // The thread's first row (in B) and column (in A) from its row group and its column
+    // in the block, and the entries of its left and right operands and of its result.
+    let place = |w: &mut Writer, row_group: Reg, col: Reg, left_col: Reg, right_row: Reg| -> [Reg; 3] {
+        let row = w.e.reg(Class::B32);
+        w.e.ins(format!("mad.lo.u32 {row}, {row_group}, {rows}, {b0}"));
+        let a_col = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {a_col}, {a0}, {col}"));
+        [entry(w, row, left_col), entry(w, right_row, a_col), entry(w, row, a_col)]
+    };
+    let first_col = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {first_col}, {warp}, {warp_cols}"));
+    let (row_group, col) = w.divmod(lane, warp_cols);
+    w.e.ins(format!("add.u32 {col}, {col}, {first_col}"));
+    let x = place(w, row_group, col, a0, a0);
+    let rows_end = w.e.reg(Class::B32);
+    w.e.ins(format!("mad.lo.u32 {rows_end}, {warp}, {warp_rows}, {warp_rows}"));
+    let (row_group, col) = w.divmod(local, n);
+    let y = place(w, row_group, col, b0, b0);
+    for ([left, right, out], zeros) in [(x, Zeros::Before(first_col)), (y, Zeros::From(rows_end))] {
+        let product = column_product(w, left, right, n, rows, zeros);
         w.e.ins("bar.sync 0");
         for (i, x) in product.iter().enumerate() {
             w.e.ins(format!("st.shared.f32 [{out}+{}], {x}", i * CHUNK * 4));
@@ -703,15 +742,31 @@ fn merge_diagonal_blocks(w: &mut Writer, m: Reg, n: usize) {
     }
 }
 
+/// The reduction entries k a warp's [`column_product`] skips, four at a time, its terms
+/// there being zero in all its lanes (the bound a warp-uniform register, a multiple of 4).
+#[derive(Clone, Copy)]
+enum Zeros {
+    Before(Reg),
+    From(Reg),
+}
+
 /// `rows` entries of one column of a product of f32 `[C][C]` shared blocks over `depth`
 /// (a multiple of 4): entry i = Σ_k P_ik Q_k, with `left` the address of P_00 (16-byte
-/// aligned; its rows C entries apart) and `right` that of Q_0 (its entries C apart).
-fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usize) -> Vec<Reg> {
+/// aligned; its rows C entries apart) and `right` that of Q_0 (its entries C apart),
+/// the k of `zeros` left out.
+fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usize, zeros: Zeros) -> Vec<Reg> {
     let acc: Vec<Reg> = (0..rows).map(|_| w.e.reg(Class::F32)).collect();
     for a in &acc {
         w.e.ins(format!("mov.f32 {a}, 0f00000000"));
     }
     for k0 in (0..depth).step_by(4) {
+        let zero = w.e.reg(Class::Pred);
+        match zeros {
+            Zeros::Before(first) => w.e.ins(format!("setp.gt.u32 {zero}, {first}, {k0}")),
+            Zeros::From(end) => w.e.ins(format!("setp.le.u32 {zero}, {end}, {k0}")),
+        }
+        let skip = w.e.label("zero_terms");
+        w.e.ins(format!("@{zero} bra.uni {skip}"));
         let q = [(); 4].map(|_| w.e.reg(Class::F32));
         for (k, x) in q.iter().enumerate() {
             w.e.ins(format!("ld.shared.f32 {x}, [{right}+{}]", (k0 + k) * CHUNK * 4));
@@ -723,6 +778,7 @@ fn column_product(w: &mut Writer, left: Reg, right: Reg, depth: usize, rows: usi
                 w.e.ins(format!("fma.rn.f32 {a}, {p}, {q}, {a}"));
             }
         }
+        w.e.place(&skip);
     }
     acc
 }
