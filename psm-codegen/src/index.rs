@@ -251,15 +251,27 @@ pub(crate) fn in_bounds(agg: &Aggregator, info: &Info, shape: &[usize], indices:
 /// Largest number of expression nodes in a branch evaluated speculatively.
 const SPECULATE_NODES: usize = 12;
 
-/// Whether evaluating `e` when its branch is not taken is cheap and unobservable: a
-/// few nodes, no call but `abs`/`min`/`max`/`sqrt`, no reduction, every load in
-/// bounds for every index value.
-pub(crate) fn speculatable(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> bool {
-    let mut budget = SPECULATE_NODES;
-    speculatable_in(agg, info, e, &mut budget)
+/// Which calls a speculated branch may make besides `abs`/`min`/`max`/`sqrt`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Calls {
+    /// None.
+    Inline,
+    /// `exp` too: a host call with no effect psm can observe, cheaper than the branch
+    /// it replaces where the condition follows the data (the CPU: elu's `if x > 0 { x
+    /// + 1 } else { exp(x) }` on signs at random mispredicts half its branches, and a
+    /// lane mask lets the statement run in vectors).
+    Exp,
 }
 
-fn speculatable_in(agg: &Aggregator, info: &Info, e: Handle<Expr>, budget: &mut usize) -> bool {
+/// Whether evaluating `e` when its branch is not taken is cheap and unobservable: a
+/// few nodes, no call but `abs`/`min`/`max`/`sqrt` (and those `calls` allows), no
+/// reduction, every load in bounds for every index value.
+pub(crate) fn speculatable(agg: &Aggregator, info: &Info, e: Handle<Expr>, calls: Calls) -> bool {
+    let mut budget = SPECULATE_NODES;
+    speculatable_in(agg, info, e, calls, &mut budget)
+}
+
+fn speculatable_in(agg: &Aggregator, info: &Info, e: Handle<Expr>, calls: Calls, budget: &mut usize) -> bool {
     if *budget == 0 {
         return false;
     }
@@ -271,11 +283,11 @@ fn speculatable_in(agg: &Aggregator, info: &Info, e: Handle<Expr>, budget: &mut 
         Expr::Float(_) | Expr::Int(_) | Expr::Dim(_) | Expr::Index(_) | Expr::Empty => true,
         // The indices are constant expressions: safe if in bounds everywhere.
         Expr::Load { source, indices } => in_bounds(agg, info, source_shape(info, *source), indices),
-        Expr::Call { func, .. } if !matches!(func, Func::Abs | Func::Min | Func::Max | Func::Sqrt) => false,
+        Expr::Call { func, .. } if !(matches!(func, Func::Abs | Func::Min | Func::Max | Func::Sqrt) || (*func == Func::Exp && calls == Calls::Exp)) => false,
         Expr::Reduce { .. } => false,
         other => {
             let mut all = true;
-            other.for_each_child(|c| all = all && speculatable_in(agg, info, c, budget));
+            other.for_each_child(|c| all = all && speculatable_in(agg, info, c, calls, budget));
             all
         }
     }

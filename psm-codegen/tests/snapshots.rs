@@ -29,3 +29,10 @@ fn clif_gla() {
 fn clif_attn_agg_small() {
     insta::assert_snapshot!("attn_agg_c2_d4", text("attn_agg", &[("C", 2), ("D", 4)]));
 }
+
+/// elu's `if x > 0 { x + 1 } else { exp(x) }`: both sides computed and picked (lane by
+/// lane in vectors: `exp` called for every lane), no branch on the data's signs.
+#[test]
+fn clif_linear_attention_small() {
+    insta::assert_snapshot!("linear_attention_k4_v4", text("linear_attention", &[("K", 4), ("V", 4)]));
+}

@@ -815,7 +815,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     /// Whether evaluating `e` when its branch is not taken is cheap and unobservable.
     pub(super) fn speculatable(&self, e: Handle<Expr>) -> bool {
-        index::speculatable(self.cx.agg, self.cx.info, e)
+        index::speculatable(self.cx.agg, self.cx.info, e, index::Calls::Exp)
     }
 
     pub(super) fn source_shape(&self, source: Source) -> &'a [usize] {

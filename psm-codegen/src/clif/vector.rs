@@ -14,7 +14,8 @@
 //! * `if`/`select` whose condition does not depend on `v` branch once for all lanes (the
 //!   taken branch is the one every lane takes); a condition that depends on `v` is a
 //!   lane mask and `bitselect` picks, allowed only where both branches are cheap and
-//!   unobservable (`speculatable`: no call, every load in bounds everywhere);
+//!   unobservable (`speculatable`: no call but `exp` and the inline ones, every load in
+//!   bounds everywhere; an `exp` is then called for every lane);
 //! * `exp`, `log`, `tanh`, `pow` (also inside `sigmoid`, `softplus`) call the host
 //!   function lane by lane: the same function on the same argument;
 //! * anything else (an index used as a number, a condition on `v` over branches that

@@ -1038,7 +1038,7 @@ impl<'a> Lowerer<'a> {
             Scalar::Bool => None,
             t => Some(suffix(t)),
         };
-        if index::speculatable(agg, info, then) && index::speculatable(agg, info, otherwise) {
+        if index::speculatable(agg, info, then, index::Calls::Inline) && index::speculatable(agg, info, otherwise, index::Calls::Inline) {
             let a = self.value(then, io);
             let b = self.value(otherwise, io);
             match sel {
