@@ -10,6 +10,7 @@
 //! cargo run --release -p psm-bench --example breakdown -- passes     # aggregate scan vs scan with outputs (the chunked form's cost)
 //! cargo run --release -p psm-bench --example breakdown -- split      # one sequence on 2 threads: chunked splits vs recurrent
 //! cargo run --release -p psm-bench --example breakdown -- chain      # ns per step of the loop-carried chains
+//! cargo run --release -p psm-bench --example breakdown -- elu        # linear attention's feature map: libm exp vs a vector polynomial
 //! # instructions per step: run under valgrind at two sizes and subtract
 //! valgrind --tool=cachegrind --cache-sim=no --smc-check=all \
 //!     target/release/examples/breakdown count psm|hand|none cumsum|scalar_affine N
@@ -472,6 +473,34 @@ fn main() {
                 println!("{name}, {n} steps: psm {} per step, hand (reused output) {} per step", ns_per(psm, reps * n), ns_per(hand, reps * n));
             }
         }
+        "elu" => {
+            // Linear attention's feature map, elu(x) + 1 = if x > 0 { x + 1 } else { exp(x) },
+            // over its k and q at T = 4096, K = 64 (rows of 64, a call per row, as the map
+            // is evaluated), with each exp psm could use: libm's `expf`, lane by lane (what
+            // the JIT calls), and the vectorizing polynomial `exp_approx` compiled for
+            // 4, 8 and 16 lanes. What the map costs bounds issue 6's CPU ratio for linear
+            // attention (docs/chunkwise.md).
+            let (rows, k) = (2 * 4096, 64);
+            let x = Rng::new(9).vec(rows * k, -1.0, 1.0);
+            let mut y = vec![0.0f32; rows * k];
+            let libm = |x: &[f32], y: &mut [f32]| elu_rows(x, y, f32::exp);
+            let mut variants: Vec<(&str, fn(&[f32], &mut [f32]))> = vec![("libm expf", libm), ("polynomial, SSE2", elu_poly_sse2)];
+            if std::is_x86_feature_detected!("avx2") {
+                variants.push(("polynomial, AVX2", elu_poly_avx2));
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                variants.push(("polynomial, AVX-512F", elu_poly_avx512));
+            }
+            for (name, map) in variants {
+                let t = best_time(budget, || {
+                    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(k)) {
+                        map(black_box(xr), yr);
+                    }
+                    black_box(&mut y);
+                });
+                println!("{name:<22} {} ({} an entry)", ms(t), ns_per(t, rows * k));
+            }
+        }
         "count" => {
             // One run of one side, for instruction counts under valgrind.
             let (side, name) = (args[2].as_str(), args[3].as_str());
@@ -496,6 +525,41 @@ fn main() {
             }
             black_box(y);
         }
-        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | passes | split | chain | count psm|hand|none cumsum|scalar_affine N"),
+        _ => eprintln!("usage: breakdown overhead | push | alloc [N] | diag | small | passes | split | chain | elu | count psm|hand|none cumsum|scalar_affine N"),
     }
+}
+
+/// `y = elu(x) + 1` with `exp` computed for every lane and selected (as the JIT does).
+#[inline(always)]
+fn elu_rows(x: &[f32], y: &mut [f32], exp: impl Fn(f32) -> f32) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let e = exp(x);
+        *y = if x > 0.0 { x + 1.0 } else { e };
+    }
+}
+
+/// [`elu_rows`] with psm-runtime's polynomial exp, in x86-64's baseline 4-lane vectors
+/// (SSE2), the width of the JIT's vectors.
+fn elu_poly_sse2(x: &[f32], y: &mut [f32]) {
+    elu_rows(x, y, psm_runtime::chunkwise::exp_approx)
+}
+
+/// [`elu_rows`] with the polynomial exp in 8-lane vectors; called only where AVX2 is detected.
+fn elu_poly_avx2(x: &[f32], y: &mut [f32]) {
+    #[target_feature(enable = "avx2")]
+    unsafe fn go(x: &[f32], y: &mut [f32]) {
+        elu_rows(x, y, psm_runtime::chunkwise::exp_approx)
+    }
+    // SAFETY: listed only when `is_x86_feature_detected!("avx2")`.
+    unsafe { go(x, y) }
+}
+
+/// [`elu_rows`] with the polynomial exp in 16-lane vectors; called only where AVX-512F is detected.
+fn elu_poly_avx512(x: &[f32], y: &mut [f32]) {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn go(x: &[f32], y: &mut [f32]) {
+        elu_rows(x, y, psm_runtime::chunkwise::exp_approx)
+    }
+    // SAFETY: listed only when `is_x86_feature_detected!("avx512f")`.
+    unsafe { go(x, y) }
 }

@@ -818,9 +818,10 @@ fn scale_row(dst: &mut [f32], src: &[f32], scale: &[f32], op: impl Fn(f32, f32) 
 /// with exp's overflow to ∞, underflow through the subnormals to 0, and NaN; written so
 /// that a loop of it vectorizes (libm's `expf` is a call per entry). The chunk
 /// computation is held to a tolerance, not to the interpreter's bits, so it need not
-/// round as `expf` does.
+/// round as `expf` does. Public for psm-bench's measurement of what a vectorized
+/// feature map could cost (`breakdown elu`).
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub fn exp_approx(x: f32) -> f32 {
     // x = n ln 2 + r with |r| ≤ ln 2 / 2; ln 2 in two parts, the first with few enough
     // bits that n · LN2_HI is exact.
     const LN2_HI: f32 = 0.693_359_4;
