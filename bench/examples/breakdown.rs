@@ -484,7 +484,8 @@ fn main() {
             let x = Rng::new(9).vec(rows * k, -1.0, 1.0);
             let mut y = vec![0.0f32; rows * k];
             let libm = |x: &[f32], y: &mut [f32]| elu_rows(x, y, f32::exp);
-            let mut variants: Vec<(&str, fn(&[f32], &mut [f32]))> = vec![("libm expf", libm), ("polynomial, SSE2", elu_poly_sse2)];
+            type Map = fn(&[f32], &mut [f32]);
+            let mut variants: Vec<(&str, Map)> = vec![("libm expf", libm), ("polynomial, SSE2", elu_poly_sse2)];
             if std::is_x86_feature_detected!("avx2") {
                 variants.push(("polynomial, AVX2", elu_poly_avx2));
             }

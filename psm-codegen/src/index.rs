@@ -257,9 +257,9 @@ pub(crate) enum Calls {
     /// None.
     Inline,
     /// `exp` too: a host call with no effect psm can observe, cheaper than the branch
-    /// it replaces where the condition follows the data (the CPU: elu's `if x > 0 { x
-    /// + 1 } else { exp(x) }` on signs at random mispredicts half its branches, and a
-    /// lane mask lets the statement run in vectors).
+    /// it replaces where the condition follows the data (the CPU: elu's
+    /// `if x > 0 { x + 1 } else { exp(x) }` on signs at random mispredicts half its
+    /// branches, and a lane mask lets the statement run in vectors).
     Exp,
 }
 
