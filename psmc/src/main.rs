@@ -67,7 +67,8 @@ enum Command {
     /// Runs one aggregator (or the standard suite, --suite cpu) through psm-runtime and,
     /// for the library operators (cumsum, scalar_affine, diag_affine, logcumsumexp, gla,
     /// attn_agg), the hand-written loop of psm-bench on the same data; checks that the
-    /// outputs agree and prints per form and thread count the time, the ratio hand/psm,
+    /// outputs agree (with the operator's own recurrent form, or tree, where there is no
+    /// hand-written loop) and prints per form and thread count the time, the ratio hand/psm,
     /// the bytes per second as a fraction of the copy bandwidth measured in the same run,
     /// and the speedup over 1 thread. Exit code 1 when outputs disagree.
     Bench(bench::BenchArgs),

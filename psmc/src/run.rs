@@ -209,7 +209,7 @@ impl Runner {
     /// Whether a non-associative operator's outputs equal the interpreter's bit for
     /// bit: the host backends compute exactly what it does; the GPU's transcendental
     /// functions differ from the CPU's libm in the last bits.
-    fn bit_exact(&self) -> bool {
+    pub(crate) fn bit_exact(&self) -> bool {
         matches!(self, Runner::Host(_))
     }
 }

@@ -78,6 +78,33 @@ fn human_table_and_operators_without_a_baseline() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.starts_with("operator"), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("ema") && l.contains("recurrent")), "{stdout}");
+    // Checked against its own recurrent form, run apart (the recurrent row itself bit for bit).
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ema")).collect();
+    assert!(rows[0].ends_with("bit-identical"), "{stdout}");
+    assert!(rows.iter().all(|l| l.ends_with("bit-identical") || l.contains("recurrent rel")), "{stdout}");
+}
+
+#[test]
+fn operators_without_a_baseline_are_checked_against_their_own_definition() {
+    // Associative: every form against the recurrent form, within psm's tolerance.
+    let (code, stdout, stderr) = psmc(&[
+        "bench", "examples/ops/mamba2.psm", "-D", "K=4", "-D", "V=4", "--len", "100", "--form", "chunkwise", "--format", "json", "--budget-ms", "5",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for row in doc["rows"].as_array().expect("rows") {
+        assert_eq!(row["reference"], "recurrent", "{row}");
+        assert_eq!(row["within_tolerance"], true, "{row}");
+        assert!(row["max_rel_err"].as_f64().expect("measured") <= row["tolerance"].as_f64().expect("a tolerance"), "{row}");
+    }
+    // Not associative: the tree and the stream against the tree, bit for bit on the host.
+    let (code, stdout, stderr) = psmc(&["bench", "examples/ops/tanh_rnn.psm", "-D", "D=4", "--len", "37", "--format", "json", "--budget-ms", "5"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for row in doc["rows"].as_array().expect("rows") {
+        assert_eq!(row["reference"], "tree", "{row}");
+        assert_eq!((&row["identical"], &row["tolerance"]), (&Value::Bool(true), &Value::from(0.0)), "{row}");
+    }
 }
 
 #[test]
