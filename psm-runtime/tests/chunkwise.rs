@@ -2,7 +2,8 @@
 //! against psm-ir's interpreter (the f64 fold) and the recurrent form, at awkward
 //! lengths (0 to 3, 7, chunk ± 1, powers of two, several chunks with a ragged tail),
 //! batch [2]: outputs and final states, runs chained through initial and final states,
-//! reverse scans, prefill → stream hand-offs and decays of exactly 0; three operators
+//! reverse scans, prefill → stream hand-offs and decays of exactly 0; one sequence in
+//! parts across threads; three operators
 //! again at K = 20, V = 24 (the chunk's vector kernels); the other operators are refused
 //! with psm-ir's reason.
 //!
@@ -224,6 +225,51 @@ fn segments_chain_through_final_and_initial_states() {
                 check_outputs(&what, &agg, &second, b, n - j, reference, j);
                 check_state(&what, &agg, second.final_state().unwrap(), b, reference);
             }
+        }
+    }
+}
+
+/// One sequence on a pool of more threads runs in parts, each part's state computed
+/// from the parts before it: at a length whose chunks split 2, 3 and 4 ways with a
+/// ragged tail, forward from an initial state and reversed, outputs and final state
+/// against the interpreter. The parts sum the state in another order than one pass, so
+/// linear attention's bits differ from a 1-thread run's (which shows they ran); the
+/// delta rules run whole (their transition costs as much as a part's run).
+#[test]
+fn one_sequence_runs_in_parts_across_threads() {
+    let n = 29 * CHUNK + 3;
+    // The head whose final state starts the parts: 28 chunks left.
+    let j = 2 * CHUNK + 1;
+    for agg in applies() {
+        let data = Batch::new(&agg, 1, n, 19);
+        let forward = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, 0, n), n);
+        let reversed = reversed_reference(&agg, &data, 0, n);
+        let head = data.window_bufs(&agg, 1, 0, j);
+        let first = agg.run(&inputs(&agg, &[1], j, &head, &data.param_bufs), &RunOptions { final_state: true, ..chunkwise(CHUNK) }).unwrap();
+        let tail = data.window_bufs(&agg, 1, j, n);
+        let whole = data.input_bufs(&agg, 1, n);
+        let from_state = |threads| RunOptions { final_state: true, initial_state: first.final_state(), threads: Some(threads), ..chunkwise(CHUNK) };
+        let run_tail = |threads| agg.run(&inputs(&agg, &[1], n - j, &tail, &data.param_bufs), &from_state(threads)).unwrap();
+        let one_thread = run_tail(1);
+        for threads in [2, 3, 4] {
+            let what = format!("{} on {threads} threads", agg.name());
+            let out = run_tail(threads);
+            check_outputs(&what, &agg, &out, 0, n - j, &forward, j);
+            check_state(&what, &agg, out.final_state().unwrap(), 0, &forward);
+            let name = &names(&agg, Role::Output)[0];
+            let same_bits = out.get(name).unwrap().to_f64() == one_thread.get(name).unwrap().to_f64();
+            match agg.name() {
+                "deltanet" | "gated_deltanet" => assert!(same_bits, "{what}: the delta rule runs whole"),
+                // No decay: the initial state's part of the sums does not fade, so the
+                // order they are summed in shows in the bits.
+                "linear_attention" => assert!(!same_bits, "{what}: not in parts"),
+                _ => {}
+            }
+            let opts = RunOptions { reverse: true, final_state: true, threads: Some(threads), ..chunkwise(CHUNK) };
+            let out = agg.run(&inputs(&agg, &[1], n, &whole, &data.param_bufs), &opts).unwrap();
+            let what = format!("{what}, reversed");
+            check_outputs(&what, &agg, &out, 0, n, &reversed, 0);
+            check_state(&what, &agg, out.final_state().unwrap(), 0, &reversed);
         }
     }
 }

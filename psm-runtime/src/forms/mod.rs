@@ -107,7 +107,9 @@ pub struct RunOptions<'a> {
     /// Keep what a [`Stream`] needs to continue after this run
     /// ([`Outputs::take_prefill`], [`Stream::from_prefill`]). Forward runs only.
     pub prefill: bool,
-    /// Run on a pool of this many threads, built once per executor and reused.
+    /// Run on a pool of this many threads, built once per executor and reused. The
+    /// chunked form's chunks, and the chunkwise form's parts of a sequence where there are
+    /// more threads than sequences, follow the thread count, and so do their last bits.
     pub threads: Option<usize>,
     /// Run on this pool (takes precedence over `threads`). Without either, the run uses
     /// the current rayon context: the global pool, or a pool the caller installed.
