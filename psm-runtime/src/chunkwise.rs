@@ -49,13 +49,14 @@ pub const DEFAULT_CHUNK: usize = 16;
 pub const MAX_CHUNK: usize = 4096;
 
 /// Smallest keys × values of a state field for which [`Form::Auto`] runs the chunkwise
-/// form (measured on the CPU, T = 4096, 1 thread, K = V: at 16 × 16 never slower than
-/// the recurrent form, up to 1.6× faster; at 8 × 8 up to 2.5× slower).
-pub const AUTO_MIN_STATE: usize = 256;
+/// form (measured on the CPU, K = V: at 32 × 32 1.5–2.5× faster than the recurrent
+/// form at T = 4096 on 1 thread, 1.9× at T = 16384 over 2 sequences on 2 threads; at
+/// 16 × 16 from 1.6× faster to 1.2× slower).
+pub const AUTO_MIN_STATE: usize = 1024;
 
 /// [`AUTO_MIN_STATE`] for the delta rule, whose recurrent combine costs K³ a step
-/// (measured: at 8 × 8 the chunkwise form 1.0–1.4× faster, at 4 × 4 3.9× slower).
-pub const AUTO_MIN_STATE_DELTA: usize = 64;
+/// (measured at 16 × 16: 3–4.7× faster at T = 4096, 1 thread; at 8 × 8 1.0–1.4×).
+pub const AUTO_MIN_STATE_DELTA: usize = 256;
 
 /// Fewest chunks in a part of a sequence split across threads ([`Sequence::run_parts`]):
 /// a part's fixed costs (its transition, its state's products) amortized over several.
@@ -194,14 +195,23 @@ impl ChunkwiseProgram {
 
     /// Whether [`Form::Auto`] runs this form: a state field of at least
     /// [`AUTO_MIN_STATE`] keys × values ([`AUTO_MIN_STATE_DELTA`] for the delta rule),
-    /// and a final element it can compose where the options ask for one.
-    pub(crate) fn pays(&self, opts: &RunOptions<'_>) -> bool {
+    /// the run's features and contractions within the buffers kept between runs
+    /// ([`SCRATCH_BYTES`]: past them every run faults its buffers in, and they stream
+    /// through memory several times where the recurrent form streams its data once;
+    /// measured, linear attention at K = V = 64 over 2 sequences on 2 threads: 3.1×
+    /// faster at T = 16384, 1.1× at 65536, 1.1× slower at 262144), and a final element
+    /// it can compose where the options ask for one.
+    pub(crate) fn pays(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> bool {
         let large = self.plan.fields.iter().any(|f| {
             let least = if matches!(f.decay, Decay::DeltaRule { .. }) { AUTO_MIN_STATE_DELTA } else { AUTO_MIN_STATE };
             f.keys * f.values >= least
         });
+        let features: usize = self.features.as_ref().map_or(0, |f| f.signature().outputs.iter().map(|o| o.len).sum());
+        let contractions: usize = self.plan.contractions.iter().map(|c| self.plan.fields[c.field].values).sum();
+        let rows = inputs.batch.iter().product::<usize>().saturating_mul(inputs.steps);
+        let fits = rows.saturating_mul(features + contractions).saturating_mul(4) <= SCRATCH_BYTES;
         let composes = || self.operator.executor().is_ok_and(|op| parts(&self.plan, op.signature()).is_ok());
-        large && (!(opts.final_state || opts.prefill) || composes())
+        large && fits && (!(opts.final_state || opts.prefill) || composes())
     }
 }
 
@@ -1327,6 +1337,23 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
+    /// `Form::Auto`'s size condition: the chunkwise form where the run's features and
+    /// contractions fit the buffers kept between runs, not past them.
+    #[test]
+    fn auto_keeps_to_the_kept_buffers() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ops/retnet.psm");
+        let dims = [("K", 32), ("V", 32)].map(|(n, v)| crate::DimOverride { name: n.into(), value: v });
+        let agg = crate::Program::from_file(path, &dims).unwrap().aggregator("retnet").unwrap();
+        let program = super::ChunkwiseProgram::new(&agg).unwrap();
+        let opts = crate::RunOptions::default();
+        assert!(program.pays(&crate::Inputs::new(&[4], 4096), &opts));
+        // A contraction of 32 floats a step and more: 1024 × 4096 steps are past 512 MiB.
+        assert!(!program.pays(&crate::Inputs::new(&[1024], 4096), &opts), "past the kept buffers");
+        let small = crate::Program::from_file(path, &[("K", 16), ("V", 16)].map(|(n, v)| crate::DimOverride { name: n.into(), value: v })).unwrap();
+        let small = super::ChunkwiseProgram::new(&small.aggregator("retnet").unwrap()).unwrap();
+        assert!(!small.pays(&crate::Inputs::new(&[4], 4096), &opts), "16 × 16 is below AUTO_MIN_STATE");
+    }
+
     /// [`super::gemm`] against an f64 product, at shapes and layouts that take every
     /// block of [`super::small_gemm_fma`] (4 × 16, 4 × 8, 1 × 8, the columns past the
     /// last 8), of [`super::small_gemm_dots_fma`] (4 × 2, 4 × 1, 1 × 1, k past the last

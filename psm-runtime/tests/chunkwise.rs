@@ -274,6 +274,32 @@ fn one_sequence_runs_in_parts_across_threads() {
     }
 }
 
+/// `Form::Auto` takes the chunkwise form on the CPU where the state is large enough
+/// (K × V ≥ 1024, ≥ 256 for the delta rule), and matches the interpreter there; a
+/// smaller state, the interpreter backend and a chunk size keep the executor's choice.
+#[test]
+fn auto_takes_the_chunkwise_form_where_it_pays() {
+    let n = 3 * CHUNK + 5;
+    for (name, kv, takes) in [("retnet", 32, true), ("retnet", 16, false), ("deltanet", 16, true), ("deltanet", 8, false)] {
+        let agg = load(name, &[("K", kv), ("V", kv)]).with_backend(Backend::Cpu);
+        let data = Batch::new(&agg, 1, n, 23);
+        let bufs = data.input_bufs(&agg, 1, n);
+        let x = inputs(&agg, &[1], n, &bufs, &data.param_bufs);
+        let what = format!("{name} at K = V = {kv}");
+        let out = agg.run(&x, &RunOptions { final_state: true, ..Default::default() }).unwrap();
+        assert_eq!(out.form() == Form::Chunkwise, takes, "{what}: {:?}", out.form());
+        let reference = reference(&agg, Precision::F64, RefForm::Fold, &data.params, &data.first(&agg, 0, n), n);
+        check_outputs(&what, &agg, &out, 0, n, &reference, 0);
+        check_state(&what, &agg, out.final_state().unwrap(), 0, &reference);
+        if takes {
+            let interp = agg.with_backend(Backend::Interp).run(&x, &RunOptions::default()).unwrap();
+            assert_ne!(interp.form(), Form::Chunkwise, "{what}: the interpreter is the reference");
+            let chunked = agg.run(&x, &RunOptions { chunk: Some(CHUNK), ..Default::default() }).unwrap();
+            assert_ne!(chunked.form(), Form::Chunkwise, "{what}: a chunk size names the chunked form's");
+        }
+    }
+}
+
 /// The interpreter's run over sequence `b`'s first `n` steps flipped, its outputs put
 /// back in the original step order.
 fn reversed_reference(agg: &Aggregator, data: &Batch, b: usize, n: usize) -> psm_ir::derive::Outputs {

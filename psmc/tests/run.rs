@@ -97,7 +97,7 @@ fn small_dims(name: &str) -> Vec<&'static str> {
 fn runs_gla_with_defaults() {
     let r = psmc(&["run", "examples/ops/gla.psm"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.starts_with("gla <K = 16, V = 16> on cpu: chunkwise form, chunk 16, batch [], T = 64\n"), "{}", r.stdout);
+    assert!(r.stdout.starts_with("gla <K = 16, V = 16> on cpu: recurrent form, batch [], T = 64\n"), "{}", r.stdout);
     assert!(r.stdout.contains("  o [64, 16] f32: "), "{}", r.stdout);
     assert!(r.stderr.is_empty());
 }
