@@ -129,8 +129,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: u32,
     /// The form to time at 1 and K threads [default: recurrent at 1 thread, then over a
-    /// batch recurrent at K threads, for one sequence chunked at 1 and K threads;
-    /// tree and stream for non-associative operators]
+    /// batch recurrent at K threads, for one sequence chunked at 1 and K threads, and on
+    /// the CPU the chunkwise form at 1 and K threads where it applies; tree and stream
+    /// for non-associative operators]
     #[arg(long, value_enum)]
     form: Option<BenchForm>,
     /// The implementation psm runs on (`cuda`: device 0; each run copies its inputs to
@@ -426,7 +427,13 @@ fn bench_case(
     }
     let sig = agg.signature();
     if case.modes.is_empty() {
-        case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k);
+        // The chunkwise form beside the others where it applies (on the CPU: the CUDA form
+        // takes fewer options, and the GPU's rows are chosen by --form).
+        let chunkwise = match &runner {
+            Runner::Host(host) => backend == BackendArg::Cpu && host.chunkwise().is_ok(),
+            Runner::Cuda(..) => false,
+        };
+        case.modes = default_modes(form, sig.associative, case.batch.iter().product(), k, chunkwise);
     }
     if let Runner::Cuda(..) = runner {
         // Host threads do not apply to the device: each form once.
@@ -580,7 +587,7 @@ fn bench_case(
     Ok(rows)
 }
 
-fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize) -> Vec<(Mode, usize)> {
+fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usize, chunkwise: bool) -> Vec<(Mode, usize)> {
     let mut modes = match form {
         Some(BenchForm::Push) => vec![(Mode::Push { into: false }, 1), (Mode::Push { into: true }, 1)],
         Some(BenchForm::Chunkwise) => {
@@ -604,8 +611,17 @@ fn default_modes(form: Option<BenchForm>, associative: bool, nseq: usize, k: usi
             }
             m
         }
-        None if nseq >= k => vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Recurrent), k)],
-        None => vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunked), 1), (Mode::Form(Form::Chunked), k)],
+        None => {
+            let mut m = if nseq >= k {
+                vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Recurrent), k)]
+            } else {
+                vec![(Mode::Form(Form::Recurrent), 1), (Mode::Form(Form::Chunked), 1), (Mode::Form(Form::Chunked), k)]
+            };
+            if chunkwise {
+                m.extend([(Mode::Form(Form::Chunkwise), 1), (Mode::Form(Form::Chunkwise), k)]);
+            }
+            m
+        }
     };
     dedup(&mut modes);
     modes

@@ -108,6 +108,22 @@ fn operators_without_a_baseline_are_checked_against_their_own_definition() {
 }
 
 #[test]
+fn the_chunkwise_form_is_timed_where_it_applies() {
+    let forms = |file: &str, dims: &[&str]| -> Vec<String> {
+        let mut args = vec!["bench", file, "--len", "64", "--format", "json", "--budget-ms", "5"];
+        args.extend(dims);
+        let (code, stdout, stderr) = psmc(&args);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let rows = doc["rows"].as_array().expect("rows");
+        assert!(rows.iter().all(|r| r["within_tolerance"] == true), "{stdout}");
+        rows.iter().map(|r| format!("{}/{}", r["form"].as_str().expect("form"), r["threads"])).collect()
+    };
+    assert_eq!(forms("examples/ops/retnet.psm", &["-D", "K=4", "-D", "V=4"]), ["recurrent/1", "chunked/1", "chunked/2", "chunkwise/1", "chunkwise/2"]);
+    assert_eq!(forms("examples/ops/cumsum.psm", &[]), ["recurrent/1", "chunked/1", "chunked/2"]);
+}
+
+#[test]
 fn non_associative_operators_run_tree_and_stream() {
     let (code, stdout, stderr) = psmc(&[
         "bench", "examples/ops/attn_agg.psm", "-D", "C=2", "-D", "D=4", "--len", "20", "--format", "json", "--budget-ms", "5",
