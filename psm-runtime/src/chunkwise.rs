@@ -2,7 +2,7 @@
 //! `psm_ir::derive::chunkwise` derives from the operator's IR.
 //!
 //! 1. The derived *feature map* aggregator (compiled like any other, run in the
-//!    recurrent form: it has no state to speak of) computes the per-step keys, values,
+//!    automatic form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch; a sequence in consecutive parts where the
 //!    pool has more threads than sequences: [`Sequence::run_parts`]), chunk by chunk,
@@ -227,7 +227,7 @@ fn check_options(operator: &Executor, opts: &RunOptions<'_>) -> Result<(), RunEr
     }
 }
 
-/// Options of the derived per-step maps: the recurrent form on the caller's threads.
+/// Options of the derived per-step maps on the caller's threads.
 fn map_options<'a>(opts: &RunOptions<'a>) -> RunOptions<'a> {
     // Auto: the recurrent form, or the chunked one over the steps of sequences fewer than
     // the threads (a map's outputs depend on its step alone: the same bits either way).
