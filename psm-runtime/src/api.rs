@@ -247,7 +247,7 @@ impl Aggregator {
         if opts.form == Form::Chunkwise {
             return crate::chunkwise::run(self.chunkwise_program()?, inputs, opts, crate::chunkwise::Engine::Cpu);
         }
-        if let Some(program) = self.auto_chunkwise(inputs, opts) {
+        if let Some(program) = self.auto_chunkwise(opts) {
             return crate::chunkwise::run(program, inputs, &RunOptions { form: Form::Chunkwise, ..opts.clone() }, crate::chunkwise::Engine::Cpu);
         }
         self.executor()?.run(inputs, opts)
@@ -259,7 +259,7 @@ impl Aggregator {
         if opts.form == Form::Chunkwise {
             return crate::chunkwise::run_into(self.chunkwise_program()?, inputs, outputs, opts);
         }
-        if let Some(program) = self.auto_chunkwise(inputs, opts) {
+        if let Some(program) = self.auto_chunkwise(opts) {
             return crate::chunkwise::run_into(program, inputs, outputs, &RunOptions { form: Form::Chunkwise, ..opts.clone() });
         }
         self.executor()?.run_into(inputs, outputs, opts)
@@ -268,10 +268,9 @@ impl Aggregator {
     /// The chunkwise form where [`Form::Auto`] takes it: on the CPU backend (the
     /// interpreter stays the reference), without a chunk size (which names the chunked
     /// form's), for an operator it applies to whose state is large enough for the
-    /// chunk's products to pay and a run small enough for the buffers kept between runs
-    /// ([`crate::chunkwise::ChunkwiseProgram::pays`]), with options it takes. Otherwise
-    /// `None`: the executor's own choice.
-    fn auto_chunkwise(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Option<&crate::chunkwise::ChunkwiseProgram> {
+    /// chunk's products to pay ([`crate::chunkwise::ChunkwiseProgram::pays`]), with
+    /// options it takes. Otherwise `None`: the executor's own choice.
+    fn auto_chunkwise(&self, opts: &RunOptions<'_>) -> Option<&crate::chunkwise::ChunkwiseProgram> {
         if opts.form != Form::Auto || opts.chunk.is_some() || self.backend != Backend::Cpu {
             return None;
         }
@@ -282,7 +281,7 @@ impl Aggregator {
             return None;
         }
         let program = self.chunkwise_program().ok()?;
-        program.pays(inputs, opts).then_some(program)
+        program.pays(opts).then_some(program)
     }
 
     /// Opens a stream over sequences of the given batch shape.

@@ -5,7 +5,7 @@
 //!    automatic form: it has no state to speak of) computes the per-step keys, values,
 //!    log-decays, delta-rule β and b, and queries from the user's inputs and params.
 //! 2. Per sequence (rayon over the batch; a sequence in consecutive parts where the
-//!    pool has more threads than sequences: [`Sequence::run_parts`]), chunk by chunk,
+//!    pool has more threads than sequences: `Sequence::run_parts`), chunk by chunk,
 //!    the state contractions are
 //!    computed with matrix products (AVX2/FMA kernels for the chunk's small ones, the
 //!    `gemm` crate otherwise), all in f32: the inter-chunk Q S₀, the intra-chunk
@@ -23,6 +23,10 @@
 //! or with a decay of exactly 0 (a hard reset, where Λ restarts), computes
 //! D_tτ = e^(Λ_t − Λ_τ) pair by pair.
 //!
+//! A run whose features and contractions would exceed the buffers kept between runs
+//! goes sequence by sequence in blocks of steps chained through their states
+//! (`run_into_blocks`).
+//!
 //! An initial state seeds S₀; the final element's state fields are the last S₀, its
 //! transition fields (gates, the delta rule's matrix) the same recurrence run over the
 //! initial transition with zero values. A reversed run reads each sequence's rows
@@ -37,7 +41,7 @@ use psm_ir::ir::Dtype;
 use rayon::prelude::*;
 
 use crate::api::Aggregator;
-use crate::buffers::{Buffer, Data, Inputs, OutputsMut, State, Tensor};
+use crate::buffers::{Buffer, Data, DataMut, Inputs, OutputsMut, State, Tensor};
 use crate::error::RunError;
 use crate::forms::stream::SeqState;
 use crate::forms::{Executor, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
@@ -58,7 +62,7 @@ pub const AUTO_MIN_STATE: usize = 1024;
 /// (measured at 16 × 16: 3–4.7× faster at T = 4096, 1 thread; at 8 × 8 1.0–1.4×).
 pub const AUTO_MIN_STATE_DELTA: usize = 256;
 
-/// Fewest chunks in a part of a sequence split across threads ([`Sequence::run_parts`]):
+/// Fewest chunks in a part of a sequence split across threads (`Sequence::run_parts`):
 /// a part's fixed costs (its transition, its state's products) amortized over several.
 pub const MIN_PART_CHUNKS: usize = 4;
 
@@ -195,23 +199,25 @@ impl ChunkwiseProgram {
 
     /// Whether [`Form::Auto`] runs this form: a state field of at least
     /// [`AUTO_MIN_STATE`] keys × values ([`AUTO_MIN_STATE_DELTA`] for the delta rule),
-    /// the run's features and contractions within the buffers kept between runs
-    /// ([`SCRATCH_BYTES`]: past them every run faults its buffers in, and they stream
-    /// through memory several times where the recurrent form streams its data once;
-    /// measured, linear attention at K = V = 64 over 2 sequences on 2 threads: 3.1×
-    /// faster at T = 16384, 1.1× at 65536, 1.1× slower at 262144), and a final element
-    /// it can compose where the options ask for one.
-    pub(crate) fn pays(&self, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> bool {
+    /// and a final element it can compose where the options ask for one.
+    pub(crate) fn pays(&self, opts: &RunOptions<'_>) -> bool {
         let large = self.plan.fields.iter().any(|f| {
             let least = if matches!(f.decay, Decay::DeltaRule { .. }) { AUTO_MIN_STATE_DELTA } else { AUTO_MIN_STATE };
             f.keys * f.values >= least
         });
+        large && (!(opts.final_state || opts.prefill) || self.composes_final())
+    }
+
+    /// f32 intermediates per step of a sequence: the feature map's outputs and the
+    /// contractions.
+    fn floats_per_step(&self) -> usize {
         let features: usize = self.features.as_ref().map_or(0, |f| f.signature().outputs.iter().map(|o| o.len).sum());
-        let contractions: usize = self.plan.contractions.iter().map(|c| self.plan.fields[c.field].values).sum();
-        let rows = inputs.batch.iter().product::<usize>().saturating_mul(inputs.steps);
-        let fits = rows.saturating_mul(features + contractions).saturating_mul(4) <= SCRATCH_BYTES;
-        let composes = || self.operator.executor().is_ok_and(|op| parts(&self.plan, op.signature()).is_ok());
-        large && fits && (!(opts.final_state || opts.prefill) || composes())
+        features + self.plan.contractions.iter().map(|c| self.plan.fields[c.field].values).sum::<usize>()
+    }
+
+    /// Whether the form computes every field of the final element ([`parts`]).
+    fn composes_final(&self) -> bool {
+        self.operator.executor().is_ok_and(|op| parts(&self.plan, op.signature()).is_ok())
     }
 }
 
@@ -303,7 +309,9 @@ fn tensor_products(inputs: &Inputs<'_>) -> Products {
     }
 }
 
-fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Computed, RunError> {
+/// `split`: the parts a sequence may run in ([`Sequence::run_parts`]); `None`: the
+/// threads of the pool beyond one per sequence.
+fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>, split: Option<usize>) -> Result<Computed, RunError> {
     let operator = cw.operator.executor()?;
     check_options(operator, opts)?;
     if let Engine::Cuda(_) = engine {
@@ -400,7 +408,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
     let reverse = opts.reverse;
     let run = || {
         // Threads beyond one per sequence go to parts of each sequence.
-        let split = rayon::current_num_threads().div_ceil(nseq.max(1));
+        let split = split.unwrap_or_else(|| rayon::current_num_threads().div_ceil(nseq.max(1)));
         per_seq.into_par_iter().enumerate().for_each(|(b, (mut outs, mut finals))| {
             for (members, field) in groups.iter().zip(&fields) {
                 let seq = field.sequence(b, steps, reverse);
@@ -493,7 +501,10 @@ fn summary(cw: &ChunkwiseProgram, summary: &mut RunSummary, inputs: &Inputs<'_>,
 }
 
 pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Outputs, RunError> {
-    let Computed { contractions, final_state } = compute(cw, inputs, opts, engine)?;
+    if let (Engine::Cpu, Some(block)) = (engine, block_steps(cw, inputs, opts)) {
+        return run_blocks(cw, inputs, opts, block);
+    }
+    let Computed { contractions, final_state } = compute(cw, inputs, opts, engine, None)?;
     let mut out = match &cw.plan.direct {
         // The readout map would copy the contractions: they are the outputs.
         Some(direct) => {
@@ -536,11 +547,220 @@ pub(crate) fn run_into(
     outputs: &mut OutputsMut<'_>,
     opts: &RunOptions<'_>,
 ) -> Result<RunSummary, RunError> {
-    let Computed { contractions, final_state } = compute(cw, inputs, opts, Engine::Cpu)?;
+    match block_steps(cw, inputs, opts) {
+        Some(block) => run_into_blocks(cw, inputs, outputs, opts, block),
+        None => run_into_whole(cw, inputs, outputs, opts, None),
+    }
+}
+
+/// [`run_into`] in one piece (`split` as [`compute`]'s).
+fn run_into_whole(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>, split: Option<usize>) -> Result<RunSummary, RunError> {
+    let Computed { contractions, final_state } = compute(cw, inputs, opts, Engine::Cpu, split)?;
     let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
     cw.scratch.keep(contractions);
     summary(cw, &mut s, inputs, opts, final_state)?;
     Ok(s)
+}
+
+/// Most bytes of intermediates (features and contractions) one sequence's block holds
+/// in a run in blocks ([`run_into_blocks`]).
+const BLOCK_BYTES: usize = 4 << 20;
+
+/// Fewest chunks in a block of a run in blocks.
+const MIN_BLOCK_CHUNKS: usize = 16;
+
+/// Steps per block where the whole run's intermediates would exceed the kept buffers
+/// ([`SCRATCH_BYTES`]: past them every run faults fresh ones in) and blocks can hand
+/// their final element on (every field computed; no prefill, whose stream counts the
+/// steps of the whole run); `None` runs it whole.
+fn block_steps(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>) -> Option<usize> {
+    let per_step = cw.floats_per_step().saturating_mul(4).max(1);
+    let whole = inputs.batch.iter().product::<usize>().saturating_mul(inputs.steps).saturating_mul(per_step);
+    if whole <= SCRATCH_BYTES || opts.prefill || !cw.composes_final() {
+        return None;
+    }
+    let chunk = opts.chunk.unwrap_or(DEFAULT_CHUNK).max(1);
+    Some((BLOCK_BYTES / per_step).max(MIN_BLOCK_CHUNKS * chunk) / chunk * chunk)
+}
+
+/// Entries `r` of `data`.
+fn data_range<'a>(data: Data<'a>, r: std::ops::Range<usize>) -> Data<'a> {
+    match data {
+        Data::F32(d) => Data::F32(&d[r]),
+        Data::F64(d) => Data::F64(&d[r]),
+        Data::I32(d) => Data::I32(&d[r]),
+        Data::BF16(d) => Data::BF16(&d[r]),
+        Data::F16(d) => Data::F16(&d[r]),
+    }
+}
+
+/// Entries `r` of `data`, reborrowed.
+fn data_mut_range<'a>(data: &'a mut DataMut<'_>, r: std::ops::Range<usize>) -> DataMut<'a> {
+    match data {
+        DataMut::F32(d) => DataMut::F32(&mut d[r]),
+        DataMut::F64(d) => DataMut::F64(&mut d[r]),
+        DataMut::I32(d) => DataMut::I32(&mut d[r]),
+        DataMut::BF16(d) => DataMut::BF16(&mut d[r]),
+        DataMut::F16(d) => DataMut::F16(&mut d[r]),
+    }
+}
+
+/// `data` in pieces of `len` entries.
+fn data_mut_pieces<'a>(data: &'a mut DataMut<'_>, len: usize) -> Vec<DataMut<'a>> {
+    let len = len.max(1);
+    match data {
+        DataMut::F32(d) => d.chunks_mut(len).map(DataMut::F32).collect(),
+        DataMut::F64(d) => d.chunks_mut(len).map(DataMut::F64).collect(),
+        DataMut::I32(d) => d.chunks_mut(len).map(DataMut::I32).collect(),
+        DataMut::BF16(d) => d.chunks_mut(len).map(DataMut::BF16).collect(),
+        DataMut::F16(d) => d.chunks_mut(len).map(DataMut::F16).collect(),
+    }
+}
+
+/// Sequence `b` of `nseq` of a bound state: a state of no batch.
+fn sequence_state(state: &State, b: usize, nseq: usize) -> State {
+    let fields = state
+        .fields
+        .iter()
+        .map(|t| {
+            let len = t.data.len() / nseq;
+            Tensor { name: t.name.clone(), shape: t.shape[state.batch.len()..].to_vec(), data: data_range(t.data.as_data(), b * len..(b + 1) * len).to_buffer() }
+        })
+        .collect();
+    State { batch: Vec::new(), fields }
+}
+
+/// [`run_into_blocks`] into buffers of its own.
+fn run_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, block: usize) -> Result<Outputs, RunError> {
+    let sig = cw.operator.executor()?.signature();
+    let rows = inputs.batch.iter().product::<usize>().checked_mul(inputs.steps);
+    let mut buffers = sig
+        .outputs
+        .iter()
+        .map(|o| rows.and_then(|n| n.checked_mul(o.len)).and_then(|n| Buffer::try_zeros(o.dtype, n)).ok_or_else(|| RunError::TooLarge { what: format!("the output `{}`", o.name) }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut into = OutputsMut::new();
+    for (o, data) in sig.outputs.iter().zip(&mut buffers) {
+        into = into.output(&o.name, data);
+    }
+    let summary = run_into_blocks(cw, inputs, &mut into, opts, block)?;
+    let outputs = sig
+        .outputs
+        .iter()
+        .zip(buffers)
+        .map(|(o, data)| {
+            let mut shape = inputs.batch.clone();
+            shape.push(inputs.steps);
+            shape.extend(&o.shape);
+            Tensor { name: o.name.clone(), shape, data }
+        })
+        .collect();
+    Ok(Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary })
+}
+
+/// A run whose intermediates would exceed the kept buffers, as consecutive blocks of
+/// `block` steps of each sequence (from the last when reversed): sequences side by
+/// side, each block a whole run of its sequence on its rows where they lie, from the
+/// state the blocks before it left (as runs chain through `initial_state` and
+/// `final_state`), writing its rows of the outputs in place. Each block's features and
+/// contractions come from the kept buffers and stay in cache.
+fn run_into_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>, block: usize) -> Result<RunSummary, RunError> {
+    let operator = cw.operator.executor()?;
+    check_options(operator, opts)?;
+    operator.bind(inputs)?;
+    operator.bind_outputs(outputs, &inputs.batch, inputs.steps, &mut Default::default())?;
+    if let Some(s) = opts.initial_state {
+        operator.bind_state(s, &inputs.batch)?;
+    }
+    let sig = operator.signature();
+    let (nseq, steps) = (inputs.batch.iter().product::<usize>(), inputs.steps);
+    let mut per_seq: Vec<Vec<(String, DataMut<'_>)>> = (0..nseq).map(|_| Vec::new()).collect();
+    for (name, data) in &mut outputs.outputs {
+        let len = data.len() / nseq;
+        for (mine, piece) in per_seq.iter_mut().zip(data_mut_pieces(data, len)) {
+            mine.push((name.clone(), piece));
+        }
+    }
+    let mut starts: Vec<usize> = (0..steps).step_by(block).collect();
+    if opts.reverse {
+        starts.reverse();
+    }
+    let run = || -> Result<Vec<Option<State>>, RunError> {
+        // Threads beyond one per sequence go to parts of each block.
+        let split = rayon::current_num_threads().div_ceil(nseq);
+        per_seq
+            .into_par_iter()
+            .enumerate()
+            .map(|(b, mut outs)| {
+                let mut state = opts.initial_state.map(|s| sequence_state(s, b, nseq));
+                for &t0 in &starts {
+                    let t1 = (t0 + block).min(steps);
+                    let mut x = Inputs::new(&[], t1 - t0);
+                    // This block's rows of the sequence's inputs and outputs, where they lie.
+                    x.inputs = inputs
+                        .inputs
+                        .iter()
+                        .map(|(n, d)| {
+                            let width = d.len() / (nseq * steps);
+                            (n.clone(), data_range(*d, width * (b * steps + t0)..width * (b * steps + t1)))
+                        })
+                        .collect();
+                    x.params = inputs.params.clone();
+                    let mut o = OutputsMut::new();
+                    o.outputs = outs
+                        .iter_mut()
+                        .map(|(n, d)| {
+                            let width = d.len() / steps;
+                            (n.clone(), data_mut_range(d, width * t0..width * t1))
+                        })
+                        .collect();
+                    let sub = RunOptions { initial_state: state.as_ref(), final_state: true, pool: None, threads: None, ..opts.clone() };
+                    state = run_into_whole(cw, &x, &mut o, &sub, Some(split))?.final_state;
+                }
+                Ok(state)
+            })
+            .collect()
+    };
+    let finals = match (opts.pool, opts.threads) {
+        (Some(pool), _) => pool.install(run),
+        (None, Some(n)) => operator.pool(n)?.install(run),
+        (None, None) => run(),
+    }?;
+    // The batch's final element from its sequences'.
+    let final_state = finals.iter().all(Option::is_some).then(|| {
+        let fields = sig
+            .element
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let mut data = Buffer::zeros(e.dtype, nseq * e.len);
+                let mut all = DataMut::from(&mut data);
+                for (piece, one) in data_mut_pieces(&mut all, e.len).into_iter().zip(finals.iter().flatten()) {
+                    copy_data(piece, one.fields[k].data.as_data());
+                }
+                let mut shape = inputs.batch.clone();
+                shape.extend(&e.shape);
+                Tensor { name: e.name.clone(), shape, data }
+            })
+            .collect();
+        State { batch: inputs.batch.clone(), fields }
+    });
+    let stats = RunStats { sequences: 0, steps: 0, combines: 0, peak_elements: 0 };
+    let mut s = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
+    summary(cw, &mut s, inputs, opts, final_state)?;
+    Ok(s)
+}
+
+/// `src` into `dst` (the same dtype and length).
+fn copy_data(dst: DataMut<'_>, src: Data<'_>) {
+    match (dst, src) {
+        (DataMut::F32(d), Data::F32(s)) => d.copy_from_slice(s),
+        (DataMut::F64(d), Data::F64(s)) => d.copy_from_slice(s),
+        (DataMut::I32(d), Data::I32(s)) => d.copy_from_slice(s),
+        (DataMut::BF16(d), Data::BF16(s)) => d.copy_from_slice(s),
+        (DataMut::F16(d), Data::F16(s)) => d.copy_from_slice(s),
+        _ => unreachable!("a sequence's final element has the element's dtypes"),
+    }
 }
 
 /// The features over the whole batch of the state fields that share keys and a
@@ -1337,21 +1557,74 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
-    /// `Form::Auto`'s size condition: the chunkwise form where the run's features and
-    /// contractions fit the buffers kept between runs, not past them.
+    /// A run in blocks ([`super::run_blocks`], of 3 chunks here) against the same run
+    /// whole (which the integration tests hold to the interpreter): every operator the
+    /// form applies to, one and two sequences, from an initial state forward and
+    /// reversed, with a ragged last block; outputs and final state within the form's
+    /// tolerance (‖Δ‖ / ‖whole‖ < 1e-5, plus a bf16 output's rounding; ‖whole‖ at least
+    /// 1e-25).
     #[test]
-    fn auto_keeps_to_the_kept_buffers() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ops/retnet.psm");
-        let dims = [("K", 32), ("V", 32)].map(|(n, v)| crate::DimOverride { name: n.into(), value: v });
-        let agg = crate::Program::from_file(path, &dims).unwrap().aggregator("retnet").unwrap();
-        let program = super::ChunkwiseProgram::new(&agg).unwrap();
-        let opts = crate::RunOptions::default();
-        assert!(program.pays(&crate::Inputs::new(&[4], 4096), &opts));
-        // A contraction of 32 floats a step and more: 1024 × 4096 steps are past 512 MiB.
-        assert!(!program.pays(&crate::Inputs::new(&[1024], 4096), &opts), "past the kept buffers");
-        let small = crate::Program::from_file(path, &[("K", 16), ("V", 16)].map(|(n, v)| crate::DimOverride { name: n.into(), value: v })).unwrap();
-        let small = super::ChunkwiseProgram::new(&small.aggregator("retnet").unwrap()).unwrap();
-        assert!(!small.pays(&crate::Inputs::new(&[4], 4096), &opts), "16 × 16 is below AUTO_MIN_STATE");
+    fn blocks_chain_like_a_whole_run() {
+        use crate::{Buffer, Dtype, Form, Inputs, RunOptions};
+        let ops = ["deltanet", "gated_deltanet", "gla", "gla_bf16", "linear_attention", "mamba2", "mlstm_affine", "retnet", "rwkv6"];
+        let (steps, chunk) = (101, 4);
+        let error = |a: &[f64], b: &[f64]| {
+            let diff: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+            // Against at least 1e-25: gates multiplied over 100 steps reach f32's subnormals.
+            diff.sqrt() / b.iter().map(|y| y * y).sum::<f64>().sqrt().max(1e-25)
+        };
+        for name in ops {
+            let path = format!("{}/../examples/ops/{name}.psm", env!("CARGO_MANIFEST_DIR"));
+            let dims = [("K", 6), ("V", 5)].map(|(n, v)| crate::DimOverride { name: n.into(), value: v });
+            let agg = crate::Program::from_file(&path, &dims).unwrap().aggregator(name).unwrap();
+            let program = super::ChunkwiseProgram::new(&agg).unwrap();
+            let sig = agg.signature();
+            // Gates in (0.5, 1), log-gates and A in (−1, 0), the rest in (−1, 1).
+            let data = |field: &str, n: usize, salt: usize| -> Vec<f64> {
+                let (lo, hi) = match field {
+                    "alpha" | "gamma" => (0.5, 1.0),
+                    "g" | "A" => (-1.0, 0.0),
+                    _ => (-1.0, 1.0),
+                };
+                (0..n).map(|i| lo + (hi - lo) * (((i * 7919 + salt * 104_729) % 2003) as f64 + 0.5) / 2003.0).collect()
+            };
+            let buffer = |dtype: Dtype, v: Vec<f64>| match dtype {
+                Dtype::BF16 => Buffer::BF16(v.into_iter().map(half::bf16::from_f64).collect()),
+                _ => Buffer::F32(v.into_iter().map(|x| x as f32).collect()),
+            };
+            for nseq in [1, 2] {
+                let inputs: Vec<Buffer> = sig.inputs.iter().enumerate().map(|(k, f)| buffer(f.dtype, data(&f.name, nseq * steps * f.len, k))).collect();
+                let params: Vec<Buffer> = sig.params.iter().enumerate().map(|(k, f)| buffer(f.dtype, data(&f.name, f.len, 50 + k))).collect();
+                let mut x = Inputs::new(&[nseq], steps);
+                for (f, b) in sig.inputs.iter().zip(&inputs) {
+                    x = x.input(&f.name, b.as_data());
+                }
+                for (f, b) in sig.params.iter().zip(&params) {
+                    x = x.param(&f.name, b.as_data());
+                }
+                let opts = RunOptions { form: Form::Chunkwise, chunk: Some(chunk), final_state: true, ..Default::default() };
+                let whole = |opts: &RunOptions<'_>| super::run(&program, &x, opts, super::Engine::Cpu).unwrap();
+                let start = whole(&opts).summary.final_state.unwrap();
+                for reverse in [false, true] {
+                    let opts = RunOptions { initial_state: Some(&start), reverse, ..opts.clone() };
+                    let (whole, blocks) = (whole(&opts), super::run_blocks(&program, &x, &opts, 3 * chunk).unwrap());
+                    let what = format!("{name}, {nseq} sequence(s), reverse {reverse}");
+                    for (w, b) in whole.tensors().iter().zip(blocks.tensors()) {
+                        let bf16 = if w.data.dtype() == Dtype::BF16 { 8e-3 } else { 0.0 };
+                        let e = error(&b.data.to_f64(), &w.data.to_f64());
+                        assert!(e < 1e-5 + bf16, "{what} `{}`: {e:e}", w.name);
+                        assert_eq!((&w.name, &w.shape), (&b.name, &b.shape));
+                    }
+                    let (w, b) = (whole.final_state().unwrap(), blocks.final_state().unwrap());
+                    assert_eq!(w.batch, b.batch);
+                    for (w, b) in w.fields.iter().zip(&b.fields) {
+                        let e = error(&b.data.to_f64(), &w.data.to_f64());
+                        assert!(e < 1e-5, "{what} final `{}`: {e:e}", w.name);
+                        assert_eq!((&w.name, &w.shape), (&b.name, &b.shape));
+                    }
+                }
+            }
+        }
     }
 
     /// [`super::gemm`] against an f64 product, at shapes and layouts that take every

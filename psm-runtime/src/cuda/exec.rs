@@ -508,7 +508,7 @@ impl ResidentTimes {
 /// `auto` chunks a batch into about this many (sequence, chunk) pairs.
 const ENOUGH_THREADS: usize = 1 << 16;
 
-/// The chunk size of `auto`: about [`ENOUGH_THREADS`] chunks over the whole batch, at
+/// The chunk size of `auto`: about `ENOUGH_THREADS` chunks over the whole batch, at
 /// least 16 steps each (a chunk's steps are scanned twice).
 pub fn auto_chunk(steps: usize, nseq: usize) -> usize {
     let chunks_per_seq = ENOUGH_THREADS.div_ceil(nseq.max(1)).max(1);
