@@ -681,13 +681,14 @@ fn run_into_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut Out
             mine.push((name.clone(), piece));
         }
     }
-    let mut starts: Vec<usize> = (0..steps).step_by(block).collect();
-    if opts.reverse {
-        starts.reverse();
-    }
     let run = || -> Result<Vec<Option<State>>, RunError> {
-        // Threads beyond one per sequence go to parts of each block.
+        // Threads beyond one per sequence go to parts of each block, a block's worth each.
         let split = rayon::current_num_threads().div_ceil(nseq);
+        let block = block * split;
+        let mut starts: Vec<usize> = (0..steps).step_by(block).collect();
+        if opts.reverse {
+            starts.reverse();
+        }
         per_seq
             .into_par_iter()
             .enumerate()
