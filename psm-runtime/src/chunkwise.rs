@@ -1558,10 +1558,10 @@ pub(crate) type Cached = Arc<std::sync::OnceLock<Result<Arc<ChunkwiseProgram>, R
 
 #[cfg(test)]
 mod tests {
-    /// A run in blocks ([`super::run_blocks`], of 3 chunks here) against the same run
-    /// whole (which the integration tests hold to the interpreter): every operator the
-    /// form applies to, one and two sequences, from an initial state forward and
-    /// reversed, with a ragged last block; outputs and final state within the form's
+    /// A run in blocks ([`super::run_blocks`], of 3 chunks here, 6 on 2 threads for one
+    /// sequence) against the same run whole (which the integration tests hold to the
+    /// interpreter): every operator the form applies to, one and two sequences, from an
+    /// initial state forward and reversed, with a ragged last block; outputs and final state within the form's
     /// tolerance (‖Δ‖ / ‖whole‖ < 1e-5, plus a bf16 output's rounding; ‖whole‖ at least
     /// 1e-25).
     #[test]
@@ -1606,10 +1606,11 @@ mod tests {
                 let opts = RunOptions { form: Form::Chunkwise, chunk: Some(chunk), final_state: true, ..Default::default() };
                 let whole = |opts: &RunOptions<'_>| super::run(&program, &x, opts, super::Engine::Cpu).unwrap();
                 let start = whole(&opts).summary.final_state.unwrap();
-                for reverse in [false, true] {
-                    let opts = RunOptions { initial_state: Some(&start), reverse, ..opts.clone() };
+                // 1 thread: blocks of 3 chunks whatever the machine; 2: of 6 for one sequence.
+                for (reverse, threads) in [(false, 1), (true, 1), (false, 2)] {
+                    let opts = RunOptions { initial_state: Some(&start), reverse, threads: Some(threads), ..opts.clone() };
                     let (whole, blocks) = (whole(&opts), super::run_blocks(&program, &x, &opts, 3 * chunk).unwrap());
-                    let what = format!("{name}, {nseq} sequence(s), reverse {reverse}");
+                    let what = format!("{name}, {nseq} sequence(s), reverse {reverse}, {threads} thread(s)");
                     for (w, b) in whole.tensors().iter().zip(blocks.tensors()) {
                         let bf16 = if w.data.dtype() == Dtype::BF16 { 8e-3 } else { 0.0 };
                         let e = error(&b.data.to_f64(), &w.data.to_f64());
