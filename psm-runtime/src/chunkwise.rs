@@ -617,14 +617,15 @@ fn data_mut_pieces<'a>(data: &'a mut DataMut<'_>, len: usize) -> Vec<DataMut<'a>
     }
 }
 
-/// Sequence `b` of `nseq` of a bound state: a state of no batch.
+/// Sequence `b` of `nseq` of a bound state: a state of no batch (a field's shape is
+/// its length: the data is what binds, [`State::field`]'s shapes are flat too).
 fn sequence_state(state: &State, b: usize, nseq: usize) -> State {
     let fields = state
         .fields
         .iter()
         .map(|t| {
             let len = t.data.len() / nseq;
-            Tensor { name: t.name.clone(), shape: t.shape[state.batch.len()..].to_vec(), data: data_range(t.data.as_data(), b * len..(b + 1) * len).to_buffer() }
+            Tensor { name: t.name.clone(), shape: vec![len], data: data_range(t.data.as_data(), b * len..(b + 1) * len).to_buffer() }
         })
         .collect();
     State { batch: Vec::new(), fields }
