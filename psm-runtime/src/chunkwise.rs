@@ -44,7 +44,7 @@ use crate::api::Aggregator;
 use crate::buffers::{Buffer, Data, DataMut, Inputs, OutputsMut, State, Tensor};
 use crate::error::RunError;
 use crate::forms::stream::SeqState;
-use crate::forms::{Executor, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
+use crate::forms::{Executor, FieldSpec, Form, Outputs, Prefill, RunOptions, RunStats, RunSummary, Signature};
 
 /// Steps per chunk when [`RunOptions::chunk`] is not given.
 pub const DEFAULT_CHUNK: usize = 16;
@@ -444,11 +444,7 @@ fn compute(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, en
         })
     };
     if steps > 0 || want_final {
-        match (opts.pool, opts.threads) {
-            (Some(pool), _) => pool.install(run),
-            (None, Some(n)) => operator.pool(n)?.install(run),
-            (None, None) => run(),
-        }
+        operator.install(opts, run)?;
     }
     cw.scratch.keep(features.into_iter().flatten().map(|(_, data)| data));
     // T = 0 without an initial state: the declared identity, if any (as the other forms).
@@ -478,11 +474,9 @@ fn readout_inputs<'a>(cw: &ChunkwiseProgram, inputs: &Inputs<'a>, contractions: 
 
 /// The readout map's summary made the chunkwise run's: no combines (the form runs
 /// none), the final state and the prefill of the chunk computation.
-fn summary(cw: &ChunkwiseProgram, summary: &mut RunSummary, inputs: &Inputs<'_>, opts: &RunOptions<'_>, final_state: Option<State>) -> Result<(), RunError> {
-    summary.form = Form::Chunkwise;
-    summary.chunk = Some(opts.chunk.unwrap_or(DEFAULT_CHUNK));
-    summary.stats = RunStats { sequences: inputs.batch.iter().product(), steps: inputs.steps, combines: 0, peak_elements: 0 };
-    summary.prefill = if opts.prefill {
+fn summary(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, final_state: Option<State>) -> Result<RunSummary, RunError> {
+    let stats = RunStats { sequences: inputs.batch.iter().product(), steps: inputs.steps, combines: 0, peak_elements: 0 };
+    let prefill = if opts.prefill {
         let operator = cw.operator.executor()?;
         if !operator.signature().associative {
             return Err(RunError::InvalidOption { option: "prefill", message: "a stream of an operator not known to be associative continues a tree's counter, which the chunkwise form does not build; use the tree form".into() });
@@ -496,8 +490,15 @@ fn summary(cw: &ChunkwiseProgram, summary: &mut RunSummary, inputs: &Inputs<'_>,
     } else {
         None
     };
-    summary.final_state = final_state.filter(|_| opts.final_state);
-    Ok(())
+    Ok(RunSummary { final_state: final_state.filter(|_| opts.final_state), prefill, stats, form: Form::Chunkwise, chunk: Some(opts.chunk.unwrap_or(DEFAULT_CHUNK)) })
+}
+
+/// An output of the whole run, `[batch..., T, field dims...]`.
+fn output_tensor(inputs: &Inputs<'_>, spec: &FieldSpec, data: Buffer) -> Tensor {
+    let mut shape = inputs.batch.clone();
+    shape.push(inputs.steps);
+    shape.extend(&spec.shape);
+    Tensor { name: spec.name.clone(), shape, data }
 }
 
 pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>, engine: Engine<'_>) -> Result<Outputs, RunError> {
@@ -505,6 +506,7 @@ pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<
         return run_blocks(cw, inputs, opts, block);
     }
     let Computed { contractions, final_state } = compute(cw, inputs, opts, engine, None)?;
+    let summary = summary(cw, inputs, opts, final_state)?;
     let mut out = match &cw.plan.direct {
         // The readout map would copy the contractions: they are the outputs.
         Some(direct) => {
@@ -517,23 +519,18 @@ pub(crate) fn run(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<
                 .map(|(s, &m)| {
                     let shared = direct.iter().filter(|&&d| d == m).count() > 1;
                     let data = if shared { contractions[m].clone() } else { std::mem::take(&mut contractions[m]) };
-                    let mut shape = inputs.batch.clone();
-                    shape.push(inputs.steps);
-                    shape.extend(&s.shape);
-                    Tensor { name: s.name.clone(), shape, data: Buffer::F32(data) }
+                    output_tensor(inputs, s, Buffer::F32(data))
                 })
                 .collect();
-            let stats = RunStats { sequences: 0, steps: 0, combines: 0, peak_elements: 0 };
-            let summary = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
             Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary }
         }
         None => {
-            let out = engine.run_map(&cw.readout, &readout_inputs(cw, inputs, &contractions), opts)?;
+            let mut out = engine.run_map(&cw.readout, &readout_inputs(cw, inputs, &contractions), opts)?;
             cw.scratch.keep(contractions);
+            out.summary = summary;
             out
         }
     };
-    summary(cw, &mut out.summary, inputs, opts, final_state)?;
     if let Engine::Cuda(_) = engine {
         out.summary.chunk = Some(psm_codegen::ptx::chunkwise::CHUNK);
     }
@@ -556,10 +553,9 @@ pub(crate) fn run_into(
 /// [`run_into`] in one piece (`split` as [`compute`]'s).
 fn run_into_whole(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut OutputsMut<'_>, opts: &RunOptions<'_>, split: Option<usize>) -> Result<RunSummary, RunError> {
     let Computed { contractions, final_state } = compute(cw, inputs, opts, Engine::Cpu, split)?;
-    let mut s = cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
+    cw.readout.run_into(&readout_inputs(cw, inputs, &contractions), outputs, &map_options(opts))?;
     cw.scratch.keep(contractions);
-    summary(cw, &mut s, inputs, opts, final_state)?;
-    Ok(s)
+    summary(cw, inputs, opts, final_state)
 }
 
 /// Most bytes of intermediates (features and contractions) one sequence's block holds
@@ -645,17 +641,7 @@ fn run_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, opts: &RunOptions<'_>,
         into = into.output(&o.name, data);
     }
     let summary = run_into_blocks(cw, inputs, &mut into, opts, block)?;
-    let outputs = sig
-        .outputs
-        .iter()
-        .zip(buffers)
-        .map(|(o, data)| {
-            let mut shape = inputs.batch.clone();
-            shape.push(inputs.steps);
-            shape.extend(&o.shape);
-            Tensor { name: o.name.clone(), shape, data }
-        })
-        .collect();
+    let outputs = sig.outputs.iter().zip(buffers).map(|(o, data)| output_tensor(inputs, o, data)).collect();
     Ok(Outputs { batch: inputs.batch.clone(), steps: inputs.steps, outputs, summary })
 }
 
@@ -723,11 +709,7 @@ fn run_into_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut Out
             })
             .collect()
     };
-    let finals = match (opts.pool, opts.threads) {
-        (Some(pool), _) => pool.install(run),
-        (None, Some(n)) => operator.pool(n)?.install(run),
-        (None, None) => run(),
-    }?;
+    let finals = operator.install(opts, run)??;
     // The batch's final element from its sequences'.
     let final_state = finals.iter().all(Option::is_some).then(|| {
         let fields = sig
@@ -747,10 +729,7 @@ fn run_into_blocks(cw: &ChunkwiseProgram, inputs: &Inputs<'_>, outputs: &mut Out
             .collect();
         State { batch: inputs.batch.clone(), fields }
     });
-    let stats = RunStats { sequences: 0, steps: 0, combines: 0, peak_elements: 0 };
-    let mut s = RunSummary { final_state: None, prefill: None, stats, form: Form::Chunkwise, chunk: None };
-    summary(cw, &mut s, inputs, opts, final_state)?;
-    Ok(s)
+    summary(cw, inputs, opts, final_state)
 }
 
 /// `src` into `dst` (the same dtype and length).

@@ -686,12 +686,17 @@ impl Executor {
     /// Checks the initial state, then runs on the pool the options ask for.
     fn run_on_pool(&self, inputs: &Inputs<'_>, bound: &Bound, out_addrs: &[usize], opts: &RunOptions<'_>) -> Result<RunSummary, RunError> {
         let init = opts.initial_state.map(|s| self.bind_state(s, &inputs.batch)).transpose()?;
-        let go = || self.run_bound(&inputs.batch, bound, out_addrs, init.as_deref(), opts);
-        match (opts.pool, opts.threads) {
-            (Some(pool), _) => pool.install(go),
-            (None, Some(n)) => self.pool(n)?.install(go),
-            (None, None) => go(),
-        }
+        self.install(opts, || self.run_bound(&inputs.batch, bound, out_addrs, init.as_deref(), opts))?
+    }
+
+    /// Runs `f` on the pool the options ask for: theirs, one of `threads` threads built
+    /// once per executor, or the current rayon context.
+    pub(crate) fn install<R: Send>(&self, opts: &RunOptions<'_>, f: impl FnOnce() -> R + Send) -> Result<R, RunError> {
+        Ok(match (opts.pool, opts.threads) {
+            (Some(pool), _) => pool.install(f),
+            (None, Some(n)) => self.pool(n)?.install(f),
+            (None, None) => f(),
+        })
     }
 
     fn resolve(&self, form: Form, nseq: usize, steps: usize, threads: usize) -> Form {
