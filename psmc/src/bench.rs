@@ -469,7 +469,7 @@ fn bench_case(
     // tree where it is not associative) on the CPU, untimed, on all cores.
     let own = match base {
         Some(_) => None,
-        None => Some(own_reference(&agg, &sig, &data, &case.batch, steps)?),
+        None => Some(own_reference(&agg, &runner, &sig, &data, &case.batch, steps)?),
     };
     let width = sig.outputs.first().map_or(0, |s| s.len);
     let out_len = width * steps;
@@ -765,13 +765,22 @@ fn run_form(
     Ok((outputs, seconds, form_name, chunk))
 }
 
-/// The first output of the operator's own definition, run untimed by the CPU JIT on
-/// the global pool, in f64 (exactly: every output dtype converts without rounding): the
-/// recurrent form, or the tree where the operator is not associative (its meaning,
-/// which the other forms of psm must equal bit for bit), and which form it was.
-fn own_reference(agg: &Aggregator, sig: &Signature, data: &Data, batch: &[usize], steps: usize) -> Result<(&'static str, Vec<f64>), Fail> {
+/// The first output of the operator's own definition, run untimed by the CPU JIT (the
+/// runner's, where it runs on the CPU) on the global pool, in f64 (exactly: every
+/// output dtype converts without rounding): the recurrent form, or the tree where the
+/// operator is not associative (its meaning, which the other forms of psm must equal
+/// bit for bit), and which form it was.
+fn own_reference(agg: &Aggregator, runner: &Runner, sig: &Signature, data: &Data, batch: &[usize], steps: usize) -> Result<(&'static str, Vec<f64>), Fail> {
     let form = if sig.associative { Form::Recurrent } else { Form::Tree };
-    let host = agg.with_backend(Backend::Cpu);
+    // The runner's own JIT where it is the CPU's: compiled once.
+    let compiled;
+    let host = match runner {
+        Runner::Host(host) if host.backend() == Backend::Cpu => host,
+        _ => {
+            compiled = agg.with_backend(Backend::Cpu);
+            &compiled
+        }
+    };
     let inputs = inputs_of(sig, data, batch, steps);
     let out = host.run(&inputs, &RunOptions { form, ..Default::default() }).map_err(|e| Fail(format!("error: {e}\n")))?;
     Ok((form.name(), out.tensors().first().map(|t| t.data.to_f64()).unwrap_or_default()))
