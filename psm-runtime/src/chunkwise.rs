@@ -1263,9 +1263,8 @@ impl Sequence<'_> {
 
     /// [`Sequence::run`] over up to `parts` consecutive parts of the steps (whole chunks,
     /// at least [`MIN_PART_CHUNKS`] each; one for the delta rule) on the current pool:
-    /// every part but the last
-    /// runs from a zero state without outputs, for what it adds to the state, F_p, and
-    /// its transition M_p ([`Sequence::transition`]: the state after the part is
+    /// every part but the last runs from a zero state without outputs, for what it adds
+    /// to the state, F_p, and its transition M_p ([`Sequence::transition`]: the state after the part is
     /// M_p S + F_p for the state S before it, the recurrence being linear in S); the
     /// parts' states then follow in order, S_{p+1} = M_p S_p + F_p, and every part runs
     /// from its own, writing its outputs. The states are summed in another order than
@@ -1304,11 +1303,7 @@ impl Sequence<'_> {
                         DecayData::Gated { .. } => {
                             state.chunks(width).enumerate().flat_map(|(i, row)| row.iter().map(move |s| s * m[i % m.len()])).collect()
                         }
-                        DecayData::Delta { .. } => {
-                            let mut next = vec![0.0f32; kd * width];
-                            gemm(kd, kd, width, m, (kd, 1), state, (width, 1), false, &mut next, (width, 1));
-                            next
-                        }
+                        DecayData::Delta { .. } => unreachable!("the delta rule runs whole (above)"),
                     };
                     next.iter_mut().zip(f).for_each(|(s, f)| *s += f);
                     next
