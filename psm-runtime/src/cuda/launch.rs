@@ -19,6 +19,9 @@ pub(crate) struct Kernels {
     pub identity: Option<Function>,
     /// `psm_scan_entries` and its threads per (sequence, chunk), when the module has it.
     pub scan_entries: Option<(Function, usize)>,
+    /// `psm_combine_entries` (one thread per entry of each combine: the same entries as
+    /// `psm_scan_entries`'s), when the module has both.
+    pub combine_entries: Option<Function>,
     /// `psm_scan_block` and `psm_combine_block`, or why they cannot run: the module
     /// lacks them (its reason), or the driver refused their shared memory.
     pub scan_block: Result<BlockKernel, String>,
@@ -89,11 +92,12 @@ impl Kernels {
             (Kernel::Readout, 4, true, true),
             (Kernel::Identity, 3, false, false),
             (Kernel::ScanEntries, 6, true, true),
+            (Kernel::CombineEntries, 12, false, false),
             (Kernel::ScanBlock, 6, true, true),
             (Kernel::CombineBlock, 12, false, false),
         ] {
             let expected = params + if reads { inputs } else { 0 } + if writes { outputs } else { 0 } + own;
-            let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries | Kernel::ScanBlock | Kernel::CombineBlock);
+            let optional = matches!(kernel, Kernel::Identity | Kernel::ScanEntries | Kernel::CombineEntries | Kernel::ScanBlock | Kernel::CombineBlock);
             check_params(aggregator, ptx, kernel, expected, optional)?;
         }
         let module = device.module(aggregator, &ptx.text)?;
@@ -113,6 +117,10 @@ impl Kernels {
             identity: ptx.kernel(Kernel::Identity).map(|_| get(Kernel::Identity)).transpose()?,
             scan_entries: match (ptx.kernel(Kernel::ScanEntries), ptx.entries) {
                 (Some(_), Some(entries)) => Some((get(Kernel::ScanEntries)?, entries)),
+                _ => None,
+            },
+            combine_entries: match (ptx.kernel(Kernel::CombineEntries), ptx.entries) {
+                (Some(_), Some(_)) => Some(get(Kernel::CombineEntries)?),
                 _ => None,
             },
             scan_block: block_kernel(Kernel::ScanBlock, &ptx.block.scan)?,
@@ -152,7 +160,8 @@ pub(crate) struct Launcher<'a> {
     pub elem: usize,
     pub combines: Cell<u64>,
     /// `psm_scan_entries` (`psm_scan`'s ABI, E threads per chunk) and E: `scan`
-    /// launches it instead of `psm_scan` when present.
+    /// launches it instead of `psm_scan` when present, and `combine` launches
+    /// `psm_combine_entries` (E threads per combine) instead of `psm_combine`.
     pub lanes: Option<(&'a Function, usize)>,
     /// `scan` and `combine` launch the block kernels (`psm_scan_block`,
     /// `psm_combine_block`) where the module has them.
@@ -227,9 +236,15 @@ impl Launcher<'_> {
             a.u64(op.base).u64(op.row as u64).u64(op.col as u64);
         }
         a.u32(flags);
-        match self.block_kernel(&self.kernels.combine_block) {
-            Some(b) => b.launch(self.device, (rows * cols) as u64, &a),
-            None => self.device.launch(&self.kernels.combine, (rows * cols) as u64, &a),
+        let pairs = (rows * cols) as u64;
+        // Under the lanes kernel the elements are vectors of E independent entries: a
+        // thread per entry, not one walking all E (a sweep's top levels have a few
+        // pairs per sequence).
+        let entries = self.lanes.and_then(|(_, e)| self.kernels.combine_entries.as_ref().map(|f| (f, e)));
+        match (self.block_kernel(&self.kernels.combine_block), entries) {
+            (Some(b), _) => b.launch(self.device, pairs, &a),
+            (None, Some((f, e))) => self.device.launch(f, pairs * e as u64, &a),
+            (None, None) => self.device.launch(&self.kernels.combine, pairs, &a),
         }
     }
 

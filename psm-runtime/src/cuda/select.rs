@@ -16,7 +16,9 @@
 //!    one thread per (sequence, chunk, entry)) when its element fields and outputs share
 //!    one shape with independent entries and the form is `auto` (batches that fill the
 //!    device with a thread per entry), `recurrent` or `chunked` (`auto` picks between
-//!    the two as for `psm_scan`, counting D threads per chunk);
+//!    the two as for `psm_scan`, counting D threads per chunk); the chunk carries'
+//!    combines then run `psm_combine_entries` (a thread per entry of each combine, bit
+//!    for bit `psm_combine`'s fields);
 //! 3. else the **block kernels** (below) for matrix-valued elements;
 //! 4. else the **generic kernels** of the form.
 //!
