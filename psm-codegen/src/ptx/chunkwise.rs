@@ -1406,6 +1406,23 @@ pub(super) fn state_loop_head(
     let top = w.e.label("chunk");
     let done = w.e.label("chunks_done");
     w.e.place(&top);
+    state_store(w, g, acc, (states, s64, nchunks), chunk, (row0, keys, col0), staged.as_ref(), &done);
+    (top, done)
+}
+
+/// [`state_loop_head`] without its label: stores S entering `chunk`, or the final state
+/// and then out to `done`.
+#[allow(clippy::too_many_arguments)]
+fn state_store(
+    w: &mut Writer,
+    g: &Geometry,
+    acc: &[[Reg; 4]],
+    (states, s64, nchunks): (Reg, Reg, Reg),
+    chunk: Reg,
+    (row0, keys, col0): (Reg, Reg, Reg),
+    staged: Option<&StagedRows>,
+    done: &str,
+) {
     let c64 = w.e.reg(Class::B64);
     w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
     let matrix = w.state_matrix(g, s64, nchunks, c64);
@@ -1419,7 +1436,7 @@ pub(super) fn state_loop_head(
     w.e.place(&entering);
     w.e.comment("states[seq, chunk] = S entering the chunk, bf16 in the slot's first half");
     let residuals = |w: &mut Writer| -> Vec<[Reg; 4]> { acc.iter().map(|t| t.map(|r| w.residual(r))).collect() };
-    match &staged {
+    match staged {
         Some(staged) => {
             // The slot's bf16 rows start 2 · matrix rows of `values` in: 4 · values bytes a matrix row.
             let at = w.e.reg(Class::B64);
@@ -1446,7 +1463,6 @@ pub(super) fn state_loop_head(
             }
         }
     }
-    (top, done)
 }
 
 /// Stores accumulator tiles row-major into a shared bf16 array (row stride `stride`
@@ -1624,6 +1640,21 @@ pub(super) fn tile_io(w: &mut Writer, g: &Geometry, acc: &[[Reg; 4]], base: Reg,
     }
 }
 
+/// One chunk's loads of `psm_cw_states`, in flight while earlier chunks are multiplied:
+/// K's and V's tiles, the scalar decays, and per key the row of Λ at the chunk's last step
+/// (this thread's keys, their predicates, the registers they arrive in).
+struct StateLoads {
+    k: Prefetch,
+    v: Prefetch,
+    decays: Option<Vec<(Reg, Reg)>>,
+    last: Vec<(Reg, Reg, Reg)>,
+}
+
+/// Chunks whose loads `psm_cw_states` keeps in flight.
+fn state_prefetch_depth(_g: &Geometry) -> usize {
+    std::env::var("PSM_CW_STATE_DEPTH").ok().and_then(|d| d.parse().ok()).unwrap_or(1)
+}
+
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
     let threads = g.state_threads();
@@ -1678,119 +1709,143 @@ fn states_kernel(g: &Geometry) -> String {
     let a_addr = w.ldmatrix_x4_lane(k_cols, k_stride);
     let b_addr = w.ldmatrix_lane(v_cols, v_stride);
 
-    // Every chunk's loads are issued one chunk ahead (the first before the loop), into
-    // the same registers: the memory's latency overlaps the previous chunk's products.
-    let k_loads = Prefetch::new(&mut w, g, threads, (g.keys, key0, g.kt), ks, g.storage, g.per_key());
-    let v_loads = Prefetch::new(&mut w, g, threads, (g.values, col0, g.vt), vs, g.storage, false);
-    let decay_loads = lam.map(|_| w.decay_loads());
-    // Per key: this thread's keys of Λ's row at the chunk's last step.
-    let last_loads: Vec<(Reg, Reg, Reg)> = if g.per_key() {
-        (0..g.key_span().div_ceil(threads))
-            .map(|u| {
-                let i = w.e.reg(Class::B32);
-                w.e.ins(format!("add.u32 {i}, {}, {}", w.tid, u * threads));
-                let live = w.e.reg(Class::Pred);
-                w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
-                (i, live, w.e.reg(Class::F32))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let issue = |w: &mut Writer, chunk: Reg| {
+    // Every chunk's loads are issued `depth` chunks ahead (the first `depth` before the
+    // loop), each into its own set of registers: the memory's latency overlaps the
+    // products and state stores of the chunks in between. The loop body is unrolled
+    // `depth` times, once per set, so that the registers a set's loads arrive in are
+    // fixed names.
+    let depth = state_prefetch_depth(g);
+    let sets: Vec<StateLoads> = (0..depth)
+        .map(|_| {
+            let k = Prefetch::new(&mut w, g, threads, (g.keys, key0, g.kt), ks, g.storage, g.per_key());
+            let v = Prefetch::new(&mut w, g, threads, (g.values, col0, g.vt), vs, g.storage, false);
+            let decays = lam.map(|_| w.decay_loads());
+            // Per key: this thread's keys of Λ's row at the chunk's last step.
+            let last = if g.per_key() {
+                (0..g.key_span().div_ceil(threads))
+                    .map(|u| {
+                        let i = w.e.reg(Class::B32);
+                        w.e.ins(format!("add.u32 {i}, {}, {}", w.tid, u * threads));
+                        let live = w.e.reg(Class::Pred);
+                        w.e.ins(format!("setp.lt.u32 {live}, {i}, {}", g.key_span()));
+                        (i, live, w.e.reg(Class::F32))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            StateLoads { k, v, decays, last }
+        })
+        .collect();
+    let issue = |w: &mut Writer, set: &StateLoads, chunk: Reg| {
         let pos = chunk_pos(w, seq, steps, chunk);
-        k_loads.issue(w, k, g.per_key().then_some(gate), pos.row_base, pos.n);
-        v_loads.issue(w, v, None, pos.row_base, pos.n);
-        if let Some(loads) = &decay_loads {
+        set.k.issue(w, k, g.per_key().then_some(gate), pos.row_base, pos.n);
+        set.v.issue(w, v, None, pos.row_base, pos.n);
+        if let Some(loads) = &set.decays {
             w.issue_decays(g, loads, gate, pos.row_base, pos.n);
         }
         let step = w.e.reg(Class::B32);
         w.e.ins(format!("sub.u32 {step}, {}, 1", pos.n));
-        for &(i, live, x) in &last_loads {
+        for &(i, live, x) in &set.last {
             w.load_raw(&[x], gate, pos.row_base, step, pos.n, g.keys, i, g.keys, live, 1, Storage::F32);
         }
     };
     let chunk = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {chunk}, 0"));
-    w.e.comment("issue chunk 0's loads");
-    issue(&mut w, chunk);
-    // Each lane stores its own pairs: staging the rows (as the delta rule's state kernel
-    // does) made this kernel 7% slower with a scalar or per-key decay (H200, 2026-11-29).
-    let (top, done) = state_loop_head(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0), None);
-    let last = if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
-        w.scan_decays(g, loads, lam);
-        let at = w.e.reg(Class::B32);
-        w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
-        let l = w.e.reg(Class::F32);
-        w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
-        Some(l)
-    } else {
-        None
-    };
-    if let Some(lam_last) = lam_last {
-        w.e.comment("the row of L at the chunk's last step, per key");
-        for &(i, live, x) in &last_loads {
+    for (ahead, set) in sets.iter().enumerate() {
+        w.e.comment(format!("issue chunk {ahead}'s loads"));
+        let c = if ahead == 0 {
+            chunk
+        } else {
+            let c = w.e.reg(Class::B32);
+            w.e.ins(format!("mov.u32 {c}, {ahead}"));
+            c
+        };
+        issue(&mut w, set, c);
+    }
+    let top = w.e.label("chunk");
+    let done = w.e.label("chunks_done");
+    w.e.place(&top);
+    for set in &sets {
+        // Each lane stores its own pairs: staging the rows (as the delta rule's state
+        // kernel does) made this kernel 7% slower with a scalar or per-key decay (H200,
+        // 2026-11-29).
+        state_store(&mut w, &wg, &acc, (states, s64, nchunks), chunk, (row0, keys, wcol0), None, &done);
+        let last = if let (Some(lam), Some(loads)) = (lam, &set.decays) {
+            w.scan_decays(g, loads, lam);
             let at = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {at}, {i}, 4, {lam_last}"));
-            w.e.ins(format!("@{live} st.shared.f32 [{at}], {x}"));
+            w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
+            let l = w.e.reg(Class::F32);
+            w.e.ins(format!("ld.shared.f32 {l}, [{at}]"));
+            Some(l)
+        } else {
+            None
+        };
+        if let Some(lam_last) = lam_last {
+            w.e.comment("the row of L at the chunk's last step, per key");
+            for &(i, live, x) in &set.last {
+                let at = w.e.reg(Class::B32);
+                w.e.ins(format!("mad.lo.u32 {at}, {i}, 4, {lam_last}"));
+                w.e.ins(format!("@{live} st.shared.f32 [{at}], {x}"));
+            }
+            w.e.ins("bar.sync 0");
+        }
+        w.e.comment("stage K * exp(L_last - L) and V as rows, the key and the value contiguous");
+        let scale = |w: &mut Writer, t: Reg| -> Reg {
+            let (lam, last) = (lam.expect("decayed"), last.expect("decayed"));
+            let x = w.lam_at(lam, t);
+            let d = w.e.reg(Class::F32);
+            w.e.ins(format!("sub.rn.f32 {d}, {last}, {x}"));
+            w.exp(d)
+        };
+        let last_of_key = |_: &mut Writer, _t: Reg| -> Reg { lam_last.expect("per key") };
+        let scale_k = if g.per_key() {
+            Scale::PerKey { lam: gate, reference: &last_of_key }
+        } else if g.decayed() {
+            Scale::Step(&scale)
+        } else {
+            Scale::None
+        };
+        set.k.commit(&mut w, scale_k);
+        set.v.commit(&mut w, Scale::None);
+        w.e.ins("bar.sync 0");
+        w.e.comment(if depth == 1 { "issue the next chunk's loads".to_string() } else { format!("issue the loads of chunk + {depth}") });
+        let ahead = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {ahead}, {chunk}, {depth}"));
+        issue(&mut w, set, ahead);
+        if let Some(last) = last {
+            w.e.comment("S = exp(L_last) S");
+            let f = w.exp(last);
+            for a in &acc {
+                for r in a {
+                    w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
+                }
+            }
+        }
+        if let Some(lam_last) = lam_last {
+            w.e.comment("S = exp(L_last) * S, row by row (this lane's keys 16 warp + gq, + 8)");
+            let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
+            w.e.ins(format!("add.u32 {}, {row0}, {}", rows[0], w.gq));
+            w.e.ins(format!("add.u32 {}, {}, 8", rows[1], rows[0]));
+            let f = rows.map(|r| {
+                let x = w.f32_at(lam_last, r);
+                w.exp(x)
+            });
+            for a in &acc {
+                for (j, r) in a.iter().enumerate() {
+                    w.e.ins(format!("mul.rn.f32 {r}, {r}, {}", f[j / 2]));
+                }
+            }
+        }
+        w.e.comment("S += (scaled K)^T V, both operands by ldmatrix.trans");
+        let lo = |bytes: usize| g.split().then_some(bytes);
+        for kk in 0..CHUNK / 16 {
+            let a: Vec<[Reg; 4]> = std::iter::once(0).chain(lo(ks_bytes)).map(|plane| w.a_fragment_trans(a_addr, plane + 2 * 16 * kk * k_stride)).collect();
+            w.mma_trans_b(&acc, &a, b_addr, 2 * 16 * kk * v_stride, lo(vs_bytes));
         }
         w.e.ins("bar.sync 0");
+        w.e.ins(format!("add.u32 {chunk}, {chunk}, 1"));
     }
-    w.e.comment("stage K * exp(L_last - L) and V as rows, the key and the value contiguous");
-    let scale = |w: &mut Writer, t: Reg| -> Reg {
-        let (lam, last) = (lam.expect("decayed"), last.expect("decayed"));
-        let x = w.lam_at(lam, t);
-        let d = w.e.reg(Class::F32);
-        w.e.ins(format!("sub.rn.f32 {d}, {last}, {x}"));
-        w.exp(d)
-    };
-    let last_of_key = |_: &mut Writer, _t: Reg| -> Reg { lam_last.expect("per key") };
-    let scale_k = if g.per_key() {
-        Scale::PerKey { lam: gate, reference: &last_of_key }
-    } else if g.decayed() {
-        Scale::Step(&scale)
-    } else {
-        Scale::None
-    };
-    k_loads.commit(&mut w, scale_k);
-    v_loads.commit(&mut w, Scale::None);
-    w.e.ins("bar.sync 0");
-    w.e.comment("issue the next chunk's loads");
-    let next = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
-    issue(&mut w, next);
-    if let Some(last) = last {
-        w.e.comment("S = exp(L_last) S");
-        let f = w.exp(last);
-        for a in &acc {
-            for r in a {
-                w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
-            }
-        }
-    }
-    if let Some(lam_last) = lam_last {
-        w.e.comment("S = exp(L_last) * S, row by row (this lane's keys 16 warp + gq, + 8)");
-        let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
-        w.e.ins(format!("add.u32 {}, {row0}, {}", rows[0], w.gq));
-        w.e.ins(format!("add.u32 {}, {}, 8", rows[1], rows[0]));
-        let f = rows.map(|r| {
-            let x = w.f32_at(lam_last, r);
-            w.exp(x)
-        });
-        for a in &acc {
-            for (j, r) in a.iter().enumerate() {
-                w.e.ins(format!("mul.rn.f32 {r}, {r}, {}", f[j / 2]));
-            }
-        }
-    }
-    w.e.comment("S += (scaled K)^T V, both operands by ldmatrix.trans");
-    let lo = |bytes: usize| g.split().then_some(bytes);
-    for kk in 0..CHUNK / 16 {
-        let a: Vec<[Reg; 4]> = std::iter::once(0).chain(lo(ks_bytes)).map(|plane| w.a_fragment_trans(a_addr, plane + 2 * 16 * kk * k_stride)).collect();
-        w.mma_trans_b(&acc, &a, b_addr, 2 * 16 * kk * v_stride, lo(vs_bytes));
-    }
-    w.e.ins("bar.sync 0");
-    w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
     w.finish("psm_cw_states", &params)
