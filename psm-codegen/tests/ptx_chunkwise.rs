@@ -65,6 +65,15 @@ fn bf16_scalar_decay_module() {
     insta::assert_snapshot!(m.text);
 }
 
+/// Without a decay the state kernel keeps two chunks' loads in flight: its loop body is
+/// there twice, one register set each.
+#[test]
+fn bf16_no_decay_module() {
+    let m = compile_chunkwise_stored(shape(16, 16, ChunkDecay::None, false), Storage::Bf16, 90).unwrap();
+    assert_eq!(m.text.matches("issue the loads of chunk + 2").count(), 2);
+    insta::assert_snapshot!(m.text);
+}
+
 #[test]
 fn exclusive_diagonal_log_decay_module() {
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::DiagonalLog, true), 90).unwrap();

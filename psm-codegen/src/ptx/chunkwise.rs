@@ -1650,9 +1650,17 @@ struct StateLoads {
     last: Vec<(Reg, Reg, Reg)>,
 }
 
-/// Chunks whose loads `psm_cw_states` keeps in flight.
-fn state_prefetch_depth(_g: &Geometry) -> usize {
-    std::env::var("PSM_CW_STATE_DEPTH").ok().and_then(|d| d.parse().ok()).unwrap_or(1)
+/// Chunks whose loads `psm_cw_states` keeps in flight: two without a decay, one with.
+/// Measured on the H200 (2026-11-29, bf16, B·H = 64, K = V = 128, states kernel alone):
+/// without a decay 0.543 → 0.516 ms at T = 16384 (0.141 → 0.132 at 4096) from one to two;
+/// with a scalar decay 0.510 → 0.665, per key 0.600 → 0.738 (their decay scan and the
+/// second set of registers on the chunk's path); three no better than two anywhere.
+fn state_prefetch_depth(g: &Geometry) -> usize {
+    if g.decayed() {
+        1
+    } else {
+        2
+    }
 }
 
 fn states_kernel(g: &Geometry) -> String {
