@@ -1458,12 +1458,51 @@ fn chunkwise_tensor_cores() {
             for steps in CHUNKWISE_STEPS {
                 // bf16 inputs (issue 6's criterion): the error measured is the kernels'
                 // own (bf16 scores, decayed keys and states; f32 sums).
-                let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, bf16_round);
+                let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, bf16_round, (false, false));
                 worst = worst.max(within_bf16_bound(&what, (&found, &want), (&found_finals, &finals)));
             }
         }
     }
     eprintln!("chunkwise_tensor_cores: worst relative error {worst:e}");
+}
+
+/// `psm_cw_fused` (no decay, bf16 inputs, outputs and products) on shapes with a key
+/// group for every warp (128 keys: two), for some (40 keys: three groups of four warps,
+/// 8 keys: one), inclusive and exclusive, with and without initial states, at the
+/// chunkwise lengths and over 1000 steps (both shared buffers many times): outputs and
+/// final states within the bf16 bound of the f64 recurrence, and against the states and
+/// outputs kernels on the same inputs (the same products in the same order: the same
+/// bits expected; reported).
+#[test]
+fn chunkwise_fused() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("chunkwise_fused skipped: CUDA not available");
+        return;
+    };
+    let mut seed = 17u64;
+    let (mut worst, mut differing) = (0.0f64, Vec::new());
+    for (keys, values) in [(8, 8), (40, 24), (128, 128), (16, 64)] {
+        for exclusive in [false, true] {
+            let m = compile_chunkwise_stored(ChunkwiseShape { keys, values, decay: ChunkDecay::None, exclusive }, Storage::Bf16, 90).expect("kernels");
+            assert!(m.fused_shared_bytes.is_some(), "{keys} keys, {values} values: no psm_cw_fused");
+            let module = cuda.load_text(&m.text);
+            for steps in CHUNKWISE_STEPS.into_iter().chain([1000]) {
+                for initial in [false, true] {
+                    let start = seed;
+                    let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, false, bf16_round, (true, initial));
+                    worst = worst.max(within_bf16_bound(&what, (&found, &want), (&found_finals, &finals)));
+                    let mut again = start;
+                    let (_, (split, _), (split_finals, _)) = chunkwise_case(&cuda, (module, &m), &mut again, steps, false, bf16_round, (false, initial));
+                    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    if !same(&found, &split) || !same(&found_finals, &split_finals) {
+                        differing.push(what);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("chunkwise_fused: worst relative error {worst:e}; {} of the cases differ from the states and outputs kernels' bits: {differing:?}", differing.len());
 }
 
 /// The sequence lengths every chunkwise GPU test runs: within one chunk, across chunk
@@ -1496,6 +1535,7 @@ fn chunkwise_case(
     steps: usize,
     strong: bool,
     input: fn(f32) -> f32,
+    (fused, initial): (bool, bool),
 ) -> (String, (Vec<f32>, Vec<f64>), (Vec<f32>, Vec<f64>)) {
     use psm_codegen::ptx::chunkwise::{ChunkDecay, ChunkwiseShape};
     let ChunkwiseShape { keys, values, decay, exclusive } = m.shape;
@@ -1518,20 +1558,28 @@ fn chunkwise_case(
         ChunkDecay::Log | ChunkDecay::DiagonalLog => (g[row * channels + i % channels] as f64).exp(),
         _ => g[row * channels + i % channels] as f64,
     };
-    let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: None, s0: None };
+    let s0: Option<Vec<f32>> = initial.then(|| gen(nseq * keys * values, -1.0, 1.0).into_iter().map(|x| x as f32).collect());
+    let reference = Recurrence { keys, values, nseq, steps, exclusive, q: &q, k: &k, v: &v, beta: None, s0: s0.as_deref() };
     let (want, finals) = reference.run(decay_of);
     let stored = |x: &[f32]| cuda.upload(&stored_bytes(x, storage));
     let (dq, dk, dv, dg) = (stored(&q), stored(&k), stored(&v), cuda.upload(&f32_bytes(&g)));
-    let run = ChunkwiseRun::new(cuda, m, nseq, steps);
+    let ds0 = s0.map(|s0| cuda.upload(&f32_bytes(&s0)));
+    let mut run = ChunkwiseRun::new(cuda, m, nseq, steps);
+    run.fused = fused;
+    run.state_in = ds0.as_ref().map(|d| d.ptr);
     run.launch(cuda, module, m, [&dq, &dk, &dv, &dg], true);
     let mut found = stored_values(&cuda.download(&run.out), storage);
     found.truncate(want.len());
     let found_finals = final_states(&f32s(&cuda.download(&run.states)), nseq, run.nchunks, keys * values);
     run.free(cuda);
-    for d in [dq, dk, dv, dg] {
+    for d in [dq, dk, dv, dg].into_iter().chain(ds0) {
         cuda.free(d);
     }
-    let what = format!("keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, {:?} products, steps {steps}", m.products);
+    let what = format!(
+        "keys {keys}, values {values}, {decay:?}, strong {strong}, exclusive {exclusive}, {storage:?}, {:?} products, {}, initial state {initial}, steps {steps}",
+        m.products,
+        if fused { "psm_cw_fused" } else { "states and outputs kernels" }
+    );
     (what, (found, want), (found_finals, finals))
 }
 
@@ -1560,14 +1608,14 @@ fn chunkwise_bf16x3_f32_inputs() {
         let m = compile_chunkwise_with(shape, Storage::F32, Products::Bf16x3, 90).expect("kernels");
         let module = cuda.load_text(&m.text);
         for steps in CHUNKWISE_STEPS {
-            let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, |x| x);
+            let (what, (found, want), (found_finals, finals)) = chunkwise_case(&cuda, (module, &m), &mut seed, steps, strong, |x| x, (false, false));
             worst = worst.max(within_bound(BOUND, &what, (&found, &want), (&found_finals, &finals)));
         }
     }
     eprintln!("chunkwise_bf16x3_f32_inputs: worst relative error {worst:e}");
     let m = compile_chunkwise_with(ChunkwiseShape { keys: 128, values: 128, decay: ChunkDecay::Log, exclusive: false }, Storage::F32, Products::Bf16, 90).expect("kernels");
     let module = cuda.load_text(&m.text);
-    let (_, (found, want), _) = chunkwise_case(&cuda, (module, &m), &mut seed, 200, false, |x| x);
+    let (_, (found, want), _) = chunkwise_case(&cuda, (module, &m), &mut seed, 200, false, |x| x, (false, false));
     let bf16 = relative(&found, &want);
     eprintln!("chunkwise_bf16x3_f32_inputs: bf16 products on the same kind of inputs {bf16:e}");
     assert!(bf16 > BOUND, "bf16 products within the f32 bound ({bf16:e}): the test would not tell them apart");
@@ -1600,6 +1648,10 @@ struct ChunkwiseRun {
     lam: Option<Dev>,
     states: Dev,
     out: Dev,
+    /// Launch `psm_cw_fused` instead of the states and outputs kernels.
+    fused: bool,
+    /// The sequences' initial states (`[nseq, keys, values]` f32), if any.
+    state_in: Option<u64>,
 }
 
 impl ChunkwiseRun {
@@ -1609,7 +1661,7 @@ impl ChunkwiseRun {
         let lam = m.decay_threads.map(|_| cuda.zeros(nseq * steps * keys * 4));
         let states = cuda.zeros(nseq * (nchunks + 1) * keys * values * 4);
         let out = cuda.zeros(nseq * steps * values * if m.storage == psm_codegen::ptx::chunkwise::Storage::Bf16 { 2 } else { 4 });
-        ChunkwiseRun { nseq, steps, nchunks, lam, states, out }
+        ChunkwiseRun { nseq, steps, nchunks, lam, states, out, fused: false, state_in: None }
     }
 
     /// The module's kernels over `[q, k, v, g]` in launch order.
@@ -1617,6 +1669,13 @@ impl ChunkwiseRun {
         let p = |d: &Dev| Arg::U64(d.ptr);
         let (nseq, steps, nchunks) = (self.nseq as u32, Arg::U64(self.steps as u64), self.nchunks as u32);
         let grid = |(x, y, z): (u32, u32, u32)| [x, y, z];
+        let (state_in, flags) = self.state_in.map_or((Arg::U64(0), Arg::U32(0)), |d| (Arg::U64(d), Arg::U32(HAS_STATE)));
+        let outputs_block = (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, m.output_shared_bytes as u32);
+        if self.fused {
+            let shared = m.fused_shared_bytes.expect("a module with psm_cw_fused") as u32;
+            let args = vec![p(q), p(k), p(v), state_in, p(&self.states), p(&self.out), steps, flags];
+            return vec![("psm_cw_fused", grid(m.fused_grid(nseq)), (outputs_block.0, shared), args)];
+        }
         let mut kernels = Vec::new();
         let g = match (&self.lam, m.decay_threads) {
             (Some(lam), Some(threads)) => {
@@ -1625,9 +1684,8 @@ impl ChunkwiseRun {
             }
             _ => g,
         };
-        kernels.push(("psm_cw_states", grid(m.state_grid(nseq)), (m.state_threads, 0), vec![p(k), p(v), p(g), Arg::U64(0), p(&self.states), steps, Arg::U32(0)]));
+        kernels.push(("psm_cw_states", grid(m.state_grid(nseq)), (m.state_threads, 0), vec![p(k), p(v), p(g), state_in, p(&self.states), steps, flags]));
         let output_args = vec![p(q), p(k), p(v), p(g), p(&self.states), p(&self.out), steps, Arg::U32(0)];
-        let outputs_block = (psm_codegen::ptx::chunkwise::OUTPUT_THREADS, m.output_shared_bytes as u32);
         kernels.push(("psm_cw_outputs", grid(m.output_grid(nchunks, nseq)), outputs_block, output_args));
         kernels
     }
@@ -1696,13 +1754,55 @@ fn chunkwise_timings() {
             let n = nseq * steps * d;
             let (dq, dk, dv) = (gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16), gen(n, -1.0, 1.0, Storage::Bf16));
             let dg = gen(nseq * steps * channels, lo, hi, Storage::F32);
-            let run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
+            let mut run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
             let (seconds, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
             eprintln!("T = {steps}, {name}: {:.3} ms = {parts}", seconds * 1e3);
+            if m.fused_shared_bytes.is_some() {
+                run.fused = true;
+                let (fused, _) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+                eprintln!("T = {steps}, {name}: psm_cw_fused {:.3} ms", fused * 1e3);
+                run.fused = false;
+            }
             // q, k, v read and o written once (bf16), and the decays (f32).
             let bytes = 4 * nseq * steps * d * 2 + nseq * steps * channels * 4;
             let shape = [batch, steps, heads, d];
             println!(r#"{{"suite": "fla", "name": "{name}", "shape": {shape:?}, "seconds": {seconds:e}, "bytes": {bytes}, "vs": {vs}}}"#);
+            run.free(&cuda);
+            for x in [dq, dk, dv, dg] {
+                cuda.free(x);
+            }
+        }
+    }
+}
+
+/// Where `psm_cw_fused` pays: resident timings of it and of the states and outputs
+/// kernels, no decay, bf16, K = V = 128, over 4, 16 and 64 sequences (2, 8 and 32 times
+/// the value tiles' blocks... of the fused kernel: 2 value tiles a sequence) and T = 1024,
+/// 4096, 16384. One line per case on stdout.
+/// `cargo test -p psm-codegen --test ptx_gpu -- --ignored chunkwise_fused_timings --nocapture`
+#[test]
+#[ignore = "a benchmark: run on a GPU machine"]
+fn chunkwise_fused_timings() {
+    use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
+    let Some(cuda) = Cuda::open() else {
+        eprintln!("chunkwise_fused_timings skipped: CUDA not available");
+        return;
+    };
+    let d = 128;
+    let m = compile_chunkwise_stored(ChunkwiseShape { keys: d, values: d, decay: ChunkDecay::None, exclusive: false }, Storage::Bf16, 90).expect("kernels");
+    let module = cuda.load_text(&m.text);
+    let mut seed = 19u64;
+    for steps in [1024usize, 4096, 16384] {
+        for nseq in [4usize, 16, 64, 128] {
+            let n = nseq * steps * d;
+            let mut gen = || cuda.upload(&stored_bytes(&(0..n).map(|_| bf16_round(uniform(&mut seed, -1.0, 1.0) as f32)).collect::<Vec<_>>(), Storage::Bf16));
+            let (dq, dk, dv) = (gen(), gen(), gen());
+            let dg = cuda.zeros(8);
+            let mut run = ChunkwiseRun::new(&cuda, &m, nseq, steps);
+            let (split, parts) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            run.fused = true;
+            let (fused, _) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
+            println!("fused vs split: T = {steps}, {nseq} sequences: fused {:.3} ms, split {:.3} ms ({parts}): {:.2}x", fused * 1e3, split * 1e3, fused / split);
             run.free(&cuda);
             for x in [dq, dk, dv, dg] {
                 cuda.free(x);

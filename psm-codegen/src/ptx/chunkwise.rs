@@ -207,6 +207,11 @@ pub struct ChunkwiseModule {
     /// Threads per block of `psm_cw_decays`, the module's third kernel when the decay
     /// is per key.
     pub decay_threads: Option<u32>,
+    /// Bytes of dynamic shared memory per block of `psm_cw_fused` ([`OUTPUT_THREADS`]
+    /// threads, grid [`ChunkwiseModule::fused_grid`]), where the module has it: the
+    /// states and outputs kernels' work in one, for fields without a decay with bf16
+    /// inputs, outputs and products.
+    pub fused_shared_bytes: Option<usize>,
 }
 
 impl ChunkwiseModule {
@@ -215,6 +220,11 @@ impl ChunkwiseModule {
     pub fn state_grid(&self, nseq: u32) -> (u32, u32, u32) {
         let tiles = self.shape.keys.div_ceil(self.key_tile) * self.shape.values.div_ceil(self.value_tile);
         (tiles as u32, nseq, 1)
+    }
+
+    /// The grid of `psm_cw_fused`: value tiles, sequences.
+    pub fn fused_grid(&self, nseq: u32) -> (u32, u32, u32) {
+        (self.shape.values.div_ceil(self.value_tile) as u32, nseq, 1)
     }
 
     /// The grid of `psm_cw_outputs`: value tiles, chunks, sequences.
@@ -254,6 +264,26 @@ fn query_shared_bytes(kp: usize, planes: usize) -> usize {
 
 /// The name of `psm_cw_outputs`'s dynamic shared window.
 const OUTPUTS_WINDOW: &str = "psm_cw_outputs_shared";
+
+/// The name of `psm_cw_fused`'s dynamic shared window.
+const FUSED_WINDOW: &str = "psm_cw_fused_shared";
+
+/// Whether a module has `psm_cw_fused`: no decay, bf16 in global memory and bf16
+/// products, keys a multiple of 8 and whole value tiles (its operands copied as they are,
+/// 16 bytes a piece).
+fn fused_applies(g: &Geometry) -> bool {
+    !g.decayed() && g.storage == Storage::Bf16 && !g.split() && g.keys.is_multiple_of(8) && g.values.is_multiple_of(8) && g.values.is_multiple_of(g.vt)
+}
+
+/// Bytes of `psm_cw_fused`'s S, `[kp][vt + 8]` bf16.
+fn fused_state_bytes(g: &Geometry) -> usize {
+    g.kp * g.value_stride() * 2
+}
+
+/// Dynamic shared bytes of `psm_cw_fused`: Q, K and V twice, S once.
+fn fused_shared_bytes(g: &Geometry) -> usize {
+    2 * (2 * CHUNK * g.key_stride() + CHUNK * g.value_stride()) * 2 + fused_state_bytes(g)
+}
 
 /// Keys rounded up to the mma's 16.
 pub(super) fn padded_keys(keys: usize) -> usize {
@@ -342,12 +372,19 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     text.push('\n');
     let _ = writeln!(text, ".extern .shared .align 16 .b8 {OUTPUTS_WINDOW}[];\n");
     text.push_str(&outputs_kernel(&g, output_blocks(output_shared_bytes, arch)));
+    let fused_shared_bytes = (fused_applies(&g) && fused_shared_bytes(&g) <= shared_limit(arch)).then(|| {
+        let bytes = fused_shared_bytes(&g);
+        text.push('\n');
+        let _ = writeln!(text, ".extern .shared .align 16 .b8 {FUSED_WINDOW}[];\n");
+        text.push_str(&fused_kernel(&g, output_blocks(bytes, arch)));
+        bytes
+    });
     let decay_threads = shape.decay.per_key().then(|| {
         text.push('\n');
         text.push_str(&decays_kernel(&g));
         (shape.keys.div_ceil(32) * 32) as u32
     });
-    Ok(ChunkwiseModule { text, shape, storage, products, value_tile, output_shared_bytes, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads })
+    Ok(ChunkwiseModule { text, shape, storage, products, value_tile, output_shared_bytes, key_tile: g.kt, state_threads: g.state_threads() as u32, decay_threads, fused_shared_bytes })
 }
 
 #[derive(Clone, Copy)]
@@ -2038,6 +2075,216 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
     let ops = WarpOperands { q, k, lam: gate, ends, q_addr, s_addr, k_addr, acol, q_lo: lo(key_rows_bytes), s_lo: lo(st_bytes), k_lo: lo(key_rows_bytes) };
     warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
+    intra_chunk(&mut w, g, lam, rows, (&o, &scores), (v_addr, lo(vs_bytes)));
+    w.e.comment("out rows of this chunk");
+    let outrow = w.e.reg(Class::B64);
+    w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
+    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
+    w.occupancy(OUTPUT_THREADS, blocks);
+    w.finish("psm_cw_outputs", &params)
+}
+
+/// `psm_cw_fused`: the state kernel's chunk walk and the outputs kernel's products in
+/// one kernel, for a field without a decay whose Q, K and V are bf16 in global memory
+/// and multiplied in bf16 ([`fused_applies`]). A block per (value tile, sequence), the
+/// outputs kernel's 128 threads, walks its sequence's chunks in order with S in f32
+/// registers (warp w the key groups w, w + 4, … of 16 keys, every value of the tile):
+///
+/// ```text
+/// for each chunk c:   S → shared, bf16 (as the outputs kernel's S_c)
+///                     chunk c + 1's Q, K, V by cp.async into the other buffer
+///                     O = Q S_c + (Q Kᵀ ⊙ mask) V        warp w's 16 steps
+///                     S += Kᵀ V                           warp w's key groups
+/// ```
+///
+/// No chunk state goes through global memory (the two kernels write and read one bf16
+/// matrix per chunk, as many bytes as the chunk's K and V); the final state is stored,
+/// f32, in `states[seq, nchunks]` as the state kernel's. Shared memory: Q, K and V
+/// twice (`[CHUNK][kp + 8]`, `[CHUNK][vt + 8]` bf16), S once (`[kp][vt + 8]`).
+fn fused_kernel(g: &Geometry, blocks: u32) -> String {
+    let mut w = Writer::new();
+    let threads = OUTPUT_THREADS as usize;
+    let params = ["q", "k", "v", "state_in", "states", "out", "steps", "flags"];
+    let q = w.param("q");
+    let k = w.param("k");
+    let v = w.param("v");
+    let state_in = w.param("state_in");
+    let states = w.param("states");
+    let out = w.param("out");
+    let steps = w.param("steps");
+    let flags = w.e.reg(Class::B32);
+    w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
+    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
+    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+    let col0 = w.e.reg(Class::B32);
+    w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
+    let (key_rows_bytes, vs_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2);
+    let buffer_bytes = 2 * key_rows_bytes + vs_bytes;
+    w.e.comment("two buffers of Q, K, V, then S (bf16) in the dynamic shared window");
+    let [qs, st] = w.window_arrays(FUSED_WINDOW, [2 * buffer_bytes, fused_state_bytes(g)]);
+    let nchunks = w.chunk_count(steps);
+    // Copies of one chunk's Q and K rows (K's right after Q's) and V's tile.
+    let key_rows = AsyncCopy::new(&mut w, threads, g.keys * 2, qs, g.key_stride() * 2, CHUNK, g.kp * 2);
+    let value_rows = AsyncCopy::new(&mut w, threads, g.values * 2, qs, g.value_stride() * 2, CHUNK, g.vt * 2);
+    let issue = |w: &mut Writer, buffer: usize, chunk: Reg| {
+        let pos = chunk_pos(w, seq, steps, chunk);
+        let at = buffer * buffer_bytes;
+        for (array, offset) in [(q, at), (k, at + key_rows_bytes)] {
+            let base = bf16_rows_at(w, array, pos.row_base, g.keys, None);
+            key_rows.issue_filled(w, base, offset, pos.n, g.keys / 8);
+        }
+        let base = bf16_rows_at(w, v, pos.row_base, g.values, Some(col0));
+        value_rows.issue_filled(w, base, at + 2 * key_rows_bytes, pos.n, g.vt / 8);
+        w.e.ins("cp.async.commit_group");
+    };
+    // This warp's key groups of S and their accumulators (from `state_in` when given).
+    let groups = g.kp / 16;
+    let warps = threads / 32;
+    let mine: Vec<(Reg, Vec<[Reg; 4]>, Option<Reg>)> = (0..groups.div_ceil(warps))
+        .map(|j| {
+            let row0 = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {row0}, {}, {}", w.warp, warps * j));
+            // Warps past the last group in this round have none (uniform per warp).
+            let none = (warps * (j + 1) > groups).then(|| {
+                let p = w.e.reg(Class::Pred);
+                w.e.ins(format!("setp.ge.u32 {p}, {row0}, {}", groups - warps * j));
+                p
+            });
+            w.e.ins(format!("shl.b32 {row0}, {row0}, 4"));
+            let (_, _, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
+            (row0, acc, none)
+        })
+        .collect();
+    let keys = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
+    let s64 = w.e.reg(Class::B64);
+    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+    // Each group's fragment addresses: its S rows (`store_rows`: row 16 group + gq, pair
+    // cq) and Kᵀ as the A operand of the state product (columns 16 group.. of K's rows).
+    let group_addrs: Vec<[Reg; 2]> = mine
+        .iter()
+        .map(|&(row0, _, _)| {
+            let s_row = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {s_row}, {row0}, {}", w.gq));
+            let s_at = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {s_at}, {s_row}, {}, {st}", 2 * g.value_stride()));
+            w.e.ins(format!("mad.lo.u32 {s_at}, {}, 4, {s_at}", w.cq));
+            let k_cols = w.e.reg(Class::B32);
+            w.e.ins(format!("mad.lo.u32 {k_cols}, {row0}, 2, {qs}"));
+            w.e.ins(format!("add.u32 {k_cols}, {k_cols}, {key_rows_bytes}"));
+            [s_at, w.ldmatrix_x4_lane(k_cols, g.key_stride())]
+        })
+        .collect();
+    // The outputs' fragment addresses in buffer 0 (buffer 1's are `buffer_bytes` on).
+    let row0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    let arow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    let acol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    let s_addr = w.ldmatrix_lane(st, g.value_stride());
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    let q_addr = w.ldmatrix_lane_at(qs, row0, g.key_stride(), zero);
+    let ks = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {ks}, {qs}, {key_rows_bytes}"));
+    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
+    let vs = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {vs}, {qs}, {}", 2 * key_rows_bytes));
+    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
+    // The rows of this lane: t = 16 warp + gq, + 8.
+    let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
+    w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
+    w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
+
+    let chunk = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {chunk}, 0"));
+    w.e.comment("chunk 0's copies");
+    issue(&mut w, 0, chunk);
+    let top = w.e.label("chunk");
+    let done = w.e.label("chunks_done");
+    w.e.place(&top);
+    // The loop body twice, once per buffer, so that every shared offset is immediate.
+    for buffer in 0..2 {
+        let c64 = w.e.reg(Class::B64);
+        w.e.ins(format!("cvt.u64.u32 {c64}, {chunk}"));
+        let end = w.e.reg(Class::Pred);
+        w.e.ins(format!("setp.ge.u64 {end}, {c64}, {nchunks}"));
+        w.e.ins(format!("@{end} bra.uni {done}"));
+        let at = buffer * buffer_bytes;
+        let shifted = |w: &mut Writer, r: Reg| -> Reg {
+            if at == 0 {
+                return r;
+            }
+            let x = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {x}, {r}, {at}"));
+            x
+        };
+        w.e.comment("S entering the chunk into shared memory, bf16");
+        for ((_, acc, none), [s_at, _]) in mine.iter().zip(&group_addrs) {
+            for_group(&mut w, *none, |w| store_rows(w, acc, *s_at, g.value_stride(), None));
+        }
+        w.e.comment("the next chunk's copies into the other buffer; wait for this chunk's");
+        let next = w.e.reg(Class::B32);
+        w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
+        issue(&mut w, 1 - buffer, next);
+        w.e.ins("cp.async.wait_group 1");
+        w.e.ins("bar.sync 0");
+        let pos = chunk_pos(&mut w, seq, steps, chunk);
+        let (q_at, k_at, v_at) = (shifted(&mut w, q_addr), shifted(&mut w, k_addr), shifted(&mut w, v_addr));
+        let o = w.zeros(g.vt / 8);
+        let scores = w.zeros(CHUNK / 8);
+        // Without a decay nothing reads `lam` (given `q`) or the pairwise sums' `q`, `k`.
+        let ops = WarpOperands { q, k, lam: q, ends: None, q_addr: q_at, s_addr, k_addr: k_at, acol, q_lo: None, s_lo: None, k_lo: None };
+        warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
+        intra_chunk(&mut w, g, None, rows, (&o, &scores), (v_at, None));
+        w.e.comment("out rows of this chunk");
+        tile_io(&mut w, g, &o, out, pos.row_base, row0, pos.n, col0, TileIo::Store(g.storage));
+        w.e.comment("S += K^T V, K^T and V by ldmatrix.trans");
+        for ((_, acc, none), [_, a_addr]) in mine.iter().zip(&group_addrs) {
+            for_group(&mut w, *none, |w| {
+                for kk in 0..CHUNK / 16 {
+                    let a = w.a_fragment_trans(*a_addr, at + 2 * 16 * kk * g.key_stride());
+                    w.mma_trans_b(acc, &[a], v_addr, at + 2 * 16 * kk * g.value_stride(), None);
+                }
+            });
+        }
+        w.e.ins("bar.sync 0");
+        w.e.ins(format!("add.u32 {chunk}, {chunk}, 1"));
+    }
+    w.e.ins(format!("bra.uni {top}"));
+    w.e.place(&done);
+    w.e.ins("cp.async.wait_all");
+    w.e.comment("states[seq, nchunks] = the final state, f32");
+    let matrix = w.state_matrix(g, s64, nchunks, nchunks);
+    for (row0, acc, none) in &mine {
+        for_group(&mut w, *none, |w| tile_io(w, g, acc, states, matrix, *row0, keys, col0, TileIo::Store(Storage::F32)));
+    }
+    w.occupancy(OUTPUT_THREADS, blocks);
+    w.finish("psm_cw_fused", &params)
+}
+
+/// `body` unless `none` (a warp-uniform predicate) holds.
+fn for_group(w: &mut Writer, none: Option<Reg>, body: impl FnOnce(&mut Writer)) {
+    match none {
+        Some(p) => {
+            let skip = w.e.label("no_group");
+            w.e.ins(format!("@{p} bra.uni {skip}"));
+            body(w);
+            w.e.place(&skip);
+        }
+        None => body(w),
+    }
+}
+
+/// The intra-chunk part of a warp's outputs after [`warp_products`]: `o` (Q S_c) times
+/// e^(e_t) for a scalar decay (Λ in shared `lam`), the scores P = Q Kᵀ masked to s ≤ t
+/// (s < t when exclusive) and decayed by e^(e_t − Λ_s), then O += P V (V's rows by
+/// `ldmatrix.trans` from `v_addr`, its lo plane `v_lo` bytes on when split), P's
+/// accumulators reused as A fragments.
+fn intra_chunk(w: &mut Writer, g: &Geometry, lam: Option<Reg>, rows: [Reg; 2], (o, scores): (&[[Reg; 4]], &[[Reg; 4]]), (v_addr, v_lo): (Reg, Option<usize>)) {
+    let planes = planes(g.products);
     // The rows' e_t for a scalar decay: Λ_t (inclusive) or Λ_(t−1) (exclusive, Λ_(−1) = 0).
     let e_rows = lam.map(|lam| {
         rows.map(|r| {
@@ -2060,7 +2307,7 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     if let Some(e) = e_rows {
         w.e.comment("O row t times exp(e_t)");
         let f = e.map(|x| w.exp(x));
-        for t in &o {
+        for t in o {
             for (j, r) in t.iter().enumerate() {
                 w.e.ins(format!("mul.rn.f32 {r}, {r}, {}", f[j / 2]));
             }
@@ -2099,15 +2346,9 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
             let (left, right) = (scores[2 * kk], scores[2 * kk + 1]);
             let words = [(left[0], left[1]), (left[2], left[3]), (right[0], right[1]), (right[2], right[3])].map(|(l, h)| w.pack_planes(l, h, g.split()));
             let a: Vec<[Reg; 4]> = (0..planes).map(|p| words.each_ref().map(|x| x[p])).collect();
-            w.mma_trans_b(&o, &a, v_addr, 2 * 16 * kk * g.value_stride(), lo(vs_bytes));
+            w.mma_trans_b(o, &a, v_addr, 2 * 16 * kk * g.value_stride(), v_lo);
         });
     }
-    w.e.comment("out rows of this chunk");
-    let outrow = w.e.reg(Class::B64);
-    w.e.ins(format!("mov.u64 {outrow}, {}", pos.row_base));
-    tile_io(&mut w, g, &o, out, outrow, row0, pos.n, col0, TileIo::Store(g.storage));
-    w.occupancy(OUTPUT_THREADS, blocks);
-    w.finish("psm_cw_outputs", &params)
 }
 
 /// `names` as an English list: "A", "A and B", "A, B and C".
