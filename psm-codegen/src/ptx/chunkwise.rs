@@ -227,6 +227,19 @@ impl ChunkwiseModule {
         (self.shape.values.div_ceil(self.value_tile) as u32, nseq, 1)
     }
 
+    /// Whether a run over `nseq` sequences on a device of `sms` multiprocessors takes
+    /// `psm_cw_fused` rather than the states and outputs kernels: where the module has
+    /// it and its blocks (one per value tile and sequence, each walking its sequence's
+    /// chunks) number at least half the multiprocessors. Fewer leave the device idle,
+    /// where the outputs kernel spreads every chunk over it. Measured on the H200 (132
+    /// SMs; 2026-11-29, bf16, K = V = 128, no decay, two blocks a sequence): at 16
+    /// sequences the two kernels are faster (T = 16384 0.386 against 0.545 ms), at 64 the
+    /// fused kernel (0.625 against 0.997); the lines cross near 30 sequences at every T.
+    pub fn fused_pays(&self, nseq: usize, sms: usize) -> bool {
+        let blocks = self.shape.values.div_ceil(self.value_tile) * nseq;
+        self.fused_shared_bytes.is_some() && 2 * blocks >= sms
+    }
+
     /// The grid of `psm_cw_outputs`: value tiles, chunks, sequences.
     pub fn output_grid(&self, nchunks: u32, nseq: u32) -> (u32, u32, u32) {
         (self.shape.values.div_ceil(self.value_tile) as u32, nchunks, nseq)
@@ -268,11 +281,11 @@ const OUTPUTS_WINDOW: &str = "psm_cw_outputs_shared";
 /// The name of `psm_cw_fused`'s dynamic shared window.
 const FUSED_WINDOW: &str = "psm_cw_fused_shared";
 
-/// Whether a module has `psm_cw_fused`: no decay, bf16 in global memory and bf16
+/// Whether a module has `psm_cw_fused`: no decay or a scalar one, bf16 in global memory and bf16
 /// products, keys a multiple of 8 and whole value tiles (its operands copied as they are,
 /// 16 bytes a piece).
 fn fused_applies(g: &Geometry) -> bool {
-    !g.decayed() && g.storage == Storage::Bf16 && !g.split() && g.keys.is_multiple_of(8) && g.values.is_multiple_of(8) && g.values.is_multiple_of(g.vt)
+    !g.per_key() && g.storage == Storage::Bf16 && !g.split() && g.keys.is_multiple_of(8) && g.values.is_multiple_of(8) && g.values.is_multiple_of(g.vt)
 }
 
 /// Bytes of `psm_cw_fused`'s S, `[kp][vt + 8]` bf16.
@@ -280,9 +293,18 @@ fn fused_state_bytes(g: &Geometry) -> usize {
     g.kp * g.value_stride() * 2
 }
 
-/// Dynamic shared bytes of `psm_cw_fused`: Q, K and V twice, S once.
+/// Bytes of `psm_cw_fused`'s Λ: f32 × CHUNK for a scalar decay.
+fn fused_decay_bytes(g: &Geometry) -> usize {
+    if g.scalar_decay() {
+        CHUNK * 4
+    } else {
+        0
+    }
+}
+
+/// Dynamic shared bytes of `psm_cw_fused`: Q, K and V twice, S once, a scalar decay's Λ.
 fn fused_shared_bytes(g: &Geometry) -> usize {
-    2 * (2 * CHUNK * g.key_stride() + CHUNK * g.value_stride()) * 2 + fused_state_bytes(g)
+    2 * (2 * CHUNK * g.key_stride() + CHUNK * g.value_stride()) * 2 + fused_state_bytes(g) + fused_decay_bytes(g)
 }
 
 /// Keys rounded up to the mma's 16.
@@ -2085,8 +2107,8 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
 }
 
 /// `psm_cw_fused`: the state kernel's chunk walk and the outputs kernel's products in
-/// one kernel, for a field without a decay whose Q, K and V are bf16 in global memory
-/// and multiplied in bf16 ([`fused_applies`]). A block per (value tile, sequence), the
+/// one kernel, for a field without a decay or with a scalar one whose Q, K and V are
+/// bf16 in global memory and multiplied in bf16 ([`fused_applies`]). A block per (value tile, sequence), the
 /// outputs kernel's 128 threads, walks its sequence's chunks in order with S in f32
 /// registers (warp w the key groups w, w + 4, … of 16 keys, every value of the tile):
 ///
@@ -2097,6 +2119,11 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
 ///                     S += Kᵀ V                           warp w's key groups
 /// ```
 ///
+/// With a scalar decay as the two kernels: Λ scanned into shared memory, O's rows times
+/// e^(e_t), the scores times e^(e_t − Λ_s), and S ← e^(Λ_last) S + (K ⊙ e^(Λ_last −
+/// Λ))ᵀ V, K's fragments scaled in registers after `ldmatrix` (the keys in shared memory
+/// serve Q Kᵀ unscaled): from bf16 K each product rounds as the state kernel's staging.
+///
 /// No chunk state goes through global memory (the two kernels write and read one bf16
 /// matrix per chunk, as many bytes as the chunk's K and V); the final state is stored,
 /// f32, in `states[seq, nchunks]` as the state kernel's. Shared memory: Q, K and V
@@ -2104,10 +2131,11 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
 fn fused_kernel(g: &Geometry, blocks: u32) -> String {
     let mut w = Writer::new();
     let threads = OUTPUT_THREADS as usize;
-    let params = ["q", "k", "v", "state_in", "states", "out", "steps", "flags"];
+    let params = ["q", "k", "v", "g", "state_in", "states", "out", "steps", "flags"];
     let q = w.param("q");
     let k = w.param("k");
     let v = w.param("v");
+    let gate = w.param("g");
     let state_in = w.param("state_in");
     let states = w.param("states");
     let out = w.param("out");
@@ -2121,14 +2149,20 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
     w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
     let (key_rows_bytes, vs_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2);
     let buffer_bytes = 2 * key_rows_bytes + vs_bytes;
-    w.e.comment("two buffers of Q, K, V, then S (bf16) in the dynamic shared window");
-    let [qs, st] = w.window_arrays(FUSED_WINDOW, [2 * buffer_bytes, fused_state_bytes(g)]);
+    w.e.comment("two buffers of Q, K, V, then S (bf16) and a scalar decay's L (f32) in the dynamic shared window");
+    let [qs, st, lam] = w.window_arrays(FUSED_WINDOW, [2 * buffer_bytes, fused_state_bytes(g), fused_decay_bytes(g)]);
+    let lam = g.scalar_decay().then_some(lam);
+    // A scalar decay's loads of the chunk ahead (registers), scanned into `lam` at its turn.
+    let decay_loads = lam.map(|_| w.decay_loads());
     let nchunks = w.chunk_count(steps);
     // Copies of one chunk's Q and K rows (K's right after Q's) and V's tile.
     let key_rows = AsyncCopy::new(&mut w, threads, g.keys * 2, qs, g.key_stride() * 2, CHUNK, g.kp * 2);
     let value_rows = AsyncCopy::new(&mut w, threads, g.values * 2, qs, g.value_stride() * 2, CHUNK, g.vt * 2);
     let issue = |w: &mut Writer, buffer: usize, chunk: Reg| {
         let pos = chunk_pos(w, seq, steps, chunk);
+        if let Some(loads) = &decay_loads {
+            w.issue_decays(g, loads, gate, pos.row_base, pos.n);
+        }
         let at = buffer * buffer_bytes;
         for (array, offset) in [(q, at), (k, at + key_rows_bytes)] {
             let base = bf16_rows_at(w, array, pos.row_base, g.keys, None);
@@ -2225,6 +2259,9 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
         for ((_, acc, none), [s_at, _]) in mine.iter().zip(&group_addrs) {
             for_group(&mut w, *none, |w| store_rows(w, acc, *s_at, g.value_stride(), None));
         }
+        if let (Some(lam), Some(loads)) = (lam, &decay_loads) {
+            w.scan_decays(g, loads, lam);
+        }
         w.e.comment("the next chunk's copies into the other buffer; wait for this chunk's");
         let next = w.e.reg(Class::B32);
         w.e.ins(format!("add.u32 {next}, {chunk}, 1"));
@@ -2236,16 +2273,52 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
         let o = w.zeros(g.vt / 8);
         let scores = w.zeros(CHUNK / 8);
         // Without a decay nothing reads `lam` (given `q`) or the pairwise sums' `q`, `k`.
-        let ops = WarpOperands { q, k, lam: q, ends: None, q_addr: q_at, s_addr, k_addr: k_at, acol, q_lo: None, s_lo: None, k_lo: None };
+        let ops = WarpOperands { q, k, lam: gate, ends: None, q_addr: q_at, s_addr, k_addr: k_at, acol, q_lo: None, s_lo: None, k_lo: None };
         warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
-        intra_chunk(&mut w, g, None, rows, (&o, &scores), (v_at, None));
+        intra_chunk(&mut w, g, lam, rows, (&o, &scores), (v_at, None));
         w.e.comment("out rows of this chunk");
         tile_io(&mut w, g, &o, out, pos.row_base, row0, pos.n, col0, TileIo::Store(g.storage));
-        w.e.comment("S += K^T V, K^T and V by ldmatrix.trans");
+        // A scalar decay: e^(L_last) for S, and e^(L_last - L_t) for the lane's steps of
+        // Kᵀ's fragments, t = 16 kk + 2 cq (+ 1, + 8, + 9).
+        let decays = lam.map(|lam| {
+            let at = w.e.reg(Class::B32);
+            w.e.ins(format!("add.u32 {at}, {lam}, {}", 4 * (CHUNK - 1)));
+            let last = w.e.reg(Class::F32);
+            w.e.ins(format!("ld.shared.f32 {last}, [{at}]"));
+            let factors: Vec<[Reg; 4]> = (0..CHUNK / 16)
+                .map(|kk| {
+                    [0, 1, 8, 9].map(|d| {
+                        let t = w.e.reg(Class::B32);
+                        w.e.ins(format!("mad.lo.u32 {t}, {}, 2, {}", w.cq, 16 * kk + d));
+                        let x = w.lam_at(lam, t);
+                        let e = w.e.reg(Class::F32);
+                        w.e.ins(format!("sub.rn.f32 {e}, {last}, {x}"));
+                        w.exp(e)
+                    })
+                })
+                .collect();
+            (w.exp(last), factors)
+        });
+        w.e.comment(if decays.is_some() { "S = exp(L_last) S + (K * exp(L_last - L))^T V, K^T and V by ldmatrix.trans" } else { "S += K^T V, K^T and V by ldmatrix.trans" });
         for ((_, acc, none), [_, a_addr]) in mine.iter().zip(&group_addrs) {
             for_group(&mut w, *none, |w| {
+                if let Some((f, _)) = &decays {
+                    for r in acc.iter().flatten() {
+                        w.e.ins(format!("mul.rn.f32 {r}, {r}, {f}"));
+                    }
+                }
                 for kk in 0..CHUNK / 16 {
-                    let a = w.a_fragment_trans(*a_addr, at + 2 * 16 * kk * g.key_stride());
+                    let mut a = w.a_fragment_trans(*a_addr, at + 2 * 16 * kk * g.key_stride());
+                    if let Some((_, factors)) = &decays {
+                        // Words 0, 1 hold steps 2 cq, 2 cq + 1; words 2, 3 the steps 8 on.
+                        for (word, half) in a.iter_mut().zip([0, 0, 1, 1]) {
+                            let x = w.decode(&[*word], 2, Storage::Bf16);
+                            for (x, f) in x.iter().zip(&factors[kk][2 * half..2 * half + 2]) {
+                                w.e.ins(format!("mul.rn.f32 {x}, {x}, {f}"));
+                            }
+                            *word = w.pack(x[0], x[1]);
+                        }
+                    }
                     w.mma_trans_b(acc, &[a], v_addr, at + 2 * 16 * kk * g.value_stride(), None);
                 }
             });
