@@ -74,6 +74,32 @@ fn bf16_no_decay_module() {
     insta::assert_snapshot!(m.text);
 }
 
+/// `psm_cw_fused` is in the modules whose operands it copies as they are (no decay or a
+/// scalar one, bf16 storage and products, keys a multiple of 8, whole value tiles), and
+/// taken where its blocks are at least half the multiprocessors.
+#[test]
+fn fused_kernel_where_it_applies() {
+    let bf16 = |keys, values, decay| compile_chunkwise_stored(shape(keys, values, decay, false), Storage::Bf16, 90).unwrap();
+    for decay in [ChunkDecay::None, ChunkDecay::Log, ChunkDecay::Value] {
+        let m = bf16(128, 128, decay);
+        assert!(m.text.contains(".entry psm_cw_fused("), "{decay:?}");
+        assert_eq!(m.fused_shared_bytes, Some(2 * (2 * 64 * 136 + 64 * 72) * 2 + 128 * 72 * 2 + if decay == ChunkDecay::None { 0 } else { 64 * 4 }));
+        assert_eq!(m.fused_grid(64), (2, 64, 1));
+        // 132 SMs: 33 sequences (66 blocks) and more.
+        assert!(!m.fused_pays(32, 132) && m.fused_pays(33, 132));
+    }
+    for m in [
+        bf16(128, 128, ChunkDecay::DiagonalLog),
+        bf16(7, 8, ChunkDecay::None),
+        bf16(8, 100, ChunkDecay::None),
+        compile_chunkwise(shape(128, 128, ChunkDecay::None, false), 90).unwrap(),
+        compile_chunkwise_with(shape(128, 128, ChunkDecay::None, false), Storage::Bf16, Products::Bf16x3, 90).unwrap(),
+    ] {
+        assert_eq!(m.fused_shared_bytes, None, "{:?}", m.shape);
+        assert!(!m.text.contains("psm_cw_fused") && !m.fused_pays(1000, 132));
+    }
+}
+
 #[test]
 fn exclusive_diagonal_log_decay_module() {
     let m = compile_chunkwise(shape(8, 8, ChunkDecay::DiagonalLog, true), 90).unwrap();
