@@ -539,6 +539,14 @@ impl Writer {
         })
     }
 
+    /// The kernel's u64 parameters `names`, then its u32 `flags` (the last parameter).
+    pub(super) fn params_and_flags<const N: usize>(&mut self, names: [&str; N]) -> ([Reg; N], Reg) {
+        let regs = names.map(|n| self.param(n));
+        let flags = self.e.reg(Class::B32);
+        self.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+        (regs, flags)
+    }
+
     pub(super) fn param(&mut self, name: &str) -> Reg {
         let r = self.e.reg(Class::B64);
         self.e.ins(format!("ld.param.u64 {r}, [{name}]"));
@@ -1725,15 +1733,8 @@ fn state_prefetch_depth(g: &Geometry) -> usize {
 fn states_kernel(g: &Geometry) -> String {
     let mut w = Writer::new();
     let threads = g.state_threads();
-    let params = ["k", "v", "g", "state_in", "states", "steps", "flags"];
-    let k = w.param("k");
-    let v = w.param("v");
-    let gate = w.param("g");
-    let state_in = w.param("state_in");
-    let states = w.param("states");
-    let steps = w.param("steps");
-    let flags = w.e.reg(Class::B32);
-    w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+    let names = ["k", "v", "g", "state_in", "states", "steps"];
+    let ([k, v, gate, state_in, states, steps], flags) = w.params_and_flags(names);
     let (tile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mov.u32 {tile}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
@@ -1915,7 +1916,7 @@ fn states_kernel(g: &Geometry) -> String {
     }
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
-    w.finish("psm_cw_states", &params)
+    w.finish("psm_cw_states", &[&names[..], &["flags"]].concat())
 }
 
 /// Blocks of `psm_cw_outputs` with `bytes` of shared memory each that ptxas is asked to
@@ -2131,17 +2132,8 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
 fn fused_kernel(g: &Geometry, blocks: u32) -> String {
     let mut w = Writer::new();
     let threads = OUTPUT_THREADS as usize;
-    let params = ["q", "k", "v", "g", "state_in", "states", "out", "steps", "flags"];
-    let q = w.param("q");
-    let k = w.param("k");
-    let v = w.param("v");
-    let gate = w.param("g");
-    let state_in = w.param("state_in");
-    let states = w.param("states");
-    let out = w.param("out");
-    let steps = w.param("steps");
-    let flags = w.e.reg(Class::B32);
-    w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+    let names = ["q", "k", "v", "g", "state_in", "states", "out", "steps"];
+    let ([q, k, v, gate, state_in, states, out, steps], flags) = w.params_and_flags(names);
     let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
@@ -2335,7 +2327,7 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
         for_group(&mut w, *none, |w| tile_io(w, g, acc, states, matrix, *row0, keys, col0, TileIo::Store(Storage::F32)));
     }
     w.occupancy(OUTPUT_THREADS, blocks);
-    w.finish("psm_cw_fused", &params)
+    w.finish("psm_cw_fused", &[&names[..], &["flags"]].concat())
 }
 
 /// `body` unless `none` (a warp-uniform predicate) holds.

@@ -875,17 +875,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let vs = g.vt + 8;
     let eb = entry_bytes(g.storage);
     let upb = upre_row_bytes(g.vt, g.storage);
-    let params = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps", "flags"];
-    let wmat = w.param("w");
-    let khat = w.param("khat");
-    let upre = w.param("upre");
-    let decay = w.param("decay");
-    let state_in = w.param("state_in");
-    let states = w.param("states");
-    let u = w.param("u");
-    let steps = w.param("steps");
-    let flags = w.e.reg(Class::B32);
-    w.e.ins(format!("ld.param.u32 {flags}, [flags]"));
+    let names = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps"];
+    let ([wmat, khat, upre, decay, state_in, states, u, steps], flags) = w.params_and_flags(names);
     let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
     w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
     w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
@@ -1025,5 +1016,5 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
-    w.finish("psm_cwd_states", &params)
+    w.finish("psm_cwd_states", &[&names[..], &["flags"]].concat())
 }
