@@ -539,6 +539,17 @@ impl Writer {
         })
     }
 
+    /// A block of a grid (value tiles, sequences): its first value (tile x · `vt`) and its
+    /// sequence.
+    pub(super) fn value_tile_and_sequence(&mut self, vt: usize) -> (Reg, Reg) {
+        let (vtile, seq) = (self.e.reg(Class::B32), self.e.reg(Class::B32));
+        self.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
+        self.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
+        let col0 = self.e.reg(Class::B32);
+        self.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {vt}"));
+        (col0, seq)
+    }
+
     /// The kernel's u64 parameters `names`, then its u32 `flags` (the last parameter).
     pub(super) fn params_and_flags<const N: usize>(&mut self, names: [&str; N]) -> ([Reg; N], Reg) {
         let regs = names.map(|n| self.param(n));
@@ -2078,24 +2089,9 @@ fn outputs_kernel(g: &Geometry, blocks: u32) -> String {
     }
     w.e.ins("bar.sync 0");
 
-    let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    let s_addr = w.ldmatrix_lane(st, g.value_stride());
-    let zero = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {zero}, 0"));
-    let q_addr = w.ldmatrix_lane_at(qs, row0, g.key_stride(), zero);
-    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
-    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
+    let OutputLanes { row0, rows, acol, q_addr, k_addr, v_addr, s_addr } = output_lanes(&mut w, g, [qs, ks, vs, st]);
     let o = w.zeros(g.vt / 8);
     let scores = w.zeros(CHUNK / 8);
-    // The rows of this lane: t = 16 warp + gq, + 8.
-    let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
-    w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
-    w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
     let ops = WarpOperands { q, k, lam: gate, ends, q_addr, s_addr, k_addr, acol, q_lo: lo(key_rows_bytes), s_lo: lo(st_bytes), k_lo: lo(key_rows_bytes) };
     warp_products(&mut w, g, &ops, &pos, rows, &o, &scores);
     intra_chunk(&mut w, g, lam, rows, (&o, &scores), (v_addr, lo(vs_bytes)));
@@ -2134,11 +2130,7 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
     let threads = OUTPUT_THREADS as usize;
     let names = ["q", "k", "v", "g", "state_in", "states", "out", "steps"];
     let ([q, k, v, gate, state_in, states, out, steps], flags) = w.params_and_flags(names);
-    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
-    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
-    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
-    let col0 = w.e.reg(Class::B32);
-    w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
+    let (col0, seq) = w.value_tile_and_sequence(g.vt);
     let (key_rows_bytes, vs_bytes) = (CHUNK * g.key_stride() * 2, CHUNK * g.value_stride() * 2);
     let buffer_bytes = 2 * key_rows_bytes + vs_bytes;
     w.e.comment("two buffers of Q, K, V, then S (bf16) and a scalar decay's L (f32) in the dynamic shared window");
@@ -2203,26 +2195,11 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
         })
         .collect();
     // The outputs' fragment addresses in buffer 0 (buffer 1's are `buffer_bytes` on).
-    let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
-    let s_addr = w.ldmatrix_lane(st, g.value_stride());
-    let zero = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {zero}, 0"));
-    let q_addr = w.ldmatrix_lane_at(qs, row0, g.key_stride(), zero);
     let ks = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {ks}, {qs}, {key_rows_bytes}"));
-    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
     let vs = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {vs}, {qs}, {}", 2 * key_rows_bytes));
-    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
-    // The rows of this lane: t = 16 warp + gq, + 8.
-    let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
-    w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
-    w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
+    let OutputLanes { row0, rows, acol, q_addr, k_addr, v_addr, s_addr } = output_lanes(&mut w, g, [qs, ks, vs, st]);
 
     let chunk = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {chunk}, 0"));
@@ -2457,6 +2434,38 @@ struct WarpOperands {
     q_lo: Option<usize>,
     s_lo: Option<usize>,
     k_lo: Option<usize>,
+}
+
+/// An output warp's lane: its first row (16 warp), its rows t = 16 warp + gq and + 8,
+/// its first fragment column 2 cq, and its `ldmatrix` addresses in the staged Q, K, V
+/// and S_c (`[qs, ks, vs, st]`, the outputs kernel's layouts).
+struct OutputLanes {
+    row0: Reg,
+    rows: [Reg; 2],
+    acol: Reg,
+    q_addr: Reg,
+    k_addr: Reg,
+    v_addr: Reg,
+    s_addr: Reg,
+}
+
+fn output_lanes(w: &mut Writer, g: &Geometry, [qs, ks, vs, st]: [Reg; 4]) -> OutputLanes {
+    let row0 = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    let arow = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
+    let acol = w.e.reg(Class::B32);
+    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    let s_addr = w.ldmatrix_lane(st, g.value_stride());
+    let zero = w.e.reg(Class::B32);
+    w.e.ins(format!("mov.u32 {zero}, 0"));
+    let q_addr = w.ldmatrix_lane_at(qs, row0, g.key_stride(), zero);
+    let k_addr = w.ldmatrix_x4_lane(ks, g.key_stride());
+    let v_addr = w.ldmatrix_lane(vs, g.value_stride());
+    let rows = [w.e.reg(Class::B32), w.e.reg(Class::B32)];
+    w.e.ins(format!("mov.u32 {}, {arow}", rows[0]));
+    w.e.ins(format!("add.u32 {}, {arow}, 8", rows[1]));
+    OutputLanes { row0, rows, acol, q_addr, k_addr, v_addr, s_addr }
 }
 
 /// One output warp's products, its queries' A fragments read from their staged rows by

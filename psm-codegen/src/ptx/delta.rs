@@ -877,11 +877,7 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let upb = upre_row_bytes(g.vt, g.storage);
     let names = ["w", "khat", "upre", "decay", "state_in", "states", "u", "steps"];
     let ([wmat, khat, upre, decay, state_in, states, u, steps], flags) = w.params_and_flags(names);
-    let (vtile, seq) = (w.e.reg(Class::B32), w.e.reg(Class::B32));
-    w.e.ins(format!("mov.u32 {vtile}, %ctaid.x"));
-    w.e.ins(format!("mov.u32 {seq}, %ctaid.y"));
-    let col0 = w.e.reg(Class::B32);
-    w.e.ins(format!("mul.lo.u32 {col0}, {vtile}, {}", g.vt));
+    let (col0, seq) = w.value_tile_and_sequence(g.vt);
     w.e.comment("W, K-hat^T, S, U (bf16), U' (the storage type) and the state rows' staging in the dynamic shared window");
     // Each bf16 array's lo plane (when split) right after it: these are the offsets.
     let (w_lo, kh_lo, st_lo, ut_lo) = (CHUNK * ks * 2, g.kp * ss * 2, g.kp * vs * 2, CHUNK * vs * 2);
