@@ -73,6 +73,9 @@ run)
         bench "$ops/cumsum.psm" --batch 4096 --len 65536 --form auto
         bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto --kernel lanes
         bench "$ops/diag_affine.psm" -D D=1024 --batch 8 --len 8192 --form auto
+        # The same recurrence in accelerated-scan's own layout (B, C, T): B · C = 8192
+        # rows of T = 8192 steps, T contiguous (the rows' look-back scan).
+        bench "$ops/scalar_affine.psm" --batch 8192 --len 8192 --form auto
         bench "$ops/attn_agg.psm" -D C=8 -D D=32 --len 4096 --form tree
         bench "$ops/gla.psm" -D K=128 -D V=128 --batch 64 --len 200 --form push
 

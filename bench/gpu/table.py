@@ -46,12 +46,24 @@ def problem(row):
     if op == "diag_affine" and len(shape) == 3:
         b, t, d = shape  # psm's [B, T, D] is accelerated-scan's (B, C = D, T)
         return ("affine", [b, d, t])
+    if op == "scalar_affine" and len(shape) == 2:
+        return ("affine", shape)  # B · C sequences of T steps: accelerated-scan's layout itself
     if op == "attn_agg":
         return ("attn_tree", shape)
     if op == "gla" and row["form"] == "push":
         b, _, k = shape
         return ("gla_decode", [b, k, row["dims"].get("V", k)])
     return None
+
+
+def keys(lib):
+    """The (suite, shape) problems a library row answers: its own, and for an affine
+    recurrence over (B, C, T) also the B · C rows of T steps it is laid out as."""
+    out = [(lib["suite"], lib["shape"])]
+    if lib["suite"] == "affine" and len(lib["shape"]) == 3:
+        b, c, t = lib["shape"]
+        out.append(("affine", [b * c, t]))
+    return out
 
 
 def main():
@@ -87,7 +99,7 @@ def main():
         gbs = r["bytes"] / r["seconds"] / 1e9
         frac = f"{r['bytes'] / r['seconds'] / copy_bps:.2f}" if copy_bps and not per_call else "-"
         key = problem(r)
-        rivals = [l for l in libs if "seconds" in l and key and (l["suite"], l["shape"]) == key]
+        rivals = [l for l in libs if "seconds" in l and key and key in keys(l)]
         best = min(rivals, key=lambda l: l["seconds"]) if rivals else None
         best_text = f"{best['name']} ({best['seconds'] * 1e3:.3f} ms)" if best else "-"
         ratio = f"{best['seconds'] / seconds:.2f}" if best else "-"
@@ -111,7 +123,7 @@ def main():
     alone = [
         l
         for l in libs
-        if "seconds" in l and "vs" not in l and l["suite"] != "copy" and (l["suite"], l["shape"]) not in matched and (l["name"], str(l["shape"])) not in compared
+        if "seconds" in l and "vs" not in l and l["suite"] != "copy" and not any(k in matched for k in keys(l)) and (l["name"], str(l["shape"])) not in compared
     ]
     if alone:
         print("\nlibrary rows without a psm row:")
