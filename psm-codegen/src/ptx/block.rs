@@ -65,7 +65,7 @@ pub struct BlockKernel {
     /// The most entries one of its statements has: threads beyond it idle.
     pub widest: usize,
     /// Blocks per item, `%ctaid.y` their part (a launch's grid is items × parts):
-    /// [`Partition::parts`] for `psm_scan_block` of a partitioned element, else 1.
+    /// `Partition::parts` for `psm_scan_block` of a partitioned element, else 1.
     pub parts: usize,
 }
 

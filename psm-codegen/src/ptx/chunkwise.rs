@@ -22,7 +22,7 @@
 //!     its arrays in dynamic shared memory (`output_shared_bytes`, 61 KiB at 128 keys)
 //!     out_t = (q_t ⊙ e^(e_t))ᵀ S_c + Σ_(τ ≤ t, or τ < t) (q_t ⊙ e^(e_t − Λ_τ)) · k_τ v_τ
 //! psm_cw_fused(q, k, v, g, state_in, states, out, steps, flags: u32)   (no or a scalar
-//!     decay, bf16 storage and products: [`fused_kernel`]) grid (⌈values / vtile⌉, nseq),
+//!     decay, bf16 storage and products: `fused_kernel`) grid (⌈values / vtile⌉, nseq),
 //!     128 threads: both kernels' work, S in registers; only the final state in `states`
 //! ```
 //!

@@ -2,7 +2,7 @@
 //! scalars (every element field of rank 0) and whose inputs and outputs are one scalar
 //! per step: Merrill & Garland's decoupled look-back ("Single-pass Parallel Prefix Scan
 //! with Decoupled Look-back", 2016), over the same lowered lift/combine/readout bodies
-//! as the other kernels. Its own module ([`compile_lookback`]), so the ABI module of
+//! as the other kernels. Its own module (`ptx::compile_lookback`), so the ABI module of
 //! `compile` is unchanged.
 //!
 //! ```text
