@@ -23,7 +23,7 @@ pub fn scalar_affine(a: &[f32], b: &[f32], y: &mut [f32], t: usize) {
     }
 }
 
-/// `diag_affine.psm`: h_t[d] = a_t[d] h_{t-1}[d] + b_t[d] over `[B, T, D]`.
+/// `diag_affine.psm`: `h_t[d] = a_t[d] h_{t-1}[d] + b_t[d]` over `[B, T, D]`.
 pub fn diag_affine(a: &[f32], b: &[f32], y: &mut [f32], t: usize, d: usize) {
     let seq = t * d;
     for ((a, b), y) in a.chunks_exact(seq).zip(b.chunks_exact(seq)).zip(y.chunks_exact_mut(seq)) {

@@ -3,8 +3,8 @@
 //! `front` parses `.psm` text into the arena IR of [`ir`]; [`valid`] checks it for one
 //! choice of dims and produces the [`valid::Info`] every consumer requires; [`interp`]
 //! is the reference interpreter, the single definition of what an operator computes;
-//! [`derive`] runs the forms (fold, chunked, tree, stream) over it; [`algebra`] decides
-//! associativity, identity and commutativity; [`print`] writes the IR's text form;
+//! [`derive`](mod@derive) runs the forms (fold, chunked, tree, stream) over it; [`algebra`] decides
+//! associativity, identity and commutativity; [`print`](mod@print) writes the IR's text form;
 //! [`opt`] holds the exact IR-to-IR rewrites backends apply before lowering.
 //!
 //! This crate knows no backend, device or proc-macro.

@@ -14,7 +14,7 @@
 //! * `unknown` — neither; only floating-point evidence.
 //!
 //! An operator that combines each entry of its element on its own, by one scalar
-//! function, is decided on a representative entry ([`entrywise`], where the argument
+//! function, is decided on a representative entry (`entrywise`, where the argument
 //! is written down); its verdicts say so.
 
 mod entrywise;
@@ -136,7 +136,7 @@ fn decide(agg: &Aggregator, info: &Info, law: Law, lifts: bool) -> Verdict {
 }
 
 /// Analyses one validated aggregator: an entrywise operator on its representative
-/// entry ([`entrywise`]), any other (or one whose representative's refutation is not
+/// entry (`entrywise`), any other (or one whose representative's refutation is not
 /// confirmed) by the procedures directly.
 pub fn analyze(agg: &Aggregator, info: &Info) -> Report {
     let representative = entrywise::representative(agg, info);

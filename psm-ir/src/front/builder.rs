@@ -1,6 +1,6 @@
 //! The public entry point for front ends that build the syntax tree themselves rather
 //! than parse `.psm` text — the `#[psm_aggregator]` macro translates Rust items into
-//! [`ast`](super::dsl::ast) and lowers them here, so that names, defaults, validation
+//! [`dsl::ast`](super::dsl::ast) and lowers them here, so that names, defaults, validation
 //! and the algebra are exactly those of a `.psm` file.
 //!
 //! Spans in the tree are opaque to psm-ir: it only copies them into the IR and its
