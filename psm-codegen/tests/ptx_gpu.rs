@@ -1774,8 +1774,9 @@ fn chunkwise_timings() {
             if m.fused_shared_bytes.is_some() {
                 run.fused = true;
                 let (fused, _) = run.time(&cuda, module, &m, [&dq, &dk, &dv, &dg]);
-                eprintln!("T = {steps}, {name}: psm_cw_fused {:.3} ms (taken: {})", fused * 1e3, m.fused_pays(nseq, cuda.sms));
-                if m.fused_pays(nseq, cuda.sms) {
+                let taken = m.fused_pays(nseq, cuda.sms);
+                eprintln!("T = {steps}, {name}: psm_cw_fused {:.3} ms (taken: {taken})", fused * 1e3);
+                if taken {
                     seconds = fused;
                 }
             }

@@ -221,13 +221,19 @@ impl ChunkwiseModule {
     /// The grid of `psm_cw_states` over `nseq` sequences: key tiles × value tiles, then
     /// sequences.
     pub fn state_grid(&self, nseq: u32) -> (u32, u32, u32) {
-        let tiles = self.shape.keys.div_ceil(self.key_tile) * self.shape.values.div_ceil(self.value_tile);
+        let tiles = self.shape.keys.div_ceil(self.key_tile) * self.value_tiles();
         (tiles as u32, nseq, 1)
+    }
+
+    /// Value tiles of the field: the blocks a sequence's chunk (outputs) or walk (fused)
+    /// takes.
+    fn value_tiles(&self) -> usize {
+        self.shape.values.div_ceil(self.value_tile)
     }
 
     /// The grid of `psm_cw_fused`: value tiles, sequences.
     pub fn fused_grid(&self, nseq: u32) -> (u32, u32, u32) {
-        (self.shape.values.div_ceil(self.value_tile) as u32, nseq, 1)
+        (self.value_tiles() as u32, nseq, 1)
     }
 
     /// Whether a run over `nseq` sequences on a device of `sms` multiprocessors takes
@@ -239,13 +245,12 @@ impl ChunkwiseModule {
     /// sequences the two kernels are faster (T = 16384 0.386 against 0.545 ms), at 64 the
     /// fused kernel (0.625 against 0.997); the lines cross near 30 sequences at every T.
     pub fn fused_pays(&self, nseq: usize, sms: usize) -> bool {
-        let blocks = self.shape.values.div_ceil(self.value_tile) * nseq;
-        self.fused_shared_bytes.is_some() && 2 * blocks >= sms
+        self.fused_shared_bytes.is_some() && 2 * self.value_tiles() * nseq >= sms
     }
 
     /// The grid of `psm_cw_outputs`: value tiles, chunks, sequences.
     pub fn output_grid(&self, nchunks: u32, nseq: u32) -> (u32, u32, u32) {
-        (self.shape.values.div_ceil(self.value_tile) as u32, nchunks, nseq)
+        (self.value_tiles() as u32, nchunks, nseq)
     }
 }
 
@@ -397,12 +402,12 @@ pub fn compile_chunkwise_with(shape: ChunkwiseShape, storage: Storage, products:
     text.push('\n');
     let _ = writeln!(text, ".extern .shared .align 16 .b8 {OUTPUTS_WINDOW}[];\n");
     text.push_str(&outputs_kernel(&g, output_blocks(output_shared_bytes, arch)));
-    let fused_shared_bytes = (fused_applies(&g) && fused_shared_bytes(&g) <= shared_limit(arch)).then(|| {
-        let bytes = fused_shared_bytes(&g);
+    let fused_bytes = fused_shared_bytes(&g);
+    let fused_shared_bytes = (fused_applies(&g) && fused_bytes <= shared_limit(arch)).then(|| {
         text.push('\n');
         let _ = writeln!(text, ".extern .shared .align 16 .b8 {FUSED_WINDOW}[];\n");
-        text.push_str(&fused_kernel(&g, output_blocks(bytes, arch)));
-        bytes
+        text.push_str(&fused_kernel(&g, output_blocks(fused_bytes, arch)));
+        fused_bytes
     });
     let decay_threads = shape.decay.per_key().then(|| {
         text.push('\n');
@@ -540,6 +545,18 @@ impl Writer {
             offset += n;
             r
         })
+    }
+
+    /// This warp's 16 rows of a tile (a warp per 16 rows): the first, 16 warp, the lane's
+    /// fragment row 16 warp + gq, and its first fragment column 2 cq.
+    pub(super) fn warp_fragment_rows(&mut self) -> (Reg, Reg, Reg) {
+        let row0 = self.e.reg(Class::B32);
+        self.e.ins(format!("shl.b32 {row0}, {}, 4", self.warp));
+        let arow = self.e.reg(Class::B32);
+        self.e.ins(format!("add.u32 {arow}, {row0}, {}", self.gq));
+        let acol = self.e.reg(Class::B32);
+        self.e.ins(format!("shl.b32 {acol}, {}, 1", self.cq));
+        (row0, arow, acol)
     }
 
     /// A block of a grid (value tiles, sequences): its first value (tile x · `vt`) and its
@@ -1106,6 +1123,12 @@ impl Writer {
     /// must, and the kernel cannot be launched with more threads.
     pub(super) fn occupancy(&mut self, threads: u32, blocks: u32) {
         self.directives = format!(".maxntid {threads}, 1, 1\n.minnctapersm {blocks}\n");
+    }
+
+    /// [`Writer::finish`] of a kernel whose parameters are [`Writer::params_and_flags`]'s
+    /// `names` and then `flags`.
+    pub(super) fn finish_flagged(self, name: &str, names: &[&str]) -> String {
+        self.finish(name, &[names, &["flags"]].concat())
     }
 
     pub(super) fn finish(self, name: &str, params: &[&str]) -> String {
@@ -1930,7 +1953,7 @@ fn states_kernel(g: &Geometry) -> String {
     }
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
-    w.finish("psm_cw_states", &[&names[..], &["flags"]].concat())
+    w.finish_flagged("psm_cw_states", &names)
 }
 
 /// Blocks of `psm_cw_outputs` with `bytes` of shared memory each that ptxas is asked to
@@ -2307,7 +2330,7 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
         for_group(&mut w, *none, |w| tile_io(w, g, acc, states, matrix, *row0, keys, col0, TileIo::Store(Storage::F32)));
     }
     w.occupancy(OUTPUT_THREADS, blocks);
-    w.finish("psm_cw_fused", &[&names[..], &["flags"]].concat())
+    w.finish_flagged("psm_cw_fused", &names)
 }
 
 /// `body` unless `none` (a warp-uniform predicate) holds.
@@ -2453,12 +2476,7 @@ struct OutputLanes {
 }
 
 fn output_lanes(w: &mut Writer, g: &Geometry, [qs, ks, vs, st]: [Reg; 4]) -> OutputLanes {
-    let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    let (row0, arow, acol) = w.warp_fragment_rows();
     let s_addr = w.ldmatrix_lane(st, g.value_stride());
     let zero = w.e.reg(Class::B32);
     w.e.ins(format!("mov.u32 {zero}, 0"));

@@ -432,12 +432,7 @@ fn prepare_kernel(g: &Geometry, vp: usize) -> String {
     stage_row_tile(&mut w, g, threads, k, pos.row_base, pos.n, g.keys, zero, g.kp, kl, Scale::None);
     stage_row_tile(&mut w, g, threads, v, pos.row_base, pos.n, g.values, zero, g.vt, vs, Scale::None);
     w.e.ins("bar.sync 0");
-    let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
+    let (row0, arow, acol) = w.warp_fragment_rows();
     let gram = w.zeros(CHUNK / 8);
     w.e.comment("G = B K^T (K's rows are the [n][k] operand)");
     let b_lane = w.ldmatrix_lane_at(bs, row0, ks, zero);
@@ -1012,5 +1007,5 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     w.e.ins(format!("mov.u32 {chunk}, {next}"));
     w.e.ins(format!("bra.uni {top}"));
     w.e.place(&done);
-    w.finish("psm_cwd_states", &[&names[..], &["flags"]].concat())
+    w.finish_flagged("psm_cwd_states", &names)
 }
