@@ -118,6 +118,16 @@ fn sixteen_bit_storage_sets_the_version_it_needs() {
 }
 
 #[test]
+fn f32_max_takes_the_nan_form_from_sm_80() {
+    // `max.NaN` / `min.NaN` need PTX 7.0 and sm_80; older targets compare and select.
+    let (agg, info) = parse_one(&library_source("logcumsumexp"), &[]);
+    let at = |arch| ptx::compile(&agg, &info, &PtxOptions { arch }).unwrap().text;
+    assert!(at(80).contains("max.NaN.f32") && at(90).contains("max.NaN.f32"));
+    let old = at(75);
+    assert!(!old.contains(".NaN") && old.contains("maximum(") && old.contains("setp.nan.f32"));
+}
+
+#[test]
 fn modules_are_ascii() {
     // ptxas rejects any other byte.
     for name in library_names() {

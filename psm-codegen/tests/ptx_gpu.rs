@@ -715,6 +715,41 @@ fn random_programs_on_the_gpu() {
     println!("{checked} data sets of random programs bit-identical to the interpreter");
 }
 
+/// f32 `max` and `min` (PTX `max.NaN` / `min.NaN` from sm_80 on) over every ordered
+/// pair of special values, bit for bit against the interpreter: IEEE 754-2019 maximum
+/// and minimum, NaN when either operand is one (of either sign), +0 over -0 for max and
+/// -0 over +0 for min, subnormals kept. Random programs cover f64 and i32 only.
+#[test]
+fn f32_min_max_special_values() {
+    let Some(cuda) = Cuda::open() else {
+        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
+        return;
+    };
+    let source = "aggregator min_max_pairs {
+        input   { u, w }
+        element { hi, lo }
+        lift(x)       { hi = max(x.u, x.w); lo = min(x.u, x.w); }
+        combine(a, b) { hi = b.hi; lo = b.lo; }
+        readout inclusive(s, x) -> (mx, mn) { mx = s.hi; mn = s.lo; }
+    }";
+    let (agg, info) = parse_one(source, &[]);
+    let subnormal = f32::from_bits(1) as f64;
+    let special = [
+        0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -f64::NAN, 1.0, -1.0, 0.5,
+        subnormal, -subnormal, f32::MAX as f64, f32::MIN as f64, f32::MIN_POSITIVE as f64,
+    ];
+    let (u, w): (Vec<f64>, Vec<f64>) = special.iter().flat_map(|&a| special.iter().map(move |&b| (a, b))).unzip();
+    let case = Case { agg: &agg, info: &info, nseq: 1, steps: u.len(), params: vec![], inputs: vec![vec![u, w]] };
+    let text = &ptx::compile(&agg, &info, &Default::default()).expect("compile").text;
+    assert!(text.contains("max.NaN.f32") && text.contains("min.NaN.f32"), "sm_90 takes PTX's NaN-propagating forms");
+    let (outputs, _) = recurrent(&cuda, &case);
+    compare("max and min", &case, true, &outputs, &case.reference(Form::Fold, false));
+    let mx = read_values(&outputs[0], Dtype::F32, case.steps);
+    let signed_zero = |k: usize| (mx[k] as f32).to_bits();
+    assert_eq!((signed_zero(1), signed_zero(special.len())), (0, 0), "max(+0, -0) and max(-0, +0) are +0");
+    println!("f32 max and min: {} ordered pairs of special values bit-identical to the interpreter", case.steps);
+}
+
 /// The program with every transcendental call replaced by an exact built-in.
 fn exact_builtins(source: &str) -> String {
     [("exp(", "abs("), ("tanh(", "abs("), ("softplus(", "abs("), ("log(", "sqrt("), ("sigmoid(", "sqrt("), ("pow(", "max(")]

@@ -190,7 +190,7 @@ pub(super) fn compile_lookback(
     options: &PtxOptions,
 ) -> Result<Option<LookbackModule>, PtxError> {
     let version = super::module_version(agg, options.arch)?;
-    let cx = Ctx::new(agg, info);
+    let cx = Ctx::new(agg, info, options.arch);
     let mut math = BTreeSet::new();
     // (kernel, positions per thread, positions per tile, entries, threads per block)
     let (g, items, tile, entries, block) = match plan(&cx) {

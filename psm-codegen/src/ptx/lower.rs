@@ -27,13 +27,15 @@ pub(crate) struct Ctx<'a> {
     /// Where each body's `let` tensors of rank ≥ 1 live in the kernel's `.local` array.
     pub plan: ScratchPlan,
     pub positions: Vec<usize>,
+    /// The target's compute capability (`PtxOptions::arch`).
+    pub arch: u32,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(agg: &'a Aggregator, info: &'a Info) -> Ctx<'a> {
+    pub fn new(agg: &'a Aggregator, info: &'a Info, arch: u32) -> Ctx<'a> {
         let layout = Layout::new(agg, info);
         let plan = ScratchPlan::new(agg, info, &layout);
-        Ctx { agg, info, layout, plan, positions: crate::layout::positions(agg) }
+        Ctx { agg, info, layout, plan, positions: crate::layout::positions(agg), arch }
     }
 }
 
@@ -969,16 +971,23 @@ impl<'a> Lowerer<'a> {
     }
 
     /// IEEE 754-2019 maximum/minimum into `r`: NaN if either operand is NaN, else the
-    /// larger (smaller) one, and of two equal values the AND (OR) of their bits, which
-    /// picks +0 over -0 (-0 over +0) and is the value itself otherwise.
+    /// larger (smaller) one, +0 over -0 (-0 over +0). In f32 from sm_80 on, PTX's
+    /// `max.NaN` / `min.NaN` (one FMNMX.NAN on sm_90; ptx_gpu
+    /// `f32_min_max_special_values` checks the signed zeros and NaNs); elsewhere (f64 has
+    /// no `.NaN` form) of two equal values the AND (OR) of their bits, which picks +0
+    /// over -0 (-0 over +0) and is the value itself otherwise.
     fn min_max(&mut self, max: bool, ty: Scalar, a: Reg, b: Reg, r: Reg) {
         let t = suffix(ty);
+        let name = if max { "max" } else { "min" };
+        if ty == Scalar::F32 && self.cx.arch >= 80 {
+            self.e.ins_c(format!("{name}.NaN.f32 {r}, {a}, {b}"), "IEEE 754-2019");
+            return;
+        }
         let (bits, int) = if ty == Scalar::F32 { ("b32", Class::B32) } else { ("b64", Class::B64) };
         let (pick, eq, nan) = (self.e.reg(Class::Pred), self.e.reg(Class::Pred), self.e.reg(Class::Pred));
         let (ia, ib, ic) = (self.e.reg(int), self.e.reg(int), self.e.reg(int));
         let tie = self.e.reg(Class::of(ty));
-        let name = if max { "maximum" } else { "minimum" };
-        self.e.comment(format!("{name}({a}, {b}), IEEE 754-2019"));
+        self.e.comment(format!("{name}imum({a}, {b}), IEEE 754-2019"));
         self.e.ins(format!("setp.{}.{t} {pick}, {a}, {b}", if max { "gt" } else { "lt" }));
         self.e.ins(format!("selp.{t} {r}, {a}, {b}, {pick}"));
         self.e.ins(format!("mov.{bits} {ia}, {a}"));

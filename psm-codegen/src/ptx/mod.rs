@@ -358,7 +358,7 @@ pub fn compile(agg: &Aggregator, info: &Info, options: &PtxOptions) -> Result<Pt
     let rewritten = psm_ir::opt::for_backend(agg, info);
     let (agg, info) = rewritten.as_ref().map_or((agg, info), |(agg, info)| (agg, info));
     let version = module_version(agg, options.arch)?;
-    let cx = lower::Ctx::new(agg, info);
+    let cx = lower::Ctx::new(agg, info, options.arch);
     let mut math = BTreeSet::new();
     let mut generated = vec![
         kernels::scan(&cx, &mut math),
