@@ -2185,6 +2185,8 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
     // This warp's key groups of S and their accumulators (from `state_in` when given).
     let groups = g.kp / 16;
     let warps = threads / 32;
+    // `initial_state`'s key count and 64-bit sequence, made before each group's branch.
+    let mut keys_and_seq = None;
     let mine: Vec<(Reg, Vec<[Reg; 4]>, Option<Reg>)> = (0..groups.div_ceil(warps))
         .map(|j| {
             let row0 = w.e.reg(Class::B32);
@@ -2196,14 +2198,14 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
                 p
             });
             w.e.ins(format!("shl.b32 {row0}, {row0}, 4"));
-            let (_, _, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
+            let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
+            keys_and_seq.get_or_insert((keys, s64));
             (row0, acc, none)
         })
         .collect();
-    let keys = w.e.reg(Class::B32);
-    w.e.ins(format!("mov.u32 {keys}, {}", g.keys));
-    let s64 = w.e.reg(Class::B64);
-    w.e.ins(format!("cvt.u64.u32 {s64}, {seq}"));
+    let (keys, s64) = keys_and_seq.expect("a key group");
+    let ks = w.e.reg(Class::B32);
+    w.e.ins(format!("add.u32 {ks}, {qs}, {key_rows_bytes}"));
     // Each group's fragment addresses: its S rows (`store_rows`: row 16 group + gq, pair
     // cq) and Kᵀ as the A operand of the state product (columns 16 group.. of K's rows).
     let group_addrs: Vec<[Reg; 2]> = mine
@@ -2215,14 +2217,11 @@ fn fused_kernel(g: &Geometry, blocks: u32) -> String {
             w.e.ins(format!("mad.lo.u32 {s_at}, {s_row}, {}, {st}", 2 * g.value_stride()));
             w.e.ins(format!("mad.lo.u32 {s_at}, {}, 4, {s_at}", w.cq));
             let k_cols = w.e.reg(Class::B32);
-            w.e.ins(format!("mad.lo.u32 {k_cols}, {row0}, 2, {qs}"));
-            w.e.ins(format!("add.u32 {k_cols}, {k_cols}, {key_rows_bytes}"));
+            w.e.ins(format!("mad.lo.u32 {k_cols}, {row0}, 2, {ks}"));
             [s_at, w.ldmatrix_x4_lane(k_cols, g.key_stride())]
         })
         .collect();
     // The outputs' fragment addresses in buffer 0 (buffer 1's are `buffer_bytes` on).
-    let ks = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {ks}, {qs}, {key_rows_bytes}"));
     let vs = w.e.reg(Class::B32);
     w.e.ins(format!("add.u32 {vs}, {qs}, {}", 2 * key_rows_bytes));
     let OutputLanes { row0, rows, acol, q_addr, k_addr, v_addr, s_addr } = output_lanes(&mut w, g, [qs, ks, vs, st]);
