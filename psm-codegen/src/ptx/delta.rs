@@ -883,13 +883,8 @@ fn states_kernel(g: &Geometry, vp: usize) -> String {
     let [ws, kh, st, ut, up, stage] = w.window_arrays(STATES_WINDOW, [w_lo * planes, kh_lo * planes, st_lo * planes, ut_lo * planes, CHUNK * upb, stage_bytes]);
     let gated = g.shape.decay != ChunkDecay::None;
     let nchunks = w.chunk_count(steps);
-    let row0 = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {row0}, {}, 4", w.warp));
+    let (row0, arow, acol) = w.warp_fragment_rows();
     let (keys, s64, acc) = initial_state(&mut w, g, flags, state_in, seq, row0, col0);
-    let arow = w.e.reg(Class::B32);
-    w.e.ins(format!("add.u32 {arow}, {row0}, {}", w.gq));
-    let acol = w.e.reg(Class::B32);
-    w.e.ins(format!("shl.b32 {acol}, {}, 1", w.cq));
     // This warp's S rows into st, and the ldmatrix addresses of S += K-hat^T U.
     let s_store = w.bf16_addr(st, arow, vs, acol);
     let zero = w.e.reg(Class::B32);
