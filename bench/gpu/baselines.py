@@ -84,9 +84,10 @@ def torch_suite():
     run("cumsum", "torch.cumsum", [N], lambda: torch.cumsum(x, 0, out=out), 2 * N * f32)
     run("cumsum", "torch.cumsum", list(ROWS), lambda: torch.cumsum(xr, 1, out=out.view(*ROWS)), 2 * N * f32)
     try:
+        # CuPy reads its accelerators when imported (14.x takes CUB by default).
+        os.environ.setdefault("CUPY_ACCELERATORS", "cub")
         import cupy
 
-        os.environ.setdefault("CUPY_ACCELERATORS", "cub")
         cx = cupy.asarray(x)
         cout = cupy.empty_like(cx)
 
