@@ -81,6 +81,16 @@ fn check(what: &str, r: CuResult) {
 
 impl Cuda {
     /// The driver with a current context on device 0, or `None` without a driver or GPU.
+    /// The device, or `None` after the line saying that `test` skipped (which
+    /// bench/gpu/cuda_tests.sh looks for).
+    fn open_or_skip(test: &str) -> Option<Cuda> {
+        let cuda = Cuda::open();
+        if cuda.is_none() {
+            println!("{test}: skipped: CUDA not available (no libcuda.so.1 or no GPU)");
+        }
+        cuda
+    }
+
     fn open() -> Option<Cuda> {
         unsafe {
             let lib = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW);
@@ -643,10 +653,7 @@ fn check_fields(name: &str, what: &str, exact: bool, dtypes: &[Dtype], found: &F
 
 #[test]
 fn every_library_operator_on_the_gpu() {
-    let Some(cuda) = Cuda::open() else {
-        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("every_library_operator_on_the_gpu") else { return };
     for name in library_names() {
         check_operator(&cuda, &name);
     }
@@ -663,10 +670,7 @@ fn every_library_operator_on_the_gpu() {
 /// recurrence amplifies a last-bit difference beyond any fixed tolerance.
 #[test]
 fn random_programs_on_the_gpu() {
-    let Some(cuda) = Cuda::open() else {
-        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("random_programs_on_the_gpu") else { return };
     let mut checked = 0;
     for (seed, d, count) in [(2024u64, 3usize, 150usize), (4242, 9, 100)] {
         let mut rng = Rng::new(seed);
@@ -721,10 +725,7 @@ fn random_programs_on_the_gpu() {
 /// -0 over +0 for min, subnormals kept. Random programs cover f64 and i32 only.
 #[test]
 fn f32_min_max_special_values() {
-    let Some(cuda) = Cuda::open() else {
-        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("f32_min_max_special_values") else { return };
     let source = "aggregator min_max_pairs {
         input   { u, w }
         element { hi, lo }
@@ -801,10 +802,7 @@ fn recurrent(cuda: &Cuda, case: &Case<'_>) -> (Vec<Vec<u8>>, Vec<u8>) {
 /// largest errors.
 #[test]
 fn device_math_accuracy() {
-    let Some(cuda) = Cuda::open() else {
-        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("device_math_accuracy") else { return };
     let source = "aggregator math {
         input   { ex, lx, tx, sx, px, wx, wy, exd: f64, lxd: f64, txd: f64, wxd: f64, wyd: f64 }
         element { e, l, t, s, p, w, ed: f64, ld: f64, td: f64, wd: f64 }
@@ -975,10 +973,7 @@ fn ulp64(x: f64) -> f64 {
 #[test]
 #[ignore = "a benchmark: run on a GPU machine with --ignored"]
 fn diag_affine_timings() {
-    let Some(cuda) = Cuda::open() else {
-        println!("skipped: no CUDA driver or GPU (libcuda.so.1)");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("diag_affine_timings") else { return };
     let (agg, info) = parse_one(&library_source("diag_affine"), &[("D", 8192)]);
     let (nseq, steps, d) = (8usize, 1024usize, 8192usize);
     let mut rng = Rng::new(3);
@@ -1163,10 +1158,7 @@ fn delta_rule_tensor_cores() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage, MAX_VALUE_TILE};
     use psm_codegen::ptx::delta::{compile_delta_with, DeltaOptions, STATE_VALUE_TILE};
     const SPLIT_BOUND: f64 = 1e-4;
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("delta_rule_tensor_cores skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("delta_rule_tensor_cores") else { return };
     let mut seed = 5u64;
     // The worst error of each (storage, state value tile, products), for where the margin goes.
     let mut worst: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
@@ -1308,10 +1300,7 @@ impl DeltaCase {
 fn delta_rule_timings() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
     use psm_codegen::ptx::delta::{compile_delta_with, DeltaOptions};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("delta_rule_timings skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("delta_rule_timings") else { return };
     let (batch, heads, d) = (4usize, 16usize, 128usize);
     let nseq = batch * heads;
     let shape = ChunkwiseShape { keys: d, values: d, decay: ChunkDecay::Log, exclusive: false };
@@ -1486,10 +1475,7 @@ fn within_bound(bound: f64, what: &str, (found, want): (&[f32], &[f64]), (found_
 #[test]
 fn chunkwise_tensor_cores() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_tensor_cores skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_tensor_cores") else { return };
     let mut seed = 7u64;
     let mut worst = 0.0f64;
     for (shape, strong) in chunkwise_variants() {
@@ -1520,10 +1506,7 @@ fn chunkwise_tensor_cores() {
 #[test]
 fn chunkwise_fused() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_fused skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_fused") else { return };
     let mut seed = 17u64;
     let (mut worst, mut differing) = (0.0f64, Vec::new());
     let variants = [(8, 8, ChunkDecay::None), (40, 24, ChunkDecay::Log), (128, 128, ChunkDecay::None), (128, 128, ChunkDecay::Log), (16, 64, ChunkDecay::Value)];
@@ -1643,10 +1626,7 @@ fn chunkwise_case(
 #[test]
 fn chunkwise_bf16x3_f32_inputs() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_bf16x3_f32_inputs skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_bf16x3_f32_inputs") else { return };
     const BOUND: f64 = 1e-4;
     let mut seed = 11u64;
     let mut worst = 0.0f64;
@@ -1775,10 +1755,7 @@ impl ChunkwiseRun {
 #[ignore = "a benchmark: run on a GPU machine"]
 fn chunkwise_timings() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_timings skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_timings") else { return };
     let (batch, heads, d) = (4usize, 16usize, 128usize);
     let nseq = batch * heads;
     let mut seed = 11u64;
@@ -1836,10 +1813,7 @@ fn chunkwise_timings() {
 #[ignore = "a benchmark: run on a GPU machine"]
 fn chunkwise_fused_timings() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_stored, ChunkDecay, ChunkwiseShape, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_fused_timings skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_fused_timings") else { return };
     let d = 128;
     let m = compile_chunkwise_stored(ChunkwiseShape { keys: d, values: d, decay: ChunkDecay::None, exclusive: false }, Storage::Bf16, 90).expect("kernels");
     let module = cuda.load_text(&m.text);
@@ -1875,10 +1849,7 @@ fn chunkwise_fused_timings() {
 #[ignore = "a benchmark: run on a GPU machine"]
 fn chunkwise_products_timings() {
     use psm_codegen::ptx::chunkwise::{compile_chunkwise_with, ChunkDecay, ChunkwiseShape, Products, Storage};
-    let Some(cuda) = Cuda::open() else {
-        eprintln!("chunkwise_products_timings skipped: CUDA not available");
-        return;
-    };
+    let Some(cuda) = Cuda::open_or_skip("chunkwise_products_timings") else { return };
     let (nseq, steps, d) = (64usize, 4096usize, 128usize);
     let mut seed = 13u64;
     for (name, decay, lo, hi) in [("no decay", ChunkDecay::None, 0.0, 0.0), ("scalar decay", ChunkDecay::Log, -0.2, 0.0), ("per-key decay", ChunkDecay::DiagonalLog, -0.2, 0.0)] {
