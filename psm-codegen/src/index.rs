@@ -74,6 +74,24 @@ impl Affine {
     }
 }
 
+/// The byte offset of an access `[indices]` into a tensor of `shape` with entries of
+/// `size` bytes, as a backend lowers it: `affine` — the constant and the index
+/// variables' byte coefficients of the indices that have an affine form — plus the
+/// indices that have none, each with its byte scale (lowered as values, in index order).
+pub(crate) fn access_form(agg: &Aggregator, info: &Info, shape: &[usize], indices: &[Handle<Expr>], size: usize) -> (Affine, Vec<(Handle<Expr>, i64)>) {
+    let st = crate::layout::strides(shape);
+    let mut form = Affine::default();
+    let mut generic = Vec::new();
+    for (k, &i) in indices.iter().enumerate() {
+        let scale = st.get(k).copied().unwrap_or(0).wrapping_mul(size as i64);
+        match affine(agg, info, i) {
+            Some(a) => form.add(&a, scale),
+            None => generic.push((i, scale)),
+        }
+    }
+    (form, generic)
+}
+
 /// The affine form of an integer expression, if it has one.
 pub(crate) fn affine(agg: &Aggregator, info: &Info, e: Handle<Expr>) -> Option<Affine> {
     if let Some(k) = fold(agg, info, e) {

@@ -7,8 +7,8 @@
 //!   kernels per aggregator; its module documentation fixes the CUDA kernel ABI.
 //!
 //! Both share the backend-neutral pieces: the element layout ([`clif::Layout`], the
-//! same bytes on the CPU and on the GPU) and the exact evaluation of integer index
-//! expressions (`index`).
+//! same bytes on the CPU and on the GPU), the exact evaluation of integer index
+//! expressions (`index`) and the left fold every reduction is (`reduce`).
 //!
 //! # The CPU ABI
 //!
@@ -67,3 +67,4 @@ pub mod clif;
 mod index;
 mod layout;
 pub mod ptx;
+mod reduce;

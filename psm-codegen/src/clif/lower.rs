@@ -25,8 +25,9 @@ use psm_ir::ir::{
 };
 use psm_ir::valid::Info;
 
-use crate::index::{self, Affine};
+use crate::index;
 use crate::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
+use crate::reduce::{self, Init, Step};
 use super::math::MathFn;
 
 /// Supplies the callee of a math function in the function being built.
@@ -247,20 +248,8 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         indices: &[Handle<Expr>],
         size: usize,
     ) -> (i64, Vec<(Value, i64)>) {
-        let (agg, info) = (self.cx.agg, self.cx.info);
-        let st = strides(shape);
-        let mut form = Affine::default();
-        let mut generic = Vec::new();
-        for (k, &i) in indices.iter().enumerate() {
-            let scale = st.get(k).copied().unwrap_or(0).wrapping_mul(size as i64);
-            match index::affine(agg, info, i) {
-                Some(a) => form.add(&a, scale),
-                None => {
-                    let v = self.int_value(i);
-                    generic.push((v, scale));
-                }
-            }
-        }
+        let (form, generic) = index::access_form(self.cx.agg, self.cx.info, shape, indices, size);
+        let generic: Vec<(Value, i64)> = generic.iter().map(|&(i, scale)| (self.int_value(i), scale)).collect();
         let mut terms: Vec<(Value, i64)> = form.terms.iter().map(|&(v, c)| (self.index_var(v), c)).collect();
         terms.extend(generic);
         (form.constant, terms)
@@ -601,33 +590,16 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             Expr::Reduce { op, var, body } => {
                 let (op, var, body) = (*op, *var, *body);
                 let n = info.extent(var) as u64;
-                let init = match (op, ty) {
-                    (ReduceOp::Sum, Scalar::I32) => Init::Int(0),
-                    (ReduceOp::Prod, Scalar::I32) => Init::Int(1),
-                    (ReduceOp::Max, Scalar::I32) => Init::Int(i32::MIN as u32 as i64),
-                    (ReduceOp::Min, Scalar::I32) => Init::Int(i32::MAX as i64),
-                    // -0.0 + x = x for every x, including +0.0 and -0.0.
-                    (ReduceOp::Sum, _) => Init::Float(-0.0),
-                    (ReduceOp::Prod, _) => Init::Float(1.0),
-                    // maximum(-inf, x) = x, minimum(+inf, x) = x, NaN included.
-                    (ReduceOp::Max, _) => Init::Float(f64::NEG_INFINITY),
-                    (ReduceOp::Min, _) => Init::Float(f64::INFINITY),
-                };
-                let combine = match op {
-                    ReduceOp::Sum => BinOrFn::Bin(BinaryOp::Add),
-                    ReduceOp::Prod => BinOrFn::Bin(BinaryOp::Mul),
-                    ReduceOp::Max => BinOrFn::Fn(Func::Max),
-                    ReduceOp::Min => BinOrFn::Fn(Func::Min),
-                };
+                let (init, step) = (reduce::init(op, ty), reduce::step(op));
                 self.reduce_loop(
                     n,
                     var,
                     clif_type(ty),
                     init,
                     &mut |s| s.value(body, io),
-                    &mut |s, acc, v| match combine {
-                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
-                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
+                    &mut |s, acc, v| match step {
+                        Step::Bin(op) => s.binary(op, ty, acc, v),
+                        Step::Call(f) => s.call(f, ty, &[acc, v]),
                     },
                 )
             }
@@ -682,6 +654,8 @@ impl<'a, 'f> Lowerer<'a, 'f> {
 
     pub(super) fn init_value(&mut self, ty: Type, init: Init) -> Value {
         match init {
+            // iconst takes an i32's bits zero-extended.
+            Init::Int(v) if ty == types::I32 => self.b.ins().iconst(ty, v as i32 as u32 as i64),
             Init::Int(v) => self.b.ins().iconst(ty, v),
             Init::Float(x) if ty == types::F32 => self.b.ins().f32const(x as f32),
             Init::Float(x) => self.b.ins().f64const(x),
@@ -879,18 +853,6 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             Some(Loc::Zero) | None => self.imm(ty, 0.0),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Init {
-    Int(i64),
-    Float(f64),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum BinOrFn {
-    Bin(BinaryOp),
-    Fn(Func),
 }
 
 pub(super) fn int_cc(op: BinaryOp) -> IntCC {

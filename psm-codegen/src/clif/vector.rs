@@ -38,7 +38,8 @@ use psm_ir::ir::{BinaryOp, Expr, Func, IndexVar, ReduceOp, Scalar, Stmt, UnaryOp
 
 use crate::index;
 use crate::layout::{scalar_size, strides};
-use super::lower::{clif_type, flags_rw, int_cc, BodyIo, Init, Loc, Lowerer};
+use crate::reduce;
+use super::lower::{clif_type, flags_rw, int_cc, BodyIo, Loc, Lowerer};
 use super::math::MathFn;
 
 // Measured on the GLA scan (K = V = 64, µs/step) as (GROUP, GROUP_REDUCE): (1, 1) 1.53,
@@ -629,16 +630,7 @@ impl Lowerer<'_, '_> {
     ) -> Vec<Value> {
         let n = self.cx.info.extent(var) as u64;
         let vt = Self::vty(cx.plan.lanes, ty);
-        let init = match (op, ty) {
-            (ReduceOp::Sum, Scalar::I32) => Init::Int(0),
-            (ReduceOp::Prod, Scalar::I32) => Init::Int(1),
-            (ReduceOp::Max, Scalar::I32) => Init::Int(i32::MIN as u32 as i64),
-            (ReduceOp::Min, Scalar::I32) => Init::Int(i32::MAX as i64),
-            (ReduceOp::Sum, _) => Init::Float(-0.0),
-            (ReduceOp::Prod, _) => Init::Float(1.0),
-            (ReduceOp::Max, _) => Init::Float(f64::NEG_INFINITY),
-            (ReduceOp::Min, _) => Init::Float(f64::INFINITY),
-        };
+        let init = reduce::init(op, ty);
         if n <= 1 {
             let zero = self.iconst(0);
             self.env[var.index()] = Some(zero);

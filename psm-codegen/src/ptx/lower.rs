@@ -16,8 +16,9 @@ use psm_ir::valid::Info;
 
 use super::emit::{immediate, suffix, Class, Emitter, Reg};
 use super::math::{self, MathFn};
-use crate::index::{self, Affine, Folds};
+use crate::index::{self, Folds};
 use crate::layout::{dtype_size, scalar_size, strides, Layout, ScratchPlan};
+use crate::reduce::{self, Init, Step};
 
 /// What lowering needs to know about one validated aggregator.
 pub(crate) struct Ctx<'a> {
@@ -141,12 +142,6 @@ const FOLD_UNROLL: usize = 4;
 pub(crate) struct Split {
     pub tid: Reg,
     pub ntid: Reg,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum BinOrFn {
-    Bin(BinaryOp),
-    Fn(Func),
 }
 
 impl<'a> Lowerer<'a> {
@@ -282,20 +277,8 @@ impl<'a> Lowerer<'a> {
     /// Byte-offset terms of an access `[indices]` into a tensor of `shape` with
     /// entries of `size` bytes: (constant bytes, (b64 value, byte coefficient)...).
     fn access_terms(&mut self, shape: &[usize], indices: &[Handle<Expr>], size: usize) -> (i64, Vec<(Reg, i64)>) {
-        let (agg, info) = (self.cx.agg, self.cx.info);
-        let st = strides(shape);
-        let mut form = Affine::default();
-        let mut generic = Vec::new();
-        for (k, &i) in indices.iter().enumerate() {
-            let scale = st.get(k).copied().unwrap_or(0).wrapping_mul(size as i64);
-            match index::affine(agg, info, i) {
-                Some(a) => form.add(&a, scale),
-                None => {
-                    let v = self.int_value(i);
-                    generic.push((v, scale));
-                }
-            }
-        }
+        let (form, generic) = index::access_form(self.cx.agg, self.cx.info, shape, indices, size);
+        let generic: Vec<(Reg, i64)> = generic.iter().map(|&(i, scale)| (self.int_value(i), scale)).collect();
         let mut terms: Vec<(Reg, i64)> = form.terms.iter().map(|&(v, c)| (self.index_var(v), c)).collect();
         terms.extend(generic);
         (form.constant, terms)
@@ -775,23 +758,11 @@ impl<'a> Lowerer<'a> {
             Expr::Select { cond, then, otherwise } => self.select(*cond, *then, *otherwise, ty, io),
             Expr::Reduce { op, var, body } => {
                 let (op, var, body) = (*op, *var, *body);
-                let init = match (op, ty) {
-                    (ReduceOp::Sum, Scalar::I32) => 0.0,
-                    (ReduceOp::Prod, _) => 1.0,
-                    (ReduceOp::Max, Scalar::I32) => i32::MIN as f64,
-                    (ReduceOp::Min, Scalar::I32) => i32::MAX as f64,
-                    // -0.0 + x = x for every x, including +0.0 and -0.0.
-                    (ReduceOp::Sum, _) => -0.0,
-                    // maximum(-inf, x) = x, minimum(+inf, x) = x, NaN included.
-                    (ReduceOp::Max, _) => f64::NEG_INFINITY,
-                    (ReduceOp::Min, _) => f64::INFINITY,
+                let init = match reduce::init(op, ty) {
+                    Init::Int(v) => v as f64,
+                    Init::Float(x) => x,
                 };
-                let step = match op {
-                    ReduceOp::Sum => BinOrFn::Bin(BinaryOp::Add),
-                    ReduceOp::Prod => BinOrFn::Bin(BinaryOp::Mul),
-                    ReduceOp::Max => BinOrFn::Fn(Func::Max),
-                    ReduceOp::Min => BinOrFn::Fn(Func::Min),
-                };
+                let step = reduce::step(op);
                 let n = info.extent(var) as u64;
                 let acc = self.e.reg(Class::of(ty));
                 if n != 1 {
@@ -802,8 +773,8 @@ impl<'a> Lowerer<'a> {
                 self.e.comment(format!("{}({name}) as a left fold", op.name()));
                 let fold = |s: &mut Self, v: Reg| {
                     let next = match step {
-                        BinOrFn::Bin(op) => s.binary(op, ty, acc, v),
-                        BinOrFn::Fn(f) => s.call(f, ty, &[acc, v]),
+                        Step::Bin(op) => s.binary(op, ty, acc, v),
+                        Step::Call(f) => s.call(f, ty, &[acc, v]),
                     };
                     s.mov(acc, next);
                 };
