@@ -7,7 +7,7 @@
 
 use psm_ir::arena::Handle;
 use psm_ir::interp::{Domain, FloatDomain, Precision};
-use psm_ir::ir::{Aggregator, BinaryOp, Expr, Func, IndexVar, ReduceOp, Source, UnaryOp};
+use psm_ir::ir::{Aggregator, BinaryOp, Body, Expr, Func, IndexVar, ReduceOp, Role, Source, UnaryOp};
 use psm_ir::valid::Info;
 
 /// Calls `f` on every load source under `e`.
@@ -72,6 +72,24 @@ impl Affine {
         }
         self.terms.retain(|&(_, c)| c != 0);
     }
+}
+
+/// Which tensors of `role` the bodies read, by position among that role's tensors
+/// (`positions`: each tensor's).
+pub(crate) fn used(agg: &Aggregator, positions: &[usize], bodies: &[&Body], role: Role) -> Vec<bool> {
+    let mut used = vec![false; agg.tensors_of(role).count()];
+    for body in bodies {
+        for stmt in &body.stmts {
+            sources(agg, stmt.value, &mut |s| {
+                if let Source::Param(t) | Source::Input(t) = s {
+                    if agg.tensors[t].role == role {
+                        used[positions[t.index()]] = true;
+                    }
+                }
+            });
+        }
+    }
+    used
 }
 
 /// The byte offset of an access `[indices]` into a tensor of `shape` with entries of

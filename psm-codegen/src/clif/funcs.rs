@@ -121,20 +121,7 @@ fn only(bases: &[Option<Value>], used: &[bool]) -> Vec<Option<Value>> {
 
 /// Which tensors of `role` (by position) the bodies read.
 fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
-    let agg = cx.agg;
-    let mut used = vec![false; agg.tensors_of(role).count()];
-    for body in bodies {
-        for stmt in &body.stmts {
-            index::sources(agg, stmt.value, &mut |s| {
-                if let Source::Param(t) | Source::Input(t) = s {
-                    if agg.tensors[t].role == role {
-                        used[cx.positions[t.index()]] = true;
-                    }
-                }
-            });
-        }
-    }
-    used
+    index::used(cx.agg, &cx.positions, bodies, role)
 }
 
 impl Lowerer<'_, '_> {
