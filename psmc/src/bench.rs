@@ -100,11 +100,12 @@ use psm_ir::ir::Dtype;
 use psm_ir::valid::DimOverride;
 use psm_runtime::cuda::{Chosen, CudaExecutor, CudaKernel};
 use psm_runtime::{Aggregator, Backend, Buffer, FieldSpec, Form, Inputs, OutputsMut, RunOptions, Signature};
-
-use crate::run::{BackendArg, KernelArg, Runner};
 use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
+
+use crate::run::{BackendArg, KernelArg, Runner};
+use crate::Fail;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -194,9 +195,6 @@ fn parse_shape(s: &str) -> Result<Shape, String> {
         .map(Shape)
 }
 
-/// An error for stderr; exit code 1.
-struct Fail(String);
-
 /// How one row runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -273,20 +271,7 @@ impl Check {
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
-    match execute(&args) {
-        Ok((text, ok)) => {
-            crate::print_stdout(&text);
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(Fail(message)) => {
-            crate::print_stderr(&message);
-            ExitCode::FAILURE
-        }
-    }
+    crate::report(execute(&args))
 }
 
 /// `./examples/ops` when it exists, else the repository's.

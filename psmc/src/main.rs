@@ -114,6 +114,34 @@ fn parse_define(s: &str) -> Result<DimOverride, String> {
     }
 }
 
+/// A command's error, printed on stderr; exit code 1.
+pub(crate) struct Fail(pub(crate) String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+/// Prints a command's report on stdout (exit code 0 when it says all is well, else 1)
+/// or its error on stderr (exit code 1).
+pub(crate) fn report(outcome: Result<(String, bool), Fail>) -> ExitCode {
+    match outcome {
+        Ok((text, ok)) => {
+            print_stdout(&text);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Fail(message)) => {
+            print_stderr(&message);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Writes to stdout; a closed pipe (`psmc demo | head`) is not an error.
 pub(crate) fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();

@@ -50,6 +50,8 @@ use psm_runtime::half::{bf16, f16};
 use psm_runtime::{accuracy, Backend, Buffer, FieldSpec, Form, Inputs, Program, RunOptions, Signature};
 use serde_json::json;
 
+use crate::Fail;
+
 #[derive(Args)]
 pub struct RunArgs {
     /// The .psm file
@@ -232,30 +234,8 @@ fn parse_assign(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// An error for stderr; exit code 1.
-struct Fail(String);
-
-impl<E: std::fmt::Display> From<E> for Fail {
-    fn from(e: E) -> Self {
-        Fail(e.to_string())
-    }
-}
-
 pub fn run(args: RunArgs) -> ExitCode {
-    match execute(&args) {
-        Ok((text, ok)) => {
-            crate::print_stdout(&text);
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(Fail(message)) => {
-            crate::print_stderr(&message);
-            ExitCode::FAILURE
-        }
-    }
+    crate::report(execute(&args))
 }
 
 struct Rng(u64);
