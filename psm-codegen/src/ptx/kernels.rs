@@ -100,6 +100,18 @@ pub(super) fn used(cx: &Ctx<'_>, bodies: &[&Body], role: Role) -> Vec<bool> {
     index::used(cx.agg, &cx.positions, bodies, role)
 }
 
+/// A thread of a kernel over (sequence, step) pairs ([`Frame::step_per_thread`]): the
+/// steps per sequence, the thread's global index `gid` = `s · steps + i` (sequence `s`,
+/// scan position `i`), the flags and their `REVERSE` bit.
+pub(super) struct StepThread {
+    pub steps: Reg,
+    pub gid: Reg,
+    pub s: Reg,
+    pub i: Reg,
+    pub flags: Reg,
+    pub rev: Reg,
+}
+
 /// The kernel being written: its lowerer and parameters.
 pub(super) struct Frame<'a> {
     pub l: Lowerer<'a>,
@@ -205,6 +217,36 @@ impl<'a> Frame<'a> {
         e.ins(format!("mul.lo.s64 {r}, {q}, {b}"));
         e.ins(format!("sub.s64 {r}, {a}, {r}"));
         (q, r)
+    }
+
+    /// The prologue of a kernel with a thread per (sequence, step) of `nseq` × `steps`
+    /// (`psm_lift`, `psm_readout`): the thread's index and its position, the flags; the
+    /// threads past the end leave.
+    pub fn step_per_thread(&mut self) -> StepThread {
+        let (nseq, steps) = (self.param("nseq"), self.param("steps"));
+        let count = self.l.e.reg(Class::B64);
+        self.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
+        let gid = self.index_below(count);
+        let (s, i) = self.divmod(gid, steps);
+        let flags = self.param("flags");
+        let rev = self.flag(flags, REVERSE, "REVERSE");
+        StepThread { steps, gid, s, i, flags, rev }
+    }
+
+    /// The row `s · steps + t` of sequence `s` at its scan position `i` (memory step `t`).
+    pub fn memory_row(&mut self, s: Reg, i: Reg, steps: Reg, rev: Reg) -> Reg {
+        let t = self.memory_step(i, steps, rev);
+        let row = self.l.e.reg(Class::B64);
+        self.l.e.ins(format!("mad.lo.s64 {row}, {s}, {steps}, {t}"));
+        row
+    }
+
+    /// The row of scan position `pos` of the sequence whose first row is `seq_row`.
+    pub fn row_after(&mut self, seq_row: Reg, pos: Reg, steps: Reg, rev: Reg) -> Reg {
+        let t = self.memory_step(pos, steps, rev);
+        let row = self.l.e.reg(Class::B64);
+        self.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+        row
     }
 
     /// The memory step of scan position `pos`: `rev ? steps - 1 - pos : pos`.
@@ -628,9 +670,7 @@ pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Th
 
     // The first position, with no prefix held: p' = e.
     f.l.e.comment("first position without a prefix: p' = lift(x)");
-    let t = f.memory_step(pos, steps, rev);
-    let row = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+    let row = f.row_after(seq_row, pos, steps, rev);
     lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
     let skip_first = f.l.e.label("skip_first_readout");
     f.l.e.ins(format!("@!{write} bra {skip_first}"));
@@ -673,9 +713,7 @@ pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Th
         for (u, e_u) in lifted.iter().enumerate() {
             let at = f.l.e.reg(Class::B64);
             f.l.e.ins(format!("add.s64 {at}, {pos}, {u}"));
-            let t = f.memory_step(at, steps, rev);
-            let row = f.l.e.reg(Class::B64);
-            f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+            let row = f.row_after(seq_row, at, steps, rev);
             lift_at(&mut f, &params, &lift_inputs, row, e_u.view(&offsets));
             rows.push(row);
         }
@@ -691,9 +729,7 @@ pub(super) fn scan_kernel(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>, threads: Th
     }
     f.l.e.place(&loop_step);
     f.l.e.comment("one position: e = lift(x), p' = combine(p, e), readout");
-    let t = f.memory_step(pos, steps, rev);
-    let row = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("add.s64 {row}, {seq_row}, {t}"));
+    let row = f.row_after(seq_row, pos, steps, rev);
     lift_at(&mut f, &params, &lift_inputs, row, el.view(&offsets));
     step_after_lift(&mut f, &params, &readout_inputs, &outputs, row, write, (&p, &el, &n), &offsets);
     f.l.e.ins(format!("add.s64 {pos}, {pos}, 1"));
@@ -768,20 +804,12 @@ pub(super) fn coordinates(f: &mut Frame<'_>, e: Reg, shape: &[usize]) -> Vec<Reg
 pub(crate) fn lift(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let agg = cx.agg;
     let mut f = Frame::new(cx, math, Kernel::Lift, &[&agg.lift], 0);
-    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
-    let count = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
-    let gid = f.index_below(count);
-    let (s, i) = f.divmod(gid, steps);
-    let flags = f.param("flags");
-    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let StepThread { steps, gid, s, i, rev, .. } = f.step_per_thread();
     let params = param_bases(&mut f, &[&agg.lift]);
     let mask = used(cx, &[&agg.lift], Role::Input);
     let inputs = f.bases(Role::Input, "in_", &mask);
     let leaves = f.param("leaves");
-    let t = f.memory_step(i, steps, rev);
-    let row = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("mad.lo.s64 {row}, {s}, {steps}, {t}"));
+    let row = f.memory_row(s, i, steps, rev);
     let out = f.l.e.reg(Class::B64);
     f.l.e.ins_c(format!("mad.lo.s64 {out}, {gid}, {}, {leaves}", cx.layout.size), "leaves[s * steps + i]");
     let view = f.mem_view(out);
@@ -871,13 +899,7 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let mut bodies = vec![&agg.readout];
     bodies.extend(agg.identity.as_ref().filter(|_| exclusive));
     let mut f = Frame::new(cx, math, Kernel::Readout, &bodies, regions);
-    let (nseq, steps) = (f.param("nseq"), f.param("steps"));
-    let count = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("mul.lo.s64 {count}, {nseq}, {steps}"));
-    let gid = f.index_below(count);
-    let (s, i) = f.divmod(gid, steps);
-    let flags = f.param("flags");
-    let rev = f.flag(flags, REVERSE, "REVERSE");
+    let StepThread { steps, s, i, flags, rev, .. } = f.step_per_thread();
     let empty_first = f.flag(flags, EMPTY_FIRST, "EMPTY_FIRST");
     let params = param_bases(&mut f, &bodies);
     let mask = used(cx, &[&agg.readout], Role::Input);
@@ -885,9 +907,7 @@ pub(crate) fn readout(cx: &Ctx<'_>, math: &mut BTreeSet<MathFn>) -> Generated {
     let all_outputs = vec![true; agg.tensors_of(Role::Output).count()];
     let outputs = f.bases(Role::Output, "out_", &all_outputs);
     let prefixes = f.param("prefixes");
-    let t = f.memory_step(i, steps, rev);
-    let row = f.l.e.reg(Class::B64);
-    f.l.e.ins(format!("mad.lo.s64 {row}, {s}, {steps}, {t}"));
+    let row = f.memory_row(s, i, steps, rev);
     let e = &mut f.l.e;
     let slot = e.reg(Class::B64);
     e.comment(if exclusive { "p_i: slot s * (steps + 1) + i" } else { "s_i = p_(i+1): slot s * (steps + 1) + i + 1" });
