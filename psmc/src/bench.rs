@@ -104,7 +104,7 @@ use rayon::prelude::*;
 use rayon::ThreadPool;
 use serde_json::json;
 
-use crate::run::{BackendArg, KernelArg, Runner};
+use crate::run::{parse_shape, BackendArg, KernelArg, Runner, Shape};
 use crate::Fail;
 
 #[derive(Args)]
@@ -182,17 +182,6 @@ enum BenchForm {
     Push,
     /// The chunkwise form (linear-attention family), beside the recurrent form at 1 thread
     Chunkwise,
-}
-
-/// A batch shape (a newtype, so that clap takes it as one value).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Shape(Vec<usize>);
-
-fn parse_shape(s: &str) -> Result<Shape, String> {
-    s.split(',')
-        .map(|d| d.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a batch shape; expected `B` or `B1,B2,...`, e.g. `--batch 4`")))
-        .collect::<Result<Vec<_>, _>>()
-        .map(Shape)
 }
 
 /// How one row runs.

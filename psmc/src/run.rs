@@ -218,9 +218,9 @@ impl Runner {
 
 /// A batch shape (a newtype, so that clap takes it as one value).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Shape(Vec<usize>);
+pub(crate) struct Shape(pub(crate) Vec<usize>);
 
-fn parse_shape(s: &str) -> Result<Shape, String> {
+pub(crate) fn parse_shape(s: &str) -> Result<Shape, String> {
     s.split(',')
         .map(|d| d.trim().parse::<usize>().map_err(|_| format!("`{s}` is not a batch shape; expected `B` or `B1,B2,...`, e.g. `--batch 4`")))
         .collect::<Result<Vec<_>, _>>()
