@@ -509,47 +509,12 @@ macro_rules! operators {
         fn every_library_operator_is_covered() {
             let mut listed = vec![$(stringify!($name).to_string()),*];
             listed.sort();
-            let mut found: Vec<String> = std::fs::read_dir(library_dir())
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|e| e == "psm"))
-                .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-                .collect();
-            found.sort();
-            assert_eq!(listed, found);
+            assert_eq!(listed, library_names());
         }
     };
 }
 
-operators!(
-    attn_agg,
-    average,
-    causal_mean,
-    cumsum,
-    cumsum_f16,
-    deltanet,
-    diag_affine,
-    ema,
-    gated_deltanet,
-    gla,
-    gla_bf16,
-    last_value,
-    linear_attention,
-    logcumsumexp,
-    lse_missing_rescale,
-    mamba2,
-    mamba_s6,
-    matmul2x2,
-    mlstm,
-    mlstm_affine,
-    online_softmax,
-    retnet,
-    running_max_index,
-    rwkv6,
-    scalar_affine,
-    subtract,
-    tanh_rnn,
-);
+psm_testgen::library_operators!(operators);
 
 /// The block-cooperative kernels (`CudaKernel::Block`) compute every entry with the
 /// generic kernels' instructions, so every library operator that has them gives the

@@ -179,32 +179,4 @@ macro_rules! operators {
     };
 }
 
-operators!(
-    attn_agg,
-    average,
-    causal_mean,
-    cumsum,
-    cumsum_f16,
-    deltanet,
-    diag_affine,
-    ema,
-    gated_deltanet,
-    gla,
-    gla_bf16,
-    last_value,
-    linear_attention,
-    logcumsumexp,
-    lse_missing_rescale,
-    mamba2,
-    mamba_s6,
-    matmul2x2,
-    mlstm,
-    mlstm_affine,
-    online_softmax,
-    retnet,
-    running_max_index,
-    rwkv6,
-    scalar_affine,
-    subtract,
-    tanh_rnn,
-);
+psm_testgen::library_operators!(operators);

@@ -31,6 +31,45 @@ pub fn library_names() -> Vec<String> {
     names
 }
 
+/// Calls the macro `$m` with the name of every operator of the library as an
+/// identifier, so that a test file makes one test per operator. The users check the
+/// list against [`library_names`], the directory's own, so that a new operator cannot
+/// go untested.
+#[macro_export]
+macro_rules! library_operators {
+    ($m:ident) => {
+        $m!(
+            attn_agg,
+            average,
+            causal_mean,
+            cumsum,
+            cumsum_f16,
+            deltanet,
+            diag_affine,
+            ema,
+            gated_deltanet,
+            gla,
+            gla_bf16,
+            last_value,
+            linear_attention,
+            logcumsumexp,
+            lse_missing_rescale,
+            mamba2,
+            mamba_s6,
+            matmul2x2,
+            mlstm,
+            mlstm_affine,
+            online_softmax,
+            retnet,
+            running_max_index,
+            rwkv6,
+            scalar_affine,
+            subtract,
+            tanh_rnn,
+        );
+    };
+}
+
 /// The source of the library's operator `name`.
 pub fn library_source(name: &str) -> String {
     std::fs::read_to_string(library_dir().join(format!("{name}.psm"))).unwrap_or_else(|e| panic!("the library operator {name}: {e}"))
