@@ -190,46 +190,6 @@ fn i32_wraps_and_integer_constants_convert_like_the_interpreter() {
 
 // ---------------------------------------------------------------- guarded accesses
 
-/// Pages with an inaccessible page before and after: touching outside faults.
-struct Guarded {
-    base: *mut u8,
-    page: usize,
-}
-
-impl Guarded {
-    fn new() -> Guarded {
-        unsafe {
-            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
-            let base = libc::mmap(
-                std::ptr::null_mut(),
-                3 * page,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(base, libc::MAP_FAILED);
-            let base = base as *mut u8;
-            assert_eq!(libc::mprotect(base.add(page) as *mut _, page, libc::PROT_READ | libc::PROT_WRITE), 0);
-            Guarded { base, page }
-        }
-    }
-    /// `bytes` at the very start of the accessible page.
-    fn at_start(&self) -> *mut u8 {
-        unsafe { self.base.add(self.page) }
-    }
-    /// `bytes` ending exactly at the end of the accessible page.
-    fn at_end(&self, bytes: usize) -> *mut u8 {
-        unsafe { self.base.add(2 * self.page - bytes) }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.base as *mut _, 3 * self.page) };
-    }
-}
-
 const GUARDED: &str = "
 aggregator guarded<C = 4> {
     param   { w[C] }

@@ -761,3 +761,44 @@ pub fn check_against_interpreter(op: &Op, data: &Data) {
         assert_same(&format!("{name}: scan output {t} without state"), &on, &od, &outs.row(op, *t), y);
     }
 }
+
+/// One accessible page between two inaccessible ones: a generated function that reads
+/// or writes outside the buffers it was given faults.
+pub struct Guarded {
+    base: *mut u8,
+    page: usize,
+}
+
+impl Guarded {
+    pub fn new() -> Guarded {
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                3 * page,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let base = base as *mut u8;
+            assert_eq!(libc::mprotect(base.add(page) as *mut _, page, libc::PROT_READ | libc::PROT_WRITE), 0);
+            Guarded { base, page }
+        }
+    }
+    /// `bytes` at the very start of the accessible page.
+    pub fn at_start(&self) -> *mut u8 {
+        unsafe { self.base.add(self.page) }
+    }
+    /// `bytes` ending exactly at the end of the accessible page.
+    pub fn at_end(&self, bytes: usize) -> *mut u8 {
+        unsafe { self.base.add(2 * self.page - bytes) }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.base as *mut _, 3 * self.page) };
+    }
+}
