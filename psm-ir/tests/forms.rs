@@ -73,6 +73,7 @@ use psm_ir::derive::{chunked, fold, run, tree, Form, Outputs, Stream};
 use psm_ir::interp::{Evaluator, Fields, FloatDomain, Precision};
 use psm_ir::ir::{Aggregator, Dtype, Module, Role};
 use psm_ir::valid::{DimOverride, Info};
+use psm_testgen::{value_range, SplitMix64 as Rng};
 
 type R<T> = Result<T, Infallible>;
 
@@ -201,31 +202,6 @@ fn string_prefixes_are_causal() {
     }
 }
 
-/// splitmix64: a small seeded generator (no dependency beyond proptest).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in the open interval (lo, hi).
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        loop {
-            let v = lo + (hi - lo) * self.unit();
-            if v > lo && v < hi {
-                return v;
-            }
-        }
-    }
-}
-
 fn sub2(a: &f64, b: &f64) -> R<f64> {
     Ok(a - 2.0 * b)
 }
@@ -310,7 +286,7 @@ fn associative_toys_agree_under_every_form() {
     let concat = |a: &String, b: &String| -> R<String> { Ok(format!("{a}{b}")) };
     let add = |a: &i64, b: &i64| -> R<i64> { Ok(a.wrapping_add(*b)) };
     let mut rng = Rng(11);
-    let ints: Vec<i64> = (0..300).map(|_| rng.next() as i64).collect();
+    let ints: Vec<i64> = (0..300).map(|_| rng.next_u64() as i64).collect();
     let words: Vec<String> = (0..300).map(|i| format!("{}.", (b'a' + (i % 26) as u8) as char)).collect();
     for n in 0..=300 {
         let want_s: Vec<Option<String>> =
@@ -464,16 +440,6 @@ fn load(name: &str, dims: &[(&str, i64)]) -> (Module, Info) {
     assert_eq!(m.aggregators[0].name, name);
     let info = infos.into_iter().next().unwrap();
     (m, info)
-}
-
-/// The range of random values of one tensor: gates and decays in (0.5, 1), log-gates
-/// and the (negative) state-space A in (-1, 0), everything else in (-1, 1).
-fn value_range(op: &str, field: &str) -> (f64, f64) {
-    match (op, field) {
-        ("gla" | "gla_bf16", "alpha") | ("scalar_affine", "a") | ("retnet", "gamma") | ("ema", "alpha") => (0.5, 1.0),
-        ("gated_deltanet", "g") | ("mamba2", "A") => (-1.0, 0.0),
-        _ => (-1.0, 1.0),
-    }
 }
 
 /// Random data for the tensors of one role (`steps` = 1 for params), each value exactly

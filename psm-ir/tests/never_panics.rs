@@ -16,7 +16,7 @@ use psm_ir::diag::render;
 use psm_ir::front::dsl::parse;
 use psm_ir::valid::{validate, DimOverride};
 use psm_ir::Diagnostic;
-use psm_testgen::library;
+use psm_testgen::{library, SplitMix64};
 
 /// The longest one parse + validate may take before it counts as a hang.
 const HANG: Duration = Duration::from_secs(20);
@@ -475,17 +475,13 @@ fn regressions() {
 // Soak
 // ---------------------------------------------------------------------------------
 
-/// A small deterministic generator (SplitMix64), so that a soak run is reproducible
+/// The soak's mutations, drawn from [`SplitMix64`] so that a soak run is reproducible
 /// from its seed.
-struct Rng(u64);
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -515,7 +511,7 @@ fn soak() {
     let n: u64 = std::env::var("PSM_SOAK").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let seed: u64 = std::env::var("PSM_SOAK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let lib = library();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let (mut accepted, mut rejected) = (0u64, 0u64);
     let start = std::time::Instant::now();
     for k in 0..n {

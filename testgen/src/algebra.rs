@@ -9,34 +9,33 @@
 
 use std::fmt::Write as _;
 
+use crate::SplitMix64;
+
 // ---------------------------------------------------------------------------------
 // Randomness
 
-/// SplitMix64: small, seedable, reproducible.
-pub struct Rng(u64);
+/// The generator of the random families: [`SplitMix64`] from a seed mixed with a
+/// constant.
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x6a09_e667_f3bc_c908)
+        Rng(SplitMix64(seed ^ 0x6a09_e667_f3bc_c908))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
     }
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.unit()
+        self.0.uniform(lo, hi)
     }
     pub fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len())].clone()

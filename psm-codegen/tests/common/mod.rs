@@ -13,31 +13,6 @@ use psm_ir::interp::{Evaluator, Fields, FloatDomain, Precision};
 use psm_ir::ir::{Aggregator, Dtype, ReadoutKind, Role, Tensor};
 use psm_ir::valid::{DimOverride, Info};
 
-// ------------------------------------------------------------------ randomness
-
-/// SplitMix64: small, seeded, reproducible.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
 // ------------------------------------------------------------------ operators
 
 pub struct Op {
@@ -81,7 +56,7 @@ pub fn from_parts(agg: Aggregator, info: Info) -> Op {
 }
 
 #[allow(unused_imports)] // each test crate uses its part of the library loader
-pub use psm_testgen::{library_names, library_source};
+pub use psm_testgen::{library_names, library_source, SplitMix64 as Rng};
 
 pub fn domain() -> FloatDomain {
     FloatDomain::new(Precision::Declared)

@@ -10,7 +10,7 @@ use psm_ir::ir::{Dtype, Role};
 use psm_runtime::{Aggregator, Backend, Buffer, DimOverride, Inputs, Program};
 
 #[allow(unused_imports)] // each test crate uses its part of the library loader
-pub use psm_testgen::{library_dir, library_names};
+pub use psm_testgen::{library_dir, library_names, value_range, SplitMix64 as Rng};
 
 pub fn load(name: &str, dims: &[(&str, i64)]) -> Aggregator {
     let overrides: Vec<DimOverride> = dims.iter().map(|&(n, v)| DimOverride { name: n.into(), value: v }).collect();
@@ -27,40 +27,6 @@ pub fn backends(agg: &Aggregator) -> Vec<Aggregator> {
     let cpu = agg.with_backend(Backend::Cpu);
     cpu.compile().unwrap_or_else(|e| panic!("{}: {e}", agg.name()));
     vec![agg.with_backend(Backend::Interp), cpu]
-}
-
-/// splitmix64.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        loop {
-            let v = lo + (hi - lo) * self.unit();
-            if v > lo && v < hi {
-                return v;
-            }
-        }
-    }
-}
-
-/// As in psm-ir/tests/forms.rs: gates and decays in (0.5, 1), log-gates and the
-/// state-space A in (-1, 0), everything else in (-1, 1).
-pub fn value_range(op: &str, field: &str) -> (f64, f64) {
-    match (op, field) {
-        ("gla" | "gla_bf16", "alpha") | ("scalar_affine", "a") | ("retnet", "gamma") | ("ema", "alpha") => (0.5, 1.0),
-        ("gated_deltanet", "g") | ("mamba2", "A") => (-1.0, 0.0),
-        _ => (-1.0, 1.0),
-    }
 }
 
 /// Random values for one role, one buffer per tensor (`steps` = 1 for params), each
