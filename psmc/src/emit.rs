@@ -20,6 +20,11 @@ pub enum Target {
     /// ABI (psm_scan, psm_lift, psm_combine, psm_readout, psm_identity); a file with several
     /// aggregators prints one module after another
     Ptx,
+    /// PTX of the single-pass look-back scan (psm_lookback) that `--kernel auto` takes on
+    /// the GPU for few long sequences: for associative operators whose element fields
+    /// and input and output rows are scalars, or whose entries scan independently (a
+    /// look-back per entry); any other operator is refused with the reason
+    PtxLookback,
 }
 
 pub fn run(path: &Path, target: Target, overrides: &[DimOverride]) -> ExitCode {
@@ -51,9 +56,25 @@ pub fn run(path: &Path, target: Target, overrides: &[DimOverride]) -> ExitCode {
                 None => return ExitCode::FAILURE,
             }
         }
+        Target::PtxLookback => match per_aggregator(path, module, infos, lookback) {
+            Some(text) => text,
+            None => return ExitCode::FAILURE,
+        },
     };
     crate::print_stdout(&text);
     ExitCode::SUCCESS
+}
+
+/// The look-back module of one aggregator, or why it has none.
+fn lookback(agg: &Aggregator, info: &Info) -> Result<String, String> {
+    if !psm_ir::algebra::analyze(agg, info).associative() {
+        return Err("the look-back scan rebrackets the steps: it needs an associative operator (`psmc check` gives the verdict)".into());
+    }
+    match psm_codegen::ptx::compile_lookback(agg, info, &Default::default()) {
+        Ok(Some(m)) => Ok(m.module.text),
+        Ok(None) => Err("no look-back kernel takes it: its element fields and input and output rows are not all scalars, and its entries do not scan independently".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The text of every aggregator, separated by blank lines, or `None` after reporting the

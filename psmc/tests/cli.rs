@@ -170,6 +170,30 @@ fn emit_ptx_cumsum() {
 }
 
 #[test]
+fn emit_ptx_lookback() {
+    let r = psmc(&["emit", "examples/ops/cumsum.psm", "--target", "ptx-lookback"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.is_empty());
+    // The module psm-codegen's look-back snapshot holds (tests/ptx_fast.rs).
+    assert!(r.stdout.contains(".entry psm_lookback(") && r.stdout.contains("ld.relaxed.gpu"), "{}", r.stdout);
+    // Entries that scan independently: a look-back per entry.
+    let r = psmc(&["emit", "examples/ops/diag_affine.psm", "--target", "ptx-lookback", "-D", "D=4"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(".entry psm_lookback("), "{}", r.stdout);
+}
+
+#[test]
+fn emit_ptx_lookback_refuses_with_the_reason() {
+    let r = psmc(&["emit", "examples/ops/subtract.psm", "--target", "ptx-lookback"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.is_empty());
+    assert!(r.stderr.contains("aggregator `subtract`: the look-back scan rebrackets the steps: it needs an associative operator"), "{}", r.stderr);
+    let r = psmc(&["emit", "examples/ops/gla.psm", "--target", "ptx-lookback"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("aggregator `gla`: no look-back kernel takes it"), "{}", r.stderr);
+}
+
+#[test]
 fn emit_ptx_applies_defines() {
     let r = psmc(&["emit", "examples/ops/gla.psm", "--target", "ptx", "-D", "K=3", "-D", "V=5"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
